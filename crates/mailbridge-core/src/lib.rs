@@ -1,0 +1,24 @@
+//! Mailbridge's domain: validated values ([`EmailAddress`], [`Host`], [`Port`]), email server
+//! profiles ([`ProfileSpec`]), mailboxes, users, and the rules that bind them. No I/O.
+
+pub mod clock;
+pub mod email;
+pub mod ids;
+pub mod mailbox;
+pub mod profile;
+pub mod server;
+mod string_enum;
+pub mod user;
+pub mod validation;
+
+pub use clock::{Clock, SystemClock};
+pub use email::EmailAddress;
+pub use ids::{MailboxId, ProfileId, UserId};
+pub use mailbox::{ConnectionStatus, DeliveryMethod, MailboxDraft, MailboxSpec, TrackingRule};
+pub use profile::{
+    AuthMethod, GMAIL_MAX_MAILBOXES, IncomingServer, OAuthSettings, OutgoingServer, Preset,
+    ProfileDraft, ProfileSpec, SecretChange, Stored,
+};
+pub use server::{Host, IncomingProtocol, Port, Security};
+pub use user::Role;
+pub use validation::{UnknownWord, ValidationError};

@@ -1,0 +1,120 @@
+//! [`MailboxSpec`]: whose mailbox, which address, which profile, and how mail flows.
+
+use crate::{EmailAddress, ProfileId, UserId, ValidationError};
+
+crate::string_enum! {
+    /// How incoming or outgoing mail of a mailbox is delivered.
+    DeliveryMethod {
+        /// Mailbridge connects to the mail server itself.
+        ServerSideSync => "server_side_sync",
+        /// This direction is not synchronized.
+        None => "none",
+    }
+}
+
+crate::string_enum! {
+    /// Which incoming messages become email records.
+    TrackingRule {
+        /// Every message.
+        All => "all",
+        /// Replies to mail sent through Mailbridge.
+        Responses => "responses",
+        /// Messages from or to a contact the application knows.
+        KnownContacts => "known_contacts",
+        /// None.
+        None => "none",
+    }
+}
+
+crate::string_enum! {
+    /// The outcome of the last test of one direction, in the words users know.
+    ConnectionStatus {
+        NotRun => "not_run",
+        Success => "success",
+        Failure => "failure",
+    }
+}
+
+/// A complete, valid mailbox configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxSpec {
+    pub owner_user_id: UserId,
+    pub email: EmailAddress,
+    pub profile_id: ProfileId,
+    pub incoming_method: DeliveryMethod,
+    pub outgoing_method: DeliveryMethod,
+    pub tracking_rule: TrackingRule,
+}
+
+/// Input for creating (`base = None`) or patching a mailbox.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxDraft {
+    /// Defaults to the caller when creating.
+    pub owner_user_id: Option<UserId>,
+    #[schema(example = "ann@example.com")]
+    pub email: Option<String>,
+    pub profile_id: Option<ProfileId>,
+    pub incoming_method: Option<DeliveryMethod>,
+    pub outgoing_method: Option<DeliveryMethod>,
+    pub tracking_rule: Option<TrackingRule>,
+}
+
+impl MailboxDraft {
+    /// Resolves into a complete mailbox; `caller` owns it when no owner is named on create.
+    pub fn resolve(
+        self,
+        base: Option<&MailboxSpec>,
+        caller: UserId,
+    ) -> Result<MailboxSpec, ValidationError> {
+        let email = match self.email {
+            Some(e) => EmailAddress::parse(&e, "email")?,
+            None => base.map(|b| b.email.clone()).ok_or_else(|| {
+                ValidationError::new("email", "email is required, e.g. \"ann@example.com\"")
+            })?,
+        };
+        let profile_id = self
+            .profile_id
+            .or(base.map(|b| b.profile_id))
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "profile_id",
+                    "profile_id is required; create an email server profile first (POST /api/v1/server-profiles)",
+                )
+            })?;
+        Ok(MailboxSpec {
+            owner_user_id: self
+                .owner_user_id
+                .or(base.map(|b| b.owner_user_id))
+                .unwrap_or(caller),
+            email,
+            profile_id,
+            incoming_method: self
+                .incoming_method
+                .or(base.map(|b| b.incoming_method))
+                .unwrap_or(DeliveryMethod::ServerSideSync),
+            outgoing_method: self
+                .outgoing_method
+                .or(base.map(|b| b.outgoing_method))
+                .unwrap_or(DeliveryMethod::ServerSideSync),
+            tracking_rule: self
+                .tracking_rule
+                .or(base.map(|b| b.tracking_rule))
+                .unwrap_or(TrackingRule::All),
+        })
+    }
+
+    /// The fields only an admin may change (a user may tune delivery and tracking of their
+    /// own mailbox, not move it to another owner, address or profile).
+    pub fn admin_only_field(&self) -> Option<&'static str> {
+        if self.owner_user_id.is_some() {
+            Some("owner_user_id")
+        } else if self.email.is_some() {
+            Some("email")
+        } else if self.profile_id.is_some() {
+            Some("profile_id")
+        } else {
+            None
+        }
+    }
+}

@@ -1,0 +1,665 @@
+//! [`ProfileSpec`]: an email server profile — where the incoming and outgoing servers are, how
+//! mailboxes authenticate to them, and the limits that apply — and [`ProfileDraft`], the
+//! partial input (create with a preset, or patch) that resolves into one.
+
+use chrono::NaiveDate;
+use secrecy::SecretString;
+use url::Url;
+
+use crate::{Host, IncomingProtocol, Port, Security, ValidationError};
+
+/// Google allows one OAuth client to serve this many mailboxes in a Gmail OAuth profile.
+pub const GMAIL_MAX_MAILBOXES: u32 = 100;
+const DEFAULT_MAX_MAILBOXES: u32 = 1000;
+const MAX_MAX_MAILBOXES: u32 = 100_000;
+const DEFAULT_POLL_INTERVAL_SECONDS: u32 = 60;
+const MIN_POLL_INTERVAL_SECONDS: i64 = 10;
+const MAX_POLL_INTERVAL_SECONDS: i64 = 86_400;
+
+crate::string_enum! {
+    /// How mailboxes of a profile authenticate to its servers.
+    AuthMethod {
+        /// OAuth 2.0 with Google's endpoints and SASL XOAUTH2.
+        GmailOauth => "gmail_oauth",
+        /// OAuth 2.0 with any provider's endpoints.
+        Oauth2 => "oauth2",
+        /// A user name and password per mailbox.
+        Password => "password",
+    }
+}
+
+crate::string_enum! {
+    /// Ready-made settings for well-known providers.
+    Preset {
+        Gmail => "gmail",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct IncomingServer {
+    pub protocol: IncomingProtocol,
+    #[schema(value_type = String, example = "imap.gmail.com")]
+    pub host: Host,
+    #[schema(value_type = u16, example = 993)]
+    pub port: Port,
+    pub security: Security,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct OutgoingServer {
+    #[schema(value_type = String, example = "smtp.gmail.com")]
+    pub host: Host,
+    #[schema(value_type = u16, example = 465)]
+    pub port: Port,
+    pub security: Security,
+}
+
+/// The OAuth 2.0 client a profile's mailboxes sign in with. The client secret is kept apart
+/// (encrypted by the store) and is never part of this value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct OAuthSettings {
+    pub client_id: String,
+    #[schema(value_type = String)]
+    pub authorization_url: Url,
+    #[schema(value_type = String)]
+    pub token_url: Url,
+    #[schema(value_type = Option<String>)]
+    pub revocation_url: Option<Url>,
+    #[schema(value_type = Option<String>)]
+    pub userinfo_url: Option<Url>,
+    pub scopes: Vec<String>,
+}
+
+/// A complete, valid profile.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProfileSpec {
+    pub name: String,
+    pub incoming: IncomingServer,
+    pub outgoing: OutgoingServer,
+    pub auth: AuthMethod,
+    pub oauth: Option<OAuthSettings>,
+    pub max_mailboxes: u32,
+    pub poll_interval_seconds: u32,
+    pub process_emails_received_after: Option<NaiveDate>,
+}
+
+/// What to do with the stored client secret after a draft is applied.
+#[derive(Debug)]
+pub enum SecretChange {
+    Keep,
+    Set(SecretString),
+    Clear,
+}
+
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingDraft {
+    pub protocol: Option<IncomingProtocol>,
+    pub host: Option<String>,
+    #[schema(minimum = 1, maximum = 65535)]
+    pub port: Option<i64>,
+    pub security: Option<Security>,
+}
+
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutgoingDraft {
+    pub host: Option<String>,
+    #[schema(minimum = 1, maximum = 65535)]
+    pub port: Option<i64>,
+    pub security: Option<Security>,
+}
+
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthDraft {
+    pub client_id: Option<String>,
+    /// Write-only: stored encrypted, never returned.
+    #[schema(value_type = Option<String>, write_only)]
+    pub client_secret: Option<SecretString>,
+    pub authorization_url: Option<String>,
+    pub token_url: Option<String>,
+    pub revocation_url: Option<String>,
+    pub userinfo_url: Option<String>,
+    pub scopes: Option<Vec<String>>,
+}
+
+/// Input for creating (`base = None`) or patching (`base = Some`) a profile: every field is
+/// optional; what is missing comes from the preset, the stored profile, or a default.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileDraft {
+    pub name: Option<String>,
+    /// `gmail` fills Gmail's servers, Google's OAuth endpoints and scope, and the 100-mailbox limit.
+    pub preset: Option<Preset>,
+    pub incoming: Option<IncomingDraft>,
+    pub outgoing: Option<OutgoingDraft>,
+    pub auth: Option<AuthMethod>,
+    pub oauth: Option<OAuthDraft>,
+    pub max_mailboxes: Option<i64>,
+    pub poll_interval_seconds: Option<i64>,
+    /// `YYYY-MM-DD`; mail received before this day is not synchronized. `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, format = Date)]
+    pub process_emails_received_after: Option<Option<NaiveDate>>,
+}
+
+/// The profile a base may already be: what `resolve` patches.
+pub struct Stored<'a> {
+    pub spec: &'a ProfileSpec,
+    pub has_client_secret: bool,
+}
+
+impl ProfileDraft {
+    /// Resolves the draft into a complete profile. `base` is the stored profile when patching.
+    pub fn resolve(
+        self,
+        base: Option<Stored<'_>>,
+    ) -> Result<(ProfileSpec, SecretChange), ValidationError> {
+        if base.is_some() && self.preset.is_some() {
+            return Err(ValidationError::new(
+                "preset",
+                "a preset applies only when creating a profile; set the fields you want to change instead",
+            ));
+        }
+        let preset = self.preset.map(|Preset::Gmail| gmail_preset(&self));
+        let base_spec = base.as_ref().map(|b| b.spec).or(preset.as_ref());
+
+        let name = match self.name.as_deref().map(str::trim) {
+            Some(n) if n.is_empty() || n.chars().count() > 100 => {
+                return Err(ValidationError::new(
+                    "name",
+                    "name must have 1 to 100 characters",
+                ));
+            }
+            Some(n) => n.to_owned(),
+            None => base_spec.map(|b| b.name.clone()).ok_or_else(|| {
+                ValidationError::new("name", "name is required, e.g. \"Sales team Gmail\"")
+            })?,
+        };
+        let incoming = resolve_incoming(
+            self.incoming.unwrap_or_default(),
+            base_spec.map(|b| &b.incoming),
+        )
+        .map_err(|e| e.under("incoming"))?;
+        let outgoing = resolve_outgoing(
+            self.outgoing.unwrap_or_default(),
+            base_spec.map(|b| &b.outgoing),
+        )
+        .map_err(|e| e.under("outgoing"))?;
+        let auth = self.auth.or(base_spec.map(|b| b.auth)).ok_or_else(|| {
+            ValidationError::new(
+                "auth",
+                "auth is required: gmail_oauth, oauth2 or password (or use \"preset\": \"gmail\")",
+            )
+        })?;
+
+        let had_secret = base.as_ref().is_some_and(|b| b.has_client_secret);
+        let (oauth, secret) = match auth {
+            AuthMethod::Password => {
+                if self.oauth.is_some() {
+                    return Err(ValidationError::new(
+                        "oauth",
+                        "oauth settings apply only to gmail_oauth and oauth2 profiles; remove them or change auth",
+                    ));
+                }
+                (
+                    None,
+                    if had_secret {
+                        SecretChange::Clear
+                    } else {
+                        SecretChange::Keep
+                    },
+                )
+            }
+            AuthMethod::GmailOauth | AuthMethod::Oauth2 => {
+                let draft = self.oauth.unwrap_or_default();
+                let secret = match draft.client_secret.clone() {
+                    Some(s) if secrecy::ExposeSecret::expose_secret(&s).trim().is_empty() => {
+                        return Err(ValidationError::new(
+                            "oauth.client_secret",
+                            "client_secret is empty; paste the secret from your OAuth client",
+                        ));
+                    }
+                    Some(s) => SecretChange::Set(s),
+                    None if auth == AuthMethod::GmailOauth && !had_secret => {
+                        return Err(ValidationError::new(
+                            "oauth.client_secret",
+                            "client_secret is required for Gmail OAuth; copy it from the OAuth client in the Google Cloud console",
+                        ));
+                    }
+                    None => SecretChange::Keep,
+                };
+                let oauth = resolve_oauth(draft, base_spec.and_then(|b| b.oauth.as_ref()))
+                    .map_err(|e| e.under("oauth"))?;
+                (Some(oauth), secret)
+            }
+        };
+
+        let max_mailboxes = match self.max_mailboxes {
+            Some(n) => {
+                let ceiling = if auth == AuthMethod::GmailOauth {
+                    GMAIL_MAX_MAILBOXES
+                } else {
+                    MAX_MAX_MAILBOXES
+                };
+                match u32::try_from(n) {
+                    Ok(n) if (1..=ceiling).contains(&n) => n,
+                    _ if auth == AuthMethod::GmailOauth => {
+                        return Err(ValidationError::new(
+                            "max_mailboxes",
+                            format!(
+                                "a Gmail OAuth profile serves at most {GMAIL_MAX_MAILBOXES} mailboxes; use 1 to {GMAIL_MAX_MAILBOXES}, and create another profile for more"
+                            ),
+                        ));
+                    }
+                    _ => {
+                        return Err(ValidationError::new(
+                            "max_mailboxes",
+                            format!("max_mailboxes must be from 1 to {ceiling}"),
+                        ));
+                    }
+                }
+            }
+            None => match (auth, base_spec) {
+                (AuthMethod::GmailOauth, Some(b)) => b.max_mailboxes.min(GMAIL_MAX_MAILBOXES),
+                (AuthMethod::GmailOauth, None) => GMAIL_MAX_MAILBOXES,
+                (_, Some(b)) => b.max_mailboxes,
+                (_, None) => DEFAULT_MAX_MAILBOXES,
+            },
+        };
+        let poll_interval_seconds = match self.poll_interval_seconds {
+            Some(n) if (MIN_POLL_INTERVAL_SECONDS..=MAX_POLL_INTERVAL_SECONDS).contains(&n) => {
+                u32::try_from(n).unwrap_or(DEFAULT_POLL_INTERVAL_SECONDS)
+            }
+            Some(_) => {
+                return Err(ValidationError::new(
+                    "poll_interval_seconds",
+                    format!(
+                        "poll_interval_seconds must be from {MIN_POLL_INTERVAL_SECONDS} to {MAX_POLL_INTERVAL_SECONDS} (one day)"
+                    ),
+                ));
+            }
+            None => base_spec.map_or(DEFAULT_POLL_INTERVAL_SECONDS, |b| b.poll_interval_seconds),
+        };
+        let process_emails_received_after = match self.process_emails_received_after {
+            Some(v) => v,
+            None => base_spec.and_then(|b| b.process_emails_received_after),
+        };
+
+        Ok((
+            ProfileSpec {
+                name,
+                incoming,
+                outgoing,
+                auth,
+                oauth,
+                max_mailboxes,
+                poll_interval_seconds,
+                process_emails_received_after,
+            },
+            secret,
+        ))
+    }
+}
+
+/// Gmail's servers, Google's OAuth 2.0 endpoints and the full-mail scope. `openid email`
+/// are asked too, so that sign-in can prove which account consented.
+fn gmail_preset(draft: &ProfileDraft) -> ProfileSpec {
+    let pop3 = draft
+        .incoming
+        .as_ref()
+        .and_then(|i| i.protocol)
+        .is_some_and(|p| p == IncomingProtocol::Pop3);
+    let (protocol, host, port) = if pop3 {
+        (IncomingProtocol::Pop3, "pop.gmail.com", 995)
+    } else {
+        (IncomingProtocol::Imap, "imap.gmail.com", 993)
+    };
+    let url = |s: &str| Url::parse(s).unwrap_or_else(|e| unreachable!("constant URL {s}: {e}"));
+    ProfileSpec {
+        name: "Gmail".to_owned(),
+        incoming: IncomingServer {
+            protocol,
+            host: Host::known(host),
+            port: Port::new_const(port),
+            security: Security::Tls,
+        },
+        outgoing: OutgoingServer {
+            host: Host::known("smtp.gmail.com"),
+            port: Port::new_const(465),
+            security: Security::Tls,
+        },
+        auth: AuthMethod::GmailOauth,
+        oauth: Some(OAuthSettings {
+            client_id: String::new(),
+            authorization_url: url("https://accounts.google.com/o/oauth2/v2/auth"),
+            token_url: url("https://oauth2.googleapis.com/token"),
+            revocation_url: Some(url("https://oauth2.googleapis.com/revoke")),
+            userinfo_url: Some(url("https://openidconnect.googleapis.com/v1/userinfo")),
+            scopes: vec![
+                "https://mail.google.com/".to_owned(),
+                "openid".to_owned(),
+                "email".to_owned(),
+            ],
+        }),
+        max_mailboxes: GMAIL_MAX_MAILBOXES,
+        poll_interval_seconds: DEFAULT_POLL_INTERVAL_SECONDS,
+        process_emails_received_after: None,
+    }
+}
+
+/// The port a client would expect for a protocol and a security mode.
+fn default_port(protocol: Option<IncomingProtocol>, security: Security) -> u16 {
+    match (protocol, security) {
+        (Some(IncomingProtocol::Imap), Security::Tls) => 993,
+        (Some(IncomingProtocol::Imap), _) => 143,
+        (Some(IncomingProtocol::Pop3), Security::Tls) => 995,
+        (Some(IncomingProtocol::Pop3), _) => 110,
+        (None, Security::Tls) => 465,
+        (None, _) => 587,
+    }
+}
+
+/// The common part of both sides: host, port and security, each from the draft, the base,
+/// or (port only) the protocol's default.
+fn resolve_endpoint(
+    host: Option<String>,
+    port: Option<i64>,
+    security: Option<Security>,
+    protocol: Option<IncomingProtocol>,
+    base: Option<(&Host, Option<Port>, Security)>,
+    example: &str,
+) -> Result<(Host, Port, Security), ValidationError> {
+    let host = match host {
+        Some(h) => Host::parse(&h, "host")?,
+        None => base.map(|b| b.0.clone()).ok_or_else(|| {
+            ValidationError::new("host", format!("host is required, e.g. \"{example}\""))
+        })?,
+    };
+    let security = security.or(base.map(|b| b.2)).unwrap_or(Security::Tls);
+    let port = match port {
+        Some(p) => Port::parse(p, "port")?,
+        // A changed security mode with no port given moves to that mode's usual port.
+        None => match base {
+            Some((_, Some(p), s)) if s == security => p,
+            _ => Port::new_const(default_port(protocol, security)),
+        },
+    };
+    Ok((host, port, security))
+}
+
+fn resolve_incoming(
+    d: IncomingDraft,
+    base: Option<&IncomingServer>,
+) -> Result<IncomingServer, ValidationError> {
+    let protocol = d
+        .protocol
+        .or(base.map(|b| b.protocol))
+        .ok_or_else(|| ValidationError::new("protocol", "protocol is required: imap or pop3"))?;
+    // A switched protocol (IMAP → POP3) with no port given moves to the new protocol's port.
+    let same_protocol = base.is_some_and(|b| b.protocol == protocol);
+    let (host, port, security) = resolve_endpoint(
+        d.host,
+        d.port,
+        d.security,
+        Some(protocol),
+        base.map(|b| (&b.host, same_protocol.then_some(b.port), b.security)),
+        "imap.example.com",
+    )?;
+    Ok(IncomingServer {
+        protocol,
+        host,
+        port,
+        security,
+    })
+}
+
+fn resolve_outgoing(
+    d: OutgoingDraft,
+    base: Option<&OutgoingServer>,
+) -> Result<OutgoingServer, ValidationError> {
+    let (host, port, security) = resolve_endpoint(
+        d.host,
+        d.port,
+        d.security,
+        None,
+        base.map(|b| (&b.host, Some(b.port), b.security)),
+        "smtp.example.com",
+    )?;
+    Ok(OutgoingServer {
+        host,
+        port,
+        security,
+    })
+}
+
+fn resolve_oauth(
+    d: OAuthDraft,
+    base: Option<&OAuthSettings>,
+) -> Result<OAuthSettings, ValidationError> {
+    let client_id = match d.client_id.as_deref().map(str::trim) {
+        Some(id) if !id.is_empty() => id.to_owned(),
+        Some(_) => String::new(),
+        None => base.map(|b| b.client_id.clone()).unwrap_or_default(),
+    };
+    if client_id.is_empty() {
+        return Err(ValidationError::new(
+            "client_id",
+            "client_id is required; copy it from your OAuth client (Google Cloud console › APIs & Services › Credentials)",
+        ));
+    }
+    let required = |raw: Option<String>, old: Option<&Url>, field: &str| match raw {
+        Some(s) => endpoint_url(&s, field),
+        None => old.cloned().ok_or_else(|| {
+            ValidationError::new(field, format!("{field} is required for an oauth2 profile"))
+        }),
+    };
+    let optional = |raw: Option<String>, old: Option<&Url>, field: &str| match raw {
+        Some(s) if s.trim().is_empty() => Ok(None),
+        Some(s) => endpoint_url(&s, field).map(Some),
+        None => Ok(old.cloned()),
+    };
+    let authorization_url = required(
+        d.authorization_url,
+        base.map(|b| &b.authorization_url),
+        "authorization_url",
+    )?;
+    let token_url = required(d.token_url, base.map(|b| &b.token_url), "token_url")?;
+    let revocation_url = optional(
+        d.revocation_url,
+        base.and_then(|b| b.revocation_url.as_ref()),
+        "revocation_url",
+    )?;
+    let userinfo_url = optional(
+        d.userinfo_url,
+        base.and_then(|b| b.userinfo_url.as_ref()),
+        "userinfo_url",
+    )?;
+    let scopes = match d.scopes {
+        Some(s) => s.into_iter().map(|s| s.trim().to_owned()).collect(),
+        None => base.map(|b| b.scopes.clone()).unwrap_or_default(),
+    };
+    if scopes.is_empty() || scopes.iter().any(|s| s.is_empty() || s.contains(' ')) {
+        return Err(ValidationError::new(
+            "scopes",
+            "scopes must be a non-empty list of scope names without spaces, e.g. [\"https://mail.google.com/\"]",
+        ));
+    }
+    Ok(OAuthSettings {
+        client_id,
+        authorization_url,
+        token_url,
+        revocation_url,
+        userinfo_url,
+        scopes,
+    })
+}
+
+/// An OAuth endpoint must be HTTPS; plain HTTP only to this machine (a local provider).
+fn endpoint_url(raw: &str, field: &str) -> Result<Url, ValidationError> {
+    let url = Url::parse(raw.trim()).map_err(|e| {
+        ValidationError::new(
+            field,
+            format!("'{raw}' is not a URL ({e}); write a full address such as https://provider.example/oauth2/token"),
+        )
+    })?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        _ => Err(ValidationError::new(
+            field,
+            format!("'{raw}' must use https (plain http is accepted only for localhost)"),
+        )),
+    }
+}
+
+fn double_option<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    serde::Deserialize::deserialize(de).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft(json: serde_json::Value) -> ProfileDraft {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn gmail_preset_fills_servers_endpoints_scope_and_limit() {
+        let (spec, secret) = draft(serde_json::json!({
+            "name": "Sales", "preset": "gmail",
+            "oauth": {"client_id": "123.apps.googleusercontent.com", "client_secret": "s3cret"}
+        }))
+        .resolve(None)
+        .unwrap();
+        assert_eq!(spec.incoming.host.as_str(), "imap.gmail.com");
+        assert_eq!(spec.incoming.port.get(), 993);
+        assert_eq!(spec.outgoing.host.as_str(), "smtp.gmail.com");
+        assert_eq!(spec.outgoing.port.get(), 465);
+        assert_eq!(spec.auth, AuthMethod::GmailOauth);
+        assert_eq!(spec.max_mailboxes, 100);
+        let oauth = spec.oauth.unwrap();
+        assert_eq!(
+            oauth.token_url.as_str(),
+            "https://oauth2.googleapis.com/token"
+        );
+        assert!(
+            oauth
+                .scopes
+                .contains(&"https://mail.google.com/".to_owned())
+        );
+        assert!(matches!(secret, SecretChange::Set(_)));
+    }
+
+    #[test]
+    fn gmail_preset_with_pop3_uses_pop_gmail_com() {
+        let (spec, _) = draft(serde_json::json!({
+            "name": "Pop", "preset": "gmail", "incoming": {"protocol": "pop3"},
+            "oauth": {"client_id": "c", "client_secret": "s"}
+        }))
+        .resolve(None)
+        .unwrap();
+        assert_eq!(spec.incoming.host.as_str(), "pop.gmail.com");
+        assert_eq!(spec.incoming.port.get(), 995);
+    }
+
+    #[test]
+    fn gmail_oauth_refuses_more_than_100_mailboxes_and_a_missing_secret() {
+        let e = draft(serde_json::json!({
+            "name": "G", "preset": "gmail", "max_mailboxes": 101,
+            "oauth": {"client_id": "c", "client_secret": "s"}
+        }))
+        .resolve(None)
+        .unwrap_err();
+        assert_eq!(e.field, "max_mailboxes");
+        assert!(e.message.contains("at most 100"), "{e}");
+        let e =
+            draft(serde_json::json!({"name": "G", "preset": "gmail", "oauth": {"client_id": "c"}}))
+                .resolve(None)
+                .unwrap_err();
+        assert_eq!(e.field, "oauth.client_secret");
+    }
+
+    #[test]
+    fn a_password_profile_needs_both_servers_and_defaults_ports() {
+        let e = draft(
+            serde_json::json!({"name": "P", "auth": "password", "incoming": {"protocol": "imap"}}),
+        )
+        .resolve(None)
+        .unwrap_err();
+        assert_eq!(e.field, "incoming.host");
+        let (spec, _) = draft(serde_json::json!({
+            "name": "P", "auth": "password",
+            "incoming": {"protocol": "pop3", "host": "mail.example.com", "security": "starttls"},
+            "outgoing": {"host": "mail.example.com", "security": "starttls"}
+        }))
+        .resolve(None)
+        .unwrap();
+        assert_eq!(spec.incoming.port.get(), 110);
+        assert_eq!(spec.outgoing.port.get(), 587);
+        assert_eq!(spec.max_mailboxes, DEFAULT_MAX_MAILBOXES);
+    }
+
+    #[test]
+    fn patching_keeps_what_is_not_named_and_the_stored_secret() {
+        let (base, _) = draft(serde_json::json!({
+            "name": "G", "preset": "gmail", "oauth": {"client_id": "c", "client_secret": "s"}
+        }))
+        .resolve(None)
+        .unwrap();
+        let stored = Stored {
+            spec: &base,
+            has_client_secret: true,
+        };
+        let (patched, secret) = draft(serde_json::json!({"name": "Renamed", "max_mailboxes": 20}))
+            .resolve(Some(stored))
+            .unwrap();
+        assert_eq!(patched.name, "Renamed");
+        assert_eq!(patched.max_mailboxes, 20);
+        assert_eq!(patched.incoming, base.incoming);
+        assert_eq!(patched.oauth, base.oauth);
+        assert!(matches!(secret, SecretChange::Keep));
+
+        let stored = Stored {
+            spec: &base,
+            has_client_secret: true,
+        };
+        let e = draft(serde_json::json!({"preset": "gmail"}))
+            .resolve(Some(stored))
+            .unwrap_err();
+        assert_eq!(e.field, "preset");
+    }
+
+    #[test]
+    fn oauth_endpoints_must_be_https_except_on_loopback() {
+        let base = serde_json::json!({
+            "name": "O", "auth": "oauth2",
+            "incoming": {"protocol": "imap", "host": "127.0.0.1"},
+            "outgoing": {"host": "127.0.0.1"},
+        });
+        let with = |oauth: serde_json::Value| {
+            let mut v = base.clone();
+            v["oauth"] = oauth;
+            draft(v).resolve(None)
+        };
+        assert!(with(serde_json::json!({"client_id": "c", "authorization_url": "http://127.0.0.1:9/a", "token_url": "http://localhost:9/t", "scopes": ["mail"]})).is_ok());
+        let e = with(serde_json::json!({"client_id": "c", "authorization_url": "http://idp.example/a", "token_url": "https://idp.example/t", "scopes": ["mail"]})).unwrap_err();
+        assert_eq!(e.field, "oauth.authorization_url");
+        let e = with(serde_json::json!({"client_id": "c", "authorization_url": "https://idp.example/a", "scopes": ["mail"]})).unwrap_err();
+        assert_eq!(e.field, "oauth.token_url");
+        let e = with(serde_json::json!({"client_id": "c", "authorization_url": "https://idp.example/a", "token_url": "https://idp.example/t", "scopes": []})).unwrap_err();
+        assert_eq!(e.field, "oauth.scopes");
+    }
+}
