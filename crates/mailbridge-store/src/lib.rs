@@ -1,1 +1,211 @@
+//! [`Store`]: Mailbridge's persistence on SQLite (the embedded default) or PostgreSQL, chosen
+//! by the database URL. Queries are runtime queries over sqlx's `Any` driver with portable
+//! SQL and column types, so one code base serves both; each backend has its own migrations.
 
+pub mod audit;
+pub mod crypto;
+pub mod mailboxes;
+pub mod profiles;
+pub mod users;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use mailbridge_core::Clock;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use audit::{Actor, AuditEntry};
+pub use crypto::{CryptoError, Keyring};
+pub use mailboxes::MailboxRecord;
+pub use profiles::ProfileRecord;
+pub use users::{ApiToken, UserRecord};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {id} does not exist")]
+    NotFound { kind: &'static str, id: String },
+    /// The change would break a rule; the message says which and what to do.
+    #[error("{0}")]
+    Conflict(String),
+    /// A mailbox cannot join a profile already serving its limit.
+    #[error("{message}")]
+    ProfileFull { message: String },
+    /// An input names a row that does not exist (a mailbox's owner or profile).
+    #[error("{field}: {message}")]
+    InvalidReference {
+        field: &'static str,
+        message: String,
+    },
+    #[error(
+        "the database URL '{0}' is not supported; use sqlite://<path> or postgres://<user>@<host>/<db>"
+    )]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot migrate the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// A stored row no longer parses (edited by hand, or written by a newer version).
+    #[error("stored {what} is invalid: {why}")]
+    Corrupt { what: String, why: String },
+}
+
+impl StoreError {
+    pub(crate) fn corrupt(what: impl Into<String>, why: impl ToString) -> Self {
+        Self::Corrupt {
+            what: what.into(),
+            why: why.to_string(),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The database and the keyring that protects its secrets.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    keyring: Arc<Keyring>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://path` creates the file; `postgres://…`). Does not migrate.
+    pub async fn connect(url: &str, keyring: Keyring, clock: Arc<dyn Clock>) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        };
+        let options = AnyConnectOptions::from_str(url)?;
+        let pool_options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        let pool = match backend {
+            Backend::Sqlite => {
+                pool_options
+                    .max_connections(8)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // WAL lets the API read while the engine writes; foreign keys
+                            // enforce the RESTRICT rules; a busy writer is waited for.
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?
+            }
+            Backend::Postgres => {
+                pool_options
+                    .max_connections(16)
+                    .connect_with(options)
+                    .await?
+            }
+        };
+        Ok(Self {
+            pool,
+            backend,
+            keyring: Arc::new(keyring),
+            clock,
+        })
+    }
+
+    /// Applies the backend's pending migrations.
+    pub async fn migrate(&self) -> Result<()> {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// A transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so a read-check-write sequence cannot be overtaken by another
+    /// writer and fail with SQLITE_BUSY at commit; PostgreSQL locks rows as it goes.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now().timestamp_millis()
+    }
+
+    /// Decrypts every stored secret with the keyring and encrypts it again with its active key.
+    /// Returns how many secrets were re-encrypted.
+    pub async fn reencrypt_secrets(&self) -> Result<usize> {
+        profiles::reencrypt_client_secrets(self).await
+    }
+}
+
+/// Rows store times as Unix milliseconds.
+pub(crate) fn time_from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+/// Whether a database error is a unique-constraint violation (both backends).
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.is_unique_violation(),
+        _ => false,
+    }
+}
+
+/// A URL with its password replaced, fit for an error message.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

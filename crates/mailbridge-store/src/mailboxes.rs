@@ -1,0 +1,307 @@
+//! [`MailboxRecord`]: stored mailboxes, and the rule that a profile serves at most
+//! `max_mailboxes` of them (100 for Gmail OAuth).
+
+use chrono::{DateTime, Utc};
+use mailbridge_core::{
+    AuthMethod, ConnectionStatus, EmailAddress, GMAIL_MAX_MAILBOXES, MailboxId, MailboxSpec,
+    ProfileId, UserId,
+};
+use sqlx::{Any, Transaction};
+
+use crate::audit::{self, Actor};
+use crate::{Result, Store, StoreError, is_unique_violation, time_from_ms};
+
+#[derive(Debug, Clone)]
+pub struct MailboxRecord {
+    pub id: MailboxId,
+    pub spec: MailboxSpec,
+    pub incoming_status: ConnectionStatus,
+    pub outgoing_status: ConnectionStatus,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct MailboxRow {
+    id: String,
+    owner_user_id: String,
+    email: String,
+    profile_id: String,
+    incoming_method: String,
+    outgoing_method: String,
+    tracking_rule: String,
+    incoming_status: String,
+    outgoing_status: String,
+    enabled: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+const MAILBOX_SELECT: &str = "SELECT id, owner_user_id, email, profile_id, incoming_method, \
+     outgoing_method, tracking_rule, incoming_status, outgoing_status, enabled, created_at, \
+     updated_at FROM mailboxes";
+
+impl TryFrom<MailboxRow> for MailboxRecord {
+    type Error = StoreError;
+    fn try_from(r: MailboxRow) -> Result<Self> {
+        let what = format!("mailbox {}", r.id);
+        let bad = |e: &dyn std::fmt::Display| StoreError::corrupt(what.clone(), e);
+        Ok(Self {
+            id: r.id.parse().map_err(|e| bad(&e))?,
+            spec: MailboxSpec {
+                owner_user_id: r.owner_user_id.parse().map_err(|e| bad(&e))?,
+                email: EmailAddress::parse(&r.email, "email").map_err(|e| bad(&e))?,
+                profile_id: r.profile_id.parse().map_err(|e| bad(&e))?,
+                incoming_method: r.incoming_method.parse().map_err(|e| bad(&e))?,
+                outgoing_method: r.outgoing_method.parse().map_err(|e| bad(&e))?,
+                tracking_rule: r.tracking_rule.parse().map_err(|e| bad(&e))?,
+            },
+            incoming_status: r.incoming_status.parse().map_err(|e| bad(&e))?,
+            outgoing_status: r.outgoing_status.parse().map_err(|e| bad(&e))?,
+            enabled: r.enabled != 0,
+            created_at: time_from_ms(r.created_at),
+            updated_at: time_from_ms(r.updated_at),
+        })
+    }
+}
+
+fn audit_detail(spec: &MailboxSpec) -> serde_json::Value {
+    serde_json::json!({
+        "owner_user_id": spec.owner_user_id,
+        "email": spec.email,
+        "profile_id": spec.profile_id,
+        "incoming_method": spec.incoming_method,
+        "outgoing_method": spec.outgoing_method,
+        "tracking_rule": spec.tracking_rule,
+    })
+}
+
+fn address_taken(e: sqlx::Error, email: &EmailAddress) -> StoreError {
+    if is_unique_violation(&e) {
+        StoreError::Conflict(format!("a mailbox for {email} already exists"))
+    } else {
+        e.into()
+    }
+}
+
+impl Store {
+    pub async fn create_mailbox(&self, actor: &Actor, spec: &MailboxSpec) -> Result<MailboxRecord> {
+        let now = self.now_ms();
+        let id = MailboxId::new();
+        let sid = id.to_string();
+        let mut tx = self.begin_write().await?;
+        self.check_references(&mut tx, spec).await?;
+        self.check_capacity(&mut tx, spec.profile_id).await?;
+        sqlx::query(
+            "INSERT INTO mailboxes (id, owner_user_id, email, profile_id, incoming_method, \
+             outgoing_method, tracking_rule, incoming_status, outgoing_status, enabled, \
+             created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'not_run', 'not_run', 0, $8, $8)",
+        )
+        .bind(&sid)
+        .bind(spec.owner_user_id.to_string())
+        .bind(spec.email.as_str())
+        .bind(spec.profile_id.to_string())
+        .bind(spec.incoming_method.as_str())
+        .bind(spec.outgoing_method.as_str())
+        .bind(spec.tracking_rule.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| address_taken(e, &spec.email))?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "mailbox.create",
+            ("mailbox", &sid),
+            audit_detail(spec),
+        )
+        .await?;
+        tx.commit().await?;
+        self.get_mailbox(id).await
+    }
+
+    pub async fn get_mailbox(&self, id: MailboxId) -> Result<MailboxRecord> {
+        let row: Option<MailboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{MAILBOX_SELECT} WHERE id = $1"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(MailboxRecord::try_from)
+            .transpose()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "mailbox",
+                id: id.to_string(),
+            })
+    }
+
+    /// All mailboxes, or only those of `owner`.
+    pub async fn list_mailboxes(&self, owner: Option<UserId>) -> Result<Vec<MailboxRecord>> {
+        let rows: Vec<MailboxRow> = match owner {
+            Some(o) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "{MAILBOX_SELECT} WHERE owner_user_id = $1 ORDER BY id"
+                )))
+                .bind(o.to_string())
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("{MAILBOX_SELECT} ORDER BY id")))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.into_iter().map(MailboxRecord::try_from).collect()
+    }
+
+    /// Replaces a mailbox's configuration. A new address or profile invalidates the last
+    /// test, so the statuses go back to `not_run` and the mailbox is disabled until tested.
+    pub async fn update_mailbox(
+        &self,
+        actor: &Actor,
+        id: MailboxId,
+        spec: &MailboxSpec,
+    ) -> Result<MailboxRecord> {
+        let now = self.now_ms();
+        let sid = id.to_string();
+        let old = self.get_mailbox(id).await?;
+        let retest = old.spec.email != spec.email || old.spec.profile_id != spec.profile_id;
+        let mut tx = self.begin_write().await?;
+        self.check_references(&mut tx, spec).await?;
+        if old.spec.profile_id != spec.profile_id {
+            self.check_capacity(&mut tx, spec.profile_id).await?;
+        }
+        let reset = if retest {
+            ", incoming_status = 'not_run', outgoing_status = 'not_run', enabled = 0"
+        } else {
+            ""
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE mailboxes SET owner_user_id = $2, email = $3, profile_id = $4, \
+             incoming_method = $5, outgoing_method = $6, tracking_rule = $7, updated_at = $8{reset} \
+             WHERE id = $1"
+        )))
+        .bind(&sid)
+        .bind(spec.owner_user_id.to_string())
+        .bind(spec.email.as_str())
+        .bind(spec.profile_id.to_string())
+        .bind(spec.incoming_method.as_str())
+        .bind(spec.outgoing_method.as_str())
+        .bind(spec.tracking_rule.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| address_taken(e, &spec.email))?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "mailbox.update",
+            ("mailbox", &sid),
+            audit_detail(spec),
+        )
+        .await?;
+        tx.commit().await?;
+        self.get_mailbox(id).await
+    }
+
+    pub async fn delete_mailbox(&self, actor: &Actor, id: MailboxId) -> Result<()> {
+        let now = self.now_ms();
+        let sid = id.to_string();
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("DELETE FROM mailboxes WHERE id = $1")
+            .bind(&sid)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                kind: "mailbox",
+                id: sid,
+            });
+        }
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "mailbox.delete",
+            ("mailbox", &sid),
+            serde_json::json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The owner and the profile a mailbox names must exist.
+    async fn check_references(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        spec: &MailboxSpec,
+    ) -> Result<()> {
+        let (owner,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users WHERE id = $1")
+            .bind(spec.owner_user_id.to_string())
+            .fetch_one(&mut **tx)
+            .await?;
+        if owner == 0 {
+            return Err(StoreError::InvalidReference {
+                field: "owner_user_id",
+                message: format!(
+                    "user {} does not exist; list users with GET /api/v1/users",
+                    spec.owner_user_id
+                ),
+            });
+        }
+        let (profile,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM server_profiles WHERE id = $1")
+                .bind(spec.profile_id.to_string())
+                .fetch_one(&mut **tx)
+                .await?;
+        if profile == 0 {
+            return Err(StoreError::InvalidReference {
+                field: "profile_id",
+                message: format!(
+                    "server profile {} does not exist; list profiles with GET /api/v1/server-profiles",
+                    spec.profile_id
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses one more mailbox on a profile already serving its limit.
+    async fn check_capacity(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        profile: ProfileId,
+    ) -> Result<()> {
+        let pid = profile.to_string();
+        self.lock_profile(tx, &pid).await?;
+        let (name, auth, max, count): (String, String, i64, i64) = sqlx::query_as(
+            "SELECT p.name, p.auth_method, p.max_mailboxes, \
+             (SELECT COUNT(*) FROM mailboxes m WHERE m.profile_id = p.id) \
+             FROM server_profiles p WHERE p.id = $1",
+        )
+        .bind(&pid)
+        .fetch_one(&mut **tx)
+        .await?;
+        if count >= max {
+            let gmail = auth == AuthMethod::GmailOauth.as_str();
+            return Err(StoreError::ProfileFull {
+                message: if gmail && max == i64::from(GMAIL_MAX_MAILBOXES) {
+                    format!(
+                        "server profile '{name}' already serves {count} mailboxes, the most a Gmail OAuth profile can serve ({GMAIL_MAX_MAILBOXES}); create a second Gmail OAuth profile and add this mailbox there"
+                    )
+                } else {
+                    format!(
+                        "server profile '{name}' already serves {count} mailboxes, its limit (max_mailboxes = {max}); raise the limit or use another profile"
+                    )
+                },
+            });
+        }
+        Ok(())
+    }
+}

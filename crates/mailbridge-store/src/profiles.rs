@@ -1,0 +1,437 @@
+//! [`ProfileRecord`]: stored email server profiles, their encrypted client secrets, and the
+//! mailbox-count rules (a profile never serves more mailboxes than its limit).
+
+use chrono::{DateTime, NaiveDate, Utc};
+use mailbridge_core::{
+    Host, IncomingServer, OAuthSettings, OutgoingServer, Port, ProfileId, ProfileSpec,
+    SecretChange, UserId,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::audit::{self, Actor};
+use crate::{Backend, Result, Store, StoreError, is_unique_violation, time_from_ms};
+
+#[derive(Debug, Clone)]
+pub struct ProfileRecord {
+    pub id: ProfileId,
+    pub spec: ProfileSpec,
+    /// The admin who created it: the one alerted when many of its mailboxes fail.
+    pub owner_user_id: Option<UserId>,
+    pub has_client_secret: bool,
+    pub mailbox_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ProfileRow {
+    id: String,
+    name: String,
+    owner_user_id: Option<String>,
+    incoming_protocol: String,
+    incoming_host: String,
+    incoming_port: i64,
+    incoming_security: String,
+    outgoing_host: String,
+    outgoing_port: i64,
+    outgoing_security: String,
+    auth_method: String,
+    oauth_client_id: Option<String>,
+    has_client_secret: i64,
+    oauth_authorization_url: Option<String>,
+    oauth_token_url: Option<String>,
+    oauth_revocation_url: Option<String>,
+    oauth_userinfo_url: Option<String>,
+    oauth_scopes: Option<String>,
+    max_mailboxes: i64,
+    poll_interval_seconds: i64,
+    process_emails_received_after: Option<String>,
+    mailbox_count: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+const PROFILE_SELECT: &str = "SELECT p.id, p.name, p.owner_user_id, p.incoming_protocol, \
+     p.incoming_host, p.incoming_port, p.incoming_security, p.outgoing_host, p.outgoing_port, \
+     p.outgoing_security, p.auth_method, p.oauth_client_id, \
+     CASE WHEN p.oauth_client_secret IS NULL THEN 0 ELSE 1 END AS has_client_secret, \
+     p.oauth_authorization_url, p.oauth_token_url, p.oauth_revocation_url, p.oauth_userinfo_url, \
+     p.oauth_scopes, p.max_mailboxes, p.poll_interval_seconds, p.process_emails_received_after, \
+     (SELECT COUNT(*) FROM mailboxes m WHERE m.profile_id = p.id) AS mailbox_count, \
+     p.created_at, p.updated_at FROM server_profiles p";
+
+impl TryFrom<ProfileRow> for ProfileRecord {
+    type Error = StoreError;
+    fn try_from(r: ProfileRow) -> Result<Self> {
+        let what = format!("server profile {}", r.id);
+        let bad = |e: &dyn std::fmt::Display| StoreError::corrupt(what.clone(), e);
+        let port = |p: i64| Port::parse(p, "port").map_err(|e| bad(&e));
+        let url = |u: Option<String>| -> Result<Option<url::Url>> {
+            u.map(|u| url::Url::parse(&u).map_err(|e| bad(&e)))
+                .transpose()
+        };
+        let oauth = match (
+            r.oauth_client_id,
+            url(r.oauth_authorization_url)?,
+            url(r.oauth_token_url)?,
+        ) {
+            (Some(client_id), Some(authorization_url), Some(token_url)) => Some(OAuthSettings {
+                client_id,
+                authorization_url,
+                token_url,
+                revocation_url: url(r.oauth_revocation_url)?,
+                userinfo_url: url(r.oauth_userinfo_url)?,
+                scopes: r
+                    .oauth_scopes
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+            }),
+            _ => None,
+        };
+        let spec = ProfileSpec {
+            name: r.name,
+            incoming: IncomingServer {
+                protocol: r.incoming_protocol.parse().map_err(|e| bad(&e))?,
+                host: Host::parse(&r.incoming_host, "incoming_host").map_err(|e| bad(&e))?,
+                port: port(r.incoming_port)?,
+                security: r.incoming_security.parse().map_err(|e| bad(&e))?,
+            },
+            outgoing: OutgoingServer {
+                host: Host::parse(&r.outgoing_host, "outgoing_host").map_err(|e| bad(&e))?,
+                port: port(r.outgoing_port)?,
+                security: r.outgoing_security.parse().map_err(|e| bad(&e))?,
+            },
+            auth: r.auth_method.parse().map_err(|e| bad(&e))?,
+            oauth,
+            max_mailboxes: u32::try_from(r.max_mailboxes).map_err(|e| bad(&e))?,
+            poll_interval_seconds: u32::try_from(r.poll_interval_seconds).map_err(|e| bad(&e))?,
+            process_emails_received_after: r
+                .process_emails_received_after
+                .map(|d| d.parse::<NaiveDate>().map_err(|e| bad(&e)))
+                .transpose()?,
+        };
+        Ok(Self {
+            id: r.id.parse().map_err(|e| bad(&e))?,
+            spec,
+            owner_user_id: r
+                .owner_user_id
+                .map(|u| u.parse().map_err(|e| bad(&e)))
+                .transpose()?,
+            has_client_secret: r.has_client_secret != 0,
+            mailbox_count: r.mailbox_count,
+            created_at: time_from_ms(r.created_at),
+            updated_at: time_from_ms(r.updated_at),
+        })
+    }
+}
+
+fn secret_aad(id: &str) -> String {
+    format!("server_profiles/oauth_client_secret/{id}")
+}
+
+/// What an audit entry may say about a profile: everything but the secret.
+fn audit_detail(spec: &ProfileSpec, secret: &SecretChange) -> serde_json::Value {
+    serde_json::json!({
+        "spec": spec,
+        "client_secret": match secret {
+            SecretChange::Keep => "unchanged",
+            SecretChange::Set(_) => "set",
+            SecretChange::Clear => "cleared",
+        },
+    })
+}
+
+fn name_taken(e: sqlx::Error, name: &str) -> StoreError {
+    if is_unique_violation(&e) {
+        StoreError::Conflict(format!(
+            "a server profile named '{name}' already exists; choose another name"
+        ))
+    } else {
+        e.into()
+    }
+}
+
+impl Store {
+    pub async fn create_profile(
+        &self,
+        actor: &Actor,
+        spec: &ProfileSpec,
+        secret: SecretChange,
+    ) -> Result<ProfileRecord> {
+        let now = self.now_ms();
+        let id = ProfileId::new();
+        let sid = id.to_string();
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO server_profiles (id, name, owner_user_id, incoming_protocol, incoming_host, \
+             incoming_port, incoming_security, outgoing_host, outgoing_port, outgoing_security, \
+             auth_method, oauth_client_id, oauth_client_secret, oauth_authorization_url, \
+             oauth_token_url, oauth_revocation_url, oauth_userinfo_url, oauth_scopes, max_mailboxes, \
+             poll_interval_seconds, process_emails_received_after, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $19, $20, $21, $22, $22)",
+        )
+        .bind(&sid)
+        .bind(&spec.name)
+        .bind(actor.user_id.map(|u| u.to_string()))
+        .bind(spec.incoming.protocol.as_str())
+        .bind(spec.incoming.host.as_str())
+        .bind(i64::from(spec.incoming.port.get()))
+        .bind(spec.incoming.security.as_str())
+        .bind(spec.outgoing.host.as_str())
+        .bind(i64::from(spec.outgoing.port.get()))
+        .bind(spec.outgoing.security.as_str())
+        .bind(spec.auth.as_str())
+        .bind(spec.oauth.as_ref().map(|o| o.client_id.clone()))
+        .bind(match &secret {
+            SecretChange::Set(s) => Some(self.keyring.encrypt(s.expose_secret().as_bytes(), &secret_aad(&sid))),
+            SecretChange::Keep | SecretChange::Clear => None,
+        })
+        .bind(spec.oauth.as_ref().map(|o| o.authorization_url.to_string()))
+        .bind(spec.oauth.as_ref().map(|o| o.token_url.to_string()))
+        .bind(spec.oauth.as_ref().and_then(|o| o.revocation_url.as_ref().map(|u| u.to_string())))
+        .bind(spec.oauth.as_ref().and_then(|o| o.userinfo_url.as_ref().map(|u| u.to_string())))
+        .bind(spec.oauth.as_ref().map(|o| o.scopes.join(" ")))
+        .bind(i64::from(spec.max_mailboxes))
+        .bind(i64::from(spec.poll_interval_seconds))
+        .bind(spec.process_emails_received_after.map(|d| d.to_string()))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| name_taken(e, &spec.name))?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "profile.create",
+            ("server_profile", &sid),
+            audit_detail(spec, &secret),
+        )
+        .await?;
+        tx.commit().await?;
+        self.get_profile(id).await
+    }
+
+    pub async fn get_profile(&self, id: ProfileId) -> Result<ProfileRecord> {
+        let row: Option<ProfileRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{PROFILE_SELECT} WHERE p.id = $1"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(ProfileRecord::try_from)
+            .transpose()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "server profile",
+                id: id.to_string(),
+            })
+    }
+
+    pub async fn find_profile_by_name(&self, name: &str) -> Result<Option<ProfileRecord>> {
+        let row: Option<ProfileRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{PROFILE_SELECT} WHERE p.name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(ProfileRecord::try_from).transpose()
+    }
+
+    pub async fn list_profiles(&self) -> Result<Vec<ProfileRecord>> {
+        let rows: Vec<ProfileRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{PROFILE_SELECT} ORDER BY p.id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(ProfileRecord::try_from).collect()
+    }
+
+    /// The decrypted OAuth client secret of a profile, if it has one.
+    pub async fn profile_client_secret(&self, id: ProfileId) -> Result<Option<SecretString>> {
+        let sid = id.to_string();
+        let row: Option<(Option<Vec<u8>>,)> =
+            sqlx::query_as("SELECT oauth_client_secret FROM server_profiles WHERE id = $1")
+                .bind(&sid)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (blob,) = row.ok_or_else(|| StoreError::NotFound {
+            kind: "server profile",
+            id: sid.clone(),
+        })?;
+        blob.map(|b| {
+            let plain = self.keyring.decrypt(&b, &secret_aad(&sid))?;
+            String::from_utf8(plain.to_vec())
+                .map(SecretString::from)
+                .map_err(|_| StoreError::corrupt(format!("client secret of {sid}"), "not UTF-8"))
+        })
+        .transpose()
+    }
+
+    /// Replaces a profile's settings. Refuses a `max_mailboxes` below the mailboxes it serves.
+    pub async fn update_profile(
+        &self,
+        actor: &Actor,
+        id: ProfileId,
+        spec: &ProfileSpec,
+        secret: SecretChange,
+    ) -> Result<ProfileRecord> {
+        let now = self.now_ms();
+        let sid = id.to_string();
+        let mut tx = self.begin_write().await?;
+        self.lock_profile(&mut tx, &sid).await?;
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM mailboxes WHERE profile_id = $1")
+                .bind(&sid)
+                .fetch_one(&mut *tx)
+                .await?;
+        if count > i64::from(spec.max_mailboxes) {
+            return Err(StoreError::Conflict(format!(
+                "server profile '{}' serves {count} mailboxes, so max_mailboxes cannot be {}; move or delete mailboxes first",
+                spec.name, spec.max_mailboxes
+            )));
+        }
+        let secret_sql = match secret {
+            SecretChange::Keep => "",
+            SecretChange::Set(_) | SecretChange::Clear => ", oauth_client_secret = $20",
+        };
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE server_profiles SET name = $2, incoming_protocol = $3, incoming_host = $4, \
+             incoming_port = $5, incoming_security = $6, outgoing_host = $7, outgoing_port = $8, \
+             outgoing_security = $9, auth_method = $10, oauth_client_id = $11, \
+             oauth_authorization_url = $12, oauth_token_url = $13, oauth_revocation_url = $14, \
+             oauth_userinfo_url = $15, oauth_scopes = $16, max_mailboxes = $17, \
+             poll_interval_seconds = $18, process_emails_received_after = $19{secret_sql}, \
+             updated_at = $21 WHERE id = $1"
+        )))
+        .bind(&sid)
+        .bind(&spec.name)
+        .bind(spec.incoming.protocol.as_str())
+        .bind(spec.incoming.host.as_str())
+        .bind(i64::from(spec.incoming.port.get()))
+        .bind(spec.incoming.security.as_str())
+        .bind(spec.outgoing.host.as_str())
+        .bind(i64::from(spec.outgoing.port.get()))
+        .bind(spec.outgoing.security.as_str())
+        .bind(spec.auth.as_str())
+        .bind(spec.oauth.as_ref().map(|o| o.client_id.clone()))
+        .bind(spec.oauth.as_ref().map(|o| o.authorization_url.to_string()))
+        .bind(spec.oauth.as_ref().map(|o| o.token_url.to_string()))
+        .bind(
+            spec.oauth
+                .as_ref()
+                .and_then(|o| o.revocation_url.as_ref().map(|u| u.to_string())),
+        )
+        .bind(
+            spec.oauth
+                .as_ref()
+                .and_then(|o| o.userinfo_url.as_ref().map(|u| u.to_string())),
+        )
+        .bind(spec.oauth.as_ref().map(|o| o.scopes.join(" ")))
+        .bind(i64::from(spec.max_mailboxes))
+        .bind(i64::from(spec.poll_interval_seconds))
+        .bind(spec.process_emails_received_after.map(|d| d.to_string()))
+        .bind(match &secret {
+            SecretChange::Set(s) => Some(
+                self.keyring
+                    .encrypt(s.expose_secret().as_bytes(), &secret_aad(&sid)),
+            ),
+            SecretChange::Keep | SecretChange::Clear => None,
+        })
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| name_taken(e, &spec.name))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                kind: "server profile",
+                id: sid,
+            });
+        }
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "profile.update",
+            ("server_profile", &sid),
+            audit_detail(spec, &secret),
+        )
+        .await?;
+        tx.commit().await?;
+        self.get_profile(id).await
+    }
+
+    /// Deletes a profile that serves no mailbox.
+    pub async fn delete_profile(&self, actor: &Actor, id: ProfileId) -> Result<()> {
+        let now = self.now_ms();
+        let profile = self.get_profile(id).await?;
+        let sid = id.to_string();
+        let mut tx = self.begin_write().await?;
+        self.lock_profile(&mut tx, &sid).await?;
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM mailboxes WHERE profile_id = $1")
+                .bind(&sid)
+                .fetch_one(&mut *tx)
+                .await?;
+        if count > 0 {
+            return Err(StoreError::Conflict(format!(
+                "server profile '{}' still serves {count} mailbox(es); move them to another profile or delete them first",
+                profile.spec.name
+            )));
+        }
+        sqlx::query("DELETE FROM server_profiles WHERE id = $1")
+            .bind(&sid)
+            .execute(&mut *tx)
+            .await?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "profile.delete",
+            ("server_profile", &sid),
+            serde_json::json!({"name": profile.spec.name}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Serializes changes to one profile's mailbox set, so a count read in `tx` stays true
+    /// until it commits. PostgreSQL locks the profile's row; on SQLite the write transaction
+    /// (`BEGIN IMMEDIATE`) already excludes every other writer.
+    pub(crate) async fn lock_profile(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: &str,
+    ) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT id FROM server_profiles WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Re-encrypts every client secret with the keyring's active key, in one transaction.
+pub(crate) async fn reencrypt_client_secrets(store: &Store) -> Result<usize> {
+    let mut tx = store.begin_write().await?;
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, oauth_client_secret FROM server_profiles WHERE oauth_client_secret IS NOT NULL",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, blob) in &rows {
+        let aad = secret_aad(id);
+        let plain = store.keyring.decrypt(blob, &aad)?;
+        sqlx::query("UPDATE server_profiles SET oauth_client_secret = $1 WHERE id = $2")
+            .bind(store.keyring.encrypt(&plain, &aad))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(rows.len())
+}
