@@ -168,7 +168,11 @@ impl Keyring {
             source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(werr)?;
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir).map_err(werr)?;
         }
         let tmp = path.with_extension("tmp");
         let mut opts = std::fs::OpenOptions::new();
@@ -176,15 +180,25 @@ impl Keyring {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut file = opts.open(&tmp).map_err(werr)?;
-        let mut text = Zeroizing::new(String::from(
-            "# Mailbridge master keys: the first encrypts, all decrypt. Keep this file secret.\n",
+        let text = Zeroizing::new(format!(
+            "# Mailbridge master keys: the first encrypts, all decrypt. Keep this file secret.\n{}\n",
+            self.export().replace(',', "\n")
         ));
-        for key in &self.keys {
-            text.push_str(&format!("{}:{}\n", key.id, B64.encode(key.bytes.as_ref())));
-        }
         file.write_all(text.as_bytes()).map_err(werr)?;
         file.sync_all().map_err(werr)?;
         std::fs::rename(&tmp, path).map_err(werr)
+    }
+
+    /// The keys as `<id>:<base64>` entries joined by commas: what `parse` reads and
+    /// `MAILBRIDGE_MASTER_KEY` holds.
+    pub fn export(&self) -> Zeroizing<String> {
+        Zeroizing::new(
+            self.keys
+                .iter()
+                .map(|k| format!("{}:{}", k.id, B64.encode(k.bytes.as_ref())))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
     }
 
     /// The id of the key that encrypts.

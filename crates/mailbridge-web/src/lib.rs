@@ -1,1 +1,61 @@
+//! Mailbridge's HTTP surface: the REST API under `/api/v1` (bearer tokens, JSON, an OpenAPI
+//! document), health probes, and — later — the console. [`serve`] takes a bound listener and
+//! a shutdown signal, so tests run many servers on port 0.
 
+pub mod auth;
+pub mod error;
+pub mod json;
+mod openapi;
+mod routes;
+
+use std::future::Future;
+
+use axum::Router;
+use mailbridge_store::Store;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+use url::Url;
+
+/// What the web layer needs from configuration.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Where users' browsers reach this service; the OAuth redirect URI hangs off it.
+    pub public_base_url: Url,
+    /// Whether "Sign in to Gmail" is offered here.
+    pub gmail_oauth: bool,
+}
+
+impl WebConfig {
+    /// The redirect URI to register with the OAuth provider (Google Cloud console).
+    pub fn oauth_redirect_uri(&self) -> String {
+        format!(
+            "{}/oauth/callback",
+            self.public_base_url.as_str().trim_end_matches('/')
+        )
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: WebConfig,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(routes::system::routes())
+        .nest("/api/v1", routes::api())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves until `shutdown` completes, then finishes the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

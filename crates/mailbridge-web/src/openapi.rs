@@ -1,0 +1,36 @@
+//! The OpenAPI 3.1 document served at `/api/v1/openapi.json`, generated from the handlers.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{mailboxes, profiles, system, users};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Mailbridge API", description = "Server-side email synchronization: users, email server profiles, mailboxes."),
+    servers((url = "/api/v1")),
+    paths(
+        users::create, users::list, users::show, users::update, users::remove, users::reset_token,
+        profiles::create, profiles::list, profiles::show, profiles::update, profiles::remove,
+        mailboxes::create, mailboxes::list, mailboxes::show, mailboxes::update, mailboxes::remove,
+        system::features, system::audit_log,
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

@@ -1,0 +1,174 @@
+//! `/mailboxes`: admins create and delete mailboxes for users; a user sees and tunes only
+//! their own.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use mailbridge_core::{
+    ConnectionStatus, DeliveryMethod, MailboxDraft, MailboxId, ProfileId, TrackingRule, UserId,
+};
+use mailbridge_store::MailboxRecord;
+
+use super::path_id;
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::json::ApiJson;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/mailboxes", post(create).get(list))
+        .route("/mailboxes/{id}", get(show).patch(update).delete(remove))
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct MailboxView {
+    id: MailboxId,
+    owner_user_id: UserId,
+    email: String,
+    profile_id: ProfileId,
+    incoming_method: DeliveryMethod,
+    outgoing_method: DeliveryMethod,
+    tracking_rule: TrackingRule,
+    /// Result of the last incoming test: `not_run`, `success` or `failure`.
+    incoming_status: ConnectionStatus,
+    /// Result of the last outgoing test: `not_run`, `success` or `failure`.
+    outgoing_status: ConnectionStatus,
+    /// Synchronized only when enabled (after a successful Test & Enable).
+    enabled: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<MailboxRecord> for MailboxView {
+    fn from(m: MailboxRecord) -> Self {
+        Self {
+            id: m.id,
+            owner_user_id: m.spec.owner_user_id,
+            email: m.spec.email.to_string(),
+            profile_id: m.spec.profile_id,
+            incoming_method: m.spec.incoming_method,
+            outgoing_method: m.spec.outgoing_method,
+            tracking_rule: m.spec.tracking_rule,
+            incoming_status: m.incoming_status,
+            outgoing_status: m.outgoing_status,
+            enabled: m.enabled,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Admins only: the mailboxes of this user.
+    owner_user_id: Option<String>,
+}
+
+/// Creates a mailbox (admin). It starts disabled with both statuses `not_run`.
+#[utoipa::path(post, path = "/mailboxes", tag = "mailboxes", request_body = MailboxDraft,
+    security(("bearer" = [])),
+    responses((status = 201, body = MailboxView),
+        (status = 409, body = ErrorBody, description = "the profile is full, or the address has a mailbox"),
+        (status = 422, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn create(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(draft): ApiJson<MailboxDraft>,
+) -> Result<(StatusCode, Json<MailboxView>), ApiError> {
+    caller.require_admin("create mailboxes")?;
+    let spec = draft.resolve(None, caller.0.id)?;
+    let mailbox = state.store.create_mailbox(&caller.actor(), &spec).await?;
+    Ok((StatusCode::CREATED, Json(mailbox.into())))
+}
+
+/// Admins see every mailbox (or one user's); a user sees their own.
+#[utoipa::path(get, path = "/mailboxes", tag = "mailboxes", params(ListQuery),
+    security(("bearer" = [])), responses((status = 200, body = [MailboxView])))]
+async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<MailboxView>>, ApiError> {
+    let owner =
+        match (caller.is_admin(), q.owner_user_id) {
+            (true, Some(o)) => Some(o.parse::<UserId>().map_err(|_| {
+                ApiError::invalid("owner_user_id", format!("'{o}' is not a user id"))
+            })?),
+            (true, None) => None,
+            (false, Some(o)) if o != caller.0.id.to_string() => {
+                return Err(ApiError::forbidden(
+                    "you can list only your own mailboxes; leave out owner_user_id",
+                ));
+            }
+            (false, _) => Some(caller.0.id),
+        };
+    let mailboxes = state.store.list_mailboxes(owner).await?;
+    Ok(Json(mailboxes.into_iter().map(MailboxView::from).collect()))
+}
+
+#[utoipa::path(get, path = "/mailboxes/{id}", tag = "mailboxes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "mailbox id")),
+    responses((status = 200, body = MailboxView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn show(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<MailboxView>, ApiError> {
+    let mailbox = state.store.get_mailbox(path_id(&id, "mailbox")?).await?;
+    caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
+    Ok(Json(mailbox.into()))
+}
+
+/// Changes the named fields. A user may change delivery methods and the tracking rule of
+/// their own mailbox; owner, address and profile are for admins. A new address or profile
+/// disables the mailbox until it is tested again.
+#[utoipa::path(patch, path = "/mailboxes/{id}", tag = "mailboxes", request_body = MailboxDraft,
+    security(("bearer" = [])), params(("id" = String, Path, description = "mailbox id")),
+    responses((status = 200, body = MailboxView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+async fn update(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(draft): ApiJson<MailboxDraft>,
+) -> Result<Json<MailboxView>, ApiError> {
+    let id = path_id(&id, "mailbox")?;
+    let current = state.store.get_mailbox(id).await?;
+    caller.require_owner_or_admin(current.spec.owner_user_id)?;
+    if !caller.is_admin()
+        && let Some(field) = draft.admin_only_field()
+    {
+        return Err(ApiError::forbidden(format!(
+            "only admins can change {field}; you can change incoming_method, outgoing_method and tracking_rule"
+        ))
+        .with_field(field));
+    }
+    let spec = draft.resolve(Some(&current.spec), caller.0.id)?;
+    let mailbox = state
+        .store
+        .update_mailbox(&caller.actor(), id, &spec)
+        .await?;
+    Ok(Json(mailbox.into()))
+}
+
+/// Deletes a mailbox (admin).
+#[utoipa::path(delete, path = "/mailboxes/{id}", tag = "mailboxes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "mailbox id")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn remove(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin("delete mailboxes")?;
+    state
+        .store
+        .delete_mailbox(&caller.actor(), path_id(&id, "mailbox")?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

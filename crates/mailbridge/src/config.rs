@@ -1,0 +1,282 @@
+//! [`Config`]: settings from a TOML file and `MAILBRIDGE_*` environment variables, typed and
+//! checked at start-up so a mistake is reported before anything runs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::SecretString;
+use url::Url;
+
+/// The file read when `--config` is not given (it may be absent).
+pub const DEFAULT_CONFIG_FILE: &str = "mailbridge.toml";
+
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    data_dir: PathBuf,
+    database_url: Option<String>,
+    listen: String,
+    public_base_url: Option<String>,
+    master_key_file: Option<PathBuf>,
+    #[serde(skip_serializing)]
+    master_key: Option<SecretString>,
+    gmail_oauth: bool,
+    log: String,
+    log_format: LogFormat,
+}
+
+impl Default for Raw {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./mailbridge-data"),
+            database_url: None,
+            listen: "127.0.0.1:8025".to_owned(),
+            public_base_url: None,
+            master_key_file: None,
+            master_key: None,
+            gmail_oauth: true,
+            log: "info".to_owned(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the master key comes from.
+#[derive(Debug)]
+pub enum MasterKeySource {
+    /// `MAILBRIDGE_MASTER_KEY`: `<id>:<base64>` entries, the first encrypting.
+    Env(SecretString),
+    /// A key file, created with one new key (mode 0600) on first run.
+    File(PathBuf),
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub listen: SocketAddr,
+    /// Where browsers reach this service; `None` means the listener's own address.
+    pub public_base_url: Option<Url>,
+    pub master_key: MasterKeySource,
+    pub gmail_oauth: bool,
+    pub log: String,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads `file` (or `mailbridge.toml` when present), then the environment over it.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Raw::default()));
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    bail!("the configuration file {} does not exist", path.display());
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
+        }
+        let raw: Raw = figment
+            .merge(Env::prefixed("MAILBRIDGE_").ignore(&["config"]))
+            .extract()
+            .map_err(|e| anyhow::anyhow!(describe(&e)))?;
+        Self::check(raw)
+    }
+
+    fn check(raw: Raw) -> anyhow::Result<Self> {
+        let listen: SocketAddr = raw.listen.parse().with_context(|| {
+            format!(
+                "listen = '{}' is not an address and port such as 127.0.0.1:8025 (set it in the config file or MAILBRIDGE_LISTEN)",
+                raw.listen
+            )
+        })?;
+        let public_base_url = match raw.public_base_url {
+            Some(u) => {
+                let url = Url::parse(&u).with_context(|| {
+                    format!("public_base_url = '{u}' is not a URL such as https://mail.example.com (MAILBRIDGE_PUBLIC_BASE_URL)")
+                })?;
+                if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                    bail!(
+                        "public_base_url = '{u}' must be an http:// or https:// address that browsers reach this service at"
+                    );
+                }
+                Some(url)
+            }
+            None => None,
+        };
+        let database_url = match raw.database_url {
+            Some(u)
+                if u.starts_with("sqlite:")
+                    || u.starts_with("postgres:")
+                    || u.starts_with("postgresql:") =>
+            {
+                u
+            }
+            Some(u) => bail!(
+                "database_url = '{}' is not supported; use sqlite://<file> or postgres://<user>@<host>/<database> (MAILBRIDGE_DATABASE_URL)",
+                mailbridge_store::redact_url(&u)
+            ),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                raw.data_dir.join("mailbridge.db").display()
+            ),
+        };
+        let master_key = match raw.master_key {
+            Some(k) => MasterKeySource::Env(k),
+            None => MasterKeySource::File(
+                raw.master_key_file
+                    .unwrap_or_else(|| raw.data_dir.join("master.key")),
+            ),
+        };
+        if tracing_subscriber::EnvFilter::try_new(&raw.log).is_err() {
+            bail!(
+                "log = '{}' is not a log filter such as info or mailbridge=debug (MAILBRIDGE_LOG)",
+                raw.log
+            );
+        }
+        Ok(Self {
+            data_dir: raw.data_dir,
+            database_url,
+            listen,
+            public_base_url,
+            master_key,
+            gmail_oauth: raw.gmail_oauth,
+            log: raw.log,
+            log_format: raw.log_format,
+        })
+    }
+}
+
+impl Config {
+    /// The public base URL, or the bound address as a browser on this machine would type it
+    /// (a wildcard listener is reached through loopback).
+    pub fn public_base_url_for(&self, bound: SocketAddr) -> anyhow::Result<Url> {
+        if let Some(url) = &self.public_base_url {
+            return Ok(url.clone());
+        }
+        let host = match bound {
+            SocketAddr::V4(a) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
+            SocketAddr::V6(a) if a.ip().is_unspecified() => format!("[::1]:{}", a.port()),
+            other => other.to_string(),
+        };
+        Url::parse(&format!("http://{host}")).context(
+            "cannot derive public_base_url from the listener; set MAILBRIDGE_PUBLIC_BASE_URL",
+        )
+    }
+}
+
+/// A figment error in words: which setting, from where, and what was expected.
+fn describe(e: &figment::Error) -> String {
+    e.clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| match &e.path.first() {
+                    Some(_) => format!(" (from {})", m.name),
+                    None => String::new(),
+                })
+                .unwrap_or_default();
+            let key_hint = if key.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "setting '{key}' (MAILBRIDGE_{}){source}: ",
+                    key.to_ascii_uppercase()
+                )
+            };
+            format!("invalid configuration: {key_hint}{}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> Raw {
+        Raw::default()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        let c = Config::check(raw()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8025");
+        assert_eq!(
+            c.public_base_url_for(c.listen).unwrap().as_str(),
+            "http://127.0.0.1:8025/"
+        );
+        assert!(
+            c.database_url
+                .starts_with("sqlite://./mailbridge-data/mailbridge.db")
+        );
+        assert!(matches!(c.master_key, MasterKeySource::File(p) if p.ends_with("master.key")));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting_and_its_variable() {
+        let e = Config::check(Raw {
+            listen: "localhost".into(),
+            ..raw()
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("MAILBRIDGE_LISTEN"), "{e:#}");
+        let e = Config::check(Raw {
+            database_url: Some("mysql://u:pw@h/db".into()),
+            ..raw()
+        })
+        .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("MAILBRIDGE_DATABASE_URL") && !msg.contains("pw@"),
+            "{msg}"
+        );
+        let e = Config::check(Raw {
+            public_base_url: Some("ftp://x".into()),
+            ..raw()
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("http"), "{e:#}");
+        let e = Config::check(Raw {
+            log: "info,[".into(),
+            ..raw()
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("MAILBRIDGE_LOG"), "{e:#}");
+    }
+
+    #[test]
+    fn a_wildcard_listener_gets_a_loopback_public_url() {
+        let c = Config::check(Raw {
+            listen: "0.0.0.0:9000".into(),
+            ..raw()
+        })
+        .unwrap();
+        assert_eq!(
+            c.public_base_url_for(c.listen).unwrap().as_str(),
+            "http://127.0.0.1:9000/"
+        );
+        let c = Config::check(Raw {
+            public_base_url: Some("https://mail.example.com".into()),
+            ..raw()
+        })
+        .unwrap();
+        assert_eq!(
+            c.public_base_url_for(c.listen).unwrap().as_str(),
+            "https://mail.example.com/"
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! `mailbridge serve`: bind, migrate, serve until SIGINT or SIGTERM, then drain.
+
+use anyhow::Context;
+use mailbridge_web::{AppState, WebConfig};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let store = crate::open_store(&config).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (MAILBRIDGE_LISTEN)", config.listen))?;
+    let local = listener.local_addr()?;
+    let web = WebConfig {
+        public_base_url: config.public_base_url_for(local)?,
+        gmail_oauth: config.gmail_oauth,
+    };
+    // One line a person (or a test on port 0) reads to find the service.
+    println!("mailbridge listening on http://{local}");
+    tracing::info!(
+        %local,
+        api = %format!("http://{local}/api/v1"),
+        oauth_redirect_uri = %web.oauth_redirect_uri(),
+        database = %mailbridge_store::redact_url(&config.database_url),
+        "serving"
+    );
+    if store.count_users().await? == 0 {
+        tracing::warn!(
+            "no users yet: create the first admin with 'mailbridge users create --email you@example.com --role admin'"
+        );
+    }
+    let state = AppState {
+        store: store.clone(),
+        config: web,
+    };
+    mailbridge_web::serve(listener, state, shutdown_signal()).await?;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
