@@ -1,0 +1,1046 @@
+//! The API over real HTTP: a server on port 0 with its own SQLite file in a temp folder.
+#![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
+
+use std::path::Path;
+use std::sync::Arc;
+
+use mailbridge_core::{EmailAddress, Role, SystemClock};
+use mailbridge_store::{Actor, Keyring, Store};
+use mailbridge_web::{AppState, WebConfig};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+const SECRET: &str = "GOCSPX-api-test-secret-5d1e8c";
+
+struct Server {
+    base: String,
+    store: Store,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(dir: &Path) -> Self {
+        let keyring = Keyring::load_or_create(&dir.join("master.key")).unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.join("mailbridge.db").display());
+        let store = Store::connect(&url, keyring, Arc::new(SystemClock))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = AppState {
+            store: store.clone(),
+            config: WebConfig {
+                public_base_url: format!("http://{addr}").parse().unwrap(),
+                gmail_oauth: true,
+            },
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(mailbridge_web::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            base: format!("http://{addr}"),
+            store,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+        self.store.close().await;
+    }
+
+    /// A user made the way `mailbridge users create` makes one; returns (id, token).
+    async fn user(&self, email: &str, role: Role) -> (String, String) {
+        let (u, t) = self
+            .store
+            .create_user(
+                &Actor::cli(),
+                &EmailAddress::parse(email, "e").unwrap(),
+                role,
+            )
+            .await
+            .unwrap();
+        (u.id.to_string(), t.reveal().to_owned())
+    }
+}
+
+/// Every response body the tests saw, to prove no secret is ever returned.
+#[derive(Default)]
+struct Client {
+    http: reqwest::Client,
+    seen: std::sync::Mutex<String>,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        s: &Server,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", s.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        self.seen.lock().unwrap().push_str(&text);
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, s: &Server, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(s, Method::GET, path, Some(token), None).await
+    }
+
+    async fn post(&self, s: &Server, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(s, Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    async fn patch(&self, s: &Server, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(s, Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    async fn delete(&self, s: &Server, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(s, Method::DELETE, path, Some(token), None).await
+    }
+}
+
+fn gmail_profile(name: &str) -> Value {
+    json!({"name": name, "preset": "gmail",
+           "oauth": {"client_id": "42.apps.googleusercontent.com", "client_secret": SECRET}})
+}
+
+/// Asserts an error response: status, code, and (when given) the field it names.
+#[track_caller]
+fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str, field: Option<&str>) {
+    assert_eq!(got.0, status, "{}", got.1);
+    assert_eq!(got.1["error"]["code"], code, "{}", got.1);
+    assert!(
+        got.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.len() > 10),
+        "{}",
+        got.1
+    );
+    if let Some(f) = field {
+        assert_eq!(got.1["error"]["field"], f, "{}", got.1);
+    }
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_401_and_users_cannot_administer() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    let c = Client::default();
+    let (_, user) = s.user("ann@example.com", Role::User).await;
+
+    let resp = c
+        .http
+        .get(format!("{}/api/v1/mailboxes", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let r = c
+        .call(&s, Method::GET, "/api/v1/mailboxes", None, None)
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthenticated", None);
+    assert_error(
+        &c.get(&s, "/api/v1/mailboxes", "mbt_not-a-token").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        None,
+    );
+
+    for path in [
+        "/api/v1/server-profiles",
+        "/api/v1/users",
+        "/api/v1/audit-log",
+    ] {
+        assert_error(
+            &c.get(&s, path, &user).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            None,
+        );
+    }
+    assert_error(
+        &c.post(&s, "/api/v1/server-profiles", &user, gmail_profile("Mine"))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        None,
+    );
+    assert_error(
+        &c.post(
+            &s,
+            "/api/v1/users",
+            &user,
+            json!({"email": "x@example.com"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        None,
+    );
+    // The user's own (empty) mailbox list is theirs to read.
+    assert_eq!(
+        c.get(&s, "/api/v1/mailboxes", &user).await,
+        (StatusCode::OK, json!([]))
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn users_are_created_with_a_token_once_and_the_rules_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    let c = Client::default();
+    let (admin_id, admin) = s.user("admin@example.com", Role::Admin).await;
+
+    let (status, body) = c
+        .post(
+            &s,
+            "/api/v1/users",
+            &admin,
+            json!({"email": "Bob@Example.com"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["user"]["email"], "Bob@example.com");
+    assert_eq!(body["user"]["role"], "user");
+    let bob_token = body["token"].as_str().unwrap().to_owned();
+    let bob_id = body["user"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        c.get(&s, "/api/v1/mailboxes", &bob_token).await.0,
+        StatusCode::OK
+    );
+    // The token is not shown again.
+    let (_, shown) = c.get(&s, &format!("/api/v1/users/{bob_id}"), &admin).await;
+    assert!(shown.get("token").is_none() && !shown.to_string().contains(&bob_token));
+
+    assert_error(
+        &c.post(
+            &s,
+            "/api/v1/users",
+            &admin,
+            json!({"email": "Bob@example.com"}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        None,
+    );
+    assert_error(
+        &c.post(&s, "/api/v1/users", &admin, json!({"email": "bob"}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("email"),
+    );
+    assert_error(
+        &c.post(&s, "/api/v1/users", &admin, json!({})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("email"),
+    );
+    assert_error(
+        &c.post(
+            &s,
+            "/api/v1/users",
+            &admin,
+            json!({"email": "c@example.com", "role": "root"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("role"),
+    );
+    assert_error(
+        &c.post(
+            &s,
+            "/api/v1/users",
+            &admin,
+            json!({"email": "c@example.com", "rol": "user"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        None,
+    );
+
+    // Not JSON, and broken JSON.
+    let resp = c
+        .http
+        .post(format!("{}/api/v1/users", s.base))
+        .bearer_auth(&admin)
+        .body("email=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let resp = c
+        .http
+        .post(format!("{}/api/v1/users", s.base))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body("{\"email\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_json"
+    );
+
+    // Roles: the last admin stays an admin.
+    assert_error(
+        &c.patch(
+            &s,
+            &format!("/api/v1/users/{admin_id}"),
+            &admin,
+            json!({"role": "user"}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        None,
+    );
+    assert_error(
+        &c.delete(&s, &format!("/api/v1/users/{admin_id}"), &admin)
+            .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        None,
+    );
+    let (status, body) = c
+        .patch(
+            &s,
+            &format!("/api/v1/users/{bob_id}"),
+            &admin,
+            json!({"role": "admin"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["role"].clone()),
+        (StatusCode::OK, json!("admin"))
+    );
+
+    // A reset token replaces the old one at once.
+    let (status, body) = c
+        .post(
+            &s,
+            &format!("/api/v1/users/{bob_id}/token"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_error(
+        &c.get(&s, "/api/v1/mailboxes", &bob_token).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        None,
+    );
+    assert_eq!(
+        c.get(&s, "/api/v1/mailboxes", body["token"].as_str().unwrap())
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    assert_eq!(
+        c.delete(&s, &format!("/api/v1/users/{bob_id}"), &admin)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_error(
+        &c.get(&s, &format!("/api/v1/users/{bob_id}"), &admin).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+    assert_error(
+        &c.get(&s, "/api/v1/users/not-an-id", &admin).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn profiles_validate_every_field_and_never_return_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    let c = Client::default();
+    let (_, admin) = s.user("admin@example.com", Role::Admin).await;
+
+    let (status, p) = c
+        .post(
+            &s,
+            "/api/v1/server-profiles",
+            &admin,
+            gmail_profile("Sales"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{p}");
+    assert_eq!(
+        p["incoming"],
+        json!({"protocol": "imap", "host": "imap.gmail.com", "port": 993, "security": "tls"})
+    );
+    assert_eq!(
+        p["outgoing"],
+        json!({"host": "smtp.gmail.com", "port": 465, "security": "tls"})
+    );
+    assert_eq!(p["auth"], "gmail_oauth");
+    assert_eq!(p["max_mailboxes"], 100);
+    assert_eq!(p["oauth"]["client_secret_set"], true);
+    assert_eq!(
+        p["oauth"]["token_url"],
+        "https://oauth2.googleapis.com/token"
+    );
+    assert!(
+        p["oauth"]["scopes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("https://mail.google.com/"))
+    );
+    let id = p["id"].as_str().unwrap().to_owned();
+
+    let pop = c
+        .post(
+            &s,
+            "/api/v1/server-profiles",
+            &admin,
+            json!({"name": "Pop", "preset": "gmail", "incoming": {"protocol": "pop3"},
+        "oauth": {"client_id": "c", "client_secret": "x"}}),
+        )
+        .await;
+    assert_eq!(pop.1["incoming"]["host"], "pop.gmail.com");
+    assert_eq!(pop.1["incoming"]["port"], 995);
+
+    let password = |incoming: Value, outgoing: Value| json!({"name": "Own server", "auth": "password", "incoming": incoming, "outgoing": outgoing});
+    let out = json!({"host": "smtp.example.com"});
+    for (body, field) in [
+        (
+            password(
+                json!({"protocol": "imap", "host": "imap.example.com", "port": 0}),
+                out.clone(),
+            ),
+            "incoming.port",
+        ),
+        (
+            password(
+                json!({"protocol": "imap", "host": "imap.example.com", "port": 70000}),
+                out.clone(),
+            ),
+            "incoming.port",
+        ),
+        (
+            password(
+                json!({"protocol": "imap", "host": "imap.example.com", "port": "993"}),
+                out.clone(),
+            ),
+            "incoming.port",
+        ),
+        (
+            password(
+                json!({"protocol": "imap", "host": "imap example.com"}),
+                out.clone(),
+            ),
+            "incoming.host",
+        ),
+        (
+            password(
+                json!({"protocol": "imap4", "host": "imap.example.com"}),
+                out.clone(),
+            ),
+            "incoming.protocol",
+        ),
+        (
+            password(
+                json!({"protocol": "imap", "host": "imap.example.com", "security": "ssl"}),
+                out.clone(),
+            ),
+            "incoming.security",
+        ),
+        (
+            password(
+                json!({"protocol": "imap", "host": "imap.example.com"}),
+                json!({}),
+            ),
+            "outgoing.host",
+        ),
+        (
+            password(
+                json!({"protocol": "imap", "host": "imap.example.com"}),
+                json!({"host": "smtp.example.com", "port": -1}),
+            ),
+            "outgoing.port",
+        ),
+        (json!({"name": "x", "auth": "kerberos"}), "auth"),
+        (
+            json!({"name": "", "preset": "gmail", "oauth": {"client_id": "c", "client_secret": "s"}}),
+            "name",
+        ),
+        (json!({"name": "x", "preset": "yahoo"}), "preset"),
+        (
+            json!({"name": "x", "preset": "gmail", "oauth": {"client_id": "c"}}),
+            "oauth.client_secret",
+        ),
+        (
+            json!({"name": "x", "preset": "gmail", "oauth": {"client_secret": "s"}}),
+            "oauth.client_id",
+        ),
+        (
+            json!({"name": "x", "preset": "gmail", "max_mailboxes": 101, "oauth": {"client_id": "c", "client_secret": "s"}}),
+            "max_mailboxes",
+        ),
+        (
+            json!({"name": "x", "preset": "gmail", "poll_interval_seconds": 1, "oauth": {"client_id": "c", "client_secret": "s"}}),
+            "poll_interval_seconds",
+        ),
+        (
+            json!({"name": "x", "preset": "gmail", "process_emails_received_after": "last week", "oauth": {"client_id": "c", "client_secret": "s"}}),
+            "process_emails_received_after",
+        ),
+    ] {
+        let r = c
+            .post(&s, "/api/v1/server-profiles", &admin, body.clone())
+            .await;
+        assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some(field));
+    }
+    // The Gmail limit is explained in words.
+    let r = c.post(&s, "/api/v1/server-profiles", &admin, json!({"name": "x", "preset": "gmail", "max_mailboxes": 101, "oauth": {"client_id": "c", "client_secret": "s"}})).await;
+    assert!(
+        r.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 100"),
+        "{}",
+        r.1
+    );
+    assert_error(
+        &c.post(
+            &s,
+            "/api/v1/server-profiles",
+            &admin,
+            gmail_profile("Sales"),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        None,
+    );
+
+    // Patch: named fields change, the rest and the secret stay; a new secret replaces it.
+    let (status, patched) = c.patch(&s, &format!("/api/v1/server-profiles/{id}"), &admin, json!({"name": "Sales EU", "poll_interval_seconds": 120, "process_emails_received_after": "2026-01-01"})).await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(
+        (
+            patched["name"].clone(),
+            patched["poll_interval_seconds"].clone()
+        ),
+        (json!("Sales EU"), json!(120))
+    );
+    assert_eq!(patched["process_emails_received_after"], "2026-01-01");
+    assert_eq!(patched["incoming"], p["incoming"]);
+    assert_eq!(patched["oauth"]["client_secret_set"], true);
+    let r = c
+        .patch(
+            &s,
+            &format!("/api/v1/server-profiles/{id}"),
+            &admin,
+            json!({"max_mailboxes": 500}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("max_mailboxes"),
+    );
+    let r = c
+        .patch(
+            &s,
+            &format!("/api/v1/server-profiles/{id}"),
+            &admin,
+            json!({"oauth": {"client_secret": "rotated-secret-value"}}),
+        )
+        .await;
+    assert_eq!(r.0, StatusCode::OK);
+    let stored = s
+        .store
+        .profile_client_secret(id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        secrecy::ExposeSecret::expose_secret(&stored),
+        "rotated-secret-value"
+    );
+
+    assert_error(
+        &c.get(
+            &s,
+            "/api/v1/server-profiles/0190b6a0-0000-7000-8000-000000000000",
+            &admin,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+    assert_error(
+        &c.patch(
+            &s,
+            "/api/v1/server-profiles/nope",
+            &admin,
+            json!({"name": "x"}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+    let (_, list) = c.get(&s, "/api/v1/server-profiles", &admin).await;
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    let seen = c.seen.lock().unwrap().clone();
+    assert!(
+        !seen.contains(SECRET) && !seen.contains("rotated-secret-value"),
+        "a client secret was returned"
+    );
+    let (_, audit) = c.get(&s, "/api/v1/audit-log", &admin).await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "profile.update")
+    );
+    assert!(
+        !audit.to_string().contains(SECRET),
+        "the audit log holds a secret"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn mailboxes_belong_to_their_owner_and_a_gmail_profile_stops_at_100() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    let c = Client::default();
+    let (_, admin) = s.user("admin@example.com", Role::Admin).await;
+    let (ann_id, ann) = s.user("ann@example.com", Role::User).await;
+    let (bob_id, bob) = s.user("bob@example.com", Role::User).await;
+    let (_, p) = c
+        .post(
+            &s,
+            "/api/v1/server-profiles",
+            &admin,
+            gmail_profile("Sales A"),
+        )
+        .await;
+    let profile = p["id"].as_str().unwrap().to_owned();
+
+    let (status, m) = c
+        .post(
+            &s,
+            "/api/v1/mailboxes",
+            &admin,
+            json!({"owner_user_id": ann_id, "email": "ann@example.com", "profile_id": profile}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{m}");
+    assert_eq!(m["incoming_status"], "not_run");
+    assert_eq!(m["outgoing_status"], "not_run");
+    assert_eq!(m["enabled"], false);
+    assert_eq!(m["incoming_method"], "server_side_sync");
+    assert_eq!(m["tracking_rule"], "all");
+    let ann_box = format!("/api/v1/mailboxes/{}", m["id"].as_str().unwrap());
+
+    // Ann sees and tunes her mailbox; Bob cannot touch it; users do not create or delete.
+    assert_eq!(c.get(&s, &ann_box, &ann).await.0, StatusCode::OK);
+    assert_error(
+        &c.get(&s, &ann_box, &bob).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        None,
+    );
+    assert_error(
+        &c.patch(&s, &ann_box, &bob, json!({"tracking_rule": "none"}))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        None,
+    );
+    assert_eq!(c.get(&s, "/api/v1/mailboxes", &bob).await.1, json!([]));
+    assert_error(
+        &c.get(
+            &s,
+            &format!("/api/v1/mailboxes?owner_user_id={ann_id}"),
+            &bob,
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        None,
+    );
+    let (status, tuned) = c
+        .patch(
+            &s,
+            &ann_box,
+            &ann,
+            json!({"tracking_rule": "responses", "outgoing_method": "none"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tuned}");
+    assert_eq!(
+        (
+            tuned["tracking_rule"].clone(),
+            tuned["outgoing_method"].clone()
+        ),
+        (json!("responses"), json!("none"))
+    );
+    assert_error(
+        &c.patch(&s, &ann_box, &ann, json!({"owner_user_id": bob_id}))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        Some("owner_user_id"),
+    );
+    assert_error(
+        &c.patch(&s, &ann_box, &ann, json!({"tracking_rule": "some"}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("tracking_rule"),
+    );
+    assert_error(
+        &c.post(
+            &s,
+            "/api/v1/mailboxes",
+            &ann,
+            json!({"email": "x@example.com", "profile_id": profile}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        None,
+    );
+    assert_error(
+        &c.delete(&s, &ann_box, &ann).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        None,
+    );
+
+    // Bad input names the field; unknown references are 422 on the field, unknown ids 404.
+    assert_error(
+        &c.post(
+            &s,
+            "/api/v1/mailboxes",
+            &admin,
+            json!({"email": "not-an-address", "profile_id": profile}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("email"),
+    );
+    assert_error(
+        &c.post(
+            &s,
+            "/api/v1/mailboxes",
+            &admin,
+            json!({"email": "z@example.com"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("profile_id"),
+    );
+    assert_error(
+        &c.post(
+            &s,
+            "/api/v1/mailboxes",
+            &admin,
+            json!({"email": "z@example.com", "profile_id": "0190b6a0-0000-7000-8000-000000000000"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("profile_id"),
+    );
+    assert_error(
+        &c.post(
+            &s,
+            "/api/v1/mailboxes",
+            &admin,
+            json!({"email": "z@example.com", "profile_id": "oops"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("profile_id"),
+    );
+    assert_error(&c.post(&s, "/api/v1/mailboxes", &admin, json!({"email": "z@example.com", "profile_id": profile, "owner_user_id": "0190b6a0-0000-7000-8000-000000000000"})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some("owner_user_id"));
+    assert_error(
+        &c.post(
+            &s,
+            "/api/v1/mailboxes",
+            &admin,
+            json!({"email": "z@example.com", "profile_id": profile, "incoming_method": "pigeon"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("incoming_method"),
+    );
+    assert_error(
+        &c.post(
+            &s,
+            "/api/v1/mailboxes",
+            &admin,
+            json!({"email": "ann@example.com", "profile_id": profile}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        None,
+    );
+    assert_error(
+        &c.get(
+            &s,
+            "/api/v1/mailboxes/0190b6a0-0000-7000-8000-000000000000",
+            &admin,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+
+    // Fill the profile to its 100, then the 101st is refused with a way out.
+    for i in 1..100 {
+        let r = c.post(&s, "/api/v1/mailboxes", &admin, json!({"owner_user_id": bob_id, "email": format!("bob{i}@example.com"), "profile_id": profile})).await;
+        assert_eq!(r.0, StatusCode::CREATED, "{}", r.1);
+    }
+    let r = c
+        .post(
+            &s,
+            "/api/v1/mailboxes",
+            &admin,
+            json!({"owner_user_id": bob_id, "email": "bob100@example.com", "profile_id": profile}),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "profile_full", Some("profile_id"));
+    let msg = r.1["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("Sales A")
+            && msg.contains("100")
+            && msg.contains("second Gmail OAuth profile"),
+        "{msg}"
+    );
+    let (_, p) = c
+        .get(&s, &format!("/api/v1/server-profiles/{profile}"), &admin)
+        .await;
+    assert_eq!(p["mailbox_count"], 100);
+
+    // Moving a mailbox onto a full profile is refused the same way; onto another, it works
+    // and the mailbox must be tested again.
+    let (_, other) = c
+        .post(
+            &s,
+            "/api/v1/server-profiles",
+            &admin,
+            gmail_profile("Sales B"),
+        )
+        .await;
+    let (_, extra) = c.post(&s, "/api/v1/mailboxes", &admin, json!({"owner_user_id": bob_id, "email": "bob100@example.com", "profile_id": other["id"]})).await;
+    let extra_path = format!("/api/v1/mailboxes/{}", extra["id"].as_str().unwrap());
+    assert_error(
+        &c.patch(&s, &extra_path, &admin, json!({"profile_id": profile}))
+            .await,
+        StatusCode::CONFLICT,
+        "profile_full",
+        Some("profile_id"),
+    );
+
+    // A profile with mailboxes cannot be deleted; an empty one can. Owners cannot be deleted.
+    assert_error(
+        &c.delete(&s, &format!("/api/v1/server-profiles/{profile}"), &admin)
+            .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        None,
+    );
+    assert_error(
+        &c.delete(&s, &format!("/api/v1/users/{bob_id}"), &admin)
+            .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        None,
+    );
+    assert_eq!(
+        c.delete(&s, &extra_path, &admin).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        c.delete(
+            &s,
+            &format!("/api/v1/server-profiles/{}", other["id"].as_str().unwrap()),
+            &admin
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, admins_view) = c
+        .get(
+            &s,
+            &format!("/api/v1/mailboxes?owner_user_id={ann_id}"),
+            &admin,
+        )
+        .await;
+    assert_eq!(admins_view.as_array().unwrap().len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_keeps_users_profiles_mailboxes_and_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    let c = Client::default();
+    let (admin_id, admin) = s.user("admin@example.com", Role::Admin).await;
+    let (_, p) = c
+        .post(&s, "/api/v1/server-profiles", &admin, gmail_profile("Kept"))
+        .await;
+    let (_, m) = c
+        .post(
+            &s,
+            "/api/v1/mailboxes",
+            &admin,
+            json!({"owner_user_id": admin_id, "email": "kept@example.com", "profile_id": p["id"]}),
+        )
+        .await;
+    s.stop().await;
+
+    let s = Server::start(dir.path()).await;
+    assert_eq!(
+        c.get(
+            &s,
+            &format!("/api/v1/server-profiles/{}", p["id"].as_str().unwrap()),
+            &admin
+        )
+        .await,
+        (StatusCode::OK, {
+            let mut p = p.clone();
+            p["mailbox_count"] = json!(1);
+            p
+        })
+    );
+    assert_eq!(
+        c.get(
+            &s,
+            &format!("/api/v1/mailboxes/{}", m["id"].as_str().unwrap()),
+            &admin
+        )
+        .await,
+        (StatusCode::OK, m)
+    );
+    let secret = s
+        .store
+        .profile_client_secret(p["id"].as_str().unwrap().parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&secret), SECRET);
+    s.stop().await;
+
+    // On disk: the secret only as ciphertext, in the database and its write-ahead log.
+    let mut bytes = Vec::new();
+    for f in ["mailbridge.db", "mailbridge.db-wal"] {
+        bytes.extend(std::fs::read(dir.path().join(f)).unwrap_or_default());
+    }
+    assert!(
+        bytes
+            .windows(b"42.apps.googleusercontent.com".len())
+            .any(|w| w == b"42.apps.googleusercontent.com")
+    );
+    assert!(
+        !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+        "secret in clear on disk"
+    );
+}
+
+#[tokio::test]
+async fn probes_features_and_the_openapi_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    let c = Client::default();
+    let get = |p: &str| c.http.get(format!("{}{p}", s.base)).send();
+    assert_eq!(get("/healthz").await.unwrap().text().await.unwrap(), "ok");
+    assert_eq!(get("/readyz").await.unwrap().status(), StatusCode::OK);
+    let features: Value = get("/api/v1/features").await.unwrap().json().await.unwrap();
+    assert_eq!(features["gmail_oauth"], true);
+    assert_eq!(
+        features["oauth_redirect_uri"],
+        format!("{}/oauth/callback", s.base)
+    );
+    let doc: Value = get("/api/v1/openapi.json")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/users",
+        "/users/{id}",
+        "/server-profiles",
+        "/server-profiles/{id}",
+        "/mailboxes",
+        "/mailboxes/{id}",
+        "/features",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "openapi lacks {path}");
+    }
+    assert!(doc["components"]["schemas"].get("ProfileDraft").is_some());
+    let r = get("/api/v1/nothing-here").await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "not_found"
+    );
+
+    // A closed database makes the service unready, not dead.
+    s.store.close().await;
+    assert_eq!(
+        get("/readyz").await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(get("/healthz").await.unwrap().status(), StatusCode::OK);
+    s.stop().await;
+}

@@ -1,0 +1,263 @@
+//! The `mailbridge` binary as an operator runs it: admin commands, `serve` on port 0 with
+//! verbose logs, graceful SIGTERM, configuration errors, and key rotation.
+#![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "GOCSPX-cli-test-secret-91b2";
+
+fn mailbridge(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailbridge"));
+    cmd.current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env_remove("MAILBRIDGE_MASTER_KEY")
+        .env_remove("MAILBRIDGE_DATABASE_URL")
+        .env_remove("MAILBRIDGE_LISTEN")
+        .env_remove("MAILBRIDGE_CONFIG");
+    cmd
+}
+
+fn run(cmd: &mut Command, stdin: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// `serve` on a free port with every log line on; returns the child and its base URL.
+fn serve(dir: &Path) -> (Child, String) {
+    let mut child = mailbridge(dir)
+        .arg("serve")
+        .env("MAILBRIDGE_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("mailbridge listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_owned();
+    (child, base)
+}
+
+fn sigterm_and_wait(mut child: Child) -> (bool, String) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            return (status.success(), err);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "serve did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn an_operator_scripts_a_setup_and_no_secret_reaches_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let token = ok(&run(
+        mailbridge(d).args([
+            "users",
+            "create",
+            "--email",
+            "admin@example.com",
+            "--role",
+            "admin",
+        ]),
+        "",
+    ));
+    assert!(token.starts_with("mbt_"), "{token}");
+    ok(&run(
+        mailbridge(d).args(["users", "create", "--email", "ann@example.com"]),
+        "",
+    ));
+    let profile = serde_json::json!({"name": "Sales", "preset": "gmail",
+        "oauth": {"client_id": "7.apps.googleusercontent.com", "client_secret": SECRET}});
+    let profile_id = ok(&run(
+        mailbridge(d).args(["profiles", "create", "--from", "-"]),
+        &profile.to_string(),
+    ));
+    ok(&run(
+        mailbridge(d).args([
+            "mailboxes",
+            "create",
+            "--owner",
+            "ann@example.com",
+            "--email",
+            "ann@example.com",
+            "--profile",
+            "Sales",
+        ]),
+        "",
+    ));
+    let listing = ok(&run(mailbridge(d).args(["profiles", "list"]), ""));
+    assert!(
+        listing.contains(&profile_id) && listing.contains("1/100 mailboxes"),
+        "{listing}"
+    );
+    let bad = run(
+        mailbridge(d).args([
+            "mailboxes",
+            "create",
+            "--owner",
+            "nobody@example.com",
+            "--email",
+            "x@example.com",
+            "--profile",
+            "Sales",
+        ]),
+        "",
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no user has the email nobody@example.com")
+    );
+
+    // Key file and data folder are private.
+    let mode = |p: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&d.join("mailbridge-data/master.key")), 0o600);
+    assert_eq!(mode(&d.join("mailbridge-data")), 0o700);
+
+    let (child, base) = serve(d);
+    let http = reqwest::Client::new();
+    let mailboxes: serde_json::Value = http
+        .get(format!("{base}/api/v1/mailboxes"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mailboxes[0]["email"], "ann@example.com");
+    let resp = http
+        .patch(format!("{base}/api/v1/server-profiles/{profile_id}"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"oauth": {"client_secret": format!("{SECRET}-2")}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (clean, logs) = sigterm_and_wait(child);
+    assert!(clean, "serve exited with an error after SIGTERM:\n{logs}");
+    assert!(
+        logs.contains("shutting down") && logs.contains("/api/v1/server-profiles"),
+        "trace logs are on:\n{logs}"
+    );
+    assert!(!logs.contains(SECRET), "a client secret reached the log");
+    assert!(!logs.contains(&token), "an API token reached the log");
+
+    // Rotation re-encrypts with a new key and retires the old; a second rotation proves the
+    // secrets decrypt under the key that is now in the file.
+    let key_before = std::fs::read_to_string(d.join("mailbridge-data/master.key")).unwrap();
+    let out = run(mailbridge(d).args(["keys", "rotate"]), "");
+    ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("re-encrypted 1 secret(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key_after = std::fs::read_to_string(d.join("mailbridge-data/master.key")).unwrap();
+    assert_ne!(key_before, key_after);
+    assert_eq!(key_after.lines().filter(|l| !l.starts_with('#')).count(), 1);
+    ok(&run(mailbridge(d).args(["keys", "rotate"]), ""));
+}
+
+#[test]
+fn configuration_mistakes_stop_start_up_with_the_setting_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let err = |cmd: &mut Command| {
+        let out = run(cmd, "");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = err(mailbridge(d)
+        .arg("serve")
+        .env("MAILBRIDGE_LISTEN", "localhost"));
+    assert!(e.contains("MAILBRIDGE_LISTEN"), "{e}");
+    let e = err(mailbridge(d)
+        .arg("serve")
+        .env("MAILBRIDGE_DATABASE_URL", "mysql://u:hunter2@db/x"));
+    assert!(
+        e.contains("MAILBRIDGE_DATABASE_URL") && !e.contains("hunter2"),
+        "{e}"
+    );
+    let e = err(mailbridge(d)
+        .arg("migrate")
+        .env("MAILBRIDGE_MASTER_KEY", "k1:short"));
+    assert!(
+        e.contains("MAILBRIDGE_MASTER_KEY") && e.contains("32 bytes"),
+        "{e}"
+    );
+    let e = err(mailbridge(d)
+        .arg("migrate")
+        .env("MAILBRIDGE_GMAIL_OAUTH", "sometimes"));
+    assert!(e.contains("gmail_oauth"), "{e}");
+    std::fs::write(
+        d.join("mailbridge.toml"),
+        "listen = \"127.0.0.1:8025\"\nlisten_port = 1\n",
+    )
+    .unwrap();
+    let e = err(mailbridge(d).arg("migrate"));
+    assert!(e.contains("listen_port"), "{e}");
+    let e = err(mailbridge(d).args(["--config", "missing.toml", "migrate"]));
+    assert!(e.contains("missing.toml"), "{e}");
+}
+
+#[test]
+fn a_master_key_from_the_environment_is_used_and_no_key_file_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = ok(&run(mailbridge(d).args(["keys", "generate"]), ""));
+    assert!(key.contains(':'));
+    ok(&run(
+        mailbridge(d)
+            .args(["users", "create", "--email", "a@example.com"])
+            .env("MAILBRIDGE_MASTER_KEY", &key),
+        "",
+    ));
+    assert!(!d.join("mailbridge-data/master.key").exists());
+}
