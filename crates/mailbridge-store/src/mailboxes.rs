@@ -77,6 +77,24 @@ fn audit_detail(spec: &MailboxSpec) -> serde_json::Value {
     })
 }
 
+/// Binds `$1` = id, `$2`–`$7` = the spec's columns, `$8` = now: the order both the insert
+/// and the update use.
+fn bind_spec<'q>(
+    q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    id: &str,
+    spec: &MailboxSpec,
+    now: i64,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    q.bind(id.to_owned())
+        .bind(spec.owner_user_id.to_string())
+        .bind(spec.email.to_string())
+        .bind(spec.profile_id.to_string())
+        .bind(spec.incoming_method.as_str())
+        .bind(spec.outgoing_method.as_str())
+        .bind(spec.tracking_rule.as_str())
+        .bind(now)
+}
+
 fn address_taken(e: sqlx::Error, email: &EmailAddress) -> StoreError {
     if is_unique_violation(&e) {
         StoreError::Conflict(format!("a mailbox for {email} already exists"))
@@ -93,20 +111,17 @@ impl Store {
         let mut tx = self.begin_write().await?;
         self.check_references(&mut tx, spec).await?;
         self.check_capacity(&mut tx, spec.profile_id).await?;
-        sqlx::query(
-            "INSERT INTO mailboxes (id, owner_user_id, email, profile_id, incoming_method, \
+        bind_spec(
+            sqlx::query(
+                "INSERT INTO mailboxes (id, owner_user_id, email, profile_id, incoming_method, \
              outgoing_method, tracking_rule, incoming_status, outgoing_status, enabled, \
              created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'not_run', 'not_run', 0, $8, $8)",
+            ),
+            &sid,
+            spec,
+            now,
         )
-        .bind(&sid)
-        .bind(spec.owner_user_id.to_string())
-        .bind(spec.email.as_str())
-        .bind(spec.profile_id.to_string())
-        .bind(spec.incoming_method.as_str())
-        .bind(spec.outgoing_method.as_str())
-        .bind(spec.tracking_rule.as_str())
-        .bind(now)
         .execute(&mut *tx)
         .await
         .map_err(|e| address_taken(e, &spec.email))?;
@@ -180,19 +195,11 @@ impl Store {
         } else {
             ""
         };
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        bind_spec(sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE mailboxes SET owner_user_id = $2, email = $3, profile_id = $4, \
              incoming_method = $5, outgoing_method = $6, tracking_rule = $7, updated_at = $8{reset} \
              WHERE id = $1"
-        )))
-        .bind(&sid)
-        .bind(spec.owner_user_id.to_string())
-        .bind(spec.email.as_str())
-        .bind(spec.profile_id.to_string())
-        .bind(spec.incoming_method.as_str())
-        .bind(spec.outgoing_method.as_str())
-        .bind(spec.tracking_rule.as_str())
-        .bind(now)
+        ))), &sid, spec, now)
         .execute(&mut *tx)
         .await
         .map_err(|e| address_taken(e, &spec.email))?;

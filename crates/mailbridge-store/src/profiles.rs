@@ -143,6 +143,36 @@ fn audit_detail(spec: &ProfileSpec, secret: &SecretChange) -> serde_json::Value 
     })
 }
 
+/// Binds `$1` = id and `$2`–`$19` = the spec's columns: the order both the insert and the
+/// update use.
+fn bind_spec<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    id: &str,
+    spec: &ProfileSpec,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let oauth = spec.oauth.as_ref();
+    let url = |u: Option<&url::Url>| u.map(|u| u.to_string());
+    q.bind(id.to_owned())
+        .bind(spec.name.clone())
+        .bind(spec.incoming.protocol.as_str())
+        .bind(spec.incoming.host.to_string())
+        .bind(i64::from(spec.incoming.port.get()))
+        .bind(spec.incoming.security.as_str())
+        .bind(spec.outgoing.host.to_string())
+        .bind(i64::from(spec.outgoing.port.get()))
+        .bind(spec.outgoing.security.as_str())
+        .bind(spec.auth.as_str())
+        .bind(oauth.map(|o| o.client_id.clone()))
+        .bind(url(oauth.map(|o| &o.authorization_url)))
+        .bind(url(oauth.map(|o| &o.token_url)))
+        .bind(url(oauth.and_then(|o| o.revocation_url.as_ref())))
+        .bind(url(oauth.and_then(|o| o.userinfo_url.as_ref())))
+        .bind(oauth.map(|o| o.scopes.join(" ")))
+        .bind(i64::from(spec.max_mailboxes))
+        .bind(i64::from(spec.poll_interval_seconds))
+        .bind(spec.process_emails_received_after.map(|d| d.to_string()))
+}
+
 fn name_taken(e: sqlx::Error, name: &str) -> StoreError {
     if is_unique_violation(&e) {
         StoreError::Conflict(format!(
@@ -164,39 +194,22 @@ impl Store {
         let id = ProfileId::new();
         let sid = id.to_string();
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO server_profiles (id, name, owner_user_id, incoming_protocol, incoming_host, \
-             incoming_port, incoming_security, outgoing_host, outgoing_port, outgoing_security, \
-             auth_method, oauth_client_id, oauth_client_secret, oauth_authorization_url, \
-             oauth_token_url, oauth_revocation_url, oauth_userinfo_url, oauth_scopes, max_mailboxes, \
-             poll_interval_seconds, process_emails_received_after, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, $21, $22, $22)",
+        bind_spec(
+            sqlx::query(
+                "INSERT INTO server_profiles (id, name, incoming_protocol, incoming_host, \
+                 incoming_port, incoming_security, outgoing_host, outgoing_port, outgoing_security, \
+                 auth_method, oauth_client_id, oauth_authorization_url, oauth_token_url, \
+                 oauth_revocation_url, oauth_userinfo_url, oauth_scopes, max_mailboxes, \
+                 poll_interval_seconds, process_emails_received_after, owner_user_id, \
+                 oauth_client_secret, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                 $17, $18, $19, $20, $21, $22, $22)",
+            ),
+            &sid,
+            spec,
         )
-        .bind(&sid)
-        .bind(&spec.name)
         .bind(actor.user_id.map(|u| u.to_string()))
-        .bind(spec.incoming.protocol.as_str())
-        .bind(spec.incoming.host.as_str())
-        .bind(i64::from(spec.incoming.port.get()))
-        .bind(spec.incoming.security.as_str())
-        .bind(spec.outgoing.host.as_str())
-        .bind(i64::from(spec.outgoing.port.get()))
-        .bind(spec.outgoing.security.as_str())
-        .bind(spec.auth.as_str())
-        .bind(spec.oauth.as_ref().map(|o| o.client_id.clone()))
-        .bind(match &secret {
-            SecretChange::Set(s) => Some(self.keyring.encrypt(s.expose_secret().as_bytes(), &secret_aad(&sid))),
-            SecretChange::Keep | SecretChange::Clear => None,
-        })
-        .bind(spec.oauth.as_ref().map(|o| o.authorization_url.to_string()))
-        .bind(spec.oauth.as_ref().map(|o| o.token_url.to_string()))
-        .bind(spec.oauth.as_ref().and_then(|o| o.revocation_url.as_ref().map(|u| u.to_string())))
-        .bind(spec.oauth.as_ref().and_then(|o| o.userinfo_url.as_ref().map(|u| u.to_string())))
-        .bind(spec.oauth.as_ref().map(|o| o.scopes.join(" ")))
-        .bind(i64::from(spec.max_mailboxes))
-        .bind(i64::from(spec.poll_interval_seconds))
-        .bind(spec.process_emails_received_after.map(|d| d.to_string()))
+        .bind(self.sealed_secret(&secret, &sid))
         .bind(now)
         .execute(&mut *tx)
         .await
@@ -296,49 +309,20 @@ impl Store {
             SecretChange::Keep => "",
             SecretChange::Set(_) | SecretChange::Clear => ", oauth_client_secret = $20",
         };
-        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE server_profiles SET name = $2, incoming_protocol = $3, incoming_host = $4, \
-             incoming_port = $5, incoming_security = $6, outgoing_host = $7, outgoing_port = $8, \
-             outgoing_security = $9, auth_method = $10, oauth_client_id = $11, \
-             oauth_authorization_url = $12, oauth_token_url = $13, oauth_revocation_url = $14, \
-             oauth_userinfo_url = $15, oauth_scopes = $16, max_mailboxes = $17, \
-             poll_interval_seconds = $18, process_emails_received_after = $19{secret_sql}, \
-             updated_at = $21 WHERE id = $1"
-        )))
-        .bind(&sid)
-        .bind(&spec.name)
-        .bind(spec.incoming.protocol.as_str())
-        .bind(spec.incoming.host.as_str())
-        .bind(i64::from(spec.incoming.port.get()))
-        .bind(spec.incoming.security.as_str())
-        .bind(spec.outgoing.host.as_str())
-        .bind(i64::from(spec.outgoing.port.get()))
-        .bind(spec.outgoing.security.as_str())
-        .bind(spec.auth.as_str())
-        .bind(spec.oauth.as_ref().map(|o| o.client_id.clone()))
-        .bind(spec.oauth.as_ref().map(|o| o.authorization_url.to_string()))
-        .bind(spec.oauth.as_ref().map(|o| o.token_url.to_string()))
-        .bind(
-            spec.oauth
-                .as_ref()
-                .and_then(|o| o.revocation_url.as_ref().map(|u| u.to_string())),
+        let done = bind_spec(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE server_profiles SET name = $2, incoming_protocol = $3, incoming_host = $4, \
+                 incoming_port = $5, incoming_security = $6, outgoing_host = $7, outgoing_port = $8, \
+                 outgoing_security = $9, auth_method = $10, oauth_client_id = $11, \
+                 oauth_authorization_url = $12, oauth_token_url = $13, oauth_revocation_url = $14, \
+                 oauth_userinfo_url = $15, oauth_scopes = $16, max_mailboxes = $17, \
+                 poll_interval_seconds = $18, process_emails_received_after = $19{secret_sql}, \
+                 updated_at = $21 WHERE id = $1"
+            ))),
+            &sid,
+            spec,
         )
-        .bind(
-            spec.oauth
-                .as_ref()
-                .and_then(|o| o.userinfo_url.as_ref().map(|u| u.to_string())),
-        )
-        .bind(spec.oauth.as_ref().map(|o| o.scopes.join(" ")))
-        .bind(i64::from(spec.max_mailboxes))
-        .bind(i64::from(spec.poll_interval_seconds))
-        .bind(spec.process_emails_received_after.map(|d| d.to_string()))
-        .bind(match &secret {
-            SecretChange::Set(s) => Some(
-                self.keyring
-                    .encrypt(s.expose_secret().as_bytes(), &secret_aad(&sid)),
-            ),
-            SecretChange::Keep | SecretChange::Clear => None,
-        })
+        .bind(self.sealed_secret(&secret, &sid))
         .bind(now)
         .execute(&mut *tx)
         .await
@@ -395,6 +379,17 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The ciphertext a secret change stores (`None` keeps no secret).
+    fn sealed_secret(&self, secret: &SecretChange, id: &str) -> Option<Vec<u8>> {
+        match secret {
+            SecretChange::Set(s) => Some(
+                self.keyring
+                    .encrypt(s.expose_secret().as_bytes(), &secret_aad(id)),
+            ),
+            SecretChange::Keep | SecretChange::Clear => None,
+        }
     }
 
     /// Serializes changes to one profile's mailbox set, so a count read in `tx` stays true
