@@ -14,7 +14,9 @@ pub mod validation;
 pub use clock::{Clock, SystemClock};
 pub use email::EmailAddress;
 pub use ids::{MailboxId, ProfileId, UserId};
-pub use mailbox::{ConnectionStatus, DeliveryMethod, MailboxDraft, MailboxSpec, TrackingRule};
+pub use mailbox::{
+    ConnectionStatus, DeliveryMethod, MailboxDraft, MailboxSpec, SignInStatus, TrackingRule,
+};
 pub use profile::{
     AuthMethod, GMAIL_MAX_MAILBOXES, IncomingServer, OAuthSettings, OutgoingServer, Preset,
     ProfileDraft, ProfileSpec, SecretChange, Stored,

@@ -118,3 +118,15 @@ impl MailboxDraft {
         }
     }
 }
+
+crate::string_enum! {
+    /// Whether the mailbox's user has signed in to the OAuth provider.
+    SignInStatus {
+        /// No sign-in yet (or it was disconnected).
+        NotSignedIn => "not_signed_in",
+        /// Tokens are stored and were last accepted.
+        SignedIn => "signed_in",
+        /// The provider refused the stored grant (revoked or expired): sign in again.
+        NeedsSignIn => "needs_sign_in",
+    }
+}

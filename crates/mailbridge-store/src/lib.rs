@@ -2,9 +2,11 @@
 //! by the database URL. Queries are runtime queries over sqlx's `Any` driver with portable
 //! SQL and column types, so one code base serves both; each backend has its own migrations.
 
+pub mod alerts;
 pub mod audit;
 pub mod crypto;
 pub mod mailboxes;
+pub mod oauth;
 pub mod profiles;
 pub mod users;
 
@@ -17,9 +19,11 @@ use mailbridge_core::Clock;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use alerts::{AlertRecord, NewAlert};
 pub use audit::{Actor, AuditEntry};
 pub use crypto::{CryptoError, Keyring};
 pub use mailboxes::MailboxRecord;
+pub use oauth::{OAuthState, StoredTokens, TokenSet};
 pub use profiles::ProfileRecord;
 pub use users::{ApiToken, UserRecord};
 
@@ -179,11 +183,66 @@ impl Store {
         self.clock.now().timestamp_millis()
     }
 
-    /// Decrypts every stored secret with the keyring and encrypts it again with its active key.
-    /// Returns how many secrets were re-encrypted.
+    /// Decrypts every stored secret with the keyring and encrypts it again with its active
+    /// key, in one transaction. Returns how many secrets were re-encrypted.
     pub async fn reencrypt_secrets(&self) -> Result<usize> {
-        profiles::reencrypt_client_secrets(self).await
+        let mut tx = self.begin_write().await?;
+        let mut count = 0;
+        for (table, key, column) in ENCRYPTED_COLUMNS {
+            let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {key}, {column} FROM {table} WHERE {column} IS NOT NULL"
+            )))
+            .fetch_all(&mut *tx)
+            .await?;
+            for (id, blob) in &rows {
+                let aad = aad(table, column, id);
+                let plain = self.keyring.decrypt(blob, &aad)?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE {table} SET {column} = $1 WHERE {key} = $2"
+                )))
+                .bind(self.keyring.encrypt(&plain, &aad))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            count += rows.len();
+        }
+        tx.commit().await?;
+        Ok(count)
     }
+
+    /// Seals a secret for one column of one row.
+    pub(crate) fn seal(&self, table: &str, column: &str, id: &str, secret: &str) -> Vec<u8> {
+        self.keyring
+            .encrypt(secret.as_bytes(), &aad(table, column, id))
+    }
+
+    /// Opens a secret sealed by [`Store::seal`] for the same row and column.
+    pub(crate) fn open_secret(
+        &self,
+        table: &str,
+        column: &str,
+        id: &str,
+        blob: &[u8],
+    ) -> Result<secrecy::SecretString> {
+        let plain = self.keyring.decrypt(blob, &aad(table, column, id))?;
+        String::from_utf8(plain.to_vec())
+            .map(secrecy::SecretString::from)
+            .map_err(|_| StoreError::corrupt(format!("{table}.{column} of {id}"), "not UTF-8"))
+    }
+}
+
+/// Every encrypted column: (table, key column, column). Its associated data is
+/// `table/column/key`, so a ciphertext moved to another row or column does not decrypt.
+const ENCRYPTED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("server_profiles", "id", "oauth_client_secret"),
+    ("mailbox_tokens", "mailbox_id", "access_token"),
+    ("mailbox_tokens", "mailbox_id", "refresh_token"),
+    ("oauth_states", "state_hash", "pkce_verifier"),
+];
+
+fn aad(table: &str, column: &str, id: &str) -> String {
+    format!("{table}/{column}/{id}")
 }
 
 /// Rows store times as Unix milliseconds.

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use mailbridge_core::{
     AuthMethod, ConnectionStatus, EmailAddress, GMAIL_MAX_MAILBOXES, MailboxId, MailboxSpec,
-    ProfileId, UserId,
+    ProfileId, SignInStatus, UserId,
 };
 use sqlx::{Any, Transaction};
 
@@ -18,6 +18,9 @@ pub struct MailboxRecord {
     pub incoming_status: ConnectionStatus,
     pub outgoing_status: ConnectionStatus,
     pub enabled: bool,
+    pub sign_in_status: SignInStatus,
+    /// The account whose tokens are stored, when signed in.
+    pub signed_in_as: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -34,13 +37,18 @@ struct MailboxRow {
     incoming_status: String,
     outgoing_status: String,
     enabled: i64,
+    sign_in_status: String,
+    signed_in_as: Option<String>,
     created_at: i64,
     updated_at: i64,
 }
 
-const MAILBOX_SELECT: &str = "SELECT id, owner_user_id, email, profile_id, incoming_method, \
-     outgoing_method, tracking_rule, incoming_status, outgoing_status, enabled, created_at, \
-     updated_at FROM mailboxes";
+const MAILBOX_SELECT: &str = "SELECT m.id, m.owner_user_id, m.email, m.profile_id, \
+     m.incoming_method, m.outgoing_method, m.tracking_rule, m.incoming_status, m.outgoing_status, \
+     m.enabled, CASE WHEN t.mailbox_id IS NULL THEN 'not_signed_in' \
+     WHEN t.invalid_since IS NOT NULL THEN 'needs_sign_in' ELSE 'signed_in' END AS sign_in_status, \
+     t.account_email AS signed_in_as, m.created_at, m.updated_at \
+     FROM mailboxes m LEFT JOIN mailbox_tokens t ON t.mailbox_id = m.id";
 
 impl TryFrom<MailboxRow> for MailboxRecord {
     type Error = StoreError;
@@ -60,6 +68,8 @@ impl TryFrom<MailboxRow> for MailboxRecord {
             incoming_status: r.incoming_status.parse().map_err(|e| bad(&e))?,
             outgoing_status: r.outgoing_status.parse().map_err(|e| bad(&e))?,
             enabled: r.enabled != 0,
+            sign_in_status: r.sign_in_status.parse().map_err(|e| bad(&e))?,
+            signed_in_as: r.signed_in_as,
             created_at: time_from_ms(r.created_at),
             updated_at: time_from_ms(r.updated_at),
         })
@@ -140,7 +150,7 @@ impl Store {
 
     pub async fn get_mailbox(&self, id: MailboxId) -> Result<MailboxRecord> {
         let row: Option<MailboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{MAILBOX_SELECT} WHERE id = $1"
+            "{MAILBOX_SELECT} WHERE m.id = $1"
         )))
         .bind(id.to_string())
         .fetch_optional(&self.pool)
@@ -158,16 +168,18 @@ impl Store {
         let rows: Vec<MailboxRow> = match owner {
             Some(o) => {
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "{MAILBOX_SELECT} WHERE owner_user_id = $1 ORDER BY id"
+                    "{MAILBOX_SELECT} WHERE m.owner_user_id = $1 ORDER BY m.id"
                 )))
                 .bind(o.to_string())
                 .fetch_all(&self.pool)
                 .await?
             }
             None => {
-                sqlx::query_as(sqlx::AssertSqlSafe(format!("{MAILBOX_SELECT} ORDER BY id")))
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "{MAILBOX_SELECT} ORDER BY m.id"
+                )))
+                .fetch_all(&self.pool)
+                .await?
             }
         };
         rows.into_iter().map(MailboxRecord::try_from).collect()

@@ -127,10 +127,6 @@ impl TryFrom<ProfileRow> for ProfileRecord {
     }
 }
 
-fn secret_aad(id: &str) -> String {
-    format!("server_profiles/oauth_client_secret/{id}")
-}
-
 /// What an audit entry may say about a profile: everything but the secret.
 fn audit_detail(spec: &ProfileSpec, secret: &SecretChange) -> serde_json::Value {
     serde_json::json!({
@@ -273,13 +269,8 @@ impl Store {
             kind: "server profile",
             id: sid.clone(),
         })?;
-        blob.map(|b| {
-            let plain = self.keyring.decrypt(&b, &secret_aad(&sid))?;
-            String::from_utf8(plain.to_vec())
-                .map(SecretString::from)
-                .map_err(|_| StoreError::corrupt(format!("client secret of {sid}"), "not UTF-8"))
-        })
-        .transpose()
+        blob.map(|b| self.open_secret("server_profiles", "oauth_client_secret", &sid, &b))
+            .transpose()
     }
 
     /// Replaces a profile's settings. Refuses a `max_mailboxes` below the mailboxes it serves.
@@ -384,10 +375,12 @@ impl Store {
     /// The ciphertext a secret change stores (`None` keeps no secret).
     fn sealed_secret(&self, secret: &SecretChange, id: &str) -> Option<Vec<u8>> {
         match secret {
-            SecretChange::Set(s) => Some(
-                self.keyring
-                    .encrypt(s.expose_secret().as_bytes(), &secret_aad(id)),
-            ),
+            SecretChange::Set(s) => Some(self.seal(
+                "server_profiles",
+                "oauth_client_secret",
+                id,
+                s.expose_secret(),
+            )),
             SecretChange::Keep | SecretChange::Clear => None,
         }
     }
@@ -408,25 +401,4 @@ impl Store {
         }
         Ok(())
     }
-}
-
-/// Re-encrypts every client secret with the keyring's active key, in one transaction.
-pub(crate) async fn reencrypt_client_secrets(store: &Store) -> Result<usize> {
-    let mut tx = store.begin_write().await?;
-    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
-        "SELECT id, oauth_client_secret FROM server_profiles WHERE oauth_client_secret IS NOT NULL",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    for (id, blob) in &rows {
-        let aad = secret_aad(id);
-        let plain = store.keyring.decrypt(blob, &aad)?;
-        sqlx::query("UPDATE server_profiles SET oauth_client_secret = $1 WHERE id = $2")
-            .bind(store.keyring.encrypt(&plain, &aad))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(rows.len())
 }

@@ -9,9 +9,11 @@ mod openapi;
 mod routes;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Router;
 use mailbridge_store::Store;
+use mailbridge_sync::SignIn;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 use url::Url;
@@ -39,11 +41,13 @@ impl WebConfig {
 pub struct AppState {
     pub store: Store,
     pub config: WebConfig,
+    pub signin: Arc<SignIn>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(routes::system::routes())
+        .merge(routes::oauth::routes())
         .nest("/api/v1", routes::api())
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{mailboxes, profiles, system, users};
+use crate::routes::{mailboxes, oauth, profiles, system, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,6 +13,7 @@ use crate::routes::{mailboxes, profiles, system, users};
         users::create, users::list, users::show, users::update, users::remove, users::reset_token,
         profiles::create, profiles::list, profiles::show, profiles::update, profiles::remove,
         mailboxes::create, mailboxes::list, mailboxes::show, mailboxes::update, mailboxes::remove,
+        mailboxes::alerts, mailboxes::dismiss_alert, oauth::start, oauth::disconnect,
         system::features, system::audit_log,
     ),
     modifiers(&BearerAuth)

@@ -1,6 +1,7 @@
 //! The API's resources, one module each.
 
 pub mod mailboxes;
+pub mod oauth;
 pub mod profiles;
 pub mod system;
 pub mod users;
@@ -17,6 +18,7 @@ pub fn api() -> Router<AppState> {
         .merge(users::routes())
         .merge(profiles::routes())
         .merge(mailboxes::routes())
+        .merge(oauth::api_routes())
         .merge(system::api_routes())
         .fallback(|| async {
             ApiError::new(

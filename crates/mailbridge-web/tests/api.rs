@@ -1,155 +1,24 @@
 //! The API over real HTTP: a server on port 0 with its own SQLite file in a temp folder.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
-use std::path::Path;
-use std::sync::Arc;
-
-use mailbridge_core::{EmailAddress, Role, SystemClock};
-use mailbridge_store::{Actor, Keyring, Store};
-use mailbridge_web::{AppState, WebConfig};
+use mailbridge_core::Role;
+use mailbridge_testkit::{ApiClient, TestApp, assert_error};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 const SECRET: &str = "GOCSPX-api-test-secret-5d1e8c";
-
-struct Server {
-    base: String,
-    store: Store,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Server {
-    async fn start(dir: &Path) -> Self {
-        let keyring = Keyring::load_or_create(&dir.join("master.key")).unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.join("mailbridge.db").display());
-        let store = Store::connect(&url, keyring, Arc::new(SystemClock))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = AppState {
-            store: store.clone(),
-            config: WebConfig {
-                public_base_url: format!("http://{addr}").parse().unwrap(),
-                gmail_oauth: true,
-            },
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(mailbridge_web::serve(listener, state, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            base: format!("http://{addr}"),
-            store,
-            stop,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.send(()).unwrap();
-        self.task.await.unwrap().unwrap();
-        self.store.close().await;
-    }
-
-    /// A user made the way `mailbridge users create` makes one; returns (id, token).
-    async fn user(&self, email: &str, role: Role) -> (String, String) {
-        let (u, t) = self
-            .store
-            .create_user(
-                &Actor::cli(),
-                &EmailAddress::parse(email, "e").unwrap(),
-                role,
-            )
-            .await
-            .unwrap();
-        (u.id.to_string(), t.reveal().to_owned())
-    }
-}
-
-/// Every response body the tests saw, to prove no secret is ever returned.
-#[derive(Default)]
-struct Client {
-    http: reqwest::Client,
-    seen: std::sync::Mutex<String>,
-}
-
-impl Client {
-    async fn call(
-        &self,
-        s: &Server,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", s.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        self.seen.lock().unwrap().push_str(&text);
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, s: &Server, path: &str, token: &str) -> (StatusCode, Value) {
-        self.call(s, Method::GET, path, Some(token), None).await
-    }
-
-    async fn post(&self, s: &Server, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.call(s, Method::POST, path, Some(token), Some(body))
-            .await
-    }
-
-    async fn patch(&self, s: &Server, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.call(s, Method::PATCH, path, Some(token), Some(body))
-            .await
-    }
-
-    async fn delete(&self, s: &Server, path: &str, token: &str) -> (StatusCode, Value) {
-        self.call(s, Method::DELETE, path, Some(token), None).await
-    }
-}
 
 fn gmail_profile(name: &str) -> Value {
     json!({"name": name, "preset": "gmail",
            "oauth": {"client_id": "42.apps.googleusercontent.com", "client_secret": SECRET}})
 }
 
-/// Asserts an error response: status, code, and (when given) the field it names.
-#[track_caller]
-fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str, field: Option<&str>) {
-    assert_eq!(got.0, status, "{}", got.1);
-    assert_eq!(got.1["error"]["code"], code, "{}", got.1);
-    assert!(
-        got.1["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.len() > 10),
-        "{}",
-        got.1
-    );
-    if let Some(f) = field {
-        assert_eq!(got.1["error"]["field"], f, "{}", got.1);
-    }
-}
-
 #[tokio::test]
 async fn requests_without_a_valid_token_are_401_and_users_cannot_administer() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path()).await;
-    let c = Client::default();
-    let (_, user) = s.user("ann@example.com", Role::User).await;
+    let s = TestApp::start(dir.path()).await.unwrap();
+    let c = ApiClient::default();
+    let (_, user) = s.user("ann@example.com", Role::User).await.unwrap();
 
     let resp = c
         .http
@@ -206,15 +75,15 @@ async fn requests_without_a_valid_token_are_401_and_users_cannot_administer() {
         c.get(&s, "/api/v1/mailboxes", &user).await,
         (StatusCode::OK, json!([]))
     );
-    s.stop().await;
+    s.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn users_are_created_with_a_token_once_and_the_rules_hold() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path()).await;
-    let c = Client::default();
-    let (admin_id, admin) = s.user("admin@example.com", Role::Admin).await;
+    let s = TestApp::start(dir.path()).await.unwrap();
+    let c = ApiClient::default();
+    let (admin_id, admin) = s.user("admin@example.com", Role::Admin).await.unwrap();
 
     let (status, body) = c
         .post(
@@ -386,15 +255,15 @@ async fn users_are_created_with_a_token_once_and_the_rules_hold() {
         "not_found",
         None,
     );
-    s.stop().await;
+    s.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn profiles_validate_every_field_and_never_return_the_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path()).await;
-    let c = Client::default();
-    let (_, admin) = s.user("admin@example.com", Role::Admin).await;
+    let s = TestApp::start(dir.path()).await.unwrap();
+    let c = ApiClient::default();
+    let (_, admin) = s.user("admin@example.com", Role::Admin).await.unwrap();
 
     let (status, p) = c
         .post(
@@ -627,7 +496,7 @@ async fn profiles_validate_every_field_and_never_return_the_secret() {
     let (_, list) = c.get(&s, "/api/v1/server-profiles", &admin).await;
     assert_eq!(list.as_array().unwrap().len(), 2);
 
-    let seen = c.seen.lock().unwrap().clone();
+    let seen = c.seen();
     assert!(
         !seen.contains(SECRET) && !seen.contains("rotated-secret-value"),
         "a client secret was returned"
@@ -644,17 +513,17 @@ async fn profiles_validate_every_field_and_never_return_the_secret() {
         !audit.to_string().contains(SECRET),
         "the audit log holds a secret"
     );
-    s.stop().await;
+    s.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn mailboxes_belong_to_their_owner_and_a_gmail_profile_stops_at_100() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path()).await;
-    let c = Client::default();
-    let (_, admin) = s.user("admin@example.com", Role::Admin).await;
-    let (ann_id, ann) = s.user("ann@example.com", Role::User).await;
-    let (bob_id, bob) = s.user("bob@example.com", Role::User).await;
+    let s = TestApp::start(dir.path()).await.unwrap();
+    let c = ApiClient::default();
+    let (_, admin) = s.user("admin@example.com", Role::Admin).await.unwrap();
+    let (ann_id, ann) = s.user("ann@example.com", Role::User).await.unwrap();
+    let (bob_id, bob) = s.user("bob@example.com", Role::User).await.unwrap();
     let (_, p) = c
         .post(
             &s,
@@ -926,15 +795,15 @@ async fn mailboxes_belong_to_their_owner_and_a_gmail_profile_stops_at_100() {
         )
         .await;
     assert_eq!(admins_view.as_array().unwrap().len(), 1);
-    s.stop().await;
+    s.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_restart_keeps_users_profiles_mailboxes_and_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path()).await;
-    let c = Client::default();
-    let (admin_id, admin) = s.user("admin@example.com", Role::Admin).await;
+    let s = TestApp::start(dir.path()).await.unwrap();
+    let c = ApiClient::default();
+    let (admin_id, admin) = s.user("admin@example.com", Role::Admin).await.unwrap();
     let (_, p) = c
         .post(&s, "/api/v1/server-profiles", &admin, gmail_profile("Kept"))
         .await;
@@ -946,9 +815,9 @@ async fn a_restart_keeps_users_profiles_mailboxes_and_secrets() {
             json!({"owner_user_id": admin_id, "email": "kept@example.com", "profile_id": p["id"]}),
         )
         .await;
-    s.stop().await;
+    s.stop().await.unwrap();
 
-    let s = Server::start(dir.path()).await;
+    let s = TestApp::start(dir.path()).await.unwrap();
     assert_eq!(
         c.get(
             &s,
@@ -978,7 +847,7 @@ async fn a_restart_keeps_users_profiles_mailboxes_and_secrets() {
         .unwrap()
         .unwrap();
     assert_eq!(secrecy::ExposeSecret::expose_secret(&secret), SECRET);
-    s.stop().await;
+    s.stop().await.unwrap();
 
     // On disk: the secret only as ciphertext, in the database and its write-ahead log.
     let mut bytes = Vec::new();
@@ -999,8 +868,8 @@ async fn a_restart_keeps_users_profiles_mailboxes_and_secrets() {
 #[tokio::test]
 async fn probes_features_and_the_openapi_document() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path()).await;
-    let c = Client::default();
+    let s = TestApp::start(dir.path()).await.unwrap();
+    let c = ApiClient::default();
     let get = |p: &str| c.http.get(format!("{}{p}", s.base)).send();
     assert_eq!(get("/healthz").await.unwrap().text().await.unwrap(), "ok");
     assert_eq!(get("/readyz").await.unwrap().status(), StatusCode::OK);
@@ -1042,5 +911,5 @@ async fn probes_features_and_the_openapi_document() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(get("/healthz").await.unwrap().status(), StatusCode::OK);
-    s.stop().await;
+    s.stop().await.unwrap();
 }

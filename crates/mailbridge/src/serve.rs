@@ -1,6 +1,10 @@
 //! `mailbridge serve`: bind, migrate, serve until SIGINT or SIGTERM, then drain.
 
+use std::sync::Arc;
+
 use anyhow::Context;
+use mailbridge_core::SystemClock;
+use mailbridge_sync::SignIn;
 use mailbridge_web::{AppState, WebConfig};
 use tokio::net::TcpListener;
 
@@ -30,9 +34,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "no users yet: create the first admin with 'mailbridge users create --email you@example.com --role admin'"
         );
     }
+    let signin = SignIn::new(
+        store.clone(),
+        mailbridge_oauth::Provider::http_client(),
+        Arc::new(SystemClock),
+        web.oauth_redirect_uri(),
+    );
     let state = AppState {
         store: store.clone(),
         config: web,
+        signin: Arc::new(signin),
     };
     mailbridge_web::serve(listener, state, shutdown_signal()).await?;
     store.close().await;

@@ -7,9 +7,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use mailbridge_core::{
-    ConnectionStatus, DeliveryMethod, MailboxDraft, MailboxId, ProfileId, TrackingRule, UserId,
+    ConnectionStatus, DeliveryMethod, MailboxDraft, MailboxId, ProfileId, SignInStatus,
+    TrackingRule, UserId,
 };
-use mailbridge_store::MailboxRecord;
+use mailbridge_store::{AlertRecord, MailboxRecord};
 
 use super::path_id;
 use crate::AppState;
@@ -21,6 +22,11 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/mailboxes", post(create).get(list))
         .route("/mailboxes/{id}", get(show).patch(update).delete(remove))
+        .route("/mailboxes/{id}/alerts", get(alerts))
+        .route(
+            "/mailboxes/{id}/alerts/{alert_id}/dismiss",
+            post(dismiss_alert),
+        )
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -38,6 +44,10 @@ pub struct MailboxView {
     outgoing_status: ConnectionStatus,
     /// Synchronized only when enabled (after a successful Test & Enable).
     enabled: bool,
+    /// `not_signed_in`, `signed_in`, or `needs_sign_in` (the provider refused the grant).
+    sign_in_status: SignInStatus,
+    /// The account whose tokens are stored.
+    signed_in_as: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -55,6 +65,8 @@ impl From<MailboxRecord> for MailboxView {
             incoming_status: m.incoming_status,
             outgoing_status: m.outgoing_status,
             enabled: m.enabled,
+            sign_in_status: m.sign_in_status,
+            signed_in_as: m.signed_in_as,
             created_at: m.created_at,
             updated_at: m.updated_at,
         }
@@ -170,5 +182,44 @@ async fn remove(
         .store
         .delete_mailbox(&caller.actor(), path_id(&id, "mailbox")?)
         .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+pub struct AlertsQuery {
+    /// Also list dismissed alerts.
+    #[serde(default)]
+    all: bool,
+}
+
+/// What went wrong with a mailbox and what to do, newest first (open ones unless `all`).
+#[utoipa::path(get, path = "/mailboxes/{id}/alerts", tag = "mailboxes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "mailbox id"), AlertsQuery),
+    responses((status = 200, body = [AlertRecord]), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn alerts(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<AlertsQuery>,
+) -> Result<Json<Vec<AlertRecord>>, ApiError> {
+    let mailbox = state.store.get_mailbox(path_id(&id, "mailbox")?).await?;
+    caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
+    Ok(Json(state.store.mailbox_alerts(mailbox.id, q.all).await?))
+}
+
+/// Dismisses an alert.
+#[utoipa::path(post, path = "/mailboxes/{id}/alerts/{alert_id}/dismiss", tag = "mailboxes",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "mailbox id"), ("alert_id" = String, Path, description = "alert id")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn dismiss_alert(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path((id, alert_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let mailbox = state.store.get_mailbox(path_id(&id, "mailbox")?).await?;
+    caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
+    state.store.dismiss_alert(mailbox.id, &alert_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,16 @@
+//! OAuth 2.0 for mailboxes: the authorization-code flow with PKCE ([`Provider::authorization_url`],
+//! [`Provider::exchange_code`]), refresh, revocation, and finding out which account signed in.
+//!
+//! Written on reqwest rather than the `oauth2` crate: Mailbridge needs to tell `invalid_grant`
+//! (ask the user to sign in again, never retry) from transient failures (retry with backoff)
+//! exactly, to read the ID token and the granted scopes that a typed client hides, and to keep
+//! one HTTP client for token, userinfo and revocation calls. What remains is a few form posts.
+
+mod client;
+mod pkce;
+
+pub use client::{Identity, OAuthError, Provider, TokenResponse};
+pub use pkce::{Pkce, random_token};
+
+/// Scopes that identify the user rather than grant access to mail; a grant may lack them.
+pub const IDENTITY_SCOPES: &[&str] = &["openid", "email", "profile"];

@@ -1,0 +1,162 @@
+//! [`AlertRecord`]: something went wrong that a person must act on — what, and what to do.
+
+use chrono::{DateTime, Utc};
+use mailbridge_core::{MailboxId, UserId};
+use sqlx::{Any, Transaction};
+
+use crate::{Result, Store, StoreError, time_from_ms};
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AlertRecord {
+    pub id: String,
+    #[schema(value_type = Option<String>)]
+    pub mailbox_id: Option<MailboxId>,
+    /// Who is told.
+    #[schema(value_type = String)]
+    pub user_id: UserId,
+    /// Stable word for the kind of problem, e.g. `sign_in_required`.
+    pub kind: String,
+    pub message: String,
+    /// What to do about it.
+    pub hint: String,
+    pub created_at: DateTime<Utc>,
+    pub dismissed_at: Option<DateTime<Utc>>,
+}
+
+/// An alert to raise.
+pub struct NewAlert<'a> {
+    pub mailbox_id: Option<MailboxId>,
+    pub user_id: UserId,
+    pub kind: &'a str,
+    pub message: String,
+    pub hint: &'a str,
+}
+
+#[derive(sqlx::FromRow)]
+struct AlertRow {
+    id: String,
+    mailbox_id: Option<String>,
+    user_id: String,
+    kind: String,
+    message: String,
+    hint: String,
+    created_at: i64,
+    dismissed_at: Option<i64>,
+}
+
+impl TryFrom<AlertRow> for AlertRecord {
+    type Error = StoreError;
+    fn try_from(r: AlertRow) -> Result<Self> {
+        let bad = |e: uuid::Error| StoreError::corrupt(format!("alert {}", r.id), e);
+        Ok(Self {
+            mailbox_id: r
+                .mailbox_id
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(bad)?,
+            user_id: r.user_id.parse().map_err(bad)?,
+            id: r.id,
+            kind: r.kind,
+            message: r.message,
+            hint: r.hint,
+            created_at: time_from_ms(r.created_at),
+            dismissed_at: r.dismissed_at.map(time_from_ms),
+        })
+    }
+}
+
+/// Raises an alert in the transaction of the change that caused it. An open alert of the
+/// same kind for the same mailbox and person is not repeated.
+pub(crate) async fn raise(
+    tx: &mut Transaction<'_, Any>,
+    now: i64,
+    alert: NewAlert<'_>,
+) -> Result<()> {
+    let mailbox = alert.mailbox_id.map(|m| m.to_string());
+    let (open,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM alerts WHERE mailbox_id = $1 AND user_id = $2 AND kind = $3 \
+         AND dismissed_at IS NULL",
+    )
+    .bind(mailbox.clone())
+    .bind(alert.user_id.to_string())
+    .bind(alert.kind)
+    .fetch_one(&mut **tx)
+    .await?;
+    if open > 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO alerts (id, mailbox_id, user_id, kind, message, hint, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(mailbox)
+    .bind(alert.user_id.to_string())
+    .bind(alert.kind)
+    .bind(alert.message)
+    .bind(alert.hint)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Dismisses the open alerts of a kind for a mailbox (the problem was fixed).
+pub(crate) async fn resolve(
+    tx: &mut Transaction<'_, Any>,
+    now: i64,
+    mailbox: MailboxId,
+    kind: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE alerts SET dismissed_at = $1 WHERE mailbox_id = $2 AND kind = $3 AND dismissed_at IS NULL",
+    )
+    .bind(now)
+    .bind(mailbox.to_string())
+    .bind(kind)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+const ALERT_COLUMNS: &str =
+    "id, mailbox_id, user_id, kind, message, hint, created_at, dismissed_at";
+
+impl Store {
+    /// A mailbox's alerts, newest first; dismissed ones only when asked.
+    pub async fn mailbox_alerts(
+        &self,
+        mailbox: MailboxId,
+        include_dismissed: bool,
+    ) -> Result<Vec<AlertRecord>> {
+        let rows: Vec<AlertRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE mailbox_id = $1 \
+             AND ($2 = 1 OR dismissed_at IS NULL) ORDER BY created_at DESC, id DESC"
+        )))
+        .bind(mailbox.to_string())
+        .bind(i64::from(include_dismissed))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(AlertRecord::try_from).collect()
+    }
+
+    /// Dismisses one alert of a mailbox.
+    pub async fn dismiss_alert(&self, mailbox: MailboxId, alert_id: &str) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE alerts SET dismissed_at = $1 WHERE id = $2 AND mailbox_id = $3 AND dismissed_at IS NULL",
+        )
+        .bind(self.now_ms())
+        .bind(alert_id)
+        .bind(mailbox.to_string())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                kind: "open alert",
+                id: alert_id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,317 @@
+//! Sign-in state: pending authorization requests ([`OAuthState`]), each mailbox's tokens
+//! ([`StoredTokens`]), and what happens when a provider refuses a grant.
+
+use chrono::{DateTime, Utc};
+use mailbridge_core::{MailboxId, UserId};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+use crate::alerts::{self, NewAlert};
+use crate::audit::{self, Actor};
+use crate::{Result, Store, StoreError, time_from_ms};
+
+/// The alert kind raised when a mailbox must be signed in again.
+pub const SIGN_IN_REQUIRED: &str = "sign_in_required";
+
+/// A pending authorization request, taken (and so deleted) when its callback arrives.
+#[derive(Debug)]
+pub struct OAuthState {
+    pub mailbox_id: MailboxId,
+    pub user_id: UserId,
+    pub pkce_verifier: SecretString,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Tokens to store after a code exchange or a refresh.
+pub struct TokenSet {
+    pub access_token: SecretString,
+    pub refresh_token: SecretString,
+    pub expires_at: DateTime<Utc>,
+    pub scopes: String,
+}
+
+/// A mailbox's stored tokens, decrypted.
+#[derive(Debug)]
+pub struct StoredTokens {
+    pub account_email: String,
+    pub access_token: SecretString,
+    pub refresh_token: SecretString,
+    pub expires_at: DateTime<Utc>,
+    pub scopes: String,
+    /// The provider refused the refresh token; only a new sign-in helps.
+    pub invalid: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct TokenRow {
+    account_email: String,
+    access_token: Vec<u8>,
+    refresh_token: Vec<u8>,
+    expires_at: i64,
+    scopes: String,
+    invalid_since: Option<i64>,
+}
+
+fn state_hash(state: &str) -> String {
+    Sha256::digest(state.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Store {
+    /// Records a pending authorization request; only the state's hash is kept, the PKCE
+    /// verifier encrypted. Expired requests are purged on the way.
+    pub async fn create_oauth_state(
+        &self,
+        state: &str,
+        mailbox: MailboxId,
+        user: UserId,
+        pkce_verifier: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = self.now_ms();
+        let hash = state_hash(state);
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO oauth_states (state_hash, mailbox_id, user_id, pkce_verifier, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&hash)
+        .bind(mailbox.to_string())
+        .bind(user.to_string())
+        .bind(self.seal("oauth_states", "pkce_verifier", &hash, pkce_verifier))
+        .bind(expires_at.timestamp_millis())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes a pending request by its state: it can be taken once. `None` when no request
+    /// has this state (forged, or already used). An expired one is returned for the caller
+    /// to refuse with the right words.
+    pub async fn take_oauth_state(&self, state: &str) -> Result<Option<OAuthState>> {
+        let hash = state_hash(state);
+        let row: Option<(String, String, Vec<u8>, i64)> = sqlx::query_as(
+            "DELETE FROM oauth_states WHERE state_hash = $1 \
+             RETURNING mailbox_id, user_id, pkce_verifier, expires_at",
+        )
+        .bind(&hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((mailbox, user, verifier, expires_at)) = row else {
+            return Ok(None);
+        };
+        let bad = |e: uuid::Error| StoreError::corrupt("oauth state", e);
+        Ok(Some(OAuthState {
+            mailbox_id: mailbox.parse().map_err(bad)?,
+            user_id: user.parse().map_err(bad)?,
+            pkce_verifier: self.open_secret("oauth_states", "pkce_verifier", &hash, &verifier)?,
+            expires_at: time_from_ms(expires_at),
+        }))
+    }
+
+    /// Stores the tokens of a fresh sign-in (replacing any before) and clears the
+    /// "sign in again" alerts.
+    pub async fn save_sign_in(
+        &self,
+        actor: &Actor,
+        mailbox: MailboxId,
+        account_email: &str,
+        tokens: &TokenSet,
+    ) -> Result<()> {
+        let now = self.now_ms();
+        let id = mailbox.to_string();
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM mailbox_tokens WHERE mailbox_id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO mailbox_tokens (mailbox_id, account_email, access_token, refresh_token, \
+             expires_at, scopes, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        )
+        .bind(&id)
+        .bind(account_email)
+        .bind(self.seal(
+            "mailbox_tokens",
+            "access_token",
+            &id,
+            tokens.access_token.expose_secret(),
+        ))
+        .bind(self.seal(
+            "mailbox_tokens",
+            "refresh_token",
+            &id,
+            tokens.refresh_token.expose_secret(),
+        ))
+        .bind(tokens.expires_at.timestamp_millis())
+        .bind(&tokens.scopes)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        alerts::resolve(&mut tx, now, mailbox, SIGN_IN_REQUIRED).await?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "mailbox.sign_in",
+            ("mailbox", &id),
+            serde_json::json!({"account": account_email, "scopes": tokens.scopes}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A mailbox's tokens, if it is signed in.
+    pub async fn mailbox_tokens(&self, mailbox: MailboxId) -> Result<Option<StoredTokens>> {
+        let id = mailbox.to_string();
+        let row: Option<TokenRow> = sqlx::query_as(
+            "SELECT account_email, access_token, refresh_token, expires_at, scopes, invalid_since \
+             FROM mailbox_tokens WHERE mailbox_id = $1",
+        )
+        .bind(&id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(StoredTokens {
+                account_email: r.account_email,
+                access_token: self.open_secret(
+                    "mailbox_tokens",
+                    "access_token",
+                    &id,
+                    &r.access_token,
+                )?,
+                refresh_token: self.open_secret(
+                    "mailbox_tokens",
+                    "refresh_token",
+                    &id,
+                    &r.refresh_token,
+                )?,
+                expires_at: time_from_ms(r.expires_at),
+                scopes: r.scopes,
+                invalid: r.invalid_since.is_some(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Stores a refreshed access token, and the refresh token when the provider rotated it
+    /// (`None` keeps the one stored). Does nothing if the sign-in was replaced or removed
+    /// meanwhile.
+    pub async fn save_refreshed_tokens(
+        &self,
+        mailbox: MailboxId,
+        access_token: &SecretString,
+        rotated_refresh_token: Option<&SecretString>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let id = mailbox.to_string();
+        let access = self.seal(
+            "mailbox_tokens",
+            "access_token",
+            &id,
+            access_token.expose_secret(),
+        );
+        let refresh = rotated_refresh_token
+            .map(|t| self.seal("mailbox_tokens", "refresh_token", &id, t.expose_secret()));
+        sqlx::query(
+            "UPDATE mailbox_tokens SET access_token = $1, \
+             refresh_token = COALESCE($2, refresh_token), expires_at = $3, updated_at = $4 \
+             WHERE mailbox_id = $5 AND invalid_since IS NULL",
+        )
+        .bind(access)
+        .bind(refresh)
+        .bind(expires_at.timestamp_millis())
+        .bind(self.now_ms())
+        .bind(&id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The provider refused the mailbox's grant: mark it as needing a new sign-in, stop its
+    /// sync (disable it), and tell its owner — in one transaction.
+    pub async fn mark_sign_in_required(&self, mailbox: MailboxId, reason: &str) -> Result<()> {
+        let now = self.now_ms();
+        let id = mailbox.to_string();
+        let mut tx = self.begin_write().await?;
+        let owner: Option<(String, String)> =
+            sqlx::query_as("SELECT owner_user_id, email FROM mailboxes WHERE id = $1")
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((owner, email)) = owner else {
+            return Ok(());
+        };
+        sqlx::query(
+            "UPDATE mailbox_tokens SET invalid_since = $1, invalid_reason = $2, updated_at = $1 \
+             WHERE mailbox_id = $3",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE mailboxes SET enabled = 0, updated_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        alerts::raise(
+            &mut tx,
+            now,
+            NewAlert {
+                mailbox_id: Some(mailbox),
+                user_id: owner.parse().map_err(|e| StoreError::corrupt("mailbox owner", e))?,
+                kind: SIGN_IN_REQUIRED,
+                message: format!("{email} can no longer be synchronized: the provider refused its sign-in ({reason})"),
+                hint: "Sign in to Gmail again for this mailbox, then run Test & Enable Mailbox.",
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a mailbox's sign-in and disables it. Returns the tokens that were stored, so
+    /// the caller can revoke them at the provider.
+    pub async fn remove_sign_in(
+        &self,
+        actor: &Actor,
+        mailbox: MailboxId,
+    ) -> Result<Option<StoredTokens>> {
+        let tokens = self.mailbox_tokens(mailbox).await?;
+        let now = self.now_ms();
+        let id = mailbox.to_string();
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM mailbox_tokens WHERE mailbox_id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE mailboxes SET enabled = 0, updated_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        alerts::resolve(&mut tx, now, mailbox, SIGN_IN_REQUIRED).await?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "mailbox.sign_out",
+            ("mailbox", &id),
+            serde_json::json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(tokens)
+    }
+}

@@ -1,0 +1,213 @@
+//! [`TokenService`]: a valid access token for a mailbox, refreshed before it expires, with at
+//! most one refresh in flight per mailbox. A refused grant (`invalid_grant`) marks the mailbox
+//! as needing a new sign-in at once; an unreachable provider is retried with backoff.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mailbridge_core::{Clock, MailboxId};
+use mailbridge_oauth::OAuthError;
+use mailbridge_store::{Store, StoreError};
+use secrecy::SecretString;
+
+/// A token protocol code can use now.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    /// The account the token is for: the login name for XOAUTH2.
+    pub account: String,
+    pub token: SecretString,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("mailbox {0} is not signed in; its user must sign in first")]
+    NotSignedIn(MailboxId),
+    #[error("mailbox {mailbox} must be signed in again: {reason}")]
+    SignInRequired { mailbox: MailboxId, reason: String },
+    #[error("mailbox {0}'s profile does not use OAuth")]
+    NotOAuth(MailboxId),
+    #[error(transparent)]
+    Provider(#[from] OAuthError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl TokenError {
+    /// Whether asking again later may succeed without anyone doing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TokenError::Provider(e) => e.is_transient(),
+            TokenError::Store(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// When to refresh and how hard to try.
+#[derive(Debug, Clone)]
+pub struct RefreshPolicy {
+    /// Refresh this long before the token expires…
+    pub margin: Duration,
+    /// …plus a stable per-mailbox share of this, so thousands of mailboxes signed in at
+    /// once do not all refresh in the same second.
+    pub jitter: Duration,
+    /// Attempts for a transient failure (network, 5xx), the first included.
+    pub attempts: u32,
+    /// Wait before the second attempt; doubled for each further one.
+    pub backoff: Duration,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        Self {
+            margin: Duration::from_secs(300),
+            jitter: Duration::from_secs(60),
+            attempts: 4,
+            backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+pub struct TokenService {
+    store: Store,
+    http: reqwest::Client,
+    clock: Arc<dyn Clock>,
+    redirect_uri: String,
+    policy: RefreshPolicy,
+    in_flight: Mutex<HashMap<MailboxId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl TokenService {
+    pub fn new(
+        store: Store,
+        http: reqwest::Client,
+        clock: Arc<dyn Clock>,
+        redirect_uri: String,
+        policy: RefreshPolicy,
+    ) -> Self {
+        Self {
+            store,
+            http,
+            clock,
+            redirect_uri,
+            policy,
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A token valid for at least the margin, refreshing it first when needed.
+    pub async fn access_token(&self, mailbox: MailboxId) -> Result<AccessToken, TokenError> {
+        if let Some(fresh) = self.fresh(mailbox).await? {
+            return Ok(fresh);
+        }
+        // One refresh per mailbox at a time; whoever waited finds the new token stored.
+        let lock = self.lock_for(mailbox);
+        let _guard = lock.lock().await;
+        if let Some(fresh) = self.fresh(mailbox).await? {
+            return Ok(fresh);
+        }
+        self.refresh(mailbox).await
+    }
+
+    /// The stored token when it is still good for longer than the margin.
+    async fn fresh(&self, mailbox: MailboxId) -> Result<Option<AccessToken>, TokenError> {
+        let stored = self
+            .store
+            .mailbox_tokens(mailbox)
+            .await?
+            .ok_or(TokenError::NotSignedIn(mailbox))?;
+        if stored.invalid {
+            return Err(TokenError::SignInRequired {
+                mailbox,
+                reason: "the provider refused the stored sign-in".to_owned(),
+            });
+        }
+        let refresh_at = stored.expires_at
+            - chrono::Duration::from_std(self.policy.margin + self.jitter_for(mailbox))
+                .unwrap_or_default();
+        Ok((self.clock.now() < refresh_at).then(|| AccessToken {
+            account: stored.account_email,
+            token: stored.access_token,
+            expires_at: stored.expires_at,
+        }))
+    }
+
+    async fn refresh(&self, mailbox: MailboxId) -> Result<AccessToken, TokenError> {
+        let record = self.store.get_mailbox(mailbox).await?;
+        let provider = crate::provider::for_profile(
+            &self.store,
+            &self.http,
+            record.spec.profile_id,
+            &self.redirect_uri,
+        )
+        .await?
+        .ok_or(TokenError::NotOAuth(mailbox))?;
+        let stored = self
+            .store
+            .mailbox_tokens(mailbox)
+            .await?
+            .ok_or(TokenError::NotSignedIn(mailbox))?;
+        let mut attempt = 1;
+        let response = loop {
+            match provider.refresh(&stored.refresh_token).await {
+                Ok(r) => break r,
+                Err(OAuthError::InvalidGrant { description, .. }) => {
+                    tracing::warn!(%mailbox, reason = %description, "refresh token refused; the mailbox needs a new sign-in");
+                    self.store
+                        .mark_sign_in_required(mailbox, &description)
+                        .await?;
+                    return Err(TokenError::SignInRequired {
+                        mailbox,
+                        reason: description,
+                    });
+                }
+                Err(e) if e.is_transient() && attempt < self.policy.attempts => {
+                    let wait = self.policy.backoff * 2u32.saturating_pow(attempt - 1);
+                    tracing::info!(%mailbox, error = %e, attempt, ?wait, "token refresh failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let expires_at =
+            self.clock.now() + chrono::Duration::seconds(response.expires_in.unwrap_or(3600));
+        self.store
+            .save_refreshed_tokens(
+                mailbox,
+                &response.access_token,
+                response.refresh_token.as_ref(),
+                expires_at,
+            )
+            .await?;
+        tracing::debug!(%mailbox, %expires_at, rotated = response.refresh_token.is_some(), "access token refreshed");
+        Ok(AccessToken {
+            account: stored.account_email,
+            token: response.access_token,
+            expires_at,
+        })
+    }
+
+    fn lock_for(&self, mailbox: MailboxId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(mailbox).or_default().clone()
+    }
+
+    /// A stable share of the jitter window for this mailbox.
+    fn jitter_for(&self, mailbox: MailboxId) -> Duration {
+        let window = self.policy.jitter.as_millis() as u64;
+        if window == 0 {
+            return Duration::ZERO;
+        }
+        let mut h = DefaultHasher::new();
+        mailbox.hash(&mut h);
+        Duration::from_millis(h.finish() % window)
+    }
+}

@@ -1,0 +1,130 @@
+//! [`OAuthProvider`]: `oauth-provider/server.mjs` under Node, an OAuth 2.0 provider whose
+//! behaviour the tests switch (`set_mode`) and whose counters they read (`stats`).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+pub struct OAuthProvider {
+    url: String,
+    child: Child,
+    // Held open: the provider exits when it closes, so a crashed test leaves no process.
+    _stdin: ChildStdin,
+    http: reqwest::Client,
+}
+
+impl OAuthProvider {
+    /// Starts a fresh provider. Needs `node` and `npm ci` run in `oauth-provider/`
+    /// (`./scripts/test` does both).
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oauth-provider");
+        if !dir.join("node_modules/oauth2-mock-server").exists() {
+            bail!(
+                "the test OAuth provider is not installed: run ./scripts/test (or 'npm ci' in {})",
+                dir.display()
+            );
+        }
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start node (install Node.js 20+)")?;
+        let stdin = child.stdin.take().context("no stdin")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("no stdout")?)
+            .read_line(&mut line)
+            .context("the OAuth provider did not start")?;
+        let ready: Value = serde_json::from_str(&line)
+            .with_context(|| format!("the OAuth provider said {line:?} instead of its address"))?;
+        let url = ready["url"].as_str().context("no url")?.to_owned();
+        Ok(Self {
+            url,
+            child,
+            _stdin: stdin,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// The issuer URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Profile settings pointing a generic `oauth2` profile at this provider.
+    pub fn profile_oauth(&self, client_id: &str, client_secret: &str) -> Value {
+        serde_json::json!({
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "authorization_url": format!("{}/authorize", self.url),
+            "token_url": format!("{}/token", self.url),
+            "revocation_url": format!("{}/revoke", self.url),
+            "userinfo_url": format!("{}/userinfo", self.url),
+            "scopes": ["https://mail.google.com/", "openid", "email"],
+        })
+    }
+
+    /// Changes behaviour: `denyConsent`, `narrowScope`, `omitRefreshOnCode`,
+    /// `refresh` (`omit` | `rotate`), `tokenStatus`, `expiresIn`, `refreshDelayMs`,
+    /// `failRefreshes` (answer that many refresh grants with 503 first).
+    pub async fn set_mode(&self, mode: Value) -> anyhow::Result<()> {
+        self.control("mode", mode).await.map(drop)
+    }
+
+    /// The next sign-in is by this account, whatever account the client hinted at.
+    pub async fn next_account(&self, email: &str) -> anyhow::Result<()> {
+        self.control("next-account", serde_json::json!({ "email": email }))
+            .await
+            .map(drop)
+    }
+
+    /// Revokes every token of an account, as a user removing the app's access would.
+    pub async fn revoke_account(&self, email: &str) -> anyhow::Result<()> {
+        self.control("revoke-account", serde_json::json!({ "email": email }))
+            .await
+            .map(drop)
+    }
+
+    /// Expires every access token of an account (refresh tokens stay valid).
+    pub async fn expire_account(&self, email: &str) -> anyhow::Result<()> {
+        self.control("expire-account", serde_json::json!({ "email": email }))
+            .await
+            .map(drop)
+    }
+
+    /// `{refreshGrants, codeGrants, revocations: [token…], introspections}`.
+    pub async fn stats(&self) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}/control/stats", self.url))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    async fn control(&self, what: &str, body: Value) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .post(format!("{}/control/{what}", self.url))
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+}
+
+impl Drop for OAuthProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,176 @@
+//! Sign in to Gmail: `GET /mailboxes/{id}/oauth/start` (302 to the consent page),
+//! `GET /oauth/callback` (the registered redirect URI; a page telling the person what
+//! happened), `DELETE /mailboxes/{id}/oauth` (disconnect: revoke and delete).
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use mailbridge_core::AuthMethod;
+use mailbridge_sync::{Callback, Disconnected, SignInError};
+
+use super::path_id;
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+
+pub fn api_routes() -> Router<AppState> {
+    Router::new()
+        .route("/mailboxes/{id}/oauth/start", get(start))
+        .route("/mailboxes/{id}/oauth", axum::routing::delete(disconnect))
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/oauth/callback", get(callback))
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StartView {
+    /// The provider's consent page; send the user's browser there.
+    authorization_url: String,
+}
+
+/// Starts "Sign in to Gmail" for a mailbox (its owner or an admin): answers 302 to the
+/// provider's consent page, or the URL as JSON when asked with `Accept: application/json`.
+#[utoipa::path(get, path = "/mailboxes/{id}/oauth/start", tag = "sign-in",
+    security(("bearer" = [])), params(("id" = String, Path, description = "mailbox id")),
+    responses((status = 302, description = "to the consent page"), (status = 200, body = StartView),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the profile does not use OAuth, or Gmail sign-in is turned off")))]
+async fn start(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mailbox = state.store.get_mailbox(path_id(&id, "mailbox")?).await?;
+    caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
+    let profile = state.store.get_profile(mailbox.spec.profile_id).await?;
+    if profile.spec.auth == AuthMethod::GmailOauth && !state.config.gmail_oauth {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "feature_disabled",
+            "Sign in to Gmail is turned off on this installation (gmail_oauth = false); ask an admin",
+        ));
+    }
+    let url = state
+        .signin
+        .start(&caller.0, &mailbox)
+        .await
+        .map_err(api_error)?;
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    Ok(if wants_json {
+        Json(StartView {
+            authorization_url: url.to_string(),
+        })
+        .into_response()
+    } else {
+        Redirect::to(url.as_str()).into_response()
+    })
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct DisconnectView {
+    /// `revoked`, `not_revocable` (the profile has no revocation endpoint),
+    /// `revocation_failed`, or `was_not_signed_in`.
+    outcome: &'static str,
+    message: String,
+}
+
+/// Removes a mailbox's sign-in: the tokens are deleted here and revoked at the provider.
+/// The mailbox is disabled until it is signed in and tested again.
+#[utoipa::path(delete, path = "/mailboxes/{id}/oauth", tag = "sign-in",
+    security(("bearer" = [])), params(("id" = String, Path, description = "mailbox id")),
+    responses((status = 200, body = DisconnectView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn disconnect(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DisconnectView>, ApiError> {
+    let mailbox = state.store.get_mailbox(path_id(&id, "mailbox")?).await?;
+    caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
+    let outcome = state
+        .signin
+        .disconnect(&caller.actor(), mailbox.id)
+        .await
+        .map_err(api_error)?;
+    let (outcome, message) = match outcome {
+        Disconnected::Revoked => ("revoked", "signed out: the tokens were revoked at the provider and deleted here".to_owned()),
+        Disconnected::NoRevocationEndpoint => ("not_revocable", "signed out: the tokens were deleted here; the profile has no revocation endpoint, so remove the app's access in the account's settings if you want it gone there too".to_owned()),
+        Disconnected::RevocationFailed(e) => ("revocation_failed", format!("signed out: the tokens were deleted here, but the provider could not be told ({e}); remove the app's access in the account's settings")),
+        Disconnected::WasNotSignedIn => ("was_not_signed_in", "the mailbox was not signed in".to_owned()),
+    };
+    Ok(Json(DisconnectView { outcome, message }))
+}
+
+/// The redirect URI: finishes the sign-in and tells the person what happened, in a page.
+async fn callback(State(state): State<AppState>, Query(answer): Query<Callback>) -> Response {
+    match state.signin.finish(answer).await {
+        Ok(mailbox) => page(
+            StatusCode::OK,
+            "Mailbox connected",
+            &format!(
+                "{} is signed in. Next, run Test & Enable Mailbox to check that mail flows both ways.",
+                mailbox.spec.email
+            ),
+        ),
+        Err(e) => {
+            let status = callback_status(&e);
+            if status.is_server_error() {
+                tracing::error!(error = %e, "sign-in failed");
+            } else {
+                tracing::info!(error = %e, "sign-in refused");
+            }
+            page(status, "Sign-in did not complete", &e.to_string())
+        }
+    }
+}
+
+fn callback_status(e: &SignInError) -> StatusCode {
+    match e {
+        SignInError::Provider(p) if p.is_transient() => StatusCode::BAD_GATEWAY,
+        SignInError::Provider(_) => StatusCode::BAD_GATEWAY,
+        SignInError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        SignInError::WrongAccount { .. } | SignInError::NotAllowed => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn api_error(e: SignInError) -> ApiError {
+    match e {
+        SignInError::Store(s) => s.into(),
+        SignInError::NotOAuth(_) => ApiError::new(StatusCode::CONFLICT, "not_oauth", e.to_string()),
+        SignInError::Provider(_) => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "provider_error", e.to_string())
+        }
+        other => ApiError::new(StatusCode::BAD_REQUEST, "sign_in_failed", other.to_string()),
+    }
+}
+
+/// A small self-contained page (no external assets) for the browser that came back.
+fn page(status: StatusCode, title: &str, message: &str) -> Response {
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · Mailbridge</title><style>body{{font-family:system-ui,sans-serif;\
+         max-width:36rem;margin:4rem auto;padding:0 1rem;color:#1a1a1a;line-height:1.5}}\
+         h1{{font-size:1.4rem}}</style></head><body><main><h1>{title}</h1><p>{message}</p>\
+         </main></body></html>",
+        title = escape(title),
+        message = escape(message),
+    );
+    (status, [(header::CACHE_CONTROL, "no-store")], Html(body)).into_response()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
