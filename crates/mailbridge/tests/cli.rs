@@ -160,8 +160,41 @@ async fn an_operator_scripts_a_setup_and_no_secret_reaches_the_logs() {
     assert_eq!(mode(&d.join("mailbridge-data/master.key")), 0o600);
     assert_eq!(mode(&d.join("mailbridge-data")), 0o700);
 
+    // A second mailbox on a profile whose OAuth provider runs here, to sign in for real.
+    let provider = mailbridge_testkit::OAuthProvider::start().unwrap();
+    let local = serde_json::json!({"name": "Local", "preset": "gmail", "oauth": provider.profile_oauth("local-client", SECRET)});
+    ok(&run(
+        mailbridge(d).args(["profiles", "create", "--from", "-"]),
+        &local.to_string(),
+    ));
+    let bob_box = ok(&run(
+        mailbridge(d).args([
+            "mailboxes",
+            "create",
+            "--owner",
+            "ann@example.com",
+            "--email",
+            "bob@example.com",
+            "--profile",
+            "Local",
+        ]),
+        "",
+    ));
+
     let (child, base) = serve(d);
     let http = reqwest::Client::new();
+    let start = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{base}/api/v1/mailboxes/{bob_box}/oauth/start"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let consent = start.headers()["location"].to_str().unwrap().to_owned();
+    let page = http.get(consent).send().await.unwrap();
+    assert_eq!(page.status(), 200, "{}", page.text().await.unwrap());
     let mailboxes: serde_json::Value = http
         .get(format!("{base}/api/v1/mailboxes"))
         .bearer_auth(&token)
@@ -188,14 +221,39 @@ async fn an_operator_scripts_a_setup_and_no_secret_reaches_the_logs() {
     );
     assert!(!logs.contains(SECRET), "a client secret reached the log");
     assert!(!logs.contains(&token), "an API token reached the log");
+    assert!(
+        logs.contains("mailbox signed in"),
+        "the sign-in is logged:\n{logs}"
+    );
+    let store = mailbridge_store::Store::connect(
+        &format!(
+            "sqlite://{}",
+            d.join("mailbridge-data/mailbridge.db").display()
+        ),
+        mailbridge_store::Keyring::load_or_create(&d.join("mailbridge-data/master.key")).unwrap(),
+        std::sync::Arc::new(mailbridge_core::SystemClock),
+    )
+    .await
+    .unwrap();
+    let tokens = store
+        .mailbox_tokens(bob_box.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    store.close().await;
+    for t in [&tokens.access_token, &tokens.refresh_token] {
+        let t = secrecy::ExposeSecret::expose_secret(t);
+        assert!(!logs.contains(t), "an OAuth token reached the log");
+    }
 
     // Rotation re-encrypts with a new key and retires the old; a second rotation proves the
     // secrets decrypt under the key that is now in the file.
     let key_before = std::fs::read_to_string(d.join("mailbridge-data/master.key")).unwrap();
     let out = run(mailbridge(d).args(["keys", "rotate"]), "");
     ok(&out);
+    // Two client secrets, and the signed-in mailbox's access and refresh tokens.
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("re-encrypted 1 secret(s)"),
+        String::from_utf8_lossy(&out.stderr).contains("re-encrypted 4 secret(s)"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
