@@ -31,6 +31,7 @@ const defaults = () => ({
   denyConsent: false, // answer /authorize with error=access_denied
   narrowScope: false, // grant only "openid email"
   omitRefreshOnCode: false, // code exchange answers without a refresh token
+  omitIdToken: false, // code exchange answers without an ID token (identity from /userinfo)
   refresh: 'omit', // 'omit' (Google: keep the old one) | 'rotate'
   tokenStatus: 200, // a 5xx here makes the token endpoint fail transiently
   expiresIn: 3600,
@@ -75,6 +76,7 @@ service.on('beforeResponse', (response, req) => {
   body.scope = grant.scope;
   body.expires_in = mode.expiresIn;
   accessTokens.set(body.access_token, { email: grant.email, scope: grant.scope, exp: Date.now() + mode.expiresIn * 1000, revoked: false });
+  if (mode.omitIdToken) delete body.id_token;
   if (mode.omitRefreshOnCode) {
     delete body.refresh_token;
   } else {

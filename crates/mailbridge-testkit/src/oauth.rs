@@ -69,7 +69,7 @@ impl OAuthProvider {
         })
     }
 
-    /// Changes behaviour: `denyConsent`, `narrowScope`, `omitRefreshOnCode`,
+    /// Changes behaviour: `denyConsent`, `narrowScope`, `omitRefreshOnCode`, `omitIdToken`,
     /// `refresh` (`omit` | `rotate`), `tokenStatus`, `expiresIn`, `refreshDelayMs`,
     /// `failRefreshes` (answer that many refresh grants with 503 first).
     pub async fn set_mode(&self, mode: Value) -> anyhow::Result<()> {

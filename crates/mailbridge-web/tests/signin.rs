@@ -534,3 +534,37 @@ async fn disconnecting_revokes_at_the_provider_and_deletes_here() {
     assert_eq!(again["outcome"], "was_not_signed_in");
     assert!(!w.api.seen().contains(&refresh));
 }
+
+#[tokio::test]
+async fn without_an_id_token_the_account_comes_from_userinfo_or_the_sign_in_is_refused() {
+    let w = World::new().await;
+    w.provider
+        .set_mode(json!({"omitIdToken": true}))
+        .await
+        .unwrap();
+    let (status, page) = w.sign_in().await;
+    assert_eq!(status, StatusCode::OK, "userinfo names the account: {page}");
+    assert_eq!(w.mailbox_view().await["signed_in_as"], "ann@example.com");
+
+    // A profile with neither an ID token nor a userinfo endpoint cannot prove the account.
+    let profile = w.mailbox_view().await["profile_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = w
+        .api
+        .patch(
+            &w.app,
+            &format!("/api/v1/server-profiles/{profile}"),
+            &w.admin,
+            json!({"oauth": {"userinfo_url": ""}}),
+        )
+        .await;
+    assert_eq!(r.0, StatusCode::OK, "{}", r.1);
+    let (status, page) = w.sign_in().await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(
+        page.contains("did not say which account signed in"),
+        "{page}"
+    );
+}
