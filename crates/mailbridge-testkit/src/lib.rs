@@ -1,11 +1,14 @@
 //! Real peers for Mailbridge's tests, each started on a free port and stopped on drop —
-//! [`OAuthProvider`] (npm `oauth2-mock-server` with per-account state) — and Mailbridge itself
+//! [`OAuthProvider`] (npm `oauth2-mock-server` with per-account state), [`Dovecot`] (IMAP, POP3
+//! and submission validating tokens at that provider) — and Mailbridge itself
 //! in-process ([`TestApp`]) with a [`ManualClock`] where time matters.
 
 mod app;
 mod clock;
+mod dovecot;
 mod oauth;
 
 pub use app::{ApiClient, TestApp, assert_error};
 pub use clock::ManualClock;
+pub use dovecot::{Dovecot, Ports};
 pub use oauth::OAuthProvider;

@@ -1,0 +1,68 @@
+//! [`ProtoError`]: what failed (server, step), in the server's words, and whether retrying
+//! later may help ([`ProtoError::is_transient`]).
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{server}: cannot {step}: {kind}")]
+pub struct ProtoError {
+    /// `host:port`.
+    pub server: String,
+    /// What we were doing, e.g. "log in with XOAUTH2", "open INBOX".
+    pub step: String,
+    pub kind: ErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ErrorKind {
+    #[error("connection failed ({0})")]
+    Connect(String),
+    #[error("no answer within {} s", .0.as_secs())]
+    Timeout(Duration),
+    #[error("TLS failed ({0})")]
+    Tls(String),
+    /// The server refused the credentials. `detail` is the decoded SASL error challenge
+    /// (e.g. `status 401, schemes bearer, scope https://mail.google.com/`).
+    #[error("the server refused the login: {words}{}", detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    AuthRefused {
+        words: String,
+        detail: Option<String>,
+    },
+    /// The server lacks something we need (a mechanism, STARTTLS).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The server refused a command. SMTP 4xx and POP3 `[IN-USE]`/`[SYS/TEMP]` are transient.
+    #[error("the server answered: {words}")]
+    Rejected { words: String, transient: bool },
+    #[error("connection lost ({0})")]
+    Io(String),
+    #[error("unexpected answer ({0})")]
+    Protocol(String),
+}
+
+impl ProtoError {
+    pub fn new(server: &str, step: impl Into<String>, kind: ErrorKind) -> Self {
+        Self {
+            server: server.to_owned(),
+            step: step.into(),
+            kind,
+        }
+    }
+
+    /// Whether the same call may succeed later without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        match &self.kind {
+            ErrorKind::Connect(_) | ErrorKind::Timeout(_) | ErrorKind::Io(_) => true,
+            ErrorKind::Rejected { transient, .. } => *transient,
+            ErrorKind::Tls(_)
+            | ErrorKind::AuthRefused { .. }
+            | ErrorKind::Unsupported(_)
+            | ErrorKind::Protocol(_) => false,
+        }
+    }
+
+    /// Whether the server refused the credentials (a new sign-in or password may help).
+    pub fn is_auth_refused(&self) -> bool {
+        matches!(self.kind, ErrorKind::AuthRefused { .. })
+    }
+}

@@ -1,0 +1,333 @@
+//! IMAP4rev1 (RFC 3501) on async-imap: [`ImapSession::login`] connects (implicit TLS or
+//! STARTTLS), reads capabilities, authenticates (XOAUTH2 / OAUTHBEARER with SASL-IR when
+//! offered, or LOGIN for passwords), sends `ID` (RFC 2971) when offered — Gmail asks for it —
+//! and then opens folders.
+//!
+//! The pre-login exchange (greeting, CAPABILITY, STARTTLS) is done here on plain lines,
+//! because async-imap's unauthenticated client exposes no way to send them.
+
+use std::sync::{Arc, Mutex};
+
+use async_imap::error::Error as ImapError;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use secrecy::ExposeSecret;
+
+use crate::error::{ErrorKind, ProtoError};
+use crate::line::LineConn;
+use crate::net::{Endpoint, MailStream, Security, TlsSettings};
+use crate::sasl::{self, Credentials, Mechanism};
+
+/// What `EXAMINE`/`SELECT` tells about a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderStatus {
+    pub exists: u32,
+    pub uid_validity: Option<u32>,
+    pub uid_next: Option<u32>,
+    /// Present when the server has CONDSTORE (RFC 7162).
+    pub highest_modseq: Option<u64>,
+}
+
+/// A logged-in IMAP session.
+pub struct ImapSession {
+    endpoint: Endpoint,
+    session: async_imap::Session<MailStream>,
+    capabilities: Vec<String>,
+}
+
+impl std::fmt::Debug for ImapSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapSession")
+            .field("server", &self.endpoint.label())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImapSession {
+    /// Connects and logs in.
+    pub async fn login(
+        endpoint: &Endpoint,
+        tls: &TlsSettings,
+        credentials: &Credentials,
+    ) -> Result<Self, ProtoError> {
+        let stream = MailStream::connect(endpoint, tls).await?;
+        let mut conn = LineConn::new(endpoint.clone(), stream);
+        let greeting = conn.read_line("read the greeting").await?;
+        if !greeting.starts_with("* OK") {
+            return Err(conn.error(
+                "read the greeting",
+                ErrorKind::Rejected {
+                    words: greeting,
+                    transient: true,
+                },
+            ));
+        }
+        let mut caps = match bracketed_capabilities(&greeting) {
+            Some(c) => c,
+            None => capability(&mut conn).await?,
+        };
+        if endpoint.security == Security::Starttls {
+            if !has(&caps, "STARTTLS") {
+                return Err(conn.error(
+                    "start TLS",
+                    ErrorKind::Unsupported(
+                        "the server does not offer STARTTLS; use security tls or check the port"
+                            .into(),
+                    ),
+                ));
+            }
+            command(&mut conn, "m1 STARTTLS", "m1 ", "start TLS").await?;
+            conn = conn.start_tls(tls).await?;
+            // RFC 3501 §6.2.1: capabilities must be asked again over TLS.
+            caps = capability(&mut conn).await?;
+        }
+        let (endpoint, stream) = conn.into_stream("log in")?;
+        let client = async_imap::Client::new(stream);
+        let session = match credentials {
+            Credentials::OAuth { .. } => {
+                let offered: Vec<String> = caps
+                    .iter()
+                    .filter_map(|c| c.strip_prefix("AUTH=").map(str::to_owned))
+                    .collect();
+                let mechanism = Mechanism::choose(credentials, &offered).ok_or_else(|| {
+                    endpoint.error("log in", ErrorKind::Unsupported(format!("the server offers no OAuth login (AUTH={}); is OAuth enabled for IMAP there?", offered.join(" AUTH="))))
+                })?;
+                let step = format!("log in with {}", mechanism.name());
+                let challenge = Arc::new(Mutex::new(None));
+                let initial = mechanism.initial_response(credentials);
+                // SASL-IR (RFC 4959) saves a round trip: the initial response rides on the command.
+                let (command, first) = if has(&caps, "SASL-IR") {
+                    (
+                        format!("{} {}", mechanism.name(), B64.encode(&initial)),
+                        None,
+                    )
+                } else {
+                    (mechanism.name().to_owned(), Some(initial))
+                };
+                let auth = SaslExchange {
+                    first,
+                    error_reply: mechanism.error_reply(),
+                    challenge: challenge.clone(),
+                };
+                endpoint
+                    .timed(&step, async {
+                        client.authenticate(command, auth).await.map_err(|(e, _)| {
+                            let detail = challenge
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .take();
+                            imap_error(
+                                &endpoint,
+                                &step,
+                                e,
+                                detail.as_deref().and_then(sasl::describe_challenge_bytes),
+                            )
+                        })
+                    })
+                    .await?
+            }
+            Credentials::Password { user, password } => {
+                if has(&caps, "LOGINDISABLED") {
+                    return Err(endpoint.error("log in", ErrorKind::Unsupported("the server refuses passwords on this connection (LOGINDISABLED); use TLS".into())));
+                }
+                endpoint
+                    .timed("log in with a password", async {
+                        client
+                            .login(user, password.expose_secret())
+                            .await
+                            .map_err(|(e, _)| {
+                                imap_error(&endpoint, "log in with a password", e, None)
+                            })
+                    })
+                    .await?
+            }
+        };
+        let mut me = Self {
+            endpoint,
+            session,
+            capabilities: Vec::new(),
+        };
+        me.capabilities = me.fetch_capabilities().await?;
+        if me.has("ID") {
+            let version = env!("CARGO_PKG_VERSION");
+            let endpoint = me.endpoint.clone();
+            me.endpoint
+                .clone()
+                .timed("send ID", async {
+                    me.session
+                        .id([("name", Some("Mailbridge")), ("version", Some(version))])
+                        .await
+                        .map(drop)
+                        .map_err(|e| imap_error(&endpoint, "send ID", e, None))
+                })
+                .await?;
+        }
+        Ok(me)
+    }
+
+    async fn fetch_capabilities(&mut self) -> Result<Vec<String>, ProtoError> {
+        let endpoint = self.endpoint.clone();
+        let session = &mut self.session;
+        endpoint
+            .timed("read capabilities", async {
+                let caps = session
+                    .capabilities()
+                    .await
+                    .map_err(|e| imap_error(&endpoint, "read capabilities", e, None))?;
+                Ok(caps
+                    .iter()
+                    .map(|c| match c {
+                        async_imap::types::Capability::Imap4rev1 => "IMAP4REV1".to_owned(),
+                        async_imap::types::Capability::Auth(a) => {
+                            format!("AUTH={}", a.to_ascii_uppercase())
+                        }
+                        async_imap::types::Capability::Atom(a) => a.to_ascii_uppercase(),
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    /// Whether the server advertised a capability after login (`CONDSTORE`, `X-GM-EXT-1`…).
+    pub fn has(&self, capability: &str) -> bool {
+        has(&self.capabilities, capability)
+    }
+
+    pub fn capabilities(&self) -> &[String] {
+        &self.capabilities
+    }
+
+    /// Opens a folder read-only (`EXAMINE`), so testing never changes anything.
+    pub async fn examine(&mut self, folder: &str) -> Result<FolderStatus, ProtoError> {
+        let step = format!("open {folder}");
+        let endpoint = self.endpoint.clone();
+        let session = &mut self.session;
+        let mailbox = endpoint
+            .timed(&step, async {
+                session
+                    .examine(folder)
+                    .await
+                    .map_err(|e| imap_error(&endpoint, &step, e, None))
+            })
+            .await?;
+        Ok(FolderStatus {
+            exists: mailbox.exists,
+            uid_validity: mailbox.uid_validity,
+            uid_next: mailbox.uid_next,
+            highest_modseq: mailbox.highest_modseq,
+        })
+    }
+
+    /// Ends the session politely; errors are of no interest by then.
+    pub async fn logout(mut self) {
+        let _ = tokio::time::timeout(self.endpoint.timeout, self.session.logout()).await;
+    }
+}
+
+/// async-imap's authenticator: sends the initial response when the server asks for it
+/// (no SASL-IR), and answers any later challenge — an error report — with the mechanism's
+/// error reply, keeping the challenge to explain the refusal.
+struct SaslExchange {
+    first: Option<Vec<u8>>,
+    error_reply: &'static [u8],
+    challenge: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl async_imap::Authenticator for SaslExchange {
+    type Response = Vec<u8>;
+
+    fn process(&mut self, challenge: &[u8]) -> Self::Response {
+        if let Some(first) = self.first.take() {
+            return first;
+        }
+        *self
+            .challenge
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(challenge.to_vec());
+        self.error_reply.to_vec()
+    }
+}
+
+fn imap_error(endpoint: &Endpoint, step: &str, e: ImapError, detail: Option<String>) -> ProtoError {
+    let kind = match e {
+        ImapError::No(words) if step.starts_with("log in") => {
+            ErrorKind::AuthRefused { words, detail }
+        }
+        ImapError::No(words) => ErrorKind::Rejected {
+            transient: words.contains("[UNAVAILABLE]") || words.contains("[INUSE]"),
+            words,
+        },
+        ImapError::Bad(words) => ErrorKind::Protocol(format!("BAD {words}")),
+        ImapError::Io(e) => ErrorKind::Io(e.to_string()),
+        ImapError::ConnectionLost => ErrorKind::Io("the server closed the connection".into()),
+        other => ErrorKind::Protocol(other.to_string()),
+    };
+    endpoint.error(step, kind)
+}
+
+/// Sends a tagged command on the raw connection and reads to its tagged OK.
+async fn command(
+    conn: &mut LineConn,
+    line: &str,
+    tag: &str,
+    step: &str,
+) -> Result<Vec<String>, ProtoError> {
+    conn.write_line(step, line).await?;
+    let mut untagged = Vec::new();
+    loop {
+        let reply = conn.read_line(step).await?;
+        if let Some(rest) = reply.strip_prefix(tag) {
+            if rest.starts_with("OK") {
+                return Ok(untagged);
+            }
+            return Err(conn.error(
+                step,
+                ErrorKind::Rejected {
+                    words: rest.to_owned(),
+                    transient: false,
+                },
+            ));
+        }
+        untagged.push(reply);
+    }
+}
+
+async fn capability(conn: &mut LineConn) -> Result<Vec<String>, ProtoError> {
+    let lines = command(conn, "m0 CAPABILITY", "m0 ", "read capabilities").await?;
+    Ok(lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("* CAPABILITY "))
+        .flat_map(|l| l.split_whitespace().map(str::to_ascii_uppercase))
+        .collect())
+}
+
+/// `* OK [CAPABILITY IMAP4rev1 …] ready` → the capabilities.
+fn bracketed_capabilities(greeting: &str) -> Option<Vec<String>> {
+    let start = greeting.find("[CAPABILITY ")? + "[CAPABILITY ".len();
+    let end = greeting[start..].find(']')? + start;
+    Some(
+        greeting[start..end]
+            .split_whitespace()
+            .map(str::to_ascii_uppercase)
+            .collect(),
+    )
+}
+
+fn has(caps: &[String], capability: &str) -> bool {
+    caps.iter().any(|c| c.eq_ignore_ascii_case(capability))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greeting_capabilities_are_read() {
+        let caps = bracketed_capabilities(
+            "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=XOAUTH2] Dovecot ready.",
+        )
+        .unwrap();
+        assert_eq!(caps, ["IMAP4REV1", "SASL-IR", "AUTH=XOAUTH2"]);
+        assert!(bracketed_capabilities("* OK Gimap ready").is_none());
+    }
+}

@@ -1,0 +1,130 @@
+//! [`LineConn`]: CRLF lines over a [`MailStream`] with the endpoint's timeout on every read,
+//! for the line-based parts of POP3, SMTP and IMAP's pre-login.
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::error::{ErrorKind, ProtoError};
+use crate::net::{Endpoint, MailStream, TlsSettings};
+
+/// Longest line accepted from a server (RFC 5321 allows 512 for replies; POP3 and IMAP
+/// greetings are shorter). A longer one means something is wrong.
+const MAX_LINE: usize = 64 * 1024;
+
+pub(crate) struct LineConn {
+    pub(crate) endpoint: Endpoint,
+    reader: BufReader<MailStream>,
+}
+
+impl LineConn {
+    pub(crate) fn new(endpoint: Endpoint, stream: MailStream) -> Self {
+        Self {
+            endpoint,
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub(crate) fn error(&self, step: &str, kind: ErrorKind) -> ProtoError {
+        self.endpoint.error(step, kind)
+    }
+
+    /// One line without its CRLF. `step` names what we were doing, for errors.
+    pub(crate) async fn read_line(&mut self, step: &str) -> Result<String, ProtoError> {
+        let mut buf = Vec::new();
+        let endpoint = self.endpoint.clone();
+        let reader = &mut self.reader;
+        endpoint
+            .timed(step, async {
+                let n = (&mut *reader)
+                    .take(MAX_LINE as u64)
+                    .read_until(b'\n', &mut buf)
+                    .await
+                    .map_err(|e| endpoint.error(step, ErrorKind::Io(e.to_string())))?;
+                if n == 0 {
+                    return Err(endpoint.error(
+                        step,
+                        ErrorKind::Io("the server closed the connection".into()),
+                    ));
+                }
+                if !buf.ends_with(b"\n") {
+                    return Err(endpoint.error(
+                        step,
+                        ErrorKind::Protocol("a line longer than 64 KiB".into()),
+                    ));
+                }
+                Ok(())
+            })
+            .await?;
+        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            buf.pop();
+        }
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// The raw bytes of one line including its line ending (for message data).
+    pub(crate) async fn read_raw_line(
+        &mut self,
+        step: &str,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), ProtoError> {
+        buf.clear();
+        let endpoint = self.endpoint.clone();
+        let reader = &mut self.reader;
+        endpoint
+            .timed(step, async {
+                let n = reader
+                    .read_until(b'\n', buf)
+                    .await
+                    .map_err(|e| endpoint.error(step, ErrorKind::Io(e.to_string())))?;
+                if n == 0 {
+                    return Err(endpoint.error(
+                        step,
+                        ErrorKind::Io("the server closed the connection".into()),
+                    ));
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    pub(crate) async fn write_line(&mut self, step: &str, line: &str) -> Result<(), ProtoError> {
+        self.write_raw(step, format!("{line}\r\n").as_bytes()).await
+    }
+
+    pub(crate) async fn write_raw(&mut self, step: &str, bytes: &[u8]) -> Result<(), ProtoError> {
+        let endpoint = self.endpoint.clone();
+        let stream = self.reader.get_mut();
+        let io = |e: std::io::Error| endpoint.error(step, ErrorKind::Io(e.to_string()));
+        endpoint
+            .timed(step, async {
+                stream.write_all(bytes).await.map_err(io)?;
+                stream.flush().await.map_err(io)
+            })
+            .await
+    }
+
+    /// Switches to TLS after the server agreed to STARTTLS/STLS. Anything the server sent
+    /// before the handshake would be plaintext injected into the secure session
+    /// (CVE-2011-0411), so leftover buffered bytes are an error.
+    pub(crate) async fn start_tls(self, tls: &TlsSettings) -> Result<Self, ProtoError> {
+        if !self.reader.buffer().is_empty() {
+            return Err(self.error(
+                "start TLS",
+                ErrorKind::Protocol("the server sent data before the TLS handshake".into()),
+            ));
+        }
+        let endpoint = self.endpoint;
+        let stream = self.reader.into_inner().upgrade(&endpoint, tls).await?;
+        Ok(Self::new(endpoint, stream))
+    }
+
+    /// The stream, for a protocol library to take over. Same buffered-data rule as TLS.
+    pub(crate) fn into_stream(self, step: &str) -> Result<(Endpoint, MailStream), ProtoError> {
+        if !self.reader.buffer().is_empty() {
+            return Err(self.error(
+                step,
+                ErrorKind::Protocol("unexpected data from the server".into()),
+            ));
+        }
+        Ok((self.endpoint, self.reader.into_inner()))
+    }
+}

@@ -1,0 +1,203 @@
+//! Connections: [`Endpoint`] (where, and how protected), [`TlsSettings`] (which
+//! certificates to trust), and [`MailStream`] (plain or TLS, upgraded in place by STARTTLS).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub use mailbridge_core::Security;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::error::{ErrorKind, ProtoError};
+
+/// A server to dial, how to protect the connection, and how long to wait for each step.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    /// Bound on connecting and on every read; a server that accepts and then never
+    /// answers fails with a timeout instead of hanging a task.
+    pub timeout: Duration,
+}
+
+impl Endpoint {
+    pub fn new(host: impl Into<String>, port: u16, security: Security) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            security,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// `host:port`, for messages.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    pub(crate) fn error(&self, step: &str, kind: ErrorKind) -> ProtoError {
+        ProtoError::new(&self.label(), step, kind)
+    }
+
+    /// Runs `fut` within the endpoint's timeout, as `step`.
+    pub(crate) async fn timed<T>(
+        &self,
+        step: &str,
+        fut: impl Future<Output = Result<T, ProtoError>>,
+    ) -> Result<T, ProtoError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(self.error(step, ErrorKind::Timeout(self.timeout))),
+        }
+    }
+}
+
+/// The certificates a TLS connection trusts: the Mozilla roots (webpki-roots), plus any
+/// extra CA an operator configures for servers with a private CA.
+#[derive(Clone)]
+pub struct TlsSettings {
+    connector: TlsConnector,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsSettings")
+    }
+}
+
+impl TlsSettings {
+    /// Trusts the public roots and the certificates in `extra_ca_pem`, if given.
+    pub fn new(extra_ca_pem: Option<&[u8]>) -> Result<Self, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(pem) = extra_ca_pem {
+            let mut added = 0;
+            for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(pem) {
+                let cert: rustls_pki_types::CertificateDer<'static> =
+                    cert.map_err(|e| format!("cannot read a certificate: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("cannot trust a certificate: {e}"))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err("the CA file holds no PEM certificate".to_owned());
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    /// Public roots only.
+    pub fn public() -> Self {
+        Self::new(None).unwrap_or_else(|e| unreachable!("the built-in roots load: {e}"))
+    }
+}
+
+/// A connection, plain or TLS.
+#[derive(Debug)]
+pub enum MailStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl MailStream {
+    /// Dials the endpoint; with implicit TLS, also completes the handshake.
+    pub async fn connect(endpoint: &Endpoint, tls: &TlsSettings) -> Result<Self, ProtoError> {
+        let tcp = endpoint
+            .timed("connect", async {
+                TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+                    .await
+                    .map_err(|e| endpoint.error("connect", ErrorKind::Connect(e.to_string())))
+            })
+            .await?;
+        let _ = tcp.set_nodelay(true);
+        let plain = MailStream::Plain(tcp);
+        match endpoint.security {
+            Security::Tls => plain.upgrade(endpoint, tls).await,
+            Security::Starttls | Security::None => Ok(plain),
+        }
+    }
+
+    /// The TLS handshake, for implicit TLS or after STARTTLS.
+    pub async fn upgrade(self, endpoint: &Endpoint, tls: &TlsSettings) -> Result<Self, ProtoError> {
+        let MailStream::Plain(tcp) = self else {
+            return Ok(self);
+        };
+        let name = ServerName::try_from(endpoint.host.clone())
+            .map_err(|e| endpoint.error("start TLS", ErrorKind::Tls(e.to_string())))?;
+        let stream = endpoint
+            .timed("start TLS", async {
+                tls.connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| endpoint.error("start TLS", ErrorKind::Tls(e.to_string())))
+            })
+            .await?;
+        Ok(MailStream::Tls(Box::new(stream)))
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, MailStream::Tls(_))
+    }
+}
+
+impl AsyncRead for MailStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MailStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MailStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MailStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MailStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MailStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MailStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            MailStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MailStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MailStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

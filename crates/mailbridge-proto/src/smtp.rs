@@ -1,0 +1,306 @@
+//! SMTP submission (RFC 6409) with STARTTLS (RFC 3207) and AUTH (RFC 4954), our own: lettre
+//! 0.11 sends XOAUTH2 but fails on the error challenge instead of answering it, so a refused
+//! token surfaces as a protocol error rather than the server's reason. Replies are classified
+//! 4xx transient / 5xx permanent, and recipients are reported one by one.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::error::{ErrorKind, ProtoError};
+use crate::line::LineConn;
+use crate::net::{Endpoint, MailStream, Security, TlsSettings};
+use crate::sasl::{self, Credentials, Mechanism};
+
+/// RFC 4954 §4: a command line may carry an initial response if it fits in 12288 octets,
+/// but many servers cut lines at 512 (Dovecot's submission does); longer responses wait
+/// for the server's 334.
+const MAX_IR_LINE: usize = 500;
+
+/// One SMTP reply: code and text lines.
+#[derive(Debug, Clone)]
+struct Reply {
+    code: u16,
+    lines: Vec<String>,
+}
+
+impl Reply {
+    fn words(&self) -> String {
+        format!("{} {}", self.code, self.lines.join(" "))
+    }
+
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Rejected {
+            words: self.words(),
+            transient: (400..500).contains(&self.code),
+        }
+    }
+}
+
+/// What the server said about one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientResult {
+    pub address: String,
+    pub accepted: bool,
+    /// The server's reply, e.g. `250 2.1.5 Ok` or `550 5.1.1 no such user`.
+    pub reply: String,
+    /// For a refusal: whether it was temporary (4xx).
+    pub transient: bool,
+}
+
+/// The outcome of a submission that reached DATA.
+#[derive(Debug, Clone)]
+pub struct SendReport {
+    pub recipients: Vec<RecipientResult>,
+    /// The final reply to the message data (usually carries the queue id).
+    pub reply: String,
+}
+
+pub struct SmtpSession {
+    conn: LineConn,
+    extensions: Vec<String>,
+}
+
+impl std::fmt::Debug for SmtpSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpSession")
+            .field("server", &self.conn.endpoint.label())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SmtpSession {
+    /// Connects, says EHLO as `client_name`, upgrades with STARTTLS when asked, and logs in.
+    pub async fn login(
+        endpoint: &Endpoint,
+        tls: &TlsSettings,
+        credentials: &Credentials,
+        client_name: &str,
+    ) -> Result<Self, ProtoError> {
+        let stream = MailStream::connect(endpoint, tls).await?;
+        let mut me = Self {
+            conn: LineConn::new(endpoint.clone(), stream),
+            extensions: Vec::new(),
+        };
+        let greeting = me.reply("read the greeting").await?;
+        if greeting.code != 220 {
+            return Err(me.conn.error("read the greeting", greeting.kind()));
+        }
+        me.ehlo(client_name).await?;
+        if endpoint.security == Security::Starttls {
+            if !me.has("STARTTLS") {
+                return Err(me.conn.error(
+                    "start TLS",
+                    ErrorKind::Unsupported(
+                        "the server does not offer STARTTLS; use security tls or check the port"
+                            .into(),
+                    ),
+                ));
+            }
+            me.expect("STARTTLS", "start TLS", 220).await?;
+            me.conn = me.conn.start_tls(tls).await?;
+            // RFC 3207 §4.2: forget everything learned before TLS.
+            me.ehlo(client_name).await?;
+        }
+        let offered: Vec<String> = me
+            .extensions
+            .iter()
+            .filter_map(|e| e.strip_prefix("AUTH ").or_else(|| e.strip_prefix("AUTH=")))
+            .flat_map(|l| l.split_whitespace().map(str::to_owned))
+            .collect();
+        let mechanism = Mechanism::choose(credentials, &offered).ok_or_else(|| {
+            me.conn.error("log in", ErrorKind::Unsupported(if offered.is_empty() {
+                "the server offers no login on this connection (no AUTH after EHLO); use TLS or check the port".to_owned()
+            } else {
+                format!("the server offers no suitable login (AUTH {})", offered.join(" "))
+            }))
+        })?;
+        me.authenticate(mechanism, credentials).await?;
+        Ok(me)
+    }
+
+    async fn ehlo(&mut self, client_name: &str) -> Result<(), ProtoError> {
+        let reply = self
+            .command(&format!("EHLO {client_name}"), "say EHLO")
+            .await?;
+        if reply.code != 250 {
+            return Err(self.conn.error("say EHLO", reply.kind()));
+        }
+        self.extensions = reply
+            .lines
+            .iter()
+            .skip(1)
+            .map(|l| l.to_ascii_uppercase())
+            .collect();
+        Ok(())
+    }
+
+    pub fn has(&self, extension: &str) -> bool {
+        self.extensions.iter().any(|e| {
+            e.split_whitespace()
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case(extension))
+        })
+    }
+
+    async fn authenticate(
+        &mut self,
+        mechanism: Mechanism,
+        credentials: &Credentials,
+    ) -> Result<(), ProtoError> {
+        let step = format!("log in with {}", mechanism.name());
+        let initial = mechanism.encoded_initial_response(credentials);
+        let with_ir = format!("AUTH {} {initial}", mechanism.name());
+        let mut reply = if with_ir.len() <= MAX_IR_LINE {
+            self.command(&with_ir, &step).await?
+        } else {
+            let ready = self
+                .command(&format!("AUTH {}", mechanism.name()), &step)
+                .await?;
+            if ready.code != 334 {
+                return Err(self.conn.error(&step, ready.kind()));
+            }
+            self.command(&initial, &step).await?
+        };
+        let mut detail = None;
+        if reply.code == 334 {
+            // An error report as a challenge (Gmail, Dovecot): answer it to get the final reply.
+            detail = reply
+                .lines
+                .first()
+                .and_then(|c| sasl::describe_challenge(c));
+            reply = self
+                .command(&B64.encode(mechanism.error_reply()), &step)
+                .await?;
+        }
+        match reply.code {
+            235 => Ok(()),
+            code if (400..500).contains(&code) => Err(self.conn.error(&step, reply.kind())),
+            _ => Err(self.conn.error(
+                &step,
+                ErrorKind::AuthRefused {
+                    words: reply.words(),
+                    detail,
+                },
+            )),
+        }
+    }
+
+    /// Submits one message. `message` is RFC 5322 bytes; line endings are normalized to CRLF
+    /// and leading dots stuffed. Fails when the sender or every recipient is refused.
+    pub async fn send(
+        &mut self,
+        from: &str,
+        recipients: &[String],
+        message: &[u8],
+    ) -> Result<SendReport, ProtoError> {
+        let reply = self
+            .command(&format!("MAIL FROM:<{from}>"), "send MAIL FROM")
+            .await?;
+        if reply.code != 250 {
+            return Err(self.conn.error("send MAIL FROM", reply.kind()));
+        }
+        let mut results = Vec::new();
+        for address in recipients {
+            let reply = self
+                .command(&format!("RCPT TO:<{address}>"), "send RCPT TO")
+                .await?;
+            results.push(RecipientResult {
+                address: address.clone(),
+                accepted: reply.code == 250 || reply.code == 251,
+                transient: (400..500).contains(&reply.code),
+                reply: reply.words(),
+            });
+        }
+        if !results.iter().any(|r| r.accepted) {
+            self.command("RSET", "reset after refused recipients")
+                .await?;
+            let transient = results.iter().all(|r| r.transient);
+            let words = results
+                .iter()
+                .map(|r| format!("{}: {}", r.address, r.reply))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(self
+                .conn
+                .error("send RCPT TO", ErrorKind::Rejected { words, transient }));
+        }
+        let reply = self.command("DATA", "send DATA").await?;
+        if reply.code != 354 {
+            return Err(self.conn.error("send DATA", reply.kind()));
+        }
+        self.conn
+            .write_raw("send the message", &dot_stuff(message))
+            .await?;
+        let reply = self.reply("send the message").await?;
+        if reply.code != 250 {
+            return Err(self.conn.error("send the message", reply.kind()));
+        }
+        Ok(SendReport {
+            recipients: results,
+            reply: reply.words(),
+        })
+    }
+
+    pub async fn quit(mut self) -> Result<(), ProtoError> {
+        self.command("QUIT", "end the session (QUIT)")
+            .await
+            .map(drop)
+    }
+
+    async fn expect(&mut self, command: &str, step: &str, code: u16) -> Result<Reply, ProtoError> {
+        let reply = self.command(command, step).await?;
+        if reply.code != code {
+            return Err(self.conn.error(step, reply.kind()));
+        }
+        Ok(reply)
+    }
+
+    async fn command(&mut self, line: &str, step: &str) -> Result<Reply, ProtoError> {
+        self.conn.write_line(step, line).await?;
+        self.reply(step).await
+    }
+
+    /// A (multi-line) reply: `250-first`, `250-…`, `250 last` (RFC 5321 §4.2).
+    async fn reply(&mut self, step: &str) -> Result<Reply, ProtoError> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.conn.read_line(step).await?;
+            let code = line.get(..3).and_then(|c| c.parse::<u16>().ok());
+            let Some(code) = code else {
+                return Err(self.conn.error(step, ErrorKind::Protocol(line)));
+            };
+            let more = line.as_bytes().get(3) == Some(&b'-');
+            lines.push(line.get(4..).unwrap_or_default().to_owned());
+            if !more {
+                return Ok(Reply { code, lines });
+            }
+        }
+    }
+}
+
+/// CRLF line endings, a leading '.' doubled (RFC 5321 §4.5.2), and the final `.` line.
+fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 50 + 5);
+    for line in message.split_inclusive(|b| *b == b'\n') {
+        let content = line.strip_suffix(b"\n").unwrap_or(line);
+        let content = content.strip_suffix(b"\r").unwrap_or(content);
+        if content.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(content);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing_and_crlf() {
+        assert_eq!(dot_stuff(b"a\n.b\r\n..c"), b"a\r\n..b\r\n...c\r\n.\r\n");
+        assert_eq!(dot_stuff(b""), b".\r\n");
+    }
+}

@@ -1,0 +1,325 @@
+//! The protocol clients against a real Dovecot that validates tokens at a real OAuth
+//! provider: login success and each refusal, TLS and STARTTLS, an unreachable server and one
+//! that never answers.
+#![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
+
+use std::time::Duration;
+
+use mailbridge_proto::imap::ImapSession;
+use mailbridge_proto::pop3::Pop3Session;
+use mailbridge_proto::smtp::SmtpSession;
+use mailbridge_proto::{Credentials, Endpoint, ErrorKind, ProtoError, Security, TlsSettings};
+use mailbridge_testkit::{Dovecot, OAuthProvider};
+use secrecy::SecretString;
+
+struct Peers {
+    oauth: OAuthProvider,
+    dovecot: Dovecot,
+    tls: TlsSettings,
+}
+
+async fn peers() -> Peers {
+    let oauth = OAuthProvider::start().unwrap();
+    let dovecot = Dovecot::start(&oauth, &[("pw@example.com", "hunter2")]).unwrap();
+    let tls = TlsSettings::new(Some(dovecot.ca_pem().as_bytes())).unwrap();
+    Peers {
+        oauth,
+        dovecot,
+        tls,
+    }
+}
+
+/// Dovecot delays each failed login from an address a little more than the last (its auth
+/// penalty: 2, 4, 8… s), so a test keeps to one or two refusals per Dovecot and allows time.
+fn at(port: u16, security: Security) -> Endpoint {
+    Endpoint::new("127.0.0.1", port, security).with_timeout(Duration::from_secs(20))
+}
+
+fn oauth(user: &str, token: &str) -> Credentials {
+    Credentials::OAuth {
+        user: user.into(),
+        token: SecretString::from(token.to_owned()),
+    }
+}
+
+#[track_caller]
+fn assert_refused(result: Result<impl std::fmt::Debug, ProtoError>, words: &str) {
+    let e = result.unwrap_err();
+    assert!(e.is_auth_refused(), "expected a refused login, got: {e}");
+    assert!(!e.is_transient(), "{e}");
+    let text = e.to_string();
+    assert!(text.contains(words), "{text}");
+    assert!(text.contains("127.0.0.1:"), "the server is named: {text}");
+}
+
+#[tokio::test]
+async fn imap_logs_in_with_xoauth2_over_tls_and_starttls_and_reads_inbox() {
+    let p = peers().await;
+    let (token, _) = p.oauth.issue_tokens("ann@example.com").await.unwrap();
+    let creds = oauth("ann@example.com", &token);
+    p.dovecot
+        .deliver("ann@example.com", b"Subject: hi\r\n\r\nhello\r\n")
+        .unwrap();
+
+    for endpoint in [
+        at(p.dovecot.ports.imaps, Security::Tls),
+        at(p.dovecot.ports.imap, Security::Starttls),
+        at(p.dovecot.ports.imap, Security::None),
+    ] {
+        let mut s = ImapSession::login(&endpoint, &p.tls, &creds)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", p.dovecot.log()));
+        let inbox = s.examine("INBOX").await.unwrap();
+        assert_eq!(inbox.exists, 1);
+        assert!(
+            inbox.uid_validity.is_some() && inbox.uid_next == Some(2),
+            "{inbox:?}"
+        );
+        assert!(s.has("IDLE"));
+        s.logout().await;
+    }
+    let log = p.dovecot.log();
+    assert!(log.contains("method=XOAUTH2"), "{log}");
+    assert!(
+        log.contains("ID sent: name=Mailbridge"),
+        "ID is sent when offered: {log}"
+    );
+}
+
+#[tokio::test]
+async fn imap_refuses_a_forged_token_and_one_for_another_user_with_the_servers_reason() {
+    let p = peers().await;
+    let imaps = at(p.dovecot.ports.imaps, Security::Tls);
+    // A token the provider never issued: the SASL error challenge is decoded.
+    let e = ImapSession::login(&imaps, &p.tls, &oauth("ann@example.com", "forged"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e.kind, ErrorKind::AuthRefused { detail: Some(d), .. } if d.contains("status 401")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("log in with XOAUTH2"), "{e}");
+    // A token for Ann presented as Bob: the provider says the token is Ann's.
+    let (ann, _) = p.oauth.issue_tokens("ann@example.com").await.unwrap();
+    assert_refused(
+        ImapSession::login(&imaps, &p.tls, &oauth("bob@example.com", &ann)).await,
+        "AUTHENTICATIONFAILED",
+    );
+}
+
+#[tokio::test]
+async fn imap_refuses_expired_and_revoked_tokens() {
+    let p = peers().await;
+    let imaps = at(p.dovecot.ports.imaps, Security::Tls);
+    let (ann, _) = p.oauth.issue_tokens("ann@example.com").await.unwrap();
+    p.oauth.expire_account("ann@example.com").await.unwrap();
+    assert_refused(
+        ImapSession::login(&imaps, &p.tls, &oauth("ann@example.com", &ann)).await,
+        "Authentication failed",
+    );
+    let (fresh, _) = p.oauth.issue_tokens("ann@example.com").await.unwrap();
+    ImapSession::login(&imaps, &p.tls, &oauth("ann@example.com", &fresh))
+        .await
+        .unwrap()
+        .logout()
+        .await;
+    p.oauth.revoke_account("ann@example.com").await.unwrap();
+    assert_refused(
+        ImapSession::login(&imaps, &p.tls, &oauth("ann@example.com", &fresh)).await,
+        "Authentication failed",
+    );
+}
+
+#[tokio::test]
+async fn imap_logs_in_with_a_password_and_refuses_a_wrong_one() {
+    let p = peers().await;
+    let imaps = at(p.dovecot.ports.imaps, Security::Tls);
+    let pw = |p: &str| Credentials::Password {
+        user: "pw@example.com".into(),
+        password: SecretString::from(p.to_owned()),
+    };
+    ImapSession::login(&imaps, &p.tls, &pw("hunter2"))
+        .await
+        .unwrap()
+        .logout()
+        .await;
+    assert_refused(
+        ImapSession::login(&imaps, &p.tls, &pw("wrong")).await,
+        "AUTHENTICATIONFAILED",
+    );
+}
+
+#[tokio::test]
+async fn pop3_logs_in_counts_lists_and_downloads_dot_unstuffed() {
+    let p = peers().await;
+    let (token, _) = p.oauth.issue_tokens("ann@example.com").await.unwrap();
+    let creds = oauth("ann@example.com", &token);
+    let message = b"Subject: dots\r\n\r\n.leading dot\r\n..two\r\nend\r\n";
+    p.dovecot.deliver("ann@example.com", message).unwrap();
+
+    for endpoint in [
+        at(p.dovecot.ports.pop3s, Security::Tls),
+        at(p.dovecot.ports.pop3, Security::Starttls),
+    ] {
+        let mut s = Pop3Session::login(&endpoint, &p.tls, &creds)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", p.dovecot.log()));
+        let (count, size) = s.stat().await.unwrap();
+        assert_eq!(count, 1);
+        assert!(size >= message.len() as u64);
+        let list = s.uidl().await.unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].number, 1);
+        let got = s.retr(1).await.unwrap();
+        assert!(
+            got.ends_with(b"\r\n.leading dot\r\n..two\r\nend\r\n"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        let top = s.top(1, 0).await.unwrap();
+        assert!(
+            top.starts_with(b"Subject: dots")
+                || String::from_utf8_lossy(&top).contains("Subject: dots")
+        );
+        assert!(!String::from_utf8_lossy(&top).contains("leading dot"));
+        let e = s.retr(7).await.unwrap_err();
+        assert!(e.to_string().contains("RETR") && !e.is_transient(), "{e}");
+        s.quit().await.unwrap();
+    }
+    let pop3s = at(p.dovecot.ports.pop3s, Security::Tls);
+    let pw = Credentials::Password {
+        user: "pw@example.com".into(),
+        password: SecretString::from("hunter2"),
+    };
+    Pop3Session::login(&pop3s, &p.tls, &pw)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.dovecot.log()))
+        .quit()
+        .await
+        .unwrap();
+    let e = Pop3Session::login(&pop3s, &p.tls, &oauth("ann@example.com", "forged"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e.kind, ErrorKind::AuthRefused { detail: Some(d), .. } if d.contains("status 401")),
+        "{e}"
+    );
+    assert_refused(
+        Pop3Session::login(&pop3s, &p.tls, &oauth("bob@example.com", &token)).await,
+        "Authentication failed",
+    );
+}
+
+#[tokio::test]
+async fn smtp_submission_logs_in_over_tls_and_starttls_and_decodes_refusals() {
+    let p = peers().await;
+    let (token, _) = p.oauth.issue_tokens("ann@example.com").await.unwrap();
+    let creds = oauth("ann@example.com", &token);
+    for endpoint in [
+        at(p.dovecot.ports.submissions, Security::Tls),
+        at(p.dovecot.ports.submission, Security::Starttls),
+    ] {
+        let s = SmtpSession::login(&endpoint, &p.tls, &creds, "mailbridge.test")
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", p.dovecot.log()));
+        s.quit().await.unwrap();
+    }
+    let submissions = at(p.dovecot.ports.submissions, Security::Tls);
+    let pw = Credentials::Password {
+        user: "pw@example.com".into(),
+        password: SecretString::from("hunter2"),
+    };
+    SmtpSession::login(&submissions, &p.tls, &pw, "mailbridge.test")
+        .await
+        .unwrap()
+        .quit()
+        .await
+        .unwrap();
+    let e = SmtpSession::login(
+        &submissions,
+        &p.tls,
+        &oauth("ann@example.com", "forged"),
+        "mailbridge.test",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&e.kind, ErrorKind::AuthRefused { words, detail: Some(d) } if words.starts_with("535") && d.contains("status 401")),
+        "{e}"
+    );
+    assert_refused(
+        SmtpSession::login(
+            &submissions,
+            &p.tls,
+            &oauth("bob@example.com", &token),
+            "mailbridge.test",
+        )
+        .await,
+        "535",
+    );
+}
+
+#[tokio::test]
+async fn tls_is_verified_and_unreachable_or_silent_servers_fail_clearly() {
+    let p = peers().await;
+    let creds = oauth("ann@example.com", "x");
+    // A server certificate from a CA we do not trust.
+    let e = ImapSession::login(
+        &at(p.dovecot.ports.imaps, Security::Tls),
+        &TlsSettings::public(),
+        &creds,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e.kind, ErrorKind::Tls(_)) && !e.is_transient(),
+        "{e}"
+    );
+
+    // Nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = SmtpSession::login(&at(closed, Security::Tls), &p.tls, &creds, "x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.kind, ErrorKind::Connect(_)) && e.is_transient(),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains(&format!("127.0.0.1:{closed}: cannot connect")),
+        "{e}"
+    );
+
+    // A server that accepts and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (s, _) = silent.accept().await.unwrap();
+            held.push(s);
+        }
+    });
+    let quick =
+        Endpoint::new("127.0.0.1", port, Security::None).with_timeout(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let e = Pop3Session::login(&quick, &p.tls, &creds)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.kind, ErrorKind::Timeout(_)) && e.is_transient(),
+        "{e}"
+    );
+    assert!(e.to_string().contains("read the greeting"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let e = ImapSession::login(&quick, &p.tls, &creds)
+        .await
+        .unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Timeout(_)), "{e}");
+    hold.abort();
+}

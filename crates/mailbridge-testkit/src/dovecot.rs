@@ -1,0 +1,302 @@
+//! [`Dovecot`]: a real Dovecot 2.3 (Debian's `dovecot-imapd`, `dovecot-pop3d`,
+//! `dovecot-submissiond`) per test, on free ports in a temp dir, with TLS from a generated CA
+//! and `passdb oauth2` validating XOAUTH2/OAUTHBEARER tokens by introspection at the test
+//! [`OAuthProvider`]. Password users come from a passwd-file.
+
+use std::fmt::Write as _;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::OAuthProvider;
+
+const DOVECOT: &str = "/usr/sbin/dovecot";
+
+/// The ports of each service.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub imap: u16,
+    pub imaps: u16,
+    pub pop3: u16,
+    pub pop3s: u16,
+    pub submission: u16,
+    pub submissions: u16,
+}
+
+pub struct Dovecot {
+    dir: tempfile::TempDir,
+    child: Child,
+    pub ports: Ports,
+    ca_pem: String,
+}
+
+impl Dovecot {
+    /// Starts Dovecot trusting `oauth` for tokens, with `password_users` as (login, password).
+    pub fn start(oauth: &OAuthProvider, password_users: &[(&str, &str)]) -> anyhow::Result<Self> {
+        if !Path::new(DOVECOT).exists() {
+            bail!(
+                "Dovecot is not installed: run ./scripts/test (apt-get install dovecot-imapd dovecot-pop3d dovecot-submissiond)"
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("mailbridge-dovecot-")
+            .tempdir()?;
+        let root = dir.path();
+        // Dovecot's login processes run as dovenull and must reach their sockets in here.
+        set_mode(root, 0o755)?;
+        let mail = root.join("mail");
+        std::fs::create_dir(&mail)?;
+        chown_nobody(&mail)?;
+
+        let (ca_pem, cert_pem, key_pem) = certificates()?;
+        std::fs::write(root.join("cert.pem"), cert_pem)?;
+        std::fs::write(root.join("key.pem"), key_pem)?;
+        set_mode(&root.join("key.pem"), 0o600)?;
+        std::fs::write(
+            root.join("oauth2.conf.ext"),
+            format!(
+                "introspection_url = {}/introspect\nintrospection_mode = post\n\
+                 username_attribute = email\nactive_attribute = active\nactive_value = true\n",
+                oauth.url()
+            ),
+        )?;
+        let mut passwd = String::new();
+        for (user, password) in password_users {
+            writeln!(passwd, "{user}:{{PLAIN}}{password}::::::")?;
+        }
+        std::fs::write(root.join("passwd"), passwd)?;
+
+        let ports = Ports {
+            imap: free_port()?,
+            imaps: free_port()?,
+            pop3: free_port()?,
+            pop3s: free_port()?,
+            submission: free_port()?,
+            submissions: free_port()?,
+        };
+        let sink = free_port()?;
+        std::fs::write(root.join("dovecot.conf"), config(root, &ports, sink))?;
+        let log = std::fs::File::create(root.join("stderr.log"))?;
+        let child = Command::new(DOVECOT)
+            .args(["-F", "-c"])
+            .arg(root.join("dovecot.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start dovecot")?;
+        let me = Self {
+            dir,
+            child,
+            ports,
+            ca_pem,
+        };
+        me.wait_ready()?;
+        Ok(me)
+    }
+
+    /// The CA that signed the servers' certificate, to trust in clients.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Dovecot's own log, for a failing test to show.
+    pub fn log(&self) -> String {
+        let mut out = String::new();
+        for f in ["stderr.log", "dovecot.log"] {
+            out.push_str(&std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default());
+        }
+        out
+    }
+
+    /// Puts a message in a user's INBOX, as local delivery would.
+    pub fn deliver(&self, user: &str, raw: &[u8]) -> anyhow::Result<PathBuf> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let maildir = self.dir.path().join("mail").join(user);
+        for sub in ["", "new", "cur", "tmp"] {
+            let d = maildir.join(sub);
+            if !d.exists() {
+                std::fs::create_dir_all(&d)?;
+                chown_nobody(&d)?;
+            }
+        }
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{}.M{n}P{}.mailbridge-test", std::process::id(), n);
+        let tmp = maildir.join("tmp").join(&name);
+        std::fs::write(&tmp, raw)?;
+        chown_nobody(&tmp)?;
+        let dest = maildir.join("new").join(&name);
+        std::fs::rename(&tmp, &dest)?;
+        Ok(dest)
+    }
+
+    fn wait_ready(&self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        for port in [self.ports.imap, self.ports.pop3, self.ports.submission] {
+            loop {
+                if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    let mut buf = [0u8; 64];
+                    if s.read(&mut buf).is_ok_and(|n| n > 0) {
+                        break;
+                    }
+                }
+                if start.elapsed() > Duration::from_secs(15) {
+                    bail!("Dovecot did not start within 15 s:\n{}", self.log());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        // SIGTERM lets the master stop its children; then make sure.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(root: &Path, p: &Ports, sink: u16) -> String {
+    let r = root.display();
+    format!(
+        r#"# Written by mailbridge-testkit for one test.
+base_dir = {r}/run
+state_dir = {r}/state
+log_path = {r}/dovecot.log
+instance_name = mailbridge-test-{imap}
+protocols = imap pop3 submission
+listen = 127.0.0.1
+default_login_user = dovenull
+default_internal_user = dovecot
+ssl = yes
+ssl_cert = <{r}/cert.pem
+ssl_key = <{r}/key.pem
+disable_plaintext_auth = no
+auth_mechanisms = xoauth2 oauthbearer plain login
+auth_failure_delay = 0
+auth_verbose = yes
+imap_id_log = *
+first_valid_uid = 1
+mail_uid = nobody
+mail_gid = nogroup
+mail_location = maildir:{r}/mail/%u
+hostname = dovecot.test
+submission_relay_host = 127.0.0.1
+submission_relay_port = {sink}
+submission_relay_trusted = yes
+service imap-login {{
+  inet_listener imap {{
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    port = {imaps}
+    ssl = yes
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {pop3}
+  }}
+  inet_listener pop3s {{
+    port = {pop3s}
+    ssl = yes
+  }}
+}}
+service submission-login {{
+  inet_listener submission {{
+    port = {submission}
+  }}
+  inet_listener submissions {{
+    port = {submissions}
+    ssl = yes
+  }}
+}}
+service stats {{
+  unix_listener stats-reader {{
+    mode = 0666
+  }}
+  unix_listener stats-writer {{
+    mode = 0666
+  }}
+}}
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {r}/oauth2.conf.ext
+}}
+passdb {{
+  driver = passwd-file
+  args = {r}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={r}/mail/%u
+}}
+"#,
+        imap = p.imap,
+        imaps = p.imaps,
+        pop3 = p.pop3,
+        pop3s = p.pop3s,
+        submission = p.submission,
+        submissions = p.submissions,
+    )
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost: (CA PEM, cert PEM, key PEM).
+fn certificates() -> anyhow::Result<(String, String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Mailbridge test CA");
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "dovecot.test");
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Mail is stored as `nobody` (Dovecot refuses to store mail as root).
+fn chown_nobody(path: &Path) -> anyhow::Result<()> {
+    let status = Command::new("chown")
+        .args(["nobody:nogroup"])
+        .arg(path)
+        .status()?;
+    if !status.success() {
+        bail!("cannot chown {} to nobody", path.display());
+    }
+    Ok(())
+}
