@@ -44,6 +44,8 @@ pub struct MailboxSpec {
     pub incoming_method: DeliveryMethod,
     pub outgoing_method: DeliveryMethod,
     pub tracking_rule: TrackingRule,
+    /// The login for password profiles, when it is not the address itself.
+    pub login_name: Option<String>,
 }
 
 /// Input for creating (`base = None`) or patching a mailbox.
@@ -58,17 +60,22 @@ pub struct MailboxDraft {
     pub incoming_method: Option<DeliveryMethod>,
     pub outgoing_method: Option<DeliveryMethod>,
     pub tracking_rule: Option<TrackingRule>,
+    /// Password profiles: the login name, when it differs from the address (`""` clears it).
+    pub login_name: Option<String>,
+    /// Password profiles: the mailbox's password. Write-only: stored encrypted, never returned.
+    #[schema(value_type = Option<String>, write_only)]
+    pub password: Option<secrecy::SecretString>,
 }
 
 impl MailboxDraft {
     /// Resolves into a complete mailbox; `caller` owns it when no owner is named on create.
     pub fn resolve(
-        self,
+        &self,
         base: Option<&MailboxSpec>,
         caller: UserId,
     ) -> Result<MailboxSpec, ValidationError> {
-        let email = match self.email {
-            Some(e) => EmailAddress::parse(&e, "email")?,
+        let email = match &self.email {
+            Some(e) => EmailAddress::parse(e, "email")?,
             None => base.map(|b| b.email.clone()).ok_or_else(|| {
                 ValidationError::new("email", "email is required, e.g. \"ann@example.com\"")
             })?,
@@ -101,7 +108,31 @@ impl MailboxDraft {
                 .tracking_rule
                 .or(base.map(|b| b.tracking_rule))
                 .unwrap_or(TrackingRule::All),
+            login_name: match self.login_name.as_deref().map(str::trim) {
+                Some("") => None,
+                Some(l) if l.len() > 320 || l.chars().any(char::is_control) => {
+                    return Err(ValidationError::new(
+                        "login_name",
+                        "login_name must be up to 320 characters without control characters",
+                    ));
+                }
+                Some(l) => Some(l.to_owned()),
+                None => base.and_then(|b| b.login_name.clone()),
+            },
         })
+    }
+
+    /// What to do with the stored password: a new one, or keep.
+    pub fn password_change(&self) -> Result<crate::SecretChange, ValidationError> {
+        use secrecy::ExposeSecret;
+        match &self.password {
+            Some(p) if p.expose_secret().is_empty() => Err(ValidationError::new(
+                "password",
+                "password is empty; to sign in with OAuth, use a profile with gmail_oauth or oauth2",
+            )),
+            Some(p) => Ok(crate::SecretChange::Set(p.clone())),
+            None => Ok(crate::SecretChange::Keep),
+        }
     }
 
     /// The fields only an admin may change (a user may tune delivery and tracking of their

@@ -13,6 +13,10 @@ pub const GMAIL_MAX_MAILBOXES: u32 = 100;
 const DEFAULT_MAX_MAILBOXES: u32 = 1000;
 const MAX_MAX_MAILBOXES: u32 = 100_000;
 const DEFAULT_POLL_INTERVAL_SECONDS: u32 = 60;
+/// Connections a profile opens to its servers at once (tests, syncs). Gmail asks for no more
+/// than 15 IMAP connections per account; a profile serves many accounts, so 10 is modest.
+const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+const MAX_MAX_CONNECTIONS: i64 = 500;
 const MIN_POLL_INTERVAL_SECONDS: i64 = 10;
 const MAX_POLL_INTERVAL_SECONDS: i64 = 86_400;
 
@@ -79,6 +83,8 @@ pub struct ProfileSpec {
     pub auth: AuthMethod,
     pub oauth: Option<OAuthSettings>,
     pub max_mailboxes: u32,
+    /// How many connections the profile may hold open at once, over all its mailboxes.
+    pub max_connections: u32,
     pub poll_interval_seconds: u32,
     pub process_emails_received_after: Option<NaiveDate>,
 }
@@ -137,6 +143,8 @@ pub struct ProfileDraft {
     pub auth: Option<AuthMethod>,
     pub oauth: Option<OAuthDraft>,
     pub max_mailboxes: Option<i64>,
+    /// Connections open at once over all the profile's mailboxes (default 10).
+    pub max_connections: Option<i64>,
     pub poll_interval_seconds: Option<i64>,
     /// `YYYY-MM-DD`; mail received before this day is not synchronized. `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
@@ -282,6 +290,18 @@ impl ProfileDraft {
             }
             None => base_spec.map_or(DEFAULT_POLL_INTERVAL_SECONDS, |b| b.poll_interval_seconds),
         };
+        let max_connections = match self.max_connections {
+            Some(n) if (1..=MAX_MAX_CONNECTIONS).contains(&n) => {
+                u32::try_from(n).unwrap_or(DEFAULT_MAX_CONNECTIONS)
+            }
+            Some(_) => {
+                return Err(ValidationError::new(
+                    "max_connections",
+                    format!("max_connections must be from 1 to {MAX_MAX_CONNECTIONS}"),
+                ));
+            }
+            None => base_spec.map_or(DEFAULT_MAX_CONNECTIONS, |b| b.max_connections),
+        };
         let process_emails_received_after = match self.process_emails_received_after {
             Some(v) => v,
             None => base_spec.and_then(|b| b.process_emails_received_after),
@@ -295,6 +315,7 @@ impl ProfileDraft {
                 auth,
                 oauth,
                 max_mailboxes,
+                max_connections,
                 poll_interval_seconds,
                 process_emails_received_after,
             },
@@ -344,6 +365,7 @@ fn gmail_preset(draft: &ProfileDraft) -> ProfileSpec {
             ],
         }),
         max_mailboxes: GMAIL_MAX_MAILBOXES,
+        max_connections: DEFAULT_MAX_CONNECTIONS,
         poll_interval_seconds: DEFAULT_POLL_INTERVAL_SECONDS,
         process_emails_received_after: None,
     }

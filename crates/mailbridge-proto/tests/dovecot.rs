@@ -276,6 +276,17 @@ async fn tls_is_verified_and_unreachable_or_silent_servers_fail_clearly() {
         "{e}"
     );
 
+    // Implicit TLS against a plain port: the greeting is no handshake.
+    let e = SmtpSession::login(
+        &at(p.dovecot.ports.submission, Security::Tls),
+        &p.tls,
+        &creds,
+        "x",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Tls(_)), "{e}");
+
     // Nothing listens.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

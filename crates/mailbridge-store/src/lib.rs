@@ -22,7 +22,7 @@ use sqlx::{AnyPool, Executor};
 pub use alerts::{AlertRecord, NewAlert};
 pub use audit::{Actor, AuditEntry};
 pub use crypto::{CryptoError, Keyring};
-pub use mailboxes::MailboxRecord;
+pub use mailboxes::{MailboxRecord, TestOutcome};
 pub use oauth::{OAuthState, StoredTokens, TokenSet};
 pub use profiles::ProfileRecord;
 pub use users::{ApiToken, UserRecord};
@@ -239,6 +239,7 @@ const ENCRYPTED_COLUMNS: &[(&str, &str, &str)] = &[
     ("mailbox_tokens", "mailbox_id", "access_token"),
     ("mailbox_tokens", "mailbox_id", "refresh_token"),
     ("oauth_states", "state_hash", "pkce_verifier"),
+    ("mailboxes", "id", "password"),
 ];
 
 fn aad(table: &str, column: &str, id: &str) -> String {

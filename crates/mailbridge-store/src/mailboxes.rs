@@ -4,8 +4,9 @@
 use chrono::{DateTime, Utc};
 use mailbridge_core::{
     AuthMethod, ConnectionStatus, EmailAddress, GMAIL_MAX_MAILBOXES, MailboxId, MailboxSpec,
-    ProfileId, SignInStatus, UserId,
+    ProfileId, SecretChange, SignInStatus, UserId,
 };
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::{Any, Transaction};
 
 use crate::audit::{self, Actor};
@@ -15,14 +16,47 @@ use crate::{Result, Store, StoreError, is_unique_violation, time_from_ms};
 pub struct MailboxRecord {
     pub id: MailboxId,
     pub spec: MailboxSpec,
-    pub incoming_status: ConnectionStatus,
-    pub outgoing_status: ConnectionStatus,
+    pub incoming: TestOutcome,
+    pub outgoing: TestOutcome,
     pub enabled: bool,
+    /// Whether a password is stored (password profiles).
+    pub password_set: bool,
     pub sign_in_status: SignInStatus,
     /// The account whose tokens are stored, when signed in.
     pub signed_in_as: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// The last Test & Enable result of one direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestOutcome {
+    pub status: ConnectionStatus,
+    /// What failed, in the server's words.
+    pub reason: Option<String>,
+    /// What to do about it.
+    pub hint: Option<String>,
+    pub tested_at: Option<DateTime<Utc>>,
+}
+
+impl TestOutcome {
+    pub fn success() -> Self {
+        Self {
+            status: ConnectionStatus::Success,
+            reason: None,
+            hint: None,
+            tested_at: None,
+        }
+    }
+
+    pub fn failure(reason: String, hint: &str) -> Self {
+        Self {
+            status: ConnectionStatus::Failure,
+            reason: Some(reason),
+            hint: Some(hint.to_owned()),
+            tested_at: None,
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -34,8 +68,16 @@ struct MailboxRow {
     incoming_method: String,
     outgoing_method: String,
     tracking_rule: String,
+    login_name: Option<String>,
+    password_set: i64,
     incoming_status: String,
+    incoming_status_reason: Option<String>,
+    incoming_status_hint: Option<String>,
+    incoming_tested_at: Option<i64>,
     outgoing_status: String,
+    outgoing_status_reason: Option<String>,
+    outgoing_status_hint: Option<String>,
+    outgoing_tested_at: Option<i64>,
     enabled: i64,
     sign_in_status: String,
     signed_in_as: Option<String>,
@@ -44,7 +86,10 @@ struct MailboxRow {
 }
 
 const MAILBOX_SELECT: &str = "SELECT m.id, m.owner_user_id, m.email, m.profile_id, \
-     m.incoming_method, m.outgoing_method, m.tracking_rule, m.incoming_status, m.outgoing_status, \
+     m.incoming_method, m.outgoing_method, m.tracking_rule, m.login_name, \
+     CASE WHEN m.password IS NULL THEN 0 ELSE 1 END AS password_set, \
+     m.incoming_status, m.incoming_status_reason, m.incoming_status_hint, m.incoming_tested_at, \
+     m.outgoing_status, m.outgoing_status_reason, m.outgoing_status_hint, m.outgoing_tested_at, \
      m.enabled, CASE WHEN t.mailbox_id IS NULL THEN 'not_signed_in' \
      WHEN t.invalid_since IS NOT NULL THEN 'needs_sign_in' ELSE 'signed_in' END AS sign_in_status, \
      t.account_email AS signed_in_as, m.created_at, m.updated_at \
@@ -64,10 +109,22 @@ impl TryFrom<MailboxRow> for MailboxRecord {
                 incoming_method: r.incoming_method.parse().map_err(|e| bad(&e))?,
                 outgoing_method: r.outgoing_method.parse().map_err(|e| bad(&e))?,
                 tracking_rule: r.tracking_rule.parse().map_err(|e| bad(&e))?,
+                login_name: r.login_name,
             },
-            incoming_status: r.incoming_status.parse().map_err(|e| bad(&e))?,
-            outgoing_status: r.outgoing_status.parse().map_err(|e| bad(&e))?,
+            incoming: TestOutcome {
+                status: r.incoming_status.parse().map_err(|e| bad(&e))?,
+                reason: r.incoming_status_reason,
+                hint: r.incoming_status_hint,
+                tested_at: r.incoming_tested_at.map(time_from_ms),
+            },
+            outgoing: TestOutcome {
+                status: r.outgoing_status.parse().map_err(|e| bad(&e))?,
+                reason: r.outgoing_status_reason,
+                hint: r.outgoing_status_hint,
+                tested_at: r.outgoing_tested_at.map(time_from_ms),
+            },
             enabled: r.enabled != 0,
+            password_set: r.password_set != 0,
             sign_in_status: r.sign_in_status.parse().map_err(|e| bad(&e))?,
             signed_in_as: r.signed_in_as,
             created_at: time_from_ms(r.created_at),
@@ -87,7 +144,7 @@ fn audit_detail(spec: &MailboxSpec) -> serde_json::Value {
     })
 }
 
-/// Binds `$1` = id, `$2`–`$7` = the spec's columns, `$8` = now: the order both the insert
+/// Binds `$1` = id, `$2`–`$8` = the spec's columns, `$9` = now: the order both the insert
 /// and the update use.
 fn bind_spec<'q>(
     q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
@@ -102,6 +159,7 @@ fn bind_spec<'q>(
         .bind(spec.incoming_method.as_str())
         .bind(spec.outgoing_method.as_str())
         .bind(spec.tracking_rule.as_str())
+        .bind(spec.login_name.clone())
         .bind(now)
 }
 
@@ -114,7 +172,12 @@ fn address_taken(e: sqlx::Error, email: &EmailAddress) -> StoreError {
 }
 
 impl Store {
-    pub async fn create_mailbox(&self, actor: &Actor, spec: &MailboxSpec) -> Result<MailboxRecord> {
+    pub async fn create_mailbox(
+        &self,
+        actor: &Actor,
+        spec: &MailboxSpec,
+        password: SecretChange,
+    ) -> Result<MailboxRecord> {
         let now = self.now_ms();
         let id = MailboxId::new();
         let sid = id.to_string();
@@ -124,14 +187,15 @@ impl Store {
         bind_spec(
             sqlx::query(
                 "INSERT INTO mailboxes (id, owner_user_id, email, profile_id, incoming_method, \
-             outgoing_method, tracking_rule, incoming_status, outgoing_status, enabled, \
-             created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'not_run', 'not_run', 0, $8, $8)",
+             outgoing_method, tracking_rule, login_name, password, incoming_status, \
+             outgoing_status, enabled, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, 'not_run', 'not_run', 0, $9, $9)",
             ),
             &sid,
             spec,
             now,
         )
+        .bind(self.sealed_password(&password, &sid))
         .execute(&mut *tx)
         .await
         .map_err(|e| address_taken(e, &spec.email))?;
@@ -192,6 +256,7 @@ impl Store {
         actor: &Actor,
         id: MailboxId,
         spec: &MailboxSpec,
+        password: SecretChange,
     ) -> Result<MailboxRecord> {
         let now = self.now_ms();
         let sid = id.to_string();
@@ -203,15 +268,24 @@ impl Store {
             self.check_capacity(&mut tx, spec.profile_id).await?;
         }
         let reset = if retest {
-            ", incoming_status = 'not_run', outgoing_status = 'not_run', enabled = 0"
+            ", incoming_status = 'not_run', incoming_status_reason = NULL, \
+             incoming_status_hint = NULL, incoming_tested_at = NULL, outgoing_status = 'not_run', \
+             outgoing_status_reason = NULL, outgoing_status_hint = NULL, outgoing_tested_at = NULL, \
+             enabled = 0"
         } else {
             ""
         };
-        bind_spec(sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE mailboxes SET owner_user_id = $2, email = $3, profile_id = $4, \
-             incoming_method = $5, outgoing_method = $6, tracking_rule = $7, updated_at = $8{reset} \
-             WHERE id = $1"
-        ))), &sid, spec, now)
+        bind_spec(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE mailboxes SET owner_user_id = $2, email = $3, profile_id = $4, \
+             incoming_method = $5, outgoing_method = $6, tracking_rule = $7, login_name = $8, \
+             password = COALESCE($10, password), updated_at = $9{reset} WHERE id = $1"
+            ))),
+            &sid,
+            spec,
+            now,
+        )
+        .bind(self.sealed_password(&password, &sid))
         .execute(&mut *tx)
         .await
         .map_err(|e| address_taken(e, &spec.email))?;
@@ -253,6 +327,96 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    fn sealed_password(&self, password: &SecretChange, id: &str) -> Option<Vec<u8>> {
+        match password {
+            SecretChange::Set(p) => Some(self.seal("mailboxes", "password", id, p.expose_secret())),
+            SecretChange::Keep | SecretChange::Clear => None,
+        }
+    }
+
+    /// The stored password of a mailbox (password profiles), decrypted.
+    pub async fn mailbox_password(&self, id: MailboxId) -> Result<Option<SecretString>> {
+        let sid = id.to_string();
+        let row: Option<(Option<Vec<u8>>,)> =
+            sqlx::query_as("SELECT password FROM mailboxes WHERE id = $1")
+                .bind(&sid)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (blob,) = row.ok_or_else(|| StoreError::NotFound {
+            kind: "mailbox",
+            id: sid.clone(),
+        })?;
+        blob.map(|b| self.open_secret("mailboxes", "password", &sid, &b))
+            .transpose()
+    }
+
+    /// Records a Test & Enable: each tested direction's outcome (untested ones stay as they
+    /// were) and whether the mailbox is now enabled.
+    pub async fn record_test(
+        &self,
+        actor: &Actor,
+        id: MailboxId,
+        incoming: Option<&TestOutcome>,
+        outgoing: Option<&TestOutcome>,
+        enabled: bool,
+    ) -> Result<MailboxRecord> {
+        let now = self.now_ms();
+        let sid = id.to_string();
+        let mut tx = self.begin_write().await?;
+        for (side, outcome) in [("incoming", incoming), ("outgoing", outgoing)] {
+            let Some(o) = outcome else { continue };
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE mailboxes SET {side}_status = $1, {side}_status_reason = $2, \
+                 {side}_status_hint = $3, {side}_tested_at = $4 WHERE id = $5"
+            )))
+            .bind(o.status.as_str())
+            .bind(o.reason.clone())
+            .bind(o.hint.clone())
+            .bind(now)
+            .bind(&sid)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let done = sqlx::query("UPDATE mailboxes SET enabled = $1, updated_at = $2 WHERE id = $3")
+            .bind(i64::from(enabled))
+            .bind(now)
+            .bind(&sid)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                kind: "mailbox",
+                id: sid,
+            });
+        }
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "mailbox.test_and_enable",
+            ("mailbox", &sid),
+            serde_json::json!({
+                "incoming": incoming.map(|o| o.status),
+                "outgoing": outgoing.map(|o| o.status),
+                "enabled": enabled,
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        self.get_mailbox(id).await
+    }
+
+    /// The mailboxes a profile serves.
+    pub async fn profile_mailboxes(&self, profile: ProfileId) -> Result<Vec<MailboxRecord>> {
+        let rows: Vec<MailboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{MAILBOX_SELECT} WHERE m.profile_id = $1 ORDER BY m.id"
+        )))
+        .bind(profile.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(MailboxRecord::try_from).collect()
     }
 
     /// The owner and the profile a mailbox names must exist.

@@ -44,6 +44,7 @@ struct ProfileRow {
     oauth_userinfo_url: Option<String>,
     oauth_scopes: Option<String>,
     max_mailboxes: i64,
+    max_connections: i64,
     poll_interval_seconds: i64,
     process_emails_received_after: Option<String>,
     mailbox_count: i64,
@@ -56,7 +57,7 @@ const PROFILE_SELECT: &str = "SELECT p.id, p.name, p.owner_user_id, p.incoming_p
      p.outgoing_security, p.auth_method, p.oauth_client_id, \
      CASE WHEN p.oauth_client_secret IS NULL THEN 0 ELSE 1 END AS has_client_secret, \
      p.oauth_authorization_url, p.oauth_token_url, p.oauth_revocation_url, p.oauth_userinfo_url, \
-     p.oauth_scopes, p.max_mailboxes, p.poll_interval_seconds, p.process_emails_received_after, \
+     p.oauth_scopes, p.max_mailboxes, p.max_connections, p.poll_interval_seconds, p.process_emails_received_after, \
      (SELECT COUNT(*) FROM mailboxes m WHERE m.profile_id = p.id) AS mailbox_count, \
      p.created_at, p.updated_at FROM server_profiles p";
 
@@ -106,6 +107,7 @@ impl TryFrom<ProfileRow> for ProfileRecord {
             auth: r.auth_method.parse().map_err(|e| bad(&e))?,
             oauth,
             max_mailboxes: u32::try_from(r.max_mailboxes).map_err(|e| bad(&e))?,
+            max_connections: u32::try_from(r.max_connections).map_err(|e| bad(&e))?,
             poll_interval_seconds: u32::try_from(r.poll_interval_seconds).map_err(|e| bad(&e))?,
             process_emails_received_after: r
                 .process_emails_received_after
@@ -139,7 +141,7 @@ fn audit_detail(spec: &ProfileSpec, secret: &SecretChange) -> serde_json::Value 
     })
 }
 
-/// Binds `$1` = id and `$2`–`$19` = the spec's columns: the order both the insert and the
+/// Binds `$1` = id and `$2`–`$20` = the spec's columns: the order both the insert and the
 /// update use.
 fn bind_spec<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
@@ -167,6 +169,7 @@ fn bind_spec<'q>(
         .bind(i64::from(spec.max_mailboxes))
         .bind(i64::from(spec.poll_interval_seconds))
         .bind(spec.process_emails_received_after.map(|d| d.to_string()))
+        .bind(i64::from(spec.max_connections))
 }
 
 fn name_taken(e: sqlx::Error, name: &str) -> StoreError {
@@ -196,10 +199,10 @@ impl Store {
                  incoming_port, incoming_security, outgoing_host, outgoing_port, outgoing_security, \
                  auth_method, oauth_client_id, oauth_authorization_url, oauth_token_url, \
                  oauth_revocation_url, oauth_userinfo_url, oauth_scopes, max_mailboxes, \
-                 poll_interval_seconds, process_emails_received_after, owner_user_id, \
-                 oauth_client_secret, created_at, updated_at) \
+                 poll_interval_seconds, process_emails_received_after, max_connections, \
+                 owner_user_id, oauth_client_secret, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                 $17, $18, $19, $20, $21, $22, $22)",
+                 $17, $18, $19, $20, $21, $22, $23, $23)",
             ),
             &sid,
             spec,
@@ -298,7 +301,7 @@ impl Store {
         }
         let secret_sql = match secret {
             SecretChange::Keep => "",
-            SecretChange::Set(_) | SecretChange::Clear => ", oauth_client_secret = $20",
+            SecretChange::Set(_) | SecretChange::Clear => ", oauth_client_secret = $21",
         };
         let done = bind_spec(
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -307,8 +310,8 @@ impl Store {
                  outgoing_security = $9, auth_method = $10, oauth_client_id = $11, \
                  oauth_authorization_url = $12, oauth_token_url = $13, oauth_revocation_url = $14, \
                  oauth_userinfo_url = $15, oauth_scopes = $16, max_mailboxes = $17, \
-                 poll_interval_seconds = $18, process_emails_received_after = $19{secret_sql}, \
-                 updated_at = $21 WHERE id = $1"
+                 poll_interval_seconds = $18, process_emails_received_after = $19, \
+                 max_connections = $20{secret_sql}, updated_at = $22 WHERE id = $1"
             ))),
             &sid,
             spec,

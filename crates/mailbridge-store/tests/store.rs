@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use mailbridge_core::{EmailAddress, MailboxDraft, ProfileDraft, Role, SystemClock};
+use mailbridge_core::{EmailAddress, MailboxDraft, ProfileDraft, Role, SecretChange, SystemClock};
 use mailbridge_store::{Actor, Keyring, Store, StoreError};
 use secrecy::ExposeSecret;
 
@@ -122,7 +122,11 @@ async fn a_gmail_profile_takes_exactly_100_mailboxes_even_when_raced() {
                 }))
                 .unwrap();
                 let spec = draft.resolve(None, owner.id).unwrap();
-                results.push(store.create_mailbox(&Actor::cli(), &spec).await);
+                results.push(
+                    store
+                        .create_mailbox(&Actor::cli(), &spec, SecretChange::Keep)
+                        .await,
+                );
             }
             results
         }));

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailbridge_core::{EmailAddress, MailboxDraft, MailboxId, ProfileDraft, Role, SignInStatus};
+use mailbridge_core::{
+    EmailAddress, MailboxDraft, MailboxId, ProfileDraft, Role, SecretChange, SignInStatus,
+};
 use mailbridge_store::{Actor, Keyring, Store};
 use mailbridge_sync::signin::Callback;
 use mailbridge_sync::{RefreshPolicy, SignIn, TokenError, TokenService};
@@ -47,7 +49,11 @@ async fn world() -> World {
         serde_json::from_value(json!({"email": "ann@example.com", "profile_id": profile.id}))
             .unwrap();
     let mailbox = store
-        .create_mailbox(&cli, &mailbox.resolve(None, ann.id).unwrap())
+        .create_mailbox(
+            &cli,
+            &mailbox.resolve(None, ann.id).unwrap(),
+            SecretChange::Keep,
+        )
         .await
         .unwrap();
 

@@ -3,10 +3,12 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use mailbridge_core::{Clock, EmailAddress, Role, SystemClock};
+use mailbridge_proto::TlsSettings;
 use mailbridge_store::{Actor, Keyring, Store};
-use mailbridge_sync::SignIn;
+use mailbridge_sync::{RefreshPolicy, SignIn, Tester, TokenService};
 use mailbridge_web::{AppState, WebConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -19,18 +21,41 @@ pub struct TestApp {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// How a [`TestApp`] differs from the defaults.
+pub struct AppOptions {
+    pub clock: Arc<dyn Clock>,
+    pub gmail_oauth: bool,
+    /// A CA to trust for mail servers' TLS (the test Dovecot's).
+    pub extra_ca_pem: Option<String>,
+    /// Bound on connecting and on every read in mail protocol calls.
+    pub mail_timeout: Duration,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            gmail_oauth: true,
+            extra_ca_pem: None,
+            mail_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
 impl TestApp {
-    /// A server on the wall clock with Gmail sign-in offered.
+    /// A server with the default options.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
-        Self::start_with(dir, Arc::new(SystemClock), true).await
+        Self::start_with(dir, AppOptions::default()).await
     }
 
     /// Opens (or reopens) the data in `dir` and serves it on a free port.
-    pub async fn start_with(
-        dir: &Path,
-        clock: Arc<dyn Clock>,
-        gmail_oauth: bool,
-    ) -> anyhow::Result<Self> {
+    pub async fn start_with(dir: &Path, options: AppOptions) -> anyhow::Result<Self> {
+        let AppOptions {
+            clock,
+            gmail_oauth,
+            extra_ca_pem,
+            mail_timeout,
+        } = options;
         let keyring = Keyring::load_or_create(&dir.join("master.key"))?;
         let url = format!("sqlite://{}?mode=rwc", dir.join("mailbridge.db").display());
         let store = Store::connect(&url, keyring, clock.clone()).await?;
@@ -41,16 +66,30 @@ impl TestApp {
             public_base_url: format!("http://{addr}").parse()?,
             gmail_oauth,
         };
-        let signin = SignIn::new(
+        let http = reqwest::Client::new();
+        let redirect = config.oauth_redirect_uri();
+        let signin = SignIn::new(store.clone(), http.clone(), clock.clone(), redirect.clone());
+        let tokens = TokenService::new(
             store.clone(),
-            reqwest::Client::new(),
+            http,
             clock,
-            config.oauth_redirect_uri(),
+            redirect,
+            RefreshPolicy::default(),
+        );
+        let tls = TlsSettings::new(extra_ca_pem.as_deref().map(str::as_bytes))
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let tester = Tester::new(
+            store.clone(),
+            Arc::new(tokens),
+            tls,
+            mail_timeout,
+            "mailbridge.test".to_owned(),
         );
         let state = AppState {
             store: store.clone(),
             config,
             signin: Arc::new(signin),
+            tester: Arc::new(tester),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(mailbridge_web::serve(listener, state, async {

@@ -7,8 +7,10 @@ mod app;
 mod clock;
 mod dovecot;
 mod oauth;
+mod proxy;
 
-pub use app::{ApiClient, TestApp, assert_error};
+pub use app::{ApiClient, AppOptions, TestApp, assert_error};
 pub use clock::ManualClock;
 pub use dovecot::{Dovecot, Ports};
 pub use oauth::OAuthProvider;
+pub use proxy::CountingProxy;

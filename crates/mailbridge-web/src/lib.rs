@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use mailbridge_store::Store;
-use mailbridge_sync::SignIn;
+use mailbridge_sync::{SignIn, Tester};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 use url::Url;
@@ -42,6 +42,7 @@ pub struct AppState {
     pub store: Store,
     pub config: WebConfig,
     pub signin: Arc<SignIn>,
+    pub tester: Arc<Tester>,
 }
 
 pub fn router(state: AppState) -> Router {

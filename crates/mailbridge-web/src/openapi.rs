@@ -13,7 +13,8 @@ use crate::routes::{mailboxes, oauth, profiles, system, users};
         users::create, users::list, users::show, users::update, users::remove, users::reset_token,
         profiles::create, profiles::list, profiles::show, profiles::update, profiles::remove,
         mailboxes::create, mailboxes::list, mailboxes::show, mailboxes::update, mailboxes::remove,
-        mailboxes::alerts, mailboxes::dismiss_alert, oauth::start, oauth::disconnect,
+        mailboxes::alerts, mailboxes::dismiss_alert, mailboxes::test_and_enable,
+        profiles::test_and_enable, oauth::start, oauth::disconnect,
         system::features, system::audit_log,
     ),
     modifiers(&BearerAuth)

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use mailbridge_core::Role;
-use mailbridge_testkit::{ApiClient, ManualClock, OAuthProvider, TestApp, assert_error};
+use mailbridge_testkit::{
+    ApiClient, AppOptions, ManualClock, OAuthProvider, TestApp, assert_error,
+};
 use reqwest::StatusCode;
 use reqwest::redirect::Policy;
 use secrecy::ExposeSecret;
@@ -36,7 +38,15 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let provider = OAuthProvider::start().unwrap();
         let app = match clock {
-            Some(c) => TestApp::start_with(dir.path(), c, true).await.unwrap(),
+            Some(clock) => TestApp::start_with(
+                dir.path(),
+                AppOptions {
+                    clock,
+                    ..AppOptions::default()
+                },
+            )
+            .await
+            .unwrap(),
             None => TestApp::start(dir.path()).await.unwrap(),
         };
         let api = ApiClient::default();
@@ -374,9 +384,15 @@ async fn only_the_owner_or_an_admin_may_start_and_the_feature_can_be_off() {
 
     // With Gmail sign-in turned off in configuration, Gmail profiles refuse to start.
     let dir = tempfile::tempdir().unwrap();
-    let off = TestApp::start_with(dir.path(), Arc::new(mailbridge_core::SystemClock), false)
-        .await
-        .unwrap();
+    let off = TestApp::start_with(
+        dir.path(),
+        AppOptions {
+            gmail_oauth: false,
+            ..AppOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     let (_, admin) = off.user("admin@example.com", Role::Admin).await.unwrap();
     let (_, features) = w
         .api

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
-use mailbridge_core::{EmailAddress, MailboxDraft, ProfileDraft, ProfileId, Role, TrackingRule};
+use mailbridge_core::{
+    EmailAddress, MailboxDraft, ProfileDraft, ProfileId, Role, SecretChange, TrackingRule,
+};
 use mailbridge_store::{Actor, Keyring, Store};
 
 use crate::config::{Config, MasterKeySource};
@@ -196,7 +198,9 @@ pub async fn mailboxes(command: MailboxesCommand, store: &Store) -> anyhow::Resu
             let spec = draft
                 .resolve(None, owner.id)
                 .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
-            let m = store.create_mailbox(&Actor::cli(), &spec).await?;
+            let m = store
+                .create_mailbox(&Actor::cli(), &spec, SecretChange::Keep)
+                .await?;
             eprintln!("created mailbox {} for {}", m.spec.email, owner.email);
             println!("{}", m.id);
         }
@@ -206,8 +210,8 @@ pub async fn mailboxes(command: MailboxesCommand, store: &Store) -> anyhow::Resu
                     "{}\t{}\tincoming {}\toutgoing {}\t{}",
                     m.id,
                     m.spec.email,
-                    m.incoming_status,
-                    m.outgoing_status,
+                    m.incoming.status,
+                    m.outgoing.status,
                     if m.enabled { "enabled" } else { "disabled" }
                 );
             }

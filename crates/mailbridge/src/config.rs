@@ -24,6 +24,7 @@ struct Raw {
     #[serde(skip_serializing)]
     master_key: Option<SecretString>,
     gmail_oauth: bool,
+    tls_ca_file: Option<PathBuf>,
     log: String,
     log_format: LogFormat,
 }
@@ -38,6 +39,7 @@ impl Default for Raw {
             master_key_file: None,
             master_key: None,
             gmail_oauth: true,
+            tls_ca_file: None,
             log: "info".to_owned(),
             log_format: LogFormat::Text,
         }
@@ -69,6 +71,8 @@ pub struct Config {
     pub public_base_url: Option<Url>,
     pub master_key: MasterKeySource,
     pub gmail_oauth: bool,
+    /// PEM certificates to trust, besides the public roots, for mail servers with a private CA.
+    pub tls_ca: Option<Vec<u8>>,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -144,6 +148,24 @@ impl Config {
                 raw.log
             );
         }
+        let tls_ca = match &raw.tls_ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).with_context(|| {
+                    format!(
+                        "cannot read tls_ca_file {} (MAILBRIDGE_TLS_CA_FILE)",
+                        path.display()
+                    )
+                })?;
+                mailbridge_proto::TlsSettings::new(Some(&pem)).map_err(|e| {
+                    anyhow::anyhow!(
+                        "tls_ca_file {} (MAILBRIDGE_TLS_CA_FILE): {e}",
+                        path.display()
+                    )
+                })?;
+                Some(pem)
+            }
+            None => None,
+        };
         Ok(Self {
             data_dir: raw.data_dir,
             database_url,
@@ -151,6 +173,7 @@ impl Config {
             public_base_url,
             master_key,
             gmail_oauth: raw.gmail_oauth,
+            tls_ca,
             log: raw.log,
             log_format: raw.log_format,
         })

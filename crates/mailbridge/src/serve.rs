@@ -4,11 +4,15 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mailbridge_core::SystemClock;
-use mailbridge_sync::SignIn;
+use mailbridge_proto::TlsSettings;
+use mailbridge_sync::{RefreshPolicy, SignIn, Tester, TokenService};
 use mailbridge_web::{AppState, WebConfig};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+
+/// Bound on connecting to a mail server and on every read from it.
+const MAIL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = crate::open_store(&config).await?;
@@ -34,16 +38,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "no users yet: create the first admin with 'mailbridge users create --email you@example.com --role admin'"
         );
     }
-    let signin = SignIn::new(
+    let http = mailbridge_oauth::Provider::http_client();
+    let clock = Arc::new(SystemClock);
+    let redirect = web.oauth_redirect_uri();
+    let signin = SignIn::new(store.clone(), http.clone(), clock.clone(), redirect.clone());
+    let tokens = TokenService::new(
         store.clone(),
-        mailbridge_oauth::Provider::http_client(),
-        Arc::new(SystemClock),
-        web.oauth_redirect_uri(),
+        http,
+        clock,
+        redirect,
+        RefreshPolicy::default(),
+    );
+    let tls = TlsSettings::new(config.tls_ca.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    // SMTP EHLO names this service by its public host.
+    let client_name = web
+        .public_base_url
+        .host_str()
+        .unwrap_or("localhost")
+        .to_owned();
+    let tester = Tester::new(
+        store.clone(),
+        Arc::new(tokens),
+        tls,
+        MAIL_TIMEOUT,
+        client_name,
     );
     let state = AppState {
         store: store.clone(),
         config: web,
         signin: Arc::new(signin),
+        tester: Arc::new(tester),
     };
     mailbridge_web::serve(listener, state, shutdown_signal()).await?;
     store.close().await;

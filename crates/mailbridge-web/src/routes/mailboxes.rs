@@ -7,10 +7,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use mailbridge_core::{
-    ConnectionStatus, DeliveryMethod, MailboxDraft, MailboxId, ProfileId, SignInStatus,
-    TrackingRule, UserId,
+    AuthMethod, ConnectionStatus, DeliveryMethod, MailboxDraft, MailboxId, MailboxSpec, ProfileId,
+    SecretChange, SignInStatus, TrackingRule, UserId,
 };
-use mailbridge_store::{AlertRecord, MailboxRecord};
+use mailbridge_store::{AlertRecord, MailboxRecord, StoreError};
 
 use super::path_id;
 use crate::AppState;
@@ -23,6 +23,7 @@ pub fn routes() -> Router<AppState> {
         .route("/mailboxes", post(create).get(list))
         .route("/mailboxes/{id}", get(show).patch(update).delete(remove))
         .route("/mailboxes/{id}/alerts", get(alerts))
+        .route("/mailboxes/{id}/test-and-enable", post(test_and_enable))
         .route(
             "/mailboxes/{id}/alerts/{alert_id}/dismiss",
             post(dismiss_alert),
@@ -40,8 +41,20 @@ pub struct MailboxView {
     tracking_rule: TrackingRule,
     /// Result of the last incoming test: `not_run`, `success` or `failure`.
     incoming_status: ConnectionStatus,
+    /// Why the last incoming test failed, in the server's words.
+    incoming_status_reason: Option<String>,
+    /// What to do about it.
+    incoming_status_hint: Option<String>,
+    incoming_tested_at: Option<DateTime<Utc>>,
     /// Result of the last outgoing test: `not_run`, `success` or `failure`.
     outgoing_status: ConnectionStatus,
+    outgoing_status_reason: Option<String>,
+    outgoing_status_hint: Option<String>,
+    outgoing_tested_at: Option<DateTime<Utc>>,
+    /// Password profiles: the login, when it is not the address.
+    login_name: Option<String>,
+    /// Password profiles: whether a password is stored (it is never returned).
+    password_set: bool,
     /// Synchronized only when enabled (after a successful Test & Enable).
     enabled: bool,
     /// `not_signed_in`, `signed_in`, or `needs_sign_in` (the provider refused the grant).
@@ -62,8 +75,16 @@ impl From<MailboxRecord> for MailboxView {
             incoming_method: m.spec.incoming_method,
             outgoing_method: m.spec.outgoing_method,
             tracking_rule: m.spec.tracking_rule,
-            incoming_status: m.incoming_status,
-            outgoing_status: m.outgoing_status,
+            incoming_status: m.incoming.status,
+            incoming_status_reason: m.incoming.reason,
+            incoming_status_hint: m.incoming.hint,
+            incoming_tested_at: m.incoming.tested_at,
+            outgoing_status: m.outgoing.status,
+            outgoing_status_reason: m.outgoing.reason,
+            outgoing_status_hint: m.outgoing.hint,
+            outgoing_tested_at: m.outgoing.tested_at,
+            login_name: m.spec.login_name,
+            password_set: m.password_set,
             enabled: m.enabled,
             sign_in_status: m.sign_in_status,
             signed_in_as: m.signed_in_as,
@@ -92,7 +113,11 @@ async fn create(
 ) -> Result<(StatusCode, Json<MailboxView>), ApiError> {
     caller.require_admin("create mailboxes")?;
     let spec = draft.resolve(None, caller.0.id)?;
-    let mailbox = state.store.create_mailbox(&caller.actor(), &spec).await?;
+    let password = password_for(&state, &draft, &spec).await?;
+    let mailbox = state
+        .store
+        .create_mailbox(&caller.actor(), &spec, password)
+        .await?;
     Ok((StatusCode::CREATED, Json(mailbox.into())))
 }
 
@@ -161,9 +186,10 @@ async fn update(
         .with_field(field));
     }
     let spec = draft.resolve(Some(&current.spec), caller.0.id)?;
+    let password = password_for(&state, &draft, &spec).await?;
     let mailbox = state
         .store
-        .update_mailbox(&caller.actor(), id, &spec)
+        .update_mailbox(&caller.actor(), id, &spec, password)
         .await?;
     Ok(Json(mailbox.into()))
 }
@@ -183,6 +209,59 @@ async fn remove(
         .delete_mailbox(&caller.actor(), path_id(&id, "mailbox")?)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A password is only for mailboxes on password profiles.
+async fn password_for(
+    state: &AppState,
+    draft: &MailboxDraft,
+    spec: &MailboxSpec,
+) -> Result<SecretChange, ApiError> {
+    let change = draft.password_change()?;
+    if matches!(change, SecretChange::Set(_)) {
+        let profile = state
+            .store
+            .get_profile(spec.profile_id)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => ApiError::invalid(
+                    "profile_id",
+                    format!("server profile {} does not exist", spec.profile_id),
+                ),
+                other => other.into(),
+            })?;
+        if profile.spec.auth != AuthMethod::Password {
+            return Err(ApiError::invalid(
+                "password",
+                format!(
+                    "server profile '{}' signs in with OAuth, so its mailboxes have no password; use Sign in instead",
+                    profile.spec.name
+                ),
+            ));
+        }
+    }
+    Ok(change)
+}
+
+/// Tests both directions of a mailbox (its owner or an admin) and enables it when every
+/// direction that uses server-side synchronization succeeded. The answer is the mailbox
+/// with each direction's status, the server's reason, and what to do.
+#[utoipa::path(post, path = "/mailboxes/{id}/test-and-enable", tag = "mailboxes",
+    security(("bearer" = [])), params(("id" = String, Path, description = "mailbox id")),
+    responses((status = 200, body = MailboxView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn test_and_enable(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<MailboxView>, ApiError> {
+    let mailbox = state.store.get_mailbox(path_id(&id, "mailbox")?).await?;
+    caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
+    let tested = state
+        .tester
+        .test_mailbox(&caller.actor(), mailbox.id)
+        .await?;
+    Ok(Json(tested.into()))
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]

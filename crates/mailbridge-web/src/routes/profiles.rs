@@ -24,6 +24,10 @@ pub fn routes() -> Router<AppState> {
             "/server-profiles/{id}",
             get(show).patch(update).delete(remove),
         )
+        .route(
+            "/server-profiles/{id}/test-and-enable",
+            post(test_and_enable),
+        )
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -47,6 +51,8 @@ pub struct ProfileView {
     auth: AuthMethod,
     oauth: Option<OAuthView>,
     max_mailboxes: u32,
+    /// Connections open at once over all the profile's mailboxes.
+    max_connections: u32,
     /// How many mailboxes use this profile now.
     mailbox_count: i64,
     poll_interval_seconds: u32,
@@ -75,6 +81,7 @@ impl From<ProfileRecord> for ProfileView {
                 scopes: o.scopes,
             }),
             max_mailboxes: p.spec.max_mailboxes,
+            max_connections: p.spec.max_connections,
             mailbox_count: p.mailbox_count,
             poll_interval_seconds: p.spec.poll_interval_seconds,
             process_emails_received_after: p.spec.process_emails_received_after,
@@ -175,4 +182,36 @@ async fn remove(
         .delete_profile(&caller.actor(), path_id(&id, "server profile")?)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ProfileTestView {
+    tested: usize,
+    enabled: usize,
+    failed: usize,
+    mailboxes: Vec<crate::routes::mailboxes::MailboxView>,
+}
+
+/// Runs Test & Enable for every mailbox of the profile, concurrently within the profile's
+/// `max_connections`, and reports a summary.
+#[utoipa::path(post, path = "/server-profiles/{id}/test-and-enable", tag = "server profiles",
+    security(("bearer" = [])), params(("id" = String, Path, description = "profile id")),
+    responses((status = 200, body = ProfileTestView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn test_and_enable(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ProfileTestView>, ApiError> {
+    caller.require_admin("test every mailbox of a profile")?;
+    let summary = state
+        .tester
+        .test_profile(&caller.actor(), path_id(&id, "server profile")?)
+        .await?;
+    Ok(Json(ProfileTestView {
+        tested: summary.tested,
+        enabled: summary.enabled,
+        failed: summary.failed,
+        mailboxes: summary.mailboxes.into_iter().map(Into::into).collect(),
+    }))
 }

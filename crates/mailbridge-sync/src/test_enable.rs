@@ -1,0 +1,312 @@
+//! [`Tester`]: "Test & Enable Mailbox". For each direction that uses server-side
+//! synchronization it logs in with the mailbox's current credentials — incoming: open INBOX
+//! (IMAP) or count messages (POP3); outgoing: log in to SMTP, sending nothing — and records
+//! `success` or `failure` with the server's reason and what to do. The mailbox is enabled
+//! when every such direction succeeded. A profile's mailboxes are tested concurrently, never
+//! holding more connections than the profile allows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use mailbridge_core::{
+    AuthMethod, ConnectionStatus, DeliveryMethod, IncomingProtocol, MailboxId, ProfileId,
+};
+use mailbridge_proto::imap::ImapSession;
+use mailbridge_proto::pop3::Pop3Session;
+use mailbridge_proto::smtp::SmtpSession;
+use mailbridge_proto::{Credentials, Endpoint, ErrorKind, ProtoError, TlsSettings};
+use mailbridge_store::{Actor, MailboxRecord, ProfileRecord, Store, StoreError, TestOutcome};
+
+use crate::tokens::{TokenError, TokenService};
+
+pub struct Tester {
+    store: Store,
+    tokens: Arc<TokenService>,
+    tls: TlsSettings,
+    timeout: Duration,
+    client_name: String,
+}
+
+/// A profile-wide run: how many mailboxes, how many came out enabled, and each one.
+#[derive(Debug)]
+pub struct ProfileTestSummary {
+    pub tested: usize,
+    pub enabled: usize,
+    pub failed: usize,
+    pub mailboxes: Vec<MailboxRecord>,
+}
+
+impl Tester {
+    /// `client_name` is what SMTP EHLO says; `timeout` bounds connecting and every read.
+    pub fn new(
+        store: Store,
+        tokens: Arc<TokenService>,
+        tls: TlsSettings,
+        timeout: Duration,
+        client_name: String,
+    ) -> Self {
+        Self {
+            store,
+            tokens,
+            tls,
+            timeout,
+            client_name,
+        }
+    }
+
+    /// Tests one mailbox and records the outcome. Returns the mailbox as now stored.
+    pub async fn test_mailbox(
+        &self,
+        actor: &Actor,
+        mailbox: MailboxId,
+    ) -> Result<MailboxRecord, StoreError> {
+        let record = self.store.get_mailbox(mailbox).await?;
+        let profile = self.store.get_profile(record.spec.profile_id).await?;
+        let incoming_used = record.spec.incoming_method == DeliveryMethod::ServerSideSync;
+        let outgoing_used = record.spec.outgoing_method == DeliveryMethod::ServerSideSync;
+        let (incoming, outgoing) = match self.credentials(&record, &profile).await {
+            Ok(credentials) => (
+                if incoming_used {
+                    Some(self.test_incoming(&profile, &credentials).await)
+                } else {
+                    None
+                },
+                if outgoing_used {
+                    Some(self.test_outgoing(&profile, &credentials).await)
+                } else {
+                    None
+                },
+            ),
+            Err(failure) => (
+                incoming_used.then(|| failure.clone()),
+                outgoing_used.then_some(failure),
+            ),
+        };
+        let ok = |o: &Option<TestOutcome>| {
+            o.as_ref()
+                .is_none_or(|o| o.status == ConnectionStatus::Success)
+        };
+        let enabled = (incoming_used || outgoing_used) && ok(&incoming) && ok(&outgoing);
+        tracing::info!(%mailbox, enabled, incoming = ?incoming.as_ref().map(|o| o.status), outgoing = ?outgoing.as_ref().map(|o| o.status), "tested mailbox");
+        self.store
+            .record_test(
+                actor,
+                mailbox,
+                incoming.as_ref(),
+                outgoing.as_ref(),
+                enabled,
+            )
+            .await
+    }
+
+    /// Tests every mailbox of a profile, at most `max_connections` at a time.
+    pub async fn test_profile(
+        &self,
+        actor: &Actor,
+        profile: ProfileId,
+    ) -> Result<ProfileTestSummary, StoreError> {
+        let record = self.store.get_profile(profile).await?;
+        let mailboxes = self.store.profile_mailboxes(profile).await?;
+        // Each mailbox test holds one connection at a time (incoming, then outgoing), so
+        // running `max_connections` tests at once never holds more connections than that.
+        let mut results: Vec<MailboxRecord> = futures::stream::iter(mailboxes)
+            .map(|m| self.test_mailbox(actor, m.id))
+            .buffer_unordered(record.spec.max_connections as usize)
+            .try_collect()
+            .await?;
+        results.sort_by_key(|m| m.id);
+        let enabled = results.iter().filter(|m| m.enabled).count();
+        Ok(ProfileTestSummary {
+            tested: results.len(),
+            enabled,
+            failed: results.len() - enabled,
+            mailboxes: results,
+        })
+    }
+
+    /// The mailbox's login: a fresh access token, or its password.
+    async fn credentials(
+        &self,
+        mailbox: &MailboxRecord,
+        profile: &ProfileRecord,
+    ) -> Result<Credentials, TestOutcome> {
+        if profile.spec.auth == AuthMethod::Password {
+            let user = mailbox
+                .spec
+                .login_name
+                .clone()
+                .unwrap_or_else(|| mailbox.spec.email.to_string());
+            return match self.store.mailbox_password(mailbox.id).await {
+                Ok(Some(password)) => Ok(Credentials::Password { user, password }),
+                Ok(None) => Err(TestOutcome::failure(
+                    "no password is stored for this mailbox".to_owned(),
+                    "Set the mailbox's password (and login name if it is not the address), then test again.",
+                )),
+                Err(e) => Err(TestOutcome::failure(
+                    e.to_string(),
+                    "Try again; if it persists, an admin should read the server log.",
+                )),
+            };
+        }
+        let gmail = profile.spec.auth == AuthMethod::GmailOauth;
+        match self.tokens.access_token(mailbox.id).await {
+            Ok(t) => Ok(Credentials::OAuth {
+                user: t.account,
+                token: t.token,
+            }),
+            Err(TokenError::NotSignedIn(_)) => Err(TestOutcome::failure(
+                "the mailbox is not signed in".to_owned(),
+                if gmail {
+                    "Sign in to Gmail for this mailbox first, then test again."
+                } else {
+                    "Sign in for this mailbox first, then test again."
+                },
+            )),
+            Err(e @ TokenError::SignInRequired { .. }) => Err(TestOutcome::failure(
+                e.to_string(),
+                if gmail {
+                    "Sign in to Gmail again for this mailbox, then test again."
+                } else {
+                    "Sign in again for this mailbox, then test again."
+                },
+            )),
+            Err(e) if e.is_transient() => Err(TestOutcome::failure(
+                e.to_string(),
+                "The sign-in provider could not be reached; try again in a few minutes.",
+            )),
+            Err(e) => Err(TestOutcome::failure(
+                e.to_string(),
+                "Check the profile's OAuth client id, secret and endpoints.",
+            )),
+        }
+    }
+
+    async fn test_incoming(
+        &self,
+        profile: &ProfileRecord,
+        credentials: &Credentials,
+    ) -> TestOutcome {
+        let server = &profile.spec.incoming;
+        let endpoint = Endpoint::new(server.host.as_str(), server.port.get(), server.security)
+            .with_timeout(self.timeout);
+        let result = match server.protocol {
+            IncomingProtocol::Imap => {
+                async {
+                    let mut s = ImapSession::login(&endpoint, &self.tls, credentials).await?;
+                    s.examine("INBOX").await?;
+                    s.logout().await;
+                    Ok::<_, ProtoError>(())
+                }
+                .await
+            }
+            IncomingProtocol::Pop3 => {
+                async {
+                    let mut s = Pop3Session::login(&endpoint, &self.tls, credentials).await?;
+                    s.stat().await?;
+                    s.quit().await
+                }
+                .await
+            }
+        };
+        outcome(result, profile, Direction::Incoming(server.protocol))
+    }
+
+    async fn test_outgoing(
+        &self,
+        profile: &ProfileRecord,
+        credentials: &Credentials,
+    ) -> TestOutcome {
+        let server = &profile.spec.outgoing;
+        let endpoint = Endpoint::new(server.host.as_str(), server.port.get(), server.security)
+            .with_timeout(self.timeout);
+        let result = async {
+            let s =
+                SmtpSession::login(&endpoint, &self.tls, credentials, &self.client_name).await?;
+            s.quit().await
+        }
+        .await;
+        outcome(result, profile, Direction::Outgoing)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Incoming(IncomingProtocol),
+    Outgoing,
+}
+
+fn outcome(
+    result: Result<(), ProtoError>,
+    profile: &ProfileRecord,
+    direction: Direction,
+) -> TestOutcome {
+    match result {
+        Ok(()) => TestOutcome::success(),
+        Err(e) => {
+            let hint = hint(&e, profile, direction);
+            TestOutcome::failure(e.to_string(), hint)
+        }
+    }
+}
+
+/// What a person can do about a failure, in the words of the product they use.
+fn hint(e: &ProtoError, profile: &ProfileRecord, direction: Direction) -> &'static str {
+    let gmail = profile.spec.auth == AuthMethod::GmailOauth;
+    let oauth = profile.spec.auth != AuthMethod::Password;
+    match &e.kind {
+        ErrorKind::AuthRefused { words, .. }
+        | ErrorKind::Rejected { words, .. }
+        | ErrorKind::Unsupported(words)
+            if gmail
+                && (words.contains("not enabled for IMAP")
+                    || words.contains("IMAP access is disabled")) =>
+        {
+            "Enable IMAP in Gmail settings (Settings › See all settings › Forwarding and POP/IMAP), or ask your Google Workspace admin to allow it."
+        }
+        ErrorKind::AuthRefused { words, .. } | ErrorKind::Rejected { words, .. }
+            if gmail && words.contains("not enabled for POP") =>
+        {
+            "Enable POP in Gmail settings (Settings › See all settings › Forwarding and POP/IMAP)."
+        }
+        ErrorKind::AuthRefused { .. } if gmail => {
+            "Sign in to Gmail again for this mailbox, then test again."
+        }
+        ErrorKind::AuthRefused { .. } if oauth => {
+            "Sign in again for this mailbox; if it keeps failing, check that the server accepts OAuth logins for this account."
+        }
+        ErrorKind::AuthRefused { .. } => "Check the mailbox's login name and password.",
+        ErrorKind::Connect(_) => {
+            "Check the server name and port in the email server profile, and that this server can reach it."
+        }
+        ErrorKind::Timeout(_) => {
+            "The server did not answer: check the server name, the port and the security setting, or try again later."
+        }
+        ErrorKind::Tls(_) => {
+            "Check the security setting (tls for ports 993, 995, 465; starttls for 143, 110, 587) and that the server's certificate is valid."
+        }
+        ErrorKind::Unsupported(_) => match direction {
+            Direction::Incoming(IncomingProtocol::Imap) if gmail => {
+                "Enable IMAP in Gmail settings (Settings › See all settings › Forwarding and POP/IMAP)."
+            }
+            _ => {
+                "Check the security setting and the port: the server does not offer what this profile needs on this connection."
+            }
+        },
+        ErrorKind::Rejected {
+            transient: true, ..
+        }
+        | ErrorKind::Io(_) => "The server had a temporary problem; try again in a few minutes.",
+        ErrorKind::Rejected { .. } | ErrorKind::Protocol(_) => match direction {
+            Direction::Incoming(IncomingProtocol::Imap) => {
+                "The INBOX could not be opened; check that the account has a mailbox on this server."
+            }
+            Direction::Incoming(IncomingProtocol::Pop3) => {
+                "The maildrop could not be opened; check that the account has a mailbox on this server."
+            }
+            Direction::Outgoing => {
+                "Check the outgoing server settings in the email server profile."
+            }
+        },
+    }
+}

@@ -1,0 +1,469 @@
+//! "Test & Enable Mailbox" end to end over HTTP: Mailbridge signs in to a real Dovecot with
+//! tokens from a real OAuth provider (or a password), for IMAP and POP3 profiles, and reports
+//! each direction's result with the server's reason and what to do.
+#![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
+
+use mailbridge_core::Role;
+use mailbridge_store::{Actor, TokenSet};
+use mailbridge_testkit::{
+    ApiClient, AppOptions, CountingProxy, Dovecot, OAuthProvider, TestApp, assert_error,
+};
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+struct World {
+    app: TestApp,
+    oauth: OAuthProvider,
+    dovecot: Dovecot,
+    api: ApiClient,
+    admin: String,
+    ann_id: String,
+    ann: String,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let oauth = OAuthProvider::start().unwrap();
+        let dovecot = Dovecot::start(&oauth, &[("pw@example.com", "hunter2")]).unwrap();
+        let options = AppOptions {
+            extra_ca_pem: Some(dovecot.ca_pem().to_owned()),
+            ..AppOptions::default()
+        };
+        let app = TestApp::start_with(dir.path(), options).await.unwrap();
+        let (_, admin) = app.user("admin@example.com", Role::Admin).await.unwrap();
+        let (ann_id, ann) = app.user("ann@example.com", Role::User).await.unwrap();
+        Self {
+            app,
+            oauth,
+            dovecot,
+            api: ApiClient::default(),
+            admin,
+            ann_id,
+            ann,
+            _dir: dir,
+        }
+    }
+
+    /// A Gmail-preset profile whose servers and OAuth endpoints are the local peers.
+    async fn gmail_like(
+        &self,
+        name: &str,
+        incoming: Value,
+        outgoing: Value,
+        extra: Value,
+    ) -> String {
+        let mut body = json!({
+            "name": name, "preset": "gmail",
+            "incoming": incoming, "outgoing": outgoing,
+            "oauth": self.oauth.profile_oauth("client", "secret"),
+        });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let (status, p) = self
+            .api
+            .post(&self.app, "/api/v1/server-profiles", &self.admin, body)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{p}");
+        p["id"].as_str().unwrap().to_owned()
+    }
+
+    fn imaps(&self) -> Value {
+        json!({"protocol": "imap", "host": "127.0.0.1", "port": self.dovecot.ports.imaps, "security": "tls"})
+    }
+
+    fn submissions(&self) -> Value {
+        json!({"host": "127.0.0.1", "port": self.dovecot.ports.submissions, "security": "tls"})
+    }
+
+    async fn mailbox(&self, email: &str, owner: &str, profile: &str, extra: Value) -> String {
+        let mut body = json!({"owner_user_id": owner, "email": email, "profile_id": profile});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let (status, m) = self
+            .api
+            .post(&self.app, "/api/v1/mailboxes", &self.admin, body)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{m}");
+        m["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Signs a mailbox in through the real flow: start, the provider's consent, the callback.
+    async fn sign_in(&self, mailbox: &str, token: &str) {
+        let no_redirects = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let start = no_redirects
+            .get(format!(
+                "{}/api/v1/mailboxes/{mailbox}/oauth/start",
+                self.app.base
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let consent = start.headers()["location"].to_str().unwrap().to_owned();
+        let page = reqwest::get(consent).await.unwrap();
+        assert_eq!(
+            page.status(),
+            StatusCode::OK,
+            "{}",
+            page.text().await.unwrap()
+        );
+    }
+
+    async fn test(&self, mailbox: &str, token: &str) -> Value {
+        let (status, m) = self
+            .api
+            .post(
+                &self.app,
+                &format!("/api/v1/mailboxes/{mailbox}/test-and-enable"),
+                token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{m}");
+        m
+    }
+}
+
+#[track_caller]
+fn assert_side(m: &Value, side: &str, status: &str, reason: &str, hint: &str) {
+    assert_eq!(m[format!("{side}_status")], status, "{m:#}");
+    let got_reason = m[format!("{side}_status_reason")]
+        .as_str()
+        .unwrap_or_default();
+    let got_hint = m[format!("{side}_status_hint")]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        got_reason.contains(reason),
+        "{side} reason {got_reason:?} lacks {reason:?}"
+    );
+    assert!(
+        got_hint.contains(hint),
+        "{side} hint {got_hint:?} lacks {hint:?}"
+    );
+    assert!(m[format!("{side}_tested_at")].is_string(), "{m:#}");
+}
+
+#[tokio::test]
+async fn an_imap_mailbox_is_enabled_only_after_sign_in_and_fails_clearly_when_revoked() {
+    let w = World::new().await;
+    let profile = w
+        .gmail_like("Gmail here", w.imaps(), w.submissions(), json!({}))
+        .await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+
+    // Before signing in: both directions fail, with the step to take.
+    let m = w.test(&mailbox, &w.ann).await;
+    assert_side(
+        &m,
+        "incoming",
+        "failure",
+        "not signed in",
+        "Sign in to Gmail for this mailbox first",
+    );
+    assert_side(
+        &m,
+        "outgoing",
+        "failure",
+        "not signed in",
+        "Sign in to Gmail for this mailbox first",
+    );
+    assert_eq!(m["enabled"], false);
+
+    w.sign_in(&mailbox, &w.ann).await;
+    let m = w.test(&mailbox, &w.ann).await;
+    assert_side(&m, "incoming", "success", "", "");
+    assert_side(&m, "outgoing", "success", "", "");
+    assert_eq!(m["enabled"], true, "{m:#}");
+    let log = w.dovecot.log();
+    assert!(
+        log.contains("imap-login: Info: Login: user=<ann@example.com>, method=XOAUTH2"),
+        "{log}"
+    );
+    assert!(
+        log.contains("submission-login: Info: Login: user=<ann@example.com>, method=XOAUTH2"),
+        "{log}"
+    );
+
+    // The user removes the app's access at the provider: the server refuses the token.
+    w.oauth.revoke_account("ann@example.com").await.unwrap();
+    let m = w.test(&mailbox, &w.ann).await;
+    assert_side(
+        &m,
+        "incoming",
+        "failure",
+        "refused the login",
+        "Sign in to Gmail again",
+    );
+    assert_side(
+        &m,
+        "outgoing",
+        "failure",
+        "refused the login",
+        "Sign in to Gmail again",
+    );
+    assert_eq!(m["enabled"], false);
+
+    // Only the owner or an admin may test; the audit log records it.
+    let (_, bob) = w.app.user("bob@example.com", Role::User).await.unwrap();
+    let r = w
+        .api
+        .post(
+            &w.app,
+            &format!("/api/v1/mailboxes/{mailbox}/test-and-enable"),
+            &bob,
+            json!({}),
+        )
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden", None);
+    let (_, audit) = w.api.get(&w.app, "/api/v1/audit-log", &w.admin).await;
+    assert!(audit.to_string().contains("mailbox.test_and_enable"));
+}
+
+#[tokio::test]
+async fn a_pop3_mailbox_over_starttls_is_tested_with_stat_and_only_used_directions_count() {
+    let w = World::new().await;
+    let pop3 = json!({"protocol": "pop3", "host": "127.0.0.1", "port": w.dovecot.ports.pop3, "security": "starttls"});
+    let submission =
+        json!({"host": "127.0.0.1", "port": w.dovecot.ports.submission, "security": "starttls"});
+    let profile = w.gmail_like("Gmail POP", pop3, submission, json!({})).await;
+    let mailbox = w
+        .mailbox(
+            "ann@example.com",
+            &w.ann_id,
+            &profile,
+            json!({"outgoing_method": "none"}),
+        )
+        .await;
+    w.sign_in(&mailbox, &w.ann).await;
+    let m = w.test(&mailbox, &w.admin).await;
+    assert_side(&m, "incoming", "success", "", "");
+    assert_eq!(
+        m["outgoing_status"], "not_run",
+        "an unused direction is not tested: {m:#}"
+    );
+    assert_eq!(m["enabled"], true);
+    assert!(
+        w.dovecot
+            .log()
+            .contains("pop3-login: Info: Login: user=<ann@example.com>, method=XOAUTH2")
+    );
+    assert!(
+        !w.dovecot
+            .log()
+            .contains("submission-login: Info: Login: user=<ann@example.com>")
+    );
+}
+
+#[tokio::test]
+async fn unreachable_and_misconfigured_servers_say_what_to_check() {
+    let w = World::new().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = json!({"protocol": "imap", "host": "127.0.0.1", "port": closed, "security": "tls"});
+    // Implicit TLS against the plain submission port: the server's greeting is no handshake.
+    let wrong_security =
+        json!({"host": "127.0.0.1", "port": w.dovecot.ports.submission, "security": "tls"});
+    let profile = w
+        .gmail_like("Broken", down, wrong_security, json!({}))
+        .await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    w.sign_in(&mailbox, &w.ann).await;
+    let m = w.test(&mailbox, &w.ann).await;
+    assert_side(
+        &m,
+        "incoming",
+        "failure",
+        &format!("127.0.0.1:{closed}: cannot connect"),
+        "Check the server name and port",
+    );
+    assert_side(
+        &m,
+        "outgoing",
+        "failure",
+        "TLS failed",
+        "Check the security setting",
+    );
+    assert_eq!(m["enabled"], false);
+}
+
+#[tokio::test]
+async fn a_password_mailbox_needs_its_password_and_reports_a_wrong_one() {
+    let w = World::new().await;
+    let (status, p) = w.api.post(&w.app, "/api/v1/server-profiles", &w.admin, json!({
+        "name": "Passwords", "auth": "password",
+        "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": w.dovecot.ports.imap, "security": "starttls"},
+        "outgoing": {"host": "127.0.0.1", "port": w.dovecot.ports.submissions, "security": "tls"},
+    })).await;
+    assert_eq!(status, StatusCode::CREATED, "{p}");
+    let profile = p["id"].as_str().unwrap();
+    let mailbox = w
+        .mailbox("pw@example.com", &w.ann_id, profile, json!({}))
+        .await;
+    let m = w.test(&mailbox, &w.ann).await;
+    assert_side(
+        &m,
+        "incoming",
+        "failure",
+        "no password",
+        "Set the mailbox's password",
+    );
+
+    let path = format!("/api/v1/mailboxes/{mailbox}");
+    let (status, m) = w
+        .api
+        .patch(&w.app, &path, &w.ann, json!({"password": "wrong"}))
+        .await;
+    assert_eq!(
+        (status, m["password_set"].clone()),
+        (StatusCode::OK, json!(true)),
+        "{m}"
+    );
+    let m = w.test(&mailbox, &w.ann).await;
+    assert_side(
+        &m,
+        "incoming",
+        "failure",
+        "refused the login",
+        "Check the mailbox's login name and password",
+    );
+
+    w.api
+        .patch(&w.app, &path, &w.ann, json!({"password": "hunter2"}))
+        .await;
+    let m = w.test(&mailbox, &w.ann).await;
+    assert_side(&m, "incoming", "success", "", "");
+    assert_side(&m, "outgoing", "success", "", "");
+    assert_eq!(m["enabled"], true);
+    assert!(!w.api.seen().contains("hunter2"), "a password was returned");
+
+    // A password on an OAuth profile's mailbox is refused, naming the field.
+    let oauth_profile = w
+        .gmail_like("OAuth", w.imaps(), w.submissions(), json!({}))
+        .await;
+    let r = w
+        .api
+        .post(
+            &w.app,
+            "/api/v1/mailboxes",
+            &w.admin,
+            json!({"email": "x@example.com", "profile_id": oauth_profile, "password": "p"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("password"),
+    );
+}
+
+#[tokio::test]
+async fn testing_a_full_profile_of_100_mailboxes_keeps_to_its_connection_limit() {
+    let w = World::new().await;
+    let imap = CountingProxy::start(w.dovecot.ports.imaps).await.unwrap();
+    let smtp = CountingProxy::start(w.dovecot.ports.submissions)
+        .await
+        .unwrap();
+    let incoming =
+        json!({"protocol": "imap", "host": "127.0.0.1", "port": imap.port, "security": "tls"});
+    let outgoing = json!({"host": "127.0.0.1", "port": smtp.port, "security": "tls"});
+    let profile = w
+        .gmail_like("Hundred", incoming, outgoing, json!({"max_connections": 5}))
+        .await;
+
+    // 100 mailboxes, each signed in with its own account's tokens.
+    for i in 0..100 {
+        let email = format!("user{i}@example.com");
+        let (id, _) = w.app.user(&email, Role::User).await.unwrap();
+        let mailbox = w.mailbox(&email, &id, &profile, json!({})).await;
+        let (access, refresh) = w.oauth.issue_tokens(&email).await.unwrap();
+        let tokens = TokenSet {
+            access_token: SecretString::from(access),
+            refresh_token: SecretString::from(refresh),
+            expires_at: mailbridge_core::Clock::now(&mailbridge_core::SystemClock)
+                + chrono::Duration::hours(1),
+            scopes: "https://mail.google.com/ openid email".to_owned(),
+        };
+        w.app
+            .store
+            .save_sign_in(&Actor::cli(), mailbox.parse().unwrap(), &email, &tokens)
+            .await
+            .unwrap();
+    }
+    let r = w
+        .api
+        .post(
+            &w.app,
+            "/api/v1/mailboxes",
+            &w.admin,
+            json!({"email": "one-too-many@example.com", "profile_id": profile}),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "profile_full", Some("profile_id"));
+
+    let started = std::time::Instant::now();
+    let (status, summary) = w
+        .api
+        .post(
+            &w.app,
+            &format!("/api/v1/server-profiles/{profile}/test-and-enable"),
+            &w.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    assert_eq!(
+        (
+            summary["tested"].clone(),
+            summary["enabled"].clone(),
+            summary["failed"].clone()
+        ),
+        (json!(100), json!(100), json!(0)),
+        "{summary:#}"
+    );
+    assert_eq!((imap.total(), smtp.total()), (100, 100));
+    let peak = imap.peak() + smtp.peak();
+    assert!(
+        imap.peak() <= 5 && smtp.peak() <= 5,
+        "peaks: imap {} smtp {}",
+        imap.peak(),
+        smtp.peak()
+    );
+    assert!(
+        imap.peak() >= 2,
+        "the mailboxes were tested concurrently (peak {peak})"
+    );
+    eprintln!(
+        "100 mailboxes tested in {:?}, peak connections imap {} smtp {}",
+        started.elapsed(),
+        imap.peak(),
+        smtp.peak()
+    );
+
+    let r = w
+        .api
+        .post(
+            &w.app,
+            &format!("/api/v1/server-profiles/{profile}/test-and-enable"),
+            &w.ann,
+            json!({}),
+        )
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden", None);
+}
