@@ -6,11 +6,13 @@
 mod app;
 mod clock;
 mod dovecot;
+mod gmail;
 mod oauth;
 mod proxy;
 
 pub use app::{ApiClient, AppOptions, TestApp, assert_error};
 pub use clock::ManualClock;
 pub use dovecot::{Dovecot, Ports};
+pub use gmail::{GMAIL_ERROR_CHALLENGE, ScriptedGmail};
 pub use oauth::OAuthProvider;
 pub use proxy::CountingProxy;

@@ -467,3 +467,33 @@ async fn testing_a_full_profile_of_100_mailboxes_keeps_to_its_connection_limit()
         .await;
     assert_error(&r, StatusCode::FORBIDDEN, "forbidden", None);
 }
+
+#[tokio::test]
+async fn gmail_with_imap_turned_off_says_to_enable_imap_in_gmail_settings() {
+    let w = World::new().await;
+    let gmail = mailbridge_testkit::ScriptedGmail::start("ann@example.com", "unused", false)
+        .await
+        .unwrap();
+    let incoming =
+        json!({"protocol": "imap", "host": "127.0.0.1", "port": gmail.port, "security": "none"});
+    let profile = w
+        .gmail_like("Gmail IMAP off", incoming, w.submissions(), json!({}))
+        .await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    w.sign_in(&mailbox, &w.ann).await;
+    let m = w.test(&mailbox, &w.ann).await;
+    assert_side(
+        &m,
+        "incoming",
+        "failure",
+        "Your account is not enabled for IMAP use",
+        "Enable IMAP in Gmail settings",
+    );
+    assert_side(&m, "outgoing", "success", "", "");
+    assert_eq!(
+        m["enabled"], false,
+        "one failing direction keeps the mailbox disabled"
+    );
+}

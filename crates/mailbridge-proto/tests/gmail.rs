@@ -1,0 +1,93 @@
+//! The IMAP client against Gmail's behaviours that Dovecot lacks, from a scripted server:
+//! Gmail's capabilities (X-GM-EXT-1, LITERAL-), its XOAUTH2 error challenge, its refusal
+//! when IMAP is off, and its request for `ID`.
+#![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mailbridge_proto::imap::ImapSession;
+use mailbridge_proto::{Credentials, Endpoint, ErrorKind, Security, TlsSettings};
+use mailbridge_testkit::ScriptedGmail;
+use secrecy::SecretString;
+
+fn creds(token: &str) -> Credentials {
+    Credentials::OAuth {
+        user: "ann@gmail.com".into(),
+        token: SecretString::from(token.to_owned()),
+    }
+}
+
+fn at(port: u16) -> Endpoint {
+    Endpoint::new("127.0.0.1", port, Security::None).with_timeout(Duration::from_secs(5))
+}
+
+#[tokio::test]
+async fn gmail_logs_in_sends_id_and_shows_its_extensions() {
+    let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", true)
+        .await
+        .unwrap();
+    let mut s = ImapSession::login(&at(gmail.port), &TlsSettings::public(), &creds("ya29.good"))
+        .await
+        .unwrap();
+    assert!(
+        gmail.id_received.load(Ordering::SeqCst),
+        "Gmail asks clients to send ID"
+    );
+    assert!(
+        s.has("X-GM-EXT-1") && s.has("LITERAL-") && !s.has("LITERAL+"),
+        "{:?}",
+        s.capabilities()
+    );
+    let inbox = s.examine("INBOX").await.unwrap();
+    assert_eq!(
+        (
+            inbox.exists,
+            inbox.uid_validity,
+            inbox.uid_next,
+            inbox.highest_modseq
+        ),
+        (2, Some(3), Some(7), Some(4242))
+    );
+    s.logout().await;
+}
+
+#[tokio::test]
+async fn gmails_error_challenge_is_answered_and_decoded() {
+    let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", true)
+        .await
+        .unwrap();
+    let e = ImapSession::login(
+        &at(gmail.port),
+        &TlsSettings::public(),
+        &creds("ya29.expired"),
+    )
+    .await
+    .unwrap_err();
+    match &e.kind {
+        ErrorKind::AuthRefused { words, detail } => {
+            assert!(words.contains("Invalid credentials"), "{e}");
+            assert_eq!(
+                detail.as_deref(),
+                Some("status 400, schemes Bearer, scope https://mail.google.com/")
+            );
+        }
+        other => panic!("expected a refused login, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn imap_turned_off_in_gmail_is_reported_in_gmails_words() {
+    let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", false)
+        .await
+        .unwrap();
+    let e = ImapSession::login(&at(gmail.port), &TlsSettings::public(), &creds("ya29.good"))
+        .await
+        .unwrap_err();
+    assert!(e.is_auth_refused(), "{e}");
+    assert!(
+        e.to_string()
+            .contains("Your account is not enabled for IMAP use"),
+        "{e}"
+    );
+}

@@ -1,0 +1,147 @@
+//! [`ScriptedGmail`]: an IMAP server that answers the way imap.gmail.com does where Dovecot
+//! differs — its greeting and capabilities (`X-GM-EXT-1`, `LITERAL-`, no `LITERAL+`), its
+//! exact XOAUTH2 error challenge, and its refusal when IMAP is turned off in Gmail settings.
+//! Scripted because no real peer shows these on demand; plain TCP, one account.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Gmail's answer to a bad token: `{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}`.
+pub const GMAIL_ERROR_CHALLENGE: &str = "eyJzdGF0dXMiOiI0MDAiLCJzY2hlbWVzIjoiQmVhcmVyIiwic2NvcGUiOiJodHRwczovL21haWwuZ29vZ2xlLmNvbS8ifQ==";
+
+const PRE_AUTH_CAPS: &str = "IMAP4rev1 UNSELECT IDLE NAMESPACE QUOTA ID XLIST CHILDREN X-GM-EXT-1 XYZZY SASL-IR AUTH=XOAUTH2 AUTH=PLAIN AUTH=PLAIN-CLIENTTOKEN AUTH=OAUTHBEARER AUTH=XOAUTH";
+const POST_AUTH_CAPS: &str = "IMAP4rev1 UNSELECT IDLE NAMESPACE QUOTA ID XLIST CHILDREN X-GM-EXT-1 UIDPLUS COMPRESS=DEFLATE ENABLE MOVE CONDSTORE ESEARCH UTF8=ACCEPT LIST-EXTENDED LIST-STATUS LITERAL- SPECIAL-USE APPENDLIMIT=35651584";
+
+pub struct ScriptedGmail {
+    pub port: u16,
+    /// Whether the client sent `ID` (Gmail asks clients to).
+    pub id_received: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedGmail {
+    /// Accepts XOAUTH2 logins of `user` with `token`; with `imap_enabled` false, refuses
+    /// every login as Gmail does when IMAP is off in the account's settings.
+    pub async fn start(user: &str, token: &str, imap_enabled: bool) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let id_received = Arc::new(AtomicBool::new(false));
+        let expected = format!("user={user}\x01auth=Bearer {token}\x01\x01");
+        let user = user.to_owned();
+        let flag = id_received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (expected, user, flag) = (expected.clone(), user.clone(), flag.clone());
+                tokio::spawn(async move {
+                    let _ = serve(stream, &expected, &user, imap_enabled, &flag).await;
+                });
+            }
+        });
+        Ok(Self {
+            port,
+            id_received,
+            task,
+        })
+    }
+}
+
+impl Drop for ScriptedGmail {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    expected: &str,
+    user: &str,
+    imap_enabled: bool,
+    id_received: &AtomicBool,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    write
+        .write_all(b"* OK Gimap ready for requests from 127.0.0.1 a1mb1234567abc\r\n")
+        .await?;
+    let mut authenticated = false;
+    while let Some(line) = lines.next_line().await? {
+        let mut parts = line.splitn(3, ' ');
+        let (tag, command, rest) = (
+            parts.next().unwrap_or("*"),
+            parts.next().unwrap_or("").to_ascii_uppercase(),
+            parts.next().unwrap_or(""),
+        );
+        let reply = match command.as_str() {
+            "CAPABILITY" => {
+                let caps = if authenticated {
+                    POST_AUTH_CAPS
+                } else {
+                    PRE_AUTH_CAPS
+                };
+                format!("* CAPABILITY {caps}\r\n{tag} OK Thats all she wrote! a1mb1234567abc\r\n")
+            }
+            "AUTHENTICATE" => {
+                let mut args = rest.split(' ');
+                let mechanism = args.next().unwrap_or("").to_ascii_uppercase();
+                let initial = match args.next() {
+                    Some(ir) => ir.to_owned(),
+                    None => {
+                        write.write_all(b"+ \r\n").await?;
+                        lines.next_line().await?.unwrap_or_default()
+                    }
+                };
+                let decoded = B64.decode(initial.trim()).unwrap_or_default();
+                if mechanism != "XOAUTH2" {
+                    format!("{tag} NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)\r\n")
+                } else if !imap_enabled {
+                    format!(
+                        "{tag} NO [ALERT] Your account is not enabled for IMAP use. Please visit your Gmail settings page and enable your account for IMAP access. (Failure)\r\n"
+                    )
+                } else if decoded == expected.as_bytes() {
+                    authenticated = true;
+                    format!(
+                        "* CAPABILITY {POST_AUTH_CAPS}\r\n{tag} OK {user} authenticated (Success)\r\n"
+                    )
+                } else {
+                    write
+                        .write_all(format!("+ {GMAIL_ERROR_CHALLENGE}\r\n").as_bytes())
+                        .await?;
+                    let _ = lines.next_line().await?;
+                    format!("{tag} NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)\r\n")
+                }
+            }
+            "ID" => {
+                id_received.store(true, Ordering::SeqCst);
+                format!(
+                    "* ID (\"name\" \"GImap\" \"vendor\" \"Google, Inc.\" \"support-url\" \"https://support.google.com/mail\")\r\n{tag} OK Success\r\n"
+                )
+            }
+            "EXAMINE" | "SELECT" => format!(
+                "* FLAGS (\\Answered \\Flagged \\Draft \\Deleted \\Seen $NotPhishing $Phishing)\r\n\
+                 * OK [PERMANENTFLAGS ()] Flags permitted.\r\n\
+                 * OK [UIDVALIDITY 3] UIDs valid.\r\n\
+                 * 2 EXISTS\r\n* 0 RECENT\r\n\
+                 * OK [UIDNEXT 7] Predicted next UID.\r\n\
+                 * OK [HIGHESTMODSEQ 4242]\r\n\
+                 {tag} OK [READ-ONLY] INBOX selected. (Success)\r\n"
+            ),
+            "LOGOUT" => {
+                write
+                    .write_all(
+                        format!("* BYE LOGOUT Requested\r\n{tag} OK 73 good day (Success)\r\n")
+                            .as_bytes(),
+                    )
+                    .await?;
+                return Ok(());
+            }
+            _ => format!("{tag} BAD Unknown command a1mb1234567abc\r\n"),
+        };
+        write.write_all(reply.as_bytes()).await?;
+    }
+    Ok(())
+}
