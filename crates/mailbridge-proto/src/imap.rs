@@ -28,6 +28,35 @@ pub struct FolderStatus {
     pub highest_modseq: Option<u64>,
 }
 
+/// A folder from `LIST`, with its special use (RFC 6154) when the server says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Folder {
+    pub name: String,
+    /// `\Sent`, `\Trash`, `\All`…
+    pub special_use: Option<String>,
+    pub selectable: bool,
+}
+
+/// One message from `UID FETCH`, never marked read (`BODY.PEEK[]`).
+#[derive(Debug, Clone)]
+pub struct FetchedMessage {
+    pub uid: u32,
+    pub raw: Vec<u8>,
+    /// Gmail's stable message id (X-GM-MSGID), when the server has X-GM-EXT-1.
+    pub gmail_msg_id: Option<u64>,
+    /// Gmail's labels (X-GM-LABELS), when the server has X-GM-EXT-1.
+    pub gmail_labels: Vec<String>,
+}
+
+/// How an `IDLE` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleOutcome {
+    /// The server reported a change (new mail, expunge, flags).
+    Changed,
+    /// Nothing happened within the wait; time to re-issue IDLE (RFC 2177 §3: within 29 min).
+    TimedOut,
+}
+
 /// A logged-in IMAP session.
 pub struct ImapSession {
     endpoint: Endpoint,
@@ -216,6 +245,158 @@ impl ImapSession {
             uid_next: mailbox.uid_next,
             highest_modseq: mailbox.highest_modseq,
         })
+    }
+
+    /// Every folder (`LIST "" "*"`), with its special use.
+    pub async fn list_folders(&mut self) -> Result<Vec<Folder>, ProtoError> {
+        use async_imap::types::NameAttribute;
+        use futures::TryStreamExt;
+        let endpoint = self.endpoint.clone();
+        let session = &mut self.session;
+        endpoint
+            .timed("list folders", async {
+                let names: Vec<_> = session
+                    .list(Some(""), Some("*"))
+                    .await
+                    .map_err(|e| imap_error(&endpoint, "list folders", e, None))?
+                    .try_collect()
+                    .await
+                    .map_err(|e| imap_error(&endpoint, "list folders", e, None))?;
+                Ok(names
+                    .iter()
+                    .map(|n| {
+                        let mut folder = Folder {
+                            name: n.name().to_owned(),
+                            special_use: None,
+                            selectable: true,
+                        };
+                        for a in n.attributes() {
+                            match a {
+                                NameAttribute::NoSelect => folder.selectable = false,
+                                NameAttribute::All
+                                | NameAttribute::Archive
+                                | NameAttribute::Drafts
+                                | NameAttribute::Flagged
+                                | NameAttribute::Junk
+                                | NameAttribute::Sent
+                                | NameAttribute::Trash => {
+                                    folder.special_use = Some(format!("\\{a:?}"))
+                                }
+                                _ => {}
+                            }
+                        }
+                        folder
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    /// The UIDs at or above `first` in the open folder (`UID SEARCH UID first:*`), ascending.
+    pub async fn uids_from(&mut self, first: u32) -> Result<Vec<u32>, ProtoError> {
+        let endpoint = self.endpoint.clone();
+        let session = &mut self.session;
+        let mut uids: Vec<u32> = endpoint
+            .timed("search new messages", async {
+                session
+                    .uid_search(format!("UID {first}:*"))
+                    .await
+                    .map_err(|e| imap_error(&endpoint, "search new messages", e, None))
+            })
+            .await?
+            .into_iter()
+            // `n:*` always matches the last message, even below n (RFC 3501 §6.4.8).
+            .filter(|u| *u >= first)
+            .collect();
+        uids.sort_unstable();
+        Ok(uids)
+    }
+
+    /// Fetches messages by UID (`UID FETCH set (UID BODY.PEEK[])`, plus X-GM-MSGID and
+    /// X-GM-LABELS on Gmail), without marking them read.
+    pub async fn uid_fetch(&mut self, uids: &[u32]) -> Result<Vec<FetchedMessage>, ProtoError> {
+        use futures::TryStreamExt;
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let set = uids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let query = if self.has("X-GM-EXT-1") {
+            "(UID BODY.PEEK[] X-GM-MSGID X-GM-LABELS)"
+        } else {
+            "(UID BODY.PEEK[])"
+        };
+        let step = format!("download {} message(s)", uids.len());
+        let endpoint = self.endpoint.clone();
+        let session = &mut self.session;
+        endpoint
+            .timed(&step, async {
+                let fetches: Vec<_> = session
+                    .uid_fetch(&set, query)
+                    .await
+                    .map_err(|e| imap_error(&endpoint, &step, e, None))?
+                    .try_collect()
+                    .await
+                    .map_err(|e| imap_error(&endpoint, &step, e, None))?;
+                Ok(fetches
+                    .iter()
+                    .filter_map(|f| {
+                        Some(FetchedMessage {
+                            uid: f.uid?,
+                            raw: f.body()?.to_vec(),
+                            gmail_msg_id: f.gmail_msg_id().copied(),
+                            gmail_labels: f
+                                .gmail_labels()
+                                .map(|l| l.iter().map(|x| x.to_string()).collect())
+                                .unwrap_or_default(),
+                        })
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    /// Waits in `IDLE` (RFC 2177) for a change in the open folder, at most `wait`.
+    pub async fn idle(self, wait: std::time::Duration) -> Result<(Self, IdleOutcome), ProtoError> {
+        let Self {
+            endpoint,
+            session,
+            capabilities,
+        } = self;
+        let mut handle = session.idle();
+        endpoint
+            .timed("start IDLE", async {
+                handle
+                    .init()
+                    .await
+                    .map_err(|e| imap_error(&endpoint, "start IDLE", e, None))
+            })
+            .await?;
+        let (waiting, _stop) = handle.wait_with_timeout(wait);
+        let outcome = match waiting.await {
+            Ok(async_imap::extensions::idle::IdleResponse::NewData(_)) => IdleOutcome::Changed,
+            Ok(_) => IdleOutcome::TimedOut,
+            Err(e) => return Err(imap_error(&endpoint, "wait in IDLE", e, None)),
+        };
+        let session = endpoint
+            .timed("end IDLE", async {
+                handle
+                    .done()
+                    .await
+                    .map_err(|e| imap_error(&endpoint, "end IDLE", e, None))
+            })
+            .await?;
+        Ok((
+            Self {
+                endpoint,
+                session,
+                capabilities,
+            },
+            outcome,
+        ))
     }
 
     /// Ends the session politely; errors are of no interest by then.

@@ -334,3 +334,120 @@ async fn tls_is_verified_and_unreachable_or_silent_servers_fail_clearly() {
     assert!(matches!(e.kind, ErrorKind::Timeout(_)), "{e}");
     hold.abort();
 }
+
+#[tokio::test]
+async fn imap_lists_special_folders_fetches_new_mail_in_batches_and_idles() {
+    let p = peers().await;
+    let (token, _) = p.oauth.issue_tokens("ann@example.com").await.unwrap();
+    let messages: Vec<Vec<u8>> = (1..=3)
+        .map(|i| {
+            format!("Subject: message {i}\r\nMessage-ID: <m{i}@test>\r\n\r\nbody {i}\r\n")
+                .into_bytes()
+        })
+        .collect();
+    for m in &messages {
+        p.dovecot.deliver("ann@example.com", m).unwrap();
+    }
+    let mut s = ImapSession::login(
+        &at(p.dovecot.ports.imaps, Security::Tls),
+        &p.tls,
+        &oauth("ann@example.com", &token),
+    )
+    .await
+    .unwrap();
+    let folders = s.list_folders().await.unwrap();
+    let special = |name: &str| {
+        folders
+            .iter()
+            .find(|f| f.name == name)
+            .and_then(|f| f.special_use.clone())
+    };
+    assert!(
+        folders.iter().any(|f| f.name == "INBOX" && f.selectable),
+        "{folders:?}"
+    );
+    assert_eq!(special("Sent").as_deref(), Some("\\Sent"), "{folders:?}");
+    assert_eq!(special("Trash").as_deref(), Some("\\Trash"), "{folders:?}");
+
+    s.examine("INBOX").await.unwrap();
+    let uids = s.uids_from(1).await.unwrap();
+    assert_eq!(uids, [1, 2, 3]);
+    let mut fetched = Vec::new();
+    for batch in uids.chunks(2) {
+        fetched.extend(s.uid_fetch(batch).await.unwrap());
+    }
+    assert_eq!(fetched.iter().map(|m| m.uid).collect::<Vec<_>>(), [1, 2, 3]);
+    for (got, sent) in fetched.iter().zip(&messages) {
+        assert_eq!(&got.raw, sent, "the bytes delivered come back unchanged");
+    }
+    assert_eq!(
+        s.uids_from(4).await.unwrap(),
+        Vec::<u32>::new(),
+        "n:* must not return the last UID below n"
+    );
+
+    // IDLE: a delivery by another process wakes the session.
+    let deliver_later = {
+        let started = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        p.dovecot
+            .deliver("ann@example.com", b"Subject: new\r\n\r\nnew\r\n")
+            .unwrap();
+        started
+    };
+    let (mut s, outcome) = s.idle(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(outcome, mailbridge_proto::imap::IdleOutcome::Changed);
+    assert!(deliver_later.elapsed() < Duration::from_secs(5));
+    assert_eq!(s.uids_from(4).await.unwrap(), [4]);
+    let (s, outcome) = s.idle(Duration::from_millis(500)).await.unwrap();
+    assert_eq!(outcome, mailbridge_proto::imap::IdleOutcome::TimedOut);
+    s.logout().await;
+}
+
+#[tokio::test]
+async fn smtp_sends_through_submission_and_reports_each_recipient() {
+    let p = peers().await;
+    let (token, _) = p.oauth.issue_tokens("ann@example.com").await.unwrap();
+    let mut s = SmtpSession::login(
+        &at(p.dovecot.ports.submissions, Security::Tls),
+        &p.tls,
+        &oauth("ann@example.com", &token),
+        "mailbridge.test",
+    )
+    .await
+    .unwrap();
+    let message = b"From: ann@example.com\nTo: bob@example.com\nSubject: hello\n\n.a line starting with a dot\nbye\n";
+    let report = s
+        .send(
+            "ann@example.com",
+            &["bob@example.com".to_owned(), "carol@example.com".to_owned()],
+            message,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.dovecot.log()));
+    assert_eq!(report.recipients.len(), 2);
+    assert!(report.recipients.iter().all(|r| r.accepted), "{report:?}");
+    assert!(report.reply.starts_with("250"), "{report:?}");
+    let relayed = p.dovecot.relayed().unwrap();
+    assert_eq!(relayed.len(), 1, "one message relayed");
+    let text = String::from_utf8_lossy(&relayed[0]);
+    assert!(
+        text.contains("Subject: hello") && text.contains("\n.a line starting with a dot"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("\n..a line"),
+        "dot-stuffing is undone by the server: {text}"
+    );
+
+    // A recipient the server refuses outright is a permanent failure with its words.
+    let e = s
+        .send("ann@example.com", &["not an address".to_owned()], message)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e.kind, ErrorKind::Rejected { transient: false, words } if words.contains("5")),
+        "{e}"
+    );
+    s.quit().await.unwrap();
+}

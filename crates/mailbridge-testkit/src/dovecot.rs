@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use crate::OAuthProvider;
 
 const DOVECOT: &str = "/usr/sbin/dovecot";
+const AIOSMTPD: &str = "/usr/lib/python3/dist-packages/aiosmtpd";
 
 /// The ports of each service.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +31,8 @@ pub struct Ports {
 pub struct Dovecot {
     dir: tempfile::TempDir,
     child: Child,
+    /// aiosmtpd: where submission relays what it accepts, so a test can read what was sent.
+    sink: Child,
     pub ports: Ports,
     ca_pem: String,
 }
@@ -78,8 +81,23 @@ impl Dovecot {
             submission: free_port()?,
             submissions: free_port()?,
         };
-        let sink = free_port()?;
-        std::fs::write(root.join("dovecot.conf"), config(root, &ports, sink))?;
+        let sink_port = free_port()?;
+        std::fs::write(root.join("dovecot.conf"), config(root, &ports, sink_port))?;
+        if !Path::new(AIOSMTPD).exists() {
+            bail!(
+                "aiosmtpd is not installed: run ./scripts/test (apt-get install python3-aiosmtpd)"
+            );
+        }
+        let sink = Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{sink_port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(root.join("relayed"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.join("aiosmtpd.log"))?)
+            .spawn()
+            .context("cannot start aiosmtpd")?;
         let log = std::fs::File::create(root.join("stderr.log"))?;
         let child = Command::new(DOVECOT)
             .args(["-F", "-c"])
@@ -92,10 +110,12 @@ impl Dovecot {
         let me = Self {
             dir,
             child,
+            sink,
             ports,
             ca_pem,
         };
-        me.wait_ready()?;
+        me.wait_ready(&[me.ports.imap, me.ports.pop3, me.ports.submission])?;
+        me.wait_ready(&[sink_port])?;
         Ok(me)
     }
 
@@ -134,9 +154,21 @@ impl Dovecot {
         Ok(dest)
     }
 
-    fn wait_ready(&self) -> anyhow::Result<()> {
+    /// Every message submission relayed onwards, oldest first.
+    pub fn relayed(&self) -> anyhow::Result<Vec<Vec<u8>>> {
+        let new = self.dir.path().join("relayed").join("new");
+        let mut files: Vec<_> = match std::fs::read_dir(&new) {
+            Ok(entries) => entries.collect::<Result<_, _>>()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        files.sort_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+        files.iter().map(|e| Ok(std::fs::read(e.path())?)).collect()
+    }
+
+    fn wait_ready(&self, ports: &[u16]) -> anyhow::Result<()> {
         let start = Instant::now();
-        for port in [self.ports.imap, self.ports.pop3, self.ports.submission] {
+        for &port in ports {
             loop {
                 if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
                     s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -157,6 +189,8 @@ impl Dovecot {
 
 impl Drop for Dovecot {
     fn drop(&mut self) {
+        let _ = self.sink.kill();
+        let _ = self.sink.wait();
         // SIGTERM lets the master stop its children; then make sure.
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -244,6 +278,17 @@ passdb {{
 passdb {{
   driver = passwd-file
   args = {r}/passwd
+}}
+namespace inbox {{
+  inbox = yes
+  mailbox Sent {{
+    special_use = \Sent
+    auto = create
+  }}
+  mailbox Trash {{
+    special_use = \Trash
+    auto = create
+  }}
 }}
 userdb {{
   driver = static
