@@ -451,3 +451,50 @@ async fn smtp_sends_through_submission_and_reports_each_recipient() {
     );
     s.quit().await.unwrap();
 }
+
+#[tokio::test]
+async fn oauthbearer_is_used_when_it_is_the_only_oauth_mechanism() {
+    let provider = OAuthProvider::start().unwrap();
+    let dovecot = Dovecot::start_offering(&provider, &[], "oauthbearer plain").unwrap();
+    let tls = TlsSettings::new(Some(dovecot.ca_pem().as_bytes())).unwrap();
+    let (token, _) = provider.issue_tokens("ann@example.com").await.unwrap();
+    let good = oauth("ann@example.com", &token);
+    ImapSession::login(&at(dovecot.ports.imaps, Security::Tls), &tls, &good)
+        .await
+        .unwrap()
+        .logout()
+        .await;
+    Pop3Session::login(&at(dovecot.ports.pop3s, Security::Tls), &tls, &good)
+        .await
+        .unwrap()
+        .quit()
+        .await
+        .unwrap();
+    SmtpSession::login(
+        &at(dovecot.ports.submissions, Security::Tls),
+        &tls,
+        &good,
+        "t",
+    )
+    .await
+    .unwrap()
+    .quit()
+    .await
+    .unwrap();
+    let log = dovecot.log();
+    assert_eq!(log.matches("method=OAUTHBEARER").count(), 3, "{log}");
+
+    // The OAUTHBEARER error exchange: answer the challenge with %x01, then get the refusal.
+    let e = ImapSession::login(
+        &at(dovecot.ports.imaps, Security::Tls),
+        &tls,
+        &oauth("ann@example.com", "forged"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&e.kind, ErrorKind::AuthRefused { detail: Some(d), .. } if d.contains("status")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("log in with OAUTHBEARER"), "{e}");
+}

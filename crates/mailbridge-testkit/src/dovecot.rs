@@ -40,6 +40,15 @@ pub struct Dovecot {
 impl Dovecot {
     /// Starts Dovecot trusting `oauth` for tokens, with `password_users` as (login, password).
     pub fn start(oauth: &OAuthProvider, password_users: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_offering(oauth, password_users, "xoauth2 oauthbearer plain login")
+    }
+
+    /// Like [`Dovecot::start`], offering only the SASL `mechanisms` (space-separated).
+    pub fn start_offering(
+        oauth: &OAuthProvider,
+        password_users: &[(&str, &str)],
+        mechanisms: &str,
+    ) -> anyhow::Result<Self> {
         if !Path::new(DOVECOT).exists() {
             bail!(
                 "Dovecot is not installed: run ./scripts/test (apt-get install dovecot-imapd dovecot-pop3d dovecot-submissiond)"
@@ -82,7 +91,10 @@ impl Dovecot {
             submissions: free_port()?,
         };
         let sink_port = free_port()?;
-        std::fs::write(root.join("dovecot.conf"), config(root, &ports, sink_port))?;
+        std::fs::write(
+            root.join("dovecot.conf"),
+            config(root, &ports, sink_port, mechanisms),
+        )?;
         if !Path::new(AIOSMTPD).exists() {
             bail!(
                 "aiosmtpd is not installed: run ./scripts/test (apt-get install python3-aiosmtpd)"
@@ -207,7 +219,7 @@ impl Drop for Dovecot {
     }
 }
 
-fn config(root: &Path, p: &Ports, sink: u16) -> String {
+fn config(root: &Path, p: &Ports, sink: u16, mechanisms: &str) -> String {
     let r = root.display();
     format!(
         r#"# Written by mailbridge-testkit for one test.
@@ -223,7 +235,7 @@ ssl = yes
 ssl_cert = <{r}/cert.pem
 ssl_key = <{r}/key.pem
 disable_plaintext_auth = no
-auth_mechanisms = xoauth2 oauthbearer plain login
+auth_mechanisms = {mechanisms}
 auth_failure_delay = 0
 auth_verbose = yes
 imap_id_log = *
