@@ -8,8 +8,7 @@ use std::time::Duration;
 use mailbridge_core::{Clock, EmailAddress, Role, SystemClock};
 use mailbridge_proto::TlsSettings;
 use mailbridge_store::{Actor, Keyring, Store};
-use mailbridge_sync::{RefreshPolicy, SignIn, Tester, TokenService};
-use mailbridge_web::{AppState, WebConfig};
+use mailbridge_web::{AppState, Services, WebConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -66,31 +65,14 @@ impl TestApp {
             public_base_url: format!("http://{addr}").parse()?,
             gmail_oauth,
         };
-        let http = reqwest::Client::new();
-        let redirect = config.oauth_redirect_uri();
-        let signin = SignIn::new(store.clone(), http.clone(), clock.clone(), redirect.clone());
-        let tokens = TokenService::new(
-            store.clone(),
-            http,
+        let services = Services {
             clock,
-            redirect,
-            RefreshPolicy::default(),
-        );
-        let tls = TlsSettings::new(extra_ca_pem.as_deref().map(str::as_bytes))
-            .map_err(|e| anyhow::anyhow!(e))?;
-        let tester = Tester::new(
-            store.clone(),
-            Arc::new(tokens),
-            tls,
+            http: reqwest::Client::new(),
+            tls: TlsSettings::new(extra_ca_pem.as_deref().map(str::as_bytes))
+                .map_err(|e| anyhow::anyhow!(e))?,
             mail_timeout,
-            "mailbridge.test".to_owned(),
-        );
-        let state = AppState {
-            store: store.clone(),
-            config,
-            signin: Arc::new(signin),
-            tester: Arc::new(tester),
         };
+        let state = AppState::new(store.clone(), config, services);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(mailbridge_web::serve(listener, state, async {
             let _ = stopped.await;

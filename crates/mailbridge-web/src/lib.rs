@@ -10,10 +10,13 @@ mod routes;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use mailbridge_core::Clock;
+use mailbridge_proto::TlsSettings;
 use mailbridge_store::Store;
-use mailbridge_sync::{SignIn, Tester};
+use mailbridge_sync::{RefreshPolicy, SignIn, Tester, TokenService};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 use url::Url;
@@ -43,6 +46,57 @@ pub struct AppState {
     pub config: WebConfig,
     pub signin: Arc<SignIn>,
     pub tester: Arc<Tester>,
+}
+
+/// What the services behind the API are built from.
+pub struct Services {
+    pub clock: Arc<dyn Clock>,
+    /// For OAuth providers.
+    pub http: reqwest::Client,
+    /// Which certificates mail servers may present.
+    pub tls: TlsSettings,
+    /// Bound on connecting to a mail server and on every read from it.
+    pub mail_timeout: Duration,
+}
+
+impl AppState {
+    /// Wires the sign-in flow, the token service and Test & Enable over one store.
+    pub fn new(store: Store, config: WebConfig, services: Services) -> Self {
+        let Services {
+            clock,
+            http,
+            tls,
+            mail_timeout,
+        } = services;
+        let redirect = config.oauth_redirect_uri();
+        let signin = SignIn::new(store.clone(), http.clone(), clock.clone(), redirect.clone());
+        let tokens = TokenService::new(
+            store.clone(),
+            http,
+            clock,
+            redirect,
+            RefreshPolicy::default(),
+        );
+        // SMTP EHLO names this service by its public host.
+        let client_name = config
+            .public_base_url
+            .host_str()
+            .unwrap_or("localhost")
+            .to_owned();
+        let tester = Tester::new(
+            store.clone(),
+            Arc::new(tokens),
+            tls,
+            mail_timeout,
+            client_name,
+        );
+        Self {
+            store,
+            config,
+            signin: Arc::new(signin),
+            tester: Arc::new(tester),
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {

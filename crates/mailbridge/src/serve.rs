@@ -5,8 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use mailbridge_core::SystemClock;
 use mailbridge_proto::TlsSettings;
-use mailbridge_sync::{RefreshPolicy, SignIn, Tester, TokenService};
-use mailbridge_web::{AppState, WebConfig};
+use mailbridge_web::{AppState, Services, WebConfig};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -38,37 +37,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "no users yet: create the first admin with 'mailbridge users create --email you@example.com --role admin'"
         );
     }
-    let http = mailbridge_oauth::Provider::http_client();
-    let clock = Arc::new(SystemClock);
-    let redirect = web.oauth_redirect_uri();
-    let signin = SignIn::new(store.clone(), http.clone(), clock.clone(), redirect.clone());
-    let tokens = TokenService::new(
-        store.clone(),
-        http,
-        clock,
-        redirect,
-        RefreshPolicy::default(),
-    );
-    let tls = TlsSettings::new(config.tls_ca.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
-    // SMTP EHLO names this service by its public host.
-    let client_name = web
-        .public_base_url
-        .host_str()
-        .unwrap_or("localhost")
-        .to_owned();
-    let tester = Tester::new(
-        store.clone(),
-        Arc::new(tokens),
-        tls,
-        MAIL_TIMEOUT,
-        client_name,
-    );
-    let state = AppState {
-        store: store.clone(),
-        config: web,
-        signin: Arc::new(signin),
-        tester: Arc::new(tester),
+    let services = Services {
+        clock: Arc::new(SystemClock),
+        http: mailbridge_oauth::Provider::http_client(),
+        tls: TlsSettings::new(config.tls_ca.as_deref()).map_err(|e| anyhow::anyhow!(e))?,
+        mail_timeout: MAIL_TIMEOUT,
     };
+    let state = AppState::new(store.clone(), web, services);
     mailbridge_web::serve(listener, state, shutdown_signal()).await?;
     store.close().await;
     tracing::info!("stopped");
