@@ -5,6 +5,7 @@ pub mod clock;
 pub mod email;
 pub mod ids;
 pub mod mailbox;
+pub mod message;
 pub mod profile;
 pub mod server;
 mod string_enum;

@@ -292,14 +292,23 @@ impl ImapSession {
             .await
     }
 
-    /// The UIDs at or above `first` in the open folder (`UID SEARCH UID first:*`), ascending.
-    pub async fn uids_from(&mut self, first: u32) -> Result<Vec<u32>, ProtoError> {
+    /// The UIDs at or above `first` in the open folder (`UID SEARCH UID first:*`), ascending;
+    /// with `since`, only messages received on or after that day (`SINCE`).
+    pub async fn uids_from(
+        &mut self,
+        first: u32,
+        since: Option<chrono::NaiveDate>,
+    ) -> Result<Vec<u32>, ProtoError> {
+        let query = match since {
+            Some(d) => format!("UID {first}:* SINCE {}", d.format("%-d-%b-%Y")),
+            None => format!("UID {first}:*"),
+        };
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         let mut uids: Vec<u32> = endpoint
             .timed("search new messages", async {
                 session
-                    .uid_search(format!("UID {first}:*"))
+                    .uid_search(&query)
                     .await
                     .map_err(|e| imap_error(&endpoint, "search new messages", e, None))
             })

@@ -370,7 +370,7 @@ async fn imap_lists_special_folders_fetches_new_mail_in_batches_and_idles() {
     assert_eq!(special("Trash").as_deref(), Some("\\Trash"), "{folders:?}");
 
     s.examine("INBOX").await.unwrap();
-    let uids = s.uids_from(1).await.unwrap();
+    let uids = s.uids_from(1, None).await.unwrap();
     assert_eq!(uids, [1, 2, 3]);
     let mut fetched = Vec::new();
     for batch in uids.chunks(2) {
@@ -381,7 +381,7 @@ async fn imap_lists_special_folders_fetches_new_mail_in_batches_and_idles() {
         assert_eq!(&got.raw, sent, "the bytes delivered come back unchanged");
     }
     assert_eq!(
-        s.uids_from(4).await.unwrap(),
+        s.uids_from(4, None).await.unwrap(),
         Vec::<u32>::new(),
         "n:* must not return the last UID below n"
     );
@@ -398,7 +398,7 @@ async fn imap_lists_special_folders_fetches_new_mail_in_batches_and_idles() {
     let (mut s, outcome) = s.idle(Duration::from_secs(10)).await.unwrap();
     assert_eq!(outcome, mailbridge_proto::imap::IdleOutcome::Changed);
     assert!(deliver_later.elapsed() < Duration::from_secs(5));
-    assert_eq!(s.uids_from(4).await.unwrap(), [4]);
+    assert_eq!(s.uids_from(4, None).await.unwrap(), [4]);
     let (s, outcome) = s.idle(Duration::from_millis(500)).await.unwrap();
     assert_eq!(outcome, mailbridge_proto::imap::IdleOutcome::TimedOut);
     s.logout().await;

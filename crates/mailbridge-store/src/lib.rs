@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod crypto;
+pub mod emails;
 pub mod mailboxes;
 pub mod oauth;
 pub mod profiles;
@@ -22,6 +23,7 @@ use sqlx::{AnyPool, Executor};
 pub use alerts::{AlertRecord, NewAlert};
 pub use audit::{Actor, AuditEntry};
 pub use crypto::{CryptoError, Keyring};
+pub use emails::{AttachmentInfo, EmailFilter, EmailRecord, FolderPosition, NewEmail, SyncBatch};
 pub use mailboxes::{MailboxRecord, TestOutcome};
 pub use oauth::{OAuthState, StoredTokens, TokenSet};
 pub use profiles::ProfileRecord;

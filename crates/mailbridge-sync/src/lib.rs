@@ -2,6 +2,8 @@
 //! access token ([`TokenService`]), and "Test & Enable Mailbox" ([`Tester`]). The scheduler
 //! and the incoming/outgoing sync build on them.
 
+pub mod incoming;
+pub mod parse;
 mod provider;
 pub mod signin;
 pub mod test_enable;

@@ -1,0 +1,455 @@
+//! [`EmailRecord`]: messages synchronized from (and later sent through) mailboxes, stored with
+//! their raw bytes, attachments and the folder's sync position in one transaction — so a crash
+//! at any point loses nothing and, replayed, duplicates nothing.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use mailbridge_core::message::{ParsedEmail, Party};
+use mailbridge_core::{MailboxId, UserId};
+use sha2::{Digest, Sha256};
+use sqlx::{Any, Transaction};
+
+use crate::{Result, Store, StoreError, time_from_ms};
+
+/// A message to store, as read from the server.
+#[derive(Debug, Clone)]
+pub struct NewEmail {
+    /// The message's identity on its server (see the `emails.remote_key` column).
+    pub remote_key: String,
+    pub folder: Option<String>,
+    pub uid: Option<u32>,
+    pub gmail_labels: Vec<String>,
+    pub parsed: ParsedEmail,
+    pub raw: Vec<u8>,
+}
+
+/// Where an IMAP folder's sync stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderPosition {
+    pub folder: String,
+    pub uid_validity: u32,
+    /// Every UID up to this one has been processed (kept or filtered out).
+    pub last_uid: u32,
+    pub highest_modseq: Option<u64>,
+}
+
+/// One step of a sync, committed at once: the messages kept, and how far the server was read.
+#[derive(Debug, Default)]
+pub struct SyncBatch {
+    pub emails: Vec<NewEmail>,
+    pub position: Option<FolderPosition>,
+    /// POP3: the UIDLs processed in this step, kept or not.
+    pub pop3_seen: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AttachmentInfo {
+    pub id: String,
+    pub filename: Option<String>,
+    pub content_type: String,
+    pub size: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailRecord {
+    pub id: String,
+    pub mailbox_id: MailboxId,
+    pub mailbox_owner: UserId,
+    pub direction: String,
+    pub message_id: Option<String>,
+    pub in_reply_to: Vec<String>,
+    pub references: Vec<String>,
+    pub subject: Option<String>,
+    pub from: Option<Party>,
+    pub to: Vec<Party>,
+    pub cc: Vec<Party>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub text_body: Option<String>,
+    pub html_body: Option<String>,
+    pub size: i64,
+    pub parse_error: Option<String>,
+    pub conversation_id: String,
+    pub folder: Option<String>,
+    pub uid: Option<i64>,
+    pub gmail_labels: Vec<String>,
+    pub attachments: Vec<AttachmentInfo>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Which emails to list.
+#[derive(Debug, Default, Clone)]
+pub struct EmailFilter {
+    /// Only the mailboxes of this user.
+    pub owner: Option<UserId>,
+    pub mailbox: Option<MailboxId>,
+    pub direction: Option<String>,
+    pub conversation: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct EmailRow {
+    id: String,
+    mailbox_id: String,
+    owner_user_id: String,
+    direction: String,
+    message_id: Option<String>,
+    in_reply_to: Option<String>,
+    references_ids: Option<String>,
+    subject: Option<String>,
+    from_address: Option<String>,
+    from_name: Option<String>,
+    to_json: String,
+    cc_json: String,
+    sent_at: Option<i64>,
+    text_body: Option<String>,
+    html_body: Option<String>,
+    size: i64,
+    parse_error: Option<String>,
+    conversation_id: String,
+    folder: Option<String>,
+    uid: Option<i64>,
+    gmail_labels: Option<String>,
+    created_at: i64,
+}
+
+const EMAIL_SELECT: &str = "SELECT e.id, e.mailbox_id, m.owner_user_id, e.direction, e.message_id, \
+     e.in_reply_to, e.references_ids, e.subject, e.from_address, e.from_name, e.to_json, e.cc_json, \
+     e.sent_at, e.text_body, e.html_body, e.size, e.parse_error, e.conversation_id, e.folder, e.uid, \
+     e.gmail_labels, e.created_at FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id";
+
+fn words(s: Option<String>) -> Vec<String> {
+    s.map(|s| s.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+impl EmailRow {
+    fn into_record(self, attachments: Vec<AttachmentInfo>) -> Result<EmailRecord> {
+        let bad = |e: &dyn std::fmt::Display| StoreError::corrupt(format!("email {}", self.id), e);
+        Ok(EmailRecord {
+            mailbox_id: self.mailbox_id.parse().map_err(|e| bad(&e))?,
+            mailbox_owner: self.owner_user_id.parse().map_err(|e| bad(&e))?,
+            to: serde_json::from_str(&self.to_json).map_err(|e| bad(&e))?,
+            cc: serde_json::from_str(&self.cc_json).map_err(|e| bad(&e))?,
+            from: self.from_address.map(|address| Party {
+                address,
+                name: self.from_name,
+            }),
+            in_reply_to: words(self.in_reply_to),
+            references: words(self.references_ids),
+            gmail_labels: self
+                .gmail_labels
+                .map(|l| serde_json::from_str(&l).unwrap_or_default())
+                .unwrap_or_default(),
+            sent_at: self.sent_at.map(time_from_ms),
+            created_at: time_from_ms(self.created_at),
+            id: self.id,
+            direction: self.direction,
+            message_id: self.message_id,
+            subject: self.subject,
+            text_body: self.text_body,
+            html_body: self.html_body,
+            size: self.size,
+            parse_error: self.parse_error,
+            conversation_id: self.conversation_id,
+            folder: self.folder,
+            uid: self.uid,
+            attachments,
+        })
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Store {
+    /// Commits one sync step: the emails (each at most once per mailbox, by server identity
+    /// and by content), their attachments, the folder position and the POP3 UIDLs seen, and
+    /// the mailbox's counters. Returns how many emails were new.
+    pub async fn save_sync_batch(&self, mailbox: MailboxId, batch: SyncBatch) -> Result<usize> {
+        let now = self.now_ms();
+        let mid = mailbox.to_string();
+        let mut tx = self.begin_write().await?;
+        let mut inserted = 0usize;
+        for email in &batch.emails {
+            if insert_email(&mut tx, &mid, "incoming", email, now).await? {
+                inserted += 1;
+            }
+        }
+        if let Some(p) = &batch.position {
+            sqlx::query(
+                "INSERT INTO folder_states (mailbox_id, folder, uid_validity, last_uid, highest_modseq, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (mailbox_id, folder) DO UPDATE SET \
+                 uid_validity = excluded.uid_validity, last_uid = excluded.last_uid, \
+                 highest_modseq = excluded.highest_modseq, updated_at = excluded.updated_at",
+            )
+            .bind(&mid)
+            .bind(&p.folder)
+            .bind(i64::from(p.uid_validity))
+            .bind(i64::from(p.last_uid))
+            .bind(p.highest_modseq.and_then(|m| i64::try_from(m).ok()))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for uidl in &batch.pop3_seen {
+            sqlx::query(
+                "INSERT INTO pop3_seen (mailbox_id, uidl) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(&mid)
+            .bind(uidl)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE mailboxes SET items_processed = items_processed + $1, last_sync_at = $2, \
+             last_sync_error = NULL WHERE id = $3",
+        )
+        .bind(i64::try_from(inserted).unwrap_or(i64::MAX))
+        .bind(now)
+        .bind(&mid)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    pub async fn folder_position(
+        &self,
+        mailbox: MailboxId,
+        folder: &str,
+    ) -> Result<Option<FolderPosition>> {
+        let row: Option<(i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT uid_validity, last_uid, highest_modseq FROM folder_states WHERE mailbox_id = $1 AND folder = $2",
+        )
+        .bind(mailbox.to_string())
+        .bind(folder)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(v, l, m)| {
+            let bad = |e: std::num::TryFromIntError| StoreError::corrupt("folder state", e);
+            Ok(FolderPosition {
+                folder: folder.to_owned(),
+                uid_validity: u32::try_from(v).map_err(bad)?,
+                last_uid: u32::try_from(l).map_err(bad)?,
+                highest_modseq: m.and_then(|m| u64::try_from(m).ok()),
+            })
+        })
+        .transpose()
+    }
+
+    /// The POP3 UIDLs already processed for a mailbox.
+    pub async fn pop3_seen(&self, mailbox: MailboxId) -> Result<HashSet<String>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT uidl FROM pop3_seen WHERE mailbox_id = $1")
+                .bind(mailbox.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(u,)| u).collect())
+    }
+
+    /// Records a failed sync attempt on the mailbox's status.
+    pub async fn record_sync_error(&self, mailbox: MailboxId, error: &str) -> Result<()> {
+        sqlx::query("UPDATE mailboxes SET items_failed = items_failed + 1, last_sync_error = $1, last_sync_at = $2 WHERE id = $3")
+            .bind(error)
+            .bind(self.now_ms())
+            .bind(mailbox.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether any of these message ids belongs to mail sent through Mailbridge.
+    pub async fn is_reply_to_sent_mail(&self, ids: &[String]) -> Result<bool> {
+        for id in ids {
+            let (n,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM emails WHERE direction = 'outgoing' AND message_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+            if n > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether any of these addresses is a contact the application upserted.
+    pub async fn any_known_contact(&self, addresses: &[String]) -> Result<bool> {
+        for a in addresses {
+            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM contacts WHERE email = $1")
+                .bind(a.to_ascii_lowercase())
+                .fetch_one(&self.pool)
+                .await?;
+            if n > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Emails matching `filter`, oldest first, after the cursor (an email id), at most `limit`.
+    pub async fn list_emails(
+        &self,
+        filter: &EmailFilter,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EmailRecord>> {
+        let rows: Vec<EmailRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{EMAIL_SELECT} WHERE ($1 IS NULL OR m.owner_user_id = $1) AND ($2 IS NULL OR e.mailbox_id = $2) \
+             AND ($3 IS NULL OR e.direction = $3) AND ($4 IS NULL OR e.conversation_id = $4) \
+             AND ($5 IS NULL OR e.created_at >= $5) AND e.id > $6 ORDER BY e.id LIMIT $7"
+        )))
+        .bind(filter.owner.map(|u| u.to_string()))
+        .bind(filter.mailbox.map(|m| m.to_string()))
+        .bind(filter.direction.clone())
+        .bind(filter.conversation.clone())
+        .bind(filter.since.map(|s| s.timestamp_millis()))
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let attachments = self.attachments_of(&row.id).await?;
+            out.push(row.into_record(attachments)?);
+        }
+        Ok(out)
+    }
+
+    pub async fn get_email(&self, id: &str) -> Result<EmailRecord> {
+        let row: Option<EmailRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{EMAIL_SELECT} WHERE e.id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let row = row.ok_or_else(|| StoreError::NotFound {
+            kind: "email",
+            id: id.to_owned(),
+        })?;
+        let attachments = self.attachments_of(&row.id).await?;
+        row.into_record(attachments)
+    }
+
+    /// The original RFC 5322 bytes of an email.
+    pub async fn email_raw(&self, id: &str) -> Result<Vec<u8>> {
+        let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT raw FROM emails WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|(r,)| r).ok_or_else(|| StoreError::NotFound {
+            kind: "email",
+            id: id.to_owned(),
+        })
+    }
+
+    /// How many emails a mailbox holds.
+    pub async fn count_emails(&self, mailbox: MailboxId) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM emails WHERE mailbox_id = $1")
+            .bind(mailbox.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
+    async fn attachments_of(&self, email: &str) -> Result<Vec<AttachmentInfo>> {
+        let rows: Vec<(String, Option<String>, String, i64)> = sqlx::query_as(
+            "SELECT id, filename, content_type, size FROM attachments WHERE email_id = $1 ORDER BY id",
+        )
+        .bind(email)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, filename, content_type, size)| AttachmentInfo {
+                id,
+                filename,
+                content_type,
+                size,
+            })
+            .collect())
+    }
+}
+
+/// Inserts one email unless the mailbox already has it (same server identity or same bytes);
+/// joins it to the conversation of the message it answers. Returns whether it was new.
+async fn insert_email(
+    tx: &mut Transaction<'_, Any>,
+    mailbox: &str,
+    direction: &str,
+    email: &NewEmail,
+    now: i64,
+) -> Result<bool> {
+    let p = &email.parsed;
+    let id = uuid::Uuid::now_v7().to_string();
+    let related: Vec<&String> = p.in_reply_to.iter().chain(p.references.iter()).collect();
+    let mut conversation = None;
+    for message_id in related {
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT conversation_id FROM emails WHERE message_id = $1 LIMIT 1")
+                .bind(message_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if let Some((c,)) = found {
+            conversation = Some(c);
+            break;
+        }
+    }
+    let json =
+        |parties: &[Party]| serde_json::to_string(parties).unwrap_or_else(|_| "[]".to_owned());
+    let done = sqlx::query(
+        "INSERT INTO emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \
+         gmail_labels, message_id, in_reply_to, references_ids, subject, from_address, from_name, \
+         to_json, cc_json, sent_at, text_body, html_body, raw, size, parse_error, conversation_id, \
+         created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+         $17, $18, $19, $20, $21, $22, $23, $24) ON CONFLICT DO NOTHING",
+    )
+    .bind(&id)
+    .bind(mailbox)
+    .bind(direction)
+    .bind(&email.remote_key)
+    .bind(sha256_hex(&email.raw))
+    .bind(email.folder.clone())
+    .bind(email.uid.map(i64::from))
+    .bind((!email.gmail_labels.is_empty()).then(|| serde_json::to_string(&email.gmail_labels).unwrap_or_default()))
+    .bind(p.message_id.clone())
+    .bind((!p.in_reply_to.is_empty()).then(|| p.in_reply_to.join(" ")))
+    .bind((!p.references.is_empty()).then(|| p.references.join(" ")))
+    .bind(p.subject.clone())
+    .bind(p.from.as_ref().map(|f| f.address.clone()))
+    .bind(p.from.as_ref().and_then(|f| f.name.clone()))
+    .bind(json(&p.to))
+    .bind(json(&p.cc))
+    .bind(p.date.map(|d| d.timestamp_millis()))
+    .bind(p.text_body.clone())
+    .bind(p.html_body.clone())
+    .bind(email.raw.clone())
+    .bind(i64::try_from(email.raw.len()).unwrap_or(i64::MAX))
+    .bind(p.parse_error.clone())
+    .bind(conversation.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    for a in &p.attachments {
+        sqlx::query("INSERT INTO attachments (id, email_id, filename, content_type, size, content) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(&id)
+            .bind(a.filename.clone())
+            .bind(&a.content_type)
+            .bind(i64::try_from(a.content.len()).unwrap_or(i64::MAX))
+            .bind(a.content.clone())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(true)
+}

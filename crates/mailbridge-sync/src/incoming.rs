@@ -1,0 +1,42 @@
+//! Incoming mail: decide what to fetch ([`plan`], pure), then fetch, parse, filter by the
+//! tracking rule and store ([`imap`], [`pop3`]), one committed batch at a time.
+
+pub mod imap;
+pub mod plan;
+pub mod pop3;
+mod track;
+
+/// Messages fetched and committed per batch: big enough to amortize round trips and commits,
+/// small enough that a crash or a cut connection repeats little.
+pub const BATCH_SIZE: usize = 200;
+
+/// What one sync pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Messages read from the server.
+    pub fetched: usize,
+    /// New email records stored (the tracking rule may keep fewer than fetched).
+    pub stored: usize,
+}
+
+/// Why a sync pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Proto(#[from] mailbridge_proto::ProtoError),
+    #[error(transparent)]
+    Store(#[from] mailbridge_store::StoreError),
+    #[error(transparent)]
+    Token(#[from] crate::tokens::TokenError),
+}
+
+impl SyncError {
+    /// Whether trying again later may help (network, timeouts, a provider outage).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SyncError::Proto(e) => e.is_transient(),
+            SyncError::Store(_) => true,
+            SyncError::Token(e) => e.is_transient(),
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Incoming POP3: the UIDL list against the UIDLs already processed; new messages are read
+//! one at a time and left on the server.
+
+use chrono::NaiveDate;
+use mailbridge_proto::pop3::Pop3Session;
+use mailbridge_store::{MailboxRecord, NewEmail, Store, SyncBatch};
+
+use super::plan::plan_pop3;
+use super::{SyncError, SyncReport, track};
+use crate::parse::parse;
+
+/// Messages committed together: POP3 reads one message per round trip, so a smaller batch
+/// than IMAP's keeps a crash from repeating much.
+const POP3_BATCH: usize = 50;
+
+/// One pass over the maildrop. `since` drops older messages ("process emails received
+/// after"); they are still marked as seen.
+pub async fn sync_maildrop(
+    store: &Store,
+    session: &mut Pop3Session,
+    mailbox: &MailboxRecord,
+    since: Option<NaiveDate>,
+) -> Result<SyncReport, SyncError> {
+    let listing = session.uidl().await?;
+    let seen = store.pop3_seen(mailbox.id).await?;
+    let mut report = SyncReport::default();
+    for chunk in plan_pop3(&listing, &seen).chunks(POP3_BATCH) {
+        let mut batch = SyncBatch::default();
+        for item in chunk {
+            let raw = session.retr(item.number).await?;
+            let parsed = parse(&raw);
+            report.fetched += 1;
+            batch.pop3_seen.push(item.uid.clone());
+            let too_old = match (since, parsed.date) {
+                (Some(after), Some(date)) => date.date_naive() < after,
+                _ => false,
+            };
+            if too_old || !track::keeps(store, mailbox.spec.tracking_rule, &parsed).await? {
+                continue;
+            }
+            batch.emails.push(NewEmail {
+                remote_key: format!("pop3/{}", item.uid),
+                folder: None,
+                uid: None,
+                gmail_labels: Vec::new(),
+                parsed,
+                raw,
+            });
+        }
+        report.stored += store.save_sync_batch(mailbox.id, batch).await?;
+    }
+    Ok(report)
+}

@@ -1,0 +1,118 @@
+//! [`parse`]: raw RFC 5322 bytes into the fields of an email record, with mail-parser 0.11.
+//! A message that cannot be read is still kept: the caller stores it raw with the reason.
+
+use chrono::{TimeZone, Utc};
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
+pub use mailbridge_core::message::{ParsedAttachment, ParsedEmail, Party};
+
+/// Parses a message. Never fails: an unreadable one comes back with `parse_error` set.
+pub fn parse(raw: &[u8]) -> ParsedEmail {
+    let Some(message) = MessageParser::default().parse(raw) else {
+        return ParsedEmail {
+            parse_error: Some("no message headers could be read".to_owned()),
+            ..ParsedEmail::default()
+        };
+    };
+    let mut parsed = ParsedEmail {
+        message_id: message.message_id().map(str::to_owned),
+        in_reply_to: ids(message.in_reply_to()),
+        references: ids(message.references()),
+        subject: message.subject().map(str::to_owned),
+        from: message.from().and_then(|a| parties(a).into_iter().next()),
+        to: message.to().map(parties).unwrap_or_default(),
+        cc: message.cc().map(parties).unwrap_or_default(),
+        date: message
+            .date()
+            .and_then(|d| Utc.timestamp_opt(d.to_timestamp(), 0).single()),
+        text_body: message.body_text(0).map(|b| b.into_owned()),
+        html_body: message.body_html(0).map(|b| b.into_owned()),
+        attachments: message
+            .attachments()
+            .map(|part| ParsedAttachment {
+                filename: part.attachment_name().map(str::to_owned),
+                content_type: part.content_type().map_or_else(
+                    || "application/octet-stream".to_owned(),
+                    |ct| match ct.subtype() {
+                        Some(sub) => format!("{}/{sub}", ct.ctype()),
+                        None => ct.ctype().to_owned(),
+                    },
+                ),
+                content: part.contents().to_vec(),
+            })
+            .collect(),
+        parse_error: None,
+    };
+    if parsed.from.is_none() && parsed.message_id.is_none() && parsed.subject.is_none() {
+        parsed.parse_error =
+            Some("the message has no From, Message-ID or Subject header".to_owned());
+    }
+    parsed
+}
+
+fn ids(value: &HeaderValue<'_>) -> Vec<String> {
+    match value {
+        HeaderValue::Text(t) => vec![t.to_string()],
+        HeaderValue::TextList(list) => list.iter().map(|t| t.to_string()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn parties(address: &Address<'_>) -> Vec<Party> {
+    address
+        .iter()
+        .filter_map(|a| {
+            Some(Party {
+                address: a.address()?.to_owned(),
+                name: a.name().map(str::to_owned),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_with_an_attachment_is_read_field_by_field() {
+        let raw = b"From: Ann Lee <ann@example.com>\r\nTo: bob@example.com, Carol <carol@example.com>\r\n\
+Cc: dan@example.com\r\nSubject: Re: quote\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n\
+Message-ID: <r1@example.com>\r\nIn-Reply-To: <q1@example.com>\r\nReferences: <q0@example.com> <q1@example.com>\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n\
+Thanks!\r\n--b\r\nContent-Type: application/pdf; name=quote.pdf\r\nContent-Disposition: attachment; filename=quote.pdf\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b--\r\n";
+        let p = parse(raw);
+        assert_eq!(p.parse_error, None);
+        assert_eq!(p.message_id.as_deref(), Some("r1@example.com"));
+        assert_eq!(p.in_reply_to, ["q1@example.com"]);
+        assert_eq!(p.references, ["q0@example.com", "q1@example.com"]);
+        assert_eq!(p.subject.as_deref(), Some("Re: quote"));
+        assert_eq!(
+            p.from,
+            Some(Party {
+                address: "ann@example.com".into(),
+                name: Some("Ann Lee".into())
+            })
+        );
+        assert_eq!(
+            p.to.iter().map(|t| t.address.as_str()).collect::<Vec<_>>(),
+            ["bob@example.com", "carol@example.com"]
+        );
+        assert_eq!(p.cc[0].address, "dan@example.com");
+        assert_eq!(
+            p.date.map(|d| d.to_rfc3339()),
+            Some("2026-11-24T10:00:00+00:00".into())
+        );
+        assert_eq!(p.text_body.as_deref().map(str::trim), Some("Thanks!"));
+        assert_eq!(p.attachments.len(), 1);
+        assert_eq!(p.attachments[0].filename.as_deref(), Some("quote.pdf"));
+        assert_eq!(p.attachments[0].content_type, "application/pdf");
+        assert_eq!(p.attachments[0].content, b"%PDF-");
+    }
+
+    #[test]
+    fn garbage_is_flagged_not_dropped() {
+        assert!(parse(b"").parse_error.is_some());
+        assert!(parse(b"\x00\x01\x02 not a message").parse_error.is_some());
+    }
+}
