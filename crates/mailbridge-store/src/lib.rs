@@ -24,7 +24,7 @@ pub use alerts::{AlertRecord, NewAlert};
 pub use audit::{Actor, AuditEntry};
 pub use crypto::{CryptoError, Keyring};
 pub use emails::{AttachmentInfo, EmailFilter, EmailRecord, FolderPosition, NewEmail, SyncBatch};
-pub use mailboxes::{MailboxRecord, TestOutcome};
+pub use mailboxes::{MailboxRecord, SyncStatus, TestOutcome};
 pub use oauth::{OAuthState, StoredTokens, TokenSet};
 pub use profiles::ProfileRecord;
 pub use users::{ApiToken, UserRecord};

@@ -21,11 +21,24 @@ pub struct MailboxRecord {
     pub enabled: bool,
     /// Whether a password is stored (password profiles).
     pub password_set: bool,
+    pub sync: SyncStatus,
     pub sign_in_status: SignInStatus,
     /// The account whose tokens are stored, when signed in.
     pub signed_in_as: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// How the mailbox's synchronization is going.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncStatus {
+    pub last_sync_at: Option<DateTime<Utc>>,
+    /// Email records stored so far.
+    pub items_processed: i64,
+    /// Failed sync attempts so far.
+    pub items_failed: i64,
+    /// The last failure, cleared by the next successful pass.
+    pub last_error: Option<String>,
 }
 
 /// The last Test & Enable result of one direction.
@@ -79,6 +92,10 @@ struct MailboxRow {
     outgoing_status_hint: Option<String>,
     outgoing_tested_at: Option<i64>,
     enabled: i64,
+    last_sync_at: Option<i64>,
+    items_processed: i64,
+    items_failed: i64,
+    last_sync_error: Option<String>,
     sign_in_status: String,
     signed_in_as: Option<String>,
     created_at: i64,
@@ -90,7 +107,8 @@ const MAILBOX_SELECT: &str = "SELECT m.id, m.owner_user_id, m.email, m.profile_i
      CASE WHEN m.password IS NULL THEN 0 ELSE 1 END AS password_set, \
      m.incoming_status, m.incoming_status_reason, m.incoming_status_hint, m.incoming_tested_at, \
      m.outgoing_status, m.outgoing_status_reason, m.outgoing_status_hint, m.outgoing_tested_at, \
-     m.enabled, CASE WHEN t.mailbox_id IS NULL THEN 'not_signed_in' \
+     m.enabled, m.last_sync_at, m.items_processed, m.items_failed, m.last_sync_error, \
+     CASE WHEN t.mailbox_id IS NULL THEN 'not_signed_in' \
      WHEN t.invalid_since IS NOT NULL THEN 'needs_sign_in' ELSE 'signed_in' END AS sign_in_status, \
      t.account_email AS signed_in_as, m.created_at, m.updated_at \
      FROM mailboxes m LEFT JOIN mailbox_tokens t ON t.mailbox_id = m.id";
@@ -125,6 +143,12 @@ impl TryFrom<MailboxRow> for MailboxRecord {
             },
             enabled: r.enabled != 0,
             password_set: r.password_set != 0,
+            sync: SyncStatus {
+                last_sync_at: r.last_sync_at.map(time_from_ms),
+                items_processed: r.items_processed,
+                items_failed: r.items_failed,
+                last_error: r.last_sync_error,
+            },
             sign_in_status: r.sign_in_status.parse().map_err(|e| bad(&e))?,
             signed_in_as: r.signed_in_as,
             created_at: time_from_ms(r.created_at),
@@ -406,6 +430,55 @@ impl Store {
         .await?;
         tx.commit().await?;
         self.get_mailbox(id).await
+    }
+
+    /// Stops a mailbox's sync after a failure retrying cannot fix: the incoming status becomes
+    /// `failure` with the reason and hint, the mailbox is disabled, and its owner is alerted —
+    /// in one transaction.
+    pub async fn disable_with_alert(
+        &self,
+        id: MailboxId,
+        kind: &str,
+        reason: &str,
+        hint: &str,
+    ) -> Result<()> {
+        let now = self.now_ms();
+        let sid = id.to_string();
+        let mut tx = self.begin_write().await?;
+        let owner: Option<(String, String)> =
+            sqlx::query_as("SELECT owner_user_id, email FROM mailboxes WHERE id = $1")
+                .bind(&sid)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((owner, email)) = owner else {
+            return Ok(());
+        };
+        sqlx::query(
+            "UPDATE mailboxes SET enabled = 0, incoming_status = 'failure', incoming_status_reason = $1, \
+             incoming_status_hint = $2, incoming_tested_at = $3, updated_at = $3 WHERE id = $4",
+        )
+        .bind(reason)
+        .bind(hint)
+        .bind(now)
+        .bind(&sid)
+        .execute(&mut *tx)
+        .await?;
+        crate::alerts::raise(
+            &mut tx,
+            now,
+            crate::alerts::NewAlert {
+                mailbox_id: Some(id),
+                user_id: owner
+                    .parse()
+                    .map_err(|e| StoreError::corrupt("mailbox owner", e))?,
+                kind,
+                message: format!("synchronization of {email} stopped: {reason}"),
+                hint,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The mailboxes a profile serves.

@@ -28,6 +28,8 @@ pub enum SyncError {
     Store(#[from] mailbridge_store::StoreError),
     #[error(transparent)]
     Token(#[from] crate::tokens::TokenError),
+    #[error("no password is stored for this mailbox")]
+    NoPassword,
 }
 
 impl SyncError {
@@ -37,6 +39,7 @@ impl SyncError {
             SyncError::Proto(e) => e.is_transient(),
             SyncError::Store(_) => true,
             SyncError::Token(e) => e.is_transient(),
+            SyncError::NoPassword => false,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! access token ([`TokenService`]), and "Test & Enable Mailbox" ([`Tester`]). The scheduler
 //! and the incoming/outgoing sync build on them.
 
+pub mod engine;
 pub mod incoming;
 pub mod parse;
 mod provider;
@@ -9,6 +10,7 @@ pub mod signin;
 pub mod test_enable;
 pub mod tokens;
 
+pub use engine::{Engine, EngineConfig};
 pub use signin::{Callback, Disconnected, SignIn, SignInError};
 pub use test_enable::{ProfileTestSummary, Tester};
 pub use tokens::{AccessToken, RefreshPolicy, TokenError, TokenService};

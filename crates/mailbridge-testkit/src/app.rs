@@ -8,6 +8,7 @@ use std::time::Duration;
 use mailbridge_core::{Clock, EmailAddress, Role, SystemClock};
 use mailbridge_proto::TlsSettings;
 use mailbridge_store::{Actor, Keyring, Store};
+use mailbridge_sync::{Engine, EngineConfig};
 use mailbridge_web::{AppState, Services, WebConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -18,6 +19,8 @@ pub struct TestApp {
     pub store: Store,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    engine: Option<tokio::task::JoinHandle<()>>,
+    engine_stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// How a [`TestApp`] differs from the defaults.
@@ -28,6 +31,8 @@ pub struct AppOptions {
     pub extra_ca_pem: Option<String>,
     /// Bound on connecting and on every read in mail protocol calls.
     pub mail_timeout: Duration,
+    /// Runs the sync engine with this configuration.
+    pub engine: Option<EngineConfig>,
 }
 
 impl Default for AppOptions {
@@ -37,6 +42,7 @@ impl Default for AppOptions {
             gmail_oauth: true,
             extra_ca_pem: None,
             mail_timeout: Duration::from_secs(20),
+            engine: None,
         }
     }
 }
@@ -54,6 +60,7 @@ impl TestApp {
             gmail_oauth,
             extra_ca_pem,
             mail_timeout,
+            engine,
         } = options;
         let keyring = Keyring::load_or_create(&dir.join("master.key"))?;
         let url = format!("sqlite://{}?mode=rwc", dir.join("mailbridge.db").display());
@@ -65,14 +72,20 @@ impl TestApp {
             public_base_url: format!("http://{addr}").parse()?,
             gmail_oauth,
         };
+        let tls = TlsSettings::new(extra_ca_pem.as_deref().map(str::as_bytes))
+            .map_err(|e| anyhow::anyhow!(e))?;
         let services = Services {
-            clock,
+            clock: clock.clone(),
             http: reqwest::Client::new(),
-            tls: TlsSettings::new(extra_ca_pem.as_deref().map(str::as_bytes))
-                .map_err(|e| anyhow::anyhow!(e))?,
+            tls: tls.clone(),
             mail_timeout,
         };
         let state = AppState::new(store.clone(), config, services);
+        let (engine_stop, engine_stopped) = tokio::sync::watch::channel(false);
+        let engine = engine.map(|config| {
+            let engine = Engine::new(store.clone(), state.tokens.clone(), tls, clock, config);
+            tokio::spawn(engine.run(engine_stopped))
+        });
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(mailbridge_web::serve(listener, state, async {
             let _ = stopped.await;
@@ -82,6 +95,8 @@ impl TestApp {
             store,
             stop,
             task,
+            engine,
+            engine_stop,
         })
     }
 
@@ -89,6 +104,10 @@ impl TestApp {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         self.task.await??;
+        let _ = self.engine_stop.send(true);
+        if let Some(engine) = self.engine {
+            engine.await?;
+        }
         self.store.close().await;
         Ok(())
     }

@@ -9,6 +9,7 @@ mod dovecot;
 mod gmail;
 mod oauth;
 mod proxy;
+mod world;
 
 pub use app::{ApiClient, AppOptions, TestApp, assert_error};
 pub use clock::ManualClock;
@@ -16,3 +17,4 @@ pub use dovecot::{Dovecot, Ports};
 pub use gmail::{GMAIL_ERROR_CHALLENGE, ScriptedGmail};
 pub use oauth::OAuthProvider;
 pub use proxy::CountingProxy;
+pub use world::MailWorld;

@@ -46,6 +46,8 @@ pub struct AppState {
     pub config: WebConfig,
     pub signin: Arc<SignIn>,
     pub tester: Arc<Tester>,
+    /// Shared with the sync engine, so one refresh serves both.
+    pub tokens: Arc<TokenService>,
 }
 
 /// What the services behind the API are built from.
@@ -83,9 +85,10 @@ impl AppState {
             .host_str()
             .unwrap_or("localhost")
             .to_owned();
+        let tokens = Arc::new(tokens);
         let tester = Tester::new(
             store.clone(),
-            Arc::new(tokens),
+            tokens.clone(),
             tls,
             mail_timeout,
             client_name,
@@ -95,6 +98,7 @@ impl AppState {
             config,
             signin: Arc::new(signin),
             tester: Arc::new(tester),
+            tokens,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The API's resources, one module each.
 
+pub mod emails;
 pub mod mailboxes;
 pub mod oauth;
 pub mod profiles;
@@ -18,6 +19,7 @@ pub fn api() -> Router<AppState> {
         .merge(users::routes())
         .merge(profiles::routes())
         .merge(mailboxes::routes())
+        .merge(emails::routes())
         .merge(oauth::api_routes())
         .merge(system::api_routes())
         .fallback(|| async {

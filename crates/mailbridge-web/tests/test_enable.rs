@@ -5,132 +5,10 @@
 
 use mailbridge_core::Role;
 use mailbridge_store::{Actor, TokenSet};
-use mailbridge_testkit::{
-    ApiClient, AppOptions, CountingProxy, Dovecot, OAuthProvider, TestApp, assert_error,
-};
+use mailbridge_testkit::{AppOptions, CountingProxy, MailWorld, assert_error};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-
-struct World {
-    app: TestApp,
-    oauth: OAuthProvider,
-    dovecot: Dovecot,
-    api: ApiClient,
-    admin: String,
-    ann_id: String,
-    ann: String,
-    _dir: tempfile::TempDir,
-}
-
-impl World {
-    async fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let oauth = OAuthProvider::start().unwrap();
-        let dovecot = Dovecot::start(&oauth, &[("pw@example.com", "hunter2")]).unwrap();
-        let options = AppOptions {
-            extra_ca_pem: Some(dovecot.ca_pem().to_owned()),
-            ..AppOptions::default()
-        };
-        let app = TestApp::start_with(dir.path(), options).await.unwrap();
-        let (_, admin) = app.user("admin@example.com", Role::Admin).await.unwrap();
-        let (ann_id, ann) = app.user("ann@example.com", Role::User).await.unwrap();
-        Self {
-            app,
-            oauth,
-            dovecot,
-            api: ApiClient::default(),
-            admin,
-            ann_id,
-            ann,
-            _dir: dir,
-        }
-    }
-
-    /// A Gmail-preset profile whose servers and OAuth endpoints are the local peers.
-    async fn gmail_like(
-        &self,
-        name: &str,
-        incoming: Value,
-        outgoing: Value,
-        extra: Value,
-    ) -> String {
-        let mut body = json!({
-            "name": name, "preset": "gmail",
-            "incoming": incoming, "outgoing": outgoing,
-            "oauth": self.oauth.profile_oauth("client", "secret"),
-        });
-        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-            b.extend(e.clone());
-        }
-        let (status, p) = self
-            .api
-            .post(&self.app, "/api/v1/server-profiles", &self.admin, body)
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{p}");
-        p["id"].as_str().unwrap().to_owned()
-    }
-
-    fn imaps(&self) -> Value {
-        json!({"protocol": "imap", "host": "127.0.0.1", "port": self.dovecot.ports.imaps, "security": "tls"})
-    }
-
-    fn submissions(&self) -> Value {
-        json!({"host": "127.0.0.1", "port": self.dovecot.ports.submissions, "security": "tls"})
-    }
-
-    async fn mailbox(&self, email: &str, owner: &str, profile: &str, extra: Value) -> String {
-        let mut body = json!({"owner_user_id": owner, "email": email, "profile_id": profile});
-        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-            b.extend(e.clone());
-        }
-        let (status, m) = self
-            .api
-            .post(&self.app, "/api/v1/mailboxes", &self.admin, body)
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{m}");
-        m["id"].as_str().unwrap().to_owned()
-    }
-
-    /// Signs a mailbox in through the real flow: start, the provider's consent, the callback.
-    async fn sign_in(&self, mailbox: &str, token: &str) {
-        let no_redirects = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        let start = no_redirects
-            .get(format!(
-                "{}/api/v1/mailboxes/{mailbox}/oauth/start",
-                self.app.base
-            ))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        let consent = start.headers()["location"].to_str().unwrap().to_owned();
-        let page = reqwest::get(consent).await.unwrap();
-        assert_eq!(
-            page.status(),
-            StatusCode::OK,
-            "{}",
-            page.text().await.unwrap()
-        );
-    }
-
-    async fn test(&self, mailbox: &str, token: &str) -> Value {
-        let (status, m) = self
-            .api
-            .post(
-                &self.app,
-                &format!("/api/v1/mailboxes/{mailbox}/test-and-enable"),
-                token,
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{m}");
-        m
-    }
-}
 
 #[track_caller]
 fn assert_side(m: &Value, side: &str, status: &str, reason: &str, hint: &str) {
@@ -154,7 +32,7 @@ fn assert_side(m: &Value, side: &str, status: &str, reason: &str, hint: &str) {
 
 #[tokio::test]
 async fn an_imap_mailbox_is_enabled_only_after_sign_in_and_fails_clearly_when_revoked() {
-    let w = World::new().await;
+    let w = MailWorld::start(AppOptions::default()).await;
     let profile = w
         .gmail_like("Gmail here", w.imaps(), w.submissions(), json!({}))
         .await;
@@ -232,7 +110,7 @@ async fn an_imap_mailbox_is_enabled_only_after_sign_in_and_fails_clearly_when_re
 
 #[tokio::test]
 async fn a_pop3_mailbox_over_starttls_is_tested_with_stat_and_only_used_directions_count() {
-    let w = World::new().await;
+    let w = MailWorld::start(AppOptions::default()).await;
     let pop3 = json!({"protocol": "pop3", "host": "127.0.0.1", "port": w.dovecot.ports.pop3, "security": "starttls"});
     let submission =
         json!({"host": "127.0.0.1", "port": w.dovecot.ports.submission, "security": "starttls"});
@@ -267,7 +145,7 @@ async fn a_pop3_mailbox_over_starttls_is_tested_with_stat_and_only_used_directio
 
 #[tokio::test]
 async fn unreachable_and_misconfigured_servers_say_what_to_check() {
-    let w = World::new().await;
+    let w = MailWorld::start(AppOptions::default()).await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -304,7 +182,7 @@ async fn unreachable_and_misconfigured_servers_say_what_to_check() {
 
 #[tokio::test]
 async fn a_password_mailbox_needs_its_password_and_reports_a_wrong_one() {
-    let w = World::new().await;
+    let w = MailWorld::start(AppOptions::default()).await;
     let (status, p) = w.api.post(&w.app, "/api/v1/server-profiles", &w.admin, json!({
         "name": "Passwords", "auth": "password",
         "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": w.dovecot.ports.imap, "security": "starttls"},
@@ -375,7 +253,7 @@ async fn a_password_mailbox_needs_its_password_and_reports_a_wrong_one() {
 
 #[tokio::test]
 async fn testing_a_full_profile_of_100_mailboxes_keeps_to_its_connection_limit() {
-    let w = World::new().await;
+    let w = MailWorld::start(AppOptions::default()).await;
     let imap = CountingProxy::start(w.dovecot.ports.imaps).await.unwrap();
     let smtp = CountingProxy::start(w.dovecot.ports.submissions)
         .await
@@ -470,7 +348,7 @@ async fn testing_a_full_profile_of_100_mailboxes_keeps_to_its_connection_limit()
 
 #[tokio::test]
 async fn gmail_with_imap_turned_off_says_to_enable_imap_in_gmail_settings() {
-    let w = World::new().await;
+    let w = MailWorld::start(AppOptions::default()).await;
     let gmail = mailbridge_testkit::ScriptedGmail::start("ann@example.com", "unused", false)
         .await
         .unwrap();

@@ -5,8 +5,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use mailbridge_core::SystemClock;
 use mailbridge_proto::TlsSettings;
+use mailbridge_sync::{Engine, EngineConfig};
 use mailbridge_web::{AppState, Services, WebConfig};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::Config;
 
@@ -37,14 +39,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "no users yet: create the first admin with 'mailbridge users create --email you@example.com --role admin'"
         );
     }
+    let tls = TlsSettings::new(config.tls_ca.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let clock = Arc::new(SystemClock);
     let services = Services {
-        clock: Arc::new(SystemClock),
+        clock: clock.clone(),
         http: mailbridge_oauth::Provider::http_client(),
-        tls: TlsSettings::new(config.tls_ca.as_deref()).map_err(|e| anyhow::anyhow!(e))?,
+        tls: tls.clone(),
         mail_timeout: MAIL_TIMEOUT,
     };
     let state = AppState::new(store.clone(), web, services);
-    mailbridge_web::serve(listener, state, shutdown_signal()).await?;
+    let engine = Engine::new(
+        store.clone(),
+        state.tokens.clone(),
+        tls,
+        clock,
+        EngineConfig {
+            mail_timeout: MAIL_TIMEOUT,
+            ..EngineConfig::default()
+        },
+    );
+    let (stop, stopped) = watch::channel(false);
+    let engine = tokio::spawn(engine.run(stopped));
+    mailbridge_web::serve(listener, state, async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    })
+    .await?;
+    engine.await?;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

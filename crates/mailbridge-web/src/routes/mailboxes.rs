@@ -55,6 +55,14 @@ pub struct MailboxView {
     login_name: Option<String>,
     /// Password profiles: whether a password is stored (it is never returned).
     password_set: bool,
+    /// When the engine last finished a pass over this mailbox.
+    last_sync_at: Option<DateTime<Utc>>,
+    /// Email records stored so far.
+    items_processed: i64,
+    /// Failed sync attempts so far.
+    items_failed: i64,
+    /// The last sync failure, cleared by the next successful pass.
+    last_sync_error: Option<String>,
     /// Synchronized only when enabled (after a successful Test & Enable).
     enabled: bool,
     /// `not_signed_in`, `signed_in`, or `needs_sign_in` (the provider refused the grant).
@@ -85,6 +93,10 @@ impl From<MailboxRecord> for MailboxView {
             outgoing_tested_at: m.outgoing.tested_at,
             login_name: m.spec.login_name,
             password_set: m.password_set,
+            last_sync_at: m.sync.last_sync_at,
+            items_processed: m.sync.items_processed,
+            items_failed: m.sync.items_failed,
+            last_sync_error: m.sync.last_error,
             enabled: m.enabled,
             sign_in_status: m.sign_in_status,
             signed_in_as: m.signed_in_as,

@@ -1,0 +1,345 @@
+//! [`Engine`]: works every enabled mailbox continuously. IMAP mailboxes hold a session on
+//! INBOX that syncs, then waits in IDLE (new mail is stored as soon as the server says),
+//! re-syncing at least every `full_check`; POP3 mailboxes are polled at the profile's
+//! interval. A mailbox is worked by one task at a time. Errors follow one policy: transient →
+//! capped exponential backoff with jitter, and after `max_failures` in a row the mailbox is
+//! disabled with an alert; permanent (login refused, sign-in revoked) → disabled at once with
+//! an alert for its owner. Sync passes are bounded per profile (`max_connections`) and
+//! globally.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mailbridge_core::{Clock, DeliveryMethod, IncomingProtocol, MailboxId, ProfileId};
+use mailbridge_proto::imap::{IdleOutcome, ImapSession};
+use mailbridge_proto::pop3::Pop3Session;
+use mailbridge_proto::{Credentials, Endpoint, TlsSettings};
+use mailbridge_store::{MailboxRecord, ProfileRecord, Store};
+use tokio::sync::{Semaphore, watch};
+
+use crate::incoming::{SyncError, imap::sync_inbox, pop3::sync_maildrop};
+use crate::tokens::{TokenError, TokenService};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How often the list of enabled mailboxes is read (new, re-enabled, disabled ones).
+    pub scan_interval: Duration,
+    /// The longest a session waits in IDLE before syncing anyway (RFC 2177 asks ≤ 29 min).
+    pub full_check: Duration,
+    /// Transient failures in a row before a mailbox is disabled.
+    pub max_failures: u32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// New workers start spread over this window, so a restart does not log in to every
+    /// mailbox in the same second.
+    pub stagger: Duration,
+    /// Sync passes running at once over all profiles.
+    pub global_limit: usize,
+    /// Bound on connecting to a mail server and on every read from it.
+    pub mail_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            scan_interval: Duration::from_secs(5),
+            full_check: Duration::from_secs(25 * 60),
+            max_failures: 10,
+            backoff_base: Duration::from_secs(2),
+            backoff_cap: Duration::from_secs(15 * 60),
+            stagger: Duration::from_secs(10),
+            global_limit: 64,
+            mail_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Engine {
+    store: Store,
+    tokens: Arc<TokenService>,
+    tls: TlsSettings,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    global: Semaphore,
+    per_profile: Mutex<HashMap<ProfileId, Arc<Semaphore>>>,
+}
+
+/// How one attempt at working a mailbox ended without an error.
+enum Pass {
+    /// Keep going.
+    Continue,
+    /// The engine is stopping.
+    Shutdown,
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        tokens: Arc<TokenService>,
+        tls: TlsSettings,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Arc<Self> {
+        let global = Semaphore::new(config.global_limit);
+        Arc::new(Self {
+            store,
+            tokens,
+            tls,
+            clock,
+            config,
+            global,
+            per_profile: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs until `shutdown` turns true, then stops every worker and returns.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut workers: HashMap<MailboxId, tokio::task::JoinHandle<()>> = HashMap::new();
+        loop {
+            workers.retain(|_, w| !w.is_finished());
+            match self.store.list_mailboxes(None).await {
+                Ok(mailboxes) => {
+                    for m in mailboxes.into_iter().filter(|m| {
+                        m.enabled && m.spec.incoming_method == DeliveryMethod::ServerSideSync
+                    }) {
+                        if workers.contains_key(&m.id) {
+                            continue;
+                        }
+                        let me = self.clone();
+                        let stop = shutdown.clone();
+                        let delay = me.stagger_for(m.id);
+                        workers.insert(
+                            m.id,
+                            tokio::spawn(async move { me.work(m.id, delay, stop).await }),
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list mailboxes; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.scan_interval) => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+        }
+        for (_, w) in workers {
+            let _ = w.await;
+        }
+        tracing::info!("sync engine stopped");
+    }
+
+    /// Works one mailbox until it is disabled, fails for good, or the engine stops.
+    async fn work(
+        self: Arc<Self>,
+        mailbox: MailboxId,
+        delay: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let mut failures = 0u32;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let record = match self.store.get_mailbox(mailbox).await {
+                Ok(m) if m.enabled => m,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(%mailbox, error = %e, "cannot read the mailbox; stopping its worker");
+                    return;
+                }
+            };
+            let result = match self.store.get_profile(record.spec.profile_id).await {
+                Ok(profile) => self.pass(&record, &profile, &mut shutdown).await,
+                Err(e) => Err(SyncError::Store(e)),
+            };
+            match result {
+                Ok(Pass::Shutdown) => return,
+                Ok(Pass::Continue) => failures = 0,
+                Err(e) if e.is_transient() => {
+                    failures += 1;
+                    tracing::warn!(%mailbox, error = %e, failures, "sync failed; will retry");
+                    let _ = self.store.record_sync_error(mailbox, &e.to_string()).await;
+                    if failures >= self.config.max_failures {
+                        let _ = self
+                            .store
+                            .disable_with_alert(mailbox, "sync_failing", &format!("{failures} attempts in a row failed; the last: {e}"), "Check that the mail server is reachable, then run Test & Enable Mailbox.")
+                            .await;
+                        return;
+                    }
+                    let wait = self.backoff(mailbox, failures);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%mailbox, error = %e, "sync refused; disabling the mailbox");
+                    let _ = self.store.record_sync_error(mailbox, &e.to_string()).await;
+                    let hint = match &e {
+                        SyncError::Token(
+                            TokenError::SignInRequired { .. } | TokenError::NotSignedIn(_),
+                        ) => {
+                            "Sign in to Gmail again for this mailbox, then run Test & Enable Mailbox."
+                        }
+                        SyncError::Proto(p) if p.is_auth_refused() => {
+                            "Sign in again (or check the password), then run Test & Enable Mailbox."
+                        }
+                        _ => "Check the email server profile, then run Test & Enable Mailbox.",
+                    };
+                    let _ = self
+                        .store
+                        .disable_with_alert(mailbox, "sync_stopped", &e.to_string(), hint)
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One connection's worth of work: an IMAP session (sync, IDLE, sync…) until the token is
+    /// due for refresh or `full_check` passes; or one POP3 pass and the wait after it.
+    async fn pass(
+        &self,
+        mailbox: &MailboxRecord,
+        profile: &ProfileRecord,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Pass, SyncError> {
+        let credentials = self.credentials(mailbox, profile).await?;
+        let server = &profile.spec.incoming;
+        let endpoint = Endpoint::new(server.host.as_str(), server.port.get(), server.security)
+            .with_timeout(self.config.mail_timeout);
+        let since = profile.spec.process_emails_received_after;
+        match server.protocol {
+            IncomingProtocol::Imap => {
+                let (credentials, valid_until) = credentials;
+                let mut session = {
+                    let _permits = self.permits(profile).await;
+                    let mut s = ImapSession::login(&endpoint, &self.tls, &credentials).await?;
+                    let report = sync_inbox(&self.store, &mut s, mailbox, since).await?;
+                    tracing::debug!(mailbox = %mailbox.id, ?report, "synced");
+                    s
+                };
+                loop {
+                    // Leave the session before the token it logged in with expires.
+                    let left =
+                        valid_until.map(|t| (t - self.clock.now()).to_std().unwrap_or_default());
+                    let wait =
+                        left.map_or(self.config.full_check, |l| l.min(self.config.full_check));
+                    if wait.is_zero() {
+                        session.logout().await;
+                        return Ok(Pass::Continue);
+                    }
+                    let (s, outcome) = tokio::select! {
+                        r = session.idle(wait) => r?,
+                        _ = shutdown.wait_for(|stop| *stop) => return Ok(Pass::Shutdown),
+                    };
+                    session = s;
+                    let _permits = self.permits(profile).await;
+                    let report = sync_inbox(&self.store, &mut session, mailbox, since).await?;
+                    tracing::debug!(mailbox = %mailbox.id, ?report, ?outcome, "synced");
+                    if outcome == IdleOutcome::TimedOut && left.is_some_and(|l| l <= wait) {
+                        session.logout().await;
+                        return Ok(Pass::Continue);
+                    }
+                }
+            }
+            IncomingProtocol::Pop3 => {
+                {
+                    let _permits = self.permits(profile).await;
+                    let mut s = Pop3Session::login(&endpoint, &self.tls, &credentials.0).await?;
+                    let report = sync_maildrop(&self.store, &mut s, mailbox, since).await?;
+                    s.quit().await?;
+                    tracing::debug!(mailbox = %mailbox.id, ?report, "polled");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(u64::from(profile.spec.poll_interval_seconds))) => Ok(Pass::Continue),
+                    _ = shutdown.wait_for(|stop| *stop) => Ok(Pass::Shutdown),
+                }
+            }
+        }
+    }
+
+    /// The login, and until when an OAuth token behind it stays good.
+    async fn credentials(
+        &self,
+        mailbox: &MailboxRecord,
+        profile: &ProfileRecord,
+    ) -> Result<(Credentials, Option<chrono::DateTime<chrono::Utc>>), SyncError> {
+        if profile.spec.oauth.is_none() {
+            let user = mailbox
+                .spec
+                .login_name
+                .clone()
+                .unwrap_or_else(|| mailbox.spec.email.to_string());
+            let password = self
+                .store
+                .mailbox_password(mailbox.id)
+                .await?
+                .ok_or(SyncError::NoPassword)?;
+            return Ok((Credentials::Password { user, password }, None));
+        }
+        let token = self.tokens.access_token(mailbox.id).await?;
+        Ok((
+            Credentials::OAuth {
+                user: token.account,
+                token: token.token,
+            },
+            Some(token.expires_at - chrono::Duration::minutes(2)),
+        ))
+    }
+
+    /// A global permit and one of the profile's.
+    async fn permits(
+        &self,
+        profile: &ProfileRecord,
+    ) -> (
+        tokio::sync::SemaphorePermit<'_>,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        let per_profile = {
+            let mut map = self
+                .per_profile
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.entry(profile.id)
+                .or_insert_with(|| Arc::new(Semaphore::new(profile.spec.max_connections as usize)))
+                .clone()
+        };
+        let global = self
+            .global
+            .acquire()
+            .await
+            .unwrap_or_else(|_| unreachable!("the engine never closes its semaphore"));
+        (global, per_profile.acquire_owned().await.ok())
+    }
+
+    /// Capped exponential backoff with a stable per-mailbox jitter of up to a quarter.
+    fn backoff(&self, mailbox: MailboxId, failures: u32) -> Duration {
+        let exp = self
+            .config
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)));
+        let capped = exp.min(self.config.backoff_cap);
+        capped + spread(mailbox, failures, capped / 4)
+    }
+
+    fn stagger_for(&self, mailbox: MailboxId) -> Duration {
+        spread(mailbox, 0, self.config.stagger)
+    }
+}
+
+/// A pseudo-random share of `window`, stable for a mailbox and a round.
+fn spread(mailbox: MailboxId, round: u32, window: Duration) -> Duration {
+    let ms = window.as_millis() as u64;
+    if ms == 0 {
+        return Duration::ZERO;
+    }
+    let mut h = DefaultHasher::new();
+    (mailbox, round).hash(&mut h);
+    Duration::from_millis(h.finish() % ms)
+}

@@ -1,0 +1,131 @@
+//! [`MailWorld`]: Mailbridge with real peers around it — the OAuth provider, Dovecot — an
+//! admin and a user (Ann), and helpers to make profiles and mailboxes and sign them in the
+//! way a person would.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)] // test fixtures: a failure is the test failing
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{ApiClient, AppOptions, Dovecot, OAuthProvider, TestApp};
+use mailbridge_core::Role;
+
+pub struct MailWorld {
+    pub app: TestApp,
+    pub oauth: OAuthProvider,
+    pub dovecot: Dovecot,
+    pub api: ApiClient,
+    pub admin: String,
+    pub ann_id: String,
+    pub ann: String,
+    _dir: tempfile::TempDir,
+}
+
+impl MailWorld {
+    /// Starts the peers and the app; `options` may set an engine (the CA is filled in).
+    pub async fn start(options: AppOptions) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let oauth = OAuthProvider::start().unwrap();
+        let dovecot = Dovecot::start(&oauth, &[("pw@example.com", "hunter2")]).unwrap();
+        let options = AppOptions {
+            extra_ca_pem: Some(dovecot.ca_pem().to_owned()),
+            ..options
+        };
+        let app = TestApp::start_with(dir.path(), options).await.unwrap();
+        let (_, admin) = app.user("admin@example.com", Role::Admin).await.unwrap();
+        let (ann_id, ann) = app.user("ann@example.com", Role::User).await.unwrap();
+        Self {
+            app,
+            oauth,
+            dovecot,
+            api: ApiClient::default(),
+            admin,
+            ann_id,
+            ann,
+            _dir: dir,
+        }
+    }
+
+    /// A Gmail-preset profile whose servers and OAuth endpoints are the local peers.
+    pub async fn gmail_like(
+        &self,
+        name: &str,
+        incoming: Value,
+        outgoing: Value,
+        extra: Value,
+    ) -> String {
+        let mut body = json!({
+            "name": name, "preset": "gmail",
+            "incoming": incoming, "outgoing": outgoing,
+            "oauth": self.oauth.profile_oauth("client", "secret"),
+        });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let (status, p) = self
+            .api
+            .post(&self.app, "/api/v1/server-profiles", &self.admin, body)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{p}");
+        p["id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn imaps(&self) -> Value {
+        json!({"protocol": "imap", "host": "127.0.0.1", "port": self.dovecot.ports.imaps, "security": "tls"})
+    }
+
+    pub fn submissions(&self) -> Value {
+        json!({"host": "127.0.0.1", "port": self.dovecot.ports.submissions, "security": "tls"})
+    }
+
+    pub async fn mailbox(&self, email: &str, owner: &str, profile: &str, extra: Value) -> String {
+        let mut body = json!({"owner_user_id": owner, "email": email, "profile_id": profile});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let (status, m) = self
+            .api
+            .post(&self.app, "/api/v1/mailboxes", &self.admin, body)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{m}");
+        m["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Signs a mailbox in through the real flow: start, the provider's consent, the callback.
+    pub async fn sign_in(&self, mailbox: &str, token: &str) {
+        let no_redirects = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let start = no_redirects
+            .get(format!(
+                "{}/api/v1/mailboxes/{mailbox}/oauth/start",
+                self.app.base
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let consent = start.headers()["location"].to_str().unwrap().to_owned();
+        let page = reqwest::get(consent).await.unwrap();
+        assert_eq!(
+            page.status(),
+            StatusCode::OK,
+            "{}",
+            page.text().await.unwrap()
+        );
+    }
+
+    pub async fn test(&self, mailbox: &str, token: &str) -> Value {
+        let (status, m) = self
+            .api
+            .post(
+                &self.app,
+                &format!("/api/v1/mailboxes/{mailbox}/test-and-enable"),
+                token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{m}");
+        m
+    }
+}
