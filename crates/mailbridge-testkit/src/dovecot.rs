@@ -145,10 +145,15 @@ impl Dovecot {
         out
     }
 
+    /// A user's Maildir (INBOX), e.g. to make Dovecot renumber it in a test.
+    pub fn maildir(&self, user: &str) -> PathBuf {
+        self.dir.path().join("mail").join(user)
+    }
+
     /// Puts a message in a user's INBOX, as local delivery would.
     pub fn deliver(&self, user: &str, raw: &[u8]) -> anyhow::Result<PathBuf> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let maildir = self.dir.path().join("mail").join(user);
+        let maildir = self.maildir(user);
         for sub in ["", "new", "cur", "tmp"] {
             let d = maildir.join(sub);
             if !d.exists() {

@@ -1,0 +1,158 @@
+//! Incoming passes against a real Dovecot, without the engine: a UIDVALIDITY change is
+//! read again without duplicates, and a pass repeated after a crash stores nothing twice.
+#![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
+
+use mailbridge_proto::imap::ImapSession;
+use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
+use mailbridge_store::SyncBatch;
+use mailbridge_sync::incoming::imap::sync_inbox;
+use mailbridge_testkit::{AppOptions, MailWorld};
+use serde_json::json;
+
+async fn session(w: &MailWorld, mailbox: &str) -> ImapSession {
+    let tokens = w
+        .app
+        .store
+        .mailbox_tokens(mailbox.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let creds = Credentials::OAuth {
+        user: tokens.account_email,
+        token: tokens.access_token,
+    };
+    let tls = TlsSettings::new(Some(w.dovecot.ca_pem().as_bytes())).unwrap();
+    ImapSession::login(
+        &Endpoint::new("127.0.0.1", w.dovecot.ports.imaps, Security::Tls),
+        &tls,
+        &creds,
+    )
+    .await
+    .unwrap()
+}
+
+fn message(i: u32) -> Vec<u8> {
+    format!(
+        "From: x@example.com\r\nSubject: m{i}\r\nMessage-ID: <m{i}@example.com>\r\n\r\nbody {i}\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn a_uidvalidity_change_is_read_again_without_duplicates() {
+    let w = MailWorld::start(AppOptions::default()).await;
+    let profile = w
+        .gmail_like("G", w.imaps(), w.submissions(), json!({}))
+        .await;
+    let id = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    w.sign_in(&id, &w.ann).await;
+    let mailbox = w.app.store.get_mailbox(id.parse().unwrap()).await.unwrap();
+    for i in 0..3 {
+        w.dovecot.deliver("ann@example.com", &message(i)).unwrap();
+    }
+    let mut s = session(&w, &id).await;
+    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None)
+        .await
+        .unwrap();
+    assert_eq!((report.fetched, report.stored), (3, 3));
+    let before = w
+        .app
+        .store
+        .folder_position(mailbox.id, "INBOX")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(before.last_uid, 3);
+    // A second pass finds nothing new.
+    assert_eq!(
+        sync_inbox(&w.app.store, &mut s, &mailbox, None)
+            .await
+            .unwrap()
+            .fetched,
+        0
+    );
+    s.logout().await;
+
+    // Dovecot loses its UID list and indexes (as after a restore): it renumbers INBOX.
+    let maildir = w.dovecot.maildir("ann@example.com");
+    for entry in std::fs::read_dir(&maildir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("dovecot") {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // a new UIDVALIDITY is a timestamp
+    w.dovecot.deliver("ann@example.com", &message(3)).unwrap();
+    let mut s = session(&w, &id).await;
+    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None)
+        .await
+        .unwrap();
+    let after = w
+        .app
+        .store
+        .folder_position(mailbox.id, "INBOX")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(
+        after.uid_validity, before.uid_validity,
+        "the test must really change UIDVALIDITY"
+    );
+    assert_eq!(
+        (report.fetched, report.stored),
+        (4, 1),
+        "all read again, only the new one stored"
+    );
+    assert_eq!(w.app.store.count_emails(mailbox.id).await.unwrap(), 4);
+    s.logout().await;
+}
+
+#[tokio::test]
+async fn a_pass_repeated_after_a_crash_stores_nothing_twice() {
+    let w = MailWorld::start(AppOptions::default()).await;
+    let profile = w
+        .gmail_like("G", w.imaps(), w.submissions(), json!({}))
+        .await;
+    let id = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    w.sign_in(&id, &w.ann).await;
+    let mailbox = w.app.store.get_mailbox(id.parse().unwrap()).await.unwrap();
+    for i in 0..5 {
+        w.dovecot.deliver("ann@example.com", &message(i)).unwrap();
+    }
+    let mut s = session(&w, &id).await;
+    sync_inbox(&w.app.store, &mut s, &mailbox, None)
+        .await
+        .unwrap();
+    // As if the process died after storing the emails but before the position moved on:
+    // put the position back and run the pass again.
+    let mut position = w
+        .app
+        .store
+        .folder_position(mailbox.id, "INBOX")
+        .await
+        .unwrap()
+        .unwrap();
+    position.last_uid = 1;
+    w.app
+        .store
+        .save_sync_batch(
+            mailbox.id,
+            SyncBatch {
+                position: Some(position),
+                ..SyncBatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None)
+        .await
+        .unwrap();
+    assert_eq!((report.fetched, report.stored), (4, 0));
+    assert_eq!(w.app.store.count_emails(mailbox.id).await.unwrap(), 5);
+    s.logout().await;
+}

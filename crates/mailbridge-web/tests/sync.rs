@@ -1,0 +1,356 @@
+//! The sync engine end to end: mail delivered to a real Dovecot appears through the API with
+//! its fields, new mail arrives under IDLE, POP3 mailboxes are polled and left intact, a
+//! malformed message is kept raw and flagged, the tracking rule is applied, and a refused
+//! login or a revoked grant stops the mailbox with an alert.
+#![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailbridge_sync::EngineConfig;
+use mailbridge_testkit::{AppOptions, MailWorld, ManualClock};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn fast_engine() -> EngineConfig {
+    EngineConfig {
+        scan_interval: Duration::from_millis(200),
+        stagger: Duration::ZERO,
+        backoff_base: Duration::from_millis(100),
+        backoff_cap: Duration::from_secs(1),
+        full_check: Duration::from_secs(60),
+        mail_timeout: Duration::from_secs(20),
+        ..EngineConfig::default()
+    }
+}
+
+async fn world() -> MailWorld {
+    MailWorld::start(AppOptions {
+        engine: Some(fast_engine()),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// Polls `GET /emails?mailbox_id=…` until it holds `n` emails (or fails after 15 s).
+async fn wait_for_emails(w: &MailWorld, mailbox: &str, token: &str, n: usize) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let (status, page) = w
+            .api
+            .get(
+                &w.app,
+                &format!("/api/v1/emails?mailbox_id={mailbox}"),
+                token,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let emails = page["emails"].as_array().unwrap().clone();
+        if emails.len() >= n {
+            assert_eq!(emails.len(), n, "more emails than delivered: {emails:#?}");
+            return emails;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "only {} of {n} emails after 15 s; mailbox: {}",
+            emails.len(),
+            w.api
+                .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.admin)
+                .await
+                .1
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const QUOTE: &[u8] = b"From: Bob Stone <bob@example.com>\r\nTo: Ann Lee <ann@example.com>\r\nCc: carol@example.com\r\n\
+Subject: Quote for 40 chairs\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-ID: <quote-1@example.com>\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n\
+Here is the quote.\r\n--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=quote.pdf\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b--\r\n";
+
+#[tokio::test]
+async fn delivered_mail_appears_with_its_fields_and_new_mail_arrives_under_idle() {
+    let w = world().await;
+    w.dovecot.deliver("ann@example.com", QUOTE).unwrap();
+    w.dovecot.deliver("ann@example.com", b"From: dan@example.com\r\nTo: ann@example.com\r\nSubject: Re: Quote for 40 chairs\r\nMessage-ID: <r-1@example.com>\r\nIn-Reply-To: <quote-1@example.com>\r\n\r\nLooks good\r\n").unwrap();
+    let profile = w
+        .gmail_like("Gmail here", w.imaps(), w.submissions(), json!({}))
+        .await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    w.sign_in(&mailbox, &w.ann).await;
+    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+
+    let emails = wait_for_emails(&w, &mailbox, &w.ann, 2).await;
+    let quote = &emails[0];
+    assert_eq!(quote["direction"], "incoming");
+    assert_eq!(quote["subject"], "Quote for 40 chairs");
+    assert_eq!(quote["message_id"], "quote-1@example.com");
+    assert_eq!(
+        quote["from"],
+        json!({"address": "bob@example.com", "name": "Bob Stone"})
+    );
+    assert_eq!(quote["to"][0]["address"], "ann@example.com");
+    assert_eq!(quote["cc"][0]["address"], "carol@example.com");
+    assert_eq!(quote["sent_at"], "2026-11-24T10:00:00Z");
+    assert_eq!(
+        quote["text_body"].as_str().unwrap().trim(),
+        "Here is the quote."
+    );
+    assert_eq!(quote["attachments"][0]["filename"], "quote.pdf");
+    assert_eq!(quote["attachments"][0]["size"], 5);
+    assert_eq!(quote["parse_error"], Value::Null);
+    // The reply joins the quote's conversation.
+    assert_eq!(emails[1]["in_reply_to"], json!(["quote-1@example.com"]));
+    assert_eq!(emails[1]["conversation_id"], quote["conversation_id"]);
+
+    // The raw bytes come back unchanged; other users see nothing of Ann's mail.
+    let id = quote["id"].as_str().unwrap();
+    let raw = w
+        .api
+        .http
+        .get(format!("{}/api/v1/emails/{id}/raw", w.app.base))
+        .bearer_auth(&w.ann)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.headers()["content-type"], "message/rfc822");
+    assert_eq!(raw.bytes().await.unwrap().as_ref(), QUOTE);
+    let (_, bob) = w
+        .app
+        .user("bob@example.com", mailbridge_core::Role::User)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.api.get(&w.app, "/api/v1/emails", &bob).await.1["emails"],
+        json!([])
+    );
+    assert_eq!(
+        w.api
+            .get(&w.app, &format!("/api/v1/emails/{id}"), &bob)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+
+    // New mail while the session idles.
+    let delivered = Instant::now();
+    w.dovecot.deliver("ann@example.com", b"From: eve@example.com\r\nTo: ann@example.com\r\nSubject: new\r\nMessage-ID: <n-1@example.com>\r\n\r\nhi\r\n").unwrap();
+    let emails = wait_for_emails(&w, &mailbox, &w.ann, 3).await;
+    let latency = delivered.elapsed();
+    assert_eq!(emails[2]["subject"], "new");
+    assert!(
+        latency < Duration::from_secs(5),
+        "IDLE delivery took {latency:?}"
+    );
+    eprintln!("new mail visible through the API {latency:?} after delivery");
+
+    let (_, m) = w
+        .api
+        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
+        .await;
+    assert_eq!(m["items_processed"], 3, "{m:#}");
+    assert!(
+        m["last_sync_at"].is_string() && m["last_sync_error"].is_null(),
+        "{m:#}"
+    );
+    // Paging: two at a time.
+    let (_, page) = w
+        .api
+        .get(
+            &w.app,
+            &format!("/api/v1/emails?mailbox_id={mailbox}&limit=2"),
+            &w.ann,
+        )
+        .await;
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, rest) = w
+        .api
+        .get(
+            &w.app,
+            &format!("/api/v1/emails?mailbox_id={mailbox}&limit=2&cursor={cursor}"),
+            &w.ann,
+        )
+        .await;
+    assert_eq!(rest["emails"][0]["subject"], "new");
+    assert!(rest["next_cursor"].is_null());
+    w.app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pop3_mailbox_is_polled_and_its_mail_left_on_the_server() {
+    let w = world().await;
+    for i in 0..2 {
+        w.dovecot.deliver("ann@example.com", format!("From: x@example.com\r\nSubject: pop {i}\r\nMessage-ID: <p{i}@example.com>\r\n\r\nbody\r\n").as_bytes()).unwrap();
+    }
+    let pop3 = json!({"protocol": "pop3", "host": "127.0.0.1", "port": w.dovecot.ports.pop3s, "security": "tls"});
+    let profile = w.gmail_like("POP", pop3, w.submissions(), json!({})).await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    w.sign_in(&mailbox, &w.ann).await;
+    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    let emails = wait_for_emails(&w, &mailbox, &w.ann, 2).await;
+    assert_eq!(emails[0]["subject"], "pop 0");
+    let left = std::fs::read_dir(w.dovecot.maildir("ann@example.com").join("cur"))
+        .unwrap()
+        .count()
+        + std::fs::read_dir(w.dovecot.maildir("ann@example.com").join("new"))
+            .unwrap()
+            .count();
+    assert_eq!(left, 2, "POP3 sync never deletes");
+    w.app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_mail_is_kept_raw_and_the_tracking_rule_none_keeps_nothing() {
+    let w = world().await;
+    // (No NUL byte: Dovecot rewrites NULs on output, so they would not come back as sent.)
+    let garbage: &[u8] = b"\x01 this is not a message at all \xff\xfe\r\n";
+    w.dovecot.deliver("ann@example.com", garbage).unwrap();
+    let profile = w
+        .gmail_like("Gmail here", w.imaps(), w.submissions(), json!({}))
+        .await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    w.sign_in(&mailbox, &w.ann).await;
+    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    let emails = wait_for_emails(&w, &mailbox, &w.ann, 1).await;
+    assert!(emails[0]["parse_error"].is_string(), "{:#}", emails[0]);
+    let raw = w
+        .api
+        .http
+        .get(format!(
+            "{}/api/v1/emails/{}/raw",
+            w.app.base,
+            emails[0]["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&w.ann)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.bytes().await.unwrap().as_ref(), garbage);
+
+    // A second mailbox that tracks nothing: read, but no record kept.
+    let (bo_id, bo) = w
+        .app
+        .user("bo@example.com", mailbridge_core::Role::User)
+        .await
+        .unwrap();
+    w.dovecot.deliver("bo@example.com", QUOTE).unwrap();
+    let untracked = w
+        .mailbox(
+            "bo@example.com",
+            &bo_id,
+            &profile,
+            json!({"tracking_rule": "none"}),
+        )
+        .await;
+    w.sign_in(&untracked, &bo).await;
+    assert_eq!(w.test(&untracked, &bo).await["enabled"], true);
+    let started = Instant::now();
+    loop {
+        let (_, m) = w
+            .api
+            .get(&w.app, &format!("/api/v1/mailboxes/{untracked}"), &bo)
+            .await;
+        if m["last_sync_at"].is_string() {
+            assert_eq!(m["items_processed"], 0);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never synced: {m:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        w.api
+            .get(
+                &w.app,
+                &format!("/api/v1/emails?mailbox_id={untracked}"),
+                &bo
+            )
+            .await
+            .1["emails"],
+        json!([])
+    );
+    w.app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_revoked_grant_stops_the_mailbox_with_an_alert_for_its_owner() {
+    let clock = Arc::new(ManualClock::new());
+    let w = MailWorld::start(AppOptions {
+        engine: Some(fast_engine()),
+        clock: clock.clone(),
+        ..AppOptions::default()
+    })
+    .await;
+    let profile = w
+        .gmail_like("Gmail here", w.imaps(), w.submissions(), json!({}))
+        .await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    w.sign_in(&mailbox, &w.ann).await;
+    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    // Wait for the first sync, then the user revokes access and the token comes due.
+    let started = Instant::now();
+    while !w
+        .api
+        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
+        .await
+        .1["last_sync_at"]
+        .is_string()
+    {
+        assert!(started.elapsed() < Duration::from_secs(15));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.oauth.revoke_account("ann@example.com").await.unwrap();
+    clock.advance(chrono::Duration::minutes(59));
+    // New mail wakes the idling session, which then finds its token due and refreshes it.
+    w.dovecot
+        .deliver("ann@example.com", b"Subject: wake up\r\n\r\n.\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let m = loop {
+        let (_, m) = w
+            .api
+            .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
+            .await;
+        if m["enabled"] == false {
+            break m;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still enabled: {m:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(m["sign_in_status"], "needs_sign_in", "{m:#}");
+    let (_, alerts) = w
+        .api
+        .get(
+            &w.app,
+            &format!("/api/v1/mailboxes/{mailbox}/alerts"),
+            &w.ann,
+        )
+        .await;
+    let kinds: Vec<&str> = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"sign_in_required"), "{alerts:#}");
+    let stats = w.oauth.stats().await.unwrap();
+    assert_eq!(
+        stats["refreshGrants"], 1,
+        "invalid_grant is not retried: {stats}"
+    );
+    w.app.stop().await.unwrap();
+}
