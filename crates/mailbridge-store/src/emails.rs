@@ -75,6 +75,13 @@ pub struct EmailRecord {
     pub gmail_labels: Vec<String>,
     pub attachments: Vec<AttachmentInfo>,
     pub created_at: DateTime<Utc>,
+    /// Outgoing: `pending_send`, `sending`, `sent` or `failed`.
+    pub status: Option<String>,
+    pub send_attempts: i64,
+    /// Outgoing: the server's last words about it.
+    pub send_reply: Option<String>,
+    /// Outgoing: when the server accepted it.
+    pub delivered_at: Option<DateTime<Utc>>,
 }
 
 /// Which emails to list.
@@ -112,12 +119,17 @@ struct EmailRow {
     uid: Option<i64>,
     gmail_labels: Option<String>,
     created_at: i64,
+    status: Option<String>,
+    send_attempts: i64,
+    send_reply: Option<String>,
+    delivered_at: Option<i64>,
 }
 
 const EMAIL_SELECT: &str = "SELECT e.id, e.mailbox_id, m.owner_user_id, e.direction, e.message_id, \
      e.in_reply_to, e.references_ids, e.subject, e.from_address, e.from_name, e.to_json, e.cc_json, \
      e.sent_at, e.text_body, e.html_body, e.size, e.parse_error, e.conversation_id, e.folder, e.uid, \
-     e.gmail_labels, e.created_at FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id";
+     e.gmail_labels, e.created_at, e.status, e.send_attempts, e.send_reply, e.delivered_at \
+     FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id";
 
 fn words(s: Option<String>) -> Vec<String> {
     s.map(|s| s.split_whitespace().map(str::to_owned).collect())
@@ -156,6 +168,10 @@ impl EmailRow {
             folder: self.folder,
             uid: self.uid,
             attachments,
+            status: self.status,
+            send_attempts: self.send_attempts,
+            send_reply: self.send_reply,
+            delivered_at: self.delivered_at.map(time_from_ms),
         })
     }
 }
@@ -177,7 +193,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let mut inserted = 0usize;
         for email in &batch.emails {
-            if insert_email(&mut tx, &mid, "incoming", email, now).await? {
+            if insert_email(&mut tx, &mid, email, now, None).await? {
                 inserted += 1;
             }
         }
@@ -359,6 +375,126 @@ impl Store {
         Ok(n)
     }
 
+    /// Queues an email to send from a mailbox. With an idempotency key already used for this
+    /// mailbox, nothing new is queued and the earlier email is returned. Returns the email and
+    /// whether it was created now.
+    pub async fn queue_outgoing(
+        &self,
+        mailbox: MailboxId,
+        email: &NewEmail,
+        idempotency_key: Option<&str>,
+    ) -> Result<(EmailRecord, bool)> {
+        let now = self.now_ms();
+        let mid = mailbox.to_string();
+        let mut tx = self.begin_write().await?;
+        let created = insert_email(&mut tx, &mid, email, now, Some(idempotency_key)).await?;
+        tx.commit().await?;
+        let (id,): (String,) = match idempotency_key {
+            Some(key) if !created => {
+                sqlx::query_as(
+                    "SELECT id FROM emails WHERE mailbox_id = $1 AND idempotency_key = $2",
+                )
+                .bind(&mid)
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await?
+            }
+            _ => {
+                sqlx::query_as("SELECT id FROM emails WHERE mailbox_id = $1 AND remote_key = $2")
+                    .bind(&mid)
+                    .bind(&email.remote_key)
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+        };
+        Ok((self.get_email(&id).await?, created))
+    }
+
+    /// Claims up to `limit` outgoing emails due for sending: each moves to `sending`, so no
+    /// other worker takes it. Returns (email id, mailbox id).
+    pub async fn claim_due_outgoing(&self, limit: i64) -> Result<Vec<(String, MailboxId)>> {
+        let now = self.now_ms();
+        let mut tx = self.begin_write().await?;
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, mailbox_id FROM emails WHERE status = 'pending_send' AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at, id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, _) in &rows {
+            sqlx::query("UPDATE emails SET status = 'sending', send_attempts = send_attempts + 1 WHERE id = $1 AND status = 'pending_send'")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        rows.into_iter()
+            .map(|(id, m)| {
+                Ok((
+                    id,
+                    m.parse()
+                        .map_err(|e| StoreError::corrupt("email mailbox", e))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The server accepted the email.
+    pub async fn mark_sent(&self, id: &str, reply: &str) -> Result<()> {
+        self.set_send_state(id, "sent", reply, None).await
+    }
+
+    /// A temporary failure: send again at `retry_at`.
+    pub async fn mark_send_retry(
+        &self,
+        id: &str,
+        error: &str,
+        retry_at: DateTime<Utc>,
+    ) -> Result<()> {
+        self.set_send_state(id, "pending_send", error, Some(retry_at.timestamp_millis()))
+            .await
+    }
+
+    /// A permanent failure (or too many temporary ones).
+    pub async fn mark_send_failed(&self, id: &str, error: &str) -> Result<()> {
+        self.set_send_state(id, "failed", error, None).await
+    }
+
+    async fn set_send_state(
+        &self,
+        id: &str,
+        status: &str,
+        reply: &str,
+        retry_at: Option<i64>,
+    ) -> Result<()> {
+        let delivered = (status == "sent").then(|| self.now_ms());
+        sqlx::query("UPDATE emails SET status = $1, send_reply = $2, next_attempt_at = $3, delivered_at = $4 WHERE id = $5")
+            .bind(status)
+            .bind(reply)
+            .bind(retry_at)
+            .bind(delivered)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Emails left in `sending` by a process that stopped mid-send may or may not have reached
+    /// the server. They are never sent again automatically (no email goes out twice): they
+    /// become `failed` with a reason saying so. Returns how many.
+    pub async fn fail_interrupted_sends(&self) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE emails SET status = 'failed', send_reply = 'the service stopped while sending this email; \
+             it may or may not have been delivered: check the mailbox''s Sent folder before sending it again' \
+             WHERE status = 'sending'",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn attachments_of(&self, email: &str) -> Result<Vec<AttachmentInfo>> {
         let rows: Vec<(String, Option<String>, String, i64)> = sqlx::query_as(
             "SELECT id, filename, content_type, size FROM attachments WHERE email_id = $1 ORDER BY id",
@@ -378,15 +514,22 @@ impl Store {
     }
 }
 
-/// Inserts one email unless the mailbox already has it (same server identity or same bytes);
-/// joins it to the conversation of the message it answers. Returns whether it was new.
+/// Inserts one email unless the mailbox already has it (same server identity or same bytes;
+/// for outgoing mail, the same idempotency key); joins it to the conversation of the message
+/// it answers. `outgoing` carries the idempotency key of mail to send. Returns whether it was
+/// new.
 async fn insert_email(
     tx: &mut Transaction<'_, Any>,
     mailbox: &str,
-    direction: &str,
     email: &NewEmail,
     now: i64,
+    outgoing: Option<Option<&str>>,
 ) -> Result<bool> {
+    let direction = if outgoing.is_some() {
+        "outgoing"
+    } else {
+        "incoming"
+    };
     let p = &email.parsed;
     let id = uuid::Uuid::now_v7().to_string();
     let related: Vec<&String> = p.in_reply_to.iter().chain(p.references.iter()).collect();
@@ -408,8 +551,9 @@ async fn insert_email(
         "INSERT INTO emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \
          gmail_labels, message_id, in_reply_to, references_ids, subject, from_address, from_name, \
          to_json, cc_json, sent_at, text_body, html_body, raw, size, parse_error, conversation_id, \
-         created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-         $17, $18, $19, $20, $21, $22, $23, $24) ON CONFLICT DO NOTHING",
+         created_at, status, idempotency_key, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+         $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, \
+         $26, $27) ON CONFLICT DO NOTHING",
     )
     .bind(&id)
     .bind(mailbox)
@@ -418,7 +562,10 @@ async fn insert_email(
     .bind(sha256_hex(&email.raw))
     .bind(email.folder.clone())
     .bind(email.uid.map(i64::from))
-    .bind((!email.gmail_labels.is_empty()).then(|| serde_json::to_string(&email.gmail_labels).unwrap_or_default()))
+    .bind(
+        (!email.gmail_labels.is_empty())
+            .then(|| serde_json::to_string(&email.gmail_labels).unwrap_or_default()),
+    )
     .bind(p.message_id.clone())
     .bind((!p.in_reply_to.is_empty()).then(|| p.in_reply_to.join(" ")))
     .bind((!p.references.is_empty()).then(|| p.references.join(" ")))
@@ -435,6 +582,9 @@ async fn insert_email(
     .bind(p.parse_error.clone())
     .bind(conversation.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()))
     .bind(now)
+    .bind(outgoing.map(|_| "pending_send"))
+    .bind(outgoing.flatten().map(str::to_owned))
+    .bind(outgoing.map(|_| now))
     .execute(&mut **tx)
     .await?;
     if done.rows_affected() == 0 {

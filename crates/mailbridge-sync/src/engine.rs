@@ -39,6 +39,8 @@ pub struct EngineConfig {
     pub global_limit: usize,
     /// Bound on connecting to a mail server and on every read from it.
     pub mail_timeout: Duration,
+    /// What SMTP EHLO says.
+    pub client_name: String,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +54,7 @@ impl Default for EngineConfig {
             stagger: Duration::from_secs(10),
             global_limit: 64,
             mail_timeout: Duration::from_secs(30),
+            client_name: "localhost".to_owned(),
         }
     }
 }
@@ -96,6 +99,7 @@ impl Engine {
 
     /// Runs until `shutdown` turns true, then stops every worker and returns.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let sender = tokio::spawn(self.clone().send_loop(shutdown.clone()));
         let mut workers: HashMap<MailboxId, tokio::task::JoinHandle<()>> = HashMap::new();
         loop {
             workers.retain(|_, w| !w.is_finished());
@@ -126,7 +130,47 @@ impl Engine {
         for (_, w) in workers {
             let _ = w.await;
         }
+        let _ = sender.await;
         tracing::info!("sync engine stopped");
+    }
+
+    /// Sends queued outgoing mail until shutdown.
+    async fn send_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        match self.store.fail_interrupted_sends().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                emails = n,
+                "emails interrupted mid-send by the last stop are marked failed, not sent again"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot check for interrupted sends"),
+        }
+        loop {
+            match crate::outgoing::send_due(&self, &self.store).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sent = n, "sent queued email"),
+                Err(e) => tracing::warn!(error = %e, "sending queued email failed; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.scan_interval) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    pub(crate) fn mail_timeout(&self) -> Duration {
+        self.config.mail_timeout
+    }
+
+    pub(crate) fn tls(&self) -> &TlsSettings {
+        &self.tls
+    }
+
+    pub(crate) fn client_name(&self) -> &str {
+        &self.config.client_name
+    }
+
+    pub(crate) fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
     }
 
     /// Works one mailbox until it is disabled, fails for good, or the engine stops.
@@ -239,8 +283,14 @@ impl Engine {
                         _ = shutdown.wait_for(|stop| *stop) => return Ok(Pass::Shutdown),
                     };
                     session = s;
+                    // Settings may have changed while idling (tracking rule, disabled).
+                    let current = self.store.get_mailbox(mailbox.id).await?;
+                    if !current.enabled {
+                        session.logout().await;
+                        return Ok(Pass::Continue);
+                    }
                     let _permits = self.permits(profile).await;
-                    let report = sync_inbox(&self.store, &mut session, mailbox, since).await?;
+                    let report = sync_inbox(&self.store, &mut session, &current, since).await?;
                     tracing::debug!(mailbox = %mailbox.id, ?report, ?outcome, "synced");
                     if outcome == IdleOutcome::TimedOut && left.is_some_and(|l| l <= wait) {
                         session.logout().await;
@@ -265,7 +315,7 @@ impl Engine {
     }
 
     /// The login, and until when an OAuth token behind it stays good.
-    async fn credentials(
+    pub(crate) async fn credentials(
         &self,
         mailbox: &MailboxRecord,
         profile: &ProfileRecord,

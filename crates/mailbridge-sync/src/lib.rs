@@ -4,6 +4,7 @@
 
 pub mod engine;
 pub mod incoming;
+pub mod outgoing;
 pub mod parse;
 mod provider;
 pub mod signin;

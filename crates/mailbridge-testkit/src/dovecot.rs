@@ -33,6 +33,7 @@ pub struct Dovecot {
     child: Child,
     /// aiosmtpd: where submission relays what it accepts, so a test can read what was sent.
     sink: Child,
+    sink_port: u16,
     pub ports: Ports,
     ca_pem: String,
 }
@@ -100,16 +101,7 @@ impl Dovecot {
                 "aiosmtpd is not installed: run ./scripts/test (apt-get install python3-aiosmtpd)"
             );
         }
-        let sink = Command::new("/usr/bin/python3")
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{sink_port}"))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(root.join("relayed"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(root.join("aiosmtpd.log"))?)
-            .spawn()
-            .context("cannot start aiosmtpd")?;
+        let sink = spawn_sink(root, sink_port)?;
         let log = std::fs::File::create(root.join("stderr.log"))?;
         let child = Command::new(DOVECOT)
             .args(["-F", "-c"])
@@ -123,6 +115,7 @@ impl Dovecot {
             dir,
             child,
             sink,
+            sink_port,
             ports,
             ca_pem,
         };
@@ -169,6 +162,17 @@ impl Dovecot {
         let dest = maildir.join("new").join(&name);
         std::fs::rename(&tmp, &dest)?;
         Ok(dest)
+    }
+
+    /// Stops the SMTP server behind submission: relaying fails until [`Dovecot::start_sink`].
+    pub fn stop_sink(&mut self) {
+        let _ = self.sink.kill();
+        let _ = self.sink.wait();
+    }
+
+    pub fn start_sink(&mut self) -> anyhow::Result<()> {
+        self.sink = spawn_sink(self.dir.path(), self.sink_port)?;
+        self.wait_ready(&[self.sink_port])
     }
 
     /// Every message submission relayed onwards, oldest first.
@@ -252,6 +256,7 @@ hostname = dovecot.test
 submission_relay_host = 127.0.0.1
 submission_relay_port = {sink}
 submission_relay_trusted = yes
+submission_max_mail_size = 100k
 service imap-login {{
   inet_listener imap {{
     port = {imap}
@@ -339,6 +344,25 @@ fn certificates() -> anyhow::Result<(String, String, String)> {
         .push(DnType::CommonName, "dovecot.test");
     let cert = params.signed_by(&key, &issuer)?;
     Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+}
+
+/// aiosmtpd (Debian's python3-aiosmtpd) storing what it receives in `root/relayed` (Maildir).
+fn spawn_sink(root: &Path, port: u16) -> anyhow::Result<Child> {
+    Command::new("/usr/bin/python3")
+        .args(["-m", "aiosmtpd", "-n", "-l"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-c", "aiosmtpd.handlers.Mailbox"])
+        .arg(root.join("relayed"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(root.join("aiosmtpd.log"))?,
+        )
+        .spawn()
+        .context("cannot start aiosmtpd")
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -48,6 +48,7 @@ pub struct AppState {
     pub tester: Arc<Tester>,
     /// Shared with the sync engine, so one refresh serves both.
     pub tokens: Arc<TokenService>,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// What the services behind the API are built from.
@@ -72,6 +73,7 @@ impl AppState {
         } = services;
         let redirect = config.oauth_redirect_uri();
         let signin = SignIn::new(store.clone(), http.clone(), clock.clone(), redirect.clone());
+        let app_clock = clock.clone();
         let tokens = TokenService::new(
             store.clone(),
             http,
@@ -99,6 +101,7 @@ impl AppState {
             signin: Arc::new(signin),
             tester: Arc::new(tester),
             tokens,
+            clock: app_clock,
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::routes::{emails, mailboxes, oauth, profiles, system, users};
         mailboxes::create, mailboxes::list, mailboxes::show, mailboxes::update, mailboxes::remove,
         mailboxes::alerts, mailboxes::dismiss_alert, mailboxes::test_and_enable,
         profiles::test_and_enable, oauth::start, oauth::disconnect,
-        emails::list, emails::show, emails::raw,
+        emails::list, emails::send, emails::show, emails::raw,
         system::features, system::audit_log,
     ),
     modifiers(&BearerAuth)

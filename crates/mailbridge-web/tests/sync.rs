@@ -354,3 +354,185 @@ async fn a_revoked_grant_stops_the_mailbox_with_an_alert_for_its_owner() {
     );
     w.app.stop().await.unwrap();
 }
+
+/// Polls an email until its status is `status` (or fails after 20 s).
+async fn wait_for_status(w: &MailWorld, id: &str, status: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let (_, e) = w
+            .api
+            .get(&w.app, &format!("/api/v1/emails/{id}"), &w.ann)
+            .await;
+        if e["status"] == status {
+            return e;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "email never became {status}: {e:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn enabled_mailbox(w: &MailWorld) -> String {
+    let profile = w
+        .gmail_like("Gmail here", w.imaps(), w.submissions(), json!({}))
+        .await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    w.sign_in(&mailbox, &w.ann).await;
+    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    mailbox
+}
+
+#[tokio::test]
+async fn outgoing_mail_is_sent_once_and_its_replies_join_the_conversation() {
+    let w = world().await;
+    let mailbox = enabled_mailbox(&w).await;
+    let body = json!({"mailbox_id": mailbox, "to": [{"address": "bob@example.com", "name": "Bob"}],
+                      "subject": "Your quote", "text_body": "Please find the quote below."});
+    let post = |key: &'static str| {
+        w.api
+            .http
+            .post(format!("{}/api/v1/emails", w.app.base))
+            .bearer_auth(&w.ann)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let first = post("quote-42").await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["status"], "pending_send");
+    assert_eq!(first["direction"], "outgoing");
+    let again = post("quote-42").await.unwrap();
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "the same key returns the same email"
+    );
+    assert_eq!(again.json::<Value>().await.unwrap()["id"], first["id"]);
+
+    let id = first["id"].as_str().unwrap();
+    let sent = wait_for_status(&w, id, "sent").await;
+    assert!(
+        sent["send_reply"].as_str().unwrap().starts_with("250"),
+        "{sent:#}"
+    );
+    assert!(sent["delivered_at"].is_string());
+    let message_id = sent["message_id"].as_str().unwrap().to_owned();
+    let relayed = w.dovecot.relayed().unwrap();
+    assert_eq!(relayed.len(), 1, "sent exactly once");
+    let text = String::from_utf8_lossy(&relayed[0]);
+    assert!(
+        text.contains(&format!("<{message_id}>")) && text.contains("Subject: Your quote"),
+        "{text}"
+    );
+
+    // Track responses only: a reply to the sent mail is kept and joins its conversation;
+    // unrelated mail is not kept.
+    w.api
+        .patch(
+            &w.app,
+            &format!("/api/v1/mailboxes/{mailbox}"),
+            &w.ann,
+            json!({"tracking_rule": "responses"}),
+        )
+        .await;
+    w.dovecot.deliver("ann@example.com", b"From: carol@example.com\r\nSubject: unrelated\r\nMessage-ID: <u1@example.com>\r\n\r\nhi\r\n").unwrap();
+    w.dovecot.deliver("ann@example.com", format!("From: bob@example.com\r\nSubject: Re: Your quote\r\nMessage-ID: <b1@example.com>\r\nIn-Reply-To: <{message_id}>\r\n\r\nDeal.\r\n").as_bytes()).unwrap();
+    let started = Instant::now();
+    let reply = loop {
+        let (_, page) = w
+            .api
+            .get(
+                &w.app,
+                &format!("/api/v1/emails?mailbox_id={mailbox}&direction=incoming"),
+                &w.ann,
+            )
+            .await;
+        if let Some(e) = page["emails"].as_array().unwrap().first() {
+            assert_eq!(page["emails"].as_array().unwrap().len(), 1, "{page:#}");
+            break e.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(15));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(reply["subject"], "Re: Your quote");
+    assert_eq!(reply["conversation_id"], sent["conversation_id"]);
+    let (_, conversation) = w
+        .api
+        .get(
+            &w.app,
+            &format!(
+                "/api/v1/emails?conversation_id={}",
+                sent["conversation_id"].as_str().unwrap()
+            ),
+            &w.ann,
+        )
+        .await;
+    assert_eq!(conversation["emails"].as_array().unwrap().len(), 2);
+    w.app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_temporary_failure_is_retried_and_a_permanent_one_fails_with_the_servers_words() {
+    let mut w = world().await;
+    let mailbox = enabled_mailbox(&w).await;
+    // The relay behind submission is down: the send fails for now.
+    w.dovecot.stop_sink();
+    let (status, email) = w.api.post(&w.app, "/api/v1/emails", &w.ann, json!({"mailbox_id": mailbox, "to": [{"address": "bob@example.com"}], "subject": "later", "text_body": "x"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{email}");
+    let id = email["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    loop {
+        let (_, e) = w
+            .api
+            .get(&w.app, &format!("/api/v1/emails/{id}"), &w.ann)
+            .await;
+        if e["send_attempts"].as_i64().unwrap() >= 1 && e["status"] == "pending_send" {
+            assert!(e["send_reply"].is_string(), "{e:#}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{e:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.dovecot.start_sink().unwrap();
+    let sent = wait_for_status(&w, &id, "sent").await;
+    assert!(sent["send_attempts"].as_i64().unwrap() >= 2, "{sent:#}");
+    assert_eq!(w.dovecot.relayed().unwrap().len(), 1);
+
+    // Too big for the server (submission_max_mail_size 100k): refused for good.
+    let big = "x".repeat(200 * 1024);
+    let (_, email) = w.api.post(&w.app, "/api/v1/emails", &w.ann, json!({"mailbox_id": mailbox, "to": [{"address": "bob@example.com"}], "subject": "big", "text_body": big})).await;
+    let failed = wait_for_status(&w, email["id"].as_str().unwrap(), "failed").await;
+    assert!(
+        failed["send_reply"].as_str().unwrap().contains("552"),
+        "{failed:#}"
+    );
+    assert_eq!(
+        failed["send_attempts"], 1,
+        "a permanent refusal is not retried"
+    );
+
+    // Bad input is refused at the door.
+    let r = w.api.post(&w.app, "/api/v1/emails", &w.ann, json!({"mailbox_id": mailbox, "to": [{"address": "bob"}], "subject": "x", "text_body": "x"})).await;
+    mailbridge_testkit::assert_error(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("to[0].address"),
+    );
+    let r = w
+        .api
+        .post(
+            &w.app,
+            "/api/v1/emails",
+            &w.ann,
+            json!({"mailbox_id": mailbox, "to": [], "subject": "x", "text_body": "x"}),
+        )
+        .await;
+    mailbridge_testkit::assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some("to"));
+    w.app.stop().await.unwrap();
+}

@@ -40,6 +40,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     let tls = TlsSettings::new(config.tls_ca.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    // SMTP EHLO names this service by its public host.
+    let client_name = web
+        .public_base_url
+        .host_str()
+        .unwrap_or("localhost")
+        .to_owned();
     let clock = Arc::new(SystemClock);
     let services = Services {
         clock: clock.clone(),
@@ -55,6 +61,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         clock,
         EngineConfig {
             mail_timeout: MAIL_TIMEOUT,
+            client_name,
             ..EngineConfig::default()
         },
     );

@@ -2,23 +2,25 @@
 //! own mailboxes; an admin sees all.
 
 use axum::extract::{Path, Query, State};
-use axum::http::header;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use mailbridge_core::MailboxId;
 use mailbridge_core::message::Party;
-use mailbridge_store::{AttachmentInfo, EmailFilter, EmailRecord};
+use mailbridge_core::{DeliveryMethod, EmailAddress, MailboxId};
+use mailbridge_store::{AttachmentInfo, EmailFilter, EmailRecord, StoreError};
+use mailbridge_sync::outgoing::{Outgoing, compose};
 
 use super::path_id;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
+use crate::json::ApiJson;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/emails", get(list))
+        .route("/emails", get(list).post(send))
         .route("/emails/{id}", get(show))
         .route("/emails/{id}/raw", get(raw))
 }
@@ -66,6 +68,13 @@ pub struct EmailView {
     gmail_labels: Vec<String>,
     /// When Mailbridge stored it.
     created_at: DateTime<Utc>,
+    /// Outgoing: `pending_send`, `sending`, `sent` or `failed`.
+    status: Option<String>,
+    send_attempts: i64,
+    /// Outgoing: the server's words (the queue id when sent, the refusal when failed).
+    send_reply: Option<String>,
+    /// Outgoing: when the server accepted it.
+    delivered_at: Option<DateTime<Utc>>,
 }
 
 impl From<EmailRecord> for EmailView {
@@ -91,6 +100,10 @@ impl From<EmailRecord> for EmailView {
             folder: e.folder,
             gmail_labels: e.gmail_labels,
             created_at: e.created_at,
+            status: e.status,
+            send_attempts: e.send_attempts,
+            send_reply: e.send_reply,
+            delivered_at: e.delivered_at,
         }
     }
 }
@@ -198,4 +211,148 @@ async fn raw(
     let email = load(&caller, &state, &id).await?;
     let bytes = state.store.email_raw(&email.id).await?;
     Ok(([(header::CONTENT_TYPE, "message/rfc822")], bytes))
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PartyInput {
+    address: String,
+    name: Option<String>,
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOutgoing {
+    /// The mailbox to send from (its owner or an admin).
+    #[schema(value_type = String)]
+    mailbox_id: Option<MailboxId>,
+    to: Option<Vec<PartyInput>>,
+    #[serde(default)]
+    cc: Vec<PartyInput>,
+    subject: Option<String>,
+    text_body: Option<String>,
+    html_body: Option<String>,
+    /// The Message-ID of the email this answers, so the reply threads.
+    in_reply_to: Option<String>,
+}
+
+fn parties(input: Vec<PartyInput>, field: &str) -> Result<Vec<Party>, ApiError> {
+    input
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let address = EmailAddress::parse(&p.address, &format!("{field}[{i}].address"))?;
+            Ok(Party {
+                address: address.to_string(),
+                name: p.name.filter(|n| !n.trim().is_empty()),
+            })
+        })
+        .collect()
+}
+
+/// Queues an email to send from a mailbox; the engine sends it over SMTP. With an
+/// `Idempotency-Key` header already used for this mailbox, nothing new is queued: the earlier
+/// email is returned with 200.
+#[utoipa::path(post, path = "/emails", tag = "emails", request_body = NewOutgoing, security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes retries of this request safe")),
+    responses((status = 201, body = EmailView), (status = 200, body = EmailView, description = "the email created earlier with this Idempotency-Key"),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn send(
+    caller: Caller,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(input): ApiJson<NewOutgoing>,
+) -> Result<(StatusCode, Json<EmailView>), ApiError> {
+    let key = match headers.get("idempotency-key") {
+        Some(v) => {
+            let k = v
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= 255);
+            Some(
+                k.ok_or_else(|| {
+                    ApiError::invalid(
+                        "Idempotency-Key",
+                        "the Idempotency-Key header must be 1 to 255 visible characters",
+                    )
+                })?
+                .to_owned(),
+            )
+        }
+        None => None,
+    };
+    let mailbox_id = input.mailbox_id.ok_or_else(|| {
+        ApiError::invalid(
+            "mailbox_id",
+            "mailbox_id is required: the mailbox to send from",
+        )
+    })?;
+    let mailbox = state
+        .store
+        .get_mailbox(mailbox_id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound { .. } => {
+                ApiError::invalid("mailbox_id", format!("mailbox {mailbox_id} does not exist"))
+            }
+            other => other.into(),
+        })?;
+    caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
+    if mailbox.spec.outgoing_method != DeliveryMethod::ServerSideSync {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_sending",
+            "this mailbox's outgoing email is not synchronized (outgoing_method none); change it, then run Test & Enable",
+        ));
+    }
+    let to = parties(input.to.unwrap_or_default(), "to")?;
+    if to.is_empty() {
+        return Err(ApiError::invalid(
+            "to",
+            "to needs at least one recipient, e.g. [{\"address\": \"bob@example.com\"}]",
+        ));
+    }
+    let cc = parties(input.cc, "cc")?;
+    let subject = input.subject.unwrap_or_default();
+    if subject.chars().count() > 998 || subject.contains(['\r', '\n']) {
+        return Err(ApiError::invalid(
+            "subject",
+            "subject must be one line of at most 998 characters",
+        ));
+    }
+    if input.text_body.is_none() && input.html_body.is_none() {
+        return Err(ApiError::invalid(
+            "text_body",
+            "give text_body, html_body, or both",
+        ));
+    }
+    let outgoing = Outgoing {
+        to,
+        cc,
+        subject,
+        text_body: input.text_body,
+        html_body: input.html_body,
+        in_reply_to: input.in_reply_to,
+    };
+    let email = compose(&mailbox.spec.email, &outgoing, state.clock.now()).map_err(|e| {
+        tracing::error!(error = %e, "cannot compose an email");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the email could not be composed",
+        )
+    })?;
+    let (record, created) = state
+        .store
+        .queue_outgoing(mailbox.id, &email, key.as_deref())
+        .await?;
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(record.into()),
+    ))
 }

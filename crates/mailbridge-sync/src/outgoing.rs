@@ -1,0 +1,219 @@
+//! Outgoing mail: [`compose`] builds the RFC 5322 message (with a Message-ID that replies
+//! will carry back in In-Reply-To, so they join the conversation), and [`send_due`] sends
+//! what is queued over SMTP with the mailbox's token: `sent` with the server's words, retried
+//! with backoff on 4xx and network errors, `failed` with the server's words on 5xx.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mail_builder::MessageBuilder;
+use mailbridge_core::message::Party;
+use mailbridge_core::{EmailAddress, MailboxId};
+use mailbridge_proto::Endpoint;
+use mailbridge_proto::smtp::SmtpSession;
+use mailbridge_store::{NewEmail, Store, StoreError};
+
+use crate::engine::Engine;
+use crate::parse::parse;
+
+/// Attempts before a temporarily failing email is given up as `failed`.
+pub const MAX_SEND_ATTEMPTS: i64 = 10;
+
+/// What the application asks to send.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub to: Vec<Party>,
+    pub cc: Vec<Party>,
+    pub subject: String,
+    pub text_body: Option<String>,
+    pub html_body: Option<String>,
+    /// The Message-ID of the email this answers.
+    pub in_reply_to: Option<String>,
+}
+
+/// Builds the message and the record to queue for it.
+pub fn compose(
+    from: &EmailAddress,
+    mail: &Outgoing,
+    now: DateTime<Utc>,
+) -> Result<NewEmail, std::io::Error> {
+    let local = uuid::Uuid::now_v7();
+    let message_id = format!("{local}@{}", from.domain());
+    let party = |p: &Party| match &p.name {
+        Some(n) => {
+            mail_builder::headers::address::Address::new_address(Some(n.clone()), p.address.clone())
+        }
+        None => {
+            mail_builder::headers::address::Address::new_address(None::<String>, p.address.clone())
+        }
+    };
+    let mut builder = MessageBuilder::new()
+        .from(from.as_str())
+        .to(mail.to.iter().map(party).collect::<Vec<_>>())
+        .subject(mail.subject.clone())
+        .message_id(message_id)
+        .date(now.timestamp());
+    if !mail.cc.is_empty() {
+        builder = builder.cc(mail.cc.iter().map(party).collect::<Vec<_>>());
+    }
+    if let Some(parent) = &mail.in_reply_to {
+        builder = builder
+            .in_reply_to(parent.clone())
+            .references(parent.clone());
+    }
+    if let Some(text) = &mail.text_body {
+        builder = builder.text_body(text.clone());
+    }
+    if let Some(html) = &mail.html_body {
+        builder = builder.html_body(html.clone());
+    }
+    let raw = builder.write_to_vec()?;
+    Ok(NewEmail {
+        remote_key: format!("out/{local}"),
+        folder: None,
+        uid: None,
+        gmail_labels: Vec::new(),
+        parsed: parse(&raw),
+        raw,
+    })
+}
+
+/// Sends the emails due now, one SMTP session per mailbox. Returns how many were sent.
+pub(crate) async fn send_due(engine: &Engine, store: &Store) -> Result<usize, StoreError> {
+    let claimed = store.claim_due_outgoing(50).await?;
+    let mut by_mailbox: BTreeMap<MailboxId, Vec<String>> = BTreeMap::new();
+    for (email, mailbox) in claimed {
+        by_mailbox.entry(mailbox).or_default().push(email);
+    }
+    let mut sent = 0;
+    for (mailbox, emails) in by_mailbox {
+        sent += send_for_mailbox(engine, store, mailbox, &emails).await?;
+    }
+    Ok(sent)
+}
+
+async fn send_for_mailbox(
+    engine: &Engine,
+    store: &Store,
+    mailbox: MailboxId,
+    emails: &[String],
+) -> Result<usize, StoreError> {
+    let record = store.get_mailbox(mailbox).await?;
+    let profile = store.get_profile(record.spec.profile_id).await?;
+    let session = async {
+        let (credentials, _) = engine.credentials(&record, &profile).await?;
+        let server = &profile.spec.outgoing;
+        let endpoint = Endpoint::new(server.host.as_str(), server.port.get(), server.security)
+            .with_timeout(engine.mail_timeout());
+        Ok::<_, crate::incoming::SyncError>(
+            SmtpSession::login(&endpoint, engine.tls(), &credentials, engine.client_name()).await?,
+        )
+    }
+    .await;
+    let mut session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            for id in emails {
+                let attempts = store.get_email(id).await?.send_attempts;
+                settle_failure(
+                    store,
+                    id,
+                    attempts,
+                    &e.to_string(),
+                    e.is_transient(),
+                    engine.now(),
+                )
+                .await?;
+            }
+            return Ok(0);
+        }
+    };
+    let mut sent = 0;
+    for id in emails {
+        let email = store.get_email(id).await?;
+        let raw = store.email_raw(id).await?;
+        let recipients: Vec<String> = email
+            .to
+            .iter()
+            .chain(&email.cc)
+            .map(|p| p.address.clone())
+            .collect();
+        match session
+            .send(record.spec.email.as_str(), &recipients, &raw)
+            .await
+        {
+            Ok(report) => {
+                let refused: Vec<String> = report
+                    .recipients
+                    .iter()
+                    .filter(|r| !r.accepted)
+                    .map(|r| format!("{}: {}", r.address, r.reply))
+                    .collect();
+                let words = if refused.is_empty() {
+                    report.reply
+                } else {
+                    format!("{}; refused: {}", report.reply, refused.join("; "))
+                };
+                store.mark_sent(id, &words).await?;
+                sent += 1;
+            }
+            Err(e) => {
+                let transient = e.is_transient();
+                settle_failure(
+                    store,
+                    id,
+                    email.send_attempts,
+                    &e.to_string(),
+                    transient,
+                    engine.now(),
+                )
+                .await?;
+                if matches!(
+                    e.kind,
+                    mailbridge_proto::ErrorKind::Io(_) | mailbridge_proto::ErrorKind::Timeout(_)
+                ) {
+                    // The session is gone; the rest wait for the next round.
+                    for rest in emails.iter().skip_while(|x| *x != id).skip(1) {
+                        let attempts = store.get_email(rest).await?.send_attempts;
+                        settle_failure(
+                            store,
+                            rest,
+                            attempts,
+                            "not attempted: the connection was lost",
+                            true,
+                            engine.now(),
+                        )
+                        .await?;
+                    }
+                    return Ok(sent);
+                }
+            }
+        }
+    }
+    let _ = session.quit().await;
+    Ok(sent)
+}
+
+/// Retry later with backoff (2 s, 4 s, … capped at 15 min), or give up.
+async fn settle_failure(
+    store: &Store,
+    id: &str,
+    attempts: i64,
+    error: &str,
+    transient: bool,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if transient && attempts < MAX_SEND_ATTEMPTS {
+        let wait = Duration::from_secs(
+            2u64.saturating_pow(u32::try_from(attempts).unwrap_or(u32::MAX))
+                .min(900),
+        );
+        let retry_at = now + chrono::Duration::from_std(wait).unwrap_or_default();
+        tracing::info!(email = id, error, attempts, "send failed; will retry");
+        store.mark_send_retry(id, error, retry_at).await
+    } else {
+        tracing::warn!(email = id, error, attempts, "send failed for good");
+        store.mark_send_failed(id, error).await
+    }
+}
