@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod contacts;
 pub mod crypto;
 pub mod emails;
 pub mod mailboxes;
@@ -22,6 +23,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use alerts::{AlertRecord, NewAlert};
 pub use audit::{Actor, AuditEntry};
+pub use contacts::Contact;
 pub use crypto::{CryptoError, Keyring};
 pub use emails::{AttachmentInfo, EmailFilter, EmailRecord, FolderPosition, NewEmail, SyncBatch};
 pub use mailboxes::{MailboxRecord, SyncStatus, TestOutcome};

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{emails, mailboxes, oauth, profiles, system, users};
+use crate::routes::{contacts, emails, mailboxes, oauth, profiles, system, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,6 +16,7 @@ use crate::routes::{emails, mailboxes, oauth, profiles, system, users};
         mailboxes::alerts, mailboxes::dismiss_alert, mailboxes::test_and_enable,
         profiles::test_and_enable, oauth::start, oauth::disconnect,
         emails::list, emails::send, emails::show, emails::raw,
+        contacts::upsert, contacts::list, contacts::remove,
         system::features, system::audit_log,
     ),
     modifiers(&BearerAuth)

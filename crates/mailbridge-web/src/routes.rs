@@ -1,5 +1,6 @@
 //! The API's resources, one module each.
 
+pub mod contacts;
 pub mod emails;
 pub mod mailboxes;
 pub mod oauth;
@@ -20,6 +21,7 @@ pub fn api() -> Router<AppState> {
         .merge(profiles::routes())
         .merge(mailboxes::routes())
         .merge(emails::routes())
+        .merge(contacts::routes())
         .merge(oauth::api_routes())
         .merge(system::api_routes())
         .fallback(|| async {

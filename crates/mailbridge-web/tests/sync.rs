@@ -536,3 +536,84 @@ async fn a_temporary_failure_is_retried_and_a_permanent_one_fails_with_the_serve
     mailbridge_testkit::assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some("to"));
     w.app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn known_contacts_keeps_only_mail_with_a_contact_among_its_parties() {
+    let w = world().await;
+    let r = w
+        .api
+        .call(
+            &w.app,
+            reqwest::Method::PUT,
+            "/api/v1/contacts",
+            Some(&w.admin),
+            Some(json!({"contacts": [{"email": "Bob@Example.com", "name": "Bob"}]})),
+        )
+        .await;
+    assert_eq!(r, (StatusCode::OK, json!({"upserted": 1})));
+    let r = w
+        .api
+        .call(
+            &w.app,
+            reqwest::Method::PUT,
+            "/api/v1/contacts",
+            Some(&w.ann),
+            Some(json!({"contacts": []})),
+        )
+        .await;
+    mailbridge_testkit::assert_error(&r, StatusCode::FORBIDDEN, "forbidden", None);
+    let r = w
+        .api
+        .call(
+            &w.app,
+            reqwest::Method::PUT,
+            "/api/v1/contacts",
+            Some(&w.admin),
+            Some(json!({"contacts": [{"email": "nope"}]})),
+        )
+        .await;
+    mailbridge_testkit::assert_error(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("contacts[0].email"),
+    );
+    assert_eq!(
+        w.api.get(&w.app, "/api/v1/contacts", &w.ann).await.1,
+        json!([{"email": "bob@example.com", "name": "Bob"}])
+    );
+
+    w.dovecot.deliver("ann@example.com", b"From: eve@example.com\r\nTo: ann@example.com\r\nSubject: stranger\r\nMessage-ID: <e1@example.com>\r\n\r\nhi\r\n").unwrap();
+    w.dovecot.deliver("ann@example.com", b"From: bob@example.com\r\nTo: ann@example.com\r\nSubject: from a contact\r\nMessage-ID: <k1@example.com>\r\n\r\nhi\r\n").unwrap();
+    let profile = w
+        .gmail_like("Gmail here", w.imaps(), w.submissions(), json!({}))
+        .await;
+    let mailbox = w
+        .mailbox(
+            "ann@example.com",
+            &w.ann_id,
+            &profile,
+            json!({"tracking_rule": "known_contacts"}),
+        )
+        .await;
+    w.sign_in(&mailbox, &w.ann).await;
+    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    let emails = wait_for_emails(&w, &mailbox, &w.ann, 1).await;
+    assert_eq!(emails[0]["subject"], "from a contact");
+    let (_, m) = w
+        .api
+        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
+        .await;
+    assert_eq!(
+        m["items_processed"], 1,
+        "the stranger's mail was read but not kept: {m:#}"
+    );
+    assert_eq!(
+        w.api
+            .delete(&w.app, "/api/v1/contacts/bob@example.com", &w.admin)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    w.app.stop().await.unwrap();
+}
