@@ -20,6 +20,7 @@ use mailbridge_store::{MailboxRecord, ProfileRecord, Store};
 use tokio::sync::{Semaphore, watch};
 
 use crate::incoming::{SyncError, imap::sync_inbox, pop3::sync_maildrop};
+use crate::metrics::Metrics;
 use crate::tokens::{TokenError, TokenService};
 
 #[derive(Debug, Clone)]
@@ -67,6 +68,7 @@ pub struct Engine {
     config: EngineConfig,
     global: Semaphore,
     per_profile: Mutex<HashMap<ProfileId, Arc<Semaphore>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// How one attempt at working a mailbox ended without an error.
@@ -84,6 +86,7 @@ impl Engine {
         tls: TlsSettings,
         clock: Arc<dyn Clock>,
         config: EngineConfig,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let global = Semaphore::new(config.global_limit);
         Arc::new(Self {
@@ -94,6 +97,7 @@ impl Engine {
             config,
             global,
             per_profile: Mutex::new(HashMap::new()),
+            metrics,
         })
     }
 
@@ -169,6 +173,10 @@ impl Engine {
         &self.config.client_name
     }
 
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub(crate) fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.clock.now()
     }
@@ -205,6 +213,7 @@ impl Engine {
                 Ok(Pass::Shutdown) => return,
                 Ok(Pass::Continue) => failures = 0,
                 Err(e) if e.is_transient() => {
+                    self.metrics.error(true);
                     failures += 1;
                     tracing::warn!(%mailbox, error = %e, failures, "sync failed; will retry");
                     let _ = self.store.record_sync_error(mailbox, &e.to_string()).await;
@@ -222,6 +231,7 @@ impl Engine {
                     }
                 }
                 Err(e) => {
+                    self.metrics.error(false);
                     tracing::warn!(%mailbox, error = %e, "sync refused; disabling the mailbox");
                     let _ = self.store.record_sync_error(mailbox, &e.to_string()).await;
                     let hint = match &e {
@@ -261,10 +271,12 @@ impl Engine {
         match server.protocol {
             IncomingProtocol::Imap => {
                 let (credentials, valid_until) = credentials;
+                let _connection = self.metrics.connection();
                 let mut session = {
                     let _permits = self.permits(profile).await;
                     let mut s = ImapSession::login(&endpoint, &self.tls, &credentials).await?;
                     let report = sync_inbox(&self.store, &mut s, mailbox, since).await?;
+                    self.metrics.messages_synced.inc_by(report.stored as u64);
                     tracing::debug!(mailbox = %mailbox.id, ?report, "synced");
                     s
                 };
@@ -291,6 +303,7 @@ impl Engine {
                     }
                     let _permits = self.permits(profile).await;
                     let report = sync_inbox(&self.store, &mut session, &current, since).await?;
+                    self.metrics.messages_synced.inc_by(report.stored as u64);
                     tracing::debug!(mailbox = %mailbox.id, ?report, ?outcome, "synced");
                     if outcome == IdleOutcome::TimedOut && left.is_some_and(|l| l <= wait) {
                         session.logout().await;
@@ -301,8 +314,10 @@ impl Engine {
             IncomingProtocol::Pop3 => {
                 {
                     let _permits = self.permits(profile).await;
+                    let _connection = self.metrics.connection();
                     let mut s = Pop3Session::login(&endpoint, &self.tls, &credentials.0).await?;
                     let report = sync_maildrop(&self.store, &mut s, mailbox, since).await?;
+                    self.metrics.messages_synced.inc_by(report.stored as u64);
                     s.quit().await?;
                     tracing::debug!(mailbox = %mailbox.id, ?report, "polled");
                 }

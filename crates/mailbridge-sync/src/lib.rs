@@ -4,6 +4,7 @@
 
 pub mod engine;
 pub mod incoming;
+pub mod metrics;
 pub mod outgoing;
 pub mod parse;
 mod provider;
@@ -12,6 +13,7 @@ pub mod test_enable;
 pub mod tokens;
 
 pub use engine::{Engine, EngineConfig};
+pub use metrics::Metrics;
 pub use signin::{Callback, Disconnected, SignIn, SignInError};
 pub use test_enable::{ProfileTestSummary, Tester};
 pub use tokens::{AccessToken, RefreshPolicy, TokenError, TokenService};

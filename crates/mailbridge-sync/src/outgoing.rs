@@ -111,18 +111,19 @@ async fn send_for_mailbox(
         )
     }
     .await;
+    let _connection = engine.metrics().connection();
     let mut session = match session {
         Ok(s) => s,
         Err(e) => {
             for id in emails {
                 let attempts = store.get_email(id).await?.send_attempts;
                 settle_failure(
+                    engine,
                     store,
                     id,
                     attempts,
                     &e.to_string(),
                     e.is_transient(),
-                    engine.now(),
                 )
                 .await?;
             }
@@ -156,17 +157,18 @@ async fn send_for_mailbox(
                     format!("{}; refused: {}", report.reply, refused.join("; "))
                 };
                 store.mark_sent(id, &words).await?;
+                engine.metrics().send("sent");
                 sent += 1;
             }
             Err(e) => {
                 let transient = e.is_transient();
                 settle_failure(
+                    engine,
                     store,
                     id,
                     email.send_attempts,
                     &e.to_string(),
                     transient,
-                    engine.now(),
                 )
                 .await?;
                 if matches!(
@@ -177,12 +179,12 @@ async fn send_for_mailbox(
                     for rest in emails.iter().skip_while(|x| *x != id).skip(1) {
                         let attempts = store.get_email(rest).await?.send_attempts;
                         settle_failure(
+                            engine,
                             store,
                             rest,
                             attempts,
                             "not attempted: the connection was lost",
                             true,
-                            engine.now(),
                         )
                         .await?;
                     }
@@ -197,13 +199,14 @@ async fn send_for_mailbox(
 
 /// Retry later with backoff (2 s, 4 s, … capped at 15 min), or give up.
 async fn settle_failure(
+    engine: &Engine,
     store: &Store,
     id: &str,
     attempts: i64,
     error: &str,
     transient: bool,
-    now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let now = engine.now();
     if transient && attempts < MAX_SEND_ATTEMPTS {
         let wait = Duration::from_secs(
             2u64.saturating_pow(u32::try_from(attempts).unwrap_or(u32::MAX))
@@ -211,9 +214,11 @@ async fn settle_failure(
         );
         let retry_at = now + chrono::Duration::from_std(wait).unwrap_or_default();
         tracing::info!(email = id, error, attempts, "send failed; will retry");
+        engine.metrics().send("retry");
         store.mark_send_retry(id, error, retry_at).await
     } else {
         tracing::warn!(email = id, error, attempts, "send failed for good");
+        engine.metrics().send("failed");
         store.mark_send_failed(id, error).await
     }
 }

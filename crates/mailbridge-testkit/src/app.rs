@@ -83,7 +83,14 @@ impl TestApp {
         let state = AppState::new(store.clone(), config, services);
         let (engine_stop, engine_stopped) = tokio::sync::watch::channel(false);
         let engine = engine.map(|config| {
-            let engine = Engine::new(store.clone(), state.tokens.clone(), tls, clock, config);
+            let engine = Engine::new(
+                store.clone(),
+                state.tokens.clone(),
+                tls,
+                clock,
+                config,
+                state.metrics.clone(),
+            );
             tokio::spawn(engine.run(engine_stopped))
         });
         let (stop, stopped) = oneshot::channel::<()>();

@@ -16,7 +16,7 @@ use axum::Router;
 use mailbridge_core::Clock;
 use mailbridge_proto::TlsSettings;
 use mailbridge_store::Store;
-use mailbridge_sync::{RefreshPolicy, SignIn, Tester, TokenService};
+use mailbridge_sync::{Metrics, RefreshPolicy, SignIn, Tester, TokenService};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 use url::Url;
@@ -49,6 +49,8 @@ pub struct AppState {
     /// Shared with the sync engine, so one refresh serves both.
     pub tokens: Arc<TokenService>,
     pub clock: Arc<dyn Clock>,
+    /// Counted by the sync engine, served at `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// What the services behind the API are built from.
@@ -102,6 +104,7 @@ impl AppState {
             tester: Arc::new(tester),
             tokens,
             clock: app_clock,
+            metrics: Arc::new(Metrics::default()),
         }
     }
 }

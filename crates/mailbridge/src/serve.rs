@@ -64,6 +64,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             client_name,
             ..EngineConfig::default()
         },
+        state.metrics.clone(),
     );
     let (stop, stopped) = watch::channel(false);
     let engine = tokio::spawn(engine.run(stopped));

@@ -15,6 +15,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
 pub fn api_routes() -> Router<AppState> {
@@ -30,6 +31,26 @@ pub fn api_routes() -> Router<AppState> {
 /// The process is up.
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// Prometheus metrics: messages synced, sync errors by kind, sends by outcome, connections
+/// open, and the sync lag.
+async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    let lag = state
+        .store
+        .max_sync_lag_seconds()
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot measure the sync lag");
+            None
+        });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(lag),
+    )
 }
 
 /// The process can serve: its database answers.
