@@ -22,6 +22,10 @@ pub struct NewEmail {
     pub gmail_labels: Vec<String>,
     pub parsed: ParsedEmail,
     pub raw: Vec<u8>,
+    /// IMAP without a stable id: (key prefix of the folder, key prefix of its current
+    /// UIDVALIDITY). A record of this folder under an older UIDVALIDITY with the same bytes is
+    /// this message renumbered: it is re-keyed instead of stored again.
+    pub renumbered_from: Option<(String, String)>,
 }
 
 /// Where an IMAP folder's sync stands.
@@ -525,10 +529,10 @@ impl Store {
     }
 }
 
-/// Inserts one email unless the mailbox already has it (same server identity or same bytes;
-/// for outgoing mail, the same idempotency key); joins it to the conversation of the message
-/// it answers. `outgoing` carries the idempotency key of mail to send. Returns whether it was
-/// new.
+/// Inserts one email unless the mailbox already has it (same server identity; a renumbered
+/// copy, see [`NewEmail::renumbered_from`]; for outgoing mail, the same idempotency key); joins
+/// it to the conversation of the message it answers. `outgoing` carries the idempotency key of
+/// mail to send. Returns whether it was new.
 async fn insert_email(
     tx: &mut Transaction<'_, Any>,
     mailbox: &str,
@@ -541,6 +545,29 @@ async fn insert_email(
     } else {
         "incoming"
     };
+    let hash = sha256_hex(&email.raw);
+    if let Some((folder_prefix, epoch_prefix)) = &email.renumbered_from {
+        let adopted = sqlx::query(
+            "UPDATE emails SET remote_key = $1, uid = $2 WHERE id = (SELECT id FROM emails \
+         WHERE mailbox_id = $3 AND content_sha256 = $4 AND remote_key LIKE $5 \
+         AND remote_key NOT LIKE $6 ORDER BY id LIMIT 1)",
+        )
+        .bind(&email.remote_key)
+        .bind(email.uid.map(i64::from))
+        .bind(mailbox)
+        .bind(&hash)
+        .bind(format!("{folder_prefix}%"))
+        .bind(format!("{epoch_prefix}%"))
+        .execute(&mut **tx)
+        .await;
+        match adopted {
+            Ok(done) if done.rows_affected() > 0 => return Ok(false),
+            Ok(_) => {}
+            // The new key is already taken: a replay of a committed batch.
+            Err(e) if crate::is_unique_violation(&e) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
     let p = &email.parsed;
     let id = uuid::Uuid::now_v7().to_string();
     let related: Vec<&String> = p.in_reply_to.iter().chain(p.references.iter()).collect();
@@ -570,7 +597,7 @@ async fn insert_email(
     .bind(mailbox)
     .bind(direction)
     .bind(&email.remote_key)
-    .bind(sha256_hex(&email.raw))
+    .bind(&hash)
     .bind(email.folder.clone())
     .bind(email.uid.map(i64::from))
     .bind(

@@ -76,6 +76,7 @@ pub fn compose(
         gmail_labels: Vec::new(),
         parsed: parse(&raw),
         raw,
+        renumbered_from: None,
     })
 }
 

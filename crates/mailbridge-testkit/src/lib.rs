@@ -5,6 +5,7 @@
 
 mod app;
 mod clock;
+pub mod corpus;
 mod dovecot;
 mod gmail;
 mod oauth;

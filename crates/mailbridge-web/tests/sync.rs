@@ -177,10 +177,24 @@ async fn delivered_mail_appears_with_its_fields_and_new_mail_arrives_under_idle(
     assert_eq!(rest["emails"][0]["subject"], "new");
     assert!(rest["next_cursor"].is_null());
 
-    let metrics = reqwest::get(format!("{}/metrics", w.app.base)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("mailbridge_messages_synced_total 3"), "{metrics}");
-    assert!(metrics.contains("mailbridge_connections_open 1"), "the idling session: {metrics}");
-    assert!(metrics.contains("mailbridge_sync_lag_seconds "), "{metrics}");
+    let metrics = reqwest::get(format!("{}/metrics", w.app.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mailbridge_messages_synced_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mailbridge_connections_open 1"),
+        "the idling session: {metrics}"
+    );
+    assert!(
+        metrics.contains("mailbridge_sync_lag_seconds "),
+        "{metrics}"
+    );
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
     w.app.stop().await.unwrap();
 }
@@ -430,8 +444,16 @@ async fn outgoing_mail_is_sent_once_and_its_replies_join_the_conversation() {
     let message_id = sent["message_id"].as_str().unwrap().to_owned();
     let relayed = w.dovecot.relayed().unwrap();
     assert_eq!(relayed.len(), 1, "sent exactly once");
-    let metrics = reqwest::get(format!("{}/metrics", w.app.base)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("mailbridge_sends_total{kind=\"sent\"} 1"), "{metrics}");
+    let metrics = reqwest::get(format!("{}/metrics", w.app.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mailbridge_sends_total{kind=\"sent\"} 1"),
+        "{metrics}"
+    );
     let text = String::from_utf8_lossy(&relayed[0]);
     assert!(
         text.contains(&format!("<{message_id}>")) && text.contains("Subject: Your quote"),

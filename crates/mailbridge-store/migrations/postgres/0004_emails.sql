@@ -8,8 +8,8 @@ CREATE TABLE emails (
     -- The message's identity on its server: 'gmail/<X-GM-MSGID>', 'imap/<folder>/<uidvalidity>/<uid>',
     -- 'pop3/<UIDL>'; 'out/<id>' for mail sent from here.
     remote_key      TEXT    NOT NULL,
-    -- SHA-256 of the raw bytes, hex: the same message seen again (a UIDVALIDITY change) is
-    -- recognised and not stored twice.
+    -- SHA-256 of the raw bytes, hex: after a UIDVALIDITY change, a message read again under
+    -- its new UID is matched to its record by this and re-keyed, not stored twice.
     content_sha256  TEXT    NOT NULL,
     folder          TEXT,
     uid             BIGINT,
@@ -32,12 +32,12 @@ CREATE TABLE emails (
     parse_error     TEXT,
     conversation_id TEXT    NOT NULL,
     created_at      BIGINT  NOT NULL,
-    UNIQUE (mailbox_id, remote_key),
-    UNIQUE (mailbox_id, direction, content_sha256)
+    UNIQUE (mailbox_id, remote_key)
 );
 CREATE INDEX emails_mailbox ON emails (mailbox_id, id);
 CREATE INDEX emails_message_id ON emails (message_id);
 CREATE INDEX emails_conversation ON emails (conversation_id);
+CREATE INDEX emails_content ON emails (mailbox_id, content_sha256);
 
 CREATE TABLE attachments (
     id            TEXT    PRIMARY KEY NOT NULL,

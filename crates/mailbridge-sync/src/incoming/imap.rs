@@ -69,12 +69,18 @@ pub async fn sync_inbox(
             if !track::keeps(store, mailbox.spec.tracking_rule, &parsed).await? {
                 continue;
             }
+            let epoch = format!("imap/{INBOX}/{}/", server.uid_validity);
             emails.push(NewEmail {
-                // Gmail's X-GM-MSGID survives UIDVALIDITY changes and label moves.
+                // Gmail's X-GM-MSGID survives UIDVALIDITY changes and label moves; elsewhere a
+                // renumbered message is recognised by its bytes.
                 remote_key: match m.gmail_msg_id {
                     Some(id) => format!("gmail/{id}"),
-                    None => format!("imap/{INBOX}/{}/{}", server.uid_validity, m.uid),
+                    None => format!("{epoch}{}", m.uid),
                 },
+                renumbered_from: m
+                    .gmail_msg_id
+                    .is_none()
+                    .then(|| (format!("imap/{INBOX}/"), epoch)),
                 folder: Some(INBOX.to_owned()),
                 uid: Some(m.uid),
                 gmail_labels: m.gmail_labels,

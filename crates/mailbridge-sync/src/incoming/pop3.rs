@@ -45,6 +45,7 @@ pub async fn sync_maildrop(
                 gmail_labels: Vec::new(),
                 parsed,
                 raw,
+                renumbered_from: None,
             });
         }
         report.stored += store.save_sync_batch(mailbox.id, batch).await?;
