@@ -25,6 +25,8 @@ struct Raw {
     master_key: Option<SecretString>,
     gmail_oauth: bool,
     tls_ca_file: Option<PathBuf>,
+    sync_scan_interval_ms: u64,
+    sync_stagger_ms: u64,
     log: String,
     log_format: LogFormat,
 }
@@ -40,6 +42,8 @@ impl Default for Raw {
             master_key: None,
             gmail_oauth: true,
             tls_ca_file: None,
+            sync_scan_interval_ms: 5_000,
+            sync_stagger_ms: 10_000,
             log: "info".to_owned(),
             log_format: LogFormat::Text,
         }
@@ -73,6 +77,10 @@ pub struct Config {
     pub gmail_oauth: bool,
     /// PEM certificates to trust, besides the public roots, for mail servers with a private CA.
     pub tls_ca: Option<Vec<u8>>,
+    /// How often the engine looks for newly enabled mailboxes.
+    pub sync_scan_interval: std::time::Duration,
+    /// New mailbox workers start spread over this window.
+    pub sync_stagger: std::time::Duration,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -174,6 +182,8 @@ impl Config {
             master_key,
             gmail_oauth: raw.gmail_oauth,
             tls_ca,
+            sync_scan_interval: std::time::Duration::from_millis(raw.sync_scan_interval_ms.max(10)),
+            sync_stagger: std::time::Duration::from_millis(raw.sync_stagger_ms),
             log: raw.log,
             log_format: raw.log_format,
         })

@@ -62,6 +62,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         EngineConfig {
             mail_timeout: MAIL_TIMEOUT,
             client_name,
+            scan_interval: config.sync_scan_interval,
+            stagger: config.sync_stagger,
             ..EngineConfig::default()
         },
         state.metrics.clone(),

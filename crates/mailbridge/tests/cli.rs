@@ -50,12 +50,19 @@ fn ok(out: &Output) -> String {
 
 /// `serve` on a free port with every log line on; returns the child and its base URL.
 fn serve(dir: &Path) -> (Child, String) {
-    let mut child = mailbridge(dir)
+    serve_with(
+        mailbridge(dir)
+            .env("RUST_LOG", "trace")
+            .stderr(Stdio::piped()),
+    )
+}
+
+/// `serve` on a free port, as configured by `cmd`.
+fn serve_with(cmd: &mut Command) -> (Child, String) {
+    let mut child = cmd
         .arg("serve")
         .env("MAILBRIDGE_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -318,4 +325,183 @@ fn a_master_key_from_the_environment_is_used_and_no_key_file_is_written() {
         "",
     ));
     assert!(!d.join("mailbridge-data/master.key").exists());
+}
+
+/// The service killed with SIGKILL at pseudo-random points during a 2,000-message first sync
+/// and restarted, several times, ends with exactly 2,000 records.
+#[tokio::test]
+async fn sigkill_during_a_first_sync_loses_and_duplicates_nothing() {
+    const TOTAL: usize = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let provider = mailbridge_testkit::OAuthProvider::start().unwrap();
+    let dovecot = mailbridge_testkit::Dovecot::start(&provider, &[]).unwrap();
+    for i in 0..TOTAL {
+        let m = format!(
+            "From: sender{i}@example.com\r\nTo: ann@example.com\r\nSubject: message {i}\r\nMessage-ID: <crash-{i}@example.com>\r\n\r\n{}\r\n",
+            "body ".repeat(40)
+        );
+        dovecot.deliver("ann@example.com", m.as_bytes()).unwrap();
+    }
+    std::fs::write(d.join("ca.pem"), dovecot.ca_pem()).unwrap();
+    let configured = |cmd: &mut Command| {
+        cmd.env("MAILBRIDGE_TLS_CA_FILE", d.join("ca.pem"))
+            .env("MAILBRIDGE_SYNC_SCAN_INTERVAL_MS", "50")
+            .env("MAILBRIDGE_SYNC_STAGGER_MS", "0");
+    };
+    let token = ok(&run(
+        mailbridge(d).args([
+            "users",
+            "create",
+            "--email",
+            "ann@example.com",
+            "--role",
+            "admin",
+        ]),
+        "",
+    ));
+    let oauth = provider.profile_oauth("crash-client", "crash-secret");
+    let profile = serde_json::json!({"name": "Local", "preset": "gmail", "oauth": oauth,
+        "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": dovecot.ports.imaps, "security": "tls"},
+        "outgoing": {"host": "127.0.0.1", "port": dovecot.ports.submissions, "security": "tls"}});
+    ok(&run(
+        mailbridge(d).args(["profiles", "create", "--from", "-"]),
+        &profile.to_string(),
+    ));
+    let mailbox = ok(&run(
+        mailbridge(d).args([
+            "mailboxes",
+            "create",
+            "--owner",
+            "ann@example.com",
+            "--email",
+            "ann@example.com",
+            "--profile",
+            "Local",
+        ]),
+        "",
+    ));
+
+    let log = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("serve.log"))
+            .unwrap()
+    };
+    let start = || {
+        let mut cmd = mailbridge(d);
+        configured(&mut cmd);
+        serve_with(cmd.stderr(log()))
+    };
+    let (child, base) = start();
+    let http = reqwest::Client::new();
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let consent = no_redirects
+        .get(format!("{base}/api/v1/mailboxes/{mailbox}/oauth/start"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let page = http
+        .get(consent.headers()["location"].to_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let processed = |base: String| {
+        let http = http.clone();
+        let token = token.clone();
+        let mailbox = mailbox.clone();
+        async move {
+            let m: serde_json::Value = http
+                .get(format!("{base}/api/v1/mailboxes/{mailbox}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            m["items_processed"].as_u64().unwrap() as usize
+        }
+    };
+    let tested: serde_json::Value = http
+        .post(format!("{base}/api/v1/mailboxes/{mailbox}/test-and-enable"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tested["enabled"], true, "{tested:#}");
+
+    // Kill at pseudo-random points (a fixed sequence, so a failure can be replayed).
+    let mut child = child;
+    let mut base = base;
+    let mut mid_sync_kills = 0;
+    for delay_ms in [120u64, 45, 200, 80, 150, 60] {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let before = processed(base.clone()).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        if before > 0 && before < TOTAL {
+            mid_sync_kills += 1;
+        }
+        let (c, b) = start();
+        child = c;
+        base = b;
+    }
+    let started = Instant::now();
+    loop {
+        let n = processed(base.clone()).await;
+        if n >= TOTAL {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "only {n} of {TOTAL} after the last restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Exactly 2,000 records, each message once.
+    let mut ids = std::collections::HashSet::new();
+    let mut cursor = String::new();
+    loop {
+        let page: serde_json::Value = http
+            .get(format!(
+                "{base}/api/v1/emails?mailbox_id={mailbox}&limit=200&cursor={cursor}"
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for e in page["emails"].as_array().unwrap() {
+            assert!(
+                ids.insert(e["message_id"].as_str().unwrap().to_owned()),
+                "duplicate {}",
+                e["message_id"]
+            );
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(ids.len(), TOTAL);
+    assert_eq!(processed(base.clone()).await, TOTAL);
+    eprintln!("{mid_sync_kills} of 6 kills landed mid-sync");
+    assert!(
+        mid_sync_kills >= 1,
+        "no kill landed during the sync; the test proved nothing"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
