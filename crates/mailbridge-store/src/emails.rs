@@ -180,6 +180,19 @@ impl EmailRow {
     }
 }
 
+/// The smallest string greater than every string starting with `prefix` (its last byte
+/// bumped): `key >= prefix AND key < prefix_end(prefix)` is "starts with", index-friendly.
+fn prefix_end(prefix: &str) -> String {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            return String::from_utf8(bytes).unwrap_or_default();
+        }
+    }
+    String::from("\u{10ffff}")
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -547,17 +560,21 @@ async fn insert_email(
     };
     let hash = sha256_hex(&email.raw);
     if let Some((folder_prefix, epoch_prefix)) = &email.renumbered_from {
+        // Ranges rather than LIKE, so both SQLite and PostgreSQL stay on the
+        // (mailbox_id, content_sha256) index.
         let adopted = sqlx::query(
-            "UPDATE emails SET remote_key = $1, uid = $2 WHERE id = (SELECT id FROM emails \
-         WHERE mailbox_id = $3 AND content_sha256 = $4 AND remote_key LIKE $5 \
-         AND remote_key NOT LIKE $6 ORDER BY id LIMIT 1)",
+            "UPDATE emails SET remote_key = $1, uid = $2 WHERE id = (SELECT MIN(id) FROM emails \
+             WHERE mailbox_id = $3 AND content_sha256 = $4 AND remote_key >= $5 AND remote_key < $6 \
+             AND NOT (remote_key >= $7 AND remote_key < $8))",
         )
         .bind(&email.remote_key)
         .bind(email.uid.map(i64::from))
         .bind(mailbox)
         .bind(&hash)
-        .bind(format!("{folder_prefix}%"))
-        .bind(format!("{epoch_prefix}%"))
+        .bind(folder_prefix.clone())
+        .bind(prefix_end(folder_prefix))
+        .bind(epoch_prefix.clone())
+        .bind(prefix_end(epoch_prefix))
         .execute(&mut **tx)
         .await;
         match adopted {

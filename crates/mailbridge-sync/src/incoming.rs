@@ -8,7 +8,7 @@ mod track;
 
 /// Messages fetched and committed per batch: big enough to amortize round trips and commits,
 /// small enough that a crash or a cut connection repeats little.
-pub const BATCH_SIZE: usize = 200;
+pub const BATCH_SIZE: usize = 250;
 
 /// What one sync pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,9 @@ pub enum SyncError {
     Token(#[from] crate::tokens::TokenError),
     #[error("no password is stored for this mailbox")]
     NoPassword,
+    /// The runtime is shutting down mid-pass.
+    #[error("the pass was interrupted")]
+    Interrupted,
 }
 
 impl SyncError {
@@ -40,6 +43,7 @@ impl SyncError {
             SyncError::Store(_) => true,
             SyncError::Token(e) => e.is_transient(),
             SyncError::NoPassword => false,
+            SyncError::Interrupted => true,
         }
     }
 }

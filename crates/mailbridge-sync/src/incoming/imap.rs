@@ -60,45 +60,72 @@ pub async fn sync_inbox(
             .await?;
         return Ok(report);
     }
-    for batch in uids.chunks(BATCH_SIZE) {
-        let fetched = session.uid_fetch(batch).await?;
-        let mut emails = Vec::with_capacity(fetched.len());
-        for m in fetched {
-            let parsed = parse(&m.raw);
-            report.fetched += 1;
-            if !track::keeps(store, mailbox.spec.tracking_rule, &parsed).await? {
-                continue;
+    // A pipeline: while batch k is parsed (on a blocking thread, so the other core works too)
+    // and stored, batch k+1 is already being read from the server.
+    let batches: Vec<&[u32]> = uids.chunks(BATCH_SIZE).collect();
+    let epoch = format!("imap/{INBOX}/{}/", server.uid_validity);
+    let mut in_hand = Some(session.uid_fetch(batches[0]).await?);
+    for (k, batch) in batches.iter().enumerate() {
+        let Some(fetched) = in_hand.take() else { break };
+        let next = batches.get(k + 1).copied();
+        let fetch_next = async {
+            match next {
+                Some(uids) => session.uid_fetch(uids).await.map(Some),
+                None => Ok(None),
             }
-            let epoch = format!("imap/{INBOX}/{}/", server.uid_validity);
-            emails.push(NewEmail {
-                // Gmail's X-GM-MSGID survives UIDVALIDITY changes and label moves; elsewhere a
-                // renumbered message is recognised by its bytes.
-                remote_key: match m.gmail_msg_id {
-                    Some(id) => format!("gmail/{id}"),
-                    None => format!("{epoch}{}", m.uid),
-                },
-                renumbered_from: m
-                    .gmail_msg_id
-                    .is_none()
-                    .then(|| (format!("imap/{INBOX}/"), epoch)),
-                folder: Some(INBOX.to_owned()),
-                uid: Some(m.uid),
-                gmail_labels: m.gmail_labels,
-                parsed,
-                raw: m.raw,
-            });
-        }
-        let last = batch.last().copied().unwrap_or(first_uid);
-        report.stored += store
-            .save_sync_batch(
-                mailbox.id,
-                SyncBatch {
-                    emails,
-                    position: Some(position(last)),
-                    pop3_seen: Vec::new(),
-                },
-            )
-            .await?;
+        };
+        let store_this = async {
+            report.fetched += fetched.len();
+            let parsed = tokio::task::spawn_blocking(move || {
+                fetched
+                    .into_iter()
+                    .map(|m| (parse(&m.raw), m))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic())
+                }
+                SyncError::Interrupted
+            })?;
+            let mut emails = Vec::with_capacity(parsed.len());
+            for (parsed, m) in parsed {
+                if !track::keeps(store, mailbox.spec.tracking_rule, &parsed).await? {
+                    continue;
+                }
+                emails.push(NewEmail {
+                    // Gmail's X-GM-MSGID survives UIDVALIDITY changes and label moves;
+                    // elsewhere a renumbered message is recognised by its bytes.
+                    remote_key: match m.gmail_msg_id {
+                        Some(id) => format!("gmail/{id}"),
+                        None => format!("{epoch}{}", m.uid),
+                    },
+                    renumbered_from: m
+                        .gmail_msg_id
+                        .is_none()
+                        .then(|| (format!("imap/{INBOX}/"), epoch.clone())),
+                    folder: Some(INBOX.to_owned()),
+                    uid: Some(m.uid),
+                    gmail_labels: m.gmail_labels,
+                    parsed,
+                    raw: m.raw,
+                });
+            }
+            let last = batch.last().copied().unwrap_or(first_uid);
+            let batch = SyncBatch {
+                emails,
+                position: Some(position(last)),
+                pop3_seen: Vec::new(),
+            };
+            store
+                .save_sync_batch(mailbox.id, batch)
+                .await
+                .map_err(SyncError::from)
+        };
+        let (stored, fetched_next) = tokio::join!(store_this, fetch_next);
+        report.stored += stored?;
+        in_hand = fetched_next?;
     }
     Ok(report)
 }

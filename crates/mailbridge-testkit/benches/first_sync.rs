@@ -1,0 +1,221 @@
+//! First-sync benchmark: the 6,046 messages of the SpamAssassin corpus in one INBOX of a local
+//! Dovecot, read three ways in the same run — a raw `UID FETCH 1:* BODY.PEEK[]` (Python's
+//! imaplib: Dovecot's own speed, the limit), `mbsync` (isync; `FSync no`, and its defaults),
+//! and Mailbridge's first sync (fetch, parse, store in SQLite, committed per batch). Prints
+//! each round, the medians, and the ratios the targets are stated in. Run with `bench/first-sync`.
+#![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailbridge_core::{EmailAddress, MailboxDraft, ProfileDraft, Role, SecretChange, SystemClock};
+use mailbridge_proto::imap::ImapSession;
+use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
+use mailbridge_store::{Actor, Keyring, Store};
+use mailbridge_sync::incoming::imap::sync_inbox;
+use mailbridge_testkit::{Dovecot, OAuthProvider, corpus};
+use secrecy::SecretString;
+
+const USER: &str = "bench@example.com";
+const PASSWORD: &str = "bench-password";
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn timed(cmd: &mut Command) -> Duration {
+    let started = Instant::now();
+    let out = cmd.output().unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{:?} failed:\n{}\n{}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+fn raw_fetch(port: u16, ca: &Path, expected: usize) -> Duration {
+    let script = format!(
+        "import imaplib, ssl\n\
+         ctx = ssl.create_default_context(cafile={ca:?})\n\
+         m = imaplib.IMAP4_SSL('127.0.0.1', {port}, ssl_context=ctx)\n\
+         m.login({USER:?}, {PASSWORD:?})\n\
+         m.select('INBOX', readonly=True)\n\
+         typ, data = m.uid('FETCH', '1:*', '(BODY.PEEK[])')\n\
+         n = sum(1 for d in data if isinstance(d, tuple))\n\
+         assert n == {expected}, n\n\
+         m.logout()\n",
+        ca = ca.display().to_string(),
+    );
+    timed(Command::new("python3").arg("-c").arg(script))
+}
+
+fn mbsync(port: u16, ca: &Path, work: &Path, fsync: bool) -> Duration {
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work.join("mail")).unwrap();
+    let config = format!(
+        "{fsync}IMAPAccount bench\nHost localhost\nPort {port}\nUser {USER}\nPass {PASSWORD}\nSSLType IMAPS\n\
+         CertificateFile {ca}\nAuthMechs PLAIN\n\n\
+         IMAPStore remote\nAccount bench\n\n\
+         MaildirStore local\nPath {mail}/\nInbox {mail}/INBOX\n\n\
+         Channel bench\nFar :remote:\nNear :local:\nPatterns INBOX\nSync Pull\nCreate Near\nSyncState *\n",
+        ca = ca.display(),
+        mail = work.join("mail").display(),
+        // A global option in isync 1.4.
+        fsync = if fsync { "" } else { "FSync no\n\n" },
+    );
+    std::fs::write(work.join("mbsyncrc"), config).unwrap();
+    timed(
+        Command::new("mbsync")
+            .arg("-q")
+            .arg("-c")
+            .arg(work.join("mbsyncrc"))
+            .arg("-a"),
+    )
+}
+
+async fn mailbridge(port: u16, ca: &str, work: &Path, expected: usize) -> Duration {
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work).unwrap();
+    let url = format!("sqlite://{}?mode=rwc", work.join("mailbridge.db").display());
+    let store = Store::connect(&url, Keyring::generate(), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let cli = Actor::cli();
+    let (user, _) = store
+        .create_user(&cli, &EmailAddress::parse(USER, "e").unwrap(), Role::User)
+        .await
+        .unwrap();
+    let draft: ProfileDraft = serde_json::from_value(serde_json::json!({
+        "name": "bench", "auth": "password",
+        "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": port, "security": "tls"},
+        "outgoing": {"host": "127.0.0.1", "port": 465, "security": "tls"},
+    }))
+    .unwrap();
+    let (spec, secret) = draft.resolve(None).unwrap();
+    let profile = store.create_profile(&cli, &spec, secret).await.unwrap();
+    let draft: MailboxDraft =
+        serde_json::from_value(serde_json::json!({"email": USER, "profile_id": profile.id}))
+            .unwrap();
+    let mailbox = store
+        .create_mailbox(
+            &cli,
+            &draft.resolve(None, user.id).unwrap(),
+            SecretChange::Keep,
+        )
+        .await
+        .unwrap();
+    let tls = TlsSettings::new(Some(ca.as_bytes())).unwrap();
+    let creds = Credentials::Password {
+        user: USER.to_owned(),
+        password: SecretString::from(PASSWORD),
+    };
+
+    let started = Instant::now();
+    let mut session = ImapSession::login(
+        &Endpoint::new("127.0.0.1", port, Security::Tls),
+        &tls,
+        &creds,
+    )
+    .await
+    .unwrap();
+    let report = sync_inbox(&store, &mut session, &mailbox, None)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(report.stored, expected);
+    session.logout().await;
+    store.close().await;
+    took
+}
+
+fn main() {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let messages = corpus::spam_assassin(usize::MAX).unwrap();
+    let bytes: usize = messages.iter().map(Vec::len).sum();
+    let provider = OAuthProvider::start().unwrap();
+    let dovecot = Dovecot::start(&provider, &[(USER, PASSWORD)]).unwrap();
+    for m in &messages {
+        dovecot.deliver(USER, m).unwrap();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let ca = work.path().join("ca.pem");
+    std::fs::write(&ca, dovecot.ca_pem()).unwrap();
+    let port = dovecot.ports.imaps;
+    let n = messages.len();
+    println!(
+        "corpus: {n} messages, {:.1} MB, one INBOX; {rounds} rounds",
+        bytes as f64 / 1e6
+    );
+    // Dovecot indexes the folder on first access; every contender then reads a warm server.
+    raw_fetch(port, &ca, n);
+
+    let (mut raw, mut mbs_nofsync, mut mbs_default, mut ours) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        raw.push(raw_fetch(port, &ca, n));
+        mbs_nofsync.push(mbsync(port, &ca, &work.path().join("mbsync"), false));
+        mbs_default.push(mbsync(port, &ca, &work.path().join("mbsync"), true));
+        ours.push(runtime.block_on(mailbridge(
+            port,
+            dovecot.ca_pem(),
+            &work.path().join("mailbridge"),
+            n,
+        )));
+        println!(
+            "round {round}: raw fetch {:.2} s | mbsync (FSync no) {:.2} s | mbsync (defaults) {:.2} s | mailbridge {:.2} s",
+            raw[round - 1].as_secs_f64(),
+            mbs_nofsync[round - 1].as_secs_f64(),
+            mbs_default[round - 1].as_secs_f64(),
+            ours[round - 1].as_secs_f64()
+        );
+    }
+    let (raw, mbs, mbs_default, ours) = (
+        median(raw),
+        median(mbs_nofsync),
+        median(mbs_default),
+        median(ours),
+    );
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    println!("\nmedians over {rounds} rounds:");
+    println!(
+        "  raw UID FETCH 1:* BODY.PEEK[]  {:>6.2} s  {:>7.0} msg/s",
+        raw.as_secs_f64(),
+        rate(raw)
+    );
+    println!(
+        "  mbsync, FSync no               {:>6.2} s  {:>7.0} msg/s",
+        mbs.as_secs_f64(),
+        rate(mbs)
+    );
+    println!(
+        "  mbsync, defaults               {:>6.2} s  {:>7.0} msg/s",
+        mbs_default.as_secs_f64(),
+        rate(mbs_default)
+    );
+    println!(
+        "  mailbridge first sync          {:>6.2} s  {:>7.0} msg/s  (parsed, stored in SQLite)",
+        ours.as_secs_f64(),
+        rate(ours)
+    );
+    println!("\nratios:");
+    println!(
+        "  mailbridge time / mbsync (FSync no) time = {:.2}  (target <= 0.30)",
+        ours.as_secs_f64() / mbs.as_secs_f64()
+    );
+    println!(
+        "  mailbridge rate / raw fetch rate         = {:.2}  (target >= 0.60)",
+        rate(ours) / rate(raw)
+    );
+}
