@@ -438,14 +438,16 @@ impl Store {
         Ok((self.get_email(&id).await?, created))
     }
 
-    /// Claims up to `limit` outgoing emails due for sending: each moves to `sending`, so no
-    /// other worker takes it. Returns (email id, mailbox id).
+    /// Claims up to `limit` outgoing emails due for sending from enabled mailboxes (mail of a
+    /// disabled one waits until it is enabled again): each moves to `sending`, so no other
+    /// worker takes it. Returns (email id, mailbox id).
     pub async fn claim_due_outgoing(&self, limit: i64) -> Result<Vec<(String, MailboxId)>> {
         let now = self.now_ms();
         let mut tx = self.begin_write().await?;
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT id, mailbox_id FROM emails WHERE status = 'pending_send' AND next_attempt_at <= $1 \
-             ORDER BY next_attempt_at, id LIMIT $2",
+            "SELECT e.id, e.mailbox_id FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id \
+             WHERE e.status = 'pending_send' AND e.next_attempt_at <= $1 AND m.enabled = 1 \
+             ORDER BY e.next_attempt_at, e.id LIMIT $2",
         )
         .bind(now)
         .bind(limit)

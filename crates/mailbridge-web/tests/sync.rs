@@ -546,6 +546,34 @@ async fn a_temporary_failure_is_retried_and_a_permanent_one_fails_with_the_serve
         "a permanent refusal is not retried"
     );
 
+    // Mail from a mailbox that is not enabled waits, untouched, until it is.
+    let (bob_id, bob) = w
+        .app
+        .user("bob@example.com", mailbridge_core::Role::User)
+        .await
+        .unwrap();
+    let profile = w
+        .gmail_like("Second", w.imaps(), w.submissions(), json!({}))
+        .await;
+    let idle_box = w
+        .mailbox("bob@example.com", &bob_id, &profile, json!({}))
+        .await;
+    let (_, waiting) = w.api.post(&w.app, "/api/v1/emails", &bob, json!({"mailbox_id": idle_box, "to": [{"address": "x@example.com"}], "subject": "wait", "text_body": "x"})).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, waiting) = w
+        .api
+        .get(
+            &w.app,
+            &format!("/api/v1/emails/{}", waiting["id"].as_str().unwrap()),
+            &bob,
+        )
+        .await;
+    assert_eq!(
+        (waiting["status"].clone(), waiting["send_attempts"].clone()),
+        (json!("pending_send"), json!(0)),
+        "{waiting:#}"
+    );
+
     // Bad input is refused at the door.
     let r = w.api.post(&w.app, "/api/v1/emails", &w.ann, json!({"mailbox_id": mailbox, "to": [{"address": "bob"}], "subject": "x", "text_body": "x"})).await;
     mailbridge_testkit::assert_error(
