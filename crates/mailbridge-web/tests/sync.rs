@@ -375,7 +375,8 @@ async fn a_revoked_grant_stops_the_mailbox_with_an_alert_for_its_owner() {
     w.app.stop().await.unwrap();
 }
 
-/// Polls an email until its status is `status` (or fails after 20 s).
+/// Polls an email until its status is `status` (or fails after 45 s: a retry after a failure
+/// waits 2, 4, 8… s, and a loaded machine may need a few).
 async fn wait_for_status(w: &MailWorld, id: &str, status: &str) -> Value {
     let started = Instant::now();
     loop {
