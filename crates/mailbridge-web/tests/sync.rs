@@ -388,7 +388,7 @@ async fn wait_for_status(w: &MailWorld, id: &str, status: &str) -> Value {
             return e;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(20),
+            started.elapsed() < Duration::from_secs(45),
             "email never became {status}: {e:#}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
