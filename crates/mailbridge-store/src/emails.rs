@@ -180,19 +180,6 @@ impl EmailRow {
     }
 }
 
-/// The smallest string greater than every string starting with `prefix` (its last byte
-/// bumped): `key >= prefix AND key < prefix_end(prefix)` is "starts with", index-friendly.
-fn prefix_end(prefix: &str) -> String {
-    let mut bytes = prefix.as_bytes().to_vec();
-    while let Some(last) = bytes.pop() {
-        if last < 0x7f {
-            bytes.push(last + 1);
-            return String::from_utf8(bytes).unwrap_or_default();
-        }
-    }
-    String::from("\u{10ffff}")
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -562,29 +549,32 @@ async fn insert_email(
     };
     let hash = sha256_hex(&email.raw);
     if let Some((folder_prefix, epoch_prefix)) = &email.renumbered_from {
-        // Ranges rather than LIKE, so both SQLite and PostgreSQL stay on the
-        // (mailbox_id, content_sha256) index.
-        let adopted = sqlx::query(
-            "UPDATE emails SET remote_key = $1, uid = $2 WHERE id = (SELECT MIN(id) FROM emails \
-             WHERE mailbox_id = $3 AND content_sha256 = $4 AND remote_key >= $5 AND remote_key < $6 \
-             AND NOT (remote_key >= $7 AND remote_key < $8))",
+        // Candidates by the content index alone (an equality every planner uses), then the
+        // key test here: an older record of this folder, not one of the current numbering.
+        // (No ORDER BY: it would tempt SQLite onto the primary key; the few rows sort here.)
+        let mut candidates: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, remote_key FROM emails WHERE mailbox_id = $1 AND content_sha256 = $2",
         )
-        .bind(&email.remote_key)
-        .bind(email.uid.map(i64::from))
         .bind(mailbox)
         .bind(&hash)
-        .bind(folder_prefix.clone())
-        .bind(prefix_end(folder_prefix))
-        .bind(epoch_prefix.clone())
-        .bind(prefix_end(epoch_prefix))
-        .execute(&mut **tx)
-        .await;
-        match adopted {
-            Ok(done) if done.rows_affected() > 0 => return Ok(false),
-            Ok(_) => {}
-            // The new key is already taken: a replay of a committed batch.
-            Err(e) if crate::is_unique_violation(&e) => return Ok(false),
-            Err(e) => return Err(e.into()),
+        .fetch_all(&mut **tx)
+        .await?;
+        candidates.sort();
+        if candidates.iter().any(|(_, key)| *key == email.remote_key) {
+            // A replay of a batch already committed.
+            return Ok(false);
+        }
+        let old = candidates.iter().find(|(_, key)| {
+            key.starts_with(folder_prefix.as_str()) && !key.starts_with(epoch_prefix.as_str())
+        });
+        if let Some((id, _)) = old {
+            sqlx::query("UPDATE emails SET remote_key = $1, uid = $2 WHERE id = $3")
+                .bind(&email.remote_key)
+                .bind(email.uid.map(i64::from))
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+            return Ok(false);
         }
     }
     let p = &email.parsed;

@@ -121,7 +121,7 @@ impl Store {
                             // WAL lets the API read while the engine writes; foreign keys
                             // enforce the RESTRICT rules; a busy writer is waited for.
                             conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 16384; \
                                  PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
                             )
                             .await?;
