@@ -676,3 +676,53 @@ async fn known_contacts_keeps_only_mail_with_a_contact_among_its_parties() {
     );
     w.app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_token_expiring_mid_session_is_refreshed_and_sync_goes_on() {
+    let clock = Arc::new(ManualClock::new());
+    let w = MailWorld::start(AppOptions {
+        engine: Some(fast_engine()),
+        clock: clock.clone(),
+        ..AppOptions::default()
+    })
+    .await;
+    let mailbox = enabled_mailbox(&w).await;
+    w.dovecot
+        .deliver(
+            "ann@example.com",
+            b"From: a@example.com\r\nSubject: before\r\nMessage-ID: <t1@example.com>\r\n\r\n.\r\n",
+        )
+        .unwrap();
+    wait_for_emails(&w, &mailbox, &w.ann, 1).await;
+    // The access token comes due while the session idles; the provider would now refuse it.
+    clock.advance(chrono::Duration::minutes(59));
+    w.oauth.expire_account("ann@example.com").await.unwrap();
+    w.dovecot
+        .deliver(
+            "ann@example.com",
+            b"From: a@example.com\r\nSubject: after\r\nMessage-ID: <t2@example.com>\r\n\r\n.\r\n",
+        )
+        .unwrap();
+    let emails = wait_for_emails(&w, &mailbox, &w.ann, 2).await;
+    assert_eq!(emails[1]["subject"], "after");
+    // Another delivery proves the new session (with the refreshed token) is live.
+    w.dovecot
+        .deliver(
+            "ann@example.com",
+            b"From: a@example.com\r\nSubject: later\r\nMessage-ID: <t3@example.com>\r\n\r\n.\r\n",
+        )
+        .unwrap();
+    wait_for_emails(&w, &mailbox, &w.ann, 3).await;
+    let stats = w.oauth.stats().await.unwrap();
+    assert_eq!(stats["refreshGrants"], 1, "{stats}");
+    let (_, m) = w
+        .api
+        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
+        .await;
+    assert_eq!(
+        (m["enabled"].clone(), m["sign_in_status"].clone()),
+        (json!(true), json!("signed_in")),
+        "{m:#}"
+    );
+    w.app.stop().await.unwrap();
+}
