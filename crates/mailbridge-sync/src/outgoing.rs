@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use mail_builder::MessageBuilder;
 use mailbridge_core::message::Party;
 use mailbridge_core::{EmailAddress, MailboxId};
@@ -16,6 +17,9 @@ use mailbridge_store::{NewEmail, Store, StoreError};
 
 use crate::engine::Engine;
 use crate::parse::parse;
+
+/// Mailboxes sending at once.
+const SEND_CONCURRENCY: usize = 8;
 
 /// Attempts before a temporarily failing email is given up as `failed`.
 pub const MAX_SEND_ATTEMPTS: i64 = 10;
@@ -87,9 +91,18 @@ pub(crate) async fn send_due(engine: &Engine, store: &Store) -> Result<usize, St
     for (email, mailbox) in claimed {
         by_mailbox.entry(mailbox).or_default().push(email);
     }
+    // Mailboxes are independent: their sessions run side by side, a few at a time.
+    let results: Vec<Result<usize, StoreError>> =
+        futures::stream::iter(by_mailbox)
+            .map(|(mailbox, emails)| async move {
+                send_for_mailbox(engine, store, mailbox, &emails).await
+            })
+            .buffer_unordered(SEND_CONCURRENCY)
+            .collect()
+            .await;
     let mut sent = 0;
-    for (mailbox, emails) in by_mailbox {
-        sent += send_for_mailbox(engine, store, mailbox, &emails).await?;
+    for r in results {
+        sent += r?;
     }
     Ok(sent)
 }

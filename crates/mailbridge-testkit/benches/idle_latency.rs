@@ -22,12 +22,22 @@ fn percentile(v: &[Duration], p: f64) -> Duration {
 }
 
 async fn count(w: &MailWorld, mailbox: &str) -> usize {
-    let (_, page) = w.api.get(&w.app, &format!("/api/v1/emails?mailbox_id={mailbox}&limit=200"), &w.admin).await;
+    let (_, page) = w
+        .api
+        .get(
+            &w.app,
+            &format!("/api/v1/emails?mailbox_id={mailbox}&limit=200"),
+            &w.admin,
+        )
+        .await;
     page["emails"].as_array().unwrap().len()
 }
 
 fn main() {
-    let samples: usize = std::env::var("BENCH_SAMPLES").ok().and_then(|r| r.parse().ok()).unwrap_or(30);
+    let samples: usize = std::env::var("BENCH_SAMPLES")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(30);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let engine = EngineConfig { scan_interval: Duration::from_millis(100), stagger: Duration::ZERO, ..EngineConfig::default() };
