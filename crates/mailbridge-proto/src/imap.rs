@@ -438,7 +438,24 @@ impl async_imap::Authenticator for SaslExchange {
     }
 }
 
+/// async-imap reports a tagged NO as `code: Some(..), info: Some("words")`; the server's own
+/// words are the `info` part.
+fn server_words(raw: String) -> String {
+    let Some(start) = raw.find("info: Some(\"") else {
+        return raw;
+    };
+    let rest = &raw[start + "info: Some(\"".len()..];
+    match rest.rfind("\")") {
+        Some(end) => rest[..end].replace("\\\"", "\""),
+        None => raw,
+    }
+}
+
 fn imap_error(endpoint: &Endpoint, step: &str, e: ImapError, detail: Option<String>) -> ProtoError {
+    let e = match e {
+        ImapError::No(words) => ImapError::No(server_words(words)),
+        other => other,
+    };
     let kind = match e {
         ImapError::No(words) if step.starts_with("log in") => {
             ErrorKind::AuthRefused { words, detail }
@@ -510,6 +527,18 @@ fn has(caps: &[String], capability: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_servers_words_are_taken_out_of_async_imaps_wrapping() {
+        assert_eq!(
+            server_words(
+                r#"code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")"#
+                    .to_owned()
+            ),
+            "[AUTHENTICATIONFAILED] Authentication failed."
+        );
+        assert_eq!(server_words("plain words".to_owned()), "plain words");
+    }
 
     #[test]
     fn greeting_capabilities_are_read() {

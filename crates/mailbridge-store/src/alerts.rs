@@ -75,8 +75,8 @@ pub(crate) async fn raise(
 ) -> Result<()> {
     let mailbox = alert.mailbox_id.map(|m| m.to_string());
     let (open,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM alerts WHERE mailbox_id = $1 AND user_id = $2 AND kind = $3 \
-         AND dismissed_at IS NULL",
+        "SELECT COUNT(*) FROM alerts WHERE (mailbox_id = $1 OR (mailbox_id IS NULL AND $1 IS NULL)) \
+         AND user_id = $2 AND kind = $3 AND dismissed_at IS NULL",
     )
     .bind(mailbox.clone())
     .bind(alert.user_id.to_string())
@@ -124,6 +124,23 @@ const ALERT_COLUMNS: &str =
     "id, mailbox_id, user_id, kind, message, hint, created_at, dismissed_at";
 
 impl Store {
+    /// A user's own alerts (about their mailboxes, and about profiles they own), newest first.
+    pub async fn user_alerts(
+        &self,
+        user: UserId,
+        include_dismissed: bool,
+    ) -> Result<Vec<AlertRecord>> {
+        let rows: Vec<AlertRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE user_id = $1 \
+             AND ($2 = 1 OR dismissed_at IS NULL) ORDER BY created_at DESC, id DESC"
+        )))
+        .bind(user.to_string())
+        .bind(i64::from(include_dismissed))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(AlertRecord::try_from).collect()
+    }
+
     /// A mailbox's alerts, newest first; dismissed ones only when asked.
     pub async fn mailbox_alerts(
         &self,

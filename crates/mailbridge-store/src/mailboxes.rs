@@ -477,7 +477,51 @@ impl Store {
             },
         )
         .await?;
+        self.alert_profile_owner_if_failing(&mut tx, &sid, now)
+            .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// When more than half of a profile's mailboxes failed within the last hour, its owner is
+    /// told: the cause is likely the profile (its server, its OAuth client), not the mailboxes.
+    async fn alert_profile_owner_if_failing(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        mailbox: &str,
+        now: i64,
+    ) -> Result<()> {
+        let hour_ago = now - 3_600_000;
+        let row: Option<(String, Option<String>, i64, i64)> = sqlx::query_as(
+            "SELECT p.name, p.owner_user_id, \
+             (SELECT COUNT(*) FROM mailboxes WHERE profile_id = p.id), \
+             (SELECT COUNT(*) FROM mailboxes WHERE profile_id = p.id AND incoming_status = 'failure' \
+              AND incoming_tested_at >= $2) \
+             FROM server_profiles p JOIN mailboxes m ON m.profile_id = p.id WHERE m.id = $1",
+        )
+        .bind(mailbox)
+        .bind(hour_ago)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some((name, Some(owner), total, failing)) = row else {
+            return Ok(());
+        };
+        if failing * 2 > total {
+            crate::alerts::raise(
+                tx,
+                now,
+                crate::alerts::NewAlert {
+                    mailbox_id: None,
+                    user_id: owner.parse().map_err(|e| StoreError::corrupt("profile owner", e))?,
+                    kind: "profile_failing",
+                    message: format!(
+                        "{failing} of the {total} mailboxes of server profile '{name}' failed within the last hour"
+                    ),
+                    hint: "Check the profile's servers and OAuth client (or whether the provider is down); then run Test & Enable for the profile.",
+                },
+            )
+            .await?;
+        }
         Ok(())
     }
 

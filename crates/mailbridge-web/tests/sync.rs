@@ -726,3 +726,99 @@ async fn a_token_expiring_mid_session_is_refreshed_and_sync_goes_on() {
     );
     w.app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn most_of_a_profiles_mailboxes_failing_alerts_the_profiles_owner() {
+    let w = world().await;
+    let (status, p) = w.api.post(&w.app, "/api/v1/server-profiles", &w.admin, json!({
+        "name": "Passwords", "auth": "password",
+        "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": w.dovecot.ports.imaps, "security": "tls"},
+        "outgoing": {"host": "127.0.0.1", "port": w.dovecot.ports.submissions, "security": "tls"},
+    })).await;
+    assert_eq!(status, StatusCode::CREATED, "{p}");
+    let profile = p["id"].as_str().unwrap();
+    let mut failing = Vec::new();
+    for (i, password) in ["hunter2", "wrong-1", "wrong-2"].iter().enumerate() {
+        let email = format!("box{i}@example.com");
+        let (id, _) = w
+            .app
+            .user(&email, mailbridge_core::Role::User)
+            .await
+            .unwrap();
+        let m = w
+            .mailbox(
+                &email,
+                &id,
+                profile,
+                json!({"login_name": "pw@example.com", "password": password}),
+            )
+            .await;
+        // Enabled as if tested earlier; then the passwords changed on the server.
+        w.app
+            .store
+            .record_test(
+                &mailbridge_store::Actor::cli(),
+                m.parse().unwrap(),
+                None,
+                None,
+                true,
+            )
+            .await
+            .unwrap();
+        if i > 0 {
+            failing.push(m);
+        }
+    }
+    let started = Instant::now();
+    let alerts = loop {
+        let (_, alerts) = w.api.get(&w.app, "/api/v1/alerts", &w.admin).await;
+        if alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "profile_failing")
+        {
+            break alerts;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            for m in &failing {
+                let (_, view) = w
+                    .api
+                    .get(&w.app, &format!("/api/v1/mailboxes/{m}"), &w.admin)
+                    .await;
+                eprintln!("{view:#}");
+            }
+            panic!("no profile alert: {alerts:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let alert = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "profile_failing")
+        .unwrap();
+    assert!(
+        alert["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 of the 3 mailboxes of server profile 'Passwords'"),
+        "{alert:#}"
+    );
+    assert!(alert["mailbox_id"].is_null());
+    for m in &failing {
+        let (_, view) = w
+            .api
+            .get(&w.app, &format!("/api/v1/mailboxes/{m}"), &w.admin)
+            .await;
+        assert_eq!(view["enabled"], false, "{view:#}");
+        assert!(
+            view["incoming_status_hint"]
+                .as_str()
+                .unwrap()
+                .contains("check the password"),
+            "{view:#}"
+        );
+    }
+    w.app.stop().await.unwrap();
+}

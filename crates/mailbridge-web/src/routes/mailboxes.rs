@@ -23,6 +23,7 @@ pub fn routes() -> Router<AppState> {
         .route("/mailboxes", post(create).get(list))
         .route("/mailboxes/{id}", get(show).patch(update).delete(remove))
         .route("/mailboxes/{id}/alerts", get(alerts))
+        .route("/alerts", get(my_alerts))
         .route("/mailboxes/{id}/test-and-enable", post(test_and_enable))
         .route(
             "/mailboxes/{id}/alerts/{alert_id}/dismiss",
@@ -297,6 +298,18 @@ async fn alerts(
     let mailbox = state.store.get_mailbox(path_id(&id, "mailbox")?).await?;
     caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
     Ok(Json(state.store.mailbox_alerts(mailbox.id, q.all).await?))
+}
+
+/// The caller's own alerts: about their mailboxes, and about the profiles they own (e.g. most
+/// of a profile's mailboxes failing within an hour).
+#[utoipa::path(get, path = "/alerts", tag = "mailboxes", security(("bearer" = [])), params(AlertsQuery),
+    responses((status = 200, body = [AlertRecord])))]
+async fn my_alerts(
+    caller: Caller,
+    State(state): State<AppState>,
+    Query(q): Query<AlertsQuery>,
+) -> Result<Json<Vec<AlertRecord>>, ApiError> {
+    Ok(Json(state.store.user_alerts(caller.0.id, q.all).await?))
 }
 
 /// Dismisses an alert.
