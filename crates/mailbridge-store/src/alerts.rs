@@ -124,21 +124,15 @@ const ALERT_COLUMNS: &str =
     "id, mailbox_id, user_id, kind, message, hint, created_at, dismissed_at";
 
 impl Store {
-    /// A user's own alerts (about their mailboxes, and about profiles they own), newest first.
+    /// A user's own alerts (about their mailboxes, and about profiles they own), newest first;
+    /// dismissed ones only when asked.
     pub async fn user_alerts(
         &self,
         user: UserId,
         include_dismissed: bool,
     ) -> Result<Vec<AlertRecord>> {
-        let rows: Vec<AlertRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts WHERE user_id = $1 \
-             AND ($2 = 1 OR dismissed_at IS NULL) ORDER BY created_at DESC, id DESC"
-        )))
-        .bind(user.to_string())
-        .bind(i64::from(include_dismissed))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(AlertRecord::try_from).collect()
+        self.alerts_where("user_id", &user.to_string(), include_dismissed)
+            .await
     }
 
     /// A mailbox's alerts, newest first; dismissed ones only when asked.
@@ -147,11 +141,22 @@ impl Store {
         mailbox: MailboxId,
         include_dismissed: bool,
     ) -> Result<Vec<AlertRecord>> {
+        self.alerts_where("mailbox_id", &mailbox.to_string(), include_dismissed)
+            .await
+    }
+
+    /// `column` is one of this module's own constants, never input.
+    async fn alerts_where(
+        &self,
+        column: &'static str,
+        value: &str,
+        include_dismissed: bool,
+    ) -> Result<Vec<AlertRecord>> {
         let rows: Vec<AlertRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts WHERE mailbox_id = $1 \
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE {column} = $1 \
              AND ($2 = 1 OR dismissed_at IS NULL) ORDER BY created_at DESC, id DESC"
         )))
-        .bind(mailbox.to_string())
+        .bind(value)
         .bind(i64::from(include_dismissed))
         .fetch_all(&self.pool)
         .await?;

@@ -3,8 +3,6 @@
 //! flagged.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
-use mailbridge_proto::imap::ImapSession;
-use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
 use mailbridge_sync::incoming::imap::sync_inbox;
 use mailbridge_testkit::{AppOptions, MailWorld, corpus};
 use serde_json::json;
@@ -32,25 +30,7 @@ async fn a_thousand_real_messages_and_the_malformed_samples_are_all_stored() {
         .await;
     w.sign_in(&id, &w.ann).await;
     let mailbox = w.app.store.get_mailbox(id.parse().unwrap()).await.unwrap();
-    let tokens = w
-        .app
-        .store
-        .mailbox_tokens(mailbox.id)
-        .await
-        .unwrap()
-        .unwrap();
-    let creds = Credentials::OAuth {
-        user: tokens.account_email,
-        token: tokens.access_token,
-    };
-    let tls = TlsSettings::new(Some(w.dovecot.ca_pem().as_bytes())).unwrap();
-    let mut s = ImapSession::login(
-        &Endpoint::new("127.0.0.1", w.dovecot.ports.imaps, Security::Tls),
-        &tls,
-        &creds,
-    )
-    .await
-    .unwrap();
+    let mut s = w.imap_session(&id).await;
 
     let started = std::time::Instant::now();
     let report = sync_inbox(&w.app.store, &mut s, &mailbox, None)

@@ -2,34 +2,10 @@
 //! read again without duplicates, and a pass repeated after a crash stores nothing twice.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
-use mailbridge_proto::imap::ImapSession;
-use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
 use mailbridge_store::SyncBatch;
 use mailbridge_sync::incoming::imap::sync_inbox;
 use mailbridge_testkit::{AppOptions, MailWorld};
 use serde_json::json;
-
-async fn session(w: &MailWorld, mailbox: &str) -> ImapSession {
-    let tokens = w
-        .app
-        .store
-        .mailbox_tokens(mailbox.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    let creds = Credentials::OAuth {
-        user: tokens.account_email,
-        token: tokens.access_token,
-    };
-    let tls = TlsSettings::new(Some(w.dovecot.ca_pem().as_bytes())).unwrap();
-    ImapSession::login(
-        &Endpoint::new("127.0.0.1", w.dovecot.ports.imaps, Security::Tls),
-        &tls,
-        &creds,
-    )
-    .await
-    .unwrap()
-}
 
 fn message(i: u32) -> Vec<u8> {
     format!(
@@ -52,7 +28,7 @@ async fn a_uidvalidity_change_is_read_again_without_duplicates() {
     for i in 0..3 {
         w.dovecot.deliver("ann@example.com", &message(i)).unwrap();
     }
-    let mut s = session(&w, &id).await;
+    let mut s = w.imap_session(&id).await;
     let report = sync_inbox(&w.app.store, &mut s, &mailbox, None)
         .await
         .unwrap();
@@ -86,7 +62,7 @@ async fn a_uidvalidity_change_is_read_again_without_duplicates() {
     }
     std::thread::sleep(std::time::Duration::from_millis(1100)); // a new UIDVALIDITY is a timestamp
     w.dovecot.deliver("ann@example.com", &message(3)).unwrap();
-    let mut s = session(&w, &id).await;
+    let mut s = w.imap_session(&id).await;
     let report = sync_inbox(&w.app.store, &mut s, &mailbox, None)
         .await
         .unwrap();
@@ -124,7 +100,7 @@ async fn a_pass_repeated_after_a_crash_stores_nothing_twice() {
     for i in 0..5 {
         w.dovecot.deliver("ann@example.com", &message(i)).unwrap();
     }
-    let mut s = session(&w, &id).await;
+    let mut s = w.imap_session(&id).await;
     sync_inbox(&w.app.store, &mut s, &mailbox, None)
         .await
         .unwrap();

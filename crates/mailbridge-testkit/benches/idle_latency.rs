@@ -42,12 +42,8 @@ fn main() {
     runtime.block_on(async {
         let engine = EngineConfig { scan_interval: Duration::from_millis(100), stagger: Duration::ZERO, ..EngineConfig::default() };
         let w = MailWorld::start(AppOptions { engine: Some(engine), ..AppOptions::default() }).await;
-        let (_, p) = w.api.post(&w.app, "/api/v1/server-profiles", &w.admin, json!({
-            "name": "bench", "auth": "password",
-            "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": w.dovecot.ports.imaps, "security": "tls"},
-            "outgoing": {"host": "127.0.0.1", "port": w.dovecot.ports.submissions, "security": "tls"},
-        })).await;
-        let mailbox = w.mailbox(USER, &w.ann_id, p["id"].as_str().unwrap(), json!({"password": "hunter2"})).await;
+        let profile = w.password_profile("bench").await;
+        let mailbox = w.mailbox(USER, &w.ann_id, &profile, json!({"password": "hunter2"})).await;
         assert_eq!(w.test(&mailbox, &w.admin).await["enabled"], true);
         // Let the engine reach IDLE.
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -17,14 +17,18 @@ fn main() {
         .unwrap_or(500);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let engine = EngineConfig { scan_interval: Duration::from_millis(50), stagger: Duration::ZERO, ..EngineConfig::default() };
-        let w = MailWorld::start(AppOptions { engine: Some(engine), ..AppOptions::default() }).await;
-        let (_, p) = w.api.post(&w.app, "/api/v1/server-profiles", &w.admin, json!({
-            "name": "bench", "auth": "password",
-            "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": w.dovecot.ports.imaps, "security": "tls"},
-            "outgoing": {"host": "127.0.0.1", "port": w.dovecot.ports.submissions, "security": "tls"},
-        })).await;
-        let profile = p["id"].as_str().unwrap().to_owned();
+        let engine = EngineConfig {
+            scan_interval: Duration::from_millis(50),
+            stagger: Duration::ZERO,
+            ..EngineConfig::default()
+        };
+        let w = MailWorld::start(AppOptions {
+            engine: Some(engine),
+            ..AppOptions::default()
+        })
+        .await;
+        let profile = w.password_profile("bench").await;
+
         let one = run(&w, &profile, 1, total, "one").await;
         let hundred = run(&w, &profile, 100, total, "many").await;
         println!("{total} emails queued through the API and sent through local submission:");

@@ -69,6 +69,41 @@ impl MailWorld {
         p["id"].as_str().unwrap().to_owned()
     }
 
+    /// A password profile on the local Dovecot (IMAPS + submissions): its id.
+    pub async fn password_profile(&self, name: &str) -> String {
+        let (status, p) = self
+            .api
+            .post(&self.app, "/api/v1/server-profiles", &self.admin, json!({
+                "name": name, "auth": "password",
+                "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": self.dovecot.ports.imaps, "security": "tls"},
+                "outgoing": {"host": "127.0.0.1", "port": self.dovecot.ports.submissions, "security": "tls"},
+            }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{p}");
+        p["id"].as_str().unwrap().to_owned()
+    }
+
+    /// An IMAPS session for a signed-in mailbox, with its stored token.
+    pub async fn imap_session(&self, mailbox: &str) -> mailbridge_proto::imap::ImapSession {
+        use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
+        let tokens = self
+            .app
+            .store
+            .mailbox_tokens(mailbox.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let creds = Credentials::OAuth {
+            user: tokens.account_email,
+            token: tokens.access_token,
+        };
+        let tls = TlsSettings::new(Some(self.dovecot.ca_pem().as_bytes())).unwrap();
+        let endpoint = Endpoint::new("127.0.0.1", self.dovecot.ports.imaps, Security::Tls);
+        mailbridge_proto::imap::ImapSession::login(&endpoint, &tls, &creds)
+            .await
+            .unwrap()
+    }
+
     pub fn imaps(&self) -> Value {
         json!({"protocol": "imap", "host": "127.0.0.1", "port": self.dovecot.ports.imaps, "security": "tls"})
     }
