@@ -77,6 +77,23 @@ fn serve_with(cmd: &mut Command) -> (Child, String) {
     (child, base)
 }
 
+/// "Sign in to Gmail" as a browser would: start, the provider's consent, the callback page.
+async fn sign_in(base: &str, mailbox: &str, token: &str) {
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let start = no_redirects
+        .get(format!("{base}/api/v1/mailboxes/{mailbox}/oauth/start"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let consent = start.headers()["location"].to_str().unwrap().to_owned();
+    let page = reqwest::get(consent).await.unwrap();
+    assert_eq!(page.status(), 200, "{}", page.text().await.unwrap());
+}
+
 fn sigterm_and_wait(mut child: Child) -> (bool, String) {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -190,18 +207,7 @@ async fn an_operator_scripts_a_setup_and_no_secret_reaches_the_logs() {
 
     let (child, base) = serve(d);
     let http = reqwest::Client::new();
-    let start = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .get(format!("{base}/api/v1/mailboxes/{bob_box}/oauth/start"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let consent = start.headers()["location"].to_str().unwrap().to_owned();
-    let page = http.get(consent).send().await.unwrap();
-    assert_eq!(page.status(), 200, "{}", page.text().await.unwrap());
+    sign_in(&base, &bob_box, &token).await;
     let mailboxes: serde_json::Value = http
         .get(format!("{base}/api/v1/mailboxes"))
         .bearer_auth(&token)
@@ -396,22 +402,7 @@ async fn sigkill_during_a_first_sync_loses_and_duplicates_nothing() {
     };
     let (child, base) = start();
     let http = reqwest::Client::new();
-    let no_redirects = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let consent = no_redirects
-        .get(format!("{base}/api/v1/mailboxes/{mailbox}/oauth/start"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let page = http
-        .get(consent.headers()["location"].to_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200);
+    sign_in(&base, &mailbox, &token).await;
     let processed = |base: String| {
         let http = http.clone();
         let token = token.clone();
