@@ -257,7 +257,12 @@ submission_relay_host = 127.0.0.1
 submission_relay_port = {sink}
 submission_relay_trusted = yes
 submission_max_mail_size = 100k
+# One process per IMAP session: allow the thousand a memory benchmark opens.
+service imap {{
+  process_limit = 1500
+}}
 service imap-login {{
+  process_limit = 1500
   inet_listener imap {{
     port = {imap}
   }}
