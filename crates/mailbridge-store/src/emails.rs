@@ -2,7 +2,7 @@
 //! their raw bytes, attachments and the folder's sync position in one transaction — so a crash
 //! at any point loses nothing and, replayed, duplicates nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use mailbridge_core::message::{ParsedEmail, Party};
@@ -195,12 +195,7 @@ impl Store {
         let now = self.now_ms();
         let mid = mailbox.to_string();
         let mut tx = self.begin_write().await?;
-        let mut inserted = 0usize;
-        for email in &batch.emails {
-            if insert_email(&mut tx, &mid, email, now, None).await? {
-                inserted += 1;
-            }
-        }
+        let inserted = insert_emails(&mut tx, &mid, &batch.emails, now, None).await?;
         if let Some(p) = &batch.position {
             sqlx::query(
                 "INSERT INTO folder_states (mailbox_id, folder, uid_validity, last_uid, highest_modseq, updated_at) \
@@ -402,7 +397,15 @@ impl Store {
         let now = self.now_ms();
         let mid = mailbox.to_string();
         let mut tx = self.begin_write().await?;
-        let created = insert_email(&mut tx, &mid, email, now, Some(idempotency_key)).await?;
+        let created = insert_emails(
+            &mut tx,
+            &mid,
+            std::slice::from_ref(email),
+            now,
+            Some(idempotency_key),
+        )
+        .await?
+            == 1;
         tx.commit().await?;
         let (id,): (String,) = match idempotency_key {
             Some(key) if !created => {
@@ -531,41 +534,162 @@ impl Store {
     }
 }
 
-/// Inserts one email unless the mailbox already has it (same server identity; a renumbered
-/// copy, see [`NewEmail::renumbered_from`]; for outgoing mail, the same idempotency key); joins
-/// it to the conversation of the message it answers. `outgoing` carries the idempotency key of
-/// mail to send. Returns whether it was new.
-async fn insert_email(
+/// Rows per multi-row INSERT: 32 × 27 parameters stays far below every bind limit.
+const ROWS_PER_INSERT: usize = 32;
+/// Values per `IN (…)` list.
+const IN_LIST: usize = 500;
+
+/// Inserts emails unless the mailbox already has them (same server identity; a renumbered
+/// copy, see [`NewEmail::renumbered_from`]; for outgoing mail, the same idempotency key);
+/// joins each to the conversation of the message it answers. `outgoing` carries the
+/// idempotency key of mail to send. A batch costs a few statements, not a few per email.
+/// Returns how many were new.
+async fn insert_emails(
     tx: &mut Transaction<'_, Any>,
     mailbox: &str,
-    email: &NewEmail,
+    emails: &[NewEmail],
     now: i64,
     outgoing: Option<Option<&str>>,
-) -> Result<bool> {
+) -> Result<usize> {
+    let hashes: Vec<String> = emails.iter().map(|e| sha256_hex(&e.raw)).collect();
+    let skip = adopt_renumbered(tx, mailbox, emails, &hashes).await?;
+    let rows: Vec<usize> = (0..emails.len()).filter(|i| !skip[*i]).collect();
+    let conversations = conversations(tx, emails, &rows).await?;
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
     let direction = if outgoing.is_some() {
         "outgoing"
     } else {
         "incoming"
     };
-    let hash = sha256_hex(&email.raw);
-    if let Some((folder_prefix, epoch_prefix)) = &email.renumbered_from {
-        // Candidates by the content index alone (an equality every planner uses), then the
-        // key test here: an older record of this folder, not one of the current numbering.
-        // (No ORDER BY: it would tempt SQLite onto the primary key; the few rows sort here.)
-        let mut candidates: Vec<(String, String)> = sqlx::query_as(
-            "SELECT id, remote_key FROM emails WHERE mailbox_id = $1 AND content_sha256 = $2",
-        )
-        .bind(mailbox)
-        .bind(&hash)
-        .fetch_all(&mut **tx)
-        .await?;
-        candidates.sort();
-        if candidates.iter().any(|(_, key)| *key == email.remote_key) {
-            // A replay of a batch already committed.
-            return Ok(false);
+    let json =
+        |parties: &[Party]| serde_json::to_string(parties).unwrap_or_else(|_| "[]".to_owned());
+    let mut inserted: HashSet<String> = HashSet::new();
+    for (chunk_no, chunk) in rows.chunks(ROWS_PER_INSERT).enumerate() {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                let params: Vec<String> = (1..=27).map(|c| format!("${}", r * 27 + c)).collect();
+                format!("({})", params.join(", "))
+            })
+            .collect();
+        let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \
+             gmail_labels, message_id, in_reply_to, references_ids, subject, from_address, from_name, \
+             to_json, cc_json, sent_at, text_body, html_body, raw, size, parse_error, conversation_id, \
+             created_at, status, idempotency_key, next_attempt_at) VALUES {} \
+             ON CONFLICT DO NOTHING RETURNING id",
+            values.join(", ")
+        )));
+        for (k, &i) in chunk.iter().enumerate() {
+            let n = chunk_no * ROWS_PER_INSERT + k;
+            let (email, p) = (&emails[i], &emails[i].parsed);
+            q = q
+                .bind(ids[n].clone())
+                .bind(mailbox.to_owned())
+                .bind(direction)
+                .bind(email.remote_key.clone())
+                .bind(hashes[i].clone())
+                .bind(email.folder.clone())
+                .bind(email.uid.map(i64::from))
+                .bind(
+                    (!email.gmail_labels.is_empty())
+                        .then(|| serde_json::to_string(&email.gmail_labels).unwrap_or_default()),
+                )
+                .bind(p.message_id.clone())
+                .bind((!p.in_reply_to.is_empty()).then(|| p.in_reply_to.join(" ")))
+                .bind((!p.references.is_empty()).then(|| p.references.join(" ")))
+                .bind(p.subject.clone())
+                .bind(p.from.as_ref().map(|f| f.address.clone()))
+                .bind(p.from.as_ref().and_then(|f| f.name.clone()))
+                .bind(json(&p.to))
+                .bind(json(&p.cc))
+                .bind(p.date.map(|d| d.timestamp_millis()))
+                .bind(p.text_body.clone())
+                .bind(p.html_body.clone())
+                .bind(email.raw.clone())
+                .bind(i64::try_from(email.raw.len()).unwrap_or(i64::MAX))
+                .bind(p.parse_error.clone())
+                .bind(conversations[n].clone())
+                .bind(now)
+                .bind(outgoing.map(|_| "pending_send"))
+                .bind(outgoing.flatten().map(str::to_owned))
+                .bind(outgoing.map(|_| now));
         }
-        let old = candidates.iter().find(|(_, key)| {
-            key.starts_with(folder_prefix.as_str()) && !key.starts_with(epoch_prefix.as_str())
+        inserted.extend(q.fetch_all(&mut **tx).await?.into_iter().map(|(id,)| id));
+    }
+    for (n, &i) in rows.iter().enumerate() {
+        if !inserted.contains(&ids[n]) {
+            continue;
+        }
+        for a in &emails[i].parsed.attachments {
+            sqlx::query("INSERT INTO attachments (id, email_id, filename, content_type, size, content) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(&ids[n])
+                .bind(a.filename.clone())
+                .bind(&a.content_type)
+                .bind(i64::try_from(a.content.len()).unwrap_or(i64::MAX))
+                .bind(a.content.clone())
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(inserted.len())
+}
+
+/// Which emails are already stored: a replay of a committed batch (same key), or a message
+/// renumbered by a UIDVALIDITY change, whose older record of the folder (same bytes) is
+/// re-keyed to it — one record per message read, so identical deliveries stay distinct.
+async fn adopt_renumbered(
+    tx: &mut Transaction<'_, Any>,
+    mailbox: &str,
+    emails: &[NewEmail],
+    hashes: &[String],
+) -> Result<Vec<bool>> {
+    let mut skip = vec![false; emails.len()];
+    let wanted: Vec<&String> = emails
+        .iter()
+        .zip(hashes)
+        .filter(|(e, _)| e.renumbered_from.is_some())
+        .map(|(_, h)| h)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    if wanted.is_empty() {
+        return Ok(skip);
+    }
+    // By the content index alone (an equality every planner uses); the key test is done here.
+    let mut candidates: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for chunk in wanted.chunks(IN_LIST) {
+        let list: Vec<String> = (0..chunk.len()).map(|k| format!("${}", k + 2)).collect();
+        let mut q = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(format!(
+            "SELECT id, remote_key, content_sha256 FROM emails WHERE mailbox_id = $1 AND content_sha256 IN ({})",
+            list.join(", ")
+        )))
+        .bind(mailbox.to_owned());
+        for h in chunk {
+            q = q.bind((*h).clone());
+        }
+        for (id, key, hash) in q.fetch_all(&mut **tx).await? {
+            candidates.entry(hash).or_default().push((id, key));
+        }
+    }
+    let mut used: HashSet<String> = HashSet::new();
+    for (i, email) in emails.iter().enumerate() {
+        let Some((folder_prefix, epoch_prefix)) = &email.renumbered_from else {
+            continue;
+        };
+        let mut list = candidates.get(&hashes[i]).cloned().unwrap_or_default();
+        list.sort();
+        if list.iter().any(|(_, key)| *key == email.remote_key) {
+            skip[i] = true;
+            continue;
+        }
+        let old = list.iter().find(|(id, key)| {
+            key.starts_with(folder_prefix.as_str())
+                && !key.starts_with(epoch_prefix.as_str())
+                && !used.contains(id)
         });
         if let Some((id, _)) = old {
             sqlx::query("UPDATE emails SET remote_key = $1, uid = $2 WHERE id = $3")
@@ -574,79 +698,61 @@ async fn insert_email(
                 .bind(id)
                 .execute(&mut **tx)
                 .await?;
-            return Ok(false);
+            used.insert(id.clone());
+            skip[i] = true;
         }
     }
-    let p = &email.parsed;
-    let id = uuid::Uuid::now_v7().to_string();
-    let related: Vec<&String> = p.in_reply_to.iter().chain(p.references.iter()).collect();
-    let mut conversation = None;
-    for message_id in related {
-        let found: Option<(String,)> =
-            sqlx::query_as("SELECT conversation_id FROM emails WHERE message_id = $1 LIMIT 1")
-                .bind(message_id)
-                .fetch_optional(&mut **tx)
-                .await?;
-        if let Some((c,)) = found {
-            conversation = Some(c);
-            break;
+    Ok(skip)
+}
+
+/// The conversation of each email in `rows`: that of the first message it answers
+/// (In-Reply-To, then References) already stored or earlier in the batch, else a new one.
+async fn conversations(
+    tx: &mut Transaction<'_, Any>,
+    emails: &[NewEmail],
+    rows: &[usize],
+) -> Result<Vec<String>> {
+    let related: Vec<&String> = rows
+        .iter()
+        .flat_map(|&i| {
+            emails[i]
+                .parsed
+                .in_reply_to
+                .iter()
+                .chain(&emails[i].parsed.references)
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let mut known: HashMap<String, String> = HashMap::new();
+    for chunk in related.chunks(IN_LIST) {
+        let list: Vec<String> = (0..chunk.len()).map(|k| format!("${}", k + 1)).collect();
+        let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(format!(
+            "SELECT message_id, conversation_id FROM emails WHERE message_id IN ({})",
+            list.join(", ")
+        )));
+        for id in chunk {
+            q = q.bind((*id).clone());
+        }
+        for (message_id, conversation) in q.fetch_all(&mut **tx).await? {
+            known.entry(message_id).or_insert(conversation);
         }
     }
-    let json =
-        |parties: &[Party]| serde_json::to_string(parties).unwrap_or_else(|_| "[]".to_owned());
-    let done = sqlx::query(
-        "INSERT INTO emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \
-         gmail_labels, message_id, in_reply_to, references_ids, subject, from_address, from_name, \
-         to_json, cc_json, sent_at, text_body, html_body, raw, size, parse_error, conversation_id, \
-         created_at, status, idempotency_key, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, \
-         $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, \
-         $26, $27) ON CONFLICT DO NOTHING",
-    )
-    .bind(&id)
-    .bind(mailbox)
-    .bind(direction)
-    .bind(&email.remote_key)
-    .bind(&hash)
-    .bind(email.folder.clone())
-    .bind(email.uid.map(i64::from))
-    .bind(
-        (!email.gmail_labels.is_empty())
-            .then(|| serde_json::to_string(&email.gmail_labels).unwrap_or_default()),
-    )
-    .bind(p.message_id.clone())
-    .bind((!p.in_reply_to.is_empty()).then(|| p.in_reply_to.join(" ")))
-    .bind((!p.references.is_empty()).then(|| p.references.join(" ")))
-    .bind(p.subject.clone())
-    .bind(p.from.as_ref().map(|f| f.address.clone()))
-    .bind(p.from.as_ref().and_then(|f| f.name.clone()))
-    .bind(json(&p.to))
-    .bind(json(&p.cc))
-    .bind(p.date.map(|d| d.timestamp_millis()))
-    .bind(p.text_body.clone())
-    .bind(p.html_body.clone())
-    .bind(email.raw.clone())
-    .bind(i64::try_from(email.raw.len()).unwrap_or(i64::MAX))
-    .bind(p.parse_error.clone())
-    .bind(conversation.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()))
-    .bind(now)
-    .bind(outgoing.map(|_| "pending_send"))
-    .bind(outgoing.flatten().map(str::to_owned))
-    .bind(outgoing.map(|_| now))
-    .execute(&mut **tx)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Ok(false);
+    let mut out = Vec::with_capacity(rows.len());
+    for &i in rows {
+        let p = &emails[i].parsed;
+        let conversation = p
+            .in_reply_to
+            .iter()
+            .chain(&p.references)
+            .find_map(|id| known.get(id).cloned())
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        if let Some(mid) = &p.message_id {
+            known
+                .entry(mid.clone())
+                .or_insert_with(|| conversation.clone());
+        }
+        out.push(conversation);
     }
-    for a in &p.attachments {
-        sqlx::query("INSERT INTO attachments (id, email_id, filename, content_type, size, content) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(&id)
-            .bind(a.filename.clone())
-            .bind(&a.content_type)
-            .bind(i64::try_from(a.content.len()).unwrap_or(i64::MAX))
-            .bind(a.content.clone())
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(true)
+    Ok(out)
 }
