@@ -156,10 +156,6 @@ impl MailStream {
             .await?;
         Ok(MailStream::Tls(Box::new(stream)))
     }
-
-    pub fn is_tls(&self) -> bool {
-        matches!(self, MailStream::Tls(_))
-    }
 }
 
 impl AsyncRead for MailStream {

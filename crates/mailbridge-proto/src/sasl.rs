@@ -28,14 +28,6 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-impl Credentials {
-    pub fn user(&self) -> &str {
-        match self {
-            Credentials::OAuth { user, .. } | Credentials::Password { user, .. } => user,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {
     XOAuth2,

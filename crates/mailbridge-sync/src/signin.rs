@@ -98,10 +98,6 @@ impl SignIn {
         }
     }
 
-    pub fn redirect_uri(&self) -> &str {
-        &self.redirect_uri
-    }
-
     async fn provider(&self, mailbox: &MailboxRecord) -> Result<Provider, SignInError> {
         crate::provider::for_profile(
             &self.store,

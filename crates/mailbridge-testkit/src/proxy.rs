@@ -8,7 +8,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub struct CountingProxy {
     pub port: u16,
-    open: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
     total: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
@@ -39,7 +38,6 @@ impl CountingProxy {
         });
         Ok(Self {
             port,
-            open,
             peak,
             total,
             task,
@@ -54,11 +52,6 @@ impl CountingProxy {
     /// Connections made in all.
     pub fn total(&self) -> usize {
         self.total.load(Ordering::SeqCst)
-    }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::SeqCst)
     }
 }
 
