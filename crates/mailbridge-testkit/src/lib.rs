@@ -15,7 +15,7 @@ mod world;
 pub use app::{ApiClient, AppOptions, TestApp, assert_error};
 pub use clock::ManualClock;
 pub use dovecot::{Dovecot, Ports};
-pub use gmail::{GMAIL_ERROR_CHALLENGE, ScriptedGmail};
+pub use gmail::{GMAIL_ERROR_CHALLENGE, GMAIL_INBOX, GmailMessage, ScriptedGmail};
 pub use oauth::OAuthProvider;
 pub use proxy::CountingProxy;
 pub use world::MailWorld;

@@ -108,6 +108,8 @@ pub async fn sync_inbox(
                     folder: Some(INBOX.to_owned()),
                     uid: Some(m.uid),
                     gmail_labels: m.gmail_labels,
+                    gmail_thread_id: m.gmail_thread_id,
+                    tracking_token: None,
                     parsed,
                     raw: m.raw,
                 });
