@@ -859,3 +859,34 @@ async fn most_of_a_profiles_mailboxes_failing_alerts_the_profiles_owner() {
     }
     w.app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn sessions_that_end_at_once_do_not_become_a_login_storm() {
+    let w = MailWorld::start(AppOptions {
+        engine: Some(EngineConfig {
+            login_limit: (3, Duration::from_secs(30)),
+            ..fast_engine()
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    // Tokens good for a minute: each session is over before it starts (the engine leaves
+    // two minutes before expiry), so the worker comes straight back for another login.
+    w.oauth.set_mode(json!({"expiresIn": 60})).await.unwrap();
+    let mailbox = enabled_mailbox(&w).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Each login follows a refresh; Test & Enable made one of them. (Without the limit this
+    // loop did 243 in these four seconds.)
+    let stats = w.oauth.stats().await.unwrap();
+    let logins = stats["refreshGrants"].as_u64().unwrap() - 1;
+    assert!(
+        (2..=3).contains(&logins),
+        "the worker must loop, but log in at most 3 times per window: {logins} logins, {stats}"
+    );
+    let (_, m) = w
+        .api
+        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
+        .await;
+    assert_eq!(m["enabled"], true, "held back, not failed: {m:#}");
+    w.app.stop().await.unwrap();
+}
