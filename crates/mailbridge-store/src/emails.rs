@@ -10,7 +10,7 @@ use mailbridge_core::{MailboxId, UserId};
 use sha2::{Digest, Sha256};
 use sqlx::{Any, Transaction};
 
-use crate::{Result, Store, StoreError, time_from_ms};
+use crate::{Backend, Result, Store, StoreError, time_from_ms};
 
 /// A message to store, as read from the server.
 #[derive(Debug, Clone)]
@@ -206,7 +206,7 @@ impl Store {
         let now = self.now_ms();
         let mid = mailbox.to_string();
         let mut tx = self.begin_write().await?;
-        let inserted = insert_emails(&mut tx, &mid, &batch.emails, now, None).await?;
+        let inserted = insert_emails(&mut tx, self.backend, &mid, &batch.emails, now, None).await?;
         if let Some(p) = &batch.position {
             sqlx::query(
                 "INSERT INTO folder_states (mailbox_id, folder, uid_validity, last_uid, highest_modseq, updated_at) \
@@ -427,6 +427,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let created = insert_emails(
             &mut tx,
+            self.backend,
             &mid,
             std::slice::from_ref(email),
             now,
@@ -576,6 +577,7 @@ const IN_LIST: usize = 500;
 /// Returns how many were new.
 async fn insert_emails(
     tx: &mut Transaction<'_, Any>,
+    backend: Backend,
     mailbox: &str,
     emails: &[NewEmail],
     now: i64,
@@ -600,8 +602,14 @@ async fn insert_emails(
     for (chunk_no, chunk) in rows.chunks(ROWS_PER_INSERT).enumerate() {
         let values: Vec<String> = (0..chunk.len())
             .map(|r| {
+                // SQLite looks a numbered parameter's name up in a list, once per parameter:
+                // quadratic in the ~900 of a full statement (a quarter of the store's time
+                // in the first-sync benchmark). Anonymous `?`s bind in order with no look-up.
                 let params: Vec<String> = (1..=EMAIL_COLUMNS)
-                    .map(|c| format!("${}", r * EMAIL_COLUMNS + c))
+                    .map(|c| match backend {
+                        Backend::Sqlite => "?".to_owned(),
+                        Backend::Postgres => format!("${}", r * EMAIL_COLUMNS + c),
+                    })
                     .collect();
                 format!("({})", params.join(", "))
             })
