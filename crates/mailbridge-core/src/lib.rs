@@ -17,7 +17,8 @@ pub use clock::{Clock, SystemClock};
 pub use email::EmailAddress;
 pub use ids::{MailboxId, ProfileId, UserId};
 pub use mailbox::{
-    ConnectionStatus, DeliveryMethod, MailboxDraft, MailboxSpec, SignInStatus, TrackingRule,
+    ConnectionStatus, DEFAULT_NODE_GROUP, DeliveryMethod, MailboxDraft, MailboxSpec, SignInStatus,
+    TrackingRule, validate_node_group,
 };
 pub use profile::{
     AuthMethod, GMAIL_MAX_MAILBOXES, IncomingServer, OAuthSettings, OutgoingServer, Preset,

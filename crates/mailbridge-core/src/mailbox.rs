@@ -7,6 +7,9 @@ crate::string_enum! {
     DeliveryMethod {
         /// Mailbridge connects to the mail server itself.
         ServerSideSync => "server_side_sync",
+        /// Like server-side sync, but only nodes of the mailbox's `router_group` connect:
+        /// for mail servers reachable only from inside a company's network.
+        EmailRouter => "email_router",
         /// This direction is not synchronized.
         None => "none",
     }
@@ -46,6 +49,43 @@ pub struct MailboxSpec {
     pub tracking_rule: TrackingRule,
     /// The login for password profiles, when it is not the address itself.
     pub login_name: Option<String>,
+    /// With `email_router`: the node group that works this mailbox.
+    pub router_group: Option<String>,
+}
+
+/// The node group of nodes that do not say: it works server-side-sync mailboxes.
+pub const DEFAULT_NODE_GROUP: &str = "cloud";
+
+impl DeliveryMethod {
+    /// Whether Mailbridge synchronizes this direction (itself or through a router group).
+    pub fn is_synchronized(self) -> bool {
+        self != DeliveryMethod::None
+    }
+}
+
+impl MailboxSpec {
+    /// The node group whose nodes work this mailbox.
+    pub fn node_group(&self) -> &str {
+        self.router_group.as_deref().unwrap_or(DEFAULT_NODE_GROUP)
+    }
+}
+
+/// Checks a node group name: 1–64 of `a-z 0-9 - _`.
+pub fn validate_node_group(name: &str, field: &'static str) -> Result<(), ValidationError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "{field} must be 1 to 64 characters of a-z, 0-9, - and _ (e.g. \"office-berlin\")"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Input for creating (`base = None`) or patching a mailbox.
@@ -62,6 +102,10 @@ pub struct MailboxDraft {
     pub tracking_rule: Option<TrackingRule>,
     /// Password profiles: the login name, when it differs from the address (`""` clears it).
     pub login_name: Option<String>,
+    /// Required when a direction uses `email_router`: the node group (nodes started with
+    /// `node_group` set to it) that works this mailbox.
+    #[schema(example = "office-berlin")]
+    pub router_group: Option<String>,
     /// Password profiles: the mailbox's password. Write-only: stored encrypted, never returned.
     #[schema(value_type = Option<String>, write_only)]
     pub password: Option<secrecy::SecretString>,
@@ -89,7 +133,7 @@ impl MailboxDraft {
                     "profile_id is required; create an email server profile first (POST /api/v1/server-profiles)",
                 )
             })?;
-        Ok(MailboxSpec {
+        let mut spec = MailboxSpec {
             owner_user_id: self
                 .owner_user_id
                 .or(base.map(|b| b.owner_user_id))
@@ -108,6 +152,7 @@ impl MailboxDraft {
                 .tracking_rule
                 .or(base.map(|b| b.tracking_rule))
                 .unwrap_or(TrackingRule::All),
+            router_group: None,
             login_name: match self.login_name.as_deref().map(str::trim) {
                 Some("") => None,
                 Some(l) if l.len() > 320 || l.chars().any(char::is_control) => {
@@ -119,7 +164,28 @@ impl MailboxDraft {
                 Some(l) => Some(l.to_owned()),
                 None => base.and_then(|b| b.login_name.clone()),
             },
-        })
+        };
+        let routed =
+            [spec.incoming_method, spec.outgoing_method].contains(&DeliveryMethod::EmailRouter);
+        let group = match self.router_group.as_deref().map(str::trim) {
+            Some("") => None,
+            Some(g) => {
+                validate_node_group(g, "router_group")?;
+                Some(g.to_owned())
+            }
+            None => base.and_then(|b| b.router_group.clone()),
+        };
+        spec.router_group = match (routed, group) {
+            (true, Some(g)) => Some(g),
+            (true, None) => {
+                return Err(ValidationError::new(
+                    "router_group",
+                    "router_group is required with email_router: the node group whose nodes can reach this mail server (e.g. \"office-berlin\")",
+                ));
+            }
+            (false, _) => None,
+        };
+        Ok(spec)
     }
 
     /// What to do with the stored password: a new one, or keep.

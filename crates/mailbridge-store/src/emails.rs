@@ -10,6 +10,7 @@ use mailbridge_core::{MailboxId, UserId};
 use sha2::{Digest, Sha256};
 use sqlx::{Any, Transaction};
 
+use crate::nodes::{Fence, check_fence};
 use crate::{Backend, Result, Store, StoreError, time_from_ms};
 
 /// A message to store, as read from the server.
@@ -49,6 +50,8 @@ pub struct SyncBatch {
     pub position: Option<FolderPosition>,
     /// POP3: the UIDLs processed in this step, kept or not.
     pub pop3_seen: Vec<String>,
+    /// The lease the writer holds; the batch commits only while it still does.
+    pub fence: Option<Fence>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -206,7 +209,19 @@ impl Store {
         let now = self.now_ms();
         let mid = mailbox.to_string();
         let mut tx = self.begin_write().await?;
-        let inserted = insert_emails(&mut tx, self.backend, &mid, &batch.emails, now, None).await?;
+        if let Some(fence) = &batch.fence {
+            check_fence(&mut tx, self.backend, &mid, fence, now).await?;
+        }
+        let inserted = insert_emails(
+            &mut tx,
+            self.backend,
+            &mid,
+            &batch.emails,
+            now,
+            None,
+            batch.fence.as_ref().map(|f| f.node.as_str()),
+        )
+        .await?;
         if let Some(p) = &batch.position {
             sqlx::query(
                 "INSERT INTO folder_states (mailbox_id, folder, uid_validity, last_uid, highest_modseq, updated_at) \
@@ -432,6 +447,7 @@ impl Store {
             std::slice::from_ref(email),
             now,
             Some(idempotency_key),
+            None,
         )
         .await?
             == 1;
@@ -457,26 +473,45 @@ impl Store {
         Ok((self.get_email(&id).await?, created))
     }
 
-    /// Claims up to `limit` outgoing emails due for sending from enabled mailboxes (mail of a
-    /// disabled one waits until it is enabled again): each moves to `sending`, so no other
-    /// worker takes it. Returns (email id, mailbox id).
-    pub async fn claim_due_outgoing(&self, limit: i64) -> Result<Vec<(String, MailboxId)>> {
+    /// Claims up to `limit` outgoing emails due for sending from enabled mailboxes whose lease
+    /// `node` holds (mail of a disabled one waits until it is enabled again): each moves to
+    /// `sending`, marked with the node, so no other worker or node takes it. Returns
+    /// (email id, mailbox id).
+    pub async fn claim_due_outgoing(
+        &self,
+        node: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, MailboxId)>> {
         let now = self.now_ms();
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE OF e SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
         let mut tx = self.begin_write().await?;
-        let rows: Vec<(String, String)> = sqlx::query_as(
+        let candidates: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT e.id, e.mailbox_id FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id \
+             JOIN mailbox_leases l ON l.mailbox_id = e.mailbox_id \
              WHERE e.status = 'pending_send' AND e.next_attempt_at <= $1 AND m.enabled = 1 \
-             ORDER BY e.next_attempt_at, e.id LIMIT $2",
-        )
+             AND l.node_id = $2 AND l.expires_at > $1 \
+             ORDER BY e.next_attempt_at, e.id LIMIT $3{lock}"
+        )))
         .bind(now)
+        .bind(node)
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
-        for (id, _) in &rows {
-            sqlx::query("UPDATE emails SET status = 'sending', send_attempts = send_attempts + 1 WHERE id = $1 AND status = 'pending_send'")
-                .bind(id)
+        let mut rows = Vec::with_capacity(candidates.len());
+        for (id, mailbox) in candidates {
+            // Only a row this statement moved out of pending_send is ours to send.
+            let claimed = sqlx::query("UPDATE emails SET status = 'sending', sending_node = $2, send_attempts = send_attempts + 1 WHERE id = $1 AND status = 'pending_send'")
+                .bind(&id)
+                .bind(node)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
+            if claimed == 1 {
+                rows.push((id, mailbox));
+            }
         }
         tx.commit().await?;
         rows.into_iter()
@@ -530,15 +565,19 @@ impl Store {
         Ok(())
     }
 
-    /// Emails left in `sending` by a process that stopped mid-send may or may not have reached
-    /// the server. They are never sent again automatically (no email goes out twice): they
-    /// become `failed` with a reason saying so. Returns how many.
-    pub async fn fail_interrupted_sends(&self) -> Result<u64> {
+    /// Emails left in `sending` by a node that stopped or died mid-send (stopped, or no
+    /// heartbeat within `ttl`) may or may not have reached the server. They are never sent
+    /// again automatically (no email goes out twice): they become `failed` with a reason
+    /// saying so. Returns how many.
+    pub async fn fail_interrupted_sends(&self, ttl: std::time::Duration) -> Result<u64> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         let done = sqlx::query(
             "UPDATE emails SET status = 'failed', send_reply = 'the service stopped while sending this email; \
              it may or may not have been delivered: check the mailbox''s Sent folder before sending it again' \
-             WHERE status = 'sending'",
+             WHERE status = 'sending' AND (sending_node IS NULL OR sending_node NOT IN \
+             (SELECT id FROM nodes WHERE stopped_at IS NULL AND heartbeat_at > $1))",
         )
+        .bind(self.now_ms().saturating_sub(ttl_ms))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
@@ -564,8 +603,8 @@ impl Store {
 }
 
 /// Columns bound per inserted email.
-const EMAIL_COLUMNS: usize = 29;
-/// Rows per multi-row INSERT: 32 × 29 parameters stays far below every bind limit.
+const EMAIL_COLUMNS: usize = 30;
+/// Rows per multi-row INSERT: 32 × 30 parameters stays far below every bind limit.
 const ROWS_PER_INSERT: usize = 32;
 /// Values per `IN (…)` list.
 const IN_LIST: usize = 500;
@@ -582,6 +621,7 @@ async fn insert_emails(
     emails: &[NewEmail],
     now: i64,
     outgoing: Option<Option<&str>>,
+    stored_by: Option<&str>,
 ) -> Result<usize> {
     let hashes: Vec<String> = emails.iter().map(|e| sha256_hex(&e.raw)).collect();
     let skip = adopt_renumbered(tx, mailbox, emails, &hashes).await?;
@@ -618,7 +658,7 @@ async fn insert_emails(
             "INSERT INTO emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \
              gmail_labels, message_id, in_reply_to, references_ids, subject, from_address, from_name, \
              to_json, cc_json, sent_at, text_body, html_body, raw, size, parse_error, conversation_id, \
-             created_at, status, idempotency_key, next_attempt_at, gmail_thread_id, tracking_token) VALUES {} \
+             created_at, status, idempotency_key, next_attempt_at, gmail_thread_id, tracking_token, stored_by) VALUES {} \
              ON CONFLICT DO NOTHING RETURNING id",
             values.join(", ")
         )));
@@ -657,7 +697,8 @@ async fn insert_emails(
                 .bind(outgoing.flatten().map(str::to_owned))
                 .bind(outgoing.map(|_| now))
                 .bind(email.gmail_thread_id.map(|t| t.to_string()))
-                .bind(email.tracking_token.clone());
+                .bind(email.tracking_token.clone())
+                .bind(stored_by.map(str::to_owned));
         }
         inserted.extend(q.fetch_all(&mut **tx).await?.into_iter().map(|(id,)| id));
     }

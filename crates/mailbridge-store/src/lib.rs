@@ -8,6 +8,7 @@ pub mod contacts;
 pub mod crypto;
 pub mod emails;
 pub mod mailboxes;
+pub mod nodes;
 pub mod oauth;
 pub mod profiles;
 pub mod users;
@@ -27,6 +28,7 @@ pub use contacts::Contact;
 pub use crypto::{CryptoError, Keyring};
 pub use emails::{AttachmentInfo, EmailFilter, EmailRecord, FolderPosition, NewEmail, SyncBatch};
 pub use mailboxes::{MailboxRecord, SyncStatus, TestOutcome};
+pub use nodes::{Fence, Lease, NodeInfo};
 pub use oauth::{OAuthState, StoredTokens, TokenSet};
 pub use profiles::ProfileRecord;
 pub use users::{ApiToken, UserRecord};
@@ -60,6 +62,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// This node no longer holds the mailbox's lease (it expired, or another node took it):
+    /// the write was refused so two nodes never write one mailbox's sync.
+    #[error("this node no longer holds the lease of mailbox {mailbox}")]
+    LeaseLost { mailbox: String },
     /// A stored row no longer parses (edited by hand, or written by a newer version).
     #[error("stored {what} is invalid: {why}")]
     Corrupt { what: String, why: String },

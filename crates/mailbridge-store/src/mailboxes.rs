@@ -82,6 +82,7 @@ struct MailboxRow {
     outgoing_method: String,
     tracking_rule: String,
     login_name: Option<String>,
+    router_group: Option<String>,
     password_set: i64,
     incoming_status: String,
     incoming_status_reason: Option<String>,
@@ -103,7 +104,7 @@ struct MailboxRow {
 }
 
 const MAILBOX_SELECT: &str = "SELECT m.id, m.owner_user_id, m.email, m.profile_id, \
-     m.incoming_method, m.outgoing_method, m.tracking_rule, m.login_name, \
+     m.incoming_method, m.outgoing_method, m.tracking_rule, m.login_name, m.router_group, \
      CASE WHEN m.password IS NULL THEN 0 ELSE 1 END AS password_set, \
      m.incoming_status, m.incoming_status_reason, m.incoming_status_hint, m.incoming_tested_at, \
      m.outgoing_status, m.outgoing_status_reason, m.outgoing_status_hint, m.outgoing_tested_at, \
@@ -128,6 +129,7 @@ impl TryFrom<MailboxRow> for MailboxRecord {
                 outgoing_method: r.outgoing_method.parse().map_err(|e| bad(&e))?,
                 tracking_rule: r.tracking_rule.parse().map_err(|e| bad(&e))?,
                 login_name: r.login_name,
+                router_group: r.router_group,
             },
             incoming: TestOutcome {
                 status: r.incoming_status.parse().map_err(|e| bad(&e))?,
@@ -165,11 +167,12 @@ fn audit_detail(spec: &MailboxSpec) -> serde_json::Value {
         "incoming_method": spec.incoming_method,
         "outgoing_method": spec.outgoing_method,
         "tracking_rule": spec.tracking_rule,
+        "router_group": spec.router_group,
     })
 }
 
-/// Binds `$1` = id, `$2`–`$8` = the spec's columns, `$9` = now: the order both the insert
-/// and the update use.
+/// Binds `$1` = id, `$2`–`$8` = the spec's columns, `$9` = now, `$10` = the router group:
+/// the order both the insert and the update use.
 fn bind_spec<'q>(
     q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
     id: &str,
@@ -185,6 +188,7 @@ fn bind_spec<'q>(
         .bind(spec.tracking_rule.as_str())
         .bind(spec.login_name.clone())
         .bind(now)
+        .bind(spec.router_group.clone())
 }
 
 fn address_taken(e: sqlx::Error, email: &EmailAddress) -> StoreError {
@@ -211,9 +215,9 @@ impl Store {
         bind_spec(
             sqlx::query(
                 "INSERT INTO mailboxes (id, owner_user_id, email, profile_id, incoming_method, \
-             outgoing_method, tracking_rule, login_name, password, incoming_status, \
+             outgoing_method, tracking_rule, login_name, router_group, password, incoming_status, \
              outgoing_status, enabled, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, 'not_run', 'not_run', 0, $9, $9)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, $11, 'not_run', 'not_run', 0, $9, $9)",
             ),
             &sid,
             spec,
@@ -303,7 +307,7 @@ impl Store {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE mailboxes SET owner_user_id = $2, email = $3, profile_id = $4, \
              incoming_method = $5, outgoing_method = $6, tracking_rule = $7, login_name = $8, \
-             password = COALESCE($10, password), updated_at = $9{reset} WHERE id = $1"
+             router_group = $10, password = COALESCE($11, password), updated_at = $9{reset} WHERE id = $1"
             ))),
             &sid,
             spec,

@@ -1,4 +1,7 @@
-//! [`Engine`]: works every enabled mailbox continuously. IMAP mailboxes hold a session on
+//! [`Engine`]: works every enabled mailbox whose lease this node holds (see
+//! `mailbridge_store::nodes`: nodes of a group share its mailboxes evenly, a dead node's
+//! mailboxes move to the living within the lease time, and a node that lost a lease cannot
+//! write for that mailbox any more). IMAP mailboxes hold a session on
 //! INBOX that syncs, then waits in IDLE (new mail is stored as soon as the server says),
 //! re-syncing at least every `full_check`; POP3 mailboxes are polled at the profile's
 //! interval. A mailbox is worked by one task at a time. Errors follow one policy: transient →
@@ -14,11 +17,11 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mailbridge_core::{Clock, DeliveryMethod, IncomingProtocol, MailboxId, ProfileId};
+use mailbridge_core::{Clock, IncomingProtocol, MailboxId, ProfileId};
 use mailbridge_proto::imap::{IdleOutcome, ImapSession};
 use mailbridge_proto::pop3::Pop3Session;
 use mailbridge_proto::{Credentials, Endpoint, TlsSettings};
-use mailbridge_store::{MailboxRecord, ProfileRecord, Store};
+use mailbridge_store::{Fence, MailboxRecord, ProfileRecord, Store, StoreError};
 use tokio::sync::{Semaphore, watch};
 
 use crate::incoming::{SyncError, imap::sync_inbox, pop3::sync_maildrop};
@@ -46,6 +49,14 @@ pub struct EngineConfig {
     pub client_name: String,
     /// At most this many logins per mailbox within this window.
     pub login_limit: (usize, Duration),
+    /// This node's name in `mailbridge nodes`.
+    pub node_name: String,
+    /// The node group: `cloud` works server-side-sync mailboxes; another name works the
+    /// `email_router` mailboxes of that group.
+    pub node_group: String,
+    /// A mailbox lease not renewed within this time expires and may move to another node;
+    /// renewed every third of it.
+    pub lease_ttl: Duration,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +72,9 @@ impl Default for EngineConfig {
             mail_timeout: Duration::from_secs(30),
             client_name: "localhost".to_owned(),
             login_limit: (6, Duration::from_secs(60)),
+            node_name: "mailbridge".to_owned(),
+            node_group: mailbridge_core::DEFAULT_NODE_GROUP.to_owned(),
+            lease_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -106,55 +120,114 @@ impl Engine {
         })
     }
 
-    /// Runs until `shutdown` turns true, then stops every worker and returns.
+    /// Registers this node, then works the mailboxes it holds leases for until `shutdown`
+    /// turns true; then stops every worker, releases the leases at once, and returns.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let sender = tokio::spawn(self.clone().send_loop(shutdown.clone()));
-        let mut workers: HashMap<MailboxId, tokio::task::JoinHandle<()>> = HashMap::new();
+        let node = loop {
+            match self
+                .store
+                .register_node(&self.config.node_name, &self.config.node_group)
+                .await
+            {
+                Ok(id) => break id,
+                Err(e) => tracing::warn!(error = %e, "cannot register this node; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.scan_interval) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        };
+        tracing::info!(node = %node, name = %self.config.node_name, group = %self.config.node_group, "node registered");
+        let sender = tokio::spawn(self.clone().send_loop(node.clone(), shutdown.clone()));
+        let mut workers: HashMap<MailboxId, (i64, tokio::task::JoinHandle<()>)> = HashMap::new();
+        let renew_every = (self.config.lease_ttl / 3).min(self.config.scan_interval);
+        let mut renewed_at = Instant::now();
         loop {
-            workers.retain(|_, w| !w.is_finished());
-            match self.store.list_mailboxes(None).await {
-                Ok(mailboxes) => {
-                    for m in mailboxes.into_iter().filter(|m| {
-                        m.enabled && m.spec.incoming_method == DeliveryMethod::ServerSideSync
-                    }) {
-                        if workers.contains_key(&m.id) {
+            workers.retain(|_, (_, w)| !w.is_finished());
+            match self
+                .store
+                .balance_leases(&node, &self.config.node_group, self.config.lease_ttl)
+                .await
+            {
+                Ok(leases) => {
+                    renewed_at = Instant::now();
+                    self.metrics.leases.set(leases.len() as i64);
+                    let held: HashMap<MailboxId, i64> =
+                        leases.iter().map(|l| (l.mailbox, l.epoch)).collect();
+                    workers.retain(|mailbox, (epoch, w)| {
+                        let keep = held.get(mailbox) == Some(epoch);
+                        if !keep {
+                            tracing::info!(%mailbox, "lease released or lost; stopping its worker");
+                            w.abort();
+                        }
+                        keep
+                    });
+                    for lease in leases {
+                        if workers.contains_key(&lease.mailbox) {
                             continue;
                         }
                         let me = self.clone();
                         let stop = shutdown.clone();
-                        let delay = me.stagger_for(m.id);
+                        let delay = me.stagger_for(lease.mailbox);
+                        let fence = Fence {
+                            node: node.clone(),
+                            epoch: lease.epoch,
+                        };
                         workers.insert(
-                            m.id,
-                            tokio::spawn(async move { me.work(m.id, delay, stop).await }),
+                            lease.mailbox,
+                            (
+                                lease.epoch,
+                                tokio::spawn(async move {
+                                    me.work(lease.mailbox, fence, delay, stop).await
+                                }),
+                            ),
                         );
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot list mailboxes; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew this node's leases; retrying");
+                    if renewed_at.elapsed() >= self.config.lease_ttl && !workers.is_empty() {
+                        tracing::warn!(
+                            workers = workers.len(),
+                            "leases expired without renewal; stopping every worker"
+                        );
+                        for (_, (_, w)) in workers.drain() {
+                            w.abort();
+                        }
+                    }
+                }
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.config.scan_interval) => {}
+                _ = tokio::time::sleep(renew_every) => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
         }
-        for (_, w) in workers {
+        for (_, (_, w)) in workers {
             let _ = w.await;
         }
         let _ = sender.await;
+        if let Err(e) = self.store.stop_node(&node).await {
+            tracing::warn!(error = %e, "cannot release this node's leases; they expire on their own");
+        }
         tracing::info!("sync engine stopped");
     }
 
     /// Sends queued outgoing mail until shutdown.
-    async fn send_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        match self.store.fail_interrupted_sends().await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                emails = n,
-                "emails interrupted mid-send by the last stop are marked failed, not sent again"
-            ),
-            Err(e) => tracing::warn!(error = %e, "cannot check for interrupted sends"),
-        }
+    async fn send_loop(self: Arc<Self>, node: String, mut shutdown: watch::Receiver<bool>) {
         loop {
-            match crate::outgoing::send_due(&self, &self.store).await {
+            match self
+                .store
+                .fail_interrupted_sends(self.config.lease_ttl)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    emails = n,
+                    "emails interrupted mid-send by a node that stopped are marked failed, not sent again"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot check for interrupted sends"),
+            }
+            match crate::outgoing::send_due(&self, &self.store, &node).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(sent = n, "sent queued email"),
                 Err(e) => tracing::warn!(error = %e, "sending queued email failed; retrying"),
@@ -190,6 +263,7 @@ impl Engine {
     async fn work(
         self: Arc<Self>,
         mailbox: MailboxId,
+        fence: Fence,
         delay: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -213,7 +287,7 @@ impl Engine {
                 }
             }
             let record = match self.store.get_mailbox(mailbox).await {
-                Ok(m) if m.enabled => m,
+                Ok(m) if m.enabled && m.spec.incoming_method.is_synchronized() => m,
                 Ok(_) => return,
                 Err(e) => {
                     tracing::warn!(%mailbox, error = %e, "cannot read the mailbox; stopping its worker");
@@ -221,11 +295,15 @@ impl Engine {
                 }
             };
             let result = match self.store.get_profile(record.spec.profile_id).await {
-                Ok(profile) => self.pass(&record, &profile, &mut shutdown).await,
+                Ok(profile) => self.pass(&record, &profile, &fence, &mut shutdown).await,
                 Err(e) => Err(SyncError::Store(e)),
             };
             match result {
                 Ok(Pass::Shutdown) => return,
+                Err(SyncError::Store(StoreError::LeaseLost { .. })) => {
+                    tracing::info!(%mailbox, "lease lost; another node works this mailbox now");
+                    return;
+                }
                 Ok(Pass::Continue) => failures = 0,
                 Err(e) if e.is_transient() => {
                     self.metrics.error(true);
@@ -276,6 +354,7 @@ impl Engine {
         &self,
         mailbox: &MailboxRecord,
         profile: &ProfileRecord,
+        fence: &Fence,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Pass, SyncError> {
         let credentials = self.credentials(mailbox, profile).await?;
@@ -290,7 +369,8 @@ impl Engine {
                 let mut session = {
                     let _permits = self.permits(profile).await;
                     let mut s = ImapSession::login(&endpoint, &self.tls, &credentials).await?;
-                    let report = sync_inbox(&self.store, &mut s, mailbox, since).await?;
+                    let report =
+                        sync_inbox(&self.store, &mut s, mailbox, since, Some(fence)).await?;
                     self.metrics.messages_synced.inc_by(report.stored as u64);
                     tracing::debug!(mailbox = %mailbox.id, ?report, "synced");
                     s
@@ -317,7 +397,8 @@ impl Engine {
                         return Ok(Pass::Continue);
                     }
                     let _permits = self.permits(profile).await;
-                    let report = sync_inbox(&self.store, &mut session, &current, since).await?;
+                    let report =
+                        sync_inbox(&self.store, &mut session, &current, since, Some(fence)).await?;
                     self.metrics.messages_synced.inc_by(report.stored as u64);
                     tracing::debug!(mailbox = %mailbox.id, ?report, ?outcome, "synced");
                     if outcome == IdleOutcome::TimedOut && left.is_some_and(|l| l <= wait) {
@@ -331,7 +412,8 @@ impl Engine {
                     let _permits = self.permits(profile).await;
                     let _connection = self.metrics.connection();
                     let mut s = Pop3Session::login(&endpoint, &self.tls, &credentials.0).await?;
-                    let report = sync_maildrop(&self.store, &mut s, mailbox, since).await?;
+                    let report =
+                        sync_maildrop(&self.store, &mut s, mailbox, since, Some(fence)).await?;
                     self.metrics.messages_synced.inc_by(report.stored as u64);
                     s.quit().await?;
                     tracing::debug!(mailbox = %mailbox.id, ?report, "polled");

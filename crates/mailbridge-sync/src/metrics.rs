@@ -22,6 +22,8 @@ pub struct Metrics {
     pub sends: Family<KindLabel, Counter>,
     /// Mail server connections open now.
     pub connections_open: Gauge,
+    /// Mailbox leases this node holds now.
+    pub leases: Gauge,
 }
 
 impl Default for Metrics {
@@ -31,6 +33,7 @@ impl Default for Metrics {
         let sync_errors = Family::<KindLabel, Counter>::default();
         let sends = Family::<KindLabel, Counter>::default();
         let connections_open = Gauge::default();
+        let leases = Gauge::default();
         registry.register(
             "messages_synced",
             "Email records stored by incoming sync",
@@ -51,12 +54,18 @@ impl Default for Metrics {
             "Mail server connections open now",
             connections_open.clone(),
         );
+        registry.register(
+            "leases",
+            "Mailbox leases this node holds now (the mailboxes it works)",
+            leases.clone(),
+        );
         Self {
             registry,
             messages_synced,
             sync_errors,
             sends,
             connections_open,
+            leases,
         }
     }
 }

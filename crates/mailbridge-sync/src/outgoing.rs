@@ -98,9 +98,14 @@ pub fn compose(
     })
 }
 
-/// Sends the emails due now, one SMTP session per mailbox. Returns how many were sent.
-pub(crate) async fn send_due(engine: &Engine, store: &Store) -> Result<usize, StoreError> {
-    let claimed = store.claim_due_outgoing(50).await?;
+/// Sends the emails due now from the mailboxes whose lease `node` holds, one SMTP session per
+/// mailbox. Returns how many were sent.
+pub(crate) async fn send_due(
+    engine: &Engine,
+    store: &Store,
+    node: &str,
+) -> Result<usize, StoreError> {
+    let claimed = store.claim_due_outgoing(node, 50).await?;
     let mut by_mailbox: BTreeMap<MailboxId, Vec<String>> = BTreeMap::new();
     for (email, mailbox) in claimed {
         by_mailbox.entry(mailbox).or_default().push(email);

@@ -33,7 +33,7 @@ async fn a_thousand_real_messages_and_the_malformed_samples_are_all_stored() {
     let mut s = w.imap_session(&id).await;
 
     let started = std::time::Instant::now();
-    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None)
+    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
         .await
         .unwrap();
     eprintln!(

@@ -33,7 +33,7 @@ async fn a_uidvalidity_change_is_read_again_without_duplicates() {
         w.dovecot.deliver("ann@example.com", &message(i)).unwrap();
     }
     let mut s = w.imap_session(&id).await;
-    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None)
+    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
         .await
         .unwrap();
     assert_eq!((report.fetched, report.stored), (3, 3));
@@ -47,7 +47,7 @@ async fn a_uidvalidity_change_is_read_again_without_duplicates() {
     assert_eq!(before.last_uid, 3);
     // A second pass finds nothing new.
     assert_eq!(
-        sync_inbox(&w.app.store, &mut s, &mailbox, None)
+        sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
             .await
             .unwrap()
             .fetched,
@@ -67,7 +67,7 @@ async fn a_uidvalidity_change_is_read_again_without_duplicates() {
     std::thread::sleep(std::time::Duration::from_millis(1100)); // a new UIDVALIDITY is a timestamp
     w.dovecot.deliver("ann@example.com", &message(3)).unwrap();
     let mut s = w.imap_session(&id).await;
-    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None)
+    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
         .await
         .unwrap();
     let after = w
@@ -105,7 +105,7 @@ async fn a_pass_repeated_after_a_crash_stores_nothing_twice() {
         w.dovecot.deliver("ann@example.com", &message(i)).unwrap();
     }
     let mut s = w.imap_session(&id).await;
-    sync_inbox(&w.app.store, &mut s, &mailbox, None)
+    sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
         .await
         .unwrap();
     // As if the process died after storing the emails but before the position moved on:
@@ -129,7 +129,7 @@ async fn a_pass_repeated_after_a_crash_stores_nothing_twice() {
         )
         .await
         .unwrap();
-    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None)
+    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
         .await
         .unwrap();
     assert_eq!((report.fetched, report.stored), (4, 0));
@@ -160,7 +160,7 @@ async fn gmail_mail_is_keyed_by_its_message_id_and_threaded_by_gmails_conversati
     )
     .await
     .unwrap();
-    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None)
+    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
         .await
         .unwrap();
     assert_eq!((report.fetched, report.stored), (2, 2));
@@ -196,7 +196,7 @@ async fn gmail_mail_is_keyed_by_its_message_id_and_threaded_by_gmails_conversati
         )
         .await
         .unwrap();
-    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None)
+    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
         .await
         .unwrap();
     assert_eq!((report.fetched, report.stored), (2, 0));

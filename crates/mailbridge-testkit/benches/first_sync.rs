@@ -126,7 +126,7 @@ async fn mailbridge(port: u16, ca: &str, work: &Path, expected: usize) -> Durati
     )
     .await
     .unwrap();
-    let report = sync_inbox(&store, &mut session, &mailbox, None)
+    let report = sync_inbox(&store, &mut session, &mailbox, None, None)
         .await
         .unwrap();
     let took = started.elapsed();

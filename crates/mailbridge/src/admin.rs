@@ -1,4 +1,4 @@
-//! The admin commands (`users`, `profiles`, `mailboxes`, `keys`): scripting a setup on the
+//! The admin commands (`users`, `profiles`, `mailboxes`, `keys`, `nodes`): scripting a setup on the
 //! server itself, recorded in the audit log as the `cli` actor.
 
 use std::io::Read;
@@ -77,6 +77,17 @@ pub enum TrackingArg {
     Responses,
     KnownContacts,
     None,
+}
+
+#[derive(Subcommand)]
+pub enum NodesCommand {
+    /// List the nodes: group, heartbeat, mailboxes held, state.
+    List,
+    /// Drain a node (by name or id): it releases its mailboxes to the other nodes of its
+    /// group and takes no new ones, so it can be stopped without a gap.
+    Drain { node: String },
+    /// Undo a drain.
+    Undrain { node: String },
 }
 
 #[derive(Subcommand)]
@@ -218,6 +229,50 @@ pub async fn mailboxes(command: MailboxesCommand, store: &Store) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+pub async fn nodes(command: NodesCommand, store: &Store) -> anyhow::Result<()> {
+    match command {
+        NodesCommand::List => {
+            println!("NAME\tGROUP\tSTATE\tMAILBOXES\tHEARTBEAT\tID");
+            for n in store.list_nodes().await? {
+                let state = match (n.stopped_at, n.draining) {
+                    (Some(_), _) => "stopped",
+                    (None, true) => "draining",
+                    (None, false) => "running",
+                };
+                println!(
+                    "{}\t{}\t{state}\t{}\t{}\t{}",
+                    n.name,
+                    n.group,
+                    n.mailboxes,
+                    n.heartbeat_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    n.id
+                );
+            }
+        }
+        NodesCommand::Drain { node } => set_draining(store, &node, true).await?,
+        NodesCommand::Undrain { node } => set_draining(store, &node, false).await?,
+    }
+    Ok(())
+}
+
+async fn set_draining(store: &Store, node: &str, draining: bool) -> anyhow::Result<()> {
+    match store.set_draining(node, draining).await? {
+        0 => anyhow::bail!("no running node is named '{node}'; see 'mailbridge nodes list'"),
+        n => {
+            eprintln!(
+                "{} {n} node(s) named '{node}'{}",
+                if draining { "draining" } else { "undrained" },
+                if draining {
+                    "; their mailboxes move to the other nodes of the group within a lease renewal"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+    }
 }
 
 pub async fn keys(command: KeysCommand, config: &Config) -> anyhow::Result<()> {

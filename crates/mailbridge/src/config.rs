@@ -27,6 +27,9 @@ struct Raw {
     tls_ca_file: Option<PathBuf>,
     sync_scan_interval_ms: u64,
     sync_stagger_ms: u64,
+    node_name: Option<String>,
+    node_group: String,
+    lease_ttl_ms: u64,
     log: String,
     log_format: LogFormat,
 }
@@ -44,6 +47,9 @@ impl Default for Raw {
             tls_ca_file: None,
             sync_scan_interval_ms: 5_000,
             sync_stagger_ms: 10_000,
+            node_name: None,
+            node_group: mailbridge_core::DEFAULT_NODE_GROUP.to_owned(),
+            lease_ttl_ms: 30_000,
             log: "info".to_owned(),
             log_format: LogFormat::Text,
         }
@@ -81,6 +87,12 @@ pub struct Config {
     pub sync_scan_interval: std::time::Duration,
     /// New mailbox workers start spread over this window.
     pub sync_stagger: std::time::Duration,
+    /// This node's name in `mailbridge nodes` (default: the host name).
+    pub node_name: String,
+    /// `cloud`, or the router group whose `email_router` mailboxes this node works.
+    pub node_group: String,
+    /// How long a mailbox lease lasts unless renewed (a dead node's mailboxes move after it).
+    pub lease_ttl: std::time::Duration,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -174,6 +186,25 @@ impl Config {
             }
             None => None,
         };
+        mailbridge_core::validate_node_group(&raw.node_group, "node_group")
+            .map_err(|e| anyhow::anyhow!("{} (MAILBRIDGE_NODE_GROUP)", e.message))?;
+        if raw.lease_ttl_ms < 1_000 {
+            bail!(
+                "lease_ttl_ms = {} is too short; use at least 1000 (MAILBRIDGE_LEASE_TTL_MS)",
+                raw.lease_ttl_ms
+            );
+        }
+        let node_name = match raw.node_name.map(|n| n.trim().to_owned()) {
+            Some(n) if n.is_empty() || n.len() > 128 => {
+                bail!("node_name must be 1 to 128 characters (MAILBRIDGE_NODE_NAME)")
+            }
+            Some(n) => n,
+            None => std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "mailbridge".to_owned()),
+        };
         Ok(Self {
             data_dir: raw.data_dir,
             database_url,
@@ -184,6 +215,9 @@ impl Config {
             tls_ca,
             sync_scan_interval: std::time::Duration::from_millis(raw.sync_scan_interval_ms.max(10)),
             sync_stagger: std::time::Duration::from_millis(raw.sync_stagger_ms),
+            node_name,
+            node_group: raw.node_group,
+            lease_ttl: std::time::Duration::from_millis(raw.lease_ttl_ms),
             log: raw.log,
             log_format: raw.log_format,
         })

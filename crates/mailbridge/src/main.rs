@@ -49,6 +49,9 @@ enum Command {
     /// Manage the master key that encrypts secrets at rest.
     #[command(subcommand)]
     Keys(admin::KeysCommand),
+    /// The nodes sharing this database: list them, drain one.
+    #[command(subcommand)]
+    Nodes(admin::NodesCommand),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +84,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Profiles(c) => admin::profiles(c, &open_store(&config).await?).await,
         Command::Mailboxes(c) => admin::mailboxes(c, &open_store(&config).await?).await,
         Command::Keys(c) => admin::keys(c, &config).await,
+        Command::Nodes(c) => admin::nodes(c, &open_store(&config).await?).await,
     }
 }
 

@@ -64,6 +64,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             client_name,
             scan_interval: config.sync_scan_interval,
             stagger: config.sync_stagger,
+            node_name: config.node_name.clone(),
+            node_group: config.node_group.clone(),
+            lease_ttl: config.lease_ttl,
             ..EngineConfig::default()
         },
         state.metrics.clone(),

@@ -3,7 +3,7 @@
 
 use chrono::NaiveDate;
 use mailbridge_proto::imap::{FetchedMessage, ImapSession};
-use mailbridge_store::{FolderPosition, MailboxRecord, NewEmail, Store, SyncBatch};
+use mailbridge_store::{Fence, FolderPosition, MailboxRecord, NewEmail, Store, SyncBatch};
 
 use super::plan::{FolderPlan, ServerFolder, plan_folder};
 use super::{BATCH_SIZE, SyncError, SyncReport, track};
@@ -12,12 +12,14 @@ use crate::parse::parse;
 pub const INBOX: &str = "INBOX";
 
 /// One pass over INBOX: fetch what is new since the stored position and store it.
-/// `since` bounds the first sync ("process emails received after").
+/// `since` bounds the first sync ("process emails received after"); with a `fence`, each
+/// batch commits only while this node still holds the mailbox's lease.
 pub async fn sync_inbox(
     store: &Store,
     session: &mut ImapSession,
     mailbox: &MailboxRecord,
     since: Option<NaiveDate>,
+    fence: Option<&Fence>,
 ) -> Result<SyncReport, SyncError> {
     let status = session.examine(INBOX).await?;
     let server = ServerFolder {
@@ -54,6 +56,7 @@ pub async fn sync_inbox(
                 mailbox.id,
                 SyncBatch {
                     position: Some(position(last)),
+                    fence: fence.cloned(),
                     ..SyncBatch::default()
                 },
             )
@@ -132,6 +135,7 @@ pub async fn sync_inbox(
                 emails,
                 position: Some(position(last)),
                 pop3_seen: Vec::new(),
+                fence: fence.cloned(),
             };
             report.stored += store.save_sync_batch(mailbox.id, batch).await?;
         }

@@ -3,7 +3,7 @@
 
 use chrono::NaiveDate;
 use mailbridge_proto::pop3::Pop3Session;
-use mailbridge_store::{MailboxRecord, NewEmail, Store, SyncBatch};
+use mailbridge_store::{Fence, MailboxRecord, NewEmail, Store, SyncBatch};
 
 use super::plan::plan_pop3;
 use super::{SyncError, SyncReport, track};
@@ -20,12 +20,16 @@ pub async fn sync_maildrop(
     session: &mut Pop3Session,
     mailbox: &MailboxRecord,
     since: Option<NaiveDate>,
+    fence: Option<&Fence>,
 ) -> Result<SyncReport, SyncError> {
     let listing = session.uidl().await?;
     let seen = store.pop3_seen(mailbox.id).await?;
     let mut report = SyncReport::default();
     for chunk in plan_pop3(&listing, &seen).chunks(POP3_BATCH) {
-        let mut batch = SyncBatch::default();
+        let mut batch = SyncBatch {
+            fence: fence.cloned(),
+            ..SyncBatch::default()
+        };
         for item in chunk {
             let raw = session.retr(item.number).await?;
             let parsed = parse(&raw);

@@ -1,0 +1,337 @@
+//! Nodes and mailbox leases: how several `mailbridge serve` processes on one database share
+//! the mailboxes without a cluster protocol of their own. The database is the coordination
+//! point:
+//!
+//! - each node registers a row in `nodes` and heartbeats it;
+//! - a node works a mailbox only while it holds the mailbox's lease, which it renews; a lease
+//!   not renewed within its time expires and any node of the mailbox's group may take it;
+//! - every node aims at its fair share (the group's eligible mailboxes over its live nodes),
+//!   releasing the excess when another node joins and taking up what a dead one left;
+//! - each new holder raises the lease's `epoch`, and a sync write commits only while the
+//!   writer's epoch is still the lease's and the lease has not expired ([`Fence`]), so a node
+//!   that was paused or cut off past its lease cannot write over its successor's work.
+//!
+//! On PostgreSQL claims use `FOR UPDATE SKIP LOCKED`; on SQLite (one node) `BEGIN IMMEDIATE`
+//! serializes them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mailbridge_core::MailboxId;
+use sqlx::{Any, Transaction};
+
+use crate::{Backend, Result, Store, StoreError, time_from_ms};
+
+/// A node's right to write for a mailbox: its id and the lease epoch it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub node: String,
+    pub epoch: i64,
+}
+
+/// A lease held by this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub mailbox: MailboxId,
+    pub epoch: i64,
+}
+
+/// A node as `mailbridge nodes` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub name: String,
+    pub group: String,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    pub draining: bool,
+    pub stopped_at: Option<DateTime<Utc>>,
+    /// Mailboxes whose live lease it holds.
+    pub mailboxes: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct NodeRow {
+    id: String,
+    name: String,
+    node_group: String,
+    started_at: i64,
+    heartbeat_at: i64,
+    draining: i64,
+    stopped_at: Option<i64>,
+    mailboxes: i64,
+}
+
+/// Enabled mailboxes with a synchronized direction, of the node group `$g`.
+const ELIGIBLE: &str = "m.enabled = 1 AND (m.incoming_method <> 'none' OR m.outgoing_method <> 'none') \
+     AND (m.router_group = $g OR (m.router_group IS NULL AND $g = 'cloud'))";
+
+fn eligible(group_param: usize) -> String {
+    ELIGIBLE.replace("$g", &format!("${group_param}"))
+}
+
+impl Store {
+    /// Registers this process as a node of `group`; returns its id. SQLite is embedded in
+    /// one process, so there a new node takes over from any earlier one at once (after a
+    /// crash its leases would otherwise hold the mailboxes until they expire).
+    pub async fn register_node(&self, name: &str, group: &str) -> Result<String> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = self.now_ms();
+        let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Sqlite {
+            sqlx::query("UPDATE mailbox_leases SET expires_at = 0")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE nodes SET stopped_at = $1 WHERE stopped_at IS NULL")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO nodes (id, name, node_group, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4)",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(group)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Heartbeats, then brings this node's leases to its fair share: renews the live ones,
+    /// releases those of mailboxes it should no longer work (disabled, another group, more
+    /// than its share), and claims free or expired ones up to its share. Returns the leases
+    /// it holds now. A draining node's share is zero.
+    pub async fn balance_leases(
+        &self,
+        node: &str,
+        group: &str,
+        ttl: Duration,
+    ) -> Result<Vec<Lease>> {
+        let now = self.now_ms();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let until = now.saturating_add(ttl_ms);
+        let mut tx = self.begin_write().await?;
+        let draining: Option<(i64,)> = sqlx::query_as(
+            "UPDATE nodes SET heartbeat_at = $1 WHERE id = $2 AND stopped_at IS NULL RETURNING draining",
+        )
+        .bind(now)
+        .bind(node)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((draining,)) = draining else {
+            return Err(StoreError::NotFound {
+                kind: "node",
+                id: node.to_owned(),
+            });
+        };
+        // Leases of mailboxes this node should no longer work expire now.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE mailbox_leases SET expires_at = 0 WHERE node_id = $1 AND mailbox_id NOT IN \
+             (SELECT m.id FROM mailboxes m WHERE {})",
+            eligible(2)
+        )))
+        .bind(node)
+        .bind(group)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE mailbox_leases SET expires_at = $1 WHERE node_id = $2 AND expires_at > $3",
+        )
+        .bind(until)
+        .bind(node)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let held: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT mailbox_id, epoch FROM mailbox_leases WHERE node_id = $1 AND expires_at > $2 ORDER BY mailbox_id",
+        )
+        .bind(node)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let share = if draining != 0 {
+            0
+        } else {
+            let (live,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM nodes WHERE node_group = $1 AND draining = 0 \
+                 AND stopped_at IS NULL AND heartbeat_at > $2",
+            )
+            .bind(group)
+            .bind(now - ttl_ms)
+            .fetch_one(&mut *tx)
+            .await?;
+            let (mailboxes,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM mailboxes m WHERE {}",
+                eligible(1)
+            )))
+            .bind(group)
+            .fetch_one(&mut *tx)
+            .await?;
+            let live = live.max(1);
+            usize::try_from((mailboxes + live - 1) / live).unwrap_or(0)
+        };
+        let mut leases: Vec<(String, i64)> = held;
+        if leases.len() > share {
+            for (mailbox, _) in leases.split_off(share) {
+                sqlx::query("UPDATE mailbox_leases SET expires_at = 0 WHERE mailbox_id = $1 AND node_id = $2")
+                    .bind(mailbox)
+                    .bind(node)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        } else if leases.len() < share {
+            let wanted = i64::try_from(share - leases.len()).unwrap_or(0);
+            leases.extend(claim(&mut tx, self.backend, node, group, now, until, wanted).await?);
+        }
+        tx.commit().await?;
+        leases
+            .into_iter()
+            .map(|(m, epoch)| {
+                Ok(Lease {
+                    mailbox: m
+                        .parse()
+                        .map_err(|e| StoreError::corrupt("lease mailbox", e))?,
+                    epoch,
+                })
+            })
+            .collect()
+    }
+
+    /// A clean stop: this node's leases end now, so others take its mailboxes at once.
+    pub async fn stop_node(&self, node: &str) -> Result<()> {
+        let now = self.now_ms();
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE mailbox_leases SET expires_at = 0 WHERE node_id = $1")
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE nodes SET stopped_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Nodes, newest first, with the mailboxes they hold now.
+    pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>> {
+        let rows: Vec<NodeRow> = sqlx::query_as(
+            "SELECT n.id, n.name, n.node_group, n.started_at, n.heartbeat_at, n.draining, n.stopped_at, \
+             (SELECT COUNT(*) FROM mailbox_leases l WHERE l.node_id = n.id AND l.expires_at > $1) AS mailboxes \
+             FROM nodes n ORDER BY n.started_at DESC",
+        )
+        .bind(self.now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| NodeInfo {
+                id: r.id,
+                name: r.name,
+                group: r.node_group,
+                started_at: time_from_ms(r.started_at),
+                heartbeat_at: time_from_ms(r.heartbeat_at),
+                draining: r.draining != 0,
+                stopped_at: r.stopped_at.map(time_from_ms),
+                mailboxes: r.mailboxes,
+            })
+            .collect())
+    }
+
+    /// Drains (or undrains) the running nodes called `name` (or with that id): a draining
+    /// node releases its mailboxes to the others and takes no new ones. Returns how many.
+    pub async fn set_draining(&self, name: &str, draining: bool) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE nodes SET draining = $1 WHERE (name = $2 OR id = $2) AND stopped_at IS NULL",
+        )
+        .bind(i64::from(draining))
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Claims up to `wanted` eligible mailboxes whose lease is free or expired, raising each
+/// lease's epoch. Two nodes claiming at once never get the same mailbox: on PostgreSQL the
+/// candidates are locked (`SKIP LOCKED` passes over another claimer's), and the upsert only
+/// takes a lease that is still expired.
+async fn claim(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    node: &str,
+    group: &str,
+    now: i64,
+    until: i64,
+    wanted: i64,
+) -> Result<Vec<(String, i64)>> {
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE OF m SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let candidates: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT m.id FROM mailboxes m LEFT JOIN mailbox_leases l ON l.mailbox_id = m.id \
+         WHERE {} AND (l.mailbox_id IS NULL OR l.expires_at <= $2) ORDER BY m.id LIMIT $3{lock}",
+        eligible(1)
+    )))
+    .bind(group)
+    .bind(now)
+    .bind(wanted)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut claimed = Vec::with_capacity(candidates.len());
+    for (mailbox,) in candidates {
+        let epoch: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO mailbox_leases (mailbox_id, node_id, epoch, expires_at) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (mailbox_id) DO UPDATE SET node_id = excluded.node_id, \
+             epoch = mailbox_leases.epoch + 1, expires_at = excluded.expires_at \
+             WHERE mailbox_leases.expires_at <= $4 RETURNING epoch",
+        )
+        .bind(&mailbox)
+        .bind(node)
+        .bind(until)
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some((epoch,)) = epoch {
+            claimed.push((mailbox, epoch));
+        }
+    }
+    Ok(claimed)
+}
+
+/// Inside a write transaction: refuses unless `fence` still holds the mailbox's lease. On
+/// PostgreSQL the lease row is share-locked until commit, so a claimer waits for this write
+/// to finish before it takes over.
+pub(crate) async fn check_fence(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    mailbox: &str,
+    fence: &Fence,
+    now: i64,
+) -> Result<()> {
+    let lock = match backend {
+        Backend::Postgres => " FOR SHARE",
+        Backend::Sqlite => "",
+    };
+    let held: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT epoch FROM mailbox_leases WHERE mailbox_id = $1 AND node_id = $2 AND epoch = $3 \
+         AND expires_at > $4{lock}"
+    )))
+    .bind(mailbox)
+    .bind(&fence.node)
+    .bind(fence.epoch)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(StoreError::LeaseLost {
+            mailbox: mailbox.to_owned(),
+        }),
+    }
+}
