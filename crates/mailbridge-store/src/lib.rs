@@ -10,6 +10,7 @@ pub mod emails;
 pub mod mailboxes;
 pub mod oauth;
 pub mod profiles;
+pub mod sessions;
 pub mod users;
 
 use std::str::FromStr;
@@ -29,6 +30,7 @@ pub use emails::{AttachmentInfo, EmailFilter, EmailRecord, FolderPosition, NewEm
 pub use mailboxes::{MailboxRecord, SyncStatus, TestOutcome};
 pub use oauth::{OAuthState, StoredTokens, TokenSet};
 pub use profiles::ProfileRecord;
+pub use sessions::SessionToken;
 pub use users::{ApiToken, UserRecord};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
