@@ -9,7 +9,6 @@ use chrono::{DateTime, Utc};
 use mailbridge_core::UserId;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 
 use crate::{Result, Store, UserRecord};
 
@@ -40,13 +39,8 @@ impl fmt::Debug for SessionToken {
     }
 }
 
-/// 256 random bits need no slow hash: SHA-256 keeps the lookup an index probe.
-fn id_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+/// 256 random bits need no slow hash: the API tokens' SHA-256 keeps the lookup an index probe.
+use crate::users::token_hash as id_hash;
 
 impl Store {
     /// Opens a session for `user` until `expires_at`, and forgets sessions that have expired.

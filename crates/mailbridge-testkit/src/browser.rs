@@ -77,6 +77,18 @@ impl Browser {
             .await?)
     }
 
+    /// The current value of the input matching `css` (what a person typed, or the page filled).
+    pub async fn value(&self, css: &str) -> anyhow::Result<String> {
+        Ok(self
+            .client
+            .find(Locator::Css(css))
+            .await
+            .with_context(|| format!("no element matches {css}"))?
+            .prop("value")
+            .await?
+            .unwrap_or_default())
+    }
+
     /// The whole page's visible text.
     pub async fn page_text(&self) -> anyhow::Result<String> {
         self.text("body").await
@@ -178,6 +190,9 @@ impl Browser {
             .as_u64()
             .unwrap_or(900);
         let (_, _, w, h) = self.client.get_window_rect().await?;
+        self.client
+            .execute("window.scrollTo(0, 0);", vec![])
+            .await?;
         self.client
             .set_window_size(width, u32::try_from(height.clamp(400, 4000)).unwrap_or(900))
             .await?;

@@ -97,6 +97,13 @@ impl Viewer {
         self.caller.is_admin()
     }
 
+    /// Refuses a non-admin with a page that says so; `what` completes "only admins can …".
+    fn require_admin(&self, what: &str) -> Result<(), PageError> {
+        self.caller
+            .require_admin(what)
+            .map_err(|e| PageError::from(e).with_viewer(self))
+    }
+
     /// What every page's frame shows: who is signed in, the menu, the open alerts.
     async fn layout(&self, state: &AppState, section: &'static str) -> Layout {
         // A failure to count alerts must not take the page down with it.
@@ -337,6 +344,18 @@ impl IntoResponse for PageError {
 
 /// What a console handler answers: a page, a redirect, or an error page.
 type PageResult = Result<Response, PageError>;
+
+/// `?done=…`: what the action before the redirect did, for the page to confirm it.
+#[derive(serde::Deserialize)]
+pub struct Done {
+    done: Option<String>,
+}
+
+/// A path id that does not parse names nothing that exists: 404, like an unknown id.
+fn path_id<T: std::str::FromStr>(raw: &str, kind: &str) -> Result<T, PageError> {
+    raw.parse()
+        .map_err(|_| PageError::from(ApiError::not_found(kind, raw)))
+}
 
 #[cfg(test)]
 mod tests {

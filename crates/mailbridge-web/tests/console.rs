@@ -26,6 +26,15 @@ async fn sign_in(b: &Browser, w: &MailWorld, email: &str, token: &str) {
     );
 }
 
+/// Asserts that the element matching `css` shows `needle`.
+async fn shows(b: &Browser, css: &str, needle: &str) {
+    let text = b.text(css).await.unwrap();
+    assert!(
+        text.contains(needle),
+        "{css} shows {text:?}, not {needle:?}"
+    );
+}
+
 /// Waits (up to ten seconds) for the page to show `needle`, for actions whose navigation
 /// chromedriver may not wait for.
 async fn until(b: &Browser, needle: &str) {
@@ -125,12 +134,7 @@ async fn the_first_admin_sets_up_gmail_and_the_user_connects_and_tests_their_mai
         "{page}"
     );
     // The stored secret is never shown again: its field is empty, and it is not in the page.
-    let secret = b
-        .client
-        .find(fantoccini::Locator::Css("[name='oauth.client_secret']"))
-        .await
-        .unwrap();
-    assert_eq!(secret.prop("value").await.unwrap().as_deref(), Some(""));
+    assert_eq!(b.value("[name='oauth.client_secret']").await.unwrap(), "");
     assert!(
         !b.client
             .source()
@@ -203,18 +207,8 @@ async fn the_first_admin_sets_up_gmail_and_the_user_connects_and_tests_their_mai
     b.press("Test & Enable Mailbox").await.unwrap();
     let page = b.page_text().await.unwrap();
     assert!(page.contains("the mailbox is enabled"), "{page}");
-    assert!(
-        b.text("#incoming-result")
-            .await
-            .unwrap()
-            .contains("Success")
-    );
-    assert!(
-        b.text("#outgoing-result")
-            .await
-            .unwrap()
-            .contains("Success")
-    );
+    shows(&b, "#incoming-result", "Success").await;
+    shows(&b, "#outgoing-result", "Success").await;
     let log = w.dovecot.log();
     assert!(
         log.contains("imap-login: Info: Login: user=<ann@example.com>, method=XOAUTH2"),
@@ -285,21 +279,8 @@ async fn bad_input_is_explained_next_to_each_field_and_what_was_typed_stays() {
     b.fill("token", "mbt_not-the-token").await.unwrap();
     b.press("Sign in").await.unwrap();
     assert_eq!(b.path().await.unwrap(), "/console/sign-in");
-    assert!(
-        b.text("#f-token-error")
-            .await
-            .unwrap()
-            .contains("do not belong together")
-    );
-    let email = b
-        .client
-        .find(fantoccini::Locator::Css("#f-email"))
-        .await
-        .unwrap();
-    assert_eq!(
-        email.prop("value").await.unwrap().as_deref(),
-        Some("admin@example.com")
-    );
+    shows(&b, "#f-token-error", "do not belong together").await;
+    assert_eq!(b.value("#f-email").await.unwrap(), "admin@example.com");
     sign_in(&b, &w, "admin@example.com", &w.admin).await;
 
     // A profile form with ports that are not numbers: each says so under its input.
@@ -321,27 +302,19 @@ async fn bad_input_is_explained_next_to_each_field_and_what_was_typed_stays() {
             .unwrap()
             .contains("This form has a problem")
     );
-    assert!(
-        b.text("#f-incoming-port-error")
-            .await
-            .unwrap()
-            .ends_with("The port must be a whole number, not '99x'")
-    );
-    assert!(
-        b.text("#f-outgoing-port-error")
-            .await
-            .unwrap()
-            .ends_with("The port must be a whole number, not 'five'")
-    );
-    let name = b
-        .client
-        .find(fantoccini::Locator::Css("#f-name"))
-        .await
-        .unwrap();
-    assert_eq!(
-        name.prop("value").await.unwrap().as_deref(),
-        Some("Office IMAP")
-    );
+    shows(
+        &b,
+        "#f-incoming-port-error",
+        "The port must be a whole number, not '99x'",
+    )
+    .await;
+    shows(
+        &b,
+        "#f-outgoing-port-error",
+        "The port must be a whole number, not 'five'",
+    )
+    .await;
+    assert_eq!(b.value("#f-name").await.unwrap(), "Office IMAP");
     // Focus goes to the first field at fault.
     let focused = b.client.active_element().await.unwrap();
     assert_eq!(
@@ -371,15 +344,7 @@ async fn bad_input_is_explained_next_to_each_field_and_what_was_typed_stays() {
     b.press("Create mailbox").await.unwrap();
     let email_error = b.text("#f-email-error").await.unwrap();
     assert!(email_error.contains("ann at example"), "{email_error}");
-    let email = b
-        .client
-        .find(fantoccini::Locator::Css("#f-email"))
-        .await
-        .unwrap();
-    assert_eq!(
-        email.prop("value").await.unwrap().as_deref(),
-        Some("ann at example")
-    );
+    assert_eq!(b.value("#f-email").await.unwrap(), "ann at example");
     b.close().await.unwrap();
 }
 

@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use mailbridge_store::AlertRecord;
 
-use super::{Layout, PageError, PageResult, Viewer, render, see_other};
+use super::{Layout, PageError, PageResult, Viewer, path_id, render, see_other};
 use crate::AppState;
 use crate::routes::mailboxes::visible_mailbox;
 
@@ -70,10 +70,7 @@ async fn dismiss(
     Path((id, alert_id)): Path<(String, String)>,
     Form(form): Form<DismissForm>,
 ) -> PageResult {
-    let id = id
-        .parse()
-        .map_err(|_| PageError::from(crate::error::ApiError::not_found("mailbox", &id)))?;
-    let mailbox = visible_mailbox(&state, &viewer.caller, id)
+    let mailbox = visible_mailbox(&state, &viewer.caller, path_id(&id, "mailbox")?)
         .await
         .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
     state

@@ -18,7 +18,7 @@ use mailbridge_store::{EmailFilter, MailboxRecord, ProfileRecord, TestOutcome, U
 
 use super::form::{Choice, Field, FieldErrors, FormValues, Group};
 use super::profiles::auth_label;
-use super::{Layout, PageError, PageResult, Viewer, render, see_other};
+use super::{Done, Layout, PageError, PageResult, Viewer, path_id, render, see_other};
 use crate::AppState;
 use crate::routes::mailboxes::{create_mailbox, test_mailbox, update_mailbox, visible_mailbox};
 use crate::routes::oauth::{disconnect_mailbox, start_sign_in};
@@ -69,18 +69,9 @@ fn when(t: Option<DateTime<Utc>>) -> String {
     )
 }
 
-fn mailbox_id(raw: &str) -> Result<MailboxId, PageError> {
-    raw.parse().map_err(|_| {
-        PageError::new(
-            StatusCode::NOT_FOUND,
-            format!("Mailbox {raw} does not exist."),
-        )
-    })
-}
-
 /// The mailbox if the viewer may see it; else a page saying why.
 async fn visible(viewer: &Viewer, state: &AppState, raw: &str) -> Result<MailboxRecord, PageError> {
-    visible_mailbox(state, &viewer.caller, mailbox_id(raw)?)
+    visible_mailbox(state, &viewer.caller, path_id(raw, "mailbox")?)
         .await
         .map_err(|e| PageError::from(e).with_viewer(viewer))
 }
@@ -104,11 +95,6 @@ struct MailboxesPage {
     layout: Option<Layout>,
     admin: bool,
     mailboxes: Vec<MailboxRow>,
-}
-
-#[derive(serde::Deserialize)]
-pub struct Done {
-    done: Option<String>,
 }
 
 async fn list(viewer: Viewer, State(state): State<AppState>, Query(q): Query<Done>) -> PageResult {
@@ -377,7 +363,7 @@ async fn sign_in(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> PageResult {
-    let id = mailbox_id(&id)?;
+    let id = path_id(&id, "mailbox")?;
     let url = start_sign_in(&state, &viewer.caller, id)
         .await
         .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
@@ -385,7 +371,7 @@ async fn sign_in(
 }
 
 async fn test(viewer: Viewer, State(state): State<AppState>, Path(id): Path<String>) -> PageResult {
-    let id = mailbox_id(&id)?;
+    let id = path_id(&id, "mailbox")?;
     test_mailbox(&state, &viewer.caller, id)
         .await
         .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
@@ -397,7 +383,7 @@ async fn disconnect(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> PageResult {
-    let id = mailbox_id(&id)?;
+    let id = path_id(&id, "mailbox")?;
     disconnect_mailbox(&state, &viewer.caller, id)
         .await
         .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
@@ -411,13 +397,10 @@ async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> PageResult {
-    viewer
-        .caller
-        .require_admin("delete mailboxes")
-        .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
+    viewer.require_admin("delete mailboxes")?;
     state
         .store
-        .delete_mailbox(&viewer.caller.actor(), mailbox_id(&id)?)
+        .delete_mailbox(&viewer.caller.actor(), path_id(&id, "mailbox")?)
         .await
         .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
     Ok(see_other("/console/mailboxes?done=deleted"))
@@ -639,10 +622,7 @@ fn draft_of(v: &FormValues, admin: bool, editing: bool, errors: &mut FieldErrors
 }
 
 async fn new_form(viewer: Viewer, State(state): State<AppState>) -> PageResult {
-    viewer
-        .caller
-        .require_admin("create mailboxes")
-        .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
+    viewer.require_admin("create mailboxes")?;
     let mut v = FormValues::default();
     v.set("incoming_method", "server_side_sync");
     v.set("outgoing_method", "server_side_sync");
@@ -655,10 +635,7 @@ async fn create(
     State(state): State<AppState>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> PageResult {
-    viewer
-        .caller
-        .require_admin("create mailboxes")
-        .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
+    viewer.require_admin("create mailboxes")?;
     let values = FormValues::from_pairs(pairs);
     let mut errors = FieldErrors::default();
     let draft = draft_of(&values, true, false, &mut errors);

@@ -18,7 +18,7 @@ use mailbridge_core::{
 use mailbridge_store::ProfileRecord;
 
 use super::form::{Choice, Field, FieldErrors, FormValues, Group};
-use super::{Layout, PageError, PageResult, Viewer, render, see_other};
+use super::{Done, Layout, PageError, PageResult, Viewer, path_id, render, see_other};
 use crate::AppState;
 use crate::routes::profiles::{create_profile, update_profile};
 
@@ -30,13 +30,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/profiles/{id}/delete", post(delete))
 }
 
-/// Only admins manage profiles; others get a page that says so.
-fn require_admin(viewer: &Viewer) -> Result<(), PageError> {
-    viewer
-        .caller
-        .require_admin("manage email server profiles")
-        .map_err(|e| PageError::from(e).with_viewer(viewer))
-}
+const ADMIN_ONLY: &str = "manage email server profiles";
 
 struct ProfileRow {
     id: String,
@@ -57,13 +51,8 @@ struct ProfilesPage {
     profiles: Vec<ProfileRow>,
 }
 
-#[derive(serde::Deserialize)]
-pub struct Done {
-    done: Option<String>,
-}
-
 async fn list(viewer: Viewer, State(state): State<AppState>, Query(q): Query<Done>) -> PageResult {
-    require_admin(&viewer)?;
+    viewer.require_admin(ADMIN_ONLY)?;
     let mut failing: BTreeMap<ProfileId, usize> = BTreeMap::new();
     for m in state.store.list_mailboxes(None).await? {
         if m.incoming.status == ConnectionStatus::Failure
@@ -151,7 +140,7 @@ async fn new_form(
     State(state): State<AppState>,
     Query(q): Query<NewQuery>,
 ) -> PageResult {
-    require_admin(&viewer)?;
+    viewer.require_admin(ADMIN_ONLY)?;
     let (mode, values) = if q.preset.as_deref() == Some("custom") {
         let mut v = FormValues::default();
         v.set("auth", "password");
@@ -336,14 +325,15 @@ fn groups(
             .from(v, e),
         Field::text("max_connections", "Connections at once")
             .numeric()
-            .help("Over all mailboxes of this profile (default 10).")
+            .help("Over all mailboxes of this profile. Leave blank for 10.")
             .from(v, e),
         Field::text("poll_interval_seconds", "Check for new mail every (seconds)")
             .numeric()
+            .help("Leave blank for 60.")
             .from(v, e),
         Field::text("process_emails_received_after", "Only mail received after")
             .kind("date")
-            .help("Leave blank to take all mail. Format YYYY-MM-DD.")
+            .help("Leave blank to take all mail.")
             .from(v, e),
     ]);
 
@@ -536,7 +526,7 @@ async fn create(
     Query(q): Query<NewQuery>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> PageResult {
-    require_admin(&viewer)?;
+    viewer.require_admin(ADMIN_ONLY)?;
     let mode = mode_of(&q);
     let values = FormValues::from_pairs(pairs);
     let mut errors = FieldErrors::default();
@@ -561,8 +551,11 @@ async fn edit_form(
     Path(id): Path<String>,
     Query(q): Query<Done>,
 ) -> PageResult {
-    require_admin(&viewer)?;
-    let profile = state.store.get_profile(profile_id(&id)?).await?;
+    viewer.require_admin(ADMIN_ONLY)?;
+    let profile = state
+        .store
+        .get_profile(path_id(&id, "server profile")?)
+        .await?;
     let notice = match q.done.as_deref() {
         Some("created") => Some(format!("Profile “{}” was created.", profile.spec.name)),
         Some("saved") => Some("Your changes were saved.".to_owned()),
@@ -580,23 +573,14 @@ async fn edit_form(
     .await
 }
 
-fn profile_id(raw: &str) -> Result<ProfileId, PageError> {
-    raw.parse().map_err(|_| {
-        PageError::new(
-            StatusCode::NOT_FOUND,
-            format!("Server profile {raw} does not exist."),
-        )
-    })
-}
-
 async fn update(
     viewer: Viewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> PageResult {
-    require_admin(&viewer)?;
-    let id = profile_id(&id)?;
+    viewer.require_admin(ADMIN_ONLY)?;
+    let id = path_id(&id, "server profile")?;
     let profile = state.store.get_profile(id).await?;
     let values = FormValues::from_pairs(pairs);
     let mut errors = FieldErrors::default();
@@ -624,8 +608,8 @@ async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> PageResult {
-    require_admin(&viewer)?;
-    let id = profile_id(&id)?;
+    viewer.require_admin(ADMIN_ONLY)?;
+    let id = path_id(&id, "server profile")?;
     state
         .store
         .delete_profile(&viewer.caller.actor(), id)

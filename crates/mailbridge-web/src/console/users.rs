@@ -5,11 +5,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use mailbridge_core::{Role, UserId};
+use mailbridge_core::Role;
 use mailbridge_store::{ApiToken, UserRecord};
 
 use super::form::{Choice, Field, FieldErrors, FormValues};
-use super::{Layout, PageError, PageResult, Viewer, render, see_other};
+use super::{Layout, PageError, PageResult, Viewer, path_id, render, see_other};
 use crate::AppState;
 use crate::routes::users::{create_user, reset_token_of};
 
@@ -46,12 +46,7 @@ struct UsersPage {
     issued: Option<Issued>,
 }
 
-fn require_admin(viewer: &Viewer) -> Result<(), PageError> {
-    viewer
-        .caller
-        .require_admin("manage users")
-        .map_err(|e| PageError::from(e).with_viewer(viewer))
-}
+const ADMIN_ONLY: &str = "manage users";
 
 async fn page(
     viewer: &Viewer,
@@ -107,7 +102,7 @@ async fn page(
 }
 
 async fn list(viewer: Viewer, State(state): State<AppState>) -> PageResult {
-    require_admin(&viewer)?;
+    viewer.require_admin(ADMIN_ONLY)?;
     let mut values = FormValues::default();
     values.set("role", "user");
     page(&viewer, &state, &values, FieldErrors::default(), None, None).await
@@ -119,7 +114,7 @@ async fn create(
     State(state): State<AppState>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> PageResult {
-    require_admin(&viewer)?;
+    viewer.require_admin(ADMIN_ONLY)?;
     let values = FormValues::from_pairs(pairs);
     let mut errors = FieldErrors::default();
     let role = values.word::<Role>("role", &mut errors);
@@ -137,11 +132,6 @@ async fn create(
     page(&viewer, &state, &values, errors, None, None).await
 }
 
-fn user_id(raw: &str) -> Result<UserId, PageError> {
-    raw.parse()
-        .map_err(|_| PageError::new(StatusCode::NOT_FOUND, format!("User {raw} does not exist.")))
-}
-
 #[derive(serde::Deserialize)]
 pub struct RoleForm {
     role: String,
@@ -153,11 +143,11 @@ async fn set_role(
     Path(id): Path<String>,
     Form(form): Form<RoleForm>,
 ) -> PageResult {
-    require_admin(&viewer)?;
+    viewer.require_admin(ADMIN_ONLY)?;
     let role: Role = form.role.parse().map_err(|e| {
         PageError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("Role: {e}.")).with_viewer(&viewer)
     })?;
-    let id = user_id(&id)?;
+    let id = path_id(&id, "user")?;
     state
         .store
         .set_user_role(&viewer.caller.actor(), id, role)
@@ -171,8 +161,8 @@ async fn reset_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> PageResult {
-    require_admin(&viewer)?;
-    let issued = reset_token_of(&state, &viewer.caller, user_id(&id)?)
+    viewer.require_admin(ADMIN_ONLY)?;
+    let issued = reset_token_of(&state, &viewer.caller, path_id(&id, "user")?)
         .await
         .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
     let notice = Some(format!(

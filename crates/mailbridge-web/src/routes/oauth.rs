@@ -182,16 +182,23 @@ fn api_error(e: SignInError) -> ApiError {
     }
 }
 
-/// A small self-contained page (no external assets) for the browser that came back, with a
-/// link back into the console.
+/// A small page for the browser that came back, in the console's look (its stylesheet is
+/// served by this binary), with a link back into the console.
 fn page(status: StatusCode, title: &str, message: &str, back: (&str, &str)) -> Response {
+    let class = if status.is_success() {
+        "notice"
+    } else {
+        "panel problem"
+    };
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · Mailbridge</title><style>body{{font-family:system-ui,sans-serif;\
-         max-width:36rem;margin:4rem auto;padding:0 1rem;color:#1a1a1a;line-height:1.5}}\
-         h1{{font-size:1.4rem}}a{{color:#1a56db}}</style></head><body><main><h1>{title}</h1>\
-         <p>{message}</p><p><a href=\"{href}\">{label}</a></p></main></body></html>",
+         <title>{title} · Mailbridge</title>\
+         <link rel=\"stylesheet\" href=\"/console/assets/console.css\"></head><body>\
+         <header class=\"top\"><a class=\"brand\" href=\"/console\">Mailbridge</a></header>\
+         <main><div class=\"narrow\"><h1>{title}</h1><div class=\"{class}\" role=\"status\">\
+         <p>{message}</p></div><p><a class=\"button primary\" href=\"{href}\">{label}</a></p>\
+         </div></main></body></html>",
         title = escape(title),
         message = escape(message),
         href = escape(back.0),
