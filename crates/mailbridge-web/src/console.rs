@@ -16,7 +16,7 @@ mod users;
 use askama::Template;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -36,7 +36,7 @@ const SIGNIN_COOKIE: &str = "mb_signin";
 /// Bodies of console forms are small; anything larger is refused before it is read.
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
-pub fn routes(state: AppState) -> Router<AppState> {
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/console") }))
         .route(
@@ -55,7 +55,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(users::routes())
         .merge(alerts::routes())
         .route("/console/{*rest}", get(not_found))
-        .layer(middleware::from_fn_with_state(state, guard))
+        .layer(middleware::from_fn(guard))
 }
 
 async fn not_found(viewer: Viewer) -> PageError {
@@ -179,7 +179,7 @@ fn same(a: &str, b: &str) -> bool {
 /// for the sign-in form, of its sign-in cookie) in the `csrf` field, else it is refused with
 /// 403 before any handler runs; every answer gets headers that keep pages out of caches and
 /// frames.
-async fn guard(State(_state): State<AppState>, request: Request, next: Next) -> Response {
+async fn guard(request: Request, next: Next) -> Response {
     let is_console = request.uri().path().starts_with("/console");
     let request = if is_console && request.method() == Method::POST {
         match check_csrf(request).await {

@@ -115,7 +115,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::system::routes())
         .merge(routes::oauth::routes())
         .nest("/api/v1", routes::api())
-        .merge(console::routes(state.clone()))
+        .merge(console::routes())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
