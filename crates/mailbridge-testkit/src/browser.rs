@@ -2,6 +2,7 @@
 //! `chromium-driver`), one chromedriver per browser on a free port, a fresh profile in a temp
 //! dir, stopped on drop. [`screenshot_dir`] is where tests leave their pictures.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -42,7 +43,10 @@ impl Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        // Its own process group, so that the browser it starts (and the browser's helpers)
+        // can be ended with it: a chromedriver ended alone leaves Chromium running.
         let driver = Command::new(CHROMEDRIVER)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -206,17 +210,25 @@ impl Browser {
         path
     }
 
-    /// Ends the browser session (the driver stops on drop).
-    pub async fn close(mut self) -> anyhow::Result<()> {
+    /// Ends the browser session; the driver and what it started stop on drop.
+    pub async fn close(self) -> anyhow::Result<()> {
         self.client.clone().close().await?;
-        let _ = self.driver.kill();
         Ok(())
     }
 }
 
 impl Drop for Browser {
+    /// Ends chromedriver's whole process group — the driver, Chromium and its helpers — so
+    /// nothing outlives the test or writes into the profile after it is deleted.
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let group = format!("-{}", self.driver.id());
+        for signal in ["-TERM", "-KILL"] {
+            let _ = Command::new("kill")
+                .args([signal, "--", &group])
+                .stderr(Stdio::null())
+                .status();
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let _ = self.driver.wait();
     }
 }
@@ -235,6 +247,8 @@ async fn connect(port: u16, profile: &tempfile::TempDir) -> anyhow::Result<Clien
         "--disable-background-networking".to_owned(),
         "--disable-component-update".to_owned(),
         "--disable-sync".to_owned(),
+        "--disable-breakpad".to_owned(),
+        "--disable-crash-reporter".to_owned(),
         "--hide-scrollbars".to_owned(),
         "--force-device-scale-factor=1".to_owned(),
         format!("--user-data-dir={}", profile.path().display()),
