@@ -5,7 +5,10 @@
 //! Screenshots of the main pages land in `<target>/console-screenshots/`.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
+use std::time::Duration;
+
 use mailbridge_core::Role;
+use mailbridge_sync::EngineConfig;
 use mailbridge_testkit::{AppOptions, Browser, MailWorld};
 use reqwest::StatusCode;
 use reqwest::redirect::Policy;
@@ -529,5 +532,178 @@ async fn a_form_without_its_csrf_token_is_refused() {
     let eve = w.app.store.user_by_token(&token).await.unwrap().unwrap();
     assert_eq!(eve.email, email);
     b.screenshot("12-users").await.unwrap();
+
+    // Eve becomes an admin; then her token is reset: the old one stops working.
+    let eve_id = eve.id.to_string();
+    b.client
+        .find(fantoccini::Locator::Css(&format!("#role-{eve_id}")))
+        .await
+        .unwrap()
+        .select_by_value("admin")
+        .await
+        .unwrap();
+    b.click(&format!(
+        "form[action='/console/users/{eve_id}/role'] button"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        w.app.store.get_user(eve.id).await.unwrap().role,
+        Role::Admin
+    );
+    b.client
+        .execute("window.confirm = function () { return true; };", vec![])
+        .await
+        .unwrap();
+    b.click(&format!(
+        "form[action='/console/users/{eve_id}/token'] button"
+    ))
+    .await
+    .unwrap();
+    let new_token = b.text("#issued-token").await.unwrap();
+    assert_ne!(new_token, token);
+    assert!(w.app.store.user_by_token(&token).await.unwrap().is_none());
+    assert_eq!(
+        w.app
+            .store
+            .user_by_token(&new_token)
+            .await
+            .unwrap()
+            .map(|u| u.id),
+        Some(eve.id)
+    );
     b.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_users_own_view_shows_recent_mail_and_alerts_with_what_to_do() {
+    let w = MailWorld::start(AppOptions {
+        engine: Some(EngineConfig {
+            scan_interval: Duration::from_millis(200),
+            stagger: Duration::ZERO,
+            ..EngineConfig::default()
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let mailbox = ann_mailbox(&w).await;
+    w.sign_in(&mailbox, &w.ann).await;
+    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    w.dovecot
+        .deliver(
+            "ann@example.com",
+            b"From: Dan Buyer <dan@example.com>\r\nTo: ann@example.com\r\nSubject: Quote for 40 chairs\r\nMessage-ID: <q-1@example.com>\r\n\r\nPlease quote.\r\n",
+        )
+        .unwrap();
+    let id = mailbox.parse().unwrap();
+    let started = std::time::Instant::now();
+    while w.app.store.count_emails(id).await.unwrap() < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the mail was not synchronized"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let b = Browser::start().await.unwrap();
+    sign_in(&b, &w, "ann@example.com", &w.ann).await;
+    b.goto(&format!("{}/console/mailboxes/{mailbox}", w.app.base))
+        .await
+        .unwrap();
+    let page = b.page_text().await.unwrap();
+    assert!(
+        page.contains("Quote for 40 chairs") && page.contains("Dan Buyer"),
+        "{page}"
+    );
+
+    // The engine gives up on the mailbox: Ann is told what failed and what to do.
+    w.app
+        .store
+        .disable_with_alert(
+            id,
+            "sign_in_required",
+            "Google refused the stored sign-in (invalid_grant)",
+            "Sign in to Gmail again for this mailbox",
+        )
+        .await
+        .unwrap();
+    b.goto(&format!("{}/console/alerts", w.app.base))
+        .await
+        .unwrap();
+    shows(&b, "a[href='/console/alerts'] .count", "1").await;
+    let page = b.page_text().await.unwrap();
+    assert!(
+        page.contains("What to do: Sign in to Gmail again for this mailbox"),
+        "{page}"
+    );
+    b.screenshot("13-alerts").await.unwrap();
+    b.goto(&format!("{}/console/mailboxes/{mailbox}", w.app.base))
+        .await
+        .unwrap();
+    shows(&b, "#incoming-result", "Failure").await;
+    shows(&b, "#incoming-result", "Google refused the stored sign-in").await;
+    shows(&b, "#incoming-result", "What to do: Sign in to Gmail again").await;
+    b.goto(&format!("{}/console/alerts", w.app.base))
+        .await
+        .unwrap();
+    b.press("Dismiss").await.unwrap();
+    assert!(b.page_text().await.unwrap().contains("No open alerts"));
+    assert!(
+        w.app
+            .store
+            .user_alerts(w.ann_id.parse().unwrap(), false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    b.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_the_gmail_feature_there_is_no_sign_in_button_and_no_way_around_it() {
+    let w = MailWorld::start(AppOptions {
+        gmail_oauth: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let mailbox = ann_mailbox(&w).await;
+    let http = browser_like();
+    let cookie = session_cookie(&http, &w.app.base, "ann@example.com", &w.ann).await;
+    let page = http
+        .get(format!("{}/console/mailboxes/{mailbox}", w.app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("id=\"sign-in-gmail\""), "{page}");
+    assert!(
+        page.contains("Sign in to Gmail is turned off on this installation"),
+        "{page}"
+    );
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let resp = http
+        .post(format!(
+            "{}/console/mailboxes/{mailbox}/gmail-sign-in",
+            w.app.base
+        ))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("turned off on this installation")
+    );
 }

@@ -7,6 +7,7 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use mailbridge_store::AlertRecord;
 
+use super::form::sentence;
 use super::{Layout, PageError, PageResult, Viewer, path_id, render, see_other};
 use crate::AppState;
 use crate::routes::mailboxes::visible_mailbox;
@@ -31,8 +32,8 @@ impl From<AlertRecord> for AlertRow {
         Self {
             id: a.id,
             mailbox_id: a.mailbox_id.map(|m| m.to_string()),
-            message: a.message,
-            hint: a.hint,
+            message: sentence(&a.message),
+            hint: sentence(&a.hint),
             when: a.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
         }
     }

@@ -16,7 +16,7 @@ use mailbridge_core::{
 };
 use mailbridge_store::{EmailFilter, MailboxRecord, ProfileRecord, TestOutcome, UserRecord};
 
-use super::form::{Choice, Field, FieldErrors, FormValues, Group};
+use super::form::{Choice, Field, FieldErrors, FormValues, Group, sentence};
 use super::profiles::auth_label;
 use super::{Done, Layout, PageError, PageResult, Viewer, path_id, render, see_other};
 use crate::AppState;
@@ -259,8 +259,8 @@ async fn show(
         .into_iter()
         .map(|a| AlertRow {
             id: a.id,
-            message: a.message,
-            hint: a.hint,
+            message: sentence(&a.message),
+            hint: sentence(&a.hint),
             when: when(Some(a.created_at)),
         })
         .collect();
