@@ -9,6 +9,7 @@ pub mod message;
 pub mod profile;
 pub mod server;
 mod string_enum;
+pub mod tracking;
 pub mod user;
 pub mod validation;
 

@@ -44,8 +44,43 @@ pub struct FetchedMessage {
     pub raw: Vec<u8>,
     /// Gmail's stable message id (X-GM-MSGID), when the server has X-GM-EXT-1.
     pub gmail_msg_id: Option<u64>,
+    /// Gmail's conversation id (X-GM-THRID), when the server has X-GM-EXT-1.
+    pub gmail_thread_id: Option<u64>,
     /// Gmail's labels (X-GM-LABELS), when the server has X-GM-EXT-1.
     pub gmail_labels: Vec<String>,
+}
+
+impl FetchedMessage {
+    /// The message in one `FETCH` response; `None` without a UID or body (a flag update).
+    fn from_attributes(attributes: &[async_imap::imap_proto::AttributeValue<'_>]) -> Option<Self> {
+        use async_imap::imap_proto::AttributeValue;
+        let (mut uid, mut raw) = (None, None);
+        let (mut gmail_msg_id, mut gmail_thread_id, mut gmail_labels) = (None, None, Vec::new());
+        for attribute in attributes {
+            match attribute {
+                AttributeValue::Uid(u) => uid = Some(*u),
+                AttributeValue::BodySection {
+                    section: None,
+                    data: Some(body),
+                    ..
+                }
+                | AttributeValue::Rfc822(Some(body)) => raw = Some(body.to_vec()),
+                AttributeValue::GmailMsgId(id) => gmail_msg_id = Some(*id),
+                AttributeValue::GmailThrId(id) => gmail_thread_id = Some(*id),
+                AttributeValue::GmailLabels(labels) => {
+                    gmail_labels = labels.iter().map(|l| l.to_string()).collect();
+                }
+                _ => {}
+            }
+        }
+        Some(Self {
+            uid: uid?,
+            raw: raw?,
+            gmail_msg_id,
+            gmail_thread_id,
+            gmail_labels,
+        })
+    }
 }
 
 /// How an `IDLE` ended.
@@ -321,10 +356,13 @@ impl ImapSession {
         Ok(uids)
     }
 
-    /// Fetches messages by UID (`UID FETCH set (UID BODY.PEEK[])`, plus X-GM-MSGID and
-    /// X-GM-LABELS on Gmail), without marking them read.
+    /// Fetches messages by UID (`UID FETCH set (UID BODY.PEEK[])`, plus X-GM-MSGID,
+    /// X-GM-THRID and X-GM-LABELS on Gmail), without marking them read.
+    ///
+    /// The responses are read here rather than through async-imap's `uid_fetch`, whose
+    /// `Fetch` offers no accessor for X-GM-THRID (imap-proto parses it; async-imap drops it).
     pub async fn uid_fetch(&mut self, uids: &[u32]) -> Result<Vec<FetchedMessage>, ProtoError> {
-        use futures::TryStreamExt;
+        use async_imap::imap_proto::{Response, Status};
         if uids.is_empty() {
             return Ok(Vec::new());
         }
@@ -334,7 +372,7 @@ impl ImapSession {
             .collect::<Vec<_>>()
             .join(",");
         let query = if self.has("X-GM-EXT-1") {
-            "(UID BODY.PEEK[] X-GM-MSGID X-GM-LABELS)"
+            "(UID BODY.PEEK[] X-GM-MSGID X-GM-THRID X-GM-LABELS)"
         } else {
             "(UID BODY.PEEK[])"
         };
@@ -343,27 +381,46 @@ impl ImapSession {
         let session = &mut self.session;
         endpoint
             .timed(&step, async {
-                let fetches: Vec<_> = session
-                    .uid_fetch(&set, query)
-                    .await
-                    .map_err(|e| imap_error(&endpoint, &step, e, None))?
-                    .try_collect()
+                let tag = session
+                    .run_command(format!("UID FETCH {set} {query}"))
                     .await
                     .map_err(|e| imap_error(&endpoint, &step, e, None))?;
-                Ok(fetches
-                    .iter()
-                    .filter_map(|f| {
-                        Some(FetchedMessage {
-                            uid: f.uid?,
-                            raw: f.body()?.to_vec(),
-                            gmail_msg_id: f.gmail_msg_id().copied(),
-                            gmail_labels: f
-                                .gmail_labels()
-                                .map(|l| l.iter().map(|x| x.to_string()).collect())
-                                .unwrap_or_default(),
-                        })
-                    })
-                    .collect())
+                let mut fetched = Vec::with_capacity(uids.len());
+                loop {
+                    let response = session
+                        .read_response()
+                        .await
+                        .map_err(|e| imap_error(&endpoint, &step, e.into(), None))?
+                        .ok_or_else(|| {
+                            imap_error(&endpoint, &step, ImapError::ConnectionLost, None)
+                        })?;
+                    match response.parsed() {
+                        Response::Fetch(_, attributes) => {
+                            fetched.extend(FetchedMessage::from_attributes(attributes));
+                        }
+                        Response::Done {
+                            tag: done,
+                            status,
+                            outcome,
+                        } if *done == tag => {
+                            let words = outcome
+                                .information
+                                .as_deref()
+                                .unwrap_or_default()
+                                .to_owned();
+                            return match status {
+                                Status::Ok => Ok(fetched),
+                                Status::No => {
+                                    Err(imap_error(&endpoint, &step, ImapError::No(words), None))
+                                }
+                                _ => Err(imap_error(&endpoint, &step, ImapError::Bad(words), None)),
+                            };
+                        }
+                        // EXISTS, EXPUNGE and flag changes arriving meanwhile: the next pass
+                        // over the folder sees their effect.
+                        _ => {}
+                    }
+                }
             })
             .await
     }

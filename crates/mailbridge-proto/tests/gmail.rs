@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mailbridge_proto::imap::ImapSession;
 use mailbridge_proto::{Credentials, Endpoint, ErrorKind, Security, TlsSettings};
-use mailbridge_testkit::ScriptedGmail;
+use mailbridge_testkit::{GMAIL_INBOX, ScriptedGmail};
 use secrecy::SecretString;
 
 fn creds(token: &str) -> Credentials {
@@ -49,6 +49,32 @@ async fn gmail_logs_in_sends_id_and_shows_its_extensions() {
         ),
         (2, Some(3), Some(7), Some(4242))
     );
+    s.logout().await;
+}
+
+#[tokio::test]
+async fn gmails_message_and_thread_ids_and_labels_are_fetched_with_the_bytes() {
+    let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", true)
+        .await
+        .unwrap();
+    let mut s = ImapSession::login(&at(gmail.port), &TlsSettings::public(), &creds("ya29.good"))
+        .await
+        .unwrap();
+    s.examine("INBOX").await.unwrap();
+    let uids = s.uids_from(1, None).await.unwrap();
+    assert_eq!(uids, [5, 6]);
+    let fetched = s.uid_fetch(&uids).await.unwrap();
+    assert_eq!(fetched.len(), 2);
+    for (m, want) in fetched.iter().zip(&GMAIL_INBOX) {
+        assert_eq!(m.uid, want.uid);
+        assert_eq!(m.raw, want.raw.as_bytes());
+        assert_eq!(m.gmail_msg_id, Some(want.msg_id));
+        assert_eq!(m.gmail_thread_id, Some(want.thread_id));
+    }
+    assert_eq!(fetched[0].gmail_labels, ["\\Inbox", "\\Important"]);
+    assert_eq!(fetched[1].gmail_labels, ["\\Inbox", "Work/Lunch"]);
+    // Only the UIDs asked for.
+    assert_eq!(s.uid_fetch(&[6]).await.unwrap().len(), 1);
     s.logout().await;
 }
 

@@ -1,5 +1,6 @@
-//! Console sessions on a real SQLite file: the token is never stored, expiry and sign-out
-//! end a session, and resetting a user ends all of theirs.
+//! Console sessions on both backends — a real SQLite file and a real PostgreSQL database: the
+//! token is never stored, expiry and sign-out end a session, and resetting a user ends all of
+//! theirs.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::sync::{Arc, Mutex};
@@ -7,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration, Utc};
 use mailbridge_core::{Clock, EmailAddress, Role};
 use mailbridge_store::{Actor, Keyring, Store};
+use mailbridge_testdb::TestDatabase;
 
 struct TestClock(Mutex<DateTime<Utc>>);
 
@@ -17,13 +19,22 @@ impl Clock for TestClock {
 }
 
 #[tokio::test]
-async fn a_session_names_its_user_until_it_expires_or_is_ended() {
+async fn sqlite_a_session_names_its_user_until_it_expires_or_is_ended() {
+    a_session_names_its_user_until_it_expires_or_is_ended(TestDatabase::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_a_session_names_its_user_until_it_expires_or_is_ended() {
+    a_session_names_its_user_until_it_expires_or_is_ended(TestDatabase::Postgres).await;
+}
+
+async fn a_session_names_its_user_until_it_expires_or_is_ended(kind: TestDatabase) {
     let dir = tempfile::tempdir().unwrap();
     let start = DateTime::parse_from_rfc3339("2026-01-05T09:00:00Z")
         .unwrap()
         .with_timezone(&Utc);
     let clock = Arc::new(TestClock(Mutex::new(start)));
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+    let url = kind.url_for(dir.path()).await.unwrap();
     let keyring = Keyring::load_or_create(&dir.path().join("master.key")).unwrap();
     let store = Store::connect(&url, keyring, clock.clone()).await.unwrap();
     store.migrate().await.unwrap();
@@ -45,9 +56,9 @@ async fn a_session_names_its_user_until_it_expires_or_is_ended() {
 
     // The token is not in the database, only its hash.
     store.close().await;
-    let mut bytes = std::fs::read(dir.path().join("m.db")).unwrap();
-    bytes.extend(std::fs::read(dir.path().join("m.db-wal")).unwrap_or_default());
+    let bytes = kind.contents(dir.path()).await.unwrap();
     let token = session.reveal().as_bytes();
+    assert!(!bytes.is_empty());
     assert!(!bytes.windows(token.len()).any(|w| w == token));
     let keyring = Keyring::load_or_create(&dir.path().join("master.key")).unwrap();
     let store = Store::connect(&url, keyring, clock.clone()).await.unwrap();

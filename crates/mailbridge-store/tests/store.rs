@@ -1,22 +1,68 @@
-//! The store on a real SQLite file: secrets at rest, key rotation, the profile mailbox limit.
+//! The store on both backends — a real SQLite file and a real PostgreSQL database: secrets
+//! at rest, key rotation, the profile mailbox limit under a race. Each test runs once per
+//! backend (`sqlite::…` and `postgres::…`).
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::sync::Arc;
 
 use mailbridge_core::{EmailAddress, MailboxDraft, ProfileDraft, Role, SecretChange, SystemClock};
 use mailbridge_store::{Actor, Keyring, Store, StoreError};
+use mailbridge_testdb::TestDatabase;
 use secrecy::ExposeSecret;
 
 const SECRET: &str = "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et-7f3a9";
 
-async fn open(dir: &std::path::Path, keyring: Keyring) -> Store {
-    let url = format!("sqlite://{}?mode=rwc", dir.join("mailbridge.db").display());
-    let store = Store::connect(&url, keyring, Arc::new(SystemClock))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    store
+/// One test's database, reopened as often as the test likes.
+struct Db {
+    kind: TestDatabase,
+    dir: tempfile::TempDir,
+    url: String,
 }
+
+impl Db {
+    async fn new(kind: TestDatabase) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = kind.url_for(dir.path()).await.unwrap();
+        Self { kind, dir, url }
+    }
+
+    async fn open(&self, keyring: Keyring) -> Store {
+        let store = Store::connect(&self.url, keyring, Arc::new(SystemClock))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    /// What the database keeps, as text to search.
+    async fn contents(&self) -> String {
+        let bytes = self.kind.contents(self.dir.path()).await.unwrap();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Runs an `async fn(TestDatabase)` test on each backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::TestDatabase::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::TestDatabase::Postgres).await
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    client_secret_is_encrypted_at_rest_and_survives_rotation,
+    a_gmail_profile_takes_exactly_100_mailboxes_even_when_raced,
+);
 
 fn gmail_draft(name: &str) -> ProfileDraft {
     serde_json::from_value(serde_json::json!({
@@ -26,28 +72,10 @@ fn gmail_draft(name: &str) -> ProfileDraft {
     .unwrap()
 }
 
-/// Every byte the database keeps on disk: the main file and the write-ahead log.
-fn database_bytes(dir: &std::path::Path) -> Vec<u8> {
-    let mut all = Vec::new();
-    for name in ["mailbridge.db", "mailbridge.db-wal"] {
-        if let Ok(b) = std::fs::read(dir.join(name)) {
-            all.extend(b);
-        }
-    }
-    all
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
-}
-
-#[tokio::test]
-async fn client_secret_is_encrypted_at_rest_and_survives_rotation() {
-    let dir = tempfile::tempdir().unwrap();
-    let keyfile = dir.path().join("master.key");
-    let store = open(dir.path(), Keyring::load_or_create(&keyfile).unwrap()).await;
+async fn client_secret_is_encrypted_at_rest_and_survives_rotation(kind: TestDatabase) {
+    let db = Db::new(kind).await;
+    let keyfile = db.dir.path().join("master.key");
+    let store = db.open(Keyring::load_or_create(&keyfile).unwrap()).await;
     let (spec, secret) = gmail_draft("Sales").resolve(None).unwrap();
     let profile = store
         .create_profile(&Actor::cli(), &spec, secret)
@@ -63,14 +91,14 @@ async fn client_secret_is_encrypted_at_rest_and_survives_rotation() {
             .expose_secret(),
         SECRET
     );
-    let bytes = database_bytes(dir.path());
+    let stored = db.contents().await;
     assert!(
-        contains(&bytes, "123.apps.googleusercontent.com"),
-        "the test reads the real file"
+        stored.contains("123.apps.googleusercontent.com"),
+        "the test reads the real data"
     );
     assert!(
-        !contains(&bytes, SECRET),
-        "the client secret is in the database file in clear"
+        !stored.contains(SECRET),
+        "the client secret is in the database in clear"
     );
     store.close().await;
 
@@ -79,12 +107,12 @@ async fn client_secret_is_encrypted_at_rest_and_survives_rotation() {
     let old_id = old.active_id().to_owned();
     let rotated = old.rotated_to(Keyring::generate());
     let new_id = rotated.active_id().to_owned();
-    let store = open(dir.path(), rotated).await;
+    let store = db.open(rotated).await;
     assert_eq!(store.reencrypt_secrets().await.unwrap(), 1);
     store.close().await;
 
     let only_old = Keyring::load_or_create(&keyfile).unwrap();
-    let store = open(dir.path(), only_old).await;
+    let store = db.open(only_old).await;
     match store.profile_client_secret(profile.id).await {
         Err(StoreError::Crypto(e)) => assert!(e.to_string().contains(&new_id), "{e}"),
         other => panic!("the old key alone must not read a rotated secret: {other:?}"),
@@ -93,10 +121,9 @@ async fn client_secret_is_encrypted_at_rest_and_survives_rotation() {
     assert_ne!(old_id, new_id);
 }
 
-#[tokio::test]
-async fn a_gmail_profile_takes_exactly_100_mailboxes_even_when_raced() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), Keyring::generate()).await;
+async fn a_gmail_profile_takes_exactly_100_mailboxes_even_when_raced(kind: TestDatabase) {
+    let db = Db::new(kind).await;
+    let store = db.open(Keyring::generate()).await;
     let actor = Actor::cli();
     let (owner, _) = store
         .create_user(

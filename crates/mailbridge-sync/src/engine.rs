@@ -5,12 +5,14 @@
 //! capped exponential backoff with jitter, and after `max_failures` in a row the mailbox is
 //! disabled with an alert; permanent (login refused, sign-in revoked) → disabled at once with
 //! an alert for its owner. Sync passes are bounded per profile (`max_connections`) and
-//! globally.
+//! globally, and logins per mailbox by [`EngineConfig::login_limit`], so a session that keeps
+//! ending at once (a token that expires as it is issued, a server that drops each session)
+//! cannot become a reconnect storm.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mailbridge_core::{Clock, DeliveryMethod, IncomingProtocol, MailboxId, ProfileId};
 use mailbridge_proto::imap::{IdleOutcome, ImapSession};
@@ -42,6 +44,8 @@ pub struct EngineConfig {
     pub mail_timeout: Duration,
     /// What SMTP EHLO says.
     pub client_name: String,
+    /// At most this many logins per mailbox within this window.
+    pub login_limit: (usize, Duration),
 }
 
 impl Default for EngineConfig {
@@ -56,6 +60,7 @@ impl Default for EngineConfig {
             global_limit: 64,
             mail_timeout: Duration::from_secs(30),
             client_name: "localhost".to_owned(),
+            login_limit: (6, Duration::from_secs(60)),
         }
     }
 }
@@ -193,9 +198,19 @@ impl Engine {
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         let mut failures = 0u32;
+        let (max, window) = self.config.login_limit;
+        let mut logins = LoginLimiter::new(max, window);
         loop {
             if *shutdown.borrow() {
                 return;
+            }
+            let wait = logins.next_slot(Instant::now());
+            if !wait.is_zero() {
+                tracing::info!(%mailbox, wait_ms = wait.as_millis() as u64, "logging in too often; waiting");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
             }
             let record = match self.store.get_mailbox(mailbox).await {
                 Ok(m) if m.enabled => m,
@@ -398,6 +413,42 @@ impl Engine {
     }
 }
 
+/// At most `max` logins within any `window`: the next one waits for the oldest to leave it.
+struct LoginLimiter {
+    max: usize,
+    window: Duration,
+    recent: VecDeque<Instant>,
+}
+
+impl LoginLimiter {
+    fn new(max: usize, window: Duration) -> Self {
+        Self {
+            max: max.max(1),
+            window,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// How long to wait before the login wanted at `now`; the login is counted at its slot.
+    fn next_slot(&mut self, now: Instant) -> Duration {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= self.window)
+        {
+            self.recent.pop_front();
+        }
+        let slot = if self.recent.len() < self.max {
+            now
+        } else {
+            let oldest = self.recent.pop_front().unwrap_or(now);
+            (oldest + self.window).max(now)
+        };
+        self.recent.push_back(slot);
+        slot - now
+    }
+}
+
 /// A pseudo-random share of `window`, stable for a mailbox and a round.
 fn spread(mailbox: MailboxId, round: u32, window: Duration) -> Duration {
     let ms = window.as_millis() as u64;
@@ -407,4 +458,29 @@ fn spread(mailbox: MailboxId, round: u32, window: Duration) -> Duration {
     let mut h = DefaultHasher::new();
     (mailbox, round).hash(&mut h);
     Duration::from_millis(h.finish() % ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logins_beyond_the_limit_wait_for_the_oldest_to_leave_the_window() {
+        let minute = Duration::from_secs(60);
+        let mut limiter = LoginLimiter::new(3, minute);
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(limiter.next_slot(t0), Duration::ZERO);
+        assert_eq!(limiter.next_slot(t0 + s(1)), Duration::ZERO);
+        assert_eq!(limiter.next_slot(t0 + s(2)), Duration::ZERO);
+        // The fourth within the minute waits until the first is a minute old…
+        assert_eq!(limiter.next_slot(t0 + s(3)), s(57));
+        // …and the fifth, asked for at once, after the second.
+        assert_eq!(limiter.next_slot(t0 + s(3)), s(58));
+        // Logins spread wider than the window never wait.
+        let mut calm = LoginLimiter::new(3, minute);
+        for k in 0..10 {
+            assert_eq!(calm.next_slot(t0 + s(25 * k)), Duration::ZERO, "login {k}");
+        }
+    }
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use mail_builder::MessageBuilder;
 use mailbridge_core::message::Party;
-use mailbridge_core::{EmailAddress, MailboxId};
+use mailbridge_core::{EmailAddress, MailboxId, tracking};
 use mailbridge_proto::Endpoint;
 use mailbridge_proto::smtp::SmtpSession;
 use mailbridge_store::{NewEmail, Store, StoreError};
@@ -34,6 +34,9 @@ pub struct Outgoing {
     pub html_body: Option<String>,
     /// The Message-ID of the email this answers.
     pub in_reply_to: Option<String>,
+    /// Whether to put a tracking token (`[MB-7K3QZ9PA]`) at the end of the subject, so
+    /// replies from clients that drop In-Reply-To still join the conversation.
+    pub tracking_token: bool,
 }
 
 /// Builds the message and the record to queue for it.
@@ -44,6 +47,15 @@ pub fn compose(
 ) -> Result<NewEmail, std::io::Error> {
     let local = uuid::Uuid::now_v7();
     let message_id = format!("{local}@{}", from.domain());
+    let token = mail.tracking_token.then(|| {
+        let mut random = [0u8; 5];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+        tracking::new_token(random)
+    });
+    let subject = match &token {
+        Some(t) => tracking::with_token(&mail.subject, t),
+        None => mail.subject.clone(),
+    };
     let party = |p: &Party| match &p.name {
         Some(n) => {
             mail_builder::headers::address::Address::new_address(Some(n.clone()), p.address.clone())
@@ -55,7 +67,7 @@ pub fn compose(
     let mut builder = MessageBuilder::new()
         .from(from.as_str())
         .to(mail.to.iter().map(party).collect::<Vec<_>>())
-        .subject(mail.subject.clone())
+        .subject(subject)
         .message_id(message_id)
         .date(now.timestamp());
     if !mail.cc.is_empty() {
@@ -78,6 +90,8 @@ pub fn compose(
         folder: None,
         uid: None,
         gmail_labels: Vec::new(),
+        gmail_thread_id: None,
+        tracking_token: token,
         parsed: parse(&raw),
         raw,
         renumbered_from: None,

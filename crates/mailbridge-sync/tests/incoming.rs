@@ -1,10 +1,14 @@
 //! Incoming passes against a real Dovecot, without the engine: a UIDVALIDITY change is
-//! read again without duplicates, and a pass repeated after a crash stores nothing twice.
+//! read again without duplicates, a pass repeated after a crash stores nothing twice; and
+//! against a scripted Gmail, its message and conversation ids.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
-use mailbridge_store::SyncBatch;
+use mailbridge_proto::imap::ImapSession;
+use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
+use mailbridge_store::{EmailFilter, FolderPosition, SyncBatch};
 use mailbridge_sync::incoming::imap::sync_inbox;
-use mailbridge_testkit::{AppOptions, MailWorld};
+use mailbridge_testkit::{AppOptions, GMAIL_INBOX, MailWorld, ScriptedGmail};
+use secrecy::SecretString;
 use serde_json::json;
 
 fn message(i: u32) -> Vec<u8> {
@@ -130,5 +134,71 @@ async fn a_pass_repeated_after_a_crash_stores_nothing_twice() {
         .unwrap();
     assert_eq!((report.fetched, report.stored), (4, 0));
     assert_eq!(w.app.store.count_emails(mailbox.id).await.unwrap(), 5);
+    s.logout().await;
+}
+
+#[tokio::test]
+async fn gmail_mail_is_keyed_by_its_message_id_and_threaded_by_gmails_conversation() {
+    let w = MailWorld::start(AppOptions::default()).await;
+    let profile = w
+        .gmail_like("G", w.imaps(), w.submissions(), json!({}))
+        .await;
+    let id = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    let mailbox = w.app.store.get_mailbox(id.parse().unwrap()).await.unwrap();
+    let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", true)
+        .await
+        .unwrap();
+    let mut s = ImapSession::login(
+        &Endpoint::new("127.0.0.1", gmail.port, Security::None),
+        &TlsSettings::public(),
+        &Credentials::OAuth {
+            user: "ann@gmail.com".into(),
+            token: SecretString::from("ya29.good"),
+        },
+    )
+    .await
+    .unwrap();
+    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None)
+        .await
+        .unwrap();
+    assert_eq!((report.fetched, report.stored), (2, 2));
+    let filter = EmailFilter {
+        mailbox: Some(mailbox.id),
+        ..EmailFilter::default()
+    };
+    let emails = w.app.store.list_emails(&filter, None, 10).await.unwrap();
+    assert_eq!(emails.len(), 2);
+    let thread = GMAIL_INBOX[0].thread_id.to_string();
+    for e in &emails {
+        assert_eq!(e.gmail_thread_id.as_deref(), Some(thread.as_str()));
+    }
+    assert_eq!(
+        emails[0].conversation_id, emails[1].conversation_id,
+        "no reply header ties them; Gmail's conversation does"
+    );
+    assert_eq!(emails[1].gmail_labels, ["\\Inbox", "Work/Lunch"]);
+    // Gmail renumbers (a new UIDVALIDITY) but X-GM-MSGID is the identity: nothing twice.
+    w.app
+        .store
+        .save_sync_batch(
+            mailbox.id,
+            SyncBatch {
+                position: Some(FolderPosition {
+                    folder: "INBOX".into(),
+                    uid_validity: 1,
+                    last_uid: 0,
+                    highest_modseq: None,
+                }),
+                ..SyncBatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None)
+        .await
+        .unwrap();
+    assert_eq!((report.fetched, report.stored), (2, 0));
     s.logout().await;
 }

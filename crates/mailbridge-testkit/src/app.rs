@@ -1,4 +1,5 @@
-//! [`TestApp`]: Mailbridge's HTTP service in-process on port 0 with its own SQLite file, and
+//! [`TestApp`]: Mailbridge's HTTP service in-process on port 0 with its own database (a SQLite
+//! file, or a PostgreSQL database with `MAILBRIDGE_TEST_DATABASE=postgres`), and
 //! [`ApiClient`], which talks to it over real HTTP and remembers every body it was sent.
 
 use std::path::Path;
@@ -12,6 +13,8 @@ use mailbridge_sync::{Engine, EngineConfig};
 use mailbridge_web::{AppState, Services, WebConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+
+use crate::TestDatabase;
 use tokio::sync::oneshot;
 
 pub struct TestApp {
@@ -33,6 +36,8 @@ pub struct AppOptions {
     pub mail_timeout: Duration,
     /// Runs the sync engine with this configuration.
     pub engine: Option<EngineConfig>,
+    /// Where the data lives; by default from `MAILBRIDGE_TEST_DATABASE`.
+    pub database: TestDatabase,
 }
 
 impl Default for AppOptions {
@@ -43,6 +48,7 @@ impl Default for AppOptions {
             extra_ca_pem: None,
             mail_timeout: Duration::from_secs(20),
             engine: None,
+            database: TestDatabase::from_env(),
         }
     }
 }
@@ -61,9 +67,10 @@ impl TestApp {
             extra_ca_pem,
             mail_timeout,
             engine,
+            database,
         } = options;
         let keyring = Keyring::load_or_create(&dir.join("master.key"))?;
-        let url = format!("sqlite://{}?mode=rwc", dir.join("mailbridge.db").display());
+        let url = database.url_for(dir).await?;
         let store = Store::connect(&url, keyring, clock.clone()).await?;
         store.migrate().await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

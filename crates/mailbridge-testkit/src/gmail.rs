@@ -1,6 +1,8 @@
 //! [`ScriptedGmail`]: an IMAP server that answers the way imap.gmail.com does where Dovecot
 //! differs — its greeting and capabilities (`X-GM-EXT-1`, `LITERAL-`, no `LITERAL+`), its
-//! exact XOAUTH2 error challenge, and its refusal when IMAP is turned off in Gmail settings.
+//! exact XOAUTH2 error challenge, its refusal when IMAP is turned off in Gmail settings, and
+//! its FETCH extensions (X-GM-MSGID, X-GM-THRID, X-GM-LABELS) on a fixed INBOX of
+//! [`GMAIL_INBOX`].
 //! Scripted because no real peer shows these on demand; plain TCP, one account.
 
 use std::sync::Arc;
@@ -16,6 +18,34 @@ pub const GMAIL_ERROR_CHALLENGE: &str = "eyJzdGF0dXMiOiI0MDAiLCJzY2hlbWVzIjoiQmV
 
 const PRE_AUTH_CAPS: &str = "IMAP4rev1 UNSELECT IDLE NAMESPACE QUOTA ID XLIST CHILDREN X-GM-EXT-1 XYZZY SASL-IR AUTH=XOAUTH2 AUTH=PLAIN AUTH=PLAIN-CLIENTTOKEN AUTH=OAUTHBEARER AUTH=XOAUTH";
 const POST_AUTH_CAPS: &str = "IMAP4rev1 UNSELECT IDLE NAMESPACE QUOTA ID XLIST CHILDREN X-GM-EXT-1 UIDPLUS COMPRESS=DEFLATE ENABLE MOVE CONDSTORE ESEARCH UTF8=ACCEPT LIST-EXTENDED LIST-STATUS LITERAL- SPECIAL-USE APPENDLIMIT=35651584";
+
+/// A message in the scripted INBOX: what Gmail would say of it.
+pub struct GmailMessage {
+    pub uid: u32,
+    pub msg_id: u64,
+    pub thread_id: u64,
+    pub labels: &'static str,
+    pub raw: &'static str,
+}
+
+/// INBOX: two messages of one Gmail conversation, the second without any reply header
+/// (Gmail threads by subject too), so only X-GM-THRID ties them.
+pub const GMAIL_INBOX: [GmailMessage; 2] = [
+    GmailMessage {
+        uid: 5,
+        msg_id: 1_790_000_000_000_000_005,
+        thread_id: 1_790_000_000_000_000_005,
+        labels: "(\\Inbox \\Important)",
+        raw: "From: bob@example.com\r\nTo: ann@gmail.com\r\nSubject: Lunch?\r\nMessage-ID: <l1@example.com>\r\n\r\nTomorrow at noon?\r\n",
+    },
+    GmailMessage {
+        uid: 6,
+        msg_id: 1_790_000_000_000_000_006,
+        thread_id: 1_790_000_000_000_000_005,
+        labels: "(\\Inbox \"Work/Lunch\")",
+        raw: "From: bob@example.com\r\nTo: ann@gmail.com\r\nSubject: Re: Lunch?\r\nMessage-ID: <l2@example.com>\r\n\r\nOr Friday.\r\n",
+    },
+];
 
 pub struct ScriptedGmail {
     pub port: u16,
@@ -130,6 +160,7 @@ async fn serve(
                  * OK [HIGHESTMODSEQ 4242]\r\n\
                  {tag} OK [READ-ONLY] INBOX selected. (Success)\r\n"
             ),
+            "UID" if authenticated => uid_command(tag, rest),
             "LOGOUT" => {
                 write
                     .write_all(
@@ -144,4 +175,45 @@ async fn serve(
         write.write_all(reply.as_bytes()).await?;
     }
     Ok(())
+}
+
+/// `UID SEARCH UID n:*` and `UID FETCH set (…)` over [`GMAIL_INBOX`], answered with the
+/// attributes in the order Gmail sends them.
+fn uid_command(tag: &str, rest: &str) -> String {
+    let (verb, args) = rest.split_once(' ').unwrap_or((rest, ""));
+    match verb.to_ascii_uppercase().as_str() {
+        "SEARCH" => {
+            let uids: Vec<String> = GMAIL_INBOX.iter().map(|m| m.uid.to_string()).collect();
+            format!(
+                "* SEARCH {}\r\n{tag} OK SEARCH completed (Success)\r\n",
+                uids.join(" ")
+            )
+        }
+        "FETCH" => {
+            let wanted: Vec<u32> = args
+                .split(' ')
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|u| u.parse().ok())
+                .collect();
+            let mut out = String::new();
+            for (seq, m) in GMAIL_INBOX.iter().enumerate() {
+                if wanted.contains(&m.uid) {
+                    out.push_str(&format!(
+                        "* {} FETCH (X-GM-THRID {} X-GM-MSGID {} X-GM-LABELS {} UID {} BODY[] {{{}}}\r\n{})\r\n",
+                        seq + 1,
+                        m.thread_id,
+                        m.msg_id,
+                        m.labels,
+                        m.uid,
+                        m.raw.len(),
+                        m.raw
+                    ));
+                }
+            }
+            format!("{out}{tag} OK Success\r\n")
+        }
+        _ => format!("{tag} BAD Unknown command\r\n"),
+    }
 }

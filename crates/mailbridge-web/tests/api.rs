@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use mailbridge_core::Role;
-use mailbridge_testkit::{ApiClient, TestApp, assert_error};
+use mailbridge_testkit::{ApiClient, TestApp, TestDatabase, assert_error};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -849,11 +849,8 @@ async fn a_restart_keeps_users_profiles_mailboxes_and_secrets() {
     assert_eq!(secrecy::ExposeSecret::expose_secret(&secret), SECRET);
     s.stop().await.unwrap();
 
-    // On disk: the secret only as ciphertext, in the database and its write-ahead log.
-    let mut bytes = Vec::new();
-    for f in ["mailbridge.db", "mailbridge.db-wal"] {
-        bytes.extend(std::fs::read(dir.path().join(f)).unwrap_or_default());
-    }
+    // Stored: the secret only as ciphertext (SQLite: in the file and its write-ahead log).
+    let bytes = TestDatabase::from_env().contents(dir.path()).await.unwrap();
     assert!(
         bytes
             .windows(b"42.apps.googleusercontent.com".len())

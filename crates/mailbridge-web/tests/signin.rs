@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use mailbridge_core::Role;
 use mailbridge_testkit::{
-    ApiClient, AppOptions, ManualClock, OAuthProvider, TestApp, assert_error,
+    ApiClient, AppOptions, ManualClock, OAuthProvider, TestApp, TestDatabase, assert_error,
 };
 use reqwest::StatusCode;
 use reqwest::redirect::Policy;
@@ -231,11 +231,10 @@ async fn signing_in_stores_encrypted_tokens_for_the_right_account() {
     for secret in [access.as_str(), refresh.as_str(), CLIENT_SECRET] {
         assert!(!seen.contains(secret), "a secret was returned by the API");
     }
-    let dir = w._dir.path();
-    let mut disk = Vec::new();
-    for f in ["mailbridge.db", "mailbridge.db-wal"] {
-        disk.extend(std::fs::read(dir.join(f)).unwrap_or_default());
-    }
+    let disk = TestDatabase::from_env()
+        .contents(w._dir.path())
+        .await
+        .unwrap();
     assert!(
         disk.windows(b"ann@example.com".len())
             .any(|x| x == b"ann@example.com")

@@ -455,9 +455,13 @@ async fn outgoing_mail_is_sent_once_and_its_replies_join_the_conversation() {
         metrics.contains("mailbridge_sends_total{kind=\"sent\"} 1"),
         "{metrics}"
     );
+    let token = sent["tracking_token"].as_str().unwrap().to_owned();
+    assert_eq!(token.len(), 8, "{sent:#}");
+    let subject = format!("Your quote [MB-{token}]");
+    assert_eq!(sent["subject"], subject.as_str());
     let text = String::from_utf8_lossy(&relayed[0]);
     assert!(
-        text.contains(&format!("<{message_id}>")) && text.contains("Subject: Your quote"),
+        text.contains(&format!("<{message_id}>")) && text.contains(&format!("Subject: {subject}")),
         "{text}"
     );
 
@@ -473,8 +477,10 @@ async fn outgoing_mail_is_sent_once_and_its_replies_join_the_conversation() {
         .await;
     w.dovecot.deliver("ann@example.com", b"From: carol@example.com\r\nSubject: unrelated\r\nMessage-ID: <u1@example.com>\r\n\r\nhi\r\n").unwrap();
     w.dovecot.deliver("ann@example.com", format!("From: bob@example.com\r\nSubject: Re: Your quote\r\nMessage-ID: <b1@example.com>\r\nIn-Reply-To: <{message_id}>\r\n\r\nDeal.\r\n").as_bytes()).unwrap();
+    // A client that drops the reply headers: the token in the subject still ties it.
+    w.dovecot.deliver("ann@example.com", format!("From: dave@example.com\r\nSubject: AW: {subject}\r\nMessage-ID: <d1@example.com>\r\n\r\nForwarded to me.\r\n").as_bytes()).unwrap();
     let started = Instant::now();
-    let reply = loop {
+    let replies = loop {
         let (_, page) = w
             .api
             .get(
@@ -483,15 +489,41 @@ async fn outgoing_mail_is_sent_once_and_its_replies_join_the_conversation() {
                 &w.ann,
             )
             .await;
-        if let Some(e) = page["emails"].as_array().unwrap().first() {
-            assert_eq!(page["emails"].as_array().unwrap().len(), 1, "{page:#}");
-            break e.clone();
+        let emails = page["emails"].as_array().unwrap();
+        if emails.len() >= 2 {
+            break emails.clone();
         }
-        assert!(started.elapsed() < Duration::from_secs(15));
+        assert!(started.elapsed() < Duration::from_secs(15), "{page:#}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(reply["subject"], "Re: Your quote");
-    assert_eq!(reply["conversation_id"], sent["conversation_id"]);
+    tokio::time::sleep(Duration::from_millis(300)).await; // the unrelated one stays out
+    let (_, page) = w
+        .api
+        .get(
+            &w.app,
+            &format!("/api/v1/emails?mailbox_id={mailbox}&direction=incoming"),
+            &w.ann,
+        )
+        .await;
+    assert_eq!(page["emails"].as_array().unwrap().len(), 2, "{page:#}");
+    let subjects: Vec<&str> = replies
+        .iter()
+        .map(|r| r["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        subjects,
+        ["Re: Your quote", format!("AW: {subject}").as_str()]
+    );
+    for reply in &replies {
+        assert_eq!(
+            reply["conversation_id"], sent["conversation_id"],
+            "{reply:#}"
+        );
+        assert!(
+            reply["tracking_token"].is_null(),
+            "only sent mail has its own token"
+        );
+    }
     let (_, conversation) = w
         .api
         .get(
@@ -503,7 +535,7 @@ async fn outgoing_mail_is_sent_once_and_its_replies_join_the_conversation() {
             &w.ann,
         )
         .await;
-    assert_eq!(conversation["emails"].as_array().unwrap().len(), 2);
+    assert_eq!(conversation["emails"].as_array().unwrap().len(), 3);
     w.app.stop().await.unwrap();
 }
 
@@ -513,8 +545,13 @@ async fn a_temporary_failure_is_retried_and_a_permanent_one_fails_with_the_serve
     let mailbox = enabled_mailbox(&w).await;
     // The relay behind submission is down: the send fails for now.
     w.dovecot.stop_sink();
-    let (status, email) = w.api.post(&w.app, "/api/v1/emails", &w.ann, json!({"mailbox_id": mailbox, "to": [{"address": "bob@example.com"}], "subject": "later", "text_body": "x"})).await;
+    let (status, email) = w.api.post(&w.app, "/api/v1/emails", &w.ann, json!({"mailbox_id": mailbox, "to": [{"address": "bob@example.com"}], "subject": "later", "text_body": "x", "tracking_token": false})).await;
     assert_eq!(status, StatusCode::CREATED, "{email}");
+    assert_eq!(
+        (&email["subject"], &email["tracking_token"]),
+        (&json!("later"), &Value::Null),
+        "no token asked for, the subject stays as written"
+    );
     let id = email["id"].as_str().unwrap().to_owned();
     let started = Instant::now();
     loop {
@@ -820,5 +857,36 @@ async fn most_of_a_profiles_mailboxes_failing_alerts_the_profiles_owner() {
             "{view:#}"
         );
     }
+    w.app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn sessions_that_end_at_once_do_not_become_a_login_storm() {
+    let w = MailWorld::start(AppOptions {
+        engine: Some(EngineConfig {
+            login_limit: (3, Duration::from_secs(30)),
+            ..fast_engine()
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    // Tokens good for a minute: each session is over before it starts (the engine leaves
+    // two minutes before expiry), so the worker comes straight back for another login.
+    w.oauth.set_mode(json!({"expiresIn": 60})).await.unwrap();
+    let mailbox = enabled_mailbox(&w).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Each login follows a refresh; Test & Enable made one of them. (Without the limit this
+    // loop did 243 in these four seconds.)
+    let stats = w.oauth.stats().await.unwrap();
+    let logins = stats["refreshGrants"].as_u64().unwrap() - 1;
+    assert!(
+        (2..=3).contains(&logins),
+        "the worker must loop, but log in at most 3 times per window: {logins} logins, {stats}"
+    );
+    let (_, m) = w
+        .api
+        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
+        .await;
+    assert_eq!(m["enabled"], true, "held back, not failed: {m:#}");
     w.app.stop().await.unwrap();
 }

@@ -2,7 +2,7 @@
 //! read), each batch stored with the folder's new position in one transaction.
 
 use chrono::NaiveDate;
-use mailbridge_proto::imap::ImapSession;
+use mailbridge_proto::imap::{FetchedMessage, ImapSession};
 use mailbridge_store::{FolderPosition, MailboxRecord, NewEmail, Store, SyncBatch};
 
 use super::plan::{FolderPlan, ServerFolder, plan_folder};
@@ -60,26 +60,30 @@ pub async fn sync_inbox(
             .await?;
         return Ok(report);
     }
-    // A pipeline: while batch k is parsed (on a blocking thread, so the other core works too)
-    // and stored, batch k+1 is already being read from the server.
-    let batches: Vec<&[u32]> = uids.chunks(BATCH_SIZE).collect();
+    // Three stages joined on this task, one batch apart: while batch k is stored, batch k+1
+    // is parsed (on a blocking thread, so the other core works too) and batch k+2 is read from
+    // the server. Batches reach the store in order, so the folder position only moves forward;
+    // when a stage fails, what was read before it is still stored.
     let epoch = format!("imap/{INBOX}/{}/", server.uid_validity);
-    let mut in_hand = Some(session.uid_fetch(batches[0]).await?);
-    for (k, batch) in batches.iter().enumerate() {
-        let Some(fetched) = in_hand.take() else { break };
-        let next = batches.get(k + 1).copied();
-        let fetch_next = async {
-            match next {
-                Some(uids) => session.uid_fetch(uids).await.map(Some),
-                None => Ok(None),
+    let (fetched_tx, mut fetched_rx) = tokio::sync::mpsc::channel(1);
+    let (parsed_tx, mut parsed_rx) = tokio::sync::mpsc::channel(1);
+    let fetch = async {
+        for batch in uids.chunks(BATCH_SIZE) {
+            let fetched = session.uid_fetch(batch).await?;
+            let last = batch.last().copied().unwrap_or(first_uid);
+            if fetched_tx.send((last, fetched)).await.is_err() {
+                break; // a later stage stopped
             }
-        };
-        let store_this = async {
-            report.fetched += fetched.len();
+        }
+        drop(fetched_tx);
+        Ok::<_, SyncError>(())
+    };
+    let parse_stage = async {
+        while let Some((last, fetched)) = fetched_rx.recv().await {
             let parsed = tokio::task::spawn_blocking(move || {
                 fetched
                     .into_iter()
-                    .map(|m| (parse(&m.raw), m))
+                    .map(|m: FetchedMessage| (parse(&m.raw), m))
                     .collect::<Vec<_>>()
             })
             .await
@@ -89,6 +93,16 @@ pub async fn sync_inbox(
                 }
                 SyncError::Interrupted
             })?;
+            if parsed_tx.send((last, parsed)).await.is_err() {
+                break;
+            }
+        }
+        drop(parsed_tx);
+        Ok::<_, SyncError>(())
+    };
+    let store_stage = async {
+        while let Some((last, parsed)) = parsed_rx.recv().await {
+            report.fetched += parsed.len();
             let mut emails = Vec::with_capacity(parsed.len());
             for (parsed, m) in parsed {
                 if !track::keeps(store, mailbox.spec.tracking_rule, &parsed).await? {
@@ -108,24 +122,24 @@ pub async fn sync_inbox(
                     folder: Some(INBOX.to_owned()),
                     uid: Some(m.uid),
                     gmail_labels: m.gmail_labels,
+                    gmail_thread_id: m.gmail_thread_id,
+                    tracking_token: None,
                     parsed,
                     raw: m.raw,
                 });
             }
-            let last = batch.last().copied().unwrap_or(first_uid);
             let batch = SyncBatch {
                 emails,
                 position: Some(position(last)),
                 pop3_seen: Vec::new(),
             };
-            store
-                .save_sync_batch(mailbox.id, batch)
-                .await
-                .map_err(SyncError::from)
-        };
-        let (stored, fetched_next) = tokio::join!(store_this, fetch_next);
-        report.stored += stored?;
-        in_hand = fetched_next?;
-    }
+            report.stored += store.save_sync_batch(mailbox.id, batch).await?;
+        }
+        Ok::<_, SyncError>(())
+    };
+    let (fetched, parsed, stored) = tokio::join!(fetch, parse_stage, store_stage);
+    stored?;
+    parsed?;
+    fetched?;
     Ok(report)
 }

@@ -43,6 +43,8 @@ pub async fn sync_maildrop(
                 folder: None,
                 uid: None,
                 gmail_labels: Vec::new(),
+                gmail_thread_id: None,
+                tracking_token: None,
                 parsed,
                 raw,
                 renumbered_from: None,

@@ -24,7 +24,9 @@ pub(crate) async fn keeps(
                 .chain(&email.references)
                 .cloned()
                 .collect();
-            store.is_reply_to_sent_mail(&ids).await
+            store
+                .is_reply_to_sent_mail(&ids, email.subject.as_deref())
+                .await
         }
         TrackingRule::KnownContacts => {
             let parties: Vec<String> = email

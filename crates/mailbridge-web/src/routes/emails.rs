@@ -66,6 +66,10 @@ pub struct EmailView {
     parse_error: Option<String>,
     folder: Option<String>,
     gmail_labels: Vec<String>,
+    /// Gmail's conversation id (X-GM-THRID), as a decimal string.
+    gmail_thread_id: Option<String>,
+    /// Outgoing: the token at the end of its subject that replies carry back.
+    tracking_token: Option<String>,
     /// When Mailbridge stored it.
     created_at: DateTime<Utc>,
     /// Outgoing: `pending_send`, `sending`, `sent` or `failed`.
@@ -99,6 +103,8 @@ impl From<EmailRecord> for EmailView {
             parse_error: e.parse_error,
             folder: e.folder,
             gmail_labels: e.gmail_labels,
+            gmail_thread_id: e.gmail_thread_id,
+            tracking_token: e.tracking_token,
             created_at: e.created_at,
             status: e.status,
             send_attempts: e.send_attempts,
@@ -234,6 +240,9 @@ pub struct NewOutgoing {
     html_body: Option<String>,
     /// The Message-ID of the email this answers, so the reply threads.
     in_reply_to: Option<String>,
+    /// Put a tracking token (`[MB-7K3QZ9PA]`) at the end of the subject, so replies from
+    /// clients that drop the reply headers still join the conversation. Default true.
+    tracking_token: Option<bool>,
 }
 
 fn parties(input: Vec<PartyInput>, field: &str) -> Result<Vec<Party>, ApiError> {
@@ -334,6 +343,7 @@ async fn send(
         text_body: input.text_body,
         html_body: input.html_body,
         in_reply_to: input.in_reply_to,
+        tracking_token: input.tracking_token.unwrap_or(true),
     };
     let email = compose(&mailbox.spec.email, &outgoing, state.clock.now()).map_err(|e| {
         tracing::error!(error = %e, "cannot compose an email");

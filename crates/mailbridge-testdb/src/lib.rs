@@ -1,0 +1,281 @@
+//! [`Postgres`]: a real PostgreSQL server from Debian's packages, one per test process, on a
+//! free port in its own data directory; each test gets a fresh database from
+//! [`Postgres::database`]. With `MAILBRIDGE_TEST_POSTGRES_URL` set (`postgres://user@host:port`)
+//! that server is used instead.
+//!
+//! Tests choose their backend with `MAILBRIDGE_TEST_DATABASE=postgres` (see [`TestDatabase`]);
+//! the store's own tests run on both every time.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Which database a test's store lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestDatabase {
+    Sqlite,
+    Postgres,
+}
+
+impl TestDatabase {
+    /// From `MAILBRIDGE_TEST_DATABASE` (`sqlite`, the default, or `postgres`).
+    pub fn from_env() -> Self {
+        match std::env::var("MAILBRIDGE_TEST_DATABASE").as_deref() {
+            Ok("postgres") | Ok("postgresql") => Self::Postgres,
+            _ => Self::Sqlite,
+        }
+    }
+
+    /// The database URL for the data kept in `dir`: the SQLite file there, or a new
+    /// PostgreSQL database whose URL is remembered in `dir`, so a restarted app finds it again.
+    pub async fn url_for(self, dir: &Path) -> anyhow::Result<String> {
+        match self {
+            Self::Sqlite => Ok(format!(
+                "sqlite://{}?mode=rwc",
+                dir.join("mailbridge.db").display()
+            )),
+            Self::Postgres => {
+                let remembered = dir.join("postgres-url");
+                if let Ok(url) = std::fs::read_to_string(&remembered) {
+                    return Ok(url);
+                }
+                let url = Postgres::shared()?.database().await?;
+                std::fs::write(&remembered, &url)?;
+                Ok(url)
+            }
+        }
+    }
+}
+
+impl TestDatabase {
+    /// Everything the database keeps for the data in `dir`, to search for what must not be
+    /// there in clear: every byte of the SQLite file and its write-ahead log; or every row of
+    /// every PostgreSQL table as text, BYTEA in `escape` form (printable bytes as themselves,
+    /// so a secret stored unencrypted in a BYTEA column is found too).
+    pub async fn contents(self, dir: &Path) -> anyhow::Result<Vec<u8>> {
+        use sqlx::Connection;
+        match self {
+            Self::Sqlite => Ok(["mailbridge.db", "mailbridge.db-wal"]
+                .iter()
+                .flat_map(|f| std::fs::read(dir.join(f)).unwrap_or_default())
+                .collect()),
+            Self::Postgres => {
+                let url = self.url_for(dir).await?;
+                let mut c = sqlx::PgConnection::connect(&url).await?;
+                sqlx::raw_sql("SET bytea_output = 'escape'")
+                    .execute(&mut c)
+                    .await?;
+                let tables: Vec<(String,)> = sqlx::query_as(
+                    "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+                )
+                .fetch_all(&mut c)
+                .await?;
+                let mut all = Vec::new();
+                for (table,) in tables {
+                    let (rows,): (Option<String>,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT string_agg(t::text, E'\\n') FROM \"{table}\" t"
+                    )))
+                    .fetch_one(&mut c)
+                    .await?;
+                    all.extend(rows.unwrap_or_default().into_bytes());
+                }
+                c.close().await?;
+                Ok(all)
+            }
+        }
+    }
+}
+
+pub struct Postgres {
+    /// `postgres://postgres@127.0.0.1:port`, without a database.
+    server_url: String,
+}
+
+static SHARED: OnceLock<Result<Postgres, String>> = OnceLock::new();
+
+impl Postgres {
+    /// The server of this test process, started on first use.
+    pub fn shared() -> anyhow::Result<&'static Postgres> {
+        SHARED
+            .get_or_init(|| Self::start().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("cannot start PostgreSQL for the tests: {e}"))
+    }
+
+    fn start() -> anyhow::Result<Self> {
+        if let Ok(url) = std::env::var("MAILBRIDGE_TEST_POSTGRES_URL") {
+            return Ok(Self {
+                server_url: url.trim_end_matches('/').to_owned(),
+            });
+        }
+        let bin = binaries()?;
+        remove_stale_servers();
+        let dir = std::env::temp_dir().join(format!("mailbridge-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let data = dir.join("data");
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let as_root = is_root();
+        if as_root {
+            // initdb and postgres refuse to run as root: the data belongs to `postgres`.
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()?;
+            if !status.success() {
+                bail!("chown of {} to postgres failed", dir.display());
+            }
+        }
+        let initdb = as_postgres(as_root, &bin.join("initdb"))
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .context("running initdb")?;
+        if !initdb.status.success() {
+            bail!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&initdb.stderr).trim()
+            );
+        }
+        let log = std::fs::File::create(dir.join("postgres.log"))?;
+        // Started from a thread that lives as long as the process, so the parent-death
+        // signal (sent when the spawning *thread* ends) stops the server with the tests.
+        let postgres = bin.join("postgres");
+        let socket_dir = dir.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let child = as_postgres(as_root, &postgres)
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string(), "-k"])
+                .arg(&socket_dir)
+                .args([
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    // Test data: crash safety of the test server itself is not under test.
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=300",
+                ])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn();
+            let _ = tx.send(child.map(|_| ()));
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv()?.context("starting postgres")?;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(30) {
+                let log = std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
+                bail!("PostgreSQL did not start within 30 s:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self {
+            server_url: format!("postgres://postgres@127.0.0.1:{port}"),
+        })
+    }
+
+    /// A new, empty database: its URL.
+    pub async fn database(&self) -> anyhow::Result<String> {
+        use sqlx::Connection;
+        let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+        let admin = format!("{}/postgres", self.server_url);
+        // The server accepts connections a moment before it accepts logins.
+        let started = Instant::now();
+        let mut conn = loop {
+            match sqlx::PgConnection::connect(&admin).await {
+                Ok(c) => break c,
+                Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e).context("connecting to the test PostgreSQL"),
+            }
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        Ok(format!("{}/{name}", self.server_url))
+    }
+}
+
+/// The newest PostgreSQL installed from Debian's packages.
+fn binaries() -> anyhow::Result<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin).context(
+        "PostgreSQL is not installed: run ./scripts/test (it installs Debian's postgresql), \
+         or set MAILBRIDGE_TEST_POSTGRES_URL to a server to use",
+    )
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// `program` run as the `postgres` user when we are root (with a parent-death signal set
+/// after the switch, which would otherwise clear it), else as ourselves.
+fn as_postgres(as_root: bool, program: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    if as_root {
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--reset-env",
+        ]);
+    }
+    c.args(["--pdeathsig", "SIGQUIT"]).arg(program);
+    c
+}
+
+/// Data directories of test servers whose process is gone.
+fn remove_stale_servers() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("mailbridge-pg-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
