@@ -11,6 +11,7 @@ pub mod mailboxes;
 pub mod nodes;
 pub mod oauth;
 pub mod profiles;
+pub mod sessions;
 pub mod users;
 
 use std::str::FromStr;
@@ -31,6 +32,7 @@ pub use mailboxes::{MailboxRecord, SyncStatus, TestOutcome};
 pub use nodes::{Fence, Lease, NodeInfo};
 pub use oauth::{OAuthState, StoredTokens, TokenSet};
 pub use profiles::ProfileRecord;
+pub use sessions::SessionToken;
 pub use users::{ApiToken, UserRecord};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

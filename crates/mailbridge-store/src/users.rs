@@ -50,7 +50,7 @@ impl fmt::Debug for ApiToken {
 
 /// Tokens carry 256 random bits, so a plain SHA-256 is a sound one-way store: there is
 /// nothing to brute-force, and lookups stay an index probe.
-fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     Sha256::digest(token.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))

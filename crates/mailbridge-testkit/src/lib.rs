@@ -1,9 +1,10 @@
 //! Real peers for Mailbridge's tests, each started on a free port and stopped on drop —
 //! [`OAuthProvider`] (npm `oauth2-mock-server` with per-account state), [`Dovecot`] (IMAP, POP3
-//! and submission validating tokens at that provider) — and Mailbridge itself
+//! and submission validating tokens at that provider), headless Chromium ([`Browser`]) — and Mailbridge itself
 //! in-process ([`TestApp`]) with a [`ManualClock`] where time matters.
 
 mod app;
+mod browser;
 mod clock;
 pub mod corpus;
 mod dovecot;
@@ -13,6 +14,7 @@ mod proxy;
 mod world;
 
 pub use app::{ApiClient, AppOptions, TestApp, assert_error};
+pub use browser::{Browser, screenshot_dir};
 pub use clock::ManualClock;
 pub use dovecot::{Dovecot, Ports};
 pub use gmail::{GMAIL_ERROR_CHALLENGE, GMAIL_INBOX, GmailMessage, ScriptedGmail};

@@ -70,6 +70,16 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// What went wrong and what to do, in words (for the console's pages).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The input field at fault, as a dotted path.
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
 }
 
 impl From<ValidationError> for ApiError {

@@ -3,6 +3,7 @@
 //! a shutdown signal, so tests run many servers on port 0.
 
 pub mod auth;
+mod console;
 pub mod error;
 pub mod json;
 mod openapi;
@@ -114,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::system::routes())
         .merge(routes::oauth::routes())
         .nest("/api/v1", routes::api())
+        .merge(console::routes())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -124,14 +124,34 @@ async fn create(
     State(state): State<AppState>,
     ApiJson(draft): ApiJson<MailboxDraft>,
 ) -> Result<(StatusCode, Json<MailboxView>), ApiError> {
+    let mailbox = create_mailbox(&state, &caller, &draft).await?;
+    Ok((StatusCode::CREATED, Json(mailbox.into())))
+}
+
+/// Validates a draft and creates the mailbox: the one path for the API and the console.
+pub(crate) async fn create_mailbox(
+    state: &AppState,
+    caller: &Caller,
+    draft: &MailboxDraft,
+) -> Result<MailboxRecord, ApiError> {
     caller.require_admin("create mailboxes")?;
     let spec = draft.resolve(None, caller.0.id)?;
-    let password = password_for(&state, &draft, &spec).await?;
-    let mailbox = state
+    let password = password_for(state, draft, &spec).await?;
+    Ok(state
         .store
         .create_mailbox(&caller.actor(), &spec, password)
-        .await?;
-    Ok((StatusCode::CREATED, Json(mailbox.into())))
+        .await?)
+}
+
+/// A mailbox the caller may see (its owner, or an admin).
+pub(crate) async fn visible_mailbox(
+    state: &AppState,
+    caller: &Caller,
+    id: MailboxId,
+) -> Result<MailboxRecord, ApiError> {
+    let mailbox = state.store.get_mailbox(id).await?;
+    caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
+    Ok(mailbox)
 }
 
 /// Admins see every mailbox (or one user's); a user sees their own.
@@ -168,8 +188,7 @@ async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<MailboxView>, ApiError> {
-    let mailbox = state.store.get_mailbox(path_id(&id, "mailbox")?).await?;
-    caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
+    let mailbox = visible_mailbox(&state, &caller, path_id(&id, "mailbox")?).await?;
     Ok(Json(mailbox.into()))
 }
 
@@ -187,9 +206,19 @@ async fn update(
     Path(id): Path<String>,
     ApiJson(draft): ApiJson<MailboxDraft>,
 ) -> Result<Json<MailboxView>, ApiError> {
-    let id = path_id(&id, "mailbox")?;
-    let current = state.store.get_mailbox(id).await?;
-    caller.require_owner_or_admin(current.spec.owner_user_id)?;
+    let mailbox = update_mailbox(&state, &caller, path_id(&id, "mailbox")?, &draft).await?;
+    Ok(Json(mailbox.into()))
+}
+
+/// Applies a draft over the stored mailbox, keeping owner, address and profile for admins:
+/// the one path for the API and the console.
+pub(crate) async fn update_mailbox(
+    state: &AppState,
+    caller: &Caller,
+    id: MailboxId,
+    draft: &MailboxDraft,
+) -> Result<MailboxRecord, ApiError> {
+    let current = visible_mailbox(state, caller, id).await?;
     if !caller.is_admin()
         && let Some(field) = draft.admin_only_field()
     {
@@ -199,12 +228,11 @@ async fn update(
         .with_field(field));
     }
     let spec = draft.resolve(Some(&current.spec), caller.0.id)?;
-    let password = password_for(&state, &draft, &spec).await?;
-    let mailbox = state
+    let password = password_for(state, draft, &spec).await?;
+    Ok(state
         .store
         .update_mailbox(&caller.actor(), id, &spec, password)
-        .await?;
-    Ok(Json(mailbox.into()))
+        .await?)
 }
 
 /// Deletes a mailbox (admin).
@@ -268,13 +296,21 @@ async fn test_and_enable(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<MailboxView>, ApiError> {
-    let mailbox = state.store.get_mailbox(path_id(&id, "mailbox")?).await?;
-    caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
-    let tested = state
+    let tested = test_mailbox(&state, &caller, path_id(&id, "mailbox")?).await?;
+    Ok(Json(tested.into()))
+}
+
+/// Test & Enable for one mailbox the caller may see: the one path for the API and the console.
+pub(crate) async fn test_mailbox(
+    state: &AppState,
+    caller: &Caller,
+    id: MailboxId,
+) -> Result<MailboxRecord, ApiError> {
+    let mailbox = visible_mailbox(state, caller, id).await?;
+    Ok(state
         .tester
         .test_mailbox(&caller.actor(), mailbox.id)
-        .await?;
-    Ok(Json(tested.into()))
+        .await?)
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
@@ -295,8 +331,7 @@ async fn alerts(
     Path(id): Path<String>,
     Query(q): Query<AlertsQuery>,
 ) -> Result<Json<Vec<AlertRecord>>, ApiError> {
-    let mailbox = state.store.get_mailbox(path_id(&id, "mailbox")?).await?;
-    caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
+    let mailbox = visible_mailbox(&state, &caller, path_id(&id, "mailbox")?).await?;
     Ok(Json(state.store.mailbox_alerts(mailbox.id, q.all).await?))
 }
 
@@ -322,8 +357,7 @@ async fn dismiss_alert(
     State(state): State<AppState>,
     Path((id, alert_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let mailbox = state.store.get_mailbox(path_id(&id, "mailbox")?).await?;
-    caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
+    let mailbox = visible_mailbox(&state, &caller, path_id(&id, "mailbox")?).await?;
     state.store.dismiss_alert(mailbox.id, &alert_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,13 +7,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use mailbridge_core::AuthMethod;
+use mailbridge_core::{AuthMethod, MailboxId};
 use mailbridge_sync::{Callback, Disconnected, SignInError};
 
+use super::mailboxes::visible_mailbox;
 use super::path_id;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
+use url::Url;
 
 pub fn api_routes() -> Router<AppState> {
     Router::new()
@@ -44,21 +46,7 @@ async fn start(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let mailbox = state.store.get_mailbox(path_id(&id, "mailbox")?).await?;
-    caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
-    let profile = state.store.get_profile(mailbox.spec.profile_id).await?;
-    if profile.spec.auth == AuthMethod::GmailOauth && !state.config.gmail_oauth {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "feature_disabled",
-            "Sign in to Gmail is turned off on this installation (gmail_oauth = false); ask an admin",
-        ));
-    }
-    let url = state
-        .signin
-        .start(&caller.0, &mailbox)
-        .await
-        .map_err(api_error)?;
+    let url = start_sign_in(&state, &caller, path_id(&id, "mailbox")?).await?;
     let wants_json = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -73,12 +61,35 @@ async fn start(
     })
 }
 
+/// Begins a sign-in for a mailbox the caller may see, when the feature is on: the consent
+/// page to send the browser to. The one path for the API and the console.
+pub(crate) async fn start_sign_in(
+    state: &AppState,
+    caller: &Caller,
+    id: MailboxId,
+) -> Result<Url, ApiError> {
+    let mailbox = visible_mailbox(state, caller, id).await?;
+    let profile = state.store.get_profile(mailbox.spec.profile_id).await?;
+    if profile.spec.auth == AuthMethod::GmailOauth && !state.config.gmail_oauth {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "feature_disabled",
+            "Sign in to Gmail is turned off on this installation (gmail_oauth = false); ask an admin",
+        ));
+    }
+    state
+        .signin
+        .start(&caller.0, &mailbox)
+        .await
+        .map_err(api_error)
+}
+
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct DisconnectView {
     /// `revoked`, `not_revocable` (the profile has no revocation endpoint),
     /// `revocation_failed`, or `was_not_signed_in`.
     outcome: &'static str,
-    message: String,
+    pub(crate) message: String,
 }
 
 /// Removes a mailbox's sign-in: the tokens are deleted here and revoked at the provider.
@@ -92,8 +103,18 @@ async fn disconnect(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<DisconnectView>, ApiError> {
-    let mailbox = state.store.get_mailbox(path_id(&id, "mailbox")?).await?;
-    caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
+    Ok(Json(
+        disconnect_mailbox(&state, &caller, path_id(&id, "mailbox")?).await?,
+    ))
+}
+
+/// Signs a mailbox the caller may see out: the one path for the API and the console.
+pub(crate) async fn disconnect_mailbox(
+    state: &AppState,
+    caller: &Caller,
+    id: MailboxId,
+) -> Result<DisconnectView, ApiError> {
+    let mailbox = visible_mailbox(state, caller, id).await?;
     let outcome = state
         .signin
         .disconnect(&caller.actor(), mailbox.id)
@@ -105,7 +126,7 @@ async fn disconnect(
         Disconnected::RevocationFailed(e) => ("revocation_failed", format!("signed out: the tokens were deleted here, but the provider could not be told ({e}); remove the app's access in the account's settings")),
         Disconnected::WasNotSignedIn => ("was_not_signed_in", "the mailbox was not signed in".to_owned()),
     };
-    Ok(Json(DisconnectView { outcome, message }))
+    Ok(DisconnectView { outcome, message })
 }
 
 /// The redirect URI: finishes the sign-in and tells the person what happened, in a page.
@@ -118,6 +139,10 @@ async fn callback(State(state): State<AppState>, Query(answer): Query<Callback>)
                 "{} is signed in. Next, run Test & Enable Mailbox to check that mail flows both ways.",
                 mailbox.spec.email
             ),
+            (
+                &format!("/console/mailboxes/{}", mailbox.id),
+                "Back to the mailbox",
+            ),
         ),
         Err(e) => {
             let status = callback_status(&e);
@@ -126,7 +151,12 @@ async fn callback(State(state): State<AppState>, Query(answer): Query<Callback>)
             } else {
                 tracing::info!(error = %e, "sign-in refused");
             }
-            page(status, "Sign-in did not complete", &e.to_string())
+            page(
+                status,
+                "Sign-in did not complete",
+                &e.to_string(),
+                ("/console/mailboxes", "Back to your mailboxes"),
+            )
         }
     }
 }
@@ -152,17 +182,27 @@ fn api_error(e: SignInError) -> ApiError {
     }
 }
 
-/// A small self-contained page (no external assets) for the browser that came back.
-fn page(status: StatusCode, title: &str, message: &str) -> Response {
+/// A small page for the browser that came back, in the console's look (its stylesheet is
+/// served by this binary), with a link back into the console.
+fn page(status: StatusCode, title: &str, message: &str, back: (&str, &str)) -> Response {
+    let class = if status.is_success() {
+        "notice"
+    } else {
+        "panel problem"
+    };
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · Mailbridge</title><style>body{{font-family:system-ui,sans-serif;\
-         max-width:36rem;margin:4rem auto;padding:0 1rem;color:#1a1a1a;line-height:1.5}}\
-         h1{{font-size:1.4rem}}</style></head><body><main><h1>{title}</h1><p>{message}</p>\
-         </main></body></html>",
+         <title>{title} · Mailbridge</title>\
+         <link rel=\"stylesheet\" href=\"/console/assets/console.css\"></head><body>\
+         <header class=\"top\"><a class=\"brand\" href=\"/console\">Mailbridge</a></header>\
+         <main><div class=\"narrow\"><h1>{title}</h1><div class=\"{class}\" role=\"status\">\
+         <p>{message}</p></div><p><a class=\"button primary\" href=\"{href}\">{label}</a></p>\
+         </div></main></body></html>",
         title = escape(title),
         message = escape(message),
+        href = escape(back.0),
+        label = escape(back.1),
     );
     (status, [(header::CACHE_CONTROL, "no-store")], Html(body)).into_response()
 }

@@ -104,13 +104,22 @@ async fn create(
     State(state): State<AppState>,
     ApiJson(draft): ApiJson<ProfileDraft>,
 ) -> Result<(StatusCode, Json<ProfileView>), ApiError> {
+    let profile = create_profile(&state, &caller, draft).await?;
+    Ok((StatusCode::CREATED, Json(profile.into())))
+}
+
+/// Validates a draft and creates the profile: the one path for the API and the console.
+pub(crate) async fn create_profile(
+    state: &AppState,
+    caller: &Caller,
+    draft: ProfileDraft,
+) -> Result<ProfileRecord, ApiError> {
     caller.require_admin("manage email server profiles")?;
     let (spec, secret) = draft.resolve(None)?;
-    let profile = state
+    Ok(state
         .store
         .create_profile(&caller.actor(), &spec, secret)
-        .await?;
-    Ok((StatusCode::CREATED, Json(profile.into())))
+        .await?)
 }
 
 #[utoipa::path(get, path = "/server-profiles", tag = "server profiles",
@@ -153,18 +162,27 @@ async fn update(
     Path(id): Path<String>,
     ApiJson(draft): ApiJson<ProfileDraft>,
 ) -> Result<Json<ProfileView>, ApiError> {
+    let profile = update_profile(&state, &caller, path_id(&id, "server profile")?, draft).await?;
+    Ok(Json(profile.into()))
+}
+
+/// Applies a draft over the stored profile: the one path for the API and the console.
+pub(crate) async fn update_profile(
+    state: &AppState,
+    caller: &Caller,
+    id: ProfileId,
+    draft: ProfileDraft,
+) -> Result<ProfileRecord, ApiError> {
     caller.require_admin("manage email server profiles")?;
-    let id = path_id(&id, "server profile")?;
     let current = state.store.get_profile(id).await?;
     let (spec, secret) = draft.resolve(Some(Stored {
         spec: &current.spec,
         has_client_secret: current.has_client_secret,
     }))?;
-    let profile = state
+    Ok(state
         .store
         .update_profile(&caller.actor(), id, &spec, secret)
-        .await?;
-    Ok(Json(profile.into()))
+        .await?)
 }
 
 /// Deletes a profile that serves no mailbox.

@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use mailbridge_core::{EmailAddress, Role, UserId};
-use mailbridge_store::UserRecord;
+use mailbridge_store::{ApiToken, UserRecord};
 
 use super::path_id;
 use crate::AppState;
@@ -74,15 +74,7 @@ async fn create(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<UserWithToken>), ApiError> {
-    caller.require_admin("create users")?;
-    let email = input
-        .email
-        .ok_or_else(|| ApiError::invalid("email", "email is required, e.g. \"ann@example.com\""))?;
-    let email = EmailAddress::parse(&email, "email")?;
-    let (user, token) = state
-        .store
-        .create_user(&caller.actor(), &email, input.role.unwrap_or(Role::User))
-        .await?;
+    let (user, token) = create_user(&state, &caller, input.email, input.role).await?;
     Ok((
         StatusCode::CREATED,
         Json(UserWithToken {
@@ -162,12 +154,41 @@ async fn reset_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<UserWithToken>, ApiError> {
-    caller.require_admin("reset API tokens")?;
-    let id: UserId = path_id(&id, "user")?;
-    let token = state.store.reset_user_token(&caller.actor(), id).await?;
-    let user = state.store.get_user(id).await?;
+    let (user, token) = reset_token_of(&state, &caller, path_id(&id, "user")?).await?;
     Ok(Json(UserWithToken {
         user: user.into(),
         token: token.reveal().to_owned(),
     }))
+}
+
+/// Creates a user (admin) and returns their API token: the one path for the API and the console.
+pub(crate) async fn create_user(
+    state: &AppState,
+    caller: &Caller,
+    email: Option<String>,
+    role: Option<Role>,
+) -> Result<(UserRecord, ApiToken), ApiError> {
+    caller.require_admin("create users")?;
+    let email = email
+        .filter(|e| !e.trim().is_empty())
+        .ok_or_else(|| ApiError::invalid("email", "email is required, e.g. \"ann@example.com\""))?;
+    let email = EmailAddress::parse(&email, "email")?;
+    Ok(state
+        .store
+        .create_user(&caller.actor(), &email, role.unwrap_or(Role::User))
+        .await?)
+}
+
+/// Issues a user a new API token (admin). Their console sessions end too: whoever had the old
+/// token must not stay signed in with it.
+pub(crate) async fn reset_token_of(
+    state: &AppState,
+    caller: &Caller,
+    id: UserId,
+) -> Result<(UserRecord, ApiToken), ApiError> {
+    caller.require_admin("reset API tokens")?;
+    let token = state.store.reset_user_token(&caller.actor(), id).await?;
+    state.store.delete_user_sessions(id).await?;
+    let user = state.store.get_user(id).await?;
+    Ok((user, token))
 }

@@ -1,0 +1,87 @@
+//! Alerts: what failed, when, and what to do — the viewer's own (their mailboxes', and the
+//! profiles' they own) — and dismissing one.
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use mailbridge_store::AlertRecord;
+
+use super::form::sentence;
+use super::{Layout, PageError, PageResult, Viewer, path_id, render, see_other};
+use crate::AppState;
+use crate::routes::mailboxes::visible_mailbox;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/console/alerts", get(list)).route(
+        "/console/mailboxes/{id}/alerts/{alert_id}/dismiss",
+        post(dismiss),
+    )
+}
+
+struct AlertRow {
+    id: String,
+    mailbox_id: Option<String>,
+    message: String,
+    hint: String,
+    when: String,
+}
+
+impl From<AlertRecord> for AlertRow {
+    fn from(a: AlertRecord) -> Self {
+        Self {
+            id: a.id,
+            mailbox_id: a.mailbox_id.map(|m| m.to_string()),
+            message: sentence(&a.message),
+            hint: sentence(&a.hint),
+            when: a.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "alerts.html")]
+struct AlertsPage {
+    title: &'static str,
+    layout: Option<Layout>,
+    csrf: String,
+    alerts: Vec<AlertRow>,
+}
+
+async fn list(viewer: Viewer, State(state): State<AppState>) -> PageResult {
+    let alerts = state.store.user_alerts(viewer.caller.0.id, false).await?;
+    Ok(render(&AlertsPage {
+        title: "Alerts",
+        layout: Some(viewer.layout(&state, "alerts").await),
+        csrf: viewer.csrf.clone(),
+        alerts: alerts.into_iter().map(AlertRow::from).collect(),
+    }))
+}
+
+#[derive(serde::Deserialize)]
+pub struct DismissForm {
+    /// `mailbox` to go back to the mailbox's page; anything else goes to the alerts page.
+    #[serde(default)]
+    back: String,
+}
+
+async fn dismiss(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Path((id, alert_id)): Path<(String, String)>,
+    Form(form): Form<DismissForm>,
+) -> PageResult {
+    let mailbox = visible_mailbox(&state, &viewer.caller, path_id(&id, "mailbox")?)
+        .await
+        .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
+    state
+        .store
+        .dismiss_alert(mailbox.id, &alert_id)
+        .await
+        .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
+    Ok(if form.back == "mailbox" {
+        see_other(&format!("/console/mailboxes/{}?done=dismissed", mailbox.id))
+    } else {
+        see_other("/console/alerts")
+    })
+}
