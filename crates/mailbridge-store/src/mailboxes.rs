@@ -27,6 +27,8 @@ pub struct MailboxRecord {
     pub signed_in_as: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The node whose lease on this mailbox was last granted, and until when it runs.
+    pub lease: Option<(String, DateTime<Utc>)>,
 }
 
 /// How the mailbox's synchronization is going.
@@ -101,6 +103,8 @@ struct MailboxRow {
     signed_in_as: Option<String>,
     created_at: i64,
     updated_at: i64,
+    lease_node: Option<String>,
+    lease_expires_at: Option<i64>,
 }
 
 const MAILBOX_SELECT: &str = "SELECT m.id, m.owner_user_id, m.email, m.profile_id, \
@@ -111,8 +115,10 @@ const MAILBOX_SELECT: &str = "SELECT m.id, m.owner_user_id, m.email, m.profile_i
      m.enabled, m.last_sync_at, m.items_processed, m.items_failed, m.last_sync_error, \
      CASE WHEN t.mailbox_id IS NULL THEN 'not_signed_in' \
      WHEN t.invalid_since IS NOT NULL THEN 'needs_sign_in' ELSE 'signed_in' END AS sign_in_status, \
-     t.account_email AS signed_in_as, m.created_at, m.updated_at \
-     FROM mailboxes m LEFT JOIN mailbox_tokens t ON t.mailbox_id = m.id";
+     t.account_email AS signed_in_as, m.created_at, m.updated_at, \
+     n.name AS lease_node, l.expires_at AS lease_expires_at \
+     FROM mailboxes m LEFT JOIN mailbox_tokens t ON t.mailbox_id = m.id \
+     LEFT JOIN mailbox_leases l ON l.mailbox_id = m.id LEFT JOIN nodes n ON n.id = l.node_id";
 
 impl TryFrom<MailboxRow> for MailboxRecord {
     type Error = StoreError;
@@ -155,6 +161,10 @@ impl TryFrom<MailboxRow> for MailboxRecord {
             signed_in_as: r.signed_in_as,
             created_at: time_from_ms(r.created_at),
             updated_at: time_from_ms(r.updated_at),
+            lease: r
+                .lease_node
+                .zip(r.lease_expires_at.filter(|t| *t > 0))
+                .map(|(node, until)| (node, time_from_ms(until))),
         })
     }
 }

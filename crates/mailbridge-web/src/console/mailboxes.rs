@@ -173,6 +173,7 @@ fn side(
         title,
         method: match method {
             DeliveryMethod::ServerSideSync => "Server-side synchronization",
+            DeliveryMethod::EmailRouter => "Email Router (a node group inside the network)",
             DeliveryMethod::None => "Not synchronized",
         },
         badge: status_badge(method, outcome),
@@ -424,6 +425,7 @@ struct MailboxFormPage {
 fn method_choices() -> Vec<Choice> {
     vec![
         Choice::new("server_side_sync", "Server-side synchronization"),
+        Choice::new("email_router", "Email Router"),
         Choice::new("none", "None"),
     ]
 }
@@ -494,6 +496,9 @@ async fn groups(
         vec![
             Field::select("incoming_method", "Incoming email", method_choices()).from(v, e),
             Field::select("outgoing_method", "Outgoing email", method_choices()).from(v, e),
+            Field::text("router_group", "Router group")
+                .help("With Email Router: the node group (nodes started with MAILBRIDGE_NODE_GROUP set to it) that can reach this mail server, e.g. office-berlin.")
+                .from(v, e),
             Field::select(
                 "tracking_rule",
                 "Track",
@@ -580,6 +585,10 @@ fn values_of(m: &MailboxRecord) -> FormValues {
     v.set("incoming_method", m.spec.incoming_method.as_str());
     v.set("outgoing_method", m.spec.outgoing_method.as_str());
     v.set("tracking_rule", m.spec.tracking_rule.as_str());
+    v.set(
+        "router_group",
+        m.spec.router_group.clone().unwrap_or_default(),
+    );
     v.set("login_name", m.spec.login_name.clone().unwrap_or_default());
     v
 }
@@ -606,6 +615,7 @@ fn draft_of(v: &FormValues, admin: bool, editing: bool, errors: &mut FieldErrors
         incoming_method: v.word("incoming_method", errors),
         outgoing_method: v.word("outgoing_method", errors),
         tracking_rule: v.word("tracking_rule", errors),
+        router_group: Some(v.get("router_group").to_owned()),
         login_name: if admin && editing {
             Some(v.get("login_name").to_owned())
         } else if admin {

@@ -52,6 +52,13 @@ pub struct MailboxView {
     outgoing_status_reason: Option<String>,
     outgoing_status_hint: Option<String>,
     outgoing_tested_at: Option<DateTime<Utc>>,
+    /// With `email_router`: the node group that works this mailbox.
+    router_group: Option<String>,
+    /// The node last granted this mailbox's lease: it works the mailbox while
+    /// `lease_expires_at` is in the future.
+    worked_by: Option<String>,
+    /// When that lease ends unless renewed.
+    lease_expires_at: Option<DateTime<Utc>>,
     /// Password profiles: the login, when it is not the address.
     login_name: Option<String>,
     /// Password profiles: whether a password is stored (it is never returned).
@@ -92,6 +99,9 @@ impl From<MailboxRecord> for MailboxView {
             outgoing_status_reason: m.outgoing.reason,
             outgoing_status_hint: m.outgoing.hint,
             outgoing_tested_at: m.outgoing.tested_at,
+            router_group: m.spec.router_group,
+            worked_by: m.lease.clone().map(|(node, _)| node),
+            lease_expires_at: m.lease.map(|(_, until)| until),
             login_name: m.spec.login_name,
             password_set: m.password_set,
             last_sync_at: m.sync.last_sync_at,
