@@ -495,13 +495,17 @@ impl async_imap::Authenticator for SaslExchange {
     }
 }
 
-/// async-imap reports a tagged NO as `code: Some(..), info: Some("words")`; the server's own
-/// words are the `info` part.
+/// async-imap reports a tagged NO as `code: Some(..), info: Some("words")` (after login) or
+/// `outcome: Outcome { code: .., information: Some("words") }` (on a selected folder); the
+/// server's own words are the quoted part.
 fn server_words(raw: String) -> String {
-    let Some(start) = raw.find("info: Some(\"") else {
+    let Some((start, marker)) = ["information: Some(\"", "info: Some(\""]
+        .iter()
+        .find_map(|m| raw.find(m).map(|at| (at, *m)))
+    else {
         return raw;
     };
-    let rest = &raw[start + "info: Some(\"".len()..];
+    let rest = &raw[start + marker.len()..];
     match rest.rfind("\")") {
         Some(end) => rest[..end].replace("\\\"", "\""),
         None => raw,
@@ -518,7 +522,11 @@ fn imap_error(endpoint: &Endpoint, step: &str, e: ImapError, detail: Option<Stri
             ErrorKind::AuthRefused { words, detail }
         }
         ImapError::No(words) => ErrorKind::Rejected {
-            transient: words.contains("[UNAVAILABLE]") || words.contains("[INUSE]"),
+            // RFC 5530: the server is busy, the mailbox locked, or the server hit its own bug
+            // (Dovecot answers [SERVERBUG] to a maildir being created under it): try later.
+            transient: ["[UNAVAILABLE]", "[INUSE]", "[SERVERBUG]", "[LIMIT]"]
+                .iter()
+                .any(|code| words.contains(code)),
             words,
         },
         ImapError::Bad(words) => ErrorKind::Protocol(format!("BAD {words}")),
@@ -593,6 +601,13 @@ mod tests {
                     .to_owned()
             ),
             "[AUTHENTICATIONFAILED] Authentication failed."
+        );
+        assert_eq!(
+            server_words(
+                r#"outcome: Outcome { code: None, information: Some("[SERVERBUG] Internal error occurred.") }"#
+                    .to_owned()
+            ),
+            "[SERVERBUG] Internal error occurred."
         );
         assert_eq!(server_words("plain words".to_owned()), "plain words");
     }

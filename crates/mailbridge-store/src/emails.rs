@@ -87,6 +87,8 @@ pub struct EmailRecord {
     pub gmail_thread_id: Option<String>,
     /// Outgoing: the token in its subject that replies carry back.
     pub tracking_token: Option<String>,
+    /// Incoming: the node that stored it.
+    pub stored_by: Option<String>,
     pub attachments: Vec<AttachmentInfo>,
     pub created_at: DateTime<Utc>,
     /// Outgoing: `pending_send`, `sending`, `sent` or `failed`.
@@ -134,6 +136,7 @@ struct EmailRow {
     gmail_labels: Option<String>,
     gmail_thread_id: Option<String>,
     tracking_token: Option<String>,
+    stored_by: Option<String>,
     created_at: i64,
     status: Option<String>,
     send_attempts: i64,
@@ -144,7 +147,7 @@ struct EmailRow {
 const EMAIL_SELECT: &str = "SELECT e.id, e.mailbox_id, m.owner_user_id, e.direction, e.message_id, \
      e.in_reply_to, e.references_ids, e.subject, e.from_address, e.from_name, e.to_json, e.cc_json, \
      e.sent_at, e.text_body, e.html_body, e.size, e.parse_error, e.conversation_id, e.folder, e.uid, \
-     e.gmail_labels, e.gmail_thread_id, e.tracking_token, e.created_at, e.status, e.send_attempts, e.send_reply, e.delivered_at \
+     e.gmail_labels, e.gmail_thread_id, e.tracking_token, e.stored_by, e.created_at, e.status, e.send_attempts, e.send_reply, e.delivered_at \
      FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id";
 
 fn words(s: Option<String>) -> Vec<String> {
@@ -185,6 +188,7 @@ impl EmailRow {
             uid: self.uid,
             gmail_thread_id: self.gmail_thread_id,
             tracking_token: self.tracking_token,
+            stored_by: self.stored_by,
             attachments,
             status: self.status,
             send_attempts: self.send_attempts,

@@ -1,5 +1,6 @@
 //! The store on both backends — a real SQLite file and a real PostgreSQL database: secrets
-//! at rest, key rotation, the profile mailbox limit under a race. Each test runs once per
+//! at rest, key rotation, the profile mailbox limit under a race, mailbox leases (fair
+//! shares, concurrent claims, fencing of a holder that lost its lease, draining). Each test runs once per
 //! backend (`sqlite::…` and `postgres::…`).
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
@@ -63,6 +64,52 @@ on_both_backends!(
     client_secret_is_encrypted_at_rest_and_survives_rotation,
     a_gmail_profile_takes_exactly_100_mailboxes_even_when_raced,
 );
+
+// Several nodes share one database only on PostgreSQL (SQLite is embedded in one process:
+// there a new node takes over from the last one, tested below).
+mod postgres_nodes {
+    #[tokio::test]
+    async fn a_lost_lease_fences_off_the_old_holders_writes() {
+        super::a_lost_lease_fences_off_the_old_holders_writes(super::TestDatabase::Postgres).await
+    }
+
+    #[tokio::test]
+    async fn nodes_claiming_at_once_never_share_a_mailbox() {
+        super::nodes_claiming_at_once_never_share_a_mailbox(super::TestDatabase::Postgres).await
+    }
+}
+
+#[tokio::test]
+async fn on_sqlite_a_restarted_process_takes_over_at_once() {
+    let db = Db::new(TestDatabase::Sqlite).await;
+    let store = db.open(Keyring::generate()).await;
+    enabled_mailboxes(&store, 3).await;
+    let ttl = std::time::Duration::from_secs(600);
+    let crashed = store.register_node("box", "cloud").await.unwrap();
+    assert_eq!(
+        store
+            .balance_leases(&crashed, "cloud", ttl)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    // The process dies without releasing anything; the next one starts.
+    let next = store.register_node("box", "cloud").await.unwrap();
+    assert_eq!(
+        store
+            .balance_leases(&next, "cloud", ttl)
+            .await
+            .unwrap()
+            .len(),
+        3,
+        "the dead process's ten-minute leases do not hold the mailboxes"
+    );
+    assert!(matches!(
+        store.balance_leases(&crashed, "cloud", ttl).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
 
 fn gmail_draft(name: &str) -> ProfileDraft {
     serde_json::from_value(serde_json::json!({
@@ -181,4 +228,170 @@ async fn a_gmail_profile_takes_exactly_100_mailboxes_even_when_raced(kind: TestD
         store.get_profile(profile.id).await.unwrap().mailbox_count,
         100
     );
+}
+
+async fn enabled_mailboxes(store: &Store, n: usize) -> Vec<mailbridge_core::MailboxId> {
+    let actor = Actor::cli();
+    let (owner, _) = store
+        .create_user(
+            &actor,
+            &EmailAddress::parse("owner@example.com", "e").unwrap(),
+            Role::User,
+        )
+        .await
+        .unwrap();
+    let (spec, secret) = gmail_draft("Leased").resolve(None).unwrap();
+    let profile = store.create_profile(&actor, &spec, secret).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let draft: MailboxDraft = serde_json::from_value(serde_json::json!({
+            "email": format!("m{i}@example.com"), "profile_id": profile.id,
+        }))
+        .unwrap();
+        let m = store
+            .create_mailbox(
+                &actor,
+                &draft.resolve(None, owner.id).unwrap(),
+                SecretChange::Keep,
+            )
+            .await
+            .unwrap();
+        let ok = mailbridge_store::TestOutcome::success();
+        store
+            .record_test(&actor, m.id, Some(&ok), Some(&ok), true)
+            .await
+            .unwrap();
+        ids.push(m.id);
+    }
+    ids
+}
+
+async fn a_lost_lease_fences_off_the_old_holders_writes(kind: TestDatabase) {
+    use mailbridge_store::{Fence, FolderPosition, SyncBatch};
+    let db = Db::new(kind).await;
+    let store = db.open(Keyring::generate()).await;
+    let mailbox = enabled_mailboxes(&store, 1).await[0];
+    let ttl = std::time::Duration::from_millis(300);
+    let a = store.register_node("a", "cloud").await.unwrap();
+    let leases = store.balance_leases(&a, "cloud", ttl).await.unwrap();
+    assert_eq!(leases.len(), 1);
+    let a_fence = Fence {
+        node: a.clone(),
+        epoch: leases[0].epoch,
+    };
+    let batch = |fence: &Fence, last_uid| SyncBatch {
+        position: Some(FolderPosition {
+            folder: "INBOX".into(),
+            uid_validity: 7,
+            last_uid,
+            highest_modseq: None,
+        }),
+        fence: Some(fence.clone()),
+        ..SyncBatch::default()
+    };
+    store
+        .save_sync_batch(mailbox, batch(&a_fence, 1))
+        .await
+        .unwrap();
+
+    // a stops renewing (paused); its lease runs out and b takes the mailbox.
+    tokio::time::sleep(ttl * 2).await;
+    let b = store.register_node("b", "cloud").await.unwrap();
+    let taken = store.balance_leases(&b, "cloud", ttl * 20).await.unwrap();
+    assert_eq!(taken.len(), 1, "the expired lease is free to take");
+    assert!(
+        taken[0].epoch > a_fence.epoch,
+        "a new holder gets a new epoch"
+    );
+    let b_fence = Fence {
+        node: b.clone(),
+        epoch: taken[0].epoch,
+    };
+    // a wakes up and tries to write what it had read: refused.
+    match store.save_sync_batch(mailbox, batch(&a_fence, 99)).await {
+        Err(StoreError::LeaseLost { .. }) => {}
+        other => panic!("the old holder's write must be refused: {other:?}"),
+    }
+    store
+        .save_sync_batch(mailbox, batch(&b_fence, 2))
+        .await
+        .unwrap();
+    let position = store
+        .folder_position(mailbox, "INBOX")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(position.last_uid, 2, "only the holder's write landed");
+    // a renews: it holds nothing any more, and b (live, fresh lease) keeps the mailbox.
+    assert!(
+        store
+            .balance_leases(&a, "cloud", ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A clean stop hands the mailbox over at once.
+    store.stop_node(&b).await.unwrap();
+    let back = store.balance_leases(&a, "cloud", ttl).await.unwrap();
+    assert_eq!(back.len(), 1);
+    assert!(back[0].epoch > b_fence.epoch);
+}
+
+async fn nodes_claiming_at_once_never_share_a_mailbox(kind: TestDatabase) {
+    let db = Db::new(kind).await;
+    let store = db.open(Keyring::generate()).await;
+    let mailboxes = enabled_mailboxes(&store, 30).await;
+    let ttl = std::time::Duration::from_secs(30);
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        nodes.push(store.register_node(name, "cloud").await.unwrap());
+    }
+    // Each node balances five times, all at once.
+    let mut tasks = Vec::new();
+    for node in &nodes {
+        for _ in 0..5 {
+            let (store, node) = (store.clone(), node.clone());
+            tasks.push(tokio::spawn(async move {
+                store.balance_leases(&node, "cloud", ttl).await.unwrap();
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Settle, then every mailbox is held by exactly one node, ten each.
+    let mut held = std::collections::HashMap::new();
+    for node in &nodes {
+        for lease in store.balance_leases(node, "cloud", ttl).await.unwrap() {
+            assert!(
+                held.insert(lease.mailbox, node.clone()).is_none(),
+                "mailbox {} leased twice",
+                lease.mailbox
+            );
+        }
+    }
+    assert_eq!(held.len(), mailboxes.len());
+    for node in &nodes {
+        assert_eq!(held.values().filter(|n| *n == node).count(), 10);
+    }
+    // A drained node gives its share to the others.
+    assert_eq!(store.set_draining("a", true).await.unwrap(), 1);
+    assert!(
+        store
+            .balance_leases(&nodes[0], "cloud", ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let b = store
+        .balance_leases(&nodes[1], "cloud", ttl)
+        .await
+        .unwrap()
+        .len();
+    let c = store
+        .balance_leases(&nodes[2], "cloud", ttl)
+        .await
+        .unwrap()
+        .len();
+    assert_eq!((b, c), (15, 15));
 }

@@ -70,6 +70,8 @@ pub struct EmailView {
     gmail_thread_id: Option<String>,
     /// Outgoing: the token at the end of its subject that replies carry back.
     tracking_token: Option<String>,
+    /// Incoming: the id of the node that stored it (see `mailbridge nodes list`).
+    stored_by_node: Option<String>,
     /// When Mailbridge stored it.
     created_at: DateTime<Utc>,
     /// Outgoing: `pending_send`, `sending`, `sent` or `failed`.
@@ -105,6 +107,7 @@ impl From<EmailRecord> for EmailView {
             gmail_labels: e.gmail_labels,
             gmail_thread_id: e.gmail_thread_id,
             tracking_token: e.tracking_token,
+            stored_by_node: e.stored_by,
             created_at: e.created_at,
             status: e.status,
             send_attempts: e.send_attempts,
