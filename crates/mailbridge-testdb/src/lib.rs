@@ -151,6 +151,14 @@ impl Postgres {
             );
         }
         let log = std::fs::File::create(dir.join("postgres.log"))?;
+        // Test data: the test server's own crash safety is not under test. Benchmarks set
+        // MAILBRIDGE_TEST_POSTGRES_DURABLE to measure with fsync on.
+        let durability: [&str; 4] =
+            if std::env::var_os("MAILBRIDGE_TEST_POSTGRES_DURABLE").is_some() {
+                ["-c", "fsync=on", "-c", "synchronous_commit=off"]
+            } else {
+                ["-c", "fsync=off", "-c", "synchronous_commit=off"]
+            };
         // Started from a thread that lives as long as the process, so the parent-death
         // signal (sent when the spawning *thread* ends) stops the server with the tests.
         let postgres = bin.join("postgres");
@@ -165,12 +173,10 @@ impl Postgres {
                 .args([
                     "-c",
                     "listen_addresses=127.0.0.1",
-                    // Test data: crash safety of the test server itself is not under test.
-                    "-c",
-                    "fsync=off",
                     "-c",
                     "max_connections=300",
                 ])
+                .args(durability)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn();

@@ -1,8 +1,10 @@
 //! First-sync benchmark: the 6,046 messages of the SpamAssassin corpus in one INBOX of a local
 //! Dovecot, read three ways in the same run — a raw `UID FETCH 1:* BODY.PEEK[]` (Python's
 //! imaplib: Dovecot's own speed, the limit), `mbsync` (isync; `FSync no`, and its defaults),
-//! and Mailbridge's first sync (fetch, parse, store in SQLite, committed per batch). Prints
-//! each round, the medians, and the ratios the targets are stated in. Run with `bench/first-sync`.
+//! and Mailbridge's first sync (fetch, parse, store, committed per batch) into SQLite and into
+//! PostgreSQL (a local server with fsync on and `synchronous_commit = off`: like SQLite's WAL
+//! with `synchronous = NORMAL`, a commit survives the process, not a power cut). Prints each
+//! round, the medians, and the ratios the targets are stated in. Run with `bench/first-sync`.
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
 use std::path::Path;
@@ -15,7 +17,7 @@ use mailbridge_proto::imap::ImapSession;
 use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
 use mailbridge_store::{Actor, Keyring, Store};
 use mailbridge_sync::incoming::imap::sync_inbox;
-use mailbridge_testkit::{Dovecot, OAuthProvider, corpus};
+use mailbridge_testkit::{Dovecot, OAuthProvider, TestDatabase, corpus};
 use secrecy::SecretString;
 
 const USER: &str = "bench@example.com";
@@ -80,10 +82,16 @@ fn mbsync(port: u16, ca: &Path, work: &Path, fsync: bool) -> Duration {
     )
 }
 
-async fn mailbridge(port: u16, ca: &str, work: &Path, expected: usize) -> Duration {
+async fn mailbridge(
+    port: u16,
+    ca: &str,
+    work: &Path,
+    database: TestDatabase,
+    expected: usize,
+) -> Duration {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work).unwrap();
-    let url = format!("sqlite://{}?mode=rwc", work.join("mailbridge.db").display());
+    let url = database.url_for(work).await.unwrap();
     let store = Store::connect(&url, Keyring::generate(), Arc::new(SystemClock))
         .await
         .unwrap();
@@ -161,31 +169,44 @@ fn main() {
     // Dovecot indexes the folder on first access; every contender then reads a warm server.
     raw_fetch(port, &ca, n);
 
-    let (mut raw, mut mbs_nofsync, mut mbs_default, mut ours) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let durable = std::env::var_os("MAILBRIDGE_TEST_POSTGRES_DURABLE").is_some();
+    println!(
+        "PostgreSQL: fsync {} (bench/first-sync sets MAILBRIDGE_TEST_POSTGRES_DURABLE)",
+        if durable { "on" } else { "OFF: not comparable" }
+    );
+    let (mut raw, mut mbs_nofsync, mut mbs_default, mut ours, mut ours_pg) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         raw.push(raw_fetch(port, &ca, n));
         mbs_nofsync.push(mbsync(port, &ca, &work.path().join("mbsync"), false));
         mbs_default.push(mbsync(port, &ca, &work.path().join("mbsync"), true));
-        ours.push(runtime.block_on(mailbridge(
-            port,
-            dovecot.ca_pem(),
-            &work.path().join("mailbridge"),
-            n,
-        )));
+        for (database, times) in [
+            (TestDatabase::Sqlite, &mut ours),
+            (TestDatabase::Postgres, &mut ours_pg),
+        ] {
+            times.push(runtime.block_on(mailbridge(
+                port,
+                dovecot.ca_pem(),
+                &work.path().join("mailbridge"),
+                database,
+                n,
+            )));
+        }
         println!(
-            "round {round}: raw fetch {:.2} s | mbsync (FSync no) {:.2} s | mbsync (defaults) {:.2} s | mailbridge {:.2} s",
+            "round {round}: raw fetch {:.2} s | mbsync (FSync no) {:.2} s | mbsync (defaults) {:.2} s | mailbridge {:.2} s | on PostgreSQL {:.2} s",
             raw[round - 1].as_secs_f64(),
             mbs_nofsync[round - 1].as_secs_f64(),
             mbs_default[round - 1].as_secs_f64(),
-            ours[round - 1].as_secs_f64()
+            ours[round - 1].as_secs_f64(),
+            ours_pg[round - 1].as_secs_f64()
         );
     }
-    let (raw, mbs, mbs_default, ours) = (
+    let (raw, mbs, mbs_default, ours, ours_pg) = (
         median(raw),
         median(mbs_nofsync),
         median(mbs_default),
         median(ours),
+        median(ours_pg),
     );
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!("\nmedians over {rounds} rounds:");
@@ -209,6 +230,11 @@ fn main() {
         ours.as_secs_f64(),
         rate(ours)
     );
+    println!(
+        "  mailbridge on PostgreSQL       {:>6.2} s  {:>7.0} msg/s  (parsed, stored in PostgreSQL)",
+        ours_pg.as_secs_f64(),
+        rate(ours_pg)
+    );
     println!("\nratios:");
     println!(
         "  mailbridge time / mbsync (FSync no) time = {:.2}  (target <= 0.30)",
@@ -217,5 +243,9 @@ fn main() {
     println!(
         "  mailbridge rate / raw fetch rate         = {:.2}  (target >= 0.60)",
         rate(ours) / rate(raw)
+    );
+    println!(
+        "  PostgreSQL rate / SQLite rate            = {:.2}",
+        rate(ours_pg) / rate(ours)
     );
 }

@@ -1,0 +1,259 @@
+//! A database with mailboxes on a real Dovecot and `mailbridge serve` nodes started against it:
+//! shared by the multi-node tests (`tests/nodes.rs`) and the takeover benchmark
+//! (`benches/takeover.rs`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailbridge_core::{
+    EmailAddress, MailboxDraft, MailboxId, ProfileDraft, Role, SecretChange, SystemClock,
+};
+use mailbridge_store::{Actor, EmailFilter, Keyring, NodeInfo, Store, TestOutcome};
+use mailbridge_testkit::{Dovecot, OAuthProvider, Postgres};
+
+pub const PASSWORD: &str = "node-test-password";
+/// Short, so takeovers happen within a test's patience.
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
+
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    url: String,
+    key: String,
+    pub store: Store,
+    pub dovecot: Dovecot,
+    _oauth: OAuthProvider,
+    pub mailboxes: Vec<(MailboxId, String)>,
+}
+
+pub struct Node {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Cluster {
+    /// A database with `n` password mailboxes on one Dovecot, enabled (as after Test &
+    /// Enable); the last `routed` of them use `email_router` with the group `office`.
+    pub async fn start(n: usize, routed: usize) -> Self {
+        let users: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("u{i}@example.com"), PASSWORD.to_owned()))
+            .collect();
+        let user_refs: Vec<(&str, &str)> = users
+            .iter()
+            .map(|(u, p)| (u.as_str(), p.as_str()))
+            .collect();
+        let oauth = OAuthProvider::start().unwrap();
+        let dovecot = Dovecot::start(&oauth, &user_refs).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), dovecot.ca_pem()).unwrap();
+        let url = Postgres::shared().unwrap().database().await.unwrap();
+        let keyring = Keyring::generate();
+        let key = keyring.export().as_str().to_owned();
+        let store = Store::connect(&url, keyring, Arc::new(SystemClock))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let cli = Actor::cli();
+        let (owner, _) = store
+            .create_user(
+                &cli,
+                &EmailAddress::parse("ops@example.com", "e").unwrap(),
+                Role::Admin,
+            )
+            .await
+            .unwrap();
+        let profile: ProfileDraft = serde_json::from_value(serde_json::json!({
+            "name": "Dovecot", "auth": "password",
+            "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": dovecot.ports.imaps, "security": "tls"},
+            "outgoing": {"host": "127.0.0.1", "port": dovecot.ports.submissions, "security": "tls"},
+        }))
+        .unwrap();
+        let (spec, secret) = profile.resolve(None).unwrap();
+        let profile = store.create_profile(&cli, &spec, secret).await.unwrap();
+        let mut mailboxes = Vec::new();
+        for (i, (user, _)) in users.iter().enumerate() {
+            let routed = i >= n - routed;
+            let mut draft = serde_json::json!({"email": user, "profile_id": profile.id});
+            if routed {
+                draft["incoming_method"] = "email_router".into();
+                draft["outgoing_method"] = "email_router".into();
+                draft["router_group"] = "office".into();
+            }
+            let draft: MailboxDraft = serde_json::from_value(draft).unwrap();
+            let spec = draft.resolve(None, owner.id).unwrap();
+            let m = store
+                .create_mailbox(&cli, &spec, SecretChange::Set(PASSWORD.to_owned().into()))
+                .await
+                .unwrap();
+            let ok = TestOutcome::success();
+            store
+                .record_test(&cli, m.id, Some(&ok), Some(&ok), true)
+                .await
+                .unwrap();
+            mailboxes.push((m.id, user.clone()));
+        }
+        Self {
+            dir,
+            url,
+            key,
+            store,
+            dovecot,
+            _oauth: oauth,
+            mailboxes,
+        }
+    }
+
+    pub fn node(&self, name: &str, group: &str) -> Node {
+        self.node_with_lease(name, group, LEASE_TTL)
+    }
+
+    pub fn node_with_lease(&self, name: &str, group: &str, lease_ttl: Duration) -> Node {
+        let log = std::fs::File::create(self.log_path(name)).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_mailbridge"))
+            .arg("serve")
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .env("MAILBRIDGE_LOG", "info,mailbridge_sync=debug")
+            .env("MAILBRIDGE_DATA_DIR", self.dir.path().join(name))
+            .env("MAILBRIDGE_DATABASE_URL", &self.url)
+            .env("MAILBRIDGE_MASTER_KEY", &self.key)
+            .env("MAILBRIDGE_LISTEN", "127.0.0.1:0")
+            .env("MAILBRIDGE_TLS_CA_FILE", self.dir.path().join("ca.pem"))
+            .env("MAILBRIDGE_NODE_NAME", name)
+            .env("MAILBRIDGE_NODE_GROUP", group)
+            .env("MAILBRIDGE_LEASE_TTL_MS", lease_ttl.as_millis().to_string())
+            .env("MAILBRIDGE_SYNC_SCAN_INTERVAL_MS", "200")
+            .env("MAILBRIDGE_SYNC_STAGGER_MS", "0")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Node {
+            name: name.to_owned(),
+            child,
+        }
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// Running nodes by name, with the mailboxes each holds.
+    pub async fn holdings(&self) -> HashMap<String, NodeInfo> {
+        self.store
+            .list_nodes()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.stopped_at.is_none())
+            .map(|n| (n.name.clone(), n))
+            .collect()
+    }
+
+    /// Waits until the named nodes hold exactly these many mailboxes; returns the time taken.
+    pub async fn wait_for_shares(&self, want: &[(&str, i64)], within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let now = self.holdings().await;
+            if want
+                .iter()
+                .all(|(name, n)| now.get(*name).map(|i| i.mailboxes) == Some(*n))
+            {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "shares not reached within {within:?}: want {want:?}, have {:?}\n{}",
+                now.values()
+                    .map(|n| (n.name.clone(), n.mailboxes))
+                    .collect::<Vec<_>>(),
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                out += &format!("--- {}\n", path.display());
+                for line in tail.into_iter().rev() {
+                    out += line;
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    pub fn deliver(&self, round: usize, which: &[(MailboxId, String)]) {
+        for (_, user) in which {
+            let m = format!(
+                "From: x@example.com\r\nTo: {user}\r\nSubject: round {round}\r\nMessage-ID: <r{round}-{user}>\r\n\r\nhello\r\n"
+            );
+            self.dovecot.deliver(user, m.as_bytes()).unwrap();
+        }
+    }
+
+    /// Waits until each mailbox has exactly `n` incoming emails stored (never more).
+    pub async fn wait_for_emails(&self, which: &[(MailboxId, String)], n: usize) {
+        let started = Instant::now();
+        loop {
+            let mut all = true;
+            for (id, user) in which {
+                let have = self.incoming(*id).await.len();
+                assert!(have <= n, "{user} has {have} emails, more than {n}");
+                all &= have == n;
+            }
+            if all {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "not every mailbox has {n} emails\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn emails(&self, mailbox: MailboxId) -> Vec<mailbridge_store::EmailRecord> {
+        let filter = EmailFilter {
+            mailbox: Some(mailbox),
+            ..EmailFilter::default()
+        };
+        self.store.list_emails(&filter, None, 200).await.unwrap()
+    }
+
+    pub async fn incoming(&self, mailbox: MailboxId) -> Vec<mailbridge_store::EmailRecord> {
+        let mut emails = self.emails(mailbox).await;
+        emails.retain(|e| e.direction == "incoming");
+        emails
+    }
+}
+
+pub fn signal(node: &Node, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &node.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {}", node.name);
+}
+
+pub fn node_id(holdings: &HashMap<String, NodeInfo>, name: &str) -> String {
+    holdings[name].id.clone()
+}
