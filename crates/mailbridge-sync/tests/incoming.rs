@@ -5,7 +5,7 @@
 
 use mailbridge_proto::imap::ImapSession;
 use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
-use mailbridge_store::{EmailFilter, FolderPosition, SyncBatch};
+use mailbridge_store::{EmailFilter, FolderPosition, MailboxRecord, SyncBatch};
 use mailbridge_sync::incoming::imap::sync_inbox;
 use mailbridge_testkit::{AppOptions, GMAIL_INBOX, MailWorld, ScriptedGmail};
 use secrecy::SecretString;
@@ -18,8 +18,8 @@ fn message(i: u32) -> Vec<u8> {
     .into_bytes()
 }
 
-#[tokio::test]
-async fn a_uidvalidity_change_is_read_again_without_duplicates() {
+/// Ann's mailbox on a Gmail-like profile of the test Dovecot, signed in or not.
+async fn ann_on_gmail_like(signed_in: bool) -> (MailWorld, String, MailboxRecord) {
     let w = MailWorld::start(AppOptions::default()).await;
     let profile = w
         .gmail_like("G", w.imaps(), w.submissions(), json!({}))
@@ -27,8 +27,16 @@ async fn a_uidvalidity_change_is_read_again_without_duplicates() {
     let id = w
         .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
         .await;
-    w.sign_in(&id, &w.ann).await;
+    if signed_in {
+        w.sign_in(&id, &w.ann).await;
+    }
     let mailbox = w.app.store.get_mailbox(id.parse().unwrap()).await.unwrap();
+    (w, id, mailbox)
+}
+
+#[tokio::test]
+async fn a_uidvalidity_change_is_read_again_without_duplicates() {
+    let (w, id, mailbox) = ann_on_gmail_like(true).await;
     for i in 0..3 {
         w.dovecot.deliver("ann@example.com", &message(i)).unwrap();
     }
@@ -92,15 +100,7 @@ async fn a_uidvalidity_change_is_read_again_without_duplicates() {
 
 #[tokio::test]
 async fn a_pass_repeated_after_a_crash_stores_nothing_twice() {
-    let w = MailWorld::start(AppOptions::default()).await;
-    let profile = w
-        .gmail_like("G", w.imaps(), w.submissions(), json!({}))
-        .await;
-    let id = w
-        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
-        .await;
-    w.sign_in(&id, &w.ann).await;
-    let mailbox = w.app.store.get_mailbox(id.parse().unwrap()).await.unwrap();
+    let (w, id, mailbox) = ann_on_gmail_like(true).await;
     for i in 0..5 {
         w.dovecot.deliver("ann@example.com", &message(i)).unwrap();
     }
@@ -139,14 +139,7 @@ async fn a_pass_repeated_after_a_crash_stores_nothing_twice() {
 
 #[tokio::test]
 async fn gmail_mail_is_keyed_by_its_message_id_and_threaded_by_gmails_conversation() {
-    let w = MailWorld::start(AppOptions::default()).await;
-    let profile = w
-        .gmail_like("G", w.imaps(), w.submissions(), json!({}))
-        .await;
-    let id = w
-        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
-        .await;
-    let mailbox = w.app.store.get_mailbox(id.parse().unwrap()).await.unwrap();
+    let (w, _, mailbox) = ann_on_gmail_like(false).await;
     let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", true)
         .await
         .unwrap();

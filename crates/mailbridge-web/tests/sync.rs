@@ -479,16 +479,13 @@ async fn outgoing_mail_is_sent_once_and_its_replies_join_the_conversation() {
     w.dovecot.deliver("ann@example.com", format!("From: bob@example.com\r\nSubject: Re: Your quote\r\nMessage-ID: <b1@example.com>\r\nIn-Reply-To: <{message_id}>\r\n\r\nDeal.\r\n").as_bytes()).unwrap();
     // A client that drops the reply headers: the token in the subject still ties it.
     w.dovecot.deliver("ann@example.com", format!("From: dave@example.com\r\nSubject: AW: {subject}\r\nMessage-ID: <d1@example.com>\r\n\r\nForwarded to me.\r\n").as_bytes()).unwrap();
+    let incoming = || async {
+        let url = format!("/api/v1/emails?mailbox_id={mailbox}&direction=incoming");
+        w.api.get(&w.app, &url, &w.ann).await.1
+    };
     let started = Instant::now();
     let replies = loop {
-        let (_, page) = w
-            .api
-            .get(
-                &w.app,
-                &format!("/api/v1/emails?mailbox_id={mailbox}&direction=incoming"),
-                &w.ann,
-            )
-            .await;
+        let page = incoming().await;
         let emails = page["emails"].as_array().unwrap();
         if emails.len() >= 2 {
             break emails.clone();
@@ -497,14 +494,7 @@ async fn outgoing_mail_is_sent_once_and_its_replies_join_the_conversation() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     tokio::time::sleep(Duration::from_millis(300)).await; // the unrelated one stays out
-    let (_, page) = w
-        .api
-        .get(
-            &w.app,
-            &format!("/api/v1/emails?mailbox_id={mailbox}&direction=incoming"),
-            &w.ann,
-        )
-        .await;
+    let page = incoming().await;
     assert_eq!(page["emails"].as_array().unwrap().len(), 2, "{page:#}");
     let subjects: Vec<&str> = replies
         .iter()
