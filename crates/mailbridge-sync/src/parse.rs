@@ -14,27 +14,29 @@ pub fn parse(raw: &[u8]) -> ParsedEmail {
         };
     };
     let mut parsed = ParsedEmail {
-        message_id: message.message_id().map(str::to_owned),
+        message_id: message.message_id().map(text),
         in_reply_to: ids(message.in_reply_to()),
         references: ids(message.references()),
-        subject: message.subject().map(str::to_owned),
+        subject: message.subject().map(text),
         from: message.from().and_then(|a| parties(a).into_iter().next()),
         to: message.to().map(parties).unwrap_or_default(),
         cc: message.cc().map(parties).unwrap_or_default(),
         date: message
             .date()
             .and_then(|d| Utc.timestamp_opt(d.to_timestamp(), 0).single()),
-        text_body: message.body_text(0).map(|b| b.into_owned()),
-        html_body: message.body_html(0).map(|b| b.into_owned()),
+        text_body: message.body_text(0).map(text),
+        html_body: message.body_html(0).map(text),
         attachments: message
             .attachments()
             .map(|part| ParsedAttachment {
-                filename: part.attachment_name().map(str::to_owned),
+                filename: part.attachment_name().map(text),
                 content_type: part.content_type().map_or_else(
                     || "application/octet-stream".to_owned(),
-                    |ct| match ct.subtype() {
-                        Some(sub) => format!("{}/{sub}", ct.ctype()),
-                        None => ct.ctype().to_owned(),
+                    |ct| {
+                        text(match ct.subtype() {
+                            Some(sub) => format!("{}/{sub}", ct.ctype()),
+                            None => ct.ctype().to_owned(),
+                        })
                     },
                 ),
                 content: part.contents().to_vec(),
@@ -49,10 +51,22 @@ pub fn parse(raw: &[u8]) -> ParsedEmail {
     parsed
 }
 
+/// Decoded text as stored: a NUL (`=00` in quoted-printable, or in base64) becomes U+FFFD,
+/// because PostgreSQL's text cannot hold it and a refused batch would stop the mailbox's sync.
+/// The raw bytes keep the original.
+fn text<'a>(s: impl Into<std::borrow::Cow<'a, str>>) -> String {
+    let s = s.into();
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s.into_owned()
+    }
+}
+
 fn ids(value: &HeaderValue<'_>) -> Vec<String> {
     match value {
-        HeaderValue::Text(t) => vec![t.to_string()],
-        HeaderValue::TextList(list) => list.iter().map(|t| t.to_string()).collect(),
+        HeaderValue::Text(t) => vec![text(t.as_ref())],
+        HeaderValue::TextList(list) => list.iter().map(|t| text(t.as_ref())).collect(),
         _ => Vec::new(),
     }
 }
@@ -62,8 +76,8 @@ fn parties(address: &Address<'_>) -> Vec<Party> {
         .iter()
         .filter_map(|a| {
             Some(Party {
-                address: a.address()?.to_owned(),
-                name: a.name().map(str::to_owned),
+                address: text(a.address()?),
+                name: a.name().map(text),
             })
         })
         .collect()
@@ -108,6 +122,23 @@ Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b--\r\n";
         assert_eq!(p.attachments[0].filename.as_deref(), Some("quote.pdf"));
         assert_eq!(p.attachments[0].content_type, "application/pdf");
         assert_eq!(p.attachments[0].content, b"%PDF-");
+    }
+
+    #[test]
+    fn nul_characters_never_reach_the_text_fields() {
+        let raw = b"From: =?utf-8?q?Ann=00Lee?= <ann@example.com>\r\nSubject: =?utf-8?q?a=00b?=\r\n\
+Message-ID: <n1@example.com>\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+one=00two\r\n";
+        let p = parse(raw);
+        assert_eq!(p.subject.as_deref(), Some("a\u{FFFD}b"));
+        assert_eq!(
+            p.text_body.as_deref().map(str::trim),
+            Some("one\u{FFFD}two")
+        );
+        assert_eq!(
+            p.from.and_then(|f| f.name).as_deref(),
+            Some("Ann\u{FFFD}Lee")
+        );
     }
 
     #[test]

@@ -230,6 +230,11 @@ async fn malformed_mail_is_kept_raw_and_the_tracking_rule_none_keeps_nothing() {
     // (No NUL byte: Dovecot rewrites NULs on output, so they would not come back as sent.)
     let garbage: &[u8] = b"\x01 this is not a message at all \xff\xfe\r\n";
     w.dovecot.deliver("ann@example.com", garbage).unwrap();
+    // A NUL that decoding produces (PostgreSQL's text refuses it): stored, not a stuck batch.
+    let nul: &[u8] =
+        b"From: a@example.com\r\nSubject: =?utf-8?q?x=00y?=\r\nMessage-ID: <nul@example.com>\r\n\
+Content-Transfer-Encoding: quoted-printable\r\n\r\nbefore=00after\r\n";
+    w.dovecot.deliver("ann@example.com", nul).unwrap();
     let profile = w
         .gmail_like("Gmail here", w.imaps(), w.submissions(), json!({}))
         .await;
@@ -238,8 +243,17 @@ async fn malformed_mail_is_kept_raw_and_the_tracking_rule_none_keeps_nothing() {
         .await;
     w.sign_in(&mailbox, &w.ann).await;
     assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
-    let emails = wait_for_emails(&w, &mailbox, &w.ann, 1).await;
+    let emails = wait_for_emails(&w, &mailbox, &w.ann, 2).await;
     assert!(emails[0]["parse_error"].is_string(), "{:#}", emails[0]);
+    assert_eq!(emails[1]["subject"], "x\u{FFFD}y", "{:#}", emails[1]);
+    assert!(
+        emails[1]["text_body"]
+            .as_str()
+            .unwrap()
+            .starts_with("before\u{FFFD}after"),
+        "{:#}",
+        emails[1]
+    );
     let raw = w
         .api
         .http
