@@ -98,13 +98,4 @@ impl Store {
             .await?;
         Ok(())
     }
-
-    /// Ends every session of a user (their credential was reset or their role changed).
-    pub async fn delete_user_sessions(&self, user: UserId) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM console_sessions WHERE user_id = $1")
-            .bind(user.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
 }

@@ -209,6 +209,7 @@ impl Store {
     }
 
     /// Issues a new API token for a user; the old one stops working at once.
+    /// Issues a new API token and ends the user's console sessions.
     pub async fn reset_user_token(&self, actor: &Actor, id: UserId) -> Result<ApiToken> {
         let now = self.now_ms();
         let token = ApiToken::generate();
@@ -225,6 +226,12 @@ impl Store {
                 id: id.to_string(),
             });
         }
+        // Whoever had the old token must not stay signed in to the console with it, whichever
+        // way (API, console, command line) the token was reset.
+        sqlx::query("DELETE FROM console_sessions WHERE user_id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
         audit::record(
             &mut tx,
             now,

@@ -111,7 +111,12 @@ impl Config {
             None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
         }
         let raw: Raw = figment
-            .merge(Env::prefixed("MAILBRIDGE_").ignore(&["config"]))
+            // MAILBRIDGE_TEST_* belong to the test suite (e.g. MAILBRIDGE_TEST_DATABASE).
+            .merge(
+                Env::prefixed("MAILBRIDGE_")
+                    .ignore(&["config"])
+                    .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_")),
+            )
             .extract()
             .map_err(|e| anyhow::anyhow!(describe(&e)))?;
         Self::check(raw)

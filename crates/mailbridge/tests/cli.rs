@@ -307,6 +307,15 @@ fn configuration_mistakes_stop_start_up_with_the_setting_named() {
         .arg("migrate")
         .env("MAILBRIDGE_GMAIL_OAUTH", "sometimes"));
     assert!(e.contains("gmail_oauth"), "{e}");
+    // A misspelt setting is named; the test suite's own variables are not settings.
+    let e = err(mailbridge(d).arg("migrate").env("MAILBRIDGE_LISTNE", "x"));
+    assert!(e.contains("listne"), "{e}");
+    ok(&run(
+        mailbridge(d)
+            .arg("migrate")
+            .env("MAILBRIDGE_TEST_DATABASE", "postgres"),
+        "",
+    ));
     std::fs::write(
         d.join("mailbridge.toml"),
         "listen = \"127.0.0.1:8025\"\nlisten_port = 1\n",

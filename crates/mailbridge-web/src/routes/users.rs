@@ -188,7 +188,6 @@ pub(crate) async fn reset_token_of(
 ) -> Result<(UserRecord, ApiToken), ApiError> {
     caller.require_admin("reset API tokens")?;
     let token = state.store.reset_user_token(&caller.actor(), id).await?;
-    state.store.delete_user_sessions(id).await?;
     let user = state.store.get_user(id).await?;
     Ok((user, token))
 }
