@@ -299,13 +299,25 @@ impl Store {
     }
 
     /// Records a failed sync attempt on the mailbox's status.
-    pub async fn record_sync_error(&self, mailbox: MailboxId, error: &str) -> Result<()> {
+    pub async fn record_sync_error(
+        &self,
+        mailbox: MailboxId,
+        error: &str,
+        fence: Option<&Fence>,
+    ) -> Result<()> {
+        let now = self.now_ms();
+        let mid = mailbox.to_string();
+        let mut tx = self.begin_write().await?;
+        if let Some(fence) = fence {
+            check_fence(&mut tx, self.backend, &mid, fence, now).await?;
+        }
         sqlx::query("UPDATE mailboxes SET items_failed = items_failed + 1, last_sync_error = $1, last_sync_at = $2 WHERE id = $3")
             .bind(error)
-            .bind(self.now_ms())
-            .bind(mailbox.to_string())
-            .execute(&self.pool)
+            .bind(now)
+            .bind(&mid)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -455,10 +455,14 @@ impl Store {
         kind: &str,
         reason: &str,
         hint: &str,
+        fence: Option<&crate::Fence>,
     ) -> Result<()> {
         let now = self.now_ms();
         let sid = id.to_string();
         let mut tx = self.begin_write().await?;
+        if let Some(fence) = fence {
+            crate::nodes::check_fence(&mut tx, self.backend, &sid, fence, now).await?;
+        }
         let owner: Option<(String, String)> =
             sqlx::query_as("SELECT owner_user_id, email FROM mailboxes WHERE id = $1")
                 .bind(&sid)

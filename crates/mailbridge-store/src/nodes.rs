@@ -87,6 +87,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        // Nodes that stopped more than a week ago are only history.
+        sqlx::query("DELETE FROM nodes WHERE stopped_at < $1 AND id NOT IN (SELECT node_id FROM mailbox_leases)")
+            .bind(now - 7 * 24 * 3600 * 1000)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO nodes (id, name, node_group, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4)",
         )

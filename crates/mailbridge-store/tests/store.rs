@@ -312,6 +312,21 @@ async fn a_lost_lease_fences_off_the_old_holders_writes(kind: TestDatabase) {
         Err(StoreError::LeaseLost { .. }) => {}
         other => panic!("the old holder's write must be refused: {other:?}"),
     }
+    // Nor may it record its failures or disable the mailbox b now works.
+    assert!(matches!(
+        store
+            .record_sync_error(mailbox, "timeout", Some(&a_fence))
+            .await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        store
+            .disable_with_alert(mailbox, "sync_failing", "timeout", "retry", Some(&a_fence))
+            .await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    let m = store.get_mailbox(mailbox).await.unwrap();
+    assert!(m.enabled && m.sync.last_error.is_none(), "{m:?}");
     store
         .save_sync_batch(mailbox, batch(&b_fence, 2))
         .await

@@ -141,16 +141,31 @@ impl Engine {
         let sender = tokio::spawn(self.clone().send_loop(node.clone(), shutdown.clone()));
         let mut workers: HashMap<MailboxId, (i64, tokio::task::JoinHandle<()>)> = HashMap::new();
         let renew_every = (self.config.lease_ttl / 3).min(self.config.scan_interval);
+        // Leases granted by a call run from before the call was made.
         let mut renewed_at = Instant::now();
         loop {
             workers.retain(|_, (_, w)| !w.is_finished());
-            match self
-                .store
-                .balance_leases(&node, &self.config.node_group, self.config.lease_ttl)
-                .await
-            {
-                Ok(leases) => {
-                    renewed_at = Instant::now();
+            let asked_at = Instant::now();
+            let balanced = tokio::time::timeout(
+                self.config.lease_ttl / 3,
+                self.store
+                    .balance_leases(&node, &self.config.node_group, self.config.lease_ttl),
+            )
+            .await;
+            match balanced {
+                Ok(Err(StoreError::NotFound { .. })) => {
+                    tracing::error!(
+                        node = %node,
+                        "this node was stopped by another process (on SQLite a new process replaces the last one); stopping the engine"
+                    );
+                    for (_, (_, w)) in workers.drain() {
+                        w.abort();
+                    }
+                    sender.abort();
+                    return;
+                }
+                Ok(Ok(leases)) => {
+                    renewed_at = asked_at;
                     self.metrics.leases.set(leases.len() as i64);
                     let held: HashMap<MailboxId, i64> =
                         leases.iter().map(|l| (l.mailbox, l.epoch)).collect();
@@ -184,9 +199,16 @@ impl Engine {
                         );
                     }
                 }
-                Err(e) => {
+                failed => {
+                    let e = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {:?}", self.config.lease_ttl / 3),
+                    };
                     tracing::warn!(error = %e, "cannot renew this node's leases; retrying");
-                    if renewed_at.elapsed() >= self.config.lease_ttl && !workers.is_empty() {
+                    // Stop a little before the leases run out, whatever the database does.
+                    let margin = renew_every.min(self.config.lease_ttl / 10);
+                    if renewed_at.elapsed() + margin >= self.config.lease_ttl && !workers.is_empty()
+                    {
                         tracing::warn!(
                             workers = workers.len(),
                             "leases expired without renewal; stopping every worker"
@@ -278,6 +300,22 @@ impl Engine {
             if *shutdown.borrow() {
                 return;
             }
+            let record = match self.store.get_mailbox(mailbox).await {
+                Ok(m) if !m.enabled => return,
+                Ok(m) if !m.spec.incoming_method.is_synchronized() => {
+                    // Outgoing only: the lease is held for sending, there is nothing to read.
+                    // Look again later, in case incoming is turned on.
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.scan_interval) => continue,
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    }
+                }
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(%mailbox, error = %e, "cannot read the mailbox; stopping its worker");
+                    return;
+                }
+            };
             let wait = logins.next_slot(Instant::now());
             if !wait.is_zero() {
                 tracing::info!(%mailbox, wait_ms = wait.as_millis() as u64, "logging in too often; waiting");
@@ -286,18 +324,13 @@ impl Engine {
                     _ = shutdown.wait_for(|stop| *stop) => return,
                 }
             }
-            let record = match self.store.get_mailbox(mailbox).await {
-                Ok(m) if m.enabled && m.spec.incoming_method.is_synchronized() => m,
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(%mailbox, error = %e, "cannot read the mailbox; stopping its worker");
-                    return;
-                }
-            };
             let result = match self.store.get_profile(record.spec.profile_id).await {
                 Ok(profile) => self.pass(&record, &profile, &fence, &mut shutdown).await,
                 Err(e) => Err(SyncError::Store(e)),
             };
+            // Failures are recorded (and the mailbox disabled) only while this node still holds
+            // the lease: a worker that lost it must not stop a mailbox another node works.
+            let lost = |r: Result<(), StoreError>| matches!(r, Err(StoreError::LeaseLost { .. }));
             match result {
                 Ok(Pass::Shutdown) => return,
                 Err(SyncError::Store(StoreError::LeaseLost { .. })) => {
@@ -309,11 +342,17 @@ impl Engine {
                     self.metrics.error(true);
                     failures += 1;
                     tracing::warn!(%mailbox, error = %e, failures, "sync failed; will retry");
-                    let _ = self.store.record_sync_error(mailbox, &e.to_string()).await;
+                    if lost(
+                        self.store
+                            .record_sync_error(mailbox, &e.to_string(), Some(&fence))
+                            .await,
+                    ) {
+                        return;
+                    }
                     if failures >= self.config.max_failures {
                         let _ = self
                             .store
-                            .disable_with_alert(mailbox, "sync_failing", &format!("{failures} attempts in a row failed; the last: {e}"), "Check that the mail server is reachable, then run Test & Enable Mailbox.")
+                            .disable_with_alert(mailbox, "sync_failing", &format!("{failures} attempts in a row failed; the last: {e}"), "Check that the mail server is reachable, then run Test & Enable Mailbox.", Some(&fence))
                             .await;
                         return;
                     }
@@ -326,7 +365,13 @@ impl Engine {
                 Err(e) => {
                     self.metrics.error(false);
                     tracing::warn!(%mailbox, error = %e, "sync refused; disabling the mailbox");
-                    let _ = self.store.record_sync_error(mailbox, &e.to_string()).await;
+                    if lost(
+                        self.store
+                            .record_sync_error(mailbox, &e.to_string(), Some(&fence))
+                            .await,
+                    ) {
+                        return;
+                    }
                     let hint = match &e {
                         SyncError::Token(
                             TokenError::SignInRequired { .. } | TokenError::NotSignedIn(_),
@@ -340,7 +385,13 @@ impl Engine {
                     };
                     let _ = self
                         .store
-                        .disable_with_alert(mailbox, "sync_stopped", &e.to_string(), hint)
+                        .disable_with_alert(
+                            mailbox,
+                            "sync_stopped",
+                            &e.to_string(),
+                            hint,
+                            Some(&fence),
+                        )
                         .await;
                     return;
                 }

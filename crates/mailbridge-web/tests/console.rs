@@ -624,6 +624,7 @@ async fn the_users_own_view_shows_recent_mail_and_alerts_with_what_to_do() {
             "sign_in_required",
             "Google refused the stored sign-in (invalid_grant)",
             "Sign in to Gmail again for this mailbox",
+            None,
         )
         .await
         .unwrap();

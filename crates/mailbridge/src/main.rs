@@ -84,7 +84,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Profiles(c) => admin::profiles(c, &open_store(&config).await?).await,
         Command::Mailboxes(c) => admin::mailboxes(c, &open_store(&config).await?).await,
         Command::Keys(c) => admin::keys(c, &config).await,
-        Command::Nodes(c) => admin::nodes(c, &open_store(&config).await?).await,
+        Command::Nodes(c) => admin::nodes(c, &open_store(&config).await?, config.lease_ttl).await,
     }
 }
 

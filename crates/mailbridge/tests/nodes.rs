@@ -84,6 +84,14 @@ async fn three_nodes_share_sixty_mailboxes_and_survive_one_killed() {
         took <= LEASE_TTL + Duration::from_secs(3),
         "took {took:?} for a {LEASE_TTL:?} lease"
     );
+    let listed = c.cli(&["nodes", "list"]);
+    for line in [
+        "node-a\tcloud\trunning\t30",
+        "node-b\tcloud\tlost\t0",
+        "node-c\tcloud\trunning\t30",
+    ] {
+        assert!(listed.contains(line), "{line:?} in\n{listed}");
+    }
 
     // New mail everywhere, the dead node's mailboxes included: each stored exactly once.
     c.deliver(2, &c.mailboxes);

@@ -143,6 +143,25 @@ impl Cluster {
         }
     }
 
+    /// A `mailbridge` admin command against the cluster's database; its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_mailbridge"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .env("MAILBRIDGE_DATABASE_URL", &self.url)
+            .env("MAILBRIDGE_MASTER_KEY", &self.key)
+            .env("MAILBRIDGE_LEASE_TTL_MS", LEASE_TTL.as_millis().to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mailbridge {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("{name}.log"))
     }
