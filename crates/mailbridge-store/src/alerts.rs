@@ -1,7 +1,7 @@
 //! [`AlertRecord`]: something went wrong that a person must act on — what, and what to do.
 
 use chrono::{DateTime, Utc};
-use mailbridge_core::{MailboxId, UserId};
+use mailbridge_core::{MailboxId, ProfileId, UserId};
 use sqlx::{Any, Transaction};
 
 use crate::{Result, Store, StoreError, time_from_ms};
@@ -11,6 +11,9 @@ pub struct AlertRecord {
     pub id: String,
     #[schema(value_type = Option<String>)]
     pub mailbox_id: Option<MailboxId>,
+    /// Set on an alert about a whole server profile.
+    #[schema(value_type = Option<String>)]
+    pub profile_id: Option<ProfileId>,
     /// Who is told.
     #[schema(value_type = String)]
     pub user_id: UserId,
@@ -26,6 +29,7 @@ pub struct AlertRecord {
 /// An alert to raise.
 pub struct NewAlert<'a> {
     pub mailbox_id: Option<MailboxId>,
+    pub profile_id: Option<ProfileId>,
     pub user_id: UserId,
     pub kind: &'a str,
     pub message: String,
@@ -36,6 +40,7 @@ pub struct NewAlert<'a> {
 struct AlertRow {
     id: String,
     mailbox_id: Option<String>,
+    profile_id: Option<String>,
     user_id: String,
     kind: String,
     message: String,
@@ -55,6 +60,12 @@ impl TryFrom<AlertRow> for AlertRecord {
                 .map(str::parse)
                 .transpose()
                 .map_err(bad)?,
+            profile_id: r
+                .profile_id
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(bad)?,
             user_id: r.user_id.parse().map_err(bad)?,
             id: r.id,
             kind: r.kind,
@@ -67,28 +78,31 @@ impl TryFrom<AlertRow> for AlertRecord {
 }
 
 /// Raises an alert in the transaction of the change that caused it. An open alert of the
-/// same kind for the same mailbox and person is not repeated.
+/// same kind about the same mailbox or profile for the same person is not repeated.
 pub(crate) async fn raise(
     tx: &mut Transaction<'_, Any>,
     now: i64,
     alert: NewAlert<'_>,
 ) -> Result<()> {
     let mailbox = alert.mailbox_id.map(|m| m.to_string());
+    let profile = alert.profile_id.map(|p| p.to_string());
     let (open,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM alerts WHERE (mailbox_id = $1 OR (mailbox_id IS NULL AND $1 IS NULL)) \
+         AND (profile_id = $4 OR (profile_id IS NULL AND $4 IS NULL)) \
          AND user_id = $2 AND kind = $3 AND dismissed_at IS NULL",
     )
     .bind(mailbox.clone())
     .bind(alert.user_id.to_string())
     .bind(alert.kind)
+    .bind(profile.clone())
     .fetch_one(&mut **tx)
     .await?;
     if open > 0 {
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO alerts (id, mailbox_id, user_id, kind, message, hint, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO alerts (id, mailbox_id, user_id, kind, message, hint, created_at, profile_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(uuid::Uuid::now_v7().to_string())
     .bind(mailbox)
@@ -97,6 +111,7 @@ pub(crate) async fn raise(
     .bind(alert.message)
     .bind(alert.hint)
     .bind(now)
+    .bind(profile)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -121,7 +136,7 @@ pub(crate) async fn resolve(
 }
 
 const ALERT_COLUMNS: &str =
-    "id, mailbox_id, user_id, kind, message, hint, created_at, dismissed_at";
+    "id, mailbox_id, profile_id, user_id, kind, message, hint, created_at, dismissed_at";
 
 impl Store {
     /// A user's own alerts (about their mailboxes, and about profiles they own), newest first;
@@ -161,6 +176,25 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(AlertRecord::try_from).collect()
+    }
+
+    /// Dismisses one of the person's own open alerts (a mailbox's or a profile's).
+    pub async fn dismiss_user_alert(&self, user: UserId, alert_id: &str) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE alerts SET dismissed_at = $1 WHERE id = $2 AND user_id = $3 AND dismissed_at IS NULL",
+        )
+        .bind(self.now_ms())
+        .bind(alert_id)
+        .bind(user.to_string())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                kind: "open alert",
+                id: alert_id.to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// Dismisses one alert of a mailbox.

@@ -327,6 +327,16 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| address_taken(e, &spec.email))?;
+        if old.spec.owner_user_id != spec.owner_user_id {
+            // The mailbox's open alerts go to its new owner, who can act on them.
+            sqlx::query(
+                "UPDATE alerts SET user_id = $1 WHERE mailbox_id = $2 AND dismissed_at IS NULL",
+            )
+            .bind(spec.owner_user_id.to_string())
+            .bind(&sid)
+            .execute(&mut *tx)
+            .await?;
+        }
         audit::record(
             &mut tx,
             now,
@@ -486,6 +496,7 @@ impl Store {
             now,
             crate::alerts::NewAlert {
                 mailbox_id: Some(id),
+                profile_id: None,
                 user_id: owner
                     .parse()
                     .map_err(|e| StoreError::corrupt("mailbox owner", e))?,
@@ -510,8 +521,8 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         let hour_ago = now - 3_600_000;
-        let row: Option<(String, Option<String>, i64, i64)> = sqlx::query_as(
-            "SELECT p.name, p.owner_user_id, \
+        let row: Option<(String, String, Option<String>, i64, i64)> = sqlx::query_as(
+            "SELECT p.id, p.name, p.owner_user_id, \
              (SELECT COUNT(*) FROM mailboxes WHERE profile_id = p.id), \
              (SELECT COUNT(*) FROM mailboxes WHERE profile_id = p.id AND incoming_status = 'failure' \
               AND incoming_tested_at >= $2) \
@@ -521,7 +532,7 @@ impl Store {
         .bind(hour_ago)
         .fetch_optional(&mut **tx)
         .await?;
-        let Some((name, Some(owner), total, failing)) = row else {
+        let Some((profile, name, Some(owner), total, failing)) = row else {
             return Ok(());
         };
         if failing * 2 > total {
@@ -530,6 +541,11 @@ impl Store {
                 now,
                 crate::alerts::NewAlert {
                     mailbox_id: None,
+                    profile_id: Some(
+                        profile
+                            .parse()
+                            .map_err(|e| StoreError::corrupt("profile id", e))?,
+                    ),
                     user_id: owner.parse().map_err(|e| StoreError::corrupt("profile owner", e))?,
                     kind: "profile_failing",
                     message: format!(

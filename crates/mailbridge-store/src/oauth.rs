@@ -270,6 +270,7 @@ impl Store {
             now,
             NewAlert {
                 mailbox_id: Some(mailbox),
+                profile_id: None,
                 user_id: owner.parse().map_err(|e| StoreError::corrupt("mailbox owner", e))?,
                 kind: SIGN_IN_REQUIRED,
                 message: format!("{email} can no longer be synchronized: the provider refused its sign-in ({reason})"),

@@ -13,7 +13,7 @@ use crate::routes::{contacts, emails, mailboxes, oauth, profiles, system, users}
         users::create, users::list, users::show, users::update, users::remove, users::reset_token,
         profiles::create, profiles::list, profiles::show, profiles::update, profiles::remove,
         mailboxes::create, mailboxes::list, mailboxes::show, mailboxes::update, mailboxes::remove,
-        mailboxes::alerts, mailboxes::my_alerts, mailboxes::dismiss_alert, mailboxes::test_and_enable,
+        mailboxes::alerts, mailboxes::my_alerts, mailboxes::dismiss_my_alert, mailboxes::dismiss_alert, mailboxes::test_and_enable,
         profiles::test_and_enable, oauth::start, oauth::disconnect,
         emails::list, emails::send, emails::show, emails::raw,
         contacts::upsert, contacts::list, contacts::remove,

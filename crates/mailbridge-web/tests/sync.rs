@@ -386,6 +386,32 @@ async fn a_revoked_grant_stops_the_mailbox_with_an_alert_for_its_owner() {
         stats["refreshGrants"], 1,
         "invalid_grant is not retried: {stats}"
     );
+    // The mailbox moves to another owner: its open alert goes with it.
+    let (cy_id, cy) = w
+        .app
+        .user("cy@example.com", mailbridge_core::Role::User)
+        .await
+        .unwrap();
+    w.api
+        .patch(
+            &w.app,
+            &format!("/api/v1/mailboxes/{mailbox}"),
+            &w.admin,
+            json!({"owner_user_id": cy_id}),
+        )
+        .await;
+    let kinds_of = |alerts: Value| -> Vec<String> {
+        alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["kind"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, cys) = w.api.get(&w.app, "/api/v1/alerts", &cy).await;
+    assert!(kinds_of(cys).contains(&"sign_in_required".to_owned()));
+    let (_, anns) = w.api.get(&w.app, "/api/v1/alerts", &w.ann).await;
+    assert!(kinds_of(anns).is_empty());
     w.app.stop().await.unwrap();
 }
 
@@ -847,6 +873,36 @@ async fn most_of_a_profiles_mailboxes_failing_alerts_the_profiles_owner() {
         "{alert:#}"
     );
     assert!(alert["mailbox_id"].is_null());
+    assert!(alert["profile_id"].is_string(), "{alert:#}");
+    // The owner dismisses it; someone else cannot.
+    let dismiss = |token: &str| {
+        w.api
+            .http
+            .post(format!(
+                "{}/api/v1/alerts/{}/dismiss",
+                w.app.base,
+                alert["id"].as_str().unwrap()
+            ))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(
+        dismiss(&w.ann).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        dismiss(&w.admin).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    let (_, open) = w.api.get(&w.app, "/api/v1/alerts", &w.admin).await;
+    assert!(
+        !open
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "profile_failing"),
+        "{open:#}"
+    );
     for m in &failing {
         let (_, view) = w
             .api

@@ -13,10 +13,13 @@ use crate::AppState;
 use crate::routes::mailboxes::visible_mailbox;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/console/alerts", get(list)).route(
-        "/console/mailboxes/{id}/alerts/{alert_id}/dismiss",
-        post(dismiss),
-    )
+    Router::new()
+        .route("/console/alerts", get(list))
+        .route(
+            "/console/mailboxes/{id}/alerts/{alert_id}/dismiss",
+            post(dismiss),
+        )
+        .route("/console/alerts/{alert_id}/dismiss", post(dismiss_own))
 }
 
 struct AlertRow {
@@ -63,6 +66,20 @@ pub struct DismissForm {
     /// `mailbox` to go back to the mailbox's page; anything else goes to the alerts page.
     #[serde(default)]
     back: String,
+}
+
+/// Dismisses one of the viewer's own alerts, e.g. about a profile they own.
+async fn dismiss_own(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Path(alert_id): Path<String>,
+) -> PageResult {
+    state
+        .store
+        .dismiss_user_alert(viewer.caller.0.id, &alert_id)
+        .await
+        .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
+    Ok(see_other("/console/alerts"))
 }
 
 async fn dismiss(

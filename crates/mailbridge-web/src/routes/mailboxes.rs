@@ -24,6 +24,7 @@ pub fn routes() -> Router<AppState> {
         .route("/mailboxes/{id}", get(show).patch(update).delete(remove))
         .route("/mailboxes/{id}/alerts", get(alerts))
         .route("/alerts", get(my_alerts))
+        .route("/alerts/{alert_id}/dismiss", post(dismiss_my_alert))
         .route("/mailboxes/{id}/test-and-enable", post(test_and_enable))
         .route(
             "/mailboxes/{id}/alerts/{alert_id}/dismiss",
@@ -357,7 +358,24 @@ async fn my_alerts(
     Ok(Json(state.store.user_alerts(caller.0.id, q.all).await?))
 }
 
-/// Dismisses an alert.
+/// Dismisses one of the caller's own alerts (about a mailbox or a whole profile).
+#[utoipa::path(post, path = "/alerts/{alert_id}/dismiss", tag = "mailboxes",
+    security(("bearer" = [])),
+    params(("alert_id" = String, Path, description = "alert id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn dismiss_my_alert(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(alert_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .store
+        .dismiss_user_alert(caller.0.id, &alert_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Dismisses an alert of a mailbox (its owner or an admin).
 #[utoipa::path(post, path = "/mailboxes/{id}/alerts/{alert_id}/dismiss", tag = "mailboxes",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "mailbox id"), ("alert_id" = String, Path, description = "alert id")),
