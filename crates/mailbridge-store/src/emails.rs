@@ -369,6 +369,23 @@ impl Store {
     }
 
     /// Emails matching `filter`, oldest first, after the cursor (an email id), at most `limit`.
+    /// A mailbox's newest emails, newest first.
+    pub async fn recent_emails(&self, mailbox: MailboxId, limit: i64) -> Result<Vec<EmailRecord>> {
+        let rows: Vec<EmailRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{EMAIL_SELECT} WHERE e.mailbox_id = $1 ORDER BY e.id DESC LIMIT $2"
+        )))
+        .bind(mailbox.to_string())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let attachments = self.attachments_of(&row.id).await?;
+            out.push(row.into_record(attachments)?);
+        }
+        Ok(out)
+    }
+
     pub async fn list_emails(
         &self,
         filter: &EmailFilter,

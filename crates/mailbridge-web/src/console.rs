@@ -218,7 +218,12 @@ async fn check_csrf(request: Request) -> Result<Request, Response> {
     let expected = if parts.uri.path() == "/console/sign-in" {
         cookie(&parts.headers, SIGNIN_COOKIE).map(str::to_owned)
     } else {
-        cookie(&parts.headers, SESSION_COOKIE).map(csrf_for)
+        match cookie(&parts.headers, SESSION_COOKIE) {
+            Some(session) => Some(csrf_for(session)),
+            // No session at all (it expired and the browser dropped its cookie): nothing is
+            // done, and the person is asked to sign in again rather than shown a CSRF error.
+            None => return Err(see_other("/console/sign-in?expired=1")),
+        }
     };
     let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)
         .await

@@ -484,6 +484,15 @@ async fn a_form_without_its_csrf_token_is_refused() {
             "{page}"
         );
     }
+    // No session cookie at all (an expired session): asked to sign in again, nothing done.
+    let resp = http
+        .post(format!("{base}/console/users"))
+        .form(&[("email", "eve@example.com"), ("role", "admin")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()["location"], "/console/sign-in?expired=1");
     let email = mailbridge_core::EmailAddress::parse("eve@example.com", "email").unwrap();
     assert!(
         w.app

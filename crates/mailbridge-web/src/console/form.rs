@@ -72,7 +72,19 @@ pub struct FieldErrors {
 
 impl FieldErrors {
     pub fn add(&mut self, field: &str, message: impl Into<String>) {
-        let message = sentence(&message.into());
+        let message = message.into();
+        // Shown next to its field, "oauth.client_secret is required…" reads "This field is
+        // required…": the API's field identifiers are not words for a person (plain words
+        // such as "port 70000 is out of range" stay as they are).
+        let last = field.rsplit('.').next().unwrap_or(field);
+        let message = match [field, last]
+            .iter()
+            .filter(|name| name.contains(['.', '_']))
+            .find_map(|name| message.strip_prefix(name))
+        {
+            Some(rest) if rest.starts_with(' ') => format!("This field{rest}"),
+            _ => sentence(&message),
+        };
         if field.is_empty() {
             self.general.push(message);
         } else {
@@ -279,6 +291,34 @@ mod tests {
         );
         assert_eq!(port.described_by(), "f-incoming-port-error");
         assert_eq!(errors.rest(), vec!["The profile is full".to_owned()]);
+    }
+
+    #[test]
+    fn an_error_next_to_its_field_does_not_repeat_the_apis_field_name() {
+        let mut errors = FieldErrors::default();
+        errors.add(
+            "oauth.client_secret",
+            "oauth.client_secret is required for a new Gmail OAuth profile",
+        );
+        errors.add("name", "name must be at most 100 characters");
+        errors.add("email", "'x' is not an email address");
+        assert_eq!(
+            errors.take("oauth.client_secret").as_deref(),
+            Some("This field is required for a new Gmail OAuth profile")
+        );
+        errors.add("incoming.port", "port 70000 is out of range");
+        assert_eq!(
+            errors.take("name").as_deref(),
+            Some("Name must be at most 100 characters")
+        );
+        assert_eq!(
+            errors.take("incoming.port").as_deref(),
+            Some("Port 70000 is out of range")
+        );
+        assert_eq!(
+            errors.take("email").as_deref(),
+            Some("'x' is not an email address")
+        );
     }
 
     #[test]

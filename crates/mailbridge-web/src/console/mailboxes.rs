@@ -14,7 +14,7 @@ use mailbridge_core::{
     AuthMethod, ConnectionStatus, DeliveryMethod, MailboxDraft, MailboxId, ProfileId, SignInStatus,
     TrackingRule, UserId,
 };
-use mailbridge_store::{EmailFilter, MailboxRecord, ProfileRecord, TestOutcome, UserRecord};
+use mailbridge_store::{MailboxRecord, ProfileRecord, TestOutcome, UserRecord};
 
 use super::form::{Choice, Field, FieldErrors, FormValues, Group, sentence};
 use super::profiles::auth_label;
@@ -328,19 +328,11 @@ async fn show(
     Ok(render(&page))
 }
 
-/// The newest tracked emails of a mailbox, newest first. The store lists oldest first from
-/// a cursor, so this reads the last week's and keeps the end.
+/// The newest tracked emails of a mailbox, newest first.
 async fn recent_emails(state: &AppState, mailbox: MailboxId) -> Result<Vec<EmailRow>, PageError> {
-    let filter = EmailFilter {
-        mailbox: Some(mailbox),
-        since: Some(state.clock.now() - chrono::Duration::days(7)),
-        ..EmailFilter::default()
-    };
-    let emails = state.store.list_emails(&filter, None, 1000).await?;
+    let emails = state.store.recent_emails(mailbox, 10).await?;
     Ok(emails
         .into_iter()
-        .rev()
-        .take(10)
         .map(|e| {
             let incoming = e.direction == "incoming";
             let party = if incoming {

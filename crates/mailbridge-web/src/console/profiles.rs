@@ -485,6 +485,12 @@ fn draft_of(v: &FormValues, mode: Mode, errors: &mut FieldErrors) -> ProfileDraf
         None if editing => Some(None),
         None => None,
     };
+    if !editing && v.opt("name").is_none() {
+        errors.add(
+            "name",
+            "Give the profile a name people will recognise, e.g. Sales Gmail",
+        );
+    }
     ProfileDraft {
         name: if editing {
             Some(v.get("name").to_owned())
