@@ -206,6 +206,37 @@ impl Store {
     /// Stores a refreshed access token, and the refresh token when the provider rotated it
     /// (`None` keeps the one stored). Does nothing if the sign-in was replaced or removed
     /// meanwhile.
+    /// Claims the right to refresh a mailbox's token for `hold` (one refresh at a time over
+    /// all nodes): true when this caller should refresh, false when another one is already
+    /// refreshing and its result should be waited for.
+    pub async fn claim_token_refresh(
+        &self,
+        mailbox: MailboxId,
+        hold: std::time::Duration,
+    ) -> Result<bool> {
+        let now = self.now_ms();
+        let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
+        let done = sqlx::query(
+            "UPDATE mailbox_tokens SET refreshing_until = $1 WHERE mailbox_id = $2 \
+             AND (refreshing_until IS NULL OR refreshing_until <= $3)",
+        )
+        .bind(now.saturating_add(hold_ms))
+        .bind(mailbox.to_string())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Ends a refresh claimed with [`Store::claim_token_refresh`].
+    pub async fn release_token_refresh(&self, mailbox: MailboxId) -> Result<()> {
+        sqlx::query("UPDATE mailbox_tokens SET refreshing_until = NULL WHERE mailbox_id = $1")
+            .bind(mailbox.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn save_refreshed_tokens(
         &self,
         mailbox: MailboxId,

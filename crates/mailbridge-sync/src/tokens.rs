@@ -72,6 +72,10 @@ impl Default for RefreshPolicy {
     }
 }
 
+/// How long one node's refresh of a mailbox's token may hold off the others (a refresh with
+/// its retries takes seconds; a node that dies mid-refresh blocks no longer than this).
+const REFRESH_HOLD: Duration = Duration::from_secs(30);
+
 pub struct TokenService {
     store: Store,
     http: reqwest::Client,
@@ -104,13 +108,35 @@ impl TokenService {
         if let Some(fresh) = self.fresh(mailbox).await? {
             return Ok(fresh);
         }
-        // One refresh per mailbox at a time; whoever waited finds the new token stored.
+        // One refresh per mailbox at a time: in this process by a lock, across nodes by a
+        // claim in the database. Whoever waited finds the new token stored.
         let lock = self.lock_for(mailbox);
         let _guard = lock.lock().await;
-        if let Some(fresh) = self.fresh(mailbox).await? {
-            return Ok(fresh);
+        let started = tokio::time::Instant::now();
+        let mut warned = false;
+        loop {
+            if let Some(fresh) = self.fresh(mailbox).await? {
+                return Ok(fresh);
+            }
+            if self
+                .store
+                .claim_token_refresh(mailbox, REFRESH_HOLD)
+                .await?
+            {
+                let refreshed = self.refresh(mailbox).await;
+                if let Err(e) = self.store.release_token_refresh(mailbox).await {
+                    tracing::warn!(%mailbox, error = %e, "cannot release the refresh claim; it lapses on its own");
+                }
+                return refreshed;
+            }
+            if !warned && started.elapsed() > REFRESH_HOLD {
+                warned = true;
+                // The other node's claim lapsed without a new token: it died mid-refresh or
+                // failed; the next round claims it.
+                tracing::warn!(%mailbox, "another node's token refresh did not finish");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        self.refresh(mailbox).await
     }
 
     /// The stored token when it is still good for longer than the margin.

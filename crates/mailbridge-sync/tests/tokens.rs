@@ -215,6 +215,32 @@ async fn concurrent_callers_share_one_refresh() {
 }
 
 #[tokio::test]
+async fn two_nodes_refreshing_at_once_share_one_refresh() {
+    let w = world().await;
+    // A second node: its own token service (its own in-process lock) on the same database.
+    let other = TokenService::new(
+        w.store.clone(),
+        reqwest::Client::new(),
+        w.clock.clone(),
+        REDIRECT.to_owned(),
+        RefreshPolicy::default(),
+    );
+    // Rotating refresh tokens: a second, concurrent refresh would use a spent one.
+    w.provider
+        .set_mode(json!({"refreshDelayMs": 300, "refresh": "rotate"}))
+        .await
+        .unwrap();
+    w.near_expiry();
+    let (a, b) = tokio::join!(
+        w.tokens.access_token(w.mailbox),
+        other.access_token(w.mailbox)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(w.refresh_grants().await, 1, "one refresh over both nodes");
+    assert_eq!(a.token.expose_secret(), b.token.expose_secret());
+}
+
+#[tokio::test]
 async fn invalid_grant_stops_the_mailbox_with_an_alert_and_no_retry_loop() {
     let w = world().await;
     w.provider.revoke_account("ann@example.com").await.unwrap();
