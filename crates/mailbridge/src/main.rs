@@ -142,6 +142,16 @@ pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Store> {
     {
         create_private_dir(&config.data_dir)?;
     }
+    // An admin command run from another folder would quietly start an empty database.
+    let file = config
+        .database_url
+        .strip_prefix("sqlite://")
+        .map(|rest| rest.split('?').next().unwrap_or(rest));
+    if let Some(file) = file.filter(|f| !std::path::Path::new(f).exists()) {
+        eprintln!(
+            "note: no database at {file} yet; creating a new, empty one (admin commands must run where 'mailbridge serve' runs, or with the same MAILBRIDGE_DATA_DIR / MAILBRIDGE_DATABASE_URL)"
+        );
+    }
     let keyring = load_keyring(config)?;
     open_store_with(config, keyring).await
 }

@@ -29,6 +29,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("mailbridge listening on http://{local}");
     tracing::info!(
         %local,
+        console = %format!("{}/console", web.public_base_url.as_str().trim_end_matches('/')),
         api = %format!("http://{local}/api/v1"),
         oauth_redirect_uri = %web.oauth_redirect_uri(),
         database = %mailbridge_store::redact_url(&config.database_url),
