@@ -83,15 +83,15 @@ impl Dovecot {
         }
         std::fs::write(root.join("passwd"), passwd)?;
 
+        let [imap, imaps, pop3, pop3s, submission, submissions, sink_port] = free_ports()?;
         let ports = Ports {
-            imap: free_port()?,
-            imaps: free_port()?,
-            pop3: free_port()?,
-            pop3s: free_port()?,
-            submission: free_port()?,
-            submissions: free_port()?,
+            imap,
+            imaps,
+            pop3,
+            pop3s,
+            submission,
+            submissions,
         };
-        let sink_port = free_port()?;
         std::fs::write(
             root.join("dovecot.conf"),
             config(root, &ports, sink_port, mechanisms),
@@ -370,8 +370,17 @@ fn spawn_sink(root: &Path, port: u16) -> anyhow::Result<Child> {
         .context("cannot start aiosmtpd")
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `N` distinct free ports: all are held until all are chosen (one at a time, the kernel may
+/// hand the same port out twice, and Dovecot refuses a duplicate listener).
+fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let held = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ports = [0u16; N];
+    for (port, listener) in ports.iter_mut().zip(&held) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
