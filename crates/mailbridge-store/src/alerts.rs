@@ -150,6 +150,25 @@ impl Store {
             .await
     }
 
+    /// How many open alerts each mailbox has (mailboxes without any are absent).
+    pub async fn open_alert_counts(&self) -> Result<std::collections::HashMap<MailboxId, usize>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT mailbox_id, COUNT(*) FROM alerts WHERE mailbox_id IS NOT NULL \
+             AND dismissed_at IS NULL GROUP BY mailbox_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(m, n)| {
+                Ok((
+                    m.parse()
+                        .map_err(|e| StoreError::corrupt("alert mailbox", e))?,
+                    usize::try_from(n).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
     /// A mailbox's alerts, newest first; dismissed ones only when asked.
     pub async fn mailbox_alerts(
         &self,

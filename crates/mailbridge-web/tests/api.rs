@@ -663,17 +663,24 @@ async fn mailboxes_belong_to_their_owner_and_a_gmail_profile_stops_at_100() {
         "invalid",
         Some("profile_id"),
     );
-    assert_error(
-        &c.post(
+    let bad_id = c
+        .post(
             &s,
             "/api/v1/mailboxes",
             &admin,
             json!({"email": "z@example.com", "profile_id": "oops"}),
         )
-        .await,
+        .await;
+    assert_error(
+        &bad_id,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid",
         Some("profile_id"),
+    );
+    let message = bad_id.1["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("'oops' is not an id") && !message.contains("UUID parsing"),
+        "{message}"
     );
     assert_error(&c.post(&s, "/api/v1/mailboxes", &admin, json!({"email": "z@example.com", "profile_id": profile, "owner_user_id": "0190b6a0-0000-7000-8000-000000000000"})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some("owner_user_id"));
     assert_error(

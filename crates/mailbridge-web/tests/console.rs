@@ -653,6 +653,10 @@ async fn the_users_own_view_shows_recent_mail_and_alerts_with_what_to_do() {
     shows(&b, "#incoming-result", "Failure").await;
     shows(&b, "#incoming-result", "Google refused the stored sign-in").await;
     shows(&b, "#incoming-result", "What to do: Sign in to Gmail again").await;
+    b.goto(&format!("{}/console/mailboxes", w.app.base))
+        .await
+        .unwrap();
+    shows(&b, "main", "1 open").await;
     b.goto(&format!("{}/console/alerts", w.app.base))
         .await
         .unwrap();

@@ -76,6 +76,8 @@ pub enum MailboxesCommand {
 pub enum TrackingArg {
     All,
     Responses,
+    /// Also accepted as the API spells it.
+    #[value(alias = "known_contacts")]
     KnownContacts,
     None,
 }

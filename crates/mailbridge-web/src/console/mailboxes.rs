@@ -119,9 +119,11 @@ async fn list(viewer: Viewer, State(state): State<AppState>, Query(q): Query<Don
     } else {
         BTreeMap::new()
     };
+    // One query for every row's alert count, not one per mailbox.
+    let alert_counts = state.store.open_alert_counts().await?;
     let mut rows = Vec::with_capacity(mailboxes.len());
     for m in mailboxes {
-        let alerts = state.store.mailbox_alerts(m.id, false).await?.len();
+        let alerts = alert_counts.get(&m.id).copied().unwrap_or(0);
         rows.push(MailboxRow {
             id: m.id.to_string(),
             owner: owners
