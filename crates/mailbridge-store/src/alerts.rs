@@ -199,31 +199,25 @@ impl Store {
 
     /// Dismisses one of the person's own open alerts (a mailbox's or a profile's).
     pub async fn dismiss_user_alert(&self, user: UserId, alert_id: &str) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE alerts SET dismissed_at = $1 WHERE id = $2 AND user_id = $3 AND dismissed_at IS NULL",
-        )
-        .bind(self.now_ms())
-        .bind(alert_id)
-        .bind(user.to_string())
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                kind: "open alert",
-                id: alert_id.to_owned(),
-            });
-        }
-        Ok(())
+        self.dismiss_where("user_id", &user.to_string(), alert_id)
+            .await
     }
 
     /// Dismisses one alert of a mailbox.
     pub async fn dismiss_alert(&self, mailbox: MailboxId, alert_id: &str) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE alerts SET dismissed_at = $1 WHERE id = $2 AND mailbox_id = $3 AND dismissed_at IS NULL",
-        )
+        self.dismiss_where("mailbox_id", &mailbox.to_string(), alert_id)
+            .await
+    }
+
+    /// Dismisses the open alert `alert_id` if its `column` is `value`; `column` is one of
+    /// this module's own constants, never input.
+    async fn dismiss_where(&self, column: &'static str, value: &str, alert_id: &str) -> Result<()> {
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE alerts SET dismissed_at = $1 WHERE id = $2 AND {column} = $3 AND dismissed_at IS NULL"
+        )))
         .bind(self.now_ms())
         .bind(alert_id)
-        .bind(mailbox.to_string())
+        .bind(value)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {

@@ -378,6 +378,11 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
+        self.records(rows).await
+    }
+
+    /// Rows with their attachments, as records.
+    async fn records(&self, rows: Vec<EmailRow>) -> Result<Vec<EmailRecord>> {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let attachments = self.attachments_of(&row.id).await?;
@@ -406,12 +411,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let attachments = self.attachments_of(&row.id).await?;
-            out.push(row.into_record(attachments)?);
-        }
-        Ok(out)
+        self.records(rows).await
     }
 
     pub async fn get_email(&self, id: &str) -> Result<EmailRecord> {
