@@ -150,6 +150,21 @@ impl MailWorld {
         );
     }
 
+    /// Ann's mailbox (with `extra` fields) on a new Gmail-like profile of this Dovecot, signed
+    /// in and enabled by Test & Enable: (profile id, mailbox id).
+    pub async fn ann_enabled(&self, extra: Value) -> (String, String) {
+        let profile = self
+            .gmail_like("Gmail here", self.imaps(), self.submissions(), json!({}))
+            .await;
+        let mailbox = self
+            .mailbox("ann@example.com", &self.ann_id, &profile, extra)
+            .await;
+        self.sign_in(&mailbox, &self.ann).await;
+        let tested = self.test(&mailbox, &self.ann).await;
+        assert_eq!(tested["enabled"], true, "{tested:#}");
+        (profile, mailbox)
+    }
+
     pub async fn test(&self, mailbox: &str, token: &str) -> Value {
         let (status, m) = self
             .api

@@ -32,6 +32,18 @@ async fn world() -> MailWorld {
     .await
 }
 
+/// A world whose time the test moves (token expiry without waiting an hour).
+async fn world_with_clock() -> (MailWorld, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new());
+    let w = MailWorld::start(AppOptions {
+        engine: Some(fast_engine()),
+        clock: clock.clone(),
+        ..AppOptions::default()
+    })
+    .await;
+    (w, clock)
+}
+
 /// Polls `GET /emails?mailbox_id=…` until it holds `n` emails (or fails after 15 s).
 async fn wait_for_emails(w: &MailWorld, mailbox: &str, token: &str, n: usize) -> Vec<Value> {
     let started = Instant::now();
@@ -74,14 +86,7 @@ async fn delivered_mail_appears_with_its_fields_and_new_mail_arrives_under_idle(
     let w = world().await;
     w.dovecot.deliver("ann@example.com", QUOTE).unwrap();
     w.dovecot.deliver("ann@example.com", b"From: dan@example.com\r\nTo: ann@example.com\r\nSubject: Re: Quote for 40 chairs\r\nMessage-ID: <r-1@example.com>\r\nIn-Reply-To: <quote-1@example.com>\r\n\r\nLooks good\r\n").unwrap();
-    let profile = w
-        .gmail_like("Gmail here", w.imaps(), w.submissions(), json!({}))
-        .await;
-    let mailbox = w
-        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
-        .await;
-    w.sign_in(&mailbox, &w.ann).await;
-    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    let (_, mailbox) = w.ann_enabled(json!({})).await;
 
     let emails = wait_for_emails(&w, &mailbox, &w.ann, 2).await;
     let quote = &emails[0];
@@ -235,14 +240,7 @@ async fn malformed_mail_is_kept_raw_and_the_tracking_rule_none_keeps_nothing() {
         b"From: a@example.com\r\nSubject: =?utf-8?q?x=00y?=\r\nMessage-ID: <nul@example.com>\r\n\
 Content-Transfer-Encoding: quoted-printable\r\n\r\nbefore=00after\r\n";
     w.dovecot.deliver("ann@example.com", nul).unwrap();
-    let profile = w
-        .gmail_like("Gmail here", w.imaps(), w.submissions(), json!({}))
-        .await;
-    let mailbox = w
-        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
-        .await;
-    w.sign_in(&mailbox, &w.ann).await;
-    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    let (profile, mailbox) = w.ann_enabled(json!({})).await;
     let emails = wait_for_emails(&w, &mailbox, &w.ann, 2).await;
     assert!(emails[0]["parse_error"].is_string(), "{:#}", emails[0]);
     assert_eq!(emails[1]["subject"], "x\u{FFFD}y", "{:#}", emails[1]);
@@ -317,21 +315,8 @@ Content-Transfer-Encoding: quoted-printable\r\n\r\nbefore=00after\r\n";
 
 #[tokio::test]
 async fn a_revoked_grant_stops_the_mailbox_with_an_alert_for_its_owner() {
-    let clock = Arc::new(ManualClock::new());
-    let w = MailWorld::start(AppOptions {
-        engine: Some(fast_engine()),
-        clock: clock.clone(),
-        ..AppOptions::default()
-    })
-    .await;
-    let profile = w
-        .gmail_like("Gmail here", w.imaps(), w.submissions(), json!({}))
-        .await;
-    let mailbox = w
-        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
-        .await;
-    w.sign_in(&mailbox, &w.ann).await;
-    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    let (w, clock) = world_with_clock().await;
+    let (_, mailbox) = w.ann_enabled(json!({})).await;
     // Wait for the first sync, then the user revokes access and the token comes due.
     let started = Instant::now();
     while !w
@@ -436,15 +421,7 @@ async fn wait_for_status(w: &MailWorld, id: &str, status: &str) -> Value {
 }
 
 async fn enabled_mailbox(w: &MailWorld) -> String {
-    let profile = w
-        .gmail_like("Gmail here", w.imaps(), w.submissions(), json!({}))
-        .await;
-    let mailbox = w
-        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
-        .await;
-    w.sign_in(&mailbox, &w.ann).await;
-    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
-    mailbox
+    w.ann_enabled(json!({})).await.1
 }
 
 #[tokio::test]
@@ -711,19 +688,9 @@ async fn known_contacts_keeps_only_mail_with_a_contact_among_its_parties() {
 
     w.dovecot.deliver("ann@example.com", b"From: eve@example.com\r\nTo: ann@example.com\r\nSubject: stranger\r\nMessage-ID: <e1@example.com>\r\n\r\nhi\r\n").unwrap();
     w.dovecot.deliver("ann@example.com", b"From: bob@example.com\r\nTo: ann@example.com\r\nSubject: from a contact\r\nMessage-ID: <k1@example.com>\r\n\r\nhi\r\n").unwrap();
-    let profile = w
-        .gmail_like("Gmail here", w.imaps(), w.submissions(), json!({}))
+    let (_, mailbox) = w
+        .ann_enabled(json!({"tracking_rule": "known_contacts"}))
         .await;
-    let mailbox = w
-        .mailbox(
-            "ann@example.com",
-            &w.ann_id,
-            &profile,
-            json!({"tracking_rule": "known_contacts"}),
-        )
-        .await;
-    w.sign_in(&mailbox, &w.ann).await;
-    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
     let emails = wait_for_emails(&w, &mailbox, &w.ann, 1).await;
     assert_eq!(emails[0]["subject"], "from a contact");
     let (_, m) = w
@@ -746,13 +713,7 @@ async fn known_contacts_keeps_only_mail_with_a_contact_among_its_parties() {
 
 #[tokio::test]
 async fn a_token_expiring_mid_session_is_refreshed_and_sync_goes_on() {
-    let clock = Arc::new(ManualClock::new());
-    let w = MailWorld::start(AppOptions {
-        engine: Some(fast_engine()),
-        clock: clock.clone(),
-        ..AppOptions::default()
-    })
-    .await;
+    let (w, clock) = world_with_clock().await;
     let mailbox = enabled_mailbox(&w).await;
     w.dovecot
         .deliver(

@@ -48,6 +48,31 @@ fn ok(out: &Output) -> String {
         .to_owned()
 }
 
+/// `mailbridge profiles create --from -` with `profile` on standard input.
+fn create_profile(d: &Path, profile: &serde_json::Value) -> Output {
+    run(
+        mailbridge(d).args(["profiles", "create", "--from", "-"]),
+        &profile.to_string(),
+    )
+}
+
+/// `mailbridge mailboxes create`.
+fn create_mailbox(d: &Path, owner: &str, email: &str, profile: &str) -> Output {
+    run(
+        mailbridge(d).args([
+            "mailboxes",
+            "create",
+            "--owner",
+            owner,
+            "--email",
+            email,
+            "--profile",
+            profile,
+        ]),
+        "",
+    )
+}
+
 /// `serve` on a free port with every log line on; returns the child and its base URL.
 fn serve(dir: &Path) -> (Child, String) {
     serve_with(
@@ -136,41 +161,19 @@ async fn an_operator_scripts_a_setup_and_no_secret_reaches_the_logs() {
     ));
     let profile = serde_json::json!({"name": "Sales", "preset": "gmail",
         "oauth": {"client_id": "7.apps.googleusercontent.com", "client_secret": SECRET}});
-    let profile_id = ok(&run(
-        mailbridge(d).args(["profiles", "create", "--from", "-"]),
-        &profile.to_string(),
-    ));
-    ok(&run(
-        mailbridge(d).args([
-            "mailboxes",
-            "create",
-            "--owner",
-            "ann@example.com",
-            "--email",
-            "ann@example.com",
-            "--profile",
-            "Sales",
-        ]),
-        "",
+    let profile_id = ok(&create_profile(d, &profile));
+    ok(&create_mailbox(
+        d,
+        "ann@example.com",
+        "ann@example.com",
+        "Sales",
     ));
     let listing = ok(&run(mailbridge(d).args(["profiles", "list"]), ""));
     assert!(
         listing.contains(&profile_id) && listing.contains("1/100 mailboxes"),
         "{listing}"
     );
-    let bad = run(
-        mailbridge(d).args([
-            "mailboxes",
-            "create",
-            "--owner",
-            "nobody@example.com",
-            "--email",
-            "x@example.com",
-            "--profile",
-            "Sales",
-        ]),
-        "",
-    );
+    let bad = create_mailbox(d, "nobody@example.com", "x@example.com", "Sales");
     assert!(!bad.status.success());
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("no user has the email nobody@example.com")
@@ -187,22 +190,12 @@ async fn an_operator_scripts_a_setup_and_no_secret_reaches_the_logs() {
     // A second mailbox on a profile whose OAuth provider runs here, to sign in for real.
     let provider = mailbridge_testkit::OAuthProvider::start().unwrap();
     let local = serde_json::json!({"name": "Local", "preset": "gmail", "oauth": provider.profile_oauth("local-client", SECRET)});
-    ok(&run(
-        mailbridge(d).args(["profiles", "create", "--from", "-"]),
-        &local.to_string(),
-    ));
-    let bob_box = ok(&run(
-        mailbridge(d).args([
-            "mailboxes",
-            "create",
-            "--owner",
-            "ann@example.com",
-            "--email",
-            "bob@example.com",
-            "--profile",
-            "Local",
-        ]),
-        "",
+    ok(&create_profile(d, &local));
+    let bob_box = ok(&create_mailbox(
+        d,
+        "ann@example.com",
+        "bob@example.com",
+        "Local",
     ));
 
     let (child, base) = serve(d);
@@ -379,22 +372,12 @@ async fn sigkill_during_a_first_sync_loses_and_duplicates_nothing() {
     let profile = serde_json::json!({"name": "Local", "preset": "gmail", "oauth": oauth,
         "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": dovecot.ports.imaps, "security": "tls"},
         "outgoing": {"host": "127.0.0.1", "port": dovecot.ports.submissions, "security": "tls"}});
-    ok(&run(
-        mailbridge(d).args(["profiles", "create", "--from", "-"]),
-        &profile.to_string(),
-    ));
-    let mailbox = ok(&run(
-        mailbridge(d).args([
-            "mailboxes",
-            "create",
-            "--owner",
-            "ann@example.com",
-            "--email",
-            "ann@example.com",
-            "--profile",
-            "Local",
-        ]),
-        "",
+    ok(&create_profile(d, &profile));
+    let mailbox = ok(&create_mailbox(
+        d,
+        "ann@example.com",
+        "ann@example.com",
+        "Local",
     ));
 
     let log = || {
