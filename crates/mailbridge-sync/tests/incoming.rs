@@ -34,6 +34,19 @@ async fn ann_on_gmail_like(signed_in: bool) -> (MailWorld, String, MailboxRecord
     (w, id, mailbox)
 }
 
+/// Sets the stored INBOX position, as a crash or a server renumbering would leave it.
+async fn put_position(w: &MailWorld, mailbox: &MailboxRecord, position: FolderPosition) {
+    let batch = SyncBatch {
+        position: Some(position),
+        ..SyncBatch::default()
+    };
+    w.app
+        .store
+        .save_sync_batch(mailbox.id, batch)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_uidvalidity_change_is_read_again_without_duplicates() {
     let (w, id, mailbox) = ann_on_gmail_like(true).await;
@@ -118,17 +131,7 @@ async fn a_pass_repeated_after_a_crash_stores_nothing_twice() {
         .unwrap()
         .unwrap();
     position.last_uid = 1;
-    w.app
-        .store
-        .save_sync_batch(
-            mailbox.id,
-            SyncBatch {
-                position: Some(position),
-                ..SyncBatch::default()
-            },
-        )
-        .await
-        .unwrap();
+    put_position(&w, &mailbox, position).await;
     let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
         .await
         .unwrap();
@@ -173,22 +176,17 @@ async fn gmail_mail_is_keyed_by_its_message_id_and_threaded_by_gmails_conversati
     );
     assert_eq!(emails[1].gmail_labels, ["\\Inbox", "Work/Lunch"]);
     // Gmail renumbers (a new UIDVALIDITY) but X-GM-MSGID is the identity: nothing twice.
-    w.app
-        .store
-        .save_sync_batch(
-            mailbox.id,
-            SyncBatch {
-                position: Some(FolderPosition {
-                    folder: "INBOX".into(),
-                    uid_validity: 1,
-                    last_uid: 0,
-                    highest_modseq: None,
-                }),
-                ..SyncBatch::default()
-            },
-        )
-        .await
-        .unwrap();
+    put_position(
+        &w,
+        &mailbox,
+        FolderPosition {
+            folder: "INBOX".into(),
+            uid_validity: 1,
+            last_uid: 0,
+            highest_modseq: None,
+        },
+    )
+    .await;
     let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
         .await
         .unwrap();
