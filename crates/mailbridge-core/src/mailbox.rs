@@ -63,13 +63,6 @@ impl DeliveryMethod {
     }
 }
 
-impl MailboxSpec {
-    /// The node group whose nodes work this mailbox.
-    pub fn node_group(&self) -> &str {
-        self.router_group.as_deref().unwrap_or(DEFAULT_NODE_GROUP)
-    }
-}
-
 /// Checks a node group name: 1–64 of `a-z 0-9 - _`.
 pub fn validate_node_group(name: &str, field: &'static str) -> Result<(), ValidationError> {
     if name.is_empty()

@@ -7,11 +7,10 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use mailbridge_core::message::{ParsedEmail, Party};
 use mailbridge_core::{MailboxId, UserId};
-use sha2::{Digest, Sha256};
 use sqlx::{Any, Transaction};
 
 use crate::nodes::{Fence, check_fence};
-use crate::{Backend, Result, Store, StoreError, time_from_ms};
+use crate::{Backend, Result, Store, StoreError, sha256_hex, time_from_ms};
 
 /// A message to store, as read from the server.
 #[derive(Debug, Clone)]
@@ -198,13 +197,6 @@ impl EmailRow {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 impl Store {
     /// Commits one sync step: the emails (each at most once per mailbox, by server identity
     /// and by content), their attachments, the folder position and the POP3 UIDLs seen, and
@@ -322,53 +314,50 @@ impl Store {
     }
 
     /// Whether a message answers mail sent through Mailbridge: one of the message ids it
-    /// refers to, or the tracking token in its subject, belongs to outgoing mail.
+    /// refers to, or the tracking token in its subject, belongs to outgoing mail. One query.
     pub async fn is_reply_to_sent_mail(
         &self,
         ids: &[String],
         subject: Option<&str>,
     ) -> Result<bool> {
         let token = subject.and_then(mailbridge_core::tracking::find_token);
-        if let Some(token) = token {
-            let (n,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM emails WHERE direction = 'outgoing' AND tracking_token = $1",
-            )
-            .bind(token)
-            .fetch_one(&self.pool)
-            .await?;
-            if n > 0 {
-                return Ok(true);
-            }
+        let ids = &ids[..ids.len().min(IN_LIST)];
+        if token.is_none() && ids.is_empty() {
+            return Ok(false);
         }
+        let list: Vec<String> = (0..ids.len()).map(|k| format!("${}", k + 2)).collect();
+        let by_id = if ids.is_empty() {
+            String::new()
+        } else {
+            format!(" OR message_id IN ({})", list.join(", "))
+        };
+        let mut q = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM emails WHERE direction = 'outgoing' AND (tracking_token = $1{by_id})"
+        )))
+        .bind(token);
         for id in ids {
-            let (n,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM emails WHERE direction = 'outgoing' AND message_id = $1",
-            )
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
-            if n > 0 {
-                return Ok(true);
-            }
+            q = q.bind(id.clone());
         }
-        Ok(false)
+        Ok(q.fetch_one(&self.pool).await?.0 > 0)
     }
 
-    /// Whether any of these addresses is a contact the application upserted.
+    /// Whether any of these addresses is a contact the application upserted. One query.
     pub async fn any_known_contact(&self, addresses: &[String]) -> Result<bool> {
-        for a in addresses {
-            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM contacts WHERE email = $1")
-                .bind(a.to_ascii_lowercase())
-                .fetch_one(&self.pool)
-                .await?;
-            if n > 0 {
-                return Ok(true);
-            }
+        let addresses = &addresses[..addresses.len().min(IN_LIST)];
+        if addresses.is_empty() {
+            return Ok(false);
         }
-        Ok(false)
+        let list: Vec<String> = (1..=addresses.len()).map(|k| format!("${k}")).collect();
+        let mut q = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM contacts WHERE email IN ({})",
+            list.join(", ")
+        )));
+        for a in addresses {
+            q = q.bind(a.to_ascii_lowercase());
+        }
+        Ok(q.fetch_one(&self.pool).await?.0 > 0)
     }
 
-    /// Emails matching `filter`, oldest first, after the cursor (an email id), at most `limit`.
     /// A mailbox's newest emails, newest first.
     pub async fn recent_emails(&self, mailbox: MailboxId, limit: i64) -> Result<Vec<EmailRecord>> {
         let rows: Vec<EmailRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -381,16 +370,19 @@ impl Store {
         self.records(rows).await
     }
 
-    /// Rows with their attachments, as records.
+    /// Rows with their attachments (looked up for all rows at once), as records.
     async fn records(&self, rows: Vec<EmailRow>) -> Result<Vec<EmailRecord>> {
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let attachments = self.attachments_of(&row.id).await?;
-            out.push(row.into_record(attachments)?);
-        }
-        Ok(out)
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let mut attachments = self.attachments_of(&ids).await?;
+        rows.into_iter()
+            .map(|row| {
+                let own = attachments.remove(&row.id).unwrap_or_default();
+                row.into_record(own)
+            })
+            .collect()
     }
 
+    /// Emails matching `filter`, oldest first, after the cursor (an email id), at most `limit`.
     pub async fn list_emails(
         &self,
         filter: &EmailFilter,
@@ -425,8 +417,11 @@ impl Store {
             kind: "email",
             id: id.to_owned(),
         })?;
-        let attachments = self.attachments_of(&row.id).await?;
-        row.into_record(attachments)
+        let mut records = self.records(vec![row]).await?;
+        records.pop().ok_or_else(|| StoreError::NotFound {
+            kind: "email",
+            id: id.to_owned(),
+        })
     }
 
     /// The original RFC 5322 bytes of an email.
@@ -445,7 +440,7 @@ impl Store {
     /// `None` when no enabled mailbox has synced yet.
     pub async fn max_sync_lag_seconds(&self) -> Result<Option<f64>> {
         let (oldest,): (Option<i64>,) = sqlx::query_as(
-            "SELECT MIN(last_sync_at) FROM mailboxes WHERE enabled = 1 AND incoming_method = 'server_side_sync'",
+            "SELECT MIN(last_sync_at) FROM mailboxes WHERE enabled = 1 AND incoming_method <> 'none'",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -616,22 +611,34 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    async fn attachments_of(&self, email: &str) -> Result<Vec<AttachmentInfo>> {
-        let rows: Vec<(String, Option<String>, String, i64)> = sqlx::query_as(
-            "SELECT id, filename, content_type, size FROM attachments WHERE email_id = $1 ORDER BY id",
-        )
-        .bind(email)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, filename, content_type, size)| AttachmentInfo {
-                id,
-                filename,
-                content_type,
-                size,
-            })
-            .collect())
+    /// The attachments of these emails, by email id, each list in id order.
+    async fn attachments_of(
+        &self,
+        emails: &[String],
+    ) -> Result<HashMap<String, Vec<AttachmentInfo>>> {
+        let mut by_email: HashMap<String, Vec<AttachmentInfo>> = HashMap::new();
+        for chunk in emails.chunks(IN_LIST) {
+            let list: Vec<String> = (1..=chunk.len()).map(|k| format!("${k}")).collect();
+            let mut q = sqlx::query_as::<_, (String, String, Option<String>, String, i64)>(
+                sqlx::AssertSqlSafe(format!(
+                    "SELECT email_id, id, filename, content_type, size FROM attachments \
+                     WHERE email_id IN ({}) ORDER BY id",
+                    list.join(", ")
+                )),
+            );
+            for id in chunk {
+                q = q.bind(id.clone());
+            }
+            for (email, id, filename, content_type, size) in q.fetch_all(&self.pool).await? {
+                by_email.entry(email).or_default().push(AttachmentInfo {
+                    id,
+                    filename,
+                    content_type,
+                    size,
+                });
+            }
+        }
+        Ok(by_email)
     }
 }
 

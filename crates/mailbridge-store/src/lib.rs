@@ -280,6 +280,15 @@ fn aad(table: &str, column: &str, id: &str) -> String {
 }
 
 /// Rows store times as Unix milliseconds.
+/// SHA-256 as lower-case hex: content hashes, and how tokens and states are stored.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub(crate) fn time_from_ms(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mailbridge_core::MailboxId;
+use mailbridge_core::{DEFAULT_NODE_GROUP, MailboxId};
 use sqlx::{Any, Transaction};
 
 use crate::{Backend, Result, Store, StoreError, time_from_ms};
@@ -62,12 +62,13 @@ struct NodeRow {
     mailboxes: i64,
 }
 
-/// Enabled mailboxes with a synchronized direction, of the node group `$g`.
-const ELIGIBLE: &str = "m.enabled = 1 AND (m.incoming_method <> 'none' OR m.outgoing_method <> 'none') \
-     AND (m.router_group = $g OR (m.router_group IS NULL AND $g = 'cloud'))";
-
-fn eligible(group_param: usize) -> String {
-    ELIGIBLE.replace("$g", &format!("${group_param}"))
+/// SQL: enabled mailboxes with a synchronized direction, of the node group bound at
+/// parameter `$g` (a mailbox without a router group belongs to the default group).
+fn eligible(g: usize) -> String {
+    format!(
+        "m.enabled = 1 AND (m.incoming_method <> 'none' OR m.outgoing_method <> 'none') \
+         AND (m.router_group = ${g} OR (m.router_group IS NULL AND ${g} = '{DEFAULT_NODE_GROUP}'))"
+    )
 }
 
 impl Store {

@@ -4,7 +4,6 @@
 use chrono::{DateTime, Utc};
 use mailbridge_core::{MailboxId, UserId};
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 
 use crate::alerts::{self, NewAlert};
 use crate::audit::{self, Actor};
@@ -53,10 +52,7 @@ struct TokenRow {
 }
 
 fn state_hash(state: &str) -> String {
-    Sha256::digest(state.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::sha256_hex(state.as_bytes())
 }
 
 impl Store {
@@ -203,9 +199,6 @@ impl Store {
         .transpose()
     }
 
-    /// Stores a refreshed access token, and the refresh token when the provider rotated it
-    /// (`None` keeps the one stored). Does nothing if the sign-in was replaced or removed
-    /// meanwhile.
     /// Claims the right to refresh a mailbox's token for `hold` (one refresh at a time over
     /// all nodes): true when this caller should refresh, false when another one is already
     /// refreshing and its result should be waited for.
@@ -237,6 +230,9 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a refreshed access token, and the refresh token when the provider rotated it
+    /// (`None` keeps the one stored). Does nothing if the sign-in was replaced or removed
+    /// meanwhile.
     pub async fn save_refreshed_tokens(
         &self,
         mailbox: MailboxId,

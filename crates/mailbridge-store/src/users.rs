@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use mailbridge_core::{EmailAddress, Role, UserId};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 
 use crate::audit::{self, Actor};
 use crate::{Result, Store, StoreError, is_unique_violation, time_from_ms};
@@ -51,10 +50,7 @@ impl fmt::Debug for ApiToken {
 /// Tokens carry 256 random bits, so a plain SHA-256 is a sound one-way store: there is
 /// nothing to brute-force, and lookups stay an index probe.
 pub(crate) fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::sha256_hex(token.as_bytes())
 }
 
 #[derive(sqlx::FromRow)]
@@ -208,8 +204,8 @@ impl Store {
         Ok(UserRecord { role, ..user })
     }
 
-    /// Issues a new API token for a user; the old one stops working at once.
-    /// Issues a new API token and ends the user's console sessions.
+    /// Issues a new API token for a user (the old one stops working at once) and ends the
+    /// user's console sessions.
     pub async fn reset_user_token(&self, actor: &Actor, id: UserId) -> Result<ApiToken> {
         let now = self.now_ms();
         let token = ApiToken::generate();

@@ -367,12 +367,25 @@ async fn nodes_claiming_at_once_never_share_a_mailbox(kind: TestDatabase) {
         for _ in 0..5 {
             let (store, node) = (store.clone(), node.clone());
             tasks.push(tokio::spawn(async move {
-                store.balance_leases(&node, "cloud", ttl).await.unwrap();
+                let leases = store.balance_leases(&node, "cloud", ttl).await.unwrap();
+                (node, leases)
             }));
         }
     }
+    // No grant of a mailbox (its epoch) was told to two nodes, however the calls interleaved.
+    let mut granted: std::collections::HashMap<(mailbridge_core::MailboxId, i64), String> =
+        std::collections::HashMap::new();
     for t in tasks {
-        t.await.unwrap();
+        let (node, leases) = t.await.unwrap();
+        for lease in leases {
+            if let Some(other) = granted.insert((lease.mailbox, lease.epoch), node.clone()) {
+                assert_eq!(
+                    other, node,
+                    "mailbox {} granted to two nodes",
+                    lease.mailbox
+                );
+            }
+        }
     }
     // Settle, then every mailbox is held by exactly one node, ten each.
     let mut held = std::collections::HashMap::new();
