@@ -125,12 +125,15 @@ impl std::fmt::Debug for Provider {
     }
 }
 
+/// The longest one call to a provider may take (see [`Provider::http_client`]).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Provider {
     /// An HTTP client with the timeouts every provider call should have.
     pub fn http_client() -> reqwest::Client {
         reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
+            .timeout(REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default()

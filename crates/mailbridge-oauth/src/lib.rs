@@ -9,7 +9,7 @@
 mod client;
 mod pkce;
 
-pub use client::{Identity, OAuthError, Provider, TokenResponse};
+pub use client::{Identity, OAuthError, Provider, REQUEST_TIMEOUT, TokenResponse};
 pub use pkce::{Pkce, random_token};
 
 /// Scopes that identify the user rather than grant access to mail; a grant may lack them.

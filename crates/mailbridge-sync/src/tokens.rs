@@ -61,6 +61,19 @@ pub struct RefreshPolicy {
     pub backoff: Duration,
 }
 
+impl RefreshPolicy {
+    /// The longest one refresh can take, every attempt timing out and every backoff waited:
+    /// how long a node's refresh claim holds the others off, so it never lapses while the
+    /// refresh still runs (a node that dies mid-refresh holds them off no longer).
+    pub fn longest_refresh(&self) -> Duration {
+        let attempts = self.attempts.max(1);
+        let waits: Duration = (1..attempts)
+            .map(|k| self.backoff * 2u32.saturating_pow(k - 1))
+            .sum();
+        (mailbridge_oauth::REQUEST_TIMEOUT + Duration::from_secs(5)) * attempts + waits
+    }
+}
+
 impl Default for RefreshPolicy {
     fn default() -> Self {
         Self {
@@ -71,10 +84,6 @@ impl Default for RefreshPolicy {
         }
     }
 }
-
-/// How long one node's refresh of a mailbox's token may hold off the others (a refresh with
-/// its retries takes seconds; a node that dies mid-refresh blocks no longer than this).
-const REFRESH_HOLD: Duration = Duration::from_secs(30);
 
 pub struct TokenService {
     store: Store,
@@ -120,7 +129,7 @@ impl TokenService {
             }
             if self
                 .store
-                .claim_token_refresh(mailbox, REFRESH_HOLD)
+                .claim_token_refresh(mailbox, self.policy.longest_refresh())
                 .await?
             {
                 let refreshed = self.refresh(mailbox).await;
@@ -129,7 +138,7 @@ impl TokenService {
                 }
                 return refreshed;
             }
-            if !warned && started.elapsed() > REFRESH_HOLD {
+            if !warned && started.elapsed() > self.policy.longest_refresh() {
                 warned = true;
                 // The other node's claim lapsed without a new token: it died mid-refresh or
                 // failed; the next round claims it.
@@ -235,5 +244,23 @@ impl TokenService {
         let mut h = DefaultHasher::new();
         mailbox.hash(&mut h);
         Duration::from_millis(h.finish() % window)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_claim_outlasts_the_slowest_refresh() {
+        let policy = RefreshPolicy::default();
+        // Four attempts that each time out, and the 0.5 + 1 + 2 s waits between them.
+        let slowest = mailbridge_oauth::REQUEST_TIMEOUT * 4 + Duration::from_millis(3_500);
+        assert!(
+            policy.longest_refresh() > slowest,
+            "{:?}",
+            policy.longest_refresh()
+        );
+        assert_eq!(policy.longest_refresh(), Duration::from_millis(143_500));
     }
 }
