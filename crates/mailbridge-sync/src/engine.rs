@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use mailbridge_core::{Clock, IncomingProtocol, MailboxId, ProfileId};
 use mailbridge_proto::imap::{IdleOutcome, ImapSession};
 use mailbridge_proto::pop3::Pop3Session;
-use mailbridge_proto::{Credentials, Endpoint, TlsSettings};
+use mailbridge_proto::{Credentials, TlsSettings};
 use mailbridge_store::{Fence, MailboxRecord, ProfileRecord, Store, StoreError};
 use tokio::sync::{Semaphore, watch};
 
@@ -410,8 +410,7 @@ impl Engine {
     ) -> Result<Pass, SyncError> {
         let credentials = self.credentials(mailbox, profile).await?;
         let server = &profile.spec.incoming;
-        let endpoint = Endpoint::new(server.host.as_str(), server.port.get(), server.security)
-            .with_timeout(self.config.mail_timeout);
+        let endpoint = crate::login::incoming(profile, self.config.mail_timeout);
         let since = profile.spec.process_emails_received_after;
         match server.protocol {
             IncomingProtocol::Imap => {
@@ -477,33 +476,13 @@ impl Engine {
         }
     }
 
-    /// The login, and until when an OAuth token behind it stays good.
+    /// The mailbox's login, and until when an OAuth token behind it stays good.
     pub(crate) async fn credentials(
         &self,
         mailbox: &MailboxRecord,
         profile: &ProfileRecord,
     ) -> Result<(Credentials, Option<chrono::DateTime<chrono::Utc>>), SyncError> {
-        if profile.spec.oauth.is_none() {
-            let user = mailbox
-                .spec
-                .login_name
-                .clone()
-                .unwrap_or_else(|| mailbox.spec.email.to_string());
-            let password = self
-                .store
-                .mailbox_password(mailbox.id)
-                .await?
-                .ok_or(SyncError::NoPassword)?;
-            return Ok((Credentials::Password { user, password }, None));
-        }
-        let token = self.tokens.access_token(mailbox.id).await?;
-        Ok((
-            Credentials::OAuth {
-                user: token.account,
-                token: token.token,
-            },
-            Some(token.expires_at - chrono::Duration::minutes(2)),
-        ))
+        crate::login::credentials(&self.store, &self.tokens, mailbox, profile).await
     }
 
     /// A global permit and one of the profile's.

@@ -4,6 +4,7 @@
 
 pub mod engine;
 pub mod incoming;
+mod login;
 pub mod metrics;
 pub mod outgoing;
 pub mod parse;

@@ -11,7 +11,6 @@ use futures::StreamExt;
 use mail_builder::MessageBuilder;
 use mailbridge_core::message::Party;
 use mailbridge_core::{EmailAddress, MailboxId, tracking};
-use mailbridge_proto::Endpoint;
 use mailbridge_proto::smtp::SmtpSession;
 use mailbridge_store::{NewEmail, Store, StoreError};
 
@@ -136,15 +135,12 @@ async fn send_for_mailbox(
     let profile = store.get_profile(record.spec.profile_id).await?;
     let session = async {
         let (credentials, _) = engine.credentials(&record, &profile).await?;
-        let server = &profile.spec.outgoing;
-        let endpoint = Endpoint::new(server.host.as_str(), server.port.get(), server.security)
-            .with_timeout(engine.mail_timeout());
+        let endpoint = crate::login::outgoing(&profile, engine.mail_timeout());
         Ok::<_, crate::incoming::SyncError>(
             SmtpSession::login(&endpoint, engine.tls(), &credentials, engine.client_name()).await?,
         )
     }
     .await;
-    let _connection = engine.metrics().connection();
     let mut session = match session {
         Ok(s) => s,
         Err(e) => {
@@ -163,6 +159,8 @@ async fn send_for_mailbox(
             return Ok(0);
         }
     };
+    // Counted only once the connection is really open.
+    let _connection = engine.metrics().connection();
     let mut sent = 0;
     for id in emails {
         let email = store.get_email(id).await?;

@@ -15,9 +15,10 @@ use mailbridge_core::{
 use mailbridge_proto::imap::ImapSession;
 use mailbridge_proto::pop3::Pop3Session;
 use mailbridge_proto::smtp::SmtpSession;
-use mailbridge_proto::{Credentials, Endpoint, ErrorKind, ProtoError, TlsSettings};
+use mailbridge_proto::{Credentials, ErrorKind, ProtoError, TlsSettings};
 use mailbridge_store::{Actor, MailboxRecord, ProfileRecord, Store, StoreError, TestOutcome};
 
+use crate::incoming::SyncError;
 use crate::tokens::{TokenError, TokenService};
 
 pub struct Tester {
@@ -125,61 +126,52 @@ impl Tester {
         })
     }
 
-    /// The mailbox's login: a fresh access token, or its password.
+    /// The mailbox's login (a fresh access token, or its password), or why there is none
+    /// and what to do.
     async fn credentials(
         &self,
         mailbox: &MailboxRecord,
         profile: &ProfileRecord,
     ) -> Result<Credentials, TestOutcome> {
-        if profile.spec.auth == AuthMethod::Password {
-            let user = mailbox
-                .spec
-                .login_name
-                .clone()
-                .unwrap_or_else(|| mailbox.spec.email.to_string());
-            return match self.store.mailbox_password(mailbox.id).await {
-                Ok(Some(password)) => Ok(Credentials::Password { user, password }),
-                Ok(None) => Err(TestOutcome::failure(
-                    "no password is stored for this mailbox".to_owned(),
-                    "Set the mailbox's password (and login name if it is not the address), then test again.",
-                )),
-                Err(e) => Err(TestOutcome::failure(
-                    e.to_string(),
-                    "Try again; if it persists, an admin should read the server log.",
-                )),
-            };
-        }
         let gmail = profile.spec.auth == AuthMethod::GmailOauth;
-        match self.tokens.access_token(mailbox.id).await {
-            Ok(t) => Ok(Credentials::OAuth {
-                user: t.account,
-                token: t.token,
-            }),
-            Err(TokenError::NotSignedIn(_)) => Err(TestOutcome::failure(
+        let e = match crate::login::credentials(&self.store, &self.tokens, mailbox, profile).await {
+            Ok((credentials, _)) => return Ok(credentials),
+            Err(e) => e,
+        };
+        Err(match e {
+            SyncError::NoPassword => TestOutcome::failure(
+                "no password is stored for this mailbox".to_owned(),
+                "Set the mailbox's password (and login name if it is not the address), then test again.",
+            ),
+            SyncError::Token(TokenError::NotSignedIn(_)) => TestOutcome::failure(
                 "the mailbox is not signed in".to_owned(),
                 if gmail {
                     "Sign in to Gmail for this mailbox first, then test again."
                 } else {
                     "Sign in for this mailbox first, then test again."
                 },
-            )),
-            Err(e @ TokenError::SignInRequired { .. }) => Err(TestOutcome::failure(
+            ),
+            SyncError::Token(e @ TokenError::SignInRequired { .. }) => TestOutcome::failure(
                 e.to_string(),
                 if gmail {
                     "Sign in to Gmail again for this mailbox, then test again."
                 } else {
                     "Sign in again for this mailbox, then test again."
                 },
-            )),
-            Err(e) if e.is_transient() => Err(TestOutcome::failure(
+            ),
+            SyncError::Token(e) if e.is_transient() => TestOutcome::failure(
                 e.to_string(),
                 "The sign-in provider could not be reached; try again in a few minutes.",
-            )),
-            Err(e) => Err(TestOutcome::failure(
+            ),
+            SyncError::Token(e) => TestOutcome::failure(
                 e.to_string(),
                 "Check the profile's OAuth client id, secret and endpoints.",
-            )),
-        }
+            ),
+            e => TestOutcome::failure(
+                e.to_string(),
+                "Try again; if it persists, an admin should read the server log.",
+            ),
+        })
     }
 
     async fn test_incoming(
@@ -188,8 +180,7 @@ impl Tester {
         credentials: &Credentials,
     ) -> TestOutcome {
         let server = &profile.spec.incoming;
-        let endpoint = Endpoint::new(server.host.as_str(), server.port.get(), server.security)
-            .with_timeout(self.timeout);
+        let endpoint = crate::login::incoming(profile, self.timeout);
         let result = match server.protocol {
             IncomingProtocol::Imap => {
                 async {
@@ -217,9 +208,7 @@ impl Tester {
         profile: &ProfileRecord,
         credentials: &Credentials,
     ) -> TestOutcome {
-        let server = &profile.spec.outgoing;
-        let endpoint = Endpoint::new(server.host.as_str(), server.port.get(), server.security)
-            .with_timeout(self.timeout);
+        let endpoint = crate::login::outgoing(profile, self.timeout);
         let result = async {
             let s =
                 SmtpSession::login(&endpoint, &self.tls, credentials, &self.client_name).await?;
