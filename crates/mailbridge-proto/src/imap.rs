@@ -28,15 +28,6 @@ pub struct FolderStatus {
     pub highest_modseq: Option<u64>,
 }
 
-/// A folder from `LIST`, with its special use (RFC 6154) when the server says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Folder {
-    pub name: String,
-    /// `\Sent`, `\Trash`, `\All`…
-    pub special_use: Option<String>,
-    pub selectable: bool,
-}
-
 /// One message from `UID FETCH`, never marked read (`BODY.PEEK[]`).
 #[derive(Debug, Clone)]
 pub struct FetchedMessage {
@@ -280,51 +271,6 @@ impl ImapSession {
             uid_next: mailbox.uid_next,
             highest_modseq: mailbox.highest_modseq,
         })
-    }
-
-    /// Every folder (`LIST "" "*"`), with its special use.
-    pub async fn list_folders(&mut self) -> Result<Vec<Folder>, ProtoError> {
-        use async_imap::types::NameAttribute;
-        use futures::TryStreamExt;
-        let endpoint = self.endpoint.clone();
-        let session = &mut self.session;
-        endpoint
-            .timed("list folders", async {
-                let names: Vec<_> = session
-                    .list(Some(""), Some("*"))
-                    .await
-                    .map_err(|e| imap_error(&endpoint, "list folders", e, None))?
-                    .try_collect()
-                    .await
-                    .map_err(|e| imap_error(&endpoint, "list folders", e, None))?;
-                Ok(names
-                    .iter()
-                    .map(|n| {
-                        let mut folder = Folder {
-                            name: n.name().to_owned(),
-                            special_use: None,
-                            selectable: true,
-                        };
-                        for a in n.attributes() {
-                            match a {
-                                NameAttribute::NoSelect => folder.selectable = false,
-                                NameAttribute::All
-                                | NameAttribute::Archive
-                                | NameAttribute::Drafts
-                                | NameAttribute::Flagged
-                                | NameAttribute::Junk
-                                | NameAttribute::Sent
-                                | NameAttribute::Trash => {
-                                    folder.special_use = Some(format!("\\{a:?}"))
-                                }
-                                _ => {}
-                            }
-                        }
-                        folder
-                    })
-                    .collect())
-            })
-            .await
     }
 
     /// The UIDs at or above `first` in the open folder (`UID SEARCH UID first:*`), ascending;
