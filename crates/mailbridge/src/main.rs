@@ -80,11 +80,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             eprintln!("database is up to date");
             Ok(())
         }
-        Command::Users(c) => admin::users(c, &open_store(&config).await?).await,
-        Command::Profiles(c) => admin::profiles(c, &open_store(&config).await?).await,
-        Command::Mailboxes(c) => admin::mailboxes(c, &open_store(&config).await?).await,
+        Command::Users(c) => admin::users(c, &open_admin_store(&config).await?).await,
+        Command::Profiles(c) => admin::profiles(c, &open_admin_store(&config).await?).await,
+        Command::Mailboxes(c) => admin::mailboxes(c, &open_admin_store(&config).await?).await,
         Command::Keys(c) => admin::keys(c, &config).await,
-        Command::Nodes(c) => admin::nodes(c, &open_store(&config).await?, config.lease_ttl).await,
+        Command::Nodes(c) => {
+            admin::nodes(c, &open_admin_store(&config).await?, config.lease_ttl).await
+        }
     }
 }
 
@@ -135,14 +137,9 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the data folder {}", dir.display()))
 }
 
-pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    // The embedded database and the default key file live in the data folder.
-    if config.database_url.starts_with("sqlite:")
-        || matches!(config.master_key, MasterKeySource::File(_))
-    {
-        create_private_dir(&config.data_dir)?;
-    }
-    // An admin command run from another folder would quietly start an empty database.
+/// The store for an admin command, saying so when it is a new, empty one: run from another
+/// folder than `serve`, an admin command would otherwise quietly start its own database.
+async fn open_admin_store(config: &Config) -> anyhow::Result<Store> {
     let file = config
         .database_url
         .strip_prefix("sqlite://")
@@ -151,6 +148,16 @@ pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Store> {
         eprintln!(
             "note: no database at {file} yet; creating a new, empty one (admin commands must run where 'mailbridge serve' runs, or with the same MAILBRIDGE_DATA_DIR / MAILBRIDGE_DATABASE_URL)"
         );
+    }
+    open_store(config).await
+}
+
+pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    // The embedded database and the default key file live in the data folder.
+    if config.database_url.starts_with("sqlite:")
+        || matches!(config.master_key, MasterKeySource::File(_))
+    {
+        create_private_dir(&config.data_dir)?;
     }
     let keyring = load_keyring(config)?;
     open_store_with(config, keyring).await

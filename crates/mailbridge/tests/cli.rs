@@ -300,6 +300,25 @@ fn configuration_mistakes_stop_start_up_with_the_setting_named() {
         .arg("migrate")
         .env("MAILBRIDGE_GMAIL_OAUTH", "sometimes"));
     assert!(e.contains("gmail_oauth"), "{e}");
+    // An admin command that would start a new, empty database says so; serve/migrate don't.
+    let fresh = d.join("elsewhere");
+    std::fs::create_dir_all(&fresh).unwrap();
+    let listed = run(mailbridge(&fresh).args(["users", "list"]), "");
+    assert!(
+        String::from_utf8_lossy(&listed.stderr).contains("no database at"),
+        "{listed:?}"
+    );
+    let again = run(mailbridge(&fresh).args(["users", "list"]), "");
+    let other = d.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let migrated = run(mailbridge(&other).arg("migrate"), "");
+    for out in [&again, &migrated] {
+        assert!(
+            out.status.success()
+                && !String::from_utf8_lossy(&out.stderr).contains("no database at"),
+            "{out:?}"
+        );
+    }
     // A misspelt setting is named; the test suite's own variables are not settings.
     let e = err(mailbridge(d).arg("migrate").env("MAILBRIDGE_LISTNE", "x"));
     assert!(e.contains("listne"), "{e}");

@@ -12,6 +12,7 @@ use mailbridge_core::{DeliveryMethod, EmailAddress, MailboxId};
 use mailbridge_store::{AttachmentInfo, EmailFilter, EmailRecord, StoreError};
 use mailbridge_sync::outgoing::{Outgoing, compose};
 
+use super::mailboxes::visible_mailbox;
 use super::path_id;
 use crate::AppState;
 use crate::auth::Caller;
@@ -155,8 +156,7 @@ async fn list(
             let id: MailboxId = raw.parse().map_err(|_| {
                 ApiError::invalid("mailbox_id", format!("'{raw}' is not a mailbox id"))
             })?;
-            let m = state.store.get_mailbox(id).await?;
-            caller.require_owner_or_admin(m.spec.owner_user_id)?;
+            visible_mailbox(&state, &caller, id).await?;
             Some(id)
         }
         None => None,
