@@ -71,13 +71,22 @@ impl MailWorld {
 
     /// A password profile on the local Dovecot (IMAPS + submissions): its id.
     pub async fn password_profile(&self, name: &str) -> String {
+        self.password_profile_with(name, self.imaps()).await
+    }
+
+    /// A password profile on the local Dovecot with this incoming server (+ submissions).
+    pub async fn password_profile_with(&self, name: &str, incoming: Value) -> String {
         let (status, p) = self
             .api
-            .post(&self.app, "/api/v1/server-profiles", &self.admin, json!({
-                "name": name, "auth": "password",
-                "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": self.dovecot.ports.imaps, "security": "tls"},
-                "outgoing": {"host": "127.0.0.1", "port": self.dovecot.ports.submissions, "security": "tls"},
-            }))
+            .post(
+                &self.app,
+                "/api/v1/server-profiles",
+                &self.admin,
+                json!({
+                    "name": name, "auth": "password", "incoming": incoming,
+                    "outgoing": self.submissions(),
+                }),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{p}");
         p["id"].as_str().unwrap().to_owned()

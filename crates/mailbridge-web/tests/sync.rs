@@ -758,13 +758,7 @@ async fn a_token_expiring_mid_session_is_refreshed_and_sync_goes_on() {
 #[tokio::test]
 async fn most_of_a_profiles_mailboxes_failing_alerts_the_profiles_owner() {
     let w = world().await;
-    let (status, p) = w.api.post(&w.app, "/api/v1/server-profiles", &w.admin, json!({
-        "name": "Passwords", "auth": "password",
-        "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": w.dovecot.ports.imaps, "security": "tls"},
-        "outgoing": {"host": "127.0.0.1", "port": w.dovecot.ports.submissions, "security": "tls"},
-    })).await;
-    assert_eq!(status, StatusCode::CREATED, "{p}");
-    let profile = p["id"].as_str().unwrap();
+    let profile = &w.password_profile("Passwords").await;
     let mut failing = Vec::new();
     for (i, password) in ["hunter2", "wrong-1", "wrong-2"].iter().enumerate() {
         let email = format!("box{i}@example.com");

@@ -183,13 +183,8 @@ async fn unreachable_and_misconfigured_servers_say_what_to_check() {
 #[tokio::test]
 async fn a_password_mailbox_needs_its_password_and_reports_a_wrong_one() {
     let w = MailWorld::start(AppOptions::default()).await;
-    let (status, p) = w.api.post(&w.app, "/api/v1/server-profiles", &w.admin, json!({
-        "name": "Passwords", "auth": "password",
-        "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": w.dovecot.ports.imap, "security": "starttls"},
-        "outgoing": {"host": "127.0.0.1", "port": w.dovecot.ports.submissions, "security": "tls"},
-    })).await;
-    assert_eq!(status, StatusCode::CREATED, "{p}");
-    let profile = p["id"].as_str().unwrap();
+    let imap = json!({"protocol": "imap", "host": "127.0.0.1", "port": w.dovecot.ports.imap, "security": "starttls"});
+    let profile = &w.password_profile_with("Passwords", imap).await;
     let mailbox = w
         .mailbox("pw@example.com", &w.ann_id, profile, json!({}))
         .await;

@@ -189,7 +189,14 @@ async fn a_paused_node_writes_nothing_after_its_lease_and_router_mailboxes_stay_
     c.wait_for_emails(&c.mailboxes, 2).await;
     // Drained while paused, it may not take any mailbox back: whatever it writes after
     // resuming would be a write on a lease it lost.
-    assert_eq!(c.store.set_draining("node-b", true).await.unwrap(), 1);
+    c.cli(&["nodes", "drain", "node-b"]);
+    let unknown = c.cli_output(&["nodes", "drain", "node-z"]);
+    assert!(
+        !unknown.status.success()
+            && String::from_utf8_lossy(&unknown.stderr)
+                .contains("no running node is named 'node-z'"),
+        "{unknown:?}"
+    );
     signal(&b, "-CONT");
     tokio::time::sleep(LEASE_TTL).await;
     c.deliver(3, &c.mailboxes);
@@ -225,7 +232,7 @@ async fn a_paused_node_writes_nothing_after_its_lease_and_router_mailboxes_stay_
         b_log.matches("lease lost; another node works").count()
     );
     // Undrained, it gets its share back.
-    assert_eq!(c.store.set_draining("node-b", false).await.unwrap(), 1);
+    c.cli(&["nodes", "undrain", "node-b"]);
     c.wait_for_shares(
         &[("node-a", 4), ("node-b", 4), ("office-1", 2)],
         LEASE_TTL * 3 + Duration::from_secs(5),

@@ -145,7 +145,18 @@ impl Cluster {
 
     /// A `mailbridge` admin command against the cluster's database; its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_mailbridge"))
+        let out = self.cli_output(args);
+        assert!(
+            out.status.success(),
+            "mailbridge {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A `mailbridge` admin command against the cluster's database, however it ends.
+    pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_mailbridge"))
             .args(args)
             .current_dir(self.dir.path())
             .env_remove("RUST_LOG")
@@ -153,13 +164,7 @@ impl Cluster {
             .env("MAILBRIDGE_MASTER_KEY", &self.key)
             .env("MAILBRIDGE_LEASE_TTL_MS", LEASE_TTL.as_millis().to_string())
             .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mailbridge {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+            .unwrap()
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {
