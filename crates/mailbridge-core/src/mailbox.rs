@@ -220,3 +220,68 @@ crate::string_enum! {
         NeedsSignIn => "needs_sign_in",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft(fields: serde_json::Value) -> MailboxDraft {
+        let mut all =
+            serde_json::json!({"email": "ann@example.com", "profile_id": ProfileId::new()});
+        if let (Some(a), Some(f)) = (all.as_object_mut(), fields.as_object()) {
+            a.extend(f.clone());
+        }
+        serde_json::from_value(all).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn resolve(fields: serde_json::Value) -> Result<MailboxSpec, ValidationError> {
+        draft(fields).resolve(None, UserId::new())
+    }
+
+    #[test]
+    fn email_router_needs_a_valid_router_group_and_other_methods_drop_it() {
+        let e = resolve(serde_json::json!({"incoming_method": "email_router"})).unwrap_err();
+        assert_eq!(e.field, "router_group");
+        let e = resolve(
+            serde_json::json!({"outgoing_method": "email_router", "router_group": "Office Berlin"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "router_group");
+        assert!(e.message.contains("a-z, 0-9"), "{}", e.message);
+        let routed = resolve(
+            serde_json::json!({"incoming_method": "email_router", "router_group": " office-berlin "}),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(routed.router_group.as_deref(), Some("office-berlin"));
+        // Back to server-side sync: the group no longer applies.
+        let back = draft(serde_json::json!({"incoming_method": "server_side_sync"}))
+            .resolve(Some(&routed), routed.owner_user_id)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(back.router_group, None);
+    }
+
+    #[test]
+    fn login_name_is_checked_and_an_empty_one_clears_it() {
+        let e = resolve(serde_json::json!({"login_name": "a\u{7}b"})).unwrap_err();
+        assert_eq!(e.field, "login_name");
+        let named = resolve(serde_json::json!({"login_name": "ann.lee"}))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(named.login_name.as_deref(), Some("ann.lee"));
+        let cleared = draft(serde_json::json!({"login_name": ""}))
+            .resolve(Some(&named), named.owner_user_id)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(cleared.login_name, None);
+    }
+
+    #[test]
+    fn an_empty_password_is_refused() {
+        let e = draft(serde_json::json!({"password": ""}))
+            .password_change()
+            .unwrap_err();
+        assert_eq!(e.field, "password");
+        assert!(matches!(
+            draft(serde_json::json!({"password": "s3cret"})).password_change(),
+            Ok(crate::SecretChange::Set(_))
+        ));
+    }
+}
