@@ -150,6 +150,17 @@ impl Store {
             .await
     }
 
+    /// How many open alerts a person has (the console's badge).
+    pub async fn open_alert_count(&self, user: UserId) -> Result<usize> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM alerts WHERE user_id = $1 AND dismissed_at IS NULL",
+        )
+        .bind(user.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     /// How many open alerts each mailbox has (mailboxes without any are absent).
     pub async fn open_alert_counts(&self) -> Result<std::collections::HashMap<MailboxId, usize>> {
         let rows: Vec<(String, i64)> = sqlx::query_as(

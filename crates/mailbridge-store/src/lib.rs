@@ -250,6 +250,24 @@ impl Store {
             .encrypt(secret.as_bytes(), &aad(table, column, id))
     }
 
+    /// The ciphertext to store for a secret change: `Some` for a new secret; `None` when the
+    /// stored one is kept (or cleared, which the caller's SQL handles).
+    pub(crate) fn seal_change(
+        &self,
+        table: &str,
+        column: &str,
+        id: &str,
+        change: &mailbridge_core::SecretChange,
+    ) -> Option<Vec<u8>> {
+        use secrecy::ExposeSecret;
+        match change {
+            mailbridge_core::SecretChange::Set(s) => {
+                Some(self.seal(table, column, id, s.expose_secret()))
+            }
+            mailbridge_core::SecretChange::Keep | mailbridge_core::SecretChange::Clear => None,
+        }
+    }
+
     /// Opens a secret sealed by [`Store::seal`] for the same row and column.
     pub(crate) fn open_secret(
         &self,

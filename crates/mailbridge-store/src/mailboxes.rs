@@ -6,7 +6,7 @@ use mailbridge_core::{
     AuthMethod, ConnectionStatus, EmailAddress, GMAIL_MAX_MAILBOXES, MailboxId, MailboxSpec,
     ProfileId, SecretChange, SignInStatus, UserId,
 };
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sqlx::{Any, Transaction};
 
 use crate::audit::{self, Actor};
@@ -378,10 +378,7 @@ impl Store {
     }
 
     fn sealed_password(&self, password: &SecretChange, id: &str) -> Option<Vec<u8>> {
-        match password {
-            SecretChange::Set(p) => Some(self.seal("mailboxes", "password", id, p.expose_secret())),
-            SecretChange::Keep | SecretChange::Clear => None,
-        }
+        self.seal_change("mailboxes", "password", id, password)
     }
 
     /// The stored password of a mailbox (password profiles), decrypted.

@@ -6,7 +6,7 @@ use mailbridge_core::{
     Host, IncomingServer, OAuthSettings, OutgoingServer, Port, ProfileId, ProfileSpec,
     SecretChange, UserId,
 };
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
 use crate::audit::{self, Actor};
 use crate::{Backend, Result, Store, StoreError, is_unique_violation, time_from_ms};
@@ -377,15 +377,7 @@ impl Store {
 
     /// The ciphertext a secret change stores (`None` keeps no secret).
     fn sealed_secret(&self, secret: &SecretChange, id: &str) -> Option<Vec<u8>> {
-        match secret {
-            SecretChange::Set(s) => Some(self.seal(
-                "server_profiles",
-                "oauth_client_secret",
-                id,
-                s.expose_secret(),
-            )),
-            SecretChange::Keep | SecretChange::Clear => None,
-        }
+        self.seal_change("server_profiles", "oauth_client_secret", id, secret)
     }
 
     /// Serializes changes to one profile's mailbox set, so a count read in `tx` stays true

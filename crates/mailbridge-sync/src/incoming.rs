@@ -8,7 +8,7 @@ mod track;
 
 /// Messages fetched and committed per batch: big enough to amortize round trips and commits,
 /// small enough that a crash or a cut connection repeats little.
-pub const BATCH_SIZE: usize = 250;
+pub(crate) const BATCH_SIZE: usize = 250;
 
 /// What one sync pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use crate::parse::parse;
 const SEND_CONCURRENCY: usize = 8;
 
 /// Attempts before a temporarily failing email is given up as `failed`.
-pub const MAX_SEND_ATTEMPTS: i64 = 10;
+pub(crate) const MAX_SEND_ATTEMPTS: i64 = 10;
 
 /// What the application asks to send.
 #[derive(Debug, Clone)]

@@ -109,9 +109,9 @@ impl Viewer {
         // A failure to count alerts must not take the page down with it.
         let alerts = state
             .store
-            .user_alerts(self.caller.0.id, false)
+            .open_alert_count(self.caller.0.id)
             .await
-            .map_or(0, |a| a.len());
+            .unwrap_or(0);
         Layout {
             email: self.caller.0.email.to_string(),
             admin: self.is_admin(),

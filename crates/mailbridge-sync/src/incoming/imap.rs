@@ -67,7 +67,8 @@ pub async fn sync_inbox(
     // is parsed (on a blocking thread, so the other core works too) and batch k+2 is read from
     // the server. Batches reach the store in order, so the folder position only moves forward;
     // when a stage fails, what was read before it is still stored.
-    let epoch = format!("imap/{INBOX}/{}/", server.uid_validity);
+    let folder_key = format!("imap/{INBOX}/");
+    let epoch = format!("{folder_key}{}/", server.uid_validity);
     let (fetched_tx, mut fetched_rx) = tokio::sync::mpsc::channel(1);
     let (parsed_tx, mut parsed_rx) = tokio::sync::mpsc::channel(1);
     let fetch = async {
@@ -121,7 +122,7 @@ pub async fn sync_inbox(
                     renumbered_from: m
                         .gmail_msg_id
                         .is_none()
-                        .then(|| (format!("imap/{INBOX}/"), epoch.clone())),
+                        .then(|| (folder_key.clone(), epoch.clone())),
                     folder: Some(INBOX.to_owned()),
                     uid: Some(m.uid),
                     gmail_labels: m.gmail_labels,
