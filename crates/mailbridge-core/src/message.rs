@@ -28,7 +28,9 @@ pub struct ParsedEmail {
     pub to: Vec<Party>,
     pub cc: Vec<Party>,
     pub date: Option<DateTime<Utc>>,
+    /// The plain-text body; for mail that has only HTML, a text rendering of it.
     pub text_body: Option<String>,
+    /// The HTML body as sent; `None` for plain-text mail.
     pub html_body: Option<String>,
     pub attachments: Vec<ParsedAttachment>,
     /// Why the message could not be parsed; it is stored raw and flagged.

@@ -2,7 +2,7 @@
 //! A message that cannot be read is still kept: the caller stores it raw with the reason.
 
 use chrono::{TimeZone, Utc};
-use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
 pub use mailbridge_core::message::{ParsedAttachment, ParsedEmail, Party};
 
 /// Parses a message. Never fails: an unreadable one comes back with `parse_error` set.
@@ -25,7 +25,12 @@ pub fn parse(raw: &[u8]) -> ParsedEmail {
             .date()
             .and_then(|d| Utc.timestamp_opt(d.to_timestamp(), 0).single()),
         text_body: message.body_text(0).map(text),
-        html_body: message.body_html(0).map(text),
+        // The HTML part itself: mail-parser would wrap a plain-text body in HTML, which is not
+        // what the sender wrote and would store the body twice.
+        html_body: message.html_part(0).and_then(|part| match &part.body {
+            PartType::Html(html) => Some(text(html.as_ref())),
+            _ => None,
+        }),
         attachments: message
             .attachments()
             .map(|part| ParsedAttachment {
@@ -118,10 +123,23 @@ Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b--\r\n";
             Some("2026-11-24T10:00:00+00:00".into())
         );
         assert_eq!(p.text_body.as_deref().map(str::trim), Some("Thanks!"));
+        assert_eq!(p.html_body, None, "plain-text mail has no HTML body");
         assert_eq!(p.attachments.len(), 1);
         assert_eq!(p.attachments[0].filename.as_deref(), Some("quote.pdf"));
         assert_eq!(p.attachments[0].content_type, "application/pdf");
         assert_eq!(p.attachments[0].content, b"%PDF-");
+    }
+
+    #[test]
+    fn html_only_mail_keeps_its_html_and_gets_a_text_rendering() {
+        let raw = b"From: ann@example.com\r\nSubject: offer\r\nMessage-ID: <h1@example.com>\r\n\
+Content-Type: text/html; charset=utf-8\r\n\r\n<p>Hello <b>Bob</b></p>\r\n";
+        let p = parse(raw);
+        assert_eq!(
+            p.html_body.as_deref().map(str::trim),
+            Some("<p>Hello <b>Bob</b></p>")
+        );
+        assert_eq!(p.text_body.as_deref().map(str::trim), Some("Hello Bob"));
     }
 
     #[test]

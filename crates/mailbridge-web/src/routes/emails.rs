@@ -58,7 +58,9 @@ pub struct EmailView {
     cc: Vec<PartyView>,
     /// The Date header.
     sent_at: Option<DateTime<Utc>>,
+    /// The plain-text body; for mail that has only HTML, a text rendering of it.
     text_body: Option<String>,
+    /// The HTML body as sent; absent for plain-text mail.
     html_body: Option<String>,
     attachments: Vec<AttachmentInfo>,
     /// Size of the raw message in bytes (`GET /emails/{id}/raw`).
