@@ -12,6 +12,26 @@ use sqlx::{Any, Transaction};
 use crate::nodes::{Fence, check_fence};
 use crate::{Backend, Result, Store, StoreError, sha256_hex, time_from_ms};
 
+/// A message's raw bytes with their SHA-256 (the `content_sha256` that recognises a renumbered
+/// message), hashed where the bytes are made: the sync does it on its parse thread, so the one
+/// database writer does not wait for it.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    bytes: Vec<u8>,
+    sha256: String,
+}
+
+impl RawMessage {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        let sha256 = sha256_hex(&bytes);
+        Self { bytes, sha256 }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// A message to store, as read from the server.
 #[derive(Debug, Clone)]
 pub struct NewEmail {
@@ -25,7 +45,7 @@ pub struct NewEmail {
     /// Outgoing: the token in its subject (see `mailbridge_core::tracking`).
     pub tracking_token: Option<String>,
     pub parsed: ParsedEmail,
-    pub raw: Vec<u8>,
+    pub raw: RawMessage,
     /// IMAP without a stable id: (key prefix of the folder, key prefix of its current
     /// UIDVALIDITY). A record of this folder under an older UIDVALIDITY with the same bytes is
     /// this message renumbered: it is re-keyed instead of stored again.
@@ -663,8 +683,7 @@ async fn insert_emails(
     outgoing: Option<Option<&str>>,
     stored_by: Option<&str>,
 ) -> Result<usize> {
-    let hashes: Vec<String> = emails.iter().map(|e| sha256_hex(&e.raw)).collect();
-    let skip = adopt_renumbered(tx, mailbox, emails, &hashes).await?;
+    let skip = adopt_renumbered(tx, mailbox, emails).await?;
     let rows: Vec<usize> = (0..emails.len()).filter(|i| !skip[*i]).collect();
     let conversations = conversations(tx, mailbox, emails, &rows).await?;
     let ids: Vec<String> = rows
@@ -710,7 +729,7 @@ async fn insert_emails(
                 .bind(mailbox.to_owned())
                 .bind(direction)
                 .bind(email.remote_key.clone())
-                .bind(hashes[i].clone())
+                .bind(email.raw.sha256.clone())
                 .bind(email.folder.clone())
                 .bind(email.uid.map(i64::from))
                 .bind(
@@ -728,8 +747,8 @@ async fn insert_emails(
                 .bind(p.date.map(|d| d.timestamp_millis()))
                 .bind(p.text_body.clone())
                 .bind(p.html_body.clone())
-                .bind(email.raw.clone())
-                .bind(i64::try_from(email.raw.len()).unwrap_or(i64::MAX))
+                .bind(email.raw.bytes.clone())
+                .bind(i64::try_from(email.raw.bytes.len()).unwrap_or(i64::MAX))
                 .bind(p.parse_error.clone())
                 .bind(conversations[n].clone())
                 .bind(now)
@@ -768,14 +787,12 @@ async fn adopt_renumbered(
     tx: &mut Transaction<'_, Any>,
     mailbox: &str,
     emails: &[NewEmail],
-    hashes: &[String],
 ) -> Result<Vec<bool>> {
     let mut skip = vec![false; emails.len()];
     let wanted: Vec<&String> = emails
         .iter()
-        .zip(hashes)
-        .filter(|(e, _)| e.renumbered_from.is_some())
-        .map(|(_, h)| h)
+        .filter(|e| e.renumbered_from.is_some())
+        .map(|e| &e.raw.sha256)
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
@@ -803,7 +820,10 @@ async fn adopt_renumbered(
         let Some((folder_prefix, epoch_prefix)) = &email.renumbered_from else {
             continue;
         };
-        let mut list = candidates.get(&hashes[i]).cloned().unwrap_or_default();
+        let mut list = candidates
+            .get(&email.raw.sha256)
+            .cloned()
+            .unwrap_or_default();
         list.sort();
         if list.iter().any(|(_, key)| *key == email.remote_key) {
             skip[i] = true;

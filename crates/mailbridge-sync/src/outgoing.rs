@@ -12,7 +12,7 @@ use mail_builder::MessageBuilder;
 use mailbridge_core::message::Party;
 use mailbridge_core::{EmailAddress, MailboxId, tracking};
 use mailbridge_proto::smtp::SmtpSession;
-use mailbridge_store::{NewEmail, Store, StoreError};
+use mailbridge_store::{NewEmail, RawMessage, Store, StoreError};
 
 use crate::engine::Engine;
 use crate::parse::parse;
@@ -92,7 +92,7 @@ pub fn compose(
         gmail_thread_id: None,
         tracking_token: token,
         parsed: parse(&raw),
-        raw,
+        raw: RawMessage::new(raw),
         renumbered_from: None,
     })
 }

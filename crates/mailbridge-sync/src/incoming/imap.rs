@@ -3,7 +3,9 @@
 
 use chrono::NaiveDate;
 use mailbridge_proto::imap::{FetchedMessage, ImapSession};
-use mailbridge_store::{Fence, FolderPosition, MailboxRecord, NewEmail, Store, SyncBatch};
+use mailbridge_store::{
+    Fence, FolderPosition, MailboxRecord, NewEmail, RawMessage, Store, SyncBatch,
+};
 
 use super::plan::{FolderPlan, ServerFolder, plan_folder};
 use super::{BATCH_SIZE, SyncError, SyncReport, track};
@@ -87,7 +89,10 @@ pub async fn sync_inbox(
             let parsed = tokio::task::spawn_blocking(move || {
                 fetched
                     .into_iter()
-                    .map(|m: FetchedMessage| (parse(&m.raw), m))
+                    .map(|mut m: FetchedMessage| {
+                        let raw = RawMessage::new(std::mem::take(&mut m.raw));
+                        (parse(raw.bytes()), raw, m)
+                    })
                     .collect::<Vec<_>>()
             })
             .await
@@ -108,7 +113,7 @@ pub async fn sync_inbox(
         while let Some((last, parsed)) = parsed_rx.recv().await {
             report.fetched += parsed.len();
             let mut emails = Vec::with_capacity(parsed.len());
-            for (parsed, m) in parsed {
+            for (parsed, raw, m) in parsed {
                 if !track::keeps(store, mailbox.spec.tracking_rule, &parsed).await? {
                     continue;
                 }
@@ -129,7 +134,7 @@ pub async fn sync_inbox(
                     gmail_thread_id: m.gmail_thread_id,
                     tracking_token: None,
                     parsed,
-                    raw: m.raw,
+                    raw,
                 });
             }
             let batch = SyncBatch {

@@ -3,7 +3,7 @@
 
 use chrono::NaiveDate;
 use mailbridge_proto::pop3::Pop3Session;
-use mailbridge_store::{Fence, MailboxRecord, NewEmail, Store, SyncBatch};
+use mailbridge_store::{Fence, MailboxRecord, NewEmail, RawMessage, Store, SyncBatch};
 
 use super::plan::plan_pop3;
 use super::{SyncError, SyncReport, track};
@@ -50,7 +50,7 @@ pub async fn sync_maildrop(
                 gmail_thread_id: None,
                 tracking_token: None,
                 parsed,
-                raw,
+                raw: RawMessage::new(raw),
                 renumbered_from: None,
             });
         }
