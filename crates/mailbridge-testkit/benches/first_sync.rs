@@ -28,7 +28,15 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Every contender starts with nothing waiting to be written: the kernel's writeback of the
+/// one before (mbsync's maildir, a database) must not be charged to the next.
+fn settle() {
+    let ok = Command::new("sync").status().is_ok_and(|s| s.success());
+    assert!(ok, "sync failed");
+}
+
 fn timed(cmd: &mut Command) -> Duration {
+    settle();
     let started = Instant::now();
     let out = cmd.output().unwrap();
     let took = started.elapsed();
@@ -126,6 +134,7 @@ async fn mailbridge(
         password: SecretString::from(PASSWORD),
     };
 
+    settle();
     let started = Instant::now();
     let mut session = ImapSession::login(
         &Endpoint::new("127.0.0.1", port, Security::Tls),
