@@ -1,13 +1,14 @@
 //! Incoming passes against a real Dovecot, without the engine: a UIDVALIDITY change is
-//! read again without duplicates, a pass repeated after a crash stores nothing twice; and
-//! against a scripted Gmail, its message and conversation ids.
+//! read again without duplicates, a pass repeated after a crash stores nothing twice, a
+//! connection cut in the middle of a FETCH loses nothing; and against a scripted Gmail, its
+//! message and conversation ids.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use mailbridge_proto::imap::ImapSession;
 use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
 use mailbridge_store::{EmailFilter, FolderPosition, MailboxRecord, SyncBatch};
 use mailbridge_sync::incoming::imap::sync_inbox;
-use mailbridge_testkit::{AppOptions, GMAIL_INBOX, MailWorld, ScriptedGmail};
+use mailbridge_testkit::{AppOptions, CountingProxy, GMAIL_INBOX, MailWorld, ScriptedGmail};
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -137,6 +138,62 @@ async fn a_pass_repeated_after_a_crash_stores_nothing_twice() {
         .unwrap();
     assert_eq!((report.fetched, report.stored), (4, 0));
     assert_eq!(w.app.store.count_emails(mailbox.id).await.unwrap(), 5);
+    s.logout().await;
+}
+
+#[tokio::test]
+async fn a_connection_cut_in_the_middle_of_a_fetch_loses_nothing_and_duplicates_nothing() {
+    let (w, id, mailbox) = ann_on_gmail_like(true).await;
+    // 300 messages of about 4 KB: a full batch of 250, then 50.
+    let body = "All work and no play makes a dull inbox.\r\n".repeat(95);
+    for i in 0..300 {
+        let mut raw = message(i);
+        raw.extend_from_slice(body.as_bytes());
+        w.dovecot.deliver("ann@example.com", &raw).unwrap();
+    }
+    // The server's bytes for the first batch end near 1.05 MB, the second's near 1.26 MB:
+    // cut the connection in the middle of the second FETCH.
+    let proxy = CountingProxy::cutting_after(w.dovecot.ports.imaps, 1_150_000)
+        .await
+        .unwrap();
+    let mut cut = w.imap_session_via(&id, proxy.port).await;
+    let err = sync_inbox(&w.app.store, &mut cut, &mailbox, None, None)
+        .await
+        .expect_err("the pass must notice the cut");
+    assert!(err.is_transient(), "a cut connection is retried: {err}");
+    // The first batch is stored whole, and the position says so: nothing half-done.
+    assert_eq!(w.app.store.count_emails(mailbox.id).await.unwrap(), 250);
+    let position = w
+        .app
+        .store
+        .folder_position(mailbox.id, "INBOX")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(position.last_uid, 250);
+
+    // The next pass, on a sound connection, reads the rest and nothing twice.
+    let mut s = w.imap_session(&id).await;
+    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
+        .await
+        .unwrap();
+    assert_eq!((report.fetched, report.stored), (50, 50));
+    let page = w
+        .app
+        .store
+        .list_emails(
+            &EmailFilter {
+                mailbox: Some(mailbox.id),
+                ..EmailFilter::default()
+            },
+            None,
+            1000,
+        )
+        .await
+        .unwrap();
+    let ids: std::collections::HashSet<_> =
+        page.iter().filter_map(|e| e.message_id.clone()).collect();
+    assert_eq!((page.len(), ids.len()), (300, 300));
     s.logout().await;
 }
 

@@ -94,6 +94,16 @@ impl MailWorld {
 
     /// An IMAPS session for a signed-in mailbox, with its stored token.
     pub async fn imap_session(&self, mailbox: &str) -> mailbridge_proto::imap::ImapSession {
+        self.imap_session_via(mailbox, self.dovecot.ports.imaps)
+            .await
+    }
+
+    /// [`MailWorld::imap_session`] through `port` on 127.0.0.1 (a proxy in front of Dovecot).
+    pub async fn imap_session_via(
+        &self,
+        mailbox: &str,
+        port: u16,
+    ) -> mailbridge_proto::imap::ImapSession {
         use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
         let tokens = self
             .app
@@ -107,7 +117,7 @@ impl MailWorld {
             token: tokens.access_token,
         };
         let tls = TlsSettings::new(Some(self.dovecot.ca_pem().as_bytes())).unwrap();
-        let endpoint = Endpoint::new("127.0.0.1", self.dovecot.ports.imaps, Security::Tls);
+        let endpoint = Endpoint::new("127.0.0.1", port, Security::Tls);
         mailbridge_proto::imap::ImapSession::login(&endpoint, &tls, &creds)
             .await
             .unwrap()
