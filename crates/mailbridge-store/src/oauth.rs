@@ -2,7 +2,7 @@
 //! ([`StoredTokens`]), and what happens when a provider refuses a grant.
 
 use chrono::{DateTime, Utc};
-use mailbridge_core::{MailboxId, UserId};
+use mailbridge_core::{AuthMethod, MailboxId, UserId};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::alerts::{self, NewAlert};
@@ -270,12 +270,14 @@ impl Store {
         let now = self.now_ms();
         let id = mailbox.to_string();
         let mut tx = self.begin_write().await?;
-        let owner: Option<(String, String)> =
-            sqlx::query_as("SELECT owner_user_id, email FROM mailboxes WHERE id = $1")
-                .bind(&id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((owner, email)) = owner else {
+        let owner: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT m.owner_user_id, m.email, p.auth_method FROM mailboxes m \
+             JOIN server_profiles p ON p.id = m.profile_id WHERE m.id = $1",
+        )
+        .bind(&id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((owner, email, auth)) = owner else {
             return Ok(());
         };
         sqlx::query(
@@ -301,7 +303,11 @@ impl Store {
                 user_id: owner.parse().map_err(|e| StoreError::corrupt("mailbox owner", e))?,
                 kind: SIGN_IN_REQUIRED,
                 message: format!("{email} can no longer be synchronized: the provider refused its sign-in ({reason})"),
-                hint: "Sign in to Gmail again for this mailbox, then run Test & Enable Mailbox.",
+                hint: if auth == AuthMethod::GmailOauth.as_str() {
+                    "Sign in to Gmail again for this mailbox, then run Test & Enable Mailbox."
+                } else {
+                    "Sign in again for this mailbox, then run Test & Enable Mailbox."
+                },
             },
         )
         .await?;

@@ -17,7 +17,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mailbridge_core::{Clock, IncomingProtocol, MailboxId, ProfileId};
+use mailbridge_core::{AuthMethod, Clock, IncomingProtocol, MailboxId, ProfileId};
 use mailbridge_proto::imap::{IdleOutcome, ImapSession};
 use mailbridge_proto::pop3::Pop3Session;
 use mailbridge_proto::{Credentials, TlsSettings};
@@ -324,9 +324,12 @@ impl Engine {
                     _ = shutdown.wait_for(|stop| *stop) => return,
                 }
             }
-            let result = match self.store.get_profile(record.spec.profile_id).await {
-                Ok(profile) => self.pass(&record, &profile, &fence, &mut shutdown).await,
-                Err(e) => Err(SyncError::Store(e)),
+            let (result, gmail) = match self.store.get_profile(record.spec.profile_id).await {
+                Ok(profile) => (
+                    self.pass(&record, &profile, &fence, &mut shutdown).await,
+                    profile.spec.auth == AuthMethod::GmailOauth,
+                ),
+                Err(e) => (Err(SyncError::Store(e)), false),
             };
             // Failures are recorded (and the mailbox disabled) only while this node still holds
             // the lease: a worker that lost it must not stop a mailbox another node works.
@@ -375,9 +378,12 @@ impl Engine {
                     let hint = match &e {
                         SyncError::Token(
                             TokenError::SignInRequired { .. } | TokenError::NotSignedIn(_),
-                        ) => {
+                        ) if gmail => {
                             "Sign in to Gmail again for this mailbox, then run Test & Enable Mailbox."
                         }
+                        SyncError::Token(
+                            TokenError::SignInRequired { .. } | TokenError::NotSignedIn(_),
+                        ) => "Sign in again for this mailbox, then run Test & Enable Mailbox.",
                         SyncError::Proto(p) if p.is_auth_refused() => {
                             "Sign in again (or check the password), then run Test & Enable Mailbox."
                         }

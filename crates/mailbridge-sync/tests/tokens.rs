@@ -28,6 +28,11 @@ const REDIRECT: &str = "http://127.0.0.1:9/oauth/callback";
 
 /// A signed-in mailbox: the real flow, with the browser's redirects read by hand.
 async fn world() -> World {
+    world_on(|provider| json!({"name": "Gmail", "preset": "gmail", "oauth": provider.profile_oauth("client", "secret")})).await
+}
+
+/// A world whose profile is `profile(provider)`.
+async fn world_on(profile: impl Fn(&OAuthProvider) -> serde_json::Value) -> World {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new());
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
@@ -39,10 +44,7 @@ async fn world() -> World {
     let cli = Actor::cli();
     let email = EmailAddress::parse("ann@example.com", "e").unwrap();
     let (ann, _) = store.create_user(&cli, &email, Role::User).await.unwrap();
-    let draft: ProfileDraft = serde_json::from_value(json!({
-        "name": "Gmail", "preset": "gmail", "oauth": provider.profile_oauth("client", "secret"),
-    }))
-    .unwrap();
+    let draft: ProfileDraft = serde_json::from_value(profile(&provider)).unwrap();
     let (spec, secret) = draft.resolve(None).unwrap();
     let profile = store.create_profile(&cli, &spec, secret).await.unwrap();
     let mailbox: MailboxDraft =
@@ -264,6 +266,7 @@ async fn invalid_grant_stops_the_mailbox_with_an_alert_and_no_retry_loop() {
     );
 
     // Asking again does not go back to the provider, nor raise a second alert.
+    // (The other-provider wording is tested below.)
     let again = w.tokens.access_token(w.mailbox).await.unwrap_err();
     assert!(matches!(again, TokenError::SignInRequired { .. }));
     assert_eq!(w.refresh_grants().await, 1);
@@ -317,4 +320,27 @@ async fn a_mailbox_that_never_signed_in_is_told_so() {
     w.store.remove_sign_in(&cli, w.mailbox).await.unwrap();
     let err = w.tokens.access_token(w.mailbox).await.unwrap_err();
     assert!(matches!(err, TokenError::NotSignedIn(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_refused_grant_on_another_oauth_provider_does_not_send_the_owner_to_gmail() {
+    let w = world_on(|provider| {
+        json!({
+            "name": "Corp", "auth": "oauth2",
+            "incoming": {"protocol": "imap", "host": "127.0.0.1"},
+            "outgoing": {"host": "127.0.0.1"},
+            "oauth": provider.profile_oauth("client", "secret"),
+        })
+    })
+    .await;
+    w.provider.revoke_account("ann@example.com").await.unwrap();
+    w.near_expiry();
+    let err = w.tokens.access_token(w.mailbox).await.unwrap_err();
+    assert!(matches!(err, TokenError::SignInRequired { .. }), "{err}");
+    let alerts = w.store.mailbox_alerts(w.mailbox, false).await.unwrap();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(
+        alerts[0].hint,
+        "Sign in again for this mailbox, then run Test & Enable Mailbox."
+    );
 }
