@@ -356,9 +356,18 @@ impl ImapSession {
                                 .to_owned();
                             return match status {
                                 Status::Ok => Ok(fetched),
-                                Status::No => {
-                                    Err(imap_error(&endpoint, &step, ImapError::No(words), None))
-                                }
+                                // A NO to FETCH names no lasting condition: Gmail says
+                                // "Some messages could not be FETCHed" while it cannot read
+                                // a message for a while. Nothing of the batch is stored and
+                                // the next pass asks again; a NO that lasts ends at the
+                                // engine's failure limit, with an alert.
+                                Status::No => Err(endpoint.error(
+                                    &step,
+                                    ErrorKind::Rejected {
+                                        words: server_words(words),
+                                        transient: true,
+                                    },
+                                )),
                                 _ => Err(imap_error(&endpoint, &step, ImapError::Bad(words), None)),
                             };
                         }

@@ -1,7 +1,7 @@
 //! Incoming passes against a real Dovecot, without the engine: a UIDVALIDITY change is
 //! read again without duplicates, a pass repeated after a crash stores nothing twice, a
 //! connection cut in the middle of a FETCH loses nothing; and against a scripted Gmail, its
-//! message and conversation ids.
+//! message and conversation ids and its "Some messages could not be FETCHed".
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use mailbridge_proto::imap::ImapSession;
@@ -197,13 +197,8 @@ async fn a_connection_cut_in_the_middle_of_a_fetch_loses_nothing_and_duplicates_
     s.logout().await;
 }
 
-#[tokio::test]
-async fn gmail_mail_is_keyed_by_its_message_id_and_threaded_by_gmails_conversation() {
-    let (w, _, mailbox) = ann_on_gmail_like(false).await;
-    let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", true)
-        .await
-        .unwrap();
-    let mut s = ImapSession::login(
+async fn gmail_session(gmail: &ScriptedGmail) -> ImapSession {
+    ImapSession::login(
         &Endpoint::new("127.0.0.1", gmail.port, Security::None),
         &TlsSettings::public(),
         &Credentials::OAuth {
@@ -212,7 +207,50 @@ async fn gmail_mail_is_keyed_by_its_message_id_and_threaded_by_gmails_conversati
         },
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn gmails_could_not_be_fetched_is_retried_and_stores_nothing_half_read() {
+    let (w, _, mailbox) = ann_on_gmail_like(false).await;
+    let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", true)
+        .await
+        .unwrap();
+    gmail.fail_fetches(1);
+    let mut s = gmail_session(&gmail).await;
+    let err = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
+        .await
+        .expect_err("the FETCH failed");
+    assert!(
+        err.is_transient(),
+        "a NO to FETCH is retried, not a reason to stop the mailbox: {err}"
+    );
+    assert!(err.to_string().contains("could not be FETCHed"), "{err}");
+    // The message that did arrive before the NO is not stored without its batch.
+    assert_eq!(w.app.store.count_emails(mailbox.id).await.unwrap(), 0);
+    assert_eq!(
+        w.app
+            .store
+            .folder_position(mailbox.id, "INBOX")
+            .await
+            .unwrap(),
+        None
+    );
+    // Gmail can read them again: the next pass stores both.
+    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
+        .await
+        .unwrap();
+    assert_eq!((report.fetched, report.stored), (2, 2));
+    s.logout().await;
+}
+
+#[tokio::test]
+async fn gmail_mail_is_keyed_by_its_message_id_and_threaded_by_gmails_conversation() {
+    let (w, _, mailbox) = ann_on_gmail_like(false).await;
+    let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", true)
+        .await
+        .unwrap();
+    let mut s = gmail_session(&gmail).await;
     let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
         .await
         .unwrap();

@@ -1,12 +1,12 @@
 //! [`ScriptedGmail`]: an IMAP server that answers the way imap.gmail.com does where Dovecot
 //! differs — its greeting and capabilities (`X-GM-EXT-1`, `LITERAL-`, no `LITERAL+`), its
-//! exact XOAUTH2 error challenge, its refusal when IMAP is turned off in Gmail settings, and
-//! its FETCH extensions (X-GM-MSGID, X-GM-THRID, X-GM-LABELS) on a fixed INBOX of
-//! [`GMAIL_INBOX`].
+//! exact XOAUTH2 error challenge, its refusal when IMAP is turned off in Gmail settings, its
+//! FETCH extensions (X-GM-MSGID, X-GM-THRID, X-GM-LABELS) on a fixed INBOX of
+//! [`GMAIL_INBOX`], and, on demand, its `NO Some messages could not be FETCHed`.
 //! Scripted because no real peer shows these on demand; plain TCP, one account.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -51,6 +51,7 @@ pub struct ScriptedGmail {
     pub port: u16,
     /// Whether the client sent `ID` (Gmail asks clients to).
     pub id_received: Arc<AtomicBool>,
+    failing_fetches: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -64,19 +65,33 @@ impl ScriptedGmail {
         let expected = format!("user={user}\x01auth=Bearer {token}\x01\x01");
         let user = user.to_owned();
         let flag = id_received.clone();
+        let failing_fetches = Arc::new(AtomicUsize::new(0));
+        let failing = failing_fetches.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (expected, user, flag) = (expected.clone(), user.clone(), flag.clone());
+                let (expected, user, flag, failing) = (
+                    expected.clone(),
+                    user.clone(),
+                    flag.clone(),
+                    failing.clone(),
+                );
                 tokio::spawn(async move {
-                    let _ = serve(stream, &expected, &user, imap_enabled, &flag).await;
+                    let _ = serve(stream, &expected, &user, imap_enabled, &flag, &failing).await;
                 });
             }
         });
         Ok(Self {
             port,
             id_received,
+            failing_fetches,
             task,
         })
+    }
+
+    /// The next `n` FETCH commands return the first message asked for, then fail the way
+    /// Gmail does when it cannot read some of a mailbox's messages for a while.
+    pub fn fail_fetches(&self, n: usize) {
+        self.failing_fetches.store(n, Ordering::SeqCst);
     }
 }
 
@@ -92,6 +107,7 @@ async fn serve(
     user: &str,
     imap_enabled: bool,
     id_received: &AtomicBool,
+    failing_fetches: &AtomicUsize,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
@@ -160,7 +176,13 @@ async fn serve(
                  * OK [HIGHESTMODSEQ 4242]\r\n\
                  {tag} OK [READ-ONLY] INBOX selected. (Success)\r\n"
             ),
-            "UID" if authenticated => uid_command(tag, rest),
+            "UID" if authenticated => {
+                let fail = rest.to_ascii_uppercase().starts_with("FETCH ")
+                    && failing_fetches
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                uid_command(tag, rest, fail)
+            }
             "LOGOUT" => {
                 write
                     .write_all(
@@ -178,8 +200,9 @@ async fn serve(
 }
 
 /// `UID SEARCH UID n:*` and `UID FETCH set (…)` over [`GMAIL_INBOX`], answered with the
-/// attributes in the order Gmail sends them.
-fn uid_command(tag: &str, rest: &str) -> String {
+/// attributes in the order Gmail sends them; with `fail`, a FETCH sends its first message
+/// and then Gmail's NO.
+fn uid_command(tag: &str, rest: &str, fail: bool) -> String {
     let (verb, args) = rest.split_once(' ').unwrap_or((rest, ""));
     match verb.to_ascii_uppercase().as_str() {
         "SEARCH" => {
@@ -210,6 +233,11 @@ fn uid_command(tag: &str, rest: &str) -> String {
                         m.raw.len(),
                         m.raw
                     ));
+                    if fail {
+                        return format!(
+                            "{out}{tag} NO Some messages could not be FETCHed (Failure)\r\n"
+                        );
+                    }
                 }
             }
             format!("{out}{tag} OK Success\r\n")
