@@ -7,6 +7,7 @@
 use mailbridge_proto::imap::ImapSession;
 use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
 use mailbridge_store::{EmailFilter, FolderPosition, MailboxRecord, SyncBatch};
+use mailbridge_sync::incoming::SyncReport;
 use mailbridge_sync::incoming::imap::sync_inbox;
 use mailbridge_testkit::{AppOptions, CountingProxy, GMAIL_INBOX, MailWorld, ScriptedGmail};
 use secrecy::SecretString;
@@ -35,6 +36,22 @@ async fn ann_on_gmail_like(signed_in: bool) -> (MailWorld, String, MailboxRecord
     (w, id, mailbox)
 }
 
+/// One pass over INBOX that must succeed.
+async fn pass(w: &MailWorld, s: &mut ImapSession, mailbox: &MailboxRecord) -> SyncReport {
+    sync_inbox(&w.app.store, s, mailbox, None, None)
+        .await
+        .unwrap()
+}
+
+/// The stored INBOX position.
+async fn position(w: &MailWorld, mailbox: &MailboxRecord) -> Option<FolderPosition> {
+    w.app
+        .store
+        .folder_position(mailbox.id, "INBOX")
+        .await
+        .unwrap()
+}
+
 /// Sets the stored INBOX position, as a crash or a server renumbering would leave it.
 async fn put_position(w: &MailWorld, mailbox: &MailboxRecord, position: FolderPosition) {
     let batch = SyncBatch {
@@ -55,26 +72,12 @@ async fn a_uidvalidity_change_is_read_again_without_duplicates() {
         w.dovecot.deliver("ann@example.com", &message(i)).unwrap();
     }
     let mut s = w.imap_session(&id).await;
-    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
-        .await
-        .unwrap();
+    let report = pass(&w, &mut s, &mailbox).await;
     assert_eq!((report.fetched, report.stored), (3, 3));
-    let before = w
-        .app
-        .store
-        .folder_position(mailbox.id, "INBOX")
-        .await
-        .unwrap()
-        .unwrap();
+    let before = position(&w, &mailbox).await.unwrap();
     assert_eq!(before.last_uid, 3);
     // A second pass finds nothing new.
-    assert_eq!(
-        sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
-            .await
-            .unwrap()
-            .fetched,
-        0
-    );
+    assert_eq!(pass(&w, &mut s, &mailbox).await.fetched, 0);
     s.logout().await;
 
     // Dovecot loses its UID list and indexes (as after a restore): it renumbers INBOX.
@@ -89,16 +92,8 @@ async fn a_uidvalidity_change_is_read_again_without_duplicates() {
     std::thread::sleep(std::time::Duration::from_millis(1100)); // a new UIDVALIDITY is a timestamp
     w.dovecot.deliver("ann@example.com", &message(3)).unwrap();
     let mut s = w.imap_session(&id).await;
-    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
-        .await
-        .unwrap();
-    let after = w
-        .app
-        .store
-        .folder_position(mailbox.id, "INBOX")
-        .await
-        .unwrap()
-        .unwrap();
+    let report = pass(&w, &mut s, &mailbox).await;
+    let after = position(&w, &mailbox).await.unwrap();
     assert_ne!(
         after.uid_validity, before.uid_validity,
         "the test must really change UIDVALIDITY"
@@ -119,23 +114,13 @@ async fn a_pass_repeated_after_a_crash_stores_nothing_twice() {
         w.dovecot.deliver("ann@example.com", &message(i)).unwrap();
     }
     let mut s = w.imap_session(&id).await;
-    sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
-        .await
-        .unwrap();
+    pass(&w, &mut s, &mailbox).await;
     // As if the process died after storing the emails but before the position moved on:
     // put the position back and run the pass again.
-    let mut position = w
-        .app
-        .store
-        .folder_position(mailbox.id, "INBOX")
-        .await
-        .unwrap()
-        .unwrap();
+    let mut position = position(&w, &mailbox).await.unwrap();
     position.last_uid = 1;
     put_position(&w, &mailbox, position).await;
-    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
-        .await
-        .unwrap();
+    let report = pass(&w, &mut s, &mailbox).await;
     assert_eq!((report.fetched, report.stored), (4, 0));
     assert_eq!(w.app.store.count_emails(mailbox.id).await.unwrap(), 5);
     s.logout().await;
@@ -163,20 +148,12 @@ async fn a_connection_cut_in_the_middle_of_a_fetch_loses_nothing_and_duplicates_
     assert!(err.is_transient(), "a cut connection is retried: {err}");
     // The first batch is stored whole, and the position says so: nothing half-done.
     assert_eq!(w.app.store.count_emails(mailbox.id).await.unwrap(), 250);
-    let position = w
-        .app
-        .store
-        .folder_position(mailbox.id, "INBOX")
-        .await
-        .unwrap()
-        .unwrap();
+    let position = position(&w, &mailbox).await.unwrap();
     assert_eq!(position.last_uid, 250);
 
     // The next pass, on a sound connection, reads the rest and nothing twice.
     let mut s = w.imap_session(&id).await;
-    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
-        .await
-        .unwrap();
+    let report = pass(&w, &mut s, &mailbox).await;
     assert_eq!((report.fetched, report.stored), (50, 50));
     let page = w
         .app
@@ -237,9 +214,7 @@ async fn gmails_could_not_be_fetched_is_retried_and_stores_nothing_half_read() {
         None
     );
     // Gmail can read them again: the next pass stores both.
-    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
-        .await
-        .unwrap();
+    let report = pass(&w, &mut s, &mailbox).await;
     assert_eq!((report.fetched, report.stored), (2, 2));
     s.logout().await;
 }
@@ -251,9 +226,7 @@ async fn gmail_mail_is_keyed_by_its_message_id_and_threaded_by_gmails_conversati
         .await
         .unwrap();
     let mut s = gmail_session(&gmail).await;
-    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
-        .await
-        .unwrap();
+    let report = pass(&w, &mut s, &mailbox).await;
     assert_eq!((report.fetched, report.stored), (2, 2));
     let filter = EmailFilter {
         mailbox: Some(mailbox.id),
@@ -282,9 +255,7 @@ async fn gmail_mail_is_keyed_by_its_message_id_and_threaded_by_gmails_conversati
         },
     )
     .await;
-    let report = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
-        .await
-        .unwrap();
+    let report = pass(&w, &mut s, &mailbox).await;
     assert_eq!((report.fetched, report.stored), (2, 0));
     s.logout().await;
 }
