@@ -345,16 +345,8 @@ impl Store {
         if token.is_none() && ids.is_empty() {
             return Ok(false);
         }
-        let list: Vec<String> = (0..ids.len()).map(|k| format!("${}", k + 2)).collect();
-        let by_id = if ids.is_empty() {
-            String::new()
-        } else {
-            format!(" OR message_id IN ({})", list.join(", "))
-        };
-        let mut q = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM emails WHERE direction = 'outgoing' AND (tracking_token = $1{by_id})"
-        )))
-        .bind(token);
+        let mut q = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(reply_to_sent_sql(ids.len())))
+            .bind(token);
         for id in ids {
             q = q.bind(id.clone());
         }
@@ -502,13 +494,11 @@ impl Store {
         tx.commit().await?;
         let (id,): (String,) = match idempotency_key {
             Some(key) if !created => {
-                sqlx::query_as(
-                    "SELECT id FROM emails WHERE mailbox_id = $1 AND idempotency_key = $2",
-                )
-                .bind(&mid)
-                .bind(key)
-                .fetch_one(&self.pool)
-                .await?
+                sqlx::query_as(IDEMPOTENCY_LOOKUP_SQL)
+                    .bind(&mid)
+                    .bind(key)
+                    .fetch_one(&self.pool)
+                    .await?
             }
             _ => {
                 sqlx::query_as("SELECT id FROM emails WHERE mailbox_id = $1 AND remote_key = $2")
@@ -536,18 +526,13 @@ impl Store {
             Backend::Sqlite => "",
         };
         let mut tx = self.begin_write().await?;
-        let candidates: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT e.id, e.mailbox_id FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id \
-             JOIN mailbox_leases l ON l.mailbox_id = e.mailbox_id \
-             WHERE e.status = 'pending_send' AND e.next_attempt_at <= $1 AND m.enabled = 1 \
-             AND l.node_id = $2 AND l.expires_at > $1 \
-             ORDER BY e.next_attempt_at, e.id LIMIT $3{lock}"
-        )))
-        .bind(now)
-        .bind(node)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
+        let candidates: Vec<(String, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(claim_due_sql(lock)))
+                .bind(now)
+                .bind(node)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
         let mut rows = Vec::with_capacity(candidates.len());
         for (id, mailbox) in candidates {
             // Only a row this statement moved out of pending_send is ours to send.
@@ -619,15 +604,10 @@ impl Store {
     /// saying so. Returns how many.
     pub async fn fail_interrupted_sends(&self, ttl: std::time::Duration) -> Result<u64> {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        let done = sqlx::query(
-            "UPDATE emails SET status = 'failed', send_reply = 'the service stopped while sending this email; \
-             it may or may not have been delivered: check the mailbox''s Sent folder before sending it again' \
-             WHERE status = 'sending' AND (sending_node IS NULL OR sending_node NOT IN \
-             (SELECT id FROM nodes WHERE stopped_at IS NULL AND heartbeat_at > $1))",
-        )
-        .bind(self.now_ms().saturating_sub(ttl_ms))
-        .execute(&self.pool)
-        .await?;
+        let done = sqlx::query(FAIL_INTERRUPTED_SENDS_SQL)
+            .bind(self.now_ms().saturating_sub(ttl_ms))
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -660,6 +640,53 @@ impl Store {
         }
         Ok(by_email)
     }
+}
+
+// Queries that must find their (partial) index; `tests` checks their plans on SQLite.
+
+/// Whether outgoing mail has the token `$1` or one of the `ids` message ids (`$2`…).
+fn reply_to_sent_sql(ids: usize) -> String {
+    let by_id = if ids == 0 {
+        String::new()
+    } else {
+        let list: Vec<String> = (0..ids).map(|k| format!("${}", k + 2)).collect();
+        format!(" OR message_id IN ({})", list.join(", "))
+    };
+    format!(
+        "SELECT COUNT(*) FROM emails WHERE direction = 'outgoing' AND (tracking_token = $1{by_id})"
+    )
+}
+
+const IDEMPOTENCY_LOOKUP_SQL: &str =
+    "SELECT id FROM emails WHERE mailbox_id = $1 AND idempotency_key = $2";
+
+/// Due mail of enabled mailboxes leased to node `$2` at time `$1`, `$3` at most; `lock` is
+/// PostgreSQL's row locking clause.
+fn claim_due_sql(lock: &str) -> String {
+    format!(
+        "SELECT e.id, e.mailbox_id FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id \
+         JOIN mailbox_leases l ON l.mailbox_id = e.mailbox_id \
+         WHERE e.status = 'pending_send' AND e.next_attempt_at <= $1 AND m.enabled = 1 \
+         AND l.node_id = $2 AND l.expires_at > $1 \
+         ORDER BY e.next_attempt_at, e.id LIMIT $3{lock}"
+    )
+}
+
+const FAIL_INTERRUPTED_SENDS_SQL: &str = "UPDATE emails SET status = 'failed', send_reply = 'the service stopped while sending this email; \
+     it may or may not have been delivered: check the mailbox''s Sent folder before sending it again' \
+     WHERE status = 'sending' AND (sending_node IS NULL OR sending_node NOT IN \
+     (SELECT id FROM nodes WHERE stopped_at IS NULL AND heartbeat_at > $1))";
+
+/// `column → conversation_id` of the emails whose `column` is one of `keys` values (`$1`…,
+/// or `$2`… after the mailbox `$1` when `scoped`).
+fn lookup_sql(column: &str, scoped: bool, keys: usize) -> String {
+    let first = if scoped { 2 } else { 1 };
+    let list: Vec<String> = (0..keys).map(|k| format!("${}", k + first)).collect();
+    let scope = if scoped { "mailbox_id = $1 AND " } else { "" };
+    format!(
+        "SELECT {column}, conversation_id FROM emails WHERE {scope}{column} IN ({})",
+        list.join(", ")
+    )
 }
 
 /// Columns bound per inserted email.
@@ -920,19 +947,11 @@ async fn lookup(
     keys: &[String],
 ) -> Result<HashMap<String, String>> {
     let mut known = HashMap::new();
-    let first = if mailbox.is_some() { 2 } else { 1 };
     for chunk in keys.chunks(IN_LIST) {
-        let list: Vec<String> = (0..chunk.len())
-            .map(|k| format!("${}", k + first))
-            .collect();
-        let scope = if mailbox.is_some() {
-            "mailbox_id = $1 AND "
-        } else {
-            ""
-        };
-        let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(format!(
-            "SELECT {column}, conversation_id FROM emails WHERE {scope}{column} IN ({})",
-            list.join(", ")
+        let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(lookup_sql(
+            column,
+            mailbox.is_some(),
+            chunk.len(),
         )));
         if let Some(m) = mailbox {
             q = q.bind(m.to_owned());
@@ -945,4 +964,44 @@ async fn lookup(
         }
     }
     Ok(known)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Migration 0010 left incoming mail out of four indexes; the queries that need them
+    /// must still use them, or each would read every email (on SQLite, `status` sits after
+    /// the raw bytes in the row). These are the queries the code runs.
+    #[tokio::test]
+    async fn the_partial_indexes_serve_the_queries_that_need_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::tests::fresh_sqlite(dir.path()).await;
+        for (query, index) in [
+            (
+                lookup_sql("tracking_token", false, 2),
+                "emails_tracking_token",
+            ),
+            (
+                lookup_sql("gmail_thread_id", true, 2),
+                "emails_gmail_thread",
+            ),
+            (reply_to_sent_sql(0), "emails_tracking_token"),
+            (reply_to_sent_sql(2), "emails_tracking_token"),
+            (IDEMPOTENCY_LOOKUP_SQL.to_owned(), "emails_idempotency"),
+            (claim_due_sql(""), "emails_due"),
+            (FAIL_INTERRUPTED_SENDS_SQL.to_owned(), "emails_due"),
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {query}")))
+                    .fetch_all(&store.pool)
+                    .await
+                    .unwrap();
+            assert!(
+                plan.iter().any(|(.., detail)| detail.contains(index)),
+                "{query}\ndoes not use {index}: {plan:?}"
+            );
+        }
+    }
 }
