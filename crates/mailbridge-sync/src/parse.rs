@@ -25,12 +25,17 @@ pub fn parse(raw: &[u8]) -> ParsedEmail {
             .date()
             .and_then(|d| Utc.timestamp_opt(d.to_timestamp(), 0).single()),
         text_body: message.body_text(0).map(text),
-        // The HTML part itself: mail-parser would wrap a plain-text body in HTML, which is not
-        // what the sender wrote and would store the body twice.
-        html_body: message.html_part(0).and_then(|part| match &part.body {
-            PartType::Html(html) => Some(text(html.as_ref())),
-            _ => None,
-        }),
+        // The first HTML part among the body candidates (multipart/mixed can list an inline
+        // text/plain before it). mail-parser's body_html would wrap a plain-text body in HTML
+        // instead, which is not what the sender wrote and would store the body twice.
+        html_body: message
+            .html_body
+            .iter()
+            .filter_map(|&id| message.part(id))
+            .find_map(|part| match &part.body {
+                PartType::Html(html) => Some(text(html.as_ref())),
+                _ => None,
+            }),
         attachments: message
             .attachments()
             .map(|part| ParsedAttachment {
@@ -140,6 +145,19 @@ Content-Type: text/html; charset=utf-8\r\n\r\n<p>Hello <b>Bob</b></p>\r\n";
             Some("<p>Hello <b>Bob</b></p>")
         );
         assert_eq!(p.text_body.as_deref().map(str::trim), Some("Hello Bob"));
+    }
+
+    #[test]
+    fn the_html_of_a_mixed_message_is_found_after_its_plain_text() {
+        let raw = b"From: ann@example.com\r\nSubject: both\r\nMessage-ID: <x1@example.com>\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+Content-Type: text/plain\r\n\r\nplain first\r\n--b\r\nContent-Type: text/html\r\n\r\n<p>then html</p>\r\n--b--\r\n";
+        let p = parse(raw);
+        assert_eq!(p.text_body.as_deref().map(str::trim), Some("plain first"));
+        assert_eq!(
+            p.html_body.as_deref().map(str::trim),
+            Some("<p>then html</p>")
+        );
     }
 
     #[test]
