@@ -32,6 +32,20 @@ crate::string_enum! {
     }
 }
 
+impl AuthMethod {
+    /// What to tell the owner of a mailbox whose sign-in the provider refused.
+    pub fn sign_in_again_hint(self) -> &'static str {
+        match self {
+            AuthMethod::GmailOauth => {
+                "Sign in to Gmail again for this mailbox, then run Test & Enable Mailbox."
+            }
+            AuthMethod::Oauth2 | AuthMethod::Password => {
+                "Sign in again for this mailbox, then run Test & Enable Mailbox."
+            }
+        }
+    }
+}
+
 crate::string_enum! {
     /// Ready-made settings for well-known providers.
     Preset {

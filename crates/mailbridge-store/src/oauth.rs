@@ -303,11 +303,10 @@ impl Store {
                 user_id: owner.parse().map_err(|e| StoreError::corrupt("mailbox owner", e))?,
                 kind: SIGN_IN_REQUIRED,
                 message: format!("{email} can no longer be synchronized: the provider refused its sign-in ({reason})"),
-                hint: if auth == AuthMethod::GmailOauth.as_str() {
-                    "Sign in to Gmail again for this mailbox, then run Test & Enable Mailbox."
-                } else {
-                    "Sign in again for this mailbox, then run Test & Enable Mailbox."
-                },
+                hint: auth
+                    .parse::<AuthMethod>()
+                    .map_err(|e| StoreError::corrupt("profile auth method", e))?
+                    .sign_in_again_hint(),
             },
         )
         .await?;

@@ -324,12 +324,12 @@ impl Engine {
                     _ = shutdown.wait_for(|stop| *stop) => return,
                 }
             }
-            let (result, gmail) = match self.store.get_profile(record.spec.profile_id).await {
+            let (result, auth) = match self.store.get_profile(record.spec.profile_id).await {
                 Ok(profile) => (
                     self.pass(&record, &profile, &fence, &mut shutdown).await,
-                    profile.spec.auth == AuthMethod::GmailOauth,
+                    profile.spec.auth,
                 ),
-                Err(e) => (Err(SyncError::Store(e)), false),
+                Err(e) => (Err(SyncError::Store(e)), AuthMethod::Password),
             };
             // Failures are recorded (and the mailbox disabled) only while this node still holds
             // the lease: a worker that lost it must not stop a mailbox another node works.
@@ -353,9 +353,30 @@ impl Engine {
                         return;
                     }
                     if failures >= self.config.max_failures {
+                        let hint = match &e {
+                            // The server answered, and kept refusing (e.g. Gmail's "Some
+                            // messages could not be FETCHed" for one message that stays so).
+                            SyncError::Proto(p)
+                                if matches!(
+                                    p.kind,
+                                    mailbridge_proto::ErrorKind::Rejected { .. }
+                                ) =>
+                            {
+                                "The server kept refusing (its words are above): look at the mailbox in the provider's own web mail, then run Test & Enable Mailbox."
+                            }
+                            _ => {
+                                "Check that the mail server is reachable, then run Test & Enable Mailbox."
+                            }
+                        };
                         let _ = self
                             .store
-                            .disable_with_alert(mailbox, "sync_failing", &format!("{failures} attempts in a row failed; the last: {e}"), "Check that the mail server is reachable, then run Test & Enable Mailbox.", Some(&fence))
+                            .disable_with_alert(
+                                mailbox,
+                                "sync_failing",
+                                &format!("{failures} attempts in a row failed; the last: {e}"),
+                                hint,
+                                Some(&fence),
+                            )
                             .await;
                         return;
                     }
@@ -378,12 +399,7 @@ impl Engine {
                     let hint = match &e {
                         SyncError::Token(
                             TokenError::SignInRequired { .. } | TokenError::NotSignedIn(_),
-                        ) if gmail => {
-                            "Sign in to Gmail again for this mailbox, then run Test & Enable Mailbox."
-                        }
-                        SyncError::Token(
-                            TokenError::SignInRequired { .. } | TokenError::NotSignedIn(_),
-                        ) => "Sign in again for this mailbox, then run Test & Enable Mailbox.",
+                        ) => auth.sign_in_again_hint(),
                         SyncError::Proto(p) if p.is_auth_refused() => {
                             "Sign in again (or check the password), then run Test & Enable Mailbox."
                         }

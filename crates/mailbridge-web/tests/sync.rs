@@ -1,7 +1,8 @@
 //! The sync engine end to end: mail delivered to a real Dovecot appears through the API with
 //! its fields, new mail arrives under IDLE, POP3 mailboxes are polled and left intact, a
-//! malformed message is kept raw and flagged, the tracking rule is applied, and a refused
-//! login or a revoked grant stops the mailbox with an alert.
+//! malformed message is kept raw and flagged, the tracking rule is applied, a refused login
+//! or a revoked grant stops the mailbox with an alert, and so does a server that stays down
+//! past the failure limit.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::sync::Arc;
@@ -903,5 +904,94 @@ async fn sessions_that_end_at_once_do_not_become_a_login_storm() {
         .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
         .await;
     assert_eq!(m["enabled"], true, "held back, not failed: {m:#}");
+    w.app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_that_stays_down_disables_the_mailbox_after_the_failure_limit() {
+    let w = MailWorld::start(AppOptions {
+        engine: Some(EngineConfig {
+            max_failures: 3,
+            ..fast_engine()
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    // A port nothing listens on: every connection is refused, a transient failure.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let profile = w
+        .password_profile_with(
+            "Down",
+            json!({"protocol": "imap", "host": "127.0.0.1", "port": down, "security": "tls"}),
+        )
+        .await;
+    let m = w
+        .mailbox(
+            "ann@example.com",
+            &w.ann_id,
+            &profile,
+            json!({"password": "hunter2"}),
+        )
+        .await;
+    // Enabled as if tested while the server was up.
+    w.app
+        .store
+        .record_test(
+            &mailbridge_store::Actor::cli(),
+            m.parse().unwrap(),
+            None,
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let view = loop {
+        let (_, view) = w
+            .api
+            .get(&w.app, &format!("/api/v1/mailboxes/{m}"), &w.ann)
+            .await;
+        if view["enabled"] == false {
+            break view;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still enabled after 30 s: {view:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        view["last_sync_error"]
+            .as_str()
+            .unwrap()
+            .contains("connection failed"),
+        "{view:#}"
+    );
+    let (_, alerts) = w.api.get(&w.app, "/api/v1/alerts", &w.ann).await;
+    let alert = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "sync_failing")
+        .unwrap_or_else(|| panic!("no sync_failing alert: {alerts:#}"));
+    assert_eq!(alert["mailbox_id"], m.as_str());
+    assert!(
+        alert["message"]
+            .as_str()
+            .unwrap()
+            .contains("3 attempts in a row failed"),
+        "{alert:#}"
+    );
+    assert!(
+        alert["hint"]
+            .as_str()
+            .unwrap()
+            .contains("Check that the mail server is reachable"),
+        "{alert:#}"
+    );
     w.app.stop().await.unwrap();
 }
