@@ -448,6 +448,41 @@ impl Store {
         })
     }
 
+    /// An attachment of email `email_id`, with its decoded bytes.
+    pub async fn attachment_content(
+        &self,
+        email_id: &str,
+        attachment_id: &str,
+    ) -> Result<(AttachmentInfo, Vec<u8>)> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            id: String,
+            filename: Option<String>,
+            content_type: String,
+            size: i64,
+            content: Vec<u8>,
+        }
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT id, filename, content_type, size, content FROM attachments \
+             WHERE id = $1 AND email_id = $2",
+        )
+        .bind(attachment_id)
+        .bind(email_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let row = row.ok_or_else(|| StoreError::NotFound {
+            kind: "attachment",
+            id: attachment_id.to_owned(),
+        })?;
+        let info = AttachmentInfo {
+            id: row.id,
+            filename: row.filename,
+            content_type: row.content_type,
+            size: row.size,
+        };
+        Ok((info, row.content))
+    }
+
     /// Seconds since the least recently synced enabled mailbox last synced (for `/metrics`);
     /// `None` when no enabled mailbox has synced yet.
     pub async fn max_sync_lag_seconds(&self) -> Result<Option<f64>> {

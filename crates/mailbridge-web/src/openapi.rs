@@ -15,7 +15,7 @@ use crate::routes::{contacts, emails, mailboxes, oauth, profiles, system, users}
         mailboxes::create, mailboxes::list, mailboxes::show, mailboxes::update, mailboxes::remove,
         mailboxes::alerts, mailboxes::my_alerts, mailboxes::dismiss_my_alert, mailboxes::dismiss_alert, mailboxes::test_and_enable,
         profiles::test_and_enable, oauth::start, oauth::disconnect,
-        emails::list, emails::send, emails::show, emails::raw,
+        emails::list, emails::send, emails::show, emails::raw, emails::attachment,
         contacts::upsert, contacts::list, contacts::remove,
         system::features, system::audit_log,
     ),

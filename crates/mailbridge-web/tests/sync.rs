@@ -76,6 +76,9 @@ async fn wait_for_emails(w: &MailWorld, mailbox: &str, token: &str, n: usize) ->
     }
 }
 
+/// A well-formed id that names nothing.
+const NO_SUCH_ID: &str = "0190f7a2-0000-7000-8000-000000000000";
+
 const QUOTE: &[u8] = b"From: Bob Stone <bob@example.com>\r\nTo: Ann Lee <ann@example.com>\r\nCc: carol@example.com\r\n\
 Subject: Quote for 40 chairs\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-ID: <quote-1@example.com>\r\n\
 MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n\
@@ -124,6 +127,37 @@ async fn delivered_mail_appears_with_its_fields_and_new_mail_arrives_under_idle(
         .unwrap();
     assert_eq!(raw.headers()["content-type"], "message/rfc822");
     assert_eq!(raw.bytes().await.unwrap().as_ref(), QUOTE);
+    // So does the attachment, decoded, as a download.
+    let attachment = |email: &str, attachment: &str, token: &str| {
+        w.api
+            .http
+            .get(format!(
+                "{}/api/v1/emails/{email}/attachments/{attachment}",
+                w.app.base
+            ))
+            .bearer_auth(token)
+            .send()
+    };
+    let pdf = quote["attachments"][0]["id"].as_str().unwrap();
+    let got = attachment(id, pdf, &w.ann).await.unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.headers()["content-type"], "application/pdf");
+    assert_eq!(
+        got.headers()["content-disposition"],
+        "attachment; filename=\"quote.pdf\"; filename*=UTF-8''quote.pdf"
+    );
+    assert_eq!(got.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(got.bytes().await.unwrap().as_ref(), b"%PDF-");
+    // Not through another email's id, and an unknown one is 404.
+    let other = emails[1]["id"].as_str().unwrap();
+    assert_eq!(
+        attachment(other, pdf, &w.ann).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        attachment(id, NO_SUCH_ID, &w.ann).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
     let (_, bob) = w
         .app
         .user("bob@example.com", mailbridge_core::Role::User)
@@ -138,6 +172,10 @@ async fn delivered_mail_appears_with_its_fields_and_new_mail_arrives_under_idle(
             .get(&w.app, &format!("/api/v1/emails/{id}"), &bob)
             .await
             .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        attachment(id, pdf, &bob).await.unwrap().status(),
         StatusCode::FORBIDDEN
     );
 
