@@ -45,6 +45,30 @@ async fn world_with_clock() -> (MailWorld, Arc<ManualClock>) {
     (w, clock)
 }
 
+/// Polls `GET path` as `token` every 100 ms until `done` holds for the answer, and returns
+/// it; fails after `secs` seconds, saying `what` was awaited and showing the last answer.
+async fn poll(
+    w: &MailWorld,
+    path: &str,
+    token: &str,
+    secs: u64,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let (_, answer) = w.api.get(&w.app, path, token).await;
+        if done(&answer) {
+            return answer;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(secs),
+            "{what}: not after {secs} s; {path} answers {answer:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Polls `GET /emails?mailbox_id=…` until it holds `n` emails (or fails after 15 s).
 async fn wait_for_emails(w: &MailWorld, mailbox: &str, token: &str, n: usize) -> Vec<Value> {
     let started = Instant::now();
@@ -322,22 +346,16 @@ Content-Transfer-Encoding: quoted-printable\r\n\r\nbefore=00after\r\n";
         .await;
     w.sign_in(&untracked, &bo).await;
     assert_eq!(w.test(&untracked, &bo).await["enabled"], true);
-    let started = Instant::now();
-    loop {
-        let (_, m) = w
-            .api
-            .get(&w.app, &format!("/api/v1/mailboxes/{untracked}"), &bo)
-            .await;
-        if m["last_sync_at"].is_string() {
-            assert_eq!(m["items_processed"], 0);
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "never synced: {m:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let m = poll(
+        &w,
+        &format!("/api/v1/mailboxes/{untracked}"),
+        &bo,
+        15,
+        "a first sync",
+        |m| m["last_sync_at"].is_string(),
+    )
+    .await;
+    assert_eq!(m["items_processed"], 0);
     assert_eq!(
         w.api
             .get(
@@ -357,38 +375,21 @@ async fn a_revoked_grant_stops_the_mailbox_with_an_alert_for_its_owner() {
     let (w, clock) = world_with_clock().await;
     let (_, mailbox) = w.ann_enabled(json!({})).await;
     // Wait for the first sync, then the user revokes access and the token comes due.
-    let started = Instant::now();
-    while !w
-        .api
-        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
-        .await
-        .1["last_sync_at"]
-        .is_string()
-    {
-        assert!(started.elapsed() < Duration::from_secs(15));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mailbox_path = format!("/api/v1/mailboxes/{mailbox}");
+    poll(&w, &mailbox_path, &w.ann, 15, "a first sync", |m| {
+        m["last_sync_at"].is_string()
+    })
+    .await;
     w.oauth.revoke_account("ann@example.com").await.unwrap();
     clock.advance(chrono::Duration::minutes(59));
     // New mail wakes the idling session, which then finds its token due and refreshes it.
     w.dovecot
         .deliver("ann@example.com", b"Subject: wake up\r\n\r\n.\r\n")
         .unwrap();
-    let started = Instant::now();
-    let m = loop {
-        let (_, m) = w
-            .api
-            .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
-            .await;
-        if m["enabled"] == false {
-            break m;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "still enabled: {m:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let m = poll(&w, &mailbox_path, &w.ann, 20, "the mailbox disabled", |m| {
+        m["enabled"] == false
+    })
+    .await;
     assert_eq!(m["sign_in_status"], "needs_sign_in", "{m:#}");
     let (_, alerts) = w
         .api
@@ -442,21 +443,11 @@ async fn a_revoked_grant_stops_the_mailbox_with_an_alert_for_its_owner() {
 /// Polls an email until its status is `status` (or fails after 45 s: a retry after a failure
 /// waits 2, 4, 8… s, and a loaded machine may need a few).
 async fn wait_for_status(w: &MailWorld, id: &str, status: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let (_, e) = w
-            .api
-            .get(&w.app, &format!("/api/v1/emails/{id}"), &w.ann)
-            .await;
-        if e["status"] == status {
-            return e;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(45),
-            "email never became {status}: {e:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("the email {status}");
+    poll(w, &format!("/api/v1/emails/{id}"), &w.ann, 45, &what, |e| {
+        e["status"] == status
+    })
+    .await
 }
 
 async fn enabled_mailbox(w: &MailWorld) -> String {
@@ -535,22 +526,14 @@ async fn outgoing_mail_is_sent_once_and_its_replies_join_the_conversation() {
     w.dovecot.deliver("ann@example.com", format!("From: bob@example.com\r\nSubject: Re: Your quote\r\nMessage-ID: <b1@example.com>\r\nIn-Reply-To: <{message_id}>\r\n\r\nDeal.\r\n").as_bytes()).unwrap();
     // A client that drops the reply headers: the token in the subject still ties it.
     w.dovecot.deliver("ann@example.com", format!("From: dave@example.com\r\nSubject: AW: {subject}\r\nMessage-ID: <d1@example.com>\r\n\r\nForwarded to me.\r\n").as_bytes()).unwrap();
-    let incoming = || async {
-        let url = format!("/api/v1/emails?mailbox_id={mailbox}&direction=incoming");
-        w.api.get(&w.app, &url, &w.ann).await.1
-    };
-    let started = Instant::now();
-    let replies = loop {
-        let page = incoming().await;
-        let emails = page["emails"].as_array().unwrap();
-        if emails.len() >= 2 {
-            break emails.clone();
-        }
-        assert!(started.elapsed() < Duration::from_secs(15), "{page:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let incoming = format!("/api/v1/emails?mailbox_id={mailbox}&direction=incoming");
+    let page = poll(&w, &incoming, &w.ann, 15, "two replies", |page| {
+        page["emails"].as_array().unwrap().len() >= 2
+    })
+    .await;
+    let replies = page["emails"].as_array().unwrap().clone();
     tokio::time::sleep(Duration::from_millis(300)).await; // the unrelated one stays out
-    let page = incoming().await;
+    let page = w.api.get(&w.app, &incoming, &w.ann).await.1;
     assert_eq!(page["emails"].as_array().unwrap().len(), 2, "{page:#}");
     let subjects: Vec<&str> = replies
         .iter()
@@ -599,19 +582,16 @@ async fn a_temporary_failure_is_retried_and_a_permanent_one_fails_with_the_serve
         "no token asked for, the subject stays as written"
     );
     let id = email["id"].as_str().unwrap().to_owned();
-    let started = Instant::now();
-    loop {
-        let (_, e) = w
-            .api
-            .get(&w.app, &format!("/api/v1/emails/{id}"), &w.ann)
-            .await;
-        if e["send_attempts"].as_i64().unwrap() >= 1 && e["status"] == "pending_send" {
-            assert!(e["send_reply"].is_string(), "{e:#}");
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "{e:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let e = poll(
+        &w,
+        &format!("/api/v1/emails/{id}"),
+        &w.ann,
+        20,
+        "a failed attempt, to be retried",
+        |e| e["send_attempts"].as_i64().unwrap() >= 1 && e["status"] == "pending_send",
+    )
+    .await;
+    assert!(e["send_reply"].is_string(), "{e:#}");
     w.dovecot.start_sink().unwrap();
     let sent = wait_for_status(&w, &id, "sent").await;
     assert!(sent["send_attempts"].as_i64().unwrap() >= 2, "{sent:#}");
@@ -830,29 +810,21 @@ async fn most_of_a_profiles_mailboxes_failing_alerts_the_profiles_owner() {
             failing.push(m);
         }
     }
-    let started = Instant::now();
-    let alerts = loop {
-        let (_, alerts) = w.api.get(&w.app, "/api/v1/alerts", &w.admin).await;
-        if alerts
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a["kind"] == "profile_failing")
-        {
-            break alerts;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            for m in &failing {
-                let (_, view) = w
-                    .api
-                    .get(&w.app, &format!("/api/v1/mailboxes/{m}"), &w.admin)
-                    .await;
-                eprintln!("{view:#}");
-            }
-            panic!("no profile alert: {alerts:#}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let alerts = poll(
+        &w,
+        "/api/v1/alerts",
+        &w.admin,
+        30,
+        "a profile alert",
+        |alerts| {
+            alerts
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["kind"] == "profile_failing")
+        },
+    )
+    .await;
     let alert = alerts
         .as_array()
         .unwrap()
@@ -987,21 +959,15 @@ async fn a_server_that_stays_down_disables_the_mailbox_after_the_failure_limit()
         )
         .await
         .unwrap();
-    let started = Instant::now();
-    let view = loop {
-        let (_, view) = w
-            .api
-            .get(&w.app, &format!("/api/v1/mailboxes/{m}"), &w.ann)
-            .await;
-        if view["enabled"] == false {
-            break view;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "still enabled after 30 s: {view:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let view = poll(
+        &w,
+        &format!("/api/v1/mailboxes/{m}"),
+        &w.ann,
+        30,
+        "the mailbox disabled",
+        |view| view["enabled"] == false,
+    )
+    .await;
     assert!(
         view["last_sync_error"]
             .as_str()
