@@ -568,29 +568,35 @@ impl Store {
                 .bind(limit)
                 .fetch_all(&mut *tx)
                 .await?;
-        let mut rows = Vec::with_capacity(candidates.len());
-        for (id, mailbox) in candidates {
-            // Only a row this statement moved out of pending_send is ours to send.
-            let claimed = sqlx::query("UPDATE emails SET status = 'sending', sending_node = $2, send_attempts = send_attempts + 1 WHERE id = $1 AND status = 'pending_send'")
-                .bind(&id)
-                .bind(node)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if claimed == 1 {
-                rows.push((id, mailbox));
+        // Only a row this update moved out of pending_send is ours to send (under READ
+        // COMMITTED another claimer may have moved it since the SELECT). One statement per
+        // chunk, not one per email.
+        let mut claimed: HashSet<String> = HashSet::new();
+        for chunk in candidates.chunks(IN_LIST) {
+            let list: Vec<String> = (0..chunk.len()).map(|k| format!("${}", k + 2)).collect();
+            let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(format!(
+                "UPDATE emails SET status = 'sending', sending_node = $1, send_attempts = send_attempts + 1 \
+                 WHERE status = 'pending_send' AND id IN ({}) RETURNING id",
+                list.join(", ")
+            )))
+            .bind(node);
+            for (id, _) in chunk {
+                q = q.bind(id.clone());
             }
+            claimed.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
         }
         tx.commit().await?;
-        rows.into_iter()
-            .map(|(id, m)| {
-                Ok((
-                    id,
-                    m.parse()
-                        .map_err(|e| StoreError::corrupt("email mailbox", e))?,
-                ))
-            })
-            .collect()
+        let rows = candidates
+            .into_iter()
+            .filter(|(id, _)| claimed.contains(id));
+        rows.map(|(id, m)| {
+            Ok((
+                id,
+                m.parse()
+                    .map_err(|e| StoreError::corrupt("email mailbox", e))?,
+            ))
+        })
+        .collect()
     }
 
     /// The server accepted the email.
