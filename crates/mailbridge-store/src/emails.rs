@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use mailbridge_core::message::{ParsedEmail, Party};
+use mailbridge_core::message::{ParsedAttachment, ParsedEmail, Party};
 use mailbridge_core::{MailboxId, UserId};
 use sqlx::{Any, Transaction};
 
@@ -732,6 +732,8 @@ fn lookup_sql(column: &str, scoped: bool, keys: usize) -> String {
 
 /// Columns bound per inserted email.
 const EMAIL_COLUMNS: usize = 30;
+/// Columns bound per inserted attachment.
+const ATTACHMENT_COLUMNS: usize = 6;
 /// Rows per multi-row INSERT: 32 × 30 parameters stays far below every bind limit.
 const ROWS_PER_INSERT: usize = 32;
 /// Values per `IN (…)` list.
@@ -767,27 +769,13 @@ async fn insert_emails(
         |parties: &[Party]| serde_json::to_string(parties).unwrap_or_else(|_| "[]".to_owned());
     let mut inserted: HashSet<String> = HashSet::new();
     for (chunk_no, chunk) in rows.chunks(ROWS_PER_INSERT).enumerate() {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|r| {
-                // SQLite looks a numbered parameter's name up in a list, once per parameter:
-                // quadratic in the ~900 of a full statement (a quarter of the store's time
-                // in the first-sync benchmark). Anonymous `?`s bind in order with no look-up.
-                let params: Vec<String> = (1..=EMAIL_COLUMNS)
-                    .map(|c| match backend {
-                        Backend::Sqlite => "?".to_owned(),
-                        Backend::Postgres => format!("${}", r * EMAIL_COLUMNS + c),
-                    })
-                    .collect();
-                format!("({})", params.join(", "))
-            })
-            .collect();
         let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \
              gmail_labels, message_id, in_reply_to, references_ids, subject, from_address, from_name, \
              to_json, cc_json, sent_at, text_body, html_body, raw, size, parse_error, conversation_id, \
              created_at, status, idempotency_key, next_attempt_at, gmail_thread_id, tracking_token, stored_by) VALUES {} \
              ON CONFLICT DO NOTHING RETURNING id",
-            values.join(", ")
+            values_list(backend, chunk.len(), EMAIL_COLUMNS)
         )));
         for (k, &i) in chunk.iter().enumerate() {
             let n = chunk_no * ROWS_PER_INSERT + k;
@@ -829,23 +817,49 @@ async fn insert_emails(
         }
         inserted.extend(q.fetch_all(&mut **tx).await?.into_iter().map(|(id,)| id));
     }
-    for (n, &i) in rows.iter().enumerate() {
-        if !inserted.contains(&ids[n]) {
-            continue;
-        }
-        for a in &emails[i].parsed.attachments {
-            sqlx::query("INSERT INTO attachments (id, email_id, filename, content_type, size, content) VALUES ($1, $2, $3, $4, $5, $6)")
+    let attachments: Vec<(&String, &ParsedAttachment)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| inserted.contains(&ids[*n]))
+        .flat_map(|(n, &i)| emails[i].parsed.attachments.iter().map(move |a| (n, a)))
+        .map(|(n, a)| (&ids[n], a))
+        .collect();
+    for chunk in attachments.chunks(ROWS_PER_INSERT) {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO attachments (id, email_id, filename, content_type, size, content) VALUES {}",
+            values_list(backend, chunk.len(), ATTACHMENT_COLUMNS)
+        )));
+        for (email_id, a) in chunk {
+            q = q
                 .bind(uuid::Uuid::now_v7().to_string())
-                .bind(&ids[n])
+                .bind((*email_id).clone())
                 .bind(a.filename.clone())
-                .bind(&a.content_type)
+                .bind(a.content_type.clone())
                 .bind(i64::try_from(a.content.len()).unwrap_or(i64::MAX))
-                .bind(a.content.clone())
-                .execute(&mut **tx)
-                .await?;
+                .bind(a.content.clone());
         }
+        q.execute(&mut **tx).await?;
     }
     Ok(inserted.len())
+}
+
+/// `(…), (…)`: the VALUES of a multi-row INSERT of `rows` rows of `columns` parameters.
+/// SQLite looks a numbered parameter's name up in a list, once per parameter: quadratic in the
+/// ~900 of a full emails statement (a quarter of the store's time in the first-sync
+/// benchmark). Anonymous `?`s bind in order with no look-up; PostgreSQL needs `$n`.
+fn values_list(backend: Backend, rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=columns)
+                .map(|c| match backend {
+                    Backend::Sqlite => "?".to_owned(),
+                    Backend::Postgres => format!("${}", r * columns + c),
+                })
+                .collect();
+            format!("({})", params.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Which emails are already stored: a replay of a committed batch (same key), or a message

@@ -68,5 +68,33 @@ async fn a_thousand_real_messages_and_the_malformed_samples_are_all_stored() {
         "real mail has subjects: {with_subject} of {}",
         emails.len()
     );
+    // Each record has exactly the attachments of its own message (batched inserts must not
+    // hand one message's files to another).
+    let (mut after, mut attachments) = (None, 0);
+    loop {
+        let filter = mailbridge_store::EmailFilter {
+            mailbox: Some(mailbox.id),
+            ..Default::default()
+        };
+        let page = w
+            .app
+            .store
+            .list_emails(&filter, after.as_deref(), 500)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for e in &page {
+            let raw = w.app.store.email_raw(&e.id).await.unwrap();
+            let expected: Vec<i64> = mail_parser::MessageParser::default()
+                .parse(&raw[..])
+                .map(|m| m.attachments().map(|a| a.contents().len() as i64).collect())
+                .unwrap_or_default();
+            let stored: Vec<i64> = e.attachments.iter().map(|a| a.size).collect();
+            assert_eq!(stored, expected, "attachments of {:?}", e.message_id);
+            attachments += stored.len();
+        }
+    }
+    assert!(attachments > 20, "the corpus has attachments: {attachments}");
     s.logout().await;
 }
