@@ -61,6 +61,11 @@ impl ProtoError {
         }
     }
 
+    /// Whether the server answered and refused the command (IMAP NO, SMTP 4xx/5xx, POP3 -ERR).
+    pub fn is_rejected(&self) -> bool {
+        matches!(self.kind, ErrorKind::Rejected { .. })
+    }
+
     /// Whether the server refused the credentials (a new sign-in or password may help).
     pub fn is_auth_refused(&self) -> bool {
         matches!(self.kind, ErrorKind::AuthRefused { .. })

@@ -356,12 +356,7 @@ impl Engine {
                         let hint = match &e {
                             // The server answered, and kept refusing (e.g. Gmail's "Some
                             // messages could not be FETCHed" for one message that stays so).
-                            SyncError::Proto(p)
-                                if matches!(
-                                    p.kind,
-                                    mailbridge_proto::ErrorKind::Rejected { .. }
-                                ) =>
-                            {
+                            SyncError::Proto(p) if p.is_rejected() => {
                                 "The server kept refusing (its words are above): look at the mailbox in the provider's own web mail, then run Test & Enable Mailbox."
                             }
                             _ => {

@@ -95,6 +95,9 @@ async fn a_thousand_real_messages_and_the_malformed_samples_are_all_stored() {
             attachments += stored.len();
         }
     }
-    assert!(attachments > 20, "the corpus has attachments: {attachments}");
+    assert!(
+        attachments > 20,
+        "the corpus has attachments: {attachments}"
+    );
     s.logout().await;
 }

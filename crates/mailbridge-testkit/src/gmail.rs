@@ -2,11 +2,12 @@
 //! differs — its greeting and capabilities (`X-GM-EXT-1`, `LITERAL-`, no `LITERAL+`), its
 //! exact XOAUTH2 error challenge, its refusal when IMAP is turned off in Gmail settings, its
 //! FETCH extensions (X-GM-MSGID, X-GM-THRID, X-GM-LABELS) on a fixed INBOX of
-//! [`GMAIL_INBOX`], and, on demand, its `NO Some messages could not be FETCHed`.
+//! [`GMAIL_INBOX`], and, on demand, a message it cannot read (`NO Some messages could not be
+//! FETCHed`).
 //! Scripted because no real peer shows these on demand; plain TCP, one account.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -51,7 +52,8 @@ pub struct ScriptedGmail {
     pub port: u16,
     /// Whether the client sent `ID` (Gmail asks clients to).
     pub id_received: Arc<AtomicBool>,
-    failing_fetches: Arc<AtomicUsize>,
+    /// The UID Gmail cannot read for now (0: none).
+    unreadable: Arc<AtomicU32>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -65,8 +67,8 @@ impl ScriptedGmail {
         let expected = format!("user={user}\x01auth=Bearer {token}\x01\x01");
         let user = user.to_owned();
         let flag = id_received.clone();
-        let failing_fetches = Arc::new(AtomicUsize::new(0));
-        let failing = failing_fetches.clone();
+        let unreadable = Arc::new(AtomicU32::new(0));
+        let failing = unreadable.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (expected, user, flag, failing) = (
@@ -83,15 +85,15 @@ impl ScriptedGmail {
         Ok(Self {
             port,
             id_received,
-            failing_fetches,
+            unreadable,
             task,
         })
     }
 
-    /// The next `n` FETCH commands return the first message asked for, then fail the way
-    /// Gmail does when it cannot read some of a mailbox's messages for a while.
-    pub fn fail_fetches(&self, n: usize) {
-        self.failing_fetches.store(n, Ordering::SeqCst);
+    /// Until called again with `None`, every FETCH that asks for `uid` returns the other
+    /// messages it asks for and then fails, the way Gmail does while it cannot read one.
+    pub fn make_unreadable(&self, uid: Option<u32>) {
+        self.unreadable.store(uid.unwrap_or(0), Ordering::SeqCst);
     }
 }
 
@@ -107,7 +109,7 @@ async fn serve(
     user: &str,
     imap_enabled: bool,
     id_received: &AtomicBool,
-    failing_fetches: &AtomicUsize,
+    unreadable: &AtomicU32,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
@@ -176,13 +178,7 @@ async fn serve(
                  * OK [HIGHESTMODSEQ 4242]\r\n\
                  {tag} OK [READ-ONLY] INBOX selected. (Success)\r\n"
             ),
-            "UID" if authenticated => {
-                let fail = rest.to_ascii_uppercase().starts_with("FETCH ")
-                    && failing_fetches
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok();
-                uid_command(tag, rest, fail)
-            }
+            "UID" if authenticated => uid_command(tag, rest, unreadable.load(Ordering::SeqCst)),
             "LOGOUT" => {
                 write
                     .write_all(
@@ -200,9 +196,9 @@ async fn serve(
 }
 
 /// `UID SEARCH UID n:*` and `UID FETCH set (…)` over [`GMAIL_INBOX`], answered with the
-/// attributes in the order Gmail sends them; with `fail`, a FETCH sends its first message
-/// and then Gmail's NO.
-fn uid_command(tag: &str, rest: &str, fail: bool) -> String {
+/// attributes in the order Gmail sends them; a FETCH that asks for the `unreadable` UID gets
+/// the others and then Gmail's NO.
+fn uid_command(tag: &str, rest: &str, unreadable: u32) -> String {
     let (verb, args) = rest.split_once(' ').unwrap_or((rest, ""));
     match verb.to_ascii_uppercase().as_str() {
         "SEARCH" => {
@@ -222,7 +218,7 @@ fn uid_command(tag: &str, rest: &str, fail: bool) -> String {
                 .collect();
             let mut out = String::new();
             for (seq, m) in GMAIL_INBOX.iter().enumerate() {
-                if wanted.contains(&m.uid) {
+                if wanted.contains(&m.uid) && m.uid != unreadable {
                     out.push_str(&format!(
                         "* {} FETCH (X-GM-THRID {} X-GM-MSGID {} X-GM-LABELS {} UID {} BODY[] {{{}}}\r\n{})\r\n",
                         seq + 1,
@@ -233,12 +229,10 @@ fn uid_command(tag: &str, rest: &str, fail: bool) -> String {
                         m.raw.len(),
                         m.raw
                     ));
-                    if fail {
-                        return format!(
-                            "{out}{tag} NO Some messages could not be FETCHed (Failure)\r\n"
-                        );
-                    }
                 }
+            }
+            if wanted.contains(&unreadable) {
+                return format!("{out}{tag} NO Some messages could not be FETCHed (Failure)\r\n");
             }
             format!("{out}{tag} OK Success\r\n")
         }

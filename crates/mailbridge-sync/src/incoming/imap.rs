@@ -2,6 +2,7 @@
 //! read), each batch stored with the folder's new position in one transaction.
 
 use chrono::NaiveDate;
+use mailbridge_proto::ProtoError;
 use mailbridge_proto::imap::{FetchedMessage, ImapSession};
 use mailbridge_store::{
     Fence, FolderPosition, MailboxRecord, NewEmail, RawMessage, Store, SyncBatch,
@@ -12,6 +13,36 @@ use super::{BATCH_SIZE, SyncError, SyncReport, track};
 use crate::parse::parse;
 
 pub const INBOX: &str = "INBOX";
+
+/// A batch's messages. When the server refuses the batch (Gmail: "Some messages could not be
+/// FETCHed", while it cannot read one of them), each message is asked for alone, so the one
+/// it cannot give holds back only itself: the others come back with the first refused UID
+/// and the refusal.
+async fn fetch_batch(
+    session: &mut ImapSession,
+    batch: &[u32],
+) -> Result<(Vec<FetchedMessage>, Option<(u32, ProtoError)>), ProtoError> {
+    let refusal = match session.uid_fetch(batch).await {
+        Ok(fetched) => return Ok((fetched, None)),
+        Err(e) if e.is_rejected() => e,
+        Err(e) => return Err(e),
+    };
+    if let [uid] = batch {
+        return Ok((Vec::new(), Some((*uid, refusal))));
+    }
+    tracing::info!(uids = batch.len(), error = %refusal, "the server refused a batch; asking for its messages one by one");
+    let (mut fetched, mut refused) = (Vec::new(), None);
+    for &uid in batch {
+        match session.uid_fetch(&[uid]).await {
+            Ok(one) => fetched.extend(one),
+            Err(e) if e.is_rejected() => {
+                refused.get_or_insert((uid, e));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((fetched, refused))
+}
 
 /// One pass over INBOX: fetch what is new since the stored position and store it.
 /// `since` bounds the first sync ("process emails received after"); with a `fence`, each
@@ -75,10 +106,18 @@ pub async fn sync_inbox(
     let (parsed_tx, mut parsed_rx) = tokio::sync::mpsc::channel(1);
     let fetch = async {
         for batch in uids.chunks(BATCH_SIZE) {
-            let fetched = session.uid_fetch(batch).await?;
-            let last = batch.last().copied().unwrap_or(first_uid);
+            let (fetched, refused) = fetch_batch(session, batch).await?;
+            // The position stops just before a message the server would not give: the next
+            // pass asks for it again (what follows it is stored now, and not twice later).
+            let last = match &refused {
+                Some((uid, _)) => uid.saturating_sub(1),
+                None => batch.last().copied().unwrap_or(first_uid),
+            };
             if fetched_tx.send((last, fetched)).await.is_err() {
                 break; // a later stage stopped
+            }
+            if let Some((_, refusal)) = refused {
+                return Err(refusal.into());
             }
         }
         drop(fetched_tx);
