@@ -4,32 +4,16 @@
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use mailbridge_proto::imap::ImapSession;
-use mailbridge_proto::{Credentials, Endpoint, ErrorKind, Security, TlsSettings};
+use mailbridge_proto::ErrorKind;
 use mailbridge_testkit::{GMAIL_INBOX, ScriptedGmail};
-use secrecy::SecretString;
-
-fn creds(token: &str) -> Credentials {
-    Credentials::OAuth {
-        user: "ann@gmail.com".into(),
-        token: SecretString::from(token.to_owned()),
-    }
-}
-
-fn at(port: u16) -> Endpoint {
-    Endpoint::new("127.0.0.1", port, Security::None).with_timeout(Duration::from_secs(5))
-}
 
 #[tokio::test]
 async fn gmail_logs_in_sends_id_and_shows_its_extensions() {
     let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", true)
         .await
         .unwrap();
-    let mut s = ImapSession::login(&at(gmail.port), &TlsSettings::public(), &creds("ya29.good"))
-        .await
-        .unwrap();
+    let mut s = gmail.login("ya29.good").await.unwrap();
     assert!(
         gmail.id_received.load(Ordering::SeqCst),
         "Gmail asks clients to send ID"
@@ -57,9 +41,7 @@ async fn gmails_message_and_thread_ids_and_labels_are_fetched_with_the_bytes() {
     let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", true)
         .await
         .unwrap();
-    let mut s = ImapSession::login(&at(gmail.port), &TlsSettings::public(), &creds("ya29.good"))
-        .await
-        .unwrap();
+    let mut s = gmail.login("ya29.good").await.unwrap();
     s.examine("INBOX").await.unwrap();
     let uids = s.uids_from(1, None).await.unwrap();
     assert_eq!(uids, [5, 6]);
@@ -83,13 +65,7 @@ async fn gmails_error_challenge_is_answered_and_decoded() {
     let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", true)
         .await
         .unwrap();
-    let e = ImapSession::login(
-        &at(gmail.port),
-        &TlsSettings::public(),
-        &creds("ya29.expired"),
-    )
-    .await
-    .unwrap_err();
+    let e = gmail.login("ya29.expired").await.unwrap_err();
     match &e.kind {
         ErrorKind::AuthRefused { words, detail } => {
             assert!(words.contains("Invalid credentials"), "{e}");
@@ -107,9 +83,7 @@ async fn imap_turned_off_in_gmail_is_reported_in_gmails_words() {
     let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", false)
         .await
         .unwrap();
-    let e = ImapSession::login(&at(gmail.port), &TlsSettings::public(), &creds("ya29.good"))
-        .await
-        .unwrap_err();
+    let e = gmail.login("ya29.good").await.unwrap_err();
     assert!(e.is_auth_refused(), "{e}");
     assert!(
         e.to_string()

@@ -6,12 +6,10 @@
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use mailbridge_proto::imap::ImapSession;
-use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
 use mailbridge_store::{EmailFilter, FolderPosition, MailboxRecord, SyncBatch};
 use mailbridge_sync::incoming::SyncReport;
 use mailbridge_sync::incoming::imap::sync_inbox;
 use mailbridge_testkit::{AppOptions, CountingProxy, GMAIL_INBOX, MailWorld, ScriptedGmail};
-use secrecy::SecretString;
 use serde_json::json;
 
 fn message(i: u32) -> Vec<u8> {
@@ -175,19 +173,6 @@ async fn a_connection_cut_in_the_middle_of_a_fetch_loses_nothing_and_duplicates_
     s.logout().await;
 }
 
-async fn gmail_session(gmail: &ScriptedGmail) -> ImapSession {
-    ImapSession::login(
-        &Endpoint::new("127.0.0.1", gmail.port, Security::None),
-        &TlsSettings::public(),
-        &Credentials::OAuth {
-            user: "ann@gmail.com".into(),
-            token: SecretString::from("ya29.good"),
-        },
-    )
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn a_message_gmail_cannot_read_holds_back_only_itself() {
     let (w, _, mailbox) = ann_on_gmail_like(false).await;
@@ -196,7 +181,7 @@ async fn a_message_gmail_cannot_read_holds_back_only_itself() {
         .unwrap();
     let (stuck, other) = (GMAIL_INBOX[0].uid, GMAIL_INBOX[1].uid);
     gmail.make_unreadable(Some(stuck));
-    let mut s = gmail_session(&gmail).await;
+    let mut s = gmail.login("ya29.good").await.unwrap();
     for _ in 0..2 {
         let err = sync_inbox(&w.app.store, &mut s, &mailbox, None, None)
             .await
@@ -226,7 +211,7 @@ async fn gmail_mail_is_keyed_by_its_message_id_and_threaded_by_gmails_conversati
     let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", true)
         .await
         .unwrap();
-    let mut s = gmail_session(&gmail).await;
+    let mut s = gmail.login("ya29.good").await.unwrap();
     let report = pass(&w, &mut s, &mailbox).await;
     assert_eq!((report.fetched, report.stored), (2, 2));
     let filter = EmailFilter {

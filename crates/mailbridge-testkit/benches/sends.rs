@@ -46,17 +46,7 @@ async fn run(w: &MailWorld, profile: &str, mailboxes: usize, total: usize, tag: 
         let email = format!("{tag}{i}@example.com");
         let (id, _) = w.app.user(&email, Role::User).await.unwrap();
         let mailbox = w.mailbox(&email, &id, profile, json!({"login_name": "pw@example.com", "password": "hunter2", "incoming_method": "none"})).await;
-        w.app
-            .store
-            .record_test(
-                &mailbridge_store::Actor::cli(),
-                mailbox.parse().unwrap(),
-                None,
-                None,
-                true,
-            )
-            .await
-            .unwrap();
+        w.enable_as_tested(&mailbox).await;
         boxes.push(mailbox);
     }
     let already = w.dovecot.relayed().unwrap().len();

@@ -52,6 +52,8 @@ pub struct ScriptedGmail {
     pub port: u16,
     /// Whether the client sent `ID` (Gmail asks clients to).
     pub id_received: Arc<AtomicBool>,
+    /// The account it serves.
+    user: String,
     /// The UID Gmail cannot read for now (0: none).
     unreadable: Arc<AtomicU32>,
     task: tokio::task::JoinHandle<()>,
@@ -66,6 +68,7 @@ impl ScriptedGmail {
         let id_received = Arc::new(AtomicBool::new(false));
         let expected = format!("user={user}\x01auth=Bearer {token}\x01\x01");
         let user = user.to_owned();
+        let user_name = user.clone();
         let flag = id_received.clone();
         let unreadable = Arc::new(AtomicU32::new(0));
         let failing = unreadable.clone();
@@ -85,9 +88,33 @@ impl ScriptedGmail {
         Ok(Self {
             port,
             id_received,
+            user: user_name,
             unreadable,
             task,
         })
+    }
+
+    /// Logs in to it (plain TCP, as its account) with the XOAUTH2 `token`.
+    pub async fn login(
+        &self,
+        token: &str,
+    ) -> Result<mailbridge_proto::imap::ImapSession, mailbridge_proto::ProtoError> {
+        let endpoint = mailbridge_proto::Endpoint::new(
+            "127.0.0.1",
+            self.port,
+            mailbridge_proto::Security::None,
+        )
+        .with_timeout(std::time::Duration::from_secs(5));
+        let creds = mailbridge_proto::Credentials::OAuth {
+            user: self.user.clone(),
+            token: secrecy::SecretString::from(token.to_owned()),
+        };
+        mailbridge_proto::imap::ImapSession::login(
+            &endpoint,
+            &mailbridge_proto::TlsSettings::public(),
+            &creds,
+        )
+        .await
     }
 
     /// Until called again with `None`, every FETCH that asks for `uid` returns the other

@@ -144,6 +144,22 @@ impl MailWorld {
         m["id"].as_str().unwrap().to_owned()
     }
 
+    /// Enables a mailbox as if Test & Enable had passed earlier (its server may have changed
+    /// since: a test of what the engine does then).
+    pub async fn enable_as_tested(&self, mailbox: &str) {
+        self.app
+            .store
+            .record_test(
+                &mailbridge_store::Actor::cli(),
+                mailbox.parse().unwrap(),
+                None,
+                None,
+                true,
+            )
+            .await
+            .unwrap();
+    }
+
     /// Signs a mailbox in through the real flow: start, the provider's consent, the callback.
     pub async fn sign_in(&self, mailbox: &str, token: &str) {
         let no_redirects = reqwest::Client::builder()

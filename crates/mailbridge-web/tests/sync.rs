@@ -795,17 +795,7 @@ async fn most_of_a_profiles_mailboxes_failing_alerts_the_profiles_owner() {
             )
             .await;
         // Enabled as if tested earlier; then the passwords changed on the server.
-        w.app
-            .store
-            .record_test(
-                &mailbridge_store::Actor::cli(),
-                m.parse().unwrap(),
-                None,
-                None,
-                true,
-            )
-            .await
-            .unwrap();
+        w.enable_as_tested(&m).await;
         if i > 0 {
             failing.push(m);
         }
@@ -948,17 +938,7 @@ async fn a_server_that_stays_down_disables_the_mailbox_after_the_failure_limit()
         )
         .await;
     // Enabled as if tested while the server was up.
-    w.app
-        .store
-        .record_test(
-            &mailbridge_store::Actor::cli(),
-            m.parse().unwrap(),
-            None,
-            None,
-            true,
-        )
-        .await
-        .unwrap();
+    w.enable_as_tested(&m).await;
     let view = poll(
         &w,
         &format!("/api/v1/mailboxes/{m}"),
