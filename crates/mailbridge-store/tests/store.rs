@@ -168,9 +168,14 @@ async fn client_secret_is_encrypted_at_rest_and_survives_rotation(kind: TestData
     assert_ne!(old_id, new_id);
 }
 
-async fn a_gmail_profile_takes_exactly_100_mailboxes_even_when_raced(kind: TestDatabase) {
-    let db = Db::new(kind).await;
-    let store = db.open(Keyring::generate()).await;
+/// A user, owner@example.com, and a Gmail profile named `name`.
+async fn owner_and_gmail_profile(
+    store: &Store,
+    name: &str,
+) -> (
+    mailbridge_store::UserRecord,
+    mailbridge_store::ProfileRecord,
+) {
     let actor = Actor::cli();
     let (owner, _) = store
         .create_user(
@@ -180,8 +185,15 @@ async fn a_gmail_profile_takes_exactly_100_mailboxes_even_when_raced(kind: TestD
         )
         .await
         .unwrap();
-    let (spec, secret) = gmail_draft("Gmail A").resolve(None).unwrap();
+    let (spec, secret) = gmail_draft(name).resolve(None).unwrap();
     let profile = store.create_profile(&actor, &spec, secret).await.unwrap();
+    (owner, profile)
+}
+
+async fn a_gmail_profile_takes_exactly_100_mailboxes_even_when_raced(kind: TestDatabase) {
+    let db = Db::new(kind).await;
+    let store = db.open(Keyring::generate()).await;
+    let (owner, profile) = owner_and_gmail_profile(&store, "Gmail A").await;
 
     // 110 creations from 10 tasks at once: exactly 100 land, the rest are refused.
     let mut tasks = Vec::new();
@@ -232,16 +244,7 @@ async fn a_gmail_profile_takes_exactly_100_mailboxes_even_when_raced(kind: TestD
 
 async fn enabled_mailboxes(store: &Store, n: usize) -> Vec<mailbridge_core::MailboxId> {
     let actor = Actor::cli();
-    let (owner, _) = store
-        .create_user(
-            &actor,
-            &EmailAddress::parse("owner@example.com", "e").unwrap(),
-            Role::User,
-        )
-        .await
-        .unwrap();
-    let (spec, secret) = gmail_draft("Leased").resolve(None).unwrap();
-    let profile = store.create_profile(&actor, &spec, secret).await.unwrap();
+    let (owner, profile) = owner_and_gmail_profile(store, "Leased").await;
     let mut ids = Vec::new();
     for i in 0..n {
         let draft: MailboxDraft = serde_json::from_value(serde_json::json!({
