@@ -334,40 +334,54 @@ impl Store {
     }
 
     /// Whether a message answers mail sent through Mailbridge: one of the message ids it
-    /// refers to, or the tracking token in its subject, belongs to outgoing mail. One query.
+    /// refers to, or the tracking token in its subject, belongs to outgoing mail. One query
+    /// (one per 500 ids).
     pub async fn is_reply_to_sent_mail(
         &self,
         ids: &[String],
         subject: Option<&str>,
     ) -> Result<bool> {
         let token = subject.and_then(mailbridge_core::tracking::find_token);
-        let ids = &ids[..ids.len().min(IN_LIST)];
         if token.is_none() && ids.is_empty() {
             return Ok(false);
         }
-        let mut q = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(reply_to_sent_sql(ids.len())))
-            .bind(token);
-        for id in ids {
-            q = q.bind(id.clone());
+        let no_ids: [String; 0] = [];
+        let chunks: Vec<&[String]> = if ids.is_empty() {
+            vec![&no_ids]
+        } else {
+            ids.chunks(IN_LIST).collect()
+        };
+        for chunk in chunks {
+            let mut q =
+                sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(reply_to_sent_sql(chunk.len())))
+                    .bind(token.clone());
+            for id in chunk {
+                q = q.bind(id.clone());
+            }
+            if q.fetch_one(&self.pool).await?.0 > 0 {
+                return Ok(true);
+            }
         }
-        Ok(q.fetch_one(&self.pool).await?.0 > 0)
+        Ok(false)
     }
 
-    /// Whether any of these addresses is a contact the application upserted. One query.
+    /// Whether any of these addresses is a contact the application upserted. One query (one
+    /// per 500 addresses).
     pub async fn any_known_contact(&self, addresses: &[String]) -> Result<bool> {
-        let addresses = &addresses[..addresses.len().min(IN_LIST)];
-        if addresses.is_empty() {
-            return Ok(false);
+        for chunk in addresses.chunks(IN_LIST) {
+            let list: Vec<String> = (1..=chunk.len()).map(|k| format!("${k}")).collect();
+            let mut q = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM contacts WHERE email IN ({})",
+                list.join(", ")
+            )));
+            for a in chunk {
+                q = q.bind(a.to_ascii_lowercase());
+            }
+            if q.fetch_one(&self.pool).await?.0 > 0 {
+                return Ok(true);
+            }
         }
-        let list: Vec<String> = (1..=addresses.len()).map(|k| format!("${k}")).collect();
-        let mut q = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM contacts WHERE email IN ({})",
-            list.join(", ")
-        )));
-        for a in addresses {
-            q = q.bind(a.to_ascii_lowercase());
-        }
-        Ok(q.fetch_one(&self.pool).await?.0 > 0)
+        Ok(false)
     }
 
     /// A mailbox's newest emails, newest first.
@@ -429,11 +443,9 @@ impl Store {
             kind: "email",
             id: id.to_owned(),
         })?;
-        let mut records = self.records(vec![row]).await?;
-        records.pop().ok_or_else(|| StoreError::NotFound {
-            kind: "email",
-            id: id.to_owned(),
-        })
+        let mut attachments = self.attachments_of(std::slice::from_ref(&row.id)).await?;
+        let own = attachments.remove(&row.id).unwrap_or_default();
+        row.into_record(own)
     }
 
     /// The original RFC 5322 bytes of an email.
@@ -571,32 +583,31 @@ impl Store {
         // Only a row this update moved out of pending_send is ours to send (under READ
         // COMMITTED another claimer may have moved it since the SELECT). One statement per
         // chunk, not one per email.
-        let mut claimed: HashSet<String> = HashSet::new();
+        let mut claimed: Vec<(String, String)> = Vec::with_capacity(candidates.len());
         for chunk in candidates.chunks(IN_LIST) {
             let list: Vec<String> = (0..chunk.len()).map(|k| format!("${}", k + 2)).collect();
-            let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(format!(
+            let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(format!(
                 "UPDATE emails SET status = 'sending', sending_node = $1, send_attempts = send_attempts + 1 \
-                 WHERE status = 'pending_send' AND id IN ({}) RETURNING id",
+                 WHERE status = 'pending_send' AND id IN ({}) RETURNING id, mailbox_id",
                 list.join(", ")
             )))
             .bind(node);
             for (id, _) in chunk {
                 q = q.bind(id.clone());
             }
-            claimed.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
+            claimed.extend(q.fetch_all(&mut *tx).await?);
         }
         tx.commit().await?;
-        let rows = candidates
+        claimed
             .into_iter()
-            .filter(|(id, _)| claimed.contains(id));
-        rows.map(|(id, m)| {
-            Ok((
-                id,
-                m.parse()
-                    .map_err(|e| StoreError::corrupt("email mailbox", e))?,
-            ))
-        })
-        .collect()
+            .map(|(id, m)| {
+                Ok((
+                    id,
+                    m.parse()
+                        .map_err(|e| StoreError::corrupt("email mailbox", e))?,
+                ))
+            })
+            .collect()
     }
 
     /// The server accepted the email.

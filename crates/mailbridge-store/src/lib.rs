@@ -309,7 +309,6 @@ fn aad(table: &str, column: &str, id: &str) -> String {
     format!("{table}/{column}/{id}")
 }
 
-/// Rows store times as Unix milliseconds.
 /// SHA-256 as lower-case hex: content hashes, and how tokens and states are stored.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -319,6 +318,7 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Rows store times as Unix milliseconds.
 pub(crate) fn time_from_ms(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }

@@ -86,25 +86,31 @@ async fn on_sqlite_a_restarted_process_takes_over_at_once() {
     enabled_mailboxes(&store, 3).await;
     let ttl = std::time::Duration::from_secs(600);
     let crashed = store.register_node("box", "cloud").await.unwrap();
-    assert_eq!(
-        store
-            .balance_leases(&crashed, "cloud", ttl)
-            .await
-            .unwrap()
-            .len(),
-        3
-    );
+    let old = store.balance_leases(&crashed, "cloud", ttl).await.unwrap();
+    assert_eq!(old.len(), 3);
     // The process dies without releasing anything; the next one starts.
     let next = store.register_node("box", "cloud").await.unwrap();
+    let new = store.balance_leases(&next, "cloud", ttl).await.unwrap();
     assert_eq!(
-        store
-            .balance_leases(&next, "cloud", ttl)
-            .await
-            .unwrap()
-            .len(),
+        new.len(),
         3,
         "the dead process's ten-minute leases do not hold the mailboxes"
     );
+    // A second `serve` left running on the same file is fenced off, not merely outnumbered.
+    let stale = mailbridge_store::Fence {
+        node: crashed.clone(),
+        epoch: old[0].epoch,
+    };
+    let batch = mailbridge_store::SyncBatch {
+        fence: Some(stale),
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.save_sync_batch(old[0].mailbox, batch).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    let renewed = new.iter().find(|l| l.mailbox == old[0].mailbox).unwrap();
+    assert!(renewed.epoch > old[0].epoch, "a new holder, a new epoch");
     assert!(matches!(
         store.balance_leases(&crashed, "cloud", ttl).await,
         Err(StoreError::NotFound { .. })
