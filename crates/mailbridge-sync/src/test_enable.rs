@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use mailbridge_core::{
-    AuthMethod, ConnectionStatus, DeliveryMethod, IncomingProtocol, MailboxId, ProfileId,
-};
+use mailbridge_core::{AuthMethod, ConnectionStatus, IncomingProtocol, MailboxId, ProfileId};
 use mailbridge_proto::imap::ImapSession;
 use mailbridge_proto::pop3::Pop3Session;
 use mailbridge_proto::smtp::SmtpSession;
@@ -64,8 +62,9 @@ impl Tester {
     ) -> Result<MailboxRecord, StoreError> {
         let record = self.store.get_mailbox(mailbox).await?;
         let profile = self.store.get_profile(record.spec.profile_id).await?;
-        let incoming_used = record.spec.incoming_method == DeliveryMethod::ServerSideSync;
-        let outgoing_used = record.spec.outgoing_method == DeliveryMethod::ServerSideSync;
+        // Server-side sync and Email Router groups both log in to the mail servers.
+        let incoming_used = record.spec.incoming_method.is_synchronized();
+        let outgoing_used = record.spec.outgoing_method.is_synchronized();
         let (incoming, outgoing) = match self.credentials(&record, &profile).await {
             Ok(credentials) => (
                 if incoming_used {

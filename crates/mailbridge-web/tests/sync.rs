@@ -979,3 +979,40 @@ async fn a_server_that_stays_down_disables_the_mailbox_after_the_failure_limit()
     );
     w.app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn email_router_mailboxes_are_tested_and_send_and_outgoing_none_is_refused() {
+    let w = world().await;
+    // Test & Enable checks both directions of a router-group mailbox, as of a synchronized one.
+    let (_, routed) = w
+        .ann_enabled(json!({
+            "incoming_method": "email_router", "outgoing_method": "email_router",
+            "router_group": "office",
+        }))
+        .await;
+    let mail = json!({"mailbox_id": routed, "to": [{"address": "bob@example.com"}], "subject": "hi", "text_body": "x"});
+    let (status, email) = w
+        .api
+        .post(&w.app, "/api/v1/emails", &w.ann, mail.clone())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{email:#}");
+    assert_eq!(email["status"], "pending_send");
+    // A mailbox whose outgoing mail is not synchronized says so.
+    let (status, m) = w
+        .api
+        .patch(
+            &w.app,
+            &format!("/api/v1/mailboxes/{routed}"),
+            &w.admin,
+            json!({"outgoing_method": "none"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{m:#}");
+    mailbridge_testkit::assert_error(
+        &w.api.post(&w.app, "/api/v1/emails", &w.ann, mail).await,
+        StatusCode::CONFLICT,
+        "not_sending",
+        None,
+    );
+    w.app.stop().await.unwrap();
+}

@@ -8,7 +8,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use mailbridge_core::message::Party;
-use mailbridge_core::{DeliveryMethod, EmailAddress, MailboxId};
+use mailbridge_core::{EmailAddress, MailboxId};
 use mailbridge_store::{AttachmentInfo, EmailFilter, EmailRecord, StoreError};
 use mailbridge_sync::outgoing::{Outgoing, compose};
 
@@ -379,7 +379,7 @@ async fn send(
             other => other.into(),
         })?;
     caller.require_owner_or_admin(mailbox.spec.owner_user_id)?;
-    if mailbox.spec.outgoing_method != DeliveryMethod::ServerSideSync {
+    if !mailbox.spec.outgoing_method.is_synchronized() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_sending",
