@@ -308,9 +308,23 @@ impl ImapSession {
     /// The responses are read here rather than through async-imap's `uid_fetch`, whose
     /// `Fetch` offers no accessor for X-GM-THRID (imap-proto parses it; async-imap drops it).
     pub async fn uid_fetch(&mut self, uids: &[u32]) -> Result<Vec<FetchedMessage>, ProtoError> {
+        match self.uid_fetch_some(uids).await? {
+            (fetched, None) => Ok(fetched),
+            (_, Some(refusal)) => Err(refusal),
+        }
+    }
+
+    /// [`ImapSession::uid_fetch`], keeping what arrived when the server ends with NO: the
+    /// messages it gave, and its refusal. A NO to FETCH names no lasting condition (Gmail
+    /// says "Some messages could not be FETCHed" while it cannot read one), so the refusal
+    /// is transient.
+    pub async fn uid_fetch_some(
+        &mut self,
+        uids: &[u32],
+    ) -> Result<(Vec<FetchedMessage>, Option<ProtoError>), ProtoError> {
         use async_imap::imap_proto::{Response, Status};
         if uids.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         let set = uids
             .iter()
@@ -355,19 +369,17 @@ impl ImapSession {
                                 .unwrap_or_default()
                                 .to_owned();
                             return match status {
-                                Status::Ok => Ok(fetched),
-                                // A NO to FETCH names no lasting condition: Gmail says
-                                // "Some messages could not be FETCHed" while it cannot read
-                                // a message for a while. Nothing of the batch is stored and
-                                // the next pass asks again; a NO that lasts ends at the
-                                // engine's failure limit, with an alert.
-                                Status::No => Err(endpoint.error(
-                                    &step,
-                                    ErrorKind::Rejected {
-                                        words: server_words(words),
-                                        transient: true,
-                                    },
-                                )),
+                                Status::Ok => Ok((fetched, None)),
+                                Status::No => {
+                                    let refusal = endpoint.error(
+                                        &step,
+                                        ErrorKind::Rejected {
+                                            words,
+                                            transient: true,
+                                        },
+                                    );
+                                    Ok((fetched, Some(refusal)))
+                                }
                                 _ => Err(imap_error(&endpoint, &step, ImapError::Bad(words), None)),
                             };
                         }

@@ -1,6 +1,6 @@
 //! The IMAP client against Gmail's behaviours that Dovecot lacks, from a scripted server:
 //! Gmail's capabilities (X-GM-EXT-1, LITERAL-), its XOAUTH2 error challenge, its refusal
-//! when IMAP is off, and its request for `ID`.
+//! when IMAP is off, its request for `ID`, and its NO to a FETCH of a message it cannot read.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::sync::atomic::Ordering;
@@ -90,4 +90,29 @@ async fn imap_turned_off_in_gmail_is_reported_in_gmails_words() {
             .contains("Your account is not enabled for IMAP use"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn a_refused_fetch_keeps_what_arrived_before_the_no() {
+    let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", true)
+        .await
+        .unwrap();
+    gmail.make_unreadable(Some(GMAIL_INBOX[0].uid));
+    let mut s = gmail.login("ya29.good").await.unwrap();
+    s.examine("INBOX").await.unwrap();
+    let uids = [GMAIL_INBOX[0].uid, GMAIL_INBOX[1].uid];
+    let (fetched, refusal) = s.uid_fetch_some(&uids).await.unwrap();
+    assert_eq!(
+        fetched.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        [GMAIL_INBOX[1].uid]
+    );
+    let refusal = refusal.expect("Gmail said NO");
+    assert!(refusal.is_transient() && refusal.is_rejected(), "{refusal}");
+    assert!(
+        refusal.to_string().contains("could not be FETCHed"),
+        "{refusal}"
+    );
+    // The all-or-nothing call reports the refusal as an error.
+    assert!(s.uid_fetch(&uids).await.is_err());
+    s.logout().await;
 }

@@ -14,33 +14,34 @@ use crate::parse::parse;
 
 pub const INBOX: &str = "INBOX";
 
-/// A batch's messages. When the server refuses the batch (Gmail: "Some messages could not be
-/// FETCHed", while it cannot read one of them), each message is asked for alone, so the one
-/// it cannot give holds back only itself: the others come back with the first refused UID
-/// and the refusal.
+/// A batch's messages. When the server refuses part of the batch (Gmail: "Some messages
+/// could not be FETCHed", while it cannot read one of them), the messages it did not give are
+/// asked for alone, so the one it cannot give holds back only itself: the others come back
+/// with the first refused UID and the refusal.
 async fn fetch_batch(
     session: &mut ImapSession,
     batch: &[u32],
 ) -> Result<(Vec<FetchedMessage>, Option<(u32, ProtoError)>), ProtoError> {
-    let refusal = match session.uid_fetch(batch).await {
-        Ok(fetched) => return Ok((fetched, None)),
-        Err(e) if e.is_rejected() => e,
-        Err(e) => return Err(e),
+    let (mut fetched, refusal) = session.uid_fetch_some(batch).await?;
+    let Some(refusal) = refusal else {
+        return Ok((fetched, None));
     };
-    if let [uid] = batch {
-        return Ok((Vec::new(), Some((*uid, refusal))));
-    }
-    tracing::info!(uids = batch.len(), error = %refusal, "the server refused a batch; asking for its messages one by one");
-    let (mut fetched, mut refused) = (Vec::new(), None);
-    for &uid in batch {
-        match session.uid_fetch(&[uid]).await {
-            Ok(one) => fetched.extend(one),
-            Err(e) if e.is_rejected() => {
-                refused.get_or_insert((uid, e));
-            }
-            Err(e) => return Err(e),
+    let got: std::collections::HashSet<u32> = fetched.iter().map(|m| m.uid).collect();
+    let missing: Vec<u32> = batch.iter().copied().filter(|u| !got.contains(u)).collect();
+    let mut refused = match missing.as_slice() {
+        [] => return Ok((fetched, None)), // all there after all
+        [uid] => return Ok((fetched, Some((*uid, refusal)))),
+        _ => None,
+    };
+    tracing::info!(missing = missing.len(), error = %refusal, "the server refused part of a batch; asking for the rest one by one");
+    for uid in missing {
+        let (one, no) = session.uid_fetch_some(&[uid]).await?;
+        fetched.extend(one);
+        if let Some(no) = no {
+            refused.get_or_insert((uid, no));
         }
     }
+    fetched.sort_by_key(|m| m.uid);
     Ok((fetched, refused))
 }
 
