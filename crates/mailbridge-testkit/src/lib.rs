@@ -17,7 +17,7 @@ pub use app::{ApiClient, AppOptions, TestApp, assert_error};
 pub use browser::{Browser, screenshot_dir};
 pub use clock::ManualClock;
 pub use dovecot::{Dovecot, Ports};
-pub use gmail::{GMAIL_ERROR_CHALLENGE, GMAIL_INBOX, GmailMessage, ScriptedGmail};
+pub use gmail::{GMAIL_ERROR_CHALLENGE, GMAIL_INBOX, ScriptedGmail};
 pub use mailbridge_testdb::{Postgres, TestDatabase};
 pub use oauth::OAuthProvider;
 pub use proxy::CountingProxy;

@@ -328,6 +328,39 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{e:#}").contains("MAILBRIDGE_LOG"), "{e:#}");
+        for (bad, variable) in [
+            (
+                Raw {
+                    node_group: "Office Berlin".into(),
+                    ..raw()
+                },
+                "MAILBRIDGE_NODE_GROUP",
+            ),
+            (
+                Raw {
+                    lease_ttl_ms: 999,
+                    ..raw()
+                },
+                "MAILBRIDGE_LEASE_TTL_MS",
+            ),
+            (
+                Raw {
+                    node_name: Some("   ".into()),
+                    ..raw()
+                },
+                "MAILBRIDGE_NODE_NAME",
+            ),
+            (
+                Raw {
+                    node_name: Some("n".repeat(129)),
+                    ..raw()
+                },
+                "MAILBRIDGE_NODE_NAME",
+            ),
+        ] {
+            let e = Config::check(bad).unwrap_err();
+            assert!(format!("{e:#}").contains(variable), "{e:#}");
+        }
     }
 
     #[test]
