@@ -34,13 +34,7 @@ async fn round(ttl: Duration) -> (Duration, Duration) {
     )
     .await;
     c.wait_for_emails(&c.mailboxes, 1).await;
-    let mut victims = Vec::new();
-    for m in &c.mailboxes {
-        let record = c.store.get_mailbox(m.0).await.unwrap();
-        if record.lease.as_ref().map(|(n, _)| n.as_str()) == Some("node-b") {
-            victims.push(m.clone());
-        }
-    }
+    let victims = c.held_by("node-b").await;
     let mut b = nodes.remove(1);
     b.child.kill().unwrap(); // SIGKILL
     let killed = Instant::now();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cluster::{Cluster, LEASE_TTL, node_id, signal};
 use mailbridge_core::message::Party;
-use mailbridge_core::{Clock, EmailAddress, MailboxId, SystemClock};
+use mailbridge_core::{Clock, EmailAddress, SystemClock};
 use mailbridge_sync::outgoing::{Outgoing, compose};
 
 #[tokio::test]
@@ -56,16 +56,7 @@ async fn three_nodes_share_sixty_mailboxes_and_survive_one_killed() {
     }
     let before = c.holdings().await;
     let dead = node_id(&before, "node-b");
-    let b_mailboxes: Vec<(MailboxId, String)> = {
-        let mut list = Vec::new();
-        for m in &c.mailboxes {
-            let record = c.store.get_mailbox(m.0).await.unwrap();
-            if record.lease.as_ref().map(|(n, _)| n.as_str()) == Some("node-b") {
-                list.push(m.clone());
-            }
-        }
-        list
-    };
+    let b_mailboxes = c.held_by("node-b").await;
     assert_eq!(b_mailboxes.len(), 20);
     b.child.kill().unwrap(); // SIGKILL
     b.child.wait().unwrap();

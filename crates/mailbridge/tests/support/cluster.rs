@@ -172,6 +172,18 @@ impl Cluster {
     }
 
     /// Running nodes by name, with the mailboxes each holds.
+    /// The cluster's mailboxes whose lease the node named `node` holds now.
+    pub async fn held_by(&self, node: &str) -> Vec<(MailboxId, String)> {
+        let mut held = Vec::new();
+        for m in &self.mailboxes {
+            let record = self.store.get_mailbox(m.0).await.unwrap();
+            if record.lease.as_ref().map(|(n, _)| n.as_str()) == Some(node) {
+                held.push(m.clone());
+            }
+        }
+        held
+    }
+
     pub async fn holdings(&self) -> HashMap<String, NodeInfo> {
         self.store
             .list_nodes()
