@@ -2,9 +2,9 @@
 //! profiles' they own) — and dismissing one.
 
 use askama::Template;
+use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
-use axum::{Form, Router};
 use mailbridge_store::AlertRecord;
 
 use super::form::sentence;
@@ -61,13 +61,6 @@ async fn list(viewer: Viewer, State(state): State<AppState>) -> PageResult {
     }))
 }
 
-#[derive(serde::Deserialize)]
-pub struct DismissForm {
-    /// `mailbox` to go back to the mailbox's page; anything else goes to the alerts page.
-    #[serde(default)]
-    back: String,
-}
-
 /// Dismisses one of the viewer's own alerts, e.g. about a profile they own.
 async fn dismiss_own(
     viewer: Viewer,
@@ -86,7 +79,6 @@ async fn dismiss(
     viewer: Viewer,
     State(state): State<AppState>,
     Path((id, alert_id)): Path<(String, String)>,
-    Form(form): Form<DismissForm>,
 ) -> PageResult {
     let mailbox = visible_mailbox(&state, &viewer.caller, path_id(&id, "mailbox")?)
         .await
@@ -96,9 +88,9 @@ async fn dismiss(
         .dismiss_alert(mailbox.id, &alert_id)
         .await
         .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
-    Ok(if form.back == "mailbox" {
-        see_other(&format!("/console/mailboxes/{}?done=dismissed", mailbox.id))
-    } else {
-        see_other("/console/alerts")
-    })
+    // Only the mailbox's page dismisses through here (the alerts page uses `dismiss_own`).
+    Ok(see_other(&format!(
+        "/console/mailboxes/{}?done=dismissed",
+        mailbox.id
+    )))
 }
