@@ -132,7 +132,13 @@ impl TokenService {
                 .claim_token_refresh(mailbox, self.policy.longest_refresh())
                 .await?
             {
-                let refreshed = self.refresh(mailbox).await;
+                // Another node may have refreshed and let go between the look above and
+                // this claim: then its token is the answer, not a second refresh.
+                let refreshed = match self.fresh(mailbox).await {
+                    Ok(Some(fresh)) => Ok(fresh),
+                    Ok(None) => self.refresh(mailbox).await,
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = self.store.release_token_refresh(mailbox).await {
                     tracing::warn!(%mailbox, error = %e, "cannot release the refresh claim; it lapses on its own");
                 }

@@ -344,3 +344,31 @@ async fn a_refused_grant_on_another_oauth_provider_does_not_send_the_owner_to_gm
         "Sign in again for this mailbox, then run Test & Enable Mailbox."
     );
 }
+
+#[tokio::test]
+async fn a_refresh_claim_left_by_a_dead_node_lapses_and_the_next_caller_refreshes() {
+    let w = world().await;
+    w.near_expiry();
+    // Another node claimed the refresh for a second and died before finishing it.
+    assert!(
+        w.store
+            .claim_token_refresh(w.mailbox, Duration::from_secs(1))
+            .await
+            .unwrap()
+    );
+    let lapse = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            w.refresh_grants().await,
+            0,
+            "the claim is respected while it holds"
+        );
+        w.clock.advance(chrono::Duration::seconds(2));
+    };
+    let (token, ()) = tokio::join!(w.tokens.access_token(w.mailbox), lapse);
+    let token = token.unwrap();
+    assert!(
+        token.expires_at > mailbridge_core::Clock::now(&*w.clock) + chrono::Duration::minutes(30)
+    );
+    assert_eq!(w.refresh_grants().await, 1);
+}
