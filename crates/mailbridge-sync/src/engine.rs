@@ -333,86 +333,68 @@ impl Engine {
             };
             // Failures are recorded (and the mailbox disabled) only while this node still holds
             // the lease: a worker that lost it must not stop a mailbox another node works.
-            let lost = |r: Result<(), StoreError>| matches!(r, Err(StoreError::LeaseLost { .. }));
-            match result {
+            let e = match result {
                 Ok(Pass::Shutdown) => return,
+                Ok(Pass::Continue) => {
+                    failures = 0;
+                    continue;
+                }
                 Err(SyncError::Store(StoreError::LeaseLost { .. })) => {
                     tracing::info!(%mailbox, "lease lost; another node works this mailbox now");
                     return;
                 }
-                Ok(Pass::Continue) => failures = 0,
-                Err(e) if e.is_transient() => {
-                    self.metrics.error(true);
-                    failures += 1;
-                    tracing::warn!(%mailbox, error = %e, failures, "sync failed; will retry");
-                    if lost(
-                        self.store
-                            .record_sync_error(mailbox, &e.to_string(), Some(&fence))
-                            .await,
-                    ) {
-                        return;
-                    }
-                    if failures >= self.config.max_failures {
-                        let hint = match &e {
-                            // The server answered, and kept refusing (e.g. Gmail's "Some
-                            // messages could not be FETCHed" for one message that stays so).
-                            SyncError::Proto(p) if p.is_rejected() => {
-                                "The server kept refusing (its words are above): look at the mailbox in the provider's own web mail, then run Test & Enable Mailbox."
-                            }
-                            _ => {
-                                "Check that the mail server is reachable, then run Test & Enable Mailbox."
-                            }
-                        };
-                        let _ = self
-                            .store
-                            .disable_with_alert(
-                                mailbox,
-                                "sync_failing",
-                                &format!("{failures} attempts in a row failed; the last: {e}"),
-                                hint,
-                                Some(&fence),
-                            )
-                            .await;
-                        return;
-                    }
-                    let wait = self.backoff(mailbox, failures);
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.wait_for(|stop| *stop) => return,
-                    }
-                }
-                Err(e) => {
-                    self.metrics.error(false);
-                    tracing::warn!(%mailbox, error = %e, "sync refused; disabling the mailbox");
-                    if lost(
-                        self.store
-                            .record_sync_error(mailbox, &e.to_string(), Some(&fence))
-                            .await,
-                    ) {
-                        return;
-                    }
-                    let hint = match &e {
-                        SyncError::Token(
-                            TokenError::SignInRequired { .. } | TokenError::NotSignedIn(_),
-                        ) => auth.sign_in_again_hint(),
-                        SyncError::Proto(p) if p.is_auth_refused() => {
-                            "Sign in again (or check the password), then run Test & Enable Mailbox."
-                        }
-                        _ => "Check the email server profile, then run Test & Enable Mailbox.",
-                    };
-                    let _ = self
-                        .store
-                        .disable_with_alert(
-                            mailbox,
-                            "sync_stopped",
-                            &e.to_string(),
-                            hint,
-                            Some(&fence),
-                        )
-                        .await;
-                    return;
+                Err(e) => e,
+            };
+            let transient = e.is_transient();
+            self.metrics.error(transient);
+            if transient {
+                failures += 1;
+                tracing::warn!(%mailbox, error = %e, failures, "sync failed; will retry");
+            } else {
+                tracing::warn!(%mailbox, error = %e, "sync refused; disabling the mailbox");
+            }
+            let recorded = self
+                .store
+                .record_sync_error(mailbox, &e.to_string(), Some(&fence))
+                .await;
+            if matches!(recorded, Err(StoreError::LeaseLost { .. })) {
+                return;
+            }
+            if transient && failures < self.config.max_failures {
+                let wait = self.backoff(mailbox, failures);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = shutdown.wait_for(|stop| *stop) => return,
                 }
             }
+            let (kind, message, hint) = if transient {
+                let hint = match &e {
+                    // The server answered, and kept refusing (e.g. Gmail's "Some messages
+                    // could not be FETCHed" for one message that stays so).
+                    SyncError::Proto(p) if p.is_rejected() => {
+                        "The server kept refusing (its words are above): look at the mailbox in the provider's own web mail, then run Test & Enable Mailbox."
+                    }
+                    _ => "Check that the mail server is reachable, then run Test & Enable Mailbox.",
+                };
+                let message = format!("{failures} attempts in a row failed; the last: {e}");
+                ("sync_failing", message, hint)
+            } else {
+                let hint = match &e {
+                    SyncError::Token(
+                        TokenError::SignInRequired { .. } | TokenError::NotSignedIn(_),
+                    ) => auth.sign_in_again_hint(),
+                    SyncError::Proto(p) if p.is_auth_refused() => {
+                        "Sign in again (or check the password), then run Test & Enable Mailbox."
+                    }
+                    _ => "Check the email server profile, then run Test & Enable Mailbox.",
+                };
+                ("sync_stopped", e.to_string(), hint)
+            };
+            let _ = self
+                .store
+                .disable_with_alert(mailbox, kind, &message, hint, Some(&fence))
+                .await;
+            return;
         }
     }
 
