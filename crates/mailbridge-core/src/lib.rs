@@ -6,6 +6,7 @@ pub mod email;
 pub mod ids;
 pub mod mailbox;
 pub mod message;
+pub mod outgoing;
 pub mod profile;
 pub mod server;
 mod string_enum;
@@ -20,6 +21,7 @@ pub use mailbox::{
     ConnectionStatus, DEFAULT_NODE_GROUP, DeliveryMethod, MailboxDraft, MailboxSpec, SignInStatus,
     TrackingRule, validate_node_group,
 };
+pub use outgoing::{MessageId, OutgoingDraft, OutgoingMessage};
 pub use profile::{
     AuthMethod, GMAIL_MAX_MAILBOXES, IncomingServer, OAuthSettings, OutgoingServer, Preset,
     ProfileDraft, ProfileSpec, SecretChange, Stored,

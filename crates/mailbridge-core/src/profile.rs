@@ -18,6 +18,14 @@ const DEFAULT_POLL_INTERVAL_SECONDS: u32 = 60;
 const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 const MAX_MAX_CONNECTIONS: i64 = 500;
 const MIN_POLL_INTERVAL_SECONDS: i64 = 10;
+/// Emails a mailbox may queue per 24 hours, by default. Gmail suspends sending for a day
+/// past 500 messages (consumer accounts; Google Workspace allows 2,000: raise it there).
+pub const GMAIL_DAILY_SEND_LIMIT: u32 = 500;
+const DEFAULT_DAILY_SEND_LIMIT: u32 = 10_000;
+const MAX_DAILY_SEND_LIMIT: i64 = 1_000_000;
+/// Emails one mailbox may have waiting to be sent at once, by default.
+const DEFAULT_MAX_QUEUED_EMAILS: u32 = 1_000;
+const MAX_MAX_QUEUED_EMAILS: i64 = 1_000_000;
 const MAX_POLL_INTERVAL_SECONDS: i64 = 86_400;
 
 crate::string_enum! {
@@ -101,6 +109,10 @@ pub struct ProfileSpec {
     pub max_connections: u32,
     pub poll_interval_seconds: u32,
     pub process_emails_received_after: Option<NaiveDate>,
+    /// Emails each mailbox may queue within 24 hours (a 429 past it).
+    pub daily_send_limit: u32,
+    /// Emails each mailbox may have waiting to be sent at once (a 429 past it).
+    pub max_queued_emails: u32,
 }
 
 /// What to do with the stored client secret after a draft is applied.
@@ -164,6 +176,11 @@ pub struct ProfileDraft {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, format = Date)]
     pub process_emails_received_after: Option<Option<NaiveDate>>,
+    /// Emails each mailbox may queue within 24 hours (default 500 with the Gmail preset —
+    /// Gmail's own limit for consumer accounts; 10,000 otherwise).
+    pub daily_send_limit: Option<i64>,
+    /// Emails each mailbox may have waiting to be sent at once (default 1,000).
+    pub max_queued_emails: Option<i64>,
 }
 
 /// The profile a base may already be: what `resolve` patches.
@@ -316,6 +333,18 @@ impl ProfileDraft {
             }
             None => base_spec.map_or(DEFAULT_MAX_CONNECTIONS, |b| b.max_connections),
         };
+        let daily_send_limit = bounded(
+            self.daily_send_limit,
+            "daily_send_limit",
+            MAX_DAILY_SEND_LIMIT,
+            base_spec.map_or(DEFAULT_DAILY_SEND_LIMIT, |b| b.daily_send_limit),
+        )?;
+        let max_queued_emails = bounded(
+            self.max_queued_emails,
+            "max_queued_emails",
+            MAX_MAX_QUEUED_EMAILS,
+            base_spec.map_or(DEFAULT_MAX_QUEUED_EMAILS, |b| b.max_queued_emails),
+        )?;
         let process_emails_received_after = match self.process_emails_received_after {
             Some(v) => v,
             None => base_spec.and_then(|b| b.process_emails_received_after),
@@ -332,6 +361,8 @@ impl ProfileDraft {
                 max_connections,
                 poll_interval_seconds,
                 process_emails_received_after,
+                daily_send_limit,
+                max_queued_emails,
             },
             secret,
         ))
@@ -382,6 +413,25 @@ fn gmail_preset(draft: &ProfileDraft) -> ProfileSpec {
         max_connections: DEFAULT_MAX_CONNECTIONS,
         poll_interval_seconds: DEFAULT_POLL_INTERVAL_SECONDS,
         process_emails_received_after: None,
+        daily_send_limit: GMAIL_DAILY_SEND_LIMIT,
+        max_queued_emails: DEFAULT_MAX_QUEUED_EMAILS,
+    }
+}
+
+/// A count setting from 1 to `max`, or `default` when not given.
+fn bounded(
+    value: Option<i64>,
+    field: &str,
+    max: i64,
+    default: u32,
+) -> Result<u32, ValidationError> {
+    match value {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(u32::try_from(n).unwrap_or(default)),
+        Some(_) => Err(ValidationError::new(
+            field,
+            format!("{field} must be from 1 to {max}"),
+        )),
     }
 }
 

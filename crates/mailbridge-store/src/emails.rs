@@ -94,6 +94,8 @@ pub struct EmailRecord {
     pub from: Option<Party>,
     pub to: Vec<Party>,
     pub cc: Vec<Party>,
+    /// Outgoing: the blind copies (never in the message itself).
+    pub bcc: Vec<Party>,
     pub sent_at: Option<DateTime<Utc>>,
     pub text_body: Option<String>,
     pub html_body: Option<String>,
@@ -144,6 +146,7 @@ struct EmailRow {
     from_name: Option<String>,
     to_json: String,
     cc_json: String,
+    bcc_json: Option<String>,
     sent_at: Option<i64>,
     text_body: Option<String>,
     html_body: Option<String>,
@@ -165,7 +168,7 @@ struct EmailRow {
 
 const EMAIL_SELECT: &str = "SELECT e.id, e.mailbox_id, m.owner_user_id, e.direction, e.message_id, \
      e.in_reply_to, e.references_ids, e.subject, e.from_address, e.from_name, e.to_json, e.cc_json, \
-     e.sent_at, e.text_body, e.html_body, e.size, e.parse_error, e.conversation_id, e.folder, e.uid, \
+     e.bcc_json, e.sent_at, e.text_body, e.html_body, e.size, e.parse_error, e.conversation_id, e.folder, e.uid, \
      e.gmail_labels, e.gmail_thread_id, e.tracking_token, e.stored_by, e.created_at, e.status, e.send_attempts, e.send_reply, e.delivered_at \
      FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id";
 
@@ -182,6 +185,10 @@ impl EmailRow {
             mailbox_owner: self.owner_user_id.parse().map_err(|e| bad(&e))?,
             to: serde_json::from_str(&self.to_json).map_err(|e| bad(&e))?,
             cc: serde_json::from_str(&self.cc_json).map_err(|e| bad(&e))?,
+            bcc: match &self.bcc_json {
+                Some(json) => serde_json::from_str(json).map_err(|e| bad(&e))?,
+                None => Vec::new(),
+            },
             from: self.from_address.map(|address| Party {
                 address,
                 name: self.from_name,
@@ -515,154 +522,6 @@ impl Store {
         Ok(n)
     }
 
-    /// Queues an email to send from a mailbox. With an idempotency key already used for this
-    /// mailbox, nothing new is queued and the earlier email is returned. Returns the email and
-    /// whether it was created now.
-    pub async fn queue_outgoing(
-        &self,
-        mailbox: MailboxId,
-        email: &NewEmail,
-        idempotency_key: Option<&str>,
-    ) -> Result<(EmailRecord, bool)> {
-        let now = self.now_ms();
-        let mid = mailbox.to_string();
-        let mut tx = self.begin_write().await?;
-        let created = insert_emails(
-            &mut tx,
-            self.backend,
-            &mid,
-            std::slice::from_ref(email),
-            now,
-            Some(idempotency_key),
-            None,
-        )
-        .await?
-            == 1;
-        tx.commit().await?;
-        let (id,): (String,) = match idempotency_key {
-            Some(key) if !created => {
-                sqlx::query_as(IDEMPOTENCY_LOOKUP_SQL)
-                    .bind(&mid)
-                    .bind(key)
-                    .fetch_one(&self.pool)
-                    .await?
-            }
-            _ => {
-                sqlx::query_as("SELECT id FROM emails WHERE mailbox_id = $1 AND remote_key = $2")
-                    .bind(&mid)
-                    .bind(&email.remote_key)
-                    .fetch_one(&self.pool)
-                    .await?
-            }
-        };
-        Ok((self.get_email(&id).await?, created))
-    }
-
-    /// Claims up to `limit` outgoing emails due for sending from enabled mailboxes whose lease
-    /// `node` holds (mail of a disabled one waits until it is enabled again): each moves to
-    /// `sending`, marked with the node, so no other worker or node takes it. Returns
-    /// (email id, mailbox id).
-    pub async fn claim_due_outgoing(
-        &self,
-        node: &str,
-        limit: i64,
-    ) -> Result<Vec<(String, MailboxId)>> {
-        let now = self.now_ms();
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE OF e SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let mut tx = self.begin_write().await?;
-        let candidates: Vec<(String, String)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(claim_due_sql(lock)))
-                .bind(now)
-                .bind(node)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?;
-        // Only a row this update moved out of pending_send is ours to send (under READ
-        // COMMITTED another claimer may have moved it since the SELECT). One statement per
-        // chunk, not one per email.
-        let mut claimed: Vec<(String, String)> = Vec::with_capacity(candidates.len());
-        for chunk in candidates.chunks(IN_LIST) {
-            let list: Vec<String> = (0..chunk.len()).map(|k| format!("${}", k + 2)).collect();
-            let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(format!(
-                "UPDATE emails SET status = 'sending', sending_node = $1, send_attempts = send_attempts + 1 \
-                 WHERE status = 'pending_send' AND id IN ({}) RETURNING id, mailbox_id",
-                list.join(", ")
-            )))
-            .bind(node);
-            for (id, _) in chunk {
-                q = q.bind(id.clone());
-            }
-            claimed.extend(q.fetch_all(&mut *tx).await?);
-        }
-        tx.commit().await?;
-        claimed
-            .into_iter()
-            .map(|(id, m)| {
-                Ok((
-                    id,
-                    m.parse()
-                        .map_err(|e| StoreError::corrupt("email mailbox", e))?,
-                ))
-            })
-            .collect()
-    }
-
-    /// The server accepted the email.
-    pub async fn mark_sent(&self, id: &str, reply: &str) -> Result<()> {
-        self.set_send_state(id, "sent", reply, None).await
-    }
-
-    /// A temporary failure: send again at `retry_at`.
-    pub async fn mark_send_retry(
-        &self,
-        id: &str,
-        error: &str,
-        retry_at: DateTime<Utc>,
-    ) -> Result<()> {
-        self.set_send_state(id, "pending_send", error, Some(retry_at.timestamp_millis()))
-            .await
-    }
-
-    /// A permanent failure (or too many temporary ones).
-    pub async fn mark_send_failed(&self, id: &str, error: &str) -> Result<()> {
-        self.set_send_state(id, "failed", error, None).await
-    }
-
-    async fn set_send_state(
-        &self,
-        id: &str,
-        status: &str,
-        reply: &str,
-        retry_at: Option<i64>,
-    ) -> Result<()> {
-        let delivered = (status == "sent").then(|| self.now_ms());
-        sqlx::query("UPDATE emails SET status = $1, send_reply = $2, next_attempt_at = $3, delivered_at = $4 WHERE id = $5")
-            .bind(status)
-            .bind(reply)
-            .bind(retry_at)
-            .bind(delivered)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Emails left in `sending` by a node that stopped or died mid-send (stopped, or no
-    /// heartbeat within `ttl`) may or may not have reached the server. They are never sent
-    /// again automatically (no email goes out twice): they become `failed` with a reason
-    /// saying so. Returns how many.
-    pub async fn fail_interrupted_sends(&self, ttl: std::time::Duration) -> Result<u64> {
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        let done = sqlx::query(FAIL_INTERRUPTED_SENDS_SQL)
-            .bind(self.now_ms().saturating_sub(ttl_ms))
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
     /// The attachments of these emails, by email id, each list in id order.
     async fn attachments_of(
         &self,
@@ -709,26 +568,6 @@ fn reply_to_sent_sql(ids: usize) -> String {
     )
 }
 
-const IDEMPOTENCY_LOOKUP_SQL: &str =
-    "SELECT id FROM emails WHERE mailbox_id = $1 AND idempotency_key = $2";
-
-/// Due mail of enabled mailboxes leased to node `$2` at time `$1`, `$3` at most; `lock` is
-/// PostgreSQL's row locking clause.
-fn claim_due_sql(lock: &str) -> String {
-    format!(
-        "SELECT e.id, e.mailbox_id FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id \
-         JOIN mailbox_leases l ON l.mailbox_id = e.mailbox_id \
-         WHERE e.status = 'pending_send' AND e.next_attempt_at <= $1 AND m.enabled = 1 \
-         AND l.node_id = $2 AND l.expires_at > $1 \
-         ORDER BY e.next_attempt_at, e.id LIMIT $3{lock}"
-    )
-}
-
-const FAIL_INTERRUPTED_SENDS_SQL: &str = "UPDATE emails SET status = 'failed', send_reply = 'the service stopped while sending this email; \
-     it may or may not have been delivered: check the mailbox''s Sent folder before sending it again' \
-     WHERE status = 'sending' AND (sending_node IS NULL OR sending_node NOT IN \
-     (SELECT id FROM nodes WHERE stopped_at IS NULL AND heartbeat_at > $1))";
-
 /// `column → conversation_id` of the emails whose `column` is one of `keys` values (`$1`…,
 /// or `$2`… after the mailbox `$1` when `scoped`).
 fn lookup_sql(column: &str, scoped: bool, keys: usize) -> String {
@@ -748,14 +587,14 @@ const ATTACHMENT_COLUMNS: usize = 6;
 /// Rows per multi-row INSERT: 32 × 30 parameters stays far below every bind limit.
 const ROWS_PER_INSERT: usize = 32;
 /// Values per `IN (…)` list.
-const IN_LIST: usize = 500;
+pub(crate) const IN_LIST: usize = 500;
 
 /// Inserts emails unless the mailbox already has them (same server identity; a renumbered
 /// copy, see [`NewEmail::renumbered_from`]; for outgoing mail, the same idempotency key);
 /// joins each to the conversation of the message it answers. `outgoing` carries the
 /// idempotency key of mail to send. A batch costs a few statements, not a few per email.
 /// Returns how many were new.
-async fn insert_emails(
+pub(crate) async fn insert_emails(
     tx: &mut Transaction<'_, Any>,
     backend: Backend,
     mailbox: &str,
@@ -1055,9 +894,15 @@ mod tests {
             ),
             (reply_to_sent_sql(0), "emails_tracking_token"),
             (reply_to_sent_sql(2), "emails_tracking_token"),
-            (IDEMPOTENCY_LOOKUP_SQL.to_owned(), "emails_idempotency"),
-            (claim_due_sql(""), "emails_due"),
-            (FAIL_INTERRUPTED_SENDS_SQL.to_owned(), "emails_due"),
+            (
+                crate::outgoing::IDEMPOTENCY_LOOKUP_SQL.to_owned(),
+                "emails_idempotency",
+            ),
+            (crate::outgoing::CLAIM_DUE_SQL.to_owned(), "emails_due"),
+            (
+                crate::outgoing::FAIL_INTERRUPTED_SENDS_SQL.to_owned(),
+                "emails_due",
+            ),
         ] {
             let plan: Vec<(i64, i64, i64, String)> =
                 sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {query}")))

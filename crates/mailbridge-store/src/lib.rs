@@ -10,6 +10,7 @@ pub mod emails;
 pub mod mailboxes;
 pub mod nodes;
 pub mod oauth;
+pub mod outgoing;
 pub mod profiles;
 pub mod sessions;
 pub mod users;
@@ -33,6 +34,7 @@ pub use emails::{
 pub use mailboxes::{MailboxRecord, SyncStatus, TestOutcome};
 pub use nodes::{Fence, Lease, NodeInfo};
 pub use oauth::{OAuthState, StoredTokens, TokenSet};
+pub use outgoing::OutgoingEmail;
 pub use profiles::ProfileRecord;
 pub use sessions::SessionToken;
 pub use users::{ApiToken, UserRecord};
@@ -70,6 +72,15 @@ pub enum StoreError {
     /// the write was refused so two nodes never write one mailbox's sync.
     #[error("this node no longer holds the lease of mailbox {mailbox}")]
     LeaseLost { mailbox: String },
+    /// An `Idempotency-Key` already used for a different email from the same mailbox.
+    #[error("{message}")]
+    IdempotencyKeyReused { message: String },
+    /// A limit on how much a mailbox may queue; trying again after `retry_after_secs` may work.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// A stored row no longer parses (edited by hand, or written by a newer version).
     #[error("stored {what} is invalid: {why}")]
     Corrupt { what: String, why: String },

@@ -63,6 +63,8 @@ macro_rules! on_both_backends {
 on_both_backends!(
     client_secret_is_encrypted_at_rest_and_survives_rotation,
     a_gmail_profile_takes_exactly_100_mailboxes_even_when_raced,
+    the_outgoing_queue_takes_mailboxes_in_turns,
+    a_mailbox_queues_within_its_limits_and_a_reused_key_must_match,
 );
 
 // Several nodes share one database only on PostgreSQL (SQLite is embedded in one process:
@@ -431,4 +433,172 @@ async fn nodes_claiming_at_once_never_share_a_mailbox(kind: TestDatabase) {
         .unwrap()
         .len();
     assert_eq!((b, c), (15, 15));
+}
+
+/// An email to queue, told apart by `n`.
+fn outgoing(n: usize) -> mailbridge_store::OutgoingEmail {
+    let raw = format!("Subject: email {n}\r\n\r\nhi\r\n").into_bytes();
+    mailbridge_store::OutgoingEmail {
+        email: mailbridge_store::NewEmail {
+            remote_key: format!("out/test-{n}-{}", uuid_like()),
+            folder: None,
+            uid: None,
+            gmail_labels: Vec::new(),
+            gmail_thread_id: None,
+            tracking_token: None,
+            parsed: mailbridge_core::message::ParsedEmail {
+                subject: Some(format!("email {n}")),
+                ..Default::default()
+            },
+            raw: mailbridge_store::RawMessage::new(raw),
+            renumbered_from: None,
+        },
+        envelope: vec!["bob@example.com".into()],
+        bcc: Vec::new(),
+        fingerprint: format!("fingerprint-{n}"),
+    }
+}
+
+fn uuid_like() -> u128 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    u128::from(NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+async fn the_outgoing_queue_takes_mailboxes_in_turns(kind: TestDatabase) {
+    let db = Db::new(kind).await;
+    let store = db.open(Keyring::generate()).await;
+    let m = enabled_mailboxes(&store, 3).await;
+    let node = store.register_node("a", "cloud").await.unwrap();
+    let ttl = std::time::Duration::from_secs(30);
+    assert_eq!(
+        store
+            .balance_leases(&node, "cloud", ttl)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    // The first mailbox queues 20 before the others queue anything.
+    let mut owner = std::collections::HashMap::new();
+    for (mailbox, count) in [(m[0], 20), (m[1], 2), (m[2], 1)] {
+        for n in 0..count {
+            let (record, created) = store
+                .queue_outgoing(mailbox, &outgoing(n), None)
+                .await
+                .unwrap();
+            assert!(created);
+            owner.insert(record.id, mailbox);
+        }
+    }
+    let claimed = store.claim_due_outgoing(&node, 6).await.unwrap();
+    let per = |mailbox| claimed.iter().filter(|(_, m)| *m == mailbox).count();
+    assert_eq!(
+        (per(m[0]), per(m[1]), per(m[2])),
+        (3, 2, 1),
+        "each mailbox's first, then each one's second…: {claimed:?}"
+    );
+    // The claim order is the turns: one of each mailbox before a second of any.
+    let first_three: std::collections::HashSet<_> = claimed[..3].iter().map(|(_, m)| *m).collect();
+    assert_eq!(first_three.len(), 3, "{claimed:?}");
+    for (id, mailbox) in &claimed {
+        assert_eq!(owner[id], *mailbox);
+    }
+}
+
+async fn a_mailbox_queues_within_its_limits_and_a_reused_key_must_match(kind: TestDatabase) {
+    let db = Db::new(kind).await;
+    let store = db.open(Keyring::generate()).await;
+    let (owner, profile) = owner_and_gmail_profile(&store, "Limited").await;
+    let draft: ProfileDraft =
+        serde_json::from_value(serde_json::json!({"daily_send_limit": 3, "max_queued_emails": 2}))
+            .unwrap();
+    let (spec, secret) = draft
+        .resolve(Some(mailbridge_core::Stored {
+            spec: &profile.spec,
+            has_client_secret: true,
+        }))
+        .unwrap();
+    store
+        .update_profile(&Actor::cli(), profile.id, &spec, secret)
+        .await
+        .unwrap();
+    let draft: MailboxDraft = serde_json::from_value(
+        serde_json::json!({"email": "q@example.com", "profile_id": profile.id}),
+    )
+    .unwrap();
+    let mailbox = store
+        .create_mailbox(
+            &Actor::cli(),
+            &draft.resolve(None, owner.id).unwrap(),
+            SecretChange::Keep,
+        )
+        .await
+        .unwrap()
+        .id;
+    let (first, _) = store
+        .queue_outgoing(mailbox, &outgoing(1), Some("k1"))
+        .await
+        .unwrap();
+    // The same request again: the same email, nothing new.
+    let (again, created) = store
+        .queue_outgoing(mailbox, &outgoing(1), Some("k1"))
+        .await
+        .unwrap();
+    assert_eq!((again.id.as_str(), created), (first.id.as_str(), false));
+    // The same key for another email: refused, saying so.
+    match store
+        .queue_outgoing(mailbox, &outgoing(2), Some("k1"))
+        .await
+    {
+        Err(StoreError::IdempotencyKeyReused { message }) => {
+            assert!(
+                message.contains("k1") && message.contains("different email"),
+                "{message}"
+            )
+        }
+        other => panic!("a reused key with another email must be refused: {other:?}"),
+    }
+    store
+        .queue_outgoing(mailbox, &outgoing(3), None)
+        .await
+        .unwrap();
+    // Two waiting: the queue is full.
+    match store.queue_outgoing(mailbox, &outgoing(4), None).await {
+        Err(StoreError::RateLimited {
+            message,
+            retry_after_secs,
+        }) => {
+            assert!(message.contains("max_queued_emails"), "{message}");
+            assert!(retry_after_secs > 0);
+        }
+        other => panic!("the third waiting email must be refused: {other:?}"),
+    }
+    // Once they have gone out (failed, here), the third of the day is still allowed; the
+    // fourth is not.
+    let settle = || async {
+        let all = mailbridge_store::EmailFilter::default();
+        for e in store.list_emails(&all, None, 10).await.unwrap() {
+            store.mark_send_failed(&e.id, "test").await.unwrap();
+        }
+    };
+    settle().await;
+    store
+        .queue_outgoing(mailbox, &outgoing(5), None)
+        .await
+        .unwrap();
+    settle().await;
+    match store.queue_outgoing(mailbox, &outgoing(6), None).await {
+        Err(StoreError::RateLimited {
+            message,
+            retry_after_secs,
+        }) => {
+            assert!(message.contains("daily_send_limit"), "{message}");
+            assert!(
+                retry_after_secs > 23 * 3600 && retry_after_secs <= 24 * 3600,
+                "the oldest leaves the window in a day: {retry_after_secs}"
+            );
+        }
+        other => panic!("the fourth email of the day must be refused: {other:?}"),
+    }
 }

@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use mail_builder::MessageBuilder;
 use mailbridge_core::message::Party;
-use mailbridge_core::{EmailAddress, MailboxId, tracking};
+use mailbridge_core::{EmailAddress, MailboxId, OutgoingMessage, tracking};
 use mailbridge_proto::smtp::SmtpSession;
-use mailbridge_store::{NewEmail, RawMessage, Store, StoreError};
+use mailbridge_store::{NewEmail, OutgoingEmail, RawMessage, Store, StoreError};
 
 use crate::engine::Engine;
 use crate::parse::parse;
@@ -23,27 +23,16 @@ const SEND_CONCURRENCY: usize = 8;
 /// Attempts before a temporarily failing email is given up as `failed`.
 pub(crate) const MAX_SEND_ATTEMPTS: i64 = 10;
 
-/// What the application asks to send.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    pub to: Vec<Party>,
-    pub cc: Vec<Party>,
-    pub subject: String,
-    pub text_body: Option<String>,
-    pub html_body: Option<String>,
-    /// The Message-ID of the email this answers.
-    pub in_reply_to: Option<String>,
-    /// Whether to put a tracking token (`[MB-7K3QZ9PA]`) at the end of the subject, so
-    /// replies from clients that drop In-Reply-To still join the conversation.
-    pub tracking_token: bool,
-}
-
-/// Builds the message and the record to queue for it.
+/// Builds the RFC 5322 message for a checked [`OutgoingMessage`] from `from`, and the record
+/// to queue for it: the message (bcc never written into it), the envelope it goes to, and
+/// the request's fingerprint for `Idempotency-Key` checks.
 pub fn compose(
     from: &EmailAddress,
-    mail: &Outgoing,
+    mail: &OutgoingMessage,
     now: DateTime<Utc>,
-) -> Result<NewEmail, std::io::Error> {
+) -> Result<OutgoingEmail, std::io::Error> {
+    use mail_builder::headers::address::Address;
+    use mail_builder::headers::text::Text;
     let local = uuid::Uuid::now_v7();
     let message_id = format!("{local}@{}", from.domain());
     let token = mail.tracking_token.then(|| {
@@ -55,27 +44,31 @@ pub fn compose(
         Some(t) => tracking::with_token(&mail.subject, t),
         None => mail.subject.clone(),
     };
-    let party = |p: &Party| match &p.name {
-        Some(n) => {
-            mail_builder::headers::address::Address::new_address(Some(n.clone()), p.address.clone())
-        }
-        None => {
-            mail_builder::headers::address::Address::new_address(None::<String>, p.address.clone())
-        }
+    let list = |parties: &[Party]| {
+        parties
+            .iter()
+            .map(|p| Address::new_address(p.name.clone(), p.address.clone()))
+            .collect::<Vec<_>>()
     };
     let mut builder = MessageBuilder::new()
         .from(from.as_str())
-        .to(mail.to.iter().map(party).collect::<Vec<_>>())
+        .to(list(&mail.to))
         .subject(subject)
         .message_id(message_id)
         .date(now.timestamp());
     if !mail.cc.is_empty() {
-        builder = builder.cc(mail.cc.iter().map(party).collect::<Vec<_>>());
+        builder = builder.cc(list(&mail.cc));
+    }
+    if !mail.reply_to.is_empty() {
+        builder = builder.reply_to(list(&mail.reply_to));
     }
     if let Some(parent) = &mail.in_reply_to {
         builder = builder
-            .in_reply_to(parent.clone())
-            .references(parent.clone());
+            .in_reply_to(parent.as_str().to_owned())
+            .references(parent.as_str().to_owned());
+    }
+    for (name, value) in &mail.headers {
+        builder = builder.header(name.clone(), Text::new(value.clone()));
     }
     if let Some(text) = &mail.text_body {
         builder = builder.text_body(text.clone());
@@ -83,17 +76,29 @@ pub fn compose(
     if let Some(html) = &mail.html_body {
         builder = builder.html_body(html.clone());
     }
+    for a in &mail.attachments {
+        builder = builder.attachment(
+            a.content_type.clone(),
+            a.filename.clone(),
+            a.content.clone(),
+        );
+    }
     let raw = builder.write_to_vec()?;
-    Ok(NewEmail {
-        remote_key: format!("out/{local}"),
-        folder: None,
-        uid: None,
-        gmail_labels: Vec::new(),
-        gmail_thread_id: None,
-        tracking_token: token,
-        parsed: parse(&raw),
-        raw: RawMessage::new(raw),
-        renumbered_from: None,
+    Ok(OutgoingEmail {
+        email: NewEmail {
+            remote_key: format!("out/{local}"),
+            folder: None,
+            uid: None,
+            gmail_labels: Vec::new(),
+            gmail_thread_id: None,
+            tracking_token: token,
+            parsed: parse(&raw),
+            raw: RawMessage::new(raw),
+            renumbered_from: None,
+        },
+        envelope: mail.envelope(),
+        bcc: mail.bcc.clone(),
+        fingerprint: mail.fingerprint(),
     })
 }
 
@@ -165,12 +170,7 @@ async fn send_for_mailbox(
     for id in emails {
         let email = store.get_email(id).await?;
         let raw = store.email_raw(id).await?;
-        let recipients: Vec<String> = email
-            .to
-            .iter()
-            .chain(&email.cc)
-            .map(|p| p.address.clone())
-            .collect();
+        let recipients = store.send_envelope(&email).await?;
         match session
             .send(record.spec.email.as_str(), &recipients, &raw)
             .await

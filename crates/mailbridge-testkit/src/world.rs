@@ -200,6 +200,44 @@ impl MailWorld {
         (profile, mailbox)
     }
 
+    /// Polls `GET path` as `token` every 100 ms until `done` holds for the answer, and returns
+    /// it; fails after `secs` seconds, saying `what` was awaited and showing the last answer.
+    pub async fn poll(
+        &self,
+        path: &str,
+        token: &str,
+        secs: u64,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let started = std::time::Instant::now();
+        loop {
+            let (_, answer) = self.api.get(&self.app, path, token).await;
+            if done(&answer) {
+                return answer;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(secs),
+                "{what}: not after {secs} s; {path} answers {answer:#}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// An engine configuration for tests: quick scans and backoff, no stagger.
+    pub fn fast_engine() -> mailbridge_sync::EngineConfig {
+        use std::time::Duration;
+        mailbridge_sync::EngineConfig {
+            scan_interval: Duration::from_millis(200),
+            stagger: Duration::ZERO,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(1),
+            full_check: Duration::from_secs(60),
+            mail_timeout: Duration::from_secs(20),
+            ..mailbridge_sync::EngineConfig::default()
+        }
+    }
+
     pub async fn test(&self, mailbox: &str, token: &str) -> Value {
         let (status, m) = self
             .api

@@ -12,6 +12,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     field: Option<String>,
+    /// Seconds to wait before trying again (sent as `Retry-After`).
+    retry_after: Option<u64>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -22,7 +24,8 @@ pub struct ErrorBody {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `unauthenticated`, `forbidden`, `not_found`, `conflict`,
-    /// `profile_full`, `invalid`, `invalid_json`, `unsupported_media_type`, `internal`.
+    /// `profile_full`, `idempotency_key_reused`, `invalid`, `invalid_json`,
+    /// `unsupported_media_type`, `too_many_requests`, `internal`.
     code: &'static str,
     /// What went wrong and what to do, in words.
     message: String,
@@ -38,6 +41,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -65,6 +69,13 @@ impl ApiError {
 
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message).with_field(field)
+    }
+
+    /// 429: a limit was reached; `retry_after` seconds may be enough.
+    pub fn too_many_requests(message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message);
+        e.retry_after = Some(retry_after);
+        e
     }
 
     pub fn status(&self) -> StatusCode {
@@ -97,6 +108,14 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "profile_full", message).with_field("profile_id")
             }
             StoreError::InvalidReference { field, message } => Self::invalid(field, message),
+            StoreError::IdempotencyKeyReused { message } => {
+                Self::new(StatusCode::CONFLICT, "idempotency_key_reused", message)
+                    .with_field("Idempotency-Key")
+            }
+            StoreError::RateLimited {
+                message,
+                retry_after_secs,
+            } => Self::too_many_requests(message, retry_after_secs),
             other => {
                 tracing::error!(error = %other, "request failed");
                 Self::new(
@@ -112,6 +131,7 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status;
+        let retry_after = self.retry_after;
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code,
@@ -120,6 +140,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -14,15 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 fn fast_engine() -> EngineConfig {
-    EngineConfig {
-        scan_interval: Duration::from_millis(200),
-        stagger: Duration::ZERO,
-        backoff_base: Duration::from_millis(100),
-        backoff_cap: Duration::from_secs(1),
-        full_check: Duration::from_secs(60),
-        mail_timeout: Duration::from_secs(20),
-        ..EngineConfig::default()
-    }
+    MailWorld::fast_engine()
 }
 
 async fn world() -> MailWorld {
@@ -43,30 +35,6 @@ async fn world_with_clock() -> (MailWorld, Arc<ManualClock>) {
     })
     .await;
     (w, clock)
-}
-
-/// Polls `GET path` as `token` every 100 ms until `done` holds for the answer, and returns
-/// it; fails after `secs` seconds, saying `what` was awaited and showing the last answer.
-async fn poll(
-    w: &MailWorld,
-    path: &str,
-    token: &str,
-    secs: u64,
-    what: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let started = Instant::now();
-    loop {
-        let (_, answer) = w.api.get(&w.app, path, token).await;
-        if done(&answer) {
-            return answer;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(secs),
-            "{what}: not after {secs} s; {path} answers {answer:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Polls `GET /emails?mailbox_id=…` until it holds `n` emails (or fails after 15 s).
@@ -346,15 +314,15 @@ Content-Transfer-Encoding: quoted-printable\r\n\r\nbefore=00after\r\n";
         .await;
     w.sign_in(&untracked, &bo).await;
     assert_eq!(w.test(&untracked, &bo).await["enabled"], true);
-    let m = poll(
-        &w,
-        &format!("/api/v1/mailboxes/{untracked}"),
-        &bo,
-        15,
-        "a first sync",
-        |m| m["last_sync_at"].is_string(),
-    )
-    .await;
+    let m = w
+        .poll(
+            &format!("/api/v1/mailboxes/{untracked}"),
+            &bo,
+            15,
+            "a first sync",
+            |m| m["last_sync_at"].is_string(),
+        )
+        .await;
     assert_eq!(m["items_processed"], 0);
     assert_eq!(
         w.api
@@ -376,7 +344,7 @@ async fn a_revoked_grant_stops_the_mailbox_with_an_alert_for_its_owner() {
     let (_, mailbox) = w.ann_enabled(json!({})).await;
     // Wait for the first sync, then the user revokes access and the token comes due.
     let mailbox_path = format!("/api/v1/mailboxes/{mailbox}");
-    poll(&w, &mailbox_path, &w.ann, 15, "a first sync", |m| {
+    w.poll(&mailbox_path, &w.ann, 15, "a first sync", |m| {
         m["last_sync_at"].is_string()
     })
     .await;
@@ -386,10 +354,11 @@ async fn a_revoked_grant_stops_the_mailbox_with_an_alert_for_its_owner() {
     w.dovecot
         .deliver("ann@example.com", b"Subject: wake up\r\n\r\n.\r\n")
         .unwrap();
-    let m = poll(&w, &mailbox_path, &w.ann, 20, "the mailbox disabled", |m| {
-        m["enabled"] == false
-    })
-    .await;
+    let m = w
+        .poll(&mailbox_path, &w.ann, 20, "the mailbox disabled", |m| {
+            m["enabled"] == false
+        })
+        .await;
     assert_eq!(m["sign_in_status"], "needs_sign_in", "{m:#}");
     let (_, alerts) = w
         .api
@@ -444,7 +413,7 @@ async fn a_revoked_grant_stops_the_mailbox_with_an_alert_for_its_owner() {
 /// waits 2, 4, 8… s, and a loaded machine may need a few).
 async fn wait_for_status(w: &MailWorld, id: &str, status: &str) -> Value {
     let what = format!("the email {status}");
-    poll(w, &format!("/api/v1/emails/{id}"), &w.ann, 45, &what, |e| {
+    w.poll(&format!("/api/v1/emails/{id}"), &w.ann, 45, &what, |e| {
         e["status"] == status
     })
     .await
@@ -527,10 +496,11 @@ async fn outgoing_mail_is_sent_once_and_its_replies_join_the_conversation() {
     // A client that drops the reply headers: the token in the subject still ties it.
     w.dovecot.deliver("ann@example.com", format!("From: dave@example.com\r\nSubject: AW: {subject}\r\nMessage-ID: <d1@example.com>\r\n\r\nForwarded to me.\r\n").as_bytes()).unwrap();
     let incoming = format!("/api/v1/emails?mailbox_id={mailbox}&direction=incoming");
-    let page = poll(&w, &incoming, &w.ann, 15, "two replies", |page| {
-        page["emails"].as_array().unwrap().len() >= 2
-    })
-    .await;
+    let page = w
+        .poll(&incoming, &w.ann, 15, "two replies", |page| {
+            page["emails"].as_array().unwrap().len() >= 2
+        })
+        .await;
     let replies = page["emails"].as_array().unwrap().clone();
     tokio::time::sleep(Duration::from_millis(300)).await; // the unrelated one stays out
     let page = w.api.get(&w.app, &incoming, &w.ann).await.1;
@@ -582,15 +552,15 @@ async fn a_temporary_failure_is_retried_and_a_permanent_one_fails_with_the_serve
         "no token asked for, the subject stays as written"
     );
     let id = email["id"].as_str().unwrap().to_owned();
-    let e = poll(
-        &w,
-        &format!("/api/v1/emails/{id}"),
-        &w.ann,
-        20,
-        "a failed attempt, to be retried",
-        |e| e["send_attempts"].as_i64().unwrap() >= 1 && e["status"] == "pending_send",
-    )
-    .await;
+    let e = w
+        .poll(
+            &format!("/api/v1/emails/{id}"),
+            &w.ann,
+            20,
+            "a failed attempt, to be retried",
+            |e| e["send_attempts"].as_i64().unwrap() >= 1 && e["status"] == "pending_send",
+        )
+        .await;
     assert!(e["send_reply"].is_string(), "{e:#}");
     w.dovecot.start_sink().unwrap();
     let sent = wait_for_status(&w, &id, "sent").await;
@@ -800,21 +770,21 @@ async fn most_of_a_profiles_mailboxes_failing_alerts_the_profiles_owner() {
             failing.push(m);
         }
     }
-    let alerts = poll(
-        &w,
-        "/api/v1/alerts",
-        &w.admin,
-        30,
-        "a profile alert",
-        |alerts| {
-            alerts
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|a| a["kind"] == "profile_failing")
-        },
-    )
-    .await;
+    let alerts = w
+        .poll(
+            "/api/v1/alerts",
+            &w.admin,
+            30,
+            "a profile alert",
+            |alerts| {
+                alerts
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a["kind"] == "profile_failing")
+            },
+        )
+        .await;
     let alert = alerts
         .as_array()
         .unwrap()
@@ -939,15 +909,15 @@ async fn a_server_that_stays_down_disables_the_mailbox_after_the_failure_limit()
         .await;
     // Enabled as if tested while the server was up.
     w.enable_as_tested(&m).await;
-    let view = poll(
-        &w,
-        &format!("/api/v1/mailboxes/{m}"),
-        &w.ann,
-        30,
-        "the mailbox disabled",
-        |view| view["enabled"] == false,
-    )
-    .await;
+    let view = w
+        .poll(
+            &format!("/api/v1/mailboxes/{m}"),
+            &w.ann,
+            30,
+            "the mailbox disabled",
+            |view| view["enabled"] == false,
+        )
+        .await;
     assert!(
         view["last_sync_error"]
             .as_str()

@@ -12,9 +12,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use cluster::{Cluster, LEASE_TTL, node_id, signal};
-use mailbridge_core::message::Party;
-use mailbridge_core::{Clock, EmailAddress, SystemClock};
-use mailbridge_sync::outgoing::{Outgoing, compose};
+use mailbridge_core::{Clock, EmailAddress, OutgoingDraft, SystemClock};
+use mailbridge_sync::outgoing::compose;
 
 #[tokio::test]
 async fn three_nodes_share_sixty_mailboxes_and_survive_one_killed() {
@@ -33,18 +32,12 @@ async fn three_nodes_share_sixty_mailboxes_and_survive_one_killed() {
     // Mail to send from every mailbox, queued while all three run; then node-b dies.
     let mut queued = HashSet::new();
     for (id, user) in &c.mailboxes {
-        let mail = Outgoing {
-            to: vec![Party {
-                address: "bob@example.com".into(),
-                name: None,
-            }],
-            cc: Vec::new(),
-            subject: format!("from {user}"),
-            text_body: Some("hi".into()),
-            html_body: None,
-            in_reply_to: None,
-            tracking_token: false,
-        };
+        let draft: OutgoingDraft = serde_json::from_value(serde_json::json!({
+            "mailbox_id": id, "to": [{"address": "bob@example.com"}],
+            "subject": format!("from {user}"), "text_body": "hi", "tracking_token": false,
+        }))
+        .unwrap();
+        let (_, mail) = draft.resolve().unwrap();
         let email = compose(
             &EmailAddress::parse(user, "from").unwrap(),
             &mail,

@@ -201,6 +201,8 @@ fn values_of(spec: &ProfileSpec) -> FormValues {
     v.set("outgoing.security", spec.outgoing.security.as_str());
     v.set("max_mailboxes", spec.max_mailboxes.to_string());
     v.set("max_connections", spec.max_connections.to_string());
+    v.set("daily_send_limit", spec.daily_send_limit.to_string());
+    v.set("max_queued_emails", spec.max_queued_emails.to_string());
     v.set(
         "poll_interval_seconds",
         spec.poll_interval_seconds.to_string(),
@@ -334,6 +336,14 @@ fn groups(
         Field::text("process_emails_received_after", "Only mail received after")
             .kind("date")
             .help("Leave blank to take all mail.")
+            .from(v, e),
+        Field::text("daily_send_limit", "Emails each mailbox may send per day")
+            .numeric()
+            .help("Sending stops for the day past it. Gmail allows 500 (Google Workspace 2,000). Leave blank for 500 with Gmail, 10,000 otherwise.")
+            .from(v, e),
+        Field::text("max_queued_emails", "Emails each mailbox may have waiting")
+            .numeric()
+            .help("Leave blank for 1,000.")
             .from(v, e),
     ]);
 
@@ -515,6 +525,8 @@ fn draft_of(v: &FormValues, mode: Mode, errors: &mut FieldErrors) -> ProfileDraf
         max_connections: v.number("max_connections", "Connections at once", errors),
         poll_interval_seconds: v.number("poll_interval_seconds", "The interval", errors),
         process_emails_received_after: date,
+        daily_send_limit: v.number("daily_send_limit", "The daily limit", errors),
+        max_queued_emails: v.number("max_queued_emails", "The queue limit", errors),
     }
 }
 

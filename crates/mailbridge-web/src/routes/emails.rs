@@ -8,9 +8,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use mailbridge_core::message::Party;
-use mailbridge_core::{EmailAddress, MailboxId};
+use mailbridge_core::{MailboxId, OutgoingDraft};
 use mailbridge_store::{AttachmentInfo, EmailFilter, EmailRecord, StoreError};
-use mailbridge_sync::outgoing::{Outgoing, compose};
+use mailbridge_sync::outgoing::compose;
 
 use super::mailboxes::visible_mailbox;
 use super::path_id;
@@ -57,6 +57,8 @@ pub struct EmailView {
     from: Option<PartyView>,
     to: Vec<PartyView>,
     cc: Vec<PartyView>,
+    /// Outgoing: the blind copies (never written into the message).
+    bcc: Vec<PartyView>,
     /// The Date header.
     sent_at: Option<DateTime<Utc>>,
     /// The plain-text body; for mail that has only HTML, a text rendering of it.
@@ -101,6 +103,7 @@ impl From<EmailRecord> for EmailView {
             from: e.from.map(Into::into),
             to: e.to.into_iter().map(Into::into).collect(),
             cc: e.cc.into_iter().map(Into::into).collect(),
+            bcc: e.bcc.into_iter().map(Into::into).collect(),
             sent_at: e.sent_at,
             text_body: e.text_body,
             html_body: e.html_body,
@@ -290,58 +293,21 @@ fn content_disposition(name: &str) -> header::HeaderValue {
     .unwrap_or(header::HeaderValue::from_static("attachment"))
 }
 
-#[derive(serde::Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PartyInput {
-    address: String,
-    name: Option<String>,
-}
-
-#[derive(serde::Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewOutgoing {
-    /// The mailbox to send from (its owner or an admin).
-    #[schema(value_type = String)]
-    mailbox_id: Option<MailboxId>,
-    to: Option<Vec<PartyInput>>,
-    #[serde(default)]
-    cc: Vec<PartyInput>,
-    subject: Option<String>,
-    text_body: Option<String>,
-    html_body: Option<String>,
-    /// The Message-ID of the email this answers, so the reply threads.
-    in_reply_to: Option<String>,
-    /// Put a tracking token (`[MB-7K3QZ9PA]`) at the end of the subject, so replies from
-    /// clients that drop the reply headers still join the conversation. Default true.
-    tracking_token: Option<bool>,
-}
-
-fn parties(input: Vec<PartyInput>, field: &str) -> Result<Vec<Party>, ApiError> {
-    input
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let address = EmailAddress::parse(&p.address, &format!("{field}[{i}].address"))?;
-            Ok(Party {
-                address: address.to_string(),
-                name: p.name.filter(|n| !n.trim().is_empty()),
-            })
-        })
-        .collect()
-}
-
 /// Queues an email to send from a mailbox; the engine sends it over SMTP. With an
 /// `Idempotency-Key` header already used for this mailbox, nothing new is queued: the earlier
 /// email is returned with 200.
-#[utoipa::path(post, path = "/emails", tag = "emails", request_body = NewOutgoing, security(("bearer" = [])),
+#[utoipa::path(post, path = "/emails", tag = "emails", request_body = OutgoingDraft, security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "makes retries of this request safe")),
     responses((status = 201, body = EmailView), (status = 200, body = EmailView, description = "the email created earlier with this Idempotency-Key"),
-        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the mailbox does not send, or the Idempotency-Key was used for a different email"),
+        (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "the mailbox's queue or daily send limit is reached; see Retry-After")))]
 async fn send(
     caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiJson(input): ApiJson<NewOutgoing>,
+    ApiJson(input): ApiJson<OutgoingDraft>,
 ) -> Result<(StatusCode, Json<EmailView>), ApiError> {
     let key = match headers.get("idempotency-key") {
         Some(v) => {
@@ -362,12 +328,7 @@ async fn send(
         }
         None => None,
     };
-    let mailbox_id = input.mailbox_id.ok_or_else(|| {
-        ApiError::invalid(
-            "mailbox_id",
-            "mailbox_id is required: the mailbox to send from",
-        )
-    })?;
+    let (mailbox_id, message) = input.resolve()?;
     let mailbox = state
         .store
         .get_mailbox(mailbox_id)
@@ -386,37 +347,7 @@ async fn send(
             "this mailbox's outgoing email is not synchronized (outgoing_method none); change it, then run Test & Enable",
         ));
     }
-    let to = parties(input.to.unwrap_or_default(), "to")?;
-    if to.is_empty() {
-        return Err(ApiError::invalid(
-            "to",
-            "to needs at least one recipient, e.g. [{\"address\": \"bob@example.com\"}]",
-        ));
-    }
-    let cc = parties(input.cc, "cc")?;
-    let subject = input.subject.unwrap_or_default();
-    if subject.chars().count() > 998 || subject.contains(['\r', '\n']) {
-        return Err(ApiError::invalid(
-            "subject",
-            "subject must be one line of at most 998 characters",
-        ));
-    }
-    if input.text_body.is_none() && input.html_body.is_none() {
-        return Err(ApiError::invalid(
-            "text_body",
-            "give text_body, html_body, or both",
-        ));
-    }
-    let outgoing = Outgoing {
-        to,
-        cc,
-        subject,
-        text_body: input.text_body,
-        html_body: input.html_body,
-        in_reply_to: input.in_reply_to,
-        tracking_token: input.tracking_token.unwrap_or(true),
-    };
-    let email = compose(&mailbox.spec.email, &outgoing, state.clock.now()).map_err(|e| {
+    let email = compose(&mailbox.spec.email, &message, state.clock.now()).map_err(|e| {
         tracing::error!(error = %e, "cannot compose an email");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -57,6 +57,10 @@ pub struct ProfileView {
     mailbox_count: i64,
     poll_interval_seconds: u32,
     process_emails_received_after: Option<NaiveDate>,
+    /// Emails each mailbox may queue within 24 hours.
+    daily_send_limit: u32,
+    /// Emails each mailbox may have waiting to be sent at once.
+    max_queued_emails: u32,
     owner_user_id: Option<UserId>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -85,6 +89,8 @@ impl From<ProfileRecord> for ProfileView {
             mailbox_count: p.mailbox_count,
             poll_interval_seconds: p.spec.poll_interval_seconds,
             process_emails_received_after: p.spec.process_emails_received_after,
+            daily_send_limit: p.spec.daily_send_limit,
+            max_queued_emails: p.spec.max_queued_emails,
             owner_user_id: p.owner_user_id,
             created_at: p.created_at,
             updated_at: p.updated_at,

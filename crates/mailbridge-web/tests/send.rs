@@ -1,0 +1,293 @@
+//! The send API end to end: no field can write a header of its own (each attempt is refused
+//! with 422 naming the field, and nothing is queued); attachments, bcc, reply_to and extra
+//! headers arrive at the SMTP server as asked; a reused Idempotency-Key with another email
+//! is a 409; the queue and daily limits answer 429 with Retry-After.
+#![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
+
+use base64::Engine;
+use mail_parser::MimeHeaders;
+use mailbridge_testkit::{AppOptions, MailWorld, assert_error};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn world() -> MailWorld {
+    MailWorld::start(AppOptions {
+        engine: Some(MailWorld::fast_engine()),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// POST /emails as Ann, with an optional Idempotency-Key: (status, Retry-After, body).
+async fn post(w: &MailWorld, body: &Value, key: Option<&str>) -> (StatusCode, Option<u64>, Value) {
+    let mut req = w
+        .api
+        .http
+        .post(format!("{}/api/v1/emails", w.app.base))
+        .bearer_auth(&w.ann)
+        .json(body);
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (status, retry, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn no_field_can_write_a_header_and_nothing_is_queued() {
+    let w = MailWorld::start(AppOptions::default()).await;
+    let profile = w.password_profile("Local").await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    let evil = "Bcc: eve@evil.example\r\nReply-To: eve@evil.example";
+    let cases = [
+        (
+            "in_reply_to",
+            json!(format!("<a@example.com>\r\n{evil}")),
+            "in_reply_to",
+        ),
+        (
+            "in_reply_to",
+            json!(format!("a@example.com\n{evil}")),
+            "in_reply_to",
+        ),
+        ("subject", json!(format!("Hello\r\n{evil}")), "subject"),
+        (
+            "to",
+            json!([{"address": "bob@example.com", "name": format!("Bob\r\n{evil}")}]),
+            "to[0].name",
+        ),
+        (
+            "cc",
+            json!([{"address": format!("c@example.com\r\n{evil}")}]),
+            "cc[0].address",
+        ),
+        (
+            "bcc",
+            json!([{"address": "d@example.com", "name": "D\rX-Evil: 1"}]),
+            "bcc[0].name",
+        ),
+        (
+            "reply_to",
+            json!([{"address": "r@example.com", "name": "R\nX-Evil: 1"}]),
+            "reply_to[0].name",
+        ),
+        (
+            "headers",
+            json!({"X-Campaign": format!("spring\r\n{evil}")}),
+            "headers.X-Campaign",
+        ),
+        ("headers", json!({"Bcc": "eve@evil.example"}), "headers.Bcc"),
+        (
+            "attachments",
+            json!([{"filename": format!("q.pdf\r\n{evil}"), "content_base64": ""}]),
+            "attachments[0].filename",
+        ),
+        (
+            "attachments",
+            json!([{"filename": "q.pdf", "content_type": "text/html\r\nX-Evil: 1", "content_base64": ""}]),
+            "attachments[0].content_type",
+        ),
+    ];
+    for (field, value, at) in cases {
+        let mut body = json!({"mailbox_id": mailbox, "to": [{"address": "bob@example.com"}],
+                              "subject": "Hi", "text_body": "hello"});
+        body[field] = value.clone();
+        let (status, _, answer) = post(&w, &body, None).await;
+        assert_error(
+            &(status, answer),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            Some(at),
+        );
+    }
+    let (_, page) = w
+        .api
+        .get(
+            &w.app,
+            &format!("/api/v1/emails?mailbox_id={mailbox}"),
+            &w.ann,
+        )
+        .await;
+    assert_eq!(page["emails"], json!([]), "nothing was queued: {page:#}");
+    w.app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn attachments_bcc_reply_to_and_headers_reach_the_smtp_server_as_asked() {
+    let w = world().await;
+    let (_, mailbox) = w.ann_enabled(json!({})).await;
+    let pdf = b"%PDF-1.4\n% a tiny quote\n".repeat(100);
+    let body = json!({
+        "mailbox_id": mailbox,
+        "to": [{"address": "bob@example.com", "name": "Bob Stone"}],
+        "cc": [{"address": "carol@example.com"}],
+        "bcc": [{"address": "audit@example.com", "name": "Audit"}],
+        "reply_to": [{"address": "sales@example.com", "name": "Sales Team"}],
+        "headers": {"X-Campaign": "spring-2027", "List-Unsubscribe": "<mailto:unsubscribe@example.com>"},
+        "subject": "Your quote", "text_body": "Attached.", "in_reply_to": "<quote-1@example.com>",
+        "attachments": [{"filename": "quote.pdf", "content_type": "application/pdf",
+                         "content_base64": base64::engine::general_purpose::STANDARD.encode(&pdf)}],
+        "tracking_token": false,
+    });
+    let (status, _, queued) = post(&w, &body, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{queued:#}");
+    assert_eq!(
+        queued["bcc"],
+        json!([{"address": "audit@example.com", "name": "Audit"}])
+    );
+    let id = queued["id"].as_str().unwrap();
+    let sent = w
+        .poll(
+            &format!("/api/v1/emails/{id}"),
+            &w.ann,
+            45,
+            "the email sent",
+            |e| e["status"] == "sent",
+        )
+        .await;
+    assert_eq!(sent["attachments"][0]["filename"], "quote.pdf", "{sent:#}");
+    let relayed = w.dovecot.relayed().unwrap();
+    assert_eq!(relayed.len(), 1);
+    let raw = &relayed[0];
+    let message = mail_parser::MessageParser::default().parse(raw).unwrap();
+    // The sink (aiosmtpd) writes the envelope's recipients into X-RcptTo.
+    let rcpt = message.header_raw("X-RcptTo").unwrap_or_default();
+    for to in ["bob@example.com", "carol@example.com", "audit@example.com"] {
+        assert!(rcpt.contains(to), "{to} is a recipient: {rcpt}");
+    }
+    // The sink's Maildir copy ends lines with LF.
+    let text = String::from_utf8_lossy(raw).replace("\r\n", "\n");
+    let head = &text[..text.find("\n\n").unwrap()];
+    let sent_head: String = head
+        .lines()
+        .filter(|l| {
+            !l.starts_with("X-RcptTo") && !l.starts_with("X-Peer") && !l.starts_with("X-MailFrom")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !sent_head.to_ascii_lowercase().contains("bcc"),
+        "{sent_head}"
+    );
+    assert!(
+        !sent_head.contains("audit@example.com"),
+        "a blind copy stays blind: {sent_head}"
+    );
+    let reply_to = message.reply_to().unwrap().first().unwrap();
+    assert_eq!(reply_to.address(), Some("sales@example.com"));
+    assert_eq!(reply_to.name(), Some("Sales Team"));
+    assert_eq!(
+        message.header_raw("X-Campaign").map(str::trim),
+        Some("spring-2027")
+    );
+    assert_eq!(
+        message.header_raw("List-Unsubscribe").map(str::trim),
+        Some("<mailto:unsubscribe@example.com>")
+    );
+    assert_eq!(message.in_reply_to().as_text(), Some("quote-1@example.com"));
+    let attachment = message.attachment(0).unwrap();
+    assert_eq!(attachment.attachment_name(), Some("quote.pdf"));
+    assert_eq!(attachment.contents(), &pdf[..]);
+    w.app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reused_key_is_a_409_and_the_limits_answer_429_with_retry_after() {
+    let w = MailWorld::start(AppOptions::default()).await;
+    let profile = w.password_profile("Local").await;
+    let (status, p) = w
+        .api
+        .patch(
+            &w.app,
+            &format!("/api/v1/server-profiles/{profile}"),
+            &w.admin,
+            json!({"daily_send_limit": 2, "max_queued_emails": 5}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    assert_eq!(
+        (
+            p["daily_send_limit"].as_i64(),
+            p["max_queued_emails"].as_i64()
+        ),
+        (Some(2), Some(5))
+    );
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    let email = |subject: &str| {
+        json!({"mailbox_id": mailbox, "to": [{"address": "bob@example.com"}],
+               "subject": subject, "text_body": "hello"})
+    };
+    let (status, _, first) = post(&w, &email("One"), Some("order-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, _, again) = post(&w, &email("One"), Some("order-1")).await;
+    assert_eq!((status, &again["id"]), (StatusCode::OK, &first["id"]));
+    let (status, _, reused) = post(&w, &email("Another"), Some("order-1")).await;
+    assert_error(
+        &(status, reused.clone()),
+        StatusCode::CONFLICT,
+        "idempotency_key_reused",
+        Some("Idempotency-Key"),
+    );
+    assert!(
+        reused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("order-1"),
+        "{reused}"
+    );
+    let (status, _, _) = post(&w, &email("Two"), None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, retry, limited) = post(&w, &email("Three"), None).await;
+    assert_error(
+        &(status, limited.clone()),
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+        None,
+    );
+    assert!(
+        limited["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("daily_send_limit"),
+        "{limited}"
+    );
+    assert!(
+        retry.is_some_and(|s| s > 3600),
+        "Retry-After names the wait: {retry:?}"
+    );
+    let (_, page) = w
+        .api
+        .get(
+            &w.app,
+            &format!("/api/v1/emails?mailbox_id={mailbox}"),
+            &w.ann,
+        )
+        .await;
+    assert_eq!(page["emails"].as_array().unwrap().len(), 2, "{page:#}");
+    let (status, bad) = w
+        .api
+        .patch(
+            &w.app,
+            &format!("/api/v1/server-profiles/{profile}"),
+            &w.admin,
+            json!({"daily_send_limit": 0}),
+        )
+        .await;
+    assert_error(
+        &(status, bad),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("daily_send_limit"),
+    );
+    w.app.stop().await.unwrap();
+}
