@@ -288,18 +288,26 @@ impl Store {
     }
 
     /// Replaces a mailbox's configuration. A new address or profile invalidates the last
-    /// test, so the statuses go back to `not_run` and the mailbox is disabled until tested.
+    /// test, so the statuses go back to `not_run` and the mailbox is disabled until tested;
+    /// and it ends the sign-in: the tokens belong to the old account and the old profile's
+    /// OAuth client, so they are deleted (and returned, for the caller to revoke) and the
+    /// mailbox must be signed in again. Pending sign-ins of the old address are dropped too.
     pub async fn update_mailbox(
         &self,
         actor: &Actor,
         id: MailboxId,
         spec: &MailboxSpec,
         password: SecretChange,
-    ) -> Result<MailboxRecord> {
+    ) -> Result<(MailboxRecord, Option<crate::StoredTokens>)> {
         let now = self.now_ms();
         let sid = id.to_string();
         let old = self.get_mailbox(id).await?;
         let retest = old.spec.email != spec.email || old.spec.profile_id != spec.profile_id;
+        let dropped = if retest {
+            self.mailbox_tokens(id).await?
+        } else {
+            None
+        };
         let mut tx = self.begin_write().await?;
         self.check_references(&mut tx, spec).await?;
         if old.spec.profile_id != spec.profile_id {
@@ -337,17 +345,31 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        if retest {
+            for table in ["mailbox_tokens", "oauth_states"] {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE mailbox_id = $1"
+                )))
+                .bind(&sid)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let mut detail = audit_detail(spec);
+        if dropped.is_some() {
+            detail["sign_in"] = serde_json::json!("removed: the address or profile changed");
+        }
         audit::record(
             &mut tx,
             now,
             actor,
             "mailbox.update",
             ("mailbox", &sid),
-            audit_detail(spec),
+            detail,
         )
         .await?;
         tx.commit().await?;
-        self.get_mailbox(id).await
+        Ok((self.get_mailbox(id).await?, dropped))
     }
 
     pub async fn delete_mailbox(&self, actor: &Actor, id: MailboxId) -> Result<()> {

@@ -7,9 +7,11 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use mailbridge_core::{Clock, MailboxId, Role};
+use mailbridge_core::{Clock, MailboxId, ProfileId, Role};
 use mailbridge_oauth::{IDENTITY_SCOPES, OAuthError, Pkce, Provider, random_token};
-use mailbridge_store::{Actor, MailboxRecord, Store, StoreError, TokenSet, UserRecord};
+use mailbridge_store::{
+    Actor, MailboxRecord, Store, StoreError, StoredTokens, TokenSet, UserRecord,
+};
 use secrecy::SecretString;
 use url::Url;
 
@@ -261,7 +263,22 @@ impl SignIn {
         let Some(tokens) = self.store.remove_sign_in(actor, mailbox).await? else {
             return Ok(Disconnected::WasNotSignedIn);
         };
-        let provider = self.provider(&record).await?;
+        self.revoke(record.spec.profile_id, &tokens).await
+    }
+
+    /// Revokes tokens already removed here at the provider of `profile` (the profile that
+    /// issued them: after a mailbox moved, its old one).
+    pub async fn revoke(
+        &self,
+        profile: ProfileId,
+        tokens: &StoredTokens,
+    ) -> Result<Disconnected, SignInError> {
+        let Some(provider) =
+            crate::provider::for_profile(&self.store, &self.http, profile, &self.redirect_uri)
+                .await?
+        else {
+            return Ok(Disconnected::NoRevocationEndpoint);
+        };
         if provider.settings().revocation_url.is_none() {
             return Ok(Disconnected::NoRevocationEndpoint);
         }

@@ -583,3 +583,82 @@ async fn without_an_id_token_the_account_comes_from_userinfo_or_the_sign_in_is_r
         "{page}"
     );
 }
+
+#[tokio::test]
+async fn a_new_address_or_profile_ends_the_sign_in_and_revokes_the_grant() {
+    let w = World::new().await;
+    let path = format!("/api/v1/mailboxes/{}", w.mailbox);
+    for change in ["email", "profile_id"] {
+        assert_eq!(w.sign_in().await.0, StatusCode::OK);
+        let refresh = w
+            .app
+            .store
+            .mailbox_tokens(w.mailbox.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .refresh_token
+            .expose_secret()
+            .to_owned();
+        let patch = if change == "email" {
+            json!({"email": "ann.lee@example.com"})
+        } else {
+            let (status, other) = w
+                .api
+                .post(&w.app, "/api/v1/server-profiles", &w.admin, json!({
+                    "name": "Second Gmail", "preset": "gmail",
+                    "oauth": w.provider.profile_oauth("second.apps.googleusercontent.com", "other-secret"),
+                }))
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{other}");
+            json!({"profile_id": other["id"]})
+        };
+        let (status, view) = w.api.patch(&w.app, &path, &w.admin, patch).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        // The old account's tokens are gone here, and given back to the provider that
+        // issued them: Test & Enable cannot pass with them, nor do they reach new servers.
+        assert_eq!(view["sign_in_status"], "not_signed_in", "{change}: {view}");
+        assert_eq!(view["enabled"], false);
+        assert_eq!(view["incoming_status"], "not_run");
+        w.assert_not_signed_in().await;
+        let stats = w.provider.stats().await.unwrap();
+        assert!(
+            stats["revocations"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(refresh)),
+            "{change}: the grant is revoked: {stats}"
+        );
+        let (_, tested) = w
+            .api
+            .post(
+                &w.app,
+                &format!("{path}/test-and-enable"),
+                &w.admin,
+                json!({}),
+            )
+            .await;
+        assert_eq!(tested["enabled"], false, "{tested}");
+        // Back to the mailbox's own address for the next round.
+        if change == "email" {
+            let (status, _) = w
+                .api
+                .patch(&w.app, &path, &w.admin, json!({"email": "ann@example.com"}))
+                .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    // A change that keeps address and profile keeps the sign-in.
+    assert_eq!(w.sign_in().await.0, StatusCode::OK);
+    let (status, view) = w
+        .api
+        .patch(
+            &w.app,
+            &path,
+            &w.admin,
+            json!({"tracking_rule": "responses"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(view["sign_in_status"], "signed_in", "{view}");
+}

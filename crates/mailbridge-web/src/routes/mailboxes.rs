@@ -205,7 +205,8 @@ async fn show(
 
 /// Changes the named fields. A user may change delivery methods and the tracking rule of
 /// their own mailbox; owner, address and profile are for admins. A new address or profile
-/// disables the mailbox until it is tested again.
+/// disables the mailbox until it is tested again, and ends its sign-in (the grant is revoked
+/// at the provider that issued it): the new account must sign in.
 #[utoipa::path(patch, path = "/mailboxes/{id}", tag = "mailboxes", request_body = MailboxDraft,
     security(("bearer" = [])), params(("id" = String, Path, description = "mailbox id")),
     responses((status = 200, body = MailboxView), (status = 403, body = ErrorBody),
@@ -240,10 +241,22 @@ pub(crate) async fn update_mailbox(
     }
     let spec = draft.resolve(Some(&current.spec), caller.0.id)?;
     let password = password_for(state, draft, &spec).await?;
-    Ok(state
+    let (updated, dropped) = state
         .store
         .update_mailbox(&caller.actor(), id, &spec, password)
-        .await?)
+        .await?;
+    if let Some(tokens) = dropped {
+        // The grant was for the old address or the old profile's client: give it back there.
+        match state.signin.revoke(current.spec.profile_id, &tokens).await {
+            Ok(outcome) => {
+                tracing::info!(mailbox = %id, ?outcome, "address or profile changed; sign-in removed")
+            }
+            Err(e) => {
+                tracing::warn!(mailbox = %id, error = %e, "address or profile changed; sign-in removed here, but not revoked at the provider")
+            }
+        }
+    }
+    Ok(updated)
 }
 
 /// Deletes a mailbox (admin).
