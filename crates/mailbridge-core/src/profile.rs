@@ -271,6 +271,19 @@ impl ProfileDraft {
                 };
                 let oauth = resolve_oauth(draft, base_spec.and_then(|b| b.oauth.as_ref()))
                     .map_err(|e| e.under("oauth"))?;
+                if let (SecretChange::Keep, Some(old)) =
+                    (&secret, base.as_ref().and_then(|b| b.spec.oauth.as_ref()))
+                    && let Some(moved) = moved_endpoint(old, &oauth)
+                {
+                    // The stored secret (and every mailbox's tokens after it) would go to a
+                    // server it was never given to: whoever moves it must know the secret.
+                    return Err(ValidationError::new(
+                        "oauth.client_secret",
+                        format!(
+                            "{moved} now points to another server; enter the client secret again to confirm it may be sent there"
+                        ),
+                    ));
+                }
                 (Some(oauth), secret)
             }
         };
@@ -582,6 +595,33 @@ fn resolve_oauth(
     })
 }
 
+/// The first OAuth endpoint (by field name) whose origin — scheme, host and port — differs
+/// between `old` and `new`: the secret and tokens go to these servers.
+fn moved_endpoint(old: &OAuthSettings, new: &OAuthSettings) -> Option<&'static str> {
+    let origin = |u: Option<&Url>| u.map(Url::origin);
+    [
+        (
+            "authorization_url",
+            Some(&old.authorization_url),
+            Some(&new.authorization_url),
+        ),
+        ("token_url", Some(&old.token_url), Some(&new.token_url)),
+        (
+            "revocation_url",
+            old.revocation_url.as_ref(),
+            new.revocation_url.as_ref(),
+        ),
+        (
+            "userinfo_url",
+            old.userinfo_url.as_ref(),
+            new.userinfo_url.as_ref(),
+        ),
+    ]
+    .into_iter()
+    .find(|(_, a, b)| b.is_some() && origin(*a) != origin(*b))
+    .map(|(field, ..)| field)
+}
+
 /// An OAuth endpoint must be HTTPS; plain HTTP only to this machine (a local provider).
 fn endpoint_url(raw: &str, field: &str) -> Result<Url, ValidationError> {
     let url = Url::parse(raw.trim()).map_err(|e| {
@@ -726,6 +766,39 @@ mod tests {
             .resolve(Some(stored))
             .unwrap_err();
         assert_eq!(e.field, "preset");
+    }
+
+    #[test]
+    fn moving_an_oauth_endpoint_elsewhere_needs_the_secret_again() {
+        let (base, _) = draft(serde_json::json!({
+            "name": "G", "preset": "gmail", "oauth": {"client_id": "c", "client_secret": "s"}
+        }))
+        .resolve(None)
+        .unwrap();
+        let stored = || Stored {
+            spec: &base,
+            has_client_secret: true,
+        };
+        for field in [
+            "authorization_url",
+            "token_url",
+            "revocation_url",
+            "userinfo_url",
+        ] {
+            let moved = serde_json::json!({"oauth": {field: "https://idp.attacker.example/x"}});
+            let e = draft(moved).resolve(Some(stored())).unwrap_err();
+            assert_eq!(e.field, "oauth.client_secret", "{field}");
+            assert!(e.message.contains(field), "{e}");
+            let with_secret = serde_json::json!({"oauth": {field: "https://idp.attacker.example/x", "client_secret": "s2"}});
+            assert!(
+                draft(with_secret).resolve(Some(stored())).is_ok(),
+                "{field}"
+            );
+        }
+        // Another path on the same server, or removing an optional endpoint, sends nothing
+        // anywhere new.
+        let same_host = serde_json::json!({"oauth": {"token_url": "https://oauth2.googleapis.com/v2/token", "revocation_url": ""}});
+        assert!(draft(same_host).resolve(Some(stored())).is_ok());
     }
 
     #[test]

@@ -458,6 +458,9 @@ impl Store {
                 id: sid,
             });
         }
+        if enabled {
+            crate::alerts::resolve(&mut tx, now, id, crate::profiles::RETEST_REQUIRED).await?;
+        }
         audit::record(
             &mut tx,
             now,

@@ -179,6 +179,54 @@ fn bind_spec<'q>(
         .bind(i64::from(spec.max_queued_emails))
 }
 
+/// The alert kind raised when a mailbox's profile moved to other servers.
+pub const RETEST_REQUIRED: &str = "retest_required";
+
+/// Disables every mailbox of a profile whose servers changed, resets its test results and
+/// alerts its owner: the credentials were proven against the old servers only. Returns how
+/// many mailboxes it touched.
+async fn require_retest(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    profile: &str,
+    name: &str,
+    now: i64,
+) -> Result<usize> {
+    let mailboxes: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT id, owner_user_id, email FROM mailboxes WHERE profile_id = $1")
+            .bind(profile)
+            .fetch_all(&mut **tx)
+            .await?;
+    sqlx::query(
+        "UPDATE mailboxes SET enabled = 0, incoming_status = 'not_run', incoming_status_reason = NULL, \
+         incoming_status_hint = NULL, incoming_tested_at = NULL, outgoing_status = 'not_run', \
+         outgoing_status_reason = NULL, outgoing_status_hint = NULL, outgoing_tested_at = NULL, \
+         updated_at = $1 WHERE profile_id = $2",
+    )
+    .bind(now)
+    .bind(profile)
+    .execute(&mut **tx)
+    .await?;
+    for (id, owner, email) in &mailboxes {
+        let bad = |e: uuid::Error| StoreError::corrupt(format!("mailbox {id}"), e);
+        crate::alerts::raise(
+            tx,
+            now,
+            crate::alerts::NewAlert {
+                mailbox_id: Some(id.parse().map_err(bad)?),
+                profile_id: None,
+                user_id: owner.parse().map_err(bad)?,
+                kind: RETEST_REQUIRED,
+                message: format!(
+                    "server profile '{name}' now uses other servers, so {email} is paused until it passes Test & Enable against them"
+                ),
+                hint: "Run Test & Enable Mailbox (an admin can test every mailbox of the profile at once).",
+            },
+        )
+        .await?;
+    }
+    Ok(mailboxes.len())
+}
+
 fn name_taken(e: sqlx::Error, name: &str) -> StoreError {
     if is_unique_violation(&e) {
         StoreError::Conflict(format!(
@@ -285,6 +333,8 @@ impl Store {
     }
 
     /// Replaces a profile's settings. Refuses a `max_mailboxes` below the mailboxes it serves.
+    /// New servers (host, port, security or protocol) undo every mailbox's last test: each
+    /// is disabled until it passes Test & Enable against them, and its owner is told.
     pub async fn update_profile(
         &self,
         actor: &Actor,
@@ -294,6 +344,9 @@ impl Store {
     ) -> Result<ProfileRecord> {
         let now = self.now_ms();
         let sid = id.to_string();
+        let old = self.get_profile(id).await?;
+        let servers_changed =
+            old.spec.incoming != spec.incoming || old.spec.outgoing != spec.outgoing;
         let mut tx = self.begin_write().await?;
         self.lock_profile(&mut tx, &sid).await?;
         let (count,): (i64,) =
@@ -336,13 +389,18 @@ impl Store {
                 id: sid,
             });
         }
+        let mut detail = audit_detail(spec, &secret);
+        if servers_changed {
+            let retest = require_retest(&mut tx, &sid, &spec.name, now).await?;
+            detail["mailboxes_to_retest"] = serde_json::json!(retest);
+        }
         audit::record(
             &mut tx,
             now,
             actor,
             "profile.update",
             ("server_profile", &sid),
-            audit_detail(spec, &secret),
+            detail,
         )
         .await?;
         tx.commit().await?;

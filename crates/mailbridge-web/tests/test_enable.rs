@@ -370,3 +370,90 @@ async fn gmail_with_imap_turned_off_says_to_enable_imap_in_gmail_settings() {
         "one failing direction keeps the mailbox disabled"
     );
 }
+
+#[tokio::test]
+async fn moving_a_profile_elsewhere_needs_its_secret_and_a_new_test_of_every_mailbox() {
+    let w = MailWorld::start(AppOptions::default()).await;
+    let (profile, mailbox) = w.ann_enabled(json!({})).await;
+    let path = format!("/api/v1/server-profiles/{profile}");
+    // Pointing the token endpoint elsewhere while keeping the stored secret is refused: the
+    // secret, and every mailbox's refresh token after it, would go to that server.
+    for field in ["token_url", "revocation_url", "userinfo_url"] {
+        let r = w
+            .api
+            .patch(
+                &w.app,
+                &path,
+                &w.admin,
+                json!({"oauth": {field: "https://idp.attacker.example/x"}}),
+            )
+            .await;
+        assert_error(
+            &r,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            Some("oauth.client_secret"),
+        );
+    }
+    let (_, view) = w.api.get(&w.app, &path, &w.admin).await;
+    assert!(
+        !view["oauth"]["token_url"]
+            .as_str()
+            .unwrap()
+            .contains("attacker"),
+        "nothing changed: {view}"
+    );
+    // Limits and names change freely, and the mailbox stays enabled.
+    let (status, _) = w
+        .api
+        .patch(&w.app, &path, &w.admin, json!({"name": "Renamed"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let m = w
+        .api
+        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
+        .await
+        .1;
+    assert_eq!(m["enabled"], true, "{m:#}");
+    // New servers: the mailbox's last test no longer holds. It is paused, its owner told.
+    let moved = json!({"incoming": {"host": "localhost"}});
+    let (status, p) = w.api.patch(&w.app, &path, &w.admin, moved).await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    let m = w
+        .api
+        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
+        .await
+        .1;
+    assert_eq!(
+        (
+            m["enabled"].clone(),
+            m["incoming_status"].clone(),
+            m["outgoing_status"].clone()
+        ),
+        (json!(false), json!("not_run"), json!("not_run")),
+        "{m:#}"
+    );
+    let (_, alerts) = w.api.get(&w.app, "/api/v1/alerts", &w.ann).await;
+    let alert = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "retest_required")
+        .unwrap_or_else(|| panic!("Ann is told: {alerts:#}"));
+    assert!(
+        alert["message"].as_str().unwrap().contains("Renamed"),
+        "{alert}"
+    );
+    // Test & Enable against the new servers brings it back and settles the alert.
+    let tested = w.test(&mailbox, &w.ann).await;
+    assert_eq!(tested["enabled"], true, "{tested:#}");
+    let (_, alerts) = w.api.get(&w.app, "/api/v1/alerts", &w.ann).await;
+    assert!(
+        !alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "retest_required"),
+        "{alerts:#}"
+    );
+}
