@@ -66,10 +66,13 @@ impl Endpoint {
 }
 
 /// The certificates a TLS connection trusts: the Mozilla roots (webpki-roots), plus any
-/// extra CA an operator configures for servers with a private CA.
+/// extra CA an operator configures for servers with a private CA; and which servers may be
+/// reached without TLS at all (`security: none`): this machine, and the hosts an operator
+/// lists. Anywhere else a password or a bearer token would cross the network in clear.
 #[derive(Clone)]
 pub struct TlsSettings {
     connector: TlsConnector,
+    plaintext_hosts: Arc<Vec<String>>,
 }
 
 impl std::fmt::Debug for TlsSettings {
@@ -105,7 +108,32 @@ impl TlsSettings {
             .with_no_client_auth();
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
+            plaintext_hosts: Arc::new(Vec::new()),
         })
+    }
+
+    /// Also lets these hosts (names or IP addresses, compared without case) be reached
+    /// without TLS.
+    #[must_use]
+    pub fn with_plaintext_hosts(mut self, hosts: &[String]) -> Self {
+        self.plaintext_hosts = Arc::new(hosts.iter().map(|h| h.to_ascii_lowercase()).collect());
+        self
+    }
+
+    /// Whether `host` may be reached without TLS: a loopback address, `localhost`, or a
+    /// listed host. Decided on the name as written — never by resolving it, so nothing is
+    /// sent anywhere to decide.
+    pub fn plaintext_allowed(&self, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        loopback
+            || self
+                .plaintext_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host))
     }
 
     /// Public roots only.
@@ -124,6 +152,17 @@ pub enum MailStream {
 impl MailStream {
     /// Dials the endpoint; with implicit TLS, also completes the handshake.
     pub async fn connect(endpoint: &Endpoint, tls: &TlsSettings) -> Result<Self, ProtoError> {
+        if endpoint.security == Security::None && !tls.plaintext_allowed(&endpoint.host) {
+            // Every session here logs in: on a plain connection the password or token would
+            // cross the network readable by anyone on the way.
+            return Err(endpoint.error(
+                "connect",
+                ErrorKind::Unsupported(format!(
+                    "refusing to log in to {} without TLS (security none): passwords and tokens would travel in clear; use tls or starttls, or list the host in plaintext_mail_hosts if it is on a network you trust",
+                    endpoint.host
+                )),
+            ));
+        }
         let tcp = endpoint
             .timed("connect", async {
                 TcpStream::connect((endpoint.host.as_str(), endpoint.port))
@@ -195,5 +234,54 @@ impl AsyncWrite for MailStream {
             MailStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MailStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_machine_and_listed_hosts_go_without_tls() {
+        let tls = TlsSettings::public().with_plaintext_hosts(&["Mail.Office.Lan".to_owned()]);
+        for ok in [
+            "127.0.0.1",
+            "127.5.6.7",
+            "::1",
+            "[::1]",
+            "localhost",
+            "LOCALHOST",
+            "mail.office.lan",
+        ] {
+            assert!(tls.plaintext_allowed(ok), "{ok}");
+        }
+        for refused in [
+            "10.0.0.5",
+            "192.168.1.10",
+            "imap.gmail.com",
+            "localhost.example.com",
+            "0.0.0.0",
+        ] {
+            assert!(!tls.plaintext_allowed(refused), "{refused}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plain_connection_elsewhere_is_refused_before_anything_is_sent() {
+        // Not this machine. Even if the check were missing, no packet would leave: the kernel
+        // refuses a TCP connection to the limited broadcast address itself.
+        let endpoint = Endpoint::new("255.255.255.255", 143, Security::None)
+            .with_timeout(std::time::Duration::from_secs(60));
+        let started = std::time::Instant::now();
+        let e = MailStream::connect(&endpoint, &TlsSettings::public())
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("without TLS") && e.contains("plaintext_mail_hosts"),
+            "{e}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 }

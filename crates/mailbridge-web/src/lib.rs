@@ -52,6 +52,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Counted by the sync engine, served at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Which mail servers are trusted, and which may be reached without TLS.
+    pub mail_tls: TlsSettings,
 }
 
 /// What the services behind the API are built from.
@@ -94,7 +96,7 @@ impl AppState {
         let tester = Tester::new(
             store.clone(),
             tokens.clone(),
-            tls,
+            tls.clone(),
             mail_timeout,
             client_name,
         );
@@ -106,6 +108,7 @@ impl AppState {
             tokens,
             clock: app_clock,
             metrics: Arc::new(Metrics::default()),
+            mail_tls: tls,
         }
     }
 }

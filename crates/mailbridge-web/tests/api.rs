@@ -394,12 +394,40 @@ async fn profiles_validate_every_field_and_never_return_the_secret() {
             json!({"name": "x", "preset": "gmail", "process_emails_received_after": "last week", "oauth": {"client_id": "c", "client_secret": "s"}}),
             "process_emails_received_after",
         ),
+        // Passwords and tokens never travel in clear beyond this machine.
+        (
+            password(
+                json!({"protocol": "imap", "host": "imap.example.com", "security": "none"}),
+                out.clone(),
+            ),
+            "incoming.security",
+        ),
+        (
+            password(
+                json!({"protocol": "pop3", "host": "127.0.0.1", "security": "none"}),
+                json!({"host": "10.1.2.3", "security": "none"}),
+            ),
+            "outgoing.security",
+        ),
     ] {
         let r = c
             .post(&s, "/api/v1/server-profiles", &admin, body.clone())
             .await;
         assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some(field));
     }
+    // This machine may be reached without TLS (a local relay, a test server).
+    let (status, local) = c
+        .post(
+            &s,
+            "/api/v1/server-profiles",
+            &admin,
+            password(
+                json!({"protocol": "imap", "host": "127.0.0.1", "security": "none"}),
+                json!({"host": "localhost", "security": "none"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{local}");
     // The Gmail limit is explained in words.
     let r = c.post(&s, "/api/v1/server-profiles", &admin, json!({"name": "x", "preset": "gmail", "max_mailboxes": 101, "oauth": {"client_id": "c", "client_secret": "s"}})).await;
     assert!(
@@ -494,7 +522,11 @@ async fn profiles_validate_every_field_and_never_return_the_secret() {
         None,
     );
     let (_, list) = c.get(&s, "/api/v1/server-profiles", &admin).await;
-    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        3,
+        "Sales, Pop and Own server"
+    );
 
     let seen = c.seen();
     assert!(

@@ -25,6 +25,7 @@ struct Raw {
     master_key: Option<SecretString>,
     gmail_oauth: bool,
     tls_ca_file: Option<PathBuf>,
+    plaintext_mail_hosts: String,
     sync_scan_interval_ms: u64,
     sync_stagger_ms: u64,
     node_name: Option<String>,
@@ -45,6 +46,7 @@ impl Default for Raw {
             master_key: None,
             gmail_oauth: true,
             tls_ca_file: None,
+            plaintext_mail_hosts: String::new(),
             sync_scan_interval_ms: 5_000,
             sync_stagger_ms: 10_000,
             node_name: None,
@@ -83,6 +85,8 @@ pub struct Config {
     pub gmail_oauth: bool,
     /// PEM certificates to trust, besides the public roots, for mail servers with a private CA.
     pub tls_ca: Option<Vec<u8>>,
+    /// Mail servers besides this machine that may be reached without TLS (`security: none`).
+    pub plaintext_mail_hosts: Vec<String>,
     /// How often the engine looks for newly enabled mailboxes.
     pub sync_scan_interval: std::time::Duration,
     /// New mailbox workers start spread over this window.
@@ -191,6 +195,17 @@ impl Config {
             }
             None => None,
         };
+        let plaintext_mail_hosts = raw
+            .plaintext_mail_hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                mailbridge_core::Host::parse(h, "plaintext_mail_hosts")
+                    .map(|h| h.to_string())
+                    .map_err(|e| anyhow::anyhow!("{} (MAILBRIDGE_PLAINTEXT_MAIL_HOSTS)", e))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         mailbridge_core::validate_node_group(&raw.node_group, "node_group")
             .map_err(|e| anyhow::anyhow!("{} (MAILBRIDGE_NODE_GROUP)", e.message))?;
         if raw.lease_ttl_ms < 1_000 {
@@ -218,6 +233,7 @@ impl Config {
             master_key,
             gmail_oauth: raw.gmail_oauth,
             tls_ca,
+            plaintext_mail_hosts,
             sync_scan_interval: std::time::Duration::from_millis(raw.sync_scan_interval_ms.max(10)),
             sync_stagger: std::time::Duration::from_millis(raw.sync_stagger_ms),
             node_name,
@@ -342,6 +358,13 @@ mod tests {
                     ..raw()
                 },
                 "MAILBRIDGE_LEASE_TTL_MS",
+            ),
+            (
+                Raw {
+                    plaintext_mail_hosts: "mail.office.lan, not a host".into(),
+                    ..raw()
+                },
+                "MAILBRIDGE_PLAINTEXT_MAIL_HOSTS",
             ),
             (
                 Raw {

@@ -40,7 +40,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "no users yet: create the first admin with 'mailbridge users create --email you@example.com --role admin'"
         );
     }
-    let tls = TlsSettings::new(config.tls_ca.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let tls = TlsSettings::new(config.tls_ca.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?
+        .with_plaintext_hosts(&config.plaintext_mail_hosts);
     // SMTP EHLO names this service by its public host.
     let client_name = web
         .public_base_url

@@ -294,7 +294,7 @@ fn security_label(s: Security) -> &'static str {
     match s {
         Security::Tls => "TLS from the start (SSL)",
         Security::Starttls => "STARTTLS",
-        Security::None => "None (plain text; local testing only)",
+        Security::None => "None (plain text: only this machine or hosts an operator allowed)",
     }
 }
 

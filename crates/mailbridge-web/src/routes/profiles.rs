@@ -7,7 +7,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, NaiveDate, Utc};
 use mailbridge_core::{
-    AuthMethod, IncomingServer, OutgoingServer, ProfileDraft, ProfileId, Stored, UserId,
+    AuthMethod, IncomingServer, OutgoingServer, ProfileDraft, ProfileId, ProfileSpec, Security,
+    Stored, UserId,
 };
 use mailbridge_store::ProfileRecord;
 
@@ -122,6 +123,7 @@ pub(crate) async fn create_profile(
 ) -> Result<ProfileRecord, ApiError> {
     caller.require_admin("manage email server profiles")?;
     let (spec, secret) = draft.resolve(None)?;
+    refuse_plaintext(state, &spec)?;
     Ok(state
         .store
         .create_profile(&caller.actor(), &spec, secret)
@@ -185,10 +187,30 @@ pub(crate) async fn update_profile(
         spec: &current.spec,
         has_client_secret: current.has_client_secret,
     }))?;
+    refuse_plaintext(state, &spec)?;
     Ok(state
         .store
         .update_profile(&caller.actor(), id, &spec, secret)
         .await?)
+}
+
+/// `security: none` sends passwords and tokens in clear: only to this machine, or to hosts
+/// the operator listed in `plaintext_mail_hosts`.
+fn refuse_plaintext(state: &AppState, spec: &ProfileSpec) -> Result<(), ApiError> {
+    for (side, host, security) in [
+        ("incoming", &spec.incoming.host, spec.incoming.security),
+        ("outgoing", &spec.outgoing.host, spec.outgoing.security),
+    ] {
+        if security == Security::None && !state.mail_tls.plaintext_allowed(host.as_str()) {
+            return Err(ApiError::invalid(
+                &format!("{side}.security"),
+                format!(
+                    "security none would send passwords and tokens to {host} in clear; use tls or starttls (none is allowed only for this machine, or for hosts an operator lists in the plaintext_mail_hosts setting)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Deletes a profile that serves no mailbox.
