@@ -60,28 +60,38 @@ impl LineConn {
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 
-    /// The raw bytes of one line including its line ending (for message data).
+    /// The raw bytes of one line including its line ending (for message data), at most `max`
+    /// of them: `false` when the line was cut there, its end not yet read. Message lines are
+    /// bounded by what is left of the message's limit rather than by [`MAX_LINE`]: real mail
+    /// has long lines (HTML without breaks, unwrapped base64), and the message's limit is
+    /// what keeps memory bounded.
     pub(crate) async fn read_raw_line(
         &mut self,
         step: &str,
         buf: &mut Vec<u8>,
-    ) -> Result<(), ProtoError> {
+        max: usize,
+    ) -> Result<bool, ProtoError> {
         buf.clear();
         let endpoint = self.endpoint.clone();
         let reader = &mut self.reader;
         endpoint
             .timed(step, async {
-                let n = reader
+                let n = (&mut *reader)
+                    .take(max as u64)
                     .read_until(b'\n', buf)
                     .await
                     .map_err(|e| endpoint.error(step, ErrorKind::Io(e.to_string())))?;
-                if n == 0 {
+                if buf.ends_with(b"\n") {
+                    return Ok(true);
+                }
+                if n < max {
+                    // The end of the stream came before the end of the line.
                     return Err(endpoint.error(
                         step,
                         ErrorKind::Io("the server closed the connection".into()),
                     ));
                 }
-                Ok(())
+                Ok(false)
             })
             .await
     }

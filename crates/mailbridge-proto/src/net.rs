@@ -25,7 +25,16 @@ pub struct Endpoint {
     /// Bound on connecting and on every read; a server that accepts and then never
     /// answers fails with a timeout instead of hanging a task.
     pub timeout: Duration,
+    /// The largest message a POP3 download (`RETR`, `TOP`) accepts, in bytes; a larger one
+    /// fails with [`ErrorKind::TooLarge`] instead of filling memory. Default
+    /// [`DEFAULT_MAX_MESSAGE_BYTES`].
+    pub max_message_bytes: usize,
 }
+
+/// 64 MiB: above the default message size limits of the big providers (Gmail 25 MB,
+/// Microsoft 365 35 MB), low enough that a server sending an endless message cannot take
+/// the process down.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Endpoint {
     pub fn new(host: impl Into<String>, port: u16, security: Security) -> Self {
@@ -34,12 +43,19 @@ impl Endpoint {
             port,
             security,
             timeout: Duration::from_secs(30),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    #[must_use]
+    pub fn with_max_message_bytes(mut self, max: usize) -> Self {
+        self.max_message_bytes = max;
         self
     }
 

@@ -225,16 +225,21 @@ impl Pop3Session {
         self.read_multiline(&step).await
     }
 
+    /// A multi-line response (RFC 1939 §3): lines up to the one holding only `.`, each
+    /// leading `.` of a stuffed line removed; at most the endpoint's `max_message_bytes`.
     async fn read_multiline(&mut self, step: &str) -> Result<Vec<u8>, ProtoError> {
+        let max = self.conn.endpoint.max_message_bytes;
         let mut out = Vec::new();
         let mut line = Vec::new();
         loop {
-            self.conn.read_raw_line(step, &mut line).await?;
+            // Room for what is left of the limit, plus the final ".\r\n" or a stuffing dot.
+            let room = max.saturating_sub(out.len()).saturating_add(3);
+            let whole = self.conn.read_raw_line(step, &mut line, room).await?;
             let content = line
                 .strip_suffix(b"\r\n")
                 .or_else(|| line.strip_suffix(b"\n"))
                 .unwrap_or(&line);
-            if content == b"." {
+            if whole && content == b"." {
                 return Ok(out);
             }
             // A line starting with '.' was stuffed with one more.
@@ -243,6 +248,17 @@ impl Pop3Session {
             } else {
                 &line[..]
             };
+            if !whole || out.len() + unstuffed.len() > max {
+                // The rest of the message is still on its way: this session is unusable now,
+                // and the caller drops it.
+                return Err(self.conn.error(
+                    step,
+                    ErrorKind::TooLarge(format!(
+                        "the message is larger than {}",
+                        crate::error::size(max)
+                    )),
+                ));
+            }
             out.extend_from_slice(unstuffed);
         }
     }

@@ -1,0 +1,205 @@
+//! The protocol clients against scripted servers that misbehave on purpose, as no real peer
+//! does on demand: a message, a line, a reply or a list that never ends. Each call must fail
+//! promptly with [`ErrorKind::TooLarge`], naming the server and the bound, having read little
+//! more than the bound (the server is kept from writing more once the client hangs up).
+#![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mailbridge_proto::pop3::Pop3Session;
+use mailbridge_proto::{Credentials, Endpoint, ErrorKind, ProtoError, Security, TlsSettings};
+use secrecy::SecretString;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+const MIB: usize = 1024 * 1024;
+
+/// How much a flooding server writes at most before it falls silent (holding the connection
+/// open, so a client without a bound ends in a timeout, never in an end of stream).
+const FLOOD_CAP: usize = 64 * MIB;
+
+/// The client's side of the test: fails well within this, or it waited for the timeout.
+const TIMEOUT: Duration = Duration::from_secs(8);
+
+/// One connection's server side, driven by a test's script.
+struct Peer {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    heard: Arc<Mutex<Vec<String>>>,
+}
+
+impl Peer {
+    async fn say(&mut self, text: &str) {
+        self.writer.write_all(text.as_bytes()).await.unwrap();
+    }
+
+    /// One line from the client, kept in the transcript; `None` once it hung up.
+    async fn hear(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line).await {
+            Ok(0) | Err(_) => None,
+            Ok(_) => {
+                self.heard.lock().unwrap().push(line.clone());
+                Some(line)
+            }
+        }
+    }
+
+    /// Writes `pattern` over and over, up to [`FLOOD_CAP`] bytes or until the client hangs up,
+    /// then waits for the client to hang up. The bytes written.
+    async fn flood(&mut self, pattern: &[u8]) -> usize {
+        let chunk = pattern.repeat((64 * 1024 / pattern.len()).max(1));
+        let mut sent = 0;
+        while sent < FLOOD_CAP {
+            if self.writer.write_all(&chunk).await.is_err() {
+                return sent;
+            }
+            sent += chunk.len();
+        }
+        while self.hear().await.is_some() {}
+        sent
+    }
+}
+
+/// A scripted server on 127.0.0.1 for one connection.
+struct Scripted {
+    port: u16,
+    heard: Arc<Mutex<Vec<String>>>,
+    /// What the script returns: the bytes a flood wrote.
+    done: tokio::task::JoinHandle<usize>,
+}
+
+impl Scripted {
+    async fn start<F, Fut>(script: F) -> Self
+    where
+        F: FnOnce(Peer) -> Fut + Send + 'static,
+        Fut: Future<Output = usize> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let transcript = heard.clone();
+        let done = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (reader, writer) = stream.into_split();
+            script(Peer {
+                reader: BufReader::new(reader),
+                writer,
+                heard: transcript,
+            })
+            .await
+        });
+        Self { port, heard, done }
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::new("127.0.0.1", self.port, Security::None).with_timeout(TIMEOUT)
+    }
+
+    /// What the client sent, line by line.
+    fn heard(&self) -> Vec<String> {
+        self.heard.lock().unwrap().clone()
+    }
+
+    /// Once the client has hung up: the bytes the flood wrote.
+    async fn flooded(self) -> usize {
+        tokio::time::timeout(Duration::from_secs(20), self.done)
+            .await
+            .expect("the client hung up")
+            .unwrap()
+    }
+}
+
+fn password() -> Credentials {
+    Credentials::Password {
+        user: "ann".into(),
+        password: SecretString::from("hunter2"),
+    }
+}
+
+/// A POP3 server offering USER/PASS that accepts the login, then answers one more command
+/// with `+OK` and a flood of `pattern`.
+async fn pop3_flooding_after_login(pattern: &'static [u8]) -> Scripted {
+    Scripted::start(move |mut peer| async move {
+        peer.say("+OK ready\r\n").await;
+        peer.hear().await; // CAPA
+        peer.say("+OK\r\nUSER\r\n.\r\n").await;
+        peer.hear().await; // USER
+        peer.say("+OK\r\n").await;
+        peer.hear().await; // PASS
+        peer.say("+OK logged in\r\n").await;
+        peer.hear().await; // the command
+        peer.say("+OK\r\n").await;
+        peer.flood(pattern).await
+    })
+    .await
+}
+
+/// The error of a call that must end in a [`ErrorKind::TooLarge`] well before the timeout.
+#[track_caller]
+fn assert_too_large(result: Result<impl std::fmt::Debug, ProtoError>, started: Instant) -> String {
+    let e = result.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(e.kind, ErrorKind::TooLarge(_)),
+        "expected too large, got: {e} (after {elapsed:?})"
+    );
+    assert!(
+        !e.is_transient(),
+        "the same server sends the same again: {e}"
+    );
+    assert!(elapsed < TIMEOUT / 2, "not prompt: {elapsed:?} for {e}");
+    e.to_string()
+}
+
+#[tokio::test]
+async fn pop3_a_message_above_the_limit_fails_promptly_with_the_limit() {
+    // Lines of a message that never ends.
+    let server = pop3_flooding_after_login(&[b'a'; 1022]).await;
+    let endpoint = server.endpoint().with_max_message_bytes(MIB);
+    let mut s = Pop3Session::login(&endpoint, &TlsSettings::public(), &password())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let e = assert_too_large(s.retr(3).await, started);
+    assert_eq!(
+        e,
+        format!(
+            "127.0.0.1:{}: cannot download message 3 (RETR): the message is larger than 1 MiB",
+            server.port
+        )
+    );
+    assert_eq!(server.heard().last().unwrap(), "RETR 3\r\n");
+    drop(s);
+    let sent = server.flooded().await;
+    // A client reading on would have taken all 64 MiB; socket buffers hold a few.
+    assert!(sent < 24 * MIB, "the client read on: {sent} bytes sent");
+}
+
+#[tokio::test]
+async fn pop3_a_message_line_that_never_ends_fails_promptly() {
+    // One line without end: no line ending ever comes.
+    let server = pop3_flooding_after_login(b"b").await;
+    let endpoint = server.endpoint().with_max_message_bytes(MIB);
+    let mut s = Pop3Session::login(&endpoint, &TlsSettings::public(), &password())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let e = assert_too_large(s.top(1, 10).await, started);
+    assert!(
+        e.ends_with("cannot read the top of message 1 (TOP): the message is larger than 1 MiB"),
+        "{e}"
+    );
+    drop(s);
+    let sent = server.flooded().await;
+    assert!(sent < 24 * MIB, "the client read on: {sent} bytes sent");
+}
+
+#[test]
+fn the_default_message_limit_is_64_mib() {
+    let endpoint = Endpoint::new("127.0.0.1", 995, Security::Tls);
+    assert_eq!(endpoint.max_message_bytes, 64 * MIB);
+}
