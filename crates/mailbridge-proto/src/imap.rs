@@ -14,9 +14,14 @@ use base64::engine::general_purpose::STANDARD as B64;
 use secrecy::ExposeSecret;
 
 use crate::error::{ErrorKind, ProtoError};
-use crate::line::LineConn;
+use crate::line::{LineBudget, LineConn};
 use crate::net::{Endpoint, MailStream, Security, TlsSettings};
 use crate::sasl::{self, Credentials, Mechanism};
+
+/// Bounds on the untagged lines before a pre-login command's tagged reply (RFC 3501 §7): a
+/// CAPABILITY answer is one line; a server that keeps sending untagged lines is stopped here.
+const MAX_UNTAGGED_LINES: usize = 100;
+const MAX_UNTAGGED_BYTES: usize = 64 * 1024;
 
 /// What `EXAMINE`/`SELECT` tells about a folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -512,6 +517,11 @@ async fn command(
     step: &str,
 ) -> Result<Vec<String>, ProtoError> {
     conn.write_line(step, line).await?;
+    let mut budget = LineBudget::new(
+        "the answer before the tagged reply",
+        MAX_UNTAGGED_LINES,
+        MAX_UNTAGGED_BYTES,
+    );
     let mut untagged = Vec::new();
     loop {
         let reply = conn.read_line(step).await?;
@@ -527,6 +537,7 @@ async fn command(
                 },
             ));
         }
+        budget.take(&reply).map_err(|kind| conn.error(step, kind))?;
         untagged.push(reply);
     }
 }

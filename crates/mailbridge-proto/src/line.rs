@@ -10,6 +10,50 @@ use crate::net::{Endpoint, MailStream, TlsSettings};
 /// greetings are shorter). A longer one means something is wrong.
 const MAX_LINE: usize = 64 * 1024;
 
+/// Bounds on a response of many lines (an SMTP multi-line reply, IMAP's untagged lines
+/// before the tagged one, POP3's CAPA and UIDL lists): each line is already at most
+/// [`MAX_LINE`], but a server that never ends the response would otherwise fill memory.
+#[derive(Debug)]
+pub(crate) struct LineBudget {
+    /// What the lines are, for the error: "the server's reply".
+    what: &'static str,
+    lines_left: usize,
+    bytes_left: usize,
+    max_lines: usize,
+    max_bytes: usize,
+}
+
+impl LineBudget {
+    pub(crate) const fn new(what: &'static str, max_lines: usize, max_bytes: usize) -> Self {
+        Self {
+            what,
+            lines_left: max_lines,
+            bytes_left: max_bytes,
+            max_lines,
+            max_bytes,
+        }
+    }
+
+    /// Counts one more line; [`ErrorKind::TooLarge`] once a bound is passed.
+    pub(crate) fn take(&mut self, line: &str) -> Result<(), ErrorKind> {
+        let Some(lines) = self.lines_left.checked_sub(1) else {
+            return Err(ErrorKind::TooLarge(format!(
+                "{} is longer than {} lines",
+                self.what, self.max_lines
+            )));
+        };
+        let Some(bytes) = self.bytes_left.checked_sub(line.len()) else {
+            return Err(ErrorKind::TooLarge(format!(
+                "{} is larger than {}",
+                self.what,
+                crate::error::size(self.max_bytes)
+            )));
+        };
+        (self.lines_left, self.bytes_left) = (lines, bytes);
+        Ok(())
+    }
+}
+
 pub(crate) struct LineConn {
     pub(crate) endpoint: Endpoint,
     reader: BufReader<MailStream>,

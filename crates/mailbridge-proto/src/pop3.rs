@@ -7,13 +7,22 @@ use base64::engine::general_purpose::STANDARD as B64;
 use secrecy::ExposeSecret;
 
 use crate::error::{ErrorKind, ProtoError};
-use crate::line::LineConn;
+use crate::line::{LineBudget, LineConn};
 use crate::net::{Endpoint, MailStream, Security, TlsSettings};
 use crate::sasl::{self, Credentials, Mechanism};
 
 /// RFC 5034 §4: an initial response that would make the command longer than 255 octets
 /// is not sent on the command line; the client waits for the server's empty challenge.
 const MAX_IR_LINE: usize = 255;
+
+/// Bounds on the CAPA list (RFC 2449 §5): a dozen short lines in practice.
+const MAX_CAPA_LINES: usize = 100;
+const MAX_CAPA_BYTES: usize = 64 * 1024;
+
+/// Bounds on the UIDL list (RFC 1939 §7): one line per message, a unique-id of at most 70
+/// characters (a million such lines are about 80 MiB).
+const MAX_UIDL_LINES: usize = 1_000_000;
+const MAX_UIDL_BYTES: usize = 128 * 1024 * 1024;
 
 pub struct Pop3Session {
     conn: LineConn,
@@ -163,6 +172,7 @@ impl Pop3Session {
         if !first.starts_with("+OK") {
             return Ok(Vec::new());
         }
+        let mut budget = LineBudget::new("the capability list", MAX_CAPA_LINES, MAX_CAPA_BYTES);
         let mut caps = Vec::new();
         loop {
             let line = self.conn.read_line("read capabilities").await?;
@@ -172,6 +182,9 @@ impl Pop3Session {
                     .map(|c: String| c.to_ascii_uppercase())
                     .collect());
             }
+            budget
+                .take(&line)
+                .map_err(|kind| self.conn.error("read capabilities", kind))?;
             caps.push(line);
         }
     }
@@ -194,12 +207,16 @@ impl Pop3Session {
     pub async fn uidl(&mut self) -> Result<Vec<Listing>, ProtoError> {
         let step = "list message ids (UIDL)";
         self.simple("UIDL", step).await?;
+        let mut budget = LineBudget::new("the message list", MAX_UIDL_LINES, MAX_UIDL_BYTES);
         let mut out = Vec::new();
         loop {
             let line = self.conn.read_line(step).await?;
             if line == "." {
                 return Ok(out);
             }
+            budget
+                .take(&line)
+                .map_err(|kind| self.conn.error(step, kind))?;
             let mut parts = line.split_whitespace();
             match (parts.next().and_then(|n| n.parse().ok()), parts.next()) {
                 (Some(number), Some(uid)) => out.push(Listing {

@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::error::{ErrorKind, ProtoError};
-use crate::line::LineConn;
+use crate::line::{LineBudget, LineConn};
 use crate::net::{Endpoint, MailStream, Security, TlsSettings};
 use crate::sasl::{self, Credentials, Mechanism};
 
@@ -15,6 +15,12 @@ use crate::sasl::{self, Credentials, Mechanism};
 /// but many servers cut lines at 512 (Dovecot's submission does); longer responses wait
 /// for the server's 334.
 const MAX_IR_LINE: usize = 500;
+
+/// Bounds on one reply: RFC 5321 §4.5.3.1.5 bounds a reply line (512 octets), not the number
+/// of lines. An EHLO reply is a dozen or two short lines; a server that never sends the last
+/// line is stopped here.
+const MAX_REPLY_LINES: usize = 100;
+const MAX_REPLY_BYTES: usize = 64 * 1024;
 
 /// One SMTP reply: code and text lines.
 #[derive(Debug, Clone)]
@@ -262,9 +268,13 @@ impl SmtpSession {
 
     /// A (multi-line) reply: `250-first`, `250-…`, `250 last` (RFC 5321 §4.2).
     async fn reply(&mut self, step: &str) -> Result<Reply, ProtoError> {
+        let mut budget = LineBudget::new("the reply", MAX_REPLY_LINES, MAX_REPLY_BYTES);
         let mut lines = Vec::new();
         loop {
             let line = self.conn.read_line(step).await?;
+            budget
+                .take(&line)
+                .map_err(|kind| self.conn.error(step, kind))?;
             let code = line.get(..3).and_then(|c| c.parse::<u16>().ok());
             let Some(code) = code else {
                 return Err(self.conn.error(step, ErrorKind::Protocol(line)));

@@ -8,7 +8,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mailbridge_proto::imap::ImapSession;
 use mailbridge_proto::pop3::Pop3Session;
+use mailbridge_proto::smtp::SmtpSession;
 use mailbridge_proto::{Credentials, Endpoint, ErrorKind, ProtoError, Security, TlsSettings};
 use secrecy::SecretString;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -202,4 +204,122 @@ async fn pop3_a_message_line_that_never_ends_fails_promptly() {
 fn the_default_message_limit_is_64_mib() {
     let endpoint = Endpoint::new("127.0.0.1", 995, Security::Tls);
     assert_eq!(endpoint.max_message_bytes, 64 * MIB);
+}
+
+#[tokio::test]
+async fn pop3_capability_and_message_lists_that_never_end_are_cut_off() {
+    let capa = Scripted::start(|mut peer| async move {
+        peer.say("+OK ready\r\n").await;
+        peer.hear().await; // CAPA
+        peer.say("+OK\r\n").await;
+        peer.flood(b"X-NONSENSE\r\n").await
+    })
+    .await;
+    let started = Instant::now();
+    let e = assert_too_large(
+        Pop3Session::login(&capa.endpoint(), &TlsSettings::public(), &password()).await,
+        started,
+    );
+    assert!(
+        e.ends_with("cannot read capabilities: the capability list is longer than 100 lines"),
+        "{e}"
+    );
+    assert!(capa.flooded().await < 24 * MIB);
+
+    // A million and more messages listed: a short line each.
+    let uidl = pop3_flooding_after_login(b"1 uid\r\n").await;
+    let mut s = Pop3Session::login(&uidl.endpoint(), &TlsSettings::public(), &password())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let e = s.uidl().await.unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::TooLarge(_)), "{e}");
+    assert!(!e.is_transient(), "{e}");
+    assert!(
+        e.to_string().ends_with(
+            "cannot list message ids (UIDL): the message list is longer than 1000000 lines"
+        ),
+        "{e}"
+    );
+    // A million lines take a while in a debug build; a client without the bound would read
+    // all 64 MiB (nine million lines) and then wait for the timeout.
+    assert!(started.elapsed() < TIMEOUT * 2, "{:?}", started.elapsed());
+    drop(s);
+    assert!(uidl.flooded().await < 24 * MIB);
+}
+
+#[tokio::test]
+async fn smtp_a_reply_that_never_ends_is_cut_off() {
+    let server =
+        Scripted::start(|mut peer| async move { peer.flood(b"220-still greeting you\r\n").await })
+            .await;
+    let started = Instant::now();
+    let e = assert_too_large(
+        SmtpSession::login(
+            &server.endpoint(),
+            &TlsSettings::public(),
+            &password(),
+            "me",
+        )
+        .await,
+        started,
+    );
+    assert_eq!(
+        e,
+        format!(
+            "127.0.0.1:{}: cannot read the greeting: the reply is longer than 100 lines",
+            server.port
+        )
+    );
+    assert!(server.flooded().await < 24 * MIB);
+
+    // Few lines, but long ones: the bound on bytes.
+    let server = Scripted::start(|mut peer| async move {
+        peer.say("220 ready\r\n").await;
+        peer.hear().await; // EHLO
+        let long = format!("250-{}\r\n", "x".repeat(60_000));
+        peer.flood(long.as_bytes()).await
+    })
+    .await;
+    let started = Instant::now();
+    let e = assert_too_large(
+        SmtpSession::login(
+            &server.endpoint(),
+            &TlsSettings::public(),
+            &password(),
+            "me",
+        )
+        .await,
+        started,
+    );
+    assert!(
+        e.ends_with("cannot say EHLO: the reply is larger than 64 KiB"),
+        "{e}"
+    );
+    assert!(server.flooded().await < 24 * MIB);
+}
+
+#[tokio::test]
+async fn imap_untagged_lines_that_never_end_before_login_are_cut_off() {
+    let server = Scripted::start(|mut peer| async move {
+        // No capabilities in the greeting: the client asks with CAPABILITY.
+        peer.say("* OK ready\r\n").await;
+        peer.hear().await; // m0 CAPABILITY
+        peer.flood(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n").await
+    })
+    .await;
+    let started = Instant::now();
+    let e = assert_too_large(
+        ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password()).await,
+        started,
+    );
+    assert_eq!(
+        e,
+        format!(
+            "127.0.0.1:{}: cannot read capabilities: the answer before the tagged reply is longer than 100 lines",
+            server.port
+        )
+    );
+    assert_eq!(server.heard(), ["m0 CAPABILITY\r\n"]);
+    assert!(server.flooded().await < 24 * MIB);
 }
