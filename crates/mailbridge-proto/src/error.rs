@@ -43,6 +43,11 @@ pub enum ErrorKind {
     /// transient: the same server sends the same thing again.
     #[error("{0}")]
     TooLarge(String),
+    /// A value to be sent (a user name, password, token, address, EHLO name) holds a CR, LF
+    /// or NUL, which would end the command early and let the rest run as a command of its
+    /// own. Refused before anything is sent; not transient: the value has to be corrected.
+    #[error("{0}")]
+    UnsafeValue(String),
 }
 
 impl ProtoError {
@@ -63,7 +68,8 @@ impl ProtoError {
             | ErrorKind::AuthRefused { .. }
             | ErrorKind::Unsupported(_)
             | ErrorKind::Protocol(_)
-            | ErrorKind::TooLarge(_) => false,
+            | ErrorKind::TooLarge(_)
+            | ErrorKind::UnsafeValue(_) => false,
         }
     }
 

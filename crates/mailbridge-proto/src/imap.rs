@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use secrecy::ExposeSecret;
 
 use crate::error::{ErrorKind, ProtoError};
-use crate::line::{LineBudget, LineConn};
+use crate::line::{LineBudget, LineConn, refuse_unsafe_credentials};
 use crate::net::{Endpoint, MailStream, Security, TlsSettings};
 use crate::sasl::{self, Credentials, Mechanism};
 
@@ -110,6 +110,7 @@ impl ImapSession {
         tls: &TlsSettings,
         credentials: &Credentials,
     ) -> Result<Self, ProtoError> {
+        refuse_unsafe_credentials(endpoint, credentials)?;
         let stream = MailStream::connect(endpoint, tls).await?;
         let mut conn = LineConn::new(endpoint.clone(), stream);
         let greeting = conn.read_line("read the greeting").await?;

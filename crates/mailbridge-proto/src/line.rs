@@ -5,10 +5,51 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::error::{ErrorKind, ProtoError};
 use crate::net::{Endpoint, MailStream, TlsSettings};
+use crate::sasl::Credentials;
 
 /// Longest line accepted from a server (RFC 5321 allows 512 for replies; POP3 and IMAP
 /// greetings are shorter). A longer one means something is wrong.
 const MAX_LINE: usize = 64 * 1024;
+
+/// Refuses a value that would break out of the command line it is written into: a command
+/// ends at CRLF (RFC 1939 §3, RFC 5321 §2.3.8, RFC 3501 §2.2), so a password
+/// `x\r\nDELE 1` would be sent as two commands; NUL separates the fields of SASL PLAIN
+/// (RFC 4616 §2). `what` names the value ("the password"); the value itself is never shown.
+pub(crate) fn refuse_line_breaks(
+    endpoint: &Endpoint,
+    step: &str,
+    what: &str,
+    value: &str,
+) -> Result<(), ProtoError> {
+    if value.contains(['\r', '\n', '\0']) {
+        return Err(endpoint.error(
+            step,
+            ErrorKind::UnsafeValue(format!(
+                "{what} contains a line break or NUL character, which would end the command early; correct it and try again"
+            )),
+        ));
+    }
+    Ok(())
+}
+
+/// [`refuse_line_breaks`] for each part of a login, before connecting.
+pub(crate) fn refuse_unsafe_credentials(
+    endpoint: &Endpoint,
+    credentials: &Credentials,
+) -> Result<(), ProtoError> {
+    use secrecy::ExposeSecret;
+    let step = "log in";
+    match credentials {
+        Credentials::Password { user, password } => {
+            refuse_line_breaks(endpoint, step, "the user name", user)?;
+            refuse_line_breaks(endpoint, step, "the password", password.expose_secret())
+        }
+        Credentials::OAuth { user, token } => {
+            refuse_line_breaks(endpoint, step, "the user name", user)?;
+            refuse_line_breaks(endpoint, step, "the access token", token.expose_secret())
+        }
+    }
+}
 
 /// Bounds on a response of many lines (an SMTP multi-line reply, IMAP's untagged lines
 /// before the tagged one, POP3's CAPA and UIDL lists): each line is already at most

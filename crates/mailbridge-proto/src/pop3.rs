@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use secrecy::ExposeSecret;
 
 use crate::error::{ErrorKind, ProtoError};
-use crate::line::{LineBudget, LineConn};
+use crate::line::{LineBudget, LineConn, refuse_unsafe_credentials};
 use crate::net::{Endpoint, MailStream, Security, TlsSettings};
 use crate::sasl::{self, Credentials, Mechanism};
 
@@ -50,6 +50,7 @@ impl Pop3Session {
         tls: &TlsSettings,
         credentials: &Credentials,
     ) -> Result<Self, ProtoError> {
+        refuse_unsafe_credentials(endpoint, credentials)?;
         let stream = MailStream::connect(endpoint, tls).await?;
         let mut me = Self {
             conn: LineConn::new(endpoint.clone(), stream),

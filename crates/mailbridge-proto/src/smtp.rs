@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::error::{ErrorKind, ProtoError};
-use crate::line::{LineBudget, LineConn};
+use crate::line::{LineBudget, LineConn, refuse_line_breaks, refuse_unsafe_credentials};
 use crate::net::{Endpoint, MailStream, Security, TlsSettings};
 use crate::sasl::{self, Credentials, Mechanism};
 
@@ -82,6 +82,8 @@ impl SmtpSession {
         credentials: &Credentials,
         client_name: &str,
     ) -> Result<Self, ProtoError> {
+        refuse_unsafe_credentials(endpoint, credentials)?;
+        refuse_line_breaks(endpoint, "say EHLO", "the client name", client_name)?;
         let stream = MailStream::connect(endpoint, tls).await?;
         let mut me = Self {
             conn: LineConn::new(endpoint.clone(), stream),
@@ -199,6 +201,22 @@ impl SmtpSession {
         recipients: &[String],
         message: &[u8],
     ) -> Result<SendReport, ProtoError> {
+        // Every address is checked before the first is sent: a transaction is never begun
+        // for a message that cannot be sent as asked.
+        refuse_line_breaks(
+            &self.conn.endpoint,
+            "send MAIL FROM",
+            "the sender address",
+            from,
+        )?;
+        for address in recipients {
+            refuse_line_breaks(
+                &self.conn.endpoint,
+                "send RCPT TO",
+                "a recipient address",
+                address,
+            )?;
+        }
         let reply = self
             .command(&format!("MAIL FROM:<{from}>"), "send MAIL FROM")
             .await?;

@@ -2,6 +2,8 @@
 //! does on demand: a message, a line, a reply or a list that never ends. Each call must fail
 //! promptly with [`ErrorKind::TooLarge`], naming the server and the bound, having read little
 //! more than the bound (the server is kept from writing more once the client hangs up).
+//! And hostile values: a password, user name, address or EHLO name with a line break in it
+//! is refused before it is sent, as the transcript of a scripted server shows.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::future::Future;
@@ -322,4 +324,177 @@ async fn imap_untagged_lines_that_never_end_before_login_are_cut_off() {
     );
     assert_eq!(server.heard(), ["m0 CAPABILITY\r\n"]);
     assert!(server.flooded().await < 24 * MIB);
+}
+
+/// A POP3 server offering USER/PASS that answers `+OK` to everything, keeping what it hears.
+async fn pop3_agreeing_to_everything() -> Scripted {
+    Scripted::start(|mut peer| async move {
+        peer.say("+OK ready\r\n").await;
+        if peer.hear().await.is_some() {
+            peer.say("+OK\r\nUSER\r\n.\r\n").await;
+        }
+        while peer.hear().await.is_some() {
+            peer.say("+OK\r\n").await;
+        }
+        0
+    })
+    .await
+}
+
+/// The error of a call refused before it sent a hostile value, and what the server heard.
+#[track_caller]
+fn assert_unsafe(result: Result<impl std::fmt::Debug, ProtoError>, what: &str) {
+    let e = result.unwrap_err();
+    assert!(
+        matches!(e.kind, ErrorKind::UnsafeValue(_)),
+        "expected a refused value, got: {e}"
+    );
+    assert!(!e.is_transient(), "the value must be corrected: {e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("{what} contains a line break or NUL character")),
+        "{text}"
+    );
+    assert!(
+        text.starts_with("127.0.0.1:"),
+        "the server is named: {text}"
+    );
+}
+
+fn password_with(user: &str, password: &str) -> Credentials {
+    Credentials::Password {
+        user: user.into(),
+        password: SecretString::from(password.to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn pop3_a_password_or_user_name_with_a_line_break_is_never_sent() {
+    for (user, password, what) in [
+        ("ann", "hunter2\r\nDELE 1", "the password"),
+        ("ann", "hunter2\nDELE 1", "the password"),
+        ("ann", "hunter2\rDELE 1", "the password"),
+        ("ann\r\nDELE 1", "hunter2", "the user name"),
+        ("ann", "hunter2\0", "the password"),
+    ] {
+        let server = pop3_agreeing_to_everything().await;
+        let result = Pop3Session::login(
+            &server.endpoint(),
+            &TlsSettings::public(),
+            &password_with(user, password),
+        )
+        .await;
+        assert_unsafe(result, what);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let heard = server.heard();
+        assert!(
+            heard.iter().all(|l| l == "CAPA\r\n"),
+            "nothing after CAPA may reach the server: {heard:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn imap_a_password_with_a_line_break_is_never_sent() {
+    for password in ["x\r\na2 DELETE INBOX", "x\0"] {
+        let server = Scripted::start(|mut peer| async move {
+            peer.say("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n")
+                .await;
+            while let Some(line) = peer.hear().await {
+                let tag = line.split(' ').next().unwrap_or("*").to_owned();
+                peer.say(&format!("{tag} OK done\r\n")).await;
+            }
+            0
+        })
+        .await;
+        let result = ImapSession::login(
+            &server.endpoint(),
+            &TlsSettings::public(),
+            &password_with("ann", password),
+        )
+        .await;
+        assert_unsafe(result, "the password");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(server.heard(), Vec::<String>::new());
+    }
+}
+
+/// An SMTP server that accepts any login and any command, keeping what it hears.
+async fn smtp_agreeing_to_everything() -> Scripted {
+    Scripted::start(|mut peer| async move {
+        peer.say("220 ready\r\n").await;
+        while let Some(line) = peer.hear().await {
+            let reply = match line.get(..4) {
+                Some("EHLO") => "250-hi\r\n250 AUTH PLAIN\r\n",
+                Some("AUTH") => "235 welcome\r\n",
+                Some("DATA") => "354 go on\r\n",
+                _ => "250 ok\r\n",
+            };
+            peer.say(reply).await;
+        }
+        0
+    })
+    .await
+}
+
+#[tokio::test]
+async fn smtp_an_address_or_ehlo_name_with_a_line_break_is_never_sent() {
+    // The EHLO name: refused before a connection is made.
+    let server = smtp_agreeing_to_everything().await;
+    let result = SmtpSession::login(
+        &server.endpoint(),
+        &TlsSettings::public(),
+        &password(),
+        "me\r\nMAIL FROM:<evil@example.com>",
+    )
+    .await;
+    assert_unsafe(result, "the client name");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.heard(), Vec::<String>::new());
+
+    // The sender and a recipient: refused before MAIL FROM, so no transaction is begun.
+    for (from, to, what) in [
+        (
+            "ann@example.com>\r\nRCPT TO:<evil@example.com",
+            "bob@example.com",
+            "the sender address",
+        ),
+        (
+            "ann@example.com",
+            "bob@example.com>\nRCPT TO:<evil@example.com",
+            "a recipient address",
+        ),
+        (
+            "ann@example.com",
+            "bob@example.com>\rDATA",
+            "a recipient address",
+        ),
+    ] {
+        let server = smtp_agreeing_to_everything().await;
+        let mut s = SmtpSession::login(
+            &server.endpoint(),
+            &TlsSettings::public(),
+            &password(),
+            "me",
+        )
+        .await
+        .unwrap();
+        let result = s
+            .send(
+                from,
+                &["carol@example.com".to_owned(), to.to_owned()],
+                b"Subject: x\r\n\r\nhi\r\n",
+            )
+            .await;
+        assert_unsafe(result, what);
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let heard = server.heard();
+        assert!(
+            heard
+                .iter()
+                .all(|l| l.starts_with("EHLO me") || l.starts_with("AUTH PLAIN")),
+            "nothing after the login may reach the server: {heard:?}"
+        );
+    }
 }
