@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub use mailbridge_core::Security;
 use rustls_pki_types::ServerName;
+use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -130,6 +131,25 @@ impl TlsSettings {
     }
 }
 
+/// TCP keepalive on every mail connection: after 60 s without traffic the kernel probes
+/// every 15 s, and 4 unanswered probes fail the connection — a server, NAT or firewall that
+/// dropped it without a word is noticed within about 2 minutes, as a read error, even while
+/// the session waits in IDLE. Keepalive cannot notice a middlebox that still acknowledges at
+/// the TCP level but passes nothing on (or a server process that hangs): that is left to the
+/// read timeout and to the sync engine re-issuing IDLE (`EngineConfig::idle_refresh`).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEPALIVE_RETRIES: u32 = 4;
+
+fn keepalive() -> TcpKeepalive {
+    let keepalive = TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    let keepalive = keepalive
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    keepalive
+}
+
 /// A connection, plain or TLS.
 #[derive(Debug)]
 pub enum MailStream {
@@ -148,6 +168,9 @@ impl MailStream {
             })
             .await?;
         let _ = tcp.set_nodelay(true);
+        if let Err(e) = SockRef::from(&tcp).set_tcp_keepalive(&keepalive()) {
+            tracing::debug!(server = %endpoint.label(), error = %e, "cannot turn on TCP keepalive");
+        }
         let plain = MailStream::Plain(tcp);
         match endpoint.security {
             Security::Tls => plain.upgrade(endpoint, tls).await,
@@ -211,5 +234,35 @@ impl AsyncWrite for MailStream {
             MailStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MailStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn mail_connections_have_tcp_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let endpoint = Endpoint::new("127.0.0.1", port, Security::None);
+        let MailStream::Plain(tcp) = MailStream::connect(&endpoint, &TlsSettings::public())
+            .await
+            .unwrap()
+        else {
+            panic!("a plain connection was asked for");
+        };
+        let socket = SockRef::from(&tcp);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(15)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 4);
     }
 }
