@@ -415,10 +415,13 @@ impl ImapSession {
             })
             .await?;
         let (waiting, _stop) = handle.wait_with_timeout(wait);
-        let outcome = match waiting.await {
-            Ok(async_imap::extensions::idle::IdleResponse::NewData(_)) => IdleOutcome::Changed,
-            Ok(_) => IdleOutcome::TimedOut,
-            Err(e) => return Err(imap_error(&endpoint, "wait in IDLE", e, None)),
+        // async-imap's timeout starts again with every line, and servers send `* OK Still here`
+        // while idling (Dovecot every 2 minutes): bound the whole wait, so IDLE ends when the
+        // caller asked (RFC 2177 §3) whatever the server chats.
+        let outcome = match tokio::time::timeout(wait, waiting).await {
+            Ok(Ok(async_imap::extensions::idle::IdleResponse::NewData(_))) => IdleOutcome::Changed,
+            Ok(Ok(_)) | Err(_) => IdleOutcome::TimedOut,
+            Ok(Err(e)) => return Err(imap_error(&endpoint, "wait in IDLE", e, None)),
         };
         let session = endpoint
             .timed("end IDLE", async {

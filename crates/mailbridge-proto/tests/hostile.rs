@@ -3,7 +3,8 @@
 //! promptly with [`ErrorKind::TooLarge`], naming the server and the bound, having read little
 //! more than the bound (the server is kept from writing more once the client hangs up).
 //! And hostile values: a password, user name, address or EHLO name with a line break in it
-//! is refused before it is sent, as the transcript of a scripted server shows.
+//! is refused before it is sent, as the transcript of a scripted server shows. And a server
+//! that keeps chatting in IDLE cannot keep the session there past the wait asked for.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::future::Future;
@@ -497,4 +498,66 @@ async fn smtp_an_address_or_ehlo_name_with_a_line_break_is_never_sent() {
             "nothing after the login may reach the server: {heard:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn imap_idle_ends_when_asked_even_while_the_server_keeps_chatting() {
+    let server = Scripted::start(|peer| async move {
+        let Peer {
+            mut reader,
+            mut writer,
+            ..
+        } = peer;
+        writer
+            .write_all(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN IDLE] ready\r\n")
+            .await
+            .unwrap();
+        let mut line = String::new();
+        let mut idling = None;
+        let mut chat = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                read = reader.read_line(&mut line) => {
+                    if read.unwrap_or(0) == 0 {
+                        return 0;
+                    }
+                    let tag = line.split(' ').next().unwrap_or("*").to_owned();
+                    let reply = match line.split(' ').nth(1).map(str::trim) {
+                        _ if line.trim() == "DONE" => {
+                            format!("{} OK idle done\r\n", idling.take().unwrap_or_default())
+                        }
+                        Some("CAPABILITY") => format!("* CAPABILITY IMAP4rev1 IDLE\r\n{tag} OK\r\n"),
+                        Some("IDLE") => {
+                            idling = Some(tag);
+                            "+ idling\r\n".to_owned()
+                        }
+                        _ => format!("{tag} OK\r\n"),
+                    };
+                    writer.write_all(reply.as_bytes()).await.unwrap();
+                    line.clear();
+                }
+                // RFC 2177 servers may send `* OK` now and then while idling; this one more
+                // often than the client's wait.
+                _ = chat.tick(), if idling.is_some() => {
+                    writer.write_all(b"* OK Still here\r\n").await.unwrap();
+                }
+            }
+        }
+    })
+    .await;
+    let s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (s, outcome) = tokio::time::timeout(Duration::from_secs(5), s.idle(Duration::from_secs(1)))
+        .await
+        .expect("IDLE must end after the wait asked for, chatter or not")
+        .unwrap();
+    assert_eq!(outcome, mailbridge_proto::imap::IdleOutcome::TimedOut);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    s.logout().await;
 }
