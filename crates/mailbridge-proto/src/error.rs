@@ -38,6 +38,16 @@ pub enum ErrorKind {
     Io(String),
     #[error("unexpected answer ({0})")]
     Protocol(String),
+    /// The server sent more than we hold in memory: a line, a reply or a list longer than its
+    /// bound, or a message above [`Endpoint::max_message_bytes`](crate::Endpoint). Not
+    /// transient: the same server sends the same thing again.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A value to be sent (a user name, password, token, address, EHLO name) holds a CR, LF
+    /// or NUL, which would end the command early and let the rest run as a command of its
+    /// own. Refused before anything is sent; not transient: the value has to be corrected.
+    #[error("{0}")]
+    UnsafeValue(String),
 }
 
 impl ProtoError {
@@ -57,7 +67,9 @@ impl ProtoError {
             ErrorKind::Tls(_)
             | ErrorKind::AuthRefused { .. }
             | ErrorKind::Unsupported(_)
-            | ErrorKind::Protocol(_) => false,
+            | ErrorKind::Protocol(_)
+            | ErrorKind::TooLarge(_)
+            | ErrorKind::UnsafeValue(_) => false,
         }
     }
 
@@ -69,5 +81,28 @@ impl ProtoError {
     /// Whether the server refused the credentials (a new sign-in or password may help).
     pub fn is_auth_refused(&self) -> bool {
         matches!(self.kind, ErrorKind::AuthRefused { .. })
+    }
+}
+
+/// A size for people: `64 MiB`, `512 KiB`, `100 bytes`.
+pub(crate) fn size(bytes: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    match bytes {
+        b if b >= MIB && b % MIB == 0 => format!("{} MiB", b / MIB),
+        b if b >= KIB && b % KIB == 0 => format!("{} KiB", b / KIB),
+        b => format!("{b} bytes"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(size(64 * 1024 * 1024), "64 MiB");
+        assert_eq!(size(64 * 1024), "64 KiB");
+        assert_eq!(size(1500), "1500 bytes");
     }
 }

@@ -14,9 +14,14 @@ use base64::engine::general_purpose::STANDARD as B64;
 use secrecy::ExposeSecret;
 
 use crate::error::{ErrorKind, ProtoError};
-use crate::line::LineConn;
+use crate::line::{LineBudget, LineConn, refuse_unsafe_credentials};
 use crate::net::{Endpoint, MailStream, Security, TlsSettings};
 use crate::sasl::{self, Credentials, Mechanism};
+
+/// Bounds on the untagged lines before a pre-login command's tagged reply (RFC 3501 §7): a
+/// CAPABILITY answer is one line; a server that keeps sending untagged lines is stopped here.
+const MAX_UNTAGGED_LINES: usize = 100;
+const MAX_UNTAGGED_BYTES: usize = 64 * 1024;
 
 /// What `EXAMINE`/`SELECT` tells about a folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +110,7 @@ impl ImapSession {
         tls: &TlsSettings,
         credentials: &Credentials,
     ) -> Result<Self, ProtoError> {
+        refuse_unsafe_credentials(endpoint, credentials)?;
         let stream = MailStream::connect(endpoint, tls).await?;
         let mut conn = LineConn::new(endpoint.clone(), stream);
         let greeting = conn.read_line("read the greeting").await?;
@@ -409,10 +415,13 @@ impl ImapSession {
             })
             .await?;
         let (waiting, _stop) = handle.wait_with_timeout(wait);
-        let outcome = match waiting.await {
-            Ok(async_imap::extensions::idle::IdleResponse::NewData(_)) => IdleOutcome::Changed,
-            Ok(_) => IdleOutcome::TimedOut,
-            Err(e) => return Err(imap_error(&endpoint, "wait in IDLE", e, None)),
+        // async-imap's timeout starts again with every line, and servers send `* OK Still here`
+        // while idling (Dovecot every 2 minutes): bound the whole wait, so IDLE ends when the
+        // caller asked (RFC 2177 §3) whatever the server chats.
+        let outcome = match tokio::time::timeout(wait, waiting).await {
+            Ok(Ok(async_imap::extensions::idle::IdleResponse::NewData(_))) => IdleOutcome::Changed,
+            Ok(Ok(_)) | Err(_) => IdleOutcome::TimedOut,
+            Ok(Err(e)) => return Err(imap_error(&endpoint, "wait in IDLE", e, None)),
         };
         let session = endpoint
             .timed("end IDLE", async {
@@ -512,6 +521,11 @@ async fn command(
     step: &str,
 ) -> Result<Vec<String>, ProtoError> {
     conn.write_line(step, line).await?;
+    let mut budget = LineBudget::new(
+        "the answer before the tagged reply",
+        MAX_UNTAGGED_LINES,
+        MAX_UNTAGGED_BYTES,
+    );
     let mut untagged = Vec::new();
     loop {
         let reply = conn.read_line(step).await?;
@@ -527,6 +541,7 @@ async fn command(
                 },
             ));
         }
+        budget.take(&reply).map_err(|kind| conn.error(step, kind))?;
         untagged.push(reply);
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub use mailbridge_core::Security;
 use rustls_pki_types::ServerName;
+use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -25,7 +26,16 @@ pub struct Endpoint {
     /// Bound on connecting and on every read; a server that accepts and then never
     /// answers fails with a timeout instead of hanging a task.
     pub timeout: Duration,
+    /// The largest message a POP3 download (`RETR`, `TOP`) accepts, in bytes; a larger one
+    /// fails with [`ErrorKind::TooLarge`] instead of filling memory. Default
+    /// [`DEFAULT_MAX_MESSAGE_BYTES`].
+    pub max_message_bytes: usize,
 }
+
+/// 64 MiB: above the default message size limits of the big providers (Gmail 25 MB,
+/// Microsoft 365 35 MB), low enough that a server sending an endless message cannot take
+/// the process down.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Endpoint {
     pub fn new(host: impl Into<String>, port: u16, security: Security) -> Self {
@@ -34,12 +44,19 @@ impl Endpoint {
             port,
             security,
             timeout: Duration::from_secs(30),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    #[must_use]
+    pub fn with_max_message_bytes(mut self, max: usize) -> Self {
+        self.max_message_bytes = max;
         self
     }
 
@@ -142,6 +159,25 @@ impl TlsSettings {
     }
 }
 
+/// TCP keepalive on every mail connection: after 60 s without traffic the kernel probes
+/// every 15 s, and 4 unanswered probes fail the connection — a server, NAT or firewall that
+/// dropped it without a word is noticed within about 2 minutes, as a read error, even while
+/// the session waits in IDLE. Keepalive cannot notice a middlebox that still acknowledges at
+/// the TCP level but passes nothing on (or a server process that hangs): that is left to the
+/// read timeout and to the sync engine re-issuing IDLE (`EngineConfig::idle_refresh`).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEPALIVE_RETRIES: u32 = 4;
+
+fn keepalive() -> TcpKeepalive {
+    let keepalive = TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    let keepalive = keepalive
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    keepalive
+}
+
 /// A connection, plain or TLS.
 #[derive(Debug)]
 pub enum MailStream {
@@ -171,6 +207,9 @@ impl MailStream {
             })
             .await?;
         let _ = tcp.set_nodelay(true);
+        if let Err(e) = SockRef::from(&tcp).set_tcp_keepalive(&keepalive()) {
+            tracing::debug!(server = %endpoint.label(), error = %e, "cannot turn on TCP keepalive");
+        }
         let plain = MailStream::Plain(tcp);
         match endpoint.security {
             Security::Tls => plain.upgrade(endpoint, tls).await,
@@ -283,5 +322,30 @@ mod tests {
             "{e}"
         );
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn mail_connections_have_tcp_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let endpoint = Endpoint::new("127.0.0.1", port, Security::None);
+        let MailStream::Plain(tcp) = MailStream::connect(&endpoint, &TlsSettings::public())
+            .await
+            .unwrap()
+        else {
+            panic!("a plain connection was asked for");
+        };
+        let socket = SockRef::from(&tcp);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(15)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 4);
     }
 }

@@ -7,13 +7,22 @@ use base64::engine::general_purpose::STANDARD as B64;
 use secrecy::ExposeSecret;
 
 use crate::error::{ErrorKind, ProtoError};
-use crate::line::LineConn;
+use crate::line::{LineBudget, LineConn, refuse_unsafe_credentials};
 use crate::net::{Endpoint, MailStream, Security, TlsSettings};
 use crate::sasl::{self, Credentials, Mechanism};
 
 /// RFC 5034 §4: an initial response that would make the command longer than 255 octets
 /// is not sent on the command line; the client waits for the server's empty challenge.
 const MAX_IR_LINE: usize = 255;
+
+/// Bounds on the CAPA list (RFC 2449 §5): a dozen short lines in practice.
+const MAX_CAPA_LINES: usize = 100;
+const MAX_CAPA_BYTES: usize = 64 * 1024;
+
+/// Bounds on the UIDL list (RFC 1939 §7): one line per message, a unique-id of at most 70
+/// characters (a million such lines are about 80 MiB).
+const MAX_UIDL_LINES: usize = 1_000_000;
+const MAX_UIDL_BYTES: usize = 128 * 1024 * 1024;
 
 pub struct Pop3Session {
     conn: LineConn,
@@ -41,6 +50,7 @@ impl Pop3Session {
         tls: &TlsSettings,
         credentials: &Credentials,
     ) -> Result<Self, ProtoError> {
+        refuse_unsafe_credentials(endpoint, credentials)?;
         let stream = MailStream::connect(endpoint, tls).await?;
         let mut me = Self {
             conn: LineConn::new(endpoint.clone(), stream),
@@ -163,6 +173,7 @@ impl Pop3Session {
         if !first.starts_with("+OK") {
             return Ok(Vec::new());
         }
+        let mut budget = LineBudget::new("the capability list", MAX_CAPA_LINES, MAX_CAPA_BYTES);
         let mut caps = Vec::new();
         loop {
             let line = self.conn.read_line("read capabilities").await?;
@@ -172,6 +183,9 @@ impl Pop3Session {
                     .map(|c: String| c.to_ascii_uppercase())
                     .collect());
             }
+            budget
+                .take(&line)
+                .map_err(|kind| self.conn.error("read capabilities", kind))?;
             caps.push(line);
         }
     }
@@ -194,12 +208,16 @@ impl Pop3Session {
     pub async fn uidl(&mut self) -> Result<Vec<Listing>, ProtoError> {
         let step = "list message ids (UIDL)";
         self.simple("UIDL", step).await?;
+        let mut budget = LineBudget::new("the message list", MAX_UIDL_LINES, MAX_UIDL_BYTES);
         let mut out = Vec::new();
         loop {
             let line = self.conn.read_line(step).await?;
             if line == "." {
                 return Ok(out);
             }
+            budget
+                .take(&line)
+                .map_err(|kind| self.conn.error(step, kind))?;
             let mut parts = line.split_whitespace();
             match (parts.next().and_then(|n| n.parse().ok()), parts.next()) {
                 (Some(number), Some(uid)) => out.push(Listing {
@@ -225,16 +243,21 @@ impl Pop3Session {
         self.read_multiline(&step).await
     }
 
+    /// A multi-line response (RFC 1939 §3): lines up to the one holding only `.`, each
+    /// leading `.` of a stuffed line removed; at most the endpoint's `max_message_bytes`.
     async fn read_multiline(&mut self, step: &str) -> Result<Vec<u8>, ProtoError> {
+        let max = self.conn.endpoint.max_message_bytes;
         let mut out = Vec::new();
         let mut line = Vec::new();
         loop {
-            self.conn.read_raw_line(step, &mut line).await?;
+            // Room for what is left of the limit, plus the final ".\r\n" or a stuffing dot.
+            let room = max.saturating_sub(out.len()).saturating_add(3);
+            let whole = self.conn.read_raw_line(step, &mut line, room).await?;
             let content = line
                 .strip_suffix(b"\r\n")
                 .or_else(|| line.strip_suffix(b"\n"))
                 .unwrap_or(&line);
-            if content == b"." {
+            if whole && content == b"." {
                 return Ok(out);
             }
             // A line starting with '.' was stuffed with one more.
@@ -243,6 +266,17 @@ impl Pop3Session {
             } else {
                 &line[..]
             };
+            if !whole || out.len() + unstuffed.len() > max {
+                // The rest of the message is still on its way: this session is unusable now,
+                // and the caller drops it.
+                return Err(self.conn.error(
+                    step,
+                    ErrorKind::TooLarge(format!(
+                        "the message is larger than {}",
+                        crate::error::size(max)
+                    )),
+                ));
+            }
             out.extend_from_slice(unstuffed);
         }
     }

@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::error::{ErrorKind, ProtoError};
-use crate::line::LineConn;
+use crate::line::{LineBudget, LineConn, refuse_line_breaks, refuse_unsafe_credentials};
 use crate::net::{Endpoint, MailStream, Security, TlsSettings};
 use crate::sasl::{self, Credentials, Mechanism};
 
@@ -15,6 +15,12 @@ use crate::sasl::{self, Credentials, Mechanism};
 /// but many servers cut lines at 512 (Dovecot's submission does); longer responses wait
 /// for the server's 334.
 const MAX_IR_LINE: usize = 500;
+
+/// Bounds on one reply: RFC 5321 §4.5.3.1.5 bounds a reply line (512 octets), not the number
+/// of lines. An EHLO reply is a dozen or two short lines; a server that never sends the last
+/// line is stopped here.
+const MAX_REPLY_LINES: usize = 100;
+const MAX_REPLY_BYTES: usize = 64 * 1024;
 
 /// One SMTP reply: code and text lines.
 #[derive(Debug, Clone)]
@@ -76,6 +82,8 @@ impl SmtpSession {
         credentials: &Credentials,
         client_name: &str,
     ) -> Result<Self, ProtoError> {
+        refuse_unsafe_credentials(endpoint, credentials)?;
+        refuse_line_breaks(endpoint, "say EHLO", "the client name", client_name)?;
         let stream = MailStream::connect(endpoint, tls).await?;
         let mut me = Self {
             conn: LineConn::new(endpoint.clone(), stream),
@@ -185,14 +193,30 @@ impl SmtpSession {
         }
     }
 
-    /// Submits one message. `message` is RFC 5322 bytes; line endings are normalized to CRLF
-    /// and leading dots stuffed. Fails when the sender or every recipient is refused.
+    /// Submits one message. `message` is RFC 5322 bytes; every line ending (CRLF, LF, bare
+    /// CR) is sent as CRLF and leading dots are stuffed (see `dot_stuff`). Fails when the sender or every recipient is refused.
     pub async fn send(
         &mut self,
         from: &str,
         recipients: &[String],
         message: &[u8],
     ) -> Result<SendReport, ProtoError> {
+        // Every address is checked before the first is sent: a transaction is never begun
+        // for a message that cannot be sent as asked.
+        refuse_line_breaks(
+            &self.conn.endpoint,
+            "send MAIL FROM",
+            "the sender address",
+            from,
+        )?;
+        for address in recipients {
+            refuse_line_breaks(
+                &self.conn.endpoint,
+                "send RCPT TO",
+                "a recipient address",
+                address,
+            )?;
+        }
         let reply = self
             .command(&format!("MAIL FROM:<{from}>"), "send MAIL FROM")
             .await?;
@@ -262,9 +286,13 @@ impl SmtpSession {
 
     /// A (multi-line) reply: `250-first`, `250-…`, `250 last` (RFC 5321 §4.2).
     async fn reply(&mut self, step: &str) -> Result<Reply, ProtoError> {
+        let mut budget = LineBudget::new("the reply", MAX_REPLY_LINES, MAX_REPLY_BYTES);
         let mut lines = Vec::new();
         loop {
             let line = self.conn.read_line(step).await?;
+            budget
+                .take(&line)
+                .map_err(|kind| self.conn.error(step, kind))?;
             let code = line.get(..3).and_then(|c| c.parse::<u16>().ok());
             let Some(code) = code else {
                 return Err(self.conn.error(step, ErrorKind::Protocol(line)));
@@ -278,16 +306,37 @@ impl SmtpSession {
     }
 }
 
-/// CRLF line endings, a leading '.' doubled (RFC 5321 §4.5.2), and the final `.` line.
+/// The DATA stream (RFC 5321 §4.5.2): every line ending — CRLF, bare LF, bare CR — made
+/// CRLF, a leading '.' doubled, and the final `.` line. Servers disagree on what a bare LF
+/// or CR ends, so passing one through lets `\n.\n` or `\r.\r` inside a body end the
+/// message early on one server and not on the next, and whatever follows is taken as
+/// commands: SMTP smuggling (SEC Consult, 2023; RFC 5321 §2.3.8 forbids bare CR and LF).
+/// Normalised, the only `<CRLF>.<CRLF>` in the stream is the last one.
 fn dot_stuff(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + message.len() / 50 + 5);
-    for line in message.split_inclusive(|b| *b == b'\n') {
-        let content = line.strip_suffix(b"\n").unwrap_or(line);
-        let content = content.strip_suffix(b"\r").unwrap_or(content);
-        if content.starts_with(b".") {
-            out.push(b'.');
+    let mut line_start = true;
+    let mut bytes = message.iter().copied().peekable();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\r' => {
+                bytes.next_if_eq(&b'\n');
+                out.extend_from_slice(b"\r\n");
+                line_start = true;
+            }
+            b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                line_start = true;
+            }
+            _ => {
+                if line_start && b == b'.' {
+                    out.push(b'.');
+                }
+                out.push(b);
+                line_start = false;
+            }
         }
-        out.extend_from_slice(content);
+    }
+    if !line_start {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
@@ -302,5 +351,81 @@ mod tests {
     fn dot_stuffing_and_crlf() {
         assert_eq!(dot_stuff(b"a\n.b\r\n..c"), b"a\r\n..b\r\n...c\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b".\r\n");
+        assert_eq!(dot_stuff(b"a\r\n"), b"a\r\n.\r\n");
+        assert_eq!(dot_stuff(b"\r\n\r\n"), b"\r\n\r\n.\r\n");
+    }
+
+    /// What a server reads back out of the DATA stream: up to the first `<CRLF>.<CRLF>`
+    /// (or a leading `.<CRLF>`), dots unstuffed. `None` if the stream has no end.
+    fn server_reads(stream: &[u8]) -> Option<(Vec<u8>, &[u8])> {
+        let mut message = Vec::new();
+        let mut rest = stream;
+        loop {
+            let end = rest.windows(2).position(|w| w == b"\r\n")?;
+            let (line, after) = (&rest[..end], &rest[end + 2..]);
+            if line == b"." {
+                return Some((message, after));
+            }
+            message.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+            message.extend_from_slice(b"\r\n");
+            rest = after;
+        }
+    }
+
+    #[test]
+    fn smuggling_patterns_cannot_end_the_message_early() {
+        // The end-of-data sequences of the SMTP smuggling research (SEC Consult, 2023), each
+        // followed by a smuggled transaction.
+        let smuggled = b"MAIL FROM:<ceo@example.com>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\n";
+        for end in [
+            &b"\n.\n"[..],
+            b"\n.\r\n",
+            b"\r.\r",
+            b"\r\n.\r",
+            b"\r.\r\n",
+            b"\r\n.\n",
+            b"\n.\r",
+        ] {
+            let mut message = b"Subject: hi\r\n\r\nbody".to_vec();
+            message.extend_from_slice(end);
+            message.extend_from_slice(smuggled);
+            let stream = dot_stuff(&message);
+            // One end of data, at the very end; no bare CR or LF anywhere.
+            assert!(
+                stream.ends_with(b"\r\n.\r\n"),
+                "{:?}",
+                String::from_utf8_lossy(&stream)
+            );
+            let (_, rest) = server_reads(&stream).unwrap();
+            assert!(
+                rest.is_empty(),
+                "{end:?} ends the message early; then come {:?}",
+                String::from_utf8_lossy(rest)
+            );
+            for (i, b) in stream.iter().enumerate() {
+                match b {
+                    b'\r' => assert_eq!(stream.get(i + 1), Some(&b'\n'), "bare CR for {end:?}"),
+                    b'\n' => assert_eq!(stream[i - 1], b'\r', "bare LF for {end:?}"),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn message_bytes_other_than_line_endings_are_kept() {
+        // Every byte value but CR and LF, lines starting with dots, an unfinished last line.
+        let mut message: Vec<u8> = (0..=255u8).filter(|b| *b != b'\r' && *b != b'\n').collect();
+        message.extend_from_slice(b"\r\n.\r\n..\r\n.x\r\nh\xc3\xa9\r\n\r\nend.");
+        let stream = dot_stuff(&message);
+        let (read, rest) = server_reads(&stream).unwrap();
+        assert!(rest.is_empty());
+        let mut expected = message.clone();
+        expected.extend_from_slice(b"\r\n");
+        assert_eq!(read, expected);
+        // Bare endings become CRLF and nothing else changes.
+        let stream = dot_stuff(b"a\rb\nc\r\n\r\rd");
+        let (read, _) = server_reads(&stream).unwrap();
+        assert_eq!(read, b"a\r\nb\r\nc\r\n\r\n\r\nd\r\n");
     }
 }

@@ -32,8 +32,18 @@ use crate::tokens::{TokenError, TokenService};
 pub struct EngineConfig {
     /// How often the list of enabled mailboxes is read (new, re-enabled, disabled ones).
     pub scan_interval: Duration,
-    /// The longest a session waits in IDLE before syncing anyway (RFC 2177 asks ≤ 29 min).
+    /// The longest a session waits in IDLE before syncing anyway (RFC 2177 asks ≤ 29 min);
+    /// `idle_refresh` ends the wait sooner when it is shorter.
     pub full_check: Duration,
+    /// How often an idling session ends IDLE (DONE), runs the incremental sync (an EXAMINE;
+    /// new UIDs only) and starts IDLE again, even when the server reported nothing. This is
+    /// what finds a connection that went silent without closing (a NAT or firewall that
+    /// forgot it, a middlebox that still acknowledges but passes nothing on): DONE or the
+    /// EXAMINE then gets no answer within `mail_timeout`, the session fails as transient and
+    /// a new one logs in, so a silent connection is noticed within `idle_refresh` +
+    /// `mail_timeout` (90 s by default). TCP keepalive (in `mailbridge_proto::net`) finds a
+    /// peer that is gone for good, but not a path that still acknowledges.
+    pub idle_refresh: Duration,
     /// Transient failures in a row before a mailbox is disabled.
     pub max_failures: u32,
     pub backoff_base: Duration,
@@ -64,6 +74,7 @@ impl Default for EngineConfig {
         Self {
             scan_interval: Duration::from_secs(5),
             full_check: Duration::from_secs(25 * 60),
+            idle_refresh: Duration::from_secs(60),
             max_failures: 10,
             backoff_base: Duration::from_secs(2),
             backoff_cap: Duration::from_secs(15 * 60),
@@ -434,6 +445,8 @@ impl Engine {
                         session.logout().await;
                         return Ok(Pass::Continue);
                     }
+                    // Re-issued at least every `idle_refresh`, so a silent connection is found.
+                    let wait = wait.min(self.config.idle_refresh);
                     let (s, outcome) = tokio::select! {
                         r = session.idle(wait) => r?,
                         _ = shutdown.wait_for(|stop| *stop) => return Ok(Pass::Shutdown),

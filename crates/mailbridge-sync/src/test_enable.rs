@@ -285,6 +285,12 @@ fn hint(e: &ProtoError, profile: &ProfileRecord, direction: Direction) -> &'stat
             transient: true, ..
         }
         | ErrorKind::Io(_) => "The server had a temporary problem; try again in a few minutes.",
+        ErrorKind::UnsafeValue(_) => {
+            "Correct the value the message names (set the password or login name again, without a line break), then test again."
+        }
+        ErrorKind::TooLarge(_) => {
+            "The server sent more than Mailbridge accepts: if it is a message, move or delete it in the provider's own web mail; otherwise ask the server's administrator."
+        }
         ErrorKind::Rejected { .. } | ErrorKind::Protocol(_) => match direction {
             Direction::Incoming(IncomingProtocol::Imap) => {
                 "The INBOX could not be opened; check that the account has a mailbox on this server."

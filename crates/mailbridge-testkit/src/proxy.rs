@@ -1,17 +1,23 @@
 //! [`CountingProxy`]: a TCP relay in front of a real server that counts connections, so a
 //! test can prove a connection limit holds; or cuts each connection once the server has sent
-//! a given number of bytes, as a network failure in the middle of a transfer would.
+//! a given number of bytes, as a network failure in the middle of a transfer would; or, on
+//! [`CountingProxy::stall`], goes silent on the connections open at that moment, as a NAT or
+//! firewall that forgot them would.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
 pub struct CountingProxy {
     pub port: u16,
     peak: Arc<AtomicUsize>,
     total: Arc<AtomicUsize>,
+    /// Bumped by [`CountingProxy::stall`]; a connection accepted before the last bump is
+    /// stalled.
+    stalls: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -32,21 +38,24 @@ impl CountingProxy {
         let port = listener.local_addr()?.port();
         let (open, peak, total): (Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicUsize>) =
             Default::default();
+        let stalls = Arc::new(AtomicUsize::new(0));
         let counters = (Arc::clone(&open), Arc::clone(&peak), Arc::clone(&total));
+        let stall_count = Arc::clone(&stalls);
         let task = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 let (open, peak, total) =
                     (counters.0.clone(), counters.1.clone(), counters.2.clone());
+                let stalls = stall_count.clone();
                 tokio::spawn(async move {
+                    // Stalled once `stall` is called after this connection was accepted.
+                    let accepted_at = stalls.load(Ordering::SeqCst);
+                    let stalled = move || stalls.load(Ordering::SeqCst) > accepted_at;
                     let now = open.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(now, Ordering::SeqCst);
                     total.fetch_add(1, Ordering::SeqCst);
-                    if let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)).await {
+                    if let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await {
                         match cut_after {
-                            None => {
-                                let _ =
-                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                            }
+                            None => stallable_relay(client, server, stalled).await,
                             Some(limit) => cut_relay(client, server, limit).await,
                         }
                     }
@@ -58,6 +67,7 @@ impl CountingProxy {
             port,
             peak,
             total,
+            stalls,
             task,
         })
     }
@@ -71,6 +81,52 @@ impl CountingProxy {
     pub fn total(&self) -> usize {
         self.total.load(Ordering::SeqCst)
     }
+
+    /// From now on, every connection open at this moment swallows what either side sends:
+    /// the proxy keeps reading from both and passes nothing on, closing nothing (not even
+    /// when a side hangs up) — a NAT or firewall that forgot the connection, or a path that
+    /// went dark. Connections made afterwards are relayed as usual. TCP keepalive cannot
+    /// notice this on loopback: the kernel still acknowledges on both sides of the proxy.
+    pub fn stall(&self) {
+        self.stalls.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Relays both ways, passing a side's end of stream on, until `stalled()` turns true; from
+/// then on reads both sides and drops what it reads.
+async fn stallable_relay(client: TcpStream, server: TcpStream, stalled: impl Fn() -> bool + Clone) {
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    // Both write halves live until both directions are over: dropping one would send a FIN.
+    let _halves = tokio::join!(
+        pipe(client_read, server_write, stalled.clone()),
+        pipe(server_read, client_write, stalled),
+    );
+}
+
+/// One direction of [`stallable_relay`]; gives back the write half.
+async fn pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    stalled: impl Fn() -> bool,
+) -> OwnedWriteHalf {
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if stalled() {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    if !stalled() {
+        let _ = to.shutdown().await;
+    }
+    to
 }
 
 /// Relays until the server has sent `limit` bytes, then drops both connections.

@@ -2,14 +2,14 @@
 //! its fields, new mail arrives under IDLE, POP3 mailboxes are polled and left intact, a
 //! malformed message is kept raw and flagged, the tracking rule is applied, a refused login
 //! or a revoked grant stops the mailbox with an alert, and so does a server that stays down
-//! past the failure limit.
+//! past the failure limit; a connection that goes silent is noticed and new mail still arrives.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailbridge_sync::EngineConfig;
-use mailbridge_testkit::{AppOptions, MailWorld, ManualClock};
+use mailbridge_testkit::{AppOptions, CountingProxy, MailWorld, ManualClock};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -232,6 +232,69 @@ async fn delivered_mail_appears_with_its_fields_and_new_mail_arrives_under_idle(
         "{metrics}"
     );
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+    w.app.stop().await.unwrap();
+}
+
+/// A connection that goes silent without closing — a NAT or firewall that forgot it; here a
+/// proxy that swallows both directions — is noticed by the IDLE refresh
+/// (`EngineConfig::idle_refresh`): the session leaves IDLE, DONE (or the EXAMINE after it)
+/// gets no answer within the mail timeout, the session fails as transient, and a new one
+/// brings the mail in. TCP keepalive cannot notice this one: on loopback the kernel still
+/// acknowledges on both sides of the proxy, so only the application's own traffic tells.
+#[tokio::test]
+async fn a_connection_gone_silent_is_noticed_and_new_mail_still_arrives() {
+    let w = MailWorld::start(AppOptions {
+        engine: Some(EngineConfig {
+            idle_refresh: Duration::from_secs(2),
+            mail_timeout: Duration::from_secs(3),
+            // No help from the 25-minute re-check.
+            full_check: Duration::from_secs(600),
+            ..fast_engine()
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let proxy = CountingProxy::start(w.dovecot.ports.imaps).await.unwrap();
+    w.dovecot.deliver("ann@example.com", b"From: x@example.com\r\nTo: ann@example.com\r\nSubject: before the silence\r\nMessage-ID: <s-1@example.com>\r\n\r\nhi\r\n").unwrap();
+    let imap =
+        json!({"protocol": "imap", "host": "127.0.0.1", "port": proxy.port, "security": "tls"});
+    let profile = w
+        .gmail_like("Through a proxy", imap, w.submissions(), json!({}))
+        .await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    w.sign_in(&mailbox, &w.ann).await;
+    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    wait_for_emails(&w, &mailbox, &w.ann, 1).await;
+
+    // The path goes dark under the idling session (new connections still get through);
+    // then new mail arrives.
+    let connections = proxy.total();
+    proxy.stall();
+    let silent_since = Instant::now();
+    w.dovecot.deliver("ann@example.com", b"From: x@example.com\r\nTo: ann@example.com\r\nSubject: after the silence\r\nMessage-ID: <s-2@example.com>\r\n\r\nstill here\r\n").unwrap();
+    let emails = wait_for_emails(&w, &mailbox, &w.ann, 2).await;
+    eprintln!(
+        "new mail stored {:?} after the connection went silent",
+        silent_since.elapsed()
+    );
+    assert_eq!(emails[0]["subject"], "before the silence");
+    assert_eq!(emails[1]["subject"], "after the silence");
+    assert!(
+        proxy.total() > connections,
+        "a new session brought the mail in"
+    );
+    // Another refresh later: nothing stored twice, the mailbox still enabled, the silent
+    // session counted as one transient failure.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_emails(&w, &mailbox, &w.ann, 2).await;
+    let (_, m) = w
+        .api
+        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
+        .await;
+    assert_eq!(m["enabled"], true, "{m:#}");
+    assert!(m["items_failed"].as_i64().unwrap() >= 1, "{m:#}");
     w.app.stop().await.unwrap();
 }
 

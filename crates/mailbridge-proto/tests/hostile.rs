@@ -1,0 +1,563 @@
+//! The protocol clients against scripted servers that misbehave on purpose, as no real peer
+//! does on demand: a message, a line, a reply or a list that never ends. Each call must fail
+//! promptly with [`ErrorKind::TooLarge`], naming the server and the bound, having read little
+//! more than the bound (the server is kept from writing more once the client hangs up).
+//! And hostile values: a password, user name, address or EHLO name with a line break in it
+//! is refused before it is sent, as the transcript of a scripted server shows. And a server
+//! that keeps chatting in IDLE cannot keep the session there past the wait asked for.
+#![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mailbridge_proto::imap::ImapSession;
+use mailbridge_proto::pop3::Pop3Session;
+use mailbridge_proto::smtp::SmtpSession;
+use mailbridge_proto::{Credentials, Endpoint, ErrorKind, ProtoError, Security, TlsSettings};
+use secrecy::SecretString;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+const MIB: usize = 1024 * 1024;
+
+/// How much a flooding server writes at most before it falls silent (holding the connection
+/// open, so a client without a bound ends in a timeout, never in an end of stream).
+const FLOOD_CAP: usize = 64 * MIB;
+
+/// The client's side of the test: fails well within this, or it waited for the timeout.
+const TIMEOUT: Duration = Duration::from_secs(8);
+
+/// One connection's server side, driven by a test's script.
+struct Peer {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    heard: Arc<Mutex<Vec<String>>>,
+}
+
+impl Peer {
+    async fn say(&mut self, text: &str) {
+        self.writer.write_all(text.as_bytes()).await.unwrap();
+    }
+
+    /// One line from the client, kept in the transcript; `None` once it hung up.
+    async fn hear(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line).await {
+            Ok(0) | Err(_) => None,
+            Ok(_) => {
+                self.heard.lock().unwrap().push(line.clone());
+                Some(line)
+            }
+        }
+    }
+
+    /// Writes `pattern` over and over, up to [`FLOOD_CAP`] bytes or until the client hangs up,
+    /// then waits for the client to hang up. The bytes written.
+    async fn flood(&mut self, pattern: &[u8]) -> usize {
+        let chunk = pattern.repeat((64 * 1024 / pattern.len()).max(1));
+        let mut sent = 0;
+        while sent < FLOOD_CAP {
+            if self.writer.write_all(&chunk).await.is_err() {
+                return sent;
+            }
+            sent += chunk.len();
+        }
+        while self.hear().await.is_some() {}
+        sent
+    }
+}
+
+/// A scripted server on 127.0.0.1 for one connection.
+struct Scripted {
+    port: u16,
+    heard: Arc<Mutex<Vec<String>>>,
+    /// What the script returns: the bytes a flood wrote.
+    done: tokio::task::JoinHandle<usize>,
+}
+
+impl Scripted {
+    async fn start<F, Fut>(script: F) -> Self
+    where
+        F: FnOnce(Peer) -> Fut + Send + 'static,
+        Fut: Future<Output = usize> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let transcript = heard.clone();
+        let done = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (reader, writer) = stream.into_split();
+            script(Peer {
+                reader: BufReader::new(reader),
+                writer,
+                heard: transcript,
+            })
+            .await
+        });
+        Self { port, heard, done }
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::new("127.0.0.1", self.port, Security::None).with_timeout(TIMEOUT)
+    }
+
+    /// What the client sent, line by line.
+    fn heard(&self) -> Vec<String> {
+        self.heard.lock().unwrap().clone()
+    }
+
+    /// Once the client has hung up: the bytes the flood wrote.
+    async fn flooded(self) -> usize {
+        tokio::time::timeout(Duration::from_secs(20), self.done)
+            .await
+            .expect("the client hung up")
+            .unwrap()
+    }
+}
+
+fn password() -> Credentials {
+    Credentials::Password {
+        user: "ann".into(),
+        password: SecretString::from("hunter2"),
+    }
+}
+
+/// A POP3 server offering USER/PASS that accepts the login, then answers one more command
+/// with `+OK` and a flood of `pattern`.
+async fn pop3_flooding_after_login(pattern: &'static [u8]) -> Scripted {
+    Scripted::start(move |mut peer| async move {
+        peer.say("+OK ready\r\n").await;
+        peer.hear().await; // CAPA
+        peer.say("+OK\r\nUSER\r\n.\r\n").await;
+        peer.hear().await; // USER
+        peer.say("+OK\r\n").await;
+        peer.hear().await; // PASS
+        peer.say("+OK logged in\r\n").await;
+        peer.hear().await; // the command
+        peer.say("+OK\r\n").await;
+        peer.flood(pattern).await
+    })
+    .await
+}
+
+/// The error of a call that must end in a [`ErrorKind::TooLarge`] well before the timeout.
+#[track_caller]
+fn assert_too_large(result: Result<impl std::fmt::Debug, ProtoError>, started: Instant) -> String {
+    let e = result.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(e.kind, ErrorKind::TooLarge(_)),
+        "expected too large, got: {e} (after {elapsed:?})"
+    );
+    assert!(
+        !e.is_transient(),
+        "the same server sends the same again: {e}"
+    );
+    assert!(elapsed < TIMEOUT / 2, "not prompt: {elapsed:?} for {e}");
+    e.to_string()
+}
+
+#[tokio::test]
+async fn pop3_a_message_above_the_limit_fails_promptly_with_the_limit() {
+    // Lines of a message that never ends.
+    let server = pop3_flooding_after_login(&[b'a'; 1022]).await;
+    let endpoint = server.endpoint().with_max_message_bytes(MIB);
+    let mut s = Pop3Session::login(&endpoint, &TlsSettings::public(), &password())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let e = assert_too_large(s.retr(3).await, started);
+    assert_eq!(
+        e,
+        format!(
+            "127.0.0.1:{}: cannot download message 3 (RETR): the message is larger than 1 MiB",
+            server.port
+        )
+    );
+    assert_eq!(server.heard().last().unwrap(), "RETR 3\r\n");
+    drop(s);
+    let sent = server.flooded().await;
+    // A client reading on would have taken all 64 MiB; socket buffers hold a few.
+    assert!(sent < 24 * MIB, "the client read on: {sent} bytes sent");
+}
+
+#[tokio::test]
+async fn pop3_a_message_line_that_never_ends_fails_promptly() {
+    // One line without end: no line ending ever comes.
+    let server = pop3_flooding_after_login(b"b").await;
+    let endpoint = server.endpoint().with_max_message_bytes(MIB);
+    let mut s = Pop3Session::login(&endpoint, &TlsSettings::public(), &password())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let e = assert_too_large(s.top(1, 10).await, started);
+    assert!(
+        e.ends_with("cannot read the top of message 1 (TOP): the message is larger than 1 MiB"),
+        "{e}"
+    );
+    drop(s);
+    let sent = server.flooded().await;
+    assert!(sent < 24 * MIB, "the client read on: {sent} bytes sent");
+}
+
+#[test]
+fn the_default_message_limit_is_64_mib() {
+    let endpoint = Endpoint::new("127.0.0.1", 995, Security::Tls);
+    assert_eq!(endpoint.max_message_bytes, 64 * MIB);
+}
+
+#[tokio::test]
+async fn pop3_capability_and_message_lists_that_never_end_are_cut_off() {
+    let capa = Scripted::start(|mut peer| async move {
+        peer.say("+OK ready\r\n").await;
+        peer.hear().await; // CAPA
+        peer.say("+OK\r\n").await;
+        peer.flood(b"X-NONSENSE\r\n").await
+    })
+    .await;
+    let started = Instant::now();
+    let e = assert_too_large(
+        Pop3Session::login(&capa.endpoint(), &TlsSettings::public(), &password()).await,
+        started,
+    );
+    assert!(
+        e.ends_with("cannot read capabilities: the capability list is longer than 100 lines"),
+        "{e}"
+    );
+    assert!(capa.flooded().await < 24 * MIB);
+
+    // A million and more messages listed: a short line each.
+    let uidl = pop3_flooding_after_login(b"1 uid\r\n").await;
+    let mut s = Pop3Session::login(&uidl.endpoint(), &TlsSettings::public(), &password())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let e = s.uidl().await.unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::TooLarge(_)), "{e}");
+    assert!(!e.is_transient(), "{e}");
+    assert!(
+        e.to_string().ends_with(
+            "cannot list message ids (UIDL): the message list is longer than 1000000 lines"
+        ),
+        "{e}"
+    );
+    // A million lines take a while in a debug build; a client without the bound would read
+    // all 64 MiB (nine million lines) and then wait for the timeout.
+    assert!(started.elapsed() < TIMEOUT * 2, "{:?}", started.elapsed());
+    drop(s);
+    assert!(uidl.flooded().await < 24 * MIB);
+}
+
+#[tokio::test]
+async fn smtp_a_reply_that_never_ends_is_cut_off() {
+    let server =
+        Scripted::start(|mut peer| async move { peer.flood(b"220-still greeting you\r\n").await })
+            .await;
+    let started = Instant::now();
+    let e = assert_too_large(
+        SmtpSession::login(
+            &server.endpoint(),
+            &TlsSettings::public(),
+            &password(),
+            "me",
+        )
+        .await,
+        started,
+    );
+    assert_eq!(
+        e,
+        format!(
+            "127.0.0.1:{}: cannot read the greeting: the reply is longer than 100 lines",
+            server.port
+        )
+    );
+    assert!(server.flooded().await < 24 * MIB);
+
+    // Few lines, but long ones: the bound on bytes.
+    let server = Scripted::start(|mut peer| async move {
+        peer.say("220 ready\r\n").await;
+        peer.hear().await; // EHLO
+        let long = format!("250-{}\r\n", "x".repeat(60_000));
+        peer.flood(long.as_bytes()).await
+    })
+    .await;
+    let started = Instant::now();
+    let e = assert_too_large(
+        SmtpSession::login(
+            &server.endpoint(),
+            &TlsSettings::public(),
+            &password(),
+            "me",
+        )
+        .await,
+        started,
+    );
+    assert!(
+        e.ends_with("cannot say EHLO: the reply is larger than 64 KiB"),
+        "{e}"
+    );
+    assert!(server.flooded().await < 24 * MIB);
+}
+
+#[tokio::test]
+async fn imap_untagged_lines_that_never_end_before_login_are_cut_off() {
+    let server = Scripted::start(|mut peer| async move {
+        // No capabilities in the greeting: the client asks with CAPABILITY.
+        peer.say("* OK ready\r\n").await;
+        peer.hear().await; // m0 CAPABILITY
+        peer.flood(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n").await
+    })
+    .await;
+    let started = Instant::now();
+    let e = assert_too_large(
+        ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password()).await,
+        started,
+    );
+    assert_eq!(
+        e,
+        format!(
+            "127.0.0.1:{}: cannot read capabilities: the answer before the tagged reply is longer than 100 lines",
+            server.port
+        )
+    );
+    assert_eq!(server.heard(), ["m0 CAPABILITY\r\n"]);
+    assert!(server.flooded().await < 24 * MIB);
+}
+
+/// A POP3 server offering USER/PASS that answers `+OK` to everything, keeping what it hears.
+async fn pop3_agreeing_to_everything() -> Scripted {
+    Scripted::start(|mut peer| async move {
+        peer.say("+OK ready\r\n").await;
+        if peer.hear().await.is_some() {
+            peer.say("+OK\r\nUSER\r\n.\r\n").await;
+        }
+        while peer.hear().await.is_some() {
+            peer.say("+OK\r\n").await;
+        }
+        0
+    })
+    .await
+}
+
+/// The error of a call refused before it sent a hostile value, and what the server heard.
+#[track_caller]
+fn assert_unsafe(result: Result<impl std::fmt::Debug, ProtoError>, what: &str) {
+    let e = result.unwrap_err();
+    assert!(
+        matches!(e.kind, ErrorKind::UnsafeValue(_)),
+        "expected a refused value, got: {e}"
+    );
+    assert!(!e.is_transient(), "the value must be corrected: {e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("{what} contains a line break or NUL character")),
+        "{text}"
+    );
+    assert!(
+        text.starts_with("127.0.0.1:"),
+        "the server is named: {text}"
+    );
+}
+
+fn password_with(user: &str, password: &str) -> Credentials {
+    Credentials::Password {
+        user: user.into(),
+        password: SecretString::from(password.to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn pop3_a_password_or_user_name_with_a_line_break_is_never_sent() {
+    for (user, password, what) in [
+        ("ann", "hunter2\r\nDELE 1", "the password"),
+        ("ann", "hunter2\nDELE 1", "the password"),
+        ("ann", "hunter2\rDELE 1", "the password"),
+        ("ann\r\nDELE 1", "hunter2", "the user name"),
+        ("ann", "hunter2\0", "the password"),
+    ] {
+        let server = pop3_agreeing_to_everything().await;
+        let result = Pop3Session::login(
+            &server.endpoint(),
+            &TlsSettings::public(),
+            &password_with(user, password),
+        )
+        .await;
+        assert_unsafe(result, what);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let heard = server.heard();
+        assert!(
+            heard.iter().all(|l| l == "CAPA\r\n"),
+            "nothing after CAPA may reach the server: {heard:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn imap_a_password_with_a_line_break_is_never_sent() {
+    for password in ["x\r\na2 DELETE INBOX", "x\0"] {
+        let server = Scripted::start(|mut peer| async move {
+            peer.say("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n")
+                .await;
+            while let Some(line) = peer.hear().await {
+                let tag = line.split(' ').next().unwrap_or("*").to_owned();
+                peer.say(&format!("{tag} OK done\r\n")).await;
+            }
+            0
+        })
+        .await;
+        let result = ImapSession::login(
+            &server.endpoint(),
+            &TlsSettings::public(),
+            &password_with("ann", password),
+        )
+        .await;
+        assert_unsafe(result, "the password");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(server.heard(), Vec::<String>::new());
+    }
+}
+
+/// An SMTP server that accepts any login and any command, keeping what it hears.
+async fn smtp_agreeing_to_everything() -> Scripted {
+    Scripted::start(|mut peer| async move {
+        peer.say("220 ready\r\n").await;
+        while let Some(line) = peer.hear().await {
+            let reply = match line.get(..4) {
+                Some("EHLO") => "250-hi\r\n250 AUTH PLAIN\r\n",
+                Some("AUTH") => "235 welcome\r\n",
+                Some("DATA") => "354 go on\r\n",
+                _ => "250 ok\r\n",
+            };
+            peer.say(reply).await;
+        }
+        0
+    })
+    .await
+}
+
+#[tokio::test]
+async fn smtp_an_address_or_ehlo_name_with_a_line_break_is_never_sent() {
+    // The EHLO name: refused before a connection is made.
+    let server = smtp_agreeing_to_everything().await;
+    let result = SmtpSession::login(
+        &server.endpoint(),
+        &TlsSettings::public(),
+        &password(),
+        "me\r\nMAIL FROM:<evil@example.com>",
+    )
+    .await;
+    assert_unsafe(result, "the client name");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.heard(), Vec::<String>::new());
+
+    // The sender and a recipient: refused before MAIL FROM, so no transaction is begun.
+    for (from, to, what) in [
+        (
+            "ann@example.com>\r\nRCPT TO:<evil@example.com",
+            "bob@example.com",
+            "the sender address",
+        ),
+        (
+            "ann@example.com",
+            "bob@example.com>\nRCPT TO:<evil@example.com",
+            "a recipient address",
+        ),
+        (
+            "ann@example.com",
+            "bob@example.com>\rDATA",
+            "a recipient address",
+        ),
+    ] {
+        let server = smtp_agreeing_to_everything().await;
+        let mut s = SmtpSession::login(
+            &server.endpoint(),
+            &TlsSettings::public(),
+            &password(),
+            "me",
+        )
+        .await
+        .unwrap();
+        let result = s
+            .send(
+                from,
+                &["carol@example.com".to_owned(), to.to_owned()],
+                b"Subject: x\r\n\r\nhi\r\n",
+            )
+            .await;
+        assert_unsafe(result, what);
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let heard = server.heard();
+        assert!(
+            heard
+                .iter()
+                .all(|l| l.starts_with("EHLO me") || l.starts_with("AUTH PLAIN")),
+            "nothing after the login may reach the server: {heard:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn imap_idle_ends_when_asked_even_while_the_server_keeps_chatting() {
+    let server = Scripted::start(|peer| async move {
+        let Peer {
+            mut reader,
+            mut writer,
+            ..
+        } = peer;
+        writer
+            .write_all(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN IDLE] ready\r\n")
+            .await
+            .unwrap();
+        let mut line = String::new();
+        let mut idling = None;
+        let mut chat = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                read = reader.read_line(&mut line) => {
+                    if read.unwrap_or(0) == 0 {
+                        return 0;
+                    }
+                    let tag = line.split(' ').next().unwrap_or("*").to_owned();
+                    let reply = match line.split(' ').nth(1).map(str::trim) {
+                        _ if line.trim() == "DONE" => {
+                            format!("{} OK idle done\r\n", idling.take().unwrap_or_default())
+                        }
+                        Some("CAPABILITY") => format!("* CAPABILITY IMAP4rev1 IDLE\r\n{tag} OK\r\n"),
+                        Some("IDLE") => {
+                            idling = Some(tag);
+                            "+ idling\r\n".to_owned()
+                        }
+                        _ => format!("{tag} OK\r\n"),
+                    };
+                    writer.write_all(reply.as_bytes()).await.unwrap();
+                    line.clear();
+                }
+                // RFC 2177 servers may send `* OK` now and then while idling; this one more
+                // often than the client's wait.
+                _ = chat.tick(), if idling.is_some() => {
+                    writer.write_all(b"* OK Still here\r\n").await.unwrap();
+                }
+            }
+        }
+    })
+    .await;
+    let s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (s, outcome) = tokio::time::timeout(Duration::from_secs(5), s.idle(Duration::from_secs(1)))
+        .await
+        .expect("IDLE must end after the wait asked for, chatter or not")
+        .unwrap();
+    assert_eq!(outcome, mailbridge_proto::imap::IdleOutcome::TimedOut);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    s.logout().await;
+}
