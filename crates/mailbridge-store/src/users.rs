@@ -277,17 +277,26 @@ impl Store {
         Ok(())
     }
 
+    /// Refuses to demote or delete the last admin. On PostgreSQL the admins' rows are locked
+    /// first: under READ COMMITTED two transactions demoting the last two admins would each
+    /// count the other and both go ahead, leaving none. SQLite's write transaction already
+    /// excludes every other writer.
     async fn refuse_last_admin(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         id: UserId,
         verb: &str,
     ) -> Result<()> {
-        let (others,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM users WHERE role = 'admin' AND id <> $1")
-                .bind(id.to_string())
-                .fetch_one(&mut **tx)
-                .await?;
+        let lock = match self.backend {
+            crate::Backend::Postgres => " FOR UPDATE",
+            crate::Backend::Sqlite => "",
+        };
+        let admins: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM users WHERE role = 'admin'{lock}"
+        )))
+        .fetch_all(&mut **tx)
+        .await?;
+        let others = admins.iter().filter(|(a,)| *a != id.to_string()).count();
         if others == 0 {
             return Err(StoreError::Conflict(format!(
                 "this is the only admin and cannot be {verb}; make another user admin first"

@@ -64,6 +64,7 @@ on_both_backends!(
     client_secret_is_encrypted_at_rest_and_survives_rotation,
     a_gmail_profile_takes_exactly_100_mailboxes_even_when_raced,
     the_outgoing_queue_takes_mailboxes_in_turns,
+    two_admins_demoting_each_other_at_once_leave_one,
     a_mailbox_queues_within_its_limits_and_a_reused_key_must_match,
 );
 
@@ -600,5 +601,47 @@ async fn a_mailbox_queues_within_its_limits_and_a_reused_key_must_match(kind: Te
             );
         }
         other => panic!("the fourth email of the day must be refused: {other:?}"),
+    }
+}
+
+async fn two_admins_demoting_each_other_at_once_leave_one(kind: TestDatabase) {
+    let db = Db::new(kind).await;
+    let store = db.open(Keyring::generate()).await;
+    for round in 0..25 {
+        let mut admins = Vec::new();
+        for who in ["a", "b"] {
+            let email = EmailAddress::parse(&format!("{who}{round}@example.com"), "e").unwrap();
+            let (u, _) = store
+                .create_user(&Actor::cli(), &email, Role::Admin)
+                .await
+                .unwrap();
+            admins.push(u.id);
+        }
+        // Demote every admin there is (earlier rounds' survivors too), all at once.
+        let everyone = store.list_users().await.unwrap();
+        let tasks: Vec<_> = everyone
+            .iter()
+            .filter(|u| u.role == Role::Admin)
+            .map(|u| {
+                let (store, id) = (store.clone(), u.id);
+                tokio::spawn(
+                    async move { store.set_user_role(&Actor::cli(), id, Role::User).await },
+                )
+            })
+            .collect();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+        let left = store
+            .list_users()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|u| u.role == Role::Admin)
+            .count();
+        assert_eq!(left, 1, "round {round}: exactly one admin must remain");
     }
 }
