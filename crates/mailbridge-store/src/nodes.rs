@@ -62,6 +62,29 @@ struct NodeRow {
     mailboxes: i64,
 }
 
+/// The time leases and heartbeats are written and compared in, in Unix milliseconds: the
+/// database's clock on PostgreSQL, so nodes whose own clocks disagree still agree on when a
+/// lease runs out (a node 20 s behind would otherwise write leases that others already see
+/// as expired, and take leases others still hold). SQLite serves one node on one machine,
+/// whose clock is the database's: there the store's clock is used.
+pub(crate) async fn lease_now(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    local_now: i64,
+) -> Result<i64> {
+    match backend {
+        Backend::Sqlite => Ok(local_now),
+        Backend::Postgres => {
+            let (ms,): (i64,) = sqlx::query_as(
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            )
+            .fetch_one(&mut **tx)
+            .await?;
+            Ok(ms)
+        }
+    }
+}
+
 /// SQL: enabled mailboxes with a synchronized direction, of the node group bound at
 /// parameter `$g` (a mailbox without a router group belongs to the default group).
 fn eligible(g: usize) -> String {
@@ -77,8 +100,8 @@ impl Store {
     /// crash its leases would otherwise hold the mailboxes until they expire).
     pub async fn register_node(&self, name: &str, group: &str) -> Result<String> {
         let id = uuid::Uuid::now_v7().to_string();
-        let now = self.now_ms();
         let mut tx = self.begin_write().await?;
+        let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
         if self.backend == Backend::Sqlite {
             sqlx::query("UPDATE mailbox_leases SET expires_at = 0")
                 .execute(&mut *tx)
@@ -116,10 +139,10 @@ impl Store {
         group: &str,
         ttl: Duration,
     ) -> Result<Vec<Lease>> {
-        let now = self.now_ms();
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        let until = now.saturating_add(ttl_ms);
         let mut tx = self.begin_write().await?;
+        let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
+        let until = now.saturating_add(ttl_ms);
         let draining: Option<(i64,)> = sqlx::query_as(
             "UPDATE nodes SET heartbeat_at = $1 WHERE id = $2 AND stopped_at IS NULL RETURNING draining",
         )
@@ -208,8 +231,8 @@ impl Store {
 
     /// A clean stop: this node's leases end now, so others take its mailboxes at once.
     pub async fn stop_node(&self, node: &str) -> Result<()> {
-        let now = self.now_ms();
         let mut tx = self.begin_write().await?;
+        let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
         sqlx::query("UPDATE mailbox_leases SET expires_at = 0 WHERE node_id = $1")
             .bind(node)
             .execute(&mut *tx)
@@ -225,14 +248,17 @@ impl Store {
 
     /// Nodes, newest first, with the mailboxes they hold now.
     pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>> {
+        let mut tx = self.pool.begin().await?;
+        let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
         let rows: Vec<NodeRow> = sqlx::query_as(
             "SELECT n.id, n.name, n.node_group, n.started_at, n.heartbeat_at, n.draining, n.stopped_at, \
              (SELECT COUNT(*) FROM mailbox_leases l WHERE l.node_id = n.id AND l.expires_at > $1) AS mailboxes \
              FROM nodes n ORDER BY n.started_at DESC",
         )
-        .bind(self.now_ms())
-        .fetch_all(&self.pool)
+        .bind(now)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(rows
             .into_iter()
             .map(|r| NodeInfo {
@@ -310,16 +336,18 @@ async fn claim(
     Ok(claimed)
 }
 
-/// Inside a write transaction: refuses unless `fence` still holds the mailbox's lease. On
-/// PostgreSQL the lease row is share-locked until commit, so a claimer waits for this write
-/// to finish before it takes over.
+/// Inside a write transaction: refuses unless `fence` still holds the mailbox's lease (at
+/// [`lease_now`]; `local_now` is the store's clock). On PostgreSQL the lease row is
+/// share-locked until commit, so a claimer waits for this write to finish before it takes
+/// over.
 pub(crate) async fn check_fence(
     tx: &mut Transaction<'_, Any>,
     backend: Backend,
     mailbox: &str,
     fence: &Fence,
-    now: i64,
+    local_now: i64,
 ) -> Result<()> {
+    let now = lease_now(tx, backend, local_now).await?;
     let lock = match backend {
         Backend::Postgres => " FOR SHARE",
         Backend::Sqlite => "",

@@ -180,10 +180,13 @@ impl Store {
     ) -> Result<Vec<(String, MailboxId)>> {
         let now = self.now_ms();
         let mut tx = self.begin_write().await?;
+        // Leases are compared at the database's clock (see `lease_now`); due times at ours.
+        let lease_now = crate::nodes::lease_now(&mut tx, self.backend, now).await?;
         let candidates: Vec<(String, String)> = sqlx::query_as(CLAIM_DUE_SQL)
             .bind(now)
             .bind(node)
             .bind(limit)
+            .bind(lease_now)
             .fetch_all(&mut *tx)
             .await?;
         // Only a row this update moved out of pending_send is ours to send (under READ
@@ -269,10 +272,14 @@ impl Store {
     /// saying so. Returns how many.
     pub async fn fail_interrupted_sends(&self, ttl: std::time::Duration) -> Result<u64> {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let mut tx = self.begin_write().await?;
+        // Heartbeats are written at the database's clock (see `lease_now`).
+        let now = crate::nodes::lease_now(&mut tx, self.backend, self.now_ms()).await?;
         let done = sqlx::query(FAIL_INTERRUPTED_SENDS_SQL)
-            .bind(self.now_ms().saturating_sub(ttl_ms))
-            .execute(&self.pool)
+            .bind(now.saturating_sub(ttl_ms))
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 }
@@ -314,7 +321,8 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 pub(crate) const IDEMPOTENCY_LOOKUP_SQL: &str =
     "SELECT id, request_sha256 FROM emails WHERE mailbox_id = $1 AND idempotency_key = $2";
 
-/// Due mail of enabled mailboxes leased to node `$2` at time `$1`, `$3` at most, in turns:
+/// Due mail (at time `$1`) of enabled mailboxes leased to node `$2` (at lease time `$4`), `$3`
+/// at most, in turns:
 /// each mailbox's first due email, then each one's second, and so on.
 pub(crate) const CLAIM_DUE_SQL: &str = "SELECT id, mailbox_id FROM (\
      SELECT e.id, e.mailbox_id, e.next_attempt_at, \
@@ -322,7 +330,7 @@ pub(crate) const CLAIM_DUE_SQL: &str = "SELECT id, mailbox_id FROM (\
      FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id \
      JOIN mailbox_leases l ON l.mailbox_id = e.mailbox_id \
      WHERE e.status = 'pending_send' AND e.next_attempt_at <= $1 AND m.enabled = 1 \
-     AND l.node_id = $2 AND l.expires_at > $1) due \
+     AND l.node_id = $2 AND l.expires_at > $4) due \
      ORDER BY turn, next_attempt_at, id LIMIT $3";
 
 pub(crate) const FAIL_INTERRUPTED_SENDS_SQL: &str = "UPDATE emails SET status = 'failed', send_reply = 'the service stopped while sending this email; \

@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use mailbridge_core::{EmailAddress, MailboxDraft, ProfileDraft, Role, SecretChange, SystemClock};
+use mailbridge_core::{
+    Clock, EmailAddress, MailboxDraft, ProfileDraft, Role, SecretChange, SystemClock,
+};
 use mailbridge_store::{Actor, Keyring, Store, StoreError};
 use mailbridge_testdb::TestDatabase;
 use secrecy::ExposeSecret;
@@ -79,6 +81,11 @@ mod postgres_nodes {
     #[tokio::test]
     async fn nodes_claiming_at_once_never_share_a_mailbox() {
         super::nodes_claiming_at_once_never_share_a_mailbox(super::TestDatabase::Postgres).await
+    }
+
+    #[tokio::test]
+    async fn leases_run_on_the_databases_clock_not_the_nodes() {
+        super::leases_run_on_the_databases_clock_not_the_nodes().await
     }
 }
 
@@ -644,4 +651,54 @@ async fn two_admins_demoting_each_other_at_once_leave_one(kind: TestDatabase) {
             .count();
         assert_eq!(left, 1, "round {round}: exactly one admin must remain");
     }
+}
+
+/// A node whose clock is off by a fixed amount.
+struct Skewed(chrono::Duration);
+
+impl mailbridge_core::Clock for Skewed {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        SystemClock.now() + self.0
+    }
+}
+
+async fn leases_run_on_the_databases_clock_not_the_nodes() {
+    let db = Db::new(TestDatabase::Postgres).await;
+    let store = db.open(Keyring::generate()).await;
+    let mailbox = enabled_mailboxes(&store, 1).await[0];
+    // Node a's clock is two minutes behind, node b's two minutes ahead; the lease lasts 30 s.
+    let open_at = |skew: i64| {
+        let clock = Arc::new(Skewed(chrono::Duration::seconds(skew)));
+        let url = db.url.clone();
+        async move {
+            Store::connect(&url, Keyring::generate(), clock)
+                .await
+                .unwrap()
+        }
+    };
+    let (slow, fast) = (open_at(-120).await, open_at(120).await);
+    let ttl = std::time::Duration::from_secs(30);
+    let a = slow.register_node("a", "cloud").await.unwrap();
+    let b = fast.register_node("b", "cloud").await.unwrap();
+    let held = slow.balance_leases(&a, "cloud", ttl).await.unwrap();
+    assert_eq!(held.len(), 1);
+    // By b's clock a's lease ran out long ago; by the database's it has 30 s to go.
+    let taken = fast.balance_leases(&b, "cloud", ttl).await.unwrap();
+    assert!(taken.is_empty(), "b took a live lease: {taken:?}");
+    let fence = mailbridge_store::Fence {
+        node: a.clone(),
+        epoch: held[0].epoch,
+    };
+    slow.save_sync_batch(
+        mailbox,
+        mailbridge_store::SyncBatch {
+            fence: Some(fence),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("a still holds its lease by the database's clock");
+    let nodes = fast.list_nodes().await.unwrap();
+    let a_info = nodes.iter().find(|n| n.id == a).unwrap();
+    assert_eq!(a_info.mailboxes, 1, "{nodes:?}");
 }
