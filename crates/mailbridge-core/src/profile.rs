@@ -13,10 +13,11 @@ pub const GMAIL_MAX_MAILBOXES: u32 = 100;
 const DEFAULT_MAX_MAILBOXES: u32 = 1000;
 const MAX_MAX_MAILBOXES: u32 = 100_000;
 const DEFAULT_POLL_INTERVAL_SECONDS: u32 = 60;
-/// Connections a profile opens to its servers at once (tests, syncs). Gmail asks for no more
-/// than 15 IMAP connections per account; a profile serves many accounts, so 10 is modest.
-const DEFAULT_MAX_CONNECTIONS: u32 = 10;
-const MAX_MAX_CONNECTIONS: i64 = 500;
+/// Connections a profile's mailboxes hold open at once beyond one IDLE session each, by
+/// default: room for syncs, sends and tests. (Gmail allows 15 IMAP connections per account;
+/// Mailbridge holds one per mailbox, plus one while sending or testing.)
+const CONNECTION_HEADROOM: u32 = 10;
+const MAX_MAX_CONNECTIONS: i64 = 200_000;
 const MIN_POLL_INTERVAL_SECONDS: i64 = 10;
 /// Emails a mailbox may queue per 24 hours, by default. Gmail suspends sending for a day
 /// past 500 messages (consumer accounts; Google Workspace allows 2,000: raise it there).
@@ -105,7 +106,8 @@ pub struct ProfileSpec {
     pub auth: AuthMethod,
     pub oauth: Option<OAuthSettings>,
     pub max_mailboxes: u32,
-    /// How many connections the profile may hold open at once, over all its mailboxes.
+    /// How many connections the profile may hold open at once, over all its mailboxes (IDLE
+    /// sessions, syncs, sends and tests alike).
     pub max_connections: u32,
     pub poll_interval_seconds: u32,
     pub process_emails_received_after: Option<NaiveDate>,
@@ -169,7 +171,9 @@ pub struct ProfileDraft {
     pub auth: Option<AuthMethod>,
     pub oauth: Option<OAuthDraft>,
     pub max_mailboxes: Option<i64>,
-    /// Connections open at once over all the profile's mailboxes (default 10).
+    /// Connections open at once over all the profile's mailboxes, IDLE sessions included
+    /// (default: `max_mailboxes` + 10). Mailboxes that find none free for IDLE check for mail
+    /// every `poll_interval_seconds` instead.
     pub max_connections: Option<i64>,
     pub poll_interval_seconds: Option<i64>,
     /// `YYYY-MM-DD`; mail received before this day is not synchronized. `null` clears it.
@@ -336,7 +340,7 @@ impl ProfileDraft {
         };
         let max_connections = match self.max_connections {
             Some(n) if (1..=MAX_MAX_CONNECTIONS).contains(&n) => {
-                u32::try_from(n).unwrap_or(DEFAULT_MAX_CONNECTIONS)
+                u32::try_from(n).unwrap_or(max_mailboxes + CONNECTION_HEADROOM)
             }
             Some(_) => {
                 return Err(ValidationError::new(
@@ -344,7 +348,9 @@ impl ProfileDraft {
                     format!("max_connections must be from 1 to {MAX_MAX_CONNECTIONS}"),
                 ));
             }
-            None => base_spec.map_or(DEFAULT_MAX_CONNECTIONS, |b| b.max_connections),
+            // Every mailbox can wait in IDLE on a connection of its own, and a few more are
+            // left for syncing, sending and testing.
+            None => base_spec.map_or(max_mailboxes + CONNECTION_HEADROOM, |b| b.max_connections),
         };
         let daily_send_limit = bounded(
             self.daily_send_limit,
@@ -423,7 +429,7 @@ fn gmail_preset(draft: &ProfileDraft) -> ProfileSpec {
             ],
         }),
         max_mailboxes: GMAIL_MAX_MAILBOXES,
-        max_connections: DEFAULT_MAX_CONNECTIONS,
+        max_connections: GMAIL_MAX_MAILBOXES + CONNECTION_HEADROOM,
         poll_interval_seconds: DEFAULT_POLL_INTERVAL_SECONDS,
         process_emails_received_after: None,
         daily_send_limit: GMAIL_DAILY_SEND_LIMIT,

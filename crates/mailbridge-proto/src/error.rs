@@ -48,6 +48,13 @@ pub enum ErrorKind {
     /// own. Refused before anything is sent; not transient: the value has to be corrected.
     #[error("{0}")]
     UnsafeValue(String),
+    /// The whole message went out, final `.` included, and then the connection was lost
+    /// before the server's answer: it may or may not have taken the message. Not transient:
+    /// sending it again could deliver it twice.
+    #[error(
+        "the connection was lost after the message was sent, before the server confirmed it ({0}); it may have been delivered"
+    )]
+    Unconfirmed(String),
 }
 
 impl ProtoError {
@@ -69,7 +76,8 @@ impl ProtoError {
             | ErrorKind::Unsupported(_)
             | ErrorKind::Protocol(_)
             | ErrorKind::TooLarge(_)
-            | ErrorKind::UnsafeValue(_) => false,
+            | ErrorKind::UnsafeValue(_)
+            | ErrorKind::Unconfirmed(_) => false,
         }
     }
 

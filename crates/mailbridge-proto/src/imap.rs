@@ -23,6 +23,16 @@ use crate::sasl::{self, Credentials, Mechanism};
 const MAX_UNTAGGED_LINES: usize = 100;
 const MAX_UNTAGGED_BYTES: usize = 64 * 1024;
 
+/// Names servers without SPECIAL-USE give the sent folder.
+const SENT_NAMES: &[&str] = &[
+    "Sent",
+    "Sent Items",
+    "Sent Messages",
+    "Sent Mail",
+    "[Gmail]/Sent Mail",
+    "INBOX.Sent",
+];
+
 /// What `EXAMINE`/`SELECT` tells about a folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FolderStatus {
@@ -396,6 +406,68 @@ impl ImapSession {
                 }
             })
             .await
+    }
+
+    /// The folder that holds sent mail: the one marked `\Sent` (RFC 6154 SPECIAL-USE), else
+    /// the first of the usual names that exists.
+    pub async fn sent_folder(&mut self) -> Result<Option<String>, ProtoError> {
+        use async_imap::imap_proto::NameAttribute;
+        use futures::TryStreamExt;
+        let endpoint = self.endpoint.clone();
+        let session = &mut self.session;
+        let names: Vec<(String, bool)> = endpoint
+            .timed("list folders", async {
+                session
+                    .list(Some(""), Some("*"))
+                    .await
+                    .map_err(|e| imap_error(&endpoint, "list folders", e, None))?
+                    .map_ok(|n| {
+                        let sent = n
+                            .attributes()
+                            .iter()
+                            .any(|a| matches!(a, NameAttribute::Sent));
+                        (n.name().to_owned(), sent)
+                    })
+                    .try_collect()
+                    .await
+                    .map_err(|e| imap_error(&endpoint, "list folders", e, None))
+            })
+            .await?;
+        if let Some((name, _)) = names.iter().find(|(_, sent)| *sent) {
+            return Ok(Some(name.clone()));
+        }
+        Ok(SENT_NAMES.iter().find_map(|usual| {
+            names
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(usual))
+                .map(|(name, _)| name.clone())
+        }))
+    }
+
+    /// Whether `folder` holds a message with this Message-ID (`UID SEARCH HEADER`), opened
+    /// read-only.
+    pub async fn has_message_id(
+        &mut self,
+        folder: &str,
+        message_id: &str,
+    ) -> Result<bool, ProtoError> {
+        if message_id.contains(['"', '\\', '\r', '\n']) {
+            // Not a Message-ID we wrote; it cannot be quoted safely, so it is not searched.
+            return Ok(false);
+        }
+        self.examine(folder).await?;
+        let query = format!("HEADER Message-ID \"{message_id}\"");
+        let endpoint = self.endpoint.clone();
+        let session = &mut self.session;
+        let found = endpoint
+            .timed("search the sent folder", async {
+                session
+                    .uid_search(&query)
+                    .await
+                    .map_err(|e| imap_error(&endpoint, "search the sent folder", e, None))
+            })
+            .await?;
+        Ok(!found.is_empty())
     }
 
     /// Waits in `IDLE` (RFC 2177) for a change in the open folder, at most `wait`.

@@ -255,7 +255,22 @@ impl SmtpSession {
         self.conn
             .write_raw("send the message", &dot_stuff(message))
             .await?;
-        let reply = self.reply("send the message").await?;
+        // RFC 5321 §4.1.1.4: the server takes responsibility with its reply to the final
+        // dot. Lost before it arrives, the outcome is unknown: never for a blind retry.
+        let reply = self
+            .reply("send the message")
+            .await
+            .map_err(|e| match e.kind {
+                ErrorKind::Io(why) => ProtoError {
+                    kind: ErrorKind::Unconfirmed(why),
+                    ..e
+                },
+                ErrorKind::Timeout(after) => ProtoError {
+                    kind: ErrorKind::Unconfirmed(format!("no answer within {} s", after.as_secs())),
+                    ..e
+                },
+                _ => e,
+            })?;
         if reply.code != 250 {
             return Err(self.conn.error("send the message", reply.kind()));
         }

@@ -91,15 +91,27 @@ pub(crate) async fn raise(
          AND (profile_id = $4 OR (profile_id IS NULL AND $4 IS NULL)) \
          AND user_id = $2 AND kind = $3 AND dismissed_at IS NULL",
     )
-    .bind(mailbox.clone())
+    .bind(mailbox)
     .bind(alert.user_id.to_string())
     .bind(alert.kind)
-    .bind(profile.clone())
+    .bind(profile)
     .fetch_one(&mut **tx)
     .await?;
     if open > 0 {
         return Ok(());
     }
+    raise_each(tx, now, alert).await
+}
+
+/// Raises an alert even when one of its kind is open: for problems that each need their own
+/// decision (one per email that may not have been delivered).
+pub(crate) async fn raise_each(
+    tx: &mut Transaction<'_, Any>,
+    now: i64,
+    alert: NewAlert<'_>,
+) -> Result<()> {
+    let mailbox = alert.mailbox_id.map(|m| m.to_string());
+    let profile = alert.profile_id.map(|p| p.to_string());
     sqlx::query(
         "INSERT INTO alerts (id, mailbox_id, user_id, kind, message, hint, created_at, profile_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

@@ -270,6 +270,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        let recovered = crate::health::clear_failing(&mut tx, &mid).await?;
         sqlx::query(
             "UPDATE mailboxes SET items_processed = items_processed + $1, last_sync_at = $2, \
              last_sync_error = NULL WHERE id = $3",
@@ -279,6 +280,9 @@ impl Store {
         .bind(&mid)
         .execute(&mut *tx)
         .await?;
+        if recovered {
+            crate::health::resolve_outage_if_over(&mut tx, &mid, now).await?;
+        }
         tx.commit().await?;
         Ok(inserted)
     }
@@ -315,29 +319,6 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?;
         Ok(rows.into_iter().map(|(u,)| u).collect())
-    }
-
-    /// Records a failed sync attempt on the mailbox's status.
-    pub async fn record_sync_error(
-        &self,
-        mailbox: MailboxId,
-        error: &str,
-        fence: Option<&Fence>,
-    ) -> Result<()> {
-        let now = self.now_ms();
-        let mid = mailbox.to_string();
-        let mut tx = self.begin_write().await?;
-        if let Some(fence) = fence {
-            check_fence(&mut tx, self.backend, &mid, fence, now).await?;
-        }
-        sqlx::query("UPDATE mailboxes SET items_failed = items_failed + 1, last_sync_error = $1, last_sync_at = $2 WHERE id = $3")
-            .bind(error)
-            .bind(now)
-            .bind(&mid)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Whether a message answers mail sent through Mailbridge: one of the message ids it

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod contacts;
 pub mod crypto;
 pub mod emails;
+pub mod health;
 pub mod mailboxes;
 pub mod nodes;
 pub mod oauth;

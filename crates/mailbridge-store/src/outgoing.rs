@@ -24,6 +24,9 @@ pub struct OutgoingEmail {
 
 const DAY_MS: i64 = 24 * 3_600_000;
 
+/// The alert kind raised when an email may or may not have been delivered.
+pub const SEND_UNCONFIRMED: &str = "send_unconfirmed";
+
 impl Store {
     /// Queues an email to send from a mailbox. With an idempotency key already used for this
     /// mailbox, nothing new is queued and the earlier email is returned — unless the earlier
@@ -245,6 +248,54 @@ impl Store {
     /// A permanent failure (or too many temporary ones).
     pub async fn mark_send_failed(&self, id: &str, error: &str) -> Result<()> {
         self.set_send_state(id, "failed", error, None).await
+    }
+
+    /// The whole email went out but the server's answer was lost: it may have been
+    /// delivered. It becomes `failed` with `reason` (never sent again by itself), and its
+    /// mailbox's owner is alerted to decide.
+    pub async fn mark_send_unconfirmed(&self, id: &str, reason: &str) -> Result<()> {
+        let now = self.now_ms();
+        let mut tx = self.begin_write().await?;
+        let row: Option<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT e.mailbox_id, m.owner_user_id, e.subject FROM emails e \
+             JOIN mailboxes m ON m.id = e.mailbox_id WHERE e.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((mailbox, owner, subject)) = row else {
+            return Err(StoreError::NotFound {
+                kind: "email",
+                id: id.to_owned(),
+            });
+        };
+        let reply = format!("{reason}; not sent again automatically: check the Sent folder");
+        sqlx::query(
+            "UPDATE emails SET status = 'failed', send_reply = $1, next_attempt_at = NULL WHERE id = $2",
+        )
+        .bind(&reply)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let bad = |e: uuid::Error| StoreError::corrupt(format!("email {id}"), e);
+        crate::alerts::raise_each(
+            &mut tx,
+            now,
+            crate::alerts::NewAlert {
+                mailbox_id: Some(mailbox.parse().map_err(bad)?),
+                profile_id: None,
+                user_id: owner.parse().map_err(bad)?,
+                kind: SEND_UNCONFIRMED,
+                message: format!(
+                    "the email \"{}\" ({id}) may or may not have been delivered: the connection was lost after it was sent, before the server confirmed it",
+                    subject.unwrap_or_default()
+                ),
+                hint: "Look for it in the mailbox's Sent folder (or ask the recipient); send it again only if it is not there. It was not sent again, so it cannot arrive twice.",
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn set_send_state(

@@ -656,7 +656,7 @@ async fn two_admins_demoting_each_other_at_once_leave_one(kind: TestDatabase) {
 /// A node whose clock is off by a fixed amount.
 struct Skewed(chrono::Duration);
 
-impl mailbridge_core::Clock for Skewed {
+impl Clock for Skewed {
     fn now(&self) -> chrono::DateTime<chrono::Utc> {
         SystemClock.now() + self.0
     }

@@ -14,18 +14,20 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailbridge_core::{AuthMethod, Clock, IncomingProtocol, MailboxId, ProfileId};
+use mailbridge_core::{AuthMethod, Clock, IncomingProtocol, MailboxId};
+use mailbridge_proto::TlsSettings;
 use mailbridge_proto::imap::{IdleOutcome, ImapSession};
 use mailbridge_proto::pop3::Pop3Session;
-use mailbridge_proto::{Credentials, TlsSettings};
 use mailbridge_store::{Fence, MailboxRecord, ProfileRecord, Store, StoreError};
 use tokio::sync::{Semaphore, watch};
 
 use crate::incoming::{SyncError, imap::sync_inbox, pop3::sync_maildrop};
+use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
+use crate::outgoing::{CLAIM_PER_ROUND, SendContext, send_due};
 use crate::tokens::{TokenError, TokenService};
 
 #[derive(Debug, Clone)]
@@ -97,7 +99,8 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     config: EngineConfig,
     global: Semaphore,
-    per_profile: Mutex<HashMap<ProfileId, Arc<Semaphore>>>,
+    /// Shared with Test & Enable: every connection of a profile's mailboxes counts.
+    limits: Arc<ConnectionLimits>,
     metrics: Arc<Metrics>,
 }
 
@@ -117,6 +120,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         config: EngineConfig,
         metrics: Arc<Metrics>,
+        limits: Arc<ConnectionLimits>,
     ) -> Arc<Self> {
         let global = Semaphore::new(config.global_limit);
         Arc::new(Self {
@@ -126,7 +130,7 @@ impl Engine {
             clock,
             config,
             global,
-            per_profile: Mutex::new(HashMap::new()),
+            limits,
             metrics,
         })
     }
@@ -260,36 +264,32 @@ impl Engine {
                 ),
                 Err(e) => tracing::warn!(error = %e, "cannot check for interrupted sends"),
             }
-            match crate::outgoing::send_due(&self, &self.store, &node).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(sent = n, "sent queued email"),
-                Err(e) => tracing::warn!(error = %e, "sending queued email failed; retrying"),
+            let ctx = SendContext {
+                store: &self.store,
+                tokens: &self.tokens,
+                tls: &self.tls,
+                limits: &self.limits,
+                metrics: &self.metrics,
+                clock: self.clock.as_ref(),
+                timeout: self.config.mail_timeout,
+                client_name: &self.config.client_name,
+            };
+            // A full round means more mail is due: go again at once rather than after a scan.
+            let more = match send_due(&ctx, &node).await {
+                Ok(claimed) => claimed as i64 == CLAIM_PER_ROUND,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sending queued email failed; retrying");
+                    false
+                }
+            };
+            if more && !*shutdown.borrow() {
+                continue;
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.config.scan_interval) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
         }
-    }
-
-    pub(crate) fn mail_timeout(&self) -> Duration {
-        self.config.mail_timeout
-    }
-
-    pub(crate) fn tls(&self) -> &TlsSettings {
-        &self.tls
-    }
-
-    pub(crate) fn client_name(&self) -> &str {
-        &self.config.client_name
-    }
-
-    pub(crate) fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    pub(crate) fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        self.clock.now()
     }
 
     /// Works one mailbox until it is disabled, fails for good, or the engine stops.
@@ -337,7 +337,8 @@ impl Engine {
             }
             let (result, auth) = match self.store.get_profile(record.spec.profile_id).await {
                 Ok(profile) => (
-                    self.pass(&record, &profile, &fence, &mut shutdown).await,
+                    self.pass(&record, &profile, &fence, &mut shutdown, &mut failures)
+                        .await,
                     profile.spec.auth,
                 ),
                 Err(e) => (Err(SyncError::Store(e)), AuthMethod::Password),
@@ -371,7 +372,26 @@ impl Engine {
             if matches!(recorded, Err(StoreError::LeaseLost { .. })) {
                 return;
             }
-            if transient && failures < self.config.max_failures {
+            // Past the limit, a mailbox whose profile's server is down for most of its
+            // mailboxes keeps retrying at the capped interval instead of being disabled.
+            let held = transient
+                && failures >= self.config.max_failures
+                && match self
+                    .store
+                    .hold_for_outage(mailbox, &e.to_string(), Some(&fence))
+                    .await
+                {
+                    Ok(held) => held,
+                    Err(StoreError::LeaseLost { .. }) => return,
+                    Err(err) => {
+                        tracing::warn!(%mailbox, error = %err, "cannot tell whether the server is down for the whole profile");
+                        false
+                    }
+                };
+            if held {
+                tracing::warn!(%mailbox, failures, "most mailboxes of this profile are failing: the server is down; retrying, not disabling");
+            }
+            if transient && (failures < self.config.max_failures || held) {
                 let wait = self.backoff(mailbox, failures);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => continue,
@@ -410,116 +430,107 @@ impl Engine {
     }
 
     /// One connection's worth of work: an IMAP session (sync, IDLE, sync…) until the token is
-    /// due for refresh or `full_check` passes; or one POP3 pass and the wait after it.
+    /// due for refresh or `full_check` passes; or, when the profile has no connection to
+    /// spare for one more IDLE session, one IMAP sync and the wait after it; or one POP3 pass
+    /// and the wait after it. Every successful sync ends the mailbox's run of `failures`.
     async fn pass(
         &self,
         mailbox: &MailboxRecord,
         profile: &ProfileRecord,
         fence: &Fence,
         shutdown: &mut watch::Receiver<bool>,
+        failures: &mut u32,
     ) -> Result<Pass, SyncError> {
-        let credentials = self.credentials(mailbox, profile).await?;
-        let server = &profile.spec.incoming;
+        let (credentials, valid_until) =
+            crate::login::credentials(&self.store, &self.tokens, mailbox, profile).await?;
         let endpoint = crate::login::incoming(profile, self.config.mail_timeout);
         let since = profile.spec.process_emails_received_after;
-        match server.protocol {
-            IncomingProtocol::Imap => {
-                let (credentials, valid_until) = credentials;
+        // An IDLE session holds one of the profile's connections for as long as it waits.
+        let idle_slot = match profile.spec.incoming.protocol {
+            IncomingProtocol::Imap => self.limits.try_idle(profile),
+            IncomingProtocol::Pop3 => None,
+        };
+        let Some(_idle_slot) = idle_slot else {
+            {
+                let _global = self.global_permit().await;
+                let _slot = self.limits.acquire(profile).await;
                 let _connection = self.metrics.connection();
-                let mut session = {
-                    let _permits = self.permits(profile).await;
-                    let mut s = ImapSession::login(&endpoint, &self.tls, &credentials).await?;
-                    let report =
-                        sync_inbox(&self.store, &mut s, mailbox, since, Some(fence)).await?;
-                    self.metrics.messages_synced.inc_by(report.stored as u64);
-                    tracing::debug!(mailbox = %mailbox.id, ?report, "synced");
-                    s
+                let report = match profile.spec.incoming.protocol {
+                    IncomingProtocol::Imap => {
+                        let mut s = ImapSession::login(&endpoint, &self.tls, &credentials).await?;
+                        let report =
+                            sync_inbox(&self.store, &mut s, mailbox, since, Some(fence)).await?;
+                        s.logout().await;
+                        report
+                    }
+                    IncomingProtocol::Pop3 => {
+                        let mut s = Pop3Session::login(&endpoint, &self.tls, &credentials).await?;
+                        let report =
+                            sync_maildrop(&self.store, &mut s, mailbox, since, Some(fence)).await?;
+                        s.quit().await?;
+                        report
+                    }
                 };
-                loop {
-                    // Leave the session before the token it logged in with expires.
-                    let left =
-                        valid_until.map(|t| (t - self.clock.now()).to_std().unwrap_or_default());
-                    let wait =
-                        left.map_or(self.config.full_check, |l| l.min(self.config.full_check));
-                    if wait.is_zero() {
-                        session.logout().await;
-                        return Ok(Pass::Continue);
-                    }
-                    // Re-issued at least every `idle_refresh`, so a silent connection is found.
-                    let wait = wait.min(self.config.idle_refresh);
-                    let (s, outcome) = tokio::select! {
-                        r = session.idle(wait) => r?,
-                        _ = shutdown.wait_for(|stop| *stop) => return Ok(Pass::Shutdown),
-                    };
-                    session = s;
-                    // Settings may have changed while idling (tracking rule, disabled).
-                    let current = self.store.get_mailbox(mailbox.id).await?;
-                    if !current.enabled {
-                        session.logout().await;
-                        return Ok(Pass::Continue);
-                    }
-                    let _permits = self.permits(profile).await;
-                    let report =
-                        sync_inbox(&self.store, &mut session, &current, since, Some(fence)).await?;
-                    self.metrics.messages_synced.inc_by(report.stored as u64);
-                    tracing::debug!(mailbox = %mailbox.id, ?report, ?outcome, "synced");
-                    if outcome == IdleOutcome::TimedOut && left.is_some_and(|l| l <= wait) {
-                        session.logout().await;
-                        return Ok(Pass::Continue);
-                    }
-                }
+                *failures = 0;
+                self.metrics.messages_synced.inc_by(report.stored as u64);
+                tracing::debug!(mailbox = %mailbox.id, ?report, "polled");
             }
-            IncomingProtocol::Pop3 => {
-                {
-                    let _permits = self.permits(profile).await;
-                    let _connection = self.metrics.connection();
-                    let mut s = Pop3Session::login(&endpoint, &self.tls, &credentials.0).await?;
-                    let report =
-                        sync_maildrop(&self.store, &mut s, mailbox, since, Some(fence)).await?;
-                    self.metrics.messages_synced.inc_by(report.stored as u64);
-                    s.quit().await?;
-                    tracing::debug!(mailbox = %mailbox.id, ?report, "polled");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(u64::from(profile.spec.poll_interval_seconds))) => Ok(Pass::Continue),
-                    _ = shutdown.wait_for(|stop| *stop) => Ok(Pass::Shutdown),
-                }
+            let interval = Duration::from_secs(u64::from(profile.spec.poll_interval_seconds));
+            return tokio::select! {
+                _ = tokio::time::sleep(interval) => Ok(Pass::Continue),
+                _ = shutdown.wait_for(|stop| *stop) => Ok(Pass::Shutdown),
+            };
+        };
+        let _connection = self.metrics.connection();
+        let mut session = {
+            let _global = self.global_permit().await;
+            let mut s = ImapSession::login(&endpoint, &self.tls, &credentials).await?;
+            let report = sync_inbox(&self.store, &mut s, mailbox, since, Some(fence)).await?;
+            *failures = 0;
+            self.metrics.messages_synced.inc_by(report.stored as u64);
+            tracing::debug!(mailbox = %mailbox.id, ?report, "synced");
+            s
+        };
+        loop {
+            // Leave the session before the token it logged in with expires.
+            let left = valid_until.map(|t| (t - self.clock.now()).to_std().unwrap_or_default());
+            let wait = left.map_or(self.config.full_check, |l| l.min(self.config.full_check));
+            if wait.is_zero() {
+                session.logout().await;
+                return Ok(Pass::Continue);
+            }
+            // Re-issued at least every `idle_refresh`, so a silent connection is found.
+            let wait = wait.min(self.config.idle_refresh);
+            let (s, outcome) = tokio::select! {
+                r = session.idle(wait) => r?,
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(Pass::Shutdown),
+            };
+            session = s;
+            // Settings may have changed while idling (tracking rule, disabled).
+            let current = self.store.get_mailbox(mailbox.id).await?;
+            if !current.enabled {
+                session.logout().await;
+                return Ok(Pass::Continue);
+            }
+            let _global = self.global_permit().await;
+            let report =
+                sync_inbox(&self.store, &mut session, &current, since, Some(fence)).await?;
+            *failures = 0;
+            self.metrics.messages_synced.inc_by(report.stored as u64);
+            tracing::debug!(mailbox = %mailbox.id, ?report, ?outcome, "synced");
+            if outcome == IdleOutcome::TimedOut && left.is_some_and(|l| l <= wait) {
+                session.logout().await;
+                return Ok(Pass::Continue);
             }
         }
     }
 
-    /// The mailbox's login, and until when an OAuth token behind it stays good.
-    pub(crate) async fn credentials(
-        &self,
-        mailbox: &MailboxRecord,
-        profile: &ProfileRecord,
-    ) -> Result<(Credentials, Option<chrono::DateTime<chrono::Utc>>), SyncError> {
-        crate::login::credentials(&self.store, &self.tokens, mailbox, profile).await
-    }
-
-    /// A global permit and one of the profile's.
-    async fn permits(
-        &self,
-        profile: &ProfileRecord,
-    ) -> (
-        tokio::sync::SemaphorePermit<'_>,
-        Option<tokio::sync::OwnedSemaphorePermit>,
-    ) {
-        let per_profile = {
-            let mut map = self
-                .per_profile
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            map.entry(profile.id)
-                .or_insert_with(|| Arc::new(Semaphore::new(profile.spec.max_connections as usize)))
-                .clone()
-        };
-        let global = self
-            .global
+    /// One of the sync passes this node runs at once (`global_limit`).
+    async fn global_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.global
             .acquire()
             .await
-            .unwrap_or_else(|_| unreachable!("the engine never closes its semaphore"));
-        (global, per_profile.acquire_owned().await.ok())
+            .unwrap_or_else(|_| unreachable!("the engine never closes its semaphore"))
     }
 
     /// Capped exponential backoff with a stable per-mailbox jitter of up to a quarter.

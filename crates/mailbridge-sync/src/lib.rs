@@ -4,6 +4,7 @@
 
 pub mod engine;
 pub mod incoming;
+pub mod limits;
 mod login;
 pub mod metrics;
 pub mod outgoing;
@@ -14,6 +15,7 @@ pub mod test_enable;
 pub mod tokens;
 
 pub use engine::{Engine, EngineConfig};
+pub use limits::ConnectionLimits;
 pub use metrics::Metrics;
 pub use signin::{Callback, Disconnected, SignIn, SignInError};
 pub use test_enable::{ProfileTestSummary, Tester};

@@ -1,7 +1,9 @@
 //! Outgoing mail: [`compose`] builds the RFC 5322 message (with a Message-ID that replies
 //! will carry back in In-Reply-To, so they join the conversation), and [`send_due`] sends
 //! what is queued over SMTP with the mailbox's token: `sent` with the server's words, retried
-//! with backoff on 4xx and network errors, `failed` with the server's words on 5xx.
+//! with backoff on 4xx and network errors, `failed` with the server's words on 5xx. An email
+//! whose final `.` went out but whose answer was lost is never sent again blindly (see
+//! [`settle_unconfirmed`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,12 +12,20 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use mail_builder::MessageBuilder;
 use mailbridge_core::message::Party;
-use mailbridge_core::{EmailAddress, MailboxId, OutgoingMessage, tracking};
+use mailbridge_core::{
+    Clock, EmailAddress, IncomingProtocol, MailboxId, OutgoingMessage, tracking,
+};
+use mailbridge_proto::imap::ImapSession;
 use mailbridge_proto::smtp::SmtpSession;
-use mailbridge_store::{NewEmail, OutgoingEmail, RawMessage, Store, StoreError};
+use mailbridge_proto::{Credentials, ErrorKind, TlsSettings};
+use mailbridge_store::{
+    EmailRecord, NewEmail, OutgoingEmail, ProfileRecord, RawMessage, Store, StoreError,
+};
 
-use crate::engine::Engine;
+use crate::limits::ConnectionLimits;
+use crate::metrics::Metrics;
 use crate::parse::parse;
+use crate::tokens::TokenService;
 
 /// Mailboxes sending at once.
 const SEND_CONCURRENCY: usize = 8;
@@ -102,72 +112,81 @@ pub fn compose(
     })
 }
 
+/// What sending needs, lent by the engine: a narrow view, so this module never reaches into
+/// the engine.
+pub(crate) struct SendContext<'a> {
+    pub store: &'a Store,
+    pub tokens: &'a TokenService,
+    pub tls: &'a TlsSettings,
+    pub limits: &'a ConnectionLimits,
+    pub metrics: &'a Metrics,
+    pub clock: &'a dyn Clock,
+    /// Bound on connecting to a mail server and on every read from it.
+    pub timeout: Duration,
+    /// What SMTP EHLO says.
+    pub client_name: &'a str,
+}
+
+/// Emails claimed per round.
+pub(crate) const CLAIM_PER_ROUND: i64 = 50;
+
 /// Sends the emails due now from the mailboxes whose lease `node` holds, one SMTP session per
-/// mailbox. Returns how many were sent.
-pub(crate) async fn send_due(
-    engine: &Engine,
-    store: &Store,
-    node: &str,
-) -> Result<usize, StoreError> {
-    let claimed = store.claim_due_outgoing(node, 50).await?;
+/// mailbox. Returns how many were claimed (a full round means more may be waiting).
+pub(crate) async fn send_due(ctx: &SendContext<'_>, node: &str) -> Result<usize, StoreError> {
+    let claimed = ctx.store.claim_due_outgoing(node, CLAIM_PER_ROUND).await?;
+    let count = claimed.len();
     let mut by_mailbox: BTreeMap<MailboxId, Vec<String>> = BTreeMap::new();
     for (email, mailbox) in claimed {
         by_mailbox.entry(mailbox).or_default().push(email);
     }
     // Mailboxes are independent: their sessions run side by side, a few at a time.
-    let results: Vec<Result<usize, StoreError>> =
-        futures::stream::iter(by_mailbox)
-            .map(|(mailbox, emails)| async move {
-                send_for_mailbox(engine, store, mailbox, &emails).await
-            })
-            .buffer_unordered(SEND_CONCURRENCY)
-            .collect()
-            .await;
+    let results: Vec<Result<usize, StoreError>> = futures::stream::iter(by_mailbox)
+        .map(|(mailbox, emails)| async move { send_for_mailbox(ctx, mailbox, &emails).await })
+        .buffer_unordered(SEND_CONCURRENCY)
+        .collect()
+        .await;
     let mut sent = 0;
     for r in results {
         sent += r?;
     }
-    Ok(sent)
+    if sent > 0 {
+        tracing::info!(sent, "sent queued email");
+    }
+    Ok(count)
 }
 
 async fn send_for_mailbox(
-    engine: &Engine,
-    store: &Store,
+    ctx: &SendContext<'_>,
     mailbox: MailboxId,
     emails: &[String],
 ) -> Result<usize, StoreError> {
+    let store = ctx.store;
     let record = store.get_mailbox(mailbox).await?;
     let profile = store.get_profile(record.spec.profile_id).await?;
+    // One of the profile's connections for the whole session.
+    let _slot = ctx.limits.acquire(&profile).await;
     let session = async {
-        let (credentials, _) = engine.credentials(&record, &profile).await?;
-        let endpoint = crate::login::outgoing(&profile, engine.mail_timeout());
-        Ok::<_, crate::incoming::SyncError>(
-            SmtpSession::login(&endpoint, engine.tls(), &credentials, engine.client_name()).await?,
-        )
+        let (credentials, _) =
+            crate::login::credentials(store, ctx.tokens, &record, &profile).await?;
+        let endpoint = crate::login::outgoing(&profile, ctx.timeout);
+        let session = SmtpSession::login(&endpoint, ctx.tls, &credentials, ctx.client_name).await?;
+        Ok::<_, crate::incoming::SyncError>((session, credentials))
     }
     .await;
-    let mut session = match session {
+    let (mut session, credentials) = match session {
         Ok(s) => s,
         Err(e) => {
             for id in emails {
                 let attempts = store.get_email(id).await?.send_attempts;
-                settle_failure(
-                    engine,
-                    store,
-                    id,
-                    attempts,
-                    &e.to_string(),
-                    e.is_transient(),
-                )
-                .await?;
+                settle_failure(ctx, id, attempts, &e.to_string(), e.is_transient()).await?;
             }
             return Ok(0);
         }
     };
     // Counted only once the connection is really open.
-    let _connection = engine.metrics().connection();
+    let _connection = ctx.metrics.connection();
     let mut sent = 0;
-    for id in emails {
+    for (n, id) in emails.iter().enumerate() {
         let email = store.get_email(id).await?;
         let raw = store.email_raw(id).await?;
         let recipients = store.send_envelope(&email).await?;
@@ -188,30 +207,32 @@ async fn send_for_mailbox(
                     format!("{}; refused: {}", report.reply, refused.join("; "))
                 };
                 store.mark_sent(id, &words).await?;
-                engine.metrics().send("sent");
+                ctx.metrics.send("sent");
                 sent += 1;
             }
             Err(e) => {
-                let transient = e.is_transient();
-                settle_failure(
-                    engine,
-                    store,
-                    id,
-                    email.send_attempts,
-                    &e.to_string(),
-                    transient,
-                )
-                .await?;
-                if matches!(
+                let lost = matches!(
                     e.kind,
-                    mailbridge_proto::ErrorKind::Io(_) | mailbridge_proto::ErrorKind::Timeout(_)
-                ) {
+                    ErrorKind::Io(_) | ErrorKind::Timeout(_) | ErrorKind::Unconfirmed(_)
+                );
+                if matches!(e.kind, ErrorKind::Unconfirmed(_)) {
+                    settle_unconfirmed(ctx, &profile, &credentials, &email, &e.to_string()).await?;
+                } else {
+                    settle_failure(
+                        ctx,
+                        id,
+                        email.send_attempts,
+                        &e.to_string(),
+                        e.is_transient(),
+                    )
+                    .await?;
+                }
+                if lost {
                     // The session is gone; the rest wait for the next round.
-                    for rest in emails.iter().skip_while(|x| *x != id).skip(1) {
+                    for rest in &emails[n + 1..] {
                         let attempts = store.get_email(rest).await?.send_attempts;
                         settle_failure(
-                            engine,
-                            store,
+                            ctx,
                             rest,
                             attempts,
                             "not attempted: the connection was lost",
@@ -228,16 +249,70 @@ async fn send_for_mailbox(
     Ok(sent)
 }
 
+/// The whole message went out but the server's answer was lost: it may have been delivered.
+/// It is never sent again blindly. Where the mailbox's own server keeps sent mail (Gmail
+/// files what it accepts in Sent), the Sent folder is searched for its Message-ID: found,
+/// it was delivered; otherwise it is marked failed, saying so, and the owner is alerted to
+/// decide.
+async fn settle_unconfirmed(
+    ctx: &SendContext<'_>,
+    profile: &ProfileRecord,
+    credentials: &Credentials,
+    email: &EmailRecord,
+    error: &str,
+) -> Result<(), StoreError> {
+    let found = match &email.message_id {
+        Some(message_id) if profile.spec.incoming.protocol == IncomingProtocol::Imap => {
+            // A server that files what it accepts may take a moment to do so.
+            tokio::time::sleep(UNCONFIRMED_CHECK_DELAY).await;
+            let endpoint = crate::login::incoming(profile, ctx.timeout);
+            let search = async {
+                let mut imap = ImapSession::login(&endpoint, ctx.tls, credentials).await?;
+                let found = match imap.sent_folder().await? {
+                    Some(folder) => imap.has_message_id(&folder, message_id).await?,
+                    None => false,
+                };
+                imap.logout().await;
+                Ok::<bool, mailbridge_proto::ProtoError>(found)
+            };
+            match search.await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(email = %email.id, error = %e, "cannot search the Sent folder for an unconfirmed email");
+                    false
+                }
+            }
+        }
+        _ => false,
+    };
+    if found {
+        tracing::info!(email = %email.id, "the server's answer was lost, but the email is in the Sent folder");
+        ctx.metrics.send("sent");
+        ctx.store
+            .mark_sent(
+                &email.id,
+                &format!("{error}; it is in the mailbox's Sent folder, so it was delivered"),
+            )
+            .await
+    } else {
+        tracing::warn!(email = %email.id, error, "sent without confirmation; not sending it again");
+        ctx.metrics.send("unconfirmed");
+        ctx.store.mark_send_unconfirmed(&email.id, error).await
+    }
+}
+
+/// How long to give a server to file an email it accepted before its Sent folder is searched.
+const UNCONFIRMED_CHECK_DELAY: Duration = Duration::from_secs(2);
+
 /// Retry later with backoff (2 s, 4 s, … capped at 15 min), or give up.
 async fn settle_failure(
-    engine: &Engine,
-    store: &Store,
+    ctx: &SendContext<'_>,
     id: &str,
     attempts: i64,
     error: &str,
     transient: bool,
 ) -> Result<(), StoreError> {
-    let now = engine.now();
+    let now = ctx.clock.now();
     if transient && attempts < MAX_SEND_ATTEMPTS {
         let wait = Duration::from_secs(
             2u64.saturating_pow(u32::try_from(attempts).unwrap_or(u32::MAX))
@@ -245,11 +320,11 @@ async fn settle_failure(
         );
         let retry_at = now + chrono::Duration::from_std(wait).unwrap_or_default();
         tracing::info!(email = id, error, attempts, "send failed; will retry");
-        engine.metrics().send("retry");
-        store.mark_send_retry(id, error, retry_at).await
+        ctx.metrics.send("retry");
+        ctx.store.mark_send_retry(id, error, retry_at).await
     } else {
         tracing::warn!(email = id, error, attempts, "send failed for good");
-        engine.metrics().send("failed");
-        store.mark_send_failed(id, error).await
+        ctx.metrics.send("failed");
+        ctx.store.mark_send_failed(id, error).await
     }
 }

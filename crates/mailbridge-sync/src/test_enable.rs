@@ -17,6 +17,7 @@ use mailbridge_proto::{Credentials, ErrorKind, ProtoError, TlsSettings};
 use mailbridge_store::{Actor, MailboxRecord, ProfileRecord, Store, StoreError, TestOutcome};
 
 use crate::incoming::SyncError;
+use crate::limits::ConnectionLimits;
 use crate::tokens::{TokenError, TokenService};
 
 pub struct Tester {
@@ -25,6 +26,8 @@ pub struct Tester {
     tls: TlsSettings,
     timeout: Duration,
     client_name: String,
+    /// Shared with the engine: a test's connection counts against the profile's limit.
+    limits: Arc<ConnectionLimits>,
 }
 
 /// A profile-wide run: how many mailboxes, how many came out enabled, and each one.
@@ -44,6 +47,7 @@ impl Tester {
         tls: TlsSettings,
         timeout: Duration,
         client_name: String,
+        limits: Arc<ConnectionLimits>,
     ) -> Self {
         Self {
             store,
@@ -51,6 +55,7 @@ impl Tester {
             tls,
             timeout,
             client_name,
+            limits,
         }
     }
 
@@ -65,6 +70,8 @@ impl Tester {
         // Server-side sync and Email Router groups both log in to the mail servers.
         let incoming_used = record.spec.incoming_method.is_synchronized();
         let outgoing_used = record.spec.outgoing_method.is_synchronized();
+        // One of the profile's connections: incoming is tested, then outgoing.
+        let _slot = self.limits.acquire(&profile).await;
         let (incoming, outgoing) = match self.credentials(&record, &profile).await {
             Ok(credentials) => (
                 if incoming_used {
@@ -108,8 +115,8 @@ impl Tester {
     ) -> Result<ProfileTestSummary, StoreError> {
         let record = self.store.get_profile(profile).await?;
         let mailboxes = self.store.profile_mailboxes(profile).await?;
-        // Each mailbox test holds one connection at a time (incoming, then outgoing), so
-        // running `max_connections` tests at once never holds more connections than that.
+        // Each mailbox test holds one of the profile's connections (incoming, then outgoing),
+        // shared with the engine's sessions, so the profile's limit holds over both.
         let mut results: Vec<MailboxRecord> = futures::stream::iter(mailboxes)
             .map(|m| self.test_mailbox(actor, m.id))
             .buffer_unordered(record.spec.max_connections as usize)
@@ -284,7 +291,10 @@ fn hint(e: &ProtoError, profile: &ProfileRecord, direction: Direction) -> &'stat
         ErrorKind::Rejected {
             transient: true, ..
         }
-        | ErrorKind::Io(_) => "The server had a temporary problem; try again in a few minutes.",
+        | ErrorKind::Io(_)
+        | ErrorKind::Unconfirmed(_) => {
+            "The server had a temporary problem; try again in a few minutes."
+        }
         ErrorKind::UnsafeValue(_) => {
             "Correct the value the message names (set the password or login name again, without a line break), then test again."
         }

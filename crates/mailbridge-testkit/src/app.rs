@@ -97,6 +97,7 @@ impl TestApp {
                 clock,
                 config,
                 state.metrics.clone(),
+                state.limits.clone(),
             );
             tokio::spawn(engine.run(engine_stopped))
         });

@@ -145,8 +145,24 @@ impl Dovecot {
 
     /// Puts a message in a user's INBOX, as local delivery would.
     pub fn deliver(&self, user: &str, raw: &[u8]) -> anyhow::Result<PathBuf> {
+        self.deliver_to(user, "INBOX", raw)
+    }
+
+    /// Puts a message in one of a user's folders (`INBOX`, `Sent`, …), as a client's APPEND
+    /// or the server's own filing would.
+    pub fn deliver_to(&self, user: &str, folder: &str, raw: &[u8]) -> anyhow::Result<PathBuf> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let maildir = self.maildir(user);
+        // Maildir++: INBOX is the Maildir itself, another folder `.<name>` inside it.
+        let maildir = if folder == "INBOX" {
+            self.maildir(user)
+        } else {
+            let inbox = self.maildir(user);
+            if !inbox.exists() {
+                std::fs::create_dir_all(&inbox)?;
+                chown_nobody(&inbox)?;
+            }
+            inbox.join(format!(".{folder}"))
+        };
         for sub in ["", "new", "cur", "tmp"] {
             let d = maildir.join(sub);
             if !d.exists() {

@@ -76,17 +76,27 @@ impl MailWorld {
 
     /// A password profile on the local Dovecot with this incoming server (+ submissions).
     pub async fn password_profile_with(&self, name: &str, incoming: Value) -> String {
+        self.password_profile_at(name, incoming, self.submissions(), json!({}))
+            .await
+    }
+
+    /// A password profile with these servers and `extra` fields (limits, intervals): its id.
+    pub async fn password_profile_at(
+        &self,
+        name: &str,
+        incoming: Value,
+        outgoing: Value,
+        extra: Value,
+    ) -> String {
+        let mut body = json!({
+            "name": name, "auth": "password", "incoming": incoming, "outgoing": outgoing,
+        });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
         let (status, p) = self
             .api
-            .post(
-                &self.app,
-                "/api/v1/server-profiles",
-                &self.admin,
-                json!({
-                    "name": name, "auth": "password", "incoming": incoming,
-                    "outgoing": self.submissions(),
-                }),
-            )
+            .post(&self.app, "/api/v1/server-profiles", &self.admin, body)
             .await;
         assert_eq!(status, StatusCode::CREATED, "{p}");
         p["id"].as_str().unwrap().to_owned()

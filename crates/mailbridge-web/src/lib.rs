@@ -17,7 +17,7 @@ use axum::Router;
 use mailbridge_core::Clock;
 use mailbridge_proto::TlsSettings;
 use mailbridge_store::Store;
-use mailbridge_sync::{Metrics, RefreshPolicy, SignIn, Tester, TokenService};
+use mailbridge_sync::{ConnectionLimits, Metrics, RefreshPolicy, SignIn, Tester, TokenService};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 use url::Url;
@@ -54,6 +54,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Which mail servers are trusted, and which may be reached without TLS.
     pub mail_tls: TlsSettings,
+    /// Each profile's connection slots, shared by Test & Enable and the sync engine.
+    pub limits: Arc<ConnectionLimits>,
 }
 
 /// What the services behind the API are built from.
@@ -93,12 +95,14 @@ impl AppState {
             .unwrap_or("localhost")
             .to_owned();
         let tokens = Arc::new(tokens);
+        let limits = Arc::new(ConnectionLimits::default());
         let tester = Tester::new(
             store.clone(),
             tokens.clone(),
             tls.clone(),
             mail_timeout,
             client_name,
+            limits.clone(),
         );
         Self {
             store,
@@ -109,6 +113,7 @@ impl AppState {
             clock: app_clock,
             metrics: Arc::new(Metrics::default()),
             mail_tls: tls,
+            limits,
         }
     }
 }

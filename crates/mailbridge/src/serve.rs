@@ -73,6 +73,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ..EngineConfig::default()
         },
         state.metrics.clone(),
+        state.limits.clone(),
     );
     let (stop, stopped) = watch::channel(false);
     let engine = tokio::spawn(engine.run(stopped));

@@ -327,7 +327,7 @@ fn groups(
             .from(v, e),
         Field::text("max_connections", "Connections at once")
             .numeric()
-            .help("Over all mailboxes of this profile. Leave blank for 10.")
+            .help("Over all mailboxes of this profile, each one waiting for new mail included; past it, mailboxes check for mail every interval instead. Leave blank for the mailbox limit plus 10.")
             .from(v, e),
         Field::text("poll_interval_seconds", "Check for new mail every (seconds)")
             .numeric()
