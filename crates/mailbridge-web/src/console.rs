@@ -356,6 +356,20 @@ pub struct Done {
     done: Option<String>,
 }
 
+/// A page's query string: like [`crate::query::ApiQuery`], but a parameter that does not
+/// parse is an error page rather than JSON.
+pub struct PageQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for PageQuery<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        crate::query::parse(parts.uri.query().unwrap_or_default())
+            .map(PageQuery)
+            .map_err(PageError::from)
+    }
+}
+
 /// A path id that does not parse names nothing that exists: 404, like an unknown id.
 fn path_id<T: std::str::FromStr>(raw: &str, kind: &str) -> Result<T, PageError> {
     raw.parse()

@@ -7,6 +7,7 @@ mod console;
 pub mod error;
 pub mod json;
 mod openapi;
+pub mod query;
 mod routes;
 
 use std::future::Future;

@@ -1,7 +1,7 @@
 //! `/mailboxes`: admins create and delete mailboxes for users; a user sees and tunes only
 //! their own.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,6 +17,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::json::ApiJson;
+use crate::query::ApiQuery;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -171,7 +172,7 @@ pub(crate) async fn visible_mailbox(
 async fn list(
     caller: Caller,
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<MailboxView>>, ApiError> {
     let owner =
         match (caller.is_admin(), q.owner_user_id) {
@@ -340,7 +341,7 @@ async fn alerts(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<AlertsQuery>,
+    ApiQuery(q): ApiQuery<AlertsQuery>,
 ) -> Result<Json<Vec<AlertRecord>>, ApiError> {
     let mailbox = visible_mailbox(&state, &caller, path_id(&id, "mailbox")?).await?;
     Ok(Json(state.store.mailbox_alerts(mailbox.id, q.all).await?))
@@ -353,7 +354,7 @@ async fn alerts(
 async fn my_alerts(
     caller: Caller,
     State(state): State<AppState>,
-    Query(q): Query<AlertsQuery>,
+    ApiQuery(q): ApiQuery<AlertsQuery>,
 ) -> Result<Json<Vec<AlertRecord>>, ApiError> {
     Ok(Json(state.store.user_alerts(caller.0.id, q.all).await?))
 }
