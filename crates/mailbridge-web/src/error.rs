@@ -1,7 +1,9 @@
 //! [`ApiError`]: every failure the API reports, as `{"error": {"code", "message", "field"}}`
 //! with the right status. Database and internal errors are logged and shown as a plain 500.
 
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mailbridge_core::ValidationError;
 use mailbridge_store::StoreError;
@@ -22,7 +24,9 @@ pub struct ErrorBody {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `unauthenticated`, `forbidden`, `not_found`, `conflict`,
-    /// `profile_full`, `invalid`, `invalid_json`, `unsupported_media_type`, `internal`.
+    /// `profile_full`, `invalid`, `invalid_json`, `unsupported_media_type`, `bad_request`,
+    /// `method_not_allowed`, `payload_too_large`, `request_timeout`, `too_many_requests`,
+    /// `internal`.
     code: &'static str,
     /// What went wrong and what to do, in words.
     message: String,
@@ -127,4 +131,80 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The API's answers are always the JSON error shape: an error response that is not JSON —
+/// one of axum's own rejections (a path segment that is not UTF-8, a method the route lacks)
+/// — is rewritten into it, keeping its status and headers (such as `Allow`).
+pub(crate) async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    // Inside `nest("/api/v1", …)` the URI has lost its prefix; say the path the client sent.
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| req.uri().path().to_owned(), |u| u.path().to_owned());
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .replace(',', ", ");
+            (
+                "method_not_allowed",
+                format!("{method} is not allowed on {path}; it accepts {allowed}"),
+            )
+        }
+        StatusCode::NOT_FOUND => (
+            "not_found",
+            "no such API endpoint; the OpenAPI document at /api/v1/openapi.json lists them"
+                .to_owned(),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            "the request body is larger than this server accepts; send less".to_owned(),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json".to_owned(),
+        ),
+        s if s.is_server_error() => {
+            tracing::error!(%status, %method, %path, detail = ?text, "request failed");
+            (
+                "internal",
+                "internal error; the server log has the details".to_owned(),
+            )
+        }
+        _ => (
+            "bad_request",
+            format!(
+                "the request is malformed: {}",
+                text.as_deref().unwrap_or("no detail")
+            ),
+        ),
+    };
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut rewritten = ApiError::new(status, code, message).into_response();
+    for (name, value) in &parts.headers {
+        rewritten.headers_mut().insert(name.clone(), value.clone());
+    }
+    rewritten
 }

@@ -972,3 +972,43 @@ async fn a_malformed_query_is_a_json_error_naming_the_parameter() {
     }
     s.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn path_and_method_errors_under_the_api_are_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestApp::start(dir.path()).await.unwrap();
+    let c = ApiClient::default();
+    let (_, admin) = s.user("admin@example.com", Role::Admin).await.unwrap();
+
+    // A path segment that is not UTF-8 once decoded: axum's path rejection, in our shape.
+    for path in [
+        "/api/v1/mailboxes/%FF",
+        "/api/v1/mailboxes/%FF/alerts/%FE/dismiss",
+    ] {
+        let r = c.call(&s, Method::GET, path, Some(&admin), None).await;
+        assert!(r.0.is_client_error(), "{path}: {}", r.1);
+        assert!(r.1["error"]["code"].is_string(), "{path}: {}", r.1);
+    }
+    let r = c.get(&s, "/api/v1/mailboxes/%FF", &admin).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "bad_request", None);
+
+    // A method the resource does not have: 405 in the JSON shape, with the Allow header.
+    let resp = c
+        .http
+        .put(format!("{}/api/v1/mailboxes", s.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let allow = resp.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("PUT") && message.contains("/api/v1/mailboxes"),
+        "{message}"
+    );
+    s.stop().await.unwrap();
+}
