@@ -227,11 +227,18 @@ async fn check_csrf(request: Request) -> Result<Request, Response> {
     };
     let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)
         .await
-        .map_err(|_| {
-            PageError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "The form sent too much data; shorten what you typed and try again.",
-            )
+        .map_err(|e| {
+            if crate::body::is_timeout(&e) {
+                PageError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The form took too long to arrive; check your connection and send it again.",
+                )
+            } else {
+                PageError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "The form sent too much data; shorten what you typed and try again.",
+                )
+            }
             .into_response()
         })?;
     let sent = url::form_urlencoded::parse(&bytes)

@@ -3,18 +3,24 @@
 //! a shutdown signal, so tests run many servers on port 0.
 
 pub mod auth;
+mod body;
 mod console;
 pub mod error;
 pub mod json;
+mod limits;
 mod openapi;
 pub mod query;
 mod routes;
+mod server;
+
+pub use limits::Limits;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use mailbridge_core::Clock;
 use mailbridge_proto::TlsSettings;
 use mailbridge_store::Store;
@@ -23,6 +29,8 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 use url::Url;
 
+use crate::body::BodyLimits;
+
 /// What the web layer needs from configuration.
 #[derive(Debug, Clone)]
 pub struct WebConfig {
@@ -30,6 +38,8 @@ pub struct WebConfig {
     pub public_base_url: Url,
     /// Whether "Sign in to Gmail" is offered here.
     pub gmail_oauth: bool,
+    /// Time, size and concurrency limits on what clients may hold of this node.
+    pub limits: Limits,
 }
 
 impl WebConfig {
@@ -112,22 +122,30 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let limits = &state.config.limits;
+    let body = BodyLimits {
+        max_bytes: limits.max_body_bytes,
+        timeout: limits.body_timeout,
+    };
     Router::new()
         .merge(routes::system::routes())
         .merge(routes::oauth::routes())
         .nest("/api/v1", routes::api())
         .merge(console::routes())
+        .layer(axum::middleware::from_fn_with_state(body, body::limit_body))
+        // The extractors that buffer a body (JSON, forms) stop at the same size.
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// Serves until `shutdown` completes, then finishes the requests in flight.
+/// Serves until `shutdown` completes, then finishes the requests in flight, within
+/// `state.config.limits`.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.config.limits.clone();
+    server::run(listener, router(state), limits, shutdown).await
 }
