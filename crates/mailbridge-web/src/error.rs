@@ -14,6 +14,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     field: Option<String>,
+    /// Seconds to send as `Retry-After` (with 429 and 503).
+    retry_after: Option<u64>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -42,7 +44,15 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
+    }
+
+    /// Asks the client to try again after this many seconds (the `Retry-After` header).
+    #[must_use]
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     #[must_use]
@@ -128,6 +138,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -13,7 +13,7 @@ pub mod query;
 mod routes;
 mod server;
 
-pub use limits::Limits;
+pub use limits::{Limits, TEST_RUN_RETRY_AFTER_SECS, TestRuns};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -63,6 +63,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Counted by the sync engine, served at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Test & Enable runs in progress on this node, within `limits.max_test_enable_runs`.
+    pub test_runs: TestRuns,
 }
 
 /// What the services behind the API are built from.
@@ -87,6 +89,7 @@ impl AppState {
         } = services;
         let redirect = config.oauth_redirect_uri();
         let signin = SignIn::new(store.clone(), http.clone(), clock.clone(), redirect.clone());
+        let test_runs = TestRuns::new(config.limits.max_test_enable_runs);
         let app_clock = clock.clone();
         let tokens = TokenService::new(
             store.clone(),
@@ -117,6 +120,7 @@ impl AppState {
             tokens,
             clock: app_clock,
             metrics: Arc::new(Metrics::default()),
+            test_runs,
         }
     }
 }

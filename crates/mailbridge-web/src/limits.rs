@@ -1,7 +1,14 @@
 //! [`Limits`]: how much one client may hold of this node — time to send a request, body
-//! size, idle connections, connections at once.
+//! size, idle connections, connections at once — and [`TestRuns`], the cap on Test & Enable
+//! runs at once (each opens mail connections).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use axum::http::StatusCode;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ApiError;
 
 /// What the HTTP server allows; [`Default`] is what `mailbridge serve` uses unless configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +27,9 @@ pub struct Limits {
     /// Connections served at once; more wait in the listen queue until one closes
     /// (`http_max_connections`).
     pub max_connections: usize,
+    /// Test & Enable runs at once on this node; more are answered 429
+    /// (`max_test_enable_runs`).
+    pub max_test_enable_runs: usize,
 }
 
 impl Default for Limits {
@@ -31,6 +41,45 @@ impl Default for Limits {
             // The send API takes base64 attachments: 25 MiB of JSON.
             max_body_bytes: 25 * 1024 * 1024,
             max_connections: 1024,
+            max_test_enable_runs: 8,
         }
+    }
+}
+
+/// How long a client refused by [`TestRuns`] is asked to wait: most runs end within a few
+/// seconds; one against an unresponsive server ends at the mail timeout.
+pub const TEST_RUN_RETRY_AFTER_SECS: u64 = 10;
+
+/// The Test & Enable runs this node allows at once. A run holds its permit until it ends, so
+/// a crowd of requests against hanging mail servers cannot open connections without bound.
+#[derive(Clone)]
+pub struct TestRuns {
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl TestRuns {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    /// A place for one more run, or a 429 `too_many_requests` (with Retry-After) when every
+    /// place is taken. Refused rather than queued: a queued request would hold its HTTP
+    /// connection (and perhaps a proxy's timeout) for an unknown time.
+    pub fn try_start(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                format!(
+                    "{} Test & Enable runs are already in progress on this server, the most it runs at once (setting max_test_enable_runs); try again in {TEST_RUN_RETRY_AFTER_SECS} seconds",
+                    self.limit
+                ),
+            )
+            .with_retry_after(TEST_RUN_RETRY_AFTER_SECS)
+        })
     }
 }

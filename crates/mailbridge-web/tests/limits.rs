@@ -1,8 +1,8 @@
 //! What one client may hold of a node, over real sockets against the in-process server:
 //! a request head or body sent a byte at a time is cut at its timeout, an idle keep-alive
 //! connection is closed, a body over the limit gets 413 in the API's JSON shape, connections
-//! past the cap wait until one closes, and a graceful stop still lets a request in flight
-//! finish. Every peer is on 127.0.0.1.
+//! past the cap wait until one closes, Test & Enable runs past the cap get 429, and a
+//! graceful stop still lets a request in flight finish. Every peer is on 127.0.0.1.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::sync::Arc;
@@ -349,6 +349,102 @@ impl BlackHole {
             release,
         }
     }
+}
+
+#[tokio::test]
+async fn test_and_enable_runs_past_the_cap_get_429_with_retry_after() {
+    let (app, _dir) = start(Limits {
+        max_test_enable_runs: 2,
+        ..Limits::default()
+    })
+    .await;
+    let api = ApiClient::default();
+    let (admin_id, admin) = app.user("admin@example.com", Role::Admin).await.unwrap();
+    let hole = BlackHole::start().await;
+    let server = json!({"host": "127.0.0.1", "port": hole.port, "security": "tls"});
+    let mut incoming = server.clone();
+    incoming["protocol"] = json!("imap");
+    let (status, profile) = api
+        .post(
+            &app,
+            "/api/v1/server-profiles",
+            &admin,
+            json!({"name": "Silent", "auth": "password", "incoming": incoming, "outgoing": server}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{profile}");
+    let mut mailboxes = Vec::new();
+    for i in 0..3 {
+        let (status, m) = api
+            .post(
+                &app,
+                "/api/v1/mailboxes",
+                &admin,
+                json!({"owner_user_id": admin_id, "email": format!("m{i}@example.com"),
+                       "profile_id": profile["id"], "password": "pw"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{m}");
+        mailboxes.push(m["id"].as_str().unwrap().to_owned());
+    }
+    let test_url = |m: &str| format!("{}/api/v1/mailboxes/{m}/test-and-enable", app.base);
+
+    // Two runs hang on the silent server…
+    let running: Vec<_> = mailboxes[..2]
+        .iter()
+        .map(|m| {
+            let request = reqwest::Client::new().post(test_url(m)).bearer_auth(&admin);
+            tokio::spawn(async move { request.send().await.unwrap().status() })
+        })
+        .collect();
+    let start = Instant::now();
+    while hole.accepted.load(Ordering::SeqCst) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the runs never connected"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    // …so a third, for another mailbox or a whole profile, is refused: 429 and when to retry.
+    for path in [
+        format!("/api/v1/mailboxes/{}/test-and-enable", mailboxes[2]),
+        format!(
+            "/api/v1/server-profiles/{}/test-and-enable",
+            profile["id"].as_str().unwrap()
+        ),
+    ] {
+        let resp = reqwest::Client::new()
+            .post(format!("{}{path}", app.base))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "{path}");
+        assert_eq!(resp.headers()["retry-after"], "10");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("max_test_enable_runs"), "{message}");
+    }
+    // Refusing costs the mail server nothing: still only the two runs' connections.
+    assert_eq!(hole.accepted.load(Ordering::SeqCst), 2);
+
+    // The server lets go; the runs end (failed), and a new run is taken.
+    hole.release.send(true).unwrap();
+    for run in running {
+        assert_eq!(run.await.unwrap(), StatusCode::OK);
+    }
+    let r = api
+        .post(
+            &app,
+            &format!("/api/v1/mailboxes/{}/test-and-enable", mailboxes[2]),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.0, StatusCode::OK, "{}", r.1);
+    assert_eq!(r.1["incoming_status"], "failure", "{}", r.1);
+    app.stop().await.unwrap();
 }
 
 #[tokio::test]

@@ -24,6 +24,7 @@ struct Raw {
     http_idle_timeout_ms: u64,
     http_max_body_bytes: u64,
     http_max_connections: u32,
+    max_test_enable_runs: u32,
     public_base_url: Option<String>,
     master_key_file: Option<PathBuf>,
     #[serde(skip_serializing)]
@@ -53,6 +54,7 @@ impl Default for Raw {
             http_idle_timeout_ms: ms(limits.idle_timeout),
             http_max_body_bytes: limits.max_body_bytes as u64,
             http_max_connections: count(limits.max_connections),
+            max_test_enable_runs: count(limits.max_test_enable_runs),
             public_base_url: None,
             master_key_file: None,
             master_key: None,
@@ -300,6 +302,7 @@ fn limits(raw: &Raw) -> anyhow::Result<mailbridge_web::Limits> {
         idle_timeout: timeout("http_idle_timeout_ms", raw.http_idle_timeout_ms)?,
         max_body_bytes,
         max_connections: count("http_max_connections", raw.http_max_connections)?,
+        max_test_enable_runs: count("max_test_enable_runs", raw.max_test_enable_runs)?,
     })
 }
 
@@ -428,6 +431,7 @@ mod tests {
         assert_eq!(c.limits.idle_timeout.as_millis(), 60_000);
         assert_eq!(c.limits.max_body_bytes, 26_214_400);
         assert_eq!(c.limits.max_connections, 1024);
+        assert_eq!(c.limits.max_test_enable_runs, 8);
         let c = Config::check(Raw {
             http_header_timeout_ms: 1_500,
             http_max_connections: 3,
@@ -471,6 +475,13 @@ mod tests {
                     ..raw()
                 },
                 "MAILBRIDGE_HTTP_MAX_CONNECTIONS",
+            ),
+            (
+                Raw {
+                    max_test_enable_runs: 0,
+                    ..raw()
+                },
+                "MAILBRIDGE_MAX_TEST_ENABLE_RUNS",
             ),
         ] {
             let e = format!("{:#}", Config::check(bad).unwrap_err());

@@ -349,6 +349,7 @@ fn every_limit_is_read_from_its_environment_variable_and_checked() {
         "MAILBRIDGE_HTTP_IDLE_TIMEOUT_MS",
         "MAILBRIDGE_HTTP_MAX_BODY_BYTES",
         "MAILBRIDGE_HTTP_MAX_CONNECTIONS",
+        "MAILBRIDGE_MAX_TEST_ENABLE_RUNS",
     ] {
         // 0 is nonsense for each: start-up stops, naming the variable (so it was read).
         let out = run(mailbridge(d).arg("migrate").env(variable, "0"), "");

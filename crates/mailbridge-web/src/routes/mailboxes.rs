@@ -302,7 +302,8 @@ async fn password_for(
 #[utoipa::path(post, path = "/mailboxes/{id}/test-and-enable", tag = "mailboxes",
     security(("bearer" = [])), params(("id" = String, Path, description = "mailbox id")),
     responses((status = 200, body = MailboxView), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "too many Test & Enable runs at once; see Retry-After")))]
 async fn test_and_enable(
     caller: Caller,
     State(state): State<AppState>,
@@ -319,6 +320,7 @@ pub(crate) async fn test_mailbox(
     id: MailboxId,
 ) -> Result<MailboxRecord, ApiError> {
     let mailbox = visible_mailbox(state, caller, id).await?;
+    let _run = state.test_runs.try_start()?;
     Ok(state
         .tester
         .test_mailbox(&caller.actor(), mailbox.id)
