@@ -88,7 +88,8 @@ impl AppState {
             mail_timeout,
         } = services;
         let redirect = config.oauth_redirect_uri();
-        let signin = SignIn::new(store.clone(), http.clone(), clock.clone(), redirect.clone());
+        let signin = SignIn::new(store.clone(), http.clone(), clock.clone(), redirect.clone())
+            .with_max_pending(config.limits.max_pending_sign_ins);
         let test_runs = TestRuns::new(config.limits.max_test_enable_runs);
         let app_clock = clock.clone();
         let tokens = TokenService::new(

@@ -30,6 +30,9 @@ pub struct Limits {
     /// Test & Enable runs at once on this node; more are answered 429
     /// (`max_test_enable_runs`).
     pub max_test_enable_runs: usize,
+    /// Pending "Sign in" links per mailbox; starting one more drops the oldest
+    /// (`max_pending_sign_ins`).
+    pub max_pending_sign_ins: u32,
 }
 
 impl Default for Limits {
@@ -42,6 +45,7 @@ impl Default for Limits {
             max_body_bytes: 25 * 1024 * 1024,
             max_connections: 1024,
             max_test_enable_runs: 8,
+            max_pending_sign_ins: mailbridge_sync::DEFAULT_MAX_PENDING_SIGN_INS,
         }
     }
 }

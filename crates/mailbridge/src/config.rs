@@ -25,6 +25,7 @@ struct Raw {
     http_max_body_bytes: u64,
     http_max_connections: u32,
     max_test_enable_runs: u32,
+    max_pending_sign_ins: u32,
     public_base_url: Option<String>,
     master_key_file: Option<PathBuf>,
     #[serde(skip_serializing)]
@@ -55,6 +56,7 @@ impl Default for Raw {
             http_max_body_bytes: limits.max_body_bytes as u64,
             http_max_connections: count(limits.max_connections),
             max_test_enable_runs: count(limits.max_test_enable_runs),
+            max_pending_sign_ins: limits.max_pending_sign_ins,
             public_base_url: None,
             master_key_file: None,
             master_key: None,
@@ -303,6 +305,7 @@ fn limits(raw: &Raw) -> anyhow::Result<mailbridge_web::Limits> {
         max_body_bytes,
         max_connections: count("http_max_connections", raw.http_max_connections)?,
         max_test_enable_runs: count("max_test_enable_runs", raw.max_test_enable_runs)?,
+        max_pending_sign_ins: count("max_pending_sign_ins", raw.max_pending_sign_ins)? as u32,
     })
 }
 
@@ -432,6 +435,7 @@ mod tests {
         assert_eq!(c.limits.max_body_bytes, 26_214_400);
         assert_eq!(c.limits.max_connections, 1024);
         assert_eq!(c.limits.max_test_enable_runs, 8);
+        assert_eq!(c.limits.max_pending_sign_ins, 5);
         let c = Config::check(Raw {
             http_header_timeout_ms: 1_500,
             http_max_connections: 3,
@@ -482,6 +486,13 @@ mod tests {
                     ..raw()
                 },
                 "MAILBRIDGE_MAX_TEST_ENABLE_RUNS",
+            ),
+            (
+                Raw {
+                    max_pending_sign_ins: 0,
+                    ..raw()
+                },
+                "MAILBRIDGE_MAX_PENDING_SIGN_INS",
             ),
         ] {
             let e = format!("{:#}", Config::check(bad).unwrap_err());

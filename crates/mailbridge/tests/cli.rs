@@ -350,6 +350,7 @@ fn every_limit_is_read_from_its_environment_variable_and_checked() {
         "MAILBRIDGE_HTTP_MAX_BODY_BYTES",
         "MAILBRIDGE_HTTP_MAX_CONNECTIONS",
         "MAILBRIDGE_MAX_TEST_ENABLE_RUNS",
+        "MAILBRIDGE_MAX_PENDING_SIGN_INS",
     ] {
         // 0 is nonsense for each: start-up stops, naming the variable (so it was read).
         let out = run(mailbridge(d).arg("migrate").env(variable, "0"), "");
