@@ -57,7 +57,8 @@ fn state_hash(state: &str) -> String {
 
 impl Store {
     /// Records a pending authorization request; only the state's hash is kept, the PKCE
-    /// verifier encrypted. Expired requests are purged on the way.
+    /// verifier encrypted. Expired requests are purged on the way, and the mailbox keeps at
+    /// most `max_pending` (at least this one): the oldest beyond that are dropped.
     pub async fn create_oauth_state(
         &self,
         state: &str,
@@ -65,6 +66,7 @@ impl Store {
         user: UserId,
         pkce_verifier: &str,
         expires_at: DateTime<Utc>,
+        max_pending: u32,
     ) -> Result<()> {
         let now = self.now_ms();
         let hash = state_hash(state);
@@ -73,6 +75,16 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        // Room for the new one: keep the newest `max_pending - 1` of the others.
+        sqlx::query(
+            "DELETE FROM oauth_states WHERE mailbox_id = $1 AND state_hash NOT IN \
+             (SELECT state_hash FROM oauth_states WHERE mailbox_id = $1 \
+              ORDER BY created_at DESC, state_hash DESC LIMIT $2)",
+        )
+        .bind(mailbox.to_string())
+        .bind(i64::from(max_pending.max(1)) - 1)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO oauth_states (state_hash, mailbox_id, user_id, pkce_verifier, expires_at, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",

@@ -18,6 +18,9 @@ use url::Url;
 /// How long a consent page may stay open before its state expires.
 pub const STATE_LIFETIME: chrono::Duration = chrono::Duration::minutes(10);
 
+/// Pending sign-ins kept per mailbox unless configured: enough for a few tabs or retries.
+pub const DEFAULT_MAX_PENDING_SIGN_INS: u32 = 5;
+
 /// Why a sign-in failed, in words for the person who tried.
 #[derive(Debug, thiserror::Error)]
 pub enum SignInError {
@@ -74,6 +77,7 @@ pub struct SignIn {
     http: reqwest::Client,
     clock: Arc<dyn Clock>,
     redirect_uri: String,
+    max_pending: u32,
 }
 
 /// The query a provider sends back to the redirect URI (RFC 6749 §4.1.2).
@@ -97,7 +101,16 @@ impl SignIn {
             http,
             clock,
             redirect_uri,
+            max_pending: DEFAULT_MAX_PENDING_SIGN_INS,
         }
+    }
+
+    /// Keeps at most `max` pending sign-ins per mailbox: starting one more drops the oldest
+    /// (its link stops working), so repeated starts cannot pile up state rows.
+    #[must_use]
+    pub fn with_max_pending(mut self, max: u32) -> Self {
+        self.max_pending = max.max(1);
+        self
     }
 
     async fn provider(&self, mailbox: &MailboxRecord) -> Result<Provider, SignInError> {
@@ -128,6 +141,7 @@ impl SignIn {
                 user.id,
                 &pkce.verifier,
                 self.clock.now() + STATE_LIFETIME,
+                self.max_pending,
             )
             .await?;
         Ok(provider.authorization_url(&state, &pkce.challenge, mailbox.spec.email.as_str()))

@@ -10,7 +10,7 @@ use mailbridge_core::{Clock, EmailAddress, Role, SystemClock};
 use mailbridge_proto::TlsSettings;
 use mailbridge_store::{Actor, Keyring, Store};
 use mailbridge_sync::{Engine, EngineConfig};
-use mailbridge_web::{AppState, Services, WebConfig};
+use mailbridge_web::{AppState, Limits, Services, WebConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -38,6 +38,8 @@ pub struct AppOptions {
     pub engine: Option<EngineConfig>,
     /// Where the data lives; by default from `MAILBRIDGE_TEST_DATABASE`.
     pub database: TestDatabase,
+    /// The HTTP server's limits (small ones make slow clients quick to test).
+    pub limits: Limits,
 }
 
 impl Default for AppOptions {
@@ -49,6 +51,7 @@ impl Default for AppOptions {
             mail_timeout: Duration::from_secs(20),
             engine: None,
             database: TestDatabase::from_env(),
+            limits: Limits::default(),
         }
     }
 }
@@ -68,6 +71,7 @@ impl TestApp {
             mail_timeout,
             engine,
             database,
+            limits,
         } = options;
         let keyring = Keyring::load_or_create(&dir.join("master.key"))?;
         let url = database.url_for(dir).await?;
@@ -78,6 +82,7 @@ impl TestApp {
         let config = WebConfig {
             public_base_url: format!("http://{addr}").parse()?,
             gmail_oauth,
+            limits,
         };
         let tls = TlsSettings::new(extra_ca_pem.as_deref().map(str::as_bytes))
             .map_err(|e| anyhow::anyhow!(e))?;
@@ -97,7 +102,7 @@ impl TestApp {
                 clock,
                 config,
                 state.metrics.clone(),
-                state.limits.clone(),
+                state.connection_limits.clone(),
             );
             tokio::spawn(engine.run(engine_stopped))
         });

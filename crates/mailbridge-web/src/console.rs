@@ -227,11 +227,18 @@ async fn check_csrf(request: Request) -> Result<Request, Response> {
     };
     let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)
         .await
-        .map_err(|_| {
-            PageError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "The form sent too much data; shorten what you typed and try again.",
-            )
+        .map_err(|e| {
+            if crate::body::is_timeout(&e) {
+                PageError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The form took too long to arrive; check your connection and send it again.",
+                )
+            } else {
+                PageError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "The form sent too much data; shorten what you typed and try again.",
+                )
+            }
             .into_response()
         })?;
     let sent = url::form_urlencoded::parse(&bytes)
@@ -354,6 +361,20 @@ type PageResult = Result<Response, PageError>;
 #[derive(serde::Deserialize)]
 pub struct Done {
     done: Option<String>,
+}
+
+/// A page's query string: like [`crate::query::ApiQuery`], but a parameter that does not
+/// parse is an error page rather than JSON.
+pub struct PageQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for PageQuery<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        crate::query::parse(parts.uri.query().unwrap_or_default())
+            .map(PageQuery)
+            .map_err(PageError::from)
+    }
 }
 
 /// A path id that does not parse names nothing that exists: 404, like an unknown id.

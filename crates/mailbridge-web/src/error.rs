@@ -1,7 +1,9 @@
 //! [`ApiError`]: every failure the API reports, as `{"error": {"code", "message", "field"}}`
 //! with the right status. Database and internal errors are logged and shown as a plain 500.
 
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mailbridge_core::ValidationError;
 use mailbridge_store::StoreError;
@@ -12,7 +14,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     field: Option<String>,
-    /// Seconds to wait before trying again (sent as `Retry-After`).
+    /// Seconds to send as `Retry-After` (with 429 and 503).
     retry_after: Option<u64>,
 }
 
@@ -25,7 +27,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `unauthenticated`, `forbidden`, `not_found`, `conflict`,
     /// `profile_full`, `idempotency_key_reused`, `invalid`, `invalid_json`,
-    /// `unsupported_media_type`, `too_many_requests`, `internal`.
+    /// `unsupported_media_type`, `bad_request`, `method_not_allowed`, `payload_too_large`,
+    /// `request_timeout`, `too_many_requests`, `internal`.
     code: &'static str,
     /// What went wrong and what to do, in words.
     message: String,
@@ -43,6 +46,13 @@ impl ApiError {
             field: None,
             retry_after: None,
         }
+    }
+
+    /// Asks the client to try again after this many seconds (the `Retry-After` header).
+    #[must_use]
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     #[must_use]
@@ -73,9 +83,8 @@ impl ApiError {
 
     /// 429: a limit was reached; `retry_after` seconds may be enough.
     pub fn too_many_requests(message: impl Into<String>, retry_after: u64) -> Self {
-        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message);
-        e.retry_after = Some(retry_after);
-        e
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+            .with_retry_after(retry_after)
     }
 
     pub fn status(&self) -> StatusCode {
@@ -131,7 +140,6 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status;
-        let retry_after = self.retry_after;
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code,
@@ -140,16 +148,92 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if let Some(secs) = retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
+}
+
+/// The API's answers are always the JSON error shape: an error response that is not JSON —
+/// one of axum's own rejections (a path segment that is not UTF-8, a method the route lacks)
+/// — is rewritten into it, keeping its status and headers (such as `Allow`).
+pub(crate) async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    // Inside `nest("/api/v1", …)` the URI has lost its prefix; say the path the client sent.
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| req.uri().path().to_owned(), |u| u.path().to_owned());
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .replace(',', ", ");
+            (
+                "method_not_allowed",
+                format!("{method} is not allowed on {path}; it accepts {allowed}"),
+            )
+        }
+        StatusCode::NOT_FOUND => (
+            "not_found",
+            "no such API endpoint; the OpenAPI document at /api/v1/openapi.json lists them"
+                .to_owned(),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            "the request body is larger than this server accepts; send less".to_owned(),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json".to_owned(),
+        ),
+        s if s.is_server_error() => {
+            tracing::error!(%status, %method, %path, detail = ?text, "request failed");
+            (
+                "internal",
+                "internal error; the server log has the details".to_owned(),
+            )
+        }
+        _ => (
+            "bad_request",
+            format!(
+                "the request is malformed: {}",
+                text.as_deref().unwrap_or("no detail")
+            ),
+        ),
+    };
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut rewritten = ApiError::new(status, code, message).into_response();
+    for (name, value) in &parts.headers {
+        rewritten.headers_mut().insert(name.clone(), value.clone());
+    }
+    rewritten
 }

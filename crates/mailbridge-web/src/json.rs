@@ -5,6 +5,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
+use crate::body::{self, BodyLimits};
 use crate::error::ApiError;
 
 /// Like `axum::Json`, but a body that does not fit becomes a 422 naming the field
@@ -31,9 +32,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 "send the body as JSON with Content-Type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.body_text()))?;
+        let limits = req.extensions().get::<BodyLimits>().copied();
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                body::too_large(limits)
+            } else if body::is_timeout(&e) {
+                body::timed_out(limits)
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.body_text())
+            }
+        })?;
         parse(&bytes).map(ApiJson)
     }
 }

@@ -3,17 +3,24 @@
 //! a shutdown signal, so tests run many servers on port 0.
 
 pub mod auth;
+mod body;
 mod console;
 pub mod error;
 pub mod json;
+mod limits;
 mod openapi;
+pub mod query;
 mod routes;
+mod server;
+
+pub use limits::{Limits, TEST_RUN_RETRY_AFTER_SECS, TestRuns};
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use mailbridge_core::Clock;
 use mailbridge_proto::TlsSettings;
 use mailbridge_store::Store;
@@ -22,6 +29,8 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 use url::Url;
 
+use crate::body::BodyLimits;
+
 /// What the web layer needs from configuration.
 #[derive(Debug, Clone)]
 pub struct WebConfig {
@@ -29,6 +38,8 @@ pub struct WebConfig {
     pub public_base_url: Url,
     /// Whether "Sign in to Gmail" is offered here.
     pub gmail_oauth: bool,
+    /// Time, size and concurrency limits on what clients may hold of this node.
+    pub limits: Limits,
 }
 
 impl WebConfig {
@@ -55,7 +66,9 @@ pub struct AppState {
     /// Which mail servers are trusted, and which may be reached without TLS.
     pub mail_tls: TlsSettings,
     /// Each profile's connection slots, shared by Test & Enable and the sync engine.
-    pub limits: Arc<ConnectionLimits>,
+    pub connection_limits: Arc<ConnectionLimits>,
+    /// Test & Enable runs in progress on this node, within `HttpLimits::max_test_enable_runs`.
+    pub test_runs: TestRuns,
 }
 
 /// What the services behind the API are built from.
@@ -79,7 +92,9 @@ impl AppState {
             mail_timeout,
         } = services;
         let redirect = config.oauth_redirect_uri();
-        let signin = SignIn::new(store.clone(), http.clone(), clock.clone(), redirect.clone());
+        let signin = SignIn::new(store.clone(), http.clone(), clock.clone(), redirect.clone())
+            .with_max_pending(config.limits.max_pending_sign_ins);
+        let test_runs = TestRuns::new(config.limits.max_test_enable_runs);
         let app_clock = clock.clone();
         let tokens = TokenService::new(
             store.clone(),
@@ -95,14 +110,14 @@ impl AppState {
             .unwrap_or("localhost")
             .to_owned();
         let tokens = Arc::new(tokens);
-        let limits = Arc::new(ConnectionLimits::default());
+        let connection_limits = Arc::new(ConnectionLimits::default());
         let tester = Tester::new(
             store.clone(),
             tokens.clone(),
             tls.clone(),
             mail_timeout,
             client_name,
-            limits.clone(),
+            connection_limits.clone(),
         );
         Self {
             store,
@@ -113,28 +128,37 @@ impl AppState {
             clock: app_clock,
             metrics: Arc::new(Metrics::default()),
             mail_tls: tls,
-            limits,
+            connection_limits,
+            test_runs,
         }
     }
 }
 
 pub fn router(state: AppState) -> Router {
+    let limits = &state.config.limits;
+    let body = BodyLimits {
+        max_bytes: limits.max_body_bytes,
+        timeout: limits.body_timeout,
+    };
     Router::new()
         .merge(routes::system::routes())
         .merge(routes::oauth::routes())
         .nest("/api/v1", routes::api())
         .merge(console::routes())
+        .layer(axum::middleware::from_fn_with_state(body, body::limit_body))
+        // The extractors that buffer a body (JSON, forms) stop at the same size.
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// Serves until `shutdown` completes, then finishes the requests in flight.
+/// Serves until `shutdown` completes, then finishes the requests in flight, within
+/// `state.config.limits`.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.config.limits.clone();
+    server::run(listener, router(state), limits, shutdown).await
 }

@@ -31,6 +31,7 @@ pub fn api() -> Router<AppState> {
                 "no such API endpoint; the OpenAPI document at /api/v1/openapi.json lists them",
             )
         })
+        .layer(axum::middleware::from_fn(crate::error::json_errors))
 }
 
 /// A path id that does not parse names nothing that exists: 404, like an unknown id.

@@ -949,3 +949,98 @@ async fn probes_features_and_the_openapi_document() {
     assert_eq!(get("/healthz").await.unwrap().status(), StatusCode::OK);
     s.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_malformed_query_is_a_json_error_naming_the_parameter() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestApp::start(dir.path()).await.unwrap();
+    let c = ApiClient::default();
+    let (_, admin) = s.user("admin@example.com", Role::Admin).await.unwrap();
+
+    // A query parameter that does not parse is a 422 naming it, not axum's plain text.
+    for (path, field) in [
+        ("/api/v1/emails?limit=abc", "limit"),
+        ("/api/v1/emails?since=notadate", "since"),
+        ("/api/v1/emails?limit=1&limit=2", "limit"),
+        ("/api/v1/contacts?limit=many", "limit"),
+        ("/api/v1/audit-log?before=yesterday", "before"),
+        ("/api/v1/alerts?all=maybe", "all"),
+    ] {
+        let r = c.get(&s, path, &admin).await;
+        assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some(field));
+        let message = r.1["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{path}: {message}");
+    }
+    // Authentication still comes first.
+    let r = c
+        .call(&s, Method::GET, "/api/v1/emails?limit=abc", None, None)
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthenticated", None);
+
+    // Pages answer a malformed query with a page, not plain text.
+    for (path, status) in [
+        (
+            "/console/sign-in?expired=1&expired=2",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("/oauth/callback?state=a&state=b", StatusCode::BAD_REQUEST),
+    ] {
+        let resp = c
+            .http
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{path}");
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        let page = resp.text().await.unwrap();
+        assert!(page.contains("expired") || page.contains("state"), "{page}");
+    }
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn path_and_method_errors_under_the_api_are_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestApp::start(dir.path()).await.unwrap();
+    let c = ApiClient::default();
+    let (_, admin) = s.user("admin@example.com", Role::Admin).await.unwrap();
+
+    // A path segment that is not UTF-8 once decoded: axum's path rejection, in our shape.
+    for path in [
+        "/api/v1/mailboxes/%FF",
+        "/api/v1/mailboxes/%FF/alerts/%FE/dismiss",
+    ] {
+        let r = c.call(&s, Method::GET, path, Some(&admin), None).await;
+        assert!(r.0.is_client_error(), "{path}: {}", r.1);
+        assert!(r.1["error"]["code"].is_string(), "{path}: {}", r.1);
+    }
+    let r = c.get(&s, "/api/v1/mailboxes/%FF", &admin).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "bad_request", None);
+
+    // A method the resource does not have: 405 in the JSON shape, with the Allow header.
+    let resp = c
+        .http
+        .put(format!("{}/api/v1/mailboxes", s.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let allow = resp.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("PUT") && message.contains("/api/v1/mailboxes"),
+        "{message}"
+    );
+    s.stop().await.unwrap();
+}

@@ -662,3 +662,31 @@ async fn a_new_address_or_profile_ends_the_sign_in_and_revokes_the_grant() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(view["sign_in_status"], "signed_in", "{view}");
 }
+
+#[tokio::test]
+async fn starting_more_sign_ins_than_allowed_drops_the_oldest_link() {
+    let clock = Arc::new(ManualClock::new());
+    let w = World::with_clock(Some(clock.clone())).await;
+    // Six starts (tabs, retries) against the default cap of five pending per mailbox; the
+    // clock moves between them so "oldest" is unambiguous.
+    let mut links = Vec::new();
+    for _ in 0..6 {
+        let (status, location) = w.start(&w.ann).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        links.push(location);
+        clock.advance(chrono::Duration::seconds(1));
+    }
+    // The oldest link was dropped: it reads like any link that is no longer valid.
+    let callback = w.consent(&links[0]).await;
+    let (status, page) = w.browse(&callback).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("not valid"), "{page}");
+    w.assert_not_signed_in().await;
+    // The five newest all still work, the oldest of them and the newest included.
+    for link in [&links[1], &links[5]] {
+        let callback = w.consent(link).await;
+        let (status, page) = w.browse(&callback).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(page.contains("ann@example.com is signed in"), "{page}");
+    }
+}

@@ -19,6 +19,13 @@ struct Raw {
     data_dir: PathBuf,
     database_url: Option<String>,
     listen: String,
+    http_header_timeout_ms: u64,
+    http_body_timeout_ms: u64,
+    http_idle_timeout_ms: u64,
+    http_max_body_bytes: u64,
+    http_max_connections: u32,
+    max_test_enable_runs: u32,
+    max_pending_sign_ins: u32,
     public_base_url: Option<String>,
     master_key_file: Option<PathBuf>,
     #[serde(skip_serializing)]
@@ -37,10 +44,20 @@ struct Raw {
 
 impl Default for Raw {
     fn default() -> Self {
+        let limits = mailbridge_web::Limits::default();
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Self {
             data_dir: PathBuf::from("./mailbridge-data"),
             database_url: None,
             listen: "127.0.0.1:8025".to_owned(),
+            http_header_timeout_ms: ms(limits.header_timeout),
+            http_body_timeout_ms: ms(limits.body_timeout),
+            http_idle_timeout_ms: ms(limits.idle_timeout),
+            http_max_body_bytes: limits.max_body_bytes as u64,
+            http_max_connections: count(limits.max_connections),
+            max_test_enable_runs: count(limits.max_test_enable_runs),
+            max_pending_sign_ins: limits.max_pending_sign_ins,
             public_base_url: None,
             master_key_file: None,
             master_key: None,
@@ -79,6 +96,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: String,
     pub listen: SocketAddr,
+    /// What clients may hold of this node: HTTP timeouts, sizes, connections, Test & Enable
+    /// runs and pending sign-ins.
+    pub limits: mailbridge_web::Limits,
     /// Where browsers reach this service; `None` means the listener's own address.
     pub public_base_url: Option<Url>,
     pub master_key: MasterKeySource,
@@ -133,6 +153,7 @@ impl Config {
                 raw.listen
             )
         })?;
+        let limits = limits(&raw)?;
         let public_base_url = match raw.public_base_url {
             Some(u) => {
                 let url = Url::parse(&u).with_context(|| {
@@ -229,6 +250,7 @@ impl Config {
             data_dir: raw.data_dir,
             database_url,
             listen,
+            limits,
             public_base_url,
             master_key,
             gmail_oauth: raw.gmail_oauth,
@@ -261,6 +283,46 @@ impl Config {
             "cannot derive public_base_url from the listener; set MAILBRIDGE_PUBLIC_BASE_URL",
         )
     }
+}
+
+/// The HTTP server's limits, each within a range that makes sense (0 would refuse every
+/// request; a timeout of years would overflow the clock).
+fn limits(raw: &Raw) -> anyhow::Result<mailbridge_web::Limits> {
+    const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+    let timeout = |name: &str, value: u64| {
+        if !(100..=DAY_MS).contains(&value) {
+            bail!(
+                "{name} = {value} is out of range; use 100 to {DAY_MS} milliseconds (MAILBRIDGE_{})",
+                name.to_ascii_uppercase()
+            );
+        }
+        Ok(std::time::Duration::from_millis(value))
+    };
+    let count = |name: &str, value: u32| {
+        if value == 0 {
+            bail!(
+                "{name} = 0 would refuse everything; use 1 or more (MAILBRIDGE_{})",
+                name.to_ascii_uppercase()
+            );
+        }
+        Ok(value as usize)
+    };
+    let max_body_bytes = match usize::try_from(raw.http_max_body_bytes) {
+        Ok(n) if n >= 1024 => n,
+        _ => bail!(
+            "http_max_body_bytes = {} is out of range; use at least 1024 (MAILBRIDGE_HTTP_MAX_BODY_BYTES)",
+            raw.http_max_body_bytes
+        ),
+    };
+    Ok(mailbridge_web::Limits {
+        header_timeout: timeout("http_header_timeout_ms", raw.http_header_timeout_ms)?,
+        body_timeout: timeout("http_body_timeout_ms", raw.http_body_timeout_ms)?,
+        idle_timeout: timeout("http_idle_timeout_ms", raw.http_idle_timeout_ms)?,
+        max_body_bytes,
+        max_connections: count("http_max_connections", raw.http_max_connections)?,
+        max_test_enable_runs: count("max_test_enable_runs", raw.max_test_enable_runs)?,
+        max_pending_sign_ins: count("max_pending_sign_ins", raw.max_pending_sign_ins)? as u32,
+    })
 }
 
 /// A figment error in words: which setting, from where, and what was expected.
@@ -383,6 +445,85 @@ mod tests {
         ] {
             let e = Config::check(bad).unwrap_err();
             assert!(format!("{e:#}").contains(variable), "{e:#}");
+        }
+    }
+
+    #[test]
+    fn http_limits_default_to_the_documented_values_and_refuse_nonsense() {
+        let c = Config::check(raw()).unwrap();
+        assert_eq!(c.limits, mailbridge_web::Limits::default());
+        assert_eq!(c.limits.header_timeout.as_millis(), 10_000);
+        assert_eq!(c.limits.body_timeout.as_millis(), 30_000);
+        assert_eq!(c.limits.idle_timeout.as_millis(), 60_000);
+        assert_eq!(c.limits.max_body_bytes, 26_214_400);
+        assert_eq!(c.limits.max_connections, 1024);
+        assert_eq!(c.limits.max_test_enable_runs, 8);
+        assert_eq!(c.limits.max_pending_sign_ins, 5);
+        let c = Config::check(Raw {
+            http_header_timeout_ms: 1_500,
+            http_max_connections: 3,
+            ..raw()
+        })
+        .unwrap();
+        assert_eq!(c.limits.header_timeout.as_millis(), 1_500);
+        assert_eq!(c.limits.max_connections, 3);
+        for (bad, variable) in [
+            (
+                Raw {
+                    http_header_timeout_ms: 0,
+                    ..raw()
+                },
+                "MAILBRIDGE_HTTP_HEADER_TIMEOUT_MS",
+            ),
+            (
+                Raw {
+                    http_body_timeout_ms: 0,
+                    ..raw()
+                },
+                "MAILBRIDGE_HTTP_BODY_TIMEOUT_MS",
+            ),
+            (
+                Raw {
+                    http_idle_timeout_ms: u64::MAX,
+                    ..raw()
+                },
+                "MAILBRIDGE_HTTP_IDLE_TIMEOUT_MS",
+            ),
+            (
+                Raw {
+                    http_max_body_bytes: 0,
+                    ..raw()
+                },
+                "MAILBRIDGE_HTTP_MAX_BODY_BYTES",
+            ),
+            (
+                Raw {
+                    http_max_connections: 0,
+                    ..raw()
+                },
+                "MAILBRIDGE_HTTP_MAX_CONNECTIONS",
+            ),
+            (
+                Raw {
+                    max_test_enable_runs: 0,
+                    ..raw()
+                },
+                "MAILBRIDGE_MAX_TEST_ENABLE_RUNS",
+            ),
+            (
+                Raw {
+                    max_pending_sign_ins: 0,
+                    ..raw()
+                },
+                "MAILBRIDGE_MAX_PENDING_SIGN_INS",
+            ),
+        ] {
+            let e = format!("{:#}", Config::check(bad).unwrap_err());
+            assert!(e.contains(variable), "{e}");
+            let setting = variable
+                .trim_start_matches("MAILBRIDGE_")
+                .to_ascii_lowercase();
+            assert!(e.starts_with(&setting), "{e}");
         }
     }
 

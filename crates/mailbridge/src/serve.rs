@@ -24,6 +24,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let web = WebConfig {
         public_base_url: config.public_base_url_for(local)?,
         gmail_oauth: config.gmail_oauth,
+        limits: config.limits.clone(),
     };
     // One line a person (or a test on port 0) reads to find the service.
     println!("mailbridge listening on http://{local}");
@@ -73,7 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ..EngineConfig::default()
         },
         state.metrics.clone(),
-        state.limits.clone(),
+        state.connection_limits.clone(),
     );
     let (stop, stopped) = watch::channel(false);
     let engine = tokio::spawn(engine.run(stopped));

@@ -340,6 +340,36 @@ fn configuration_mistakes_stop_start_up_with_the_setting_named() {
 }
 
 #[test]
+fn every_limit_is_read_from_its_environment_variable_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for variable in [
+        "MAILBRIDGE_HTTP_HEADER_TIMEOUT_MS",
+        "MAILBRIDGE_HTTP_BODY_TIMEOUT_MS",
+        "MAILBRIDGE_HTTP_IDLE_TIMEOUT_MS",
+        "MAILBRIDGE_HTTP_MAX_BODY_BYTES",
+        "MAILBRIDGE_HTTP_MAX_CONNECTIONS",
+        "MAILBRIDGE_MAX_TEST_ENABLE_RUNS",
+        "MAILBRIDGE_MAX_PENDING_SIGN_INS",
+    ] {
+        // 0 is nonsense for each: start-up stops, naming the variable (so it was read).
+        let out = run(mailbridge(d).arg("migrate").env(variable, "0"), "");
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && e.contains(variable),
+            "{variable}: {e}"
+        );
+    }
+    ok(&run(
+        mailbridge(d)
+            .arg("migrate")
+            .env("MAILBRIDGE_HTTP_MAX_CONNECTIONS", "16")
+            .env("MAILBRIDGE_HTTP_HEADER_TIMEOUT_MS", "2500"),
+        "",
+    ));
+}
+
+#[test]
 fn a_master_key_from_the_environment_is_used_and_no_key_file_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

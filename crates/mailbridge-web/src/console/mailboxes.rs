@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -18,7 +18,7 @@ use mailbridge_store::{MailboxRecord, ProfileRecord, TestOutcome, UserRecord};
 
 use super::form::{Choice, Field, FieldErrors, FormValues, Group, sentence};
 use super::profiles::auth_label;
-use super::{Done, Layout, PageError, PageResult, Viewer, path_id, render, see_other};
+use super::{Done, Layout, PageError, PageQuery, PageResult, Viewer, path_id, render, see_other};
 use crate::AppState;
 use crate::routes::mailboxes::{create_mailbox, test_mailbox, update_mailbox, visible_mailbox};
 use crate::routes::oauth::{disconnect_mailbox, start_sign_in};
@@ -97,7 +97,11 @@ struct MailboxesPage {
     mailboxes: Vec<MailboxRow>,
 }
 
-async fn list(viewer: Viewer, State(state): State<AppState>, Query(q): Query<Done>) -> PageResult {
+async fn list(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    PageQuery(q): PageQuery<Done>,
+) -> PageResult {
     let admin = viewer.is_admin();
     let owner = (!admin).then_some(viewer.caller.0.id);
     let mailboxes = state.store.list_mailboxes(owner).await?;
@@ -234,7 +238,7 @@ async fn show(
     viewer: Viewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<Done>,
+    PageQuery(q): PageQuery<Done>,
 ) -> PageResult {
     let m = visible(&viewer, &state, &id).await?;
     let profile = state.store.get_profile(m.spec.profile_id).await?;

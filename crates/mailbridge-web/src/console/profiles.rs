@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -18,7 +18,7 @@ use mailbridge_core::{
 use mailbridge_store::ProfileRecord;
 
 use super::form::{Choice, Field, FieldErrors, FormValues, Group};
-use super::{Done, Layout, PageError, PageResult, Viewer, path_id, render, see_other};
+use super::{Done, Layout, PageError, PageQuery, PageResult, Viewer, path_id, render, see_other};
 use crate::AppState;
 use crate::routes::profiles::{create_profile, update_profile};
 
@@ -51,7 +51,11 @@ struct ProfilesPage {
     profiles: Vec<ProfileRow>,
 }
 
-async fn list(viewer: Viewer, State(state): State<AppState>, Query(q): Query<Done>) -> PageResult {
+async fn list(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    PageQuery(q): PageQuery<Done>,
+) -> PageResult {
     viewer.require_admin(ADMIN_ONLY)?;
     let mut failing: BTreeMap<ProfileId, usize> = BTreeMap::new();
     for m in state.store.list_mailboxes(None).await? {
@@ -138,7 +142,7 @@ pub struct NewQuery {
 async fn new_form(
     viewer: Viewer,
     State(state): State<AppState>,
-    Query(q): Query<NewQuery>,
+    PageQuery(q): PageQuery<NewQuery>,
 ) -> PageResult {
     viewer.require_admin(ADMIN_ONLY)?;
     let (mode, values) = if q.preset.as_deref() == Some("custom") {
@@ -541,7 +545,7 @@ fn mode_of(q: &NewQuery) -> Mode {
 async fn create(
     viewer: Viewer,
     State(state): State<AppState>,
-    Query(q): Query<NewQuery>,
+    PageQuery(q): PageQuery<NewQuery>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> PageResult {
     viewer.require_admin(ADMIN_ONLY)?;
@@ -567,7 +571,7 @@ async fn edit_form(
     viewer: Viewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<Done>,
+    PageQuery(q): PageQuery<Done>,
 ) -> PageResult {
     viewer.require_admin(ADMIN_ONLY)?;
     let profile = state

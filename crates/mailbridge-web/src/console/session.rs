@@ -9,7 +9,7 @@
 
 use askama::Template;
 use axum::Form;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -18,7 +18,9 @@ use mailbridge_core::EmailAddress;
 use rand::RngCore;
 
 use super::form::{Field, FieldErrors, FormValues};
-use super::{Layout, PageResult, SESSION_COOKIE, SIGNIN_COOKIE, cookie, render, see_other};
+use super::{
+    Layout, PageQuery, PageResult, SESSION_COOKIE, SIGNIN_COOKIE, cookie, render, see_other,
+};
 use crate::AppState;
 
 /// How long a console session lasts before the person signs in again.
@@ -45,7 +47,7 @@ pub struct SignInQuery {
 pub async fn sign_in_page(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<SignInQuery>,
+    PageQuery(q): PageQuery<SignInQuery>,
 ) -> Response {
     page(
         &state,

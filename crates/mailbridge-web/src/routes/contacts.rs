@@ -1,7 +1,7 @@
 //! `/contacts`: the application's email-enabled records (admin writes, anyone reads), which
 //! the `known_contacts` tracking rule matches incoming mail against.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -12,6 +12,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::json::ApiJson;
+use crate::query::ApiQuery;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -82,7 +83,7 @@ pub struct ListQuery {
 async fn list(
     _caller: Caller,
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<Contact>>, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {

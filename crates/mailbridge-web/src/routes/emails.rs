@@ -1,7 +1,7 @@
 //! `/emails`: the email records synchronized from mailboxes. A user sees the emails of their
 //! own mailboxes; an admin sees all.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -18,6 +18,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::json::ApiJson;
+use crate::query::ApiQuery;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -151,7 +152,7 @@ pub struct EmailPage {
 async fn list(
     caller: Caller,
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<EmailPage>, ApiError> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {

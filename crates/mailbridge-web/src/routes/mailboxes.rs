@@ -1,7 +1,7 @@
 //! `/mailboxes`: admins create and delete mailboxes for users; a user sees and tunes only
 //! their own.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,6 +17,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::json::ApiJson;
+use crate::query::ApiQuery;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -171,7 +172,7 @@ pub(crate) async fn visible_mailbox(
 async fn list(
     caller: Caller,
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<MailboxView>>, ApiError> {
     let owner =
         match (caller.is_admin(), q.owner_user_id) {
@@ -314,7 +315,8 @@ async fn password_for(
 #[utoipa::path(post, path = "/mailboxes/{id}/test-and-enable", tag = "mailboxes",
     security(("bearer" = [])), params(("id" = String, Path, description = "mailbox id")),
     responses((status = 200, body = MailboxView), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "too many Test & Enable runs at once; see Retry-After")))]
 async fn test_and_enable(
     caller: Caller,
     State(state): State<AppState>,
@@ -331,6 +333,7 @@ pub(crate) async fn test_mailbox(
     id: MailboxId,
 ) -> Result<MailboxRecord, ApiError> {
     let mailbox = visible_mailbox(state, caller, id).await?;
+    let _run = state.test_runs.try_start()?;
     Ok(state
         .tester
         .test_mailbox(&caller.actor(), mailbox.id)
@@ -353,7 +356,7 @@ async fn alerts(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<AlertsQuery>,
+    ApiQuery(q): ApiQuery<AlertsQuery>,
 ) -> Result<Json<Vec<AlertRecord>>, ApiError> {
     let mailbox = visible_mailbox(&state, &caller, path_id(&id, "mailbox")?).await?;
     Ok(Json(state.store.mailbox_alerts(mailbox.id, q.all).await?))
@@ -366,7 +369,7 @@ async fn alerts(
 async fn my_alerts(
     caller: Caller,
     State(state): State<AppState>,
-    Query(q): Query<AlertsQuery>,
+    ApiQuery(q): ApiQuery<AlertsQuery>,
 ) -> Result<Json<Vec<AlertRecord>>, ApiError> {
     Ok(Json(state.store.user_alerts(caller.0.id, q.all).await?))
 }

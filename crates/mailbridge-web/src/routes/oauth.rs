@@ -2,7 +2,7 @@
 //! `GET /oauth/callback` (the registered redirect URI; a page telling the person what
 //! happened), `DELETE /mailboxes/{id}/oauth` (disconnect: revoke and delete).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -15,6 +15,7 @@ use super::path_id;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
+use crate::query::ApiQuery;
 use url::Url;
 
 pub fn api_routes() -> Router<AppState> {
@@ -130,7 +131,24 @@ pub(crate) async fn disconnect_mailbox(
 }
 
 /// The redirect URI: finishes the sign-in and tells the person what happened, in a page.
-async fn callback(State(state): State<AppState>, Query(answer): Query<Callback>) -> Response {
+async fn callback(
+    State(state): State<AppState>,
+    answer: Result<ApiQuery<Callback>, ApiError>,
+) -> Response {
+    let answer = match answer {
+        Ok(ApiQuery(answer)) => answer,
+        Err(e) => {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in did not complete",
+                &format!(
+                    "The sign-in answer is malformed ({}); start again from the \"Sign in\" button.",
+                    e.message()
+                ),
+                ("/console/mailboxes", "Back to your mailboxes"),
+            );
+        }
+    };
     match state.signin.finish(answer).await {
         Ok(mailbox) => page(
             StatusCode::OK,

@@ -243,13 +243,15 @@ pub struct ProfileTestView {
 #[utoipa::path(post, path = "/server-profiles/{id}/test-and-enable", tag = "server profiles",
     security(("bearer" = [])), params(("id" = String, Path, description = "profile id")),
     responses((status = 200, body = ProfileTestView), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "too many Test & Enable runs at once; see Retry-After")))]
 async fn test_and_enable(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ProfileTestView>, ApiError> {
     caller.require_admin("test every mailbox of a profile")?;
+    let _run = state.test_runs.try_start()?;
     let summary = state
         .tester
         .test_profile(&caller.actor(), path_id(&id, "server profile")?)

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::query::ApiQuery;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -107,7 +108,7 @@ pub struct AuditQuery {
 async fn audit_log(
     caller: Caller,
     State(state): State<AppState>,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Vec<mailbridge_store::AuditEntry>>, ApiError> {
     caller.require_admin("read the audit log")?;
     let limit = q.limit.unwrap_or(100);
