@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod email;
+pub mod event;
 pub mod ids;
 pub mod mailbox;
 pub mod message;
@@ -16,6 +17,7 @@ pub mod validation;
 
 pub use clock::{Clock, SystemClock};
 pub use email::EmailAddress;
+pub use event::EventType;
 pub use ids::{MailboxId, ProfileId, UserId};
 pub use mailbox::{
     ConnectionStatus, DEFAULT_NODE_GROUP, DeliveryMethod, MailboxDraft, MailboxSpec, SignInStatus,

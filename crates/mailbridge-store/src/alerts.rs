@@ -1,9 +1,10 @@
 //! [`AlertRecord`]: something went wrong that a person must act on — what, and what to do.
 
 use chrono::{DateTime, Utc};
-use mailbridge_core::{MailboxId, ProfileId, UserId};
+use mailbridge_core::{EventType, MailboxId, ProfileId, UserId};
 use sqlx::{Any, Transaction};
 
+use crate::events::NewEvent;
 use crate::{Result, Store, StoreError, time_from_ms};
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -78,12 +79,13 @@ impl TryFrom<AlertRow> for AlertRecord {
 }
 
 /// Raises an alert in the transaction of the change that caused it. An open alert of the
-/// same kind about the same mailbox or profile for the same person is not repeated.
+/// same kind about the same mailbox or profile for the same person is not repeated. Returns
+/// its `alert.created` event, for the caller to append with the change's other events.
 pub(crate) async fn raise(
     tx: &mut Transaction<'_, Any>,
     now: i64,
     alert: NewAlert<'_>,
-) -> Result<()> {
+) -> Result<Option<NewEvent>> {
     let mailbox = alert.mailbox_id.map(|m| m.to_string());
     let profile = alert.profile_id.map(|p| p.to_string());
     let (open,): (i64,) = sqlx::query_as(
@@ -98,9 +100,9 @@ pub(crate) async fn raise(
     .fetch_one(&mut **tx)
     .await?;
     if open > 0 {
-        return Ok(());
+        return Ok(None);
     }
-    raise_each(tx, now, alert).await
+    raise_each(tx, now, alert).await.map(Some)
 }
 
 /// Raises an alert even when one of its kind is open: for problems that each need their own
@@ -109,14 +111,26 @@ pub(crate) async fn raise_each(
     tx: &mut Transaction<'_, Any>,
     now: i64,
     alert: NewAlert<'_>,
-) -> Result<()> {
+) -> Result<NewEvent> {
     let mailbox = alert.mailbox_id.map(|m| m.to_string());
     let profile = alert.profile_id.map(|p| p.to_string());
+    let id = uuid::Uuid::now_v7().to_string();
+    let event = NewEvent {
+        kind: EventType::AlertCreated,
+        mailbox_id: alert.mailbox_id,
+        owner: Some(alert.user_id),
+        data: serde_json::json!({
+            "alert": {
+                "id": id, "kind": alert.kind, "message": alert.message, "hint": alert.hint,
+                "mailbox_id": mailbox, "profile_id": profile,
+            },
+        }),
+    };
     sqlx::query(
         "INSERT INTO alerts (id, mailbox_id, user_id, kind, message, hint, created_at, profile_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(id)
     .bind(mailbox)
     .bind(alert.user_id.to_string())
     .bind(alert.kind)
@@ -126,7 +140,7 @@ pub(crate) async fn raise_each(
     .bind(profile)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(event)
 }
 
 /// Dismisses the open alerts of a kind for a mailbox (the problem was fixed).

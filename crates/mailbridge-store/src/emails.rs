@@ -6,9 +6,10 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use mailbridge_core::message::{ParsedAttachment, ParsedEmail, Party};
-use mailbridge_core::{MailboxId, UserId};
+use mailbridge_core::{EventType, MailboxId, UserId};
 use sqlx::{Any, Transaction};
 
+use crate::events::{EmailSummary, append};
 use crate::nodes::{Fence, check_fence};
 use crate::{Backend, Result, Store, StoreError, sha256_hex, time_from_ms};
 
@@ -245,6 +246,37 @@ impl Store {
             batch.fence.as_ref().map(|f| f.node.as_str()),
         )
         .await?;
+        let events = if inserted.is_empty() {
+            Vec::new()
+        } else {
+            let (owner,): (String,) =
+                sqlx::query_as("SELECT owner_user_id FROM mailboxes WHERE id = $1")
+                    .bind(&mid)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let owner: UserId = owner
+                .parse()
+                .map_err(|e| StoreError::corrupt("mailbox owner", e))?;
+            inserted
+                .iter()
+                .map(|(i, id, conversation)| {
+                    let p = &batch.emails[*i].parsed;
+                    EmailSummary {
+                        id,
+                        mailbox_id: &mid,
+                        direction: "incoming",
+                        message_id: p.message_id.as_deref(),
+                        conversation_id: conversation,
+                        subject: p.subject.as_deref(),
+                        from: p.from.as_ref(),
+                        to: &p.to,
+                        status: None,
+                        send_reply: None,
+                    }
+                    .event(EventType::EmailReceived, Some(owner))
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
         if let Some(p) = &batch.position {
             sqlx::query(
                 "INSERT INTO folder_states (mailbox_id, folder, uid_validity, last_uid, highest_modseq, updated_at) \
@@ -275,7 +307,7 @@ impl Store {
             "UPDATE mailboxes SET items_processed = items_processed + $1, last_sync_at = $2, \
              last_sync_error = NULL WHERE id = $3",
         )
-        .bind(i64::try_from(inserted).unwrap_or(i64::MAX))
+        .bind(i64::try_from(inserted.len()).unwrap_or(i64::MAX))
         .bind(now)
         .bind(&mid)
         .execute(&mut *tx)
@@ -283,8 +315,9 @@ impl Store {
         if recovered {
             crate::health::resolve_outage_if_over(&mut tx, &mid, now).await?;
         }
-        tx.commit().await?;
-        Ok(inserted)
+        append(&mut tx, self.backend, now, &events).await?;
+        self.commit(tx).await?;
+        Ok(inserted.len())
     }
 
     pub async fn folder_position(
@@ -574,7 +607,7 @@ pub(crate) const IN_LIST: usize = 500;
 /// copy, see [`NewEmail::renumbered_from`]; for outgoing mail, the same idempotency key);
 /// joins each to the conversation of the message it answers. `outgoing` carries the
 /// idempotency key of mail to send. A batch costs a few statements, not a few per email.
-/// Returns how many were new.
+/// Returns the new ones: (index into `emails`, record id, conversation id), in input order.
 pub(crate) async fn insert_emails(
     tx: &mut Transaction<'_, Any>,
     backend: Backend,
@@ -583,7 +616,7 @@ pub(crate) async fn insert_emails(
     now: i64,
     outgoing: Option<Option<&str>>,
     stored_by: Option<&str>,
-) -> Result<usize> {
+) -> Result<Vec<(usize, String, String)>> {
     let skip = adopt_renumbered(tx, mailbox, emails).await?;
     let rows: Vec<usize> = (0..emails.len()).filter(|i| !skip[*i]).collect();
     let conversations = conversations(tx, mailbox, emails, &rows).await?;
@@ -671,7 +704,12 @@ pub(crate) async fn insert_emails(
         }
         q.execute(&mut **tx).await?;
     }
-    Ok(inserted.len())
+    Ok(rows
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| inserted.contains(&ids[*n]))
+        .map(|(n, &i)| (i, ids[n].clone(), conversations[n].clone()))
+        .collect())
 }
 
 /// `(…), (…)`: the VALUES of a multi-row INSERT of `rows` rows of `columns` parameters.

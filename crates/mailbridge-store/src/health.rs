@@ -79,8 +79,9 @@ impl Store {
                 .map(|(id,)| id)
                 .collect(),
         };
+        let mut events = Vec::new();
         for owner in owners {
-            alerts::raise(
+            let alert = alerts::raise(
                 &mut tx,
                 now,
                 NewAlert {
@@ -96,8 +97,10 @@ impl Store {
                 },
             )
             .await?;
+            events.extend(alert);
         }
-        tx.commit().await?;
+        crate::events::append(&mut tx, self.backend, now, &events).await?;
+        self.commit(tx).await?;
         Ok(true)
     }
 }

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod contacts;
 pub mod crypto;
 pub mod emails;
+pub mod events;
 pub mod health;
 pub mod mailboxes;
 pub mod nodes;
@@ -32,6 +33,7 @@ pub use crypto::{CryptoError, Keyring};
 pub use emails::{
     AttachmentInfo, EmailFilter, EmailRecord, FolderPosition, NewEmail, RawMessage, SyncBatch,
 };
+pub use events::{Event, EventPage, EventQuery, NewEvent};
 pub use mailboxes::{MailboxRecord, SyncStatus, TestOutcome};
 pub use nodes::{Fence, Lease, NodeInfo};
 pub use oauth::{OAuthState, StoredTokens, TokenSet};
@@ -76,6 +78,9 @@ pub enum StoreError {
     /// An `Idempotency-Key` already used for a different email from the same mailbox.
     #[error("{message}")]
     IdempotencyKeyReused { message: String },
+    /// What was asked for is no longer kept (an event-feed cursor older than retention).
+    #[error("{message}")]
+    Gone { message: String },
     /// A limit on how much a mailbox may queue; trying again after `retry_after_secs` may work.
     #[error("{message}")]
     RateLimited {
@@ -111,6 +116,8 @@ pub struct Store {
     backend: Backend,
     keyring: Arc<Keyring>,
     clock: Arc<dyn Clock>,
+    /// Bumped after each commit that appended events (see `events`).
+    events_signal: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -200,6 +207,7 @@ impl Store {
             backend,
             keyring: Arc::new(keyring),
             clock,
+            events_signal: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 

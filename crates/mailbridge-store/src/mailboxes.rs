@@ -3,13 +3,14 @@
 
 use chrono::{DateTime, Utc};
 use mailbridge_core::{
-    AuthMethod, ConnectionStatus, EmailAddress, GMAIL_MAX_MAILBOXES, MailboxId, MailboxSpec,
-    ProfileId, SecretChange, SignInStatus, UserId,
+    AuthMethod, ConnectionStatus, EmailAddress, EventType, GMAIL_MAX_MAILBOXES, MailboxId,
+    MailboxSpec, ProfileId, SecretChange, SignInStatus, UserId,
 };
 use secrecy::SecretString;
 use sqlx::{Any, Transaction};
 
 use crate::audit::{self, Actor};
+use crate::events::{NewEvent, append, mailbox_event};
 use crate::{Result, Store, StoreError, is_unique_violation, time_from_ms};
 
 #[derive(Debug, Clone)]
@@ -368,7 +369,18 @@ impl Store {
             detail,
         )
         .await?;
-        tx.commit().await?;
+        let events = if retest && old.enabled {
+            disabled_event(
+                &mut tx,
+                &sid,
+                "the address or profile changed: sign in (OAuth) and run Test & Enable again",
+            )
+            .await?
+        } else {
+            None
+        };
+        append(&mut tx, self.backend, now, events.as_slice()).await?;
+        self.commit(tx).await?;
         Ok((self.get_mailbox(id).await?, dropped))
     }
 
@@ -432,6 +444,12 @@ impl Store {
         let now = self.now_ms();
         let sid = id.to_string();
         let mut tx = self.begin_write().await?;
+        let was_enabled: Option<(i64,)> =
+            sqlx::query_as("SELECT enabled FROM mailboxes WHERE id = $1")
+                .bind(&sid)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let was_enabled = was_enabled.is_some_and(|(e,)| e != 0);
         for (side, outcome) in [("incoming", incoming), ("outgoing", outgoing)] {
             let Some(o) = outcome else { continue };
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -474,7 +492,35 @@ impl Store {
             }),
         )
         .await?;
-        tx.commit().await?;
+        let outcome = |o: Option<&TestOutcome>| {
+            o.map(|o| serde_json::json!({"status": o.status, "reason": o.reason, "hint": o.hint}))
+        };
+        let mut events: Vec<NewEvent> = mailbox_event(
+            &mut tx,
+            EventType::MailboxTested,
+            &sid,
+            serde_json::json!({"incoming": outcome(incoming), "outgoing": outcome(outgoing)}),
+        )
+        .await?
+        .into_iter()
+        .collect();
+        if enabled != was_enabled {
+            let kind = if enabled {
+                EventType::MailboxEnabled
+            } else {
+                EventType::MailboxDisabled
+            };
+            let reason = if enabled {
+                "Test & Enable passed"
+            } else {
+                "Test & Enable failed"
+            };
+            events.extend(
+                mailbox_event(&mut tx, kind, &sid, serde_json::json!({"reason": reason})).await?,
+            );
+        }
+        append(&mut tx, self.backend, now, &events).await?;
+        self.commit(tx).await?;
         self.get_mailbox(id).await
     }
 
@@ -495,12 +541,12 @@ impl Store {
         if let Some(fence) = fence {
             crate::nodes::check_fence(&mut tx, self.backend, &sid, fence, now).await?;
         }
-        let owner: Option<(String, String)> =
-            sqlx::query_as("SELECT owner_user_id, email FROM mailboxes WHERE id = $1")
+        let owner: Option<(String, String, i64)> =
+            sqlx::query_as("SELECT owner_user_id, email, enabled FROM mailboxes WHERE id = $1")
                 .bind(&sid)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some((owner, email)) = owner else {
+        let Some((owner, email, was_enabled)) = owner else {
             return Ok(());
         };
         sqlx::query(
@@ -513,25 +559,33 @@ impl Store {
         .bind(&sid)
         .execute(&mut *tx)
         .await?;
-        crate::alerts::raise(
-            &mut tx,
-            now,
-            crate::alerts::NewAlert {
-                mailbox_id: Some(id),
-                profile_id: None,
-                user_id: owner
-                    .parse()
-                    .map_err(|e| StoreError::corrupt("mailbox owner", e))?,
-                kind,
-                message: format!("synchronization of {email} stopped: {reason}"),
-                hint,
-            },
-        )
-        .await?;
-        self.alert_profile_owner_if_failing(&mut tx, &sid, now)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let mut events = Vec::new();
+        if was_enabled != 0 {
+            events.extend(disabled_event(&mut tx, &sid, reason).await?);
+        }
+        events.extend(
+            crate::alerts::raise(
+                &mut tx,
+                now,
+                crate::alerts::NewAlert {
+                    mailbox_id: Some(id),
+                    profile_id: None,
+                    user_id: owner
+                        .parse()
+                        .map_err(|e| StoreError::corrupt("mailbox owner", e))?,
+                    kind,
+                    message: format!("synchronization of {email} stopped: {reason}"),
+                    hint,
+                },
+            )
+            .await?,
+        );
+        events.extend(
+            self.alert_profile_owner_if_failing(&mut tx, &sid, now)
+                .await?,
+        );
+        append(&mut tx, self.backend, now, &events).await?;
+        self.commit(tx).await
     }
 
     /// When more than half of a profile's mailboxes failed within the last hour, its owner is
@@ -541,7 +595,7 @@ impl Store {
         tx: &mut Transaction<'_, Any>,
         mailbox: &str,
         now: i64,
-    ) -> Result<()> {
+    ) -> Result<Option<NewEvent>> {
         let hour_ago = now - 3_600_000;
         let row: Option<(String, String, Option<String>, i64, i64)> = sqlx::query_as(
             "SELECT p.id, p.name, p.owner_user_id, \
@@ -555,10 +609,12 @@ impl Store {
         .fetch_optional(&mut **tx)
         .await?;
         let Some((profile, name, Some(owner), total, failing)) = row else {
-            return Ok(());
+            return Ok(None);
         };
-        if failing * 2 > total {
-            crate::alerts::raise(
+        if failing * 2 <= total {
+            return Ok(None);
+        }
+        crate::alerts::raise(
                 tx,
                 now,
                 crate::alerts::NewAlert {
@@ -576,9 +632,7 @@ impl Store {
                     hint: "Check the profile's servers and OAuth client (or whether the provider is down); then run Test & Enable for the profile.",
                 },
             )
-            .await?;
-        }
-        Ok(())
+            .await
     }
 
     /// The mailboxes a profile serves.
@@ -660,4 +714,19 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// A `mailbox.disabled` event for a mailbox just disabled, saying why.
+pub(crate) async fn disabled_event(
+    tx: &mut Transaction<'_, Any>,
+    mailbox: &str,
+    reason: &str,
+) -> Result<Option<NewEvent>> {
+    mailbox_event(
+        tx,
+        EventType::MailboxDisabled,
+        mailbox,
+        serde_json::json!({ "reason": reason }),
+    )
+    .await
 }

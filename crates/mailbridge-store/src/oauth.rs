@@ -2,11 +2,12 @@
 //! ([`StoredTokens`]), and what happens when a provider refuses a grant.
 
 use chrono::{DateTime, Utc};
-use mailbridge_core::{AuthMethod, MailboxId, UserId};
+use mailbridge_core::{AuthMethod, EventType, MailboxId, UserId};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::alerts::{self, NewAlert};
 use crate::audit::{self, Actor};
+use crate::events::{NewEvent, append, mailbox_event};
 use crate::{Result, Store, StoreError, time_from_ms};
 
 /// The alert kind raised when a mailbox must be signed in again.
@@ -174,8 +175,15 @@ impl Store {
             serde_json::json!({"account": account_email, "scopes": tokens.scopes}),
         )
         .await?;
-        tx.commit().await?;
-        Ok(())
+        let event = mailbox_event(
+            &mut tx,
+            EventType::MailboxSignedIn,
+            &id,
+            serde_json::json!({"account": account_email}),
+        )
+        .await?;
+        append(&mut tx, self.backend, now, event.as_slice()).await?;
+        self.commit(tx).await
     }
 
     /// A mailbox's tokens, if it is signed in.
@@ -282,14 +290,14 @@ impl Store {
         let now = self.now_ms();
         let id = mailbox.to_string();
         let mut tx = self.begin_write().await?;
-        let owner: Option<(String, String, String)> = sqlx::query_as(
-            "SELECT m.owner_user_id, m.email, p.auth_method FROM mailboxes m \
+        let owner: Option<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT m.owner_user_id, m.email, p.auth_method, m.enabled FROM mailboxes m \
              JOIN server_profiles p ON p.id = m.profile_id WHERE m.id = $1",
         )
         .bind(&id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((owner, email, auth)) = owner else {
+        let Some((owner, email, auth, was_enabled)) = owner else {
             return Ok(());
         };
         sqlx::query(
@@ -306,24 +314,45 @@ impl Store {
             .bind(&id)
             .execute(&mut *tx)
             .await?;
-        alerts::raise(
+        let mut events: Vec<NewEvent> = mailbox_event(
             &mut tx,
-            now,
-            NewAlert {
-                mailbox_id: Some(mailbox),
-                profile_id: None,
-                user_id: owner.parse().map_err(|e| StoreError::corrupt("mailbox owner", e))?,
-                kind: SIGN_IN_REQUIRED,
-                message: format!("{email} can no longer be synchronized: the provider refused its sign-in ({reason})"),
-                hint: auth
-                    .parse::<AuthMethod>()
-                    .map_err(|e| StoreError::corrupt("profile auth method", e))?
-                    .sign_in_again_hint(),
-            },
+            EventType::MailboxNeedsSignIn,
+            &id,
+            serde_json::json!({"reason": reason}),
         )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .await?
+        .into_iter()
+        .collect();
+        if was_enabled != 0 {
+            events.extend(
+                crate::mailboxes::disabled_event(
+                    &mut tx,
+                    &id,
+                    &format!("the provider refused the sign-in ({reason})"),
+                )
+                .await?,
+            );
+        }
+        events.extend(
+            alerts::raise(
+                &mut tx,
+                now,
+                NewAlert {
+                    mailbox_id: Some(mailbox),
+                    profile_id: None,
+                    user_id: owner.parse().map_err(|e| StoreError::corrupt("mailbox owner", e))?,
+                    kind: SIGN_IN_REQUIRED,
+                    message: format!("{email} can no longer be synchronized: the provider refused its sign-in ({reason})"),
+                    hint: auth
+                        .parse::<AuthMethod>()
+                        .map_err(|e| StoreError::corrupt("profile auth method", e))?
+                        .sign_in_again_hint(),
+                },
+            )
+            .await?,
+        );
+        append(&mut tx, self.backend, now, &events).await?;
+        self.commit(tx).await
     }
 
     /// Removes a mailbox's sign-in and disables it. Returns the tokens that were stored, so
@@ -341,11 +370,13 @@ impl Store {
             .bind(&id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE mailboxes SET enabled = 0, updated_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
+        let disabled: Option<(String,)> = sqlx::query_as(
+            "UPDATE mailboxes SET enabled = 0, updated_at = $1 WHERE id = $2 AND enabled = 1 RETURNING id",
+        )
+        .bind(now)
+        .bind(&id)
+        .fetch_optional(&mut *tx)
+        .await?;
         alerts::resolve(&mut tx, now, mailbox, SIGN_IN_REQUIRED).await?;
         audit::record(
             &mut tx,
@@ -356,7 +387,19 @@ impl Store {
             serde_json::json!({}),
         )
         .await?;
-        tx.commit().await?;
+        let event = match disabled {
+            Some(_) => {
+                crate::mailboxes::disabled_event(
+                    &mut tx,
+                    &id,
+                    "signed out: sign in again, then run Test & Enable",
+                )
+                .await?
+            }
+            None => None,
+        };
+        append(&mut tx, self.backend, now, event.as_slice()).await?;
+        self.commit(tx).await?;
         Ok(tokens)
     }
 }

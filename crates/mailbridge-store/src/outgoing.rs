@@ -4,10 +4,11 @@
 //! as sent, retried or failed.
 
 use chrono::{DateTime, Utc};
-use mailbridge_core::MailboxId;
 use mailbridge_core::message::Party;
+use mailbridge_core::{EventType, MailboxId};
 
 use crate::emails::{EmailRecord, IN_LIST, NewEmail, insert_emails};
+use crate::events::{NewEvent, append, email_event};
 use crate::{Backend, Result, Store, StoreError};
 
 /// An email to queue: its record, and what the message itself does not say.
@@ -60,6 +61,7 @@ impl Store {
             None,
         )
         .await?
+        .len()
             == 1;
         if !created {
             // Another request with the same key committed between our look and our insert.
@@ -278,7 +280,11 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let bad = |e: uuid::Error| StoreError::corrupt(format!("email {id}"), e);
-        crate::alerts::raise_each(
+        let mut events: Vec<NewEvent> = email_event(&mut tx, EventType::EmailSendFailed, id)
+            .await?
+            .into_iter()
+            .collect();
+        let alert = crate::alerts::raise_each(
             &mut tx,
             now,
             crate::alerts::NewAlert {
@@ -294,8 +300,9 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
-        Ok(())
+        events.push(alert);
+        append(&mut tx, self.backend, now, &events).await?;
+        self.commit(tx).await
     }
 
     async fn set_send_state(
@@ -305,16 +312,27 @@ impl Store {
         reply: &str,
         retry_at: Option<i64>,
     ) -> Result<()> {
-        let delivered = (status == "sent").then(|| self.now_ms());
+        let now = self.now_ms();
+        let delivered = (status == "sent").then_some(now);
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE emails SET status = $1, send_reply = $2, next_attempt_at = $3, delivered_at = $4 WHERE id = $5")
             .bind(status)
             .bind(reply)
             .bind(retry_at)
             .bind(delivered)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        let kind = match status {
+            "sent" => Some(EventType::EmailSent),
+            "failed" => Some(EventType::EmailSendFailed),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            let event = email_event(&mut tx, kind, id).await?;
+            append(&mut tx, self.backend, now, event.as_slice()).await?;
+        }
+        self.commit(tx).await
     }
 
     /// Emails left in `sending` by a node that stopped or died mid-send (stopped, or no
@@ -323,15 +341,21 @@ impl Store {
     /// saying so. Returns how many.
     pub async fn fail_interrupted_sends(&self, ttl: std::time::Duration) -> Result<u64> {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let now = self.now_ms();
         let mut tx = self.begin_write().await?;
         // Heartbeats are written at the database's clock (see `lease_now`).
-        let now = crate::nodes::lease_now(&mut tx, self.backend, self.now_ms()).await?;
-        let done = sqlx::query(FAIL_INTERRUPTED_SENDS_SQL)
-            .bind(now.saturating_sub(ttl_ms))
-            .execute(&mut *tx)
+        let lease_now = crate::nodes::lease_now(&mut tx, self.backend, now).await?;
+        let failed: Vec<(String,)> = sqlx::query_as(FAIL_INTERRUPTED_SENDS_SQL)
+            .bind(lease_now.saturating_sub(ttl_ms))
+            .fetch_all(&mut *tx)
             .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected())
+        let mut events = Vec::with_capacity(failed.len());
+        for (id,) in &failed {
+            events.extend(email_event(&mut tx, EventType::EmailSendFailed, id).await?);
+        }
+        append(&mut tx, self.backend, now, &events).await?;
+        self.commit(tx).await?;
+        Ok(failed.len() as u64)
     }
 }
 
@@ -387,4 +411,4 @@ pub(crate) const CLAIM_DUE_SQL: &str = "SELECT id, mailbox_id FROM (\
 pub(crate) const FAIL_INTERRUPTED_SENDS_SQL: &str = "UPDATE emails SET status = 'failed', send_reply = 'the service stopped while sending this email; \
      it may or may not have been delivered: check the mailbox''s Sent folder before sending it again' \
      WHERE status = 'sending' AND (sending_node IS NULL OR sending_node NOT IN \
-     (SELECT id FROM nodes WHERE stopped_at IS NULL AND heartbeat_at > $1))";
+     (SELECT id FROM nodes WHERE stopped_at IS NULL AND heartbeat_at > $1)) RETURNING id";

@@ -9,6 +9,7 @@ use mailbridge_core::{
 use secrecy::SecretString;
 
 use crate::audit::{self, Actor};
+use crate::events::NewEvent;
 use crate::{Backend, Result, Store, StoreError, is_unique_violation, time_from_ms};
 
 #[derive(Debug, Clone)]
@@ -190,12 +191,14 @@ async fn require_retest(
     profile: &str,
     name: &str,
     now: i64,
+    events: &mut Vec<NewEvent>,
 ) -> Result<usize> {
-    let mailboxes: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT id, owner_user_id, email FROM mailboxes WHERE profile_id = $1")
-            .bind(profile)
-            .fetch_all(&mut **tx)
-            .await?;
+    let mailboxes: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT id, owner_user_id, email, enabled FROM mailboxes WHERE profile_id = $1",
+    )
+    .bind(profile)
+    .fetch_all(&mut **tx)
+    .await?;
     sqlx::query(
         "UPDATE mailboxes SET enabled = 0, incoming_status = 'not_run', incoming_status_reason = NULL, \
          incoming_status_hint = NULL, incoming_tested_at = NULL, outgoing_status = 'not_run', \
@@ -206,9 +209,19 @@ async fn require_retest(
     .bind(profile)
     .execute(&mut **tx)
     .await?;
-    for (id, owner, email) in &mailboxes {
+    for (id, owner, email, was_enabled) in &mailboxes {
         let bad = |e: uuid::Error| StoreError::corrupt(format!("mailbox {id}"), e);
-        crate::alerts::raise(
+        if *was_enabled != 0 {
+            events.extend(
+                crate::mailboxes::disabled_event(
+                    tx,
+                    id,
+                    &format!("server profile '{name}' now uses other servers: run Test & Enable"),
+                )
+                .await?,
+            );
+        }
+        let alert = crate::alerts::raise(
             tx,
             now,
             crate::alerts::NewAlert {
@@ -223,6 +236,7 @@ async fn require_retest(
             },
         )
         .await?;
+        events.extend(alert);
     }
     Ok(mailboxes.len())
 }
@@ -390,8 +404,9 @@ impl Store {
             });
         }
         let mut detail = audit_detail(spec, &secret);
+        let mut events = Vec::new();
         if servers_changed {
-            let retest = require_retest(&mut tx, &sid, &spec.name, now).await?;
+            let retest = require_retest(&mut tx, &sid, &spec.name, now, &mut events).await?;
             detail["mailboxes_to_retest"] = serde_json::json!(retest);
         }
         audit::record(
@@ -403,7 +418,8 @@ impl Store {
             detail,
         )
         .await?;
-        tx.commit().await?;
+        crate::events::append(&mut tx, self.backend, now, &events).await?;
+        self.commit(tx).await?;
         self.get_profile(id).await
     }
 

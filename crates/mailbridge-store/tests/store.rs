@@ -67,6 +67,7 @@ on_both_backends!(
     a_gmail_profile_takes_exactly_100_mailboxes_even_when_raced,
     the_outgoing_queue_takes_mailboxes_in_turns,
     two_admins_demoting_each_other_at_once_leave_one,
+    a_refused_batch_leaves_no_event_and_a_stored_one_exactly_its_own,
     a_mailbox_queues_within_its_limits_and_a_reused_key_must_match,
 );
 
@@ -81,6 +82,11 @@ mod postgres_nodes {
     #[tokio::test]
     async fn nodes_claiming_at_once_never_share_a_mailbox() {
         super::nodes_claiming_at_once_never_share_a_mailbox(super::TestDatabase::Postgres).await
+    }
+
+    #[tokio::test]
+    async fn a_reader_never_skips_an_event_that_commits_after_it_read_a_later_one() {
+        super::a_reader_never_skips_an_event_that_commits_after_it_read_a_later_one().await
     }
 
     #[tokio::test]
@@ -701,4 +707,215 @@ async fn leases_run_on_the_databases_clock_not_the_nodes() {
     let nodes = fast.list_nodes().await.unwrap();
     let a_info = nodes.iter().find(|n| n.id == a).unwrap();
     assert_eq!(a_info.mailboxes, 1, "{nodes:?}");
+}
+
+/// A batch of `n` new messages for `mailbox`, told apart by `tag`.
+fn batch_of(
+    tag: &str,
+    n: usize,
+    fence: Option<mailbridge_store::Fence>,
+) -> mailbridge_store::SyncBatch {
+    let emails = (0..n)
+        .map(|i| {
+            let raw =
+                format!("Message-ID: <{tag}-{i}@example.com>\r\nSubject: {tag} {i}\r\n\r\nhi\r\n");
+            mailbridge_store::NewEmail {
+                remote_key: format!("test/{tag}/{i}"),
+                folder: Some("INBOX".into()),
+                uid: None,
+                gmail_labels: Vec::new(),
+                gmail_thread_id: None,
+                tracking_token: None,
+                parsed: mailbridge_core::message::ParsedEmail {
+                    message_id: Some(format!("{tag}-{i}@example.com")),
+                    subject: Some(format!("{tag} {i}")),
+                    ..Default::default()
+                },
+                raw: mailbridge_store::RawMessage::new(raw.into_bytes()),
+                renumbered_from: None,
+            }
+        })
+        .collect();
+    mailbridge_store::SyncBatch {
+        emails,
+        fence,
+        ..Default::default()
+    }
+}
+
+fn all_events() -> mailbridge_store::EventQuery {
+    mailbridge_store::EventQuery {
+        limit: 10_000,
+        ..Default::default()
+    }
+}
+
+async fn a_refused_batch_leaves_no_event_and_a_stored_one_exactly_its_own(kind: TestDatabase) {
+    use mailbridge_store::Fence;
+    let db = Db::new(kind).await;
+    let store = db.open(Keyring::generate()).await;
+    let mailbox = enabled_mailboxes(&store, 1).await[0];
+    let node = store.register_node("a", "cloud").await.unwrap();
+    let lease = store
+        .balance_leases(&node, "cloud", std::time::Duration::from_secs(30))
+        .await
+        .unwrap()
+        .remove(0);
+    let before = store.read_events(&all_events()).await.unwrap().next;
+    // A writer whose lease is gone: the batch is refused, and with it every event it carried.
+    let stale = Fence {
+        node: node.clone(),
+        epoch: lease.epoch - 1,
+    };
+    match store
+        .save_sync_batch(mailbox, batch_of("stale", 3, Some(stale)))
+        .await
+    {
+        Err(StoreError::LeaseLost { .. }) => {}
+        other => panic!("a stale writer must be refused: {other:?}"),
+    }
+    let page = store
+        .read_events(&mailbridge_store::EventQuery {
+            after: before,
+            ..all_events()
+        })
+        .await
+        .unwrap();
+    assert!(
+        page.events.is_empty(),
+        "a refused batch left events: {:?}",
+        page.events
+    );
+    // The holder's batch: one email.received per new record, owned by the mailbox's owner.
+    let fence = Fence {
+        node,
+        epoch: lease.epoch,
+    };
+    let stored = store
+        .save_sync_batch(mailbox, batch_of("held", 3, Some(fence.clone())))
+        .await
+        .unwrap();
+    assert_eq!(stored, 3);
+    // The same batch again (a replay after a crash) stores nothing and says nothing.
+    assert_eq!(
+        store
+            .save_sync_batch(mailbox, batch_of("held", 3, Some(fence)))
+            .await
+            .unwrap(),
+        0
+    );
+    let page = store
+        .read_events(&mailbridge_store::EventQuery {
+            after: before,
+            ..all_events()
+        })
+        .await
+        .unwrap();
+    let received: Vec<_> = page
+        .events
+        .iter()
+        .filter(|e| e.kind == "email.received")
+        .collect();
+    assert_eq!(received.len(), 3, "{:?}", page.events);
+    let owner = store
+        .get_mailbox(mailbox)
+        .await
+        .unwrap()
+        .spec
+        .owner_user_id
+        .to_string();
+    for e in &received {
+        assert_eq!(e.owner_user_id.as_deref(), Some(owner.as_str()));
+        assert_eq!(e.mailbox_id.as_deref(), Some(mailbox.to_string().as_str()));
+        assert!(
+            e.data["email"]["message_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("held-"),
+            "{:?}",
+            e.data
+        );
+    }
+}
+
+/// Writers commit batches into many mailboxes at once while a reader follows the log by its
+/// cursor; afterwards, what the reader saw is every event there is, each once. A cursor
+/// made of values taken before commit (like the `/emails` cursor, record ids made at insert)
+/// would skip the lower value of two transactions that commit in the other order.
+async fn a_reader_never_skips_an_event_that_commits_after_it_read_a_later_one() {
+    let db = Db::new(TestDatabase::Postgres).await;
+    let store = db.open(Keyring::generate()).await;
+    let mailboxes = enabled_mailboxes(&store, 8).await;
+    let start = store.event_head().await.unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, done) = (store.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut seen: Vec<String> = Vec::new();
+            let mut after = start;
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let page = store
+                    .read_events(&mailbridge_store::EventQuery {
+                        after,
+                        limit: 7,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                let empty = page.events.is_empty();
+                seen.extend(page.events.into_iter().map(|e| e.id));
+                after = page.next;
+                if finished && empty {
+                    return seen;
+                }
+            }
+        })
+    };
+    let writers: Vec<_> = mailboxes
+        .iter()
+        .enumerate()
+        .map(|(w, &mailbox)| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for b in 0..25 {
+                    // Batches of different sizes, so transactions take different times.
+                    let n = 1 + (w + b) % 4;
+                    store
+                        .save_sync_batch(mailbox, batch_of(&format!("w{w}b{b}"), n, None))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = reader.await.unwrap();
+    let all: Vec<String> = store
+        .read_events(&mailbridge_store::EventQuery {
+            after: start,
+            ..all_events()
+        })
+        .await
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let expected: usize = (0..8)
+        .map(|w| (0..25).map(|b| 1 + (w + b) % 4).sum::<usize>())
+        .sum();
+    assert_eq!(all.len(), expected);
+    let unique: std::collections::HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "an event was read twice");
+    let missed: Vec<&String> = all.iter().filter(|id| !unique.contains(id)).collect();
+    assert!(
+        missed.is_empty(),
+        "the reader skipped {} of {} events",
+        missed.len(),
+        all.len()
+    );
 }

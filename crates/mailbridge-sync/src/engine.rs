@@ -69,6 +69,8 @@ pub struct EngineConfig {
     /// A mailbox lease not renewed within this time expires and may move to another node;
     /// renewed every third of it.
     pub lease_ttl: Duration,
+    /// Events older than this leave the event log (checked every hour).
+    pub event_retention: chrono::Duration,
 }
 
 impl Default for EngineConfig {
@@ -88,6 +90,7 @@ impl Default for EngineConfig {
             node_name: "mailbridge".to_owned(),
             node_group: mailbridge_core::DEFAULT_NODE_GROUP.to_owned(),
             lease_ttl: Duration::from_secs(30),
+            event_retention: chrono::Duration::days(30),
         }
     }
 }
@@ -154,6 +157,7 @@ impl Engine {
         };
         tracing::info!(node = %node, name = %self.config.node_name, group = %self.config.node_group, "node registered");
         let sender = tokio::spawn(self.clone().send_loop(node.clone(), shutdown.clone()));
+        let housekeeper = tokio::spawn(self.clone().housekeeping(shutdown.clone()));
         let mut workers: HashMap<MailboxId, (i64, tokio::task::JoinHandle<()>)> = HashMap::new();
         let renew_every = (self.config.lease_ttl / 3).min(self.config.scan_interval);
         // Leases granted by a call run from before the call was made.
@@ -177,6 +181,7 @@ impl Engine {
                         w.abort();
                     }
                     sender.abort();
+                    housekeeper.abort();
                     return;
                 }
                 Ok(Ok(leases)) => {
@@ -243,6 +248,7 @@ impl Engine {
             let _ = w.await;
         }
         let _ = sender.await;
+        let _ = housekeeper.await;
         if let Err(e) = self.store.stop_node(&node).await {
             tracing::warn!(error = %e, "cannot release this node's leases; they expire on their own");
         }
@@ -287,6 +293,25 @@ impl Engine {
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.config.scan_interval) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// Keeps the event log within its retention, now and every hour (every node does it; a
+    /// delete that finds nothing costs nothing).
+    async fn housekeeping(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let before = self.clock.now() - self.config.event_retention;
+            match self.store.prune_events(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, %before, "old events left the event log"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot prune the event log; retrying in an hour")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
         }

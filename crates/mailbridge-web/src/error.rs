@@ -27,7 +27,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `unauthenticated`, `forbidden`, `not_found`, `conflict`,
     /// `profile_full`, `idempotency_key_reused`, `invalid`, `invalid_json`,
-    /// `unsupported_media_type`, `bad_request`, `method_not_allowed`, `payload_too_large`,
+    /// `unsupported_media_type`, `bad_request`, `method_not_allowed`, `payload_too_large`, `gone`,
     /// `request_timeout`, `too_many_requests`, `internal`.
     code: &'static str,
     /// What went wrong and what to do, in words.
@@ -117,6 +117,7 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "profile_full", message).with_field("profile_id")
             }
             StoreError::InvalidReference { field, message } => Self::invalid(field, message),
+            StoreError::Gone { message } => Self::new(StatusCode::GONE, "gone", message),
             StoreError::IdempotencyKeyReused { message } => {
                 Self::new(StatusCode::CONFLICT, "idempotency_key_reused", message)
                     .with_field("Idempotency-Key")

@@ -3,11 +3,11 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{contacts, emails, mailboxes, oauth, profiles, system, users};
+use crate::routes::{contacts, emails, events, mailboxes, oauth, profiles, system, users};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Mailbridge API", description = "Server-side email synchronization: users, email server profiles, mailboxes."),
+    info(title = "Mailbridge API", description = "Server-side email synchronization: users, email server profiles, mailboxes, email, and the event feed and webhooks that carry every change to the host application."),
     servers((url = "/api/v1")),
     paths(
         users::create, users::list, users::show, users::update, users::remove, users::reset_token,
@@ -16,6 +16,7 @@ use crate::routes::{contacts, emails, mailboxes, oauth, profiles, system, users}
         mailboxes::alerts, mailboxes::my_alerts, mailboxes::dismiss_my_alert, mailboxes::dismiss_alert, mailboxes::test_and_enable,
         profiles::test_and_enable, oauth::start, oauth::disconnect,
         emails::list, emails::send, emails::show, emails::raw, emails::attachment,
+        events::list, events::stream,
         contacts::upsert, contacts::list, contacts::remove,
         system::features, system::audit_log,
     ),

@@ -2,6 +2,7 @@
 
 pub mod contacts;
 pub mod emails;
+pub mod events;
 pub mod mailboxes;
 pub mod oauth;
 pub mod profiles;
@@ -21,6 +22,7 @@ pub fn api() -> Router<AppState> {
         .merge(profiles::routes())
         .merge(mailboxes::routes())
         .merge(emails::routes())
+        .merge(events::routes())
         .merge(contacts::routes())
         .merge(oauth::api_routes())
         .merge(system::api_routes())

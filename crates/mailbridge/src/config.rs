@@ -38,6 +38,7 @@ struct Raw {
     node_name: Option<String>,
     node_group: String,
     lease_ttl_ms: u64,
+    event_retention_days: u32,
     log: String,
     log_format: LogFormat,
 }
@@ -69,6 +70,7 @@ impl Default for Raw {
             node_name: None,
             node_group: mailbridge_core::DEFAULT_NODE_GROUP.to_owned(),
             lease_ttl_ms: 30_000,
+            event_retention_days: 30,
             log: "info".to_owned(),
             log_format: LogFormat::Text,
         }
@@ -117,6 +119,8 @@ pub struct Config {
     pub node_group: String,
     /// How long a mailbox lease lasts unless renewed (a dead node's mailboxes move after it).
     pub lease_ttl: std::time::Duration,
+    /// How long events stay in the event log (and so in the feed and for webhook retries).
+    pub event_retention: chrono::Duration,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -229,6 +233,12 @@ impl Config {
             .collect::<anyhow::Result<Vec<_>>>()?;
         mailbridge_core::validate_node_group(&raw.node_group, "node_group")
             .map_err(|e| anyhow::anyhow!("{} (MAILBRIDGE_NODE_GROUP)", e.message))?;
+        if !(1..=3650).contains(&raw.event_retention_days) {
+            bail!(
+                "event_retention_days = {} is out of range; use 1 to 3650 days (MAILBRIDGE_EVENT_RETENTION_DAYS)",
+                raw.event_retention_days
+            );
+        }
         if raw.lease_ttl_ms < 1_000 {
             bail!(
                 "lease_ttl_ms = {} is too short; use at least 1000 (MAILBRIDGE_LEASE_TTL_MS)",
@@ -261,6 +271,7 @@ impl Config {
             node_name,
             node_group: raw.node_group,
             lease_ttl: std::time::Duration::from_millis(raw.lease_ttl_ms),
+            event_retention: chrono::Duration::days(i64::from(raw.event_retention_days)),
             log: raw.log,
             log_format: raw.log_format,
         })
@@ -420,6 +431,13 @@ mod tests {
                     ..raw()
                 },
                 "MAILBRIDGE_LEASE_TTL_MS",
+            ),
+            (
+                Raw {
+                    event_retention_days: 0,
+                    ..raw()
+                },
+                "MAILBRIDGE_EVENT_RETENTION_DAYS",
             ),
             (
                 Raw {

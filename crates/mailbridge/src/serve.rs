@@ -71,6 +71,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             node_name: config.node_name.clone(),
             node_group: config.node_group.clone(),
             lease_ttl: config.lease_ttl,
+            event_retention: config.event_retention,
             ..EngineConfig::default()
         },
         state.metrics.clone(),

@@ -146,7 +146,10 @@ pub struct EmailPage {
     next_cursor: Option<String>,
 }
 
-/// Emails, oldest first, a page at a time.
+/// Emails, oldest first, a page at a time: for browsing what is stored. To follow new and
+/// changed email as it commits, read the change feed (`GET /events?types=email.received`):
+/// its cursor never skips a record, while this one (record ids, made before commit) can pass
+/// a record that commits late on PostgreSQL, and ends on the last page.
 #[utoipa::path(get, path = "/emails", tag = "emails", params(ListQuery), security(("bearer" = [])),
     responses((status = 200, body = EmailPage), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn list(
