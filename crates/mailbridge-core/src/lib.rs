@@ -14,6 +14,7 @@ mod string_enum;
 pub mod tracking;
 pub mod user;
 pub mod validation;
+pub mod webhook;
 
 pub use clock::{Clock, SystemClock};
 pub use email::EmailAddress;
@@ -31,3 +32,4 @@ pub use profile::{
 pub use server::{Host, IncomingProtocol, Port, Security};
 pub use user::Role;
 pub use validation::{UnknownWord, ValidationError};
+pub use webhook::{WebhookDraft, WebhookSpec};

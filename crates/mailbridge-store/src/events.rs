@@ -154,6 +154,24 @@ pub(crate) async fn append(
     Ok(())
 }
 
+/// Up to `limit` events after `after` and up to `head`, oldest first, read in `tx`.
+pub(crate) async fn page(
+    tx: &mut Transaction<'_, Any>,
+    after: i64,
+    head: i64,
+    limit: i64,
+) -> Result<Vec<Event>> {
+    let rows: Vec<EventRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
+    )))
+    .bind(after)
+    .bind(head)
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.into_iter().map(Event::try_from).collect()
+}
+
 impl Store {
     /// Commits a transaction that appended events, and wakes the feed's waiting readers.
     pub(crate) async fn commit(&self, tx: Transaction<'static, Any>) -> Result<()> {

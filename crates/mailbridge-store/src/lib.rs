@@ -16,6 +16,7 @@ pub mod outgoing;
 pub mod profiles;
 pub mod sessions;
 pub mod users;
+pub mod webhooks;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub use outgoing::OutgoingEmail;
 pub use profiles::ProfileRecord;
 pub use sessions::SessionToken;
 pub use users::{ApiToken, UserRecord};
+pub use webhooks::{Attempt, DeliveryJob, DeliveryRecord, Verdict, WebhookRecord};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -323,6 +325,8 @@ const ENCRYPTED_COLUMNS: &[(&str, &str, &str)] = &[
     ("mailbox_tokens", "mailbox_id", "refresh_token"),
     ("oauth_states", "state_hash", "pkce_verifier"),
     ("mailboxes", "id", "password"),
+    ("webhook_endpoints", "id", "secret"),
+    ("webhook_endpoints", "id", "previous_secret"),
 ];
 
 fn aad(table: &str, column: &str, id: &str) -> String {

@@ -71,6 +71,8 @@ pub struct EngineConfig {
     pub lease_ttl: Duration,
     /// Events older than this leave the event log (checked every hour).
     pub event_retention: chrono::Duration,
+    /// How webhooks are delivered.
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 impl Default for EngineConfig {
@@ -91,6 +93,7 @@ impl Default for EngineConfig {
             node_group: mailbridge_core::DEFAULT_NODE_GROUP.to_owned(),
             lease_ttl: Duration::from_secs(30),
             event_retention: chrono::Duration::days(30),
+            webhooks: crate::webhooks::WebhookSettings::default(),
         }
     }
 }
@@ -158,6 +161,19 @@ impl Engine {
         tracing::info!(node = %node, name = %self.config.node_name, group = %self.config.node_group, "node registered");
         let sender = tokio::spawn(self.clone().send_loop(node.clone(), shutdown.clone()));
         let housekeeper = tokio::spawn(self.clone().housekeeping(shutdown.clone()));
+        let webhooks = match crate::webhooks::Deliverer::new(self.config.webhooks.clone()) {
+            Ok(deliverer) => Some(tokio::spawn(crate::webhooks::run(
+                self.store.clone(),
+                deliverer,
+                self.clock.clone(),
+                node.clone(),
+                shutdown.clone(),
+            ))),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start webhook delivery on this node");
+                None
+            }
+        };
         let mut workers: HashMap<MailboxId, (i64, tokio::task::JoinHandle<()>)> = HashMap::new();
         let renew_every = (self.config.lease_ttl / 3).min(self.config.scan_interval);
         // Leases granted by a call run from before the call was made.
@@ -182,6 +198,9 @@ impl Engine {
                     }
                     sender.abort();
                     housekeeper.abort();
+                    if let Some(w) = &webhooks {
+                        w.abort();
+                    }
                     return;
                 }
                 Ok(Ok(leases)) => {
@@ -249,6 +268,9 @@ impl Engine {
         }
         let _ = sender.await;
         let _ = housekeeper.await;
+        if let Some(w) = webhooks {
+            let _ = w.await;
+        }
         if let Err(e) = self.store.stop_node(&node).await {
             tracing::warn!(error = %e, "cannot release this node's leases; they expire on their own");
         }

@@ -13,6 +13,7 @@ mod provider;
 pub mod signin;
 pub mod test_enable;
 pub mod tokens;
+pub mod webhooks;
 
 pub use engine::{Engine, EngineConfig};
 pub use limits::ConnectionLimits;
@@ -20,3 +21,4 @@ pub use metrics::Metrics;
 pub use signin::{Callback, DEFAULT_MAX_PENDING_SIGN_INS, Disconnected, SignIn, SignInError};
 pub use test_enable::{ProfileTestSummary, Tester};
 pub use tokens::{AccessToken, RefreshPolicy, TokenError, TokenService};
+pub use webhooks::WebhookSettings;

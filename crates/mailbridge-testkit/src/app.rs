@@ -40,6 +40,11 @@ pub struct AppOptions {
     pub database: TestDatabase,
     /// The HTTP server's limits (small ones make slow clients quick to test).
     pub limits: Limits,
+    /// Whether webhooks may reach private and loopback addresses (the API and the engine):
+    /// true by default, since every test receiver is on this machine.
+    pub webhook_allow_private: bool,
+    /// `allowed_return_urls` for hosted sign-in.
+    pub allowed_return_urls: Vec<reqwest::Url>,
 }
 
 impl Default for AppOptions {
@@ -52,6 +57,8 @@ impl Default for AppOptions {
             engine: None,
             database: TestDatabase::from_env(),
             limits: Limits::default(),
+            webhook_allow_private: true,
+            allowed_return_urls: Vec::new(),
         }
     }
 }
@@ -72,6 +79,8 @@ impl TestApp {
             engine,
             database,
             limits,
+            webhook_allow_private,
+            allowed_return_urls,
         } = options;
         let keyring = Keyring::load_or_create(&dir.join("master.key"))?;
         let url = database.url_for(dir).await?;
@@ -83,6 +92,8 @@ impl TestApp {
             public_base_url: format!("http://{addr}").parse()?,
             gmail_oauth,
             limits,
+            webhook_allow_private,
+            allowed_return_urls,
         };
         let tls = TlsSettings::new(extra_ca_pem.as_deref().map(str::as_bytes))
             .map_err(|e| anyhow::anyhow!(e))?;
@@ -94,7 +105,8 @@ impl TestApp {
         };
         let state = AppState::new(store.clone(), config, services);
         let (engine_stop, engine_stopped) = tokio::sync::watch::channel(false);
-        let engine = engine.map(|config| {
+        let engine = engine.map(|mut config| {
+            config.webhooks.allow_private = webhook_allow_private;
             let engine = Engine::new(
                 store.clone(),
                 state.tokens.clone(),

@@ -9,8 +9,10 @@ mod clock;
 pub mod corpus;
 mod dovecot;
 mod gmail;
+mod node;
 mod oauth;
 mod proxy;
+mod webhooks;
 mod world;
 
 pub use app::{ApiClient, AppOptions, TestApp, assert_error};
@@ -21,4 +23,5 @@ pub use gmail::{GMAIL_ERROR_CHALLENGE, GMAIL_INBOX, ScriptedGmail};
 pub use mailbridge_testdb::{Postgres, TestDatabase};
 pub use oauth::OAuthProvider;
 pub use proxy::CountingProxy;
+pub use webhooks::{Answer, WebhookReceiver};
 pub use world::MailWorld;

@@ -1,18 +1,14 @@
 //! [`OAuthProvider`]: `oauth-provider/server.mjs` under Node, an OAuth 2.0 provider whose
 //! behaviour the tests switch (`set_mode`) and whose counters they read (`stats`).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::Value;
+
+use crate::node::NodeService;
 
 pub struct OAuthProvider {
     url: String,
-    child: Child,
-    // Held open: the provider exits when it closes, so a crashed test leaves no process.
-    _stdin: ChildStdin,
+    _node: NodeService,
     http: reqwest::Client,
 }
 
@@ -20,33 +16,14 @@ impl OAuthProvider {
     /// Starts a fresh provider. Needs `node` and `npm ci` run in `oauth-provider/`
     /// (`./scripts/test` does both).
     pub fn start() -> anyhow::Result<Self> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oauth-provider");
-        if !dir.join("node_modules/oauth2-mock-server").exists() {
-            bail!(
-                "the test OAuth provider is not installed: run ./scripts/test (or 'npm ci' in {})",
-                dir.display()
-            );
-        }
-        let mut child = Command::new("node")
-            .arg("server.mjs")
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("cannot start node (install Node.js 20+)")?;
-        let stdin = child.stdin.take().context("no stdin")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("no stdout")?)
-            .read_line(&mut line)
-            .context("the OAuth provider did not start")?;
-        let ready: Value = serde_json::from_str(&line)
-            .with_context(|| format!("the OAuth provider said {line:?} instead of its address"))?;
-        let url = ready["url"].as_str().context("no url")?.to_owned();
+        let node = NodeService::start(
+            "oauth-provider",
+            "oauth2-mock-server",
+            "test OAuth provider",
+        )?;
         Ok(Self {
-            url,
-            child,
-            _stdin: stdin,
+            url: node.url.clone(),
+            _node: node,
             http: reqwest::Client::new(),
         })
     }
@@ -180,12 +157,5 @@ impl OAuthProvider {
             .error_for_status()?
             .json()
             .await?)
-    }
-}
-
-impl Drop for OAuthProvider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

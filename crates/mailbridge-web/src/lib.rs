@@ -40,6 +40,11 @@ pub struct WebConfig {
     pub gmail_oauth: bool,
     /// Time, size and concurrency limits on what clients may hold of this node.
     pub limits: Limits,
+    /// Whether webhooks may point at private, loopback and link-local addresses.
+    pub webhook_allow_private: bool,
+    /// Where a hosted sign-in may send the user back to: a `return_url` must start with one
+    /// of these (same scheme, host and port, and a path under this one's).
+    pub allowed_return_urls: Vec<Url>,
 }
 
 impl WebConfig {

@@ -3,7 +3,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{contacts, emails, events, mailboxes, oauth, profiles, system, users};
+use crate::routes::{
+    contacts, emails, events, mailboxes, oauth, profiles, system, users, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +19,8 @@ use crate::routes::{contacts, emails, events, mailboxes, oauth, profiles, system
         profiles::test_and_enable, oauth::start, oauth::disconnect,
         emails::list, emails::send, emails::show, emails::raw, emails::attachment,
         events::list, events::stream,
+        webhooks::create, webhooks::list, webhooks::show, webhooks::update, webhooks::remove,
+        webhooks::rotate_secret, webhooks::send_test, webhooks::deliveries, webhooks::delivery, webhooks::redeliver,
         contacts::upsert, contacts::list, contacts::remove,
         system::features, system::audit_log,
     ),

@@ -8,6 +8,7 @@ pub mod oauth;
 pub mod profiles;
 pub mod system;
 pub mod users;
+pub mod webhooks;
 
 use std::str::FromStr;
 
@@ -24,6 +25,7 @@ pub fn api() -> Router<AppState> {
         .merge(emails::routes())
         .merge(events::routes())
         .merge(contacts::routes())
+        .merge(webhooks::routes())
         .merge(oauth::api_routes())
         .merge(system::api_routes())
         .fallback(|| async {

@@ -39,6 +39,8 @@ struct Raw {
     node_group: String,
     lease_ttl_ms: u64,
     event_retention_days: u32,
+    webhook_allow_private_addresses: bool,
+    allowed_return_urls: String,
     log: String,
     log_format: LogFormat,
 }
@@ -71,6 +73,8 @@ impl Default for Raw {
             node_group: mailbridge_core::DEFAULT_NODE_GROUP.to_owned(),
             lease_ttl_ms: 30_000,
             event_retention_days: 30,
+            webhook_allow_private_addresses: false,
+            allowed_return_urls: String::new(),
             log: "info".to_owned(),
             log_format: LogFormat::Text,
         }
@@ -121,6 +125,10 @@ pub struct Config {
     pub lease_ttl: std::time::Duration,
     /// How long events stay in the event log (and so in the feed and for webhook retries).
     pub event_retention: chrono::Duration,
+    /// Whether webhooks may be delivered to private, loopback and link-local addresses.
+    pub webhook_allow_private_addresses: bool,
+    /// Where hosted sign-ins may send users back to (URL prefixes).
+    pub allowed_return_urls: Vec<Url>,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -233,6 +241,21 @@ impl Config {
             .collect::<anyhow::Result<Vec<_>>>()?;
         mailbridge_core::validate_node_group(&raw.node_group, "node_group")
             .map_err(|e| anyhow::anyhow!("{} (MAILBRIDGE_NODE_GROUP)", e.message))?;
+        let allowed_return_urls = raw
+            .allowed_return_urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                let url = Url::parse(u).with_context(|| {
+                    format!("allowed_return_urls: '{u}' is not a URL such as https://crm.example.com/mailbridge/ (MAILBRIDGE_ALLOWED_RETURN_URLS)")
+                })?;
+                if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                    bail!("allowed_return_urls: '{u}' must be an http:// or https:// address (MAILBRIDGE_ALLOWED_RETURN_URLS)");
+                }
+                Ok(url)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         if !(1..=3650).contains(&raw.event_retention_days) {
             bail!(
                 "event_retention_days = {} is out of range; use 1 to 3650 days (MAILBRIDGE_EVENT_RETENTION_DAYS)",
@@ -272,6 +295,8 @@ impl Config {
             node_group: raw.node_group,
             lease_ttl: std::time::Duration::from_millis(raw.lease_ttl_ms),
             event_retention: chrono::Duration::days(i64::from(raw.event_retention_days)),
+            webhook_allow_private_addresses: raw.webhook_allow_private_addresses,
+            allowed_return_urls,
             log: raw.log,
             log_format: raw.log_format,
         })
@@ -438,6 +463,13 @@ mod tests {
                     ..raw()
                 },
                 "MAILBRIDGE_EVENT_RETENTION_DAYS",
+            ),
+            (
+                Raw {
+                    allowed_return_urls: "https://crm.example.com/, ftp://x".into(),
+                    ..raw()
+                },
+                "MAILBRIDGE_ALLOWED_RETURN_URLS",
             ),
             (
                 Raw {

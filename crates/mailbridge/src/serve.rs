@@ -25,6 +25,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         public_base_url: config.public_base_url_for(local)?,
         gmail_oauth: config.gmail_oauth,
         limits: config.limits.clone(),
+        webhook_allow_private: config.webhook_allow_private_addresses,
+        allowed_return_urls: config.allowed_return_urls.clone(),
     };
     // One line a person (or a test on port 0) reads to find the service.
     println!("mailbridge listening on http://{local}");
@@ -72,6 +74,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             node_group: config.node_group.clone(),
             lease_ttl: config.lease_ttl,
             event_retention: config.event_retention,
+            webhooks: mailbridge_sync::WebhookSettings {
+                allow_private: config.webhook_allow_private_addresses,
+                ..mailbridge_sync::WebhookSettings::default()
+            },
             ..EngineConfig::default()
         },
         state.metrics.clone(),
