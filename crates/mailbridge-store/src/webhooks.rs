@@ -101,6 +101,8 @@ pub struct DeliveryRecord {
     pub delivered_at: Option<DateTime<Utc>>,
     pub last_status: Option<i64>,
     pub last_error: Option<String>,
+    /// The node sending it right now (its name), if any.
+    pub sending_node: Option<String>,
     /// Oldest first.
     pub attempts: Vec<AttemptRecord>,
 }
@@ -779,6 +781,7 @@ impl Store {
                 delivered_at: r.delivered_at.map(time_from_ms),
                 last_status: r.last_status,
                 last_error: r.last_error,
+                sending_node: r.sending_node,
                 attempts: attempts
                     .into_iter()
                     .map(|a| AttemptRecord {
@@ -809,10 +812,12 @@ struct DeliveryRow {
     delivered_at: Option<i64>,
     last_status: Option<i64>,
     last_error: Option<String>,
+    sending_node: Option<String>,
 }
 
 const DELIVERY_SELECT: &str = "SELECT id, event_id, event_type, status, attempts, next_attempt_at, \
-     created_at, delivered_at, last_status, last_error FROM webhook_deliveries";
+     created_at, delivered_at, last_status, last_error, \
+     (SELECT name FROM nodes WHERE id = claimed_by) AS sending_node FROM webhook_deliveries";
 
 #[derive(sqlx::FromRow)]
 struct AttemptRow {

@@ -40,6 +40,7 @@ struct Raw {
     lease_ttl_ms: u64,
     event_retention_days: u32,
     webhook_allow_private_addresses: bool,
+    webhook_timeout_ms: u64,
     allowed_return_urls: String,
     log: String,
     log_format: LogFormat,
@@ -74,6 +75,7 @@ impl Default for Raw {
             lease_ttl_ms: 30_000,
             event_retention_days: 30,
             webhook_allow_private_addresses: false,
+            webhook_timeout_ms: 10_000,
             allowed_return_urls: String::new(),
             log: "info".to_owned(),
             log_format: LogFormat::Text,
@@ -127,6 +129,8 @@ pub struct Config {
     pub event_retention: chrono::Duration,
     /// Whether webhooks may be delivered to private, loopback and link-local addresses.
     pub webhook_allow_private_addresses: bool,
+    /// No answer from a webhook endpoint within this is a failed attempt.
+    pub webhook_timeout: std::time::Duration,
     /// Where hosted sign-ins may send users back to (URL prefixes).
     pub allowed_return_urls: Vec<Url>,
     pub log: String,
@@ -256,6 +260,12 @@ impl Config {
                 Ok(url)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        if !(1_000..=120_000).contains(&raw.webhook_timeout_ms) {
+            bail!(
+                "webhook_timeout_ms = {} is out of range; use 1000 to 120000 (MAILBRIDGE_WEBHOOK_TIMEOUT_MS)",
+                raw.webhook_timeout_ms
+            );
+        }
         if !(1..=3650).contains(&raw.event_retention_days) {
             bail!(
                 "event_retention_days = {} is out of range; use 1 to 3650 days (MAILBRIDGE_EVENT_RETENTION_DAYS)",
@@ -296,6 +306,7 @@ impl Config {
             lease_ttl: std::time::Duration::from_millis(raw.lease_ttl_ms),
             event_retention: chrono::Duration::days(i64::from(raw.event_retention_days)),
             webhook_allow_private_addresses: raw.webhook_allow_private_addresses,
+            webhook_timeout: std::time::Duration::from_millis(raw.webhook_timeout_ms),
             allowed_return_urls,
             log: raw.log,
             log_format: raw.log_format,

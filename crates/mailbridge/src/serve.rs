@@ -76,6 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             event_retention: config.event_retention,
             webhooks: mailbridge_sync::WebhookSettings {
                 allow_private: config.webhook_allow_private_addresses,
+                timeout: config.webhook_timeout,
                 ..mailbridge_sync::WebhookSettings::default()
             },
             ..EngineConfig::default()

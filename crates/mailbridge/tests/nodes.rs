@@ -224,3 +224,100 @@ async fn a_paused_node_writes_nothing_after_its_lease_and_router_mailboxes_stay_
     .await;
     drop((a, b, office));
 }
+
+#[tokio::test]
+async fn a_node_killed_mid_delivery_leaves_the_webhook_to_another() {
+    use mailbridge_testkit::{Answer, WebhookReceiver};
+    let c = Cluster::start(2, 0).await;
+    let receiver = WebhookReceiver::start().unwrap();
+    // The first delivery is never answered: the node sending it is killed while it waits.
+    let url = receiver
+        .receiver("crm", &[], Answer::HangFirst)
+        .await
+        .unwrap();
+    let spec =
+        serde_json::from_value::<mailbridge_core::WebhookDraft>(serde_json::json!({"url": url}))
+            .unwrap()
+            .resolve(None)
+            .unwrap();
+    let cli = mailbridge_store::Actor::cli();
+    let (hook, secret) = c.store.create_webhook(&cli, &spec).await.unwrap();
+    use secrecy::ExposeSecret;
+    receiver
+        .receiver("crm", &[secret.expose_secret()], Answer::HangFirst)
+        .await
+        .unwrap();
+    let a = c.node("node-a", "cloud");
+    let b = c.node("node-b", "cloud");
+    c.wait_for_shares(&[("node-a", 1), ("node-b", 1)], Duration::from_secs(30))
+        .await;
+    let delivery = c.store.send_test_webhook(&cli, &hook.id).await.unwrap();
+    let started = Instant::now();
+    let sender = loop {
+        let d = c
+            .store
+            .webhook_delivery(&hook.id, &delivery.id)
+            .await
+            .unwrap();
+        let got = receiver.deliveries("crm").await.unwrap();
+        if let (Some(node), 1) = (d.sending_node, got.len()) {
+            break node;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never sent\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (dead, survivor) = if sender == "node-a" { (a, b) } else { (b, a) };
+    signal(&dead, "-KILL");
+    // The claim runs out (the 1 s timeout plus 2 s) and the survivor sends it again.
+    let got = loop {
+        let got = receiver.deliveries("crm").await.unwrap();
+        if got.len() >= 2 {
+            break got;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not sent again\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let done = loop {
+        let d = c
+            .store
+            .webhook_delivery(&hook.id, &delivery.id)
+            .await
+            .unwrap();
+        if d.status == "delivered" {
+            break d;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{d:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(got[0]["id"], got[1]["id"], "one webhook-id on both tries");
+    assert!(got.iter().all(|g| g["verified"] == true), "{got:#?}");
+    assert_eq!(
+        done.attempt_count, 2,
+        "the killed node's try counts: {done:?}"
+    );
+    let recorded: Vec<_> = done
+        .attempts
+        .iter()
+        .filter_map(|a| a.node.clone())
+        .collect();
+    let survivor_id = node_id(&c.holdings().await, &survivor.name);
+    assert_eq!(
+        recorded,
+        [survivor_id],
+        "only the survivor lived to record its try"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        receiver.deliveries("crm").await.unwrap().len(),
+        2,
+        "nothing more after delivery"
+    );
+}

@@ -133,6 +133,9 @@ impl Cluster {
             .env("MAILBRIDGE_LEASE_TTL_MS", lease_ttl.as_millis().to_string())
             .env("MAILBRIDGE_SYNC_SCAN_INTERVAL_MS", "200")
             .env("MAILBRIDGE_SYNC_STAGGER_MS", "0")
+            // Test receivers are on this machine; a short timeout keeps webhook claims short.
+            .env("MAILBRIDGE_WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "true")
+            .env("MAILBRIDGE_WEBHOOK_TIMEOUT_MS", "1000")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
