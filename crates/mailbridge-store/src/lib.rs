@@ -37,7 +37,7 @@ pub use emails::{
 pub use events::{Event, EventPage, EventQuery, NewEvent};
 pub use mailboxes::{MailboxRecord, SyncStatus, TestOutcome};
 pub use nodes::{Fence, Lease, NodeInfo};
-pub use oauth::{OAuthState, StoredTokens, TokenSet};
+pub use oauth::{NewOAuthState, OAuthState, SignInLink, StoredTokens, TokenSet};
 pub use outgoing::OutgoingEmail;
 pub use profiles::ProfileRecord;
 pub use sessions::SessionToken;

@@ -20,6 +20,32 @@ pub struct OAuthState {
     pub user_id: UserId,
     pub pkce_verifier: SecretString,
     pub expires_at: DateTime<Utc>,
+    /// A hosted sign-in: where to send the user back to.
+    pub return_url: Option<String>,
+}
+
+/// A pending authorization request to record.
+#[derive(Debug, Clone, Copy)]
+pub struct NewOAuthState<'a> {
+    pub state: &'a str,
+    pub mailbox: MailboxId,
+    pub user: UserId,
+    pub pkce_verifier: &'a str,
+    pub expires_at: DateTime<Utc>,
+    /// A hosted sign-in: where to send the user back to.
+    pub return_url: Option<&'a str>,
+}
+
+/// A hosted sign-in link, as taken by the person who opened it.
+#[derive(Debug)]
+pub struct SignInLink {
+    pub mailbox_id: MailboxId,
+    /// Who made it: the sign-in runs as them.
+    pub user_id: UserId,
+    pub return_url: String,
+    pub expires_at: DateTime<Utc>,
+    /// It was opened before: a link works once.
+    pub used: bool,
 }
 
 /// Tokens to store after a code exchange or a refresh.
@@ -62,13 +88,17 @@ impl Store {
     /// most `max_pending` (at least this one): the oldest beyond that are dropped.
     pub async fn create_oauth_state(
         &self,
-        state: &str,
-        mailbox: MailboxId,
-        user: UserId,
-        pkce_verifier: &str,
-        expires_at: DateTime<Utc>,
+        pending: &NewOAuthState<'_>,
         max_pending: u32,
     ) -> Result<()> {
+        let NewOAuthState {
+            state,
+            mailbox,
+            user,
+            pkce_verifier,
+            expires_at,
+            return_url,
+        } = *pending;
         let now = self.now_ms();
         let hash = state_hash(state);
         let mut tx = self.begin_write().await?;
@@ -87,8 +117,8 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO oauth_states (state_hash, mailbox_id, user_id, pkce_verifier, expires_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO oauth_states (state_hash, mailbox_id, user_id, pkce_verifier, expires_at, created_at, return_url) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&hash)
         .bind(mailbox.to_string())
@@ -96,6 +126,7 @@ impl Store {
         .bind(self.seal("oauth_states", "pkce_verifier", &hash, pkce_verifier))
         .bind(expires_at.timestamp_millis())
         .bind(now)
+        .bind(return_url)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -107,14 +138,29 @@ impl Store {
     /// to refuse with the right words.
     pub async fn take_oauth_state(&self, state: &str) -> Result<Option<OAuthState>> {
         let hash = state_hash(state);
-        let row: Option<(String, String, Vec<u8>, i64)> = sqlx::query_as(
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            mailbox_id: String,
+            user_id: String,
+            pkce_verifier: Vec<u8>,
+            expires_at: i64,
+            return_url: Option<String>,
+        }
+        let row: Option<Row> = sqlx::query_as(
             "DELETE FROM oauth_states WHERE state_hash = $1 \
-             RETURNING mailbox_id, user_id, pkce_verifier, expires_at",
+             RETURNING mailbox_id, user_id, pkce_verifier, expires_at, return_url",
         )
         .bind(&hash)
         .fetch_optional(&self.pool)
         .await?;
-        let Some((mailbox, user, verifier, expires_at)) = row else {
+        let Some(Row {
+            mailbox_id: mailbox,
+            user_id: user,
+            pkce_verifier: verifier,
+            expires_at,
+            return_url,
+        }) = row
+        else {
             return Ok(None);
         };
         let bad = |e: uuid::Error| StoreError::corrupt("oauth state", e);
@@ -123,6 +169,71 @@ impl Store {
             user_id: user.parse().map_err(bad)?,
             pkce_verifier: self.open_secret("oauth_states", "pkce_verifier", &hash, &verifier)?,
             expires_at: time_from_ms(expires_at),
+            return_url,
+        }))
+    }
+
+    /// Records a hosted sign-in link (only its token's hash is kept); expired links are
+    /// purged on the way.
+    pub async fn create_sign_in_link(
+        &self,
+        token: &str,
+        mailbox: MailboxId,
+        user: UserId,
+        return_url: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = self.now_ms();
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM sign_in_links WHERE expires_at < $1")
+            .bind(now - 24 * 3_600_000)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO sign_in_links (token_hash, mailbox_id, user_id, return_url, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(state_hash(token))
+        .bind(mailbox.to_string())
+        .bind(user.to_string())
+        .bind(return_url)
+        .bind(expires_at.timestamp_millis())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes a hosted sign-in link by its token: the first taker gets it with `used: false`,
+    /// every later one with `used: true`. `None` for a token no link has.
+    pub async fn take_sign_in_link(&self, token: &str) -> Result<Option<SignInLink>> {
+        let hash = state_hash(token);
+        let mut tx = self.begin_write().await?;
+        let row: Option<(String, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT mailbox_id, user_id, return_url, expires_at, used_at FROM sign_in_links WHERE token_hash = $1",
+        )
+        .bind(&hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((mailbox, user, return_url, expires_at, used_at)) = row else {
+            return Ok(None);
+        };
+        if used_at.is_none() {
+            sqlx::query("UPDATE sign_in_links SET used_at = $1 WHERE token_hash = $2")
+                .bind(self.now_ms())
+                .bind(&hash)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let bad = |e: uuid::Error| StoreError::corrupt("sign-in link", e);
+        Ok(Some(SignInLink {
+            mailbox_id: mailbox.parse().map_err(bad)?,
+            user_id: user.parse().map_err(bad)?,
+            return_url,
+            expires_at: time_from_ms(expires_at),
+            used: used_at.is_some(),
         }))
     }
 

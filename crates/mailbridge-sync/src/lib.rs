@@ -18,7 +18,10 @@ pub mod webhooks;
 pub use engine::{Engine, EngineConfig};
 pub use limits::ConnectionLimits;
 pub use metrics::Metrics;
-pub use signin::{Callback, DEFAULT_MAX_PENDING_SIGN_INS, Disconnected, SignIn, SignInError};
+pub use signin::{
+    Callback, DEFAULT_MAX_PENDING_SIGN_INS, Disconnected, LinkRefused, ReturnTo, SignIn,
+    SignInError,
+};
 pub use test_enable::{ProfileTestSummary, Tester};
 pub use tokens::{AccessToken, RefreshPolicy, TokenError, TokenService};
 pub use webhooks::WebhookSettings;

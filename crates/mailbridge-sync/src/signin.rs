@@ -10,13 +10,16 @@ use chrono::{DateTime, Utc};
 use mailbridge_core::{Clock, MailboxId, ProfileId, Role};
 use mailbridge_oauth::{IDENTITY_SCOPES, OAuthError, Pkce, Provider, random_token};
 use mailbridge_store::{
-    Actor, MailboxRecord, Store, StoreError, StoredTokens, TokenSet, UserRecord,
+    Actor, MailboxRecord, NewOAuthState, Store, StoreError, StoredTokens, TokenSet, UserRecord,
 };
 use secrecy::SecretString;
 use url::Url;
 
 /// How long a consent page may stay open before its state expires.
 pub const STATE_LIFETIME: chrono::Duration = chrono::Duration::minutes(10);
+
+/// How long a hosted sign-in link works (once).
+pub const LINK_LIFETIME: chrono::Duration = chrono::Duration::minutes(30);
 
 /// Pending sign-ins kept per mailbox unless configured: enough for a few tabs or retries.
 pub const DEFAULT_MAX_PENDING_SIGN_INS: u32 = 5;
@@ -131,35 +134,150 @@ impl SignIn {
         user: &UserRecord,
         mailbox: &MailboxRecord,
     ) -> Result<Url, SignInError> {
+        self.start_returning(user, mailbox, None).await
+    }
+
+    /// [`SignIn::start`] for a hosted sign-in: the person is sent back to `return_url` when
+    /// it completes or fails (see [`SignIn::finish_returning`]).
+    pub async fn start_returning(
+        &self,
+        user: &UserRecord,
+        mailbox: &MailboxRecord,
+        return_url: Option<&Url>,
+    ) -> Result<Url, SignInError> {
         let provider = self.provider(mailbox).await?;
         let state = random_token();
         let pkce = Pkce::generate();
         self.store
             .create_oauth_state(
-                &state,
-                mailbox.id,
-                user.id,
-                &pkce.verifier,
-                self.clock.now() + STATE_LIFETIME,
+                &NewOAuthState {
+                    state: &state,
+                    mailbox: mailbox.id,
+                    user: user.id,
+                    pkce_verifier: &pkce.verifier,
+                    expires_at: self.clock.now() + STATE_LIFETIME,
+                    return_url: return_url.map(Url::as_str),
+                },
                 self.max_pending,
             )
             .await?;
         Ok(provider.authorization_url(&state, &pkce.challenge, mailbox.spec.email.as_str()))
     }
 
+    /// A hosted sign-in link for `mailbox`, made by `user` (the caller checked they may):
+    /// the token to put in the link, and until when it works. The mailbox's profile must
+    /// sign in with OAuth.
+    pub async fn create_link(
+        &self,
+        user: &UserRecord,
+        mailbox: &MailboxRecord,
+        return_url: &Url,
+    ) -> Result<(String, DateTime<Utc>), SignInError> {
+        self.provider(mailbox).await?;
+        let token = random_token();
+        let expires_at = self.clock.now() + LINK_LIFETIME;
+        self.store
+            .create_sign_in_link(&token, mailbox.id, user.id, return_url.as_str(), expires_at)
+            .await?;
+        Ok((token, expires_at))
+    }
+
+    /// Opens a hosted sign-in link (once): the consent page to send the browser to.
+    pub async fn open_link(&self, token: &str) -> Result<Url, LinkRefused> {
+        let link = match self.store.take_sign_in_link(token).await {
+            Ok(Some(link)) => link,
+            Ok(None) => return Err(LinkRefused::Unknown),
+            Err(e) => return Err(LinkRefused::Failed(e.into())),
+        };
+        let back = ReturnTo {
+            url: Url::parse(&link.return_url).map_err(|e| {
+                LinkRefused::Failed(
+                    StoreError::Corrupt {
+                        what: "sign-in link".to_owned(),
+                        why: e.to_string(),
+                    }
+                    .into(),
+                )
+            })?,
+            mailbox: link.mailbox_id,
+        };
+        let refuse = |code: &'static str, message: String| LinkRefused::Back {
+            to: back.clone(),
+            code,
+            message,
+        };
+        if link.used {
+            return Err(refuse(
+                "link_used",
+                "this sign-in link was opened already (a link works once); ask for a new one"
+                    .to_owned(),
+            ));
+        }
+        if link.expires_at < self.clock.now() {
+            return Err(refuse(
+                "link_expired",
+                "this sign-in link expired (links work for 30 minutes); ask for a new one"
+                    .to_owned(),
+            ));
+        }
+        let started = async {
+            let mailbox = self.store.get_mailbox(link.mailbox_id).await?;
+            let user = self
+                .store
+                .get_user(link.user_id)
+                .await
+                .map_err(|e| match e {
+                    StoreError::NotFound { .. } => SignInError::NotAllowed,
+                    other => other.into(),
+                })?;
+            if user.role != Role::Admin && user.id != mailbox.spec.owner_user_id {
+                return Err(SignInError::NotAllowed);
+            }
+            self.start_returning(&user, &mailbox, Some(&back.url)).await
+        }
+        .await;
+        started.map_err(|e| refuse(e.code(), e.to_string()))
+    }
+
     /// Completes a sign-in from the provider's answer. Stores the tokens only when every
     /// check passes; returns the mailbox that is now signed in.
     pub async fn finish(&self, answer: Callback) -> Result<MailboxRecord, SignInError> {
-        let state = answer
-            .state
-            .filter(|s| !s.is_empty())
-            .ok_or(SignInError::MissingState)?;
+        self.finish_returning(answer).await.0
+    }
+
+    /// [`SignIn::finish`], and, for a hosted sign-in, where to send the person back to
+    /// (with the mailbox it was for), whatever the outcome.
+    pub async fn finish_returning(
+        &self,
+        answer: Callback,
+    ) -> (Result<MailboxRecord, SignInError>, Option<ReturnTo>) {
+        let state = match answer.state.clone().filter(|s| !s.is_empty()) {
+            Some(s) => s,
+            None => return (Err(SignInError::MissingState), None),
+        };
         // Taken (deleted) before anything else: a state works once, whatever happens next.
-        let pending = self
-            .store
-            .take_oauth_state(&state)
-            .await?
-            .ok_or(SignInError::UnknownState)?;
+        let pending = match self.store.take_oauth_state(&state).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return (Err(SignInError::UnknownState), None),
+            Err(e) => return (Err(e.into()), None),
+        };
+        let return_to = pending
+            .return_url
+            .as_deref()
+            .and_then(|u| Url::parse(u).ok())
+            .map(|url| ReturnTo {
+                url,
+                mailbox: pending.mailbox_id,
+            });
+        (self.complete(pending, answer).await, return_to)
+    }
+
+    /// Everything after the state was taken.
+    async fn complete(
+        &self,
+        pending: mailbridge_store::OAuthState,
+        answer: Callback,
+    ) -> Result<MailboxRecord, SignInError> {
         if pending.expires_at < self.clock.now() {
             return Err(SignInError::ExpiredState);
         }
@@ -301,6 +419,72 @@ impl SignIn {
             Ok(()) => Disconnected::Revoked,
             Err(e) => Disconnected::RevocationFailed(e),
         })
+    }
+}
+
+/// Why a hosted sign-in link did not start a sign-in.
+#[derive(Debug)]
+pub enum LinkRefused {
+    /// No link has this token: there is nowhere to send the person back to.
+    Unknown,
+    /// Send the person back to the host application with this error.
+    Back {
+        to: ReturnTo,
+        code: &'static str,
+        message: String,
+    },
+    /// The link could not be read.
+    Failed(SignInError),
+}
+
+/// Where a hosted sign-in sends the person back to, and for which mailbox.
+#[derive(Debug, Clone)]
+pub struct ReturnTo {
+    pub url: Url,
+    pub mailbox: MailboxId,
+}
+
+impl ReturnTo {
+    /// The return URL with the outcome in its query: `mailbox_id` and `outcome=signed_in`,
+    /// or `outcome=error` with `error` (a stable code) and `message` (in words).
+    pub fn with_outcome(&self, outcome: Result<(), (&str, &str)>) -> Url {
+        let mut url = self.url.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("mailbox_id", &self.mailbox.to_string());
+            match outcome {
+                Ok(()) => {
+                    q.append_pair("outcome", "signed_in");
+                }
+                Err((code, message)) => {
+                    q.append_pair("outcome", "error");
+                    q.append_pair("error", code);
+                    q.append_pair("message", message);
+                }
+            }
+        }
+        url
+    }
+}
+
+impl SignInError {
+    /// A stable code for the error, for a host application to act on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SignInError::NotOAuth(_) => "not_oauth",
+            SignInError::MissingState | SignInError::UnknownState => "invalid_state",
+            SignInError::ExpiredState => "expired",
+            SignInError::Denied(_) => "access_denied",
+            SignInError::MissingCode => "invalid_response",
+            SignInError::NotAllowed => "not_allowed",
+            SignInError::WrongAccount { .. } => "wrong_account",
+            SignInError::NoIdentity => "no_identity",
+            SignInError::UnverifiedAccount(_) => "unverified_account",
+            SignInError::ScopeNotGranted(_) => "scope_not_granted",
+            SignInError::NoRefreshToken => "no_refresh_token",
+            SignInError::Provider(_) => "provider_error",
+            SignInError::Store(_) => "internal",
+        }
     }
 }
 

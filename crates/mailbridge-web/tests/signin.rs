@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 
 const CLIENT_SECRET: &str = "GOCSPX-signin-test-secret-c0ffee";
 
+/// The host application's page users come back to after a hosted sign-in.
+const RETURN_TO: &str = "https://crm.example.com/mailbridge/";
+
 /// A server, a provider, an admin, and Ann's mailbox on a Gmail profile whose OAuth
 /// endpoints are the local provider.
 struct World {
@@ -37,18 +40,15 @@ impl World {
     async fn with_clock(clock: Option<Arc<ManualClock>>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let provider = OAuthProvider::start().unwrap();
-        let app = match clock {
-            Some(clock) => TestApp::start_with(
-                dir.path(),
-                AppOptions {
-                    clock,
-                    ..AppOptions::default()
-                },
-            )
-            .await
-            .unwrap(),
-            None => TestApp::start(dir.path()).await.unwrap(),
+        let options = AppOptions {
+            allowed_return_urls: vec![RETURN_TO.parse().unwrap()],
+            ..AppOptions::default()
         };
+        let options = match clock {
+            Some(clock) => AppOptions { clock, ..options },
+            None => options,
+        };
+        let app = TestApp::start_with(dir.path(), options).await.unwrap();
         let api = ApiClient::default();
         let (_, admin) = app.user("admin@example.com", Role::Admin).await.unwrap();
         let (ann_id, ann) = app.user("ann@example.com", Role::User).await.unwrap();
@@ -689,4 +689,188 @@ async fn starting_more_sign_ins_than_allowed_drops_the_oldest_link() {
         assert_eq!(status, StatusCode::OK, "{page}");
         assert!(page.contains("ann@example.com is signed in"), "{page}");
     }
+}
+
+/// Asks for a hosted sign-in link as `token`: (status, body).
+async fn sign_in_link(w: &World, token: &str, return_url: &str) -> (StatusCode, Value) {
+    w.api
+        .post(
+            &w.app,
+            &format!("/api/v1/mailboxes/{}/sign-in-link", w.mailbox),
+            token,
+            json!({"return_url": return_url}),
+        )
+        .await
+}
+
+/// Follows a browser through a hosted sign-in link: the link, the provider's consent page,
+/// the callback; returns where Mailbridge finally sends it (the host application's page).
+async fn walk(w: &World, link: &str) -> reqwest::Url {
+    let first = no_redirects().get(link).send().await.unwrap();
+    assert_eq!(
+        first.status(),
+        StatusCode::SEE_OTHER,
+        "{}",
+        first.text().await.unwrap()
+    );
+    let next = first.headers()["location"].to_str().unwrap().to_owned();
+    let next = if next.starts_with(RETURN_TO) {
+        next
+    } else {
+        // The consent page, then the callback.
+        let callback = w.consent(&next).await;
+        let back = no_redirects().get(&callback).send().await.unwrap();
+        assert_eq!(
+            back.status(),
+            StatusCode::SEE_OTHER,
+            "{}",
+            back.text().await.unwrap()
+        );
+        back.headers()["location"].to_str().unwrap().to_owned()
+    };
+    next.parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_hosted_sign_in_link_works_once_and_returns_to_the_host_application() {
+    let clock = Arc::new(ManualClock::new());
+    let w = World::with_clock(Some(clock.clone())).await;
+    let (status, link) = sign_in_link(
+        &w,
+        &w.ann,
+        "https://crm.example.com/mailbridge/done?user=42",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{link}");
+    let url = link["url"].as_str().unwrap().to_owned();
+    assert!(
+        url.starts_with(&format!("{}/sign-in/", w.app.base)),
+        "{url}"
+    );
+    let back = walk(&w, &url).await;
+    assert!(
+        back.as_str()
+            .starts_with("https://crm.example.com/mailbridge/done?"),
+        "{back}"
+    );
+    let q: HashMap<String, String> = back.query_pairs().into_owned().collect();
+    assert_eq!(q["user"], "42", "the host application's own query is kept");
+    assert_eq!(q["mailbox_id"], w.mailbox);
+    assert_eq!(q["outcome"], "signed_in", "{q:?}");
+    assert_eq!(w.mailbox_view().await["sign_in_status"], "signed_in");
+    // Once only.
+    let again = walk(&w, &url).await;
+    let q: HashMap<String, String> = again.query_pairs().into_owned().collect();
+    assert_eq!(
+        (q["outcome"].as_str(), q["error"].as_str()),
+        ("error", "link_used"),
+        "{q:?}"
+    );
+    // Another account at the consent page: back with the reason, nothing stored.
+    let (_, link) = sign_in_link(&w, &w.admin, RETURN_TO).await;
+    w.provider
+        .next_account("mallory@example.com")
+        .await
+        .unwrap();
+    let back = walk(&w, link["url"].as_str().unwrap()).await;
+    let q: HashMap<String, String> = back.query_pairs().into_owned().collect();
+    assert_eq!(
+        (q["outcome"].as_str(), q["error"].as_str()),
+        ("error", "wrong_account"),
+        "{q:?}"
+    );
+    assert!(q["message"].contains("mallory@example.com"), "{q:?}");
+    // Too late: a link works for 30 minutes.
+    let (_, link) = sign_in_link(&w, &w.ann, RETURN_TO).await;
+    clock.advance(chrono::Duration::minutes(31));
+    let back = walk(&w, link["url"].as_str().unwrap()).await;
+    let q: HashMap<String, String> = back.query_pairs().into_owned().collect();
+    assert_eq!(q["error"], "link_expired", "{q:?}");
+    // A link nobody made is a page, not a redirect.
+    let (status, page) = w
+        .browse(&format!("{}/sign-in/not-a-real-token", w.app.base))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("not valid"), "{page}");
+}
+
+#[tokio::test]
+async fn a_return_url_outside_the_allowed_list_is_refused() {
+    let w = World::new().await;
+    for bad in [
+        "https://evil.example.com/mailbridge/",
+        "https://crm.example.com/elsewhere",
+        "https://crm.example.com.evil.example/mailbridge/",
+        "http://crm.example.com/mailbridge/",
+        "https://crm.example.com:8443/mailbridge/",
+        "https://me@crm.example.com/mailbridge/",
+        "javascript:alert(1)",
+        "not a url",
+    ] {
+        let r = sign_in_link(&w, &w.ann, bad).await;
+        assert_error(
+            &r,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            Some("return_url"),
+        );
+    }
+    let (_, bob) = w.app.user("bob@example.com", Role::User).await.unwrap();
+    assert_error(
+        &sign_in_link(&w, &bob, RETURN_TO).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        None,
+    );
+    // Without any allowed return URL, no link can be made.
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start(dir.path()).await.unwrap();
+    let (_, admin) = app.user("admin@example.com", Role::Admin).await.unwrap();
+    let (_, profile) = w
+        .api
+        .post(
+            &app,
+            "/api/v1/server-profiles",
+            &admin,
+            json!({
+                "name": "Gmail", "preset": "gmail",
+                "oauth": w.provider.profile_oauth("c.apps.googleusercontent.com", CLIENT_SECRET),
+            }),
+        )
+        .await;
+    let (_, mailbox) = w
+        .api
+        .post(
+            &app,
+            "/api/v1/mailboxes",
+            &admin,
+            json!({"email": "zed@example.com", "profile_id": profile["id"]}),
+        )
+        .await;
+    let r = w
+        .api
+        .post(
+            &app,
+            &format!(
+                "/api/v1/mailboxes/{}/sign-in-link",
+                mailbox["id"].as_str().unwrap()
+            ),
+            &admin,
+            json!({"return_url": RETURN_TO}),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("return_url"),
+    );
+    assert!(
+        r.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allowed_return_urls"),
+        "{}",
+        r.1
+    );
 }

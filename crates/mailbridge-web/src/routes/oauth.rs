@@ -1,6 +1,8 @@
 //! Sign in to Gmail: `GET /mailboxes/{id}/oauth/start` (302 to the consent page),
 //! `GET /oauth/callback` (the registered redirect URI; a page telling the person what
-//! happened), `DELETE /mailboxes/{id}/oauth` (disconnect: revoke and delete).
+//! happened, or, for a hosted sign-in, back to the host application with the outcome),
+//! `DELETE /mailboxes/{id}/oauth` (disconnect: revoke and delete), and hosted sign-in:
+//! `POST /mailboxes/{id}/sign-in-link` and the link itself, `GET /sign-in/{token}`.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -8,13 +10,14 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use mailbridge_core::{AuthMethod, MailboxId};
-use mailbridge_sync::{Callback, Disconnected, SignInError};
+use mailbridge_sync::{Callback, Disconnected, LinkRefused, SignInError};
 
 use super::mailboxes::visible_mailbox;
 use super::path_id;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
+use crate::json::ApiJson;
 use crate::query::ApiQuery;
 use url::Url;
 
@@ -22,10 +25,135 @@ pub fn api_routes() -> Router<AppState> {
     Router::new()
         .route("/mailboxes/{id}/oauth/start", get(start))
         .route("/mailboxes/{id}/oauth", axum::routing::delete(disconnect))
+        .route(
+            "/mailboxes/{id}/sign-in-link",
+            axum::routing::post(create_link),
+        )
 }
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/oauth/callback", get(callback))
+    Router::new()
+        .route("/oauth/callback", get(callback))
+        .route("/sign-in/{token}", get(open_link))
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRequest {
+    /// Where to send the user when the sign-in is over, with `mailbox_id`, `outcome`
+    /// (`signed_in` or `error`) and, on error, `error` (a code) and `message` added to its
+    /// query. Must start with one of the `allowed_return_urls`.
+    #[schema(example = "https://crm.example.com/mailbridge/signed-in")]
+    return_url: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct LinkView {
+    /// Send the user's browser here; it works once.
+    url: String,
+    expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A hosted sign-in link (the mailbox's owner or an admin): the host application sends its
+/// own user to it; the user consents at the provider and lands on `return_url` with the
+/// outcome. Single-use, valid for 30 minutes.
+#[utoipa::path(post, path = "/mailboxes/{id}/sign-in-link", tag = "sign-in", request_body = LinkRequest,
+    security(("bearer" = [])), params(("id" = String, Path, description = "mailbox id")),
+    responses((status = 201, body = LinkView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the profile does not use OAuth, or Gmail sign-in is turned off"),
+        (status = 422, body = ErrorBody, description = "return_url is missing or not among the allowed_return_urls")))]
+async fn create_link(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<LinkRequest>,
+) -> Result<(StatusCode, Json<LinkView>), ApiError> {
+    let mailbox = visible_mailbox(&state, &caller, path_id(&id, "mailbox")?).await?;
+    require_sign_in_offered(&state, &mailbox).await?;
+    let raw = request.return_url.ok_or_else(|| {
+        ApiError::invalid(
+            "return_url",
+            "return_url is required: where to send the user when the sign-in is over",
+        )
+    })?;
+    let return_url = allowed_return_url(&state, &raw)?;
+    let (token, expires_at) = state
+        .signin
+        .create_link(&caller.0, &mailbox, &return_url)
+        .await
+        .map_err(api_error)?;
+    let url = format!(
+        "{}/sign-in/{token}",
+        state.config.public_base_url.as_str().trim_end_matches('/')
+    );
+    Ok((StatusCode::CREATED, Json(LinkView { url, expires_at })))
+}
+
+/// `raw` as a return URL, if it starts with one of the allowed ones: the same scheme, host
+/// and port, and a path at or under the allowed one's — so a link can never send a user to
+/// a site the operator did not list (no open redirect).
+fn allowed_return_url(state: &AppState, raw: &str) -> Result<Url, ApiError> {
+    let allowed = &state.config.allowed_return_urls;
+    if allowed.is_empty() {
+        return Err(ApiError::invalid(
+            "return_url",
+            "no return URL is allowed on this installation; an operator lists the host application's addresses in the allowed_return_urls setting",
+        ));
+    }
+    let url = Url::parse(raw.trim())
+        .map_err(|e| ApiError::invalid("return_url", format!("'{raw}' is not a URL ({e})")))?;
+    let fits = |a: &Url| {
+        a.scheme() == url.scheme()
+            && a.host() == url.host()
+            && a.port_or_known_default() == url.port_or_known_default()
+            && url.username().is_empty()
+            && url.password().is_none()
+            && (url.path() == a.path().trim_end_matches('/')
+                || url
+                    .path()
+                    .starts_with(&format!("{}/", a.path().trim_end_matches('/'))))
+    };
+    if allowed.iter().any(fits) {
+        Ok(url)
+    } else {
+        Err(ApiError::invalid(
+            "return_url",
+            format!(
+                "'{raw}' is not among the allowed return URLs ({}); use one of them, or ask an operator to add it to allowed_return_urls",
+                allowed
+                    .iter()
+                    .map(Url::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))
+    }
+}
+
+/// Opens a hosted sign-in link: on to the provider's consent page, or back to the host
+/// application with why not; a link nobody made gets a page saying so.
+async fn open_link(State(state): State<AppState>, Path(token): Path<String>) -> Response {
+    match state.signin.open_link(&token).await {
+        Ok(consent) => Redirect::to(consent.as_str()).into_response(),
+        Err(LinkRefused::Back { to, code, message }) => {
+            Redirect::to(to.with_outcome(Err((code, &message))).as_str()).into_response()
+        }
+        Err(LinkRefused::Unknown) => page(
+            StatusCode::NOT_FOUND,
+            "This sign-in link is not valid",
+            "The link is not one Mailbridge made (mistyped, or cut short). Go back to the application that sent you and start again.",
+            ("/console", "Mailbridge"),
+        ),
+        Err(LinkRefused::Failed(e)) => {
+            tracing::error!(error = %e, "cannot open a sign-in link");
+            page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Sign-in did not start",
+                "Something went wrong here; go back to the application that sent you and try again.",
+                ("/console", "Mailbridge"),
+            )
+        }
+    }
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -70,6 +198,19 @@ pub(crate) async fn start_sign_in(
     id: MailboxId,
 ) -> Result<Url, ApiError> {
     let mailbox = visible_mailbox(state, caller, id).await?;
+    require_sign_in_offered(state, &mailbox).await?;
+    state
+        .signin
+        .start(&caller.0, &mailbox)
+        .await
+        .map_err(api_error)
+}
+
+/// Gmail sign-in may be turned off on an installation.
+async fn require_sign_in_offered(
+    state: &AppState,
+    mailbox: &mailbridge_store::MailboxRecord,
+) -> Result<(), ApiError> {
     let profile = state.store.get_profile(mailbox.spec.profile_id).await?;
     if profile.spec.auth == AuthMethod::GmailOauth && !state.config.gmail_oauth {
         return Err(ApiError::new(
@@ -78,11 +219,7 @@ pub(crate) async fn start_sign_in(
             "Sign in to Gmail is turned off on this installation (gmail_oauth = false); ask an admin",
         ));
     }
-    state
-        .signin
-        .start(&caller.0, &mailbox)
-        .await
-        .map_err(api_error)
+    Ok(())
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -149,7 +286,18 @@ async fn callback(
             );
         }
     };
-    match state.signin.finish(answer).await {
+    let (result, back) = state.signin.finish_returning(answer).await;
+    if let Some(back) = back {
+        let to = match &result {
+            Ok(_) => back.with_outcome(Ok(())),
+            Err(e) => {
+                tracing::info!(error = %e, "hosted sign-in refused");
+                back.with_outcome(Err((e.code(), &e.to_string())))
+            }
+        };
+        return Redirect::to(to.as_str()).into_response();
+    }
+    match result {
         Ok(mailbox) => page(
             StatusCode::OK,
             "Mailbox connected",
