@@ -116,7 +116,7 @@ pub struct AttemptRecord {
     pub response_excerpt: Option<String>,
     /// When the next try was set for, after this one.
     pub next_attempt_at: Option<DateTime<Utc>>,
-    /// The node that made it.
+    /// The node that made it (its name).
     pub node: Option<String>,
 }
 
@@ -764,8 +764,10 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let attempts: Vec<AttemptRow> = sqlx::query_as(
-                "SELECT attempted_at, duration_ms, status_code, error, response_excerpt, next_attempt_at, node \
-                 FROM webhook_attempts WHERE delivery_id = $1 ORDER BY attempted_at, id",
+                "SELECT a.attempted_at, a.duration_ms, a.status_code, a.error, a.response_excerpt, \
+                 a.next_attempt_at, COALESCE(n.name, a.node) AS node \
+                 FROM webhook_attempts a LEFT JOIN nodes n ON n.id = a.node \
+                 WHERE a.delivery_id = $1 ORDER BY a.attempted_at, a.id",
             )
             .bind(&r.id)
             .fetch_all(&self.pool)

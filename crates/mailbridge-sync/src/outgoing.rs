@@ -1,9 +1,9 @@
 //! Outgoing mail: [`compose`] builds the RFC 5322 message (with a Message-ID that replies
-//! will carry back in In-Reply-To, so they join the conversation), and [`send_due`] sends
+//! will carry back in In-Reply-To, so they join the conversation), and `send_due` sends
 //! what is queued over SMTP with the mailbox's token: `sent` with the server's words, retried
 //! with backoff on 4xx and network errors, `failed` with the server's words on 5xx. An email
 //! whose final `.` went out but whose answer was lost is never sent again blindly (see
-//! [`settle_unconfirmed`]).
+//! `settle_unconfirmed`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -121,6 +121,17 @@ impl Browser {
         Ok(())
     }
 
+    /// Ticks (or unticks) the checkbox matching `css`, which leads nowhere.
+    pub async fn tick(&self, css: &str) -> anyhow::Result<()> {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .with_context(|| format!("no element matches {css}"))?
+            .click()
+            .await?;
+        Ok(())
+    }
+
     /// Clicks the first element matching `css` (a link or a submit button) and waits for
     /// the page it leads to.
     pub async fn click(&self, css: &str) -> anyhow::Result<()> {

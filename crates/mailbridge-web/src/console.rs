@@ -12,6 +12,7 @@ mod mailboxes;
 mod profiles;
 mod session;
 mod users;
+mod webhooks;
 
 use askama::Template;
 use axum::Router;
@@ -53,6 +54,7 @@ pub fn routes() -> Router<AppState> {
         .merge(profiles::routes())
         .merge(mailboxes::routes())
         .merge(users::routes())
+        .merge(webhooks::routes())
         .merge(alerts::routes())
         .route("/console/{*rest}", get(not_found))
         .layer(middleware::from_fn(guard))
@@ -128,7 +130,7 @@ pub struct Layout {
     pub email: String,
     pub admin: bool,
     pub csrf: String,
-    /// Which menu entry is current: `mailboxes`, `profiles`, `users`, `alerts`.
+    /// Which menu entry is current: `mailboxes`, `profiles`, `users`, `webhooks`, `alerts`.
     pub section: &'static str,
     /// Open alerts of the viewer.
     pub alerts: usize,

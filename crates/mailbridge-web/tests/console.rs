@@ -721,3 +721,77 @@ async fn without_the_gmail_feature_there_is_no_sign_in_button_and_no_way_around_
             .contains("turned off on this installation")
     );
 }
+
+#[tokio::test]
+async fn an_admin_adds_a_webhook_sends_a_test_event_and_sees_each_attempt() {
+    use mailbridge_testkit::{Answer, WebhookReceiver};
+    let w = MailWorld::start(AppOptions {
+        engine: Some(MailWorld::fast_engine()),
+        ..AppOptions::default()
+    })
+    .await;
+    let receiver = WebhookReceiver::start().unwrap();
+    let url = receiver.receiver("crm", &[], Answer::Ok).await.unwrap();
+    let b = Browser::start().await.unwrap();
+    sign_in(&b, &w, "admin@example.com", &w.admin).await;
+    b.press("Webhooks").await.unwrap();
+    assert_eq!(b.path().await.unwrap(), "/console/webhooks");
+    // A mistake first: the error sits by the field and what was typed stays.
+    b.fill("url", "crm.example.com/hooks").await.unwrap();
+    b.press("Add webhook").await.unwrap();
+    shows(&b, ".field.invalid", "not a URL").await;
+    b.fill("url", &url).await.unwrap();
+    b.fill("description", "The CRM").await.unwrap();
+    b.tick("input[value='email.received']").await.unwrap();
+    b.tick("input[value='mailbox.disabled']").await.unwrap();
+    b.press("Add webhook").await.unwrap();
+    let secret = b.text("#webhook-secret").await.unwrap();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    shows(&b, "table", "email.received, mailbox.disabled").await;
+    b.full_screenshot("webhooks", 1280).await.unwrap();
+    receiver
+        .receiver("crm", &[&secret], Answer::Ok)
+        .await
+        .unwrap();
+    b.click("table a").await.unwrap();
+    let endpoint_page = format!("{}{}", w.app.base, b.path().await.unwrap());
+    b.press("Send test event").await.unwrap();
+    until(&b, "is on its way").await;
+    // The worker delivers within a moment; the page shows the attempt.
+    for _ in 0..100 {
+        b.goto(&endpoint_page).await.unwrap();
+        if b.page_text().await.unwrap().contains("delivered") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shows(&b, "table", "webhook.test").await;
+    shows(&b, "table", "delivered").await;
+    // The attempts fold away until asked for.
+    b.tick("details summary").await.unwrap();
+    shows(&b, "table", "HTTP 204").await;
+    b.screenshot("webhook-deliveries").await.unwrap();
+    let got = receiver.deliveries("crm").await.unwrap();
+    assert_eq!(
+        (got.len(), &got[0]["verified"]),
+        (1, &json!(true)),
+        "{got:#?}"
+    );
+    // The secret is not on the page any more; a user does not see the page at all.
+    assert!(!b.page_text().await.unwrap().contains(&secret));
+    sign_out(&b).await;
+    sign_in(&b, &w, "ann@example.com", &w.ann).await;
+    b.goto(&format!("{}/console/webhooks", w.app.base))
+        .await
+        .unwrap();
+    assert!(
+        b.page_text()
+            .await
+            .unwrap()
+            .contains("Only admins can manage webhooks"),
+        "{}",
+        b.page_text().await.unwrap()
+    );
+    b.close().await.unwrap();
+    w.app.stop().await.unwrap();
+}
