@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod backup;
 pub mod contacts;
 pub mod crypto;
 pub mod emails;
@@ -101,6 +102,13 @@ pub enum StoreError {
     RateLimited {
         message: String,
         retry_after_secs: u64,
+    },
+    /// A file the store was asked to write (a backup) cannot be written.
+    #[error("cannot write {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
     /// A stored row no longer parses (edited by hand, or written by a newer version).
     #[error("stored {what} is invalid: {why}")]
@@ -458,10 +466,12 @@ pub(crate) mod tests {
             .fetch_one(&mut *conn)
             .await
             .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA max_page_count = {pages}")))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PRAGMA max_page_count = {pages}"
+        )))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
         let full = StoreError::from(
             sqlx::query("CREATE TABLE filler (b BLOB)")
                 .execute(&mut *conn)
