@@ -236,7 +236,25 @@ impl Store {
         // While the database does not answer, a request waits this long for a connection and
         // then fails as `Unavailable` (503 from the API), rather than hanging for as long as
         // the outage lasts. SQLite connections are local, so only a pool this busy waits.
-        let pool_options = AnyPoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT);
+        let pool_options = AnyPoolOptions::new()
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A connection goes back to the pool only outside any transaction. sqlx counts a
+            // transaction open until its COMMIT or ROLLBACK succeeds; when SQLite has rolled
+            // one back itself (SQLITE_FULL at COMMIT: the disk full), the ROLLBACK sent for
+            // the dropped transaction fails too, and the connection stayed "in a transaction"
+            // for good: every later write on it failed ("begin_with at non-zero transaction
+            // depth"), long after space was freed. Such a connection is closed instead, and
+            // the pool opens a new one.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    if !sqlx::Connection::is_in_transaction(conn) {
+                        return Ok(true);
+                    }
+                    // A rollback queued by a dropped transaction runs before this query.
+                    let _ = sqlx::query("SELECT 1").execute(&mut *conn).await;
+                    Ok(!sqlx::Connection::is_in_transaction(conn))
+                })
+            });
         let pool = match backend {
             Backend::Sqlite => {
                 pool_options

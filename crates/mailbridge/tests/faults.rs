@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use cluster::Cluster;
 use mailbridge_testkit::{Postgres, corpus};
 use rand::{Rng, SeedableRng};
+use serde_json::Value;
 use sqlx::AnyPool;
 
 /// A setting for a long run (`scripts/crash-test`), or its default.
@@ -177,4 +178,221 @@ async fn sigkills_during_a_first_sync_of_the_corpus_lose_and_repeat_nothing_on_s
 async fn sigkills_during_a_first_sync_of_the_corpus_lose_and_repeat_nothing_on_postgres() {
     let url = Postgres::shared().unwrap().database().await.unwrap();
     killed_at_random_moments(Some(url), "PostgreSQL").await;
+}
+
+/// Unmounts on drop.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A small tmpfs for a data folder, or why there cannot be one here.
+fn small_filesystem(dir: &std::path::Path, size: &str) -> Result<Mount, String> {
+    let out = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "mailbridge-test",
+        ])
+        .arg(dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(Mount(dir.to_owned()))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// Fills the file system holding `dir` with `filler` until the kernel says it is full.
+fn fill(filler: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(filler).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        match f.write_all(&chunk) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    // The last partial chunk may have taken the final bytes; nothing is left.
+    let _ = f.sync_all();
+}
+
+async fn integrity(dir: &std::path::Path) -> String {
+    let db = pool(&format!(
+        "sqlite://{}?mode=ro",
+        dir.join("mailbridge.db").display()
+    ))
+    .await;
+    let (check,): (String,) = sqlx::query_as("PRAGMA integrity_check")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    check
+}
+
+/// SQLite's disk full while the service syncs: writes get 507 with the JSON error and reads
+/// still work; the engine's passes fail and wait but the mailbox is never counted as failing
+/// (with a quick engine, ten failures would take seconds); nothing is corrupted; and once
+/// space is freed the mail that arrived meanwhile is stored on its own. Needs a small tmpfs
+/// (root); skipped, saying so, where none can be mounted.
+#[tokio::test]
+async fn a_full_disk_under_sqlite_is_a_507_and_the_sync_resumes_when_space_is_freed() {
+    use mailbridge_testkit::{AppOptions, MailWorld, TestDatabase};
+    let mount_dir = tempfile::tempdir().unwrap();
+    let _mount = match small_filesystem(mount_dir.path(), "48m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED: cannot mount a small tmpfs for the full-disk test ({why}); run as root"
+            );
+            return;
+        }
+    };
+    let w = MailWorld::start_in(
+        mount_dir.path(),
+        AppOptions {
+            // Quick: a retry at least every second, three failures in a row disable a
+            // mailbox, and logins are not held back.
+            engine: Some(mailbridge_sync::EngineConfig {
+                max_failures: 3,
+                login_limit: (1000, Duration::from_secs(60)),
+                ..MailWorld::fast_engine()
+            }),
+            database: TestDatabase::Sqlite,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let data = std::fs::read_dir(mount_dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("mailbridge.db").exists())
+        .unwrap();
+    let profile = w.password_profile("Dovecot").await;
+    let id = w
+        .mailbox(
+            "pw@example.com",
+            &w.ann_id,
+            &profile,
+            serde_json::json!({"password": "hunter2", "outgoing_method": "none"}),
+        )
+        .await;
+    w.enable_as_tested(&id).await;
+    let mailbox = id.parse().unwrap();
+    let message = |i: usize, body: usize| {
+        format!(
+            "From: a@example.com\r\nTo: pw@example.com\r\nSubject: disk {i}\r\nMessage-ID: <disk-{i}@example.com>\r\n\r\n{}\r\n",
+            "0123456789abcdef".repeat(body / 16)
+        )
+    };
+    for i in 0..20 {
+        w.dovecot
+            .deliver("pw@example.com", message(i, 1000).as_bytes())
+            .unwrap();
+    }
+    let stored = async || w.app.store.count_emails(mailbox).await.unwrap() as usize;
+    let started = Instant::now();
+    while stored().await < 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "first mail not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Full, but for a reserve given back later.
+    let reserve = mount_dir.path().join("reserve");
+    std::fs::write(&reserve, vec![0u8; 1 << 20]).unwrap();
+    let filler = mount_dir.path().join("filler");
+    fill(&filler);
+    // Mail arrives that the database has no room for (more than its log can take back).
+    for i in 20..60 {
+        w.dovecot
+            .deliver("pw@example.com", message(i, 256 * 1024).as_bytes())
+            .unwrap();
+    }
+    // Writes through the API: 507 with the JSON error, once the database's spare room is used.
+    let http = reqwest::Client::new();
+    let mut refused = None;
+    for round in 0..200 {
+        let contacts: Vec<Value> = (0..200)
+            .map(|k| serde_json::json!({"email": format!("c{round}-{k}@example.com"), "name": "x".repeat(200)}))
+            .collect();
+        let resp = http
+            .put(format!("{}/api/v1/contacts", w.app.base))
+            .bearer_auth(&w.admin)
+            .json(&serde_json::json!({"contacts": contacts}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() != 200 {
+            let retry = resp.headers().get("retry-after").cloned();
+            refused = Some((
+                resp.status().as_u16(),
+                retry,
+                resp.json::<Value>().await.unwrap(),
+            ));
+            break;
+        }
+    }
+    let (status, retry, body) = refused.expect("the API kept writing to a full disk");
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(body["error"]["code"], "insufficient_storage", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("storage is full"),
+        "{body}"
+    );
+    assert!(retry.is_some());
+    // Reads still work.
+    let (read, _) = w.api.get(&w.app, "/api/v1/mailboxes", &w.admin).await;
+    assert_eq!(read, 200);
+    // A megabyte is freed: small writes (lease renewals, a mailbox's status) fit again, the
+    // new mail (10 MB) does not. The engine keeps trying, and the mailbox is neither
+    // disabled (three failures in a row would, within a second or two) nor alerted, nor is
+    // anything half stored.
+    std::fs::remove_file(&reserve).unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let m = w.app.store.get_mailbox(mailbox).await.unwrap();
+    assert!(m.enabled, "the mailbox was disabled for the full disk");
+    let (_, alerts) = w
+        .api
+        .get(&w.app, &format!("/api/v1/mailboxes/{id}/alerts"), &w.admin)
+        .await;
+    assert_eq!(alerts, serde_json::json!([]), "{alerts}");
+    assert_eq!(stored().await, 20);
+    assert_eq!(integrity(&data).await, "ok");
+
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    while stored().await < 60 {
+        assert!(
+            freed.elapsed() < Duration::from_secs(60),
+            "the sync did not resume after space was freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resumed_after = freed.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stored().await, 60, "nothing stored twice");
+    assert_eq!(integrity(&data).await, "ok");
+    eprintln!(
+        "disk full: writes answered {status}; the mail that arrived meanwhile was stored {:.1} s after space was freed",
+        resumed_after.as_secs_f64()
+    );
 }
