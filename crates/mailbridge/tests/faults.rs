@@ -180,6 +180,98 @@ async fn sigkills_during_a_first_sync_of_the_corpus_lose_and_repeat_nothing_on_p
     killed_at_random_moments(Some(url), "PostgreSQL").await;
 }
 
+async fn answer(http: &reqwest::Client, url: &str, token: &str) -> (u16, Option<String>, Value) {
+    let resp = http.get(url).bearer_auth(token).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, retry, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// PostgreSQL stopped for `MAILBRIDGE_OUTAGE_SECS` (30) while `mailbridge serve` runs: the
+/// API answers 503 with the JSON error and `Retry-After` within a few seconds (never a 500),
+/// `/readyz` says not ready, the engine waits; when PostgreSQL is back the service resumes on
+/// its own, and mail delivered meanwhile is stored once. No mailbox is disabled or alerted.
+#[tokio::test]
+async fn postgres_stopped_while_serving_is_a_503_and_the_service_resumes_on_its_own() {
+    let outage = Duration::from_secs(setting("MAILBRIDGE_OUTAGE_SECS", 30));
+    let pg = Postgres::private().unwrap();
+    let url = pg.database().await.unwrap();
+    let c = Cluster::start_on(Some(url), 2, 0).await;
+    c.deliver(1, &c.mailboxes);
+    let (node, base) = c.serve("node", &[]);
+    c.wait_for_emails(&c.mailboxes, 1).await;
+    let http = reqwest::Client::new();
+    let mailboxes = format!("{base}/api/v1/mailboxes");
+
+    pg.stop().unwrap();
+    let down = Instant::now();
+    c.deliver(2, &c.mailboxes);
+    let (mut answers, mut slowest) = (0, Duration::ZERO);
+    while down.elapsed() < outage {
+        let asked = Instant::now();
+        let (status, retry, body) = answer(&http, &mailboxes, &c.token).await;
+        let took = asked.elapsed();
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+        assert_eq!(
+            body["error"]["message"],
+            "the database is not answering; try again shortly"
+        );
+        assert_eq!(retry.as_deref(), Some("5"));
+        assert!(took < Duration::from_secs(8), "answered after {took:?}");
+        let (ready, _, why) = answer(&http, &format!("{base}/readyz"), "").await;
+        assert_eq!(ready, 503, "{why}");
+        answers += 1;
+        slowest = slowest.max(took);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    pg.restart().unwrap();
+    let back = Instant::now();
+    let was_down = down.elapsed();
+    loop {
+        let (ready, _, _) = answer(&http, &format!("{base}/readyz"), "").await;
+        if ready == 200 {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(30), "not ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready_after = back.elapsed();
+    // The mail delivered during the outage is stored by the engine on its own, once.
+    c.wait_for_emails(&c.mailboxes, 2).await;
+    let resumed_after = back.elapsed();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    c.wait_for_emails(&c.mailboxes, 2).await;
+    for (id, user) in &c.mailboxes {
+        let m = c.store.get_mailbox(*id).await.unwrap();
+        assert!(m.enabled, "{user} was disabled by the outage");
+        let (status, _, alerts) = answer(
+            &http,
+            &format!("{base}/api/v1/mailboxes/{id}/alerts"),
+            &c.token,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(alerts, serde_json::json!([]), "{user}: {alerts}");
+    }
+    let log = std::fs::read_to_string(c.log_path("node")).unwrap();
+    assert!(
+        log.contains("the database is not answering"),
+        "the engine says why it waits"
+    );
+    eprintln!(
+        "PostgreSQL down {:.1} s: {answers} API requests answered 503 (slowest {:.1} s); ready {:.1} s and mail delivered meanwhile stored {:.1} s after it was back",
+        was_down.as_secs_f64(),
+        slowest.as_secs_f64(),
+        ready_after.as_secs_f64(),
+        resumed_after.as_secs_f64()
+    );
+    drop(node);
+}
+
 /// Unmounts on drop.
 struct Mount(std::path::PathBuf);
 
