@@ -63,22 +63,22 @@ fn as_served(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// SIGKILL at `MAILBRIDGE_CRASH_KILLS` random moments during a first sync of
-/// `MAILBRIDGE_CRASH_MESSAGES` corpus messages, restarting on the same database each time;
+/// SIGKILL at `MAILBRIDGE_TEST_CRASH_KILLS` random moments during a first sync of
+/// `MAILBRIDGE_TEST_CRASH_MESSAGES` corpus messages, restarting on the same database each time;
 /// then every message is stored exactly once. A moment is drawn as a point of the corpus
-/// (the kill comes once that many records are committed) plus 0–40 ms, so kills land in
-/// every stage of a batch — fetching, parsing, inserting, committing — and, when two points
-/// fall in one batch, during start-up and login. `MAILBRIDGE_CRASH_SEED` replays a run.
+/// (the kill comes once that many records are committed) plus a random share of the time a
+/// batch takes, so kills land in every stage of a batch — fetching, parsing, inserting,
+/// committing — and, when two points fall in one batch, during start-up and login. `MAILBRIDGE_TEST_CRASH_SEED` replays a run.
 async fn killed_at_random_moments(url: Option<String>, backend: &str) {
-    let total = setting("MAILBRIDGE_CRASH_MESSAGES", 6046) as usize;
-    let kills = setting("MAILBRIDGE_CRASH_KILLS", 20) as usize;
+    let total = setting("MAILBRIDGE_TEST_CRASH_MESSAGES", 6046) as usize;
+    let kills = setting("MAILBRIDGE_TEST_CRASH_KILLS", 20) as usize;
     let seed = setting(
-        "MAILBRIDGE_CRASH_SEED",
+        "MAILBRIDGE_TEST_CRASH_SEED",
         std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish(),
     );
-    eprintln!("{backend}: seed {seed} (MAILBRIDGE_CRASH_SEED={seed} replays this run)");
+    eprintln!("{backend}: seed {seed} (MAILBRIDGE_TEST_CRASH_SEED={seed} replays this run)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
     let messages = corpus::spam_assassin(total).unwrap();
@@ -104,9 +104,22 @@ async fn killed_at_random_moments(url: Option<String>, backend: &str) {
     let started = Instant::now();
     let (mut node, _) = c.serve("crash", &env);
     let mut mid_sync = 0;
+    // How long one batch takes, from commit to commit (measured as the records grow).
+    let mut batch_time = Duration::from_millis(300);
+    let (mut seen, mut seen_at) = (0, Instant::now());
     for (i, point) in points.iter().enumerate() {
         let waiting = Instant::now();
-        while count(&db, &mailbox).await < *point {
+        loop {
+            let n = count(&db, &mailbox).await;
+            if n != seen {
+                if seen != 0 && n > seen {
+                    batch_time = seen_at.elapsed();
+                }
+                (seen, seen_at) = (n, Instant::now());
+            }
+            if n >= *point {
+                break;
+            }
             assert!(
                 waiting.elapsed() < Duration::from_secs(180),
                 "kill {i}: fewer than {point} records after 180 s\n{}",
@@ -114,7 +127,9 @@ async fn killed_at_random_moments(url: Option<String>, backend: &str) {
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..40))).await;
+        // Anywhere in the next batch's fetch, parse, insert or commit.
+        let share: f64 = rng.r#gen();
+        tokio::time::sleep(batch_time.mul_f64(share)).await;
         node.child.kill().unwrap(); // SIGKILL
         node.child.wait().unwrap();
         let at = count(&db, &mailbox).await;
@@ -123,6 +138,8 @@ async fn killed_at_random_moments(url: Option<String>, backend: &str) {
         }
         eprintln!("{backend}: kill {} at {at} records", i + 1);
         node = c.serve("crash", &env).0;
+        // The next process's first commit is timed from its own start, not from this one's.
+        seen = 0;
     }
     let waiting = Instant::now();
     loop {
@@ -190,13 +207,13 @@ async fn answer(http: &reqwest::Client, url: &str, token: &str) -> (u16, Option<
     (status, retry, resp.json().await.unwrap_or(Value::Null))
 }
 
-/// PostgreSQL stopped for `MAILBRIDGE_OUTAGE_SECS` (30) while `mailbridge serve` runs: the
+/// PostgreSQL stopped for `MAILBRIDGE_TEST_OUTAGE_SECS` (30) while `mailbridge serve` runs: the
 /// API answers 503 with the JSON error and `Retry-After` within a few seconds (never a 500),
 /// `/readyz` says not ready, the engine waits; when PostgreSQL is back the service resumes on
 /// its own, and mail delivered meanwhile is stored once. No mailbox is disabled or alerted.
 #[tokio::test]
 async fn postgres_stopped_while_serving_is_a_503_and_the_service_resumes_on_its_own() {
-    let outage = Duration::from_secs(setting("MAILBRIDGE_OUTAGE_SECS", 30));
+    let outage = Duration::from_secs(setting("MAILBRIDGE_TEST_OUTAGE_SECS", 30));
     let pg = Postgres::private().unwrap();
     let url = pg.database().await.unwrap();
     let c = Cluster::start_on(Some(url), 2, 0).await;
