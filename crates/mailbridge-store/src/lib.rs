@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod backup;
 pub mod contacts;
 pub mod crypto;
 pub mod emails;
@@ -44,6 +45,9 @@ pub use sessions::SessionToken;
 pub use users::{ApiToken, UserRecord};
 pub use webhooks::{Attempt, DeliveryJob, DeliveryRecord, Verdict, WebhookRecord};
 
+/// How long a query waits for a pooled connection (see [`Store::connect`]).
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -68,7 +72,24 @@ pub enum StoreError {
     )]
     UnsupportedUrl(String),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+    /// The database is not answering (stopped, restarting, unreachable, out of connections).
+    /// Nothing needs doing here: trying again once it answers works.
+    #[error(
+        "the database is not answering ({source}); check that it runs and is reachable, work resumes on its own when it answers"
+    )]
+    Unavailable {
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database cannot write: the disk that holds it is full. Reads still work.
+    #[error(
+        "the database cannot write, its disk is full ({source}); free space on the disk that holds it, work resumes on its own"
+    )]
+    DiskFull {
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("cannot migrate the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
@@ -89,12 +110,71 @@ pub enum StoreError {
         message: String,
         retry_after_secs: u64,
     },
+    /// A file the store was asked to write (a backup) cannot be written.
+    #[error("cannot write {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A stored row no longer parses (edited by hand, or written by a newer version).
     #[error("stored {what} is invalid: {why}")]
     Corrupt { what: String, why: String },
 }
 
+impl From<sqlx::Error> for StoreError {
+    /// Sorts out the failures that are the database's state, not the request's: see
+    /// [`StoreError::Unavailable`] and [`StoreError::DiskFull`].
+    fn from(e: sqlx::Error) -> Self {
+        match classify(&e) {
+            Outage::None => Self::Database(e),
+            Outage::NotAnswering => Self::Unavailable { source: e },
+            Outage::DiskFull => Self::DiskFull { source: e },
+        }
+    }
+}
+
+enum Outage {
+    None,
+    NotAnswering,
+    DiskFull,
+}
+
+fn classify(e: &sqlx::Error) -> Outage {
+    match e {
+        // The pool found no live connection in time (PostgreSQL stopped or unreachable), the
+        // connection broke mid-query, or the pool is closing.
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => Outage::NotAnswering,
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // SQLite: SQLITE_FULL. PostgreSQL: disk_full.
+            Some("13") | Some("53100") => Outage::DiskFull,
+            // PostgreSQL: connection_exception (class 08), too_many_connections, and the
+            // server shutting down, crashed or starting up (admin_shutdown, crash_shutdown,
+            // cannot_connect_now).
+            Some(code)
+                if code.starts_with("08")
+                    || matches!(code, "53300" | "57P01" | "57P02" | "57P03") =>
+            {
+                Outage::NotAnswering
+            }
+            _ => Outage::None,
+        },
+        _ => Outage::None,
+    }
+}
+
 impl StoreError {
+    /// Whether the database itself is the trouble (not answering, or its disk full), not
+    /// what was asked: the same request works once it is fixed, and nothing about the
+    /// mailbox or the request is to blame.
+    pub fn is_database_outage(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::DiskFull { .. })
+    }
+
     pub(crate) fn corrupt(what: impl Into<String>, why: impl ToString) -> Self {
         Self::Corrupt {
             what: what.into(),
@@ -162,7 +242,28 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
         let options = AnyConnectOptions::from_str(url)?;
-        let pool_options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        // While the database does not answer, a request waits this long for a connection and
+        // then fails as `Unavailable` (503 from the API), rather than hanging for as long as
+        // the outage lasts. SQLite connections are local, so only a pool this busy waits.
+        let pool_options = AnyPoolOptions::new()
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A connection goes back to the pool only outside any transaction. sqlx counts a
+            // transaction open until its COMMIT or ROLLBACK succeeds; when SQLite has rolled
+            // one back itself (SQLITE_FULL at COMMIT: the disk full), the ROLLBACK sent for
+            // the dropped transaction fails too, and the connection stayed "in a transaction"
+            // for good: every later write on it failed ("begin_with at non-zero transaction
+            // depth"), long after space was freed. Such a connection is closed instead, and
+            // the pool opens a new one.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    if !sqlx::Connection::is_in_transaction(conn) {
+                        return Ok(true);
+                    }
+                    // A rollback queued by a dropped transaction runs before this query.
+                    let _ = sqlx::query("SELECT 1").execute(&mut *conn).await;
+                    Ok(!sqlx::Connection::is_in_transaction(conn))
+                })
+            });
         let pool = match backend {
             Backend::Sqlite => {
                 pool_options
@@ -382,6 +483,47 @@ pub(crate) mod tests {
         .unwrap();
         store.migrate().await.unwrap();
         store
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_and_a_database_that_does_not_answer_are_told_apart_from_other_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = fresh_sqlite(dir.path()).await;
+        // SQLite answers SQLITE_FULL when a write would grow the file past max_page_count,
+        // exactly as when the disk is full.
+        let mut conn = store.pool.acquire().await.unwrap();
+        let (pages,): (i64,) = sqlx::query_as("PRAGMA page_count")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PRAGMA max_page_count = {pages}"
+        )))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        let full = StoreError::from(
+            sqlx::query("CREATE TABLE filler (b BLOB)")
+                .execute(&mut *conn)
+                .await
+                .unwrap_err(),
+        );
+        assert!(matches!(full, StoreError::DiskFull { .. }), "{full}");
+        assert!(full.is_database_outage());
+        assert!(full.to_string().contains("disk is full"), "{full}");
+        let wrong = StoreError::from(
+            sqlx::query("SELECT nothing FROM nowhere")
+                .execute(&mut *conn)
+                .await
+                .unwrap_err(),
+        );
+        assert!(matches!(wrong, StoreError::Database(_)), "{wrong}");
+        assert!(!wrong.is_database_outage());
+        drop(conn);
+        store.close().await;
+        let gone = store.ping().await.unwrap_err();
+        assert!(matches!(gone, StoreError::Unavailable { .. }), "{gone}");
+        assert!(gone.is_database_outage());
     }
 
     #[tokio::test]

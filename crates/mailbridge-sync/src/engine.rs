@@ -7,7 +7,8 @@
 //! interval. A mailbox is worked by one task at a time. Errors follow one policy: transient →
 //! capped exponential backoff with jitter, and after `max_failures` in a row the mailbox is
 //! disabled with an alert; permanent (login refused, sign-in revoked) → disabled at once with
-//! an alert for its owner. Sync passes are bounded per profile (`max_connections`) and
+//! an alert for its owner; the database down or full → retried soon, never counted (it is
+//! not the mailbox's failure). Sync passes are bounded per profile (`max_connections`) and
 //! globally, and logins per mailbox by [`EngineConfig::login_limit`], so a session that keeps
 //! ending at once (a token that expires as it is issued, a server that drops each session)
 //! cannot become a reconnect storm.
@@ -29,6 +30,9 @@ use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::outgoing::{CLAIM_PER_ROUND, SendContext, send_due};
 use crate::tokens::{TokenError, TokenService};
+
+/// The longest a mailbox waits between tries while the database is down or full.
+const OUTAGE_RETRY_CAP: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -352,6 +356,8 @@ impl Engine {
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         let mut failures = 0u32;
+        // Passes in a row that the database failed (down, or its disk full).
+        let mut outage_waits = 0u32;
         let (max, window) = self.config.login_limit;
         let mut logins = LoginLimiter::new(max, window);
         loop {
@@ -369,6 +375,15 @@ impl Engine {
                     }
                 }
                 Ok(m) => m,
+                Err(e) if e.is_database_outage() => {
+                    outage_waits += 1;
+                    let wait = self.outage_backoff(mailbox, outage_waits);
+                    tracing::warn!(%mailbox, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot read the mailbox: the database is not answering; waiting for it");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => continue,
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(%mailbox, error = %e, "cannot read the mailbox; stopping its worker");
                     return;
@@ -396,14 +411,30 @@ impl Engine {
                 Ok(Pass::Shutdown) => return,
                 Ok(Pass::Continue) => {
                     failures = 0;
+                    outage_waits = 0;
                     continue;
                 }
                 Err(SyncError::Store(StoreError::LeaseLost { .. })) => {
                     tracing::info!(%mailbox, "lease lost; another node works this mailbox now");
                     return;
                 }
+                // The database is down or its disk full: not this mailbox's failure, so it is
+                // neither counted (an outage must not disable every mailbox) nor recorded
+                // (the database could not take it); the pass is tried again, at most every
+                // `OUTAGE_RETRY_CAP`, and what it fetched is fetched again then.
+                Err(e) if e.is_database_outage() => {
+                    self.metrics.error(true);
+                    outage_waits += 1;
+                    let wait = self.outage_backoff(mailbox, outage_waits);
+                    tracing::warn!(%mailbox, error = %e, retry_in_ms = wait.as_millis() as u64, "sync waits for the database; the mailbox is not counted as failing");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => continue,
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    }
+                }
                 Err(e) => e,
             };
+            outage_waits = 0;
             let transient = e.is_transient();
             self.metrics.error(transient);
             if transient {
@@ -588,6 +619,12 @@ impl Engine {
             .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)));
         let capped = exp.min(self.config.backoff_cap);
         capped + spread(mailbox, failures, capped / 4)
+    }
+
+    /// The wait before trying again while the database is down or full: the usual backoff,
+    /// capped low so the mailbox resumes soon after the database does.
+    fn outage_backoff(&self, mailbox: MailboxId, waits: u32) -> Duration {
+        self.backoff(mailbox, waits).min(OUTAGE_RETRY_CAP)
     }
 
     fn stagger_for(&self, mailbox: MailboxId) -> Duration {

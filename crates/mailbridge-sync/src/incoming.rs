@@ -46,4 +46,15 @@ impl SyncError {
             SyncError::Interrupted => true,
         }
     }
+
+    /// Whether the database was the trouble (not answering, or its disk full): nothing about
+    /// the mailbox, so it must not count towards disabling it.
+    pub fn is_database_outage(&self) -> bool {
+        match self {
+            SyncError::Store(e) | SyncError::Token(crate::tokens::TokenError::Store(e)) => {
+                e.is_database_outage()
+            }
+            _ => false,
+        }
+    }
 }

@@ -93,6 +93,19 @@ impl TestDatabase {
 pub struct Postgres {
     /// `postgres://postgres@127.0.0.1:port`, without a database.
     server_url: String,
+    /// A server this process started (none for `MAILBRIDGE_TEST_POSTGRES_URL`), which
+    /// [`Postgres::stop`] and [`Postgres::restart`] act on.
+    own: Option<Server>,
+}
+
+/// A PostgreSQL server started here: where its data is, how to run it.
+struct Server {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    as_root: bool,
+    /// Removed (and the server stopped) on drop: a private server's, not the shared one's.
+    private: bool,
 }
 
 static SHARED: OnceLock<Result<Postgres, String>> = OnceLock::new();
@@ -110,11 +123,50 @@ impl Postgres {
         if let Ok(url) = std::env::var("MAILBRIDGE_TEST_POSTGRES_URL") {
             return Ok(Self {
                 server_url: url.trim_end_matches('/').to_owned(),
+                own: None,
             });
         }
+        Self::start_in(
+            std::env::temp_dir().join(format!("mailbridge-pg-{}", std::process::id())),
+            false,
+        )
+    }
+
+    /// A server of the test's own, which it may stop and start again (a database outage),
+    /// always started here (`MAILBRIDGE_TEST_POSTGRES_URL` is not used); stopped and removed
+    /// on drop.
+    pub fn private() -> anyhow::Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self::start_in(
+            std::env::temp_dir().join(format!("mailbridge-pg-{}.{n}", std::process::id())),
+            true,
+        )
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended, as when an operator stops it or
+    /// it crashes); its data stays for [`Postgres::restart`].
+    pub fn stop(&self) -> anyhow::Result<()> {
+        let server = self
+            .own
+            .as_ref()
+            .context("this PostgreSQL was not started here")?;
+        server.pg_ctl_stop("fast")
+    }
+
+    /// Starts a server stopped by [`Postgres::stop`] again, on the same port and data.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        let server = self
+            .own
+            .as_ref()
+            .context("this PostgreSQL was not started here")?;
+        server.spawn()?;
+        server.wait_listening()
+    }
+
+    fn start_in(dir: PathBuf, private: bool) -> anyhow::Result<Self> {
         let bin = binaries()?;
         remove_stale_servers();
-        let dir = std::env::temp_dir().join(format!("mailbridge-pg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let data = dir.join("data");
@@ -150,52 +202,18 @@ impl Postgres {
                 String::from_utf8_lossy(&initdb.stderr).trim()
             );
         }
-        let log = std::fs::File::create(dir.join("postgres.log"))?;
-        // Test data: the test server's own crash safety is not under test. Benchmarks set
-        // MAILBRIDGE_TEST_POSTGRES_DURABLE to measure with fsync on.
-        let durability: [&str; 4] =
-            if std::env::var_os("MAILBRIDGE_TEST_POSTGRES_DURABLE").is_some() {
-                ["-c", "fsync=on", "-c", "synchronous_commit=off"]
-            } else {
-                ["-c", "fsync=off", "-c", "synchronous_commit=off"]
-            };
-        // Started from a thread that lives as long as the process, so the parent-death
-        // signal (sent when the spawning *thread* ends) stops the server with the tests.
-        let postgres = bin.join("postgres");
-        let socket_dir = dir.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let child = as_postgres(as_root, &postgres)
-                .arg("-D")
-                .arg(&data)
-                .args(["-p", &port.to_string(), "-k"])
-                .arg(&socket_dir)
-                .args([
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "max_connections=300",
-                ])
-                .args(durability)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn();
-            let _ = tx.send(child.map(|_| ()));
-            loop {
-                std::thread::park();
-            }
-        });
-        rx.recv()?.context("starting postgres")?;
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if started.elapsed() > Duration::from_secs(30) {
-                let log = std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
-                bail!("PostgreSQL did not start within 30 s:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let server = Server {
+            dir,
+            bin,
+            port,
+            as_root,
+            private,
+        };
+        server.spawn()?;
+        server.wait_listening()?;
         Ok(Self {
             server_url: format!("postgres://postgres@127.0.0.1:{port}"),
+            own: Some(server),
         })
     }
 
@@ -220,6 +238,94 @@ impl Postgres {
             .await?;
         conn.close().await?;
         Ok(format!("{}/{name}", self.server_url))
+    }
+}
+
+impl Server {
+    /// Starts `postgres` on the server's data and port (appending to its log).
+    fn spawn(&self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("postgres.log"))?;
+        // Test data: the test server's own crash safety is not under test. Benchmarks set
+        // MAILBRIDGE_TEST_POSTGRES_DURABLE to measure with fsync on.
+        let durability: [&str; 4] =
+            if std::env::var_os("MAILBRIDGE_TEST_POSTGRES_DURABLE").is_some() {
+                ["-c", "fsync=on", "-c", "synchronous_commit=off"]
+            } else {
+                ["-c", "fsync=off", "-c", "synchronous_commit=off"]
+            };
+        // Started from a thread that lives as long as the process, so the parent-death
+        // signal (sent when the spawning *thread* ends) stops the server with the tests.
+        let postgres = self.bin.join("postgres");
+        let (data, socket_dir, port, as_root) = (
+            self.dir.join("data"),
+            self.dir.clone(),
+            self.port,
+            self.as_root,
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let child = as_postgres(as_root, &postgres)
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string(), "-k"])
+                .arg(&socket_dir)
+                .args([
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "max_connections=300",
+                ])
+                .args(durability)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn();
+            let _ = tx.send(child.map(|_| ()));
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv()?.context("starting postgres")
+    }
+
+    fn wait_listening(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if started.elapsed() > Duration::from_secs(30) {
+                let log =
+                    std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+                bail!("PostgreSQL did not start within 30 s:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// `pg_ctl stop` in `mode` (`fast`, `immediate`), waiting until the server is gone.
+    fn pg_ctl_stop(&self, mode: &str) -> anyhow::Result<()> {
+        let out = as_postgres(self.as_root, &self.bin.join("pg_ctl"))
+            .args(["stop", "-w", "-m", mode, "-D"])
+            .arg(self.dir.join("data"))
+            .output()
+            .context("running pg_ctl stop")?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl stop failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.private {
+            let _ = self.pg_ctl_stop("immediate");
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -276,7 +382,8 @@ fn remove_stale_servers() {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix("mailbridge-pg-"))
-            .and_then(|p| p.parse::<u32>().ok())
+            // `<pid>` (the shared server) or `<pid>.<n>` (a private one).
+            .and_then(|p| p.split('.').next()?.parse::<u32>().ok())
         else {
             continue;
         };

@@ -23,7 +23,13 @@ pub struct MailWorld {
 impl MailWorld {
     /// Starts the peers and the app; `options` may set an engine (the CA is filled in).
     pub async fn start(options: AppOptions) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(&std::env::temp_dir(), options).await
+    }
+
+    /// Like [`MailWorld::start`], with the app's data in a new folder inside `parent` (a
+    /// small file system, to fill it).
+    pub async fn start_in(parent: &std::path::Path, options: AppOptions) -> Self {
+        let dir = tempfile::tempdir_in(parent).unwrap();
         let oauth = OAuthProvider::start().unwrap();
         let dovecot = Dovecot::start(&oauth, &[("pw@example.com", "hunter2")]).unwrap();
         let options = AppOptions {

@@ -14,7 +14,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     field: Option<String>,
-    /// Seconds to send as `Retry-After` (with 429 and 503).
+    /// Seconds to send as `Retry-After` (with 429, 503 and 507).
     retry_after: Option<u64>,
 }
 
@@ -27,8 +27,9 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `unauthenticated`, `forbidden`, `not_found`, `conflict`,
     /// `profile_full`, `idempotency_key_reused`, `invalid`, `invalid_json`,
-    /// `unsupported_media_type`, `bad_request`, `method_not_allowed`, `payload_too_large`, `gone`,
-    /// `request_timeout`, `too_many_requests`, `internal`.
+    /// `unsupported_media_type`, `bad_request`, `method_not_allowed`, `payload_too_large`,
+    /// `gone`, `request_timeout`, `too_many_requests`, `unavailable` (503: the database is not
+    /// answering), `insufficient_storage` (507: its disk is full), `internal`.
     code: &'static str,
     /// What went wrong and what to do, in words.
     message: String,
@@ -108,6 +109,9 @@ impl From<ValidationError> for ApiError {
     }
 }
 
+/// `Retry-After` while the database is down or full.
+const DATABASE_RETRY_AFTER_SECS: u64 = 5;
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -126,6 +130,26 @@ impl From<StoreError> for ApiError {
                 message,
                 retry_after_secs,
             } => Self::too_many_requests(message, retry_after_secs),
+            // The database's state, not the request's: the client may try again, and is
+            // told when; the details are for the operator's log.
+            StoreError::Unavailable { .. } => {
+                tracing::warn!(error = %e, "request failed: the database is not answering");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is not answering; try again shortly",
+                )
+                .with_retry_after(DATABASE_RETRY_AFTER_SECS)
+            }
+            StoreError::DiskFull { .. } => {
+                tracing::error!(error = %e, "request failed: the database's disk is full");
+                Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "insufficient_storage",
+                    "the server's storage is full, so nothing was saved; try again after its administrator frees space",
+                )
+                .with_retry_after(DATABASE_RETRY_AFTER_SECS)
+            }
             other => {
                 tracing::error!(error = %other, "request failed");
                 Self::new(

@@ -1,6 +1,7 @@
 //! `mailbridge`: the server-side email synchronization service and its admin commands.
 
 mod admin;
+mod backup;
 mod config;
 mod serve;
 
@@ -52,6 +53,13 @@ enum Command {
     /// The nodes sharing this database: list them, drain one.
     #[command(subcommand)]
     Nodes(admin::NodesCommand),
+    /// Write a consistent copy of the SQLite database to a new FILE while the service runs
+    /// (on PostgreSQL: says to use pg_dump). Keep the master key with it: the secrets in it
+    /// are encrypted with that key.
+    Backup {
+        /// The backup to write; must not exist yet.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,6 +95,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Nodes(c) => {
             admin::nodes(c, &open_admin_store(&config).await?, config.lease_ttl).await
         }
+        Command::Backup { file } => backup::run(&config, &file).await,
     }
 }
 

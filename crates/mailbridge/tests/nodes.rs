@@ -5,6 +5,7 @@
 //! worked by its group.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
+#[allow(dead_code)] // the fault tests use the rest
 #[path = "support/cluster.rs"]
 mod cluster;
 

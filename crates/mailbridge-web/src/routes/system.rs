@@ -60,9 +60,14 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::
         Ok(Ok(())) => (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "not ready: database");
+            let reason = if e.is_database_outage() {
+                "the database is not answering"
+            } else {
+                "database error"
+            };
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({"status": "unavailable", "reason": "database error"})),
+                Json(serde_json::json!({"status": "unavailable", "reason": reason})),
             )
         }
         Err(_) => (

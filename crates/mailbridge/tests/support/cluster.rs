@@ -22,6 +22,8 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     url: String,
     key: String,
+    /// The admin's API token.
+    pub token: String,
     pub store: Store,
     pub dovecot: Dovecot,
     _oauth: OAuthProvider,
@@ -44,6 +46,13 @@ impl Cluster {
     /// A database with `n` password mailboxes on one Dovecot, enabled (as after Test &
     /// Enable); the last `routed` of them use `email_router` with the group `office`.
     pub async fn start(n: usize, routed: usize) -> Self {
+        let url = Postgres::shared().unwrap().database().await.unwrap();
+        Self::start_on(Some(url), n, routed).await
+    }
+
+    /// Like [`Cluster::start`], on the database at `url`, or (`None`) a SQLite file in the
+    /// cluster's folder.
+    pub async fn start_on(url: Option<String>, n: usize, routed: usize) -> Self {
         let users: Vec<(String, String)> = (0..n)
             .map(|i| (format!("u{i}@example.com"), PASSWORD.to_owned()))
             .collect();
@@ -55,7 +64,12 @@ impl Cluster {
         let dovecot = Dovecot::start(&oauth, &user_refs).unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), dovecot.ca_pem()).unwrap();
-        let url = Postgres::shared().unwrap().database().await.unwrap();
+        let url = url.unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("mailbridge.db").display()
+            )
+        });
         let keyring = Keyring::generate();
         let key = keyring.export().as_str().to_owned();
         let store = Store::connect(&url, keyring, Arc::new(SystemClock))
@@ -63,7 +77,7 @@ impl Cluster {
             .unwrap();
         store.migrate().await.unwrap();
         let cli = Actor::cli();
-        let (owner, _) = store
+        let (owner, token) = store
             .create_user(
                 &cli,
                 &EmailAddress::parse("ops@example.com", "e").unwrap(),
@@ -105,6 +119,7 @@ impl Cluster {
             dir,
             url,
             key,
+            token: token.reveal().to_owned(),
             store,
             dovecot,
             _oauth: oauth,
@@ -117,9 +132,49 @@ impl Cluster {
     }
 
     pub fn node_with_lease(&self, name: &str, group: &str, lease_ttl: Duration) -> Node {
-        let log = std::fs::File::create(self.log_path(name)).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_mailbridge"))
-            .arg("serve")
+        let child = self
+            .serve_command(name, group, lease_ttl)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Node {
+            name: name.to_owned(),
+            child,
+        }
+    }
+
+    /// A `cloud` node with `env` added to its environment, once it listens; its API's base URL.
+    /// Its log is appended to, so a restarted node's whole story stays in one file.
+    pub fn serve(&self, name: &str, env: &[(&str, &str)]) -> (Node, String) {
+        let mut cmd = self.serve_command(name, mailbridge_core::DEFAULT_NODE_GROUP, LEASE_TTL);
+        cmd.envs(env.iter().copied()).stdout(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("mailbridge listening on ")
+            .unwrap_or_else(|| panic!("{name} did not start: {line:?}\n{}", self.logs()))
+            .to_owned();
+        let node = Node {
+            name: name.to_owned(),
+            child,
+        };
+        (node, base)
+    }
+
+    fn serve_command(&self, name: &str, group: &str, lease_ttl: Duration) -> Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(name))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailbridge"));
+        cmd.arg("serve")
             .current_dir(self.dir.path())
             .env_remove("RUST_LOG")
             .env("MAILBRIDGE_LOG", "info,mailbridge_sync=debug")
@@ -136,14 +191,22 @@ impl Cluster {
             // Test receivers are on this machine; a short timeout keeps webhook claims short.
             .env("MAILBRIDGE_WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "true")
             .env("MAILBRIDGE_WEBHOOK_TIMEOUT_MS", "1000")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Node {
-            name: name.to_owned(),
-            child,
-        }
+            .stderr(log);
+        cmd
+    }
+
+    /// The cluster's folder (node data folders and logs).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The master key every node and admin command uses (`MAILBRIDGE_MASTER_KEY`).
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// A `mailbridge` admin command against the cluster's database; its standard output.
