@@ -20,5 +20,5 @@ pub use dovecot::{Dovecot, Ports};
 pub use gmail::{GMAIL_ERROR_CHALLENGE, GMAIL_INBOX, ScriptedGmail};
 pub use mailbridge_testdb::{Postgres, TestDatabase};
 pub use oauth::OAuthProvider;
-pub use proxy::CountingProxy;
+pub use proxy::{Action, CountingProxy, Fault, Step, Times};
 pub use world::MailWorld;
