@@ -15,7 +15,7 @@ use secrecy::ExposeSecret;
 
 use crate::error::{ErrorKind, ProtoError};
 use crate::line::{LineBudget, LineConn, refuse_unsafe_credentials};
-use crate::net::{Endpoint, MailStream, Security, TlsSettings};
+use crate::net::{Activity, Endpoint, MailStream, Security, TlsSettings, Watched};
 use crate::sasl::{self, Credentials, Mechanism};
 
 /// Bounds on the untagged lines before a pre-login command's tagged reply (RFC 3501 §7): a
@@ -101,8 +101,11 @@ pub enum IdleOutcome {
 /// A logged-in IMAP session.
 pub struct ImapSession {
     endpoint: Endpoint,
-    session: async_imap::Session<MailStream>,
+    session: async_imap::Session<Watched<MailStream>>,
     capabilities: Vec<String>,
+    /// When the server last sent anything: a step fails after the endpoint's timeout of
+    /// silence, not of its own length, so a large FETCH over a slow link completes.
+    activity: Activity,
 }
 
 impl std::fmt::Debug for ImapSession {
@@ -153,7 +156,8 @@ impl ImapSession {
             caps = capability(&mut conn).await?;
         }
         let (endpoint, stream) = conn.into_stream("log in")?;
-        let client = async_imap::Client::new(stream);
+        let activity = Activity::new();
+        let client = async_imap::Client::new(Watched::new(stream, activity.clone()));
         let session = match credentials {
             Credentials::OAuth { .. } => {
                 let offered: Vec<String> = caps
@@ -181,7 +185,7 @@ impl ImapSession {
                     challenge: challenge.clone(),
                 };
                 endpoint
-                    .timed(&step, async {
+                    .timed_quiet(&step, &activity, async {
                         client.authenticate(command, auth).await.map_err(|(e, _)| {
                             let detail = challenge
                                 .lock()
@@ -202,7 +206,7 @@ impl ImapSession {
                     return Err(endpoint.error("log in", ErrorKind::Unsupported("the server refuses passwords on this connection (LOGINDISABLED); use TLS".into())));
                 }
                 endpoint
-                    .timed("log in with a password", async {
+                    .timed_quiet("log in with a password", &activity, async {
                         client
                             .login(user, password.expose_secret())
                             .await
@@ -217,14 +221,15 @@ impl ImapSession {
             endpoint,
             session,
             capabilities: Vec::new(),
+            activity,
         };
         me.capabilities = me.fetch_capabilities().await?;
         if me.has("ID") {
             let version = env!("CARGO_PKG_VERSION");
-            let endpoint = me.endpoint.clone();
+            let (endpoint, activity) = (me.endpoint.clone(), me.activity.clone());
             me.endpoint
                 .clone()
-                .timed("send ID", async {
+                .timed_quiet("send ID", &activity, async {
                     me.session
                         .id([("name", Some("Mailbridge")), ("version", Some(version))])
                         .await
@@ -240,7 +245,7 @@ impl ImapSession {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         endpoint
-            .timed("read capabilities", async {
+            .timed_quiet("read capabilities", &self.activity, async {
                 let caps = session
                     .capabilities()
                     .await
@@ -274,7 +279,7 @@ impl ImapSession {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         let mailbox = endpoint
-            .timed(&step, async {
+            .timed_quiet(&step, &self.activity, async {
                 session
                     .examine(folder)
                     .await
@@ -303,7 +308,7 @@ impl ImapSession {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         let mut uids: Vec<u32> = endpoint
-            .timed("search new messages", async {
+            .timed_quiet("search new messages", &self.activity, async {
                 session
                     .uid_search(&query)
                     .await
@@ -356,7 +361,7 @@ impl ImapSession {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         endpoint
-            .timed(&step, async {
+            .timed_quiet(&step, &self.activity, async {
                 let tag = session
                     .run_command(format!("UID FETCH {set} {query}"))
                     .await
@@ -416,7 +421,7 @@ impl ImapSession {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         let names: Vec<(String, bool)> = endpoint
-            .timed("list folders", async {
+            .timed_quiet("list folders", &self.activity, async {
                 session
                     .list(Some(""), Some("*"))
                     .await
@@ -460,7 +465,7 @@ impl ImapSession {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         let found = endpoint
-            .timed("search the sent folder", async {
+            .timed_quiet("search the sent folder", &self.activity, async {
                 session
                     .uid_search(&query)
                     .await
@@ -476,10 +481,11 @@ impl ImapSession {
             endpoint,
             session,
             capabilities,
+            activity,
         } = self;
         let mut handle = session.idle();
         endpoint
-            .timed("start IDLE", async {
+            .timed_quiet("start IDLE", &activity, async {
                 handle
                     .init()
                     .await
@@ -496,7 +502,7 @@ impl ImapSession {
             Ok(Err(e)) => return Err(imap_error(&endpoint, "wait in IDLE", e, None)),
         };
         let session = endpoint
-            .timed("end IDLE", async {
+            .timed_quiet("end IDLE", &activity, async {
                 handle
                     .done()
                     .await
@@ -508,6 +514,7 @@ impl ImapSession {
                 endpoint,
                 session,
                 capabilities,
+                activity,
             },
             outcome,
         ))
