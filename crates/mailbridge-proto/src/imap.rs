@@ -101,7 +101,7 @@ pub enum IdleOutcome {
 /// A logged-in IMAP session.
 pub struct ImapSession {
     endpoint: Endpoint,
-    session: async_imap::Session<Watched<MailStream>>,
+    session: async_imap::Session<WholeLines<Watched<MailStream>>>,
     capabilities: Vec<String>,
     /// When the server last sent anything: a step fails after the endpoint's timeout of
     /// silence, not of its own length, so a large FETCH over a slow link completes.
@@ -157,7 +157,8 @@ impl ImapSession {
         }
         let (endpoint, stream) = conn.into_stream("log in")?;
         let activity = Activity::new();
-        let client = async_imap::Client::new(Watched::new(stream, activity.clone()));
+        let client =
+            async_imap::Client::new(WholeLines::new(Watched::new(stream, activity.clone())));
         let session = match credentials {
             Credentials::OAuth { .. } => {
                 let offered: Vec<String> = caps
@@ -526,6 +527,99 @@ impl ImapSession {
     }
 }
 
+/// Hands async-imap's parser whole lines (a literal's content may still come in parts).
+/// imap-proto parses the `ID` answer (RFC 2971) with nom's *complete* parsers, so a `* ID`
+/// line that has arrived only in part is taken as malformed rather than unfinished, and the
+/// login fails: seen on a link that delivered a byte at a time. Every IMAP answer ends with
+/// CRLF, so holding back a line's start until its end has come never waits for nothing.
+#[derive(Debug)]
+struct WholeLines<S> {
+    inner: S,
+    /// Read, not yet handed on: at most the start of one line (or a literal's content that
+    /// did not fit).
+    held: Vec<u8>,
+}
+
+impl<S> WholeLines<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            held: Vec::new(),
+        }
+    }
+
+    /// How much of `held` to hand on into `room` bytes: up to the last line end that fits;
+    /// a line longer than the room in part (the parser reads a long literal piecewise).
+    fn ready(&self, room: usize) -> usize {
+        let window = &self.held[..self.held.len().min(room)];
+        match window.iter().rposition(|b| *b == b'\n') {
+            Some(end) => end + 1,
+            None if window.len() == room => room,
+            None => 0,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WholeLines<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let me = self.get_mut();
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            let n = me.ready(out.remaining());
+            if n > 0 {
+                out.put_slice(&me.held[..n]);
+                me.held.drain(..n);
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let mut read = tokio::io::ReadBuf::new(&mut chunk);
+            match std::pin::Pin::new(&mut me.inner).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    // The end of the stream: what is held goes on (the parser reports a cut
+                    // answer), then the end.
+                    let n = me.held.len().min(out.remaining());
+                    out.put_slice(&me.held[..n]);
+                    me.held.drain(..n);
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(())) => me.held.extend_from_slice(read.filled()),
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WholeLines<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// async-imap's authenticator: sends the initial response when the server asks for it
 /// (no SASL-IR), and answers any later challenge — an error report — with the mechanism's
 /// error reply, keeping the challenge to explain the refusal.
@@ -671,6 +765,60 @@ mod tests {
             "[SERVERBUG] Internal error occurred."
         );
         assert_eq!(server_words("plain words".to_owned()), "plain words");
+    }
+
+    /// Gives one byte per read, as a link that drips.
+    struct Trickle(&'static [u8]);
+
+    impl tokio::io::AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            out: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some((first, rest)) = self.0.split_first() {
+                out.put_slice(&[*first]);
+                self.0 = rest;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_arriving_a_byte_at_a_time_reach_the_parser_as_whole_lines() {
+        use tokio::io::AsyncReadExt;
+        let answer = b"* ID (\"name\" \"Dovecot\")\r\nA4 OK ID completed.\r\n* 1 FETCH (BODY[] {3}\r\nabc)\r\n";
+        let mut lines = WholeLines::new(Trickle(answer));
+        let mut reads = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            let n = lines.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            reads.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        assert_eq!(
+            reads,
+            [
+                "* ID (\"name\" \"Dovecot\")\r\n",
+                "A4 OK ID completed.\r\n",
+                "* 1 FETCH (BODY[] {3}\r\n",
+                "abc)\r\n"
+            ]
+        );
+        // A line longer than the reader's room goes in part; nothing is lost.
+        let mut lines = WholeLines::new(Trickle(b"0123456789\r\n"));
+        let mut small = [0u8; 4];
+        let mut got = Vec::new();
+        loop {
+            let n = lines.read(&mut small).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&small[..n]);
+        }
+        assert_eq!(got, b"0123456789\r\n");
     }
 
     #[test]

@@ -336,9 +336,10 @@ async fn tls_is_verified_and_unreachable_or_silent_servers_fail_clearly() {
 }
 
 /// The read timeout bounds silence, not the length of an answer: through a link that passes
-/// a byte every 2 ms from SELECT on, EXAMINE's answer and a FETCH of two messages take
-/// several times the timeout and still succeed; a link that goes quiet in the middle of a
-/// FETCH fails within about the timeout.
+/// a byte every 2 ms from the greeting on, the login (its `ID` answer arriving in pieces
+/// too), EXAMINE's answer and a FETCH of two messages take several times the timeout and
+/// still succeed; a link that goes quiet in the middle of a FETCH fails within about the
+/// timeout.
 #[tokio::test]
 async fn imap_a_slow_answer_that_keeps_coming_is_read_and_a_silent_one_times_out() {
     let p = peers().await;
@@ -351,10 +352,11 @@ async fn imap_a_slow_answer_that_keeps_coming_is_read_and_a_silent_one_times_out
         user: "pw@example.com".into(),
         password: SecretString::from("hunter2".to_owned()),
     };
+    // (The greeting is read as one line within the timeout: about 150 bytes, 0.3 s here.)
     let timeout = Duration::from_secs(1);
     let drip = CountingProxy::with_fault(
         p.dovecot.ports.imap,
-        Fault::once(Step::Select, Action::Drip(Duration::from_millis(2))),
+        Fault::once(Step::Greeting, Action::Drip(Duration::from_millis(2))),
     )
     .await
     .unwrap();
