@@ -15,7 +15,7 @@ use secrecy::ExposeSecret;
 
 use crate::error::{ErrorKind, ProtoError};
 use crate::line::{LineBudget, LineConn, refuse_unsafe_credentials};
-use crate::net::{Endpoint, MailStream, Security, TlsSettings};
+use crate::net::{Activity, Endpoint, MailStream, Security, TlsSettings, Watched};
 use crate::sasl::{self, Credentials, Mechanism};
 
 /// Bounds on the untagged lines before a pre-login command's tagged reply (RFC 3501 §7): a
@@ -101,8 +101,11 @@ pub enum IdleOutcome {
 /// A logged-in IMAP session.
 pub struct ImapSession {
     endpoint: Endpoint,
-    session: async_imap::Session<MailStream>,
+    session: async_imap::Session<WholeLines<Watched<MailStream>>>,
     capabilities: Vec<String>,
+    /// When the server last sent anything: a step fails after the endpoint's timeout of
+    /// silence, not of its own length, so a large FETCH over a slow link completes.
+    activity: Activity,
 }
 
 impl std::fmt::Debug for ImapSession {
@@ -153,7 +156,9 @@ impl ImapSession {
             caps = capability(&mut conn).await?;
         }
         let (endpoint, stream) = conn.into_stream("log in")?;
-        let client = async_imap::Client::new(stream);
+        let activity = Activity::new();
+        let client =
+            async_imap::Client::new(WholeLines::new(Watched::new(stream, activity.clone())));
         let session = match credentials {
             Credentials::OAuth { .. } => {
                 let offered: Vec<String> = caps
@@ -181,7 +186,7 @@ impl ImapSession {
                     challenge: challenge.clone(),
                 };
                 endpoint
-                    .timed(&step, async {
+                    .timed_quiet(&step, &activity, async {
                         client.authenticate(command, auth).await.map_err(|(e, _)| {
                             let detail = challenge
                                 .lock()
@@ -202,7 +207,7 @@ impl ImapSession {
                     return Err(endpoint.error("log in", ErrorKind::Unsupported("the server refuses passwords on this connection (LOGINDISABLED); use TLS".into())));
                 }
                 endpoint
-                    .timed("log in with a password", async {
+                    .timed_quiet("log in with a password", &activity, async {
                         client
                             .login(user, password.expose_secret())
                             .await
@@ -217,14 +222,15 @@ impl ImapSession {
             endpoint,
             session,
             capabilities: Vec::new(),
+            activity,
         };
         me.capabilities = me.fetch_capabilities().await?;
         if me.has("ID") {
             let version = env!("CARGO_PKG_VERSION");
-            let endpoint = me.endpoint.clone();
+            let (endpoint, activity) = (me.endpoint.clone(), me.activity.clone());
             me.endpoint
                 .clone()
-                .timed("send ID", async {
+                .timed_quiet("send ID", &activity, async {
                     me.session
                         .id([("name", Some("Mailbridge")), ("version", Some(version))])
                         .await
@@ -240,7 +246,7 @@ impl ImapSession {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         endpoint
-            .timed("read capabilities", async {
+            .timed_quiet("read capabilities", &self.activity, async {
                 let caps = session
                     .capabilities()
                     .await
@@ -274,7 +280,7 @@ impl ImapSession {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         let mailbox = endpoint
-            .timed(&step, async {
+            .timed_quiet(&step, &self.activity, async {
                 session
                     .examine(folder)
                     .await
@@ -303,7 +309,7 @@ impl ImapSession {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         let mut uids: Vec<u32> = endpoint
-            .timed("search new messages", async {
+            .timed_quiet("search new messages", &self.activity, async {
                 session
                     .uid_search(&query)
                     .await
@@ -356,7 +362,7 @@ impl ImapSession {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         endpoint
-            .timed(&step, async {
+            .timed_quiet(&step, &self.activity, async {
                 let tag = session
                     .run_command(format!("UID FETCH {set} {query}"))
                     .await
@@ -416,7 +422,7 @@ impl ImapSession {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         let names: Vec<(String, bool)> = endpoint
-            .timed("list folders", async {
+            .timed_quiet("list folders", &self.activity, async {
                 session
                     .list(Some(""), Some("*"))
                     .await
@@ -460,7 +466,7 @@ impl ImapSession {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         let found = endpoint
-            .timed("search the sent folder", async {
+            .timed_quiet("search the sent folder", &self.activity, async {
                 session
                     .uid_search(&query)
                     .await
@@ -476,10 +482,11 @@ impl ImapSession {
             endpoint,
             session,
             capabilities,
+            activity,
         } = self;
         let mut handle = session.idle();
         endpoint
-            .timed("start IDLE", async {
+            .timed_quiet("start IDLE", &activity, async {
                 handle
                     .init()
                     .await
@@ -496,7 +503,7 @@ impl ImapSession {
             Ok(Err(e)) => return Err(imap_error(&endpoint, "wait in IDLE", e, None)),
         };
         let session = endpoint
-            .timed("end IDLE", async {
+            .timed_quiet("end IDLE", &activity, async {
                 handle
                     .done()
                     .await
@@ -508,6 +515,7 @@ impl ImapSession {
                 endpoint,
                 session,
                 capabilities,
+                activity,
             },
             outcome,
         ))
@@ -516,6 +524,99 @@ impl ImapSession {
     /// Ends the session politely; errors are of no interest by then.
     pub async fn logout(mut self) {
         let _ = tokio::time::timeout(self.endpoint.timeout, self.session.logout()).await;
+    }
+}
+
+/// Hands async-imap's parser whole lines (a literal's content may still come in parts).
+/// imap-proto parses the `ID` answer (RFC 2971) with nom's *complete* parsers, so a `* ID`
+/// line that has arrived only in part is taken as malformed rather than unfinished, and the
+/// login fails: seen on a link that delivered a byte at a time. Every IMAP answer ends with
+/// CRLF, so holding back a line's start until its end has come never waits for nothing.
+#[derive(Debug)]
+struct WholeLines<S> {
+    inner: S,
+    /// Read, not yet handed on: at most the start of one line (or a literal's content that
+    /// did not fit).
+    held: Vec<u8>,
+}
+
+impl<S> WholeLines<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            held: Vec::new(),
+        }
+    }
+
+    /// How much of `held` to hand on into `room` bytes: up to the last line end that fits;
+    /// a line longer than the room in part (the parser reads a long literal piecewise).
+    fn ready(&self, room: usize) -> usize {
+        let window = &self.held[..self.held.len().min(room)];
+        match window.iter().rposition(|b| *b == b'\n') {
+            Some(end) => end + 1,
+            None if window.len() == room => room,
+            None => 0,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WholeLines<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let me = self.get_mut();
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            let n = me.ready(out.remaining());
+            if n > 0 {
+                out.put_slice(&me.held[..n]);
+                me.held.drain(..n);
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let mut read = tokio::io::ReadBuf::new(&mut chunk);
+            match std::pin::Pin::new(&mut me.inner).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    // The end of the stream: what is held goes on (the parser reports a cut
+                    // answer), then the end.
+                    let n = me.held.len().min(out.remaining());
+                    out.put_slice(&me.held[..n]);
+                    me.held.drain(..n);
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(())) => me.held.extend_from_slice(read.filled()),
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WholeLines<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -664,6 +765,60 @@ mod tests {
             "[SERVERBUG] Internal error occurred."
         );
         assert_eq!(server_words("plain words".to_owned()), "plain words");
+    }
+
+    /// Gives one byte per read, as a link that drips.
+    struct Trickle(&'static [u8]);
+
+    impl tokio::io::AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            out: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some((first, rest)) = self.0.split_first() {
+                out.put_slice(&[*first]);
+                self.0 = rest;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_arriving_a_byte_at_a_time_reach_the_parser_as_whole_lines() {
+        use tokio::io::AsyncReadExt;
+        let answer = b"* ID (\"name\" \"Dovecot\")\r\nA4 OK ID completed.\r\n* 1 FETCH (BODY[] {3}\r\nabc)\r\n";
+        let mut lines = WholeLines::new(Trickle(answer));
+        let mut reads = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            let n = lines.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            reads.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        assert_eq!(
+            reads,
+            [
+                "* ID (\"name\" \"Dovecot\")\r\n",
+                "A4 OK ID completed.\r\n",
+                "* 1 FETCH (BODY[] {3}\r\n",
+                "abc)\r\n"
+            ]
+        );
+        // A line longer than the reader's room goes in part; nothing is lost.
+        let mut lines = WholeLines::new(Trickle(b"0123456789\r\n"));
+        let mut small = [0u8; 4];
+        let mut got = Vec::new();
+        loop {
+            let n = lines.read(&mut small).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&small[..n]);
+        }
+        assert_eq!(got, b"0123456789\r\n");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -69,6 +70,32 @@ impl Endpoint {
         ProtoError::new(&self.label(), step, kind)
     }
 
+    /// Runs `fut` as `step`, failing once the server has sent nothing for the endpoint's
+    /// timeout (counted from the start of the step, or from the last byte that arrived on
+    /// `activity`, whichever is later). A long answer that keeps arriving — a batch of large
+    /// messages over a slow link — takes as long as it takes; a server or path that goes
+    /// quiet fails within the timeout.
+    pub(crate) async fn timed_quiet<T>(
+        &self,
+        step: &str,
+        activity: &Activity,
+        fut: impl Future<Output = Result<T, ProtoError>>,
+    ) -> Result<T, ProtoError> {
+        let started = tokio::time::Instant::now();
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            let quiet_since = activity.last().max(started);
+            tokio::select! {
+                result = &mut fut => return result,
+                () = tokio::time::sleep_until(quiet_since + self.timeout) => {
+                    if activity.last().max(started) == quiet_since {
+                        return Err(self.error(step, ErrorKind::Timeout(self.timeout)));
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs `fut` within the endpoint's timeout, as `step`.
     pub(crate) async fn timed<T>(
         &self,
@@ -79,6 +106,80 @@ impl Endpoint {
             Ok(r) => r,
             Err(_) => Err(self.error(step, ErrorKind::Timeout(self.timeout))),
         }
+    }
+}
+
+/// When bytes last arrived on a connection (see [`Endpoint::timed_quiet`]); clones share it.
+#[derive(Debug, Clone)]
+pub(crate) struct Activity {
+    origin: tokio::time::Instant,
+    /// Nanoseconds from `origin` to the last byte read.
+    last: Arc<AtomicU64>,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Self {
+            origin: tokio::time::Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let since = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.fetch_max(since, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.origin + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// A stream that notes on an [`Activity`] every time bytes arrive through it (after TLS, so
+/// a slow link is seen a TLS record at a time: at most 16 KiB).
+#[derive(Debug)]
+pub(crate) struct Watched<S> {
+    inner: S,
+    activity: Activity,
+}
+
+impl<S> Watched<S> {
+    pub(crate) fn new(inner: S, activity: Activity) -> Self {
+        Self { inner, activity }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut me.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            me.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The protocol clients against a real Dovecot that validates tokens at a real OAuth
 //! provider: login success and each refusal, TLS and STARTTLS, an unreachable server and one
-//! that never answers.
+//! that never answers, and a slow link that still moves.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::time::Duration;
@@ -9,7 +9,7 @@ use mailbridge_proto::imap::ImapSession;
 use mailbridge_proto::pop3::Pop3Session;
 use mailbridge_proto::smtp::SmtpSession;
 use mailbridge_proto::{Credentials, Endpoint, ErrorKind, ProtoError, Security, TlsSettings};
-use mailbridge_testkit::{Dovecot, OAuthProvider};
+use mailbridge_testkit::{Action, CountingProxy, Dovecot, Fault, OAuthProvider, Step};
 use secrecy::SecretString;
 
 struct Peers {
@@ -333,6 +333,68 @@ async fn tls_is_verified_and_unreachable_or_silent_servers_fail_clearly() {
         .unwrap_err();
     assert!(matches!(e.kind, ErrorKind::Timeout(_)), "{e}");
     hold.abort();
+}
+
+/// The read timeout bounds silence, not the length of an answer: through a link that passes
+/// a byte every 2 ms from the greeting on, the login (its `ID` answer arriving in pieces
+/// too), EXAMINE's answer and a FETCH of two messages take several times the timeout and
+/// still succeed; a link that goes quiet in the middle of a FETCH fails within about the
+/// timeout.
+#[tokio::test]
+async fn imap_a_slow_answer_that_keeps_coming_is_read_and_a_silent_one_times_out() {
+    let p = peers().await;
+    let body = "A line of a message on a slow link.\r\n".repeat(10);
+    for i in 1..=2 {
+        let raw = format!("Subject: slow {i}\r\nMessage-ID: <slow{i}@test>\r\n\r\n{body}");
+        p.dovecot.deliver("pw@example.com", raw.as_bytes()).unwrap();
+    }
+    let password = Credentials::Password {
+        user: "pw@example.com".into(),
+        password: SecretString::from("hunter2".to_owned()),
+    };
+    // (The greeting is read as one line within the timeout: about 150 bytes, 0.3 s here.)
+    let timeout = Duration::from_secs(1);
+    let drip = CountingProxy::with_fault(
+        p.dovecot.ports.imap,
+        Fault::once(Step::Greeting, Action::Drip(Duration::from_millis(2))),
+    )
+    .await
+    .unwrap();
+    let slow = Endpoint::new("127.0.0.1", drip.port, Security::None).with_timeout(timeout);
+    let mut s = ImapSession::login(&slow, &p.tls, &password).await.unwrap();
+    let started = std::time::Instant::now();
+    s.examine("INBOX").await.unwrap();
+    let fetched = s.uid_fetch(&[1, 2]).await.unwrap();
+    assert_eq!(fetched.len(), 2);
+    assert!(fetched[1].raw.ends_with(body.as_bytes()));
+    assert_eq!(drip.fired(), 1);
+    assert!(
+        started.elapsed() > 2 * timeout,
+        "the answers came slower than the timeout: {:?}",
+        started.elapsed()
+    );
+    s.logout().await;
+
+    let stall = CountingProxy::with_fault(
+        p.dovecot.ports.imap,
+        Fault::once(Step::FetchLiteral(100), Action::Stall),
+    )
+    .await
+    .unwrap();
+    let quiet = Endpoint::new("127.0.0.1", stall.port, Security::None).with_timeout(timeout);
+    let mut s = ImapSession::login(&quiet, &p.tls, &password).await.unwrap();
+    s.examine("INBOX").await.unwrap();
+    let started = std::time::Instant::now();
+    let e = s.uid_fetch(&[1, 2]).await.unwrap_err();
+    assert!(
+        matches!(e.kind, ErrorKind::Timeout(_)) && e.is_transient(),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < 3 * timeout,
+        "silence is noticed within about the timeout: {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

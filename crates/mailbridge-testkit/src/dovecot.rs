@@ -124,6 +124,19 @@ impl Dovecot {
         Ok(me)
     }
 
+    /// Adds a password user, so a test can give each case an account of its own on one
+    /// Dovecot. Dovecot reads its passwd-file again when it changed, but looks at most once a
+    /// second: a login within a second of this may not find the user yet (and a refused login
+    /// slows every later login from this address). Add users, then wait a second.
+    pub fn add_password_user(&self, user: &str, password: &str) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut passwd = std::fs::File::options()
+            .append(true)
+            .open(self.dir.path().join("passwd"))?;
+        passwd.write_all(format!("{user}:{{PLAIN}}{password}::::::\n").as_bytes())?;
+        Ok(())
+    }
+
     /// The CA that signed the servers' certificate, to trust in clients.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem

@@ -22,6 +22,6 @@ pub use dovecot::{Dovecot, Ports};
 pub use gmail::{GMAIL_ERROR_CHALLENGE, GMAIL_INBOX, ScriptedGmail};
 pub use mailbridge_testdb::{Postgres, TestDatabase};
 pub use oauth::OAuthProvider;
-pub use proxy::CountingProxy;
+pub use proxy::{Action, CountingProxy, Fault, Step, Times};
 pub use webhooks::{Answer, WebhookReceiver};
 pub use world::MailWorld;
