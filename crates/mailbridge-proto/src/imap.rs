@@ -48,7 +48,9 @@ pub struct FetchedMessage {
 
 impl FetchedMessage {
     /// The message in one `FETCH` response; `None` without a UID or body (a flag update).
-    fn from_attributes(attributes: &[async_imap::imap_proto::AttributeValue<'_>]) -> Option<Self> {
+    pub(crate) fn from_attributes(
+        attributes: &[async_imap::imap_proto::AttributeValue<'_>],
+    ) -> Option<Self> {
         use async_imap::imap_proto::AttributeValue;
         let (mut uid, mut raw) = (None, None);
         let (mut gmail_msg_id, mut gmail_thread_id, mut gmail_labels) = (None, None, Vec::new());
@@ -112,6 +114,16 @@ impl ImapSession {
     ) -> Result<Self, ProtoError> {
         refuse_unsafe_credentials(endpoint, credentials)?;
         let stream = MailStream::connect(endpoint, tls).await?;
+        Self::login_over(stream, endpoint, tls, credentials).await
+    }
+
+    /// [`ImapSession::login`] on a stream already connected (the fuzz targets' in-memory one).
+    pub(crate) async fn login_over(
+        stream: MailStream,
+        endpoint: &Endpoint,
+        tls: &TlsSettings,
+        credentials: &Credentials,
+    ) -> Result<Self, ProtoError> {
         let mut conn = LineConn::new(endpoint.clone(), stream);
         let greeting = conn.read_line("read the greeting").await?;
         if !greeting.starts_with("* OK") {
@@ -474,7 +486,7 @@ impl async_imap::Authenticator for SaslExchange {
 /// async-imap reports a tagged NO as `code: Some(..), info: Some("words")` (after login) or
 /// `outcome: Outcome { code: .., information: Some("words") }` (on a selected folder); the
 /// server's own words are the quoted part.
-fn server_words(raw: String) -> String {
+pub(crate) fn server_words(raw: String) -> String {
     let Some((start, marker)) = ["information: Some(\"", "info: Some(\""]
         .iter()
         .find_map(|m| raw.find(m).map(|at| (at, *m)))
@@ -488,7 +500,12 @@ fn server_words(raw: String) -> String {
     }
 }
 
-fn imap_error(endpoint: &Endpoint, step: &str, e: ImapError, detail: Option<String>) -> ProtoError {
+pub(crate) fn imap_error(
+    endpoint: &Endpoint,
+    step: &str,
+    e: ImapError,
+    detail: Option<String>,
+) -> ProtoError {
     let e = match e {
         ImapError::No(words) => ImapError::No(server_words(words)),
         other => other,
@@ -556,7 +573,7 @@ async fn capability(conn: &mut LineConn) -> Result<Vec<String>, ProtoError> {
 }
 
 /// `* OK [CAPABILITY IMAP4rev1 …] ready` → the capabilities.
-fn bracketed_capabilities(greeting: &str) -> Option<Vec<String>> {
+pub(crate) fn bracketed_capabilities(greeting: &str) -> Option<Vec<String>> {
     let start = greeting.find("[CAPABILITY ")? + "[CAPABILITY ".len();
     let end = greeting[start..].find(']')? + start;
     Some(
