@@ -3,4 +3,9 @@
 //! greeting's capabilities and the words of a NO. See `mailbridge_proto::fuzzing`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mailbridge_proto::fuzzing::imap_responses(data));
+use mailbridge_proto::fuzzing;
+
+libfuzzer_sys::fuzz_target!(
+    init: fuzzing::let_imap_library_panics_through(),
+    |data: &[u8]| fuzzing::imap_responses(data)
+);

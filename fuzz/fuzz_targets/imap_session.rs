@@ -3,6 +3,11 @@
 //! server's turns separated by 0x1e (see `mailbridge_proto::fuzzing`).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = mailbridge_proto::fuzzing::imap_session(data);
-});
+use mailbridge_proto::fuzzing;
+
+libfuzzer_sys::fuzz_target!(
+    init: fuzzing::let_imap_library_panics_through(),
+    |data: &[u8]| {
+        let _ = fuzzing::imap_session(data);
+    }
+);

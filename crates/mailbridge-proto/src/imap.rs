@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use async_imap::error::Error as ImapError;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use futures::FutureExt;
 use secrecy::ExposeSecret;
 
 use crate::error::{ErrorKind, ProtoError};
@@ -182,37 +183,33 @@ impl ImapSession {
                     error_reply: mechanism.error_reply(),
                     challenge: challenge.clone(),
                 };
-                endpoint
-                    .timed(&step, async {
-                        client.authenticate(command, auth).await.map_err(|(e, _)| {
-                            let detail = challenge
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .take();
-                            imap_error(
-                                &endpoint,
-                                &step,
-                                e,
-                                detail.as_deref().and_then(sasl::describe_challenge_bytes),
-                            )
-                        })
+                imap_step(&endpoint, &step, async {
+                    client.authenticate(command, auth).await.map_err(|(e, _)| {
+                        let detail = challenge
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .take();
+                        imap_error(
+                            &endpoint,
+                            &step,
+                            e,
+                            detail.as_deref().and_then(sasl::describe_challenge_bytes),
+                        )
                     })
-                    .await?
+                })
+                .await?
             }
             Credentials::Password { user, password } => {
                 if has(&caps, "LOGINDISABLED") {
                     return Err(endpoint.error("log in", ErrorKind::Unsupported("the server refuses passwords on this connection (LOGINDISABLED); use TLS".into())));
                 }
-                endpoint
-                    .timed("log in with a password", async {
-                        client
-                            .login(user, password.expose_secret())
-                            .await
-                            .map_err(|(e, _)| {
-                                imap_error(&endpoint, "log in with a password", e, None)
-                            })
-                    })
-                    .await?
+                imap_step(&endpoint, "log in with a password", async {
+                    client
+                        .login(user, password.expose_secret())
+                        .await
+                        .map_err(|(e, _)| imap_error(&endpoint, "log in with a password", e, None))
+                })
+                .await?
             }
         };
         let mut me = Self {
@@ -224,16 +221,14 @@ impl ImapSession {
         if me.has("ID") {
             let version = env!("CARGO_PKG_VERSION");
             let endpoint = me.endpoint.clone();
-            me.endpoint
-                .clone()
-                .timed("send ID", async {
-                    me.session
-                        .id([("name", Some("Mailbridge")), ("version", Some(version))])
-                        .await
-                        .map(drop)
-                        .map_err(|e| imap_error(&endpoint, "send ID", e, None))
-                })
-                .await?;
+            imap_step(&endpoint, "send ID", async {
+                me.session
+                    .id([("name", Some("Mailbridge")), ("version", Some(version))])
+                    .await
+                    .map(drop)
+                    .map_err(|e| imap_error(&endpoint, "send ID", e, None))
+            })
+            .await?;
         }
         Ok(me)
     }
@@ -241,24 +236,23 @@ impl ImapSession {
     async fn fetch_capabilities(&mut self) -> Result<Vec<String>, ProtoError> {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
-        endpoint
-            .timed("read capabilities", async {
-                let caps = session
-                    .capabilities()
-                    .await
-                    .map_err(|e| imap_error(&endpoint, "read capabilities", e, None))?;
-                Ok(caps
-                    .iter()
-                    .map(|c| match c {
-                        async_imap::types::Capability::Imap4rev1 => "IMAP4REV1".to_owned(),
-                        async_imap::types::Capability::Auth(a) => {
-                            format!("AUTH={}", a.to_ascii_uppercase())
-                        }
-                        async_imap::types::Capability::Atom(a) => a.to_ascii_uppercase(),
-                    })
-                    .collect())
-            })
-            .await
+        imap_step(&endpoint, "read capabilities", async {
+            let caps = session
+                .capabilities()
+                .await
+                .map_err(|e| imap_error(&endpoint, "read capabilities", e, None))?;
+            Ok(caps
+                .iter()
+                .map(|c| match c {
+                    async_imap::types::Capability::Imap4rev1 => "IMAP4REV1".to_owned(),
+                    async_imap::types::Capability::Auth(a) => {
+                        format!("AUTH={}", a.to_ascii_uppercase())
+                    }
+                    async_imap::types::Capability::Atom(a) => a.to_ascii_uppercase(),
+                })
+                .collect())
+        })
+        .await
     }
 
     /// Whether the server advertised a capability after login (`CONDSTORE`, `X-GM-EXT-1`…).
@@ -275,14 +269,13 @@ impl ImapSession {
         let step = format!("open {folder}");
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
-        let mailbox = endpoint
-            .timed(&step, async {
-                session
-                    .examine(folder)
-                    .await
-                    .map_err(|e| imap_error(&endpoint, &step, e, None))
-            })
-            .await?;
+        let mailbox = imap_step(&endpoint, &step, async {
+            session
+                .examine(folder)
+                .await
+                .map_err(|e| imap_error(&endpoint, &step, e, None))
+        })
+        .await?;
         Ok(FolderStatus {
             exists: mailbox.exists,
             uid_validity: mailbox.uid_validity,
@@ -304,18 +297,17 @@ impl ImapSession {
         };
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
-        let mut uids: Vec<u32> = endpoint
-            .timed("search new messages", async {
-                session
-                    .uid_search(&query)
-                    .await
-                    .map_err(|e| imap_error(&endpoint, "search new messages", e, None))
-            })
-            .await?
-            .into_iter()
-            // `n:*` always matches the last message, even below n (RFC 3501 §6.4.8).
-            .filter(|u| *u >= first)
-            .collect();
+        let mut uids: Vec<u32> = imap_step(&endpoint, "search new messages", async {
+            session
+                .uid_search(&query)
+                .await
+                .map_err(|e| imap_error(&endpoint, "search new messages", e, None))
+        })
+        .await?
+        .into_iter()
+        // `n:*` always matches the last message, even below n (RFC 3501 §6.4.8).
+        .filter(|u| *u >= first)
+        .collect();
         uids.sort_unstable();
         Ok(uids)
     }
@@ -357,57 +349,54 @@ impl ImapSession {
         let step = format!("download {} message(s)", uids.len());
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
-        endpoint
-            .timed(&step, async {
-                let tag = session
-                    .run_command(format!("UID FETCH {set} {query}"))
+        imap_step(&endpoint, &step, async {
+            let tag = session
+                .run_command(format!("UID FETCH {set} {query}"))
+                .await
+                .map_err(|e| imap_error(&endpoint, &step, e, None))?;
+            let mut fetched = Vec::with_capacity(uids.len());
+            loop {
+                let response = session
+                    .read_response()
                     .await
-                    .map_err(|e| imap_error(&endpoint, &step, e, None))?;
-                let mut fetched = Vec::with_capacity(uids.len());
-                loop {
-                    let response = session
-                        .read_response()
-                        .await
-                        .map_err(|e| imap_error(&endpoint, &step, e.into(), None))?
-                        .ok_or_else(|| {
-                            imap_error(&endpoint, &step, ImapError::ConnectionLost, None)
-                        })?;
-                    match response.parsed() {
-                        Response::Fetch(_, attributes) => {
-                            fetched.extend(FetchedMessage::from_attributes(attributes));
-                        }
-                        Response::Done {
-                            tag: done,
-                            status,
-                            outcome,
-                        } if *done == tag => {
-                            let words = outcome
-                                .information
-                                .as_deref()
-                                .unwrap_or_default()
-                                .to_owned();
-                            return match status {
-                                Status::Ok => Ok((fetched, None)),
-                                Status::No => {
-                                    let refusal = endpoint.error(
-                                        &step,
-                                        ErrorKind::Rejected {
-                                            words,
-                                            transient: true,
-                                        },
-                                    );
-                                    Ok((fetched, Some(refusal)))
-                                }
-                                _ => Err(imap_error(&endpoint, &step, ImapError::Bad(words), None)),
-                            };
-                        }
-                        // EXISTS, EXPUNGE and flag changes arriving meanwhile: the next pass
-                        // over the folder sees their effect.
-                        _ => {}
+                    .map_err(|e| imap_error(&endpoint, &step, e.into(), None))?
+                    .ok_or_else(|| imap_error(&endpoint, &step, ImapError::ConnectionLost, None))?;
+                match response.parsed() {
+                    Response::Fetch(_, attributes) => {
+                        fetched.extend(FetchedMessage::from_attributes(attributes));
                     }
+                    Response::Done {
+                        tag: done,
+                        status,
+                        outcome,
+                    } if *done == tag => {
+                        let words = outcome
+                            .information
+                            .as_deref()
+                            .unwrap_or_default()
+                            .to_owned();
+                        return match status {
+                            Status::Ok => Ok((fetched, None)),
+                            Status::No => {
+                                let refusal = endpoint.error(
+                                    &step,
+                                    ErrorKind::Rejected {
+                                        words,
+                                        transient: true,
+                                    },
+                                );
+                                Ok((fetched, Some(refusal)))
+                            }
+                            _ => Err(imap_error(&endpoint, &step, ImapError::Bad(words), None)),
+                        };
+                    }
+                    // EXISTS, EXPUNGE and flag changes arriving meanwhile: the next pass
+                    // over the folder sees their effect.
+                    _ => {}
                 }
-            })
-            .await
+            }
+        })
+        .await
     }
 
     /// Waits in `IDLE` (RFC 2177) for a change in the open folder, at most `wait`.
@@ -418,31 +407,33 @@ impl ImapSession {
             capabilities,
         } = self;
         let mut handle = session.idle();
-        endpoint
-            .timed("start IDLE", async {
-                handle
-                    .init()
-                    .await
-                    .map_err(|e| imap_error(&endpoint, "start IDLE", e, None))
-            })
-            .await?;
+        imap_step(&endpoint, "start IDLE", async {
+            handle
+                .init()
+                .await
+                .map_err(|e| imap_error(&endpoint, "start IDLE", e, None))
+        })
+        .await?;
         let (waiting, _stop) = handle.wait_with_timeout(wait);
         // async-imap's timeout starts again with every line, and servers send `* OK Still here`
         // while idling (Dovecot every 2 minutes): bound the whole wait, so IDLE ends when the
         // caller asked (RFC 2177 §3) whatever the server chats.
-        let outcome = match tokio::time::timeout(wait, waiting).await {
+        let waited = std::panic::AssertUnwindSafe(tokio::time::timeout(wait, waiting))
+            .catch_unwind()
+            .await
+            .map_err(|panic| unreadable(&endpoint, "wait in IDLE", panic.as_ref()))?;
+        let outcome = match waited {
             Ok(Ok(async_imap::extensions::idle::IdleResponse::NewData(_))) => IdleOutcome::Changed,
             Ok(Ok(_)) | Err(_) => IdleOutcome::TimedOut,
             Ok(Err(e)) => return Err(imap_error(&endpoint, "wait in IDLE", e, None)),
         };
-        let session = endpoint
-            .timed("end IDLE", async {
-                handle
-                    .done()
-                    .await
-                    .map_err(|e| imap_error(&endpoint, "end IDLE", e, None))
-            })
-            .await?;
+        let session = imap_step(&endpoint, "end IDLE", async {
+            handle
+                .done()
+                .await
+                .map_err(|e| imap_error(&endpoint, "end IDLE", e, None))
+        })
+        .await?;
         Ok((
             Self {
                 endpoint,
@@ -455,8 +446,41 @@ impl ImapSession {
 
     /// Ends the session politely; errors are of no interest by then.
     pub async fn logout(mut self) {
-        let _ = tokio::time::timeout(self.endpoint.timeout, self.session.logout()).await;
+        let logout = tokio::time::timeout(self.endpoint.timeout, self.session.logout());
+        let _ = std::panic::AssertUnwindSafe(logout).catch_unwind().await;
     }
+}
+
+/// [`Endpoint::timed`] for a step that async-imap does, where a panic becomes an error too.
+/// imap-proto (0.17.0) panics on some malformed answers — a non-ASCII byte right after a
+/// response code, as in `A1 OK [READ-ONLY]\u{e9} done`, makes it slice a string inside a
+/// character — and a panic would end the mailbox's sync task, which the engine restarts into
+/// the same panic without a word to anyone. As an error it is reported and retried like any
+/// other unreadable answer.
+async fn imap_step<T>(
+    endpoint: &Endpoint,
+    step: &str,
+    fut: impl Future<Output = Result<T, ProtoError>>,
+) -> Result<T, ProtoError> {
+    std::panic::AssertUnwindSafe(endpoint.timed(step, fut))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(unreadable(endpoint, step, panic.as_ref())))
+}
+
+/// The error for a panic caught inside async-imap or imap-proto.
+fn unreadable(endpoint: &Endpoint, step: &str, panic: &(dyn std::any::Any + Send)) -> ProtoError {
+    let why = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no reason given");
+    endpoint.error(
+        step,
+        ErrorKind::Protocol(format!(
+            "the IMAP library failed on the server's answer: {why}"
+        )),
+    )
 }
 
 /// async-imap's authenticator: sends the initial response when the server asks for it
@@ -609,6 +633,29 @@ mod tests {
             "[SERVERBUG] Internal error occurred."
         );
         assert_eq!(server_words("plain words".to_owned()), "plain words");
+    }
+
+    #[test]
+    fn an_answer_that_makes_imap_proto_panic_is_an_error() {
+        // Found by the imap_responses fuzz target: imap-proto 0.17.0 slices the text after a
+        // response code at byte 1, inside the 'é'. The session must fail the step, not panic.
+        let mut data = b"\x02".to_vec();
+        for turn in [
+            &b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n"[..],
+            b"A0001 OK Logged in\r\n",
+            b"* CAPABILITY IMAP4rev1\r\nA0002 OK done\r\n",
+            b"* 2 EXISTS\r\nA0003 OK [READ-ONLY]\xc3\xa9 INBOX selected\r\n",
+        ] {
+            data.extend_from_slice(turn);
+            data.push(crate::fuzzing::TURN);
+        }
+        let e = crate::fuzzing::imap_session(&data).unwrap().unwrap_err();
+        assert_eq!(e.step, "open INBOX");
+        assert!(
+            e.to_string()
+                .contains("the IMAP library failed on the server's answer"),
+            "{e}"
+        );
     }
 
     #[test]
