@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use async_imap::error::Error as ImapError;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use futures::FutureExt;
 use secrecy::ExposeSecret;
 
 use crate::error::{ErrorKind, ProtoError};
@@ -58,7 +59,9 @@ pub struct FetchedMessage {
 
 impl FetchedMessage {
     /// The message in one `FETCH` response; `None` without a UID or body (a flag update).
-    fn from_attributes(attributes: &[async_imap::imap_proto::AttributeValue<'_>]) -> Option<Self> {
+    pub(crate) fn from_attributes(
+        attributes: &[async_imap::imap_proto::AttributeValue<'_>],
+    ) -> Option<Self> {
         use async_imap::imap_proto::AttributeValue;
         let (mut uid, mut raw) = (None, None);
         let (mut gmail_msg_id, mut gmail_thread_id, mut gmail_labels) = (None, None, Vec::new());
@@ -125,6 +128,16 @@ impl ImapSession {
     ) -> Result<Self, ProtoError> {
         refuse_unsafe_credentials(endpoint, credentials)?;
         let stream = MailStream::connect(endpoint, tls).await?;
+        Self::login_over(stream, endpoint, tls, credentials).await
+    }
+
+    /// [`ImapSession::login`] on a stream already connected (the fuzz targets' in-memory one).
+    pub(crate) async fn login_over(
+        stream: MailStream,
+        endpoint: &Endpoint,
+        tls: &TlsSettings,
+        credentials: &Credentials,
+    ) -> Result<Self, ProtoError> {
         let mut conn = LineConn::new(endpoint.clone(), stream);
         let greeting = conn.read_line("read the greeting").await?;
         if !greeting.starts_with("* OK") {
@@ -185,37 +198,33 @@ impl ImapSession {
                     error_reply: mechanism.error_reply(),
                     challenge: challenge.clone(),
                 };
-                endpoint
-                    .timed_quiet(&step, &activity, async {
-                        client.authenticate(command, auth).await.map_err(|(e, _)| {
-                            let detail = challenge
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .take();
-                            imap_error(
-                                &endpoint,
-                                &step,
-                                e,
-                                detail.as_deref().and_then(sasl::describe_challenge_bytes),
-                            )
-                        })
+                imap_step(&endpoint, &step, &activity, async {
+                    client.authenticate(command, auth).await.map_err(|(e, _)| {
+                        let detail = challenge
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .take();
+                        imap_error(
+                            &endpoint,
+                            &step,
+                            e,
+                            detail.as_deref().and_then(sasl::describe_challenge_bytes),
+                        )
                     })
-                    .await?
+                })
+                .await?
             }
             Credentials::Password { user, password } => {
                 if has(&caps, "LOGINDISABLED") {
                     return Err(endpoint.error("log in", ErrorKind::Unsupported("the server refuses passwords on this connection (LOGINDISABLED); use TLS".into())));
                 }
-                endpoint
-                    .timed_quiet("log in with a password", &activity, async {
-                        client
-                            .login(user, password.expose_secret())
-                            .await
-                            .map_err(|(e, _)| {
-                                imap_error(&endpoint, "log in with a password", e, None)
-                            })
-                    })
-                    .await?
+                imap_step(&endpoint, "log in with a password", &activity, async {
+                    client
+                        .login(user, password.expose_secret())
+                        .await
+                        .map_err(|(e, _)| imap_error(&endpoint, "log in with a password", e, None))
+                })
+                .await?
             }
         };
         let mut me = Self {
@@ -228,16 +237,14 @@ impl ImapSession {
         if me.has("ID") {
             let version = env!("CARGO_PKG_VERSION");
             let (endpoint, activity) = (me.endpoint.clone(), me.activity.clone());
-            me.endpoint
-                .clone()
-                .timed_quiet("send ID", &activity, async {
-                    me.session
-                        .id([("name", Some("Mailbridge")), ("version", Some(version))])
-                        .await
-                        .map(drop)
-                        .map_err(|e| imap_error(&endpoint, "send ID", e, None))
-                })
-                .await?;
+            imap_step(&endpoint, "send ID", &activity, async {
+                me.session
+                    .id([("name", Some("Mailbridge")), ("version", Some(version))])
+                    .await
+                    .map(drop)
+                    .map_err(|e| imap_error(&endpoint, "send ID", e, None))
+            })
+            .await?;
         }
         Ok(me)
     }
@@ -245,24 +252,23 @@ impl ImapSession {
     async fn fetch_capabilities(&mut self) -> Result<Vec<String>, ProtoError> {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
-        endpoint
-            .timed_quiet("read capabilities", &self.activity, async {
-                let caps = session
-                    .capabilities()
-                    .await
-                    .map_err(|e| imap_error(&endpoint, "read capabilities", e, None))?;
-                Ok(caps
-                    .iter()
-                    .map(|c| match c {
-                        async_imap::types::Capability::Imap4rev1 => "IMAP4REV1".to_owned(),
-                        async_imap::types::Capability::Auth(a) => {
-                            format!("AUTH={}", a.to_ascii_uppercase())
-                        }
-                        async_imap::types::Capability::Atom(a) => a.to_ascii_uppercase(),
-                    })
-                    .collect())
-            })
-            .await
+        imap_step(&endpoint, "read capabilities", &self.activity, async {
+            let caps = session
+                .capabilities()
+                .await
+                .map_err(|e| imap_error(&endpoint, "read capabilities", e, None))?;
+            Ok(caps
+                .iter()
+                .map(|c| match c {
+                    async_imap::types::Capability::Imap4rev1 => "IMAP4REV1".to_owned(),
+                    async_imap::types::Capability::Auth(a) => {
+                        format!("AUTH={}", a.to_ascii_uppercase())
+                    }
+                    async_imap::types::Capability::Atom(a) => a.to_ascii_uppercase(),
+                })
+                .collect())
+        })
+        .await
     }
 
     /// Whether the server advertised a capability after login (`CONDSTORE`, `X-GM-EXT-1`…).
@@ -279,14 +285,13 @@ impl ImapSession {
         let step = format!("open {folder}");
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
-        let mailbox = endpoint
-            .timed_quiet(&step, &self.activity, async {
-                session
-                    .examine(folder)
-                    .await
-                    .map_err(|e| imap_error(&endpoint, &step, e, None))
-            })
-            .await?;
+        let mailbox = imap_step(&endpoint, &step, &self.activity, async {
+            session
+                .examine(folder)
+                .await
+                .map_err(|e| imap_error(&endpoint, &step, e, None))
+        })
+        .await?;
         Ok(FolderStatus {
             exists: mailbox.exists,
             uid_validity: mailbox.uid_validity,
@@ -308,8 +313,8 @@ impl ImapSession {
         };
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
-        let mut uids: Vec<u32> = endpoint
-            .timed_quiet("search new messages", &self.activity, async {
+        let mut uids: Vec<u32> =
+            imap_step(&endpoint, "search new messages", &self.activity, async {
                 session
                     .uid_search(&query)
                     .await
@@ -361,57 +366,54 @@ impl ImapSession {
         let step = format!("download {} message(s)", uids.len());
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
-        endpoint
-            .timed_quiet(&step, &self.activity, async {
-                let tag = session
-                    .run_command(format!("UID FETCH {set} {query}"))
+        imap_step(&endpoint, &step, &self.activity, async {
+            let tag = session
+                .run_command(format!("UID FETCH {set} {query}"))
+                .await
+                .map_err(|e| imap_error(&endpoint, &step, e, None))?;
+            let mut fetched = Vec::with_capacity(uids.len());
+            loop {
+                let response = session
+                    .read_response()
                     .await
-                    .map_err(|e| imap_error(&endpoint, &step, e, None))?;
-                let mut fetched = Vec::with_capacity(uids.len());
-                loop {
-                    let response = session
-                        .read_response()
-                        .await
-                        .map_err(|e| imap_error(&endpoint, &step, e.into(), None))?
-                        .ok_or_else(|| {
-                            imap_error(&endpoint, &step, ImapError::ConnectionLost, None)
-                        })?;
-                    match response.parsed() {
-                        Response::Fetch(_, attributes) => {
-                            fetched.extend(FetchedMessage::from_attributes(attributes));
-                        }
-                        Response::Done {
-                            tag: done,
-                            status,
-                            outcome,
-                        } if *done == tag => {
-                            let words = outcome
-                                .information
-                                .as_deref()
-                                .unwrap_or_default()
-                                .to_owned();
-                            return match status {
-                                Status::Ok => Ok((fetched, None)),
-                                Status::No => {
-                                    let refusal = endpoint.error(
-                                        &step,
-                                        ErrorKind::Rejected {
-                                            words,
-                                            transient: true,
-                                        },
-                                    );
-                                    Ok((fetched, Some(refusal)))
-                                }
-                                _ => Err(imap_error(&endpoint, &step, ImapError::Bad(words), None)),
-                            };
-                        }
-                        // EXISTS, EXPUNGE and flag changes arriving meanwhile: the next pass
-                        // over the folder sees their effect.
-                        _ => {}
+                    .map_err(|e| imap_error(&endpoint, &step, e.into(), None))?
+                    .ok_or_else(|| imap_error(&endpoint, &step, ImapError::ConnectionLost, None))?;
+                match response.parsed() {
+                    Response::Fetch(_, attributes) => {
+                        fetched.extend(FetchedMessage::from_attributes(attributes));
                     }
+                    Response::Done {
+                        tag: done,
+                        status,
+                        outcome,
+                    } if *done == tag => {
+                        let words = outcome
+                            .information
+                            .as_deref()
+                            .unwrap_or_default()
+                            .to_owned();
+                        return match status {
+                            Status::Ok => Ok((fetched, None)),
+                            Status::No => {
+                                let refusal = endpoint.error(
+                                    &step,
+                                    ErrorKind::Rejected {
+                                        words,
+                                        transient: true,
+                                    },
+                                );
+                                Ok((fetched, Some(refusal)))
+                            }
+                            _ => Err(imap_error(&endpoint, &step, ImapError::Bad(words), None)),
+                        };
+                    }
+                    // EXISTS, EXPUNGE and flag changes arriving meanwhile: the next pass
+                    // over the folder sees their effect.
+                    _ => {}
                 }
-            })
-            .await
+            }
+        })
+        .await
     }
 
     /// The folder that holds sent mail: the one marked `\Sent` (RFC 6154 SPECIAL-USE), else
@@ -421,8 +423,8 @@ impl ImapSession {
         use futures::TryStreamExt;
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
-        let names: Vec<(String, bool)> = endpoint
-            .timed_quiet("list folders", &self.activity, async {
+        let names: Vec<(String, bool)> =
+            imap_step(&endpoint, "list folders", &self.activity, async {
                 session
                     .list(Some(""), Some("*"))
                     .await
@@ -465,14 +467,13 @@ impl ImapSession {
         let query = format!("HEADER Message-ID \"{message_id}\"");
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
-        let found = endpoint
-            .timed_quiet("search the sent folder", &self.activity, async {
-                session
-                    .uid_search(&query)
-                    .await
-                    .map_err(|e| imap_error(&endpoint, "search the sent folder", e, None))
-            })
-            .await?;
+        let found = imap_step(&endpoint, "search the sent folder", &self.activity, async {
+            session
+                .uid_search(&query)
+                .await
+                .map_err(|e| imap_error(&endpoint, "search the sent folder", e, None))
+        })
+        .await?;
         Ok(!found.is_empty())
     }
 
@@ -485,31 +486,33 @@ impl ImapSession {
             activity,
         } = self;
         let mut handle = session.idle();
-        endpoint
-            .timed_quiet("start IDLE", &activity, async {
-                handle
-                    .init()
-                    .await
-                    .map_err(|e| imap_error(&endpoint, "start IDLE", e, None))
-            })
-            .await?;
+        imap_step(&endpoint, "start IDLE", &activity, async {
+            handle
+                .init()
+                .await
+                .map_err(|e| imap_error(&endpoint, "start IDLE", e, None))
+        })
+        .await?;
         let (waiting, _stop) = handle.wait_with_timeout(wait);
         // async-imap's timeout starts again with every line, and servers send `* OK Still here`
         // while idling (Dovecot every 2 minutes): bound the whole wait, so IDLE ends when the
         // caller asked (RFC 2177 §3) whatever the server chats.
-        let outcome = match tokio::time::timeout(wait, waiting).await {
+        let waited = std::panic::AssertUnwindSafe(tokio::time::timeout(wait, waiting))
+            .catch_unwind()
+            .await
+            .map_err(|panic| unreadable(&endpoint, "wait in IDLE", panic.as_ref()))?;
+        let outcome = match waited {
             Ok(Ok(async_imap::extensions::idle::IdleResponse::NewData(_))) => IdleOutcome::Changed,
             Ok(Ok(_)) | Err(_) => IdleOutcome::TimedOut,
             Ok(Err(e)) => return Err(imap_error(&endpoint, "wait in IDLE", e, None)),
         };
-        let session = endpoint
-            .timed_quiet("end IDLE", &activity, async {
-                handle
-                    .done()
-                    .await
-                    .map_err(|e| imap_error(&endpoint, "end IDLE", e, None))
-            })
-            .await?;
+        let session = imap_step(&endpoint, "end IDLE", &activity, async {
+            handle
+                .done()
+                .await
+                .map_err(|e| imap_error(&endpoint, "end IDLE", e, None))
+        })
+        .await?;
         Ok((
             Self {
                 endpoint,
@@ -523,7 +526,8 @@ impl ImapSession {
 
     /// Ends the session politely; errors are of no interest by then.
     pub async fn logout(mut self) {
-        let _ = tokio::time::timeout(self.endpoint.timeout, self.session.logout()).await;
+        let logout = tokio::time::timeout(self.endpoint.timeout, self.session.logout());
+        let _ = std::panic::AssertUnwindSafe(logout).catch_unwind().await;
     }
 }
 
@@ -620,6 +624,40 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WholeLines<S> {
     }
 }
 
+/// `Endpoint::timed_quiet` for a step that async-imap does (the timeout bounds silence, not
+/// the answer's length), where a panic becomes an error too.
+/// imap-proto (0.17.0) panics on some malformed answers — a non-ASCII byte right after a
+/// response code, as in `A1 OK [READ-ONLY]\u{e9} done`, makes it slice a string inside a
+/// character — and a panic would end the mailbox's sync task, which the engine restarts into
+/// the same panic without a word to anyone. As an error it is reported and retried like any
+/// other unreadable answer.
+async fn imap_step<T>(
+    endpoint: &Endpoint,
+    step: &str,
+    activity: &Activity,
+    fut: impl Future<Output = Result<T, ProtoError>>,
+) -> Result<T, ProtoError> {
+    std::panic::AssertUnwindSafe(endpoint.timed_quiet(step, activity, fut))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(unreadable(endpoint, step, panic.as_ref())))
+}
+
+/// The error for a panic caught inside async-imap or imap-proto.
+fn unreadable(endpoint: &Endpoint, step: &str, panic: &(dyn std::any::Any + Send)) -> ProtoError {
+    let why = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no reason given");
+    endpoint.error(
+        step,
+        ErrorKind::Protocol(format!(
+            "the IMAP library failed on the server's answer: {why}"
+        )),
+    )
+}
+
 /// async-imap's authenticator: sends the initial response when the server asks for it
 /// (no SASL-IR), and answers any later challenge — an error report — with the mechanism's
 /// error reply, keeping the challenge to explain the refusal.
@@ -647,7 +685,7 @@ impl async_imap::Authenticator for SaslExchange {
 /// async-imap reports a tagged NO as `code: Some(..), info: Some("words")` (after login) or
 /// `outcome: Outcome { code: .., information: Some("words") }` (on a selected folder); the
 /// server's own words are the quoted part.
-fn server_words(raw: String) -> String {
+pub(crate) fn server_words(raw: String) -> String {
     let Some((start, marker)) = ["information: Some(\"", "info: Some(\""]
         .iter()
         .find_map(|m| raw.find(m).map(|at| (at, *m)))
@@ -661,7 +699,12 @@ fn server_words(raw: String) -> String {
     }
 }
 
-fn imap_error(endpoint: &Endpoint, step: &str, e: ImapError, detail: Option<String>) -> ProtoError {
+pub(crate) fn imap_error(
+    endpoint: &Endpoint,
+    step: &str,
+    e: ImapError,
+    detail: Option<String>,
+) -> ProtoError {
     let e = match e {
         ImapError::No(words) => ImapError::No(server_words(words)),
         other => other,
@@ -729,7 +772,7 @@ async fn capability(conn: &mut LineConn) -> Result<Vec<String>, ProtoError> {
 }
 
 /// `* OK [CAPABILITY IMAP4rev1 …] ready` → the capabilities.
-fn bracketed_capabilities(greeting: &str) -> Option<Vec<String>> {
+pub(crate) fn bracketed_capabilities(greeting: &str) -> Option<Vec<String>> {
     let start = greeting.find("[CAPABILITY ")? + "[CAPABILITY ".len();
     let end = greeting[start..].find(']')? + start;
     Some(
@@ -819,6 +862,29 @@ mod tests {
             got.extend_from_slice(&small[..n]);
         }
         assert_eq!(got, b"0123456789\r\n");
+    }
+
+    #[test]
+    fn an_answer_that_makes_imap_proto_panic_is_an_error() {
+        // Found by the imap_responses fuzz target: imap-proto 0.17.0 slices the text after a
+        // response code at byte 1, inside the 'é'. The session must fail the step, not panic.
+        let mut data = b"\x02".to_vec();
+        for turn in [
+            &b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n"[..],
+            b"A0001 OK Logged in\r\n",
+            b"* CAPABILITY IMAP4rev1\r\nA0002 OK done\r\n",
+            b"* 2 EXISTS\r\nA0003 OK [READ-ONLY]\xc3\xa9 INBOX selected\r\n",
+        ] {
+            data.extend_from_slice(turn);
+            data.push(crate::fuzzing::TURN);
+        }
+        let e = crate::fuzzing::imap_session(&data).unwrap().unwrap_err();
+        assert_eq!(e.step, "open INBOX");
+        assert!(
+            e.to_string()
+                .contains("the IMAP library failed on the server's answer"),
+            "{e}"
+        );
     }
 
     #[test]

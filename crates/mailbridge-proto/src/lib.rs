@@ -5,6 +5,9 @@
 //! the step and the server's own words, and says whether trying later may help.
 
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod imap;
 mod line;
 pub mod net;

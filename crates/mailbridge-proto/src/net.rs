@@ -284,6 +284,11 @@ fn keepalive() -> TcpKeepalive {
 pub enum MailStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// An in-memory peer, so the fuzz targets (`crate::fuzzing`) drive the real sessions
+    /// over scripted bytes. Never built otherwise; STARTTLS leaves it as it is.
+    #[cfg(any(test, feature = "fuzzing"))]
+    #[doc(hidden)]
+    Memory(tokio::io::DuplexStream),
 }
 
 impl MailStream {
@@ -346,6 +351,8 @@ impl AsyncRead for MailStream {
         match self.get_mut() {
             MailStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MailStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(any(test, feature = "fuzzing"))]
+            MailStream::Memory(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -359,6 +366,8 @@ impl AsyncWrite for MailStream {
         match self.get_mut() {
             MailStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MailStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(any(test, feature = "fuzzing"))]
+            MailStream::Memory(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -366,6 +375,8 @@ impl AsyncWrite for MailStream {
         match self.get_mut() {
             MailStream::Plain(s) => Pin::new(s).poll_flush(cx),
             MailStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(any(test, feature = "fuzzing"))]
+            MailStream::Memory(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -373,6 +384,8 @@ impl AsyncWrite for MailStream {
         match self.get_mut() {
             MailStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MailStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(any(test, feature = "fuzzing"))]
+            MailStream::Memory(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -52,6 +52,16 @@ impl Pop3Session {
     ) -> Result<Self, ProtoError> {
         refuse_unsafe_credentials(endpoint, credentials)?;
         let stream = MailStream::connect(endpoint, tls).await?;
+        Self::login_over(stream, endpoint, tls, credentials).await
+    }
+
+    /// [`Pop3Session::login`] on a stream already connected (the fuzz targets' in-memory one).
+    pub(crate) async fn login_over(
+        stream: MailStream,
+        endpoint: &Endpoint,
+        tls: &TlsSettings,
+        credentials: &Credentials,
+    ) -> Result<Self, ProtoError> {
         let mut me = Self {
             conn: LineConn::new(endpoint.clone(), stream),
             capabilities: Vec::new(),

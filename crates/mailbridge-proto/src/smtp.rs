@@ -85,6 +85,17 @@ impl SmtpSession {
         refuse_unsafe_credentials(endpoint, credentials)?;
         refuse_line_breaks(endpoint, "say EHLO", "the client name", client_name)?;
         let stream = MailStream::connect(endpoint, tls).await?;
+        Self::login_over(stream, endpoint, tls, credentials, client_name).await
+    }
+
+    /// [`SmtpSession::login`] on a stream already connected (the fuzz targets' in-memory one).
+    pub(crate) async fn login_over(
+        stream: MailStream,
+        endpoint: &Endpoint,
+        tls: &TlsSettings,
+        credentials: &Credentials,
+        client_name: &str,
+    ) -> Result<Self, ProtoError> {
         let mut me = Self {
             conn: LineConn::new(endpoint.clone(), stream),
             extensions: Vec::new(),

@@ -7,6 +7,25 @@ pub use mailbridge_core::message::{ParsedAttachment, ParsedEmail, Party};
 
 /// Parses a message. Never fails: an unreadable one comes back with `parse_error` set.
 pub fn parse(raw: &[u8]) -> ParsedEmail {
+    // mail-parser reads whatever senders write, and a panic inside it would end the mailbox's
+    // sync on this message, then again on every retry: one hostile email would stop the
+    // mailbox for good. Caught, the message is kept raw and flagged like any other it cannot
+    // read. (The ingest fuzz target found nested message/rfc822 parts that trip a debug
+    // assertion in mail-parser 0.11.9.)
+    std::panic::catch_unwind(|| read(raw)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no reason given");
+        ParsedEmail {
+            parse_error: Some(format!("mail-parser failed on this message: {why}")),
+            ..ParsedEmail::default()
+        }
+    })
+}
+
+fn read(raw: &[u8]) -> ParsedEmail {
     let Some(message) = MessageParser::default().parse(raw) else {
         return ParsedEmail {
             parse_error: Some("no message headers could be read".to_owned()),
@@ -175,6 +194,44 @@ one=00two\r\n";
             p.from.and_then(|f| f.name).as_deref(),
             Some("Ann\u{FFFD}Lee")
         );
+    }
+
+    #[test]
+    fn a_message_that_makes_mail_parser_panic_is_flagged_not_dropped() {
+        // Found by the ingest fuzz target (minimised): a message/rfc822 part inside another,
+        // which fails mail-parser 0.11.9's debug assertion "Invalid part ID, could not find
+        // multipart." Release builds skip that assertion and read what they can.
+        let raw = b"Return-Pxe.de\n\
+ROJorge\n\
+Content-Type: multipart/mixed;\n\
+\x20boundary=\"=_2d98f6c3ddf4b54299ae2604b2717254\"r Technologien - chtstde\n\
+\n\
+--=_2d98f6c3ddf4b54299ae2604b2717254\n\
+Conteer-Encoding: 8bit\n\
+Content-Type: message/rfc822;\n\
+\x20name=ning-mail.txt;\n\
+\x20size=2231\n\
+\n\
+Delivered-To: usever\x80\x00it\n\
+Content-Type: message/rfc822;\n\
+\x20name=shop-ontachme=shop-mail.txt;\n\
+\x20size=2577\n\
+\n\
+Deliv@-S.00),\n\
+M6 13:21:03 +0100 (CET)\n\
+\n\
+Tob 20Encoding: 8bit\n\
+--=_2d98f6c3ddf4b54299ae2604b2717254--\n";
+        let p = parse(raw);
+        if cfg!(debug_assertions) {
+            assert!(
+                p.parse_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("mail-parser failed")),
+                "{:?}",
+                p.parse_error
+            );
+        }
     }
 
     #[test]
