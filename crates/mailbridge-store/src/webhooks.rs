@@ -6,7 +6,7 @@
 //!   cursor's move — so the sync path only appends events, and nothing is lost or doubled;
 //! - a worker claims due deliveries ([`Store::claim_webhook_deliveries`]), one node at a time
 //!   for a bounded time (a node that dies mid-delivery leaves it to another once that time
-//!   passes), and records each attempt ([`Store::record_webhook_attempt`]) with its verdict.
+//!   passes), and records the attempts ([`Store::record_webhook_attempts`]) with its verdict.
 //!
 //! Claims run on the database's clock (see `nodes::lease_now`).
 
@@ -512,22 +512,29 @@ impl Store {
             claimed.extend(row);
         }
         tx.commit().await?;
+        // Each endpoint's URL and secrets, read and opened once per claim.
+        let mut endpoints: std::collections::HashMap<String, (String, Vec<SecretString>)> =
+            std::collections::HashMap::new();
         let mut jobs = Vec::with_capacity(claimed.len());
         for (id, endpoint_id, event_id, payload, attempt) in claimed {
-            let (url, previous_until): (String, Option<i64>) = sqlx::query_as(
-                "SELECT url, previous_secret_until FROM webhook_endpoints WHERE id = $1",
-            )
-            .bind(&endpoint_id)
-            .fetch_one(&self.pool)
-            .await?;
-            let mut secrets: Vec<SecretString> = self
-                .webhook_secret(&endpoint_id, "secret")
-                .await?
-                .into_iter()
-                .collect();
-            if previous_until.is_some_and(|until| until > now) {
-                secrets.extend(self.webhook_secret(&endpoint_id, "previous_secret").await?);
+            if !endpoints.contains_key(&endpoint_id) {
+                let (url, previous_until): (String, Option<i64>) = sqlx::query_as(
+                    "SELECT url, previous_secret_until FROM webhook_endpoints WHERE id = $1",
+                )
+                .bind(&endpoint_id)
+                .fetch_one(&self.pool)
+                .await?;
+                let mut secrets: Vec<SecretString> = self
+                    .webhook_secret(&endpoint_id, "secret")
+                    .await?
+                    .into_iter()
+                    .collect();
+                if previous_until.is_some_and(|until| until > now) {
+                    secrets.extend(self.webhook_secret(&endpoint_id, "previous_secret").await?);
+                }
+                endpoints.insert(endpoint_id.clone(), (url, secrets));
             }
+            let (url, secrets) = endpoints.get(&endpoint_id).cloned().unwrap_or_default();
             jobs.push(DeliveryJob {
                 id,
                 endpoint_id,
@@ -541,96 +548,29 @@ impl Store {
         Ok(jobs)
     }
 
-    /// Records an attempt and its verdict, if `node` still holds the delivery's claim (a
-    /// node whose claim ran out and was taken over writes nothing). On a success the
-    /// endpoint's run of failures ends; after a 410, or failing for [`FAILING_LIMIT`] with no
-    /// success, the endpoint is disabled and every admin alerted. Returns whether it wrote.
-    pub async fn record_webhook_attempt(
+    /// Records attempts and their verdicts, in one transaction: each only if `node` still
+    /// holds the delivery's claim (a node whose claim ran out and was taken over writes
+    /// nothing for it). On a success the endpoint's run of failures ends; after a 410, or
+    /// failing for [`FAILING_LIMIT`] with no success, the endpoint is disabled and every
+    /// admin alerted. Returns how many it wrote.
+    pub async fn record_webhook_attempts(
         &self,
-        job: &DeliveryJob,
         node: &str,
-        attempt: &Attempt,
-        verdict: Verdict,
-    ) -> Result<bool> {
+        results: &[(DeliveryJob, Attempt, Verdict)],
+    ) -> Result<usize> {
         let now = self.now_ms();
         let mut tx = self.begin_write().await?;
-        let holder: Option<(Option<String>,)> =
-            sqlx::query_as("SELECT claimed_by FROM webhook_deliveries WHERE id = $1")
-                .bind(&job.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if holder.and_then(|(h,)| h).as_deref() != Some(node) {
-            return Ok(false);
-        }
-        let (status, next) = match verdict {
-            Verdict::Delivered => ("delivered", None),
-            Verdict::Retry(at) => ("pending", Some(at.timestamp_millis())),
-            Verdict::Failed | Verdict::Gone => ("failed", None),
-        };
-        sqlx::query(
-            "INSERT INTO webhook_attempts (id, delivery_id, node, attempted_at, duration_ms, status_code, \
-             error, response_excerpt, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(&job.id)
-        .bind(node)
-        .bind(attempt.at.timestamp_millis())
-        .bind(attempt.duration_ms)
-        .bind(attempt.status_code.map(i64::from))
-        .bind(attempt.error.clone())
-        .bind(attempt.excerpt.clone())
-        .bind(next)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE webhook_deliveries SET status = $1, next_attempt_at = $2, claimed_by = NULL, \
-             claimed_until = NULL, last_status = $3, last_error = $4, \
-             delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END WHERE id = $6",
-        )
-        .bind(status)
-        .bind(next)
-        .bind(attempt.status_code.map(i64::from))
-        .bind(attempt.error.clone())
-        .bind(now)
-        .bind(&job.id)
-        .execute(&mut *tx)
-        .await?;
         let mut events = Vec::new();
-        if verdict == Verdict::Delivered {
-            sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1")
-                .bind(&job.endpoint_id)
-                .execute(&mut *tx)
-                .await?;
-        } else {
-            let (since,): (i64,) = sqlx::query_as(
-                "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, $1) WHERE id = $2 \
-                 RETURNING failing_since",
-            )
-            .bind(attempt.at.timestamp_millis())
-            .bind(&job.endpoint_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            let reason = if verdict == Verdict::Gone {
-                Some(
-                    "it answered 410 Gone, which says it will never take deliveries again"
-                        .to_owned(),
-                )
-            } else if now - since >= FAILING_LIMIT.num_milliseconds() {
-                Some(format!(
-                    "no delivery to it succeeded for {} days",
-                    FAILING_LIMIT.num_days()
-                ))
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                events =
-                    disable_endpoint(&mut tx, &job.endpoint_id, &job.url, &reason, now).await?;
+        let mut written = 0;
+        for (job, attempt, verdict) in results {
+            if let Some(more) = record_attempt(&mut tx, now, node, job, attempt, *verdict).await? {
+                events.extend(more);
+                written += 1;
             }
         }
         append(&mut tx, self.backend, now, &events).await?;
         self.commit(tx).await?;
-        Ok(true)
+        Ok(written)
     }
 
     /// An endpoint's deliveries, newest first, each with its attempts; `before` pages on
@@ -830,6 +770,89 @@ struct AttemptRow {
     response_excerpt: Option<String>,
     next_attempt_at: Option<i64>,
     node: Option<String>,
+}
+
+/// Records one attempt in `tx`, if `node` holds its claim: the events it makes (an endpoint
+/// disabled), or `None` when the claim was lost.
+async fn record_attempt(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    now: i64,
+    node: &str,
+    job: &DeliveryJob,
+    attempt: &Attempt,
+    verdict: Verdict,
+) -> Result<Option<Vec<NewEvent>>> {
+    let holder: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT claimed_by FROM webhook_deliveries WHERE id = $1")
+            .bind(&job.id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if holder.and_then(|(h,)| h).as_deref() != Some(node) {
+        return Ok(None);
+    }
+    let (status, next) = match verdict {
+        Verdict::Delivered => ("delivered", None),
+        Verdict::Retry(at) => ("pending", Some(at.timestamp_millis())),
+        Verdict::Failed | Verdict::Gone => ("failed", None),
+    };
+    sqlx::query(
+            "INSERT INTO webhook_attempts (id, delivery_id, node, attempted_at, duration_ms, status_code, \
+             error, response_excerpt, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(&job.id)
+        .bind(node)
+        .bind(attempt.at.timestamp_millis())
+        .bind(attempt.duration_ms)
+        .bind(attempt.status_code.map(i64::from))
+        .bind(attempt.error.clone())
+        .bind(attempt.excerpt.clone())
+        .bind(next)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE webhook_deliveries SET status = $1, next_attempt_at = $2, claimed_by = NULL, \
+             claimed_until = NULL, last_status = $3, last_error = $4, \
+             delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END WHERE id = $6",
+    )
+    .bind(status)
+    .bind(next)
+    .bind(attempt.status_code.map(i64::from))
+    .bind(attempt.error.clone())
+    .bind(now)
+    .bind(&job.id)
+    .execute(&mut **tx)
+    .await?;
+    let mut events = Vec::new();
+    if verdict == Verdict::Delivered {
+        sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1")
+            .bind(&job.endpoint_id)
+            .execute(&mut **tx)
+            .await?;
+    } else {
+        let (since,): (i64,) = sqlx::query_as(
+                "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, $1) WHERE id = $2 \
+                 RETURNING failing_since",
+            )
+            .bind(attempt.at.timestamp_millis())
+            .bind(&job.endpoint_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        let reason = if verdict == Verdict::Gone {
+            Some("it answered 410 Gone, which says it will never take deliveries again".to_owned())
+        } else if now - since >= FAILING_LIMIT.num_milliseconds() {
+            Some(format!(
+                "no delivery to it succeeded for {} days",
+                FAILING_LIMIT.num_days()
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            events = disable_endpoint(tx, &job.endpoint_id, &job.url, &reason, now).await?;
+        }
+    }
+    Ok(Some(events))
 }
 
 /// Disables an endpoint Mailbridge gave up on, saying why, and alerts every admin (each

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use mailbridge_core::Clock;
 use mailbridge_core::webhook::is_public;
-use mailbridge_store::{Attempt, DeliveryJob, Store, StoreError, Verdict};
+use mailbridge_store::{Attempt, DeliveryJob, Store, Verdict};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use secrecy::ExposeSecret;
 use tokio::sync::watch;
@@ -230,24 +230,26 @@ pub(crate) async fn run(
             }
         };
         let busy = claimed.len() as i64 == CLAIM;
-        let results: Vec<Result<(), StoreError>> = futures::stream::iter(claimed)
+        let results: Vec<(DeliveryJob, Attempt, Verdict)> = futures::stream::iter(claimed)
             .map(|job| {
-                let (store, deliverer, clock, node) = (&store, &deliverer, &clock, &node);
+                let (deliverer, clock) = (&deliverer, &clock);
                 async move {
                     let (attempt, verdict) = deliverer.deliver(&job, clock.as_ref()).await;
                     if verdict != Verdict::Delivered {
                         tracing::info!(webhook = %job.endpoint_id, delivery = %job.id, attempt = job.attempt, status = ?attempt.status_code, error = ?attempt.error, ?verdict, "webhook delivery failed");
                     }
-                    store.record_webhook_attempt(&job, node, &attempt, verdict).await.map(drop)
+                    (job, attempt, verdict)
                 }
             })
             .buffer_unordered(deliverer.settings.concurrency)
             .collect()
             .await;
-        for r in results {
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "cannot record a webhook attempt; the delivery is tried again once its claim runs out");
-            }
+        // One transaction for the round's attempts: a write per delivery would contend with
+        // the sync's batches for SQLite's one writer.
+        if !results.is_empty()
+            && let Err(e) = store.record_webhook_attempts(&node, &results).await
+        {
+            tracing::warn!(error = %e, "cannot record webhook attempts; the deliveries are tried again once their claims run out");
         }
         if busy {
             continue;

@@ -12,13 +12,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailbridge_core::{EmailAddress, MailboxDraft, ProfileDraft, Role, SecretChange, SystemClock};
-use mailbridge_proto::imap::ImapSession;
-use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
-use mailbridge_store::{Actor, Keyring, Store};
+use mailbridge_core::SystemClock;
+use mailbridge_store::{Keyring, Store};
 use mailbridge_sync::incoming::imap::sync_inbox;
 use mailbridge_testkit::{Dovecot, OAuthProvider, TestDatabase, corpus};
-use secrecy::SecretString;
 
 const USER: &str = "bench@example.com";
 const PASSWORD: &str = "bench-password";
@@ -91,8 +88,7 @@ fn mbsync(port: u16, ca: &Path, work: &Path, fsync: bool) -> Duration {
 }
 
 async fn mailbridge(
-    port: u16,
-    ca: &str,
+    dovecot: &Dovecot,
     work: &Path,
     database: TestDatabase,
     expected: usize,
@@ -104,45 +100,13 @@ async fn mailbridge(
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    let cli = Actor::cli();
-    let (user, _) = store
-        .create_user(&cli, &EmailAddress::parse(USER, "e").unwrap(), Role::User)
+    let mailbox = dovecot
+        .password_mailbox_in(&store, USER, PASSWORD)
         .await
         .unwrap();
-    let draft: ProfileDraft = serde_json::from_value(serde_json::json!({
-        "name": "bench", "auth": "password",
-        "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": port, "security": "tls"},
-        "outgoing": {"host": "127.0.0.1", "port": 465, "security": "tls"},
-    }))
-    .unwrap();
-    let (spec, secret) = draft.resolve(None).unwrap();
-    let profile = store.create_profile(&cli, &spec, secret).await.unwrap();
-    let draft: MailboxDraft =
-        serde_json::from_value(serde_json::json!({"email": USER, "profile_id": profile.id}))
-            .unwrap();
-    let mailbox = store
-        .create_mailbox(
-            &cli,
-            &draft.resolve(None, user.id).unwrap(),
-            SecretChange::Keep,
-        )
-        .await
-        .unwrap();
-    let tls = TlsSettings::new(Some(ca.as_bytes())).unwrap();
-    let creds = Credentials::Password {
-        user: USER.to_owned(),
-        password: SecretString::from(PASSWORD),
-    };
-
     settle();
     let started = Instant::now();
-    let mut session = ImapSession::login(
-        &Endpoint::new("127.0.0.1", port, Security::Tls),
-        &tls,
-        &creds,
-    )
-    .await
-    .unwrap();
+    let mut session = dovecot.imap_login(USER, PASSWORD).await.unwrap();
     let report = sync_inbox(&store, &mut session, &mailbox, None, None)
         .await
         .unwrap();
@@ -194,8 +158,7 @@ fn main() {
             (TestDatabase::Postgres, &mut ours_pg),
         ] {
             times.push(runtime.block_on(mailbridge(
-                port,
-                dovecot.ca_pem(),
+                &dovecot,
                 &work.path().join("mailbridge"),
                 database,
                 n,

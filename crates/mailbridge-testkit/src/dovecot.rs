@@ -137,6 +137,55 @@ impl Dovecot {
         Ok(())
     }
 
+    /// Makes, straight in `store`, what an admin would through the API for a password
+    /// account of this server: the user `email` (role user), a password profile on IMAPS and
+    /// submissions, and its mailbox with `password` — not enabled, so a benchmark drives its
+    /// sync itself.
+    pub async fn password_mailbox_in(
+        &self,
+        store: &mailbridge_store::Store,
+        email: &str,
+        password: &str,
+    ) -> anyhow::Result<mailbridge_store::MailboxRecord> {
+        use mailbridge_core::{EmailAddress, MailboxDraft, ProfileDraft, Role};
+        let cli = mailbridge_store::Actor::cli();
+        let address = EmailAddress::parse(email, "email").map_err(|e| anyhow::anyhow!(e))?;
+        let (user, _) = store.create_user(&cli, &address, Role::User).await?;
+        let draft: ProfileDraft = serde_json::from_value(serde_json::json!({
+            "name": format!("{email} at the test Dovecot"), "auth": "password",
+            "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": self.ports.imaps, "security": "tls"},
+            "outgoing": {"host": "127.0.0.1", "port": self.ports.submissions, "security": "tls"},
+        }))?;
+        let (spec, secret) = draft.resolve(None).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let profile = store.create_profile(&cli, &spec, secret).await?;
+        let draft: MailboxDraft = serde_json::from_value(serde_json::json!({
+            "email": email, "profile_id": profile.id, "password": password,
+        }))?;
+        let spec = draft
+            .resolve(None, user.id)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let password = draft
+            .password_change()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(store.create_mailbox(&cli, &spec, password).await?)
+    }
+
+    /// An IMAPS session logged in as a password user.
+    pub async fn imap_login(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<mailbridge_proto::imap::ImapSession> {
+        use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
+        let tls = TlsSettings::new(Some(self.ca_pem.as_bytes())).map_err(|e| anyhow::anyhow!(e))?;
+        let creds = Credentials::Password {
+            user: user.to_owned(),
+            password: secrecy::SecretString::from(password),
+        };
+        let endpoint = Endpoint::new("127.0.0.1", self.ports.imaps, Security::Tls);
+        Ok(mailbridge_proto::imap::ImapSession::login(&endpoint, &tls, &creds).await?)
+    }
+
     /// The CA that signed the servers' certificate, to trust in clients.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
