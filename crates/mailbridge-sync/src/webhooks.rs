@@ -213,10 +213,7 @@ pub(crate) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut news = store.event_signal();
-    // A claim lasts a little longer than the longest attempt; a node that dies holding one
-    // delays its delivery by no more than this.
-    let hold =
-        deliverer.settings.timeout + (deliverer.settings.timeout / 2).max(Duration::from_secs(2));
+    let hold = claim_hold(&deliverer.settings);
     loop {
         news.borrow_and_update();
         if let Err(e) = store.dispatch_webhooks().await {
@@ -262,6 +259,18 @@ pub(crate) async fn run(
     }
 }
 
+/// How long a round's claims last: a round sends its [`CLAIM`] deliveries `concurrency` at a
+/// time and records them when the last is done, so the claims outlast that many attempts
+/// that each time out, and a little more. A node that dies holding claims delays those
+/// deliveries by no more than this.
+fn claim_hold(settings: &WebhookSettings) -> Duration {
+    let concurrency = u32::try_from(settings.concurrency.max(1)).unwrap_or(u32::MAX);
+    let waves = u32::try_from(CLAIM)
+        .unwrap_or(u32::MAX)
+        .div_ceil(concurrency);
+    settings.timeout * waves + (settings.timeout / 2).max(Duration::from_secs(2))
+}
+
 /// The address written into a URL's host, if it is one.
 fn literal_ip(url: &reqwest::Url) -> Option<std::net::IpAddr> {
     match url.host()? {
@@ -305,6 +314,18 @@ mod tests {
         assert!(total > Duration::from_secs(3 * 24 * 3600), "{total:?}");
         // With the -10% jitter at every wait, still past three days.
         assert!(total.mul_f64(0.9) > Duration::from_secs(3 * 24 * 3600));
+    }
+
+    #[test]
+    fn claims_outlast_a_round_of_timeouts() {
+        let settings = WebhookSettings::default();
+        let waves = CLAIM as u32 / settings.concurrency as u32;
+        assert!(claim_hold(&settings) > settings.timeout * waves);
+        let one_at_a_time = WebhookSettings {
+            concurrency: 1,
+            ..WebhookSettings::default()
+        };
+        assert!(claim_hold(&one_at_a_time) > one_at_a_time.timeout * CLAIM as u32);
     }
 
     #[tokio::test]
