@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use mailbridge_core::{EventType, MailboxId, ProfileId, UserId};
-use sqlx::{Any, Transaction};
+use sqlx::AnyConnection;
 
 use crate::events::NewEvent;
 use crate::{Result, Store, StoreError, time_from_ms};
@@ -82,7 +82,7 @@ impl TryFrom<AlertRow> for AlertRecord {
 /// same kind about the same mailbox or profile for the same person is not repeated. Returns
 /// its `alert.created` event, for the caller to append with the change's other events.
 pub(crate) async fn raise(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     now: i64,
     alert: NewAlert<'_>,
 ) -> Result<Option<NewEvent>> {
@@ -97,7 +97,7 @@ pub(crate) async fn raise(
     .bind(alert.user_id.to_string())
     .bind(alert.kind)
     .bind(profile)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *tx)
     .await?;
     if open > 0 {
         return Ok(None);
@@ -108,7 +108,7 @@ pub(crate) async fn raise(
 /// Raises an alert even when one of its kind is open: for problems that each need their own
 /// decision (one per email that may not have been delivered).
 pub(crate) async fn raise_each(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     now: i64,
     alert: NewAlert<'_>,
 ) -> Result<NewEvent> {
@@ -138,14 +138,14 @@ pub(crate) async fn raise_each(
     .bind(alert.hint)
     .bind(now)
     .bind(profile)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(event)
 }
 
 /// Dismisses the open alerts of a kind for a mailbox (the problem was fixed).
 pub(crate) async fn resolve(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     now: i64,
     mailbox: MailboxId,
     kind: &str,
@@ -156,7 +156,7 @@ pub(crate) async fn resolve(
     .bind(now)
     .bind(mailbox.to_string())
     .bind(kind)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }

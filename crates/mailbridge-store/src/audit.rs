@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use mailbridge_core::UserId;
-use sqlx::{Any, Transaction};
+use sqlx::AnyConnection;
 
 use crate::{Result, Store, StoreError, time_from_ms};
 
@@ -55,7 +55,7 @@ struct AuditRow {
 
 /// Appends an entry. `detail` must never carry a secret.
 pub(crate) async fn record(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     at_ms: i64,
     actor: &Actor,
     action: &str,
@@ -73,7 +73,7 @@ pub(crate) async fn record(
     .bind(target.0)
     .bind(target.1)
     .bind(detail.to_string())
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }

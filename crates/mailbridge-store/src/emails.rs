@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use mailbridge_core::message::{ParsedAttachment, ParsedEmail, Party};
 use mailbridge_core::{EventType, MailboxId, UserId};
-use sqlx::{Any, Transaction};
+use sqlx::AnyConnection;
 
 use crate::events::{EmailSummary, append};
 use crate::nodes::{Fence, check_fence};
@@ -609,7 +609,7 @@ pub(crate) const IN_LIST: usize = 500;
 /// idempotency key of mail to send. A batch costs a few statements, not a few per email.
 /// Returns the new ones: (index into `emails`, record id, conversation id), in input order.
 pub(crate) async fn insert_emails(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     backend: Backend,
     mailbox: &str,
     emails: &[NewEmail],
@@ -679,7 +679,7 @@ pub(crate) async fn insert_emails(
                 .bind(email.tracking_token.clone())
                 .bind(stored_by.map(str::to_owned));
         }
-        inserted.extend(q.fetch_all(&mut **tx).await?.into_iter().map(|(id,)| id));
+        inserted.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
     }
     let attachments: Vec<(&String, &ParsedAttachment)> = rows
         .iter()
@@ -702,7 +702,7 @@ pub(crate) async fn insert_emails(
                 .bind(i64::try_from(a.content.len()).unwrap_or(i64::MAX))
                 .bind(a.content.clone());
         }
-        q.execute(&mut **tx).await?;
+        q.execute(&mut *tx).await?;
     }
     Ok(rows
         .iter()
@@ -735,7 +735,7 @@ fn values_list(backend: Backend, rows: usize, columns: usize) -> String {
 /// renumbered by a UIDVALIDITY change, whose older record of the folder (same bytes) is
 /// re-keyed to it — one record per message read, so identical deliveries stay distinct.
 async fn adopt_renumbered(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     mailbox: &str,
     emails: &[NewEmail],
 ) -> Result<Vec<bool>> {
@@ -762,7 +762,7 @@ async fn adopt_renumbered(
         for h in chunk {
             q = q.bind((*h).clone());
         }
-        for (id, key, hash) in q.fetch_all(&mut **tx).await? {
+        for (id, key, hash) in q.fetch_all(&mut *tx).await? {
             candidates.entry(hash).or_default().push((id, key));
         }
     }
@@ -790,7 +790,7 @@ async fn adopt_renumbered(
                 .bind(&email.remote_key)
                 .bind(email.uid.map(i64::from))
                 .bind(id)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             used.insert(id.clone());
             skip[i] = true;
@@ -804,7 +804,7 @@ async fn adopt_renumbered(
 /// sent mail whose tracking token its subject carries; else, on Gmail, that of a message of
 /// the same mailbox in the same Gmail thread; else a new one.
 async fn conversations(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     mailbox: &str,
     emails: &[NewEmail],
     rows: &[usize],
@@ -865,7 +865,7 @@ fn subject_token(email: &NewEmail) -> Option<String> {
 /// `key → conversation_id` for the stored emails whose `column` is one of `keys` (in
 /// `mailbox` only, when given).
 async fn lookup(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     column: &'static str,
     mailbox: Option<&str>,
     keys: &[String],
@@ -883,7 +883,7 @@ async fn lookup(
         for key in chunk {
             q = q.bind(key.clone());
         }
-        for (key, conversation) in q.fetch_all(&mut **tx).await? {
+        for (key, conversation) in q.fetch_all(&mut *tx).await? {
             known.entry(key).or_insert(conversation);
         }
     }

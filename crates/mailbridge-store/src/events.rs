@@ -14,7 +14,7 @@
 
 use chrono::{DateTime, Utc};
 use mailbridge_core::{EventType, MailboxId, UserId};
-use sqlx::{Any, Transaction};
+use sqlx::AnyConnection;
 
 use crate::{Backend, Result, Store, StoreError, time_from_ms};
 
@@ -115,7 +115,7 @@ const EVENT_COLUMNS: &str = "seq, id, type AS kind, mailbox_id, owner_user_id, c
 /// Appends events in `tx`, the transaction of the change they describe. Call it last before
 /// the commit: on PostgreSQL it holds the log's lock from here to the commit.
 pub(crate) async fn append(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     backend: Backend,
     now: i64,
     events: &[NewEvent],
@@ -126,7 +126,7 @@ pub(crate) async fn append(
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(EVENT_LOCK)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
     }
     for chunk in events.chunks(ROWS_PER_INSERT) {
@@ -149,14 +149,14 @@ pub(crate) async fn append(
                 .bind(now)
                 .bind(e.data.to_string());
         }
-        q.execute(&mut **tx).await?;
+        q.execute(&mut *tx).await?;
     }
     Ok(())
 }
 
 /// Up to `limit` events after `after` and up to `head`, oldest first, read in `tx`.
 pub(crate) async fn page(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     after: i64,
     head: i64,
     limit: i64,
@@ -167,14 +167,14 @@ pub(crate) async fn page(
     .bind(after)
     .bind(head)
     .bind(limit)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     rows.into_iter().map(Event::try_from).collect()
 }
 
 impl Store {
     /// Commits a transaction that appended events, and wakes the feed's waiting readers.
-    pub(crate) async fn commit(&self, tx: Transaction<'static, Any>) -> Result<()> {
+    pub(crate) async fn commit(&self, tx: crate::WriteTx) -> Result<()> {
         tx.commit().await?;
         self.events_signal.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
@@ -314,7 +314,7 @@ impl EmailSummary<'_> {
 
 /// An email event about a stored email, its summary read in `tx`.
 pub(crate) async fn email_event(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     kind: EventType,
     email: &str,
 ) -> Result<Option<NewEvent>> {
@@ -339,7 +339,7 @@ pub(crate) async fn email_event(
          FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id WHERE e.id = $1",
     )
     .bind(email)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     let Some(r) = row else {
         return Ok(None);
@@ -373,7 +373,7 @@ pub(crate) async fn email_event(
 
 /// A mailbox event with the mailbox's state read in `tx`, and `extra` fields in its data.
 pub(crate) async fn mailbox_event(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     kind: EventType,
     mailbox: &str,
     extra: serde_json::Value,
@@ -383,7 +383,7 @@ pub(crate) async fn mailbox_event(
          FROM mailboxes WHERE id = $1",
     )
     .bind(mailbox)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     let Some((owner, email, enabled, incoming, outgoing)) = row else {
         return Ok(None);

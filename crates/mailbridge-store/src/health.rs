@@ -4,7 +4,7 @@
 //! is over.
 
 use mailbridge_core::MailboxId;
-use sqlx::{Any, Transaction};
+use sqlx::AnyConnection;
 
 use crate::alerts::{self, NewAlert};
 use crate::nodes::{Fence, check_fence};
@@ -121,7 +121,7 @@ impl Outage {
 }
 
 /// The health of the profile of `mailbox`.
-async fn outage_of(tx: &mut Transaction<'_, Any>, mailbox: &str) -> Result<Option<Outage>> {
+async fn outage_of(tx: &mut AnyConnection, mailbox: &str) -> Result<Option<Outage>> {
     let row: Option<(String, String, Option<String>, i64, i64)> = sqlx::query_as(
         "SELECT p.id, p.name, p.owner_user_id, \
          (SELECT COUNT(*) FROM mailboxes WHERE profile_id = p.id AND enabled = 1 AND incoming_method <> 'none'), \
@@ -130,7 +130,7 @@ async fn outage_of(tx: &mut Transaction<'_, Any>, mailbox: &str) -> Result<Optio
          FROM server_profiles p JOIN mailboxes m ON m.profile_id = p.id WHERE m.id = $1",
     )
     .bind(mailbox)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     Ok(row.map(|(profile, name, owner, total, failing)| Outage {
         profile,
@@ -142,12 +142,12 @@ async fn outage_of(tx: &mut Transaction<'_, Any>, mailbox: &str) -> Result<Optio
 }
 
 /// Ends the mailbox's run of failures; whether it had one.
-pub(crate) async fn clear_failing(tx: &mut Transaction<'_, Any>, mailbox: &str) -> Result<bool> {
+pub(crate) async fn clear_failing(tx: &mut AnyConnection, mailbox: &str) -> Result<bool> {
     let cleared: Option<(String,)> = sqlx::query_as(
         "UPDATE mailboxes SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL RETURNING id",
     )
     .bind(mailbox)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     Ok(cleared.is_some())
 }
@@ -155,7 +155,7 @@ pub(crate) async fn clear_failing(tx: &mut Transaction<'_, Any>, mailbox: &str) 
 /// After a mailbox of a profile synced again: when the profile is no longer in an outage,
 /// its outage alert is settled.
 pub(crate) async fn resolve_outage_if_over(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     mailbox: &str,
     now: i64,
 ) -> Result<()> {
@@ -171,7 +171,7 @@ pub(crate) async fn resolve_outage_if_over(
     .bind(now)
     .bind(&outage.profile)
     .bind(PROFILE_OUTAGE)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }

@@ -200,6 +200,39 @@ pub struct Store {
     clock: Arc<dyn Clock>,
     /// Bumped after each commit that appended events (see `events`).
     events_signal: Arc<tokio::sync::watch::Sender<u64>>,
+    /// SQLite: this process's writers take turns here (see [`Store::begin_write`]).
+    write_gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction from [`Store::begin_write`], used as the connection it runs on; on
+/// SQLite it holds this process's turn to write until it commits or is dropped.
+pub(crate) struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub(crate) async fn commit(self) -> std::result::Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub(crate) async fn rollback(self) -> std::result::Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -311,6 +344,7 @@ impl Store {
             keyring: Arc::new(keyring),
             clock,
             events_signal: Arc::new(tokio::sync::watch::Sender::new(0)),
+            write_gate: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -340,10 +374,33 @@ impl Store {
     /// A transaction that will write. On SQLite it takes the write lock at once
     /// (`BEGIN IMMEDIATE`), so a read-check-write sequence cannot be overtaken by another
     /// writer and fail with SQLITE_BUSY at commit; PostgreSQL locks rows as it goes.
-    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+    ///
+    /// On SQLite this process's writers also queue, first come first served, at a gate of
+    /// their own before they ask for the lock. SQLite makes a writer that finds the lock
+    /// taken sleep and try again (1, 2, 5, 10 … 100 ms): with two busy writers — a sync
+    /// committing its batches and the webhook worker — each wait cost up to a hundred times
+    /// the transaction it waited for, and one of them could starve the other. Other
+    /// processes (a `mailbridge` command) still meet SQLite's own wait.
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => {
+                // As long as SQLite's own `busy_timeout` would have waited: then, as there,
+                // the write fails and is tried again by its caller.
+                let turn =
+                    tokio::time::timeout(ACQUIRE_TIMEOUT, self.write_gate.clone().lock_owned())
+                        .await
+                        .map_err(|_| StoreError::Unavailable {
+                            source: sqlx::Error::PoolTimedOut,
+                        })?;
+                WriteTx {
+                    tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                    _turn: Some(turn),
+                }
+            }
+            Backend::Postgres => WriteTx {
+                tx: self.pool.begin().await?,
+                _turn: None,
+            },
         })
     }
 

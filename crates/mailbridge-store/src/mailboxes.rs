@@ -7,7 +7,7 @@ use mailbridge_core::{
     MailboxSpec, ProfileId, SecretChange, SignInStatus, UserId,
 };
 use secrecy::SecretString;
-use sqlx::{Any, Transaction};
+use sqlx::{Any, AnyConnection};
 
 use crate::audit::{self, Actor};
 use crate::events::{NewEvent, append, mailbox_event};
@@ -592,7 +592,7 @@ impl Store {
     /// told: the cause is likely the profile (its server, its OAuth client), not the mailboxes.
     async fn alert_profile_owner_if_failing(
         &self,
-        tx: &mut Transaction<'_, Any>,
+        tx: &mut AnyConnection,
         mailbox: &str,
         now: i64,
     ) -> Result<Option<NewEvent>> {
@@ -606,7 +606,7 @@ impl Store {
         )
         .bind(mailbox)
         .bind(hour_ago)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await?;
         let Some((profile, name, Some(owner), total, failing)) = row else {
             return Ok(None);
@@ -647,14 +647,10 @@ impl Store {
     }
 
     /// The owner and the profile a mailbox names must exist.
-    async fn check_references(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        spec: &MailboxSpec,
-    ) -> Result<()> {
+    async fn check_references(&self, tx: &mut AnyConnection, spec: &MailboxSpec) -> Result<()> {
         let (owner,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users WHERE id = $1")
             .bind(spec.owner_user_id.to_string())
-            .fetch_one(&mut **tx)
+            .fetch_one(&mut *tx)
             .await?;
         if owner == 0 {
             return Err(StoreError::InvalidReference {
@@ -668,7 +664,7 @@ impl Store {
         let (profile,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM server_profiles WHERE id = $1")
                 .bind(spec.profile_id.to_string())
-                .fetch_one(&mut **tx)
+                .fetch_one(&mut *tx)
                 .await?;
         if profile == 0 {
             return Err(StoreError::InvalidReference {
@@ -683,11 +679,7 @@ impl Store {
     }
 
     /// Refuses one more mailbox on a profile already serving its limit.
-    async fn check_capacity(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        profile: ProfileId,
-    ) -> Result<()> {
+    async fn check_capacity(&self, tx: &mut AnyConnection, profile: ProfileId) -> Result<()> {
         let pid = profile.to_string();
         self.lock_profile(tx, &pid).await?;
         let (name, auth, max, count): (String, String, i64, i64) = sqlx::query_as(
@@ -696,7 +688,7 @@ impl Store {
              FROM server_profiles p WHERE p.id = $1",
         )
         .bind(&pid)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await?;
         if count >= max {
             let gmail = auth == AuthMethod::GmailOauth.as_str();
@@ -718,7 +710,7 @@ impl Store {
 
 /// A `mailbox.disabled` event for a mailbox just disabled, saying why.
 pub(crate) async fn disabled_event(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     mailbox: &str,
     reason: &str,
 ) -> Result<Option<NewEvent>> {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mailbridge_core::{DEFAULT_NODE_GROUP, MailboxId};
-use sqlx::{Any, Transaction};
+use sqlx::AnyConnection;
 
 use crate::{Backend, Result, Store, StoreError, time_from_ms};
 
@@ -68,7 +68,7 @@ struct NodeRow {
 /// as expired, and take leases others still hold). SQLite serves one node on one machine,
 /// whose clock is the database's: there the store's clock is used.
 pub(crate) async fn lease_now(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     backend: Backend,
     local_now: i64,
 ) -> Result<i64> {
@@ -78,7 +78,7 @@ pub(crate) async fn lease_now(
             let (ms,): (i64,) = sqlx::query_as(
                 "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
             )
-            .fetch_one(&mut **tx)
+            .fetch_one(&mut *tx)
             .await?;
             Ok(ms)
         }
@@ -293,7 +293,7 @@ impl Store {
 /// candidates are locked (`SKIP LOCKED` passes over another claimer's), and the upsert only
 /// takes a lease that is still expired.
 async fn claim(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     backend: Backend,
     node: &str,
     group: &str,
@@ -313,7 +313,7 @@ async fn claim(
     .bind(group)
     .bind(now)
     .bind(wanted)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     let mut claimed = Vec::with_capacity(candidates.len());
     for (mailbox,) in candidates {
@@ -327,7 +327,7 @@ async fn claim(
         .bind(node)
         .bind(until)
         .bind(now)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await?;
         if let Some((epoch,)) = epoch {
             claimed.push((mailbox, epoch));
@@ -341,7 +341,7 @@ async fn claim(
 /// share-locked until commit, so a claimer waits for this write to finish before it takes
 /// over.
 pub(crate) async fn check_fence(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     backend: Backend,
     mailbox: &str,
     fence: &Fence,
@@ -360,7 +360,7 @@ pub(crate) async fn check_fence(
     .bind(&fence.node)
     .bind(fence.epoch)
     .bind(now)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     match held {
         Some(_) => Ok(()),

@@ -94,7 +94,7 @@ impl Store {
     /// The mailbox's profile limits: mail waiting, and mail queued within a day.
     async fn check_send_limits(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tx: &mut sqlx::AnyConnection,
         mailbox: &str,
         now: i64,
     ) -> Result<()> {
@@ -103,7 +103,7 @@ impl Store {
             // transaction already excludes every other writer).
             sqlx::query("SELECT id FROM mailboxes WHERE id = $1 FOR UPDATE")
                 .bind(mailbox)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
         }
         let (email, max_queued, daily): (String, i64, i64) = sqlx::query_as(
@@ -111,7 +111,7 @@ impl Store {
              JOIN server_profiles p ON p.id = m.profile_id WHERE m.id = $1",
         )
         .bind(mailbox)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::NotFound {
             kind: "mailbox",
@@ -122,7 +122,7 @@ impl Store {
              AND status IN ('pending_send', 'sending')",
         )
         .bind(mailbox)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await?;
         if waiting >= max_queued {
             return Err(StoreError::RateLimited {
@@ -138,7 +138,7 @@ impl Store {
         )
         .bind(mailbox)
         .bind(now - DAY_MS)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await?;
         if today >= daily {
             let wait_ms = u64::try_from(oldest.unwrap_or(now) + DAY_MS - now).unwrap_or(0);
@@ -362,7 +362,7 @@ impl Store {
 /// The email an earlier request queued under `key`, if any; an error when that request asked
 /// for a different email.
 async fn earlier_request(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut sqlx::AnyConnection,
     mailbox: &str,
     key: &str,
     fingerprint: &str,
@@ -370,7 +370,7 @@ async fn earlier_request(
     let row: Option<(String, Option<String>)> = sqlx::query_as(IDEMPOTENCY_LOOKUP_SQL)
         .bind(mailbox)
         .bind(key)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await?;
     match row {
         // Mail queued before fingerprints were kept matches any retry.

@@ -187,7 +187,7 @@ pub const RETEST_REQUIRED: &str = "retest_required";
 /// alerts its owner: the credentials were proven against the old servers only. Returns how
 /// many mailboxes it touched.
 async fn require_retest(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut sqlx::AnyConnection,
     profile: &str,
     name: &str,
     now: i64,
@@ -197,7 +197,7 @@ async fn require_retest(
         "SELECT id, owner_user_id, email, enabled FROM mailboxes WHERE profile_id = $1",
     )
     .bind(profile)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     sqlx::query(
         "UPDATE mailboxes SET enabled = 0, incoming_status = 'not_run', incoming_status_reason = NULL, \
@@ -207,7 +207,7 @@ async fn require_retest(
     )
     .bind(now)
     .bind(profile)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     for (id, owner, email, was_enabled) in &mailboxes {
         let bad = |e: uuid::Error| StoreError::corrupt(format!("mailbox {id}"), e);
@@ -466,15 +466,11 @@ impl Store {
     /// Serializes changes to one profile's mailbox set, so a count read in `tx` stays true
     /// until it commits. PostgreSQL locks the profile's row; on SQLite the write transaction
     /// (`BEGIN IMMEDIATE`) already excludes every other writer.
-    pub(crate) async fn lock_profile(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        id: &str,
-    ) -> Result<()> {
+    pub(crate) async fn lock_profile(&self, tx: &mut sqlx::AnyConnection, id: &str) -> Result<()> {
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT id FROM server_profiles WHERE id = $1 FOR UPDATE")
                 .bind(id)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
         }
         Ok(())

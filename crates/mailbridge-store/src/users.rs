@@ -283,7 +283,7 @@ impl Store {
     /// excludes every other writer.
     async fn refuse_last_admin(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tx: &mut sqlx::AnyConnection,
         id: UserId,
         verb: &str,
     ) -> Result<()> {
@@ -294,7 +294,7 @@ impl Store {
         let admins: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id FROM users WHERE role = 'admin'{lock}"
         )))
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await?;
         let others = admins.iter().filter(|(a,)| *a != id.to_string()).count();
         if others == 0 {

@@ -27,8 +27,13 @@ pub const FAILING_LIMIT: chrono::Duration = chrono::Duration::days(5);
 pub const ROTATION_OVERLAP: chrono::Duration = chrono::Duration::hours(24);
 /// The alert kind raised to admins when Mailbridge disables an endpoint.
 pub const WEBHOOK_DISABLED: &str = "webhook_disabled";
-/// Events looked at per endpoint per dispatch.
-const DISPATCH_PAGE: i64 = 500;
+/// Events looked at per endpoint per dispatch: a few rounds of deliveries (a worker claims
+/// 32 a round), so a dispatch holds SQLite's write lock for milliseconds, not the tens of
+/// milliseconds 500 took — in which a sync's batch waited. The event log, not the delivery
+/// table, holds a backlog.
+const DISPATCH_PAGE: i64 = 128;
+/// Attempts per multi-row INSERT (9 parameters each).
+const ROWS_PER_INSERT: usize = 64;
 
 /// A registered endpoint.
 #[derive(Debug, Clone)]
@@ -520,19 +525,21 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let mut claimed: Vec<(String, String, String, String, i64)> = Vec::new();
-        for (id,) in &due {
-            let row: Option<(String, String, String, String, i64)> = sqlx::query_as(
+        if !due.is_empty() {
+            let ids: Vec<String> = (0..due.len()).map(|i| format!("${}", i + 4)).collect();
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "UPDATE webhook_deliveries SET claimed_by = $1, claimed_until = $2, attempts = attempts + 1 \
-                 WHERE id = $3 AND status = 'pending' AND (claimed_until IS NULL OR claimed_until <= $4) \
-                 RETURNING id, endpoint_id, event_id, payload, attempts",
-            )
+                 WHERE status = 'pending' AND (claimed_until IS NULL OR claimed_until <= $3) \
+                 AND id IN ({}) RETURNING id, endpoint_id, event_id, payload, attempts",
+                ids.join(", ")
+            )))
             .bind(node)
             .bind(claim_now + hold_ms)
-            .bind(id)
-            .bind(claim_now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            claimed.extend(row);
+            .bind(claim_now);
+            for (id,) in &due {
+                q = q.bind(id);
+            }
+            claimed = q.fetch_all(&mut *tx).await?;
         }
         tx.commit().await?;
         // Each endpoint's URL and secrets, read and opened once per claim.
@@ -571,9 +578,10 @@ impl Store {
         Ok(jobs)
     }
 
-    /// Records attempts and their verdicts, in one transaction: each only if `node` still
-    /// holds the delivery's claim (a node whose claim ran out and was taken over writes
-    /// nothing for it). On a success the endpoint's run of failures ends; after a 410, or
+    /// Records attempts and their verdicts, in one transaction with a handful of statements
+    /// (a round's deliveries are mostly successes to one endpoint): each only if `node`
+    /// still holds the delivery's claim (a node whose claim ran out and was taken over writes
+    /// nothing for it). A success ends the endpoint's run of failures; after a 410, or
     /// failing for [`FAILING_LIMIT`] with no success, the endpoint is disabled and every
     /// admin alerted. Returns how many it wrote.
     pub async fn record_webhook_attempts(
@@ -581,19 +589,75 @@ impl Store {
         node: &str,
         results: &[(DeliveryJob, Attempt, Verdict)],
     ) -> Result<usize> {
+        if results.is_empty() {
+            return Ok(0);
+        }
         let now = self.now_ms();
         let mut tx = self.begin_write().await?;
+        let held: std::collections::HashSet<String> = {
+            let ids = placeholders(2, results.len());
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT id FROM webhook_deliveries WHERE claimed_by = $1 AND id IN ({ids})"
+            )))
+            .bind(node);
+            for (job, _, _) in results {
+                q = q.bind(&job.id);
+            }
+            let rows: Vec<(String,)> = q.fetch_all(&mut *tx).await?;
+            rows.into_iter().map(|(id,)| id).collect()
+        };
+        let results: Vec<&(DeliveryJob, Attempt, Verdict)> = results
+            .iter()
+            .filter(|(job, _, _)| held.contains(&job.id))
+            .collect();
+        for chunk in results.chunks(ROWS_PER_INSERT) {
+            insert_attempts(&mut tx, node, chunk).await?;
+        }
+        // Successes: one UPDATE per answer status (usually one), and each endpoint's run of
+        // failures ends.
+        let mut delivered: std::collections::BTreeMap<Option<u16>, Vec<&str>> =
+            std::collections::BTreeMap::new();
+        let mut succeeded = std::collections::BTreeSet::new();
+        for (job, attempt, verdict) in &results {
+            if *verdict == Verdict::Delivered {
+                delivered
+                    .entry(attempt.status_code)
+                    .or_default()
+                    .push(&job.id);
+                succeeded.insert(job.endpoint_id.as_str());
+            }
+        }
+        for (status, ids) in &delivered {
+            let list = placeholders(3, ids.len());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE webhook_deliveries SET status = 'delivered', next_attempt_at = NULL, \
+                 claimed_by = NULL, claimed_until = NULL, last_status = $1, last_error = NULL, \
+                 delivered_at = $2 WHERE id IN ({list})"
+            )))
+            .bind(status.map(i64::from))
+            .bind(now);
+            for id in ids {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for endpoint in &succeeded {
+            sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1")
+                .bind(*endpoint)
+                .execute(&mut *tx)
+                .await?;
+        }
         let mut events = Vec::new();
-        let mut written = 0;
-        for (job, attempt, verdict) in results {
-            if let Some(more) = record_attempt(&mut tx, now, node, job, attempt, *verdict).await? {
-                events.extend(more);
-                written += 1;
+        for (job, attempt, verdict) in &results {
+            if *verdict != Verdict::Delivered {
+                let ok_since = succeeded.contains(job.endpoint_id.as_str());
+                events
+                    .extend(record_failure(&mut tx, now, job, attempt, *verdict, ok_since).await?);
             }
         }
         append(&mut tx, self.backend, now, &events).await?;
         self.commit(tx).await?;
-        Ok(written)
+        Ok(results.len())
     }
 
     /// An endpoint's deliveries, newest first, each with its attempts; `before` pages on
@@ -795,93 +859,105 @@ struct AttemptRow {
     node: Option<String>,
 }
 
-/// Records one attempt in `tx`, if `node` holds its claim: the events it makes (an endpoint
-/// disabled), or `None` when the claim was lost.
-async fn record_attempt(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    now: i64,
+/// `$first, $first+1, …` for `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Inserts the attempts of `results` in one statement.
+async fn insert_attempts(
+    tx: &mut sqlx::AnyConnection,
     node: &str,
+    results: &[&(DeliveryJob, Attempt, Verdict)],
+) -> Result<()> {
+    let rows: Vec<String> = (0..results.len())
+        .map(|r| format!("({})", placeholders(r * 9 + 1, 9)))
+        .collect();
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO webhook_attempts (id, delivery_id, node, attempted_at, duration_ms, status_code, \
+         error, response_excerpt, next_attempt_at) VALUES {}",
+        rows.join(", ")
+    )));
+    for (job, attempt, verdict) in results {
+        let next = match verdict {
+            Verdict::Retry(at) => Some(at.timestamp_millis()),
+            _ => None,
+        };
+        q = q
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(job.id.clone())
+            .bind(node.to_owned())
+            .bind(attempt.at.timestamp_millis())
+            .bind(attempt.duration_ms)
+            .bind(attempt.status_code.map(i64::from))
+            .bind(attempt.error.clone())
+            .bind(attempt.excerpt.clone())
+            .bind(next);
+    }
+    q.execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// Records a failed attempt's verdict: the delivery waits for its retry or has failed, and
+/// the endpoint's run of failures goes on (unless it also succeeded this round,
+/// `ok_since`) — disabling it after a 410 or [`FAILING_LIMIT`] of failures. The events that
+/// makes.
+async fn record_failure(
+    tx: &mut sqlx::AnyConnection,
+    now: i64,
     job: &DeliveryJob,
     attempt: &Attempt,
     verdict: Verdict,
-) -> Result<Option<Vec<NewEvent>>> {
-    let holder: Option<(Option<String>,)> =
-        sqlx::query_as("SELECT claimed_by FROM webhook_deliveries WHERE id = $1")
-            .bind(&job.id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    if holder.and_then(|(h,)| h).as_deref() != Some(node) {
-        return Ok(None);
-    }
+    ok_since: bool,
+) -> Result<Vec<NewEvent>> {
     let (status, next) = match verdict {
-        Verdict::Delivered => ("delivered", None),
         Verdict::Retry(at) => ("pending", Some(at.timestamp_millis())),
-        Verdict::Failed | Verdict::Gone => ("failed", None),
+        _ => ("failed", None),
     };
     sqlx::query(
-            "INSERT INTO webhook_attempts (id, delivery_id, node, attempted_at, duration_ms, status_code, \
-             error, response_excerpt, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(&job.id)
-        .bind(node)
-        .bind(attempt.at.timestamp_millis())
-        .bind(attempt.duration_ms)
-        .bind(attempt.status_code.map(i64::from))
-        .bind(attempt.error.clone())
-        .bind(attempt.excerpt.clone())
-        .bind(next)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query(
         "UPDATE webhook_deliveries SET status = $1, next_attempt_at = $2, claimed_by = NULL, \
-             claimed_until = NULL, last_status = $3, last_error = $4, \
-             delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END WHERE id = $6",
+         claimed_until = NULL, last_status = $3, last_error = $4 WHERE id = $5",
     )
     .bind(status)
     .bind(next)
     .bind(attempt.status_code.map(i64::from))
     .bind(attempt.error.clone())
-    .bind(now)
     .bind(&job.id)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
-    let mut events = Vec::new();
-    if verdict == Verdict::Delivered {
-        sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1")
-            .bind(&job.endpoint_id)
-            .execute(&mut **tx)
-            .await?;
+    let reason = if verdict == Verdict::Gone {
+        Some("it answered 410 Gone, which says it will never take deliveries again".to_owned())
+    } else if ok_since {
+        None
     } else {
         let (since,): (i64,) = sqlx::query_as(
-                "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, $1) WHERE id = $2 \
-                 RETURNING failing_since",
-            )
-            .bind(attempt.at.timestamp_millis())
-            .bind(&job.endpoint_id)
-            .fetch_one(&mut **tx)
-            .await?;
-        let reason = if verdict == Verdict::Gone {
-            Some("it answered 410 Gone, which says it will never take deliveries again".to_owned())
-        } else if now - since >= FAILING_LIMIT.num_milliseconds() {
-            Some(format!(
+            "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, $1) WHERE id = $2 \
+             RETURNING failing_since",
+        )
+        .bind(attempt.at.timestamp_millis())
+        .bind(&job.endpoint_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        (now - since >= FAILING_LIMIT.num_milliseconds()).then(|| {
+            format!(
                 "no delivery to it succeeded for {} days",
                 FAILING_LIMIT.num_days()
-            ))
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            events = disable_endpoint(tx, &job.endpoint_id, &job.url, &reason, now).await?;
-        }
+            )
+        })
+    };
+    match reason {
+        Some(reason) => disable_endpoint(tx, &job.endpoint_id, &job.url, &reason, now).await,
+        None => Ok(Vec::new()),
     }
-    Ok(Some(events))
 }
 
 /// Disables an endpoint Mailbridge gave up on, saying why, and alerts every admin (each
 /// endpoint's alert apart). Returns the alerts' events.
 async fn disable_endpoint(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut sqlx::AnyConnection,
     endpoint: &str,
     url: &str,
     reason: &str,
@@ -893,10 +969,10 @@ async fn disable_endpoint(
     .bind(reason)
     .bind(now)
     .bind(endpoint)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     let admins: Vec<(String,)> = sqlx::query_as("SELECT id FROM users WHERE role = 'admin'")
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await?;
     let mut events = Vec::with_capacity(admins.len());
     for (admin,) in admins {

@@ -69,6 +69,7 @@ on_both_backends!(
     two_admins_demoting_each_other_at_once_leave_one,
     a_refused_batch_leaves_no_event_and_a_stored_one_exactly_its_own,
     a_mailbox_queues_within_its_limits_and_a_reused_key_must_match,
+    a_webhook_failing_for_five_days_is_disabled_and_a_success_ends_the_run,
 );
 
 // Several nodes share one database only on PostgreSQL (SQLite is embedded in one process:
@@ -917,5 +918,161 @@ async fn a_reader_never_skips_an_event_that_commits_after_it_read_a_later_one() 
         "the reader skipped {} of {} events",
         missed.len(),
         all.len()
+    );
+}
+
+/// A clock the test moves forward.
+struct Moved(std::sync::Mutex<chrono::Duration>);
+
+impl Clock for Moved {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        SystemClock.now() + *self.0.lock().unwrap()
+    }
+}
+
+/// One claim-attempt-record round for `hook`'s due deliveries, each answered `status`.
+async fn webhook_round(store: &Store, clock: &Moved, status: u16) -> usize {
+    use mailbridge_store::{Attempt, Verdict};
+    let jobs = store
+        .claim_webhook_deliveries("n1", 32, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    let at = clock.now();
+    let results: Vec<_> = jobs
+        .into_iter()
+        .map(|job| {
+            let verdict = if status < 300 {
+                Verdict::Delivered
+            } else {
+                Verdict::Retry(at + chrono::Duration::seconds(5))
+            };
+            let attempt = Attempt {
+                at,
+                duration_ms: 3,
+                status_code: Some(status),
+                error: None,
+                excerpt: None,
+            };
+            (job, attempt, verdict)
+        })
+        .collect();
+    store.record_webhook_attempts("n1", &results).await.unwrap()
+}
+
+async fn a_webhook_failing_for_five_days_is_disabled_and_a_success_ends_the_run(
+    kind: TestDatabase,
+) {
+    let db = Db::new(kind).await;
+    let clock = Arc::new(Moved(std::sync::Mutex::new(chrono::Duration::zero())));
+    let store = Store::connect(&db.url, Keyring::generate(), clock.clone())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let cli = Actor::cli();
+    let (admin, _) = store
+        .create_user(
+            &cli,
+            &EmailAddress::parse("ops@example.com", "email").unwrap(),
+            Role::Admin,
+        )
+        .await
+        .unwrap();
+    let draft: mailbridge_core::WebhookDraft =
+        serde_json::from_value(serde_json::json!({"url": "https://crm.example.com/hooks"}))
+            .unwrap();
+    let (hook, _) = store
+        .create_webhook(&cli, &draft.resolve(None).unwrap())
+        .await
+        .unwrap();
+    let advance = |by: chrono::Duration| *clock.0.lock().unwrap() += by;
+
+    // A failure starts the run; a later success ends it.
+    store.send_test_webhook(&cli, &hook.id).await.unwrap();
+    assert_eq!(webhook_round(&store, &clock, 503).await, 1);
+    let started = store.get_webhook(&hook.id).await.unwrap().failing_since;
+    assert!(started.is_some());
+    advance(chrono::Duration::days(4));
+    assert_eq!(webhook_round(&store, &clock, 204).await, 1);
+    assert_eq!(
+        store.get_webhook(&hook.id).await.unwrap().failing_since,
+        None
+    );
+
+    // A round with a failure and a success: the endpoint answers, so no run starts.
+    store.send_test_webhook(&cli, &hook.id).await.unwrap();
+    store.send_test_webhook(&cli, &hook.id).await.unwrap();
+    let jobs = store
+        .claim_webhook_deliveries("n1", 32, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 2);
+    let at = clock.now();
+    let attempt = |status| mailbridge_store::Attempt {
+        at,
+        duration_ms: 3,
+        status_code: Some(status),
+        error: None,
+        excerpt: None,
+    };
+    let mut jobs = jobs.into_iter();
+    let results = vec![
+        (
+            jobs.next().unwrap(),
+            attempt(500),
+            mailbridge_store::Verdict::Retry(at + chrono::Duration::seconds(5)),
+        ),
+        (
+            jobs.next().unwrap(),
+            attempt(200),
+            mailbridge_store::Verdict::Delivered,
+        ),
+    ];
+    assert_eq!(
+        store.record_webhook_attempts("n1", &results).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store.get_webhook(&hook.id).await.unwrap().failing_since,
+        None
+    );
+
+    // Another node's claim is not this node's to record.
+    advance(chrono::Duration::minutes(1));
+    let jobs = store
+        .claim_webhook_deliveries("n2", 32, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1, "the failed one is due again");
+    let stolen: Vec<_> = jobs
+        .into_iter()
+        .map(|job| (job, attempt(200), mailbridge_store::Verdict::Delivered))
+        .collect();
+    assert_eq!(
+        store.record_webhook_attempts("n1", &stolen).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store.record_webhook_attempts("n2", &stolen).await.unwrap(),
+        1
+    );
+
+    // Failing from now on: just under five days later it is still on; past five, off, and
+    // every admin is told.
+    store.send_test_webhook(&cli, &hook.id).await.unwrap();
+    assert_eq!(webhook_round(&store, &clock, 500).await, 1);
+    advance(chrono::Duration::days(5) - chrono::Duration::minutes(1));
+    assert_eq!(webhook_round(&store, &clock, 500).await, 1);
+    let hook_now = store.get_webhook(&hook.id).await.unwrap();
+    assert!(hook_now.spec.enabled, "{hook_now:?}");
+    advance(chrono::Duration::minutes(2));
+    assert_eq!(webhook_round(&store, &clock, 500).await, 1);
+    let hook_now = store.get_webhook(&hook.id).await.unwrap();
+    assert!(!hook_now.spec.enabled);
+    let reason = hook_now.disabled_reason.unwrap_or_default();
+    assert!(reason.contains("5 days"), "{reason}");
+    let alerts = store.user_alerts(admin.id, false).await.unwrap();
+    assert!(
+        alerts.iter().any(|a| a.kind == "webhook_disabled"),
+        "{alerts:?}"
     );
 }
