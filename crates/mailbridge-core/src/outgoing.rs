@@ -76,7 +76,7 @@ pub struct AttachmentDraft {
 #[serde(deny_unknown_fields)]
 pub struct OutgoingDraft {
     /// The mailbox to send from (its owner or an admin).
-    #[schema(value_type = String)]
+    #[schema(value_type = String, format = Uuid, required = true)]
     pub mailbox_id: Option<MailboxId>,
     pub to: Option<Vec<PartyDraft>>,
     #[serde(default)]

@@ -126,6 +126,7 @@ pub enum SecretChange {
 }
 
 #[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = IncomingServerDraft)]
 #[serde(deny_unknown_fields)]
 pub struct IncomingDraft {
     pub protocol: Option<IncomingProtocol>,
@@ -136,6 +137,7 @@ pub struct IncomingDraft {
 }
 
 #[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = OutgoingServerDraft)]
 #[serde(deny_unknown_fields)]
 pub struct OutgoingDraft {
     pub host: Option<String>,
@@ -170,11 +172,16 @@ pub struct ProfileDraft {
     pub outgoing: Option<OutgoingDraft>,
     pub auth: Option<AuthMethod>,
     pub oauth: Option<OAuthDraft>,
+    /// 1–100,000 (1–100 for a Gmail OAuth profile).
+    #[schema(minimum = 1, maximum = 100_000)]
     pub max_mailboxes: Option<i64>,
     /// Connections open at once over all the profile's mailboxes, IDLE sessions included
     /// (default: `max_mailboxes` + 10). Mailboxes that find none free for IDLE check for mail
     /// every `poll_interval_seconds` instead.
+    #[schema(minimum = 1, maximum = 200_000)]
     pub max_connections: Option<i64>,
+    /// 10–86,400 (one day).
+    #[schema(minimum = 10, maximum = 86_400)]
     pub poll_interval_seconds: Option<i64>,
     /// `YYYY-MM-DD`; mail received before this day is not synchronized. `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
@@ -182,8 +189,10 @@ pub struct ProfileDraft {
     pub process_emails_received_after: Option<Option<NaiveDate>>,
     /// Emails each mailbox may queue within 24 hours (default 500 with the Gmail preset —
     /// Gmail's own limit for consumer accounts; 10,000 otherwise).
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub daily_send_limit: Option<i64>,
     /// Emails each mailbox may have waiting to be sent at once (default 1,000).
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_queued_emails: Option<i64>,
 }
 

@@ -18,11 +18,11 @@ pub struct WebhookDraft {
     pub description: Option<String>,
     /// Only these event types; absent or `null`: every type.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<Vec<EventType>>)]
+    #[schema(value_type = Option<Vec<EventType>>, min_items = 1)]
     pub event_types: Option<Option<Vec<EventType>>>,
     /// Only these mailboxes' events; absent or `null`: every mailbox.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<uuid::Uuid>>, min_items = 1)]
     pub mailbox_ids: Option<Option<Vec<MailboxId>>>,
     /// Whether deliveries are made (default true).
     pub enabled: Option<bool>,

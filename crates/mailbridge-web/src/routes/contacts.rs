@@ -23,6 +23,7 @@ pub fn routes() -> Router<AppState> {
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContactInput {
+    #[schema(format = Email, example = "bob@example.com")]
     email: String,
     name: Option<String>,
 }
@@ -71,10 +72,12 @@ async fn upsert(
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// The last address of the previous page.
     after: Option<String>,
     /// 1–1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

@@ -126,9 +126,12 @@ impl From<EmailRecord> for EmailView {
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    #[param(format = Uuid)]
     mailbox_id: Option<String>,
     /// `incoming` or `outgoing`.
+    #[param(pattern = "^(incoming|outgoing)$")]
     direction: Option<String>,
     conversation_id: Option<String>,
     /// Stored at or after this time (RFC 3339).
@@ -136,6 +139,7 @@ pub struct ListQuery {
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
     /// 1–200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 

@@ -36,31 +36,45 @@ const MAX_WAIT_SECS: u64 = 60;
 const POLL: Duration = Duration::from_millis(250);
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     /// Where to read on from: the `next_cursor` of the previous answer; `latest` starts at
     /// the newest event (only what happens from now on); absent: the oldest event kept.
+    #[param(pattern = "^([0-9]{1,18}|latest)$")]
     after: Option<String>,
     /// Only these event types, comma-separated, e.g. `email.received,email.sent`.
+    #[param(
+        pattern = r"^(email\.received|email\.sent|email\.send_failed|email\.updated|email\.deleted|mailbox\.signed_in|mailbox\.needs_sign_in|mailbox\.enabled|mailbox\.disabled|mailbox\.tested|alert\.created)(,(email\.received|email\.sent|email\.send_failed|email\.updated|email\.deleted|mailbox\.signed_in|mailbox\.needs_sign_in|mailbox\.enabled|mailbox\.disabled|mailbox\.tested|alert\.created))*$"
+    )]
     types: Option<String>,
     /// Only this mailbox's events.
+    #[param(format = Uuid)]
     mailbox_id: Option<String>,
     /// Events per answer, 1–500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// Seconds (0–60, default 0) to hold the request open until a new event commits; the
     /// answer comes within a fraction of a second of it.
+    #[param(minimum = 0, maximum = 60)]
     wait: Option<u64>,
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Where to start when there is no `Last-Event-ID` header: a cursor, `latest`, or absent
     /// for the oldest event kept.
+    #[param(pattern = "^([0-9]{1,18}|latest)$")]
     after: Option<String>,
     /// Only these event types, comma-separated.
+    #[param(
+        pattern = r"^(email\.received|email\.sent|email\.send_failed|email\.updated|email\.deleted|mailbox\.signed_in|mailbox\.needs_sign_in|mailbox\.enabled|mailbox\.disabled|mailbox\.tested|alert\.created)(,(email\.received|email\.sent|email\.send_failed|email\.updated|email\.deleted|mailbox\.signed_in|mailbox\.needs_sign_in|mailbox\.enabled|mailbox\.disabled|mailbox\.tested|alert\.created))*$"
+    )]
     types: Option<String>,
     /// Only this mailbox's events.
+    #[param(format = Uuid)]
     mailbox_id: Option<String>,
 }
 

@@ -120,8 +120,10 @@ impl From<MailboxRecord> for MailboxView {
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Admins only: the mailboxes of this user.
+    #[param(format = Uuid)]
     owner_user_id: Option<String>,
 }
 
@@ -341,6 +343,7 @@ pub(crate) async fn test_mailbox(
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AlertsQuery {
     /// Also list dismissed alerts.
     #[serde(default)]

@@ -43,7 +43,8 @@ pub struct LinkRequest {
     /// Where to send the user when the sign-in is over, with `mailbox_id`, `outcome`
     /// (`signed_in` or `error`) and, on error, `error` (a code) and `message` added to its
     /// query. Must start with one of the `allowed_return_urls`.
-    #[schema(example = "https://crm.example.com/mailbridge/signed-in")]
+    /// Required (read as optional only to say so in words when it is missing).
+    #[schema(example = "https://crm.example.com/mailbridge/signed-in", value_type = String, required = true)]
     return_url: Option<String>,
 }
 

@@ -99,10 +99,12 @@ async fn features(State(state): State<AppState>) -> Json<Features> {
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Return entries older than this id (the previous page's last id).
     before: Option<i64>,
     /// At most this many entries (1–500, default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 

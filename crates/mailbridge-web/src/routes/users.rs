@@ -44,7 +44,8 @@ impl From<UserRecord> for UserView {
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
-    #[schema(example = "ann@example.com")]
+    /// Required (read as optional only to say so in words when it is missing).
+    #[schema(example = "ann@example.com", value_type = String, required = true, format = Email)]
     email: Option<String>,
     /// Defaults to `user`.
     role: Option<Role>,

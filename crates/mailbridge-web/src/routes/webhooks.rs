@@ -96,11 +96,14 @@ pub struct RotatedSecret {
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveriesQuery {
     /// The `next_before` of the previous page.
+    #[param(format = Uuid)]
     before: Option<String>,
     /// 1–200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
@@ -266,6 +269,14 @@ async fn deliveries(
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::invalid("limit", "limit must be from 1 to 200"));
+    }
+    if let Some(before) = &q.before
+        && uuid::Uuid::parse_str(before).is_err()
+    {
+        return Err(ApiError::invalid(
+            "before",
+            format!("'{before}' is not a delivery id: pass the next_before of the previous page"),
+        ));
     }
     let deliveries = state
         .store
