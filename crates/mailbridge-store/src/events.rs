@@ -1,5 +1,5 @@
 //! [`Event`]: the event log, the one road out to the host application. Every change it cares
-//! about is appended ([`append`]) in the transaction that makes the change, so an event exists
+//! about is appended (`append`) in the transaction that makes the change, so an event exists
 //! exactly when its change committed: a rolled-back batch leaves none, a crash loses none.
 //! The change feed reads it in commit order by `seq` ([`Store::read_events`]); webhooks
 //! deliver from it.
@@ -7,7 +7,7 @@
 //! Commit order, gap-free: a reader that has seen event `n` never later finds an event below
 //! `n`. SQLite has one writer, so `seq` order is commit order. On PostgreSQL a sequence value
 //! is taken before commit, so two transactions could commit in the other order than their
-//! values; [`append`] therefore takes one transaction-scoped advisory lock right before it
+//! values; `append` therefore takes one transaction-scoped advisory lock right before it
 //! inserts and holds it to commit (PostgreSQL makes a transaction visible before it releases
 //! its locks), so no other transaction takes a value until this one is visible. Appends come
 //! last in a transaction, so the lock is held only for the insert and the commit.

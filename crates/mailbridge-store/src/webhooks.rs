@@ -291,12 +291,7 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                kind: "webhook",
-                id: id.to_owned(),
-            });
-        }
+        endpoint_touched(done.rows_affected(), id)?;
         audit::record(
             &mut tx,
             now,
@@ -318,12 +313,7 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                kind: "webhook",
-                id: id.to_owned(),
-            });
-        }
+        endpoint_touched(done.rows_affected(), id)?;
         audit::record(
             &mut tx,
             now,
@@ -857,6 +847,17 @@ struct AttemptRow {
     response_excerpt: Option<String>,
     next_attempt_at: Option<i64>,
     node: Option<String>,
+}
+
+/// `NotFound` when a statement on endpoint `id` touched no row.
+fn endpoint_touched(rows: u64, id: &str) -> Result<()> {
+    if rows == 0 {
+        return Err(StoreError::NotFound {
+            kind: "webhook",
+            id: id.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// `$first, $first+1, …` for `n` values.

@@ -201,6 +201,19 @@ impl MailWorld {
         );
     }
 
+    /// Ann's mailbox on a new password profile of this Dovecot (password `hunter2`), not yet
+    /// tested: its id.
+    pub async fn ann_password_mailbox(&self) -> String {
+        let profile = self.password_profile("Local").await;
+        self.mailbox(
+            "ann@example.com",
+            &self.ann_id,
+            &profile,
+            json!({"password": "hunter2"}),
+        )
+        .await
+    }
+
     /// Ann's mailbox (with `extra` fields) on a new Gmail-like profile of this Dovecot, signed
     /// in and enabled by Test & Enable: (profile id, mailbox id).
     pub async fn ann_enabled(&self, extra: Value) -> (String, String) {

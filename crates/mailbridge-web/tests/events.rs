@@ -201,15 +201,7 @@ async fn what_a_mailbox_lives_through_is_in_the_feed_once_in_commit_order() {
 #[tokio::test]
 async fn a_long_poll_answers_within_a_fraction_of_a_second_of_a_commit() {
     let w = MailWorld::start(AppOptions::default()).await;
-    let profile = w.password_profile("Local").await;
-    let mailbox = w
-        .mailbox(
-            "ann@example.com",
-            &w.ann_id,
-            &profile,
-            json!({"password": "hunter2"}),
-        )
-        .await;
+    let mailbox = w.ann_password_mailbox().await;
     // Nothing happens: the answer comes after the wait, empty, with a cursor to go on from.
     let started = Instant::now();
     let (_, page) = w
@@ -292,15 +284,7 @@ async fn sse_events(mut resp: reqwest::Response, n: usize) -> Vec<(String, Strin
 #[tokio::test]
 async fn the_event_stream_resumes_from_last_event_id() {
     let w = MailWorld::start(AppOptions::default()).await;
-    let profile = w.password_profile("Local").await;
-    let mailbox = w
-        .mailbox(
-            "ann@example.com",
-            &w.ann_id,
-            &profile,
-            json!({"password": "hunter2"}),
-        )
-        .await;
+    let mailbox = w.ann_password_mailbox().await;
     let stream = |last: Option<String>| {
         let mut req = w
             .api
@@ -366,15 +350,7 @@ async fn the_event_stream_resumes_from_last_event_id() {
 #[tokio::test]
 async fn a_cursor_older_than_retention_is_gone_naming_the_oldest_still_kept() {
     let w = MailWorld::start(AppOptions::default()).await;
-    let profile = w.password_profile("Local").await;
-    let mailbox = w
-        .mailbox(
-            "ann@example.com",
-            &w.ann_id,
-            &profile,
-            json!({"password": "hunter2"}),
-        )
-        .await;
+    let mailbox = w.ann_password_mailbox().await;
     w.enable_as_tested(&mailbox).await;
     let (events, head) = drain(&w, &w.admin, "0", "", 100).await;
     assert!(!events.is_empty());

@@ -49,6 +49,18 @@ async fn register(w: &MailWorld, url: &str, extra: Value) -> (String, String) {
     )
 }
 
+/// `POST /api/v1/webhooks/{webhook}/{action}` as the admin.
+async fn act(w: &MailWorld, webhook: &str, action: &str) -> (StatusCode, Value) {
+    w.api
+        .post(
+            &w.app,
+            &format!("/api/v1/webhooks/{webhook}/{action}"),
+            &w.admin,
+            json!({}),
+        )
+        .await
+}
+
 /// Waits until receiver `name` has `n` deliveries (fails after `secs`).
 async fn received(receiver: &WebhookReceiver, name: &str, n: usize, secs: u64) -> Vec<Value> {
     let started = Instant::now();
@@ -179,15 +191,7 @@ async fn failures_are_retried_with_the_same_id_until_delivered() {
         )
         .await
         .unwrap();
-    let profile = w.password_profile("Local").await;
-    let mailbox = w
-        .mailbox(
-            "ann@example.com",
-            &w.ann_id,
-            &profile,
-            json!({"password": "hunter2"}),
-        )
-        .await;
+    let mailbox = w.ann_password_mailbox().await;
     w.enable_as_tested(&mailbox).await;
     let got = received(&receiver, "flaky", 3, 30).await;
     assert!(got.iter().all(|d| d["verified"] == true), "{got:#?}");
@@ -230,15 +234,7 @@ async fn a_receiver_that_never_answers_is_retried_then_failed_and_can_be_redeliv
         .receiver("silent", &[&secret], Answer::Timeout)
         .await
         .unwrap();
-    let (status, test) = w
-        .api
-        .post(
-            &w.app,
-            &format!("/api/v1/webhooks/{webhook}/test"),
-            &w.admin,
-            json!({}),
-        )
-        .await;
+    let (status, test) = act(&w, &webhook, "test").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{test}");
     // The first try and both retries, each cut at the timeout: then it has failed.
     let failed = delivery_status(&w, &webhook, "failed", 30).await;
@@ -308,14 +304,7 @@ async fn gone_disables_the_endpoint_and_tells_every_admin() {
     let receiver = WebhookReceiver::start().unwrap();
     let url = receiver.receiver("old", &[], Answer::Gone).await.unwrap();
     let (webhook, _) = register(&w, &url, json!({})).await;
-    w.api
-        .post(
-            &w.app,
-            &format!("/api/v1/webhooks/{webhook}/test"),
-            &w.admin,
-            json!({}),
-        )
-        .await;
+    act(&w, &webhook, "test").await;
     let hook = w
         .poll(
             &format!("/api/v1/webhooks/{webhook}"),
@@ -371,15 +360,7 @@ async fn a_rotated_secret_signs_beside_the_old_one_for_a_day() {
     let receiver = WebhookReceiver::start().unwrap();
     let url = receiver.receiver("rot", &[], Answer::Ok).await.unwrap();
     let (webhook, old) = register(&w, &url, json!({})).await;
-    let (status, rotated) = w
-        .api
-        .post(
-            &w.app,
-            &format!("/api/v1/webhooks/{webhook}/rotate-secret"),
-            &w.admin,
-            json!({}),
-        )
-        .await;
+    let (status, rotated) = act(&w, &webhook, "rotate-secret").await;
     assert_eq!(status, StatusCode::OK, "{rotated}");
     let new = rotated["secret"].as_str().unwrap().to_owned();
     assert!(new.starts_with("whsec_") && new != old);
@@ -401,14 +382,7 @@ async fn a_rotated_secret_signs_beside_the_old_one_for_a_day() {
             .receiver("rot", &secrets, Answer::Ok)
             .await
             .unwrap();
-        w.api
-            .post(
-                &w.app,
-                &format!("/api/v1/webhooks/{webhook}/test"),
-                &w.admin,
-                json!({}),
-            )
-            .await;
+        act(&w, &webhook, "test").await;
         let got = received(&receiver, "rot", n, 15).await;
         let last = &got[n - 1];
         assert_eq!(last["verified"], true, "{last:#}");

@@ -40,12 +40,13 @@ const POLL: Duration = Duration::from_millis(250);
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     /// Where to read on from: the `next_cursor` of the previous answer; `latest` starts at
-    /// the newest event (only what happens from now on); absent: the oldest event kept.
-    #[param(pattern = "^([0-9]{1,18}|latest)$")]
+    /// the newest event (only what happens from now on); absent (or empty): the oldest event
+    /// kept.
+    #[param(pattern = "^([0-9]{1,18}|latest)?$")]
     after: Option<String>,
     /// Only these event types, comma-separated, e.g. `email.received,email.sent`.
     #[param(
-        pattern = r"^(email\.received|email\.sent|email\.send_failed|email\.updated|email\.deleted|mailbox\.signed_in|mailbox\.needs_sign_in|mailbox\.enabled|mailbox\.disabled|mailbox\.tested|alert\.created)(,(email\.received|email\.sent|email\.send_failed|email\.updated|email\.deleted|mailbox\.signed_in|mailbox\.needs_sign_in|mailbox\.enabled|mailbox\.disabled|mailbox\.tested|alert\.created))*$"
+        pattern = r"^((email\.received|email\.sent|email\.send_failed|email\.updated|email\.deleted|mailbox\.signed_in|mailbox\.needs_sign_in|mailbox\.enabled|mailbox\.disabled|mailbox\.tested|alert\.created)(,(email\.received|email\.sent|email\.send_failed|email\.updated|email\.deleted|mailbox\.signed_in|mailbox\.needs_sign_in|mailbox\.enabled|mailbox\.disabled|mailbox\.tested|alert\.created))*)?$"
     )]
     types: Option<String>,
     /// Only this mailbox's events.
@@ -66,11 +67,11 @@ pub struct FeedQuery {
 pub struct StreamQuery {
     /// Where to start when there is no `Last-Event-ID` header: a cursor, `latest`, or absent
     /// for the oldest event kept.
-    #[param(pattern = "^([0-9]{1,18}|latest)$")]
+    #[param(pattern = "^([0-9]{1,18}|latest)?$")]
     after: Option<String>,
     /// Only these event types, comma-separated.
     #[param(
-        pattern = r"^(email\.received|email\.sent|email\.send_failed|email\.updated|email\.deleted|mailbox\.signed_in|mailbox\.needs_sign_in|mailbox\.enabled|mailbox\.disabled|mailbox\.tested|alert\.created)(,(email\.received|email\.sent|email\.send_failed|email\.updated|email\.deleted|mailbox\.signed_in|mailbox\.needs_sign_in|mailbox\.enabled|mailbox\.disabled|mailbox\.tested|alert\.created))*$"
+        pattern = r"^((email\.received|email\.sent|email\.send_failed|email\.updated|email\.deleted|mailbox\.signed_in|mailbox\.needs_sign_in|mailbox\.enabled|mailbox\.disabled|mailbox\.tested|alert\.created)(,(email\.received|email\.sent|email\.send_failed|email\.updated|email\.deleted|mailbox\.signed_in|mailbox\.needs_sign_in|mailbox\.enabled|mailbox\.disabled|mailbox\.tested|alert\.created))*)?$"
     )]
     types: Option<String>,
     /// Only this mailbox's events.
