@@ -10,8 +10,8 @@
 //!
 //! The cases run side by side on one Dovecot and one Mailbridge, each with its own account,
 //! profile, mailbox and proxy. The table of outcomes is printed and written to
-//! `<target>/tmp/faults.md` (the README's "Faults" table). `MAILBRIDGE_FAULTS=<words>` runs
-//! only the cases whose name holds all of them (e.g. `MAILBRIDGE_FAULTS="IMAP drip"`).
+//! `<target>/tmp/faults.md` (the README's "Faults" table). `MAILBRIDGE_TEST_FAULTS=<words>` runs
+//! only the cases whose name holds all of them (e.g. `MAILBRIDGE_TEST_FAULTS="IMAP drip"`).
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::collections::HashSet;
@@ -187,7 +187,7 @@ async fn every_fault_at_every_step_converges() {
         .with_ansi(false)
         .with_test_writer()
         .try_init();
-    let filter = std::env::var("MAILBRIDGE_FAULTS").unwrap_or_default();
+    let filter = std::env::var("MAILBRIDGE_TEST_FAULTS").unwrap_or_default();
     let cases: Vec<Case> = matrix()
         .into_iter()
         .filter(|c| {

@@ -7,10 +7,10 @@
 //! webhook to find.
 //!
 //! The short run here (25 cases per operation and phase) is part of the suite;
-//! `scripts/schemathesis` runs the long one (`MAILBRIDGE_SCHEMATHESIS_EXAMPLES`,
-//! `MAILBRIDGE_SCHEMATHESIS_SECONDS`, `MAILBRIDGE_SCHEMATHESIS_SEED`). Schemathesis is
+//! `scripts/schemathesis` runs the long one (`MAILBRIDGE_TEST_SCHEMATHESIS_EXAMPLES`,
+//! `MAILBRIDGE_TEST_SCHEMATHESIS_SECONDS`, `MAILBRIDGE_TEST_SCHEMATHESIS_SEED`). Schemathesis is
 //! installed by `./scripts/test` into `target/tools/schemathesis` (or named by
-//! `MAILBRIDGE_SCHEMATHESIS`).
+//! `MAILBRIDGE_TEST_SCHEMATHESIS`).
 //!
 //! Left out: the two Test & Enable routes, which connect to whatever mail servers a
 //! generated profile names — traffic must stay on this machine (they are tested against the
@@ -41,13 +41,13 @@ expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429"]
 const LEFT_OUT: &str = "/test-and-enable$|/events/stream$";
 
 fn schemathesis() -> PathBuf {
-    let path = std::env::var_os("MAILBRIDGE_SCHEMATHESIS").map_or_else(
+    let path = std::env::var_os("MAILBRIDGE_TEST_SCHEMATHESIS").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/schemathesis/bin/st"),
         PathBuf::from,
     );
     assert!(
         path.exists(),
-        "Schemathesis is not installed at {}: run ./scripts/test, which installs it (pip, in a venv), or set MAILBRIDGE_SCHEMATHESIS",
+        "Schemathesis is not installed at {}: run ./scripts/test, which installs it (pip, in a venv), or set MAILBRIDGE_TEST_SCHEMATHESIS",
         path.display()
     );
     path
@@ -117,8 +117,8 @@ async fn run_as(role: Role, select: &[&str]) {
     let st = schemathesis();
     let dir = tempfile::tempdir().unwrap();
     let (app, token) = server(dir.path(), role).await;
-    let examples = env_number("MAILBRIDGE_SCHEMATHESIS_EXAMPLES", 25);
-    let seconds = env_number("MAILBRIDGE_SCHEMATHESIS_SECONDS", 0);
+    let examples = env_number("MAILBRIDGE_TEST_SCHEMATHESIS_EXAMPLES", 25);
+    let seconds = env_number("MAILBRIDGE_TEST_SCHEMATHESIS_SECONDS", 0);
     let config = dir.path().join("schemathesis.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let report = dir.path().join("report");
@@ -145,7 +145,7 @@ async fn run_as(role: Role, select: &[&str]) {
     if seconds > 0 {
         cmd.args(["--max-time", &seconds.to_string()]);
     }
-    if let Ok(seed) = std::env::var("MAILBRIDGE_SCHEMATHESIS_SEED") {
+    if let Ok(seed) = std::env::var("MAILBRIDGE_TEST_SCHEMATHESIS_SEED") {
         cmd.args(["--seed", &seed]);
     }
     let started = Instant::now();
