@@ -9,6 +9,7 @@ pub mod contacts;
 pub mod crypto;
 pub mod emails;
 pub mod events;
+mod gate;
 pub mod health;
 pub mod mailboxes;
 pub mod nodes;
@@ -43,7 +44,7 @@ pub use outgoing::OutgoingEmail;
 pub use profiles::ProfileRecord;
 pub use sessions::SessionToken;
 pub use users::{ApiToken, UserRecord};
-pub use webhooks::{Attempt, DeliveryJob, DeliveryRecord, Verdict, WebhookRecord};
+pub use webhooks::{Attempt, DeliveryJob, DeliveryRecord, Verdict, WebhookRecord, WebhookRound};
 
 /// How long a query waits for a pooled connection (see [`Store::connect`]).
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -201,14 +202,14 @@ pub struct Store {
     /// Bumped after each commit that appended events (see `events`).
     events_signal: Arc<tokio::sync::watch::Sender<u64>>,
     /// SQLite: this process's writers take turns here (see [`Store::begin_write`]).
-    write_gate: Arc<tokio::sync::Mutex<()>>,
+    write_gate: Arc<gate::WriteGate>,
 }
 
 /// A write transaction from [`Store::begin_write`], used as the connection it runs on; on
 /// SQLite it holds this process's turn to write until it commits or is dropped.
 pub(crate) struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _turn: Option<gate::Turn>,
 }
 
 impl WriteTx {
@@ -344,7 +345,7 @@ impl Store {
             keyring: Arc::new(keyring),
             clock,
             events_signal: Arc::new(tokio::sync::watch::Sender::new(0)),
-            write_gate: Arc::new(tokio::sync::Mutex::new(())),
+            write_gate: Arc::new(gate::WriteGate::default()),
         })
     }
 
@@ -382,16 +383,28 @@ impl Store {
     /// the transaction it waited for, and one of them could starve the other. Other
     /// processes (a `mailbridge` command) still meet SQLite's own wait.
     pub(crate) async fn begin_write(&self) -> Result<WriteTx> {
+        self.begin_write_turn(false).await
+    }
+
+    /// [`Store::begin_write`] for background bookkeeping (the webhook worker's rounds): on
+    /// SQLite it gives way to the other writers for a bounded time (see `gate`).
+    pub(crate) async fn begin_background_write(&self) -> Result<WriteTx> {
+        self.begin_write_turn(true).await
+    }
+
+    async fn begin_write_turn(&self, give_way: bool) -> Result<WriteTx> {
         Ok(match self.backend {
             Backend::Sqlite => {
                 // As long as SQLite's own `busy_timeout` would have waited: then, as there,
                 // the write fails and is tried again by its caller.
-                let turn =
-                    tokio::time::timeout(ACQUIRE_TIMEOUT, self.write_gate.clone().lock_owned())
-                        .await
-                        .map_err(|_| StoreError::Unavailable {
-                            source: sqlx::Error::PoolTimedOut,
-                        })?;
+                let turn = if give_way {
+                    self.write_gate.enter_giving_way(ACQUIRE_TIMEOUT).await
+                } else {
+                    self.write_gate.enter(ACQUIRE_TIMEOUT).await
+                };
+                let turn = turn.ok_or(StoreError::Unavailable {
+                    source: sqlx::Error::PoolTimedOut,
+                })?;
                 WriteTx {
                     tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
                     _turn: Some(turn),

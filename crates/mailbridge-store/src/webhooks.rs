@@ -1,12 +1,14 @@
 //! Webhooks: [`WebhookRecord`]s (endpoints the admins register, each with a `whsec_` secret
 //! kept encrypted), and the durable queue that delivers the event log to them:
 //!
-//! - a dispatcher ([`Store::dispatch_webhooks`]) follows the log with a cursor per endpoint
-//!   and makes one delivery per (endpoint, matching event), in one transaction with the
-//!   cursor's move — so the sync path only appends events, and nothing is lost or doubled;
-//! - a worker claims due deliveries ([`Store::claim_webhook_deliveries`]), one node at a time
-//!   for a bounded time (a node that dies mid-delivery leaves it to another once that time
-//!   passes), and records the attempts ([`Store::record_webhook_attempts`]) with its verdict.
+//! - a dispatcher ([`dispatch`]) follows the log with a cursor per endpoint and makes one
+//!   delivery per (endpoint, matching event), in one transaction with the cursor's move —
+//!   so the sync path only appends events, and nothing is lost or doubled;
+//! - a worker claims due deliveries ([`claim`]), one node at a time for a bounded time (a
+//!   node that dies mid-delivery leaves it to another once that time passes), and records
+//!   the attempts ([`record_attempts`]) with their verdicts.
+//!
+//! The worker does all three in one transaction a round ([`Store::webhook_round`]).
 //!
 //! Claims run on the database's clock (see `nodes::lease_now`).
 
@@ -27,10 +29,9 @@ pub const FAILING_LIMIT: chrono::Duration = chrono::Duration::days(5);
 pub const ROTATION_OVERLAP: chrono::Duration = chrono::Duration::hours(24);
 /// The alert kind raised to admins when Mailbridge disables an endpoint.
 pub const WEBHOOK_DISABLED: &str = "webhook_disabled";
-/// Events looked at per endpoint per dispatch: a few rounds of deliveries (a worker claims
-/// 32 a round), so a dispatch holds SQLite's write lock for milliseconds, not the tens of
-/// milliseconds 500 took — in which a sync's batch waited. The event log, not the delivery
-/// table, holds a backlog.
+/// Events looked at per endpoint per round: about what a worker claims a round (128), so a
+/// round holds SQLite's write lock for milliseconds, not the tens of milliseconds 500 took —
+/// in which a sync's batch waited. The event log, not the delivery table, holds a backlog.
 const DISPATCH_PAGE: i64 = 128;
 /// Attempts per multi-row INSERT (9 parameters each).
 const ROWS_PER_INSERT: usize = 64;
@@ -90,6 +91,15 @@ pub enum Verdict {
     Failed,
     /// The endpoint answered 410 Gone: it is disabled.
     Gone,
+}
+
+/// What a round of the webhook worker did ([`Store::webhook_round`]).
+#[derive(Debug, Default)]
+pub struct WebhookRound {
+    /// Attempts of the round before that were written (those whose claim `node` still held).
+    pub recorded: usize,
+    /// The deliveries claimed for this round.
+    pub jobs: Vec<DeliveryJob>,
 }
 
 /// A delivery with its attempts, for the API and the console.
@@ -377,162 +387,56 @@ impl Store {
             .transpose()
     }
 
-    /// Makes the deliveries for events committed since each enabled endpoint's cursor, and
-    /// moves the cursors, in one transaction. On PostgreSQL an endpoint another node is
-    /// dispatching is skipped (`SKIP LOCKED`). Returns how many deliveries it made.
-    pub async fn dispatch_webhooks(&self) -> Result<usize> {
-        // Most rounds find nothing new: a read says so without taking SQLite's write lock
-        // from a sync committing its batches.
-        let (behind,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM webhook_endpoints WHERE enabled = 1 \
-             AND cursor < (SELECT COALESCE(MAX(seq), 0) FROM events)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        if behind == 0 {
-            return Ok(0);
-        }
-        let now = self.now_ms();
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let mut tx = self.begin_write().await?;
-        let endpoints: Vec<(String, i64, Option<String>, Option<String>)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT id, cursor, event_types, mailbox_ids FROM webhook_endpoints WHERE enabled = 1{lock}"
-            )))
-            .fetch_all(&mut *tx)
-            .await?;
-        if endpoints.is_empty() {
-            return Ok(0);
-        }
-        // Every event up to `head` is committed and visible (see `events`).
-        let (head, pruned): (Option<i64>, i64) = sqlx::query_as(
-            "SELECT (SELECT MAX(seq) FROM events), pruned_through FROM event_log WHERE id = 1",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let head = head.unwrap_or(pruned);
-        let mut made = 0;
-        for (id, cursor, types, mailboxes) in endpoints {
-            if cursor >= head {
-                continue;
-            }
-            if cursor < pruned {
-                tracing::warn!(webhook = %id, cursor, pruned, "events for this webhook were pruned before they were dispatched");
-            }
-            let types: Option<Vec<String>> = types.and_then(|t| serde_json::from_str(&t).ok());
-            let mailboxes: Option<Vec<String>> =
-                mailboxes.and_then(|m| serde_json::from_str(&m).ok());
-            let events: Vec<Event> =
-                crate::events::page(&mut tx, cursor.max(pruned), head, DISPATCH_PAGE).await?;
-            let next = match events.last() {
-                Some(last) if events.len() as i64 >= DISPATCH_PAGE => last.seq,
-                _ => head,
-            };
-            let wanted: Vec<&Event> = events
-                .iter()
-                .filter(|e| types.as_ref().is_none_or(|t| t.contains(&e.kind)))
-                .filter(|e| {
-                    mailboxes
-                        .as_ref()
-                        .is_none_or(|m| e.mailbox_id.as_ref().is_some_and(|id| m.contains(id)))
-                })
-                .collect();
-            for chunk in wanted.chunks(64) {
-                let values: Vec<String> = (0..chunk.len())
-                    .map(|r| {
-                        let p: Vec<String> = (1..=6).map(|c| format!("${}", r * 6 + c)).collect();
-                        // Due at once: created_at is also the first next_attempt_at.
-                        format!("({}, ${}, 'pending', 0)", p.join(", "), r * 6 + 6)
-                    })
-                    .collect();
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, payload, \
-                     created_at, next_attempt_at, status, attempts) VALUES {} ON CONFLICT DO NOTHING",
-                    values.join(", ")
-                )));
-                for e in chunk {
-                    q = q
-                        .bind(uuid::Uuid::now_v7().to_string())
-                        .bind(id.clone())
-                        .bind(e.id.clone())
-                        .bind(e.kind.clone())
-                        .bind(e.to_json().to_string())
-                        .bind(now);
-                }
-                made += q.execute(&mut *tx).await?.rows_affected() as usize;
-            }
-            sqlx::query("UPDATE webhook_endpoints SET cursor = $1 WHERE id = $2")
-                .bind(next)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(made)
-    }
-
-    /// Claims up to `limit` due deliveries of enabled endpoints for `node`, for `hold`: each
-    /// counts an attempt now. A delivery claimed by a node that died is free again once the
-    /// hold has passed.
-    pub async fn claim_webhook_deliveries(
+    /// One round of the webhook worker, in one write transaction: records the attempts of
+    /// the round before (`results`), makes the deliveries for events committed since each
+    /// enabled endpoint's cursor, and claims up to `limit` due deliveries for `node`. One
+    /// write per round, not three: each write waits its turn behind a sync's batch, and the
+    /// batch behind it. With nothing to record, a read first says whether anything is
+    /// waiting at all, so an idle worker never takes SQLite's write lock.
+    pub async fn webhook_round(
         &self,
         node: &str,
+        results: &[(DeliveryJob, Attempt, Verdict)],
         limit: i64,
         hold: std::time::Duration,
-    ) -> Result<Vec<DeliveryJob>> {
+    ) -> Result<WebhookRound> {
         let now = self.now_ms();
-        let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE OF d SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        // The same for claims: a read first, the write lock only when something may be due
-        // (on this node's clock, which the claim below checks again on the database's).
-        let (due,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM webhook_deliveries WHERE status = 'pending' \
-             AND next_attempt_at <= $1 LIMIT 1) AS due",
+        if results.is_empty() && !self.webhook_work_waiting(now).await? {
+            return Ok(WebhookRound::default());
+        }
+        let mut tx = self.begin_background_write().await?;
+        let (recorded, events) = record_attempts(&mut tx, node, now, results).await?;
+        append(&mut tx, self.backend, now, &events).await?;
+        dispatch(&mut tx, self.backend, now).await?;
+        let claimed = claim(&mut tx, self.backend, node, limit, hold, now).await?;
+        if events.is_empty() {
+            tx.commit().await?;
+        } else {
+            self.commit(tx).await?;
+        }
+        Ok(WebhookRound {
+            recorded,
+            jobs: self.delivery_jobs(claimed, now).await?,
+        })
+    }
+
+    /// Whether an endpoint is behind the event log or a delivery is due (on this node's
+    /// clock; the claim checks again on the database's).
+    async fn webhook_work_waiting(&self, now: i64) -> Result<bool> {
+        let (behind, due): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM webhook_endpoints WHERE enabled = 1 \
+             AND cursor < (SELECT COALESCE(MAX(seq), 0) FROM events)), \
+             (SELECT COUNT(*) FROM (SELECT 1 FROM webhook_deliveries WHERE status = 'pending' \
+             AND next_attempt_at <= $1 LIMIT 1) AS due)",
         )
         .bind(now)
         .fetch_one(&self.pool)
         .await?;
-        if due == 0 {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.begin_write().await?;
-        let claim_now = lease_now(&mut tx, self.backend, now).await?;
-        let due: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id \
-             WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND w.enabled = 1 \
-             AND (d.claimed_until IS NULL OR d.claimed_until <= $2) \
-             ORDER BY d.next_attempt_at LIMIT $3{lock}"
-        )))
-        .bind(now)
-        .bind(claim_now)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut claimed: Vec<(String, String, String, String, i64)> = Vec::new();
-        if !due.is_empty() {
-            let ids: Vec<String> = (0..due.len()).map(|i| format!("${}", i + 4)).collect();
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "UPDATE webhook_deliveries SET claimed_by = $1, claimed_until = $2, attempts = attempts + 1 \
-                 WHERE status = 'pending' AND (claimed_until IS NULL OR claimed_until <= $3) \
-                 AND id IN ({}) RETURNING id, endpoint_id, event_id, payload, attempts",
-                ids.join(", ")
-            )))
-            .bind(node)
-            .bind(claim_now + hold_ms)
-            .bind(claim_now);
-            for (id,) in &due {
-                q = q.bind(id);
-            }
-            claimed = q.fetch_all(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        // Each endpoint's URL and secrets, read and opened once per claim.
+        Ok(behind > 0 || due > 0)
+    }
+
+    /// The claimed deliveries with each endpoint's URL and secrets, read and opened once.
+    async fn delivery_jobs(&self, claimed: Vec<Claimed>, now: i64) -> Result<Vec<DeliveryJob>> {
         let mut endpoints: std::collections::HashMap<String, (String, Vec<SecretString>)> =
             std::collections::HashMap::new();
         let mut jobs = Vec::with_capacity(claimed.len());
@@ -566,88 +470,6 @@ impl Store {
             });
         }
         Ok(jobs)
-    }
-
-    /// Records attempts and their verdicts, in one transaction with a handful of statements
-    /// (a round's deliveries are mostly successes to one endpoint): each only if `node`
-    /// still holds the delivery's claim (a node whose claim ran out and was taken over writes
-    /// nothing for it). A success ends the endpoint's run of failures; after a 410, or
-    /// failing for [`FAILING_LIMIT`] with no success, the endpoint is disabled and every
-    /// admin alerted. Returns how many it wrote.
-    pub async fn record_webhook_attempts(
-        &self,
-        node: &str,
-        results: &[(DeliveryJob, Attempt, Verdict)],
-    ) -> Result<usize> {
-        if results.is_empty() {
-            return Ok(0);
-        }
-        let now = self.now_ms();
-        let mut tx = self.begin_write().await?;
-        let held: std::collections::HashSet<String> = {
-            let ids = placeholders(2, results.len());
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT id FROM webhook_deliveries WHERE claimed_by = $1 AND id IN ({ids})"
-            )))
-            .bind(node);
-            for (job, _, _) in results {
-                q = q.bind(&job.id);
-            }
-            let rows: Vec<(String,)> = q.fetch_all(&mut *tx).await?;
-            rows.into_iter().map(|(id,)| id).collect()
-        };
-        let results: Vec<&(DeliveryJob, Attempt, Verdict)> = results
-            .iter()
-            .filter(|(job, _, _)| held.contains(&job.id))
-            .collect();
-        for chunk in results.chunks(ROWS_PER_INSERT) {
-            insert_attempts(&mut tx, node, chunk).await?;
-        }
-        // Successes: one UPDATE per answer status (usually one), and each endpoint's run of
-        // failures ends.
-        let mut delivered: std::collections::BTreeMap<Option<u16>, Vec<&str>> =
-            std::collections::BTreeMap::new();
-        let mut succeeded = std::collections::BTreeSet::new();
-        for (job, attempt, verdict) in &results {
-            if *verdict == Verdict::Delivered {
-                delivered
-                    .entry(attempt.status_code)
-                    .or_default()
-                    .push(&job.id);
-                succeeded.insert(job.endpoint_id.as_str());
-            }
-        }
-        for (status, ids) in &delivered {
-            let list = placeholders(3, ids.len());
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE webhook_deliveries SET status = 'delivered', next_attempt_at = NULL, \
-                 claimed_by = NULL, claimed_until = NULL, last_status = $1, last_error = NULL, \
-                 delivered_at = $2 WHERE id IN ({list})"
-            )))
-            .bind(status.map(i64::from))
-            .bind(now);
-            for id in ids {
-                q = q.bind(*id);
-            }
-            q.execute(&mut *tx).await?;
-        }
-        for endpoint in &succeeded {
-            sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1")
-                .bind(*endpoint)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let mut events = Vec::new();
-        for (job, attempt, verdict) in &results {
-            if *verdict != Verdict::Delivered {
-                let ok_since = succeeded.contains(job.endpoint_id.as_str());
-                events
-                    .extend(record_failure(&mut tx, now, job, attempt, *verdict, ok_since).await?);
-            }
-        }
-        append(&mut tx, self.backend, now, &events).await?;
-        self.commit(tx).await?;
-        Ok(results.len())
     }
 
     /// An endpoint's deliveries, newest first, each with its attempts; `before` pages on
@@ -858,6 +680,219 @@ fn endpoint_touched(rows: u64, id: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// A claimed delivery's row: id, endpoint, event id, payload, attempt number.
+type Claimed = (String, String, String, String, i64);
+
+/// Makes the deliveries for events committed since each enabled endpoint's cursor, and
+/// moves the cursors — so the sync path only appends events, and nothing is lost or
+/// doubled. On PostgreSQL an endpoint another node is dispatching is skipped (`SKIP
+/// LOCKED`).
+async fn dispatch(tx: &mut sqlx::AnyConnection, backend: Backend, now: i64) -> Result<()> {
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let endpoints: Vec<(String, i64, Option<String>, Option<String>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, cursor, event_types, mailbox_ids FROM webhook_endpoints WHERE enabled = 1{lock}"
+        )))
+        .fetch_all(&mut *tx)
+        .await?;
+    if endpoints.is_empty() {
+        return Ok(());
+    }
+    // Every event up to `head` is committed and visible (see `events`).
+    let (head, pruned): (Option<i64>, i64) = sqlx::query_as(
+        "SELECT (SELECT MAX(seq) FROM events), pruned_through FROM event_log WHERE id = 1",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let head = head.unwrap_or(pruned);
+    for (id, cursor, types, mailboxes) in endpoints {
+        if cursor >= head {
+            continue;
+        }
+        if cursor < pruned {
+            tracing::warn!(webhook = %id, cursor, pruned, "events for this webhook were pruned before they were dispatched");
+        }
+        let types: Option<Vec<String>> = types.and_then(|t| serde_json::from_str(&t).ok());
+        let mailboxes: Option<Vec<String>> = mailboxes.and_then(|m| serde_json::from_str(&m).ok());
+        let events: Vec<Event> =
+            crate::events::page(tx, cursor.max(pruned), head, DISPATCH_PAGE).await?;
+        let next = match events.last() {
+            Some(last) if events.len() as i64 >= DISPATCH_PAGE => last.seq,
+            _ => head,
+        };
+        let wanted: Vec<&Event> = events
+            .iter()
+            .filter(|e| types.as_ref().is_none_or(|t| t.contains(&e.kind)))
+            .filter(|e| {
+                mailboxes
+                    .as_ref()
+                    .is_none_or(|m| e.mailbox_id.as_ref().is_some_and(|id| m.contains(id)))
+            })
+            .collect();
+        for chunk in wanted.chunks(ROWS_PER_INSERT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|r| {
+                    // Due at once: created_at is also the first next_attempt_at.
+                    let p = placeholders(r * 6 + 1, 6);
+                    format!("({p}, ${}, 'pending', 0)", r * 6 + 6)
+                })
+                .collect();
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, payload, \
+                 created_at, next_attempt_at, status, attempts) VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            )));
+            for e in chunk {
+                q = q
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(id.clone())
+                    .bind(e.id.clone())
+                    .bind(e.kind.clone())
+                    .bind(e.to_json().to_string())
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        sqlx::query("UPDATE webhook_endpoints SET cursor = $1 WHERE id = $2")
+            .bind(next)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Claims up to `limit` due deliveries of enabled endpoints for `node`, for `hold`: each
+/// counts an attempt now. A delivery claimed by a node that died is free again once the
+/// hold has passed.
+async fn claim(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    node: &str,
+    limit: i64,
+    hold: std::time::Duration,
+    now: i64,
+) -> Result<Vec<Claimed>> {
+    let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE OF d SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let claim_now = lease_now(tx, backend, now).await?;
+    let due: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id \
+         WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND w.enabled = 1 \
+         AND (d.claimed_until IS NULL OR d.claimed_until <= $2) \
+         ORDER BY d.next_attempt_at LIMIT $3{lock}"
+    )))
+    .bind(now)
+    .bind(claim_now)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE webhook_deliveries SET claimed_by = $1, claimed_until = $2, attempts = attempts + 1 \
+         WHERE status = 'pending' AND (claimed_until IS NULL OR claimed_until <= $3) \
+         AND id IN ({}) RETURNING id, endpoint_id, event_id, payload, attempts",
+        placeholders(4, due.len())
+    )))
+    .bind(node)
+    .bind(claim_now + hold_ms)
+    .bind(claim_now);
+    for (id,) in &due {
+        q = q.bind(id);
+    }
+    Ok(q.fetch_all(&mut *tx).await?)
+}
+
+/// Records attempts and their verdicts with a handful of statements (a round's deliveries
+/// are mostly successes to one endpoint): each only if `node` still holds the delivery's
+/// claim (a node whose claim ran out and was taken over writes nothing for it). A success
+/// ends the endpoint's run of failures; after a 410, or failing for [`FAILING_LIMIT`] with
+/// no success, the endpoint is disabled and every admin alerted. Returns how many it wrote,
+/// and the events to append.
+async fn record_attempts(
+    tx: &mut sqlx::AnyConnection,
+    node: &str,
+    now: i64,
+    results: &[(DeliveryJob, Attempt, Verdict)],
+) -> Result<(usize, Vec<NewEvent>)> {
+    if results.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let held: std::collections::HashSet<String> = {
+        let ids = placeholders(2, results.len());
+        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM webhook_deliveries WHERE claimed_by = $1 AND id IN ({ids})"
+        )))
+        .bind(node);
+        for (job, _, _) in results {
+            q = q.bind(&job.id);
+        }
+        let rows: Vec<(String,)> = q.fetch_all(&mut *tx).await?;
+        rows.into_iter().map(|(id,)| id).collect()
+    };
+    let results: Vec<&(DeliveryJob, Attempt, Verdict)> = results
+        .iter()
+        .filter(|(job, _, _)| held.contains(&job.id))
+        .collect();
+    for chunk in results.chunks(ROWS_PER_INSERT) {
+        insert_attempts(tx, node, chunk).await?;
+    }
+    // Successes: one UPDATE per answer status (usually one), and each endpoint's run of
+    // failures ends.
+    let mut delivered: std::collections::BTreeMap<Option<u16>, Vec<&str>> =
+        std::collections::BTreeMap::new();
+    let mut succeeded = std::collections::BTreeSet::new();
+    for (job, attempt, verdict) in &results {
+        if *verdict == Verdict::Delivered {
+            delivered
+                .entry(attempt.status_code)
+                .or_default()
+                .push(&job.id);
+            succeeded.insert(job.endpoint_id.as_str());
+        }
+    }
+    for (status, ids) in &delivered {
+        let list = placeholders(3, ids.len());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE webhook_deliveries SET status = 'delivered', next_attempt_at = NULL, \
+             claimed_by = NULL, claimed_until = NULL, last_status = $1, last_error = NULL, \
+             delivered_at = $2 WHERE id IN ({list})"
+        )))
+        .bind(status.map(i64::from))
+        .bind(now);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    for endpoint in &succeeded {
+        // Only a run that is on: a healthy endpoint's row is not written (or, on
+        // PostgreSQL, locked) every round.
+        sqlx::query(
+            "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
+        )
+        .bind(*endpoint)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let mut events = Vec::new();
+    for (job, attempt, verdict) in &results {
+        if *verdict != Verdict::Delivered {
+            let ok_since = succeeded.contains(job.endpoint_id.as_str());
+            events.extend(record_failure(tx, now, job, attempt, *verdict, ok_since).await?);
+        }
+    }
+    Ok((results.len(), events))
 }
 
 /// `$first, $first+1, …` for `n` values.

@@ -930,13 +930,34 @@ impl Clock for Moved {
     }
 }
 
+const HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Claims `node`'s due deliveries (a round with nothing to record).
+async fn claim(store: &Store, node: &str) -> Vec<mailbridge_store::DeliveryJob> {
+    store.webhook_round(node, &[], 32, HOLD).await.unwrap().jobs
+}
+
+/// Records `results` for `node` (the next round): how many were written.
+async fn record(
+    store: &Store,
+    node: &str,
+    results: &[(
+        mailbridge_store::DeliveryJob,
+        mailbridge_store::Attempt,
+        mailbridge_store::Verdict,
+    )],
+) -> usize {
+    store
+        .webhook_round(node, results, 32, HOLD)
+        .await
+        .unwrap()
+        .recorded
+}
+
 /// One claim-attempt-record round for `hook`'s due deliveries, each answered `status`.
 async fn webhook_round(store: &Store, clock: &Moved, status: u16) -> usize {
     use mailbridge_store::{Attempt, Verdict};
-    let jobs = store
-        .claim_webhook_deliveries("n1", 32, std::time::Duration::from_secs(60))
-        .await
-        .unwrap();
+    let jobs = claim(store, "n1").await;
     let at = clock.now();
     let results: Vec<_> = jobs
         .into_iter()
@@ -956,7 +977,7 @@ async fn webhook_round(store: &Store, clock: &Moved, status: u16) -> usize {
             (job, attempt, verdict)
         })
         .collect();
-    store.record_webhook_attempts("n1", &results).await.unwrap()
+    record(store, "n1", &results).await
 }
 
 async fn a_webhook_failing_for_five_days_is_disabled_and_a_success_ends_the_run(
@@ -1001,10 +1022,7 @@ async fn a_webhook_failing_for_five_days_is_disabled_and_a_success_ends_the_run(
     // A round with a failure and a success: the endpoint answers, so no run starts.
     store.send_test_webhook(&cli, &hook.id).await.unwrap();
     store.send_test_webhook(&cli, &hook.id).await.unwrap();
-    let jobs = store
-        .claim_webhook_deliveries("n1", 32, std::time::Duration::from_secs(60))
-        .await
-        .unwrap();
+    let jobs = claim(&store, "n1").await;
     assert_eq!(jobs.len(), 2);
     let at = clock.now();
     let attempt = |status| mailbridge_store::Attempt {
@@ -1027,10 +1045,7 @@ async fn a_webhook_failing_for_five_days_is_disabled_and_a_success_ends_the_run(
             mailbridge_store::Verdict::Delivered,
         ),
     ];
-    assert_eq!(
-        store.record_webhook_attempts("n1", &results).await.unwrap(),
-        2
-    );
+    assert_eq!(record(&store, "n1", &results).await, 2);
     assert_eq!(
         store.get_webhook(&hook.id).await.unwrap().failing_since,
         None
@@ -1038,23 +1053,14 @@ async fn a_webhook_failing_for_five_days_is_disabled_and_a_success_ends_the_run(
 
     // Another node's claim is not this node's to record.
     advance(chrono::Duration::minutes(1));
-    let jobs = store
-        .claim_webhook_deliveries("n2", 32, std::time::Duration::from_secs(60))
-        .await
-        .unwrap();
+    let jobs = claim(&store, "n2").await;
     assert_eq!(jobs.len(), 1, "the failed one is due again");
     let stolen: Vec<_> = jobs
         .into_iter()
         .map(|job| (job, attempt(200), mailbridge_store::Verdict::Delivered))
         .collect();
-    assert_eq!(
-        store.record_webhook_attempts("n1", &stolen).await.unwrap(),
-        0
-    );
-    assert_eq!(
-        store.record_webhook_attempts("n2", &stolen).await.unwrap(),
-        1
-    );
+    assert_eq!(record(&store, "n1", &stolen).await, 0);
+    assert_eq!(record(&store, "n2", &stolen).await, 1);
 
     // Failing from now on: just under five days later it is still on; past five, off, and
     // every admin is told.

@@ -273,7 +273,7 @@ async fn a_node_killed_mid_delivery_leaves_the_webhook_to_another() {
     };
     let (dead, survivor) = if sender == "node-a" { (a, b) } else { (b, a) };
     signal(&dead, "-KILL");
-    // The claim runs out (a round of four 1 s timeouts, plus 2 s) and the survivor sends it
+    // The claim runs out (a round of eight 1 s timeouts, plus 2 s) and the survivor sends it
     // again.
     let got = loop {
         let got = receiver.deliveries("crm").await.unwrap();
