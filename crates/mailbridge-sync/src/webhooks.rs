@@ -66,8 +66,9 @@ const EXCERPT_CHARS: usize = 300;
 const MAX_ANSWER_BYTES: usize = 8 * 1024;
 /// Deliveries claimed per round. A round is one write (see `Store::webhook_round`), which on
 /// SQLite gives way to a sync's batches for up to a quarter of a second: many deliveries a
-/// round keep up with a sync that never pauses (measured: 32 a round cost a first sync 15%
-/// of its speed in waits for the write lock; 128, giving way, about 5%).
+/// round keep up with a sync that never pauses (measured with `bench/webhooks`: 32 a round,
+/// three writes each, cost a first sync 15% of its speed, mostly waiting for the write
+/// lock; 128 in one write, giving way, 6–13%).
 const CLAIM: i64 = 128;
 
 /// A resolver that gives only public addresses: a name that resolves only to private,
