@@ -3,8 +3,8 @@
 //! mailboxes move to the living within the lease time, and a node that lost a lease cannot
 //! write for that mailbox any more). IMAP mailboxes hold a session on
 //! INBOX that syncs, then waits in IDLE (new mail is stored as soon as the server says),
-//! re-syncing at least every `full_check`; POP3 mailboxes are polled at the profile's
-//! interval. A mailbox is worked by one task at a time. Errors follow one policy: transient →
+//! re-syncing at least every `full_check`; POP3 mailboxes, and IMAP servers that do not offer
+//! IDLE or refuse it, are polled at the profile's interval. A mailbox is worked by one task at a time. Errors follow one policy: transient →
 //! capped exponential backoff with jitter, and after `max_failures` in a row the mailbox is
 //! disabled with an alert; permanent (login refused, sign-in revoked) → disabled at once with
 //! an alert for its owner; the database down or full → retried soon, never counted (it is
@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailbridge_core::{AuthMethod, Clock, IncomingProtocol, MailboxId};
-use mailbridge_proto::TlsSettings;
 use mailbridge_proto::imap::{IdleOutcome, ImapSession};
 use mailbridge_proto::pop3::Pop3Session;
+use mailbridge_proto::{ErrorKind, ProtoError, TlsSettings};
 use mailbridge_store::{Fence, MailboxRecord, ProfileRecord, Store, StoreError};
 use tokio::sync::{Semaphore, watch};
 
@@ -528,7 +528,17 @@ impl Engine {
             IncomingProtocol::Imap => self.limits.try_idle(profile),
             IncomingProtocol::Pop3 => None,
         };
-        let Some(_idle_slot) = idle_slot else {
+        let poll = |shutdown: &mut watch::Receiver<bool>| {
+            let interval = Duration::from_secs(u64::from(profile.spec.poll_interval_seconds));
+            let mut shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => Ok(Pass::Continue),
+                    _ = shutdown.wait_for(|stop| *stop) => Ok(Pass::Shutdown),
+                }
+            }
+        };
+        let Some(idle_slot) = idle_slot else {
             {
                 let _global = self.global_permit().await;
                 let _slot = self.limits.acquire(profile).await;
@@ -553,11 +563,7 @@ impl Engine {
                 self.metrics.messages_synced.inc_by(report.stored as u64);
                 tracing::debug!(mailbox = %mailbox.id, ?report, "polled");
             }
-            let interval = Duration::from_secs(u64::from(profile.spec.poll_interval_seconds));
-            return tokio::select! {
-                _ = tokio::time::sleep(interval) => Ok(Pass::Continue),
-                _ = shutdown.wait_for(|stop| *stop) => Ok(Pass::Shutdown),
-            };
+            return poll(shutdown).await;
         };
         let _connection = self.metrics.connection();
         let mut session = {
@@ -569,6 +575,13 @@ impl Engine {
             tracing::debug!(mailbox = %mailbox.id, ?report, "synced");
             s
         };
+        if !session.has("IDLE") {
+            // A server without IDLE is polled, like POP3, at the profile's interval.
+            tracing::debug!(mailbox = %mailbox.id, "the server does not offer IDLE: polling");
+            session.logout().await;
+            drop((idle_slot, _connection));
+            return poll(shutdown).await;
+        }
         loop {
             // Leave the session before the token it logged in with expires.
             let left = valid_until.map(|t| (t - self.clock.now()).to_std().unwrap_or_default());
@@ -579,9 +592,20 @@ impl Engine {
             }
             // Re-issued at least every `idle_refresh`, so a silent connection is found.
             let wait = wait.min(self.config.idle_refresh);
-            let (s, outcome) = tokio::select! {
-                r = session.idle(wait) => r?,
+            let idled = tokio::select! {
+                r = session.idle(wait) => r,
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(Pass::Shutdown),
+            };
+            let (s, outcome) = match idled {
+                Ok(idled) => idled,
+                Err(e) if refuses_idle(&e) => {
+                    // It offered IDLE and then refused it: poll instead, this time round (the
+                    // session is gone with the refusal).
+                    tracing::info!(mailbox = %mailbox.id, error = %e, "the server refused IDLE: polling");
+                    drop((idle_slot, _connection));
+                    return poll(shutdown).await;
+                }
+                Err(e) => return Err(e.into()),
             };
             session = s;
             // Settings may have changed while idling (tracking rule, disabled).
@@ -630,6 +654,12 @@ impl Engine {
     fn stagger_for(&self, mailbox: MailboxId) -> Duration {
         spread(mailbox, 0, self.config.stagger)
     }
+}
+
+/// Whether a failed IDLE was the server refusing the command (NO, or BAD: a command it does
+/// not know), rather than the connection failing.
+fn refuses_idle(e: &ProtoError) -> bool {
+    e.step == "start IDLE" && matches!(e.kind, ErrorKind::Rejected { .. } | ErrorKind::Protocol(_))
 }
 
 /// At most `max` logins within any `window`: the next one waits for the oldest to leave it.
@@ -701,5 +731,31 @@ mod tests {
         for k in 0..10 {
             assert_eq!(calm.next_slot(t0 + s(25 * k)), Duration::ZERO, "login {k}");
         }
+    }
+
+    #[test]
+    fn only_a_refused_idle_command_means_polling() {
+        let at = |step: &str, kind| ProtoError::new("imap.example.com:993", step, kind);
+        let refused = |step| {
+            at(
+                step,
+                ErrorKind::Rejected {
+                    words: "IDLE not allowed".into(),
+                    transient: false,
+                },
+            )
+        };
+        assert!(refuses_idle(&refused("start IDLE")));
+        assert!(refuses_idle(&at(
+            "start IDLE",
+            ErrorKind::Protocol("BAD Unknown command".into())
+        )));
+        // A connection lost while starting IDLE, or a refusal of another step, is a failure.
+        assert!(!refuses_idle(&at(
+            "start IDLE",
+            ErrorKind::Io("connection reset".into())
+        )));
+        assert!(!refuses_idle(&refused("wait in IDLE")));
+        assert!(!refuses_idle(&refused("open INBOX")));
     }
 }

@@ -50,6 +50,33 @@ impl Dovecot {
         password_users: &[(&str, &str)],
         mechanisms: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_configured(oauth, password_users, mechanisms, "")
+    }
+
+    /// Like [`Dovecot::start`], as a server without IDLE (RFC 2177) looks: its capabilities
+    /// leave IDLE out (Dovecot still accepts the command; a client that goes by the
+    /// capabilities never sends it).
+    pub fn start_without_idle(
+        oauth: &OAuthProvider,
+        password_users: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::start_configured(
+            oauth,
+            password_users,
+            "xoauth2 oauthbearer plain login",
+            "imap_capability = IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE SORT \
+             THREAD=REFERENCES MULTIAPPEND UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED \
+             I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH SEARCHRES WITHIN CONTEXT=SEARCH LIST-STATUS \
+             BINARY MOVE SPECIAL-USE LITERAL+\n",
+        )
+    }
+
+    fn start_configured(
+        oauth: &OAuthProvider,
+        password_users: &[(&str, &str)],
+        mechanisms: &str,
+        extra_config: &str,
+    ) -> anyhow::Result<Self> {
         if !Path::new(DOVECOT).exists() {
             bail!(
                 "Dovecot is not installed: run ./scripts/test (apt-get install dovecot-imapd dovecot-pop3d dovecot-submissiond)"
@@ -94,7 +121,7 @@ impl Dovecot {
         };
         std::fs::write(
             root.join("dovecot.conf"),
-            config(root, &ports, sink_port, mechanisms),
+            config(root, &ports, sink_port, mechanisms) + extra_config,
         )?;
         if !Path::new(AIOSMTPD).exists() {
             bail!(

@@ -2,7 +2,8 @@
 //! its fields, new mail arrives under IDLE, POP3 mailboxes are polled and left intact, a
 //! malformed message is kept raw and flagged, the tracking rule is applied, a refused login
 //! or a revoked grant stops the mailbox with an alert, and so does a server that stays down
-//! past the failure limit; a connection that goes silent is noticed and new mail still arrives.
+//! past the failure limit; a connection that goes silent is noticed and new mail still arrives;
+//! a server without IDLE is polled.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::sync::Arc;
@@ -1047,5 +1048,58 @@ async fn email_router_mailboxes_are_tested_and_send_and_outgoing_none_is_refused
         "not_sending",
         None,
     );
+    w.app.stop().await.unwrap();
+}
+
+/// A server without IDLE (RFC 2177; real Dovecot with IDLE left out of its capabilities) is
+/// polled at the profile's interval — a session per poll, as for POP3 — instead of failing
+/// the mailbox on a command it never offered: new mail arrives within the interval, and the
+/// mailbox stays enabled with no failure counted.
+#[tokio::test]
+async fn a_server_without_idle_is_polled_and_never_failed() {
+    let w = world().await;
+    let plain = mailbridge_testkit::Dovecot::start_without_idle(
+        &w.oauth,
+        &[("ann@example.com", "hunter2")],
+    )
+    .unwrap();
+    let proxy = CountingProxy::start(plain.ports.imap).await.unwrap();
+    plain.deliver("ann@example.com", b"From: x@example.com\r\nTo: ann@example.com\r\nSubject: first\r\nMessage-ID: <noidle-1@example.com>\r\n\r\nhi\r\n").unwrap();
+    let profile = w
+        .password_profile_at(
+            "No IDLE here",
+            json!({"protocol": "imap", "host": "127.0.0.1", "port": proxy.port, "security": "none"}),
+            json!({"host": "127.0.0.1", "port": plain.ports.submission, "security": "none"}),
+            json!({"poll_interval_seconds": 10}),
+        )
+        .await;
+    let mailbox = w
+        .mailbox(
+            "ann@example.com",
+            &w.ann_id,
+            &profile,
+            json!({"password": "hunter2"}),
+        )
+        .await;
+    let tested = w.test(&mailbox, &w.ann).await;
+    assert_eq!(tested["enabled"], true, "{tested:#}");
+    wait_for_emails(&w, &mailbox, &w.ann, 1).await;
+    let sessions = proxy.total();
+
+    plain.deliver("ann@example.com", b"From: x@example.com\r\nTo: ann@example.com\r\nSubject: second\r\nMessage-ID: <noidle-2@example.com>\r\n\r\nagain\r\n").unwrap();
+    let arrived = Instant::now();
+    let emails = wait_for_emails(&w, &mailbox, &w.ann, 2).await;
+    eprintln!("stored {:?} after delivery, by polling", arrived.elapsed());
+    assert_eq!(emails[1]["subject"], "second");
+    assert!(
+        proxy.total() > sessions,
+        "a poll's own session brought it in (an IDLE session would have stayed open)"
+    );
+    let (_, m) = w
+        .api
+        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
+        .await;
+    assert_eq!(m["enabled"], true, "{m:#}");
+    assert_eq!(m["items_failed"], 0, "{m:#}");
     w.app.stop().await.unwrap();
 }
