@@ -68,10 +68,9 @@ impl FetchedMessage {
         for attribute in attributes {
             match attribute {
                 AttributeValue::Uid(u) => uid = Some(*u),
+                // The whole message, or the header when only that was asked for.
                 AttributeValue::BodySection {
-                    section: None,
-                    data: Some(body),
-                    ..
+                    data: Some(body), ..
                 }
                 | AttributeValue::Rfc822(Some(body)) => raw = Some(body.to_vec()),
                 AttributeValue::GmailMsgId(id) => gmail_msg_id = Some(*id),
@@ -276,6 +275,11 @@ impl ImapSession {
         has(&self.capabilities, capability)
     }
 
+    /// The largest message this session downloads whole (the endpoint's bound).
+    pub fn max_message_bytes(&self) -> usize {
+        self.endpoint.max_message_bytes
+    }
+
     pub fn capabilities(&self) -> &[String] {
         &self.capabilities
     }
@@ -331,9 +335,6 @@ impl ImapSession {
 
     /// Fetches messages by UID (`UID FETCH set (UID BODY.PEEK[])`, plus X-GM-MSGID,
     /// X-GM-THRID and X-GM-LABELS on Gmail), without marking them read.
-    ///
-    /// The responses are read here rather than through async-imap's `uid_fetch`, whose
-    /// `Fetch` offers no accessor for X-GM-THRID (imap-proto parses it; async-imap drops it).
     pub async fn uid_fetch(&mut self, uids: &[u32]) -> Result<Vec<FetchedMessage>, ProtoError> {
         match self.uid_fetch_some(uids).await? {
             (fetched, None) => Ok(fetched),
@@ -349,7 +350,52 @@ impl ImapSession {
         &mut self,
         uids: &[u32],
     ) -> Result<(Vec<FetchedMessage>, Option<ProtoError>), ProtoError> {
-        use async_imap::imap_proto::{Response, Status};
+        self.fetch_part(uids, "BODY.PEEK[]").await
+    }
+
+    /// Like [`ImapSession::uid_fetch_some`], only each message's header
+    /// (`BODY.PEEK[HEADER]`): for a message too large to take whole.
+    pub async fn uid_fetch_headers(
+        &mut self,
+        uids: &[u32],
+    ) -> Result<(Vec<FetchedMessage>, Option<ProtoError>), ProtoError> {
+        self.fetch_part(uids, "BODY.PEEK[HEADER]").await
+    }
+
+    /// Each message's size (`RFC822.SIZE`) from UID `first` on, as (UID, bytes): read before
+    /// downloading, so batches are bounded in bytes and a message too large is never taken
+    /// whole.
+    pub async fn uid_sizes(&mut self, first: u32) -> Result<Vec<(u32, u64)>, ProtoError> {
+        use async_imap::imap_proto::AttributeValue;
+        let (sizes, refusal) = self
+            .fetch_responses(
+                &format!("UID FETCH {first}:* (UID RFC822.SIZE)"),
+                "read message sizes",
+                |attributes| {
+                    let (mut uid, mut size) = (None, None);
+                    for attribute in attributes {
+                        match attribute {
+                            AttributeValue::Uid(u) => uid = Some(*u),
+                            AttributeValue::Rfc822Size(n) => size = Some(u64::from(*n)),
+                            _ => {}
+                        }
+                    }
+                    Some((uid?, size?))
+                },
+            )
+            .await?;
+        match refusal {
+            Some(refusal) => Err(refusal),
+            None => Ok(sizes),
+        }
+    }
+
+    /// `UID FETCH set (UID <part>)`, plus X-GM-MSGID, X-GM-THRID and X-GM-LABELS on Gmail.
+    async fn fetch_part(
+        &mut self,
+        uids: &[u32],
+        part: &str,
+    ) -> Result<(Vec<FetchedMessage>, Option<ProtoError>), ProtoError> {
         if uids.is_empty() {
             return Ok((Vec::new(), None));
         }
@@ -358,30 +404,47 @@ impl ImapSession {
             .map(u32::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let query = if self.has("X-GM-EXT-1") {
-            "(UID BODY.PEEK[] X-GM-MSGID X-GM-THRID X-GM-LABELS)"
+        let gmail = if self.has("X-GM-EXT-1") {
+            " X-GM-MSGID X-GM-THRID X-GM-LABELS"
         } else {
-            "(UID BODY.PEEK[])"
+            ""
         };
-        let step = format!("download {} message(s)", uids.len());
+        self.fetch_responses(
+            &format!("UID FETCH {set} (UID {part}{gmail})"),
+            &format!("download {} message(s)", uids.len()),
+            FetchedMessage::from_attributes,
+        )
+        .await
+    }
+
+    /// Runs a FETCH `command` and keeps what `pick` makes of each FETCH response, and the
+    /// server's refusal if it ends with NO.
+    ///
+    /// The responses are read here rather than through async-imap's `uid_fetch`, whose
+    /// `Fetch` offers no accessor for X-GM-THRID (imap-proto parses it; async-imap drops it).
+    async fn fetch_responses<T>(
+        &mut self,
+        command: &str,
+        step: &str,
+        mut pick: impl FnMut(&[async_imap::imap_proto::AttributeValue<'_>]) -> Option<T>,
+    ) -> Result<(Vec<T>, Option<ProtoError>), ProtoError> {
+        use async_imap::imap_proto::{Response, Status};
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
-        imap_step(&endpoint, &step, &self.activity, async {
+        imap_step(&endpoint, step, &self.activity, async {
             let tag = session
-                .run_command(format!("UID FETCH {set} {query}"))
+                .run_command(command)
                 .await
-                .map_err(|e| imap_error(&endpoint, &step, e, None))?;
-            let mut fetched = Vec::with_capacity(uids.len());
+                .map_err(|e| imap_error(&endpoint, step, e, None))?;
+            let mut picked = Vec::new();
             loop {
                 let response = session
                     .read_response()
                     .await
-                    .map_err(|e| imap_error(&endpoint, &step, e.into(), None))?
-                    .ok_or_else(|| imap_error(&endpoint, &step, ImapError::ConnectionLost, None))?;
+                    .map_err(|e| imap_error(&endpoint, step, e.into(), None))?
+                    .ok_or_else(|| imap_error(&endpoint, step, ImapError::ConnectionLost, None))?;
                 match response.parsed() {
-                    Response::Fetch(_, attributes) => {
-                        fetched.extend(FetchedMessage::from_attributes(attributes));
-                    }
+                    Response::Fetch(_, attributes) => picked.extend(pick(attributes)),
                     Response::Done {
                         tag: done,
                         status,
@@ -393,18 +456,18 @@ impl ImapSession {
                             .unwrap_or_default()
                             .to_owned();
                         return match status {
-                            Status::Ok => Ok((fetched, None)),
+                            Status::Ok => Ok((picked, None)),
                             Status::No => {
                                 let refusal = endpoint.error(
-                                    &step,
+                                    step,
                                     ErrorKind::Rejected {
                                         words,
                                         transient: true,
                                     },
                                 );
-                                Ok((fetched, Some(refusal)))
+                                Ok((picked, Some(refusal)))
                             }
-                            _ => Err(imap_error(&endpoint, &step, ImapError::Bad(words), None)),
+                            _ => Err(imap_error(&endpoint, step, ImapError::Bad(words), None)),
                         };
                     }
                     // EXISTS, EXPUNGE and flag changes arriving meanwhile: the next pass

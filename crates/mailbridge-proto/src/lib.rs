@@ -16,5 +16,5 @@ pub mod sasl;
 pub mod smtp;
 
 pub use error::{ErrorKind, ProtoError};
-pub use net::{Endpoint, Security, TlsSettings};
+pub use net::{DEFAULT_MAX_MESSAGE_BYTES, Endpoint, Security, TlsSettings};
 pub use sasl::Credentials;

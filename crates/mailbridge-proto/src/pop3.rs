@@ -216,8 +216,37 @@ impl Pop3Session {
 
     /// `UIDL`: every message's unique id.
     pub async fn uidl(&mut self) -> Result<Vec<Listing>, ProtoError> {
-        let step = "list message ids (UIDL)";
-        self.simple("UIDL", step).await?;
+        let lines = self
+            .numbered_lines("UIDL", "list message ids (UIDL)")
+            .await?;
+        Ok(lines
+            .into_iter()
+            .map(|(number, uid)| Listing { number, uid })
+            .collect())
+    }
+
+    /// `LIST`: every message's size in octets, by message number.
+    pub async fn list(&mut self) -> Result<std::collections::HashMap<u32, u64>, ProtoError> {
+        let step = "list message sizes (LIST)";
+        let lines = self.numbered_lines("LIST", step).await?;
+        lines
+            .into_iter()
+            .map(|(number, size)| match size.parse() {
+                Ok(size) => Ok((number, size)),
+                Err(_) => Err(self
+                    .conn
+                    .error(step, ErrorKind::Protocol(format!("{number} {size}")))),
+            })
+            .collect()
+    }
+
+    /// A multi-line answer of `<message number> <word>` lines (`UIDL`, `LIST`).
+    async fn numbered_lines(
+        &mut self,
+        command: &str,
+        step: &str,
+    ) -> Result<Vec<(u32, String)>, ProtoError> {
+        self.simple(command, step).await?;
         let mut budget = LineBudget::new("the message list", MAX_UIDL_LINES, MAX_UIDL_BYTES);
         let mut out = Vec::new();
         loop {
@@ -230,13 +259,15 @@ impl Pop3Session {
                 .map_err(|kind| self.conn.error(step, kind))?;
             let mut parts = line.split_whitespace();
             match (parts.next().and_then(|n| n.parse().ok()), parts.next()) {
-                (Some(number), Some(uid)) => out.push(Listing {
-                    number,
-                    uid: uid.to_owned(),
-                }),
+                (Some(number), Some(word)) => out.push((number, word.to_owned())),
                 _ => return Err(self.conn.error(step, ErrorKind::Protocol(line))),
             }
         }
+    }
+
+    /// The largest message this session downloads whole (the endpoint's bound).
+    pub fn max_message_bytes(&self) -> usize {
+        self.conn.endpoint.max_message_bytes
     }
 
     /// `RETR n`: the message, dot-unstuffed (RFC 1939 §3), bytes as sent.

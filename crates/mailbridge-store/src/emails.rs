@@ -47,6 +47,9 @@ pub struct NewEmail {
     pub tracking_token: Option<String>,
     pub parsed: ParsedEmail,
     pub raw: RawMessage,
+    /// Set when `raw` is only the message's header, the message being larger than the
+    /// service takes whole: its size on the server.
+    pub truncated_from: Option<u64>,
     /// IMAP without a stable id: (key prefix of the folder, key prefix of its current
     /// UIDVALIDITY). A record of this folder under an older UIDVALIDITY with the same bytes is
     /// this message renumbered: it is re-keyed instead of stored again.
@@ -100,7 +103,10 @@ pub struct EmailRecord {
     pub sent_at: Option<DateTime<Utc>>,
     pub text_body: Option<String>,
     pub html_body: Option<String>,
+    /// The message's size: of the raw bytes, or on the server when `truncated`.
     pub size: i64,
+    /// Only the header was stored: the message is larger than `max_message_bytes`.
+    pub truncated: bool,
     pub parse_error: Option<String>,
     pub conversation_id: String,
     pub folder: Option<String>,
@@ -152,6 +158,7 @@ struct EmailRow {
     text_body: Option<String>,
     html_body: Option<String>,
     size: i64,
+    truncated: i64,
     parse_error: Option<String>,
     conversation_id: String,
     folder: Option<String>,
@@ -169,7 +176,7 @@ struct EmailRow {
 
 const EMAIL_SELECT: &str = "SELECT e.id, e.mailbox_id, m.owner_user_id, e.direction, e.message_id, \
      e.in_reply_to, e.references_ids, e.subject, e.from_address, e.from_name, e.to_json, e.cc_json, \
-     e.bcc_json, e.sent_at, e.text_body, e.html_body, e.size, e.parse_error, e.conversation_id, e.folder, e.uid, \
+     e.bcc_json, e.sent_at, e.text_body, e.html_body, e.size, e.truncated, e.parse_error, e.conversation_id, e.folder, e.uid, \
      e.gmail_labels, e.gmail_thread_id, e.tracking_token, e.stored_by, e.created_at, e.status, e.send_attempts, e.send_reply, e.delivered_at \
      FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id";
 
@@ -209,6 +216,7 @@ impl EmailRow {
             text_body: self.text_body,
             html_body: self.html_body,
             size: self.size,
+            truncated: self.truncated != 0,
             parse_error: self.parse_error,
             conversation_id: self.conversation_id,
             folder: self.folder,
@@ -595,7 +603,7 @@ fn lookup_sql(column: &str, scoped: bool, keys: usize) -> String {
 }
 
 /// Columns bound per inserted email.
-const EMAIL_COLUMNS: usize = 30;
+const EMAIL_COLUMNS: usize = 31;
 /// Columns bound per inserted attachment.
 const ATTACHMENT_COLUMNS: usize = 6;
 /// Rows per multi-row INSERT: 32 × 30 parameters stays far below every bind limit.
@@ -637,7 +645,7 @@ pub(crate) async fn insert_emails(
             "INSERT INTO emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \
              gmail_labels, message_id, in_reply_to, references_ids, subject, from_address, from_name, \
              to_json, cc_json, sent_at, text_body, html_body, raw, size, parse_error, conversation_id, \
-             created_at, status, idempotency_key, next_attempt_at, gmail_thread_id, tracking_token, stored_by) VALUES {} \
+             created_at, status, idempotency_key, next_attempt_at, gmail_thread_id, tracking_token, stored_by, truncated) VALUES {} \
              ON CONFLICT DO NOTHING RETURNING id",
             values_list(backend, chunk.len(), EMAIL_COLUMNS)
         )));
@@ -668,7 +676,10 @@ pub(crate) async fn insert_emails(
                 .bind(p.text_body.clone())
                 .bind(p.html_body.clone())
                 .bind(email.raw.bytes.clone())
-                .bind(i64::try_from(email.raw.bytes.len()).unwrap_or(i64::MAX))
+                .bind(
+                    i64::try_from(email.truncated_from.unwrap_or(email.raw.bytes.len() as u64))
+                        .unwrap_or(i64::MAX),
+                )
                 .bind(p.parse_error.clone())
                 .bind(conversations[n].clone())
                 .bind(now)
@@ -677,7 +688,8 @@ pub(crate) async fn insert_emails(
                 .bind(outgoing.map(|_| now))
                 .bind(email.gmail_thread_id.map(|t| t.to_string()))
                 .bind(email.tracking_token.clone())
-                .bind(stored_by.map(str::to_owned));
+                .bind(stored_by.map(str::to_owned))
+                .bind(i64::from(email.truncated_from.is_some()));
         }
         inserted.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
     }

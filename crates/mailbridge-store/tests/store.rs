@@ -466,6 +466,7 @@ fn outgoing(n: usize) -> mailbridge_store::OutgoingEmail {
                 ..Default::default()
             },
             raw: mailbridge_store::RawMessage::new(raw),
+            truncated_from: None,
             renumbered_from: None,
         },
         envelope: vec!["bob@example.com".into()],
@@ -733,6 +734,7 @@ fn batch_of(
                     ..Default::default()
                 },
                 raw: mailbridge_store::RawMessage::new(raw.into_bytes()),
+                truncated_from: None,
                 renumbered_from: None,
             }
         })

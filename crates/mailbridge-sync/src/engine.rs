@@ -61,6 +61,9 @@ pub struct EngineConfig {
     pub global_limit: usize,
     /// Bound on connecting to a mail server and on every read from it.
     pub mail_timeout: Duration,
+    /// A message larger than this (by `RFC822.SIZE` or `LIST`) is stored as its header only,
+    /// `truncated`; 64 MiB by default, above Gmail's 50 MB receive limit.
+    pub max_message_bytes: usize,
     /// What SMTP EHLO says.
     pub client_name: String,
     /// At most this many logins per mailbox within this window.
@@ -91,6 +94,7 @@ impl Default for EngineConfig {
             stagger: Duration::from_secs(10),
             global_limit: 64,
             mail_timeout: Duration::from_secs(30),
+            max_message_bytes: mailbridge_proto::DEFAULT_MAX_MESSAGE_BYTES,
             client_name: "localhost".to_owned(),
             login_limit: (6, Duration::from_secs(60)),
             node_name: "mailbridge".to_owned(),
@@ -521,7 +525,8 @@ impl Engine {
     ) -> Result<Pass, SyncError> {
         let (credentials, valid_until) =
             crate::login::credentials(&self.store, &self.tokens, mailbox, profile).await?;
-        let endpoint = crate::login::incoming(profile, self.config.mail_timeout);
+        let endpoint = crate::login::incoming(profile, self.config.mail_timeout)
+            .with_max_message_bytes(self.config.max_message_bytes);
         let since = profile.spec.process_emails_received_after;
         // An IDLE session holds one of the profile's connections for as long as it waits.
         let idle_slot = match profile.spec.incoming.protocol {

@@ -104,6 +104,7 @@ pub fn compose(
             tracking_token: token,
             parsed: parse(&raw),
             raw: RawMessage::new(raw),
+            truncated_from: None,
             renumbered_from: None,
         },
         envelope: mail.envelope(),

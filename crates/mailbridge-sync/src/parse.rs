@@ -5,6 +5,17 @@ use chrono::{TimeZone, Utc};
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
 pub use mailbridge_core::message::{ParsedAttachment, ParsedEmail, Party};
 
+/// Parses a message's header alone (a message too large to take whole): its fields, and no
+/// body or attachment — the header announces parts that are not there.
+pub fn parse_header(header: &[u8]) -> ParsedEmail {
+    ParsedEmail {
+        text_body: None,
+        html_body: None,
+        attachments: Vec::new(),
+        ..parse(header)
+    }
+}
+
 /// Parses a message. Never fails: an unreadable one comes back with `parse_error` set.
 pub fn parse(raw: &[u8]) -> ParsedEmail {
     // mail-parser reads whatever senders write, and a panic inside it would end the mailbox's

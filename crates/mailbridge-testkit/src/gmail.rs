@@ -222,9 +222,9 @@ async fn serve(
     Ok(())
 }
 
-/// `UID SEARCH UID n:*` and `UID FETCH set (…)` over [`GMAIL_INBOX`], answered with the
-/// attributes in the order Gmail sends them; a FETCH that asks for the `unreadable` UID gets
-/// the others and then Gmail's NO.
+/// `UID SEARCH UID n:*` and `UID FETCH set (…)` over [`GMAIL_INBOX`] (sizes, or the
+/// messages), answered with the attributes in the order Gmail sends them; a FETCH of messages
+/// that asks for the `unreadable` UID gets the others and then Gmail's NO.
 fn uid_command(tag: &str, rest: &str, unreadable: u32) -> String {
     let (verb, args) = rest.split_once(' ').unwrap_or((rest, ""));
     match verb.to_ascii_uppercase().as_str() {
@@ -236,16 +236,33 @@ fn uid_command(tag: &str, rest: &str, unreadable: u32) -> String {
             )
         }
         "FETCH" => {
-            let wanted: Vec<u32> = args
-                .split(' ')
-                .next()
-                .unwrap_or("")
-                .split(',')
-                .filter_map(|u| u.parse().ok())
-                .collect();
+            let set = args.split(' ').next().unwrap_or("");
+            let wanted = |uid: u32| {
+                set.split(',').any(|part| match part.split_once(':') {
+                    Some((from, "*")) => from.parse().is_ok_and(|f: u32| uid >= f),
+                    Some((from, to)) => {
+                        from.parse().is_ok_and(|f: u32| uid >= f)
+                            && to.parse().is_ok_and(|t: u32| uid <= t)
+                    }
+                    None => part.parse() == Ok(uid),
+                })
+            };
             let mut out = String::new();
+            if args.to_ascii_uppercase().contains("RFC822.SIZE") {
+                for (seq, m) in GMAIL_INBOX.iter().enumerate() {
+                    if wanted(m.uid) {
+                        out.push_str(&format!(
+                            "* {} FETCH (UID {} RFC822.SIZE {})\r\n",
+                            seq + 1,
+                            m.uid,
+                            m.raw.len()
+                        ));
+                    }
+                }
+                return format!("{out}{tag} OK Success\r\n");
+            }
             for (seq, m) in GMAIL_INBOX.iter().enumerate() {
-                if wanted.contains(&m.uid) && m.uid != unreadable {
+                if wanted(m.uid) && m.uid != unreadable {
                     out.push_str(&format!(
                         "* {} FETCH (X-GM-THRID {} X-GM-MSGID {} X-GM-LABELS {} UID {} BODY[] {{{}}}\r\n{})\r\n",
                         seq + 1,
@@ -258,7 +275,7 @@ fn uid_command(tag: &str, rest: &str, unreadable: u32) -> String {
                     ));
                 }
             }
-            if wanted.contains(&unreadable) {
+            if wanted(unreadable) {
                 return format!("{out}{tag} NO Some messages could not be FETCHed (Failure)\r\n");
             }
             format!("{out}{tag} OK Success\r\n")

@@ -1103,3 +1103,113 @@ async fn a_server_without_idle_is_polled_and_never_failed() {
     assert_eq!(m["items_failed"], 0, "{m:#}");
     w.app.stop().await.unwrap();
 }
+
+/// A message with an attachment of `kib` KiB (base64), subject `subject`.
+fn message_of(subject: &str, kib: usize) -> Vec<u8> {
+    let line = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n";
+    let body = line.repeat(kib * 1024 / line.len() + 1);
+    format!(
+        "From: x@example.com\r\nTo: ann@example.com\r\nSubject: {subject}\r\nMessage-ID: <{}@example.com>\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n\
+see attached\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=big.bin\r\n\
+Content-Transfer-Encoding: base64\r\n\r\n{body}--b--\r\n",
+        subject.replace(' ', "-")
+    )
+    .into_bytes()
+}
+
+/// Mail larger than `max_message_bytes` (here 64 KiB) on `protocol`: stored as its header
+/// only, `truncated`, with the server's size; the mail around it whole; the mailbox never
+/// stopped by it.
+async fn a_message_too_large_is_its_header_and_stops_nothing(protocol: &str) {
+    let w = MailWorld::start(AppOptions {
+        engine: Some(EngineConfig {
+            max_message_bytes: 64 * 1024,
+            ..fast_engine()
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let (small, big, after) = (
+        message_of("small one", 8),
+        message_of("too large", 200),
+        message_of("after it", 8),
+    );
+    for m in [&small, &big, &after] {
+        w.dovecot.deliver("ann@example.com", m).unwrap();
+    }
+    let port = match protocol {
+        "pop3" => w.dovecot.ports.pop3s,
+        _ => w.dovecot.ports.imaps,
+    };
+    let incoming =
+        json!({"protocol": protocol, "host": "127.0.0.1", "port": port, "security": "tls"});
+    let profile = w
+        .gmail_like("Large mail", incoming, w.submissions(), json!({}))
+        .await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    w.sign_in(&mailbox, &w.ann).await;
+    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    let emails = wait_for_emails(&w, &mailbox, &w.ann, 3).await;
+    let by_subject = |s: &str| {
+        emails
+            .iter()
+            .find(|e| e["subject"] == s)
+            .unwrap_or_else(|| panic!("no {s}: {emails:#?}"))
+    };
+    for (subject, raw) in [("small one", &small), ("after it", &after)] {
+        let e = by_subject(subject);
+        assert_eq!(e["truncated"], false, "{e:#}");
+        assert_eq!(e["size"], raw.len(), "{e:#}");
+        assert_eq!(e["attachments"][0]["filename"], "big.bin", "{e:#}");
+    }
+    let e = by_subject("too large");
+    assert_eq!(e["truncated"], true, "{e:#}");
+    assert_eq!(
+        e["size"],
+        big.len(),
+        "the whole message's size, as the server counts it"
+    );
+    assert_eq!(e["attachments"], json!([]), "{e:#}");
+    assert_eq!(e["message_id"], "too-large@example.com");
+    let raw = w
+        .api
+        .http
+        .get(format!(
+            "{}/api/v1/emails/{}/raw",
+            w.app.base,
+            e["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&w.ann)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let header_end = big.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(
+        raw.as_ref(),
+        &big[..header_end],
+        "the raw message is the header"
+    );
+    let (_, m) = w
+        .api
+        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
+        .await;
+    assert_eq!(m["enabled"], true, "{m:#}");
+    assert_eq!(m["items_failed"], 0, "{m:#}");
+    w.app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn imap_mail_too_large_is_stored_as_its_header() {
+    a_message_too_large_is_its_header_and_stops_nothing("imap").await;
+}
+
+#[tokio::test]
+async fn pop3_mail_too_large_is_stored_as_its_header() {
+    a_message_too_large_is_its_header_and_stops_nothing("pop3").await;
+}

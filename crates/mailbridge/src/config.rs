@@ -12,6 +12,10 @@ use url::Url;
 
 /// The file read when `--config` is not given (it may be absent).
 pub const DEFAULT_CONFIG_FILE: &str = "mailbridge.toml";
+/// The bounds of `max_message_bytes`: below 1 MiB ordinary mail would lose its bodies; above
+/// 1 GiB one message could take the process's memory.
+const MIN_MESSAGE_BYTES: u64 = 1024 * 1024;
+const MAX_MESSAGE_BYTES: u64 = 1024 * 1024 * 1024;
 
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +43,7 @@ struct Raw {
     node_group: String,
     lease_ttl_ms: u64,
     event_retention_days: u32,
+    max_message_bytes: u64,
     webhook_allow_private_addresses: bool,
     webhook_timeout_ms: u64,
     allowed_return_urls: String,
@@ -74,6 +79,7 @@ impl Default for Raw {
             node_group: mailbridge_core::DEFAULT_NODE_GROUP.to_owned(),
             lease_ttl_ms: 30_000,
             event_retention_days: 30,
+            max_message_bytes: mailbridge_proto::DEFAULT_MAX_MESSAGE_BYTES as u64,
             webhook_allow_private_addresses: false,
             webhook_timeout_ms: 10_000,
             allowed_return_urls: String::new(),
@@ -127,6 +133,8 @@ pub struct Config {
     pub lease_ttl: std::time::Duration,
     /// How long events stay in the event log (and so in the feed and for webhook retries).
     pub event_retention: chrono::Duration,
+    /// A message larger than this is stored as its header only (`truncated`).
+    pub max_message_bytes: usize,
     /// Whether webhooks may be delivered to private, loopback and link-local addresses.
     pub webhook_allow_private_addresses: bool,
     /// No answer from a webhook endpoint within this is a failed attempt.
@@ -266,6 +274,12 @@ impl Config {
                 raw.webhook_timeout_ms
             );
         }
+        if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&raw.max_message_bytes) {
+            bail!(
+                "max_message_bytes = {} is out of range; use {MIN_MESSAGE_BYTES} (1 MiB) to {MAX_MESSAGE_BYTES} (1 GiB) (MAILBRIDGE_MAX_MESSAGE_BYTES)",
+                raw.max_message_bytes
+            );
+        }
         if !(1..=3650).contains(&raw.event_retention_days) {
             bail!(
                 "event_retention_days = {} is out of range; use 1 to 3650 days (MAILBRIDGE_EVENT_RETENTION_DAYS)",
@@ -305,6 +319,7 @@ impl Config {
             node_group: raw.node_group,
             lease_ttl: std::time::Duration::from_millis(raw.lease_ttl_ms),
             event_retention: chrono::Duration::days(i64::from(raw.event_retention_days)),
+            max_message_bytes: usize::try_from(raw.max_message_bytes).unwrap_or(usize::MAX),
             webhook_allow_private_addresses: raw.webhook_allow_private_addresses,
             webhook_timeout: std::time::Duration::from_millis(raw.webhook_timeout_ms),
             allowed_return_urls,
@@ -474,6 +489,13 @@ mod tests {
                     ..raw()
                 },
                 "MAILBRIDGE_EVENT_RETENTION_DAYS",
+            ),
+            (
+                Raw {
+                    max_message_bytes: 1000,
+                    ..raw()
+                },
+                "MAILBRIDGE_MAX_MESSAGE_BYTES",
             ),
             (
                 Raw {

@@ -74,6 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             node_group: config.node_group.clone(),
             lease_ttl: config.lease_ttl,
             event_retention: config.event_retention,
+            max_message_bytes: config.max_message_bytes,
             webhooks: mailbridge_sync::WebhookSettings {
                 allow_private: config.webhook_allow_private_addresses,
                 timeout: config.webhook_timeout,

@@ -1,5 +1,7 @@
 //! Incoming IMAP: new UIDs of INBOX fetched in batches with `BODY.PEEK[]` (never marking mail
-//! read), each batch stored with the folder's new position in one transaction.
+//! read), each batch stored with the folder's new position in one transaction. Sizes are read
+//! first (`RFC822.SIZE`): batches are bounded in bytes as well as in messages, and a message
+//! larger than the endpoint's `max_message_bytes` is stored as its header only, `truncated`.
 
 use chrono::NaiveDate;
 use mailbridge_proto::ProtoError;
@@ -8,11 +10,15 @@ use mailbridge_store::{
     Fence, FolderPosition, MailboxRecord, NewEmail, RawMessage, Store, SyncBatch,
 };
 
-use super::plan::{FolderPlan, ServerFolder, plan_folder};
+use super::plan::{Batching, Download, FolderPlan, ServerFolder, plan_downloads, plan_folder};
 use super::{BATCH_SIZE, SyncError, SyncReport, track};
-use crate::parse::parse;
+use crate::parse::{parse, parse_header};
 
 pub const INBOX: &str = "INBOX";
+
+/// Bytes per download at most (a single larger message is a download of its own): with the
+/// pipeline's stages a batch apart, a few of these are in memory at once.
+const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A batch's messages. When the server refuses part of the batch (Gmail: "Some messages
 /// could not be FETCHed", while it cannot read one of them), the messages it did not give are
@@ -74,6 +80,20 @@ pub async fn sync_inbox(
         .uids_from(first_uid, if first_sync { since } else { None })
         .await?;
     let mut report = SyncReport::default();
+    let sizes: std::collections::HashMap<u32, u64> = if uids.is_empty() {
+        std::collections::HashMap::new()
+    } else {
+        session.uid_sizes(first_uid).await?.into_iter().collect()
+    };
+    let downloads = plan_downloads(
+        &uids,
+        &sizes,
+        Batching {
+            count: BATCH_SIZE,
+            bytes: BATCH_BYTES,
+            max_message: session.max_message_bytes() as u64,
+        },
+    );
     let position = |last_uid| FolderPosition {
         folder: INBOX.to_owned(),
         uid_validity: server.uid_validity,
@@ -106,15 +126,23 @@ pub async fn sync_inbox(
     let (fetched_tx, mut fetched_rx) = tokio::sync::mpsc::channel(1);
     let (parsed_tx, mut parsed_rx) = tokio::sync::mpsc::channel(1);
     let fetch = async {
-        for batch in uids.chunks(BATCH_SIZE) {
-            let (fetched, refused) = fetch_batch(session, batch).await?;
+        for download in &downloads {
+            let (fetched, refused) = match download {
+                Download::Whole(batch) => fetch_batch(session, batch).await?,
+                Download::Header(uid) => {
+                    tracing::info!(mailbox = %mailbox.id, uid, size = sizes.get(uid), "a message larger than max_message_bytes: storing its header only");
+                    let (fetched, refused) = session.uid_fetch_headers(&[*uid]).await?;
+                    (fetched, refused.map(|r| (*uid, r)))
+                }
+            };
             // The position stops just before a message the server would not give: the next
             // pass asks for it again (what follows it is stored now, and not twice later).
             let last = match &refused {
                 Some((uid, _)) => uid.saturating_sub(1),
-                None => batch.last().copied().unwrap_or(first_uid),
+                None => download.last().unwrap_or(first_uid),
             };
-            if fetched_tx.send((last, fetched)).await.is_err() {
+            let header_only = matches!(download, Download::Header(_));
+            if fetched_tx.send((last, fetched, header_only)).await.is_err() {
                 break; // a later stage stopped
             }
             if let Some((_, refusal)) = refused {
@@ -125,13 +153,18 @@ pub async fn sync_inbox(
         Ok::<_, SyncError>(())
     };
     let parse_stage = async {
-        while let Some((last, fetched)) = fetched_rx.recv().await {
+        while let Some((last, fetched, header_only)) = fetched_rx.recv().await {
             let parsed = tokio::task::spawn_blocking(move || {
                 fetched
                     .into_iter()
                     .map(|mut m: FetchedMessage| {
                         let raw = RawMessage::new(std::mem::take(&mut m.raw));
-                        (parse(raw.bytes()), raw, m)
+                        let parsed = if header_only {
+                            parse_header(raw.bytes())
+                        } else {
+                            parse(raw.bytes())
+                        };
+                        (parsed, raw, m)
                     })
                     .collect::<Vec<_>>()
             })
@@ -142,7 +175,7 @@ pub async fn sync_inbox(
                 }
                 SyncError::Interrupted
             })?;
-            if parsed_tx.send((last, parsed)).await.is_err() {
+            if parsed_tx.send((last, parsed, header_only)).await.is_err() {
                 break;
             }
         }
@@ -150,7 +183,7 @@ pub async fn sync_inbox(
         Ok::<_, SyncError>(())
     };
     let store_stage = async {
-        while let Some((last, parsed)) = parsed_rx.recv().await {
+        while let Some((last, parsed, header_only)) = parsed_rx.recv().await {
             report.fetched += parsed.len();
             let mut emails = Vec::with_capacity(parsed.len());
             for (parsed, raw, m) in parsed {
@@ -173,6 +206,8 @@ pub async fn sync_inbox(
                     gmail_labels: m.gmail_labels,
                     gmail_thread_id: m.gmail_thread_id,
                     tracking_token: None,
+                    truncated_from: header_only
+                        .then(|| sizes.get(&m.uid).copied().unwrap_or_default()),
                     parsed,
                     raw,
                 });

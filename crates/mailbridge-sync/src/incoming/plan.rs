@@ -1,6 +1,6 @@
 //! What a sync pass must fetch, decided from the server's state and ours alone, with no I/O.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use mailbridge_store::FolderPosition;
 
@@ -46,6 +46,63 @@ pub fn plan_folder(stored: Option<&FolderPosition>, server: ServerFolder) -> Fol
             },
         },
     }
+}
+
+/// One download of an IMAP sync, in UID order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Download {
+    /// These messages, whole.
+    Whole(Vec<u32>),
+    /// This message's header only: it is larger than the service takes whole.
+    Header(u32),
+}
+
+impl Download {
+    /// The highest UID it covers.
+    pub fn last(&self) -> Option<u32> {
+        match self {
+            Download::Whole(uids) => uids.last().copied(),
+            Download::Header(uid) => Some(*uid),
+        }
+    }
+}
+
+/// Bounds on one [`Download`].
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Messages per download.
+    pub count: usize,
+    /// Bytes per download (a single message larger than this is a download of its own).
+    pub bytes: u64,
+    /// A message above this is taken as its header only.
+    pub max_message: u64,
+}
+
+/// Splits `uids` (ascending) into downloads by count and by bytes (`sizes`, from
+/// `RFC822.SIZE`; a UID without one counts as empty: it was expunged meanwhile, and the
+/// server will send nothing for it), in order, so the folder position only moves forward.
+pub fn plan_downloads(uids: &[u32], sizes: &HashMap<u32, u64>, bounds: Batching) -> Vec<Download> {
+    let mut plan = Vec::new();
+    let (mut batch, mut bytes) = (Vec::new(), 0_u64);
+    for &uid in uids {
+        let size = sizes.get(&uid).copied().unwrap_or(0);
+        let full = !batch.is_empty()
+            && (batch.len() >= bounds.count || bytes.saturating_add(size) > bounds.bytes);
+        if full || (size > bounds.max_message && !batch.is_empty()) {
+            plan.push(Download::Whole(std::mem::take(&mut batch)));
+            bytes = 0;
+        }
+        if size > bounds.max_message {
+            plan.push(Download::Header(uid));
+        } else {
+            batch.push(uid);
+            bytes = bytes.saturating_add(size);
+        }
+    }
+    if !batch.is_empty() {
+        plan.push(Download::Whole(batch));
+    }
+    plan
 }
 
 /// POP3: the messages whose UIDL was never processed, in the server's order.
@@ -148,5 +205,44 @@ mod tests {
             .collect();
         assert_eq!(plan, ["a", "c"]);
         assert!(plan_pop3(&listing, &listing.iter().map(|l| l.uid.clone()).collect()).is_empty());
+    }
+
+    #[test]
+    fn downloads_are_bounded_by_count_and_bytes_and_oversized_mail_is_a_header() {
+        use Download::{Header, Whole};
+        let bounds = Batching {
+            count: 3,
+            bytes: 100,
+            max_message: 500,
+        };
+        let sizes: HashMap<u32, u64> = [
+            (1, 10),
+            (2, 10),
+            (3, 10),
+            (4, 10),
+            (5, 60),
+            (6, 60),
+            (7, 150),
+            (8, 10),
+            (9, 900),
+            (10, 10),
+        ]
+        .into();
+        let uids: Vec<u32> = (1..=11).collect();
+        assert_eq!(
+            plan_downloads(&uids, &sizes, bounds),
+            vec![
+                Whole(vec![1, 2, 3]), // three, the count
+                Whole(vec![4, 5]),    // 70 bytes; with 6 it would be 130
+                Whole(vec![6]),       // 60; 7 alone is over the bytes bound
+                Whole(vec![7]),       // larger than a batch, smaller than the limit
+                Whole(vec![8]),       // ends before the oversized one
+                Header(9),            // over max_message
+                Whole(vec![10, 11]),  // 11 has no size: expunged meanwhile
+            ]
+        );
+        assert_eq!(plan_downloads(&[], &sizes, bounds), Vec::new());
+        assert_eq!(Header(9).last(), Some(9));
+        assert_eq!(Whole(vec![10, 11]).last(), Some(11));
     }
 }

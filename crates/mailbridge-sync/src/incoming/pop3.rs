@@ -1,5 +1,6 @@
 //! Incoming POP3: the UIDL list against the UIDLs already processed; new messages are read
-//! one at a time and left on the server.
+//! one at a time and left on the server. A message larger than the endpoint's
+//! `max_message_bytes` (by `LIST`) is stored as its header only (`TOP n 0`), `truncated`.
 
 use chrono::NaiveDate;
 use mailbridge_proto::pop3::Pop3Session;
@@ -7,7 +8,7 @@ use mailbridge_store::{Fence, MailboxRecord, NewEmail, RawMessage, Store, SyncBa
 
 use super::plan::plan_pop3;
 use super::{SyncError, SyncReport, track};
-use crate::parse::parse;
+use crate::parse::{parse, parse_header};
 
 /// Messages committed together: POP3 reads one message per round trip, so a smaller batch
 /// than IMAP's keeps a crash from repeating much.
@@ -24,15 +25,32 @@ pub async fn sync_maildrop(
 ) -> Result<SyncReport, SyncError> {
     let listing = session.uidl().await?;
     let seen = store.pop3_seen(mailbox.id).await?;
+    let new = plan_pop3(&listing, &seen);
+    let sizes = if new.is_empty() {
+        std::collections::HashMap::new()
+    } else {
+        session.list().await?
+    };
+    let max = session.max_message_bytes() as u64;
     let mut report = SyncReport::default();
-    for chunk in plan_pop3(&listing, &seen).chunks(POP3_BATCH) {
+    for chunk in new.chunks(POP3_BATCH) {
         let mut batch = SyncBatch {
             fence: fence.cloned(),
             ..SyncBatch::default()
         };
         for item in chunk {
-            let raw = session.retr(item.number).await?;
-            let parsed = parse(&raw);
+            let oversized = sizes.get(&item.number).copied().filter(|size| *size > max);
+            let raw = match oversized {
+                Some(size) => {
+                    tracing::info!(mailbox = %mailbox.id, number = item.number, size, "a message larger than max_message_bytes: storing its header only");
+                    session.top(item.number, 0).await?
+                }
+                None => session.retr(item.number).await?,
+            };
+            let parsed = match oversized {
+                Some(_) => parse_header(&raw),
+                None => parse(&raw),
+            };
             report.fetched += 1;
             batch.pop3_seen.push(item.uid.clone());
             let too_old = match (since, parsed.date) {
@@ -49,6 +67,7 @@ pub async fn sync_maildrop(
                 gmail_labels: Vec::new(),
                 gmail_thread_id: None,
                 tracking_token: None,
+                truncated_from: oversized,
                 parsed,
                 raw: RawMessage::new(raw),
                 renumbered_from: None,

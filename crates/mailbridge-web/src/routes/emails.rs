@@ -67,8 +67,12 @@ pub struct EmailView {
     /// The HTML body as sent; absent for plain-text mail.
     html_body: Option<String>,
     attachments: Vec<AttachmentInfo>,
-    /// Size of the raw message in bytes (`GET /emails/{id}/raw`).
+    /// Size of the message in bytes: of the raw message (`GET /emails/{id}/raw`), or, when
+    /// `truncated`, of the whole message on the server.
     size: i64,
+    /// Only the message's header was stored (bodies and attachments are absent): it is
+    /// larger than the service's `max_message_bytes`.
+    truncated: bool,
     /// Set when the message could not be parsed; the raw bytes are kept.
     parse_error: Option<String>,
     folder: Option<String>,
@@ -110,6 +114,7 @@ impl From<EmailRecord> for EmailView {
             html_body: e.html_body,
             attachments: e.attachments,
             size: e.size,
+            truncated: e.truncated,
             parse_error: e.parse_error,
             folder: e.folder,
             gmail_labels: e.gmail_labels,
