@@ -75,6 +75,42 @@ pub struct SyncBatch {
     pub pop3_seen: Vec<String>,
     /// The lease the writer holds; the batch commits only while it still does.
     pub fence: Option<Fence>,
+    /// With `position`: how far the pass over that folder is.
+    pub progress: Option<PassProgress>,
+}
+
+/// How far a sync pass over a folder is, for people to see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassProgress {
+    /// Messages in the folder on the server when the pass began.
+    pub messages: u32,
+    /// Messages the pass set out to read.
+    pub total: u32,
+    /// Of them, read so far (stored, or left out by the tracking rule).
+    pub done: u32,
+    pub started_at: DateTime<Utc>,
+}
+
+/// A folder of a mailbox as the last sync pass left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderProgress {
+    pub folder: String,
+    /// The pass's progress; `None` for a folder last synced before progress was kept.
+    pub pass: Option<PassProgress>,
+    /// When the pass last wrote (a batch, or the end).
+    pub updated_at: DateTime<Utc>,
+}
+
+impl FolderProgress {
+    /// While the pass is under way: the seconds it should still take, at its rate so far
+    /// (from its start to its last batch).
+    pub fn seconds_left(&self) -> Option<u64> {
+        let p = self.pass?;
+        let left = p.total.checked_sub(p.done).filter(|l| *l > 0)?;
+        let spent = (self.updated_at - p.started_at).to_std().ok()?;
+        (p.done > 0)
+            .then(|| (spent.as_secs_f64() * f64::from(left) / f64::from(p.done)).ceil() as u64)
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -172,6 +208,17 @@ struct EmailRow {
     send_attempts: i64,
     send_reply: Option<String>,
     delivered_at: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct FolderRow {
+    mailbox_id: String,
+    folder: String,
+    updated_at: i64,
+    messages: Option<i64>,
+    pass_total: Option<i64>,
+    pass_done: Option<i64>,
+    pass_started_at: Option<i64>,
 }
 
 const EMAIL_SELECT: &str = "SELECT e.id, e.mailbox_id, m.owner_user_id, e.direction, e.message_id, \
@@ -287,10 +334,13 @@ impl Store {
         };
         if let Some(p) = &batch.position {
             sqlx::query(
-                "INSERT INTO folder_states (mailbox_id, folder, uid_validity, last_uid, highest_modseq, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (mailbox_id, folder) DO UPDATE SET \
+                "INSERT INTO folder_states (mailbox_id, folder, uid_validity, last_uid, highest_modseq, updated_at, \
+                 messages, pass_total, pass_done, pass_started_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (mailbox_id, folder) DO UPDATE SET \
                  uid_validity = excluded.uid_validity, last_uid = excluded.last_uid, \
-                 highest_modseq = excluded.highest_modseq, updated_at = excluded.updated_at",
+                 highest_modseq = excluded.highest_modseq, updated_at = excluded.updated_at, \
+                 messages = excluded.messages, pass_total = excluded.pass_total, \
+                 pass_done = excluded.pass_done, pass_started_at = excluded.pass_started_at",
             )
             .bind(&mid)
             .bind(&p.folder)
@@ -298,6 +348,10 @@ impl Store {
             .bind(i64::from(p.last_uid))
             .bind(p.highest_modseq.and_then(|m| i64::try_from(m).ok()))
             .bind(now)
+            .bind(batch.progress.map(|g| i64::from(g.messages)))
+            .bind(batch.progress.map(|g| i64::from(g.total)))
+            .bind(batch.progress.map(|g| i64::from(g.done)))
+            .bind(batch.progress.map(|g| g.started_at.timestamp_millis()))
             .execute(&mut *tx)
             .await?;
         }
@@ -326,6 +380,55 @@ impl Store {
         append(&mut tx, self.backend, now, &events).await?;
         self.commit(tx).await?;
         Ok(inserted.len())
+    }
+
+    /// The folders of these mailboxes and how far their last passes are, by mailbox.
+    pub async fn folder_progress(
+        &self,
+        mailboxes: &[MailboxId],
+    ) -> Result<std::collections::HashMap<MailboxId, Vec<FolderProgress>>> {
+        let mut out: std::collections::HashMap<MailboxId, Vec<FolderProgress>> =
+            std::collections::HashMap::new();
+        for chunk in mailboxes.chunks(500) {
+            let ids: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let mut q = sqlx::query_as::<_, FolderRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT mailbox_id, folder, updated_at, messages, pass_total, pass_done, pass_started_at \
+                 FROM folder_states WHERE mailbox_id IN ({}) ORDER BY mailbox_id, folder",
+                ids.join(", ")
+            )));
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                let mailbox: MailboxId = row
+                    .mailbox_id
+                    .parse()
+                    .map_err(|e| StoreError::corrupt("folder state", e))?;
+                let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+                let pass = match (
+                    row.messages,
+                    row.pass_total,
+                    row.pass_done,
+                    row.pass_started_at,
+                ) {
+                    (Some(messages), Some(total), Some(done), Some(started)) => {
+                        Some(PassProgress {
+                            messages: count(messages),
+                            total: count(total),
+                            done: count(done),
+                            started_at: time_from_ms(started),
+                        })
+                    }
+                    _ => None,
+                };
+                out.entry(mailbox).or_default().push(FolderProgress {
+                    folder: row.folder,
+                    pass,
+                    updated_at: time_from_ms(row.updated_at),
+                });
+            }
+        }
+        Ok(out)
     }
 
     pub async fn folder_position(

@@ -34,7 +34,8 @@ pub use audit::{Actor, AuditEntry};
 pub use contacts::Contact;
 pub use crypto::{CryptoError, Keyring};
 pub use emails::{
-    AttachmentInfo, EmailFilter, EmailRecord, FolderPosition, NewEmail, RawMessage, SyncBatch,
+    AttachmentInfo, EmailFilter, EmailRecord, FolderPosition, FolderProgress, NewEmail,
+    PassProgress, RawMessage, SyncBatch,
 };
 pub use events::{Event, EventPage, EventQuery, NewEvent};
 pub use mailboxes::{MailboxRecord, SyncStatus, TestOutcome};
@@ -419,6 +420,11 @@ impl Store {
 
     fn now_ms(&self) -> i64 {
         self.clock.now().timestamp_millis()
+    }
+
+    /// The time on this store's clock (the one its records are stamped with).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     /// Decrypts every stored secret with the keyring and encrypts it again with its active

@@ -82,6 +82,11 @@ impl Browser {
     }
 
     /// The current value of the input matching `css` (what a person typed, or the page filled).
+    /// The page's HTML as the browser holds it now.
+    pub async fn source(&self) -> anyhow::Result<String> {
+        Ok(self.client.source().await?)
+    }
+
     pub async fn value(&self, css: &str) -> anyhow::Result<String> {
         Ok(self
             .client

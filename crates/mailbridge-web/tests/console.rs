@@ -624,6 +624,48 @@ async fn the_users_own_view_shows_recent_mail_and_alerts_with_what_to_do() {
         page.contains("Quote for 40 chairs") && page.contains("Dan Buyer"),
         "{page}"
     );
+    assert!(
+        page.contains("Folder INBOX") && page.contains("up to date: 1 message on the server"),
+        "{page}"
+    );
+    // A long first sync under way (as its batches record it): how far, and a bar.
+    w.app
+        .store
+        .save_sync_batch(
+            id,
+            mailbridge_store::SyncBatch {
+                position: Some(mailbridge_store::FolderPosition {
+                    folder: "Archive".into(),
+                    uid_validity: 7,
+                    last_uid: 40,
+                    highest_modseq: None,
+                }),
+                progress: Some(mailbridge_store::PassProgress {
+                    messages: 120,
+                    total: 100,
+                    done: 40,
+                    started_at: w.app.store.now() - chrono::Duration::seconds(20),
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    b.goto(&format!("{}/console/mailboxes/{mailbox}", w.app.base))
+        .await
+        .unwrap();
+    let page = b.page_text().await.unwrap();
+    assert!(
+        page.contains("40 of 100 new messages read, about 3")
+            && page.contains("seconds left (120 on the server)"),
+        "{page}"
+    );
+    let html = b.source().await.unwrap();
+    assert!(
+        html.contains(r#"<progress max="100" value="40" aria-label="Archive: messages read">"#),
+        "{html}"
+    );
+    b.full_screenshot("14-sync-progress", 1280).await.unwrap();
 
     // The engine gives up on the mailbox: Ann is told what failed and what to do.
     w.app

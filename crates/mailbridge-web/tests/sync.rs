@@ -1213,3 +1213,74 @@ async fn imap_mail_too_large_is_stored_as_its_header() {
 async fn pop3_mail_too_large_is_stored_as_its_header() {
     a_message_too_large_is_its_header_and_stops_nothing("pop3").await;
 }
+
+/// A mailbox's status says how far each folder's pass is: done after a first sync; while a
+/// long one runs (written here as its batches write it: 40 of 100 read in the first 20 s),
+/// how many are read and the time left at that rate (the console's page: `console.rs`).
+#[tokio::test]
+async fn each_folder_shows_how_far_its_sync_is() {
+    let (w, clock) = world_with_clock().await;
+    for i in 0..3 {
+        w.dovecot.deliver("ann@example.com", format!("From: x@example.com\r\nSubject: p{i}\r\nMessage-ID: <p{i}@example.com>\r\n\r\nbody\r\n").as_bytes()).unwrap();
+    }
+    let (_, mailbox) = w.ann_enabled(json!({})).await;
+    wait_for_emails(&w, &mailbox, &w.ann, 3).await;
+    let folders = w
+        .poll(
+            &format!("/api/v1/mailboxes/{mailbox}"),
+            &w.ann,
+            10,
+            "INBOX's pass recorded",
+            |m| m["folders"][0]["pass_done"] == 3,
+        )
+        .await["folders"]
+        .clone();
+    assert_eq!(folders.as_array().unwrap().len(), 1, "{folders:#}");
+    assert_eq!(folders[0]["folder"], "INBOX");
+    assert_eq!(folders[0]["messages_on_server"], 3);
+    assert_eq!(folders[0]["pass_total"], 3);
+    assert_eq!(folders[0]["seconds_left"], Value::Null, "done: {folders:#}");
+
+    // A pass under way, as its batches record it.
+    let started_at = mailbridge_core::Clock::now(clock.as_ref());
+    clock.advance(chrono::Duration::seconds(20));
+    w.app
+        .store
+        .save_sync_batch(
+            mailbox.parse().unwrap(),
+            mailbridge_store::SyncBatch {
+                position: Some(mailbridge_store::FolderPosition {
+                    folder: "Archive".into(),
+                    uid_validity: 7,
+                    last_uid: 40,
+                    highest_modseq: None,
+                }),
+                progress: Some(mailbridge_store::PassProgress {
+                    messages: 120,
+                    total: 100,
+                    done: 40,
+                    started_at,
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (_, m) = w
+        .api
+        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
+        .await;
+    let archive = &m["folders"][0];
+    assert_eq!(archive["folder"], "Archive", "{m:#}");
+    assert_eq!(
+        (&archive["pass_done"], &archive["pass_total"]),
+        (&json!(40), &json!(100))
+    );
+    assert_eq!(
+        archive["seconds_left"], 30,
+        "60 left at 2 a second: {archive:#}"
+    );
+    assert_eq!(archive["messages_on_server"], 120);
+
+    w.app.stop().await.unwrap();
+}

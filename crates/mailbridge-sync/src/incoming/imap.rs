@@ -7,7 +7,7 @@ use chrono::NaiveDate;
 use mailbridge_proto::ProtoError;
 use mailbridge_proto::imap::{FetchedMessage, ImapSession};
 use mailbridge_store::{
-    Fence, FolderPosition, MailboxRecord, NewEmail, RawMessage, Store, SyncBatch,
+    Fence, FolderPosition, MailboxRecord, NewEmail, PassProgress, RawMessage, Store, SyncBatch,
 };
 
 use super::plan::{Batching, Download, FolderPlan, ServerFolder, plan_downloads, plan_folder};
@@ -76,9 +76,17 @@ pub async fn sync_inbox(
             (first_uid, stored.is_none())
         }
     };
+    let started_at = store.now();
     let uids = session
         .uids_from(first_uid, if first_sync { since } else { None })
         .await?;
+    // How far the pass is once everything up to `last` is read, for the mailbox's status.
+    let progress = |last: u32| PassProgress {
+        messages: status.exists,
+        total: u32::try_from(uids.len()).unwrap_or(u32::MAX),
+        done: u32::try_from(uids.partition_point(|u| *u <= last)).unwrap_or(u32::MAX),
+        started_at,
+    };
     let mut report = SyncReport::default();
     let sizes: std::collections::HashMap<u32, u64> = if uids.is_empty() {
         std::collections::HashMap::new()
@@ -111,6 +119,7 @@ pub async fn sync_inbox(
                 SyncBatch {
                     position: Some(position(last)),
                     fence: fence.cloned(),
+                    progress: Some(progress(last)),
                     ..SyncBatch::default()
                 },
             )
@@ -217,6 +226,7 @@ pub async fn sync_inbox(
                 position: Some(position(last)),
                 pop3_seen: Vec::new(),
                 fence: fence.cloned(),
+                progress: Some(progress(last)),
             };
             report.stored += store.save_sync_batch(mailbox.id, batch).await?;
         }

@@ -14,7 +14,7 @@ use mailbridge_core::{
     AuthMethod, ConnectionStatus, DeliveryMethod, MailboxDraft, MailboxId, ProfileId, SignInStatus,
     TrackingRule, UserId,
 };
-use mailbridge_store::{MailboxRecord, ProfileRecord, TestOutcome, UserRecord};
+use mailbridge_store::{FolderProgress, MailboxRecord, ProfileRecord, TestOutcome, UserRecord};
 
 use super::form::{Choice, Field, FieldErrors, FormValues, Group, sentence};
 use super::profiles::auth_label;
@@ -196,6 +196,56 @@ struct AlertRow {
     when: String,
 }
 
+/// A synced folder's last pass, in words, with a bar while it runs.
+struct FolderRow {
+    name: String,
+    summary: String,
+    /// While the pass runs: (read, to read).
+    running: Option<(u32, u32)>,
+}
+
+impl From<FolderProgress> for FolderRow {
+    fn from(f: FolderProgress) -> Self {
+        let summary = match (f.pass, f.seconds_left()) {
+            (None, _) => format!("synced {}", when(Some(f.updated_at))),
+            (Some(p), Some(left)) => format!(
+                "{} of {} new messages read, about {} left ({} on the server)",
+                p.done,
+                p.total,
+                duration_words(left),
+                p.messages
+            ),
+            (Some(p), None) if p.done < p.total => format!(
+                "{} of {} new messages read ({} on the server)",
+                p.done, p.total, p.messages
+            ),
+            (Some(p), None) => format!(
+                "up to date: {} message{} on the server, synced {}",
+                p.messages,
+                if p.messages == 1 { "" } else { "s" },
+                when(Some(f.updated_at))
+            ),
+        };
+        Self {
+            running: f
+                .pass
+                .filter(|p| p.done < p.total)
+                .map(|p| (p.done, p.total)),
+            name: f.folder,
+            summary,
+        }
+    }
+}
+
+/// "40 seconds", "3 minutes", "2 hours".
+fn duration_words(seconds: u64) -> String {
+    match seconds {
+        s if s < 90 => format!("{s} seconds"),
+        s if s < 90 * 60 => format!("{} minutes", s.div_ceil(60)),
+        s => format!("{} hours", s.div_ceil(3600)),
+    }
+}
+
 struct EmailRow {
     subject: String,
     party: String,
@@ -230,6 +280,7 @@ struct MailboxPage {
     items_processed: i64,
     items_failed: i64,
     last_error: Option<String>,
+    folders: Vec<FolderRow>,
     alerts: Vec<AlertRow>,
     emails: Vec<EmailRow>,
 }
@@ -328,6 +379,15 @@ async fn show(
         items_processed: m.sync.items_processed,
         items_failed: m.sync.items_failed,
         last_error: m.sync.last_error.clone(),
+        folders: state
+            .store
+            .folder_progress(&[m.id])
+            .await?
+            .remove(&m.id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(Into::into)
+            .collect(),
         alerts,
         emails: recent_emails(&state, m.id).await?,
     };

@@ -10,7 +10,7 @@ use mailbridge_core::{
     AuthMethod, ConnectionStatus, DeliveryMethod, MailboxDraft, MailboxId, MailboxSpec, ProfileId,
     SecretChange, SignInStatus, TrackingRule, UserId,
 };
-use mailbridge_store::{AlertRecord, MailboxRecord, StoreError};
+use mailbridge_store::{AlertRecord, FolderProgress, MailboxRecord, StoreError};
 
 use super::path_id;
 use crate::AppState;
@@ -75,6 +75,9 @@ pub struct MailboxView {
     last_sync_error: Option<String>,
     /// Synchronized only when enabled (after a successful Test & Enable).
     enabled: bool,
+    /// The folders synced, each with how far its last pass is (a first sync of a large
+    /// mailbox takes minutes: this is its progress).
+    folders: Vec<FolderView>,
     /// `not_signed_in`, `signed_in`, or `needs_sign_in` (the provider refused the grant).
     sign_in_status: SignInStatus,
     /// The account whose tokens are stored.
@@ -83,8 +86,68 @@ pub struct MailboxView {
     updated_at: DateTime<Utc>,
 }
 
-impl From<MailboxRecord> for MailboxView {
-    fn from(m: MailboxRecord) -> Self {
+/// A synced folder and its last pass.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct FolderView {
+    folder: String,
+    /// Messages in the folder on the server when the last pass began.
+    messages_on_server: Option<u32>,
+    /// Messages the last pass set out to read (new since the pass before).
+    pass_total: Option<u32>,
+    /// Of them, read so far; equal to `pass_total` once the pass is done.
+    pass_done: Option<u32>,
+    /// While a pass is under way: the seconds it should still take, at its rate so far.
+    seconds_left: Option<u64>,
+    /// When the pass began.
+    pass_started_at: Option<DateTime<Utc>>,
+    /// When it last stored a batch, or ended.
+    updated_at: DateTime<Utc>,
+}
+
+impl From<FolderProgress> for FolderView {
+    fn from(f: FolderProgress) -> Self {
+        let seconds_left = f.seconds_left();
+        Self {
+            folder: f.folder,
+            messages_on_server: f.pass.map(|p| p.messages),
+            pass_total: f.pass.map(|p| p.total),
+            pass_done: f.pass.map(|p| p.done),
+            seconds_left,
+            pass_started_at: f.pass.map(|p| p.started_at),
+            updated_at: f.updated_at,
+        }
+    }
+}
+
+/// The views of `mailboxes`, each with its folders (read in one query).
+pub(crate) async fn views(
+    state: &AppState,
+    mailboxes: Vec<MailboxRecord>,
+) -> Result<Vec<MailboxView>, ApiError> {
+    let ids: Vec<MailboxId> = mailboxes.iter().map(|m| m.id).collect();
+    let mut folders = state.store.folder_progress(&ids).await?;
+    Ok(mailboxes
+        .into_iter()
+        .map(|m| {
+            let f = folders.remove(&m.id).unwrap_or_default();
+            MailboxView::new(m, f)
+        })
+        .collect())
+}
+
+/// The view of one mailbox, with its folders.
+async fn view(state: &AppState, mailbox: MailboxRecord) -> Result<MailboxView, ApiError> {
+    let folders = state
+        .store
+        .folder_progress(&[mailbox.id])
+        .await?
+        .remove(&mailbox.id)
+        .unwrap_or_default();
+    Ok(MailboxView::new(mailbox, folders))
+}
+
+impl MailboxView {
+    fn new(m: MailboxRecord, folders: Vec<FolderProgress>) -> Self {
         Self {
             id: m.id,
             owner_user_id: m.spec.owner_user_id,
@@ -111,6 +174,7 @@ impl From<MailboxRecord> for MailboxView {
             items_failed: m.sync.items_failed,
             last_sync_error: m.sync.last_error,
             enabled: m.enabled,
+            folders: folders.into_iter().map(Into::into).collect(),
             sign_in_status: m.sign_in_status,
             signed_in_as: m.signed_in_as,
             created_at: m.created_at,
@@ -139,7 +203,7 @@ async fn create(
     ApiJson(draft): ApiJson<MailboxDraft>,
 ) -> Result<(StatusCode, Json<MailboxView>), ApiError> {
     let mailbox = create_mailbox(&state, &caller, &draft).await?;
-    Ok((StatusCode::CREATED, Json(mailbox.into())))
+    Ok((StatusCode::CREATED, Json(view(&state, mailbox).await?)))
 }
 
 /// Validates a draft and creates the mailbox: the one path for the API and the console.
@@ -190,7 +254,7 @@ async fn list(
             (false, _) => Some(caller.0.id),
         };
     let mailboxes = state.store.list_mailboxes(owner).await?;
-    Ok(Json(mailboxes.into_iter().map(MailboxView::from).collect()))
+    Ok(Json(views(&state, mailboxes).await?))
 }
 
 #[utoipa::path(get, path = "/mailboxes/{id}", tag = "mailboxes", security(("bearer" = [])),
@@ -203,7 +267,7 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<MailboxView>, ApiError> {
     let mailbox = visible_mailbox(&state, &caller, path_id(&id, "mailbox")?).await?;
-    Ok(Json(mailbox.into()))
+    Ok(Json(view(&state, mailbox).await?))
 }
 
 /// Changes the named fields. A user may change delivery methods and the tracking rule of
@@ -222,7 +286,7 @@ async fn update(
     ApiJson(draft): ApiJson<MailboxDraft>,
 ) -> Result<Json<MailboxView>, ApiError> {
     let mailbox = update_mailbox(&state, &caller, path_id(&id, "mailbox")?, &draft).await?;
-    Ok(Json(mailbox.into()))
+    Ok(Json(view(&state, mailbox).await?))
 }
 
 /// Applies a draft over the stored mailbox, keeping owner, address and profile for admins:
@@ -325,7 +389,7 @@ async fn test_and_enable(
     Path(id): Path<String>,
 ) -> Result<Json<MailboxView>, ApiError> {
     let tested = test_mailbox(&state, &caller, path_id(&id, "mailbox")?).await?;
-    Ok(Json(tested.into()))
+    Ok(Json(view(&state, tested).await?))
 }
 
 /// Test & Enable for one mailbox the caller may see: the one path for the API and the console.

@@ -260,6 +260,6 @@ async fn test_and_enable(
         tested: summary.tested,
         enabled: summary.enabled,
         failed: summary.failed,
-        mailboxes: summary.mailboxes.into_iter().map(Into::into).collect(),
+        mailboxes: crate::routes::mailboxes::views(&state, summary.mailboxes).await?,
     }))
 }
