@@ -205,10 +205,16 @@ impl MailWorld {
     /// tested: its id.
     pub async fn ann_password_mailbox(&self) -> String {
         let profile = self.password_profile("Local").await;
+        self.ann_password_mailbox_on(&profile).await
+    }
+
+    /// Ann's mailbox on `profile` (a password profile) with password `hunter2`, not yet
+    /// tested: its id.
+    pub async fn ann_password_mailbox_on(&self, profile: &str) -> String {
         self.mailbox(
             "ann@example.com",
             &self.ann_id,
-            &profile,
+            profile,
             json!({"password": "hunter2"}),
         )
         .await
@@ -217,8 +223,13 @@ impl MailWorld {
     /// Ann's mailbox (with `extra` fields) on a new Gmail-like profile of this Dovecot, signed
     /// in and enabled by Test & Enable: (profile id, mailbox id).
     pub async fn ann_enabled(&self, extra: Value) -> (String, String) {
+        self.ann_enabled_via(self.imaps(), extra).await
+    }
+
+    /// [`MailWorld::ann_enabled`] with this incoming server (a proxy, POP3).
+    pub async fn ann_enabled_via(&self, incoming: Value, extra: Value) -> (String, String) {
         let profile = self
-            .gmail_like("Gmail here", self.imaps(), self.submissions(), json!({}))
+            .gmail_like("Gmail here", incoming, self.submissions(), json!({}))
             .await;
         let mailbox = self
             .mailbox("ann@example.com", &self.ann_id, &profile, extra)
@@ -251,6 +262,51 @@ impl MailWorld {
             );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+    }
+
+    /// Records, as a long first sync's batches would, a pass over the folder `Archive` under
+    /// way: 40 of 100 new messages read (120 on the server), begun at `started_at`.
+    pub async fn archive_pass_under_way(
+        &self,
+        mailbox: &str,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        self.app
+            .store
+            .save_sync_batch(
+                mailbox.parse().unwrap(),
+                mailbridge_store::SyncBatch {
+                    position: Some(mailbridge_store::FolderPosition {
+                        folder: "Archive".into(),
+                        uid_validity: 7,
+                        last_uid: 40,
+                        highest_modseq: None,
+                    }),
+                    progress: Some(mailbridge_store::PassProgress {
+                        messages: 120,
+                        total: 100,
+                        done: 40,
+                        started_at,
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Asserts the mailbox is enabled with no failed attempt counted.
+    pub async fn assert_healthy(&self, mailbox: &str) {
+        let (_, m) = self
+            .api
+            .get(
+                &self.app,
+                &format!("/api/v1/mailboxes/{mailbox}"),
+                &self.admin,
+            )
+            .await;
+        assert_eq!(m["enabled"], true, "{m:#}");
+        assert_eq!(m["items_failed"], 0, "{m:#}");
     }
 
     /// An engine configuration for tests: quick scans and backoff, no stagger.

@@ -629,28 +629,8 @@ async fn the_users_own_view_shows_recent_mail_and_alerts_with_what_to_do() {
         "{page}"
     );
     // A long first sync under way (as its batches record it): how far, and a bar.
-    w.app
-        .store
-        .save_sync_batch(
-            id,
-            mailbridge_store::SyncBatch {
-                position: Some(mailbridge_store::FolderPosition {
-                    folder: "Archive".into(),
-                    uid_validity: 7,
-                    last_uid: 40,
-                    highest_modseq: None,
-                }),
-                progress: Some(mailbridge_store::PassProgress {
-                    messages: 120,
-                    total: 100,
-                    done: 40,
-                    started_at: w.app.store.now() - chrono::Duration::seconds(20),
-                }),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    w.archive_pass_under_way(&mailbox, w.app.store.now() - chrono::Duration::seconds(20))
+        .await;
     b.goto(&format!("{}/console/mailboxes/{mailbox}", w.app.base))
         .await
         .unwrap();

@@ -259,14 +259,7 @@ async fn a_connection_gone_silent_is_noticed_and_new_mail_still_arrives() {
     w.dovecot.deliver("ann@example.com", b"From: x@example.com\r\nTo: ann@example.com\r\nSubject: before the silence\r\nMessage-ID: <s-1@example.com>\r\n\r\nhi\r\n").unwrap();
     let imap =
         json!({"protocol": "imap", "host": "127.0.0.1", "port": proxy.port, "security": "tls"});
-    let profile = w
-        .gmail_like("Through a proxy", imap, w.submissions(), json!({}))
-        .await;
-    let mailbox = w
-        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
-        .await;
-    w.sign_in(&mailbox, &w.ann).await;
-    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    let (_, mailbox) = w.ann_enabled_via(imap, json!({})).await;
     wait_for_emails(&w, &mailbox, &w.ann, 1).await;
 
     // The path goes dark under the idling session (new connections still get through);
@@ -963,14 +956,7 @@ async fn a_server_that_stays_down_disables_the_mailbox_after_the_failure_limit()
             json!({"protocol": "imap", "host": "127.0.0.1", "port": down, "security": "tls"}),
         )
         .await;
-    let m = w
-        .mailbox(
-            "ann@example.com",
-            &w.ann_id,
-            &profile,
-            json!({"password": "hunter2"}),
-        )
-        .await;
+    let m = w.ann_password_mailbox_on(&profile).await;
     // Enabled as if tested while the server was up.
     w.enable_as_tested(&m).await;
     let view = w
@@ -1073,14 +1059,7 @@ async fn a_server_without_idle_is_polled_and_never_failed() {
             json!({"poll_interval_seconds": 10}),
         )
         .await;
-    let mailbox = w
-        .mailbox(
-            "ann@example.com",
-            &w.ann_id,
-            &profile,
-            json!({"password": "hunter2"}),
-        )
-        .await;
+    let mailbox = w.ann_password_mailbox_on(&profile).await;
     let tested = w.test(&mailbox, &w.ann).await;
     assert_eq!(tested["enabled"], true, "{tested:#}");
     wait_for_emails(&w, &mailbox, &w.ann, 1).await;
@@ -1095,12 +1074,7 @@ async fn a_server_without_idle_is_polled_and_never_failed() {
         proxy.total() > sessions,
         "a poll's own session brought it in (an IDLE session would have stayed open)"
     );
-    let (_, m) = w
-        .api
-        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
-        .await;
-    assert_eq!(m["enabled"], true, "{m:#}");
-    assert_eq!(m["items_failed"], 0, "{m:#}");
+    w.assert_healthy(&mailbox).await;
     w.app.stop().await.unwrap();
 }
 
@@ -1144,14 +1118,7 @@ async fn a_message_too_large_is_its_header_and_stops_nothing(protocol: &str) {
     };
     let incoming =
         json!({"protocol": protocol, "host": "127.0.0.1", "port": port, "security": "tls"});
-    let profile = w
-        .gmail_like("Large mail", incoming, w.submissions(), json!({}))
-        .await;
-    let mailbox = w
-        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
-        .await;
-    w.sign_in(&mailbox, &w.ann).await;
-    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    let (_, mailbox) = w.ann_enabled_via(incoming, json!({})).await;
     let emails = wait_for_emails(&w, &mailbox, &w.ann, 3).await;
     let by_subject = |s: &str| {
         emails
@@ -1195,12 +1162,7 @@ async fn a_message_too_large_is_its_header_and_stops_nothing(protocol: &str) {
         &big[..header_end],
         "the raw message is the header"
     );
-    let (_, m) = w
-        .api
-        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
-        .await;
-    assert_eq!(m["enabled"], true, "{m:#}");
-    assert_eq!(m["items_failed"], 0, "{m:#}");
+    w.assert_healthy(&mailbox).await;
     w.app.stop().await.unwrap();
 }
 
@@ -1244,28 +1206,7 @@ async fn each_folder_shows_how_far_its_sync_is() {
     // A pass under way, as its batches record it.
     let started_at = mailbridge_core::Clock::now(clock.as_ref());
     clock.advance(chrono::Duration::seconds(20));
-    w.app
-        .store
-        .save_sync_batch(
-            mailbox.parse().unwrap(),
-            mailbridge_store::SyncBatch {
-                position: Some(mailbridge_store::FolderPosition {
-                    folder: "Archive".into(),
-                    uid_validity: 7,
-                    last_uid: 40,
-                    highest_modseq: None,
-                }),
-                progress: Some(mailbridge_store::PassProgress {
-                    messages: 120,
-                    total: 100,
-                    done: 40,
-                    started_at,
-                }),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    w.archive_pass_under_way(&mailbox, started_at).await;
     let (_, m) = w
         .api
         .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
