@@ -3,7 +3,8 @@
 //! malformed message is kept raw and flagged, the tracking rule is applied, a refused login
 //! or a revoked grant stops the mailbox with an alert, and so does a server that stays down
 //! past the failure limit; a connection that goes silent is noticed and new mail still arrives;
-//! a server without IDLE is polled.
+//! a server without IDLE is polled; mail too large is kept as its header; "process emails
+//! received after" holds on IMAP and POP3; each folder shows how far its sync is.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::sync::Arc;
@@ -1224,4 +1225,53 @@ async fn each_folder_shows_how_far_its_sync_is() {
     assert_eq!(archive["messages_on_server"], 120);
 
     w.app.stop().await.unwrap();
+}
+
+/// "Process emails received after" end to end on `protocol`: of mail received before and after
+/// the profile's date, a first sync stores only the later. IMAP asks the server (`SEARCH
+/// SINCE`, by the date the server received it: the old message's file is dated back, as a
+/// Maildir delivery that long ago would be); POP3 reads the Date header.
+async fn only_mail_received_after_the_profiles_date_is_processed(protocol: &str) {
+    let w = world().await;
+    let old = w.dovecot.deliver("ann@example.com", b"From: x@example.com\r\nTo: ann@example.com\r\nSubject: from January\r\nDate: Mon, 5 Jan 2026 10:00:00 +0000\r\nMessage-ID: <jan@example.com>\r\n\r\nold\r\n").unwrap();
+    let january = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_607_200);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(january)
+        .unwrap();
+    let now = w.app.store.now().to_rfc2822();
+    w.dovecot.deliver("ann@example.com", format!("From: x@example.com\r\nTo: ann@example.com\r\nSubject: from today\r\nDate: {now}\r\nMessage-ID: <today@example.com>\r\n\r\nnew\r\n").as_bytes()).unwrap();
+    let port = match protocol {
+        "pop3" => w.dovecot.ports.pop3s,
+        _ => w.dovecot.ports.imaps,
+    };
+    let profile = w
+        .gmail_like(
+            "Since June",
+            json!({"protocol": protocol, "host": "127.0.0.1", "port": port, "security": "tls"}),
+            w.submissions(),
+            json!({"process_emails_received_after": "2026-06-01"}),
+        )
+        .await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    w.sign_in(&mailbox, &w.ann).await;
+    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    let emails = wait_for_emails(&w, &mailbox, &w.ann, 1).await;
+    assert_eq!(emails[0]["subject"], "from today");
+    w.assert_healthy(&mailbox).await;
+    w.app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn imap_processes_only_mail_received_after_the_profiles_date() {
+    only_mail_received_after_the_profiles_date_is_processed("imap").await;
+}
+
+#[tokio::test]
+async fn pop3_processes_only_mail_received_after_the_profiles_date() {
+    only_mail_received_after_the_profiles_date_is_processed("pop3").await;
 }
