@@ -284,7 +284,7 @@ impl Store {
     /// Commits one sync step: the emails (each at most once per mailbox, by server identity
     /// and by content), their attachments, the folder position and the POP3 UIDLs seen, and
     /// the mailbox's counters. Returns how many emails were new.
-    pub async fn save_sync_batch(&self, mailbox: MailboxId, batch: SyncBatch) -> Result<usize> {
+    pub async fn save_sync_batch(&self, mailbox: MailboxId, mut batch: SyncBatch) -> Result<usize> {
         let now = self.now_ms();
         let mid = mailbox.to_string();
         let mut tx = self.begin_write().await?;
@@ -295,7 +295,7 @@ impl Store {
             &mut tx,
             self.backend,
             &mid,
-            &batch.emails,
+            &mut batch.emails,
             now,
             None,
             batch.fence.as_ref().map(|f| f.node.as_str()),
@@ -723,7 +723,7 @@ pub(crate) async fn insert_emails(
     tx: &mut AnyConnection,
     backend: Backend,
     mailbox: &str,
-    emails: &[NewEmail],
+    emails: &mut [NewEmail],
     now: i64,
     outgoing: Option<Option<&str>>,
     stored_by: Option<&str>,
@@ -754,6 +754,11 @@ pub(crate) async fn insert_emails(
         )));
         for (k, &i) in chunk.iter().enumerate() {
             let n = chunk_no * ROWS_PER_INSERT + k;
+            // Moved into the statement, not copied: a large message is big enough to count
+            // twice in a sync's memory. Nothing reads the bytes after this.
+            let raw = std::mem::take(&mut emails[i].raw.bytes);
+            let size = i64::try_from(emails[i].truncated_from.unwrap_or(raw.len() as u64))
+                .unwrap_or(i64::MAX);
             let (email, p) = (&emails[i], &emails[i].parsed);
             q = q
                 .bind(ids[n].clone())
@@ -778,11 +783,8 @@ pub(crate) async fn insert_emails(
                 .bind(p.date.map(|d| d.timestamp_millis()))
                 .bind(p.text_body.clone())
                 .bind(p.html_body.clone())
-                .bind(email.raw.bytes.clone())
-                .bind(
-                    i64::try_from(email.truncated_from.unwrap_or(email.raw.bytes.len() as u64))
-                        .unwrap_or(i64::MAX),
-                )
+                .bind(raw)
+                .bind(size)
                 .bind(p.parse_error.clone())
                 .bind(conversations[n].clone())
                 .bind(now)
@@ -796,14 +798,25 @@ pub(crate) async fn insert_emails(
         }
         inserted.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
     }
-    let attachments: Vec<(&String, &ParsedAttachment)> = rows
-        .iter()
-        .enumerate()
-        .filter(|(n, _)| inserted.contains(&ids[*n]))
-        .flat_map(|(n, &i)| emails[i].parsed.attachments.iter().map(move |a| (n, a)))
-        .map(|(n, a)| (&ids[n], a))
-        .collect();
-    for chunk in attachments.chunks(ROWS_PER_INSERT) {
+    // Each stored email's attachments, their contents moved out like the raw bytes.
+    let mut attachments: Vec<(&String, ParsedAttachment)> = Vec::new();
+    for (n, &i) in rows.iter().enumerate() {
+        if inserted.contains(&ids[n]) {
+            for a in &mut emails[i].parsed.attachments {
+                attachments.push((
+                    &ids[n],
+                    ParsedAttachment {
+                        content: std::mem::take(&mut a.content),
+                        ..a.clone()
+                    },
+                ));
+            }
+        }
+    }
+    while !attachments.is_empty() {
+        let chunk: Vec<(&String, ParsedAttachment)> = attachments
+            .drain(..attachments.len().min(ROWS_PER_INSERT))
+            .collect();
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO attachments (id, email_id, filename, content_type, size, content) VALUES {}",
             values_list(backend, chunk.len(), ATTACHMENT_COLUMNS)
@@ -811,11 +824,11 @@ pub(crate) async fn insert_emails(
         for (email_id, a) in chunk {
             q = q
                 .bind(uuid::Uuid::now_v7().to_string())
-                .bind((*email_id).clone())
+                .bind(email_id.clone())
                 .bind(a.filename.clone())
                 .bind(a.content_type.clone())
                 .bind(i64::try_from(a.content.len()).unwrap_or(i64::MAX))
-                .bind(a.content.clone());
+                .bind(a.content);
         }
         q.execute(&mut *tx).await?;
     }

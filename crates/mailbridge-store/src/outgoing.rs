@@ -55,7 +55,8 @@ impl Store {
             &mut tx,
             self.backend,
             &mid,
-            std::slice::from_ref(&outgoing.email),
+            // A copy: the insert takes the bytes it stores.
+            &mut [outgoing.email.clone()],
             now,
             Some(idempotency_key),
             None,
