@@ -550,10 +550,17 @@ impl ImapSession {
         } = self;
         let mut handle = session.idle();
         imap_step(&endpoint, "start IDLE", &activity, async {
-            handle
-                .init()
-                .await
-                .map_err(|e| imap_error(&endpoint, "start IDLE", e, None))
+            handle.init().await.map_err(|e| match e {
+                // async-imap 0.12 reports the server's BAD to IDLE (a command it does not
+                // know) as a refused connection carrying the server's words.
+                ImapError::Io(io)
+                    if io.kind() == std::io::ErrorKind::ConnectionRefused
+                        && !io.to_string().is_empty() =>
+                {
+                    endpoint.error("start IDLE", ErrorKind::Protocol(format!("BAD {io}")))
+                }
+                e => imap_error(&endpoint, "start IDLE", e, None),
+            })
         })
         .await?;
         let (waiting, _stop) = handle.wait_with_timeout(wait);

@@ -367,7 +367,7 @@ impl Store {
         let recovered = crate::health::clear_failing(&mut tx, &mid).await?;
         sqlx::query(
             "UPDATE mailboxes SET items_processed = items_processed + $1, last_sync_at = $2, \
-             last_sync_error = NULL WHERE id = $3",
+             last_sync_error = NULL, paused_until = NULL WHERE id = $3",
         )
         .bind(i64::try_from(inserted.len()).unwrap_or(i64::MAX))
         .bind(now)

@@ -3,6 +3,7 @@
 //! mailboxes, so none is disabled for it; its owner is told instead, and told again when it
 //! is over.
 
+use chrono::{DateTime, Utc};
 use mailbridge_core::MailboxId;
 use sqlx::AnyConnection;
 
@@ -26,21 +27,55 @@ impl Store {
         error: &str,
         fence: Option<&Fence>,
     ) -> Result<()> {
+        self.record_sync_state(
+            mailbox,
+            fence,
+            "items_failed = items_failed + 1, failing_since = COALESCE(failing_since, $2)",
+            error,
+            None,
+        )
+        .await
+    }
+
+    /// The provider says the account is over a limit (`why`, its words): the mailbox waits
+    /// until `until` — shown on its status — without counting as failing.
+    pub async fn record_sync_pause(
+        &self,
+        mailbox: MailboxId,
+        until: DateTime<Utc>,
+        why: &str,
+        fence: Option<&Fence>,
+    ) -> Result<()> {
+        self.record_sync_state(mailbox, fence, "paused_until = $4", why, Some(until))
+            .await
+    }
+
+    /// Sets the mailbox's last sync error (`$1`) and time (`$2`) and what `set` says
+    /// (`$4`: `until`), while `fence` holds.
+    async fn record_sync_state(
+        &self,
+        mailbox: MailboxId,
+        fence: Option<&Fence>,
+        set: &'static str,
+        error: &str,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<()> {
         let now = self.now_ms();
         let mid = mailbox.to_string();
         let mut tx = self.begin_write().await?;
         if let Some(fence) = fence {
             check_fence(&mut tx, self.backend, &mid, fence, now).await?;
         }
-        sqlx::query(
-            "UPDATE mailboxes SET items_failed = items_failed + 1, last_sync_error = $1, \
-             last_sync_at = $2, failing_since = COALESCE(failing_since, $2) WHERE id = $3",
-        )
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE mailboxes SET last_sync_error = $1, last_sync_at = $2, {set} WHERE id = $3"
+        )))
         .bind(error)
         .bind(now)
-        .bind(&mid)
-        .execute(&mut *tx)
-        .await?;
+        .bind(&mid);
+        if let Some(until) = until {
+            q = q.bind(until.timestamp_millis());
+        }
+        q.execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -42,6 +42,9 @@ pub struct SyncStatus {
     pub items_failed: i64,
     /// The last failure, cleared by the next successful pass.
     pub last_error: Option<String>,
+    /// The provider said the account is over a limit: no sync before this time (cleared by
+    /// the next successful pass).
+    pub paused_until: Option<DateTime<Utc>>,
 }
 
 /// The last Test & Enable result of one direction.
@@ -100,6 +103,7 @@ struct MailboxRow {
     items_processed: i64,
     items_failed: i64,
     last_sync_error: Option<String>,
+    paused_until: Option<i64>,
     sign_in_status: String,
     signed_in_as: Option<String>,
     created_at: i64,
@@ -113,7 +117,7 @@ const MAILBOX_SELECT: &str = "SELECT m.id, m.owner_user_id, m.email, m.profile_i
      CASE WHEN m.password IS NULL THEN 0 ELSE 1 END AS password_set, \
      m.incoming_status, m.incoming_status_reason, m.incoming_status_hint, m.incoming_tested_at, \
      m.outgoing_status, m.outgoing_status_reason, m.outgoing_status_hint, m.outgoing_tested_at, \
-     m.enabled, m.last_sync_at, m.items_processed, m.items_failed, m.last_sync_error, \
+     m.enabled, m.last_sync_at, m.items_processed, m.items_failed, m.last_sync_error, m.paused_until, \
      CASE WHEN t.mailbox_id IS NULL THEN 'not_signed_in' \
      WHEN t.invalid_since IS NOT NULL THEN 'needs_sign_in' ELSE 'signed_in' END AS sign_in_status, \
      t.account_email AS signed_in_as, m.created_at, m.updated_at, \
@@ -157,6 +161,7 @@ impl TryFrom<MailboxRow> for MailboxRecord {
                 items_processed: r.items_processed,
                 items_failed: r.items_failed,
                 last_error: r.last_sync_error,
+                paused_until: r.paused_until.map(time_from_ms),
             },
             sign_in_status: r.sign_in_status.parse().map_err(|e| bad(&e))?,
             signed_in_as: r.signed_in_as,

@@ -61,6 +61,9 @@ pub struct EngineConfig {
     pub global_limit: usize,
     /// Bound on connecting to a mail server and on every read from it.
     pub mail_timeout: Duration,
+    /// How long a mailbox waits when its provider says the account is over a limit (Gmail's
+    /// daily download allowance): then it tries again, and waits again if still over.
+    pub provider_pause: Duration,
     /// A message larger than this (by `RFC822.SIZE` or `LIST`) is stored as its header only,
     /// `truncated`; 64 MiB by default, above Gmail's 50 MB receive limit.
     pub max_message_bytes: usize,
@@ -95,6 +98,7 @@ impl Default for EngineConfig {
             global_limit: 64,
             mail_timeout: Duration::from_secs(30),
             max_message_bytes: mailbridge_proto::DEFAULT_MAX_MESSAGE_BYTES,
+            provider_pause: Duration::from_secs(60 * 60),
             client_name: "localhost".to_owned(),
             login_limit: (6, Duration::from_secs(60)),
             node_name: "mailbridge".to_owned(),
@@ -431,6 +435,31 @@ impl Engine {
                     outage_waits += 1;
                     let wait = self.outage_backoff(mailbox, outage_waits);
                     tracing::warn!(%mailbox, error = %e, retry_in_ms = wait.as_millis() as u64, "sync waits for the database; the mailbox is not counted as failing");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => continue,
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    }
+                }
+                // The provider's limit (Gmail's bandwidth per day): the mailbox waits, says
+                // until when, and is not counted as failing.
+                Err(e) if e.is_provider_limit() => {
+                    let wait = self.config.provider_pause;
+                    let until = self.clock.now()
+                        + chrono::Duration::from_std(wait)
+                            .unwrap_or_else(|_| chrono::Duration::hours(1));
+                    tracing::warn!(%mailbox, error = %e, %until, "the provider says the account is over its limit; paused");
+                    let why = format!("paused until {}: {e}", until.format("%Y-%m-%d %H:%M UTC"));
+                    match self
+                        .store
+                        .record_sync_pause(mailbox, until, &why, Some(&fence))
+                        .await
+                    {
+                        Err(StoreError::LeaseLost { .. }) => return,
+                        Err(err) => {
+                            tracing::warn!(%mailbox, error = %err, "cannot record the pause")
+                        }
+                        Ok(()) => {}
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => continue,
                         _ = shutdown.wait_for(|stop| *stop) => return,

@@ -47,6 +47,17 @@ impl SyncError {
         }
     }
 
+    /// Whether the provider said the account is over one of its limits for now (Gmail:
+    /// `[OVERQUOTA]`, "Account exceeded command or bandwidth limits", when a day's download
+    /// allowance is spent): weather, not a failure — the mailbox waits and resumes.
+    pub fn is_provider_limit(&self) -> bool {
+        let SyncError::Proto(e) = self else {
+            return false;
+        };
+        let words = e.to_string().to_ascii_lowercase();
+        words.contains("[overquota]") || words.contains("exceeded command or bandwidth limits")
+    }
+
     /// Whether the database was the trouble (not answering, or its disk full): nothing about
     /// the mailbox, so it must not count towards disabling it.
     pub fn is_database_outage(&self) -> bool {

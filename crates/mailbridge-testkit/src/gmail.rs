@@ -56,12 +56,15 @@ pub struct ScriptedGmail {
     user: String,
     /// The UID Gmail cannot read for now (0: none).
     unreadable: Arc<AtomicU32>,
+    /// Whether the account is over its download allowance: every download is refused.
+    over_quota: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl ScriptedGmail {
-    /// Accepts XOAUTH2 logins of `user` with `token`; with `imap_enabled` false, refuses
-    /// every login as Gmail does when IMAP is off in the account's settings.
+    /// Accepts XOAUTH2 logins of `user` with `token` (`*`: any token, for a mailbox signed in
+    /// at the test OAuth provider); with `imap_enabled` false, refuses every login as Gmail
+    /// does when IMAP is off in the account's settings.
     pub async fn start(user: &str, token: &str, imap_enabled: bool) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
@@ -71,17 +74,17 @@ impl ScriptedGmail {
         let user_name = user.clone();
         let flag = id_received.clone();
         let unreadable = Arc::new(AtomicU32::new(0));
-        let failing = unreadable.clone();
+        let over_quota = Arc::new(AtomicBool::new(false));
+        let state = Limits {
+            unreadable: unreadable.clone(),
+            over_quota: over_quota.clone(),
+        };
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (expected, user, flag, failing) = (
-                    expected.clone(),
-                    user.clone(),
-                    flag.clone(),
-                    failing.clone(),
-                );
+                let (expected, user, flag, state) =
+                    (expected.clone(), user.clone(), flag.clone(), state.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, &expected, &user, imap_enabled, &flag, &failing).await;
+                    let _ = serve(stream, &expected, &user, imap_enabled, &flag, &state).await;
                 });
             }
         });
@@ -90,6 +93,7 @@ impl ScriptedGmail {
             id_received,
             user: user_name,
             unreadable,
+            over_quota,
             task,
         })
     }
@@ -122,6 +126,19 @@ impl ScriptedGmail {
     pub fn make_unreadable(&self, uid: Option<u32>) {
         self.unreadable.store(uid.unwrap_or(0), Ordering::SeqCst);
     }
+
+    /// Until called again with `false`, every download is refused the way Gmail refuses
+    /// once the account's daily download allowance is spent.
+    pub fn set_over_quota(&self, over: bool) {
+        self.over_quota.store(over, Ordering::SeqCst);
+    }
+}
+
+/// What the test changes while the server runs.
+#[derive(Clone)]
+struct Limits {
+    unreadable: Arc<AtomicU32>,
+    over_quota: Arc<AtomicBool>,
 }
 
 impl Drop for ScriptedGmail {
@@ -136,7 +153,7 @@ async fn serve(
     user: &str,
     imap_enabled: bool,
     id_received: &AtomicBool,
-    unreadable: &AtomicU32,
+    limits: &Limits,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
@@ -177,7 +194,10 @@ async fn serve(
                     format!(
                         "{tag} NO [ALERT] Your account is not enabled for IMAP use. Please visit your Gmail settings page and enable your account for IMAP access. (Failure)\r\n"
                     )
-                } else if decoded == expected.as_bytes() {
+                } else if decoded == expected.as_bytes()
+                    || (expected.ends_with("Bearer *\x01\x01")
+                        && decoded.starts_with(format!("user={user}\x01auth=Bearer ").as_bytes()))
+                {
                     authenticated = true;
                     format!(
                         "* CAPABILITY {POST_AUTH_CAPS}\r\n{tag} OK {user} authenticated (Success)\r\n"
@@ -205,7 +225,7 @@ async fn serve(
                  * OK [HIGHESTMODSEQ 4242]\r\n\
                  {tag} OK [READ-ONLY] INBOX selected. (Success)\r\n"
             ),
-            "UID" if authenticated => uid_command(tag, rest, unreadable.load(Ordering::SeqCst)),
+            "UID" if authenticated => uid_command(tag, rest, limits),
             "LOGOUT" => {
                 write
                     .write_all(
@@ -225,7 +245,8 @@ async fn serve(
 /// `UID SEARCH UID n:*` and `UID FETCH set (…)` over [`GMAIL_INBOX`] (sizes, or the
 /// messages), answered with the attributes in the order Gmail sends them; a FETCH of messages
 /// that asks for the `unreadable` UID gets the others and then Gmail's NO.
-fn uid_command(tag: &str, rest: &str, unreadable: u32) -> String {
+fn uid_command(tag: &str, rest: &str, limits: &Limits) -> String {
+    let unreadable = limits.unreadable.load(Ordering::SeqCst);
     let (verb, args) = rest.split_once(' ').unwrap_or((rest, ""));
     match verb.to_ascii_uppercase().as_str() {
         "SEARCH" => {
@@ -260,6 +281,11 @@ fn uid_command(tag: &str, rest: &str, unreadable: u32) -> String {
                     }
                 }
                 return format!("{out}{tag} OK Success\r\n");
+            }
+            if limits.over_quota.load(Ordering::SeqCst) {
+                return format!(
+                    "{tag} NO [OVERQUOTA] Account exceeded command or bandwidth limits. (Failure)\r\n"
+                );
             }
             for (seq, m) in GMAIL_INBOX.iter().enumerate() {
                 if wanted(m.uid) && m.uid != unreadable {

@@ -4,7 +4,8 @@
 //! or a revoked grant stops the mailbox with an alert, and so does a server that stays down
 //! past the failure limit; a connection that goes silent is noticed and new mail still arrives;
 //! a server without IDLE is polled; mail too large is kept as its header; "process emails
-//! received after" holds on IMAP and POP3; each folder shows how far its sync is.
+//! received after" holds on IMAP and POP3; each folder shows how far its sync is; Gmail's
+//! download limit pauses a mailbox instead of failing it.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::sync::Arc;
@@ -1274,4 +1275,56 @@ async fn imap_processes_only_mail_received_after_the_profiles_date() {
 #[tokio::test]
 async fn pop3_processes_only_mail_received_after_the_profiles_date() {
     only_mail_received_after_the_profiles_date_is_processed("pop3").await;
+}
+
+/// Gmail's download limit (`[OVERQUOTA]`, on the scripted Gmail: no real peer refuses on
+/// demand) pauses the mailbox: its status says until when, it is not counted as failing, and
+/// it resumes on its own once the limit lifts.
+#[tokio::test]
+async fn gmails_download_limit_pauses_the_mailbox_and_it_resumes_on_its_own() {
+    let w = MailWorld::start(AppOptions {
+        engine: Some(EngineConfig {
+            provider_pause: Duration::from_secs(2),
+            ..fast_engine()
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let gmail = mailbridge_testkit::ScriptedGmail::start("ann@example.com", "*", true)
+        .await
+        .unwrap();
+    gmail.set_over_quota(true);
+    let incoming =
+        json!({"protocol": "imap", "host": "127.0.0.1", "port": gmail.port, "security": "none"});
+    let (_, mailbox) = w.ann_enabled_via(incoming, json!({})).await;
+    let paused = w
+        .poll(
+            &format!("/api/v1/mailboxes/{mailbox}"),
+            &w.ann,
+            15,
+            "the mailbox paused",
+            |m| m["paused_until"].is_string(),
+        )
+        .await;
+    let said = paused["last_sync_error"].as_str().unwrap();
+    assert!(
+        said.starts_with("paused until ") && said.contains("[OVERQUOTA]"),
+        "{paused:#}"
+    );
+    assert_eq!(paused["enabled"], true, "{paused:#}");
+    assert_eq!(
+        paused["items_failed"], 0,
+        "a limit is not a failure: {paused:#}"
+    );
+
+    gmail.set_over_quota(false);
+    wait_for_emails(&w, &mailbox, &w.ann, 2).await;
+    let (_, m) = w
+        .api
+        .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
+        .await;
+    assert_eq!(m["paused_until"], Value::Null, "{m:#}");
+    assert_eq!(m["last_sync_error"], Value::Null, "{m:#}");
+    w.assert_healthy(&mailbox).await;
+    w.app.stop().await.unwrap();
 }

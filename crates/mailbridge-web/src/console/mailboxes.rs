@@ -280,6 +280,7 @@ struct MailboxPage {
     items_processed: i64,
     items_failed: i64,
     last_error: Option<String>,
+    paused_until: Option<String>,
     folders: Vec<FolderRow>,
     alerts: Vec<AlertRow>,
     emails: Vec<EmailRow>,
@@ -379,6 +380,7 @@ async fn show(
         items_processed: m.sync.items_processed,
         items_failed: m.sync.items_failed,
         last_error: m.sync.last_error.clone(),
+        paused_until: m.sync.paused_until.map(|t| when(Some(t))),
         folders: state
             .store
             .folder_progress(&[m.id])

@@ -73,6 +73,9 @@ pub struct MailboxView {
     items_failed: i64,
     /// The last sync failure, cleared by the next successful pass.
     last_sync_error: Option<String>,
+    /// The provider said the account is over one of its limits (Gmail's daily download
+    /// allowance): sync waits until then, resumes on its own, and is not counted as failing.
+    paused_until: Option<DateTime<Utc>>,
     /// Synchronized only when enabled (after a successful Test & Enable).
     enabled: bool,
     /// The folders synced, each with how far its last pass is (a first sync of a large
@@ -173,6 +176,7 @@ impl MailboxView {
             items_processed: m.sync.items_processed,
             items_failed: m.sync.items_failed,
             last_sync_error: m.sync.last_error,
+            paused_until: m.sync.paused_until,
             enabled: m.enabled,
             folders: folders.into_iter().map(Into::into).collect(),
             sign_in_status: m.sign_in_status,
