@@ -118,6 +118,8 @@ impl Fault {
 pub struct CountingProxy {
     pub port: u16,
     peak: Arc<AtomicUsize>,
+    /// Bytes the server sent, over all connections.
+    served: Arc<AtomicUsize>,
     /// When each connection was accepted.
     accepted: Arc<Mutex<Vec<Instant>>>,
     /// Bumped by [`CountingProxy::stall`]; a connection accepted before the last bump is
@@ -162,7 +164,8 @@ impl CountingProxy {
     async fn relay(target: u16, fault: Option<Fault>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let (open, peak): (Arc<AtomicUsize>, Arc<AtomicUsize>) = Default::default();
+        let (open, peak, served): (Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicUsize>) =
+            Default::default();
         let accepted: Arc<Mutex<Vec<Instant>>> = Arc::default();
         let stalls = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(AtomicBool::new(false));
@@ -175,8 +178,9 @@ impl CountingProxy {
             })
         });
         let task = {
-            let (peak, accepted, stalls, down, went_down, injector) = (
+            let (peak, served, accepted, stalls, down, went_down, injector) = (
                 peak.clone(),
+                served.clone(),
                 accepted.clone(),
                 stalls.clone(),
                 down.clone(),
@@ -190,9 +194,10 @@ impl CountingProxy {
                         drop(client);
                         continue;
                     }
-                    let (open, peak, stalls, went_down, injector) = (
+                    let (open, peak, served, stalls, went_down, injector) = (
                         open.clone(),
                         peak.clone(),
+                        served.clone(),
                         stalls.clone(),
                         went_down.clone(),
                         injector.clone(),
@@ -223,6 +228,7 @@ impl CountingProxy {
                                     injector.as_ref().map(|i| Watch::new(i.fault.step)),
                                 ),
                                 injector,
+                                served,
                                 phase: watch::channel(Phase::Relay).0,
                                 stalled: Box::new(move || {
                                     stalls.load(Ordering::SeqCst) > accepted_at
@@ -242,6 +248,7 @@ impl CountingProxy {
         Ok(Self {
             port,
             peak,
+            served,
             accepted,
             stalls,
             down,
@@ -263,6 +270,11 @@ impl CountingProxy {
     /// The most connections that were open at once.
     pub fn peak(&self) -> usize {
         self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Bytes the server sent through the proxy, over all connections.
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
     }
 
     /// Connections made in all.
@@ -351,6 +363,8 @@ struct Conn {
     /// Where the session is (only with a fault, and only until it fires).
     watch: Mutex<Option<Watch>>,
     injector: Option<Arc<Injector>>,
+    /// The proxy's count of bytes the server sent.
+    served: Arc<AtomicUsize>,
     /// Both directions follow it: one direction's fault changes what the other does.
     phase: watch::Sender<Phase>,
     /// Whether [`CountingProxy::stall`] caught this connection.
@@ -436,6 +450,9 @@ async fn pipe(
             Ok(n) => n,
         };
         let chunk = &buf[..n];
+        if side == Side::Server {
+            conn.served.fetch_add(n, Ordering::SeqCst);
+        }
         if (conn.stalled)() {
             conn.phase.send_if_modified(|p| {
                 let relaying = matches!(p, Phase::Relay | Phase::Drip(_));

@@ -5,7 +5,8 @@
 //! past the failure limit; a connection that goes silent is noticed and new mail still arrives;
 //! a server without IDLE is polled; mail too large is kept as its header; "process emails
 //! received after" holds on IMAP and POP3; each folder shows how far its sync is; Gmail's
-//! download limit pauses a mailbox instead of failing it.
+//! download limit pauses a mailbox instead of failing it; mail a tracking rule leaves out is
+//! never downloaded whole.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::sync::Arc;
@@ -1326,5 +1327,49 @@ async fn gmails_download_limit_pauses_the_mailbox_and_it_resumes_on_its_own() {
     assert_eq!(m["paused_until"], Value::Null, "{m:#}");
     assert_eq!(m["last_sync_error"], Value::Null, "{m:#}");
     w.assert_healthy(&mailbox).await;
+    w.app.stop().await.unwrap();
+}
+
+/// Under a tracking rule other than `all`, headers come first: a large message the rule does
+/// not keep is never downloaded whole (counted at a proxy in front of Dovecot).
+#[tokio::test]
+async fn mail_the_tracking_rule_leaves_out_is_never_downloaded_whole() {
+    let w = world().await;
+    let r = w
+        .api
+        .call(
+            &w.app,
+            reqwest::Method::PUT,
+            "/api/v1/contacts",
+            Some(&w.admin),
+            Some(json!({"contacts": [{"email": "bob@example.com"}]})),
+        )
+        .await;
+    assert_eq!(r.0, StatusCode::OK, "{r:?}");
+    let stranger = message_of("from a stranger", 1024);
+    w.dovecot.deliver("ann@example.com", &stranger).unwrap();
+    w.dovecot.deliver("ann@example.com", b"From: bob@example.com\r\nTo: ann@example.com\r\nSubject: from a contact\r\nMessage-ID: <k2@example.com>\r\n\r\nhi\r\n").unwrap();
+    let proxy = CountingProxy::start(w.dovecot.ports.imaps).await.unwrap();
+    let incoming =
+        json!({"protocol": "imap", "host": "127.0.0.1", "port": proxy.port, "security": "tls"});
+    let (_, mailbox) = w
+        .ann_enabled_via(incoming, json!({"tracking_rule": "known_contacts"}))
+        .await;
+    let emails = wait_for_emails(&w, &mailbox, &w.ann, 1).await;
+    assert_eq!(emails[0]["subject"], "from a contact");
+    w.poll(
+        &format!("/api/v1/mailboxes/{mailbox}"),
+        &w.ann,
+        10,
+        "the pass over both messages",
+        |m| m["folders"][0]["pass_done"] == 2,
+    )
+    .await;
+    let served = proxy.served();
+    assert!(
+        served < stranger.len() / 4,
+        "{served} bytes came from the server for a {}-byte message left out",
+        stranger.len()
+    );
     w.app.stop().await.unwrap();
 }

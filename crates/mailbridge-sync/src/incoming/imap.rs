@@ -4,6 +4,7 @@
 //! larger than the endpoint's `max_message_bytes` is stored as its header only, `truncated`.
 
 use chrono::NaiveDate;
+use mailbridge_core::TrackingRule;
 use mailbridge_proto::ProtoError;
 use mailbridge_proto::imap::{FetchedMessage, ImapSession};
 use mailbridge_store::{
@@ -49,6 +50,34 @@ async fn fetch_batch(
     }
     fetched.sort_by_key(|m| m.uid);
     Ok((fetched, refused))
+}
+
+/// The messages of `batch` the mailbox's tracking rule keeps, judged by their headers, so
+/// only those are downloaded whole: all of them under `all`, none under `none`; under
+/// `responses` and `known_contacts` the headers (`BODY.PEEK[HEADER]`) say. When the server
+/// will not give the headers, all of them (the store applies the rule again).
+async fn wanted_by_rule(
+    store: &Store,
+    session: &mut ImapSession,
+    mailbox: &MailboxRecord,
+    batch: &[u32],
+) -> Result<Vec<u32>, SyncError> {
+    match mailbox.spec.tracking_rule {
+        TrackingRule::All => return Ok(batch.to_vec()),
+        TrackingRule::None => return Ok(Vec::new()),
+        TrackingRule::Responses | TrackingRule::KnownContacts => {}
+    }
+    let (headers, refused) = session.uid_fetch_headers(batch).await?;
+    if refused.is_some() {
+        return Ok(batch.to_vec());
+    }
+    let mut wanted = Vec::with_capacity(headers.len());
+    for m in headers {
+        if track::keeps(store, mailbox.spec.tracking_rule, &parse_header(&m.raw)).await? {
+            wanted.push(m.uid);
+        }
+    }
+    Ok(wanted)
 }
 
 /// One pass over INBOX: fetch what is new since the stored position and store it.
@@ -137,7 +166,10 @@ pub async fn sync_inbox(
     let fetch = async {
         for download in &downloads {
             let (fetched, refused) = match download {
-                Download::Whole(batch) => fetch_batch(session, batch).await?,
+                Download::Whole(batch) => {
+                    let wanted = wanted_by_rule(store, session, mailbox, batch).await?;
+                    fetch_batch(session, &wanted).await?
+                }
                 Download::Header(uid) => {
                     tracing::info!(mailbox = %mailbox.id, uid, size = sizes.get(uid), "a message larger than max_message_bytes: storing its header only");
                     let (fetched, refused) = session.uid_fetch_headers(&[*uid]).await?;
