@@ -72,6 +72,19 @@ async fn wait_for_emails(w: &MailWorld, mailbox: &str, token: &str, n: usize) ->
     }
 }
 
+/// `PUT /api/v1/contacts` as `token`.
+async fn put_contacts(w: &MailWorld, token: &str, body: Value) -> (StatusCode, Value) {
+    w.api
+        .call(
+            &w.app,
+            reqwest::Method::PUT,
+            "/api/v1/contacts",
+            Some(token),
+            Some(body),
+        )
+        .await
+}
+
 /// A well-formed id that names nothing.
 const NO_SUCH_ID: &str = "0190f7a2-0000-7000-8000-000000000000";
 
@@ -692,38 +705,16 @@ async fn a_temporary_failure_is_retried_and_a_permanent_one_fails_with_the_serve
 #[tokio::test]
 async fn known_contacts_keeps_only_mail_with_a_contact_among_its_parties() {
     let w = world().await;
-    let r = w
-        .api
-        .call(
-            &w.app,
-            reqwest::Method::PUT,
-            "/api/v1/contacts",
-            Some(&w.admin),
-            Some(json!({"contacts": [{"email": "Bob@Example.com", "name": "Bob"}]})),
-        )
-        .await;
+    let r = put_contacts(
+        &w,
+        &w.admin,
+        json!({"contacts": [{"email": "Bob@Example.com", "name": "Bob"}]}),
+    )
+    .await;
     assert_eq!(r, (StatusCode::OK, json!({"upserted": 1})));
-    let r = w
-        .api
-        .call(
-            &w.app,
-            reqwest::Method::PUT,
-            "/api/v1/contacts",
-            Some(&w.ann),
-            Some(json!({"contacts": []})),
-        )
-        .await;
+    let r = put_contacts(&w, &w.ann, json!({"contacts": []})).await;
     mailbridge_testkit::assert_error(&r, StatusCode::FORBIDDEN, "forbidden", None);
-    let r = w
-        .api
-        .call(
-            &w.app,
-            reqwest::Method::PUT,
-            "/api/v1/contacts",
-            Some(&w.admin),
-            Some(json!({"contacts": [{"email": "nope"}]})),
-        )
-        .await;
+    let r = put_contacts(&w, &w.admin, json!({"contacts": [{"email": "nope"}]})).await;
     mailbridge_testkit::assert_error(
         &r,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -1335,16 +1326,12 @@ async fn gmails_download_limit_pauses_the_mailbox_and_it_resumes_on_its_own() {
 #[tokio::test]
 async fn mail_the_tracking_rule_leaves_out_is_never_downloaded_whole() {
     let w = world().await;
-    let r = w
-        .api
-        .call(
-            &w.app,
-            reqwest::Method::PUT,
-            "/api/v1/contacts",
-            Some(&w.admin),
-            Some(json!({"contacts": [{"email": "bob@example.com"}]})),
-        )
-        .await;
+    let r = put_contacts(
+        &w,
+        &w.admin,
+        json!({"contacts": [{"email": "bob@example.com"}]}),
+    )
+    .await;
     assert_eq!(r.0, StatusCode::OK, "{r:?}");
     let stranger = message_of("from a stranger", 1024);
     w.dovecot.deliver("ann@example.com", &stranger).unwrap();
