@@ -47,6 +47,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // PostgreSQL stores no NUL in text: a string holding one (JSON can carry it only as
+    // `\u0000`) is refused here, named, rather than failing there.
+    if bytes.windows(6).any(|w| w == b"\\u0000")
+        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes)
+        && let Some(field) = nul_at(&value, String::new())
+    {
+        return Err(ApiError::invalid(
+            &field,
+            format!("{field}: contains a NUL character (\\u0000); remove it"),
+        ));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
@@ -69,6 +80,34 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ),
         }
     })
+}
+
+/// Where in `value` a string (or an object key) holds a NUL character, as a field path
+/// (`contacts[3].name`); `.` for the body itself.
+fn nul_at(value: &serde_json::Value, path: String) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => {
+            Some(if path.is_empty() { ".".into() } else { path })
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_at(v, format!("{path}[{i}]"))),
+        Value::Object(fields) => fields.iter().find_map(|(k, v)| {
+            let here = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                nul_at(v, here)
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// serde_json appends " at line 1 column 42", which means nothing to a person reading a form.
@@ -105,6 +144,18 @@ mod tests {
         assert!(body.contains("inner.security"), "{body}");
         assert!(body.contains("starttls"), "{body}");
         assert!(!body.contains("line 1"), "{body}");
+    }
+
+    #[test]
+    fn a_nul_character_anywhere_is_refused_and_named() {
+        let e = parse::<serde_json::Value>(
+            br#"{"contacts": [{"email": "a@b.c"}, {"name": "x\u0000y"}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.field(), Some("contacts[1].name"), "{}", e.message());
+        // An escaped backslash before "u0000" is no NUL.
+        assert!(parse::<serde_json::Value>(br#"{"name": "x\\u0000"}"#).is_ok());
     }
 
     #[test]

@@ -21,6 +21,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
 /// Deserializes a query string (without the `?`), naming the parameter at fault.
 pub(crate) fn parse<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    // PostgreSQL stores no NUL in text: refused here, named, rather than failing there.
+    if let Some((name, _)) = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+    {
+        return Err(ApiError::invalid(
+            &name,
+            format!("query parameter {name}: contains a NUL character (%00); remove it"),
+        ));
+    }
     let de = serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(query.as_bytes()));
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
@@ -82,6 +91,13 @@ mod tests {
         assert!(q.since.is_some() && q.all);
         let q = parse::<List>("").unwrap();
         assert!(q.limit.is_none() && q.since.is_none() && !q.all);
+    }
+
+    #[test]
+    fn a_nul_character_is_refused_and_named() {
+        let e = parse::<List>("limit=5&after=ab%00c").unwrap_err();
+        assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.field(), Some("after"), "{}", e.message());
     }
 
     #[test]
