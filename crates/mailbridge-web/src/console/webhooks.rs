@@ -303,7 +303,7 @@ async fn show_page(
         .store
         .get_webhook(id)
         .await
-        .map_err(|e| PageError::from(crate::error::ApiError::from(e)).with_viewer(viewer))?;
+        .map_err(|e| PageError::from(e).with_viewer(viewer))?;
     let deliveries = state
         .store
         .webhook_deliveries(id, None, 50)
@@ -413,7 +413,7 @@ async fn send_test(
         .store
         .send_test_webhook(&viewer.caller.actor(), &id)
         .await
-        .map_err(|e| PageError::from(crate::error::ApiError::from(e)).with_viewer(&viewer))?;
+        .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
     let notice = "A test event is on its way; reload to see how it went.".to_owned();
     show_page(&viewer, &state, &id, Some(notice), None).await
 }
@@ -428,7 +428,7 @@ async fn rotate(
         .store
         .rotate_webhook_secret(&viewer.caller.actor(), &id)
         .await
-        .map_err(|e| PageError::from(crate::error::ApiError::from(e)).with_viewer(&viewer))?;
+        .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
     let revealed = reveal("New signing secret", &secret);
     show_page(&viewer, &state, &id, None, Some(revealed)).await
 }
@@ -443,7 +443,7 @@ async fn delete(
         .store
         .delete_webhook(&viewer.caller.actor(), &id)
         .await
-        .map_err(|e| PageError::from(crate::error::ApiError::from(e)).with_viewer(&viewer))?;
+        .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
     Ok(see_other("/console/webhooks"))
 }
 
@@ -457,7 +457,7 @@ async fn redeliver(
         .store
         .redeliver_webhook(&viewer.caller.actor(), &id, &delivery)
         .await
-        .map_err(|e| PageError::from(crate::error::ApiError::from(e)).with_viewer(&viewer))?;
+        .map_err(|e| PageError::from(e).with_viewer(&viewer))?;
     let notice = "The delivery is queued to be sent again.".to_owned();
     show_page(&viewer, &state, &id, Some(notice), None).await
 }
