@@ -40,6 +40,9 @@ expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429"]
 /// Operations left out (see the top of this file).
 const LEFT_OUT: &str = "/test-and-enable$|/events/stream$";
 
+/// The suite's seed (see `MAILBRIDGE_TEST_SCHEMATHESIS_SEED`).
+const SUITE_SEED: &str = "124462457823492656286179579784585508258";
+
 fn schemathesis() -> PathBuf {
     let path = std::env::var_os("MAILBRIDGE_TEST_SCHEMATHESIS").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/schemathesis/bin/st"),
@@ -145,7 +148,12 @@ async fn run_as(role: Role, select: &[&str]) {
     if seconds > 0 {
         cmd.args(["--max-time", &seconds.to_string()]);
     }
-    if let Ok(seed) = std::env::var("MAILBRIDGE_TEST_SCHEMATHESIS_SEED") {
+    // The suite runs one fixed seed, so CI is the same run every time (a random one once
+    // met a crash inside Hypothesis' shrinker that failed the suite with every case passed);
+    // `random` (the long script's default) explores, and any other number replays a run.
+    let seed = std::env::var("MAILBRIDGE_TEST_SCHEMATHESIS_SEED")
+        .unwrap_or_else(|_| SUITE_SEED.to_owned());
+    if seed != "random" {
         cmd.args(["--seed", &seed]);
     }
     let started = Instant::now();
