@@ -115,6 +115,11 @@ pub struct ProfileSpec {
     pub daily_send_limit: u32,
     /// Emails each mailbox may have waiting to be sent at once (a 429 past it).
     pub max_queued_emails: u32,
+    /// Folders synchronized besides INBOX and the Sent folder (IMAP).
+    pub folders: Vec<String>,
+    /// Whether Mailbridge files a copy of each email it sends in the Sent folder (IMAP
+    /// APPEND): servers other than Gmail do not do it themselves for mail sent over SMTP.
+    pub append_sent: bool,
 }
 
 /// What to do with the stored client secret after a draft is applied.
@@ -194,6 +199,14 @@ pub struct ProfileDraft {
     /// Emails each mailbox may have waiting to be sent at once (default 1,000).
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_queued_emails: Option<i64>,
+    /// IMAP folders to synchronize besides INBOX and the Sent folder (found by its
+    /// SPECIAL-USE `\Sent` mark), e.g. `["Archive", "Projects/2027"]`; at most 50.
+    #[schema(max_items = 50)]
+    pub folders: Option<Vec<String>>,
+    /// File a copy of each email Mailbridge sends in the Sent folder (IMAP APPEND), so the
+    /// user sees it in their mail client. Default: true, except for Gmail, which files mail
+    /// sent through its SMTP server itself.
+    pub append_sent: Option<bool>,
 }
 
 /// The profile a base may already be: what `resolve` patches.
@@ -373,6 +386,14 @@ impl ProfileDraft {
             MAX_MAX_QUEUED_EMAILS,
             base_spec.map_or(DEFAULT_MAX_QUEUED_EMAILS, |b| b.max_queued_emails),
         )?;
+        let folders = match self.folders {
+            Some(f) => crate::validation::folder_names(f, "folders")?,
+            None => base_spec.map(|b| b.folders.clone()).unwrap_or_default(),
+        };
+        // Gmail files what its SMTP server sends in "Sent Mail" itself; others do not.
+        let append_sent = self.append_sent.unwrap_or_else(|| {
+            base_spec.map_or_else(|| !incoming.host.is_gmail(), |b| b.append_sent)
+        });
         let process_emails_received_after = match self.process_emails_received_after {
             Some(v) => v,
             None => base_spec.and_then(|b| b.process_emails_received_after),
@@ -391,6 +412,8 @@ impl ProfileDraft {
                 process_emails_received_after,
                 daily_send_limit,
                 max_queued_emails,
+                folders,
+                append_sent,
             },
             secret,
         ))
@@ -443,6 +466,8 @@ fn gmail_preset(draft: &ProfileDraft) -> ProfileSpec {
         process_emails_received_after: None,
         daily_send_limit: GMAIL_DAILY_SEND_LIMIT,
         max_queued_emails: DEFAULT_MAX_QUEUED_EMAILS,
+        folders: Vec::new(),
+        append_sent: false,
     }
 }
 

@@ -78,6 +78,13 @@ impl Host {
         Self(name.to_owned())
     }
 
+    /// Whether this is one of Gmail's servers (`imap.gmail.com`, `smtp.gmail.com`…).
+    pub fn is_gmail(&self) -> bool {
+        ["gmail.com", "googlemail.com"]
+            .iter()
+            .any(|d| self.0 == *d || self.0.ends_with(&format!(".{d}")))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -29,6 +29,50 @@ impl ValidationError {
     }
 }
 
+/// At most this many folders are named for synchronization.
+pub const MAX_FOLDERS: usize = 50;
+
+/// IMAP folder names to synchronize besides INBOX and Sent: each 1–255 characters, no control
+/// characters or LIST wildcards, INBOX not among them (it always is), each once.
+pub fn folder_names(names: Vec<String>, field: &str) -> Result<Vec<String>, ValidationError> {
+    if names.len() > MAX_FOLDERS {
+        return Err(ValidationError::new(
+            field,
+            format!("name at most {MAX_FOLDERS} folders"),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for (i, name) in names.into_iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        let name = name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > 255 {
+            return Err(ValidationError::new(
+                at,
+                "a folder name has 1 to 255 characters",
+            ));
+        }
+        if name.chars().any(|c| c.is_control() || c == '*' || c == '%') {
+            return Err(ValidationError::new(
+                at,
+                format!(
+                    "'{}' contains a control character or a wildcard (* %); write the folder's name as the mail client shows it, e.g. Archive or Projects/2027",
+                    name.escape_default()
+                ),
+            ));
+        }
+        if name.eq_ignore_ascii_case("INBOX") {
+            return Err(ValidationError::new(
+                at,
+                "INBOX is always synchronized; leave it out",
+            ));
+        }
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
 /// A word outside a closed set (`"imap4"` for a protocol).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("'{word}' is not one of {}", expected.join(", "))]

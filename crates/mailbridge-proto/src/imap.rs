@@ -55,6 +55,44 @@ pub struct FetchedMessage {
     pub gmail_thread_id: Option<u64>,
     /// Gmail's labels (X-GM-LABELS), when the server has X-GM-EXT-1.
     pub gmail_labels: Vec<String>,
+    /// The message's flags (`\Seen`, `\Flagged`, keywords…).
+    pub flags: Vec<String>,
+}
+
+/// A message's state on the server (`UID FETCH … (FLAGS)`), without its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageState {
+    pub uid: u32,
+    pub flags: Vec<String>,
+    /// On Gmail: X-GM-MSGID, the message's identity over all its labels.
+    pub gmail_msg_id: Option<u64>,
+    /// On Gmail: X-GM-LABELS.
+    pub gmail_labels: Vec<String>,
+}
+
+impl MessageState {
+    fn from_attributes(attributes: &[async_imap::imap_proto::AttributeValue<'_>]) -> Option<Self> {
+        use async_imap::imap_proto::AttributeValue;
+        let (mut uid, mut flags) = (None, None);
+        let (mut gmail_msg_id, mut gmail_labels) = (None, Vec::new());
+        for attribute in attributes {
+            match attribute {
+                AttributeValue::Uid(u) => uid = Some(*u),
+                AttributeValue::Flags(f) => flags = Some(f.iter().map(|f| f.to_string()).collect()),
+                AttributeValue::GmailMsgId(id) => gmail_msg_id = Some(*id),
+                AttributeValue::GmailLabels(labels) => {
+                    gmail_labels = labels.iter().map(|l| l.to_string()).collect();
+                }
+                _ => {}
+            }
+        }
+        Some(Self {
+            uid: uid?,
+            flags: flags?,
+            gmail_msg_id,
+            gmail_labels,
+        })
+    }
 }
 
 impl FetchedMessage {
@@ -65,9 +103,11 @@ impl FetchedMessage {
         use async_imap::imap_proto::AttributeValue;
         let (mut uid, mut raw) = (None, None);
         let (mut gmail_msg_id, mut gmail_thread_id, mut gmail_labels) = (None, None, Vec::new());
+        let mut flags = Vec::new();
         for attribute in attributes {
             match attribute {
                 AttributeValue::Uid(u) => uid = Some(*u),
+                AttributeValue::Flags(f) => flags = f.iter().map(|f| f.to_string()).collect(),
                 // The whole message, or the header when only that was asked for.
                 AttributeValue::BodySection {
                     data: Some(body), ..
@@ -87,6 +127,7 @@ impl FetchedMessage {
             gmail_msg_id,
             gmail_thread_id,
             gmail_labels,
+            flags,
         })
     }
 }
@@ -245,7 +286,30 @@ impl ImapSession {
             })
             .await?;
         }
+        if me.has("CONDSTORE") && me.has("ENABLE") {
+            me.enable_condstore().await?;
+        }
         Ok(me)
+    }
+
+    /// `ENABLE CONDSTORE` (RFC 5161, RFC 7162 §3.1): every folder opened reports its
+    /// HIGHESTMODSEQ, and FETCH can ask for only what changed since one. A server that
+    /// refuses is read without it (a full flag scan).
+    async fn enable_condstore(&mut self) -> Result<(), ProtoError> {
+        let endpoint = self.endpoint.clone();
+        let session = &mut self.session;
+        let enabled = imap_step(&endpoint, "enable CONDSTORE", &self.activity, async {
+            match session.run_command_and_check_ok("ENABLE CONDSTORE").await {
+                Ok(()) => Ok(true),
+                Err(ImapError::No(_) | ImapError::Bad(_)) => Ok(false),
+                Err(e) => Err(imap_error(&endpoint, "enable CONDSTORE", e, None)),
+            }
+        })
+        .await?;
+        if !enabled {
+            self.capabilities.retain(|c| c != "CONDSTORE");
+        }
+        Ok(())
     }
 
     async fn fetch_capabilities(&mut self) -> Result<Vec<String>, ProtoError> {
@@ -284,16 +348,27 @@ impl ImapSession {
         &self.capabilities
     }
 
-    /// Opens a folder read-only (`EXAMINE`), so testing never changes anything.
+    /// Opens a folder read-only (`EXAMINE`), so reading never changes anything.
     pub async fn examine(&mut self, folder: &str) -> Result<FolderStatus, ProtoError> {
+        self.open(folder, false).await
+    }
+
+    /// Opens a folder to change it (`SELECT`): to set flags.
+    pub async fn select(&mut self, folder: &str) -> Result<FolderStatus, ProtoError> {
+        self.open(folder, true).await
+    }
+
+    async fn open(&mut self, folder: &str, write: bool) -> Result<FolderStatus, ProtoError> {
         let step = format!("open {folder}");
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         let mailbox = imap_step(&endpoint, &step, &self.activity, async {
-            session
-                .examine(folder)
-                .await
-                .map_err(|e| imap_error(&endpoint, &step, e, None))
+            let opened = if write {
+                session.select(folder).await
+            } else {
+                session.examine(folder).await
+            };
+            opened.map_err(|e| imap_error(&endpoint, &step, e, None))
         })
         .await?;
         Ok(FolderStatus {
@@ -390,6 +465,84 @@ impl ImapSession {
         }
     }
 
+    /// The flags (and on Gmail the identity and labels) of the messages up to UID `last` in
+    /// the open folder; with `changed_since` (a HIGHESTMODSEQ read before, CONDSTORE), only
+    /// of those changed after it (RFC 7162 §3.1.4).
+    pub async fn uid_states(
+        &mut self,
+        last: u32,
+        changed_since: Option<u64>,
+    ) -> Result<Vec<MessageState>, ProtoError> {
+        if last == 0 {
+            return Ok(Vec::new());
+        }
+        let gmail = if self.has("X-GM-EXT-1") {
+            " X-GM-MSGID X-GM-LABELS"
+        } else {
+            ""
+        };
+        let changed = changed_since
+            .map(|m| format!(" (CHANGEDSINCE {m})"))
+            .unwrap_or_default();
+        let (states, refusal) = self
+            .fetch_responses(
+                &format!("UID FETCH 1:{last} (UID FLAGS{gmail}){changed}"),
+                "read message flags",
+                MessageState::from_attributes,
+            )
+            .await?;
+        match refusal {
+            Some(refusal) => Err(refusal),
+            // `1:n` may also match the last message above n (RFC 3501 §6.4.8).
+            None => Ok(states.into_iter().filter(|s| s.uid <= last).collect()),
+        }
+    }
+
+    /// Adds and removes flags of one message in the folder opened with
+    /// [`ImapSession::select`] (`UID STORE`).
+    pub async fn uid_store_flags(
+        &mut self,
+        uid: u32,
+        add: &[&str],
+        remove: &[&str],
+    ) -> Result<(), ProtoError> {
+        for (sign, flags) in [('+', add), ('-', remove)] {
+            if flags.is_empty() {
+                continue;
+            }
+            let (_, refusal) = self
+                .fetch_responses(
+                    &format!("UID STORE {uid} {sign}FLAGS.SILENT ({})", flags.join(" ")),
+                    "change message flags",
+                    |_| None::<()>,
+                )
+                .await?;
+            if let Some(refusal) = refusal {
+                return Err(refusal);
+            }
+        }
+        Ok(())
+    }
+
+    /// Files a copy of a message in `folder` (`APPEND`) with these flags (`\Seen`…).
+    pub async fn append(
+        &mut self,
+        folder: &str,
+        flags: &str,
+        raw: &[u8],
+    ) -> Result<(), ProtoError> {
+        let step = format!("file a copy in {folder}");
+        let endpoint = self.endpoint.clone();
+        let session = &mut self.session;
+        imap_step(&endpoint, &step, &self.activity, async {
+            session
+                .append(folder, Some(flags), None, raw)
+                .await
+                .map_err(|e| imap_error(&endpoint, &step, e, None))
+        })
+        .await
+    }
+
     /// `UID FETCH set (UID <part>)`, plus X-GM-MSGID, X-GM-THRID and X-GM-LABELS on Gmail.
     async fn fetch_part(
         &mut self,
@@ -410,7 +563,7 @@ impl ImapSession {
             ""
         };
         self.fetch_responses(
-            &format!("UID FETCH {set} (UID {part}{gmail})"),
+            &format!("UID FETCH {set} (UID FLAGS {part}{gmail})"),
             &format!("download {} message(s)", uids.len()),
             FetchedMessage::from_attributes,
         )

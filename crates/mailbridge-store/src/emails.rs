@@ -5,11 +5,12 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use mailbridge_core::message::{ParsedAttachment, ParsedEmail, Party};
+use mailbridge_core::message::{MessageFlags, ParsedAttachment, ParsedEmail, Party};
 use mailbridge_core::{EventType, MailboxId, UserId};
 use sqlx::AnyConnection;
 
 use crate::events::{EmailSummary, append};
+use crate::folders::{FolderPosition, PassProgress};
 use crate::nodes::{Fence, check_fence};
 use crate::{Backend, Result, Store, StoreError, sha256_hex, time_from_ms};
 
@@ -50,20 +51,16 @@ pub struct NewEmail {
     /// Set when `raw` is only the message's header, the message being larger than the
     /// service takes whole: its size on the server.
     pub truncated_from: Option<u64>,
+    /// The message's flags on the server (`None`: the protocol has none, POP3).
+    pub flags: Option<MessageFlags>,
+    /// Found in the mailbox's sent mail (its Sent folder; on Gmail, labelled `\Sent`): the
+    /// owner sent it from their own client, so it is stored `outgoing`, with no send state —
+    /// or, when Mailbridge sent it (the same Message-ID), it joins that record.
+    pub sent_by_owner: bool,
     /// IMAP without a stable id: (key prefix of the folder, key prefix of its current
     /// UIDVALIDITY). A record of this folder under an older UIDVALIDITY with the same bytes is
     /// this message renumbered: it is re-keyed instead of stored again.
     pub renumbered_from: Option<(String, String)>,
-}
-
-/// Where an IMAP folder's sync stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FolderPosition {
-    pub folder: String,
-    pub uid_validity: u32,
-    /// Every UID up to this one has been processed (kept or filtered out).
-    pub last_uid: u32,
-    pub highest_modseq: Option<u64>,
 }
 
 /// One step of a sync, committed at once: the messages kept, and how far the server was read.
@@ -77,40 +74,6 @@ pub struct SyncBatch {
     pub fence: Option<Fence>,
     /// With `position`: how far the pass over that folder is.
     pub progress: Option<PassProgress>,
-}
-
-/// How far a sync pass over a folder is, for people to see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PassProgress {
-    /// Messages in the folder on the server when the pass began.
-    pub messages: u32,
-    /// Messages the pass set out to read.
-    pub total: u32,
-    /// Of them, read so far (stored, or left out by the tracking rule).
-    pub done: u32,
-    pub started_at: DateTime<Utc>,
-}
-
-/// A folder of a mailbox as the last sync pass left it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FolderProgress {
-    pub folder: String,
-    /// The pass's progress; `None` for a folder last synced before progress was kept.
-    pub pass: Option<PassProgress>,
-    /// When the pass last wrote (a batch, or the end).
-    pub updated_at: DateTime<Utc>,
-}
-
-impl FolderProgress {
-    /// While the pass is under way: the seconds it should still take, at its rate so far
-    /// (from its start to its last batch).
-    pub fn seconds_left(&self) -> Option<u64> {
-        let p = self.pass?;
-        let left = p.total.checked_sub(p.done).filter(|l| *l > 0)?;
-        let spent = (self.updated_at - p.started_at).to_std().ok()?;
-        (p.done > 0)
-            .then(|| (spent.as_secs_f64() * f64::from(left) / f64::from(p.done)).ceil() as u64)
-    }
 }
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -162,6 +125,12 @@ pub struct EmailRecord {
     pub send_reply: Option<String>,
     /// Outgoing: when the server accepted it.
     pub delivered_at: Option<DateTime<Utc>>,
+    /// The message's flags on its server, as last synchronized (`None`: not known — POP3, or
+    /// sent from here and not yet seen in a folder).
+    pub flags: Option<MessageFlags>,
+    /// When the server stopped having the message (expunged; on Gmail, in no synchronized
+    /// folder any more). The record stays.
+    pub deleted_on_server_at: Option<DateTime<Utc>>,
 }
 
 /// Which emails to list.
@@ -208,23 +177,15 @@ struct EmailRow {
     send_attempts: i64,
     send_reply: Option<String>,
     delivered_at: Option<i64>,
-}
-
-#[derive(sqlx::FromRow)]
-struct FolderRow {
-    mailbox_id: String,
-    folder: String,
-    updated_at: i64,
-    messages: Option<i64>,
-    pass_total: Option<i64>,
-    pass_done: Option<i64>,
-    pass_started_at: Option<i64>,
+    flags: Option<String>,
+    deleted_on_server_at: Option<i64>,
 }
 
 const EMAIL_SELECT: &str = "SELECT e.id, e.mailbox_id, m.owner_user_id, e.direction, e.message_id, \
      e.in_reply_to, e.references_ids, e.subject, e.from_address, e.from_name, e.to_json, e.cc_json, \
      e.bcc_json, e.sent_at, e.text_body, e.html_body, e.size, e.truncated, e.parse_error, e.conversation_id, e.folder, e.uid, \
-     e.gmail_labels, e.gmail_thread_id, e.tracking_token, e.stored_by, e.created_at, e.status, e.send_attempts, e.send_reply, e.delivered_at \
+     e.gmail_labels, e.gmail_thread_id, e.tracking_token, e.stored_by, e.created_at, e.status, e.send_attempts, e.send_reply, e.delivered_at, \
+     e.flags, e.deleted_on_server_at \
      FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id";
 
 fn words(s: Option<String>) -> Vec<String> {
@@ -276,6 +237,8 @@ impl EmailRow {
             send_attempts: self.send_attempts,
             send_reply: self.send_reply,
             delivered_at: self.delivered_at.map(time_from_ms),
+            flags: self.flags.as_deref().map(MessageFlags::from_stored),
+            deleted_on_server_at: self.deleted_on_server_at.map(time_from_ms),
         })
     }
 }
@@ -319,7 +282,11 @@ impl Store {
                     EmailSummary {
                         id,
                         mailbox_id: &mid,
-                        direction: "incoming",
+                        direction: if batch.emails[*i].sent_by_owner {
+                            "outgoing"
+                        } else {
+                            "incoming"
+                        },
                         message_id: p.message_id.as_deref(),
                         conversation_id: conversation,
                         subject: p.subject.as_deref(),
@@ -333,27 +300,7 @@ impl Store {
                 .collect::<Result<Vec<_>>>()?
         };
         if let Some(p) = &batch.position {
-            sqlx::query(
-                "INSERT INTO folder_states (mailbox_id, folder, uid_validity, last_uid, highest_modseq, updated_at, \
-                 messages, pass_total, pass_done, pass_started_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (mailbox_id, folder) DO UPDATE SET \
-                 uid_validity = excluded.uid_validity, last_uid = excluded.last_uid, \
-                 highest_modseq = excluded.highest_modseq, updated_at = excluded.updated_at, \
-                 messages = excluded.messages, pass_total = excluded.pass_total, \
-                 pass_done = excluded.pass_done, pass_started_at = excluded.pass_started_at",
-            )
-            .bind(&mid)
-            .bind(&p.folder)
-            .bind(i64::from(p.uid_validity))
-            .bind(i64::from(p.last_uid))
-            .bind(p.highest_modseq.and_then(|m| i64::try_from(m).ok()))
-            .bind(now)
-            .bind(batch.progress.map(|g| i64::from(g.messages)))
-            .bind(batch.progress.map(|g| i64::from(g.total)))
-            .bind(batch.progress.map(|g| i64::from(g.done)))
-            .bind(batch.progress.map(|g| g.started_at.timestamp_millis()))
-            .execute(&mut *tx)
-            .await?;
+            crate::folders::save_position(&mut tx, &mid, p, batch.progress, now).await?;
         }
         for uidl in &batch.pop3_seen {
             sqlx::query(
@@ -380,79 +327,6 @@ impl Store {
         append(&mut tx, self.backend, now, &events).await?;
         self.commit(tx).await?;
         Ok(inserted.len())
-    }
-
-    /// The folders of these mailboxes and how far their last passes are, by mailbox.
-    pub async fn folder_progress(
-        &self,
-        mailboxes: &[MailboxId],
-    ) -> Result<std::collections::HashMap<MailboxId, Vec<FolderProgress>>> {
-        let mut out: std::collections::HashMap<MailboxId, Vec<FolderProgress>> =
-            std::collections::HashMap::new();
-        for chunk in mailboxes.chunks(500) {
-            let ids: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let mut q = sqlx::query_as::<_, FolderRow>(sqlx::AssertSqlSafe(format!(
-                "SELECT mailbox_id, folder, updated_at, messages, pass_total, pass_done, pass_started_at \
-                 FROM folder_states WHERE mailbox_id IN ({}) ORDER BY mailbox_id, folder",
-                ids.join(", ")
-            )));
-            for id in chunk {
-                q = q.bind(id.to_string());
-            }
-            for row in q.fetch_all(&self.pool).await? {
-                let mailbox: MailboxId = row
-                    .mailbox_id
-                    .parse()
-                    .map_err(|e| StoreError::corrupt("folder state", e))?;
-                let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
-                let pass = match (
-                    row.messages,
-                    row.pass_total,
-                    row.pass_done,
-                    row.pass_started_at,
-                ) {
-                    (Some(messages), Some(total), Some(done), Some(started)) => {
-                        Some(PassProgress {
-                            messages: count(messages),
-                            total: count(total),
-                            done: count(done),
-                            started_at: time_from_ms(started),
-                        })
-                    }
-                    _ => None,
-                };
-                out.entry(mailbox).or_default().push(FolderProgress {
-                    folder: row.folder,
-                    pass,
-                    updated_at: time_from_ms(row.updated_at),
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    pub async fn folder_position(
-        &self,
-        mailbox: MailboxId,
-        folder: &str,
-    ) -> Result<Option<FolderPosition>> {
-        let row: Option<(i64, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT uid_validity, last_uid, highest_modseq FROM folder_states WHERE mailbox_id = $1 AND folder = $2",
-        )
-        .bind(mailbox.to_string())
-        .bind(folder)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|(v, l, m)| {
-            let bad = |e: std::num::TryFromIntError| StoreError::corrupt("folder state", e);
-            Ok(FolderPosition {
-                folder: folder.to_owned(),
-                uid_validity: u32::try_from(v).map_err(bad)?,
-                last_uid: u32::try_from(l).map_err(bad)?,
-                highest_modseq: m.and_then(|m| u64::try_from(m).ok()),
-            })
-        })
-        .transpose()
     }
 
     /// The POP3 UIDLs already processed for a mailbox.
@@ -706,10 +580,10 @@ fn lookup_sql(column: &str, scoped: bool, keys: usize) -> String {
 }
 
 /// Columns bound per inserted email.
-const EMAIL_COLUMNS: usize = 31;
+const EMAIL_COLUMNS: usize = 32;
 /// Columns bound per inserted attachment.
 const ATTACHMENT_COLUMNS: usize = 6;
-/// Rows per multi-row INSERT: 32 × 30 parameters stays far below every bind limit.
+/// Rows per multi-row INSERT: 32 × 32 parameters stays far below every bind limit.
 const ROWS_PER_INSERT: usize = 32;
 /// Values per `IN (…)` list.
 pub(crate) const IN_LIST: usize = 500;
@@ -728,17 +602,20 @@ pub(crate) async fn insert_emails(
     outgoing: Option<Option<&str>>,
     stored_by: Option<&str>,
 ) -> Result<Vec<(usize, String, String)>> {
-    let skip = adopt_renumbered(tx, mailbox, emails).await?;
+    let mut skip = adopt_renumbered(tx, mailbox, emails).await?;
+    join_own_sends(tx, mailbox, emails, &mut skip).await?;
     let rows: Vec<usize> = (0..emails.len()).filter(|i| !skip[*i]).collect();
     let conversations = conversations(tx, mailbox, emails, &rows).await?;
     let ids: Vec<String> = rows
         .iter()
         .map(|_| uuid::Uuid::now_v7().to_string())
         .collect();
-    let direction = if outgoing.is_some() {
-        "outgoing"
-    } else {
-        "incoming"
+    let direction = |email: &NewEmail| {
+        if outgoing.is_some() || email.sent_by_owner {
+            "outgoing"
+        } else {
+            "incoming"
+        }
     };
     let json =
         |parties: &[Party]| serde_json::to_string(parties).unwrap_or_else(|_| "[]".to_owned());
@@ -748,7 +625,7 @@ pub(crate) async fn insert_emails(
             "INSERT INTO emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \
              gmail_labels, message_id, in_reply_to, references_ids, subject, from_address, from_name, \
              to_json, cc_json, sent_at, text_body, html_body, raw, size, parse_error, conversation_id, \
-             created_at, status, idempotency_key, next_attempt_at, gmail_thread_id, tracking_token, stored_by, truncated) VALUES {} \
+             created_at, status, idempotency_key, next_attempt_at, gmail_thread_id, tracking_token, stored_by, truncated, flags) VALUES {} \
              ON CONFLICT DO NOTHING RETURNING id",
             values_list(backend, chunk.len(), EMAIL_COLUMNS)
         )));
@@ -763,7 +640,7 @@ pub(crate) async fn insert_emails(
             q = q
                 .bind(ids[n].clone())
                 .bind(mailbox.to_owned())
-                .bind(direction)
+                .bind(direction(email))
                 .bind(email.remote_key.clone())
                 .bind(email.raw.sha256.clone())
                 .bind(email.folder.clone())
@@ -794,7 +671,8 @@ pub(crate) async fn insert_emails(
                 .bind(email.gmail_thread_id.map(|t| t.to_string()))
                 .bind(email.tracking_token.clone())
                 .bind(stored_by.map(str::to_owned))
-                .bind(i64::from(email.truncated_from.is_some()));
+                .bind(i64::from(email.truncated_from.is_some()))
+                .bind(email.flags.map(MessageFlags::to_imap));
         }
         inserted.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
     }
@@ -857,6 +735,76 @@ fn values_list(backend: Backend, rows: usize, columns: usize) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Sent mail found on the server that Mailbridge itself sent (an outgoing record with the
+/// same Message-ID, still keyed `out/…`): that record takes the message's place on the server
+/// (its key, folder, UID, flags) instead of a second record being made.
+async fn join_own_sends(
+    tx: &mut AnyConnection,
+    mailbox: &str,
+    emails: &[NewEmail],
+    skip: &mut [bool],
+) -> Result<()> {
+    let wanted = distinct(
+        emails
+            .iter()
+            .zip(skip.iter())
+            .filter(|(e, skipped)| e.sent_by_owner && !**skipped)
+            .filter_map(|(e, _)| e.parsed.message_id.clone()),
+    );
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut ours: HashMap<String, String> = HashMap::new();
+    for chunk in wanted.chunks(IN_LIST) {
+        let list: Vec<String> = (0..chunk.len()).map(|k| format!("${}", k + 2)).collect();
+        let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(format!(
+            "SELECT id, message_id FROM emails WHERE message_id IN ({}) AND mailbox_id = $1 \
+             AND direction = 'outgoing' AND status IS NOT NULL AND remote_key LIKE 'out/%'",
+            list.join(", ")
+        )))
+        .bind(mailbox.to_owned());
+        for id in chunk {
+            q = q.bind(id.clone());
+        }
+        ours.extend(
+            q.fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|(id, m)| (m, id)),
+        );
+    }
+    for (i, email) in emails.iter().enumerate() {
+        if skip[i] || !email.sent_by_owner {
+            continue;
+        }
+        let Some(id) = email
+            .parsed
+            .message_id
+            .as_ref()
+            .and_then(|m| ours.remove(m))
+        else {
+            continue;
+        };
+        sqlx::query(
+            "UPDATE emails SET remote_key = $1, folder = $2, uid = $3, flags = $4, \
+             gmail_labels = COALESCE($5, gmail_labels) WHERE id = $6",
+        )
+        .bind(&email.remote_key)
+        .bind(&email.folder)
+        .bind(email.uid.map(i64::from))
+        .bind(email.flags.map(MessageFlags::to_imap))
+        .bind(
+            (!email.gmail_labels.is_empty())
+                .then(|| serde_json::to_string(&email.gmail_labels).unwrap_or_default()),
+        )
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+        skip[i] = true;
+    }
+    Ok(())
 }
 
 /// Which emails are already stored: a replay of a committed batch (same key), or a message
@@ -930,7 +878,8 @@ async fn adopt_renumbered(
 /// The conversation of each email in `rows`: that of the first message it answers
 /// (In-Reply-To, then References) already stored or earlier in the batch; else that of the
 /// sent mail whose tracking token its subject carries; else, on Gmail, that of a message of
-/// the same mailbox in the same Gmail thread; else a new one.
+/// the same mailbox in the same Gmail thread; else that of a stored answer to it; else a new
+/// one.
 async fn conversations(
     tx: &mut AnyConnection,
     mailbox: &str,
@@ -949,6 +898,13 @@ async fn conversations(
             .filter_map(|&i| emails[i].gmail_thread_id.map(|t| t.to_string())),
     );
     let mut by_thread = lookup(tx, "gmail_thread_id", Some(mailbox), &threads).await?;
+    // Answers stored before the message they answer (its folder read later: a reply in Sent
+    // to mail of INBOX, or the other way round): the message joins their conversation.
+    let own = distinct(
+        rows.iter()
+            .filter_map(|&i| emails[i].parsed.message_id.clone()),
+    );
+    let by_answer = lookup(tx, "in_reply_to", Some(mailbox), &own).await?;
     let mut out = Vec::with_capacity(rows.len());
     for &i in rows {
         let (email, p) = (&emails[i], &emails[i].parsed);
@@ -960,6 +916,11 @@ async fn conversations(
             .find_map(|id| by_message.get(id).cloned())
             .or_else(|| subject_token(email).and_then(|t| by_token.get(&t).cloned()))
             .or_else(|| thread.as_ref().and_then(|t| by_thread.get(t).cloned()))
+            .or_else(|| {
+                p.message_id
+                    .as_ref()
+                    .and_then(|m| by_answer.get(m).cloned())
+            })
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         if let Some(mid) = &p.message_id {
             by_message

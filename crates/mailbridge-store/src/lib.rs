@@ -9,6 +9,7 @@ pub mod contacts;
 pub mod crypto;
 pub mod emails;
 pub mod events;
+pub mod folders;
 mod gate;
 pub mod health;
 pub mod mailboxes;
@@ -33,11 +34,12 @@ pub use alerts::{AlertRecord, NewAlert};
 pub use audit::{Actor, AuditEntry};
 pub use contacts::Contact;
 pub use crypto::{CryptoError, Keyring};
-pub use emails::{
-    AttachmentInfo, EmailFilter, EmailRecord, FolderPosition, FolderProgress, NewEmail,
-    PassProgress, RawMessage, SyncBatch,
-};
+pub use emails::{AttachmentInfo, EmailFilter, EmailRecord, NewEmail, RawMessage, SyncBatch};
 pub use events::{Event, EventPage, EventQuery, NewEvent};
+pub use folders::{
+    FolderChangeReport, FolderChanges, FolderPosition, FolderProgress, PassProgress, PresentUids,
+    ServerState,
+};
 pub use mailboxes::{MailboxRecord, SyncStatus, TestOutcome};
 pub use nodes::{Fence, Lease, NodeInfo};
 pub use oauth::{NewOAuthState, OAuthState, SignInLink, StoredTokens, TokenSet};

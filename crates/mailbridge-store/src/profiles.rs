@@ -50,6 +50,8 @@ struct ProfileRow {
     process_emails_received_after: Option<String>,
     daily_send_limit: i64,
     max_queued_emails: i64,
+    folders: Option<String>,
+    append_sent: i64,
     mailbox_count: i64,
     created_at: i64,
     updated_at: i64,
@@ -61,7 +63,7 @@ const PROFILE_SELECT: &str = "SELECT p.id, p.name, p.owner_user_id, p.incoming_p
      CASE WHEN p.oauth_client_secret IS NULL THEN 0 ELSE 1 END AS has_client_secret, \
      p.oauth_authorization_url, p.oauth_token_url, p.oauth_revocation_url, p.oauth_userinfo_url, \
      p.oauth_scopes, p.max_mailboxes, p.max_connections, p.poll_interval_seconds, p.process_emails_received_after, \
-     p.daily_send_limit, p.max_queued_emails, \
+     p.daily_send_limit, p.max_queued_emails, p.folders, p.append_sent, \
      (SELECT COUNT(*) FROM mailboxes m WHERE m.profile_id = p.id) AS mailbox_count, \
      p.created_at, p.updated_at FROM server_profiles p";
 
@@ -119,6 +121,11 @@ impl TryFrom<ProfileRow> for ProfileRecord {
                 .transpose()?,
             daily_send_limit: u32::try_from(r.daily_send_limit).map_err(|e| bad(&e))?,
             max_queued_emails: u32::try_from(r.max_queued_emails).map_err(|e| bad(&e))?,
+            folders: match r.folders {
+                Some(f) => serde_json::from_str(&f).map_err(|e| bad(&e))?,
+                None => Vec::new(),
+            },
+            append_sent: r.append_sent != 0,
         };
         Ok(Self {
             id: r.id.parse().map_err(|e| bad(&e))?,
@@ -147,7 +154,7 @@ fn audit_detail(spec: &ProfileSpec, secret: &SecretChange) -> serde_json::Value 
     })
 }
 
-/// Binds `$1` = id and `$2`–`$22` = the spec's columns: the order both the insert and the
+/// Binds `$1` = id and `$2`–`$24` = the spec's columns: the order both the insert and the
 /// update use.
 fn bind_spec<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
@@ -178,6 +185,8 @@ fn bind_spec<'q>(
         .bind(i64::from(spec.max_connections))
         .bind(i64::from(spec.daily_send_limit))
         .bind(i64::from(spec.max_queued_emails))
+        .bind(serde_json::to_string(&spec.folders).unwrap_or_else(|_| "[]".to_owned()))
+        .bind(i64::from(spec.append_sent))
 }
 
 /// The alert kind raised when a mailbox's profile moved to other servers.
@@ -269,10 +278,10 @@ impl Store {
                  auth_method, oauth_client_id, oauth_authorization_url, oauth_token_url, \
                  oauth_revocation_url, oauth_userinfo_url, oauth_scopes, max_mailboxes, \
                  poll_interval_seconds, process_emails_received_after, max_connections, \
-                 daily_send_limit, max_queued_emails, \
+                 daily_send_limit, max_queued_emails, folders, append_sent, \
                  owner_user_id, oauth_client_secret, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                 $17, $18, $19, $20, $21, $22, $23, $24, $25, $25)",
+                 $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $27)",
             ),
             &sid,
             spec,
@@ -376,7 +385,7 @@ impl Store {
         }
         let secret_sql = match secret {
             SecretChange::Keep => "",
-            SecretChange::Set(_) | SecretChange::Clear => ", oauth_client_secret = $23",
+            SecretChange::Set(_) | SecretChange::Clear => ", oauth_client_secret = $25",
         };
         let done = bind_spec(
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -386,8 +395,8 @@ impl Store {
                  oauth_authorization_url = $12, oauth_token_url = $13, oauth_revocation_url = $14, \
                  oauth_userinfo_url = $15, oauth_scopes = $16, max_mailboxes = $17, \
                  poll_interval_seconds = $18, process_emails_received_after = $19, \
-                 max_connections = $20, daily_send_limit = $21, max_queued_emails = $22{secret_sql}, \
-                 updated_at = $24 WHERE id = $1"
+                 max_connections = $20, daily_send_limit = $21, max_queued_emails = $22, \
+                 folders = $23, append_sent = $24{secret_sql}, updated_at = $26 WHERE id = $1"
             ))),
             &sid,
             spec,

@@ -311,6 +311,7 @@ async fn a_lost_lease_fences_off_the_old_holders_writes(kind: TestDatabase) {
             uid_validity: 7,
             last_uid,
             highest_modseq: None,
+            messages: None,
         }),
         fence: Some(fence.clone()),
         ..SyncBatch::default()
@@ -468,6 +469,8 @@ fn outgoing(n: usize) -> mailbridge_store::OutgoingEmail {
             raw: mailbridge_store::RawMessage::new(raw),
             truncated_from: None,
             renumbered_from: None,
+            flags: None,
+            sent_by_owner: false,
         },
         envelope: vec!["bob@example.com".into()],
         bcc: Vec::new(),
@@ -736,6 +739,8 @@ fn batch_of(
                 raw: mailbridge_store::RawMessage::new(raw.into_bytes()),
                 truncated_from: None,
                 renumbered_from: None,
+                flags: None,
+                sent_by_owner: false,
             }
         })
         .collect();

@@ -25,7 +25,8 @@ use mailbridge_proto::{ErrorKind, ProtoError, TlsSettings};
 use mailbridge_store::{Fence, MailboxRecord, ProfileRecord, Store, StoreError};
 use tokio::sync::{Semaphore, watch};
 
-use crate::incoming::{SyncError, imap::sync_inbox, pop3::sync_maildrop};
+use crate::incoming::imap::{self, PassOptions, sync_folders};
+use crate::incoming::{SyncError, pop3::sync_maildrop};
 use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::outgoing::{CLAIM_PER_ROUND, SendContext, send_due};
@@ -50,6 +51,10 @@ pub struct EngineConfig {
     /// `mail_timeout` (90 s by default). TCP keepalive (in `mailbridge_proto::net`) finds a
     /// peer that is gone for good, but not a path that still acknowledges.
     pub idle_refresh: Duration,
+    /// How often the folders other than INBOX (Sent, the profile's folders) are checked
+    /// while INBOX waits in IDLE: IDLE watches only the open folder, so this bounds how late
+    /// mail sent from the user's own client appears.
+    pub folder_check: Duration,
     /// Transient failures in a row before a mailbox is disabled.
     pub max_failures: u32,
     pub backoff_base: Duration,
@@ -91,6 +96,7 @@ impl Default for EngineConfig {
             scan_interval: Duration::from_secs(5),
             full_check: Duration::from_secs(25 * 60),
             idle_refresh: Duration::from_secs(60),
+            folder_check: Duration::from_secs(20),
             max_failures: 10,
             backoff_base: Duration::from_secs(2),
             backoff_cap: Duration::from_secs(15 * 60),
@@ -556,7 +562,12 @@ impl Engine {
             crate::login::credentials(&self.store, &self.tokens, mailbox, profile).await?;
         let endpoint = crate::login::incoming(profile, self.config.mail_timeout)
             .with_max_message_bytes(self.config.max_message_bytes);
-        let since = profile.spec.process_emails_received_after;
+        let mut options = PassOptions {
+            since: profile.spec.process_emails_received_after,
+            fence: Some(fence.clone()),
+            flag_scan: true,
+            gmail_sent: None,
+        };
         // An IDLE session holds one of the profile's connections for as long as it waits.
         let idle_slot = match profile.spec.incoming.protocol {
             IncomingProtocol::Imap => self.limits.try_idle(profile),
@@ -580,15 +591,18 @@ impl Engine {
                 let report = match profile.spec.incoming.protocol {
                     IncomingProtocol::Imap => {
                         let mut s = ImapSession::login(&endpoint, &self.tls, &credentials).await?;
+                        let folders =
+                            mailbox_folders(&mut s, &profile.spec.folders, &mut options).await?;
                         let report =
-                            sync_inbox(&self.store, &mut s, mailbox, since, Some(fence)).await?;
+                            sync_folders(&self.store, &mut s, mailbox, &folders, &options).await?;
                         s.logout().await;
-                        report
+                        report.sync
                     }
                     IncomingProtocol::Pop3 => {
                         let mut s = Pop3Session::login(&endpoint, &self.tls, &credentials).await?;
                         let report =
-                            sync_maildrop(&self.store, &mut s, mailbox, since, Some(fence)).await?;
+                            sync_maildrop(&self.store, &mut s, mailbox, options.since, Some(fence))
+                                .await?;
                         s.quit().await?;
                         report
                     }
@@ -600,15 +614,22 @@ impl Engine {
             return poll(shutdown).await;
         };
         let _connection = self.metrics.connection();
-        let mut session = {
+        let (mut session, folders) = {
             let _global = self.global_permit().await;
             let mut s = ImapSession::login(&endpoint, &self.tls, &credentials).await?;
-            let report = sync_inbox(&self.store, &mut s, mailbox, since, Some(fence)).await?;
+            let folders = mailbox_folders(&mut s, &profile.spec.folders, &mut options).await?;
+            let report = sync_folders(&self.store, &mut s, mailbox, &folders, &options).await?;
             *failures = 0;
-            self.metrics.messages_synced.inc_by(report.stored as u64);
-            tracing::debug!(mailbox = %mailbox.id, ?report, "synced");
-            s
+            self.metrics
+                .messages_synced
+                .inc_by(report.sync.stored as u64);
+            tracing::debug!(mailbox = %mailbox.id, report = ?report.sync, "synced");
+            (s, folders)
         };
+        // Without CONDSTORE, every flag is read again at most once per poll interval (IDLE
+        // reports changes in INBOX as they happen).
+        let scan_every = Duration::from_secs(u64::from(profile.spec.poll_interval_seconds));
+        let mut scanned_at = tokio::time::Instant::now();
         if !session.has("IDLE") {
             // A server without IDLE is polled, like POP3, at the profile's interval.
             tracing::debug!(mailbox = %mailbox.id, "the server does not offer IDLE: polling");
@@ -624,8 +645,12 @@ impl Engine {
                 session.logout().await;
                 return Ok(Pass::Continue);
             }
-            // Re-issued at least every `idle_refresh`, so a silent connection is found.
-            let wait = wait.min(self.config.idle_refresh);
+            // Re-issued at least every `idle_refresh`, so a silent connection is found, and
+            // every `folder_check` when other folders than INBOX are followed.
+            let mut wait = wait.min(self.config.idle_refresh);
+            if folders.len() > 1 {
+                wait = wait.min(self.config.folder_check);
+            }
             let idled = tokio::select! {
                 r = session.idle(wait) => r,
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(Pass::Shutdown),
@@ -649,11 +674,18 @@ impl Engine {
                 return Ok(Pass::Continue);
             }
             let _global = self.global_permit().await;
+            options.flag_scan =
+                outcome == IdleOutcome::Changed || scanned_at.elapsed() >= scan_every;
+            if options.flag_scan {
+                scanned_at = tokio::time::Instant::now();
+            }
             let report =
-                sync_inbox(&self.store, &mut session, &current, since, Some(fence)).await?;
+                sync_folders(&self.store, &mut session, &current, &folders, &options).await?;
             *failures = 0;
-            self.metrics.messages_synced.inc_by(report.stored as u64);
-            tracing::debug!(mailbox = %mailbox.id, ?report, ?outcome, "synced");
+            self.metrics
+                .messages_synced
+                .inc_by(report.sync.stored as u64);
+            tracing::debug!(mailbox = %mailbox.id, report = ?report.sync, ?outcome, "synced");
             if outcome == IdleOutcome::TimedOut && left.is_some_and(|l| l <= wait) {
                 session.logout().await;
                 return Ok(Pass::Continue);
@@ -688,6 +720,20 @@ impl Engine {
     fn stagger_for(&self, mailbox: MailboxId) -> Duration {
         spread(mailbox, 0, self.config.stagger)
     }
+}
+
+/// The folders a session synchronizes (see [`imap::folders`]); on Gmail, the Sent folder is
+/// also where a message that leaves INBOX may still be.
+async fn mailbox_folders(
+    session: &mut ImapSession,
+    named: &[String],
+    options: &mut PassOptions,
+) -> Result<Vec<imap::Folder>, SyncError> {
+    let folders = imap::folders(session, named).await?;
+    if session.has("X-GM-EXT-1") {
+        options.gmail_sent = folders.iter().find(|f| f.sent).map(|f| f.name.clone());
+    }
+    Ok(folders)
 }
 
 /// Whether a failed IDLE was the server refusing the command (NO, or BAD: a command it does

@@ -35,6 +35,12 @@ pub enum SyncError {
     Interrupted,
 }
 
+/// See [`SyncError::is_provider_limit`].
+pub(crate) fn is_provider_limit(e: &mailbridge_proto::ProtoError) -> bool {
+    let words = e.to_string().to_ascii_lowercase();
+    words.contains("[overquota]") || words.contains("exceeded command or bandwidth limits")
+}
+
 impl SyncError {
     /// Whether trying again later may help (network, timeouts, a provider outage).
     pub fn is_transient(&self) -> bool {
@@ -51,11 +57,7 @@ impl SyncError {
     /// `[OVERQUOTA]`, "Account exceeded command or bandwidth limits", when a day's download
     /// allowance is spent): weather, not a failure — the mailbox waits and resumes.
     pub fn is_provider_limit(&self) -> bool {
-        let SyncError::Proto(e) = self else {
-            return false;
-        };
-        let words = e.to_string().to_ascii_lowercase();
-        words.contains("[overquota]") || words.contains("exceeded command or bandwidth limits")
+        matches!(self, SyncError::Proto(e) if is_provider_limit(e))
     }
 
     /// Whether the database was the trouble (not answering, or its disk full): nothing about

@@ -3,6 +3,7 @@
 //! and the incoming/outgoing sync build on them.
 
 pub mod engine;
+pub mod flags;
 pub mod incoming;
 pub mod limits;
 mod login;
@@ -16,6 +17,7 @@ pub mod tokens;
 pub mod webhooks;
 
 pub use engine::{Engine, EngineConfig};
+pub use flags::{FlagChange, FlagError};
 pub use limits::ConnectionLimits;
 pub use metrics::Metrics;
 pub use signin::{

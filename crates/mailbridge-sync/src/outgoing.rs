@@ -19,7 +19,8 @@ use mailbridge_proto::imap::ImapSession;
 use mailbridge_proto::smtp::SmtpSession;
 use mailbridge_proto::{Credentials, ErrorKind, TlsSettings};
 use mailbridge_store::{
-    EmailRecord, NewEmail, OutgoingEmail, ProfileRecord, RawMessage, Store, StoreError,
+    EmailRecord, MailboxRecord, NewEmail, OutgoingEmail, ProfileRecord, RawMessage, Store,
+    StoreError,
 };
 
 use crate::limits::ConnectionLimits;
@@ -106,6 +107,8 @@ pub fn compose(
             raw: RawMessage::new(raw),
             truncated_from: None,
             renumbered_from: None,
+            flags: None,
+            sent_by_owner: false,
         },
         envelope: mail.envelope(),
         bcc: mail.bcc.clone(),
@@ -187,6 +190,7 @@ async fn send_for_mailbox(
     // Counted only once the connection is really open.
     let _connection = ctx.metrics.connection();
     let mut sent = 0;
+    let mut to_file = Vec::new();
     for (n, id) in emails.iter().enumerate() {
         let email = store.get_email(id).await?;
         let raw = store.email_raw(id).await?;
@@ -210,6 +214,7 @@ async fn send_for_mailbox(
                 store.mark_sent(id, &words).await?;
                 ctx.metrics.send("sent");
                 sent += 1;
+                to_file.push(raw);
             }
             Err(e) => {
                 let lost = matches!(
@@ -241,13 +246,59 @@ async fn send_for_mailbox(
                         )
                         .await?;
                     }
+                    file_in_sent(ctx, &record, &profile, &credentials, &to_file).await;
                     return Ok(sent);
                 }
             }
         }
     }
     let _ = session.quit().await;
+    file_in_sent(ctx, &record, &profile, &credentials, &to_file).await;
     Ok(sent)
+}
+
+/// Files a copy of what was just sent in the mailbox's Sent folder (IMAP APPEND, marked
+/// read), where the profile asks for it: servers other than Gmail do not file mail sent over
+/// SMTP themselves, and the user expects to see it in their client. The copy comes back with
+/// the Sent folder's sync and joins the email's record (same Message-ID). A failure costs
+/// only the copy: the email was sent.
+async fn file_in_sent(
+    ctx: &SendContext<'_>,
+    mailbox: &MailboxRecord,
+    profile: &ProfileRecord,
+    credentials: &Credentials,
+    raws: &[Vec<u8>],
+) {
+    if raws.is_empty()
+        || !profile.spec.append_sent
+        || profile.spec.incoming.protocol != IncomingProtocol::Imap
+    {
+        return;
+    }
+    let endpoint = crate::login::incoming(profile, ctx.timeout);
+    let filed = async {
+        let mut imap = ImapSession::login(&endpoint, ctx.tls, credentials).await?;
+        let Some(folder) = imap.sent_folder().await? else {
+            imap.logout().await;
+            return Ok(None);
+        };
+        for raw in raws {
+            imap.append(&folder, "(\\Seen)", raw).await?;
+        }
+        imap.logout().await;
+        Ok::<_, mailbridge_proto::ProtoError>(Some(folder))
+    };
+    match filed.await {
+        Ok(Some(folder)) => {
+            tracing::debug!(mailbox = %mailbox.id, folder, count = raws.len(), "filed sent mail");
+        }
+        Ok(None) => {
+            tracing::warn!(mailbox = %mailbox.id, "no Sent folder to file sent mail in (no \\Sent folder, nor one of the usual names)");
+        }
+        Err(e) => {
+            tracing::warn!(mailbox = %mailbox.id, error = %e, "cannot file sent mail in the Sent folder");
+        }
+    }
 }
 
 /// The whole message went out but the server's answer was lost: it may have been delivered.

@@ -20,14 +20,16 @@ use crate::incoming::SyncError;
 use crate::limits::ConnectionLimits;
 use crate::tokens::{TokenError, TokenService};
 
+/// Logs in to a mailbox's servers on the API's behalf: Test & Enable, and setting flags
+/// (`crate::flags`).
 pub struct Tester {
-    store: Store,
-    tokens: Arc<TokenService>,
-    tls: TlsSettings,
-    timeout: Duration,
+    pub(crate) store: Store,
+    pub(crate) tokens: Arc<TokenService>,
+    pub(crate) tls: TlsSettings,
+    pub(crate) timeout: Duration,
     client_name: String,
     /// Shared with the engine: a test's connection counts against the profile's limit.
-    limits: Arc<ConnectionLimits>,
+    pub(crate) limits: Arc<ConnectionLimits>,
 }
 
 /// A profile-wide run: how many mailboxes, how many came out enabled, and each one.

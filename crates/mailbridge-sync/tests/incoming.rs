@@ -238,6 +238,7 @@ async fn gmail_mail_is_keyed_by_its_message_id_and_threaded_by_gmails_conversati
             uid_validity: 1,
             last_uid: 0,
             highest_modseq: None,
+            messages: None,
         },
     )
     .await;

@@ -60,14 +60,29 @@ impl Dovecot {
         oauth: &OAuthProvider,
         password_users: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::start_without(oauth, password_users, &["IDLE"])
+    }
+
+    /// Like [`Dovecot::start`], its capabilities without `left_out` (`CONDSTORE`, `IDLE`…),
+    /// as an older or plainer server looks to a client that goes by them.
+    pub fn start_without(
+        oauth: &OAuthProvider,
+        password_users: &[(&str, &str)],
+        left_out: &[&str],
+    ) -> anyhow::Result<Self> {
+        const CAPABILITIES: &str = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT \
+             THREAD=REFERENCES MULTIAPPEND UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED \
+             I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH SEARCHRES WITHIN CONTEXT=SEARCH LIST-STATUS \
+             BINARY MOVE SPECIAL-USE LITERAL+";
+        let kept: Vec<&str> = CAPABILITIES
+            .split_whitespace()
+            .filter(|c| !left_out.contains(c))
+            .collect();
         Self::start_configured(
             oauth,
             password_users,
             "xoauth2 oauthbearer plain login",
-            "imap_capability = IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE SORT \
-             THREAD=REFERENCES MULTIAPPEND UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED \
-             I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH SEARCHRES WITHIN CONTEXT=SEARCH LIST-STATUS \
-             BINARY MOVE SPECIAL-USE LITERAL+\n",
+            &format!("imap_capability = {}\n", kept.join(" ")),
         )
     }
 
@@ -211,6 +226,53 @@ impl Dovecot {
         };
         let endpoint = Endpoint::new("127.0.0.1", self.ports.imaps, Security::Tls);
         Ok(mailbridge_proto::imap::ImapSession::login(&endpoint, &tls, &creds).await?)
+    }
+
+    /// Another mail client, not Mailbridge's code: Python's `imaplib` logs in over IMAPS as
+    /// a password user, SELECTs `folder` and runs `commands` — each `UID <args…>` (e.g.
+    /// `UID STORE 3 +FLAGS (\Flagged)`) or `EXPUNGE` — failing on any answer but OK.
+    /// How a user changes their mailbox from their own mail program.
+    pub fn other_client(
+        &self,
+        user: &str,
+        password: &str,
+        folder: &str,
+        commands: &[&str],
+    ) -> anyhow::Result<()> {
+        const SCRIPT: &str = r#"
+import imaplib, ssl, sys, json
+port, ca, user, password, folder, commands = sys.argv[1:7]
+ctx = ssl.create_default_context(cadata=ca)
+ctx.check_hostname = False
+m = imaplib.IMAP4_SSL("127.0.0.1", int(port), ssl_context=ctx)
+m.login(user, password)
+typ, data = m.select('"%s"' % folder)
+assert typ == "OK", (typ, data)
+for c in json.loads(commands):
+    if c == "EXPUNGE":
+        typ, data = m.expunge()
+    else:
+        args = c.split(" ", 3)
+        assert args[0] == "UID", c
+        typ, data = m.uid(*args[1:])
+    assert typ == "OK", (c, typ, data)
+m.logout()
+"#;
+        let out = Command::new("python3")
+            .args(["-c", SCRIPT])
+            .arg(self.ports.imaps.to_string())
+            .arg(&self.ca_pem)
+            .args([user, password, folder])
+            .arg(serde_json::to_string(commands)?)
+            .output()
+            .context("cannot run python3 (imaplib)")?;
+        if !out.status.success() {
+            bail!(
+                "the other IMAP client failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     /// The CA that signed the servers' certificate, to trust in clients.

@@ -2,7 +2,8 @@
 //! differs — its greeting and capabilities (`X-GM-EXT-1`, `LITERAL-`, no `LITERAL+`), its
 //! exact XOAUTH2 error challenge, its refusal when IMAP is turned off in Gmail settings, its
 //! FETCH extensions (X-GM-MSGID, X-GM-THRID, X-GM-LABELS) on a fixed INBOX of
-//! [`GMAIL_INBOX`], and, on demand, a message it cannot read (`NO Some messages could not be
+//! [`GMAIL_INBOX`] and "[Gmail]/Sent Mail" of [`GMAIL_SENT`] (marked `\Sent` in LIST), and,
+//! on demand, a message it cannot read (`NO Some messages could not be
 //! FETCHed`).
 //! Scripted because no real peer shows these on demand; plain TCP, one account.
 
@@ -47,6 +48,25 @@ pub const GMAIL_INBOX: [GmailMessage; 2] = [
         raw: "From: bob@example.com\r\nTo: ann@gmail.com\r\nSubject: Re: Lunch?\r\nMessage-ID: <l2@example.com>\r\n\r\nOr Friday.\r\n",
     },
 ];
+
+/// "[Gmail]/Sent Mail": Ann's answer to the first message of [`GMAIL_INBOX`], written in
+/// Gmail's own web client, in the same Gmail conversation.
+pub const GMAIL_SENT: [GmailMessage; 1] = [GmailMessage {
+    uid: 3,
+    msg_id: 1_790_000_000_000_000_007,
+    thread_id: 1_790_000_000_000_000_005,
+    labels: "(\\Sent)",
+    raw: "From: ann@gmail.com\r\nTo: bob@example.com\r\nSubject: Re: Lunch?\r\nMessage-ID: <a1@gmail.com>\r\nIn-Reply-To: <l1@example.com>\r\n\r\nNoon works.\r\n",
+}];
+
+/// The folder of `name` ("[Gmail]/All Mail" is listed but holds nothing here).
+fn folder(name: &str) -> (&'static [GmailMessage], u32, u32) {
+    match name.trim_matches('"') {
+        "[Gmail]/Sent Mail" => (&GMAIL_SENT, 9, 4),
+        n if n.eq_ignore_ascii_case("INBOX") => (&GMAIL_INBOX, 3, 7),
+        _ => (&[], 11, 1),
+    }
+}
 
 pub struct ScriptedGmail {
     pub port: u16,
@@ -161,6 +181,7 @@ async fn serve(
         .write_all(b"* OK Gimap ready for requests from 127.0.0.1 a1mb1234567abc\r\n")
         .await?;
     let mut authenticated = false;
+    let mut selected: &'static [GmailMessage] = &GMAIL_INBOX;
     while let Some(line) = lines.next_line().await? {
         let mut parts = line.splitn(3, ' ');
         let (tag, command, rest) = (
@@ -216,16 +237,31 @@ async fn serve(
                     "* ID (\"name\" \"GImap\" \"vendor\" \"Google, Inc.\" \"support-url\" \"https://support.google.com/mail\")\r\n{tag} OK Success\r\n"
                 )
             }
-            "EXAMINE" | "SELECT" => format!(
-                "* FLAGS (\\Answered \\Flagged \\Draft \\Deleted \\Seen $NotPhishing $Phishing)\r\n\
-                 * OK [PERMANENTFLAGS ()] Flags permitted.\r\n\
-                 * OK [UIDVALIDITY 3] UIDs valid.\r\n\
-                 * 2 EXISTS\r\n* 0 RECENT\r\n\
-                 * OK [UIDNEXT 7] Predicted next UID.\r\n\
-                 * OK [HIGHESTMODSEQ 4242]\r\n\
-                 {tag} OK [READ-ONLY] INBOX selected. (Success)\r\n"
+            "EXAMINE" | "SELECT" if authenticated => {
+                let (messages, validity, next) = folder(rest);
+                selected = messages;
+                format!(
+                    "* FLAGS (\\Answered \\Flagged \\Draft \\Deleted \\Seen $NotPhishing $Phishing)\r\n\
+                     * OK [PERMANENTFLAGS ()] Flags permitted.\r\n\
+                     * OK [UIDVALIDITY {validity}] UIDs valid.\r\n\
+                     * {} EXISTS\r\n* 0 RECENT\r\n\
+                     * OK [UIDNEXT {next}] Predicted next UID.\r\n\
+                     * OK [HIGHESTMODSEQ 4242]\r\n\
+                     {tag} OK [READ-ONLY] {rest} selected. (Success)\r\n",
+                    messages.len()
+                )
+            }
+            "LIST" if authenticated => format!(
+                "* LIST (\\HasNoChildren) \"/\" \"INBOX\"\r\n\
+                 * LIST (\\HasChildren \\Noselect) \"/\" \"[Gmail]\"\r\n\
+                 * LIST (\\All \\HasNoChildren) \"/\" \"[Gmail]/All Mail\"\r\n\
+                 * LIST (\\HasNoChildren \\Sent) \"/\" \"[Gmail]/Sent Mail\"\r\n\
+                 {tag} OK Success\r\n"
             ),
-            "UID" if authenticated => uid_command(tag, rest, limits),
+            "ENABLE" if authenticated => {
+                format!("* ENABLED CONDSTORE\r\n{tag} OK Success\r\n")
+            }
+            "UID" if authenticated => uid_command(tag, rest, selected, limits),
             "LOGOUT" => {
                 write
                     .write_all(
@@ -245,12 +281,12 @@ async fn serve(
 /// `UID SEARCH UID n:*` and `UID FETCH set (…)` over [`GMAIL_INBOX`] (sizes, or the
 /// messages), answered with the attributes in the order Gmail sends them; a FETCH of messages
 /// that asks for the `unreadable` UID gets the others and then Gmail's NO.
-fn uid_command(tag: &str, rest: &str, limits: &Limits) -> String {
+fn uid_command(tag: &str, rest: &str, selected: &[GmailMessage], limits: &Limits) -> String {
     let unreadable = limits.unreadable.load(Ordering::SeqCst);
     let (verb, args) = rest.split_once(' ').unwrap_or((rest, ""));
     match verb.to_ascii_uppercase().as_str() {
         "SEARCH" => {
-            let uids: Vec<String> = GMAIL_INBOX.iter().map(|m| m.uid.to_string()).collect();
+            let uids: Vec<String> = selected.iter().map(|m| m.uid.to_string()).collect();
             format!(
                 "* SEARCH {}\r\n{tag} OK SEARCH completed (Success)\r\n",
                 uids.join(" ")
@@ -270,7 +306,7 @@ fn uid_command(tag: &str, rest: &str, limits: &Limits) -> String {
             };
             let mut out = String::new();
             if args.to_ascii_uppercase().contains("RFC822.SIZE") {
-                for (seq, m) in GMAIL_INBOX.iter().enumerate() {
+                for (seq, m) in selected.iter().enumerate() {
                     if wanted(m.uid) {
                         out.push_str(&format!(
                             "* {} FETCH (UID {} RFC822.SIZE {})\r\n",
@@ -287,10 +323,25 @@ fn uid_command(tag: &str, rest: &str, limits: &Limits) -> String {
                     "{tag} NO [OVERQUOTA] Account exceeded command or bandwidth limits. (Failure)\r\n"
                 );
             }
-            for (seq, m) in GMAIL_INBOX.iter().enumerate() {
+            if !args.to_ascii_uppercase().contains("BODY") {
+                // Flags only: nothing is read, nothing is downloaded.
+                for (seq, m) in selected.iter().enumerate() {
+                    if wanted(m.uid) {
+                        out.push_str(&format!(
+                            "* {} FETCH (X-GM-MSGID {} X-GM-LABELS {} UID {} FLAGS (\\Seen) MODSEQ (4242))\r\n",
+                            seq + 1,
+                            m.msg_id,
+                            m.labels,
+                            m.uid
+                        ));
+                    }
+                }
+                return format!("{out}{tag} OK Success\r\n");
+            }
+            for (seq, m) in selected.iter().enumerate() {
                 if wanted(m.uid) && m.uid != unreadable {
                     out.push_str(&format!(
-                        "* {} FETCH (X-GM-THRID {} X-GM-MSGID {} X-GM-LABELS {} UID {} BODY[] {{{}}}\r\n{})\r\n",
+                        "* {} FETCH (X-GM-THRID {} X-GM-MSGID {} X-GM-LABELS {} UID {} FLAGS (\\Seen) BODY[] {{{}}}\r\n{})\r\n",
                         seq + 1,
                         m.thread_id,
                         m.msg_id,

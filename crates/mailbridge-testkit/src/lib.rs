@@ -19,7 +19,7 @@ pub use app::{ApiClient, AppOptions, TestApp, assert_error};
 pub use browser::{Browser, screenshot_dir};
 pub use clock::ManualClock;
 pub use dovecot::{Dovecot, Ports};
-pub use gmail::{GMAIL_ERROR_CHALLENGE, GMAIL_INBOX, ScriptedGmail};
+pub use gmail::{GMAIL_ERROR_CHALLENGE, GMAIL_INBOX, GMAIL_SENT, ScriptedGmail};
 pub use mailbridge_testdb::{Postgres, TestDatabase};
 pub use oauth::OAuthProvider;
 pub use proxy::{Action, CountingProxy, Fault, Step, Times};

@@ -281,6 +281,7 @@ impl MailWorld {
                         uid_validity: 7,
                         last_uid: 40,
                         highest_modseq: None,
+                        messages: None,
                     }),
                     progress: Some(mailbridge_store::PassProgress {
                         messages: 120,
@@ -318,6 +319,7 @@ impl MailWorld {
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(1),
             full_check: Duration::from_secs(60),
+            folder_check: Duration::from_secs(1),
             mail_timeout: Duration::from_secs(20),
             ..mailbridge_sync::EngineConfig::default()
         }

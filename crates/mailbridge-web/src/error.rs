@@ -29,7 +29,8 @@ pub struct ErrorDetail {
     /// `profile_full`, `idempotency_key_reused`, `invalid`, `invalid_json`,
     /// `unsupported_media_type`, `bad_request`, `method_not_allowed`, `payload_too_large`,
     /// `gone`, `request_timeout`, `too_many_requests`, `unavailable` (503: the database is not
-    /// answering), `insufficient_storage` (507: its disk is full), `internal`.
+    /// answering), `insufficient_storage` (507: its disk is full), `internal`; for
+    /// `PATCH /emails/{id}`: `not_on_server`, `needs_sign_in`, `mail_server` (502).
     code: &'static str,
     /// What went wrong and what to do, in words.
     message: String,

@@ -17,7 +17,7 @@ use crate::routes::{
         mailboxes::create, mailboxes::list, mailboxes::show, mailboxes::update, mailboxes::remove,
         mailboxes::alerts, mailboxes::my_alerts, mailboxes::dismiss_my_alert, mailboxes::dismiss_alert, mailboxes::test_and_enable,
         profiles::test_and_enable, oauth::start, oauth::disconnect, oauth::create_link,
-        emails::list, emails::send, emails::show, emails::raw, emails::attachment,
+        emails::list, emails::send, emails::show, emails::set_flags, emails::raw, emails::attachment,
         events::list, events::stream,
         webhooks::create, webhooks::list, webhooks::show, webhooks::update, webhooks::remove,
         webhooks::rotate_secret, webhooks::send_test, webhooks::deliveries, webhooks::delivery, webhooks::redeliver,

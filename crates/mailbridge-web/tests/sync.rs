@@ -1191,8 +1191,13 @@ async fn each_folder_shows_how_far_its_sync_is() {
         )
         .await["folders"]
         .clone();
-    assert_eq!(folders.as_array().unwrap().len(), 1, "{folders:#}");
+    assert_eq!(
+        folders.as_array().unwrap().len(),
+        2,
+        "INBOX and Sent: {folders:#}"
+    );
     assert_eq!(folders[0]["folder"], "INBOX");
+    assert_eq!(folders[1]["folder"], "Sent");
     assert_eq!(folders[0]["messages_on_server"], 3);
     assert_eq!(folders[0]["pass_total"], 3);
     assert_eq!(folders[0]["seconds_left"], Value::Null, "done: {folders:#}");
@@ -1310,7 +1315,16 @@ async fn gmails_download_limit_pauses_the_mailbox_and_it_resumes_on_its_own() {
     );
 
     gmail.set_over_quota(false);
-    wait_for_emails(&w, &mailbox, &w.ann, 2).await;
+    // INBOX's two, and Ann's answer from "[Gmail]/Sent Mail": hers, in the same conversation.
+    let emails = wait_for_emails(&w, &mailbox, &w.ann, 3).await;
+    let answer = emails
+        .iter()
+        .find(|e| e["folder"] == "[Gmail]/Sent Mail")
+        .unwrap();
+    assert_eq!(answer["direction"], "outgoing", "{answer:#}");
+    assert_eq!(answer["gmail_labels"], json!(["\\Sent"]));
+    let question = emails.iter().find(|e| e["subject"] == "Lunch?").unwrap();
+    assert_eq!(answer["conversation_id"], question["conversation_id"]);
     let (_, m) = w
         .api
         .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)

@@ -48,6 +48,55 @@ pub fn plan_folder(stored: Option<&FolderPosition>, server: ServerFolder) -> Fol
     }
 }
 
+/// How a pass reads the flags of mail already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagRead {
+    Nothing,
+    /// Only the messages changed after this HIGHESTMODSEQ (CONDSTORE, RFC 7162).
+    ChangedSince(u64),
+    /// Every message's flags (a server without CONDSTORE).
+    All,
+}
+
+/// What a pass reads about mail already stored in a folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatePlan {
+    pub flags: FlagRead,
+    /// Whether to list every UID the folder holds, to find what was expunged.
+    pub check_expunges: bool,
+}
+
+/// | server                                  | flags                                |
+/// |-----------------------------------------|--------------------------------------|
+/// | CONDSTORE, HIGHESTMODSEQ as stored      | nothing changed: none read           |
+/// | CONDSTORE, HIGHESTMODSEQ moved          | those changed since the stored one   |
+/// | no CONDSTORE (or none stored yet)       | all, when a scan is allowed          |
+///
+/// Expunges: the folder held `stored.messages` messages at the last pass and `new` UIDs
+/// arrived since; any other count now means some left, and only then is every UID listed.
+pub fn plan_state(
+    stored: &FolderPosition,
+    server: &mailbridge_proto::imap::FolderStatus,
+    new: u32,
+    condstore: bool,
+    flag_scan: bool,
+) -> StatePlan {
+    let flags = match (condstore, stored.highest_modseq, server.highest_modseq) {
+        (true, Some(ours), Some(theirs)) if ours == theirs => FlagRead::Nothing,
+        (true, Some(ours), Some(_)) => FlagRead::ChangedSince(ours),
+        _ if flag_scan => FlagRead::All,
+        _ => FlagRead::Nothing,
+    };
+    let check_expunges = match stored.messages {
+        Some(before) => u64::from(server.exists) != u64::from(before) + u64::from(new),
+        None => true, // not counted before: look once
+    };
+    StatePlan {
+        flags,
+        check_expunges,
+    }
+}
+
 /// One download of an IMAP sync, in UID order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Download {
@@ -124,6 +173,7 @@ mod tests {
             uid_validity,
             last_uid,
             highest_modseq: None,
+            messages: None,
         }
     }
 
@@ -244,5 +294,50 @@ mod tests {
         assert_eq!(plan_downloads(&[], &sizes, bounds), Vec::new());
         assert_eq!(Header(9).last(), Some(9));
         assert_eq!(Whole(vec![10, 11]).last(), Some(11));
+    }
+
+    fn status(exists: u32, highest_modseq: Option<u64>) -> mailbridge_proto::imap::FolderStatus {
+        mailbridge_proto::imap::FolderStatus {
+            exists,
+            uid_validity: Some(7),
+            uid_next: Some(100),
+            highest_modseq,
+        }
+    }
+
+    #[test]
+    fn condstore_reads_only_what_changed_and_nothing_when_nothing_did() {
+        let stored = FolderPosition {
+            highest_modseq: Some(40),
+            messages: Some(10),
+            ..at(7, 99)
+        };
+        let plan = |theirs, condstore, scan| {
+            plan_state(&stored, &status(10, theirs), 0, condstore, scan).flags
+        };
+        assert_eq!(plan(Some(40), true, true), FlagRead::Nothing);
+        assert_eq!(plan(Some(41), true, false), FlagRead::ChangedSince(40));
+        // Without CONDSTORE every flag is read again, when a scan is allowed.
+        assert_eq!(plan(Some(41), false, true), FlagRead::All);
+        assert_eq!(plan(None, true, true), FlagRead::All);
+        assert_eq!(plan(None, false, false), FlagRead::Nothing);
+    }
+
+    #[test]
+    fn expunges_are_looked_for_only_when_the_count_says_something_left() {
+        let stored = FolderPosition {
+            messages: Some(10),
+            ..at(7, 99)
+        };
+        let check = |exists, new| plan_state(&stored, &status(exists, None), new, false, false);
+        assert!(!check(10, 0).check_expunges);
+        assert!(!check(13, 3).check_expunges, "three arrived, none left");
+        assert!(check(9, 0).check_expunges, "one left");
+        assert!(check(12, 3).check_expunges, "three arrived and one left");
+        let uncounted = FolderPosition {
+            messages: None,
+            ..at(7, 99)
+        };
+        assert!(plan_state(&uncounted, &status(10, None), 0, false, false).check_expunges);
     }
 }

@@ -67,6 +67,8 @@ pub async fn sync_maildrop(
                 gmail_labels: Vec::new(),
                 gmail_thread_id: None,
                 tracking_token: None,
+                flags: None,
+                sent_by_owner: false,
                 truncated_from: oversized,
                 parsed,
                 raw: RawMessage::new(raw),

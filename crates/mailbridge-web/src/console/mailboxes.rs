@@ -207,6 +207,11 @@ struct FolderRow {
 impl From<FolderProgress> for FolderRow {
     fn from(f: FolderProgress) -> Self {
         let summary = match (f.pass, f.seconds_left()) {
+            _ if f.error.is_some() => format!(
+                "failing since {}: {} — skipped until it works again; the other folders go on",
+                when(f.failing_since),
+                f.error.as_deref().unwrap_or_default()
+            ),
             (None, _) => format!("synced {}", when(Some(f.updated_at))),
             (Some(p), Some(left)) => format!(
                 "{} of {} new messages read, about {} left ({} on the server)",
@@ -252,6 +257,9 @@ struct EmailRow {
     direction: &'static str,
     when: String,
     status: String,
+    /// On the server: "unread", "read", "read · flagged", "deleted on the server"; empty
+    /// when not known.
+    state: String,
 }
 
 #[derive(Template)]
@@ -414,6 +422,20 @@ async fn recent_emails(state: &AppState, mailbox: MailboxId) -> Result<Vec<Email
                 direction: if incoming { "Received" } else { "Sent" },
                 when: when(e.sent_at.or(Some(e.created_at))),
                 status: e.status.unwrap_or_default().replace('_', " "),
+                state: match (e.deleted_on_server_at, e.flags) {
+                    (Some(at), _) => format!("deleted on the server {}", when(Some(at))),
+                    (None, Some(f)) => {
+                        let mut words = vec![if f.seen { "read" } else { "unread" }];
+                        if f.flagged {
+                            words.push("flagged");
+                        }
+                        if f.answered {
+                            words.push("answered");
+                        }
+                        words.join(" · ")
+                    }
+                    (None, None) => String::new(),
+                },
             }
         })
         .collect())

@@ -207,6 +207,8 @@ fn values_of(spec: &ProfileSpec) -> FormValues {
     v.set("max_connections", spec.max_connections.to_string());
     v.set("daily_send_limit", spec.daily_send_limit.to_string());
     v.set("max_queued_emails", spec.max_queued_emails.to_string());
+    v.set("folders", spec.folders.join(", "));
+    v.set("append_sent", if spec.append_sent { "yes" } else { "no" });
     v.set(
         "poll_interval_seconds",
         spec.poll_interval_seconds.to_string(),
@@ -349,6 +351,20 @@ fn groups(
             .numeric()
             .help("Leave blank for 1,000.")
             .from(v, e),
+        Field::text("folders", "Other folders to synchronize")
+            .help("INBOX and the Sent folder always are. Separate names with commas, e.g. Archive, Projects/2027.")
+            .from(v, e),
+        Field::select(
+            "append_sent",
+            "File a copy of sent email in the Sent folder",
+            vec![
+                Choice::new("", "Default (yes, except with Gmail)"),
+                Choice::new("yes", "Yes"),
+                Choice::new("no", "No"),
+            ],
+        )
+        .help("Gmail files mail sent through it by itself; most other servers do not.")
+        .from(v, e),
     ]);
 
     let secret_help = match profile {
@@ -531,6 +547,24 @@ fn draft_of(v: &FormValues, mode: Mode, errors: &mut FieldErrors) -> ProfileDraf
         process_emails_received_after: date,
         daily_send_limit: v.number("daily_send_limit", "The daily limit", errors),
         max_queued_emails: v.number("max_queued_emails", "The queue limit", errors),
+        // The edit form shows the stored folders: what it sends back is the new list.
+        folders: if editing || v.opt("folders").is_some() {
+            Some(
+                v.get("folders")
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|f| !f.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            )
+        } else {
+            None
+        },
+        append_sent: match v.get("append_sent") {
+            "yes" => Some(true),
+            "no" => Some(false),
+            _ => None,
+        },
     }
 }
 

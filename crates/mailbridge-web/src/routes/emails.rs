@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use mailbridge_core::message::Party;
+use mailbridge_core::message::{MessageFlags, Party};
 use mailbridge_core::{MailboxId, OutgoingDraft};
 use mailbridge_store::{AttachmentInfo, EmailFilter, EmailRecord, StoreError};
 use mailbridge_sync::outgoing::compose;
@@ -23,7 +23,7 @@ use crate::query::ApiQuery;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/emails", get(list).post(send))
-        .route("/emails/{id}", get(show))
+        .route("/emails/{id}", get(show).patch(set_flags))
         .route("/emails/{id}/raw", get(raw))
         .route("/emails/{id}/attachments/{attachment_id}", get(attachment))
 }
@@ -75,7 +75,16 @@ pub struct EmailView {
     truncated: bool,
     /// Set when the message could not be parsed; the raw bytes are kept.
     parse_error: Option<String>,
+    /// The folder the message is in on the server (for Gmail, where it was first seen; its
+    /// labels say where else it is).
     folder: Option<String>,
+    /// Its flags on the server, kept in step with it (`null`: not known — POP3 mail, or sent
+    /// from here and not yet seen in the Sent folder). Change `seen` and `flagged` with
+    /// `PATCH /emails/{id}`.
+    flags: Option<MessageFlags>,
+    /// When the server stopped having the message (expunged; on Gmail, in no synchronized
+    /// folder any more). The record stays.
+    deleted_on_server_at: Option<DateTime<Utc>>,
     gmail_labels: Vec<String>,
     /// Gmail's conversation id (X-GM-THRID), as a decimal string.
     gmail_thread_id: Option<String>,
@@ -117,6 +126,8 @@ impl From<EmailRecord> for EmailView {
             truncated: e.truncated,
             parse_error: e.parse_error,
             folder: e.folder,
+            flags: e.flags,
+            deleted_on_server_at: e.deleted_on_server_at,
             gmail_labels: e.gmail_labels,
             gmail_thread_id: e.gmail_thread_id,
             tracking_token: e.tracking_token,
@@ -225,6 +236,71 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<EmailView>, ApiError> {
     Ok(Json(load(&caller, &state, &id).await?.into()))
+}
+
+/// What `PATCH /emails/{id}` changes; a field left out stays as it is.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlagsInput {
+    /// Mark the message read (`true`) or unread.
+    seen: Option<bool>,
+    /// Flag (star, in Gmail) the message, or remove the flag.
+    flagged: Option<bool>,
+}
+
+/// Sets `seen` and `flagged` on the mail server (IMAP `STORE`, with the mailbox's own
+/// credentials); once the server has taken it, the record follows and `email.updated` is
+/// appended to the event log.
+#[utoipa::path(patch, path = "/emails/{id}", tag = "emails", request_body = FlagsInput, security(("bearer" = [])),
+    params(("id" = String, Path, description = "email id")),
+    responses((status = 200, body = EmailView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the email has no message on an IMAP server to change, or the mailbox must sign in again"),
+        (status = 422, body = ErrorBody),
+        (status = 502, body = ErrorBody, description = "the mail server refused or could not be reached; the record is unchanged")))]
+async fn set_flags(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<FlagsInput>,
+) -> Result<Json<EmailView>, ApiError> {
+    let email = load(&caller, &state, &id).await?;
+    if input.seen.is_none() && input.flagged.is_none() {
+        return Err(ApiError::invalid(
+            "seen",
+            "give seen or flagged (true or false), e.g. {\"seen\": true}",
+        ));
+    }
+    let change = mailbridge_sync::FlagChange {
+        seen: input.seen,
+        flagged: input.flagged,
+    };
+    state
+        .tester
+        .set_flags(&email, change)
+        .await
+        .map_err(|e| match e {
+            mailbridge_sync::FlagError::NotOnServer(why) => {
+                ApiError::new(StatusCode::CONFLICT, "not_on_server", why)
+            }
+            mailbridge_sync::FlagError::Sync(mailbridge_sync::incoming::SyncError::Store(e)) => {
+                e.into()
+            }
+            mailbridge_sync::FlagError::Sync(mailbridge_sync::incoming::SyncError::Token(e))
+                if !e.is_transient() =>
+            {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "needs_sign_in",
+                    format!("{e}; the mailbox's owner must sign in again"),
+                )
+            }
+            mailbridge_sync::FlagError::Sync(e) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "mail_server",
+                format!("the flags could not be set on the mail server: {e}"),
+            ),
+        })?;
+    Ok(Json(state.store.get_email(&email.id).await?.into()))
 }
 
 /// The original RFC 5322 bytes, as `message/rfc822`.

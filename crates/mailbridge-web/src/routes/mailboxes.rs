@@ -105,6 +105,11 @@ pub struct FolderView {
     pass_started_at: Option<DateTime<Utc>>,
     /// When it last stored a batch, or ended.
     updated_at: DateTime<Utc>,
+    /// Why the folder's last pass failed (deleted, renamed, refused by the server); it is
+    /// skipped until it works again, and the other folders go on.
+    error: Option<String>,
+    /// Since when it fails.
+    failing_since: Option<DateTime<Utc>>,
 }
 
 impl From<FolderProgress> for FolderView {
@@ -118,6 +123,8 @@ impl From<FolderProgress> for FolderView {
             seconds_left,
             pass_started_at: f.pass.map(|p| p.started_at),
             updated_at: f.updated_at,
+            error: f.error,
+            failing_since: f.failing_since,
         }
     }
 }

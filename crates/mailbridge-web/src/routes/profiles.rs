@@ -62,6 +62,10 @@ pub struct ProfileView {
     daily_send_limit: u32,
     /// Emails each mailbox may have waiting to be sent at once.
     max_queued_emails: u32,
+    /// IMAP folders synchronized besides INBOX and the Sent folder.
+    folders: Vec<String>,
+    /// Whether a copy of each email sent is filed in the Sent folder (IMAP APPEND).
+    append_sent: bool,
     owner_user_id: Option<UserId>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -92,6 +96,8 @@ impl From<ProfileRecord> for ProfileView {
             process_emails_received_after: p.spec.process_emails_received_after,
             daily_send_limit: p.spec.daily_send_limit,
             max_queued_emails: p.spec.max_queued_emails,
+            folders: p.spec.folders,
+            append_sent: p.spec.append_sent,
             owner_user_id: p.owner_user_id,
             created_at: p.created_at,
             updated_at: p.updated_at,
