@@ -9,7 +9,7 @@ use mailbridge_core::message::{MessageFlags, ParsedAttachment, ParsedEmail, Part
 use mailbridge_core::{EventType, MailboxId, UserId};
 use sqlx::AnyConnection;
 
-use crate::events::{EmailSummary, append};
+use crate::events::{EmailSummary, append, email_event};
 use crate::folders::{FolderPosition, PassProgress};
 use crate::nodes::{Fence, check_fence};
 use crate::{Backend, Result, Store, StoreError, sha256_hex, time_from_ms};
@@ -254,17 +254,25 @@ impl Store {
         if let Some(fence) = &batch.fence {
             check_fence(&mut tx, self.backend, &mid, fence, now).await?;
         }
+        let (mut known, moved) = adopt_renumbered(&mut tx, &mid, &batch.emails).await?;
+        join_own_sends(&mut tx, &mid, &batch.emails, &mut known).await?;
         let inserted = insert_emails(
             &mut tx,
             self.backend,
             &mid,
             &mut batch.emails,
             now,
-            None,
-            batch.fence.as_ref().map(|f| f.node.as_str()),
+            Origin::Synced {
+                known: &known,
+                stored_by: batch.fence.as_ref().map(|f| f.node.as_str()),
+            },
         )
         .await?;
-        let events = if inserted.is_empty() {
+        let mut events = Vec::new();
+        for id in &moved {
+            events.extend(email_event(&mut tx, EventType::EmailUpdated, id).await?);
+        }
+        events.extend(if inserted.is_empty() {
             Vec::new()
         } else {
             let (owner,): (String,) =
@@ -298,7 +306,7 @@ impl Store {
                     .event(EventType::EmailReceived, Some(owner))
                 })
                 .collect::<Result<Vec<_>>>()?
-        };
+        });
         if let Some(p) = &batch.position {
             crate::folders::save_position(&mut tx, &mid, p, batch.progress, now).await?;
         }
@@ -590,21 +598,34 @@ pub(crate) const IN_LIST: usize = 500;
 
 /// Inserts emails unless the mailbox already has them (same server identity; a renumbered
 /// copy, see [`NewEmail::renumbered_from`]; for outgoing mail, the same idempotency key);
-/// joins each to the conversation of the message it answers. `outgoing` carries the
-/// idempotency key of mail to send. A batch costs a few statements, not a few per email.
+/// joins each to the conversation of the message it answers. A batch costs a few statements, not a few per email.
 /// Returns the new ones: (index into `emails`, record id, conversation id), in input order.
+/// Where emails to insert come from.
+pub(crate) enum Origin<'a> {
+    /// Mail to send, queued with this idempotency key.
+    Queued { idempotency_key: Option<&'a str> },
+    /// Mail read from the server: `known[i]` when `emails[i]` is already stored (replayed,
+    /// renumbered, moved, or sent from here); the node that read it.
+    Synced {
+        known: &'a [bool],
+        stored_by: Option<&'a str>,
+    },
+}
+
 pub(crate) async fn insert_emails(
     tx: &mut AnyConnection,
     backend: Backend,
     mailbox: &str,
     emails: &mut [NewEmail],
     now: i64,
-    outgoing: Option<Option<&str>>,
-    stored_by: Option<&str>,
+    origin: Origin<'_>,
 ) -> Result<Vec<(usize, String, String)>> {
-    let mut skip = adopt_renumbered(tx, mailbox, emails).await?;
-    join_own_sends(tx, mailbox, emails, &mut skip).await?;
-    let rows: Vec<usize> = (0..emails.len()).filter(|i| !skip[*i]).collect();
+    let (outgoing, stored_by, known) = match origin {
+        Origin::Queued { idempotency_key } => (Some(idempotency_key), None, &[][..]),
+        Origin::Synced { known, stored_by } => (None, stored_by, known),
+    };
+    let skip = |i: usize| known.get(i).copied().unwrap_or(false);
+    let rows: Vec<usize> = (0..emails.len()).filter(|i| !skip(*i)).collect();
     let conversations = conversations(tx, mailbox, emails, &rows).await?;
     let ids: Vec<String> = rows
         .iter()
@@ -807,15 +828,19 @@ async fn join_own_sends(
     Ok(())
 }
 
-/// Which emails are already stored: a replay of a committed batch (same key), or a message
+/// Which emails are already stored: a replay of a committed batch (same key); a message
 /// renumbered by a UIDVALIDITY change, whose older record of the folder (same bytes) is
-/// re-keyed to it — one record per message read, so identical deliveries stay distinct.
+/// re-keyed to it — one record per message read, so identical deliveries stay distinct; or a
+/// message moved from another folder (same bytes there), whose record moves with it (it
+/// returns those, for their `email.updated`). A copy kept in both folders is one record too,
+/// following the copy read last.
 async fn adopt_renumbered(
     tx: &mut AnyConnection,
     mailbox: &str,
     emails: &[NewEmail],
-) -> Result<Vec<bool>> {
+) -> Result<(Vec<bool>, Vec<String>)> {
     let mut skip = vec![false; emails.len()];
+    let mut moved = Vec::new();
     let wanted: Vec<&String> = emails
         .iter()
         .filter(|e| e.renumbered_from.is_some())
@@ -824,7 +849,7 @@ async fn adopt_renumbered(
         .into_iter()
         .collect();
     if wanted.is_empty() {
-        return Ok(skip);
+        return Ok((skip, moved));
     }
     // By the content index alone (an equality every planner uses); the key test is done here.
     let mut candidates: HashMap<String, Vec<(String, String)>> = HashMap::new();
@@ -856,23 +881,43 @@ async fn adopt_renumbered(
             skip[i] = true;
             continue;
         }
-        let old = list.iter().find(|(id, key)| {
+        let renumbered = list.iter().find(|(id, key)| {
             key.starts_with(folder_prefix.as_str())
                 && !key.starts_with(epoch_prefix.as_str())
                 && !used.contains(id)
         });
+        // Moved from another folder (the same bytes there): the record follows it.
+        let elsewhere = || {
+            list.iter().find(|(id, key)| {
+                key.starts_with("imap/")
+                    && !key.starts_with(folder_prefix.as_str())
+                    && !used.contains(id)
+            })
+        };
+        let (old, is_move) = match renumbered {
+            Some(old) => (Some(old), false),
+            None => (elsewhere(), true),
+        };
         if let Some((id, _)) = old {
-            sqlx::query("UPDATE emails SET remote_key = $1, uid = $2 WHERE id = $3")
-                .bind(&email.remote_key)
-                .bind(email.uid.map(i64::from))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE emails SET remote_key = $1, uid = $2, folder = $3, \
+                 flags = COALESCE($4, flags), deleted_on_server_at = NULL WHERE id = $5",
+            )
+            .bind(&email.remote_key)
+            .bind(email.uid.map(i64::from))
+            .bind(&email.folder)
+            .bind(email.flags.map(MessageFlags::to_imap))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
             used.insert(id.clone());
             skip[i] = true;
+            if is_move {
+                moved.push(id.clone());
+            }
         }
     }
-    Ok(skip)
+    Ok((skip, moved))
 }
 
 /// The conversation of each email in `rows`: that of the first message it answers

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use mailbridge_core::message::Party;
 use mailbridge_core::{EventType, MailboxId};
 
-use crate::emails::{EmailRecord, IN_LIST, NewEmail, insert_emails};
+use crate::emails::{EmailRecord, IN_LIST, NewEmail, Origin, insert_emails};
 use crate::events::{NewEvent, append, email_event};
 use crate::{Backend, Result, Store, StoreError};
 
@@ -58,8 +58,7 @@ impl Store {
             // A copy: the insert takes the bytes it stores.
             &mut [outgoing.email.clone()],
             now,
-            Some(idempotency_key),
-            None,
+            Origin::Queued { idempotency_key },
         )
         .await?
         .len()

@@ -515,3 +515,67 @@ async fn folder_names_are_validated_at_the_edge() {
     }
     w.app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_message_moved_between_synced_folders_stays_one_record() {
+    let w = world().await;
+    w.dovecot
+        .add_password_user("ann@example.com", "hunter2")
+        .unwrap();
+    w.dovecot.deliver("ann@example.com", b"From: x@example.com\r\nTo: ann@example.com\r\nSubject: to file\r\nMessage-ID: <mv1@example.com>\r\n\r\n1\r\n").unwrap();
+    w.dovecot.deliver_to("ann@example.com", "Archive", b"From: x@example.com\r\nTo: ann@example.com\r\nSubject: old\r\nMessage-ID: <old1@example.com>\r\n\r\n0\r\n").unwrap();
+    let profile = w
+        .gmail_like(
+            "With an archive",
+            w.imaps(),
+            w.submissions(),
+            json!({"folders": ["Archive"]}),
+        )
+        .await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    w.sign_in(&mailbox, &w.ann).await;
+    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    let all = emails_until(&w, &mailbox, "both folders", |e| e.len() >= 2).await;
+    let filed = by_subject(&all, "to file").clone();
+    assert_eq!(filed["folder"], "INBOX");
+
+    // Ann's mail program moves it to Archive (MOVE, RFC 6851).
+    w.dovecot
+        .other_client(
+            "ann@example.com",
+            "hunter2",
+            "INBOX",
+            &["UID MOVE 1 Archive"],
+        )
+        .unwrap();
+    let id = filed["id"].as_str().unwrap();
+    let moved = w
+        .poll(
+            &format!("/api/v1/emails/{id}"),
+            &w.ann,
+            20,
+            "the record in Archive",
+            |e| e["folder"] == "Archive",
+        )
+        .await;
+    assert!(moved["deleted_on_server_at"].is_null(), "{moved:#}");
+    // Another pass over INBOX finds it gone from there: still nothing deleted, nothing twice.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let all = emails(&w, &mailbox).await;
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(
+        all.iter().all(|e| e["deleted_on_server_at"].is_null()),
+        "{all:#?}"
+    );
+    assert!(events(&w, &mailbox, "email.deleted").await.is_empty());
+    let updated = events(&w, &mailbox, "email.updated").await;
+    assert!(
+        updated
+            .iter()
+            .any(|e| e["data"]["email"]["id"] == filed["id"]),
+        "{updated:#?}"
+    );
+    w.app.stop().await.unwrap();
+}
