@@ -51,6 +51,8 @@ pub struct MailboxSpec {
     pub login_name: Option<String>,
     /// With `email_router`: the node group that works this mailbox.
     pub router_group: Option<String>,
+    /// IMAP folders synchronized besides INBOX, Sent and the profile's `folders`.
+    pub extra_folders: Vec<String>,
 }
 
 /// The node group of nodes that do not say: it works server-side-sync mailboxes.
@@ -99,6 +101,10 @@ pub struct MailboxDraft {
     /// `node_group` set to it) that works this mailbox.
     #[schema(example = "office-berlin")]
     pub router_group: Option<String>,
+    /// IMAP folders to synchronize for this mailbox besides INBOX, the Sent folder and its
+    /// profile's `folders`, e.g. `["Clients/Acme"]`; at most 50.
+    #[schema(max_items = 50)]
+    pub extra_folders: Option<Vec<String>>,
     /// Password profiles: the mailbox's password. Write-only: stored encrypted, never returned.
     #[schema(value_type = Option<String>, write_only)]
     pub password: Option<secrecy::SecretString>,
@@ -146,6 +152,10 @@ impl MailboxDraft {
                 .or(base.map(|b| b.tracking_rule))
                 .unwrap_or(TrackingRule::All),
             router_group: None,
+            extra_folders: match &self.extra_folders {
+                Some(f) => crate::validation::folder_names(f.clone(), "extra_folders")?,
+                None => base.map(|b| b.extra_folders.clone()).unwrap_or_default(),
+            },
             login_name: match self.login_name.as_deref().map(str::trim) {
                 Some("") => None,
                 Some(l) if l.len() > 320 || l.chars().any(char::is_control) => {

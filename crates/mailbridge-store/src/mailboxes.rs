@@ -89,6 +89,7 @@ struct MailboxRow {
     tracking_rule: String,
     login_name: Option<String>,
     router_group: Option<String>,
+    folders: Option<String>,
     password_set: i64,
     incoming_status: String,
     incoming_status_reason: Option<String>,
@@ -113,7 +114,7 @@ struct MailboxRow {
 }
 
 const MAILBOX_SELECT: &str = "SELECT m.id, m.owner_user_id, m.email, m.profile_id, \
-     m.incoming_method, m.outgoing_method, m.tracking_rule, m.login_name, m.router_group, \
+     m.incoming_method, m.outgoing_method, m.tracking_rule, m.login_name, m.router_group, m.folders, \
      CASE WHEN m.password IS NULL THEN 0 ELSE 1 END AS password_set, \
      m.incoming_status, m.incoming_status_reason, m.incoming_status_hint, m.incoming_tested_at, \
      m.outgoing_status, m.outgoing_status_reason, m.outgoing_status_hint, m.outgoing_tested_at, \
@@ -141,6 +142,10 @@ impl TryFrom<MailboxRow> for MailboxRecord {
                 tracking_rule: r.tracking_rule.parse().map_err(|e| bad(&e))?,
                 login_name: r.login_name,
                 router_group: r.router_group,
+                extra_folders: match &r.folders {
+                    Some(f) => serde_json::from_str(f).map_err(|e| bad(&e))?,
+                    None => Vec::new(),
+                },
             },
             incoming: TestOutcome {
                 status: r.incoming_status.parse().map_err(|e| bad(&e))?,
@@ -184,11 +189,12 @@ fn audit_detail(spec: &MailboxSpec) -> serde_json::Value {
         "outgoing_method": spec.outgoing_method,
         "tracking_rule": spec.tracking_rule,
         "router_group": spec.router_group,
+        "extra_folders": spec.extra_folders,
     })
 }
 
-/// Binds `$1` = id, `$2`–`$8` = the spec's columns, `$9` = now, `$10` = the router group:
-/// the order both the insert and the update use.
+/// Binds `$1` = id, `$2`–`$8` = the spec's columns, `$9` = now, `$10` = the router group,
+/// `$11` = the folders: the order both the insert and the update use.
 fn bind_spec<'q>(
     q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
     id: &str,
@@ -205,6 +211,7 @@ fn bind_spec<'q>(
         .bind(spec.login_name.clone())
         .bind(now)
         .bind(spec.router_group.clone())
+        .bind(serde_json::to_string(&spec.extra_folders).unwrap_or_else(|_| "[]".to_owned()))
 }
 
 fn address_taken(e: sqlx::Error, email: &EmailAddress) -> StoreError {
@@ -231,9 +238,9 @@ impl Store {
         bind_spec(
             sqlx::query(
                 "INSERT INTO mailboxes (id, owner_user_id, email, profile_id, incoming_method, \
-             outgoing_method, tracking_rule, login_name, router_group, password, incoming_status, \
+             outgoing_method, tracking_rule, login_name, router_group, folders, password, incoming_status, \
              outgoing_status, enabled, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, $11, 'not_run', 'not_run', 0, $9, $9)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, $11, $12, 'not_run', 'not_run', 0, $9, $9)",
             ),
             &sid,
             spec,
@@ -331,7 +338,7 @@ impl Store {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE mailboxes SET owner_user_id = $2, email = $3, profile_id = $4, \
              incoming_method = $5, outgoing_method = $6, tracking_rule = $7, login_name = $8, \
-             router_group = $10, password = COALESCE($11, password), updated_at = $9{reset} WHERE id = $1"
+             router_group = $10, folders = $11, password = COALESCE($12, password), updated_at = $9{reset} WHERE id = $1"
             ))),
             &sid,
             spec,

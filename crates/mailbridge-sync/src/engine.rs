@@ -592,7 +592,7 @@ impl Engine {
                     IncomingProtocol::Imap => {
                         let mut s = ImapSession::login(&endpoint, &self.tls, &credentials).await?;
                         let folders =
-                            mailbox_folders(&mut s, &profile.spec.folders, &mut options).await?;
+                            mailbox_folders(&mut s, mailbox, profile, &mut options).await?;
                         let report =
                             sync_folders(&self.store, &mut s, mailbox, &folders, &options).await?;
                         s.logout().await;
@@ -617,7 +617,7 @@ impl Engine {
         let (mut session, folders) = {
             let _global = self.global_permit().await;
             let mut s = ImapSession::login(&endpoint, &self.tls, &credentials).await?;
-            let folders = mailbox_folders(&mut s, &profile.spec.folders, &mut options).await?;
+            let folders = mailbox_folders(&mut s, mailbox, profile, &mut options).await?;
             let report = sync_folders(&self.store, &mut s, mailbox, &folders, &options).await?;
             *failures = 0;
             self.metrics
@@ -722,14 +722,23 @@ impl Engine {
     }
 }
 
-/// The folders a session synchronizes (see [`imap::folders`]); on Gmail, the Sent folder is
-/// also where a message that leaves INBOX may still be.
+/// The folders a session synchronizes (see [`imap::folders`]): the profile's and the
+/// mailbox's own. On Gmail, the Sent folder is also where a message that leaves INBOX may
+/// still be.
 async fn mailbox_folders(
     session: &mut ImapSession,
-    named: &[String],
+    mailbox: &MailboxRecord,
+    profile: &ProfileRecord,
     options: &mut PassOptions,
 ) -> Result<Vec<imap::Folder>, SyncError> {
-    let folders = imap::folders(session, named).await?;
+    let named: Vec<String> = profile
+        .spec
+        .folders
+        .iter()
+        .chain(&mailbox.spec.extra_folders)
+        .cloned()
+        .collect();
+    let folders = imap::folders(session, &named).await?;
     if session.has("X-GM-EXT-1") {
         options.gmail_sent = folders.iter().find(|f| f.sent).map(|f| f.name.clone());
     }

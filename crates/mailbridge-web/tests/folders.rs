@@ -491,7 +491,7 @@ async fn a_folder_that_fails_is_reported_and_the_others_go_on() {
 }
 
 #[tokio::test]
-async fn folder_names_are_validated_at_the_edge() {
+async fn folder_names_are_validated_at_the_edge_and_a_user_names_their_own() {
     let w = world().await;
     for (folders, field) in [
         (json!(["INBOX"]), "folders[0]"),
@@ -513,6 +513,31 @@ async fn folder_names_are_validated_at_the_edge() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{folders}: {e}");
         assert_eq!(e["error"]["field"], field, "{folders}: {e}");
     }
+    let profile = w.password_profile("Local").await;
+    let mailbox = w.ann_password_mailbox_on(&profile).await;
+    let path = format!("/api/v1/mailboxes/{mailbox}");
+    let (status, e) = w
+        .api
+        .patch(
+            &w.app,
+            &path,
+            &w.ann,
+            json!({"extra_folders": ["Clients", "inbox"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["error"]["field"], "extra_folders[1]", "{e}");
+    let (status, m) = w
+        .api
+        .patch(
+            &w.app,
+            &path,
+            &w.ann,
+            json!({"extra_folders": [" Clients/Acme ", "Clients/Acme"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    assert_eq!(m["extra_folders"], json!(["Clients/Acme"]), "trimmed, once");
     w.app.stop().await.unwrap();
 }
 
@@ -524,16 +549,17 @@ async fn a_message_moved_between_synced_folders_stays_one_record() {
         .unwrap();
     w.dovecot.deliver("ann@example.com", b"From: x@example.com\r\nTo: ann@example.com\r\nSubject: to file\r\nMessage-ID: <mv1@example.com>\r\n\r\n1\r\n").unwrap();
     w.dovecot.deliver_to("ann@example.com", "Archive", b"From: x@example.com\r\nTo: ann@example.com\r\nSubject: old\r\nMessage-ID: <old1@example.com>\r\n\r\n0\r\n").unwrap();
+    // Archive is this mailbox's own choice, not its profile's.
     let profile = w
-        .gmail_like(
-            "With an archive",
-            w.imaps(),
-            w.submissions(),
-            json!({"folders": ["Archive"]}),
-        )
+        .gmail_like("Plain", w.imaps(), w.submissions(), json!({}))
         .await;
     let mailbox = w
-        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .mailbox(
+            "ann@example.com",
+            &w.ann_id,
+            &profile,
+            json!({"extra_folders": ["Archive"]}),
+        )
         .await;
     w.sign_in(&mailbox, &w.ann).await;
     assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);

@@ -1,7 +1,8 @@
--- The whole mailbox: which folders a profile synchronizes besides INBOX and Sent (a JSON
--- array of names), and whether Mailbridge files a copy of what it sends in Sent (servers other
+-- The whole mailbox: which folders a profile (and a mailbox) synchronizes besides INBOX and
+-- Sent (a JSON array of names), and whether Mailbridge files a copy of what it sends in Sent (servers other
 -- than Gmail do not do it themselves).
 ALTER TABLE server_profiles ADD COLUMN folders TEXT;
+ALTER TABLE mailboxes ADD COLUMN folders TEXT;
 ALTER TABLE server_profiles ADD COLUMN append_sent INTEGER NOT NULL DEFAULT 1;
 UPDATE server_profiles SET append_sent = 0 WHERE auth_method = 'gmail_oauth';
 -- A message's flags on the server (\Seen \Flagged \Answered \Draft, space-separated), and

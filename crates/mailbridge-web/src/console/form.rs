@@ -34,6 +34,17 @@ impl FormValues {
             .map(str::to_owned)
     }
 
+    /// A comma-separated list (`Archive, Projects/2027`), each entry trimmed, empty ones left
+    /// out.
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.get(name)
+            .split(',')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// A closed-set word (`tls`, `imap`…); an unknown one is an error on the field.
     pub fn word<T>(&self, name: &str, errors: &mut FieldErrors) -> Option<T>
     where

@@ -581,6 +581,9 @@ async fn groups(
             Field::text("router_group", "Router group")
                 .help("With Email Router: the node group (nodes started with MAILBRIDGE_NODE_GROUP set to it) that can reach this mail server, e.g. office-berlin.")
                 .from(v, e),
+            Field::text("extra_folders", "Other folders to synchronize")
+                .help("Besides INBOX, the Sent folder and the profile's folders. Separate names with commas, e.g. Clients/Acme, Projects.")
+                .from(v, e),
             Field::select(
                 "tracking_rule",
                 "Track",
@@ -672,6 +675,7 @@ fn values_of(m: &MailboxRecord) -> FormValues {
         m.spec.router_group.clone().unwrap_or_default(),
     );
     v.set("login_name", m.spec.login_name.clone().unwrap_or_default());
+    v.set("extra_folders", m.spec.extra_folders.join(", "));
     v
 }
 
@@ -698,6 +702,8 @@ fn draft_of(v: &FormValues, admin: bool, editing: bool, errors: &mut FieldErrors
         outgoing_method: v.word("outgoing_method", errors),
         tracking_rule: v.word("tracking_rule", errors),
         router_group: Some(v.get("router_group").to_owned()),
+        extra_folders: (editing || v.opt("extra_folders").is_some())
+            .then(|| v.list("extra_folders")),
         login_name: if admin && editing {
             Some(v.get("login_name").to_owned())
         } else if admin {

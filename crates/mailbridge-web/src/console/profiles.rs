@@ -548,18 +548,7 @@ fn draft_of(v: &FormValues, mode: Mode, errors: &mut FieldErrors) -> ProfileDraf
         daily_send_limit: v.number("daily_send_limit", "The daily limit", errors),
         max_queued_emails: v.number("max_queued_emails", "The queue limit", errors),
         // The edit form shows the stored folders: what it sends back is the new list.
-        folders: if editing || v.opt("folders").is_some() {
-            Some(
-                v.get("folders")
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|f| !f.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-            )
-        } else {
-            None
-        },
+        folders: (editing || v.opt("folders").is_some()).then(|| v.list("folders")),
         append_sent: match v.get("append_sent") {
             "yes" => Some(true),
             "no" => Some(false),

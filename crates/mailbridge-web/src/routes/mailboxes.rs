@@ -56,6 +56,9 @@ pub struct MailboxView {
     outgoing_tested_at: Option<DateTime<Utc>>,
     /// With `email_router`: the node group that works this mailbox.
     router_group: Option<String>,
+    /// IMAP folders synchronized for this mailbox besides INBOX, Sent and its profile's
+    /// `folders`.
+    extra_folders: Vec<String>,
     /// The node last granted this mailbox's lease: it works the mailbox while
     /// `lease_expires_at` is in the future.
     worked_by: Option<String>,
@@ -175,6 +178,7 @@ impl MailboxView {
             outgoing_status_hint: m.outgoing.hint,
             outgoing_tested_at: m.outgoing.tested_at,
             router_group: m.spec.router_group,
+            extra_folders: m.spec.extra_folders,
             worked_by: m.lease.clone().map(|(node, _)| node),
             lease_expires_at: m.lease.map(|(_, until)| until),
             login_name: m.spec.login_name,
