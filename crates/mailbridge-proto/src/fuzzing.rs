@@ -447,10 +447,11 @@ mod tests {
                 "A0001 OK ann@example.com authenticated (Success)\r\n",
                 "* CAPABILITY IMAP4rev1 UNSELECT IDLE NAMESPACE QUOTA ID XLIST CHILDREN X-GM-EXT-1 UIDPLUS COMPRESS=DEFLATE ENABLE MOVE CONDSTORE ESEARCH UTF8=ACCEPT LIST-EXTENDED LIST-STATUS LITERAL- SPECIAL-USE APPENDLIMIT=35651584\r\nA0002 OK Success\r\n",
                 "* ID (\"name\" \"GImap\" \"vendor\" \"Google, Inc.\")\r\nA0003 OK Success\r\n",
-                "* FLAGS (\\Answered \\Flagged \\Draft \\Deleted \\Seen $NotPhishing $Phishing)\r\n* OK [PERMANENTFLAGS ()] Flags permitted.\r\n* OK [UIDVALIDITY 3] UIDs valid.\r\n* 2 EXISTS\r\n* 0 RECENT\r\n* OK [UIDNEXT 9] Predicted next UID.\r\n* OK [HIGHESTMODSEQ 2179] \r\nA0004 OK [READ-ONLY] INBOX selected. (Success)\r\n",
-                "* SEARCH 7 8\r\nA0005 OK SEARCH completed (Success)\r\n",
-                "* 1 FETCH (X-GM-THRID 1781 X-GM-MSGID 1781 X-GM-LABELS (\\Important \"Work stuff\") UID 7 BODY[] {21}\r\nSubject: hi\r\n\r\nbody\r\n)\r\n* 2 FETCH (UID 8 X-GM-MSGID 1782 X-GM-THRID 1781 X-GM-LABELS () BODY[] {6}\r\nhello!)\r\nA0006 OK Success\r\n",
-                "* BYE LOGOUT Requested\r\nA0007 OK 73 good day (Success)\r\n",
+                "* ENABLED CONDSTORE\r\nA0004 OK Success\r\n",
+                "* FLAGS (\\Answered \\Flagged \\Draft \\Deleted \\Seen $NotPhishing $Phishing)\r\n* OK [PERMANENTFLAGS ()] Flags permitted.\r\n* OK [UIDVALIDITY 3] UIDs valid.\r\n* 2 EXISTS\r\n* 0 RECENT\r\n* OK [UIDNEXT 9] Predicted next UID.\r\n* OK [HIGHESTMODSEQ 2179] \r\nA0005 OK [READ-ONLY] INBOX selected. (Success)\r\n",
+                "* SEARCH 7 8\r\nA0006 OK SEARCH completed (Success)\r\n",
+                "* 1 FETCH (X-GM-THRID 1781 X-GM-MSGID 1781 X-GM-LABELS (\\Important \"Work stuff\") UID 7 BODY[] {21}\r\nSubject: hi\r\n\r\nbody\r\n)\r\n* 2 FETCH (UID 8 X-GM-MSGID 1782 X-GM-THRID 1781 X-GM-LABELS () BODY[] {6}\r\nhello!)\r\nA0007 OK Success\r\n",
+                "* BYE LOGOUT Requested\r\nA0008 OK 73 good day (Success)\r\n",
             ],
         );
         let fetched = imap_session(&data).unwrap().unwrap();

@@ -1,9 +1,12 @@
 //! [`ScriptedGmail`]: an IMAP server that answers the way imap.gmail.com does where Dovecot
 //! differs — its greeting and capabilities (`X-GM-EXT-1`, `LITERAL-`, no `LITERAL+`), its
 //! exact XOAUTH2 error challenge, its refusal when IMAP is turned off in Gmail settings, its
-//! FETCH extensions (X-GM-MSGID, X-GM-THRID, X-GM-LABELS) on a fixed INBOX of
-//! [`GMAIL_INBOX`] and "[Gmail]/Sent Mail" of [`GMAIL_SENT`] (marked `\Sent` in LIST), and,
-//! on demand, a message it cannot read (`NO Some messages could not be
+//! FETCH extensions (X-GM-MSGID, X-GM-THRID, X-GM-LABELS) on a mailbox that starts as
+//! [`GMAIL_INBOX`] and [`GMAIL_SENT`], whose folders are labels as on Gmail — INBOX holds the
+//! messages labelled `\Inbox`, "[Gmail]/Sent Mail" (marked `\Sent` in LIST) those labelled
+//! `\Sent`, "[Gmail]/All Mail" all of them, each message with a UID of its own in each —
+//! with CONDSTORE (a MODSEQ per message; [`ScriptedGmail::relabel`] and
+//! [`ScriptedGmail::set_flags`] change one, as the web client would), and, on demand, a message it cannot read (`NO Some messages could not be
 //! FETCHed`).
 //! Scripted because no real peer shows these on demand; plain TCP, one account.
 
@@ -59,12 +62,101 @@ pub const GMAIL_SENT: [GmailMessage; 1] = [GmailMessage {
     raw: "From: ann@gmail.com\r\nTo: bob@example.com\r\nSubject: Re: Lunch?\r\nMessage-ID: <a1@gmail.com>\r\nIn-Reply-To: <l1@example.com>\r\n\r\nNoon works.\r\n",
 }];
 
-/// The folder of `name` ("[Gmail]/All Mail" is listed but holds nothing here).
-fn folder(name: &str) -> (&'static [GmailMessage], u32, u32) {
-    match name.trim_matches('"') {
-        "[Gmail]/Sent Mail" => (&GMAIL_SENT, 9, 4),
-        n if n.eq_ignore_ascii_case("INBOX") => (&GMAIL_INBOX, 3, 7),
-        _ => (&[], 11, 1),
+/// The folders: (name, the label that puts a message in it — none for All Mail, UIDVALIDITY).
+const FOLDERS: [(&str, Option<&str>, u32); 3] = [
+    ("INBOX", Some("\\Inbox"), 3),
+    ("[Gmail]/Sent Mail", Some("\\Sent"), 9),
+    ("[Gmail]/All Mail", None, 11),
+];
+
+/// A message as the scripted mailbox holds it now.
+struct Message {
+    msg_id: u64,
+    thread_id: u64,
+    /// As X-GM-LABELS sends them: `(\Inbox "Work/Lunch")`.
+    labels: String,
+    /// As FLAGS sends them: `(\Seen)`.
+    flags: String,
+    raw: &'static str,
+    modseq: u64,
+    /// Its UID in each folder it has been in (kept if it leaves and comes back).
+    uids: std::collections::HashMap<&'static str, u32>,
+}
+
+/// The account's mailbox, shared by its connections.
+struct Mailbox {
+    messages: Vec<Message>,
+    modseq: u64,
+    uid_next: std::collections::HashMap<&'static str, u32>,
+}
+
+impl Mailbox {
+    fn new() -> Self {
+        let mut me = Self {
+            messages: Vec::new(),
+            modseq: 4242,
+            uid_next: FOLDERS.iter().map(|(name, _, _)| (*name, 1)).collect(),
+        };
+        for (folder, m) in GMAIL_INBOX
+            .iter()
+            .map(|m| ("INBOX", m))
+            .chain(GMAIL_SENT.iter().map(|m| ("[Gmail]/Sent Mail", m)))
+        {
+            me.uid_next.insert(folder, m.uid + 1);
+            me.messages.push(Message {
+                msg_id: m.msg_id,
+                thread_id: m.thread_id,
+                labels: m.labels.to_owned(),
+                flags: "(\\Seen)".to_owned(),
+                raw: m.raw,
+                modseq: me.modseq,
+                uids: [(folder, m.uid)].into_iter().collect(),
+            });
+        }
+        me.place();
+        me
+    }
+
+    /// Gives every message a UID in each folder its labels now put it in.
+    fn place(&mut self) {
+        for m in &mut self.messages {
+            for (folder, label, _) in FOLDERS {
+                let inside = label.is_none_or(|l| m.labels.contains(l));
+                if inside && !m.uids.contains_key(folder) {
+                    let next = self.uid_next.entry(folder).or_insert(1);
+                    m.uids.insert(folder, *next);
+                    *next += 1;
+                }
+            }
+        }
+    }
+
+    /// The messages in `folder` now, by UID: (UID, message).
+    fn folder(&self, folder: &str) -> Vec<(u32, &Message)> {
+        let Some((name, label, _)) = FOLDERS
+            .iter()
+            .find(|(n, _, _)| n.eq_ignore_ascii_case(folder))
+        else {
+            return Vec::new();
+        };
+        let mut inside: Vec<(u32, &Message)> = self
+            .messages
+            .iter()
+            .filter(|m| label.is_none_or(|l| m.labels.contains(l)))
+            .filter_map(|m| m.uids.get(name).map(|uid| (*uid, m)))
+            .collect();
+        inside.sort_by_key(|(uid, _)| *uid);
+        inside
+    }
+
+    fn change(&mut self, msg_id: u64, change: impl FnOnce(&mut Message)) {
+        self.modseq += 1;
+        let modseq = self.modseq;
+        if let Some(m) = self.messages.iter_mut().find(|m| m.msg_id == msg_id) {
+            change(m);
+            m.modseq = modseq;
+        }
+        self.place();
     }
 }
 
@@ -78,6 +170,7 @@ pub struct ScriptedGmail {
     unreadable: Arc<AtomicU32>,
     /// Whether the account is over its download allowance: every download is refused.
     over_quota: Arc<AtomicBool>,
+    mailbox: Arc<std::sync::Mutex<Mailbox>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -95,9 +188,11 @@ impl ScriptedGmail {
         let flag = id_received.clone();
         let unreadable = Arc::new(AtomicU32::new(0));
         let over_quota = Arc::new(AtomicBool::new(false));
+        let mailbox = Arc::new(std::sync::Mutex::new(Mailbox::new()));
         let state = Limits {
             unreadable: unreadable.clone(),
             over_quota: over_quota.clone(),
+            mailbox: mailbox.clone(),
         };
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -114,6 +209,7 @@ impl ScriptedGmail {
             user: user_name,
             unreadable,
             over_quota,
+            mailbox,
             task,
         })
     }
@@ -152,6 +248,26 @@ impl ScriptedGmail {
     pub fn set_over_quota(&self, over: bool) {
         self.over_quota.store(over, Ordering::SeqCst);
     }
+
+    /// Gives the message of X-GM-MSGID `msg_id` these labels (`(\Inbox \Sent)`; without
+    /// `\Inbox` it leaves INBOX, as archiving does), as the web client would: it enters and
+    /// leaves the folders of its labels, and its MODSEQ moves.
+    pub fn relabel(&self, msg_id: u64, labels: &str) {
+        self.state()
+            .change(msg_id, |m| labels.clone_into(&mut m.labels));
+    }
+
+    /// Sets the message's flags (`(\Seen \Flagged)`), as the web client would.
+    pub fn set_flags(&self, msg_id: u64, flags: &str) {
+        self.state()
+            .change(msg_id, |m| flags.clone_into(&mut m.flags));
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Mailbox> {
+        self.mailbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// What the test changes while the server runs.
@@ -159,6 +275,7 @@ impl ScriptedGmail {
 struct Limits {
     unreadable: Arc<AtomicU32>,
     over_quota: Arc<AtomicBool>,
+    mailbox: Arc<std::sync::Mutex<Mailbox>>,
 }
 
 impl Drop for ScriptedGmail {
@@ -181,7 +298,7 @@ async fn serve(
         .write_all(b"* OK Gimap ready for requests from 127.0.0.1 a1mb1234567abc\r\n")
         .await?;
     let mut authenticated = false;
-    let mut selected: &'static [GmailMessage] = &GMAIL_INBOX;
+    let mut selected = String::from("INBOX");
     while let Some(line) = lines.next_line().await? {
         let mut parts = line.splitn(3, ' ');
         let (tag, command, rest) = (
@@ -238,17 +355,32 @@ async fn serve(
                 )
             }
             "EXAMINE" | "SELECT" if authenticated => {
-                let (messages, validity, next) = folder(rest);
-                selected = messages;
+                rest.trim_matches('"').clone_into(&mut selected);
+                let validity = FOLDERS
+                    .iter()
+                    .find(|(n, _, _)| n.eq_ignore_ascii_case(&selected))
+                    .map_or(1, |(_, _, v)| *v);
+                let mailbox = limits
+                    .mailbox
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (exists, next, modseq) = (
+                    mailbox.folder(&selected).len(),
+                    mailbox
+                        .uid_next
+                        .get(selected.as_str())
+                        .copied()
+                        .unwrap_or(1),
+                    mailbox.modseq,
+                );
                 format!(
                     "* FLAGS (\\Answered \\Flagged \\Draft \\Deleted \\Seen $NotPhishing $Phishing)\r\n\
                      * OK [PERMANENTFLAGS ()] Flags permitted.\r\n\
                      * OK [UIDVALIDITY {validity}] UIDs valid.\r\n\
-                     * {} EXISTS\r\n* 0 RECENT\r\n\
+                     * {exists} EXISTS\r\n* 0 RECENT\r\n\
                      * OK [UIDNEXT {next}] Predicted next UID.\r\n\
-                     * OK [HIGHESTMODSEQ 4242]\r\n\
-                     {tag} OK [READ-ONLY] {rest} selected. (Success)\r\n",
-                    messages.len()
+                     * OK [HIGHESTMODSEQ {modseq}]\r\n\
+                     {tag} OK [READ-ONLY] {rest} selected. (Success)\r\n"
                 )
             }
             "LIST" if authenticated => format!(
@@ -258,10 +390,16 @@ async fn serve(
                  * LIST (\\HasNoChildren \\Sent) \"/\" \"[Gmail]/Sent Mail\"\r\n\
                  {tag} OK Success\r\n"
             ),
+            // Idles until the client's DONE; changes are found by the client's next pass.
+            "IDLE" if authenticated => {
+                write.write_all(b"+ idling\r\n").await?;
+                let _done = lines.next_line().await?;
+                format!("{tag} OK IDLE terminated (Success)\r\n")
+            }
             "ENABLE" if authenticated => {
                 format!("* ENABLED CONDSTORE\r\n{tag} OK Success\r\n")
             }
-            "UID" if authenticated => uid_command(tag, rest, selected, limits),
+            "UID" if authenticated => uid_command(tag, rest, &selected, limits),
             "LOGOUT" => {
                 write
                     .write_all(
@@ -278,15 +416,21 @@ async fn serve(
     Ok(())
 }
 
-/// `UID SEARCH UID n:*` and `UID FETCH set (…)` over [`GMAIL_INBOX`] (sizes, or the
-/// messages), answered with the attributes in the order Gmail sends them; a FETCH of messages
-/// that asks for the `unreadable` UID gets the others and then Gmail's NO.
-fn uid_command(tag: &str, rest: &str, selected: &[GmailMessage], limits: &Limits) -> String {
+/// `UID SEARCH UID n:*` and `UID FETCH set (…)` over the `selected` folder (sizes, flags —
+/// with `(CHANGEDSINCE m)` only of messages changed after m — or the messages), answered with
+/// the attributes in the order Gmail sends them; a FETCH of messages that asks for the
+/// `unreadable` UID gets the others and then Gmail's NO.
+fn uid_command(tag: &str, rest: &str, selected: &str, limits: &Limits) -> String {
     let unreadable = limits.unreadable.load(Ordering::SeqCst);
+    let mailbox = limits
+        .mailbox
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let folder = mailbox.folder(selected);
     let (verb, args) = rest.split_once(' ').unwrap_or((rest, ""));
     match verb.to_ascii_uppercase().as_str() {
         "SEARCH" => {
-            let uids: Vec<String> = selected.iter().map(|m| m.uid.to_string()).collect();
+            let uids: Vec<String> = folder.iter().map(|(uid, _)| uid.to_string()).collect();
             format!(
                 "* SEARCH {}\r\n{tag} OK SEARCH completed (Success)\r\n",
                 uids.join(" ")
@@ -306,12 +450,11 @@ fn uid_command(tag: &str, rest: &str, selected: &[GmailMessage], limits: &Limits
             };
             let mut out = String::new();
             if args.to_ascii_uppercase().contains("RFC822.SIZE") {
-                for (seq, m) in selected.iter().enumerate() {
-                    if wanted(m.uid) {
+                for (seq, (uid, m)) in folder.iter().enumerate() {
+                    if wanted(*uid) {
                         out.push_str(&format!(
-                            "* {} FETCH (UID {} RFC822.SIZE {})\r\n",
+                            "* {} FETCH (UID {uid} RFC822.SIZE {})\r\n",
                             seq + 1,
-                            m.uid,
                             m.raw.len()
                         ));
                     }
@@ -325,28 +468,35 @@ fn uid_command(tag: &str, rest: &str, selected: &[GmailMessage], limits: &Limits
             }
             if !args.to_ascii_uppercase().contains("BODY") {
                 // Flags only: nothing is read, nothing is downloaded.
-                for (seq, m) in selected.iter().enumerate() {
-                    if wanted(m.uid) {
+                let since: u64 = args
+                    .to_ascii_uppercase()
+                    .split_once("CHANGEDSINCE ")
+                    .and_then(|(_, n)| n.trim_end_matches(')').trim().parse().ok())
+                    .unwrap_or(0);
+                for (seq, (uid, m)) in folder.iter().enumerate() {
+                    if wanted(*uid) && m.modseq > since {
                         out.push_str(&format!(
-                            "* {} FETCH (X-GM-MSGID {} X-GM-LABELS {} UID {} FLAGS (\\Seen) MODSEQ (4242))\r\n",
+                            "* {} FETCH (X-GM-MSGID {} X-GM-LABELS {} UID {uid} FLAGS {} MODSEQ ({}))\r\n",
                             seq + 1,
                             m.msg_id,
                             m.labels,
-                            m.uid
+                            m.flags,
+                            m.modseq
                         ));
                     }
                 }
                 return format!("{out}{tag} OK Success\r\n");
             }
-            for (seq, m) in selected.iter().enumerate() {
-                if wanted(m.uid) && m.uid != unreadable {
+            for (seq, (uid, m)) in folder.iter().enumerate() {
+                let uid = *uid;
+                if wanted(uid) && uid != unreadable {
                     out.push_str(&format!(
-                        "* {} FETCH (X-GM-THRID {} X-GM-MSGID {} X-GM-LABELS {} UID {} FLAGS (\\Seen) BODY[] {{{}}}\r\n{})\r\n",
+                        "* {} FETCH (X-GM-THRID {} X-GM-MSGID {} X-GM-LABELS {} UID {uid} FLAGS {} BODY[] {{{}}}\r\n{})\r\n",
                         seq + 1,
                         m.thread_id,
                         m.msg_id,
                         m.labels,
-                        m.uid,
+                        m.flags,
                         m.raw.len(),
                         m.raw
                     ));

@@ -1374,3 +1374,114 @@ async fn mail_the_tracking_rule_leaves_out_is_never_downloaded_whole() {
     );
     w.app.stop().await.unwrap();
 }
+
+/// Gmail, where folders are labels: a message in INBOX and Sent Mail is one record whose
+/// labels say where it is; labels and flags changed in the web client follow (CONDSTORE);
+/// a message that leaves INBOX but is still sent mail moves to Sent Mail; one in no synced
+/// folder any more is deleted on the server — and nothing is stored twice.
+#[tokio::test]
+async fn gmail_labels_and_flags_follow_and_one_message_stays_one_record() {
+    use mailbridge_testkit::GMAIL_INBOX;
+    let w = world().await;
+    let gmail = mailbridge_testkit::ScriptedGmail::start("ann@example.com", "*", true)
+        .await
+        .unwrap();
+    let incoming =
+        json!({"protocol": "imap", "host": "127.0.0.1", "port": gmail.port, "security": "none"});
+    let (_, mailbox) = w.ann_enabled_via(incoming, json!({})).await;
+    let emails = wait_for_emails(&w, &mailbox, &w.ann, 3).await;
+    let id_of = |subject: &str, folder: &str| {
+        emails
+            .iter()
+            .find(|e| e["subject"] == subject && e["folder"] == folder)
+            .unwrap_or_else(|| panic!("{subject} in {folder}: {emails:#?}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (lunch, friday) = (id_of("Lunch?", "INBOX"), id_of("Re: Lunch?", "INBOX"));
+    let answer = id_of("Re: Lunch?", "[Gmail]/Sent Mail");
+    let email = |id: String| {
+        let w = &w;
+        async move {
+            w.api
+                .get(&w.app, &format!("/api/v1/emails/{id}"), &w.ann)
+                .await
+                .1
+        }
+    };
+    // Friday's message is also labelled Sent: now in both folders, still one record.
+    gmail.relabel(GMAIL_INBOX[1].msg_id, "(\\Inbox \\Sent \"Work/Lunch\")");
+    let both = w
+        .poll(
+            &format!("/api/v1/emails/{friday}"),
+            &w.ann,
+            15,
+            "the new label",
+            |e| e["gmail_labels"].as_array().unwrap().len() == 3,
+        )
+        .await;
+    assert_eq!(
+        both["gmail_labels"],
+        json!(["\\Inbox", "\\Sent", "Work/Lunch"])
+    );
+    // Starred in the web client.
+    gmail.set_flags(GMAIL_INBOX[1].msg_id, "(\\Seen \\Flagged)");
+    w.poll(
+        &format!("/api/v1/emails/{friday}"),
+        &w.ann,
+        15,
+        "the star",
+        |e| e["flags"]["flagged"] == true,
+    )
+    .await;
+    // Taken out of INBOX, but still sent mail: it moves, it is not deleted.
+    gmail.relabel(GMAIL_INBOX[1].msg_id, "(\\Sent)");
+    let moved = w
+        .poll(
+            &format!("/api/v1/emails/{friday}"),
+            &w.ann,
+            15,
+            "the record in Sent Mail",
+            |e| e["folder"] == "[Gmail]/Sent Mail",
+        )
+        .await;
+    assert!(moved["deleted_on_server_at"].is_null(), "{moved:#}");
+    // Archived: in no synced folder any more.
+    gmail.relabel(GMAIL_INBOX[0].msg_id, "(\\Important)");
+    w.poll(
+        &format!("/api/v1/emails/{lunch}"),
+        &w.ann,
+        15,
+        "the archived message deleted on the server",
+        |e| e["deleted_on_server_at"].is_string(),
+    )
+    .await;
+    assert!(email(answer).await["deleted_on_server_at"].is_null());
+    let (_, page) = w
+        .api
+        .get(
+            &w.app,
+            &format!("/api/v1/emails?mailbox_id={mailbox}"),
+            &w.ann,
+        )
+        .await;
+    assert_eq!(
+        page["emails"].as_array().unwrap().len(),
+        3,
+        "nothing twice: {page:#}"
+    );
+    let (_, events) = w
+        .api
+        .get(
+            &w.app,
+            &format!("/api/v1/events?after=0&types=email.deleted&mailbox_id={mailbox}"),
+            &w.ann,
+        )
+        .await;
+    let deleted: Vec<&Value> = events["events"].as_array().unwrap().iter().collect();
+    assert_eq!(deleted.len(), 1, "{events:#}");
+    assert_eq!(deleted[0]["data"]["email"]["id"], lunch.as_str());
+    w.assert_healthy(&mailbox).await;
+    w.app.stop().await.unwrap();
+}
