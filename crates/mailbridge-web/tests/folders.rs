@@ -53,6 +53,19 @@ async fn emails_until(
         .clone()
 }
 
+/// Polls `GET /emails/{id}` until `done` holds for it.
+async fn email_until(w: &MailWorld, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    w.poll(&format!("/api/v1/emails/{id}"), &w.ann, 20, what, done)
+        .await
+}
+
+/// Ann's own mail program (Python's imaplib, not Mailbridge) runs `commands` in INBOX.
+fn in_anns_client(dovecot: &Dovecot, commands: &[&str]) {
+    dovecot
+        .other_client("ann@example.com", "hunter2", "INBOX", commands)
+        .unwrap();
+}
+
 /// The events of `types` for the mailbox, oldest first.
 async fn events(w: &MailWorld, mailbox: &str, types: &str) -> Vec<Value> {
     let (status, page) = w
@@ -148,15 +161,10 @@ async fn what_mailbridge_sends_is_filed_in_sent_once_and_that_copy_joins_its_rec
     let (status, queued) = send("Filed").await;
     assert_eq!(status, StatusCode::CREATED, "{queued}");
     let id = queued["id"].as_str().unwrap().to_owned();
-    let filed = w
-        .poll(
-            &format!("/api/v1/emails/{id}"),
-            &w.ann,
-            20,
-            "the sent email found in Sent",
-            |e| e["folder"] == "Sent",
-        )
-        .await;
+    let filed = email_until(&w, &id, "the sent email found in Sent", |e| {
+        e["folder"] == "Sent"
+    })
+    .await;
     assert_eq!(filed["status"], "sent");
     assert_eq!(filed["flags"]["seen"], true, "filed as read: {filed:#}");
     assert_eq!(
@@ -183,14 +191,7 @@ async fn what_mailbridge_sends_is_filed_in_sent_once_and_that_copy_joins_its_rec
     assert_eq!(p["append_sent"], false);
     let (_, queued) = send("Not filed").await;
     let id = queued["id"].as_str().unwrap().to_owned();
-    w.poll(
-        &format!("/api/v1/emails/{id}"),
-        &w.ann,
-        20,
-        "the second email sent",
-        |e| e["status"] == "sent",
-    )
-    .await;
+    email_until(&w, &id, "the second email sent", |e| e["status"] == "sent").await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(
         maildir_files(&w.dovecot, "ann@example.com", "Sent").len(),
@@ -210,47 +211,23 @@ async fn changes_by_another_client_follow(w: &MailWorld, dovecot: &Dovecot, mail
         json!({"seen": false, "flagged": false, "answered": false, "draft": false})
     );
     assert_eq!(gone["flags"]["seen"], true, "delivered read: {gone:#}");
-    dovecot
-        .other_client(
-            "ann@example.com",
-            "hunter2",
-            "INBOX",
-            &["UID STORE 1 +FLAGS (\\Seen \\Flagged)"],
-        )
-        .unwrap();
+    in_anns_client(dovecot, &["UID STORE 1 +FLAGS (\\Seen \\Flagged)"]);
     let keep_id = keep["id"].as_str().unwrap();
-    let updated = w
-        .poll(
-            &format!("/api/v1/emails/{keep_id}"),
-            &w.ann,
-            20,
-            "the flags set by another client",
-            |e| e["flags"]["flagged"] == true,
-        )
-        .await;
+    let updated = email_until(w, keep_id, "the flags set by another client", |e| {
+        e["flags"]["flagged"] == true
+    })
+    .await;
     assert_eq!(updated["flags"]["seen"], true);
     let events_now = events(w, mailbox, "email.updated").await;
     assert_eq!(events_now.len(), 1, "{events_now:#?}");
     assert_eq!(events_now[0]["data"]["email"]["id"], keep["id"]);
 
-    dovecot
-        .other_client(
-            "ann@example.com",
-            "hunter2",
-            "INBOX",
-            &["UID STORE 2 +FLAGS (\\Deleted)", "EXPUNGE"],
-        )
-        .unwrap();
+    in_anns_client(dovecot, &["UID STORE 2 +FLAGS (\\Deleted)", "EXPUNGE"]);
     let gone_id = gone["id"].as_str().unwrap();
-    let deleted = w
-        .poll(
-            &format!("/api/v1/emails/{gone_id}"),
-            &w.ann,
-            20,
-            "the expunge by another client",
-            |e| e["deleted_on_server_at"].is_string(),
-        )
-        .await;
+    let deleted = email_until(w, gone_id, "the expunge by another client", |e| {
+        e["deleted_on_server_at"].is_string()
+    })
+    .await;
     assert_eq!(deleted["subject"], "gone", "the record stays");
     let deletions = events(w, mailbox, "email.deleted").await;
     assert_eq!(deletions.len(), 1, "{deletions:#?}");
@@ -568,24 +545,12 @@ async fn a_message_moved_between_synced_folders_stays_one_record() {
     assert_eq!(filed["folder"], "INBOX");
 
     // Ann's mail program moves it to Archive (MOVE, RFC 6851).
-    w.dovecot
-        .other_client(
-            "ann@example.com",
-            "hunter2",
-            "INBOX",
-            &["UID MOVE 1 Archive"],
-        )
-        .unwrap();
+    in_anns_client(&w.dovecot, &["UID MOVE 1 Archive"]);
     let id = filed["id"].as_str().unwrap();
-    let moved = w
-        .poll(
-            &format!("/api/v1/emails/{id}"),
-            &w.ann,
-            20,
-            "the record in Archive",
-            |e| e["folder"] == "Archive",
-        )
-        .await;
+    let moved = email_until(&w, id, "the record in Archive", |e| {
+        e["folder"] == "Archive"
+    })
+    .await;
     assert!(moved["deleted_on_server_at"].is_null(), "{moved:#}");
     // Another pass over INBOX finds it gone from there: still nothing deleted, nothing twice.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
