@@ -19,18 +19,16 @@ async fn world() -> MailWorld {
     .await
 }
 
+/// `GET path` as Ann: the array under `key` of a 200 answer.
+async fn list(w: &MailWorld, path: &str, key: &str) -> Vec<Value> {
+    let (status, page) = w.api.get(&w.app, path, &w.ann).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    page[key].as_array().unwrap().clone()
+}
+
 /// The mailbox's emails, oldest first.
 async fn emails(w: &MailWorld, mailbox: &str) -> Vec<Value> {
-    let (status, page) = w
-        .api
-        .get(
-            &w.app,
-            &format!("/api/v1/emails?mailbox_id={mailbox}"),
-            &w.ann,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{page}");
-    page["emails"].as_array().unwrap().clone()
+    list(w, &format!("/api/v1/emails?mailbox_id={mailbox}"), "emails").await
 }
 
 /// Polls the mailbox's emails until `done` holds for them.
@@ -68,16 +66,8 @@ fn in_anns_client(dovecot: &Dovecot, commands: &[&str]) {
 
 /// The events of `types` for the mailbox, oldest first.
 async fn events(w: &MailWorld, mailbox: &str, types: &str) -> Vec<Value> {
-    let (status, page) = w
-        .api
-        .get(
-            &w.app,
-            &format!("/api/v1/events?after=0&types={types}&mailbox_id={mailbox}&limit=500"),
-            &w.ann,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{page}");
-    page["events"].as_array().unwrap().clone()
+    let path = format!("/api/v1/events?after=0&types={types}&mailbox_id={mailbox}&limit=500");
+    list(w, &path, "events").await
 }
 
 fn by_subject<'a>(emails: &'a [Value], subject: &str) -> &'a Value {
