@@ -207,15 +207,19 @@ impl Store {
 
     /// Records that a folder's pass failed (`error`), for the mailbox's status; the first
     /// failure of a run is kept as `failing_since`. A later pass that stores a position
-    /// clears it.
+    /// clears it. With a `fence`, only while this node still holds the mailbox.
     pub async fn record_folder_error(
         &self,
         mailbox: MailboxId,
         folder: &str,
         error: &str,
+        fence: Option<&Fence>,
     ) -> Result<()> {
         let now = self.now_ms();
         let mut tx = self.begin_write().await?;
+        if let Some(fence) = fence {
+            check_fence(&mut tx, self.backend, &mailbox.to_string(), fence, now).await?;
+        }
         sqlx::query(
             "INSERT INTO folder_states (mailbox_id, folder, uid_validity, last_uid, updated_at, error, failing_since) \
              VALUES ($1, $2, 0, 0, $3, $4, $3) ON CONFLICT (mailbox_id, folder) DO UPDATE SET \

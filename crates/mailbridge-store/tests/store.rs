@@ -352,6 +352,18 @@ async fn a_lost_lease_fences_off_the_old_holders_writes(kind: TestDatabase) {
             .await,
         Err(StoreError::LeaseLost { .. })
     ));
+    // Nor report a folder of it failing.
+    assert!(matches!(
+        store
+            .record_folder_error(mailbox, "Archive", "NO no such folder", Some(&a_fence))
+            .await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    let folders = store.folder_progress(&[mailbox]).await.unwrap();
+    assert!(
+        folders[&mailbox].iter().all(|f| f.error.is_none()),
+        "{folders:?}"
+    );
     let m = store.get_mailbox(mailbox).await.unwrap();
     assert!(m.enabled && m.sync.last_error.is_none(), "{m:?}");
     store

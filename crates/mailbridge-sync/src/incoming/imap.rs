@@ -116,7 +116,12 @@ pub async fn sync_folders(
             {
                 tracing::warn!(mailbox = %mailbox.id, folder = %folder.name, error = %e, "a folder failed; the others go on");
                 store
-                    .record_folder_error(mailbox.id, &folder.name, &e.to_string())
+                    .record_folder_error(
+                        mailbox.id,
+                        &folder.name,
+                        &e.to_string(),
+                        options.fence.as_ref(),
+                    )
                     .await?;
                 report.failed.push((folder.name.clone(), e));
             }
