@@ -57,6 +57,30 @@ async fn email_until(w: &MailWorld, id: &str, what: &str, done: impl Fn(&Value) 
         .await
 }
 
+/// Polls the mailbox until its folder `name` satisfies `done`; returns the mailbox.
+async fn folder_until(
+    w: &MailWorld,
+    mailbox: &str,
+    name: &str,
+    what: &str,
+    done: fn(&Value) -> bool,
+) -> Value {
+    w.poll(
+        &format!("/api/v1/mailboxes/{mailbox}"),
+        &w.ann,
+        20,
+        what,
+        |m| {
+            m["folders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["folder"] == name && done(f))
+        },
+    )
+    .await
+}
+
 /// Ann's own mail program (Python's imaplib, not Mailbridge) runs `commands` in INBOX.
 fn in_anns_client(dovecot: &Dovecot, commands: &[&str]) {
     dovecot
@@ -399,21 +423,14 @@ async fn a_folder_that_fails_is_reported_and_the_others_go_on() {
     w.sign_in(&mailbox, &w.ann).await;
     assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
     emails_until(&w, &mailbox, "INBOX's mail", |e| !e.is_empty()).await;
-    let m = w
-        .poll(
-            &format!("/api/v1/mailboxes/{mailbox}"),
-            &w.ann,
-            20,
-            "the missing folder reported",
-            |m| {
-                m["folders"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|f| f["folder"] == "Projects" && f["error"].is_string())
-            },
-        )
-        .await;
+    let m = folder_until(
+        &w,
+        &mailbox,
+        "Projects",
+        "the missing folder reported",
+        |f| f["error"].is_string(),
+    )
+    .await;
     let projects = m["folders"]
         .as_array()
         .unwrap()
@@ -438,21 +455,14 @@ async fn a_folder_that_fails_is_reported_and_the_others_go_on() {
     let all = emails_until(&w, &mailbox, "INBOX and Projects", |e| e.len() >= 3).await;
     assert_eq!(by_subject(&all, "filed")["folder"], "Projects");
     assert_eq!(by_subject(&all, "filed")["direction"], "incoming");
-    let m = w
-        .poll(
-            &format!("/api/v1/mailboxes/{mailbox}"),
-            &w.ann,
-            20,
-            "the folder's error cleared",
-            |m| {
-                m["folders"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|f| f["folder"] == "Projects" && f["error"].is_null())
-            },
-        )
-        .await;
+    let m = folder_until(
+        &w,
+        &mailbox,
+        "Projects",
+        "the folder's error cleared",
+        |f| f["error"].is_null(),
+    )
+    .await;
     assert_eq!(m["items_failed"], 0, "{m:#}");
     w.app.stop().await.unwrap();
 }
@@ -558,5 +568,38 @@ async fn a_message_moved_between_synced_folders_stays_one_record() {
             .any(|e| e["data"]["email"]["id"] == filed["id"]),
         "{updated:#?}"
     );
+    w.app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn patch_with_the_mail_server_down_is_a_502_and_the_record_is_unchanged() {
+    let w = world().await;
+    w.dovecot.deliver("ann@example.com", b"From: x@example.com\r\nTo: ann@example.com\r\nSubject: later\r\nMessage-ID: <later@example.com>\r\n\r\n1\r\n").unwrap();
+    let proxy = mailbridge_testkit::CountingProxy::start(w.dovecot.ports.imap)
+        .await
+        .unwrap();
+    let incoming =
+        json!({"protocol": "imap", "host": "127.0.0.1", "port": proxy.port, "security": "none"});
+    let (_, mailbox) = w.ann_enabled_via(incoming, json!({})).await;
+    let all = emails_until(&w, &mailbox, "the email", |e| !e.is_empty()).await;
+    let id = all[0]["id"].as_str().unwrap().to_owned();
+    proxy.set_down(true);
+    let (status, e) = w
+        .api
+        .patch(
+            &w.app,
+            &format!("/api/v1/emails/{id}"),
+            &w.ann,
+            json!({"flagged": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{e}");
+    assert_eq!(e["error"]["code"], "mail_server", "{e}");
+    let (_, now) = w
+        .api
+        .get(&w.app, &format!("/api/v1/emails/{id}"), &w.ann)
+        .await;
+    assert_eq!(now["flags"]["flagged"], false, "unchanged: {now:#}");
+    assert!(events(&w, &mailbox, "email.updated").await.is_empty());
     w.app.stop().await.unwrap();
 }
