@@ -6,13 +6,15 @@
 //! Tests choose their backend with `MAILBRIDGE_TEST_DATABASE=postgres` (see [`TestDatabase`]);
 //! the store's own tests run on both every time.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+mod ports;
+pub use ports::spare_ports;
 
 /// Which database a test's store lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,7 +172,7 @@ impl Postgres {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let data = dir.join("data");
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let [port] = spare_ports()?;
         let as_root = is_root();
         if as_root {
             // initdb and postgres refuse to run as root: the data belongs to `postgres`.

@@ -40,9 +40,7 @@ impl Browser {
             );
         }
         let slot = slots().clone().acquire_owned().await?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let [port] = mailbridge_testdb::spare_ports()?;
         // Its own process group, so that the browser it starts (and the browser's helpers)
         // can be ended with it: a chromedriver ended alone leaves Chromium running.
         let driver = Command::new(CHROMEDRIVER)

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -86,7 +86,31 @@ impl Dovecot {
         )
     }
 
+    /// Starts Dovecot, on other ports again if one of its ports was taken before it bound
+    /// (the ports are free when chosen, but another process may bind one in between).
     fn start_configured(
+        oauth: &OAuthProvider,
+        password_users: &[(&str, &str)],
+        mechanisms: &str,
+        extra_config: &str,
+    ) -> anyhow::Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(oauth, password_users, mechanisms, extra_config) {
+                Err(e)
+                    if attempt < 3
+                        && e.to_string()
+                            .to_lowercase()
+                            .contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    fn start_once(
         oauth: &OAuthProvider,
         password_users: &[(&str, &str)],
         mechanisms: &str,
@@ -125,7 +149,8 @@ impl Dovecot {
         }
         std::fs::write(root.join("passwd"), passwd)?;
 
-        let [imap, imaps, pop3, pop3s, submission, submissions, sink_port] = free_ports()?;
+        let [imap, imaps, pop3, pop3s, submission, submissions, sink_port] =
+            mailbridge_testdb::spare_ports()?;
         let ports = Ports {
             imap,
             imaps,
@@ -153,7 +178,7 @@ impl Dovecot {
             .stderr(log)
             .spawn()
             .context("cannot start dovecot")?;
-        let me = Self {
+        let mut me = Self {
             dir,
             child,
             sink,
@@ -283,7 +308,7 @@ m.logout()
     /// Dovecot's own log, for a failing test to show.
     pub fn log(&self) -> String {
         let mut out = String::new();
-        for f in ["stderr.log", "dovecot.log"] {
+        for f in ["stderr.log", "dovecot.log", "aiosmtpd.log"] {
             out.push_str(&std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default());
         }
         out
@@ -354,10 +379,13 @@ m.logout()
         files.iter().map(|e| Ok(std::fs::read(e.path())?)).collect()
     }
 
-    fn wait_ready(&self, ports: &[u16]) -> anyhow::Result<()> {
+    fn wait_ready(&mut self, ports: &[u16]) -> anyhow::Result<()> {
         let start = Instant::now();
         for &port in ports {
             loop {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    bail!("Dovecot stopped ({status}) while starting:\n{}", self.log());
+                }
                 if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
                     s.set_read_timeout(Some(Duration::from_secs(2)))?;
                     let mut buf = [0u8; 64];
@@ -535,19 +563,6 @@ fn spawn_sink(root: &Path, port: u16) -> anyhow::Result<Child> {
         )
         .spawn()
         .context("cannot start aiosmtpd")
-}
-
-/// `N` distinct free ports: all are held until all are chosen (one at a time, the kernel may
-/// hand the same port out twice, and Dovecot refuses a duplicate listener).
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let held = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut ports = [0u16; N];
-    for (port, listener) in ports.iter_mut().zip(&held) {
-        *port = listener.local_addr()?.port();
-    }
-    Ok(ports)
 }
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
