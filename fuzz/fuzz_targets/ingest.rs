@@ -1,11 +1,11 @@
 //! A message as it arrives from a mail server, parsed into the fields of a record
-//! (`mailbridge_sync::parse::parse`, mail-parser underneath). Never panics; a message read
+//! (`mailbridge_core::parse::parse`, mail-parser underneath). Never panics; a message read
 //! with no From, Message-ID or Subject is flagged with `parse_error` (stored raw, never
 //! dropped), and so is one mail-parser panics on; no text field holds a NUL, which
 //! PostgreSQL's text refuses.
 #![no_main]
 
-use mailbridge_sync::parse::{Party, parse};
+use mailbridge_core::parse::{Party, parse};
 
 fn no_nul(what: &str, text: &str) {
     assert!(!text.contains('\0'), "NUL in {what}: {text:?}");

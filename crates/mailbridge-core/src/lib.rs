@@ -1,5 +1,6 @@
 //! Mailbridge's domain: validated values ([`EmailAddress`], [`Host`], [`Port`]), email server
-//! profiles ([`ProfileSpec`]), mailboxes, users, and the rules that bind them. No I/O.
+//! profiles ([`ProfileSpec`]), mailboxes, users, the rules that bind them, and how a message's
+//! bytes read ([`parse`]). No I/O.
 
 pub mod clock;
 pub mod email;
@@ -8,6 +9,7 @@ pub mod ids;
 pub mod mailbox;
 pub mod message;
 pub mod outgoing;
+pub mod parse;
 pub mod profile;
 pub mod server;
 mod string_enum;

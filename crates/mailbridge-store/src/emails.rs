@@ -6,13 +6,13 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use mailbridge_core::message::{MessageFlags, ParsedAttachment, ParsedEmail, Party};
-use mailbridge_core::{EventType, MailboxId, UserId};
+use mailbridge_core::{EventType, MailboxId, UserId, parse};
 use sqlx::AnyConnection;
 
 use crate::events::{EmailSummary, append, email_event};
 use crate::folders::{FolderPosition, PassProgress};
 use crate::nodes::{Fence, check_fence};
-use crate::{Backend, Result, Store, StoreError, sha256_hex, time_from_ms};
+use crate::{Backend, Result, Store, StoreError, sha256_hex, time_from_ms, values_list};
 
 /// A message's raw bytes with their SHA-256 (the `content_sha256` that recognises a renumbered
 /// message), hashed where the bytes are made: the sync does it on its parse thread, so the one
@@ -160,8 +160,8 @@ struct EmailRow {
     cc_json: String,
     bcc_json: Option<String>,
     sent_at: Option<i64>,
-    text_body: Option<String>,
-    html_body: Option<String>,
+    /// The bodies are read from here (they are not stored apart).
+    raw: Vec<u8>,
     size: i64,
     truncated: i64,
     parse_error: Option<String>,
@@ -183,7 +183,7 @@ struct EmailRow {
 
 const EMAIL_SELECT: &str = "SELECT e.id, e.mailbox_id, m.owner_user_id, e.direction, e.message_id, \
      e.in_reply_to, e.references_ids, e.subject, e.from_address, e.from_name, e.to_json, e.cc_json, \
-     e.bcc_json, e.sent_at, e.text_body, e.html_body, e.size, e.truncated, e.parse_error, e.conversation_id, e.folder, e.uid, \
+     e.bcc_json, e.sent_at, e.raw, e.size, e.truncated, e.parse_error, e.conversation_id, e.folder, e.uid, \
      e.gmail_labels, e.gmail_thread_id, e.tracking_token, e.stored_by, e.created_at, e.status, e.send_attempts, e.send_reply, e.delivered_at, \
      e.flags, e.deleted_on_server_at \
      FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id";
@@ -196,6 +196,12 @@ fn words(s: Option<String>) -> Vec<String> {
 impl EmailRow {
     fn into_record(self, attachments: Vec<AttachmentInfo>) -> Result<EmailRecord> {
         let bad = |e: &dyn std::fmt::Display| StoreError::corrupt(format!("email {}", self.id), e);
+        // A truncated record holds the message's header alone: it has no bodies to read.
+        let (text_body, html_body) = if self.truncated != 0 {
+            (None, None)
+        } else {
+            parse::bodies(&self.raw)
+        };
         Ok(EmailRecord {
             mailbox_id: self.mailbox_id.parse().map_err(|e| bad(&e))?,
             mailbox_owner: self.owner_user_id.parse().map_err(|e| bad(&e))?,
@@ -221,8 +227,8 @@ impl EmailRow {
             direction: self.direction,
             message_id: self.message_id,
             subject: self.subject,
-            text_body: self.text_body,
-            html_body: self.html_body,
+            text_body,
+            html_body,
             size: self.size,
             truncated: self.truncated != 0,
             parse_error: self.parse_error,
@@ -474,7 +480,8 @@ impl Store {
         })
     }
 
-    /// An attachment of email `email_id`, with its decoded bytes.
+    /// An attachment of email `email_id`, with its decoded bytes, read from the raw message
+    /// (the `n`-th attachment record of an email, in id order, is the message's `n`-th).
     pub async fn attachment_content(
         &self,
         email_id: &str,
@@ -486,11 +493,14 @@ impl Store {
             filename: Option<String>,
             content_type: String,
             size: i64,
-            content: Vec<u8>,
+            position: i64,
+            raw: Vec<u8>,
         }
         let row: Option<Row> = sqlx::query_as(
-            "SELECT id, filename, content_type, size, content FROM attachments \
-             WHERE id = $1 AND email_id = $2",
+            "SELECT a.id, a.filename, a.content_type, a.size, \
+             (SELECT COUNT(*) FROM attachments b WHERE b.email_id = a.email_id AND b.id < a.id) AS position, \
+             e.raw FROM attachments a JOIN emails e ON e.id = a.email_id \
+             WHERE a.id = $1 AND a.email_id = $2",
         )
         .bind(attachment_id)
         .bind(email_id)
@@ -506,7 +516,22 @@ impl Store {
             content_type: row.content_type,
             size: row.size,
         };
-        Ok((info, row.content))
+        let mut parts = parse::parse(&row.raw).attachments;
+        let position = usize::try_from(row.position).unwrap_or(usize::MAX);
+        // The record was made from this very message, so its part is where the record says,
+        // with the same type and size; anything else is a damaged row, said so.
+        let same = |a: &ParsedAttachment| {
+            a.content_type == info.content_type
+                && i64::try_from(a.content.len()).is_ok_and(|n| n == info.size)
+        };
+        if parts.get(position).is_some_and(same) {
+            let content = parts.swap_remove(position).content;
+            return Ok((info, content));
+        }
+        Err(StoreError::corrupt(
+            format!("attachment {} of email {email_id}", info.id),
+            "its part is no longer found in the raw message",
+        ))
     }
 
     /// Seconds since the least recently synced enabled mailbox last synced (for `/metrics`);
@@ -588,9 +613,9 @@ fn lookup_sql(column: &str, scoped: bool, keys: usize) -> String {
 }
 
 /// Columns bound per inserted email.
-const EMAIL_COLUMNS: usize = 32;
+const EMAIL_COLUMNS: usize = 30;
 /// Columns bound per inserted attachment.
-const ATTACHMENT_COLUMNS: usize = 6;
+const ATTACHMENT_COLUMNS: usize = 5;
 /// Rows per multi-row INSERT: 32 × 32 parameters stays far below every bind limit.
 const ROWS_PER_INSERT: usize = 32;
 /// Values per `IN (…)` list.
@@ -645,7 +670,7 @@ pub(crate) async fn insert_emails(
         let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \
              gmail_labels, message_id, in_reply_to, references_ids, subject, from_address, from_name, \
-             to_json, cc_json, sent_at, text_body, html_body, raw, size, parse_error, conversation_id, \
+             to_json, cc_json, sent_at, raw, size, parse_error, conversation_id, \
              created_at, status, idempotency_key, next_attempt_at, gmail_thread_id, tracking_token, stored_by, truncated, flags) VALUES {} \
              ON CONFLICT DO NOTHING RETURNING id",
             values_list(backend, chunk.len(), EMAIL_COLUMNS)
@@ -679,8 +704,6 @@ pub(crate) async fn insert_emails(
                 .bind(json(&p.to))
                 .bind(json(&p.cc))
                 .bind(p.date.map(|d| d.timestamp_millis()))
-                .bind(p.text_body.clone())
-                .bind(p.html_body.clone())
                 .bind(raw)
                 .bind(size)
                 .bind(p.parse_error.clone())
@@ -697,37 +720,30 @@ pub(crate) async fn insert_emails(
         }
         inserted.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
     }
-    // Each stored email's attachments, their contents moved out like the raw bytes.
-    let mut attachments: Vec<(&String, ParsedAttachment)> = Vec::new();
-    for (n, &i) in rows.iter().enumerate() {
-        if inserted.contains(&ids[n]) {
-            for a in &mut emails[i].parsed.attachments {
-                attachments.push((
-                    &ids[n],
-                    ParsedAttachment {
-                        content: std::mem::take(&mut a.content),
-                        ..a.clone()
-                    },
-                ));
-            }
-        }
-    }
-    while !attachments.is_empty() {
-        let chunk: Vec<(&String, ParsedAttachment)> = attachments
-            .drain(..attachments.len().min(ROWS_PER_INSERT))
-            .collect();
+    // Each stored email's attachments: what they are, in the order the message lists them
+    // (their ids grow in that order); the contents stay in the raw message, read from there
+    // when downloaded.
+    let attachments: Vec<(&String, &ParsedAttachment)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| inserted.contains(&ids[*n]))
+        .flat_map(|(n, &i)| {
+            let id = &ids[n];
+            emails[i].parsed.attachments.iter().map(move |a| (id, a))
+        })
+        .collect();
+    for chunk in attachments.chunks(ROWS_PER_INSERT) {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO attachments (id, email_id, filename, content_type, size, content) VALUES {}",
+            "INSERT INTO attachments (id, email_id, filename, content_type, size) VALUES {}",
             values_list(backend, chunk.len(), ATTACHMENT_COLUMNS)
         )));
         for (email_id, a) in chunk {
             q = q
                 .bind(uuid::Uuid::now_v7().to_string())
-                .bind(email_id.clone())
+                .bind((*email_id).clone())
                 .bind(a.filename.clone())
                 .bind(a.content_type.clone())
-                .bind(i64::try_from(a.content.len()).unwrap_or(i64::MAX))
-                .bind(a.content);
+                .bind(i64::try_from(a.content.len()).unwrap_or(i64::MAX));
         }
         q.execute(&mut *tx).await?;
     }
@@ -737,25 +753,6 @@ pub(crate) async fn insert_emails(
         .filter(|(n, _)| inserted.contains(&ids[*n]))
         .map(|(n, &i)| (i, ids[n].clone(), conversations[n].clone()))
         .collect())
-}
-
-/// `(…), (…)`: the VALUES of a multi-row INSERT of `rows` rows of `columns` parameters.
-/// SQLite looks a numbered parameter's name up in a list, once per parameter: quadratic in the
-/// ~900 of a full emails statement (a quarter of the store's time in the first-sync
-/// benchmark). Anonymous `?`s bind in order with no look-up; PostgreSQL needs `$n`.
-fn values_list(backend: Backend, rows: usize, columns: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let params: Vec<String> = (1..=columns)
-                .map(|c| match backend {
-                    Backend::Sqlite => "?".to_owned(),
-                    Backend::Postgres => format!("${}", r * columns + c),
-                })
-                .collect();
-            format!("({})", params.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Sent mail found on the server that Mailbridge itself sent (an outgoing record with the

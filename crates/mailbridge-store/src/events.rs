@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use mailbridge_core::{EventType, MailboxId, UserId};
 use sqlx::AnyConnection;
 
-use crate::{Backend, Result, Store, StoreError, time_from_ms};
+use crate::{Backend, Result, Store, StoreError, time_from_ms, values_list};
 
 /// `pg_advisory_xact_lock` key of the event log ("MBEV").
 const EVENT_LOCK: i64 = 0x4D42_4556;
@@ -130,15 +130,9 @@ pub(crate) async fn append(
             .await?;
     }
     for chunk in events.chunks(ROWS_PER_INSERT) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|r| {
-                let p: Vec<String> = (1..=6).map(|c| format!("${}", r * 6 + c)).collect();
-                format!("({})", p.join(", "))
-            })
-            .collect();
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO events (id, type, mailbox_id, owner_user_id, created_at, data) VALUES {}",
-            values.join(", ")
+            values_list(backend, chunk.len(), 6)
         )));
         for e in chunk {
             q = q

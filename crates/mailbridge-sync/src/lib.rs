@@ -9,7 +9,6 @@ pub mod limits;
 mod login;
 pub mod metrics;
 pub mod outgoing;
-pub mod parse;
 mod provider;
 pub mod signin;
 pub mod test_enable;

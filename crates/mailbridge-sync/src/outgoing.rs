@@ -25,8 +25,8 @@ use mailbridge_store::{
 
 use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
-use crate::parse::parse;
 use crate::tokens::TokenService;
+use mailbridge_core::parse::parse;
 
 /// Mailboxes sending at once.
 const SEND_CONCURRENCY: usize = 8;

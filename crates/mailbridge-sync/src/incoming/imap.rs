@@ -23,7 +23,7 @@ use super::plan::{
     Batching, Download, FlagRead, FolderPlan, ServerFolder, plan_downloads, plan_folder, plan_state,
 };
 use super::{BATCH_SIZE, SyncError, SyncReport, track};
-use crate::parse::{parse, parse_header};
+use mailbridge_core::parse::{parse, parse_header};
 
 pub const INBOX: &str = "INBOX";
 

@@ -8,7 +8,7 @@ use mailbridge_store::{Fence, MailboxRecord, NewEmail, RawMessage, Store, SyncBa
 
 use super::plan::plan_pop3;
 use super::{SyncError, SyncReport, track};
-use crate::parse::{parse, parse_header};
+use mailbridge_core::parse::{parse, parse_header};
 
 /// Messages committed together: POP3 reads one message per round trip, so a smaller batch
 /// than IMAP's keeps a crash from repeating much.

@@ -1,9 +1,10 @@
 //! [`parse`]: raw RFC 5322 bytes into the fields of an email record, with mail-parser 0.11.
 //! A message that cannot be read is still kept: the caller stores it raw with the reason.
+//! [`bodies`] reads a stored message's bodies again from its bytes.
 
+pub use crate::message::{ParsedAttachment, ParsedEmail, Party};
 use chrono::{TimeZone, Utc};
-use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
-pub use mailbridge_core::message::{ParsedAttachment, ParsedEmail, Party};
+use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
 
 /// Parses a message's header alone (a message too large to take whole): its fields, and no
 /// body or attachment — the header announces parts that are not there.
@@ -36,6 +37,39 @@ pub fn parse(raw: &[u8]) -> ParsedEmail {
     })
 }
 
+/// A stored message's text and HTML bodies, read from its bytes each time they are asked for:
+/// the store keeps the raw message only, not the bodies beside it (they would double the
+/// bytes written by a first sync and kept on disk). The same bodies [`parse`] gives; none
+/// for a message mail-parser cannot read.
+pub fn bodies(raw: &[u8]) -> (Option<String>, Option<String>) {
+    std::panic::catch_unwind(|| {
+        MessageParser::default()
+            .parse(raw)
+            .map(|message| (text_body(&message), html_body(&message)))
+    })
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
+fn text_body(message: &Message<'_>) -> Option<String> {
+    message.body_text(0).map(text)
+}
+
+/// The first HTML part among the body candidates (multipart/mixed can list an inline
+/// text/plain before it). mail-parser's body_html would wrap a plain-text body in HTML
+/// instead, which is not what the sender wrote.
+fn html_body(message: &Message<'_>) -> Option<String> {
+    message
+        .html_body
+        .iter()
+        .filter_map(|&id| message.part(id))
+        .find_map(|part| match &part.body {
+            PartType::Html(html) => Some(text(html.as_ref())),
+            _ => None,
+        })
+}
+
 fn read(raw: &[u8]) -> ParsedEmail {
     let Some(message) = MessageParser::default().parse(raw) else {
         return ParsedEmail {
@@ -54,18 +88,8 @@ fn read(raw: &[u8]) -> ParsedEmail {
         date: message
             .date()
             .and_then(|d| Utc.timestamp_opt(d.to_timestamp(), 0).single()),
-        text_body: message.body_text(0).map(text),
-        // The first HTML part among the body candidates (multipart/mixed can list an inline
-        // text/plain before it). mail-parser's body_html would wrap a plain-text body in HTML
-        // instead, which is not what the sender wrote and would store the body twice.
-        html_body: message
-            .html_body
-            .iter()
-            .filter_map(|&id| message.part(id))
-            .find_map(|part| match &part.body {
-                PartType::Html(html) => Some(text(html.as_ref())),
-                _ => None,
-            }),
+        text_body: text_body(&message),
+        html_body: html_body(&message),
         attachments: message
             .attachments()
             .map(|part| ParsedAttachment {
