@@ -90,6 +90,34 @@ impl TestDatabase {
             }
         }
     }
+
+    /// The bytes the data in `dir` takes on disk, for the storage figures of the benchmarks:
+    /// the SQLite file with its write-ahead log (after a clean close, the log is empty); on
+    /// PostgreSQL, the tables of the database with their indexes and TOAST (what its rows
+    /// cost, without the catalogs every database has).
+    pub async fn bytes_on_disk(self, dir: &Path) -> anyhow::Result<u64> {
+        use sqlx::Connection;
+        match self {
+            Self::Sqlite => Ok(["mailbridge.db", "mailbridge.db-wal"]
+                .iter()
+                .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+                .map(|m| m.len())
+                .sum()),
+            Self::Postgres => {
+                let url = self.url_for(dir).await?;
+                let mut c = sqlx::PgConnection::connect(&url).await?;
+                let (bytes,): (i64,) = sqlx::query_as(
+                    "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = 'public' AND c.relkind = 'r'",
+                )
+                .fetch_one(&mut c)
+                .await?;
+                c.close().await?;
+                Ok(u64::try_from(bytes)?)
+            }
+        }
+    }
 }
 
 pub struct Postgres {

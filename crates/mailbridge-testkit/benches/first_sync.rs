@@ -4,7 +4,8 @@
 //! and Mailbridge's first sync (fetch, parse, store, committed per batch) into SQLite and into
 //! PostgreSQL (a local server with fsync on and `synchronous_commit = off`: like SQLite's WAL
 //! with `synchronous = NORMAL`, a commit survives the process, not a power cut). Prints each
-//! round, the medians, and the ratios the targets are stated in. Run with `bench/first-sync`.
+//! round, the medians, and the ratios the targets are stated in, then the bytes each database
+//! takes on disk against the raw bytes. Run with `bench/first-sync`.
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
 use std::path::Path;
@@ -87,12 +88,14 @@ fn mbsync(port: u16, ca: &Path, work: &Path, fsync: bool) -> Duration {
     )
 }
 
+/// Mailbridge's first sync into `database`: how long it took, and the bytes the database then
+/// takes on disk (after a clean close).
 async fn mailbridge(
     dovecot: &Dovecot,
     work: &Path,
     database: TestDatabase,
     expected: usize,
-) -> Duration {
+) -> (Duration, u64) {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work).unwrap();
     let url = database.url_for(work).await.unwrap();
@@ -114,7 +117,7 @@ async fn mailbridge(
     assert_eq!(report.stored, expected);
     session.logout().await;
     store.close().await;
-    took
+    (took, database.bytes_on_disk(work).await.unwrap())
 }
 
 fn main() {
@@ -149,20 +152,23 @@ fn main() {
     );
     let (mut raw, mut mbs_nofsync, mut mbs_default, mut ours, mut ours_pg) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut disk, mut disk_pg) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         raw.push(raw_fetch(port, &ca, n));
         mbs_nofsync.push(mbsync(port, &ca, &work.path().join("mbsync"), false));
         mbs_default.push(mbsync(port, &ca, &work.path().join("mbsync"), true));
-        for (database, times) in [
-            (TestDatabase::Sqlite, &mut ours),
-            (TestDatabase::Postgres, &mut ours_pg),
+        for (database, times, sizes) in [
+            (TestDatabase::Sqlite, &mut ours, &mut disk),
+            (TestDatabase::Postgres, &mut ours_pg, &mut disk_pg),
         ] {
-            times.push(runtime.block_on(mailbridge(
+            let (took, size) = runtime.block_on(mailbridge(
                 &dovecot,
                 &work.path().join("mailbridge"),
                 database,
                 n,
-            )));
+            ));
+            times.push(took);
+            sizes.push(size);
         }
         println!(
             "round {round}: raw fetch {:.2} s | mbsync (FSync no) {:.2} s | mbsync (defaults) {:.2} s | mailbridge {:.2} s | on PostgreSQL {:.2} s",
@@ -220,4 +226,21 @@ fn main() {
         "  PostgreSQL rate / SQLite rate            = {:.2}",
         rate(ours_pg) / rate(ours)
     );
+    // Sizes barely move between rounds; the median all the same.
+    let on_disk = |mut sizes: Vec<u64>| {
+        sizes.sort_unstable();
+        sizes[sizes.len() / 2] as f64
+    };
+    println!("\nstorage after the first sync ({:.1} MB of raw messages):", bytes as f64 / 1e6);
+    for (name, size) in [
+        ("SQLite file (clean close)           ", on_disk(disk)),
+        ("PostgreSQL tables, indexes and TOAST", on_disk(disk_pg)),
+    ] {
+        println!(
+            "  {name} {:>6.1} MB  {:>6.0} bytes/message  {:.2} x raw  (target <= 1.30)",
+            size / 1e6,
+            size / n as f64,
+            size / bytes as f64
+        );
+    }
 }
