@@ -12,27 +12,8 @@ use sqlx::AnyConnection;
 use crate::events::{EmailSummary, append, email_event};
 use crate::folders::{FolderPosition, PassProgress};
 use crate::nodes::{Fence, check_fence};
-use crate::{Backend, Result, Store, StoreError, sha256_hex, time_from_ms, values_list};
-
-/// A message's raw bytes with their SHA-256 (the `content_sha256` that recognises a renumbered
-/// message), hashed where the bytes are made: the sync does it on its parse thread, so the one
-/// database writer does not wait for it.
-#[derive(Debug, Clone)]
-pub struct RawMessage {
-    bytes: Vec<u8>,
-    sha256: String,
-}
-
-impl RawMessage {
-    pub fn new(bytes: Vec<u8>) -> Self {
-        let sha256 = sha256_hex(&bytes);
-        Self { bytes, sha256 }
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-}
+pub use crate::raw::RawMessage;
+use crate::{Backend, Result, Store, StoreError, raw, time_from_ms, values_list};
 
 /// A message to store, as read from the server.
 #[derive(Debug, Clone)]
@@ -162,6 +143,7 @@ struct EmailRow {
     sent_at: Option<i64>,
     /// The bodies are read from here (they are not stored apart).
     raw: Vec<u8>,
+    raw_zstd: i64,
     size: i64,
     truncated: i64,
     parse_error: Option<String>,
@@ -183,7 +165,7 @@ struct EmailRow {
 
 const EMAIL_SELECT: &str = "SELECT e.id, e.mailbox_id, m.owner_user_id, e.direction, e.message_id, \
      e.in_reply_to, e.references_ids, e.subject, e.from_address, e.from_name, e.to_json, e.cc_json, \
-     e.bcc_json, e.sent_at, e.raw, e.size, e.truncated, e.parse_error, e.conversation_id, e.folder, e.uid, \
+     e.bcc_json, e.sent_at, e.raw, e.raw_zstd, e.size, e.truncated, e.parse_error, e.conversation_id, e.folder, e.uid, \
      e.gmail_labels, e.gmail_thread_id, e.tracking_token, e.stored_by, e.created_at, e.status, e.send_attempts, e.send_reply, e.delivered_at, \
      e.flags, e.deleted_on_server_at \
      FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id";
@@ -200,7 +182,7 @@ impl EmailRow {
         let (text_body, html_body) = if self.truncated != 0 {
             (None, None)
         } else {
-            parse::bodies(&self.raw)
+            parse::bodies(&raw::original(self.raw, self.raw_zstd, &self.id)?)
         };
         Ok(EmailRecord {
             mailbox_id: self.mailbox_id.parse().map_err(|e| bad(&e))?,
@@ -470,14 +452,16 @@ impl Store {
 
     /// The original RFC 5322 bytes of an email.
     pub async fn email_raw(&self, id: &str) -> Result<Vec<u8>> {
-        let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT raw FROM emails WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|(r,)| r).ok_or_else(|| StoreError::NotFound {
+        let row: Option<(Vec<u8>, i64)> =
+            sqlx::query_as("SELECT raw, raw_zstd FROM emails WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (stored, zstd) = row.ok_or_else(|| StoreError::NotFound {
             kind: "email",
             id: id.to_owned(),
-        })
+        })?;
+        raw::original(stored, zstd, id)
     }
 
     /// An attachment of email `email_id`, with its decoded bytes, read from the raw message
@@ -495,11 +479,12 @@ impl Store {
             size: i64,
             position: i64,
             raw: Vec<u8>,
+            raw_zstd: i64,
         }
         let row: Option<Row> = sqlx::query_as(
             "SELECT a.id, a.filename, a.content_type, a.size, \
              (SELECT COUNT(*) FROM attachments b WHERE b.email_id = a.email_id AND b.id < a.id) AS position, \
-             e.raw FROM attachments a JOIN emails e ON e.id = a.email_id \
+             e.raw, e.raw_zstd FROM attachments a JOIN emails e ON e.id = a.email_id \
              WHERE a.id = $1 AND a.email_id = $2",
         )
         .bind(attachment_id)
@@ -516,7 +501,7 @@ impl Store {
             content_type: row.content_type,
             size: row.size,
         };
-        let mut parts = parse::parse(&row.raw).attachments;
+        let mut parts = parse::parse(&raw::original(row.raw, row.raw_zstd, email_id)?).attachments;
         let position = usize::try_from(row.position).unwrap_or(usize::MAX);
         // The record was made from this very message, so its part is where the record says,
         // with the same type and size; anything else is a damaged row, said so.
@@ -613,7 +598,7 @@ fn lookup_sql(column: &str, scoped: bool, keys: usize) -> String {
 }
 
 /// Columns bound per inserted email.
-const EMAIL_COLUMNS: usize = 30;
+const EMAIL_COLUMNS: usize = 31;
 /// Columns bound per inserted attachment.
 const ATTACHMENT_COLUMNS: usize = 5;
 /// Rows per multi-row INSERT: 32 × 32 parameters stays far below every bind limit.
@@ -670,18 +655,20 @@ pub(crate) async fn insert_emails(
         let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \
              gmail_labels, message_id, in_reply_to, references_ids, subject, from_address, from_name, \
-             to_json, cc_json, sent_at, raw, size, parse_error, conversation_id, \
+             to_json, cc_json, sent_at, raw, raw_zstd, size, parse_error, conversation_id, \
              created_at, status, idempotency_key, next_attempt_at, gmail_thread_id, tracking_token, stored_by, truncated, flags) VALUES {} \
              ON CONFLICT DO NOTHING RETURNING id",
             values_list(backend, chunk.len(), EMAIL_COLUMNS)
         )));
         for (k, &i) in chunk.iter().enumerate() {
             let n = chunk_no * ROWS_PER_INSERT + k;
-            // Moved into the statement, not copied: a large message is big enough to count
-            // twice in a sync's memory. Nothing reads the bytes after this.
-            let raw = std::mem::take(&mut emails[i].raw.bytes);
-            let size = i64::try_from(emails[i].truncated_from.unwrap_or(raw.len() as u64))
-                .unwrap_or(i64::MAX);
+            let size = i64::try_from(
+                emails[i]
+                    .truncated_from
+                    .unwrap_or(emails[i].raw.len() as u64),
+            )
+            .unwrap_or(i64::MAX);
+            let (raw, raw_zstd) = emails[i].raw.take_stored();
             let (email, p) = (&emails[i], &emails[i].parsed);
             q = q
                 .bind(ids[n].clone())
@@ -705,6 +692,7 @@ pub(crate) async fn insert_emails(
                 .bind(json(&p.cc))
                 .bind(p.date.map(|d| d.timestamp_millis()))
                 .bind(raw)
+                .bind(raw_zstd)
                 .bind(size)
                 .bind(p.parse_error.clone())
                 .bind(conversations[n].clone())

@@ -17,6 +17,7 @@ pub mod nodes;
 pub mod oauth;
 pub mod outgoing;
 pub mod profiles;
+mod raw;
 #[cfg(test)]
 mod raw_only_tests;
 pub mod sessions;

@@ -231,7 +231,10 @@ fn main() {
         sizes.sort_unstable();
         sizes[sizes.len() / 2] as f64
     };
-    println!("\nstorage after the first sync ({:.1} MB of raw messages):", bytes as f64 / 1e6);
+    println!(
+        "\nstorage after the first sync ({:.1} MB of raw messages):",
+        bytes as f64 / 1e6
+    );
     for (name, size) in [
         ("SQLite file (clean close)           ", on_disk(disk)),
         ("PostgreSQL tables, indexes and TOAST", on_disk(disk_pg)),
