@@ -263,6 +263,14 @@ impl Store {
         self.get_mailbox(id).await
     }
 
+    /// How many mailboxes are enabled (all nodes together).
+    pub async fn count_enabled_mailboxes(&self) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM mailboxes WHERE enabled = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
     pub async fn get_mailbox(&self, id: MailboxId) -> Result<MailboxRecord> {
         let row: Option<MailboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "{MAILBOX_SELECT} WHERE m.id = $1"

@@ -3,6 +3,7 @@
 mod admin;
 mod backup;
 mod config;
+mod open_files;
 mod serve;
 
 use std::path::PathBuf;

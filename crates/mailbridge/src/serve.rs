@@ -38,6 +38,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         database = %mailbridge_store::redact_url(&config.database_url),
         "serving"
     );
+    // Each mailbox a node holds keeps a connection open: as many files as the hard limit
+    // allows, and a clear word when that is too few (the enabled mailboxes of all nodes bound
+    // what this one may take).
+    let enabled = u64::try_from(store.count_enabled_mailboxes().await?).unwrap_or(0);
+    let http_connections = u64::try_from(config.limits.max_connections).unwrap_or(u64::MAX);
+    let needed = crate::open_files::needed(enabled, http_connections);
+    match crate::open_files::raise() {
+        Ok(open_files) if open_files < needed => tracing::warn!(
+            open_files,
+            needed,
+            enabled_mailboxes = enabled,
+            "the open-file limit is too low for the enabled mailboxes and http_max_connections: raise the hard limit (ulimit -Hn, or LimitNOFILE= in a systemd unit) to at least {needed}"
+        ),
+        Ok(open_files) => tracing::info!(open_files, needed, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
     if store.count_users().await? == 0 {
         tracing::warn!(
             "no users yet: create the first admin with 'mailbridge users create --email you@example.com --role admin'"

@@ -384,6 +384,64 @@ fn a_master_key_from_the_environment_is_used_and_no_key_file_is_written() {
     assert!(!d.join("mailbridge-data/master.key").exists());
 }
 
+/// Started with a soft open-file limit below its hard one, `serve` raises it to the hard one;
+/// with a hard limit below what `http_max_connections` (and the enabled mailboxes) may need,
+/// it says so at start, naming how far to raise it.
+#[tokio::test]
+async fn serve_raises_its_open_file_limit_and_says_when_the_hard_limit_is_too_low() {
+    let dir = tempfile::tempdir().unwrap();
+    let limited = |hard: u32, max_connections: &str| {
+        // The shell sets the limits, then becomes the service (`serve` comes as "$@").
+        let mut sh = Command::new("sh");
+        sh.args([
+            "-c",
+            &format!("ulimit -Sn 64 && ulimit -Hn {hard} && exec \"$0\" \"$@\""),
+            env!("CARGO_BIN_EXE_mailbridge"),
+        ])
+        .current_dir(dir.path())
+        .env_remove("MAILBRIDGE_MASTER_KEY")
+        .env_remove("MAILBRIDGE_DATABASE_URL")
+        .env_remove("MAILBRIDGE_CONFIG")
+        .env("RUST_LOG", "info")
+        .env("MAILBRIDGE_HTTP_MAX_CONNECTIONS", max_connections)
+        .stderr(Stdio::piped());
+        serve_with(&mut sh)
+    };
+    // Ready (its signal handling in place), then stopped; its log read.
+    let stop = |(child, base): (Child, String)| async move {
+        let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        assert!(ready.status().is_success());
+        let (stopped, log) = sigterm_and_wait(child);
+        assert!(stopped, "{log}");
+        // The log's colours (ESC [ … m) out, to read `name=value`.
+        let mut plain = String::new();
+        for (i, part) in log.split('\u{1b}').enumerate() {
+            let text = if i == 0 {
+                part
+            } else {
+                part.split_once('m').map_or(part, |(_, t)| t)
+            };
+            plain.push_str(text);
+        }
+        plain
+    };
+    // Enough: 100 HTTP connections need 228 descriptors with no mailbox enabled.
+    let log = stop(limited(4096, "100")).await;
+    assert!(
+        log.contains("open_files=4096") && log.contains("open-file limit"),
+        "{log}"
+    );
+    assert!(!log.contains("too low"), "{log}");
+    // Too few for the default 1,024 HTTP connections.
+    let log = stop(limited(512, "1024")).await;
+    assert!(
+        log.contains("open-file limit is too low")
+            && log.contains("open_files=512")
+            && log.contains("at least 1152"),
+        "{log}"
+    );
+}
+
 /// The service killed with SIGKILL at pseudo-random points during a 2,000-message first sync
 /// and restarted, several times, ends with exactly 2,000 records.
 #[tokio::test]
