@@ -1,10 +1,12 @@
 //! [`parse`]: raw RFC 5322 bytes into the fields of an email record, with mail-parser 0.11.
 //! A message that cannot be read is still kept: the caller stores it raw with the reason.
-//! [`bodies`] reads a stored message's bodies again from its bytes.
+//! [`bodies`] and [`attachment`] read a stored message's contents again from its bytes.
 
 pub use crate::message::{ParsedAttachment, ParsedEmail, Party};
 use chrono::{TimeZone, Utc};
-use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::{
+    Address, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
+};
 
 /// Parses a message's header alone (a message too large to take whole): its fields, and no
 /// body or attachment — the header announces parts that are not there.
@@ -52,6 +54,37 @@ pub fn bodies(raw: &[u8]) -> (Option<String>, Option<String>) {
     .unwrap_or_default()
 }
 
+/// A stored message's `n`-th attachment (in the order [`parse`] lists them), decoded, read from
+/// its bytes without decoding the others; none when there is no such attachment or mail-parser
+/// cannot read the message.
+pub fn attachment(raw: &[u8], n: usize) -> Option<ParsedAttachment> {
+    let n = u32::try_from(n).ok()?;
+    std::panic::catch_unwind(|| {
+        MessageParser::default()
+            .parse(raw)?
+            .attachment(n)
+            .map(attachment_of)
+    })
+    .ok()
+    .flatten()
+}
+
+fn attachment_of(part: &MessagePart<'_>) -> ParsedAttachment {
+    ParsedAttachment {
+        filename: part.attachment_name().map(text),
+        content_type: part.content_type().map_or_else(
+            || "application/octet-stream".to_owned(),
+            |ct| {
+                text(match ct.subtype() {
+                    Some(sub) => format!("{}/{sub}", ct.ctype()),
+                    None => ct.ctype().to_owned(),
+                })
+            },
+        ),
+        content: part.contents().to_vec(),
+    }
+}
+
 fn text_body(message: &Message<'_>) -> Option<String> {
     message.body_text(0).map(text)
 }
@@ -90,22 +123,7 @@ fn read(raw: &[u8]) -> ParsedEmail {
             .and_then(|d| Utc.timestamp_opt(d.to_timestamp(), 0).single()),
         text_body: text_body(&message),
         html_body: html_body(&message),
-        attachments: message
-            .attachments()
-            .map(|part| ParsedAttachment {
-                filename: part.attachment_name().map(text),
-                content_type: part.content_type().map_or_else(
-                    || "application/octet-stream".to_owned(),
-                    |ct| {
-                        text(match ct.subtype() {
-                            Some(sub) => format!("{}/{sub}", ct.ctype()),
-                            None => ct.ctype().to_owned(),
-                        })
-                    },
-                ),
-                content: part.contents().to_vec(),
-            })
-            .collect(),
+        attachments: message.attachments().map(attachment_of).collect(),
         parse_error: None,
     };
     if parsed.from.is_none() && parsed.message_id.is_none() && parsed.subject.is_none() {

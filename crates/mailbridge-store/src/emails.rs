@@ -501,17 +501,15 @@ impl Store {
             content_type: row.content_type,
             size: row.size,
         };
-        let mut parts = parse::parse(&raw::original(row.raw, row.raw_zstd, email_id)?).attachments;
         let position = usize::try_from(row.position).unwrap_or(usize::MAX);
+        let part = parse::attachment(&raw::original(row.raw, row.raw_zstd, email_id)?, position);
         // The record was made from this very message, so its part is where the record says,
         // with the same type and size; anything else is a damaged row, said so.
-        let same = |a: &ParsedAttachment| {
+        if let Some(part) = part.filter(|a| {
             a.content_type == info.content_type
                 && i64::try_from(a.content.len()).is_ok_and(|n| n == info.size)
-        };
-        if parts.get(position).is_some_and(same) {
-            let content = parts.swap_remove(position).content;
-            return Ok((info, content));
+        }) {
+            return Ok((info, part.content));
         }
         Err(StoreError::corrupt(
             format!("attachment {} of email {email_id}", info.id),

@@ -116,6 +116,20 @@ async fn bodies_and_attachments_are_read_from_the_compressed_raw_message_and_not
             .clone();
         check_reads_back(&store, &id).await;
         assert_eq!(store.email_raw(&id).await.unwrap(), MESSAGE);
+        // A record that no longer matches its part is reported damaged, never served wrong.
+        let info = store.get_email(&id).await.unwrap().attachments[1].clone();
+        sqlx::query("UPDATE attachments SET size = 1 WHERE id = $1")
+            .bind(&info.id)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let damaged = store.attachment_content(&id, &info.id).await.unwrap_err();
+        assert!(
+            damaged
+                .to_string()
+                .contains("no longer found in the raw message"),
+            "{damaged}"
+        );
         store.close().await;
         let kept = String::from_utf8_lossy(&db.contents(dir.path()).await.unwrap()).into_owned();
         assert!(
