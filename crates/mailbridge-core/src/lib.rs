@@ -8,6 +8,7 @@ pub mod event;
 pub mod ids;
 pub mod mailbox;
 pub mod message;
+pub mod microsoft;
 pub mod outgoing;
 pub mod parse;
 pub mod profile;

@@ -34,6 +34,9 @@ crate::string_enum! {
     AuthMethod {
         /// OAuth 2.0 with Google's endpoints and SASL XOAUTH2.
         GmailOauth => "gmail_oauth",
+        /// OAuth 2.0 with the Microsoft identity platform (Microsoft 365, Outlook.com) and
+        /// SASL XOAUTH2.
+        MicrosoftOauth => "microsoft_oauth",
         /// OAuth 2.0 with any provider's endpoints.
         Oauth2 => "oauth2",
         /// A user name and password per mailbox.
@@ -42,16 +45,57 @@ crate::string_enum! {
 }
 
 impl AuthMethod {
+    /// The sign-in button, in the provider's words.
+    pub fn sign_in_label(self) -> &'static str {
+        match self {
+            AuthMethod::GmailOauth => "Sign in to Gmail",
+            AuthMethod::MicrosoftOauth => "Sign in with Microsoft",
+            AuthMethod::Oauth2 | AuthMethod::Password => "Sign in",
+        }
+    }
+
     /// What to tell the owner of a mailbox whose sign-in the provider refused.
     pub fn sign_in_again_hint(self) -> &'static str {
         match self {
             AuthMethod::GmailOauth => {
                 "Sign in to Gmail again for this mailbox, then run Test & Enable Mailbox."
             }
+            AuthMethod::MicrosoftOauth => {
+                "Sign in with Microsoft again for this mailbox, then run Test & Enable Mailbox."
+            }
             AuthMethod::Oauth2 | AuthMethod::Password => {
                 "Sign in again for this mailbox, then run Test & Enable Mailbox."
             }
         }
+    }
+
+    /// What to tell the owner of a mailbox whose sign-in the provider refused with `reason`:
+    /// the provider's own fix when its words name one, else to sign in again.
+    pub fn refused_sign_in_hint(self, reason: &str) -> &'static str {
+        match self {
+            AuthMethod::MicrosoftOauth => {
+                crate::microsoft::sign_in_hint(reason).unwrap_or(self.sign_in_again_hint())
+            }
+            _ => self.sign_in_again_hint(),
+        }
+    }
+
+    /// What to tell someone testing a mailbox that was never signed in.
+    pub fn sign_in_first_hint(self) -> &'static str {
+        match self {
+            AuthMethod::GmailOauth => "Sign in to Gmail for this mailbox first, then test again.",
+            AuthMethod::MicrosoftOauth => {
+                "Sign in with Microsoft for this mailbox first, then test again."
+            }
+            AuthMethod::Oauth2 | AuthMethod::Password => {
+                "Sign in for this mailbox first, then test again."
+            }
+        }
+    }
+
+    /// Whether mailboxes sign in with OAuth 2.0 (rather than a password).
+    pub fn is_oauth(self) -> bool {
+        self != AuthMethod::Password
     }
 }
 
@@ -59,6 +103,8 @@ crate::string_enum! {
     /// Ready-made settings for well-known providers.
     Preset {
         Gmail => "gmail",
+        /// Microsoft 365 and Outlook.com.
+        Microsoft => "microsoft",
     }
 }
 
@@ -163,6 +209,11 @@ pub struct OAuthDraft {
     pub revocation_url: Option<String>,
     pub userinfo_url: Option<String>,
     pub scopes: Option<Vec<String>>,
+    /// Microsoft profiles only: the directory users sign in from — `common` (work, school and
+    /// personal accounts), `organizations`, `consumers`, or one tenant's id or domain
+    /// (`contoso.onmicrosoft.com`). Sets `authorization_url` and `token_url`; default `common`.
+    #[schema(example = "organizations")]
+    pub tenant: Option<String>,
 }
 
 /// Input for creating (`base = None`) or patching (`base = Some`) a profile: every field is
@@ -171,7 +222,9 @@ pub struct OAuthDraft {
 #[serde(deny_unknown_fields)]
 pub struct ProfileDraft {
     pub name: Option<String>,
-    /// `gmail` fills Gmail's servers, Google's OAuth endpoints and scope, and the 100-mailbox limit.
+    /// `gmail` fills Gmail's servers, Google's OAuth endpoints and scope, and the 100-mailbox
+    /// limit; `microsoft` fills Microsoft 365's servers, the Microsoft identity platform's
+    /// endpoints (for `oauth.tenant`) and scopes, and Microsoft's sending limits.
     pub preset: Option<Preset>,
     pub incoming: Option<IncomingDraft>,
     pub outgoing: Option<OutgoingDraft>,
@@ -204,8 +257,8 @@ pub struct ProfileDraft {
     #[schema(max_items = 50)]
     pub folders: Option<Vec<String>>,
     /// File a copy of each email Mailbridge sends in the Sent folder (IMAP APPEND), so the
-    /// user sees it in their mail client. Default: true, except for Gmail, which files mail
-    /// sent through its SMTP server itself.
+    /// user sees it in their mail client. Default: true, except for Gmail and Microsoft 365,
+    /// which file mail sent through their SMTP servers themselves.
     pub append_sent: Option<bool>,
 }
 
@@ -227,7 +280,11 @@ impl ProfileDraft {
                 "a preset applies only when creating a profile; set the fields you want to change instead",
             ));
         }
-        let preset = self.preset.map(|Preset::Gmail| gmail_preset(&self));
+        let preset = match self.preset {
+            Some(Preset::Gmail) => Some(gmail_preset(&self)),
+            Some(Preset::Microsoft) => Some(microsoft_preset(&self)?),
+            None => None,
+        };
         let base_spec = base.as_ref().map(|b| b.spec).or(preset.as_ref());
 
         let name = match self.name.as_deref().map(str::trim) {
@@ -255,7 +312,7 @@ impl ProfileDraft {
         let auth = self.auth.or(base_spec.map(|b| b.auth)).ok_or_else(|| {
             ValidationError::new(
                 "auth",
-                "auth is required: gmail_oauth, oauth2 or password (or use \"preset\": \"gmail\")",
+                "auth is required: gmail_oauth, microsoft_oauth, oauth2 or password (or use \"preset\": \"gmail\" or \"microsoft\")",
             )
         })?;
 
@@ -277,8 +334,28 @@ impl ProfileDraft {
                     },
                 )
             }
-            AuthMethod::GmailOauth | AuthMethod::Oauth2 => {
-                let draft = self.oauth.unwrap_or_default();
+            AuthMethod::GmailOauth | AuthMethod::MicrosoftOauth | AuthMethod::Oauth2 => {
+                let mut draft = self.oauth.unwrap_or_default();
+                if let Some(tenant) = draft.tenant.take() {
+                    if auth != AuthMethod::MicrosoftOauth {
+                        return Err(ValidationError::new(
+                            "oauth.tenant",
+                            "tenant applies only to microsoft_oauth profiles; remove it",
+                        ));
+                    }
+                    let (authorize, token) =
+                        microsoft_endpoints(&tenant).map_err(|e| e.under("oauth"))?;
+                    // The tenant picks the Microsoft endpoints; other endpoints given beside it
+                    // win (a national cloud's login server, a test provider).
+                    for (given, tenants) in [
+                        (&mut draft.authorization_url, authorize),
+                        (&mut draft.token_url, token),
+                    ] {
+                        if given.as_deref().is_none_or(is_microsoft_login) {
+                            *given = Some(tenants);
+                        }
+                    }
+                }
                 let secret = match draft.client_secret.clone() {
                     Some(s) if secrecy::ExposeSecret::expose_secret(&s).trim().is_empty() => {
                         return Err(ValidationError::new(
@@ -291,6 +368,12 @@ impl ProfileDraft {
                         return Err(ValidationError::new(
                             "oauth.client_secret",
                             "client_secret is required for Gmail OAuth; copy it from the OAuth client in the Google Cloud console",
+                        ));
+                    }
+                    None if auth == AuthMethod::MicrosoftOauth && !had_secret => {
+                        return Err(ValidationError::new(
+                            "oauth.client_secret",
+                            "client_secret is required for Microsoft OAuth; create one under the app registration's Certificates & secrets in the Microsoft Entra admin center and copy its Value",
                         ));
                     }
                     None => SecretChange::Keep,
@@ -390,9 +473,13 @@ impl ProfileDraft {
             Some(f) => crate::validation::folder_names(f, "folders")?,
             None => base_spec.map(|b| b.folders.clone()).unwrap_or_default(),
         };
-        // Gmail files what its SMTP server sends in "Sent Mail" itself; others do not.
+        // Gmail and Exchange Online file what their SMTP servers send in Sent themselves;
+        // others do not.
         let append_sent = self.append_sent.unwrap_or_else(|| {
-            base_spec.map_or_else(|| !incoming.host.is_gmail(), |b| b.append_sent)
+            base_spec.map_or_else(
+                || !incoming.host.files_sent_mail_itself(),
+                |b| b.append_sent,
+            )
         });
         let process_emails_received_after = match self.process_emails_received_after {
             Some(v) => v,
@@ -468,6 +555,123 @@ fn gmail_preset(draft: &ProfileDraft) -> ProfileSpec {
         max_queued_emails: DEFAULT_MAX_QUEUED_EMAILS,
         folders: Vec::new(),
         append_sent: false,
+    }
+}
+
+/// Where the Microsoft identity platform (v2.0) signs users of `tenant` in.
+const MICROSOFT_LOGIN: &str = "https://login.microsoftonline.com";
+/// Recipients a Microsoft 365 mailbox may send to per day (Exchange Online's recipient rate
+/// limit). Mailbridge counts emails, so a profile sending to several recipients per email
+/// should lower it.
+pub const MICROSOFT_DAILY_SEND_LIMIT: u32 = 10_000;
+
+/// Microsoft 365's servers, the Microsoft identity platform's endpoints for the tenant
+/// (`common` unless given) and the scopes IMAP (or POP) and SMTP need with OAuth.
+/// `offline_access` is what makes Microsoft issue a refresh token; `profile` puts
+/// `preferred_username` in the ID token, which names the account when `email` is absent.
+fn microsoft_preset(draft: &ProfileDraft) -> Result<ProfileSpec, ValidationError> {
+    let pop3 = draft
+        .incoming
+        .as_ref()
+        .and_then(|i| i.protocol)
+        .is_some_and(|p| p == IncomingProtocol::Pop3);
+    let (protocol, port, mail_scope) = if pop3 {
+        (IncomingProtocol::Pop3, 995, "POP.AccessAsUser.All")
+    } else {
+        (IncomingProtocol::Imap, 993, "IMAP.AccessAsUser.All")
+    };
+    let tenant = draft
+        .oauth
+        .as_ref()
+        .and_then(|o| o.tenant.as_deref())
+        .unwrap_or("common");
+    let (authorize, token) = microsoft_endpoints(tenant).map_err(|e| e.under("oauth"))?;
+    let url = |s: &str| Url::parse(s).unwrap_or_else(|e| unreachable!("checked URL {s}: {e}"));
+    Ok(ProfileSpec {
+        name: "Microsoft 365".to_owned(),
+        incoming: IncomingServer {
+            protocol,
+            host: Host::known("outlook.office365.com"),
+            port: Port::new_const(port),
+            security: Security::Tls,
+        },
+        outgoing: OutgoingServer {
+            host: Host::known("smtp.office365.com"),
+            port: Port::new_const(587),
+            security: Security::Starttls,
+        },
+        auth: AuthMethod::MicrosoftOauth,
+        oauth: Some(OAuthSettings {
+            client_id: String::new(),
+            authorization_url: url(&authorize),
+            token_url: url(&token),
+            // Microsoft has no revocation endpoint (RFC 7009) for these tokens, and its
+            // userinfo endpoint wants a Microsoft Graph token: the ID token names the account.
+            revocation_url: None,
+            userinfo_url: None,
+            scopes: [
+                &format!("https://outlook.office.com/{mail_scope}"),
+                "https://outlook.office.com/SMTP.Send",
+                "offline_access",
+                "openid",
+                "email",
+                "profile",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        }),
+        max_mailboxes: DEFAULT_MAX_MAILBOXES,
+        max_connections: DEFAULT_MAX_MAILBOXES + CONNECTION_HEADROOM,
+        poll_interval_seconds: DEFAULT_POLL_INTERVAL_SECONDS,
+        process_emails_received_after: None,
+        daily_send_limit: MICROSOFT_DAILY_SEND_LIMIT,
+        max_queued_emails: DEFAULT_MAX_QUEUED_EMAILS,
+        folders: Vec::new(),
+        // Exchange Online files mail sent with SMTP AUTH in Sent Items itself.
+        append_sent: false,
+    })
+}
+
+/// The authorization and token endpoints for a Microsoft tenant: `common`, `organizations`,
+/// `consumers`, a tenant id (a GUID) or one of the tenant's domain names.
+fn microsoft_endpoints(tenant: &str) -> Result<(String, String), ValidationError> {
+    let tenant = tenant.trim().to_ascii_lowercase();
+    let guid = tenant.len() == 36
+        && tenant.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    let known = ["common", "organizations", "consumers"].contains(&tenant.as_str());
+    if !(known || guid || (tenant.contains('.') && crate::server::check_domain(&tenant).is_ok())) {
+        return Err(ValidationError::new(
+            "tenant",
+            format!(
+                "'{tenant}' is not a Microsoft tenant; use common, organizations, consumers, the tenant id (Microsoft Entra admin center › Overview › Tenant ID) or a domain of the tenant such as contoso.onmicrosoft.com"
+            ),
+        ));
+    }
+    let base = format!("{MICROSOFT_LOGIN}/{tenant}/oauth2/v2.0");
+    Ok((format!("{base}/authorize"), format!("{base}/token")))
+}
+
+/// Whether `url` is on the Microsoft identity platform's login server.
+fn is_microsoft_login(url: &str) -> bool {
+    match (Url::parse(url.trim()), Url::parse(MICROSOFT_LOGIN)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
+    }
+}
+
+impl OAuthSettings {
+    /// The Microsoft tenant these endpoints sign in from, when they are the Microsoft
+    /// identity platform's.
+    pub fn microsoft_tenant(&self) -> Option<&str> {
+        let url = &self.authorization_url;
+        if !is_microsoft_login(url.as_str()) {
+            return None;
+        }
+        url.path_segments()?.next().filter(|t| !t.is_empty())
     }
 }
 
@@ -739,6 +943,148 @@ mod tests {
         .unwrap();
         assert_eq!(spec.incoming.host.as_str(), "pop.gmail.com");
         assert_eq!(spec.incoming.port.get(), 995);
+    }
+
+    #[test]
+    fn microsoft_preset_fills_servers_tenant_endpoints_scopes_and_limits() {
+        let (spec, secret) = draft(serde_json::json!({
+            "name": "Contoso", "preset": "microsoft",
+            "oauth": {"client_id": "6731de76-14a6-49ae-97bc-6eba6914391e", "client_secret": "s", "tenant": "Contoso.onmicrosoft.com"}
+        }))
+        .resolve(None)
+        .unwrap();
+        assert_eq!(spec.auth, AuthMethod::MicrosoftOauth);
+        assert_eq!(spec.incoming.host.as_str(), "outlook.office365.com");
+        assert_eq!(
+            (spec.incoming.port.get(), spec.incoming.security),
+            (993, Security::Tls)
+        );
+        assert_eq!(spec.outgoing.host.as_str(), "smtp.office365.com");
+        assert_eq!(
+            (spec.outgoing.port.get(), spec.outgoing.security),
+            (587, Security::Starttls)
+        );
+        assert_eq!(spec.daily_send_limit, 10_000);
+        assert_eq!(spec.max_mailboxes, DEFAULT_MAX_MAILBOXES);
+        assert!(
+            !spec.append_sent,
+            "Exchange Online files SMTP mail in Sent Items"
+        );
+        let oauth = spec.oauth.unwrap();
+        assert_eq!(
+            oauth.authorization_url.as_str(),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/authorize"
+        );
+        assert_eq!(
+            oauth.token_url.as_str(),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+        assert_eq!(oauth.microsoft_tenant(), Some("contoso.onmicrosoft.com"));
+        for scope in [
+            "https://outlook.office.com/IMAP.AccessAsUser.All",
+            "https://outlook.office.com/SMTP.Send",
+            "offline_access",
+        ] {
+            assert!(oauth.scopes.iter().any(|s| s == scope), "{scope}");
+        }
+        assert!(matches!(secret, SecretChange::Set(_)));
+
+        // POP3 asks for POP's scope; no tenant means `common`.
+        let (spec, _) = draft(serde_json::json!({
+            "name": "M", "preset": "microsoft", "incoming": {"protocol": "pop3"},
+            "oauth": {"client_id": "c", "client_secret": "s"}
+        }))
+        .resolve(None)
+        .unwrap();
+        assert_eq!(spec.incoming.port.get(), 995);
+        let oauth = spec.oauth.unwrap();
+        assert_eq!(oauth.microsoft_tenant(), Some("common"));
+        assert!(
+            oauth
+                .scopes
+                .contains(&"https://outlook.office.com/POP.AccessAsUser.All".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_tenant_is_checked_moves_the_endpoints_and_belongs_to_microsoft_only() {
+        let microsoft = |tenant: &str| {
+            draft(serde_json::json!({
+                "name": "M", "preset": "microsoft",
+                "oauth": {"client_id": "c", "client_secret": "s", "tenant": tenant}
+            }))
+            .resolve(None)
+        };
+        for good in [
+            "organizations",
+            "consumers",
+            "9188040D-6C67-4C5B-B112-36A304B66DAD",
+        ] {
+            assert!(microsoft(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "contoso",
+            "x/../../evil.example",
+            "9188040d-6c67-4c5b-b112",
+        ] {
+            let e = microsoft(bad).unwrap_err();
+            assert_eq!(e.field, "oauth.tenant", "{bad}");
+            assert!(e.message.contains("Tenant ID"), "{e}");
+        }
+        let e = draft(serde_json::json!({
+            "name": "G", "preset": "gmail",
+            "oauth": {"client_id": "c", "client_secret": "s", "tenant": "common"}
+        }))
+        .resolve(None)
+        .unwrap_err();
+        assert_eq!(e.field, "oauth.tenant");
+        let e = draft(
+            serde_json::json!({"name": "M", "preset": "microsoft", "oauth": {"client_id": "c"}}),
+        )
+        .resolve(None)
+        .unwrap_err();
+        assert_eq!(e.field, "oauth.client_secret");
+        assert!(e.message.contains("Certificates & secrets"), "{e}");
+
+        // Patching the tenant moves both endpoints on the same server: no secret needed.
+        let (base, _) = microsoft("common").unwrap();
+        let stored = Stored {
+            spec: &base,
+            has_client_secret: true,
+        };
+        let (patched, secret) = draft(serde_json::json!({"oauth": {"tenant": "organizations"}}))
+            .resolve(Some(stored))
+            .unwrap();
+        let oauth = patched.oauth.unwrap();
+        assert_eq!(oauth.microsoft_tenant(), Some("organizations"));
+        assert!(
+            oauth
+                .token_url
+                .as_str()
+                .ends_with("/organizations/oauth2/v2.0/token")
+        );
+        assert!(matches!(secret, SecretChange::Keep));
+        // As the console's edit form sends it: the tenant beside the stored Microsoft URLs.
+        let stored = Stored {
+            spec: &base,
+            has_client_secret: true,
+        };
+        let old = base.oauth.as_ref().unwrap();
+        let (patched, _) = draft(serde_json::json!({"oauth": {"tenant": "consumers",
+            "authorization_url": old.authorization_url.as_str(), "token_url": old.token_url.as_str()}}))
+        .resolve(Some(stored))
+        .unwrap();
+        assert_eq!(patched.oauth.unwrap().microsoft_tenant(), Some("consumers"));
+        // Another login server beside a tenant is kept (a test provider, a national cloud).
+        let (spec, _) = draft(serde_json::json!({"name": "M", "preset": "microsoft",
+            "oauth": {"client_id": "c", "client_secret": "s", "tenant": "common",
+                      "token_url": "http://127.0.0.1:9/token"}}))
+        .resolve(None)
+        .unwrap();
+        let oauth = spec.oauth.unwrap();
+        assert_eq!(oauth.token_url.as_str(), "http://127.0.0.1:9/token");
+        assert_eq!(oauth.microsoft_tenant(), Some("common"));
     }
 
     #[test]

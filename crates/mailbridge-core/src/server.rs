@@ -85,6 +85,16 @@ impl Host {
             .any(|d| self.0 == *d || self.0.ends_with(&format!(".{d}")))
     }
 
+    /// Whether mail sent through this provider's SMTP server is filed in the sender's Sent
+    /// folder by the provider itself (Gmail; Exchange Online since 2018), so that a copy
+    /// appended by the client would be a second one.
+    pub fn files_sent_mail_itself(&self) -> bool {
+        self.is_gmail()
+            || ["office365.com", "outlook.com"]
+                .iter()
+                .any(|d| self.0.ends_with(&format!(".{d}")))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

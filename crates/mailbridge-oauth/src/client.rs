@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use mailbridge_core::OAuthSettings;
+use mailbridge_core::{AuthMethod, OAuthSettings};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -24,7 +24,7 @@ pub enum OAuthError {
     },
     /// Any other refusal (`invalid_client`, `invalid_request`, `unauthorized_client`…):
     /// a configuration problem that retrying will not fix.
-    #[error("{provider} refused the {step} with HTTP {status}: {error}{}", description_suffix(.description))]
+    #[error("{provider} refused the {step} with HTTP {status}: {error}{}{}", description_suffix(.description), hint_suffix(.description))]
     Rejected {
         provider: String,
         step: &'static str,
@@ -54,6 +54,11 @@ fn description_suffix(d: &str) -> String {
     } else {
         format!(" ({d})")
     }
+}
+
+/// The Microsoft identity platform's fix for an error whose words carry an `AADSTS` code.
+fn hint_suffix(d: &str) -> String {
+    mailbridge_core::microsoft::sign_in_hint(d).map_or_else(String::new, |h| format!(". {h}"))
 }
 
 impl OAuthError {
@@ -98,19 +103,44 @@ pub struct Identity {
     pub email: String,
     /// False only when the provider says the address is unverified.
     pub email_verified: bool,
+    /// The claim `email` was read from: `email`, or `preferred_username` (Microsoft's sign-in
+    /// name, which its ID tokens carry when the account has no `email` claim).
+    pub claim: &'static str,
 }
 
 #[derive(serde::Deserialize)]
 struct Claims {
     email: Option<String>,
     email_verified: Option<serde_json::Value>,
+    preferred_username: Option<String>,
     aud: Option<serde_json::Value>,
+}
+
+impl Claims {
+    /// The account these claims name: `email`, else a `preferred_username` that is an address.
+    fn identity(self) -> Option<Identity> {
+        let email_verified = !is_false(self.email_verified.as_ref());
+        match (self.email, self.preferred_username) {
+            (Some(email), _) => Some(Identity {
+                email,
+                email_verified,
+                claim: "email",
+            }),
+            (None, Some(name)) if name.contains('@') => Some(Identity {
+                email: name,
+                email_verified,
+                claim: "preferred_username",
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// An OAuth client for one profile.
 #[derive(Clone)]
 pub struct Provider {
     http: reqwest::Client,
+    auth: AuthMethod,
     settings: OAuthSettings,
     client_secret: Option<SecretString>,
     redirect_uri: String,
@@ -139,14 +169,18 @@ impl Provider {
             .unwrap_or_default()
     }
 
+    /// The client of a profile that signs in with `auth` (its consent page's parameters
+    /// differ between providers).
     pub fn new(
         http: reqwest::Client,
+        auth: AuthMethod,
         settings: OAuthSettings,
         client_secret: Option<SecretString>,
         redirect_uri: String,
     ) -> Self {
         Self {
             http,
+            auth,
             settings,
             client_secret,
             redirect_uri,
@@ -162,22 +196,36 @@ impl Provider {
             .to_owned()
     }
 
+    /// How the profile signs in (which provider's habits apply).
+    pub fn auth(&self) -> AuthMethod {
+        self.auth
+    }
+
     pub fn settings(&self) -> &OAuthSettings {
         &self.settings
     }
 
     /// The consent page to send the user's browser to (RFC 6749 §4.1.1, RFC 7636 §4.3), with
-    /// Google's `access_type=offline` and `prompt=consent` so a refresh token is issued every
-    /// time, and `login_hint` so the right account is offered.
+    /// `login_hint` so the right account is offered. Google issues a refresh token every time
+    /// only with `access_type=offline` and `prompt=consent`; Microsoft issues one for the
+    /// `offline_access` scope, and `prompt=consent` there would ask users for a consent their
+    /// organization may reserve to administrators, so it gets `prompt=select_account`.
     pub fn authorization_url(&self, state: &str, code_challenge: &str, login_hint: &str) -> Url {
         let mut url = self.settings.authorization_url.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("client_id", &self.settings.client_id)
+                .append_pair("response_type", "code")
+                .append_pair("redirect_uri", &self.redirect_uri)
+                .append_pair("scope", &self.settings.scopes.join(" "));
+            match self.auth {
+                AuthMethod::MicrosoftOauth => q.append_pair("prompt", "select_account"),
+                _ => q
+                    .append_pair("access_type", "offline")
+                    .append_pair("prompt", "consent"),
+            };
+        }
         url.query_pairs_mut()
-            .append_pair("client_id", &self.settings.client_id)
-            .append_pair("response_type", "code")
-            .append_pair("redirect_uri", &self.redirect_uri)
-            .append_pair("scope", &self.settings.scopes.join(" "))
-            .append_pair("access_type", "offline")
-            .append_pair("prompt", "consent")
             .append_pair("login_hint", login_hint)
             .append_pair("state", state)
             .append_pair("code_challenge", code_challenge)
@@ -244,14 +292,10 @@ impl Provider {
     /// with our client secret, so OpenID Connect Core §3.1.3.7 (6) lets us trust the TLS
     /// connection in place of checking its signature; its audience must still be our client.
     pub async fn identity(&self, tokens: &TokenResponse) -> Result<Option<Identity>, OAuthError> {
-        if let Some(id_token) = &tokens.id_token {
-            let claims = self.id_token_claims(id_token.expose_secret())?;
-            if let Some(email) = claims.email {
-                return Ok(Some(Identity {
-                    email,
-                    email_verified: !is_false(claims.email_verified.as_ref()),
-                }));
-            }
+        if let Some(id_token) = &tokens.id_token
+            && let Some(identity) = self.id_token_claims(id_token.expose_secret())?.identity()
+        {
+            return Ok(Some(identity));
         }
         let Some(url) = &self.settings.userinfo_url else {
             return Ok(None);
@@ -270,10 +314,7 @@ impl Provider {
             return Err(self.failure(step, status, &text));
         }
         let claims: Claims = serde_json::from_str(&text).map_err(|e| self.malformed(step, &e))?;
-        Ok(claims.email.map(|email| Identity {
-            email,
-            email_verified: !is_false(claims.email_verified.as_ref()),
-        }))
+        Ok(claims.identity())
     }
 
     fn id_token_claims(&self, jwt: &str) -> Result<Claims, OAuthError> {

@@ -12,5 +12,6 @@ mod pkce;
 pub use client::{Identity, OAuthError, Provider, REQUEST_TIMEOUT, TokenResponse};
 pub use pkce::{Pkce, random_token};
 
-/// Scopes that identify the user rather than grant access to mail; a grant may lack them.
-pub const IDENTITY_SCOPES: &[&str] = &["openid", "email", "profile"];
+/// Scopes that identify the user, or ask for a refresh token (Microsoft's `offline_access`),
+/// rather than grant access to mail; a grant's `scope` may leave them out.
+pub const IDENTITY_SCOPES: &[&str] = &["openid", "email", "profile", "offline_access"];

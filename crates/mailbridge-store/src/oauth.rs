@@ -457,7 +457,7 @@ impl Store {
                     hint: auth
                         .parse::<AuthMethod>()
                         .map_err(|e| StoreError::corrupt("profile auth method", e))?
-                        .sign_in_again_hint(),
+                        .refused_sign_in_hint(reason),
                 },
             )
             .await?,

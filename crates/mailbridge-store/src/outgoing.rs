@@ -247,6 +247,28 @@ impl Store {
             .await
     }
 
+    /// The provider asked to wait (Exchange Online's `432 4.3.2`: too many connections or
+    /// sends at once): send again at `retry_at`, and the attempt does not count towards
+    /// giving up.
+    pub async fn mark_send_wait(
+        &self,
+        id: &str,
+        reply: &str,
+        retry_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE emails SET status = 'pending_send', send_reply = $1, next_attempt_at = $2, \
+             send_attempts = CASE WHEN send_attempts > 0 THEN send_attempts - 1 ELSE 0 END WHERE id = $3",
+        )
+        .bind(reply)
+        .bind(retry_at.timestamp_millis())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        self.commit(tx).await
+    }
+
     /// A permanent failure (or too many temporary ones).
     pub async fn mark_send_failed(&self, id: &str, error: &str) -> Result<()> {
         self.set_send_state(id, "failed", error, None).await

@@ -528,9 +528,10 @@ impl Engine {
                 ("sync_failing", message, hint)
             } else {
                 let hint = match &e {
-                    SyncError::Token(
-                        TokenError::SignInRequired { .. } | TokenError::NotSignedIn(_),
-                    ) => auth.sign_in_again_hint(),
+                    SyncError::Token(TokenError::SignInRequired { reason, .. }) => {
+                        auth.refused_sign_in_hint(reason)
+                    }
+                    SyncError::Token(TokenError::NotSignedIn(_)) => auth.sign_in_again_hint(),
                     SyncError::Proto(p) if p.is_auth_refused() => {
                         "Sign in again (or check the password), then run Test & Enable Mailbox."
                     }

@@ -38,7 +38,11 @@ pub enum SyncError {
 /// See [`SyncError::is_provider_limit`].
 pub(crate) fn is_provider_limit(e: &mailbridge_proto::ProtoError) -> bool {
     let words = e.to_string().to_ascii_lowercase();
-    words.contains("[overquota]") || words.contains("exceeded command or bandwidth limits")
+    words.contains("[overquota]")
+        || words.contains("exceeded command or bandwidth limits")
+        // Exchange Online over SMTP: more than 3 connections of a mailbox at once, or sending
+        // faster than it allows (`432 4.3.2 … limit exceeded`).
+        || matches!(&e.kind, mailbridge_proto::ErrorKind::Rejected { transient: true, words } if words.contains("4.3.2"))
 }
 
 impl SyncError {
@@ -55,7 +59,8 @@ impl SyncError {
 
     /// Whether the provider said the account is over one of its limits for now (Gmail:
     /// `[OVERQUOTA]`, "Account exceeded command or bandwidth limits", when a day's download
-    /// allowance is spent): weather, not a failure — the mailbox waits and resumes.
+    /// allowance is spent; Exchange Online: `432 4.3.2`): weather, not a failure — the
+    /// mailbox waits and resumes.
     pub fn is_provider_limit(&self) -> bool {
         matches!(self, SyncError::Proto(e) if is_provider_limit(e))
     }

@@ -181,6 +181,10 @@ async fn send_for_mailbox(
         Ok(s) => s,
         Err(e) => {
             for id in emails {
+                if e.is_provider_limit() {
+                    settle_wait(ctx, id, &e.to_string()).await?;
+                    continue;
+                }
                 let attempts = store.get_email(id).await?.send_attempts;
                 settle_failure(ctx, id, attempts, &e.to_string(), e.is_transient()).await?;
             }
@@ -223,6 +227,8 @@ async fn send_for_mailbox(
                 );
                 if matches!(e.kind, ErrorKind::Unconfirmed(_)) {
                     settle_unconfirmed(ctx, &profile, &credentials, &email, &e.to_string()).await?;
+                } else if crate::incoming::is_provider_limit(&e) {
+                    settle_wait(ctx, id, &e.to_string()).await?;
                 } else {
                     settle_failure(
                         ctx,
@@ -355,6 +361,23 @@ async fn settle_unconfirmed(
 
 /// How long to give a server to file an email it accepted before its Sent folder is searched.
 const UNCONFIRMED_CHECK_DELAY: Duration = Duration::from_secs(2);
+
+/// How long to wait when the provider says a mailbox sends too much at once.
+const PROVIDER_LIMIT_WAIT: Duration = Duration::from_secs(60);
+
+/// The provider asked to wait (a limit of sends or connections at once): send again in a
+/// minute, without counting the attempt towards giving up.
+async fn settle_wait(ctx: &SendContext<'_>, id: &str, error: &str) -> Result<(), StoreError> {
+    let retry_at =
+        ctx.clock.now() + chrono::Duration::from_std(PROVIDER_LIMIT_WAIT).unwrap_or_default();
+    tracing::info!(
+        email = id,
+        error,
+        "the provider asked to wait; sending again in a minute"
+    );
+    ctx.metrics.send("wait");
+    ctx.store.mark_send_wait(id, error, retry_at).await
+}
 
 /// Retry later with backoff (2 s, 4 s, … capped at 15 min), or give up.
 async fn settle_failure(

@@ -18,6 +18,7 @@ pub(crate) async fn for_profile(
     let secret = store.profile_client_secret(profile).await?;
     Ok(Some(Provider::new(
         http.clone(),
+        record.spec.auth,
         settings,
         secret,
         redirect_uri.to_owned(),

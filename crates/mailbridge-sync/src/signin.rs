@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use mailbridge_core::{Clock, MailboxId, ProfileId, Role};
+use mailbridge_core::{AuthMethod, Clock, MailboxId, ProfileId, Role};
 use mailbridge_oauth::{IDENTITY_SCOPES, OAuthError, Pkce, Provider, random_token};
 use mailbridge_store::{
     Actor, MailboxRecord, NewOAuthState, Store, StoreError, StoredTokens, TokenSet, UserRecord,
@@ -41,18 +41,27 @@ pub enum SignInError {
         "this sign-in link expired (links are valid for 10 minutes); start again from the \"Sign in\" button"
     )]
     ExpiredState,
-    #[error(
-        "access was not granted at the consent page ({0}); to connect the mailbox, sign in again and allow access"
-    )]
-    Denied(String),
+    #[error("access was not granted at the consent page ({detail}). {hint}")]
+    Denied {
+        /// The provider's error and description.
+        detail: String,
+        /// What to do, in the provider's terms.
+        hint: &'static str,
+    },
     #[error("the sign-in answer carries no authorization code; start again")]
     MissingCode,
     #[error("you may no longer sign in this mailbox; ask an admin")]
     NotAllowed,
     #[error(
-        "you signed in as {signed_in}, but this mailbox is {expected}; sign in again and choose {expected}"
+        "you signed in as {signed_in}, but this mailbox is {expected}; sign in again and choose {expected}{}",
+        claim_note(claim)
     )]
-    WrongAccount { signed_in: String, expected: String },
+    WrongAccount {
+        signed_in: String,
+        expected: String,
+        /// The ID token or userinfo claim that named the account signed in.
+        claim: &'static str,
+    },
     #[error(
         "the provider did not say which account signed in, so it cannot be checked; an admin must set the profile's userinfo_url (or ask for the 'openid email' scopes)"
     )]
@@ -62,13 +71,14 @@ pub enum SignInError {
     )]
     UnverifiedAccount(String),
     #[error(
-        "Google did not grant access to mail; sign in again and allow access (missing scope: {0})"
+        "{provider} did not grant access to mail; sign in again and allow access (missing scope: {scope})"
     )]
-    ScopeNotGranted(String),
-    #[error(
-        "Google did not return a refresh token, so the mailbox could not stay connected; remove this app's access in your Google account's security settings, then sign in again"
-    )]
-    NoRefreshToken,
+    ScopeNotGranted {
+        provider: &'static str,
+        scope: String,
+    },
+    #[error("{0}")]
+    NoRefreshToken(&'static str),
     #[error("signing in failed: {0}")]
     Provider(#[from] OAuthError),
     #[error(transparent)]
@@ -81,6 +91,24 @@ pub struct SignIn {
     clock: Arc<dyn Clock>,
     redirect_uri: String,
     max_pending: u32,
+}
+
+/// Names the claim compared when it is not the plain `email` (Microsoft's sign-in name).
+fn claim_note(claim: &str) -> String {
+    if claim == "email" {
+        String::new()
+    } else {
+        format!(" (the provider named the account by its {claim})")
+    }
+}
+
+/// The provider's name in messages to the person signing in.
+fn provider_name(auth: AuthMethod) -> &'static str {
+    match auth {
+        AuthMethod::GmailOauth => "Google",
+        AuthMethod::MicrosoftOauth => "Microsoft",
+        AuthMethod::Oauth2 | AuthMethod::Password => "The provider",
+    }
 }
 
 /// The query a provider sends back to the redirect URI (RFC 6749 §4.1.2).
@@ -286,7 +314,11 @@ impl SignIn {
                 Some(d) if !d.is_empty() => format!("{error}: {d}"),
                 _ => error,
             };
-            return Err(SignInError::Denied(detail));
+            return Err(SignInError::Denied {
+                hint: mailbridge_core::microsoft::sign_in_hint(&detail)
+                    .unwrap_or("To connect the mailbox, sign in again and allow access."),
+                detail,
+            });
         }
         let code = answer
             .code
@@ -360,7 +392,10 @@ impl SignIn {
             .filter(|s| !IDENTITY_SCOPES.contains(&s.as_str()))
             .find(|s| !granted.contains(s))
         {
-            return Err(SignInError::ScopeNotGranted(missing.clone()));
+            return Err(SignInError::ScopeNotGranted {
+                provider: provider_name(provider.auth()),
+                scope: missing.clone(),
+            });
         }
         let identity = provider
             .identity(tokens)
@@ -371,15 +406,19 @@ impl SignIn {
             return Err(SignInError::WrongAccount {
                 signed_in: identity.email,
                 expected: expected.to_owned(),
+                claim: identity.claim,
             });
         }
         if !identity.email_verified {
             return Err(SignInError::UnverifiedAccount(identity.email));
         }
-        let refresh = tokens
-            .refresh_token
-            .clone()
-            .ok_or(SignInError::NoRefreshToken)?;
+        let refresh = tokens.refresh_token.clone().ok_or(SignInError::NoRefreshToken(
+            match provider.auth() {
+                AuthMethod::GmailOauth => "Google did not return a refresh token, so the mailbox could not stay connected; remove this app's access in your Google account's security settings, then sign in again",
+                AuthMethod::MicrosoftOauth => "Microsoft did not return a refresh token, so the mailbox could not stay connected; the profile's scopes must include offline_access",
+                AuthMethod::Oauth2 | AuthMethod::Password => "the provider did not return a refresh token, so the mailbox could not stay connected; check that the profile asks for offline access, then sign in again",
+            },
+        ))?;
         Ok((identity.email, refresh, granted.join(" ")))
     }
 
@@ -474,14 +513,14 @@ impl SignInError {
             SignInError::NotOAuth(_) => "not_oauth",
             SignInError::MissingState | SignInError::UnknownState => "invalid_state",
             SignInError::ExpiredState => "expired",
-            SignInError::Denied(_) => "access_denied",
+            SignInError::Denied { .. } => "access_denied",
             SignInError::MissingCode => "invalid_response",
             SignInError::NotAllowed => "not_allowed",
             SignInError::WrongAccount { .. } => "wrong_account",
             SignInError::NoIdentity => "no_identity",
             SignInError::UnverifiedAccount(_) => "unverified_account",
-            SignInError::ScopeNotGranted(_) => "scope_not_granted",
-            SignInError::NoRefreshToken => "no_refresh_token",
+            SignInError::ScopeNotGranted { .. } => "scope_not_granted",
+            SignInError::NoRefreshToken(_) => "no_refresh_token",
             SignInError::Provider(_) => "provider_error",
             SignInError::Store(_) => "internal",
         }

@@ -141,7 +141,7 @@ impl Tester {
         mailbox: &MailboxRecord,
         profile: &ProfileRecord,
     ) -> Result<Credentials, TestOutcome> {
-        let gmail = profile.spec.auth == AuthMethod::GmailOauth;
+        let auth = profile.spec.auth;
         let e = match crate::login::credentials(&self.store, &self.tokens, mailbox, profile).await {
             Ok((credentials, _)) => return Ok(credentials),
             Err(e) => e,
@@ -153,20 +153,11 @@ impl Tester {
             ),
             SyncError::Token(TokenError::NotSignedIn(_)) => TestOutcome::failure(
                 "the mailbox is not signed in".to_owned(),
-                if gmail {
-                    "Sign in to Gmail for this mailbox first, then test again."
-                } else {
-                    "Sign in for this mailbox first, then test again."
-                },
+                auth.sign_in_first_hint(),
             ),
-            SyncError::Token(e @ TokenError::SignInRequired { .. }) => TestOutcome::failure(
-                e.to_string(),
-                if gmail {
-                    "Sign in to Gmail again for this mailbox, then test again."
-                } else {
-                    "Sign in again for this mailbox, then test again."
-                },
-            ),
+            SyncError::Token(ref e @ TokenError::SignInRequired { ref reason, .. }) => {
+                TestOutcome::failure(e.to_string(), auth.refused_sign_in_hint(reason))
+            }
             SyncError::Token(e) if e.is_transient() => TestOutcome::failure(
                 e.to_string(),
                 "The sign-in provider could not be reached; try again in a few minutes.",
@@ -250,8 +241,14 @@ fn outcome(
 /// What a person can do about a failure, in the words of the product they use.
 fn hint(e: &ProtoError, profile: &ProfileRecord, direction: Direction) -> &'static str {
     let gmail = profile.spec.auth == AuthMethod::GmailOauth;
-    let oauth = profile.spec.auth != AuthMethod::Password;
+    let microsoft = profile.spec.auth == AuthMethod::MicrosoftOauth;
+    let oauth = profile.spec.auth.is_oauth();
     match &e.kind {
+        ErrorKind::AuthRefused { words, .. } | ErrorKind::Rejected { words, .. }
+            if microsoft && mailbridge_core::microsoft::smtp_hint(words).is_some() =>
+        {
+            mailbridge_core::microsoft::SMTP_AUTH_DISABLED_HINT
+        }
         ErrorKind::AuthRefused { words, .. }
         | ErrorKind::Rejected { words, .. }
         | ErrorKind::Unsupported(words)
@@ -269,6 +266,14 @@ fn hint(e: &ProtoError, profile: &ProfileRecord, direction: Direction) -> &'stat
         ErrorKind::AuthRefused { .. } if gmail => {
             "Sign in to Gmail again for this mailbox, then test again."
         }
+        ErrorKind::AuthRefused { .. } if microsoft => match direction {
+            Direction::Incoming(_) => {
+                "Check that IMAP (or POP) is allowed for the mailbox (Microsoft 365 admin center › Users › Active users › the user › Mail › Manage email apps) and that the app registration has the IMAP.AccessAsUser.All (or POP.AccessAsUser.All) permission; then sign in with Microsoft again and test again."
+            }
+            Direction::Outgoing => {
+                "Check that Authenticated SMTP is allowed for the mailbox (Microsoft 365 admin center › Users › Active users › the user › Mail › Manage email apps) and that the app registration has the SMTP.Send permission; then sign in with Microsoft again and test again."
+            }
+        },
         ErrorKind::AuthRefused { .. } if oauth => {
             "Sign in again for this mailbox; if it keeps failing, check that the server accepts OAuth logins for this account."
         }

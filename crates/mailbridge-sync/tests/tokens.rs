@@ -372,3 +372,46 @@ async fn a_refresh_claim_left_by_a_dead_node_lapses_and_the_next_caller_refreshe
     );
     assert_eq!(w.refresh_grants().await, 1);
 }
+
+#[tokio::test]
+async fn microsoft_rotates_the_refresh_token_each_time_and_a_withdrawn_consent_names_the_admin_step()
+ {
+    let w = world_on(|provider| json!({"name": "Contoso", "preset": "microsoft", "oauth": provider.microsoft_oauth("client", "secret")})).await;
+    w.provider
+        .set_mode(json!({"refresh": "rotate"}))
+        .await
+        .unwrap();
+    // Every refresh brings a new refresh token and spends the old one: each is stored.
+    let mut seen = vec![w.stored_refresh_token().await];
+    for _ in 0..3 {
+        w.near_expiry();
+        w.near_expiry();
+        w.tokens.access_token(w.mailbox).await.unwrap();
+        let now = w.stored_refresh_token().await;
+        assert!(!seen.contains(&now), "a refresh token was not replaced");
+        seen.push(now);
+    }
+    assert_eq!(w.refresh_grants().await, 3);
+
+    // An administrator withdrew the organization's consent: the alert says where to grant it.
+    w.provider
+        .set_mode(json!({"refreshError": {"error": "invalid_grant", "error_description": "AADSTS65001: The user or administrator has not consented to use the application with ID 'client' named 'Mailbridge'. Send an interactive authorization request for this user and resource."}}))
+        .await
+        .unwrap();
+    w.near_expiry();
+    w.near_expiry();
+    let err = w.tokens.access_token(w.mailbox).await.unwrap_err();
+    assert!(matches!(err, TokenError::SignInRequired { .. }), "{err}");
+    let alerts = w.store.mailbox_alerts(w.mailbox, false).await.unwrap();
+    assert_eq!(alerts.len(), 1);
+    assert!(
+        alerts[0].message.contains("AADSTS65001"),
+        "{}",
+        alerts[0].message
+    );
+    assert!(
+        alerts[0].hint.contains("Grant admin consent"),
+        "{}",
+        alerts[0].hint
+    );
+}

@@ -11,7 +11,10 @@
 //   - the refresh grant with Google's behaviours: the response omits refresh_token (keep the
 //     old one), or rotates it, and a revoked refresh token gets `invalid_grant`;
 //   - switches for failure cases (access denied at consent, a narrower scope, no refresh
-//     token on the code exchange, token endpoint errors) and counters the tests assert on.
+//     token on the code exchange, token endpoint errors) and counters the tests assert on;
+//   - Microsoft's habits when asked (`claims: 'microsoft'`): ID tokens that name the account
+//     by `preferred_username` without `email`, and error bodies with AADSTS codes
+//     (`consentError`, `refreshError`), as login.microsoftonline.com writes them.
 //
 // Prints one JSON line {"url": "..."} when it listens; stops on SIGTERM or stdin closing.
 
@@ -37,6 +40,9 @@ const defaults = () => ({
   expiresIn: 3600,
   refreshDelayMs: 0, // a slow refresh, so concurrent callers overlap
   failRefreshes: 0, // answer this many refresh grants with HTTP 503 first
+  claims: 'google', // 'google' (email, email_verified) | 'microsoft' (preferred_username, tid, oid)
+  consentError: null, // { error, error_description }: /authorize redirects back with it
+  refreshError: null, // { error, error_description }: refresh grants answer HTTP 400 with it
 });
 let mode = defaults();
 const stats = { refreshGrants: 0, codeGrants: 0, revocations: [], introspections: 0 };
@@ -47,9 +53,11 @@ const scopeFor = (requested) => (mode.narrowScope ? 'openid email' : requested ?
 service.on('beforeAuthorizeRedirect', (redirect, req) => {
   const q = new URL(req.url, 'http://x').searchParams;
   const code = redirect.url.searchParams.get('code');
-  if (mode.denyConsent) {
+  if (mode.denyConsent || mode.consentError) {
     redirect.url.searchParams.delete('code');
-    redirect.url.searchParams.set('error', 'access_denied');
+    const e = mode.consentError ?? { error: 'access_denied' };
+    redirect.url.searchParams.set('error', e.error);
+    if (e.error_description) redirect.url.searchParams.set('error_description', e.error_description);
     return;
   }
   const email = mode.nextAccount ?? q.get('login_hint') ?? 'johndoe@example.com';
@@ -60,7 +68,13 @@ service.on('beforeAuthorizeRedirect', (redirect, req) => {
 // Both the access token and the ID token of a code exchange name the account.
 service.on('beforeTokenSigning', (token, req) => {
   const grant = codes.get(req.body?.code);
-  if (grant) {
+  if (grant && mode.claims === 'microsoft') {
+    // Microsoft identity platform v2.0: the sign-in name; `email` only when the account has one.
+    token.payload.preferred_username = grant.email;
+    token.payload.tid = '9188040d-6c67-4c5b-b112-36a304b66dad';
+    token.payload.oid = `oid-${grant.email}`;
+    token.payload.sub = `sub-${grant.email}`;
+  } else if (grant) {
     token.payload.email = grant.email;
     token.payload.email_verified = true;
     token.payload.sub = `sub-${grant.email}`;
@@ -126,6 +140,7 @@ async function refreshGrant(res, body) {
     return json(res, 503, { error: 'temporarily_unavailable' });
   }
   if (mode.tokenStatus !== 200) return json(res, mode.tokenStatus, { error: 'server_error' });
+  if (mode.refreshError) return json(res, 400, { ...mode.refreshError, error_codes: [], timestamp: new Date().toISOString() });
   const old = refreshTokens.get(body.refresh_token);
   if (!old || old.revoked) {
     return json(res, 400, { error: 'invalid_grant', error_description: 'Token has been expired or revoked.' });

@@ -30,6 +30,7 @@ pub struct TestApp {
 pub struct AppOptions {
     pub clock: Arc<dyn Clock>,
     pub gmail_oauth: bool,
+    pub microsoft_oauth: bool,
     /// A CA to trust for mail servers' TLS (the test Dovecot's).
     pub extra_ca_pem: Option<String>,
     /// Bound on connecting and on every read in mail protocol calls.
@@ -52,6 +53,7 @@ impl Default for AppOptions {
         Self {
             clock: Arc::new(SystemClock),
             gmail_oauth: true,
+            microsoft_oauth: true,
             extra_ca_pem: None,
             mail_timeout: Duration::from_secs(20),
             engine: None,
@@ -74,6 +76,7 @@ impl TestApp {
         let AppOptions {
             clock,
             gmail_oauth,
+            microsoft_oauth,
             extra_ca_pem,
             mail_timeout,
             engine,
@@ -91,6 +94,7 @@ impl TestApp {
         let config = WebConfig {
             public_base_url: format!("http://{addr}").parse()?,
             gmail_oauth,
+            microsoft_oauth,
             limits,
             webhook_allow_private,
             allowed_return_urls,

@@ -62,6 +62,33 @@ impl Browser {
         Ok(browser)
     }
 
+    /// What axe-core (npm `axe-core`, installed by `./scripts/test` in `axe/`), the usual
+    /// accessibility engine, finds wrong on the page against WCAG 2 A and AA: one line per
+    /// violation, with the rule, its impact and the elements it names. Empty when none.
+    pub async fn accessibility_violations(&self) -> anyhow::Result<Vec<String>> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("axe/node_modules/axe-core/axe.min.js");
+        let axe = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {} (run ./scripts/test, or npm ci in crates/mailbridge-testkit/axe)",
+                path.display()
+            )
+        })?;
+        self.client.execute(&axe, vec![]).await?;
+        let found = self
+            .client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];\
+                 axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})\
+                   .then(r => done(r.violations.map(v => `${v.id} (${v.impact}): ${v.help} — ` +\
+                     v.nodes.map(n => n.target.join(' ')).join(', '))))\
+                   .catch(e => done([`axe failed: ${e}`]));",
+                vec![],
+            )
+            .await?;
+        Ok(serde_json::from_value(found)?)
+    }
+
     /// Opens `url` and waits for the page.
     pub async fn goto(&self, url: &str) -> anyhow::Result<()> {
         self.client.goto(url).await?;

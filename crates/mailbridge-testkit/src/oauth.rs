@@ -46,9 +46,23 @@ impl OAuthProvider {
         })
     }
 
+    /// Profile settings pointing a `microsoft` preset profile at this provider: its
+    /// endpoints in place of login.microsoftonline.com's, the preset's scopes, no userinfo.
+    pub fn microsoft_oauth(&self, client_id: &str, client_secret: &str) -> Value {
+        serde_json::json!({
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "tenant": "organizations",
+            "authorization_url": format!("{}/authorize", self.url),
+            "token_url": format!("{}/token", self.url),
+        })
+    }
+
     /// Changes behaviour: `denyConsent`, `narrowScope`, `omitRefreshOnCode`, `omitIdToken`,
     /// `refresh` (`omit` | `rotate`), `tokenStatus`, `expiresIn`, `refreshDelayMs`,
-    /// `failRefreshes` (answer that many refresh grants with 503 first).
+    /// `failRefreshes` (answer that many refresh grants with 503 first), `claims` (`google` |
+    /// `microsoft`: the account in `preferred_username`, no `email`), `consentError` and
+    /// `refreshError` (`{"error": …, "error_description": "AADSTS…"}`).
     pub async fn set_mode(&self, mode: Value) -> anyhow::Result<()> {
         self.control("mode", mode).await.map(drop)
     }

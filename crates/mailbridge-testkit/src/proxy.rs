@@ -76,6 +76,10 @@ pub enum Action {
     /// From here on every byte, both ways, goes on alone after this pause: a slow link that
     /// still moves.
     Drip(Duration),
+    /// The server's bytes from here are replaced by these, then both connections are closed:
+    /// a provider's refusal no test server gives on demand (for a step the server starts,
+    /// such as [`Step::Greeting`]).
+    Answer(&'static [u8]),
 }
 
 /// Which times a step is reached a [`Fault`] fires.
@@ -481,14 +485,19 @@ async fn pipe(
             break;
         }
         let Some(action) = fired else { continue };
+        if let Action::Answer(bytes) = action
+            && side == Side::Server
+        {
+            let _ = to.write_all(bytes).await;
+        }
         conn.phase.send_replace(match action {
-            Action::Cut => Phase::Closed { reset: false },
+            Action::Cut | Action::Answer(_) => Phase::Closed { reset: false },
             Action::Reset => Phase::Closed { reset: true },
             Action::Stall => Phase::Stall,
             Action::Drip(pause) => Phase::Drip(pause),
         });
         match action {
-            Action::Cut | Action::Reset => break,
+            Action::Cut | Action::Reset | Action::Answer(_) => break,
             Action::Stall => {}
             Action::Drip(pause) => {
                 if drip(&mut to, &chunk[now..], pause, conn).await.is_err() {

@@ -59,10 +59,37 @@ impl MailWorld {
         outgoing: Value,
         extra: Value,
     ) -> String {
+        let oauth = self.oauth.profile_oauth("client", "secret");
+        self.preset_like("gmail", oauth, name, incoming, outgoing, extra)
+            .await
+    }
+
+    /// A Microsoft-preset profile (its scopes, no userinfo endpoint) whose servers and OAuth
+    /// endpoints are the local peers.
+    pub async fn microsoft_like(
+        &self,
+        name: &str,
+        incoming: Value,
+        outgoing: Value,
+        extra: Value,
+    ) -> String {
+        let oauth = self.oauth.microsoft_oauth("client", "secret");
+        self.preset_like("microsoft", oauth, name, incoming, outgoing, extra)
+            .await
+    }
+
+    async fn preset_like(
+        &self,
+        preset: &str,
+        oauth: Value,
+        name: &str,
+        incoming: Value,
+        outgoing: Value,
+        extra: Value,
+    ) -> String {
         let mut body = json!({
-            "name": name, "preset": "gmail",
-            "incoming": incoming, "outgoing": outgoing,
-            "oauth": self.oauth.profile_oauth("client", "secret"),
+            "name": name, "preset": preset,
+            "incoming": incoming, "outgoing": outgoing, "oauth": oauth,
         });
         if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
             b.extend(e.clone());

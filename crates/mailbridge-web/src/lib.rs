@@ -38,6 +38,8 @@ pub struct WebConfig {
     pub public_base_url: Url,
     /// Whether "Sign in to Gmail" is offered here.
     pub gmail_oauth: bool,
+    /// Whether "Sign in with Microsoft" is offered here.
+    pub microsoft_oauth: bool,
     /// Time, size and concurrency limits on what clients may hold of this node.
     pub limits: Limits,
     /// Whether webhooks may point at private, loopback and link-local addresses.
@@ -48,6 +50,20 @@ pub struct WebConfig {
 }
 
 impl WebConfig {
+    /// Why a profile signing in with `auth` may not sign in here, when it is turned off.
+    pub fn sign_in_turned_off(&self, auth: mailbridge_core::AuthMethod) -> Option<&'static str> {
+        use mailbridge_core::AuthMethod;
+        match auth {
+            AuthMethod::GmailOauth if !self.gmail_oauth => Some(
+                "Sign in to Gmail is turned off on this installation (gmail_oauth = false); ask an admin",
+            ),
+            AuthMethod::MicrosoftOauth if !self.microsoft_oauth => Some(
+                "Sign in with Microsoft is turned off on this installation (microsoft_oauth = false); ask an admin",
+            ),
+            _ => None,
+        }
+    }
+
     /// The redirect URI to register with the OAuth provider (Google Cloud console).
     pub fn oauth_redirect_uri(&self) -> String {
         format!(

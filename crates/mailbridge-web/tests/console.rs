@@ -101,35 +101,15 @@ async fn the_first_admin_sets_up_gmail_and_the_user_connects_and_tests_their_mai
         .unwrap();
     // The preset's servers and Google's endpoints fold away; here they point at the
     // local peers standing in for Google.
-    for summary in b
-        .client
-        .find_all(fantoccini::Locator::Css("details.group > summary"))
-        .await
-        .unwrap()
-    {
-        summary.click().await.unwrap();
-    }
+    open_folded_groups(&b).await;
     let o = w.oauth.url();
-    b.fill("oauth.authorization_url", &format!("{o}/authorize"))
-        .await
-        .unwrap();
-    b.fill("oauth.token_url", &format!("{o}/token"))
-        .await
-        .unwrap();
     b.fill("oauth.revocation_url", &format!("{o}/revoke"))
         .await
         .unwrap();
     b.fill("oauth.userinfo_url", &format!("{o}/userinfo"))
         .await
         .unwrap();
-    b.fill("incoming.host", "127.0.0.1").await.unwrap();
-    b.fill("incoming.port", &w.dovecot.ports.imaps.to_string())
-        .await
-        .unwrap();
-    b.fill("outgoing.host", "127.0.0.1").await.unwrap();
-    b.fill("outgoing.port", &w.dovecot.ports.submissions.to_string())
-        .await
-        .unwrap();
+    point_at_local_peers(&b, &w).await;
     b.press("Create profile").await.unwrap();
     let page = b.page_text().await.unwrap();
     assert!(
@@ -816,4 +796,202 @@ async fn an_admin_adds_a_webhook_sends_a_test_event_and_sees_each_attempt() {
     );
     b.close().await.unwrap();
     w.app.stop().await.unwrap();
+}
+
+/// Every page of the console, as an admin and as a user, judged by axe-core against WCAG 2
+/// A and AA; a form sent back with errors too.
+#[tokio::test]
+async fn every_console_page_passes_the_axe_accessibility_rules() {
+    let w = MailWorld::start(AppOptions::default()).await;
+    let b = Browser::start().await.unwrap();
+    let profile = w
+        .microsoft_like("Contoso", w.imaps(), w.submissions(), json!({}))
+        .await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    let (_, hook) = w
+        .api
+        .post(
+            &w.app,
+            "/api/v1/webhooks",
+            &w.admin,
+            json!({"url": "https://crm.example.com/hooks"}),
+        )
+        .await;
+    let mut pages = vec![("/console/sign-in".to_owned(), "nobody")];
+    for path in [
+        "/console/mailboxes",
+        "/console/mailboxes/new",
+        &format!("/console/mailboxes/{mailbox}"),
+        &format!("/console/mailboxes/{mailbox}/edit"),
+        "/console/profiles",
+        "/console/profiles/new?preset=gmail",
+        "/console/profiles/new?preset=microsoft",
+        "/console/profiles/new?preset=custom",
+        &format!("/console/profiles/{profile}"),
+        "/console/users",
+        "/console/alerts",
+        "/console/webhooks",
+        &format!(
+            "/console/webhooks/{}",
+            hook["id"].as_str().unwrap_or("missing")
+        ),
+    ] {
+        pages.push((path.to_owned(), "admin"));
+    }
+    pages.push((format!("/console/mailboxes/{mailbox}"), "ann"));
+    let mut found = Vec::new();
+    let mut as_whom = "nobody";
+    for (path, who) in &pages {
+        if *who != as_whom {
+            match *who {
+                "admin" => sign_in(&b, &w, "admin@example.com", &w.admin).await,
+                _ => {
+                    sign_out(&b).await;
+                    sign_in(&b, &w, "ann@example.com", &w.ann).await;
+                }
+            }
+            as_whom = who;
+        }
+        b.goto(&format!("{}{path}", w.app.base)).await.unwrap();
+        for v in b.accessibility_violations().await.unwrap() {
+            found.push(format!("{path} as {who}: {v}"));
+        }
+    }
+    // A form with errors: each field's message and the summary.
+    sign_out(&b).await;
+    sign_in(&b, &w, "admin@example.com", &w.admin).await;
+    b.goto(&format!(
+        "{}/console/profiles/new?preset=custom",
+        w.app.base
+    ))
+    .await
+    .unwrap();
+    b.fill("incoming.port", "not a port").await.unwrap();
+    b.press("Create profile").await.unwrap();
+    assert!(b.page_text().await.unwrap().contains("not a port"));
+    for v in b.accessibility_violations().await.unwrap() {
+        found.push(format!("profile form with errors: {v}"));
+    }
+    assert!(found.is_empty(), "axe found:\n{}", found.join("\n"));
+    b.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_admin_sets_up_microsoft_365_and_the_user_signs_in_with_microsoft() {
+    let w = MailWorld::start(AppOptions::default()).await;
+    w.oauth
+        .set_mode(json!({"claims": "microsoft"}))
+        .await
+        .unwrap();
+    let b = Browser::start().await.unwrap();
+    sign_in(&b, &w, "admin@example.com", &w.admin).await;
+    b.click("a[href='/console/profiles']").await.unwrap();
+    b.press("New Microsoft 365 profile").await.unwrap();
+    let steps = b.text("#microsoft-steps").await.unwrap();
+    assert_eq!(steps, "In the Microsoft Entra admin center");
+    let page = b.page_text().await.unwrap();
+    for words in [
+        "App registrations",
+        "IMAP.AccessAsUser.All",
+        "Grant admin consent",
+        "Authenticated SMTP",
+    ] {
+        assert!(page.contains(words), "{words}: {page}");
+    }
+    assert_eq!(
+        b.text("#redirect-uri").await.unwrap(),
+        format!("{}/oauth/callback", w.app.base)
+    );
+    assert_eq!(b.value("[name='oauth.tenant']").await.unwrap(), "common");
+    b.screenshot("08-new-microsoft-profile").await.unwrap();
+    b.fill("name", "Contoso").await.unwrap();
+    b.fill("oauth.client_id", "6731de76-14a6-49ae-97bc-6eba6914391e")
+        .await
+        .unwrap();
+    b.fill("oauth.client_secret", "Qx8Q~console-secret")
+        .await
+        .unwrap();
+    b.fill("oauth.tenant", "contoso.onmicrosoft.com")
+        .await
+        .unwrap();
+    open_folded_groups(&b).await;
+    // The preset fills Microsoft 365's servers; the local peers stand in for them.
+    assert_eq!(
+        b.value("[name='incoming.host']").await.unwrap(),
+        "outlook.office365.com"
+    );
+    assert_eq!(b.value("[name='outgoing.port']").await.unwrap(), "587");
+    point_at_local_peers(&b, &w).await;
+    b.choose("outgoing.security", "tls").await.unwrap();
+    b.press("Create profile").await.unwrap();
+    let page = b.page_text().await.unwrap();
+    assert!(page.contains("Profile “Contoso” was created."), "{page}");
+    let profile_path = b.path().await.unwrap();
+    let profile = profile_path
+        .trim_start_matches("/console/profiles/")
+        .to_owned();
+    let (_, p) = w
+        .api
+        .get(
+            &w.app,
+            &format!("/api/v1/server-profiles/{profile}"),
+            &w.admin,
+        )
+        .await;
+    assert_eq!(p["auth"], "microsoft_oauth", "{p}");
+    assert!(
+        p["oauth"]["scopes"].to_string().contains("SMTP.Send"),
+        "{p}"
+    );
+
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    sign_out(&b).await;
+    sign_in(&b, &w, "ann@example.com", &w.ann).await;
+    b.goto(&format!("{}/console/mailboxes/{mailbox}", w.app.base))
+        .await
+        .unwrap();
+    b.press("Sign in with Microsoft").await.unwrap();
+    let back = b.page_text().await.unwrap();
+    assert!(back.contains("ann@example.com is signed in"), "{back}");
+    b.press("Back to the mailbox").await.unwrap();
+    b.press("Test & Enable Mailbox").await.unwrap();
+    shows(&b, "#incoming-result", "Success").await;
+    shows(&b, "#outgoing-result", "Success").await;
+    b.close().await.unwrap();
+}
+
+/// Opens the form's folded groups (a preset's servers and endpoints).
+async fn open_folded_groups(b: &Browser) {
+    for summary in b
+        .client
+        .find_all(fantoccini::Locator::Css("details.group > summary"))
+        .await
+        .unwrap()
+    {
+        summary.click().await.unwrap();
+    }
+}
+
+/// Points a profile form's OAuth endpoints and mail servers at the local peers standing in
+/// for the provider.
+async fn point_at_local_peers(b: &Browser, w: &MailWorld) {
+    let o = w.oauth.url();
+    b.fill("oauth.authorization_url", &format!("{o}/authorize"))
+        .await
+        .unwrap();
+    b.fill("oauth.token_url", &format!("{o}/token"))
+        .await
+        .unwrap();
+    b.fill("incoming.host", "127.0.0.1").await.unwrap();
+    b.fill("incoming.port", &w.dovecot.ports.imaps.to_string())
+        .await
+        .unwrap();
+    b.fill("outgoing.host", "127.0.0.1").await.unwrap();
+    b.fill("outgoing.port", &w.dovecot.ports.submissions.to_string())
+        .await
+        .unwrap();
 }

@@ -98,6 +98,7 @@ impl Case {
             Action::Reset => 1,
             Action::Stall => 2,
             Action::Drip(_) => 3,
+            Action::Answer(_) => unreachable!("not in the matrix: {:?}", self.action),
         }
     }
 

@@ -294,3 +294,90 @@ async fn a_reused_key_is_a_409_and_the_limits_answer_429_with_retry_after() {
     );
     w.app.stop().await.unwrap();
 }
+
+/// Exchange Online's answer to a mailbox holding more than 3 SMTP connections, or sending
+/// faster than it allows.
+const EXCHANGE_BUSY: &[u8] = b"432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded\r\n";
+
+#[tokio::test]
+async fn a_432_4_3_2_from_the_provider_is_a_wait_not_a_failed_attempt() {
+    let clock = std::sync::Arc::new(mailbridge_testkit::ManualClock::new());
+    let w = MailWorld::start(AppOptions {
+        clock: clock.clone(),
+        engine: Some(MailWorld::fast_engine()),
+        ..AppOptions::default()
+    })
+    .await;
+    // The submission server answers its first connection as Exchange Online does when busy.
+    let proxy = mailbridge_testkit::CountingProxy::with_fault(
+        w.dovecot.ports.submission,
+        mailbridge_testkit::Fault::once(
+            mailbridge_testkit::Step::Greeting,
+            mailbridge_testkit::Action::Answer(EXCHANGE_BUSY),
+        ),
+    )
+    .await
+    .unwrap();
+    let profile = w
+        .password_profile_at(
+            "Busy",
+            w.imaps(),
+            json!({"host": "127.0.0.1", "port": proxy.port, "security": "none"}),
+            json!({}),
+        )
+        .await;
+    let mailbox = w
+        .mailbox(
+            "pw@example.com",
+            &w.ann_id,
+            &profile,
+            json!({"password": "hunter2", "incoming_method": "none"}),
+        )
+        .await;
+    w.enable_as_tested(&mailbox).await;
+    let (status, _, email) = post(
+        &w,
+        &json!({"mailbox_id": mailbox, "to": [{"address": "bob@example.com"}],
+                "subject": "Quarterly figures", "text_body": "Attached soon."}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{email}");
+    let id = email["id"].as_str().unwrap().to_owned();
+    let mut e = email_view(&w, &id).await;
+    for _ in 0..100 {
+        if e["send_reply"]
+            .as_str()
+            .is_some_and(|r| r.contains("4.3.2"))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        e = email_view(&w, &id).await;
+    }
+    assert_eq!(proxy.fired(), 1, "the busy answer was not given");
+    // Waiting, not failing: still queued, and the attempt not counted towards giving up.
+    assert_eq!(e["status"], "pending_send", "{e}");
+    assert_eq!(e["send_attempts"], 0, "{e}");
+    // Nothing goes out before the minute is over…
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(email_view(&w, &id).await["status"], "pending_send");
+    // …and once it is, the email is sent on the next round.
+    clock.advance(chrono::Duration::seconds(61));
+    for _ in 0..100 {
+        e = email_view(&w, &id).await;
+        if e["status"] == "sent" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(e["status"], "sent", "{e}");
+    assert_eq!(e["send_attempts"], 1, "{e}");
+}
+
+async fn email_view(w: &MailWorld, id: &str) -> Value {
+    w.api
+        .get(&w.app, &format!("/api/v1/emails/{id}"), &w.ann)
+        .await
+        .1
+}

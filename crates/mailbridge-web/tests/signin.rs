@@ -38,6 +38,32 @@ impl World {
     }
 
     async fn with_clock(clock: Option<Arc<ManualClock>>) -> Self {
+        Self::on(clock, |provider| json!({
+            "name": "Gmail", "preset": "gmail",
+            "oauth": provider.profile_oauth("test-client.apps.googleusercontent.com", CLIENT_SECRET),
+        }))
+        .await
+    }
+
+    /// Ann's mailbox on a Microsoft 365 profile whose endpoints are the local provider, which
+    /// names accounts the way Microsoft's ID tokens do.
+    async fn microsoft() -> Self {
+        let w = Self::on(None, |provider| json!({
+            "name": "Contoso", "preset": "microsoft",
+            "oauth": provider.microsoft_oauth("6731de76-14a6-49ae-97bc-6eba6914391e", CLIENT_SECRET),
+        }))
+        .await;
+        w.provider
+            .set_mode(json!({"claims": "microsoft"}))
+            .await
+            .unwrap();
+        w
+    }
+
+    async fn on(
+        clock: Option<Arc<ManualClock>>,
+        profile: impl Fn(&OAuthProvider) -> Value,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let provider = OAuthProvider::start().unwrap();
         let options = AppOptions {
@@ -53,10 +79,7 @@ impl World {
         let (_, admin) = app.user("admin@example.com", Role::Admin).await.unwrap();
         let (ann_id, ann) = app.user("ann@example.com", Role::User).await.unwrap();
         let (status, profile) = api
-            .post(&app, "/api/v1/server-profiles", &admin, json!({
-                "name": "Gmail", "preset": "gmail",
-                "oauth": provider.profile_oauth("test-client.apps.googleusercontent.com", CLIENT_SECRET),
-            }))
+            .post(&app, "/api/v1/server-profiles", &admin, profile(&provider))
             .await;
         assert_eq!(status, StatusCode::CREATED, "{profile}");
         let (status, mailbox) = api
@@ -873,4 +896,137 @@ async fn a_return_url_outside_the_allowed_list_is_refused() {
         "{}",
         r.1
     );
+}
+
+#[tokio::test]
+async fn microsoft_sign_in_selects_the_account_and_names_it_by_its_sign_in_name() {
+    let w = World::microsoft().await;
+    let (status, location) = w.start(&w.ann).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let q = query(&location);
+    // No Google-only parameters, and no forced consent an organization may reserve to admins.
+    assert_eq!(q["prompt"], "select_account");
+    assert!(!q.contains_key("access_type"), "{location}");
+    let scopes: Vec<&str> = q["scope"].split(' ').collect();
+    for scope in [
+        "https://outlook.office.com/IMAP.AccessAsUser.All",
+        "https://outlook.office.com/SMTP.Send",
+        "offline_access",
+    ] {
+        assert!(scopes.contains(&scope), "{scope} not asked: {scopes:?}");
+    }
+    let (status, page) = w.browse(&location).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let view = w.mailbox_view().await;
+    assert_eq!(view["signed_in_as"], "ann@example.com", "{view}");
+
+    // Another account: the message says which claim named it.
+    w.provider
+        .next_account("mallory@contoso.com")
+        .await
+        .unwrap();
+    let (status, page) = w.sign_in().await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert!(
+        page.contains("you signed in as mallory@contoso.com, but this mailbox is ann@example.com"),
+        "{page}"
+    );
+    assert!(page.contains("by its preferred_username"), "{page}");
+    let (_, features) = w.api.get(&w.app, "/api/v1/features", &w.ann).await;
+    assert_eq!(features["microsoft_oauth"], true, "{features}");
+}
+
+#[tokio::test]
+async fn microsoft_refusals_name_the_step_in_the_entra_admin_center() {
+    let w = World::microsoft().await;
+    for (description, words) in [
+        (
+            "AADSTS65001: The user or administrator has not consented to use the application with ID '6731de76-14a6-49ae-97bc-6eba6914391e' named 'Mailbridge'.",
+            "Grant admin consent",
+        ),
+        (
+            "AADSTS50020: User account 'ann@example.com' from identity provider 'live.com' does not exist in tenant 'Contoso'.",
+            "or to common for accounts of any organization",
+        ),
+    ] {
+        w.provider
+            .set_mode(json!({"consentError": {"error": "access_denied", "error_description": description}}))
+            .await
+            .unwrap();
+        let (status, page) = w.sign_in().await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+        assert!(
+            page.contains("AADSTS"),
+            "the provider's words are shown: {page}"
+        );
+        assert!(page.contains(words), "{words}: {page}");
+        w.assert_not_signed_in().await;
+    }
+}
+
+#[tokio::test]
+async fn microsoft_sign_in_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start_with(
+        dir.path(),
+        AppOptions {
+            microsoft_oauth: false,
+            ..AppOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let provider = OAuthProvider::start().unwrap();
+    let api = ApiClient::default();
+    let (_, admin) = app.user("admin@example.com", Role::Admin).await.unwrap();
+    let (ann_id, ann) = app.user("ann@example.com", Role::User).await.unwrap();
+    let (_, profile) = api
+        .post(
+            &app,
+            "/api/v1/server-profiles",
+            &admin,
+            json!({
+                "name": "Contoso", "preset": "microsoft",
+                "oauth": provider.microsoft_oauth("c", CLIENT_SECRET),
+            }),
+        )
+        .await;
+    let (_, mailbox) = api
+        .post(
+            &app,
+            "/api/v1/mailboxes",
+            &admin,
+            json!({
+                "owner_user_id": ann_id, "email": "ann@example.com", "profile_id": profile["id"],
+            }),
+        )
+        .await;
+    let (_, features) = api.get(&app, "/api/v1/features", &ann).await;
+    assert_eq!(
+        (
+            features["microsoft_oauth"].as_bool(),
+            features["gmail_oauth"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
+    let r = api
+        .get(
+            &app,
+            &format!(
+                "/api/v1/mailboxes/{}/oauth/start",
+                mailbox["id"].as_str().unwrap()
+            ),
+            &ann,
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "feature_disabled", None);
+    assert!(
+        r.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("microsoft_oauth = false"),
+        "{}",
+        r.1
+    );
+    app.stop().await.unwrap();
 }

@@ -457,3 +457,57 @@ async fn moving_a_profile_elsewhere_needs_its_secret_and_a_new_test_of_every_mai
         "{alerts:#}"
     );
 }
+
+#[tokio::test]
+async fn a_microsoft_365_mailbox_signs_in_by_its_sign_in_name_and_is_tested_both_ways() {
+    let w = MailWorld::start(AppOptions::default()).await;
+    // Microsoft's ID tokens: the account in `preferred_username`, no `email`.
+    w.oauth
+        .set_mode(json!({"claims": "microsoft"}))
+        .await
+        .unwrap();
+    let profile = w
+        .microsoft_like("Contoso", w.imaps(), w.submissions(), json!({}))
+        .await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    let m = w.test(&mailbox, &w.ann).await;
+    assert_side(
+        &m,
+        "incoming",
+        "failure",
+        "not signed in",
+        "Sign in with Microsoft for this mailbox first",
+    );
+
+    w.sign_in(&mailbox, &w.ann).await;
+    let m = w.test(&mailbox, &w.ann).await;
+    assert_side(&m, "incoming", "success", "", "");
+    assert_side(&m, "outgoing", "success", "", "");
+    assert_eq!(m["enabled"], true, "{m:#}");
+    assert_eq!(m["signed_in_as"], "ann@example.com", "{m:#}");
+    let log = w.dovecot.log();
+    assert!(
+        log.contains("submission-login: Info: Login: user=<ann@example.com>, method=XOAUTH2"),
+        "{log}"
+    );
+
+    // The grant withdrawn: each side names what to check in Microsoft's admin centers.
+    w.oauth.revoke_account("ann@example.com").await.unwrap();
+    let m = w.test(&mailbox, &w.ann).await;
+    assert_side(
+        &m,
+        "incoming",
+        "failure",
+        "refused the login",
+        "IMAP.AccessAsUser.All",
+    );
+    assert_side(
+        &m,
+        "outgoing",
+        "failure",
+        "refused the login",
+        "Authenticated SMTP is allowed for the mailbox",
+    );
+}

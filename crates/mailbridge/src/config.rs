@@ -35,6 +35,7 @@ struct Raw {
     #[serde(skip_serializing)]
     master_key: Option<SecretString>,
     gmail_oauth: bool,
+    microsoft_oauth: bool,
     tls_ca_file: Option<PathBuf>,
     plaintext_mail_hosts: String,
     sync_scan_interval_ms: u64,
@@ -71,6 +72,7 @@ impl Default for Raw {
             master_key_file: None,
             master_key: None,
             gmail_oauth: true,
+            microsoft_oauth: true,
             tls_ca_file: None,
             plaintext_mail_hosts: String::new(),
             sync_scan_interval_ms: 5_000,
@@ -117,6 +119,7 @@ pub struct Config {
     pub public_base_url: Option<Url>,
     pub master_key: MasterKeySource,
     pub gmail_oauth: bool,
+    pub microsoft_oauth: bool,
     /// PEM certificates to trust, besides the public roots, for mail servers with a private CA.
     pub tls_ca: Option<Vec<u8>>,
     /// Mail servers besides this machine that may be reached without TLS (`security: none`).
@@ -311,6 +314,7 @@ impl Config {
             public_base_url,
             master_key,
             gmail_oauth: raw.gmail_oauth,
+            microsoft_oauth: raw.microsoft_oauth,
             tls_ca,
             plaintext_mail_hosts,
             sync_scan_interval: std::time::Duration::from_millis(raw.sync_scan_interval_ms.max(10)),

@@ -24,6 +24,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let web = WebConfig {
         public_base_url: config.public_base_url_for(local)?,
         gmail_oauth: config.gmail_oauth,
+        microsoft_oauth: config.microsoft_oauth,
         limits: config.limits.clone(),
         webhook_allow_private: config.webhook_allow_private_addresses,
         allowed_return_urls: config.allowed_return_urls.clone(),

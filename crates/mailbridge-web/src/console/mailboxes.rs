@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use chrono::{DateTime, Utc};
 use mailbridge_core::{
-    AuthMethod, ConnectionStatus, DeliveryMethod, MailboxDraft, MailboxId, ProfileId, SignInStatus,
+    ConnectionStatus, DeliveryMethod, MailboxDraft, MailboxId, ProfileId, SignInStatus,
     TrackingRule, UserId,
 };
 use mailbridge_store::{FolderProgress, MailboxRecord, ProfileRecord, TestOutcome, UserRecord};
@@ -273,6 +273,8 @@ struct MailboxPage {
     owner: String,
     profile: String,
     auth: &'static str,
+    /// The sign-in button, in the provider's words.
+    sign_in_label: &'static str,
     enabled: bool,
     is_oauth: bool,
     sign_in: &'static str,
@@ -304,13 +306,13 @@ async fn show(
     let profile = state.store.get_profile(m.spec.profile_id).await?;
     let owner = state.store.get_user(m.spec.owner_user_id).await?;
     let is_owner = owner.id == viewer.caller.0.id;
-    let is_oauth = profile.spec.auth != AuthMethod::Password;
-    let gmail = profile.spec.auth == AuthMethod::GmailOauth;
-    let feature_on = !gmail || state.config.gmail_oauth;
+    let is_oauth = profile.spec.auth.is_oauth();
+    let turned_off = state.config.sign_in_turned_off(profile.spec.auth);
+    let feature_on = turned_off.is_none();
     let sign_in_note = if !is_oauth {
         None
-    } else if !feature_on {
-        Some("Sign in to Gmail is turned off on this installation; an admin can turn it on (gmail_oauth).".to_owned())
+    } else if let Some(off) = turned_off {
+        Some(format!("{off}."))
     } else if !is_owner {
         Some(format!(
             "Only the mailbox's owner, {}, can sign in: the account that signs in must be {}.",
@@ -357,6 +359,7 @@ async fn show(
         email: m.spec.email.to_string(),
         owner: owner.email.to_string(),
         auth: auth_label(profile.spec.auth),
+        sign_in_label: profile.spec.auth.sign_in_label(),
         profile: profile.spec.name.clone(),
         enabled: m.enabled,
         is_oauth,

@@ -102,17 +102,29 @@ async fn list(
 pub fn auth_label(auth: AuthMethod) -> &'static str {
     match auth {
         AuthMethod::GmailOauth => "Gmail OAuth",
+        AuthMethod::MicrosoftOauth => "Microsoft OAuth",
         AuthMethod::Oauth2 => "OAuth 2.0",
         AuthMethod::Password => "Password",
     }
 }
 
-/// Which form: a new profile from the Gmail preset, a new one for any server, or an edit.
+/// Which form: a new profile from a preset, a new one for any server, or an edit.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     NewGmail,
+    NewMicrosoft,
     NewCustom,
     Edit,
+}
+
+impl Mode {
+    fn preset(self) -> Option<Preset> {
+        match self {
+            Mode::NewGmail => Some(Preset::Gmail),
+            Mode::NewMicrosoft => Some(Preset::Microsoft),
+            Mode::NewCustom | Mode::Edit => None,
+        }
+    }
 }
 
 #[derive(Template)]
@@ -123,7 +135,8 @@ struct ProfileFormPage {
     csrf: String,
     action: String,
     submit: &'static str,
-    gmail: bool,
+    /// Whose registration steps to show: `gmail`, `microsoft` or none.
+    steps: &'static str,
     redirect_uri: String,
     js_origin: String,
     groups: Vec<Group>,
@@ -145,15 +158,17 @@ async fn new_form(
     PageQuery(q): PageQuery<NewQuery>,
 ) -> PageResult {
     viewer.require_admin(ADMIN_ONLY)?;
-    let (mode, values) = if q.preset.as_deref() == Some("custom") {
-        let mut v = FormValues::default();
-        v.set("auth", "password");
-        v.set("incoming.protocol", "imap");
-        v.set("incoming.security", "tls");
-        v.set("outgoing.security", "tls");
-        (Mode::NewCustom, v)
-    } else {
-        (Mode::NewGmail, gmail_defaults())
+    let mode = mode_of(&q);
+    let values = match mode.preset() {
+        Some(preset) => preset_defaults(preset),
+        None => {
+            let mut v = FormValues::default();
+            v.set("auth", "password");
+            v.set("incoming.protocol", "imap");
+            v.set("incoming.security", "tls");
+            v.set("outgoing.security", "tls");
+            v
+        }
     };
     form_page(
         &viewer,
@@ -167,12 +182,11 @@ async fn new_form(
     .await
 }
 
-/// The Gmail preset's settings as a form shows them, taken from the core's own preset so the
-/// console never keeps a second copy of Gmail's servers and Google's endpoints.
-fn gmail_defaults() -> FormValues {
+/// A preset's settings as a form shows them, taken from the core's own preset so the console
+/// never keeps a second copy of a provider's servers and endpoints.
+fn preset_defaults(preset: Preset) -> FormValues {
     let draft = ProfileDraft {
-        name: Some("Gmail".to_owned()),
-        preset: Some(Preset::Gmail),
+        preset: Some(preset),
         oauth: Some(OAuthDraft {
             client_id: Some("placeholder".to_owned()),
             client_secret: Some("placeholder".to_owned().into()),
@@ -183,7 +197,7 @@ fn gmail_defaults() -> FormValues {
     let mut values = match draft.resolve(None) {
         Ok((spec, _)) => values_of(&spec),
         Err(e) => {
-            tracing::error!(error = %e, "the Gmail preset does not resolve");
+            tracing::error!(error = %e, preset = preset.as_str(), "a preset does not resolve");
             FormValues::default()
         }
     };
@@ -230,6 +244,9 @@ fn values_of(spec: &ProfileSpec) -> FormValues {
             v.set("oauth.userinfo_url", u.to_string());
         }
         v.set("oauth.scopes", o.scopes.join(" "));
+        if let Some(tenant) = o.microsoft_tenant() {
+            v.set("oauth.tenant", tenant);
+        }
     }
     v
 }
@@ -243,8 +260,11 @@ async fn form_page(
     mut errors: FieldErrors,
     notice: Option<String>,
 ) -> PageResult {
-    let gmail =
-        mode == Mode::NewGmail || profile.is_some_and(|p| p.spec.auth == AuthMethod::GmailOauth);
+    let steps = match (mode, profile.map(|p| p.spec.auth)) {
+        (Mode::NewGmail, _) | (_, Some(AuthMethod::GmailOauth)) => "gmail",
+        (Mode::NewMicrosoft, _) | (_, Some(AuthMethod::MicrosoftOauth)) => "microsoft",
+        _ => "",
+    };
     let groups = groups(mode, profile, values, &mut errors);
     let general_errors = errors.rest();
     let has_errors = !general_errors.is_empty()
@@ -262,6 +282,11 @@ async fn form_page(
             "/console/profiles/new?preset=custom".to_owned(),
             "Create profile",
         ),
+        (Mode::NewMicrosoft, _) => (
+            "New Microsoft 365 profile".to_owned(),
+            "/console/profiles/new?preset=microsoft".to_owned(),
+            "Create profile",
+        ),
         _ => (
             "New Gmail profile".to_owned(),
             "/console/profiles/new?preset=gmail".to_owned(),
@@ -275,7 +300,7 @@ async fn form_page(
         csrf: viewer.csrf.clone(),
         action,
         submit,
-        gmail,
+        steps,
         redirect_uri: state.config.oauth_redirect_uri(),
         js_origin: base.origin().ascii_serialization(),
         groups,
@@ -316,7 +341,7 @@ fn groups(
             .help("How admins pick this profile for a mailbox, e.g. “Sales team Gmail”.")
             .from(v, e),
     ];
-    if mode != Mode::NewGmail {
+    if mode.preset().is_none() {
         general.push(
             Field::select(
                 "auth",
@@ -345,7 +370,7 @@ fn groups(
             .from(v, e),
         Field::text("daily_send_limit", "Emails each mailbox may send per day")
             .numeric()
-            .help("Sending stops for the day past it. Gmail allows 500 (Google Workspace 2,000). Leave blank for 500 with Gmail, 10,000 otherwise.")
+            .help("Sending stops for the day past it. Gmail allows 500 (Google Workspace 2,000); Microsoft 365 10,000 recipients. Leave blank for 500 with Gmail, 10,000 otherwise.")
             .from(v, e),
         Field::text("max_queued_emails", "Emails each mailbox may have waiting")
             .numeric()
@@ -358,12 +383,12 @@ fn groups(
             "append_sent",
             "File a copy of sent email in the Sent folder",
             vec![
-                Choice::new("", "Default (yes, except with Gmail)"),
+                Choice::new("", "Default (yes, except with Gmail and Microsoft 365)"),
                 Choice::new("yes", "Yes"),
                 Choice::new("no", "No"),
             ],
         )
-        .help("Gmail files mail sent through it by itself; most other servers do not.")
+        .help("Gmail and Microsoft 365 file mail sent through them by themselves; most other servers do not.")
         .from(v, e),
     ]);
 
@@ -373,9 +398,15 @@ fn groups(
         }
         _ => "From the same OAuth client. Stored encrypted and never shown again.",
     };
-    let client = vec![
+    let microsoft = mode == Mode::NewMicrosoft
+        || profile.is_some_and(|p| p.spec.auth == AuthMethod::MicrosoftOauth);
+    let mut client = vec![
         Field::text("oauth.client_id", "Client ID")
-            .help("Google Cloud console › APIs & Services › Credentials › your OAuth client, e.g. 1234-abc.apps.googleusercontent.com")
+            .help(if microsoft {
+                "Microsoft Entra admin center › App registrations › your app › Overview › Application (client) ID, e.g. 6731de76-14a6-49ae-97bc-6eba6914391e"
+            } else {
+                "Google Cloud console › APIs & Services › Credentials › your OAuth client, e.g. 1234-abc.apps.googleusercontent.com"
+            })
             .from(v, e),
         Field::text("oauth.client_secret", "Client secret")
             .kind("password")
@@ -383,6 +414,13 @@ fn groups(
             .help(secret_help)
             .from(v, e),
     ];
+    if microsoft {
+        client.push(
+            Field::text("oauth.tenant", "Tenant")
+                .help("common (work, school and personal accounts), organizations, consumers, or your organization's Directory (tenant) ID or domain, e.g. contoso.onmicrosoft.com.")
+                .from(v, e),
+        );
+    }
     let endpoints = vec![
         Field::text("oauth.authorization_url", "Authorization URL")
             .kind("url")
@@ -428,8 +466,29 @@ fn groups(
         )
         .from(v, e),
     ];
+    // A preset's servers and endpoints are folded away: most admins never change them.
+    let (client_legend, endpoints_legend, incoming_legend, outgoing_legend) = match mode {
+        Mode::NewGmail => (
+            "OAuth client from the Google Cloud console",
+            "OAuth endpoints and scopes (prefilled for Google)",
+            "Incoming server (prefilled for Gmail)",
+            "Outgoing server, SMTP (prefilled for Gmail)",
+        ),
+        Mode::NewMicrosoft => (
+            "App registration from the Microsoft Entra admin center",
+            "OAuth endpoints and scopes (prefilled for Microsoft)",
+            "Incoming server (prefilled for Microsoft 365)",
+            "Outgoing server, SMTP (prefilled for Microsoft 365)",
+        ),
+        Mode::NewCustom | Mode::Edit => (
+            "OAuth client (OAuth profiles only)",
+            "OAuth endpoints and scopes",
+            "Incoming server",
+            "Outgoing server, SMTP",
+        ),
+    };
     let fold = |g: Group| {
-        if mode == Mode::NewGmail {
+        if mode.preset().is_some() {
             g.collapsed()
         } else {
             g
@@ -437,45 +496,21 @@ fn groups(
     };
     vec![
         Group::new("Profile", general),
-        Group::new(
-            if mode == Mode::NewGmail {
-                "OAuth client from the Google Cloud console"
-            } else {
-                "OAuth client (OAuth profiles only)"
-            },
-            client,
-        ),
-        fold(Group::new(
-            "OAuth endpoints and scopes (prefilled for Google)",
-            endpoints,
-        )),
-        fold(Group::new(
-            "Incoming server (prefilled for Gmail)",
-            incoming,
-        )),
-        fold(Group::new(
-            "Outgoing server, SMTP (prefilled for Gmail)",
-            outgoing,
-        )),
+        Group::new(client_legend, client),
+        fold(Group::new(endpoints_legend, endpoints)),
+        fold(Group::new(incoming_legend, incoming)),
+        fold(Group::new(outgoing_legend, outgoing)),
     ]
-    .into_iter()
-    .map(|mut g| {
-        if mode != Mode::NewGmail {
-            g.legend = g.legend.split(" (prefilled").next().unwrap_or(g.legend);
-        }
-        g
-    })
-    .collect()
 }
 
 /// Turns what the form sent into the API's draft; what cannot even be read (a port that
 /// is not a number) is reported on its field.
 fn draft_of(v: &FormValues, mode: Mode, errors: &mut FieldErrors) -> ProfileDraft {
-    let auth = match mode {
-        Mode::NewGmail => None,
-        _ => v.word::<AuthMethod>("auth", errors),
+    let auth = match mode.preset() {
+        Some(_) => None,
+        None => v.word::<AuthMethod>("auth", errors),
     };
-    let is_oauth = mode == Mode::NewGmail || auth.is_some_and(|a| a != AuthMethod::Password);
+    let is_oauth = mode.preset().is_some() || auth.is_some_and(AuthMethod::is_oauth);
     let editing = mode == Mode::Edit;
     // On an edit every field is sent, so an emptied optional URL means "none".
     let url = |name: &str| {
@@ -500,6 +535,7 @@ fn draft_of(v: &FormValues, mode: Mode, errors: &mut FieldErrors) -> ProfileDraf
         scopes: v
             .opt("oauth.scopes")
             .map(|s| s.split_whitespace().map(str::to_owned).collect()),
+        tenant: v.opt("oauth.tenant"),
     });
     let date = match v.opt("process_emails_received_after") {
         Some(raw) => match NaiveDate::parse_from_str(&raw, "%Y-%m-%d") {
@@ -527,7 +563,7 @@ fn draft_of(v: &FormValues, mode: Mode, errors: &mut FieldErrors) -> ProfileDraf
         } else {
             v.opt("name")
         },
-        preset: (mode == Mode::NewGmail).then_some(Preset::Gmail),
+        preset: mode.preset(),
         incoming: Some(IncomingDraft {
             protocol: v.word::<IncomingProtocol>("incoming.protocol", errors),
             host: v.opt("incoming.host"),
@@ -558,10 +594,10 @@ fn draft_of(v: &FormValues, mode: Mode, errors: &mut FieldErrors) -> ProfileDraf
 }
 
 fn mode_of(q: &NewQuery) -> Mode {
-    if q.preset.as_deref() == Some("custom") {
-        Mode::NewCustom
-    } else {
-        Mode::NewGmail
+    match q.preset.as_deref() {
+        Some("custom") => Mode::NewCustom,
+        Some("microsoft") => Mode::NewMicrosoft,
+        _ => Mode::NewGmail,
     }
 }
 

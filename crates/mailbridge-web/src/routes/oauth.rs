@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use mailbridge_core::{AuthMethod, MailboxId};
+use mailbridge_core::MailboxId;
 use mailbridge_sync::{Callback, Disconnected, LinkRefused, SignInError};
 
 use super::mailboxes::visible_mailbox;
@@ -207,18 +207,14 @@ pub(crate) async fn start_sign_in(
         .map_err(api_error)
 }
 
-/// Gmail sign-in may be turned off on an installation.
+/// Sign-in with Gmail or Microsoft may be turned off on an installation.
 async fn require_sign_in_offered(
     state: &AppState,
     mailbox: &mailbridge_store::MailboxRecord,
 ) -> Result<(), ApiError> {
     let profile = state.store.get_profile(mailbox.spec.profile_id).await?;
-    if profile.spec.auth == AuthMethod::GmailOauth && !state.config.gmail_oauth {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "feature_disabled",
-            "Sign in to Gmail is turned off on this installation (gmail_oauth = false); ask an admin",
-        ));
+    if let Some(off) = state.config.sign_in_turned_off(profile.spec.auth) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "feature_disabled", off));
     }
     Ok(())
 }

@@ -83,6 +83,8 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::
 pub struct Features {
     /// Whether "Sign in to Gmail" is available on this installation.
     gmail_oauth: bool,
+    /// Whether "Sign in with Microsoft" (Microsoft 365, Outlook.com) is available here.
+    microsoft_oauth: bool,
     /// The redirect URI to register for the OAuth client (Google Cloud console ›
     /// Credentials › Authorized redirect URIs).
     oauth_redirect_uri: String,
@@ -94,6 +96,7 @@ pub struct Features {
 async fn features(State(state): State<AppState>) -> Json<Features> {
     Json(Features {
         gmail_oauth: state.config.gmail_oauth,
+        microsoft_oauth: state.config.microsoft_oauth,
         oauth_redirect_uri: state.config.oauth_redirect_uri(),
     })
 }
