@@ -29,8 +29,8 @@ pub use mailbox::{
 };
 pub use outgoing::{MessageId, OutgoingDraft, OutgoingMessage};
 pub use profile::{
-    AuthMethod, GMAIL_MAX_MAILBOXES, IncomingServer, OAuthSettings, OutgoingServer, Preset,
-    ProfileDraft, ProfileSpec, SecretChange, Stored,
+    AuthMethod, GMAIL_MAX_MAILBOXES, IncomingServer, OAuthSettings, OutgoingAuth, OutgoingServer,
+    Preset, ProfileDraft, ProfileSpec, SecretChange, Stored,
 };
 pub use server::{Host, IncomingProtocol, Port, Security};
 pub use user::Role;

@@ -118,6 +118,17 @@ pub struct IncomingServer {
     pub security: Security,
 }
 
+crate::string_enum! {
+    /// How mailboxes log in to the outgoing (SMTP) server.
+    OutgoingAuth {
+        /// With the mailbox's own login, as for incoming mail (its OAuth token or password).
+        Mailbox => "mailbox",
+        /// No login: a relay that accepts mail from this service's network ("without
+        /// credentials"). Credentials are never offered to it.
+        None => "none",
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct OutgoingServer {
     #[schema(value_type = String, example = "smtp.gmail.com")]
@@ -125,6 +136,7 @@ pub struct OutgoingServer {
     #[schema(value_type = u16, example = 465)]
     pub port: Port,
     pub security: Security,
+    pub authentication: OutgoingAuth,
 }
 
 /// The OAuth 2.0 client a profile's mailboxes sign in with. The client secret is kept apart
@@ -195,6 +207,10 @@ pub struct OutgoingDraft {
     #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<i64>,
     pub security: Option<Security>,
+    /// `mailbox` (default): log in with the mailbox's own credentials; `none`: a relay that
+    /// accepts mail from this service without a login (Test & Enable then checks that it
+    /// accepts the mailbox's address as sender and recipient).
+    pub authentication: Option<OutgoingAuth>,
 }
 
 #[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
@@ -533,6 +549,7 @@ fn gmail_preset(draft: &ProfileDraft) -> ProfileSpec {
             host: Host::known("smtp.gmail.com"),
             port: Port::new_const(465),
             security: Security::Tls,
+            authentication: OutgoingAuth::Mailbox,
         },
         auth: AuthMethod::GmailOauth,
         oauth: Some(OAuthSettings {
@@ -599,6 +616,7 @@ fn microsoft_preset(draft: &ProfileDraft) -> Result<ProfileSpec, ValidationError
             host: Host::known("smtp.office365.com"),
             port: Port::new_const(587),
             security: Security::Starttls,
+            authentication: OutgoingAuth::Mailbox,
         },
         auth: AuthMethod::MicrosoftOauth,
         oauth: Some(OAuthSettings {
@@ -774,6 +792,10 @@ fn resolve_outgoing(
         host,
         port,
         security,
+        authentication: d
+            .authentication
+            .or(base.map(|b| b.authentication))
+            .unwrap_or(OutgoingAuth::Mailbox),
     })
 }
 
@@ -1152,6 +1174,38 @@ mod tests {
             .resolve(Some(stored))
             .unwrap_err();
         assert_eq!(e.field, "preset");
+    }
+
+    #[test]
+    fn the_outgoing_login_defaults_to_the_mailboxs_own_and_a_relay_keeps_none() {
+        let (spec, _) = draft(serde_json::json!({
+            "name": "P", "auth": "password",
+            "incoming": {"protocol": "imap", "host": "mail.example.com"},
+            "outgoing": {"host": "mail.example.com"}
+        }))
+        .resolve(None)
+        .unwrap();
+        assert_eq!(spec.outgoing.authentication, OutgoingAuth::Mailbox);
+        let stored = Stored {
+            spec: &spec,
+            has_client_secret: false,
+        };
+        let (relay, _) = draft(serde_json::json!({"outgoing": {"host": "relay.example.com", "port": 25, "security": "starttls", "authentication": "none"}}))
+            .resolve(Some(stored))
+            .unwrap();
+        assert_eq!(relay.outgoing.authentication, OutgoingAuth::None);
+        let stored = Stored {
+            spec: &relay,
+            has_client_secret: false,
+        };
+        let (moved, _) = draft(serde_json::json!({"outgoing": {"port": 587}}))
+            .resolve(Some(stored))
+            .unwrap();
+        assert_eq!(moved.outgoing.authentication, OutgoingAuth::None, "kept");
+        let bad: Result<ProfileDraft, _> = serde_json::from_value(
+            serde_json::json!({"outgoing": {"authentication": "anonymous"}}),
+        );
+        assert!(bad.is_err());
     }
 
     #[test]

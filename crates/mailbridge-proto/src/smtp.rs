@@ -88,12 +88,50 @@ impl SmtpSession {
         Self::login_over(stream, endpoint, tls, credentials, client_name).await
     }
 
+    /// Connects, says EHLO as `client_name` and upgrades with STARTTLS when asked, without
+    /// logging in: for a relay that accepts mail from this machine's network. Whatever logins
+    /// the server offers, none is tried.
+    pub async fn connect(
+        endpoint: &Endpoint,
+        tls: &TlsSettings,
+        client_name: &str,
+    ) -> Result<Self, ProtoError> {
+        refuse_line_breaks(endpoint, "say EHLO", "the client name", client_name)?;
+        let stream = MailStream::connect(endpoint, tls).await?;
+        Self::greet(stream, endpoint, tls, client_name).await
+    }
+
     /// [`SmtpSession::login`] on a stream already connected (the fuzz targets' in-memory one).
     pub(crate) async fn login_over(
         stream: MailStream,
         endpoint: &Endpoint,
         tls: &TlsSettings,
         credentials: &Credentials,
+        client_name: &str,
+    ) -> Result<Self, ProtoError> {
+        let mut me = Self::greet(stream, endpoint, tls, client_name).await?;
+        let offered: Vec<String> = me
+            .extensions
+            .iter()
+            .filter_map(|e| e.strip_prefix("AUTH ").or_else(|| e.strip_prefix("AUTH=")))
+            .flat_map(|l| l.split_whitespace().map(str::to_owned))
+            .collect();
+        let mechanism = Mechanism::choose(credentials, &offered).ok_or_else(|| {
+            me.conn.error("log in", ErrorKind::Unsupported(if offered.is_empty() {
+                "the server offers no login on this connection (no AUTH after EHLO); use TLS or check the port".to_owned()
+            } else {
+                format!("the server offers no suitable login (AUTH {})", offered.join(" "))
+            }))
+        })?;
+        me.authenticate(mechanism, credentials).await?;
+        Ok(me)
+    }
+
+    /// The greeting, EHLO and, when the endpoint asks for it, STARTTLS and EHLO again.
+    async fn greet(
+        stream: MailStream,
+        endpoint: &Endpoint,
+        tls: &TlsSettings,
         client_name: &str,
     ) -> Result<Self, ProtoError> {
         let mut me = Self {
@@ -120,20 +158,6 @@ impl SmtpSession {
             // RFC 3207 §4.2: forget everything learned before TLS.
             me.ehlo(client_name).await?;
         }
-        let offered: Vec<String> = me
-            .extensions
-            .iter()
-            .filter_map(|e| e.strip_prefix("AUTH ").or_else(|| e.strip_prefix("AUTH=")))
-            .flat_map(|l| l.split_whitespace().map(str::to_owned))
-            .collect();
-        let mechanism = Mechanism::choose(credentials, &offered).ok_or_else(|| {
-            me.conn.error("log in", ErrorKind::Unsupported(if offered.is_empty() {
-                "the server offers no login on this connection (no AUTH after EHLO); use TLS or check the port".to_owned()
-            } else {
-                format!("the server offers no suitable login (AUTH {})", offered.join(" "))
-            }))
-        })?;
-        me.authenticate(mechanism, credentials).await?;
         Ok(me)
     }
 
@@ -212,22 +236,7 @@ impl SmtpSession {
         recipients: &[String],
         message: &[u8],
     ) -> Result<SendReport, ProtoError> {
-        // Every address is checked before the first is sent: a transaction is never begun
-        // for a message that cannot be sent as asked.
-        refuse_line_breaks(
-            &self.conn.endpoint,
-            "send MAIL FROM",
-            "the sender address",
-            from,
-        )?;
-        for address in recipients {
-            refuse_line_breaks(
-                &self.conn.endpoint,
-                "send RCPT TO",
-                "a recipient address",
-                address,
-            )?;
-        }
+        self.refuse_unsafe_addresses(from, recipients)?;
         let reply = self
             .command(&format!("MAIL FROM:<{from}>"), "send MAIL FROM")
             .await?;
@@ -289,6 +298,44 @@ impl SmtpSession {
             recipients: results,
             reply: reply.words(),
         })
+    }
+
+    /// Whether the server would take mail from `from` to `to`, without sending any: MAIL FROM
+    /// and RCPT TO, then RSET (RFC 5321 §4.1.1.5) ends the transaction. How Test & Enable
+    /// checks a relay that needs no login.
+    pub async fn check_relay(&mut self, from: &str, to: &str) -> Result<(), ProtoError> {
+        self.refuse_unsafe_addresses(from, std::slice::from_ref(&to.to_owned()))?;
+        self.expect(&format!("MAIL FROM:<{from}>"), "send MAIL FROM", 250)
+            .await?;
+        let rcpt = self
+            .command(&format!("RCPT TO:<{to}>"), "send RCPT TO")
+            .await?;
+        // Whatever the answer, no transaction is left open.
+        self.expect("RSET", "reset (RSET)", 250).await?;
+        if rcpt.code != 250 && rcpt.code != 251 {
+            return Err(self.conn.error("send RCPT TO", rcpt.kind()));
+        }
+        Ok(())
+    }
+
+    /// Every address is checked before the first is sent: a transaction is never begun for
+    /// a message that cannot be sent as asked.
+    fn refuse_unsafe_addresses(&self, from: &str, recipients: &[String]) -> Result<(), ProtoError> {
+        refuse_line_breaks(
+            &self.conn.endpoint,
+            "send MAIL FROM",
+            "the sender address",
+            from,
+        )?;
+        for address in recipients {
+            refuse_line_breaks(
+                &self.conn.endpoint,
+                "send RCPT TO",
+                "a recipient address",
+                address,
+            )?;
+        }
+        Ok(())
     }
 
     pub async fn quit(mut self) -> Result<(), ProtoError> {

@@ -36,6 +36,7 @@ struct ProfileRow {
     outgoing_host: String,
     outgoing_port: i64,
     outgoing_security: String,
+    outgoing_authentication: String,
     auth_method: String,
     oauth_client_id: Option<String>,
     has_client_secret: i64,
@@ -59,7 +60,7 @@ struct ProfileRow {
 
 const PROFILE_SELECT: &str = "SELECT p.id, p.name, p.owner_user_id, p.incoming_protocol, \
      p.incoming_host, p.incoming_port, p.incoming_security, p.outgoing_host, p.outgoing_port, \
-     p.outgoing_security, p.auth_method, p.oauth_client_id, \
+     p.outgoing_security, p.outgoing_authentication, p.auth_method, p.oauth_client_id, \
      CASE WHEN p.oauth_client_secret IS NULL THEN 0 ELSE 1 END AS has_client_secret, \
      p.oauth_authorization_url, p.oauth_token_url, p.oauth_revocation_url, p.oauth_userinfo_url, \
      p.oauth_scopes, p.max_mailboxes, p.max_connections, p.poll_interval_seconds, p.process_emails_received_after, \
@@ -109,6 +110,7 @@ impl TryFrom<ProfileRow> for ProfileRecord {
                 host: Host::parse(&r.outgoing_host, "outgoing_host").map_err(|e| bad(&e))?,
                 port: port(r.outgoing_port)?,
                 security: r.outgoing_security.parse().map_err(|e| bad(&e))?,
+                authentication: r.outgoing_authentication.parse().map_err(|e| bad(&e))?,
             },
             auth: r.auth_method.parse().map_err(|e| bad(&e))?,
             oauth,
@@ -154,7 +156,7 @@ fn audit_detail(spec: &ProfileSpec, secret: &SecretChange) -> serde_json::Value 
     })
 }
 
-/// Binds `$1` = id and `$2`–`$24` = the spec's columns: the order both the insert and the
+/// Binds `$1` = id and `$2`–`$25` = the spec's columns: the order both the insert and the
 /// update use.
 fn bind_spec<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
@@ -187,6 +189,7 @@ fn bind_spec<'q>(
         .bind(i64::from(spec.max_queued_emails))
         .bind(serde_json::to_string(&spec.folders).unwrap_or_else(|_| "[]".to_owned()))
         .bind(i64::from(spec.append_sent))
+        .bind(spec.outgoing.authentication.as_str())
 }
 
 /// The alert kind raised when a mailbox's profile moved to other servers.
@@ -278,10 +281,10 @@ impl Store {
                  auth_method, oauth_client_id, oauth_authorization_url, oauth_token_url, \
                  oauth_revocation_url, oauth_userinfo_url, oauth_scopes, max_mailboxes, \
                  poll_interval_seconds, process_emails_received_after, max_connections, \
-                 daily_send_limit, max_queued_emails, folders, append_sent, \
+                 daily_send_limit, max_queued_emails, folders, append_sent, outgoing_authentication, \
                  owner_user_id, oauth_client_secret, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                 $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $27)",
+                 $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $28)",
             ),
             &sid,
             spec,
@@ -385,7 +388,7 @@ impl Store {
         }
         let secret_sql = match secret {
             SecretChange::Keep => "",
-            SecretChange::Set(_) | SecretChange::Clear => ", oauth_client_secret = $25",
+            SecretChange::Set(_) | SecretChange::Clear => ", oauth_client_secret = $26",
         };
         let done = bind_spec(
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -396,7 +399,8 @@ impl Store {
                  oauth_userinfo_url = $15, oauth_scopes = $16, max_mailboxes = $17, \
                  poll_interval_seconds = $18, process_emails_received_after = $19, \
                  max_connections = $20, daily_send_limit = $21, max_queued_emails = $22, \
-                 folders = $23, append_sent = $24{secret_sql}, updated_at = $26 WHERE id = $1"
+                 folders = $23, append_sent = $24, outgoing_authentication = $25{secret_sql}, \
+                 updated_at = $27 WHERE id = $1"
             ))),
             &sid,
             spec,

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use mail_builder::MessageBuilder;
 use mailbridge_core::message::Party;
 use mailbridge_core::{
-    Clock, EmailAddress, IncomingProtocol, MailboxId, OutgoingMessage, tracking,
+    Clock, EmailAddress, IncomingProtocol, MailboxId, OutgoingAuth, OutgoingMessage, tracking,
 };
 use mailbridge_proto::imap::ImapSession;
 use mailbridge_proto::smtp::SmtpSession;
@@ -170,11 +170,29 @@ async fn send_for_mailbox(
     // One of the profile's connections for the whole session.
     let _slot = ctx.limits.acquire(&profile).await;
     let session = async {
-        let (credentials, _) =
-            crate::login::credentials(store, ctx.tokens, &record, &profile).await?;
         let endpoint = crate::login::outgoing(&profile, ctx.timeout);
-        let session = SmtpSession::login(&endpoint, ctx.tls, &credentials, ctx.client_name).await?;
-        Ok::<_, crate::incoming::SyncError>((session, credentials))
+        match profile.spec.outgoing.authentication {
+            OutgoingAuth::Mailbox => {
+                let (credentials, _) =
+                    crate::login::credentials(store, ctx.tokens, &record, &profile).await?;
+                let session =
+                    SmtpSession::login(&endpoint, ctx.tls, &credentials, ctx.client_name).await?;
+                Ok::<_, crate::incoming::SyncError>((session, Some(credentials)))
+            }
+            OutgoingAuth::None => {
+                let session = SmtpSession::connect(&endpoint, ctx.tls, ctx.client_name).await?;
+                // The mailbox's own login is still what files sent mail (IMAP), when it has one.
+                let credentials =
+                    match crate::login::credentials(store, ctx.tokens, &record, &profile).await {
+                        Ok((c, _)) => Some(c),
+                        Err(e) => {
+                            tracing::debug!(%mailbox, error = %e, "no mailbox login beside the relay: sent mail is not filed in Sent");
+                            None
+                        }
+                    };
+                Ok((session, credentials))
+            }
+        }
     }
     .await;
     let (mut session, credentials) = match session {
@@ -226,7 +244,8 @@ async fn send_for_mailbox(
                     ErrorKind::Io(_) | ErrorKind::Timeout(_) | ErrorKind::Unconfirmed(_)
                 );
                 if matches!(e.kind, ErrorKind::Unconfirmed(_)) {
-                    settle_unconfirmed(ctx, &profile, &credentials, &email, &e.to_string()).await?;
+                    settle_unconfirmed(ctx, &profile, credentials.as_ref(), &email, &e.to_string())
+                        .await?;
                 } else if crate::incoming::is_provider_limit(&e) {
                     settle_wait(ctx, id, &e.to_string()).await?;
                 } else {
@@ -252,14 +271,14 @@ async fn send_for_mailbox(
                         )
                         .await?;
                     }
-                    file_in_sent(ctx, &record, &profile, &credentials, &to_file).await;
+                    file_in_sent(ctx, &record, &profile, credentials.as_ref(), &to_file).await;
                     return Ok(sent);
                 }
             }
         }
     }
     let _ = session.quit().await;
-    file_in_sent(ctx, &record, &profile, &credentials, &to_file).await;
+    file_in_sent(ctx, &record, &profile, credentials.as_ref(), &to_file).await;
     Ok(sent)
 }
 
@@ -267,14 +286,18 @@ async fn send_for_mailbox(
 /// read), where the profile asks for it: servers other than Gmail do not file mail sent over
 /// SMTP themselves, and the user expects to see it in their client. The copy comes back with
 /// the Sent folder's sync and joins the email's record (same Message-ID). A failure costs
-/// only the copy: the email was sent.
+/// only the copy: the email was sent. Without a login to the mailbox (sent through a relay,
+/// with no incoming login) there is nowhere to file it.
 async fn file_in_sent(
     ctx: &SendContext<'_>,
     mailbox: &MailboxRecord,
     profile: &ProfileRecord,
-    credentials: &Credentials,
+    credentials: Option<&Credentials>,
     raws: &[Vec<u8>],
 ) {
+    let Some(credentials) = credentials else {
+        return;
+    };
     if raws.is_empty()
         || !profile.spec.append_sent
         || profile.spec.incoming.protocol != IncomingProtocol::Imap
@@ -315,12 +338,14 @@ async fn file_in_sent(
 async fn settle_unconfirmed(
     ctx: &SendContext<'_>,
     profile: &ProfileRecord,
-    credentials: &Credentials,
+    credentials: Option<&Credentials>,
     email: &EmailRecord,
     error: &str,
 ) -> Result<(), StoreError> {
-    let found = match &email.message_id {
-        Some(message_id) if profile.spec.incoming.protocol == IncomingProtocol::Imap => {
+    let found = match (&email.message_id, credentials) {
+        (Some(message_id), Some(credentials))
+            if profile.spec.incoming.protocol == IncomingProtocol::Imap =>
+        {
             // A server that files what it accepts may take a moment to do so.
             tokio::time::sleep(UNCONFIRMED_CHECK_DELAY).await;
             let endpoint = crate::login::incoming(profile, ctx.timeout);

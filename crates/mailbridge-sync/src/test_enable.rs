@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use mailbridge_core::{AuthMethod, ConnectionStatus, IncomingProtocol, MailboxId, ProfileId};
+use mailbridge_core::{
+    AuthMethod, ConnectionStatus, IncomingProtocol, MailboxId, OutgoingAuth, ProfileId,
+};
 use mailbridge_proto::imap::ImapSession;
 use mailbridge_proto::pop3::Pop3Session;
 use mailbridge_proto::smtp::SmtpSession;
@@ -72,25 +74,26 @@ impl Tester {
         // Server-side sync and Email Router groups both log in to the mail servers.
         let incoming_used = record.spec.incoming_method.is_synchronized();
         let outgoing_used = record.spec.outgoing_method.is_synchronized();
+        // A relay without login needs none of the mailbox's credentials.
+        let relay = profile.spec.outgoing.authentication == OutgoingAuth::None;
         // One of the profile's connections: incoming is tested, then outgoing.
         let _slot = self.limits.acquire(&profile).await;
-        let (incoming, outgoing) = match self.credentials(&record, &profile).await {
-            Ok(credentials) => (
-                if incoming_used {
-                    Some(self.test_incoming(&profile, &credentials).await)
-                } else {
-                    None
-                },
-                if outgoing_used {
-                    Some(self.test_outgoing(&profile, &credentials).await)
-                } else {
-                    None
-                },
-            ),
-            Err(failure) => (
-                incoming_used.then(|| failure.clone()),
-                outgoing_used.then_some(failure),
-            ),
+        let credentials = if incoming_used || (outgoing_used && !relay) {
+            Some(self.credentials(&record, &profile).await)
+        } else {
+            None
+        };
+        let incoming = match (incoming_used, &credentials) {
+            (true, Some(Ok(credentials))) => Some(self.test_incoming(&profile, credentials).await),
+            (true, Some(Err(failure))) => Some(failure.clone()),
+            _ => None,
+        };
+        let outgoing = match (outgoing_used, &credentials) {
+            (false, _) => None,
+            (true, _) if relay => Some(self.test_relay(&record, &profile).await),
+            (true, Some(Ok(credentials))) => Some(self.test_outgoing(&profile, credentials).await),
+            (true, Some(Err(failure))) => Some(failure.clone()),
+            (true, None) => None,
         };
         let ok = |o: &Option<TestOutcome>| {
             o.as_ref()
@@ -215,6 +218,32 @@ impl Tester {
         }
         .await;
         outcome(result, profile, Direction::Outgoing)
+    }
+
+    /// A relay that takes mail without a login: it must accept the mailbox's address as the
+    /// sender and as a recipient (MAIL FROM, RCPT TO, then RSET: nothing is sent), and is never
+    /// offered credentials.
+    async fn test_relay(&self, mailbox: &MailboxRecord, profile: &ProfileRecord) -> TestOutcome {
+        let endpoint = crate::login::outgoing(profile, self.timeout);
+        let address = mailbox.spec.email.as_str();
+        let result = async {
+            let mut s = SmtpSession::connect(&endpoint, &self.tls, &self.client_name).await?;
+            s.check_relay(address, address).await?;
+            s.quit().await
+        }
+        .await;
+        match result {
+            Ok(()) => TestOutcome::success(),
+            Err(e) => {
+                let hint = match &e.kind {
+                    ErrorKind::Rejected { .. } => {
+                        "The relay refused mail from this mailbox without a login: allow this server's address on the relay (its trusted networks or connectors), or set the profile's outgoing authentication to the mailbox's login."
+                    }
+                    _ => hint(&e, profile, Direction::Outgoing),
+                };
+                TestOutcome::failure(e.to_string(), hint)
+            }
+        }
     }
 }
 

@@ -367,6 +367,13 @@ m.logout()
         self.wait_ready(&[self.sink_port])
     }
 
+    /// The SMTP server behind submission (aiosmtpd, plain text on 127.0.0.1): it takes mail
+    /// from anyone on this machine without a login and offers none, as a company relay that
+    /// trusts its network does. What it takes is in [`Dovecot::relayed`].
+    pub fn relay_port(&self) -> u16 {
+        self.sink_port
+    }
+
     /// Every message submission relayed onwards, oldest first.
     pub fn relayed(&self) -> anyhow::Result<Vec<Vec<u8>>> {
         let new = self.dir.path().join("relayed").join("new");

@@ -280,7 +280,7 @@ async fn profiles_validate_every_field_and_never_return_the_secret() {
     );
     assert_eq!(
         p["outgoing"],
-        json!({"host": "smtp.gmail.com", "port": 465, "security": "tls"})
+        json!({"host": "smtp.gmail.com", "port": 465, "security": "tls", "authentication": "mailbox"})
     );
     assert_eq!(p["auth"], "gmail_oauth");
     assert_eq!(p["max_mailboxes"], 100);

@@ -344,17 +344,12 @@ async fn a_432_4_3_2_from_the_provider_is_a_wait_not_a_failed_attempt() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{email}");
     let id = email["id"].as_str().unwrap().to_owned();
-    let mut e = email_view(&w, &id).await;
-    for _ in 0..100 {
-        if e["send_reply"]
+    let e = email_once(&w, &id, |e| {
+        e["send_reply"]
             .as_str()
             .is_some_and(|r| r.contains("4.3.2"))
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        e = email_view(&w, &id).await;
-    }
+    })
+    .await;
     assert_eq!(proxy.fired(), 1, "the busy answer was not given");
     // Waiting, not failing: still queued, and the attempt not counted towards giving up.
     assert_eq!(e["status"], "pending_send", "{e}");
@@ -364,15 +359,22 @@ async fn a_432_4_3_2_from_the_provider_is_a_wait_not_a_failed_attempt() {
     assert_eq!(email_view(&w, &id).await["status"], "pending_send");
     // …and once it is, the email is sent on the next round.
     clock.advance(chrono::Duration::seconds(61));
+    let e = email_once(&w, &id, |e| e["status"] == "sent").await;
+    assert_eq!(e["status"], "sent", "{e}");
+    assert_eq!(e["send_attempts"], 1, "{e}");
+}
+
+/// The email as the API shows it once `done` holds (or after 10 s, as it is then).
+async fn email_once(w: &MailWorld, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut e = email_view(w, id).await;
     for _ in 0..100 {
-        e = email_view(&w, &id).await;
-        if e["status"] == "sent" {
+        if done(&e) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        e = email_view(w, id).await;
     }
-    assert_eq!(e["status"], "sent", "{e}");
-    assert_eq!(e["send_attempts"], 1, "{e}");
+    e
 }
 
 async fn email_view(w: &MailWorld, id: &str) -> Value {
@@ -380,4 +382,48 @@ async fn email_view(w: &MailWorld, id: &str) -> Value {
         .get(&w.app, &format!("/api/v1/emails/{id}"), &w.ann)
         .await
         .1
+}
+
+#[tokio::test]
+async fn mail_goes_out_through_a_relay_without_a_login() {
+    let w = world().await;
+    let profile = w
+        .password_profile_at(
+            "Relay",
+            w.imaps(),
+            json!({"host": "127.0.0.1", "port": w.dovecot.relay_port(), "security": "none", "authentication": "none"}),
+            json!({}),
+        )
+        .await;
+    let mailbox = w
+        .mailbox(
+            "ann@example.com",
+            &w.ann_id,
+            &profile,
+            json!({"incoming_method": "none"}),
+        )
+        .await;
+    let tested = w.test(&mailbox, &w.ann).await;
+    assert_eq!(tested["enabled"], true, "{tested:#}");
+    let (status, _, email) = post(
+        &w,
+        &json!({"mailbox_id": mailbox, "to": [{"address": "bob@example.com"}],
+                "subject": "Through the relay", "text_body": "No login needed."}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{email}");
+    let id = email["id"].as_str().unwrap().to_owned();
+    let e = email_once(&w, &id, |e| {
+        e["status"] == "sent" || e["status"] == "failed"
+    })
+    .await;
+    assert_eq!(e["status"], "sent", "{e}");
+    let relayed = w.dovecot.relayed().unwrap();
+    assert_eq!(relayed.len(), 1);
+    assert!(
+        String::from_utf8_lossy(&relayed[0]).contains("Subject: Through the relay"),
+        "{}",
+        String::from_utf8_lossy(&relayed[0])
+    );
 }

@@ -511,3 +511,88 @@ async fn a_microsoft_365_mailbox_signs_in_by_its_sign_in_name_and_is_tested_both
         "Authenticated SMTP is allowed for the mailbox",
     );
 }
+
+#[tokio::test]
+async fn a_relay_without_login_is_checked_with_mail_from_and_rcpt_to_and_never_offered_credentials()
+{
+    let w = MailWorld::start(AppOptions::default()).await;
+    // Dovecot's submission service offers logins, and takes no mail without one.
+    let profile = w
+        .password_profile_at(
+            "Relay",
+            w.imaps(),
+            json!({"host": "127.0.0.1", "port": w.dovecot.ports.submissions, "security": "tls", "authentication": "none"}),
+            json!({}),
+        )
+        .await;
+    let (_, p) = w
+        .api
+        .get(
+            &w.app,
+            &format!("/api/v1/server-profiles/{profile}"),
+            &w.admin,
+        )
+        .await;
+    assert_eq!(p["outgoing"]["authentication"], "none", "{p}");
+    let mailbox = w
+        .mailbox(
+            "pw@example.com",
+            &w.ann_id,
+            &profile,
+            json!({"password": "hunter2"}),
+        )
+        .await;
+    let m = w.test(&mailbox, &w.ann).await;
+    assert_side(&m, "incoming", "success", "", "");
+    assert_side(
+        &m,
+        "outgoing",
+        "failure",
+        "MAIL FROM",
+        "allow this server's address on the relay",
+    );
+    assert_eq!(m["enabled"], false);
+    let log = w.dovecot.log();
+    assert!(
+        log.contains("imap-login: Info: Login: user=<pw@example.com>"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("submission-login: Info: Login"),
+        "credentials were offered to the relay: {log}"
+    );
+
+    // A relay that trusts this machine: the check passes and nothing is sent.
+    let relay = json!({"host": "127.0.0.1", "port": w.dovecot.relay_port(), "security": "none"});
+    let (status, p) = w
+        .api
+        .patch(
+            &w.app,
+            &format!("/api/v1/server-profiles/{profile}"),
+            &w.admin,
+            json!({"outgoing": relay}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    assert_eq!(p["outgoing"]["authentication"], "none", "kept: {p}");
+    let m = w.test(&mailbox, &w.ann).await;
+    assert_side(&m, "outgoing", "success", "", "");
+    assert_eq!(m["enabled"], true, "{m:#}");
+    assert!(
+        w.dovecot.relayed().unwrap().is_empty(),
+        "the check sent mail"
+    );
+
+    // A mailbox that only sends needs no login at all.
+    let sender = w
+        .mailbox(
+            "ann@example.com",
+            &w.ann_id,
+            &profile,
+            json!({"incoming_method": "none"}),
+        )
+        .await;
+    let m = w.test(&sender, &w.ann).await;
+    assert_side(&m, "outgoing", "success", "", "");
+    assert_eq!(m["enabled"], true, "{m:#}");
+}

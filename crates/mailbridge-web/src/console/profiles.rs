@@ -12,8 +12,8 @@ use axum::{Form, Router};
 use chrono::NaiveDate;
 use mailbridge_core::profile::{IncomingDraft, OAuthDraft, OutgoingDraft};
 use mailbridge_core::{
-    AuthMethod, ConnectionStatus, IncomingProtocol, Preset, ProfileDraft, ProfileId, ProfileSpec,
-    Security,
+    AuthMethod, ConnectionStatus, IncomingProtocol, OutgoingAuth, Preset, ProfileDraft, ProfileId,
+    ProfileSpec, Security,
 };
 use mailbridge_store::ProfileRecord;
 
@@ -217,6 +217,10 @@ fn values_of(spec: &ProfileSpec) -> FormValues {
     v.set("outgoing.host", spec.outgoing.host.to_string());
     v.set("outgoing.port", spec.outgoing.port.get().to_string());
     v.set("outgoing.security", spec.outgoing.security.as_str());
+    v.set(
+        "outgoing.authentication",
+        spec.outgoing.authentication.as_str(),
+    );
     v.set("max_mailboxes", spec.max_mailboxes.to_string());
     v.set("max_connections", spec.max_connections.to_string());
     v.set("daily_send_limit", spec.daily_send_limit.to_string());
@@ -326,6 +330,13 @@ fn security_label(s: Security) -> &'static str {
         Security::Tls => "TLS from the start (SSL)",
         Security::Starttls => "STARTTLS",
         Security::None => "None (plain text: only this machine or hosts an operator allowed)",
+    }
+}
+
+fn outgoing_auth_label(a: OutgoingAuth) -> &'static str {
+    match a {
+        OutgoingAuth::Mailbox => "The mailbox's own login (as for incoming mail)",
+        OutgoingAuth::None => "None: a relay that accepts mail from this server",
     }
 }
 
@@ -465,6 +476,13 @@ fn groups(
             words(Security::ALL, security_label),
         )
         .from(v, e),
+        Field::select(
+            "outgoing.authentication",
+            "Login",
+            words(OutgoingAuth::ALL, outgoing_auth_label),
+        )
+        .help("A company relay that trusts this server's address needs none: Test & Enable then checks that it accepts the mailbox's address, and no credentials are ever sent to it.")
+        .from(v, e),
     ];
     // A preset's servers and endpoints are folded away: most admins never change them.
     let (client_legend, endpoints_legend, incoming_legend, outgoing_legend) = match mode {
@@ -574,6 +592,7 @@ fn draft_of(v: &FormValues, mode: Mode, errors: &mut FieldErrors) -> ProfileDraf
             host: v.opt("outgoing.host"),
             port: v.number("outgoing.port", "The port", errors),
             security: v.word::<Security>("outgoing.security", errors),
+            authentication: v.word::<OutgoingAuth>("outgoing.authentication", errors),
         }),
         auth,
         oauth,
