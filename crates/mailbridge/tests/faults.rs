@@ -406,10 +406,20 @@ async fn a_full_disk_under_sqlite_is_a_507_and_the_sync_resumes_when_space_is_fr
         .await;
     w.enable_as_tested(&id).await;
     let mailbox = id.parse().unwrap();
+    // Bodies of pseudo-random hex: the store compresses what it keeps, and a repeated
+    // pattern would shrink to nothing, fitting any disk.
     let message = |i: usize, body: usize| {
+        let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let noise: String = (0..body)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b"0123456789abcdef"[(x & 15) as usize])
+            })
+            .collect();
         format!(
-            "From: a@example.com\r\nTo: pw@example.com\r\nSubject: disk {i}\r\nMessage-ID: <disk-{i}@example.com>\r\n\r\n{}\r\n",
-            "0123456789abcdef".repeat(body / 16)
+            "From: a@example.com\r\nTo: pw@example.com\r\nSubject: disk {i}\r\nMessage-ID: <disk-{i}@example.com>\r\n\r\n{noise}\r\n"
         )
     };
     for i in 0..20 {
