@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod email;
 pub mod event;
+pub mod google;
 pub mod ids;
 pub mod mailbox;
 pub mod message;

@@ -37,6 +37,9 @@ crate::string_enum! {
         /// OAuth 2.0 with the Microsoft identity platform (Microsoft 365, Outlook.com) and
         /// SASL XOAUTH2.
         MicrosoftOauth => "microsoft_oauth",
+        /// A Google Workspace service account with domain-wide delegation: each mailbox's
+        /// token comes from the JWT bearer grant with the account's key, and nobody signs in.
+        GoogleServiceAccount => "google_service_account",
         /// OAuth 2.0 with any provider's endpoints.
         Oauth2 => "oauth2",
         /// A user name and password per mailbox.
@@ -50,7 +53,9 @@ impl AuthMethod {
         match self {
             AuthMethod::GmailOauth => "Sign in to Gmail",
             AuthMethod::MicrosoftOauth => "Sign in with Microsoft",
-            AuthMethod::Oauth2 | AuthMethod::Password => "Sign in",
+            AuthMethod::Oauth2 | AuthMethod::Password | AuthMethod::GoogleServiceAccount => {
+                "Sign in"
+            }
         }
     }
 
@@ -62,6 +67,9 @@ impl AuthMethod {
             }
             AuthMethod::MicrosoftOauth => {
                 "Sign in with Microsoft again for this mailbox, then run Test & Enable Mailbox."
+            }
+            AuthMethod::GoogleServiceAccount => {
+                "Check the profile's service account key and its domain-wide delegation, then run Test & Enable Mailbox."
             }
             AuthMethod::Oauth2 | AuthMethod::Password => {
                 "Sign in again for this mailbox, then run Test & Enable Mailbox."
@@ -87,15 +95,20 @@ impl AuthMethod {
             AuthMethod::MicrosoftOauth => {
                 "Sign in with Microsoft for this mailbox first, then test again."
             }
-            AuthMethod::Oauth2 | AuthMethod::Password => {
+            AuthMethod::Oauth2 | AuthMethod::Password | AuthMethod::GoogleServiceAccount => {
                 "Sign in for this mailbox first, then test again."
             }
         }
     }
 
-    /// Whether mailboxes sign in with OAuth 2.0 (rather than a password).
+    /// Whether mailboxes log in with OAuth 2.0 tokens (rather than a password).
     pub fn is_oauth(self) -> bool {
         self != AuthMethod::Password
+    }
+
+    /// Whether each mailbox's user signs in (a service account needs nobody to).
+    pub fn needs_sign_in(self) -> bool {
+        self.is_oauth() && self != AuthMethod::GoogleServiceAccount
     }
 }
 
@@ -225,6 +238,11 @@ pub struct OAuthDraft {
     pub revocation_url: Option<String>,
     pub userinfo_url: Option<String>,
     pub scopes: Option<Vec<String>>,
+    /// `google_service_account` profiles only, write-only: the service account's JSON key file
+    /// (Google Cloud console › IAM & Admin › Service accounts › Keys › Add key › JSON), as
+    /// text. Stored encrypted; its private key is never shown again.
+    #[schema(value_type = Option<String>, write_only)]
+    pub service_account_key: Option<SecretString>,
     /// Microsoft profiles only: the directory users sign in from — `common` (work, school and
     /// personal accounts), `organizations`, `consumers`, or one tenant's id or domain
     /// (`contoso.onmicrosoft.com`). Sets `authorization_url` and `token_url`; default `common`.
@@ -333,7 +351,39 @@ impl ProfileDraft {
         })?;
 
         let had_secret = base.as_ref().is_some_and(|b| b.has_client_secret);
+        if auth != AuthMethod::GoogleServiceAccount
+            && self
+                .oauth
+                .as_ref()
+                .is_some_and(|o| o.service_account_key.is_some())
+        {
+            return Err(ValidationError::new(
+                "oauth.service_account_key",
+                "service_account_key applies only to google_service_account profiles; remove it or set auth",
+            ));
+        }
         let (oauth, secret) = match auth {
+            AuthMethod::GoogleServiceAccount => {
+                let draft = self.oauth.unwrap_or_default();
+                let kept = base
+                    .as_ref()
+                    .filter(|b| b.spec.auth == AuthMethod::GoogleServiceAccount && had_secret)
+                    .and_then(|b| b.spec.oauth.clone());
+                match (draft.service_account_key, kept) {
+                    (Some(key), _) => {
+                        let settings =
+                            service_account_settings(&key).map_err(|e| e.under("oauth"))?;
+                        (Some(settings), SecretChange::Set(key))
+                    }
+                    (None, Some(settings)) => (Some(settings), SecretChange::Keep),
+                    (None, None) => {
+                        return Err(ValidationError::new(
+                            "oauth.service_account_key",
+                            "service_account_key is required: the service account's JSON key file (Google Cloud console › IAM & Admin › Service accounts › Keys › Add key › JSON)",
+                        ));
+                    }
+                }
+            }
             AuthMethod::Password => {
                 if self.oauth.is_some() {
                     return Err(ValidationError::new(
@@ -441,6 +491,13 @@ impl ProfileDraft {
             None => match (auth, base_spec) {
                 (AuthMethod::GmailOauth, Some(b)) => b.max_mailboxes.min(GMAIL_MAX_MAILBOXES),
                 (AuthMethod::GmailOauth, None) => GMAIL_MAX_MAILBOXES,
+                // Gmail's 100 is per OAuth client of per-user sign-ins; a service account of a
+                // whole domain has the general default.
+                (AuthMethod::GoogleServiceAccount, Some(b))
+                    if b.auth != AuthMethod::GoogleServiceAccount =>
+                {
+                    DEFAULT_MAX_MAILBOXES
+                }
                 (_, Some(b)) => b.max_mailboxes,
                 (_, None) => DEFAULT_MAX_MAILBOXES,
             },
@@ -573,6 +630,51 @@ fn gmail_preset(draft: &ProfileDraft) -> ProfileSpec {
         folders: Vec::new(),
         append_sent: false,
     }
+}
+
+/// What a service account's JSON key file says about where its tokens come from, checked
+/// for shape (the key itself is checked where it is used to sign).
+fn service_account_settings(key: &SecretString) -> Result<OAuthSettings, ValidationError> {
+    let field = "service_account_key";
+    let bad = |why: String| ValidationError::new(field, why);
+    let file: serde_json::Value = serde_json::from_str(secrecy::ExposeSecret::expose_secret(key))
+        .map_err(|e| bad(format!("not a service account's JSON key file ({e}); paste the whole .json file the Google Cloud console downloaded")))?;
+    let text = |name: &str| file.get(name).and_then(serde_json::Value::as_str);
+    match text("type") {
+        Some("service_account") => {}
+        other => {
+            return Err(bad(format!(
+                "the key file is of type '{}', not 'service_account'; create a key for a service account (IAM & Admin › Service accounts › Keys)",
+                other.unwrap_or("none")
+            )));
+        }
+    }
+    let client_email = text("client_email")
+        .filter(|e| e.contains('@'))
+        .ok_or_else(|| {
+            bad("the key file has no client_email; download a new JSON key".to_owned())
+        })?;
+    if !text("private_key").is_some_and(|k| k.contains("PRIVATE KEY")) {
+        return Err(bad(
+            "the key file has no private_key; download a new JSON key (a key's private part is shown only once, in that file)".to_owned(),
+        ));
+    }
+    let token_url = endpoint_url(
+        text("token_uri").unwrap_or("https://oauth2.googleapis.com/token"),
+        field,
+    )?;
+    let authorization_url = endpoint_url(
+        text("auth_uri").unwrap_or("https://accounts.google.com/o/oauth2/auth"),
+        field,
+    )?;
+    Ok(OAuthSettings {
+        client_id: client_email.to_owned(),
+        authorization_url,
+        token_url,
+        revocation_url: None,
+        userinfo_url: None,
+        scopes: vec![crate::google::MAIL_SCOPE.to_owned()],
+    })
 }
 
 /// Where the Microsoft identity platform (v2.0) signs users of `tenant` in.
@@ -1107,6 +1209,56 @@ mod tests {
         let oauth = spec.oauth.unwrap();
         assert_eq!(oauth.token_url.as_str(), "http://127.0.0.1:9/token");
         assert_eq!(oauth.microsoft_tenant(), Some("common"));
+    }
+
+    #[test]
+    fn a_service_account_profile_takes_its_endpoints_from_the_key_and_keeps_it_on_patch() {
+        let key = serde_json::json!({
+            "type": "service_account", "client_email": "sync@acme.iam.gserviceaccount.com",
+            "private_key": "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
+            "token_uri": "https://oauth2.googleapis.com/token", "client_id": "1178"
+        })
+        .to_string();
+        let (spec, secret) = draft(serde_json::json!({
+            "name": "Acme", "preset": "gmail", "auth": "google_service_account",
+            "oauth": {"service_account_key": key}
+        }))
+        .resolve(None)
+        .unwrap();
+        assert_eq!(spec.auth, AuthMethod::GoogleServiceAccount);
+        assert_eq!(spec.max_mailboxes, DEFAULT_MAX_MAILBOXES, "not Gmail's 100");
+        let oauth = spec.oauth.clone().unwrap();
+        assert_eq!(oauth.client_id, "sync@acme.iam.gserviceaccount.com");
+        assert_eq!(oauth.scopes, vec!["https://mail.google.com/".to_owned()]);
+        assert!(matches!(secret, SecretChange::Set(_)));
+        let stored = Stored {
+            spec: &spec,
+            has_client_secret: true,
+        };
+        let (patched, secret) = draft(serde_json::json!({"max_mailboxes": 5000}))
+            .resolve(Some(stored))
+            .unwrap();
+        assert_eq!(patched.max_mailboxes, 5000);
+        assert_eq!(patched.oauth, spec.oauth);
+        assert!(matches!(secret, SecretChange::Keep));
+
+        let e = draft(
+            serde_json::json!({"name": "A", "preset": "gmail", "auth": "google_service_account"}),
+        )
+        .resolve(None)
+        .unwrap_err();
+        assert_eq!(e.field, "oauth.service_account_key");
+        let e = draft(serde_json::json!({"name": "A", "preset": "gmail",
+            "oauth": {"client_id": "c", "client_secret": "s", "service_account_key": "{}"}}))
+        .resolve(None)
+        .unwrap_err();
+        assert_eq!(e.field, "oauth.service_account_key");
+        assert!(e.message.contains("only to google_service_account"), "{e}");
+        let e = draft(serde_json::json!({"name": "A", "preset": "gmail", "auth": "google_service_account",
+            "oauth": {"service_account_key": "{\"type\": \"service_account\", \"client_email\": \"x@y\"}"}}))
+        .resolve(None)
+        .unwrap_err();
+        assert!(e.message.contains("no private_key"), "{e}");
     }
 
     #[test]

@@ -263,6 +263,18 @@ impl Provider {
         .await
     }
 
+    /// The JWT bearer grant (RFC 7523 §2.1): the signed assertion is the client's credential.
+    pub(crate) async fn jwt_bearer(&self, assertion: &str) -> Result<TokenResponse, OAuthError> {
+        self.token_request(
+            "token request",
+            &[
+                ("grant_type", crate::service_account::JWT_BEARER),
+                ("assertion", assertion),
+            ],
+        )
+        .await
+    }
+
     /// Revokes a token (RFC 7009). Without a revocation endpoint there is nothing to do.
     pub async fn revoke(&self, token: &SecretString) -> Result<(), OAuthError> {
         let Some(url) = &self.settings.revocation_url else {
@@ -346,7 +358,10 @@ impl Provider {
         params: &[(&str, &str)],
     ) -> Result<TokenResponse, OAuthError> {
         let mut form: Vec<(&str, &str)> = params.to_vec();
-        form.push(("client_id", &self.settings.client_id));
+        // A service account's assertion names it; Google's grant takes no client_id.
+        if self.auth != AuthMethod::GoogleServiceAccount {
+            form.push(("client_id", &self.settings.client_id));
+        }
         if let Some(secret) = &self.client_secret {
             // client_secret_post (RFC 6749 §2.3.1), which Google documents.
             form.push(("client_secret", secret.expose_secret()));

@@ -8,9 +8,11 @@
 
 mod client;
 mod pkce;
+mod service_account;
 
 pub use client::{Identity, OAuthError, Provider, REQUEST_TIMEOUT, TokenResponse};
 pub use pkce::{Pkce, random_token};
+pub use service_account::ServiceAccount;
 
 /// Scopes that identify the user, or ask for a refresh token (Microsoft's `offline_access`),
 /// rather than grant access to mail; a grant's `scope` may leave them out.

@@ -532,6 +532,7 @@ impl Engine {
                         auth.refused_sign_in_hint(reason)
                     }
                     SyncError::Token(TokenError::NotSignedIn(_)) => auth.sign_in_again_hint(),
+                    SyncError::Token(TokenError::Delegation { hint, .. }) => hint.as_str(),
                     SyncError::Proto(p) if p.is_auth_refused() => {
                         "Sign in again (or check the password), then run Test & Enable Mailbox."
                     }

@@ -18,6 +18,7 @@ pub mod webhooks;
 pub use engine::{Engine, EngineConfig};
 pub use flags::{FlagChange, FlagError};
 pub use limits::ConnectionLimits;
+pub use mailbridge_oauth::ServiceAccount;
 pub use metrics::Metrics;
 pub use signin::{
     Callback, DEFAULT_MAX_PENDING_SIGN_INS, Disconnected, LinkRefused, ReturnTo, SignIn,

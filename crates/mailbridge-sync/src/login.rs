@@ -32,7 +32,11 @@ pub(crate) async fn credentials(
             .ok_or(SyncError::NoPassword)?;
         return Ok((Credentials::Password { user, password }, None));
     }
-    let token = tokens.access_token(mailbox.id).await?;
+    let token = if profile.spec.auth == AuthMethod::GoogleServiceAccount {
+        tokens.delegated_token(mailbox, profile).await?
+    } else {
+        tokens.access_token(mailbox.id).await?
+    };
     Ok((
         Credentials::OAuth {
             user: token.account,

@@ -31,6 +31,10 @@ pub enum SignInError {
         "the profile of {0} does not use OAuth, so there is nothing to sign in to; its mailboxes use passwords"
     )]
     NotOAuth(String),
+    #[error(
+        "the profile of {0} uses a Google service account: nobody signs in; run Test & Enable Mailbox"
+    )]
+    NoSignInNeeded(String),
     #[error("the sign-in answer carries no state; start again from the \"Sign in\" button")]
     MissingState,
     #[error(
@@ -107,7 +111,9 @@ fn provider_name(auth: AuthMethod) -> &'static str {
     match auth {
         AuthMethod::GmailOauth => "Google",
         AuthMethod::MicrosoftOauth => "Microsoft",
-        AuthMethod::Oauth2 | AuthMethod::Password => "The provider",
+        AuthMethod::Oauth2 | AuthMethod::Password | AuthMethod::GoogleServiceAccount => {
+            "The provider"
+        }
     }
 }
 
@@ -145,6 +151,10 @@ impl SignIn {
     }
 
     async fn provider(&self, mailbox: &MailboxRecord) -> Result<Provider, SignInError> {
+        let profile = self.store.get_profile(mailbox.spec.profile_id).await?;
+        if profile.spec.auth == AuthMethod::GoogleServiceAccount {
+            return Err(SignInError::NoSignInNeeded(mailbox.spec.email.to_string()));
+        }
         crate::provider::for_profile(
             &self.store,
             &self.http,
@@ -416,7 +426,7 @@ impl SignIn {
             match provider.auth() {
                 AuthMethod::GmailOauth => "Google did not return a refresh token, so the mailbox could not stay connected; remove this app's access in your Google account's security settings, then sign in again",
                 AuthMethod::MicrosoftOauth => "Microsoft did not return a refresh token, so the mailbox could not stay connected; the profile's scopes must include offline_access",
-                AuthMethod::Oauth2 | AuthMethod::Password => "the provider did not return a refresh token, so the mailbox could not stay connected; check that the profile asks for offline access, then sign in again",
+                AuthMethod::Oauth2 | AuthMethod::Password | AuthMethod::GoogleServiceAccount => "the provider did not return a refresh token, so the mailbox could not stay connected; check that the profile asks for offline access, then sign in again",
             },
         ))?;
         Ok((identity.email, refresh, granted.join(" ")))
@@ -511,6 +521,7 @@ impl SignInError {
     pub fn code(&self) -> &'static str {
         match self {
             SignInError::NotOAuth(_) => "not_oauth",
+            SignInError::NoSignInNeeded(_) => "no_sign_in_needed",
             SignInError::MissingState | SignInError::UnknownState => "invalid_state",
             SignInError::ExpiredState => "expired",
             SignInError::Denied { .. } => "access_denied",

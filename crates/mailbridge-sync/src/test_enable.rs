@@ -158,6 +158,9 @@ impl Tester {
                 "the mailbox is not signed in".to_owned(),
                 auth.sign_in_first_hint(),
             ),
+            SyncError::Token(TokenError::Delegation { reason, hint }) => {
+                TestOutcome::failure(reason, &hint)
+            }
             SyncError::Token(ref e @ TokenError::SignInRequired { ref reason, .. }) => {
                 TestOutcome::failure(e.to_string(), auth.refused_sign_in_hint(reason))
             }

@@ -30,6 +30,10 @@ pub enum TokenError {
     SignInRequired { mailbox: MailboxId, reason: String },
     #[error("mailbox {0}'s profile does not use OAuth")]
     NotOAuth(MailboxId),
+    /// A service account's token was refused (or its key cannot sign): `hint` says where to
+    /// fix it. Nobody signs in again for these.
+    #[error("{reason}")]
+    Delegation { reason: String, hint: String },
     #[error(transparent)]
     Provider(#[from] OAuthError),
     #[error(transparent)]
@@ -92,6 +96,9 @@ pub struct TokenService {
     redirect_uri: String,
     policy: RefreshPolicy,
     in_flight: Mutex<HashMap<MailboxId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Service-account tokens, kept in memory while they are good (each node gets its own:
+    /// there is no refresh token to share or to spend).
+    delegated: Mutex<HashMap<MailboxId, AccessToken>>,
 }
 
 impl TokenService {
@@ -109,7 +116,97 @@ impl TokenService {
             redirect_uri,
             policy,
             in_flight: Mutex::new(HashMap::new()),
+            delegated: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A token for a mailbox of a service-account profile (domain-wide delegation): the one
+    /// kept while good for at least the margin, else a new one from the JWT bearer grant
+    /// for the mailbox's address. Transient failures are retried like refreshes.
+    pub async fn delegated_token(
+        &self,
+        mailbox: &mailbridge_store::MailboxRecord,
+        profile: &mailbridge_store::ProfileRecord,
+    ) -> Result<AccessToken, TokenError> {
+        let margin = chrono::Duration::from_std(self.policy.margin).unwrap_or_default();
+        let kept = self
+            .delegated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&mailbox.id)
+            .filter(|t| t.expires_at - margin > self.clock.now())
+            .cloned();
+        if let Some(token) = kept {
+            return Ok(token);
+        }
+        let key = self
+            .store
+            .profile_client_secret(profile.id)
+            .await?
+            .ok_or_else(|| TokenError::Delegation {
+                reason: "the profile has no service account key".to_owned(),
+                hint: "An admin must put the service account's JSON key in the profile, then run Test & Enable Mailbox.".to_owned(),
+            })?;
+        let account =
+            mailbridge_oauth::ServiceAccount::from_json(&key).map_err(|reason| {
+                TokenError::Delegation {
+                    reason,
+                    hint: "Put a valid JSON key of the service account in the profile (Google Cloud console › IAM & Admin › Service accounts › Keys).".to_owned(),
+                }
+            })?;
+        let scopes = profile.spec.oauth.as_ref().map_or_else(
+            || vec![mailbridge_core::google::MAIL_SCOPE.to_owned()],
+            |o| o.scopes.clone(),
+        );
+        let subject = mailbox.spec.email.as_str();
+        let mut attempt = 1;
+        let response = loop {
+            match account
+                .access_token(&self.http, subject, &scopes, self.clock.now())
+                .await
+            {
+                Ok(r) => break r,
+                Err(e) if e.is_transient() && attempt < self.policy.attempts => {
+                    let wait = self.policy.backoff * 2u32.saturating_pow(attempt - 1);
+                    tracing::info!(mailbox = %mailbox.id, error = %e, attempt, ?wait, "service account token request failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) if e.is_transient() => return Err(e.into()),
+                Err(e) => {
+                    let (error, description) = match &e {
+                        OAuthError::InvalidGrant { description, .. } => {
+                            ("invalid_grant", description.as_str())
+                        }
+                        OAuthError::Rejected {
+                            error, description, ..
+                        } => (error.as_str(), description.as_str()),
+                        _ => ("", ""),
+                    };
+                    let hint = mailbridge_core::google::service_account_hint(
+                        error,
+                        description,
+                        account.client_id(),
+                    );
+                    tracing::warn!(mailbox = %mailbox.id, error = %e, "the service account's token was refused");
+                    return Err(TokenError::Delegation {
+                        reason: format!("Google refused a token for {subject}: {e}"),
+                        hint,
+                    });
+                }
+            }
+        };
+        let token = AccessToken {
+            account: subject.to_owned(),
+            token: response.access_token,
+            expires_at: self.clock.now()
+                + chrono::Duration::seconds(response.expires_in.unwrap_or(3600)),
+        };
+        self.delegated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(mailbox.id, token.clone());
+        Ok(token)
     }
 
     /// A token valid for at least the margin, refreshing it first when needed.

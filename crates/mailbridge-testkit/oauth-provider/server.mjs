@@ -12,6 +12,12 @@
 //     old one), or rotates it, and a revoked refresh token gets `invalid_grant`;
 //   - switches for failure cases (access denied at consent, a narrower scope, no refresh
 //     token on the code exchange, token endpoint errors) and counters the tests assert on;
+//   - Google Workspace service accounts with domain-wide delegation: /control/service-account
+//     makes a key (an RSA pair; the JSON key file Google would give) and records what the
+//     Workspace admin delegated; the JWT bearer grant (RFC 7523) is checked with jose — the
+//     assertion's RS256 signature against the key's public half, `iss`, `aud` (this token
+//     endpoint), `iat` and a short `exp`, `sub` in the delegated domain, the delegated scopes —
+//     and answered as Google answers;
 //   - Microsoft's habits when asked (`claims: 'microsoft'`): ID tokens that name the account
 //     by `preferred_username` without `email`, and error bodies with AADSTS codes
 //     (`consentError`, `refreshError`), as login.microsoftonline.com writes them.
@@ -20,6 +26,8 @@
 
 import http from 'node:http';
 import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync } from 'node:crypto';
+import { jwtVerify } from 'jose';
 import { OAuth2Issuer, OAuth2Service } from 'oauth2-mock-server';
 
 const issuer = new OAuth2Issuer();
@@ -45,7 +53,9 @@ const defaults = () => ({
   refreshError: null, // { error, error_description }: refresh grants answer HTTP 400 with it
 });
 let mode = defaults();
-const stats = { refreshGrants: 0, codeGrants: 0, revocations: [], introspections: 0 };
+const stats = { refreshGrants: 0, codeGrants: 0, revocations: [], introspections: 0, jwtGrants: 0 };
+// client_email -> { publicKey, domain, scopes (delegated), delegated (bool) }
+const serviceAccounts = new Map();
 
 const opaque = (prefix) => `${prefix}${randomBytes(24).toString('base64url')}`;
 const scopeFor = (requested) => (mode.narrowScope ? 'openid email' : requested ?? 'openid email');
@@ -157,6 +167,40 @@ async function refreshGrant(res, body) {
   return json(res, 200, answer);
 }
 
+// RFC 7523 §2.1 as Google does it: the assertion is the client's credential, and `sub` the
+// user it acts for.
+async function jwtBearerGrant(res, body) {
+  stats.jwtGrants += 1;
+  const unverified = JSON.parse(Buffer.from((body.assertion ?? '').split('.')[1] ?? '', 'base64url').toString('utf8') || '{}');
+  const account = serviceAccounts.get(unverified.iss);
+  if (!account) return json(res, 401, { error: 'invalid_client', error_description: 'The OAuth client was not found.' });
+  let claims;
+  try {
+    ({ payload: claims } = await jwtVerify(body.assertion, account.publicKey, {
+      algorithms: ['RS256'],
+      issuer: unverified.iss,
+      audience: `${issuer.url}/token`,
+      requiredClaims: ['iat', 'exp', 'sub', 'scope'],
+    }));
+  } catch (e) {
+    return json(res, 400, { error: 'invalid_grant', error_description: `Invalid JWT Signature or claims: ${e.code ?? e.message}` });
+  }
+  const now = Math.floor(Date.now() / 1000);
+  if (claims.exp - claims.iat > 3600 || claims.iat > now + 300) {
+    return json(res, 400, { error: 'invalid_grant', error_description: 'Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT claim.' });
+  }
+  const scopes = String(claims.scope).split(' ');
+  if (!account.delegated || !scopes.every((s) => account.scopes.includes(s))) {
+    return json(res, 401, { error: 'unauthorized_client', error_description: 'Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested.' });
+  }
+  if (!String(claims.sub).toLowerCase().endsWith(`@${account.domain}`)) {
+    return json(res, 400, { error: 'invalid_grant', error_description: 'Invalid email or User ID' });
+  }
+  const access = opaque('ya29.sa-');
+  accessTokens.set(access, { email: claims.sub, scope: claims.scope, exp: Date.now() + 3600 * 1000, revoked: false });
+  return json(res, 200, { access_token: access, token_type: 'Bearer', expires_in: 3599 });
+}
+
 async function control(req, res, path) {
   const body = req.method === 'POST' ? await readBody(req) : {};
   switch (path) {
@@ -182,6 +226,35 @@ async function control(req, res, path) {
     }
     case '/control/stats':
       return json(res, 200, stats);
+    case '/control/service-account': {
+      // A new service account of a Workspace `domain`, delegated `scopes` (or none yet).
+      const { publicKey, privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+      const id = randomBytes(8).toString('hex');
+      const email = `mailbridge-${id}@test-project.iam.gserviceaccount.com`;
+      serviceAccounts.set(email, {
+        publicKey,
+        domain: body.domain ?? 'example.com',
+        scopes: body.scopes ?? ['https://mail.google.com/'],
+        delegated: body.delegated ?? true,
+      });
+      return json(res, 200, {
+        type: 'service_account',
+        project_id: 'test-project',
+        private_key_id: id,
+        private_key: privateKey.export({ type: 'pkcs8', format: 'pem' }),
+        client_email: email,
+        client_id: String(BigInt(`0x${id}`)),
+        auth_uri: `${issuer.url}/authorize`,
+        token_uri: `${issuer.url}/token`,
+      });
+    }
+    case '/control/delegation': {
+      // The Workspace admin grants or withdraws domain-wide delegation.
+      const account = serviceAccounts.get(body.client_email);
+      if (!account) return json(res, 404, { error: 'no such service account' });
+      account.delegated = body.delegated;
+      return json(res, 200, {});
+    }
     default:
       return json(res, 404, { error: 'no such control' });
   }
@@ -221,6 +294,7 @@ const server = http.createServer(async (req, res) => {
       });
       const body = Object.fromEntries(new URLSearchParams(raw.toString('utf8')));
       if (body.grant_type === 'refresh_token') return await refreshGrant(res, body);
+      if (body.grant_type === 'urn:ietf:params:oauth:grant-type:jwt-bearer') return await jwtBearerGrant(res, body);
       if (mode.tokenStatus !== 200) return json(res, mode.tokenStatus, { error: 'server_error' });
       const { Readable } = await import('node:stream');
       const replay = Readable.from([raw]);

@@ -51,6 +51,11 @@ impl MailWorld {
         }
     }
 
+    /// Where the app keeps its data (the SQLite file, the key file).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// A Gmail-preset profile whose servers and OAuth endpoints are the local peers.
     pub async fn gmail_like(
         &self,

@@ -158,7 +158,8 @@ impl Choice {
 pub struct Field {
     pub name: &'static str,
     pub label: &'static str,
-    /// `text`, `email`, `password`, `url`, `date`, or `select`.
+    /// `text`, `email`, `password`, `url`, `date`, `select`, or `secret-text` (a text area
+    /// for a secret such as a key file, never filled back in).
     pub input_type: &'static str,
     pub value: String,
     pub choices: Vec<Choice>,
@@ -228,7 +229,7 @@ impl Field {
     /// field's error.
     #[must_use]
     pub fn from(mut self, values: &FormValues, errors: &mut FieldErrors) -> Self {
-        if self.input_type != "password" {
+        if self.input_type != "password" && self.input_type != "secret-text" {
             values.get(self.name).clone_into(&mut self.value);
         }
         self.error = errors.take(self.name);

@@ -275,6 +275,8 @@ struct MailboxPage {
     auth: &'static str,
     /// The sign-in button, in the provider's words.
     sign_in_label: &'static str,
+    /// Whether a service account gets the tokens (nobody signs in).
+    delegated: bool,
     enabled: bool,
     is_oauth: bool,
     sign_in: &'static str,
@@ -306,7 +308,7 @@ async fn show(
     let profile = state.store.get_profile(m.spec.profile_id).await?;
     let owner = state.store.get_user(m.spec.owner_user_id).await?;
     let is_owner = owner.id == viewer.caller.0.id;
-    let is_oauth = profile.spec.auth.is_oauth();
+    let is_oauth = profile.spec.auth.needs_sign_in();
     let turned_off = state.config.sign_in_turned_off(profile.spec.auth);
     let feature_on = turned_off.is_none();
     let sign_in_note = if !is_oauth {
@@ -360,6 +362,7 @@ async fn show(
         owner: owner.email.to_string(),
         auth: auth_label(profile.spec.auth),
         sign_in_label: profile.spec.auth.sign_in_label(),
+        delegated: profile.spec.auth == mailbridge_core::AuthMethod::GoogleServiceAccount,
         profile: profile.spec.name.clone(),
         enabled: m.enabled,
         is_oauth,

@@ -103,6 +103,7 @@ pub fn auth_label(auth: AuthMethod) -> &'static str {
     match auth {
         AuthMethod::GmailOauth => "Gmail OAuth",
         AuthMethod::MicrosoftOauth => "Microsoft OAuth",
+        AuthMethod::GoogleServiceAccount => "Google service account (domain-wide delegation)",
         AuthMethod::Oauth2 => "OAuth 2.0",
         AuthMethod::Password => "Password",
     }
@@ -425,6 +426,19 @@ fn groups(
             .help(secret_help)
             .from(v, e),
     ];
+    if mode == Mode::NewCustom
+        || profile.is_some_and(|p| p.spec.auth == AuthMethod::GoogleServiceAccount)
+    {
+        client.push(
+            Field::text("oauth.service_account_key", "Service account key (JSON)")
+                .kind("secret-text")
+                .help(match profile {
+                    Some(p) if p.has_client_secret => "A key is stored. Leave this blank to keep it; it is never shown. To replace it, paste the whole new .json file.",
+                    _ => "Google service account profiles only: paste the whole .json key file (Google Cloud console › IAM & Admin › Service accounts › Keys › Add key). Stored encrypted, never shown again.",
+                })
+                .from(v, e),
+        );
+    }
     if microsoft {
         client.push(
             Field::text("oauth.tenant", "Tenant")
@@ -554,6 +568,9 @@ fn draft_of(v: &FormValues, mode: Mode, errors: &mut FieldErrors) -> ProfileDraf
             .opt("oauth.scopes")
             .map(|s| s.split_whitespace().map(str::to_owned).collect()),
         tenant: v.opt("oauth.tenant"),
+        service_account_key: (auth == Some(AuthMethod::GoogleServiceAccount))
+            .then(|| v.opt("oauth.service_account_key").map(Into::into))
+            .flatten(),
     });
     let date = match v.opt("process_emails_received_after") {
         Some(raw) => match NaiveDate::parse_from_str(&raw, "%Y-%m-%d") {

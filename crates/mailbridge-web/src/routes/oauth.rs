@@ -338,6 +338,9 @@ fn api_error(e: SignInError) -> ApiError {
     match e {
         SignInError::Store(s) => s.into(),
         SignInError::NotOAuth(_) => ApiError::new(StatusCode::CONFLICT, "not_oauth", e.to_string()),
+        SignInError::NoSignInNeeded(_) => {
+            ApiError::new(StatusCode::CONFLICT, "no_sign_in_needed", e.to_string())
+        }
         SignInError::Provider(_) => {
             ApiError::new(StatusCode::BAD_GATEWAY, "provider_error", e.to_string())
         }

@@ -7,8 +7,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, NaiveDate, Utc};
 use mailbridge_core::{
-    AuthMethod, IncomingServer, OutgoingServer, ProfileDraft, ProfileId, ProfileSpec, Security,
-    Stored, UserId,
+    AuthMethod, IncomingServer, OutgoingServer, ProfileDraft, ProfileId, ProfileSpec, SecretChange,
+    Security, Stored, UserId, ValidationError,
 };
 use mailbridge_store::ProfileRecord;
 
@@ -130,6 +130,7 @@ pub(crate) async fn create_profile(
     caller.require_admin("manage email server profiles")?;
     let (spec, secret) = draft.resolve(None)?;
     refuse_plaintext(state, &spec)?;
+    refuse_unusable_key(&spec, &secret)?;
     Ok(state
         .store
         .create_profile(&caller.actor(), &spec, secret)
@@ -194,10 +195,24 @@ pub(crate) async fn update_profile(
         has_client_secret: current.has_client_secret,
     }))?;
     refuse_plaintext(state, &spec)?;
+    refuse_unusable_key(&spec, &secret)?;
     Ok(state
         .store
         .update_profile(&caller.actor(), id, &spec, secret)
         .await?)
+}
+
+/// A service account's key must be one this service can sign with: checked when it is given,
+/// not at the first Test & Enable.
+fn refuse_unusable_key(spec: &ProfileSpec, secret: &SecretChange) -> Result<(), ApiError> {
+    match (spec.auth, secret) {
+        (AuthMethod::GoogleServiceAccount, SecretChange::Set(key)) => {
+            mailbridge_sync::ServiceAccount::from_json(key)
+                .map(drop)
+                .map_err(|why| ValidationError::new("oauth.service_account_key", why).into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `security: none` sends passwords and tokens in clear: only to this machine, or to hosts
