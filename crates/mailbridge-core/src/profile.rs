@@ -24,6 +24,9 @@ const MIN_POLL_INTERVAL_SECONDS: i64 = 10;
 pub const GMAIL_DAILY_SEND_LIMIT: u32 = 500;
 const DEFAULT_DAILY_SEND_LIMIT: u32 = 10_000;
 const MAX_DAILY_SEND_LIMIT: i64 = 1_000_000;
+const MAX_SENDS_PER_MINUTE: i64 = 10_000;
+/// Emails Exchange Online takes from one mailbox per minute over SMTP AUTH.
+pub const MICROSOFT_SENDS_PER_MINUTE: u32 = 30;
 /// Emails one mailbox may have waiting to be sent at once, by default.
 const DEFAULT_MAX_QUEUED_EMAILS: u32 = 1_000;
 const MAX_MAX_QUEUED_EMAILS: i64 = 1_000_000;
@@ -186,6 +189,9 @@ pub struct ProfileSpec {
     pub daily_send_limit: u32,
     /// Emails each mailbox may have waiting to be sent at once (a 429 past it).
     pub max_queued_emails: u32,
+    /// Emails each mailbox sends per minute at most (0: no limit); past it, the rest wait
+    /// for the minute to pass.
+    pub sends_per_minute: u32,
     /// Folders synchronized besides INBOX and the Sent folder (IMAP).
     pub folders: Vec<String>,
     /// Whether Mailbridge files a copy of each email it sends in the Sent folder (IMAP
@@ -286,6 +292,11 @@ pub struct ProfileDraft {
     /// Emails each mailbox may have waiting to be sent at once (default 1,000).
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_queued_emails: Option<i64>,
+    /// Emails each mailbox sends per minute at most; more wait for the next minute (they
+    /// stay queued, nothing fails). 0 (the default) is no limit; the Microsoft preset sets
+    /// 30, Exchange Online's limit for SMTP AUTH.
+    #[schema(minimum = 0, maximum = 10_000)]
+    pub sends_per_minute: Option<i64>,
     /// IMAP folders to synchronize besides INBOX and the Sent folder (found by its
     /// SPECIAL-USE `\Sent` mark), e.g. `["Archive", "Projects/2027"]`; at most 50.
     #[schema(max_items = 50)]
@@ -542,6 +553,20 @@ impl ProfileDraft {
             MAX_MAX_QUEUED_EMAILS,
             base_spec.map_or(DEFAULT_MAX_QUEUED_EMAILS, |b| b.max_queued_emails),
         )?;
+        let sends_per_minute = match self.sends_per_minute {
+            None => base_spec.map_or(0, |b| b.sends_per_minute),
+            Some(n) => u32::try_from(n)
+                .ok()
+                .filter(|n| i64::from(*n) <= MAX_SENDS_PER_MINUTE)
+                .ok_or_else(|| {
+                    ValidationError::new(
+                        "sends_per_minute",
+                        format!(
+                            "sends_per_minute must be from 0 (no limit) to {MAX_SENDS_PER_MINUTE}"
+                        ),
+                    )
+                })?,
+        };
         let folders = match self.folders {
             Some(f) => crate::validation::folder_names(f, "folders")?,
             None => base_spec.map(|b| b.folders.clone()).unwrap_or_default(),
@@ -572,6 +597,7 @@ impl ProfileDraft {
                 process_emails_received_after,
                 daily_send_limit,
                 max_queued_emails,
+                sends_per_minute,
                 folders,
                 append_sent,
             },
@@ -627,6 +653,7 @@ fn gmail_preset(draft: &ProfileDraft) -> ProfileSpec {
         process_emails_received_after: None,
         daily_send_limit: GMAIL_DAILY_SEND_LIMIT,
         max_queued_emails: DEFAULT_MAX_QUEUED_EMAILS,
+        sends_per_minute: 0,
         folders: Vec::new(),
         append_sent: false,
     }
@@ -747,6 +774,7 @@ fn microsoft_preset(draft: &ProfileDraft) -> Result<ProfileSpec, ValidationError
         process_emails_received_after: None,
         daily_send_limit: MICROSOFT_DAILY_SEND_LIMIT,
         max_queued_emails: DEFAULT_MAX_QUEUED_EMAILS,
+        sends_per_minute: MICROSOFT_SENDS_PER_MINUTE,
         folders: Vec::new(),
         // Exchange Online files mail sent with SMTP AUTH in Sent Items itself.
         append_sent: false,
@@ -1089,6 +1117,7 @@ mod tests {
             (587, Security::Starttls)
         );
         assert_eq!(spec.daily_send_limit, 10_000);
+        assert_eq!(spec.sends_per_minute, 30);
         assert_eq!(spec.max_mailboxes, DEFAULT_MAX_MAILBOXES);
         assert!(
             !spec.append_sent,

@@ -231,6 +231,27 @@ impl Store {
             .collect()
     }
 
+    /// How many emails `mailbox` sent since `since`, and when the first of them went: what a
+    /// per-minute send limit counts.
+    pub async fn sent_since(
+        &self,
+        mailbox: MailboxId,
+        since: DateTime<Utc>,
+    ) -> Result<(u32, Option<DateTime<Utc>>)> {
+        let (count, first): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(delivered_at) FROM emails WHERE mailbox_id = $1 \
+             AND direction = 'outgoing' AND status = 'sent' AND delivered_at >= $2",
+        )
+        .bind(mailbox.to_string())
+        .bind(since.timestamp_millis())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((
+            u32::try_from(count).unwrap_or(u32::MAX),
+            first.map(crate::time_from_ms),
+        ))
+    }
+
     /// The server accepted the email.
     pub async fn mark_sent(&self, id: &str, reply: &str) -> Result<()> {
         self.set_send_state(id, "sent", reply, None).await

@@ -51,6 +51,7 @@ struct ProfileRow {
     process_emails_received_after: Option<String>,
     daily_send_limit: i64,
     max_queued_emails: i64,
+    sends_per_minute: i64,
     folders: Option<String>,
     append_sent: i64,
     mailbox_count: i64,
@@ -64,7 +65,7 @@ const PROFILE_SELECT: &str = "SELECT p.id, p.name, p.owner_user_id, p.incoming_p
      CASE WHEN p.oauth_client_secret IS NULL THEN 0 ELSE 1 END AS has_client_secret, \
      p.oauth_authorization_url, p.oauth_token_url, p.oauth_revocation_url, p.oauth_userinfo_url, \
      p.oauth_scopes, p.max_mailboxes, p.max_connections, p.poll_interval_seconds, p.process_emails_received_after, \
-     p.daily_send_limit, p.max_queued_emails, p.folders, p.append_sent, \
+     p.daily_send_limit, p.max_queued_emails, p.sends_per_minute, p.folders, p.append_sent, \
      (SELECT COUNT(*) FROM mailboxes m WHERE m.profile_id = p.id) AS mailbox_count, \
      p.created_at, p.updated_at FROM server_profiles p";
 
@@ -123,6 +124,7 @@ impl TryFrom<ProfileRow> for ProfileRecord {
                 .transpose()?,
             daily_send_limit: u32::try_from(r.daily_send_limit).map_err(|e| bad(&e))?,
             max_queued_emails: u32::try_from(r.max_queued_emails).map_err(|e| bad(&e))?,
+            sends_per_minute: u32::try_from(r.sends_per_minute).map_err(|e| bad(&e))?,
             folders: match r.folders {
                 Some(f) => serde_json::from_str(&f).map_err(|e| bad(&e))?,
                 None => Vec::new(),
@@ -156,7 +158,7 @@ fn audit_detail(spec: &ProfileSpec, secret: &SecretChange) -> serde_json::Value 
     })
 }
 
-/// Binds `$1` = id and `$2`–`$25` = the spec's columns: the order both the insert and the
+/// Binds `$1` = id and `$2`–`$26` = the spec's columns: the order both the insert and the
 /// update use.
 fn bind_spec<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
@@ -190,6 +192,7 @@ fn bind_spec<'q>(
         .bind(serde_json::to_string(&spec.folders).unwrap_or_else(|_| "[]".to_owned()))
         .bind(i64::from(spec.append_sent))
         .bind(spec.outgoing.authentication.as_str())
+        .bind(i64::from(spec.sends_per_minute))
 }
 
 /// The alert kind raised when a mailbox's profile moved to other servers.
@@ -282,9 +285,9 @@ impl Store {
                  oauth_revocation_url, oauth_userinfo_url, oauth_scopes, max_mailboxes, \
                  poll_interval_seconds, process_emails_received_after, max_connections, \
                  daily_send_limit, max_queued_emails, folders, append_sent, outgoing_authentication, \
-                 owner_user_id, oauth_client_secret, created_at, updated_at) \
+                 sends_per_minute, owner_user_id, oauth_client_secret, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                 $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $28)",
+                 $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $29)",
             ),
             &sid,
             spec,
@@ -388,7 +391,7 @@ impl Store {
         }
         let secret_sql = match secret {
             SecretChange::Keep => "",
-            SecretChange::Set(_) | SecretChange::Clear => ", oauth_client_secret = $26",
+            SecretChange::Set(_) | SecretChange::Clear => ", oauth_client_secret = $27",
         };
         let done = bind_spec(
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -399,8 +402,8 @@ impl Store {
                  oauth_userinfo_url = $15, oauth_scopes = $16, max_mailboxes = $17, \
                  poll_interval_seconds = $18, process_emails_received_after = $19, \
                  max_connections = $20, daily_send_limit = $21, max_queued_emails = $22, \
-                 folders = $23, append_sent = $24, outgoing_authentication = $25{secret_sql}, \
-                 updated_at = $27 WHERE id = $1"
+                 folders = $23, append_sent = $24, outgoing_authentication = $25, \
+                 sends_per_minute = $26{secret_sql}, updated_at = $28 WHERE id = $1"
             ))),
             &sid,
             spec,

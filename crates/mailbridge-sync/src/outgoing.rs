@@ -200,7 +200,7 @@ async fn send_for_mailbox(
         Err(e) => {
             for id in emails {
                 if e.is_provider_limit() {
-                    settle_wait(ctx, id, &e.to_string()).await?;
+                    settle_wait(ctx, id, &e.to_string(), provider_wait_over(ctx)).await?;
                     continue;
                 }
                 let attempts = store.get_email(id).await?.send_attempts;
@@ -214,6 +214,13 @@ async fn send_for_mailbox(
     let mut sent = 0;
     let mut to_file = Vec::new();
     for (n, id) in emails.iter().enumerate() {
+        if let Some((until, why)) = paced(ctx, &record, &profile).await? {
+            // The profile's per-minute limit is reached: the rest wait, uncounted.
+            for rest in &emails[n..] {
+                settle_wait(ctx, rest, &why, until).await?;
+            }
+            break;
+        }
         let email = store.get_email(id).await?;
         let raw = store.email_raw(id).await?;
         let recipients = store.send_envelope(&email).await?;
@@ -247,7 +254,7 @@ async fn send_for_mailbox(
                     settle_unconfirmed(ctx, &profile, credentials.as_ref(), &email, &e.to_string())
                         .await?;
                 } else if crate::incoming::is_provider_limit(&e) {
-                    settle_wait(ctx, id, &e.to_string()).await?;
+                    settle_wait(ctx, id, &e.to_string(), provider_wait_over(ctx)).await?;
                 } else {
                     settle_failure(
                         ctx,
@@ -390,18 +397,47 @@ const UNCONFIRMED_CHECK_DELAY: Duration = Duration::from_secs(2);
 /// How long to wait when the provider says a mailbox sends too much at once.
 const PROVIDER_LIMIT_WAIT: Duration = Duration::from_secs(60);
 
-/// The provider asked to wait (a limit of sends or connections at once): send again in a
-/// minute, without counting the attempt towards giving up.
-async fn settle_wait(ctx: &SendContext<'_>, id: &str, error: &str) -> Result<(), StoreError> {
-    let retry_at =
-        ctx.clock.now() + chrono::Duration::from_std(PROVIDER_LIMIT_WAIT).unwrap_or_default();
-    tracing::info!(
-        email = id,
-        error,
-        "the provider asked to wait; sending again in a minute"
-    );
+/// When to send again after the provider asked to wait: a minute from now.
+fn provider_wait_over(ctx: &SendContext<'_>) -> DateTime<Utc> {
+    ctx.clock.now() + chrono::Duration::from_std(PROVIDER_LIMIT_WAIT).unwrap_or_default()
+}
+
+/// The email waits (a limit of sends or connections at once, the provider's or the
+/// profile's): it is sent again at `retry_at`, and the attempt does not count towards
+/// giving up.
+async fn settle_wait(
+    ctx: &SendContext<'_>,
+    id: &str,
+    why: &str,
+    retry_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tracing::info!(email = id, why, %retry_at, "waiting before sending");
     ctx.metrics.send("wait");
-    ctx.store.mark_send_wait(id, error, retry_at).await
+    ctx.store.mark_send_wait(id, why, retry_at).await
+}
+
+/// When the profile's `sends_per_minute` is used up for the mailbox: until when, and why.
+async fn paced(
+    ctx: &SendContext<'_>,
+    mailbox: &MailboxRecord,
+    profile: &ProfileRecord,
+) -> Result<Option<(DateTime<Utc>, String)>, StoreError> {
+    let limit = profile.spec.sends_per_minute;
+    if limit == 0 {
+        return Ok(None);
+    }
+    let now = ctx.clock.now();
+    let minute = chrono::Duration::minutes(1);
+    let (sent, first) = ctx.store.sent_since(mailbox.id, now - minute).await?;
+    if sent < limit {
+        return Ok(None);
+    }
+    Ok(Some((
+        first.unwrap_or(now) + minute,
+        format!(
+            "waiting: {sent} emails went out in the last minute, the profile's sends_per_minute"
+        ),
+    )))
 }
 
 /// Retry later with backoff (2 s, 4 s, … capped at 15 min), or give up.

@@ -295,12 +295,8 @@ async fn a_reused_key_is_a_409_and_the_limits_answer_429_with_retry_after() {
     w.app.stop().await.unwrap();
 }
 
-/// Exchange Online's answer to a mailbox holding more than 3 SMTP connections, or sending
-/// faster than it allows.
-const EXCHANGE_BUSY: &[u8] = b"432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded\r\n";
-
-#[tokio::test]
-async fn a_432_4_3_2_from_the_provider_is_a_wait_not_a_failed_attempt() {
+/// A world whose engine runs on a clock the test moves.
+async fn world_on_a_clock() -> (MailWorld, std::sync::Arc<mailbridge_testkit::ManualClock>) {
     let clock = std::sync::Arc::new(mailbridge_testkit::ManualClock::new());
     let w = MailWorld::start(AppOptions {
         clock: clock.clone(),
@@ -308,6 +304,16 @@ async fn a_432_4_3_2_from_the_provider_is_a_wait_not_a_failed_attempt() {
         ..AppOptions::default()
     })
     .await;
+    (w, clock)
+}
+
+/// Exchange Online's answer to a mailbox holding more than 3 SMTP connections, or sending
+/// faster than it allows.
+const EXCHANGE_BUSY: &[u8] = b"432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded\r\n";
+
+#[tokio::test]
+async fn a_432_4_3_2_from_the_provider_is_a_wait_not_a_failed_attempt() {
+    let (w, clock) = world_on_a_clock().await;
     // The submission server answers its first connection as Exchange Online does when busy.
     let proxy = mailbridge_testkit::CountingProxy::with_fault(
         w.dovecot.ports.submission,
@@ -426,4 +432,65 @@ async fn mail_goes_out_through_a_relay_without_a_login() {
         "{}",
         String::from_utf8_lossy(&relayed[0])
     );
+}
+
+#[tokio::test]
+async fn past_the_profiles_sends_per_minute_the_rest_wait_for_the_next_minute() {
+    let (w, clock) = world_on_a_clock().await;
+    let profile = w.password_profile("Paced").await;
+    let (status, p) = w
+        .api
+        .patch(
+            &w.app,
+            &format!("/api/v1/server-profiles/{profile}"),
+            &w.admin,
+            json!({"sends_per_minute": 2}),
+        )
+        .await;
+    assert_eq!(
+        (status, &p["sends_per_minute"]),
+        (StatusCode::OK, &json!(2)),
+        "{p}"
+    );
+    let mailbox = w
+        .mailbox(
+            "pw@example.com",
+            &w.ann_id,
+            &profile,
+            json!({"password": "hunter2", "incoming_method": "none"}),
+        )
+        .await;
+    w.enable_as_tested(&mailbox).await;
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let (status, _, email) = post(
+            &w,
+            &json!({"mailbox_id": mailbox, "to": [{"address": "bob@example.com"}],
+                    "subject": format!("Paced {n}"), "text_body": "One of three."}),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{email}");
+        ids.push(email["id"].as_str().unwrap().to_owned());
+    }
+    let third = email_once(&w, &ids[2], |e| {
+        e["send_reply"]
+            .as_str()
+            .is_some_and(|r| r.contains("sends_per_minute"))
+    })
+    .await;
+    assert_eq!(third["status"], "pending_send", "{third}");
+    assert_eq!(
+        third["send_attempts"], 0,
+        "waiting is not an attempt: {third}"
+    );
+    for id in &ids[..2] {
+        assert_eq!(email_view(&w, id).await["status"], "sent");
+    }
+    assert_eq!(w.dovecot.relayed().unwrap().len(), 2);
+    // The minute passes: the third goes out.
+    clock.advance(chrono::Duration::seconds(61));
+    let third = email_once(&w, &ids[2], |e| e["status"] == "sent").await;
+    assert_eq!(third["status"], "sent", "{third}");
+    assert_eq!(w.dovecot.relayed().unwrap().len(), 3);
 }

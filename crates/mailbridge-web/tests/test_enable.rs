@@ -596,3 +596,47 @@ async fn a_relay_without_login_is_checked_with_mail_from_and_rcpt_to_and_never_o
     assert_side(&m, "outgoing", "success", "", "");
     assert_eq!(m["enabled"], true, "{m:#}");
 }
+
+/// Exchange Online's answer to a login when Authenticated SMTP is off for the tenant.
+const SMTP_AUTH_DISABLED: &[u8] = b"535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information.\r\n";
+
+#[tokio::test]
+async fn microsoft_smtp_auth_turned_off_for_the_tenant_names_the_setting() {
+    let w = MailWorld::start(AppOptions::default()).await;
+    w.oauth
+        .set_mode(json!({"claims": "microsoft"}))
+        .await
+        .unwrap();
+    // Dovecot's submission service, its answer to every login replaced by Exchange Online's.
+    let proxy = CountingProxy::with_fault(
+        w.dovecot.ports.submission,
+        mailbridge_testkit::Fault::every(
+            mailbridge_testkit::Step::AnswerTo(b"AUTH "),
+            mailbridge_testkit::Action::Answer(SMTP_AUTH_DISABLED),
+        ),
+    )
+    .await
+    .unwrap();
+    let profile = w
+        .microsoft_like(
+            "Contoso",
+            w.imaps(),
+            json!({"host": "127.0.0.1", "port": proxy.port, "security": "none"}),
+            json!({}),
+        )
+        .await;
+    let mailbox = w
+        .mailbox("ann@example.com", &w.ann_id, &profile, json!({}))
+        .await;
+    w.sign_in(&mailbox, &w.ann).await;
+    let m = w.test(&mailbox, &w.ann).await;
+    assert_side(&m, "incoming", "success", "", "");
+    assert_side(
+        &m,
+        "outgoing",
+        "failure",
+        "SmtpClientAuthentication is disabled",
+        "tick Authenticated SMTP",
+    );
+    assert_eq!(proxy.fired(), 1);
+}

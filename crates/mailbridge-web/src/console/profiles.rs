@@ -226,6 +226,7 @@ fn values_of(spec: &ProfileSpec) -> FormValues {
     v.set("max_connections", spec.max_connections.to_string());
     v.set("daily_send_limit", spec.daily_send_limit.to_string());
     v.set("max_queued_emails", spec.max_queued_emails.to_string());
+    v.set("sends_per_minute", spec.sends_per_minute.to_string());
     v.set("folders", spec.folders.join(", "));
     v.set("append_sent", if spec.append_sent { "yes" } else { "no" });
     v.set(
@@ -383,6 +384,10 @@ fn groups(
         Field::text("daily_send_limit", "Emails each mailbox may send per day")
             .numeric()
             .help("Sending stops for the day past it. Gmail allows 500 (Google Workspace 2,000); Microsoft 365 10,000 recipients. Leave blank for 500 with Gmail, 10,000 otherwise.")
+            .from(v, e),
+        Field::text("sends_per_minute", "Emails each mailbox may send per minute")
+            .numeric()
+            .help("More wait for the next minute. 0 or blank: no limit (Microsoft 365 takes 30 a minute).")
             .from(v, e),
         Field::text("max_queued_emails", "Emails each mailbox may have waiting")
             .numeric()
@@ -619,6 +624,7 @@ fn draft_of(v: &FormValues, mode: Mode, errors: &mut FieldErrors) -> ProfileDraf
         process_emails_received_after: date,
         daily_send_limit: v.number("daily_send_limit", "The daily limit", errors),
         max_queued_emails: v.number("max_queued_emails", "The queue limit", errors),
+        sends_per_minute: v.number("sends_per_minute", "The per-minute limit", errors),
         // The edit form shows the stored folders: what it sends back is the new list.
         folders: (editing || v.opt("folders").is_some()).then(|| v.list("folders")),
         append_sent: match v.get("append_sent") {

@@ -62,6 +62,8 @@ pub struct ProfileView {
     daily_send_limit: u32,
     /// Emails each mailbox may have waiting to be sent at once.
     max_queued_emails: u32,
+    /// Emails each mailbox sends per minute at most (0: no limit).
+    sends_per_minute: u32,
     /// IMAP folders synchronized besides INBOX and the Sent folder.
     folders: Vec<String>,
     /// Whether a copy of each email sent is filed in the Sent folder (IMAP APPEND).
@@ -96,6 +98,7 @@ impl From<ProfileRecord> for ProfileView {
             process_emails_received_after: p.spec.process_emails_received_after,
             daily_send_limit: p.spec.daily_send_limit,
             max_queued_emails: p.spec.max_queued_emails,
+            sends_per_minute: p.spec.sends_per_minute,
             folders: p.spec.folders,
             append_sent: p.spec.append_sent,
             owner_user_id: p.owner_user_id,
