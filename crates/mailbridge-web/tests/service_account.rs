@@ -183,31 +183,45 @@ async fn refusals_name_the_step_in_the_google_admin_console() {
 }
 
 #[tokio::test]
-async fn the_token_endpoint_refuses_a_wrong_audience_and_a_clock_far_ahead() {
-    // The kit's verifier refuses an assertion meant for another token endpoint…
+async fn the_token_endpoint_refuses_a_wrong_audience_an_expired_assertion_and_a_clock_far_ahead() {
+    // The kit's verifier takes a good assertion and refuses…
     let w = MailWorld::start(AppOptions::default()).await;
     let key = w.oauth.service_account("example.com").await.unwrap();
     let account = mailbridge_sync::ServiceAccount::from_json(&key.to_string().into()).unwrap();
     let scopes = ["https://mail.google.com/".to_owned()];
-    let wrong = account
-        .assertion(
-            "ann@example.com",
-            &scopes,
-            "https://oauth2.googleapis.com/token",
-            mailbridge_core::Clock::now(&mailbridge_core::SystemClock),
-        )
+    let now = mailbridge_core::Clock::now(&mailbridge_core::SystemClock);
+    let ours = account.token_url().as_str();
+    let grant = |assertion: String| {
+        let url = account.token_url().clone();
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .form(&[
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                    ("assertion", assertion.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap();
+            (resp.status(), resp.text().await.unwrap())
+        }
+    };
+    let right = account
+        .assertion("ann@example.com", &scopes, ours, now)
         .unwrap();
-    let resp = reqwest::Client::new()
-        .post(account.token_url().clone())
-        .form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-            ("assertion", &wrong),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert!(resp.text().await.unwrap().contains("invalid_grant"));
+    assert_eq!(grant(right).await.0, StatusCode::OK, "the control case");
+    // …another token endpoint's audience, an hour-old assertion that has expired:
+    for (what, aud, at) in [
+        ("wrong aud", "https://oauth2.googleapis.com/token", now),
+        ("expired exp", ours, now - chrono::Duration::hours(2)),
+    ] {
+        let assertion = account
+            .assertion("ann@example.com", &scopes, aud, at)
+            .unwrap();
+        let (status, body) = grant(assertion).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+        assert!(body.contains("invalid_grant"), "{what}: {body}");
+    }
 
     // …and Mailbridge, on a clock two hours ahead, is told to check its clock.
     let clock = Arc::new(ManualClock::new());
