@@ -517,17 +517,6 @@ impl Store {
         ))
     }
 
-    /// Seconds since the least recently synced enabled mailbox last synced (for `/metrics`);
-    /// `None` when no enabled mailbox has synced yet.
-    pub async fn max_sync_lag_seconds(&self) -> Result<Option<f64>> {
-        let (oldest,): (Option<i64>,) = sqlx::query_as(
-            "SELECT MIN(last_sync_at) FROM mailboxes WHERE enabled = 1 AND incoming_method <> 'none'",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(oldest.map(|t| (self.now_ms() - t).max(0) as f64 / 1000.0))
-    }
-
     /// How many emails a mailbox holds.
     pub async fn count_emails(&self, mailbox: MailboxId) -> Result<i64> {
         let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM emails WHERE mailbox_id = $1")

@@ -32,10 +32,48 @@ pub struct MailboxRecord {
     pub lease: Option<(String, DateTime<Utc>)>,
 }
 
+/// Mailboxes per statement when recording that they are current.
+const CURRENT_PER_STATEMENT: usize = 500;
+
+impl Store {
+    /// Records that these mailboxes were current (a pass ended without error at the time
+    /// given): one statement per 500 mailboxes, each batch at its oldest time, so a
+    /// mailbox is never shown more current than it was; a later time never goes back.
+    pub async fn record_current(&self, confirmed: &[(MailboxId, DateTime<Utc>)]) -> Result<()> {
+        for chunk in confirmed.chunks(CURRENT_PER_STATEMENT) {
+            let Some(at) = chunk.iter().map(|(_, at)| *at).min() else {
+                continue;
+            };
+            let ids = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let time = format!("${}", chunk.len() + 1);
+            let greatest = match self.backend {
+                crate::Backend::Sqlite => "MAX",
+                crate::Backend::Postgres => "GREATEST",
+            };
+            let sql = format!(
+                "UPDATE mailboxes SET current_at = {greatest}(COALESCE(current_at, 0), {time}) WHERE id IN ({ids})"
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (id, _) in chunk {
+                q = q.bind(id.to_string());
+            }
+            let mut tx = self.begin_write().await?;
+            q.bind(at.timestamp_millis()).execute(&mut *tx).await?;
+            self.commit(tx).await?;
+        }
+        Ok(())
+    }
+}
+
 /// How the mailbox's synchronization is going.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncStatus {
     pub last_sync_at: Option<DateTime<Utc>>,
+    /// When a pass last ended without error, new mail or not: the mailbox was current then.
+    pub current_at: Option<DateTime<Utc>>,
     /// Email records stored so far.
     pub items_processed: i64,
     /// Failed sync attempts so far.
@@ -101,6 +139,7 @@ struct MailboxRow {
     outgoing_tested_at: Option<i64>,
     enabled: i64,
     last_sync_at: Option<i64>,
+    current_at: Option<i64>,
     items_processed: i64,
     items_failed: i64,
     last_sync_error: Option<String>,
@@ -118,7 +157,7 @@ const MAILBOX_SELECT: &str = "SELECT m.id, m.owner_user_id, m.email, m.profile_i
      CASE WHEN m.password IS NULL THEN 0 ELSE 1 END AS password_set, \
      m.incoming_status, m.incoming_status_reason, m.incoming_status_hint, m.incoming_tested_at, \
      m.outgoing_status, m.outgoing_status_reason, m.outgoing_status_hint, m.outgoing_tested_at, \
-     m.enabled, m.last_sync_at, m.items_processed, m.items_failed, m.last_sync_error, m.paused_until, \
+     m.enabled, m.last_sync_at, m.current_at, m.items_processed, m.items_failed, m.last_sync_error, m.paused_until, \
      CASE WHEN t.mailbox_id IS NULL THEN 'not_signed_in' \
      WHEN t.invalid_since IS NOT NULL THEN 'needs_sign_in' ELSE 'signed_in' END AS sign_in_status, \
      t.account_email AS signed_in_as, m.created_at, m.updated_at, \
@@ -163,6 +202,7 @@ impl TryFrom<MailboxRow> for MailboxRecord {
             password_set: r.password_set != 0,
             sync: SyncStatus {
                 last_sync_at: r.last_sync_at.map(time_from_ms),
+                current_at: r.current_at.map(time_from_ms),
                 items_processed: r.items_processed,
                 items_failed: r.items_failed,
                 last_error: r.last_sync_error,

@@ -55,6 +55,9 @@ pub struct EngineConfig {
     /// while INBOX waits in IDLE: IDLE watches only the open folder, so this bounds how late
     /// mail sent from the user's own client appears.
     pub folder_check: Duration,
+    /// How often this node writes which of its mailboxes were current (their `current_at`,
+    /// shown as each mailbox's lag): one statement per 500 of them each time.
+    pub currency_flush: Duration,
     /// Transient failures in a row before a mailbox is disabled.
     pub max_failures: u32,
     pub backoff_base: Duration,
@@ -97,6 +100,7 @@ impl Default for EngineConfig {
             full_check: Duration::from_secs(25 * 60),
             idle_refresh: Duration::from_secs(60),
             folder_check: Duration::from_secs(20),
+            currency_flush: Duration::from_secs(15),
             max_failures: 10,
             backoff_base: Duration::from_secs(2),
             backoff_cap: Duration::from_secs(15 * 60),
@@ -179,6 +183,7 @@ impl Engine {
         tracing::info!(node = %node, name = %self.config.node_name, group = %self.config.node_group, "node registered");
         let sender = tokio::spawn(self.clone().send_loop(node.clone(), shutdown.clone()));
         let housekeeper = tokio::spawn(self.clone().housekeeping(shutdown.clone()));
+        let currency = tokio::spawn(self.clone().write_currency(shutdown.clone()));
         let webhooks = match crate::webhooks::Deliverer::new(self.config.webhooks.clone()) {
             Ok(deliverer) => Some(tokio::spawn(crate::webhooks::run(
                 self.store.clone(),
@@ -198,6 +203,9 @@ impl Engine {
         let mut renewed_at = Instant::now();
         loop {
             workers.retain(|_, (_, w)| !w.is_finished());
+            self.metrics
+                .currency
+                .retain(|mailbox| workers.contains_key(mailbox));
             let asked_at = Instant::now();
             let balanced = tokio::time::timeout(
                 self.config.lease_ttl / 3,
@@ -216,6 +224,7 @@ impl Engine {
                     }
                     sender.abort();
                     housekeeper.abort();
+                    currency.abort();
                     if let Some(w) = &webhooks {
                         w.abort();
                     }
@@ -245,6 +254,9 @@ impl Engine {
                             node: node.clone(),
                             epoch: lease.epoch,
                         };
+                        self.metrics
+                            .currency
+                            .working(lease.mailbox, self.clock.now());
                         workers.insert(
                             lease.mailbox,
                             (
@@ -286,6 +298,7 @@ impl Engine {
         }
         let _ = sender.await;
         let _ = housekeeper.await;
+        let _ = currency.await;
         if let Some(w) = webhooks {
             let _ = w.await;
         }
@@ -293,6 +306,26 @@ impl Engine {
             tracing::warn!(error = %e, "cannot release this node's leases; they expire on their own");
         }
         tracing::info!("sync engine stopped");
+    }
+
+    /// Writes which mailboxes were current, every `currency_flush`, until shutdown (and once
+    /// more then).
+    async fn write_currency(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let stopping = tokio::select! {
+                _ = tokio::time::sleep(self.config.currency_flush) => false,
+                _ = shutdown.wait_for(|stop| *stop) => true,
+            };
+            let confirmed = self.metrics.currency.take_unwritten();
+            if !confirmed.is_empty()
+                && let Err(e) = self.store.record_current(&confirmed).await
+            {
+                tracing::warn!(error = %e, mailboxes = confirmed.len(), "cannot record which mailboxes are current; the next round will");
+            }
+            if stopping {
+                return;
+            }
+        }
     }
 
     /// Sends queued outgoing mail until shutdown.
@@ -381,8 +414,9 @@ impl Engine {
             let record = match self.store.get_mailbox(mailbox).await {
                 Ok(m) if !m.enabled => return,
                 Ok(m) if !m.spec.incoming_method.is_synchronized() => {
-                    // Outgoing only: the lease is held for sending, there is nothing to read.
-                    // Look again later, in case incoming is turned on.
+                    // Outgoing only: the lease is held for sending, there is nothing to read
+                    // (nor a lag to count). Look again later, in case incoming is turned on.
+                    self.metrics.currency.stopped(mailbox);
                     tokio::select! {
                         _ = tokio::time::sleep(self.config.scan_interval) => continue,
                         _ = shutdown.wait_for(|stop| *stop) => return,
@@ -610,6 +644,9 @@ impl Engine {
                     }
                 };
                 *failures = 0;
+                self.metrics
+                    .currency
+                    .confirmed(mailbox.id, self.clock.now());
                 self.metrics.messages_synced.inc_by(report.stored as u64);
                 tracing::debug!(mailbox = %mailbox.id, ?report, "polled");
             }
@@ -622,6 +659,9 @@ impl Engine {
             let folders = mailbox_folders(&mut s, mailbox, profile, &mut options).await?;
             let report = sync_folders(&self.store, &mut s, mailbox, &folders, &options).await?;
             *failures = 0;
+            self.metrics
+                .currency
+                .confirmed(mailbox.id, self.clock.now());
             self.metrics
                 .messages_synced
                 .inc_by(report.sync.stored as u64);
@@ -684,6 +724,9 @@ impl Engine {
             let report =
                 sync_folders(&self.store, &mut session, &current, &folders, &options).await?;
             *failures = 0;
+            self.metrics
+                .currency
+                .confirmed(mailbox.id, self.clock.now());
             self.metrics
                 .messages_synced
                 .inc_by(report.sync.stored as u64);

@@ -2,6 +2,7 @@
 //! access token ([`TokenService`]), and "Test & Enable Mailbox" ([`Tester`]). The scheduler
 //! and the incoming/outgoing sync build on them.
 
+pub mod currency;
 pub mod engine;
 pub mod flags;
 pub mod incoming;

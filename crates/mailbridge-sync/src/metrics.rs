@@ -24,6 +24,8 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// Mailbox leases this node holds now.
     pub leases: Gauge,
+    /// When each mailbox this node works last confirmed it was current.
+    pub currency: crate::currency::Currency,
 }
 
 impl Default for Metrics {
@@ -66,14 +68,16 @@ impl Default for Metrics {
             sends,
             connections_open,
             leases,
+            currency: crate::currency::Currency::default(),
         }
     }
 }
 
 impl Metrics {
-    /// The text exposition, with the sync lag (seconds since the least recently synced
-    /// enabled mailbox was last synced) measured by the caller at scrape time.
-    pub fn render(&self, sync_lag_seconds: Option<f64>) -> String {
+    /// The text exposition, with this node's sync lag at `now`: seconds since the least
+    /// recently confirmed of the mailboxes it works was last known current.
+    pub fn render(&self, now: chrono::DateTime<chrono::Utc>) -> String {
+        let sync_lag_seconds = self.currency.lag_seconds(now);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -81,7 +85,7 @@ impl Metrics {
         // `# EOF` must stay last; the lag gauge goes before it.
         let body = out.trim_end().trim_end_matches("# EOF").to_owned();
         let mut text = body;
-        text.push_str("# HELP mailbridge_sync_lag_seconds Seconds since the least recently synced enabled mailbox last synced.\n");
+        text.push_str("# HELP mailbridge_sync_lag_seconds Seconds since the least recently confirmed mailbox this node works was last known current (a sync pass without error, new mail or not).\n");
         text.push_str("# TYPE mailbridge_sync_lag_seconds gauge\n");
         text.push_str(&format!(
             "mailbridge_sync_lag_seconds {}\n",

@@ -230,12 +230,7 @@ async fn delivered_mail_appears_with_its_fields_and_new_mail_arrives_under_idle(
     assert_eq!(rest["emails"][0]["subject"], "new");
     assert!(rest["next_cursor"].is_null());
 
-    let metrics = reqwest::get(format!("{}/metrics", w.app.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&w).await;
     assert!(
         metrics.contains("mailbridge_messages_synced_total 3"),
         "{metrics}"
@@ -534,12 +529,7 @@ async fn outgoing_mail_is_sent_once_and_its_replies_join_the_conversation() {
     let message_id = sent["message_id"].as_str().unwrap().to_owned();
     let relayed = w.dovecot.relayed().unwrap();
     assert_eq!(relayed.len(), 1, "sent exactly once");
-    let metrics = reqwest::get(format!("{}/metrics", w.app.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&w).await;
     assert!(
         metrics.contains("mailbridge_sends_total{kind=\"sent\"} 1"),
         "{metrics}"
@@ -1484,4 +1474,72 @@ async fn gmail_labels_and_flags_follow_and_one_message_stays_one_record() {
     assert_eq!(deleted[0]["data"]["email"]["id"], lunch.as_str());
     w.assert_healthy(&mailbox).await;
     w.app.stop().await.unwrap();
+}
+
+/// The node's `mailbridge_sync_lag_seconds` and each mailbox's `lag_seconds` are the time
+/// since it was last known current: a quiet mailbox whose passes find nothing new stays at
+/// a few seconds (before, an up-to-date pass never recorded itself, so quiet mailboxes
+/// looked ever later), and a mailbox whose server is gone falls behind for all to see.
+#[tokio::test]
+async fn a_quiet_mailbox_stays_current_and_one_whose_server_is_gone_falls_behind() {
+    let w = MailWorld::start(AppOptions {
+        engine: Some(EngineConfig {
+            idle_refresh: Duration::from_secs(1),
+            currency_flush: Duration::from_millis(200),
+            mail_timeout: Duration::from_secs(2),
+            max_failures: 1000,
+            ..fast_engine()
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    // Plain IMAP, so that a refused connection is a lost connection (transient), not a
+    // failed TLS handshake: the mailbox keeps being worked, and keeps failing.
+    let proxy = CountingProxy::start(w.dovecot.ports.imap).await.unwrap();
+    let imap =
+        json!({"protocol": "imap", "host": "127.0.0.1", "port": proxy.port, "security": "none"});
+    let (_, mailbox) = w.ann_enabled_via(imap, json!({})).await;
+    let path = format!("/api/v1/mailboxes/{mailbox}");
+    w.poll(&path, &w.ann, 15, "a first pass", |m| {
+        m["current_at"].is_string()
+    })
+    .await;
+    // Quiet for a while: no mail at all, and still current.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, m) = w.api.get(&w.app, &path, &w.ann).await;
+    let lag = m["lag_seconds"].as_i64().unwrap();
+    assert!(lag <= 2, "a quiet, healthy mailbox is current: {m:#}");
+    let node_lag = |text: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("mailbridge_sync_lag_seconds "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let metrics = scrape(&w).await;
+    assert!(node_lag(&metrics) <= 2.0, "{metrics}");
+
+    // The server goes away (the open session goes silent, new ones are refused): nothing
+    // confirms the mailbox any more, and both lags grow.
+    proxy.set_down(true);
+    proxy.stall();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (_, m) = w.api.get(&w.app, &path, &w.ann).await;
+    assert!(
+        m["lag_seconds"].as_i64().unwrap() >= 4,
+        "a mailbox that cannot be reached falls behind: {m:#}"
+    );
+    let metrics = scrape(&w).await;
+    assert!(node_lag(&metrics) >= 4.0, "{metrics}");
+    w.app.stop().await.unwrap();
+}
+
+/// What `/metrics` says now.
+async fn scrape(w: &MailWorld) -> String {
+    reqwest::get(format!("{}/metrics", w.app.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

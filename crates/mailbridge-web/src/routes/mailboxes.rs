@@ -68,8 +68,13 @@ pub struct MailboxView {
     login_name: Option<String>,
     /// Password profiles: whether a password is stored (it is never returned).
     password_set: bool,
-    /// When the engine last finished a pass over this mailbox.
+    /// When the engine last finished a pass over this mailbox that stored something or failed.
     last_sync_at: Option<DateTime<Utc>>,
+    /// When the mailbox was last known current: a pass that ended without error, new mail
+    /// or not (written every 15 s by the node that works it).
+    current_at: Option<DateTime<Utc>>,
+    /// Seconds since `current_at`: how far behind the server the mailbox may be.
+    lag_seconds: Option<i64>,
     /// Email records stored so far.
     items_processed: i64,
     /// Failed sync attempts so far.
@@ -143,7 +148,7 @@ pub(crate) async fn views(
         .into_iter()
         .map(|m| {
             let f = folders.remove(&m.id).unwrap_or_default();
-            MailboxView::new(m, f)
+            MailboxView::new(m, f, state.store.now())
         })
         .collect())
 }
@@ -156,11 +161,11 @@ async fn view(state: &AppState, mailbox: MailboxRecord) -> Result<MailboxView, A
         .await?
         .remove(&mailbox.id)
         .unwrap_or_default();
-    Ok(MailboxView::new(mailbox, folders))
+    Ok(MailboxView::new(mailbox, folders, state.store.now()))
 }
 
 impl MailboxView {
-    fn new(m: MailboxRecord, folders: Vec<FolderProgress>) -> Self {
+    fn new(m: MailboxRecord, folders: Vec<FolderProgress>, now: DateTime<Utc>) -> Self {
         Self {
             id: m.id,
             owner_user_id: m.spec.owner_user_id,
@@ -184,6 +189,8 @@ impl MailboxView {
             login_name: m.spec.login_name,
             password_set: m.password_set,
             last_sync_at: m.sync.last_sync_at,
+            current_at: m.sync.current_at,
+            lag_seconds: m.sync.current_at.map(|t| (now - t).num_seconds().max(0)),
             items_processed: m.sync.items_processed,
             items_failed: m.sync.items_failed,
             last_sync_error: m.sync.last_error,
