@@ -236,7 +236,7 @@ impl SmtpSession {
         recipients: &[String],
         message: &[u8],
     ) -> Result<SendReport, ProtoError> {
-        self.refuse_unsafe_addresses(from, recipients)?;
+        self.refuse_unsafe_addresses(from, recipients.iter().map(String::as_str))?;
         let reply = self
             .command(&format!("MAIL FROM:<{from}>"), "send MAIL FROM")
             .await?;
@@ -304,7 +304,7 @@ impl SmtpSession {
     /// and RCPT TO, then RSET (RFC 5321 §4.1.1.5) ends the transaction. How Test & Enable
     /// checks a relay that needs no login.
     pub async fn check_relay(&mut self, from: &str, to: &str) -> Result<(), ProtoError> {
-        self.refuse_unsafe_addresses(from, std::slice::from_ref(&to.to_owned()))?;
+        self.refuse_unsafe_addresses(from, [to])?;
         self.expect(&format!("MAIL FROM:<{from}>"), "send MAIL FROM", 250)
             .await?;
         let rcpt = self
@@ -320,7 +320,11 @@ impl SmtpSession {
 
     /// Every address is checked before the first is sent: a transaction is never begun for
     /// a message that cannot be sent as asked.
-    fn refuse_unsafe_addresses(&self, from: &str, recipients: &[String]) -> Result<(), ProtoError> {
+    fn refuse_unsafe_addresses<'a>(
+        &self,
+        from: &str,
+        recipients: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ProtoError> {
         refuse_line_breaks(
             &self.conn.endpoint,
             "send MAIL FROM",

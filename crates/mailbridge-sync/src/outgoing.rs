@@ -181,15 +181,19 @@ async fn send_for_mailbox(
             }
             OutgoingAuth::None => {
                 let session = SmtpSession::connect(&endpoint, ctx.tls, ctx.client_name).await?;
-                // The mailbox's own login is still what files sent mail (IMAP), when it has one.
-                let credentials =
+                // The mailbox's own IMAP login is still what files sent mail in Sent and looks
+                // there for an unconfirmed send, when it has one; POP3 has no Sent folder.
+                let credentials = if profile.spec.incoming.protocol == IncomingProtocol::Imap {
                     match crate::login::credentials(store, ctx.tokens, &record, &profile).await {
                         Ok((c, _)) => Some(c),
                         Err(e) => {
                             tracing::debug!(%mailbox, error = %e, "no mailbox login beside the relay: sent mail is not filed in Sent");
                             None
                         }
-                    };
+                    }
+                } else {
+                    None
+                };
                 Ok((session, credentials))
             }
         }

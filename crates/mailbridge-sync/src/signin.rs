@@ -151,18 +151,18 @@ impl SignIn {
     }
 
     async fn provider(&self, mailbox: &MailboxRecord) -> Result<Provider, SignInError> {
-        let profile = self.store.get_profile(mailbox.spec.profile_id).await?;
-        if profile.spec.auth == AuthMethod::GoogleServiceAccount {
-            return Err(SignInError::NoSignInNeeded(mailbox.spec.email.to_string()));
-        }
-        crate::provider::for_profile(
+        let provider = crate::provider::for_profile(
             &self.store,
             &self.http,
             mailbox.spec.profile_id,
             &self.redirect_uri,
         )
         .await?
-        .ok_or_else(|| SignInError::NotOAuth(mailbox.spec.email.to_string()))
+        .ok_or_else(|| SignInError::NotOAuth(mailbox.spec.email.to_string()))?;
+        if provider.auth() == AuthMethod::GoogleServiceAccount {
+            return Err(SignInError::NoSignInNeeded(mailbox.spec.email.to_string()));
+        }
+        Ok(provider)
     }
 
     /// Begins a sign-in by `user` for `mailbox` (the caller checked they may): records a
