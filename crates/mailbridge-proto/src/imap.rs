@@ -379,6 +379,63 @@ impl ImapSession {
         })
     }
 
+    /// A folder's counters without opening it (`STATUS`): to see whether a folder other than
+    /// the one open changed, at the cost of one round trip.
+    pub async fn status(&mut self, folder: &str) -> Result<FolderStatus, ProtoError> {
+        let step = format!("status of {folder}");
+        let items = if self.has("CONDSTORE") {
+            "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)"
+        } else {
+            "(MESSAGES UIDNEXT UIDVALIDITY)"
+        };
+        let endpoint = self.endpoint.clone();
+        let session = &mut self.session;
+        let mailbox = imap_step(&endpoint, &step, &self.activity, async {
+            session
+                .status(folder, items)
+                .await
+                .map_err(|e| imap_error(&endpoint, &step, e, None))
+        })
+        .await?;
+        Ok(FolderStatus {
+            exists: mailbox.exists,
+            uid_validity: mailbox.uid_validity,
+            uid_next: mailbox.uid_next,
+            highest_modseq: mailbox.highest_modseq,
+        })
+    }
+
+    /// Asks the server to announce changes in `folders` while another is open (NOTIFY, RFC
+    /// 5465): new and expunged messages there then end an IDLE as a `STATUS` line, and need
+    /// not be polled for. `false` when the server has no NOTIFY or refuses it.
+    pub async fn notify_folders(&mut self, folders: &[&str]) -> Result<bool, ProtoError> {
+        if folders.is_empty() || !self.has("NOTIFY") {
+            return Ok(false);
+        }
+        let names: Vec<String> = folders.iter().map(|f| quoted(f)).collect();
+        let command = format!(
+            "NOTIFY SET (selected (MessageNew MessageExpunge FlagChange)) \
+             (mailboxes ({}) (MessageNew MessageExpunge FlagChange))",
+            names.join(" ")
+        );
+        let endpoint = self.endpoint.clone();
+        let session = &mut self.session;
+        let set = imap_step(&endpoint, "NOTIFY", &self.activity, async {
+            session
+                .run_command_and_check_ok(&command)
+                .await
+                .map_err(|e| imap_error(&endpoint, "NOTIFY", e, None))
+        })
+        .await;
+        match set {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.kind, ErrorKind::Rejected { .. } | ErrorKind::Protocol(_)) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The UIDs at or above `first` in the open folder (`UID SEARCH UID first:*`), ascending;
     /// with `since`, only messages received on or after that day (`SINCE`).
     pub async fn uids_from(
@@ -701,9 +758,26 @@ impl ImapSession {
             capabilities,
             activity,
         } = self;
+        // What the server said unasked before now about the open folder was answered by the
+        // pass before; what it says from here on is news (see after DONE). But a `STATUS`
+        // (NOTIFY's word for a change in another folder) that came during the pass is news
+        // the pass may have missed: no IDLE then, a change.
+        let mut elsewhere = false;
+        while let Ok(said) = session.unsolicited_responses.try_recv() {
+            elsewhere |= matches!(said, async_imap::types::UnsolicitedResponse::Status { .. });
+        }
+        if elsewhere {
+            let me = Self {
+                endpoint,
+                session,
+                capabilities,
+                activity,
+            };
+            return Ok((me, IdleOutcome::Changed));
+        }
         let mut handle = session.idle();
         imap_step(&endpoint, "start IDLE", &activity, async {
-            handle.init().await.map_err(|e| match e {
+            Box::pin(handle.init()).await.map_err(|e| match e {
                 // async-imap 0.12 reports the server's BAD to IDLE (a command it does not
                 // know) as a refused connection carrying the server's words.
                 ImapError::Io(io)
@@ -724,18 +798,22 @@ impl ImapSession {
             .catch_unwind()
             .await
             .map_err(|panic| unreadable(&endpoint, "wait in IDLE", panic.as_ref()))?;
-        let outcome = match waited {
+        let mut outcome = match waited {
             Ok(Ok(async_imap::extensions::idle::IdleResponse::NewData(_))) => IdleOutcome::Changed,
             Ok(Ok(_)) | Err(_) => IdleOutcome::TimedOut,
             Ok(Err(e)) => return Err(imap_error(&endpoint, "wait in IDLE", e, None)),
         };
         let session = imap_step(&endpoint, "end IDLE", &activity, async {
-            handle
-                .done()
+            Box::pin(handle.done())
                 .await
                 .map_err(|e| imap_error(&endpoint, "end IDLE", e, None))
         })
         .await?;
+        // Mail that arrived as the wait ended is announced between DONE and its answer
+        // (async-imap passes such lines on as unsolicited): a change all the same.
+        if session.unsolicited_responses.try_recv().is_ok() {
+            outcome = IdleOutcome::Changed;
+        }
         Ok((
             Self {
                 endpoint,
@@ -752,6 +830,11 @@ impl ImapSession {
         let logout = tokio::time::timeout(self.endpoint.timeout, self.session.logout());
         let _ = std::panic::AssertUnwindSafe(logout).catch_unwind().await;
     }
+}
+
+/// An IMAP quoted string (RFC 3501 §4.3).
+fn quoted(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// Hands async-imap's parser whole lines (a literal's content may still come in parts).

@@ -44,7 +44,7 @@ pub use folders::{
     ServerState,
 };
 pub use mailboxes::{MailboxRecord, SyncStatus, TestOutcome};
-pub use nodes::{Fence, Lease, NodeInfo};
+pub use nodes::{Balance, Fence, Lease, NodeInfo};
 pub use oauth::{NewOAuthState, OAuthState, SignInLink, StoredTokens, TokenSet};
 pub use outgoing::OutgoingEmail;
 pub use profiles::ProfileRecord;
@@ -338,6 +338,18 @@ impl Store {
             Backend::Postgres => {
                 pool_options
                     .max_connections(16)
+                    // A node paused in the middle of a transaction (a VM pause, SIGSTOP) would
+                    // hold its row locks for as long as it stays paused: its expired leases
+                    // could not be taken over, nor the node drained. Every transaction here
+                    // is a few statements with no waiting on anything else in between, so one
+                    // whose client says nothing for 10 s is ended by the server.
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("SET idle_in_transaction_session_timeout = '10s'")
+                                .await?;
+                            Ok(())
+                        })
+                    })
                     .connect_with(options)
                     .await?
             }

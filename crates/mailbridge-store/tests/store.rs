@@ -103,11 +103,19 @@ async fn on_sqlite_a_restarted_process_takes_over_at_once() {
     enabled_mailboxes(&store, 3).await;
     let ttl = std::time::Duration::from_secs(600);
     let crashed = store.register_node("box", "cloud").await.unwrap();
-    let old = store.balance_leases(&crashed, "cloud", ttl).await.unwrap();
+    let old = store
+        .balance_leases(&crashed, "cloud", ttl)
+        .await
+        .unwrap()
+        .leases;
     assert_eq!(old.len(), 3);
     // The process dies without releasing anything; the next one starts.
     let next = store.register_node("box", "cloud").await.unwrap();
-    let new = store.balance_leases(&next, "cloud", ttl).await.unwrap();
+    let new = store
+        .balance_leases(&next, "cloud", ttl)
+        .await
+        .unwrap()
+        .leases;
     assert_eq!(
         new.len(),
         3,
@@ -299,7 +307,7 @@ async fn a_lost_lease_fences_off_the_old_holders_writes(kind: TestDatabase) {
     let mailbox = enabled_mailboxes(&store, 1).await[0];
     let ttl = std::time::Duration::from_millis(300);
     let a = store.register_node("a", "cloud").await.unwrap();
-    let leases = store.balance_leases(&a, "cloud", ttl).await.unwrap();
+    let leases = store.balance_leases(&a, "cloud", ttl).await.unwrap().leases;
     assert_eq!(leases.len(), 1);
     let a_fence = Fence {
         node: a.clone(),
@@ -324,7 +332,11 @@ async fn a_lost_lease_fences_off_the_old_holders_writes(kind: TestDatabase) {
     // a stops renewing (paused); its lease runs out and b takes the mailbox.
     tokio::time::sleep(ttl * 2).await;
     let b = store.register_node("b", "cloud").await.unwrap();
-    let taken = store.balance_leases(&b, "cloud", ttl * 20).await.unwrap();
+    let taken = store
+        .balance_leases(&b, "cloud", ttl * 20)
+        .await
+        .unwrap()
+        .leases;
     assert_eq!(taken.len(), 1, "the expired lease is free to take");
     assert!(
         taken[0].epoch > a_fence.epoch,
@@ -382,13 +394,15 @@ async fn a_lost_lease_fences_off_the_old_holders_writes(kind: TestDatabase) {
             .balance_leases(&a, "cloud", ttl)
             .await
             .unwrap()
+            .leases
             .is_empty()
     );
-    // A clean stop hands the mailbox over at once.
+    // A clean stop hands the mailbox over at once, and leaves no other node to watch.
     store.stop_node(&b).await.unwrap();
     let back = store.balance_leases(&a, "cloud", ttl).await.unwrap();
-    assert_eq!(back.len(), 1);
-    assert!(back[0].epoch > b_fence.epoch);
+    assert_eq!(back.leases.len(), 1);
+    assert!(back.leases[0].epoch > b_fence.epoch);
+    assert_eq!(back.others_expire_in, None);
 }
 
 async fn nodes_claiming_at_once_never_share_a_mailbox(kind: TestDatabase) {
@@ -406,7 +420,11 @@ async fn nodes_claiming_at_once_never_share_a_mailbox(kind: TestDatabase) {
         for _ in 0..5 {
             let (store, node) = (store.clone(), node.clone());
             tasks.push(tokio::spawn(async move {
-                let leases = store.balance_leases(&node, "cloud", ttl).await.unwrap();
+                let leases = store
+                    .balance_leases(&node, "cloud", ttl)
+                    .await
+                    .unwrap()
+                    .leases;
                 (node, leases)
             }));
         }
@@ -429,7 +447,12 @@ async fn nodes_claiming_at_once_never_share_a_mailbox(kind: TestDatabase) {
     // Settle, then every mailbox is held by exactly one node, ten each.
     let mut held = std::collections::HashMap::new();
     for node in &nodes {
-        for lease in store.balance_leases(node, "cloud", ttl).await.unwrap() {
+        for lease in store
+            .balance_leases(node, "cloud", ttl)
+            .await
+            .unwrap()
+            .leases
+        {
             assert!(
                 held.insert(lease.mailbox, node.clone()).is_none(),
                 "mailbox {} leased twice",
@@ -441,6 +464,14 @@ async fn nodes_claiming_at_once_never_share_a_mailbox(kind: TestDatabase) {
     for node in &nodes {
         assert_eq!(held.values().filter(|n| *n == node).count(), 10);
     }
+    // Each node knows when the others' leases would run out were they to stop renewing:
+    // a lease time after the oldest of their heartbeats, which were just now.
+    let balance = store.balance_leases(&nodes[0], "cloud", ttl).await.unwrap();
+    let soon = balance.others_expire_in.unwrap();
+    assert!(
+        soon <= ttl && soon > ttl - std::time::Duration::from_secs(5),
+        "{soon:?}"
+    );
     // A drained node gives its share to the others.
     assert_eq!(store.set_draining("a", true).await.unwrap(), 1);
     assert!(
@@ -448,17 +479,20 @@ async fn nodes_claiming_at_once_never_share_a_mailbox(kind: TestDatabase) {
             .balance_leases(&nodes[0], "cloud", ttl)
             .await
             .unwrap()
+            .leases
             .is_empty()
     );
     let b = store
         .balance_leases(&nodes[1], "cloud", ttl)
         .await
         .unwrap()
+        .leases
         .len();
     let c = store
         .balance_leases(&nodes[2], "cloud", ttl)
         .await
         .unwrap()
+        .leases
         .len();
     assert_eq!((b, c), (15, 15));
 }
@@ -507,6 +541,7 @@ async fn the_outgoing_queue_takes_mailboxes_in_turns(kind: TestDatabase) {
             .balance_leases(&node, "cloud", ttl)
             .await
             .unwrap()
+            .leases
             .len(),
         3
     );
@@ -703,10 +738,10 @@ async fn leases_run_on_the_databases_clock_not_the_nodes() {
     let ttl = std::time::Duration::from_secs(30);
     let a = slow.register_node("a", "cloud").await.unwrap();
     let b = fast.register_node("b", "cloud").await.unwrap();
-    let held = slow.balance_leases(&a, "cloud", ttl).await.unwrap();
+    let held = slow.balance_leases(&a, "cloud", ttl).await.unwrap().leases;
     assert_eq!(held.len(), 1);
     // By b's clock a's lease ran out long ago; by the database's it has 30 s to go.
-    let taken = fast.balance_leases(&b, "cloud", ttl).await.unwrap();
+    let taken = fast.balance_leases(&b, "cloud", ttl).await.unwrap().leases;
     assert!(taken.is_empty(), "b took a live lease: {taken:?}");
     let fence = mailbridge_store::Fence {
         node: a.clone(),
@@ -780,6 +815,7 @@ async fn a_refused_batch_leaves_no_event_and_a_stored_one_exactly_its_own(kind: 
         .balance_leases(&node, "cloud", std::time::Duration::from_secs(30))
         .await
         .unwrap()
+        .leases
         .remove(0);
     let before = store.read_events(&all_events()).await.unwrap().next;
     // A writer whose lease is gone: the batch is refused, and with it every event it carried.

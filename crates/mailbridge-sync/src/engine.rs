@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailbridge_core::{AuthMethod, Clock, IncomingProtocol, MailboxId};
-use mailbridge_proto::imap::{IdleOutcome, ImapSession};
+use mailbridge_proto::imap::{FolderStatus, IdleOutcome, ImapSession};
 use mailbridge_proto::pop3::Pop3Session;
-use mailbridge_proto::{ErrorKind, ProtoError, TlsSettings};
+use mailbridge_proto::{Credentials, Endpoint, ErrorKind, ProtoError, TlsSettings};
 use mailbridge_store::{Fence, MailboxRecord, ProfileRecord, Store, StoreError};
 use tokio::sync::{Semaphore, watch};
 
@@ -31,6 +31,10 @@ use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::outgoing::{CLAIM_PER_ROUND, SendContext, send_due};
 use crate::tokens::{TokenError, TokenService};
+
+/// How long after another node's leases may have run out this node looks at them: clocks
+/// are the database's, so only the statement's own time separates the two.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(50);
 
 /// The longest a mailbox waits between tries while the database is down or full.
 const OUTAGE_RETRY_CAP: Duration = Duration::from_secs(10);
@@ -42,18 +46,20 @@ pub struct EngineConfig {
     /// The longest a session waits in IDLE before syncing anyway (RFC 2177 asks ≤ 29 min);
     /// `idle_refresh` ends the wait sooner when it is shorter.
     pub full_check: Duration,
-    /// How often an idling session ends IDLE (DONE), runs the incremental sync (an EXAMINE;
-    /// new UIDs only) and starts IDLE again, even when the server reported nothing. This is
+    /// How often an idling session ends IDLE (DONE) and starts it again, even when the
+    /// server reported nothing (a pass over the folders runs only when something changed or
+    /// one is due: other folders, a flag scan, `full_check`). This is
     /// what finds a connection that went silent without closing (a NAT or firewall that
-    /// forgot it, a middlebox that still acknowledges but passes nothing on): DONE or the
-    /// EXAMINE then gets no answer within `mail_timeout`, the session fails as transient and
+    /// forgot it, a middlebox that still acknowledges but passes nothing on): DONE then gets
+    /// no answer within `mail_timeout`, the session fails as transient and
     /// a new one logs in, so a silent connection is noticed within `idle_refresh` +
     /// `mail_timeout` (90 s by default). TCP keepalive (in `mailbridge_proto::net`) finds a
     /// peer that is gone for good, but not a path that still acknowledges.
     pub idle_refresh: Duration,
     /// How often the folders other than INBOX (Sent, the profile's folders) are checked
-    /// while INBOX waits in IDLE: IDLE watches only the open folder, so this bounds how late
-    /// mail sent from the user's own client appears.
+    /// (`STATUS`; a pass when their counters moved) while INBOX waits in IDLE: IDLE watches
+    /// only the open folder, so this bounds how late mail sent from the user's own client
+    /// appears — unless the server announces their changes (NOTIFY), when `full_check` does.
     pub folder_check: Duration,
     /// How often this node writes which of its mailboxes were current (their `current_at`,
     /// shown as each mailbox's lag): one statement per 500 of them each time.
@@ -62,9 +68,13 @@ pub struct EngineConfig {
     pub max_failures: u32,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
-    /// New workers start spread over this window, so a restart does not log in to every
-    /// mailbox in the same second.
+    /// New workers start spread over this window (none by default: `logins_per_second`
+    /// already spreads a start-up or a takeover).
     pub stagger: Duration,
+    /// At most this many sessions of this node log in each second, whatever the number of
+    /// mailboxes starting at once (a start-up, a takeover from a dead node): one every
+    /// 1/n s, in the order they ask. 0 = no bound.
+    pub logins_per_second: u32,
     /// Sync passes running at once over all profiles.
     pub global_limit: usize,
     /// Bound on connecting to a mail server and on every read from it.
@@ -104,7 +114,8 @@ impl Default for EngineConfig {
             max_failures: 10,
             backoff_base: Duration::from_secs(2),
             backoff_cap: Duration::from_secs(15 * 60),
-            stagger: Duration::from_secs(10),
+            stagger: Duration::ZERO,
+            logins_per_second: 100,
             global_limit: 64,
             mail_timeout: Duration::from_secs(30),
             max_message_bytes: mailbridge_proto::DEFAULT_MAX_MESSAGE_BYTES,
@@ -130,6 +141,8 @@ pub struct Engine {
     /// Shared with Test & Enable: every connection of a profile's mailboxes counts.
     limits: Arc<ConnectionLimits>,
     metrics: Arc<Metrics>,
+    /// This node's logins, `logins_per_second` at most.
+    pace: LoginPace,
 }
 
 /// How one attempt at working a mailbox ended without an error.
@@ -151,7 +164,9 @@ impl Engine {
         limits: Arc<ConnectionLimits>,
     ) -> Arc<Self> {
         let global = Semaphore::new(config.global_limit);
+        let pace = LoginPace::new(config.logins_per_second);
         Arc::new(Self {
+            pace,
             store,
             tokens,
             tls,
@@ -202,6 +217,7 @@ impl Engine {
         // Leases granted by a call run from before the call was made.
         let mut renewed_at = Instant::now();
         loop {
+            let next_balance;
             workers.retain(|_, (_, w)| !w.is_finished());
             self.metrics
                 .currency
@@ -230,8 +246,14 @@ impl Engine {
                     }
                     return;
                 }
-                Ok(Ok(leases)) => {
+                Ok(Ok(balance)) => {
                     renewed_at = asked_at;
+                    // Look again as soon as another node's leases may have run out (it died),
+                    // rather than up to a renewal period later.
+                    next_balance = balance
+                        .others_expire_in
+                        .map_or(renew_every, |t| (t + EXPIRY_MARGIN).min(renew_every));
+                    let leases = balance.leases;
                     self.metrics.leases.set(leases.len() as i64);
                     let held: HashMap<MailboxId, i64> =
                         leases.iter().map(|l| (l.mailbox, l.epoch)).collect();
@@ -269,6 +291,7 @@ impl Engine {
                     }
                 }
                 failed => {
+                    next_balance = renew_every;
                     let e = match failed {
                         Ok(Err(e)) => e.to_string(),
                         _ => format!("no answer within {:?}", self.config.lease_ttl / 3),
@@ -289,7 +312,7 @@ impl Engine {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(renew_every) => {}
+                _ = tokio::time::sleep(next_balance) => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
         }
@@ -407,11 +430,14 @@ impl Engine {
         let mut outage_waits = 0u32;
         let (max, window) = self.config.login_limit;
         let mut logins = LoginLimiter::new(max, window);
+        // This node's pace gave the next login its slot already (the record was read again
+        // after waiting for it, as settings may have changed meanwhile).
+        let mut paced = false;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let record = match self.store.get_mailbox(mailbox).await {
+            let record = match Box::pin(self.store.get_mailbox(mailbox)).await {
                 Ok(m) if !m.enabled => return,
                 Ok(m) if !m.spec.incoming_method.is_synchronized() => {
                     // Outgoing only: the lease is held for sending, there is nothing to read
@@ -437,6 +463,18 @@ impl Engine {
                     return;
                 }
             };
+            if !paced {
+                let wait = self.pace.slot(Instant::now());
+                if !wait.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    }
+                    paced = true;
+                    continue;
+                }
+            }
+            paced = false;
             let wait = logins.next_slot(Instant::now());
             if !wait.is_zero() {
                 tracing::info!(%mailbox, wait_ms = wait.as_millis() as u64, "logging in too often; waiting");
@@ -445,9 +483,11 @@ impl Engine {
                     _ = shutdown.wait_for(|stop| *stop) => return,
                 }
             }
-            let (result, auth) = match self.store.get_profile(record.spec.profile_id).await {
+            let (result, auth) = match Box::pin(self.store.get_profile(record.spec.profile_id))
+                .await
+            {
                 Ok(profile) => (
-                    self.pass(&record, &profile, &fence, &mut shutdown, &mut failures)
+                    Box::pin(self.pass(&record, &profile, &fence, &mut shutdown, &mut failures))
                         .await,
                     profile.spec.auth,
                 ),
@@ -489,10 +529,11 @@ impl Engine {
                             .unwrap_or_else(|_| chrono::Duration::hours(1));
                     tracing::warn!(%mailbox, error = %e, %until, "the provider says the account is over its limit; paused");
                     let why = format!("paused until {}: {e}", until.format("%Y-%m-%d %H:%M UTC"));
-                    match self
-                        .store
-                        .record_sync_pause(mailbox, until, &why, Some(&fence))
-                        .await
+                    match Box::pin(
+                        self.store
+                            .record_sync_pause(mailbox, until, &why, Some(&fence)),
+                    )
+                    .await
                     {
                         Err(StoreError::LeaseLost { .. }) => return,
                         Err(err) => {
@@ -516,10 +557,12 @@ impl Engine {
             } else {
                 tracing::warn!(%mailbox, error = %e, "sync refused; disabling the mailbox");
             }
-            let recorded = self
-                .store
-                .record_sync_error(mailbox, &e.to_string(), Some(&fence))
-                .await;
+            let recorded = Box::pin(self.store.record_sync_error(
+                mailbox,
+                &e.to_string(),
+                Some(&fence),
+            ))
+            .await;
             if matches!(recorded, Err(StoreError::LeaseLost { .. })) {
                 return;
             }
@@ -527,10 +570,11 @@ impl Engine {
             // mailboxes keeps retrying at the capped interval instead of being disabled.
             let held = transient
                 && failures >= self.config.max_failures
-                && match self
-                    .store
-                    .hold_for_outage(mailbox, &e.to_string(), Some(&fence))
-                    .await
+                && match Box::pin(
+                    self.store
+                        .hold_for_outage(mailbox, &e.to_string(), Some(&fence)),
+                )
+                .await
                 {
                     Ok(held) => held,
                     Err(StoreError::LeaseLost { .. }) => return,
@@ -574,10 +618,14 @@ impl Engine {
                 };
                 ("sync_stopped", e.to_string(), hint)
             };
-            let _ = self
-                .store
-                .disable_with_alert(mailbox, kind, &message, hint, Some(&fence))
-                .await;
+            let _ = Box::pin(self.store.disable_with_alert(
+                mailbox,
+                kind,
+                &message,
+                hint,
+                Some(&fence),
+            ))
+            .await;
             return;
         }
     }
@@ -586,6 +634,12 @@ impl Engine {
     /// due for refresh or `full_check` passes; or, when the profile has no connection to
     /// spare for one more IDLE session, one IMAP sync and the wait after it; or one POP3 pass
     /// and the wait after it. Every successful sync ends the mailbox's run of `failures`.
+    ///
+    /// The awaited work (login, the sync, IDLE, the database) is boxed here and in
+    /// [`Engine::work`]: an async fn's state is as large as its largest await, so without the
+    /// boxes each idling mailbox's task would keep room for a whole sync pass it is not
+    /// running (10.5 KiB per task against 8.2 KiB in a debug build, by `size_of_val`; at 10,000
+    /// mailboxes that is memory).
     async fn pass(
         &self,
         mailbox: &MailboxRecord,
@@ -594,8 +648,13 @@ impl Engine {
         shutdown: &mut watch::Receiver<bool>,
         failures: &mut u32,
     ) -> Result<Pass, SyncError> {
-        let (credentials, valid_until) =
-            crate::login::credentials(&self.store, &self.tokens, mailbox, profile).await?;
+        let (credentials, valid_until) = Box::pin(crate::login::credentials(
+            &self.store,
+            &self.tokens,
+            mailbox,
+            profile,
+        ))
+        .await?;
         let endpoint = crate::login::incoming(profile, self.config.mail_timeout)
             .with_max_message_bytes(self.config.max_message_bytes);
         let mut options = PassOptions {
@@ -626,19 +685,31 @@ impl Engine {
                 let _connection = self.metrics.connection();
                 let report = match profile.spec.incoming.protocol {
                     IncomingProtocol::Imap => {
-                        let mut s = ImapSession::login(&endpoint, &self.tls, &credentials).await?;
-                        let folders =
-                            mailbox_folders(&mut s, mailbox, profile, &mut options).await?;
-                        let report =
-                            sync_folders(&self.store, &mut s, mailbox, &folders, &options).await?;
-                        s.logout().await;
+                        let (s, _, report) = Box::pin(open_imap(
+                            &self.store,
+                            &endpoint,
+                            &self.tls,
+                            &credentials,
+                            mailbox,
+                            profile,
+                            &mut options,
+                        ))
+                        .await?;
+                        Box::pin(s.logout()).await;
                         report.sync
                     }
                     IncomingProtocol::Pop3 => {
-                        let mut s = Pop3Session::login(&endpoint, &self.tls, &credentials).await?;
-                        let report =
-                            sync_maildrop(&self.store, &mut s, mailbox, options.since, Some(fence))
+                        let mut s =
+                            Box::pin(Pop3Session::login(&endpoint, &self.tls, &credentials))
                                 .await?;
+                        let report = Box::pin(sync_maildrop(
+                            &self.store,
+                            &mut s,
+                            mailbox,
+                            options.since,
+                            Some(fence),
+                        ))
+                        .await?;
                         s.quit().await?;
                         report
                     }
@@ -655,9 +726,16 @@ impl Engine {
         let _connection = self.metrics.connection();
         let (mut session, folders) = {
             let _global = self.global_permit().await;
-            let mut s = ImapSession::login(&endpoint, &self.tls, &credentials).await?;
-            let folders = mailbox_folders(&mut s, mailbox, profile, &mut options).await?;
-            let report = sync_folders(&self.store, &mut s, mailbox, &folders, &options).await?;
+            let (s, folders, report) = Box::pin(open_imap(
+                &self.store,
+                &endpoint,
+                &self.tls,
+                &credentials,
+                mailbox,
+                profile,
+                &mut options,
+            ))
+            .await?;
             *failures = 0;
             self.metrics
                 .currency
@@ -672,29 +750,53 @@ impl Engine {
         // reports changes in INBOX as they happen).
         let scan_every = Duration::from_secs(u64::from(profile.spec.poll_interval_seconds));
         let mut scanned_at = tokio::time::Instant::now();
+        // The last pass over every folder, and the last look at the folders other than INBOX
+        // (what `STATUS` said of them then).
+        let mut synced_at = scanned_at;
+        let mut others_checked_at = scanned_at;
+        let mut others_seen: Option<Vec<FolderStatus>> = None;
         if !session.has("IDLE") {
             // A server without IDLE is polled, like POP3, at the profile's interval.
             tracing::debug!(mailbox = %mailbox.id, "the server does not offer IDLE: polling");
-            session.logout().await;
+            Box::pin(session.logout()).await;
             drop((idle_slot, _connection));
             return poll(shutdown).await;
+        }
+        // Where the server announces changes in the other folders (NOTIFY), they need not be
+        // looked at between the full checks.
+        let others: Vec<&str> = folders
+            .iter()
+            .filter(|f| f.name != imap::INBOX)
+            .map(|f| f.name.as_str())
+            .collect();
+        let folder_check = if Box::pin(session.notify_folders(&others)).await? {
+            self.config.full_check
+        } else {
+            self.config.folder_check
+        };
+        // The folders whose counters a quiet refresh compares. Gmail's IDLE announces new
+        // and expunged mail but not a change of labels (nor, reliably, of flags), so on Gmail
+        // INBOX is looked at the same way (its HIGHESTMODSEQ moves with every such change).
+        let mut watched = others.clone();
+        if session.has("X-GM-EXT-1") {
+            watched.push(imap::INBOX);
         }
         loop {
             // Leave the session before the token it logged in with expires.
             let left = valid_until.map(|t| (t - self.clock.now()).to_std().unwrap_or_default());
             let wait = left.map_or(self.config.full_check, |l| l.min(self.config.full_check));
             if wait.is_zero() {
-                session.logout().await;
+                Box::pin(session.logout()).await;
                 return Ok(Pass::Continue);
             }
             // Re-issued at least every `idle_refresh`, so a silent connection is found, and
             // every `folder_check` when other folders than INBOX are followed.
             let mut wait = wait.min(self.config.idle_refresh);
-            if folders.len() > 1 {
-                wait = wait.min(self.config.folder_check);
+            if !watched.is_empty() {
+                wait = wait.min(folder_check);
             }
             let idled = tokio::select! {
-                r = session.idle(wait) => r,
+                r = Box::pin(session.idle(wait)) => r,
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(Pass::Shutdown),
             };
             let (s, outcome) = match idled {
@@ -709,10 +811,35 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             };
             session = s;
+            // Nothing to tell, and the server answered DONE: INBOX is as the last pass left
+            // it and the connection is alive, so the mailbox is current without a pass —
+            // unless other folders, a flag scan (no CONDSTORE) or the full check are due. This
+            // keeps 10,000 idling mailboxes from costing a pass (round trips and reads of the
+            // database) each every `idle_refresh`.
+            let mut quiet = outcome == IdleOutcome::TimedOut
+                && synced_at.elapsed() < self.config.full_check
+                && (session.has("CONDSTORE") || scanned_at.elapsed() < scan_every);
+            if quiet && !watched.is_empty() && others_checked_at.elapsed() >= folder_check {
+                // The watched folders are due: a pass only if their counters moved.
+                let seen = Box::pin(statuses(&mut session, &watched)).await?;
+                quiet = seen.is_some() && seen == others_seen;
+                others_seen = seen;
+                others_checked_at = tokio::time::Instant::now();
+            }
+            if quiet {
+                self.metrics
+                    .currency
+                    .confirmed(mailbox.id, self.clock.now());
+                if left.is_some_and(|l| l <= wait) {
+                    Box::pin(session.logout()).await;
+                    return Ok(Pass::Continue);
+                }
+                continue;
+            }
             // Settings may have changed while idling (tracking rule, disabled).
-            let current = self.store.get_mailbox(mailbox.id).await?;
+            let current = Box::pin(self.store.get_mailbox(mailbox.id)).await?;
             if !current.enabled {
-                session.logout().await;
+                Box::pin(session.logout()).await;
                 return Ok(Pass::Continue);
             }
             let _global = self.global_permit().await;
@@ -721,8 +848,16 @@ impl Engine {
             if options.flag_scan {
                 scanned_at = tokio::time::Instant::now();
             }
-            let report =
-                sync_folders(&self.store, &mut session, &current, &folders, &options).await?;
+            let report = Box::pin(sync_folders(
+                &self.store,
+                &mut session,
+                &current,
+                &folders,
+                &options,
+            ))
+            .await?;
+            synced_at = tokio::time::Instant::now();
+            others_checked_at = synced_at;
             *failures = 0;
             self.metrics
                 .currency
@@ -732,7 +867,7 @@ impl Engine {
                 .inc_by(report.sync.stored as u64);
             tracing::debug!(mailbox = %mailbox.id, report = ?report.sync, ?outcome, "synced");
             if outcome == IdleOutcome::TimedOut && left.is_some_and(|l| l <= wait) {
-                session.logout().await;
+                Box::pin(session.logout()).await;
                 return Ok(Pass::Continue);
             }
         }
@@ -767,6 +902,22 @@ impl Engine {
     }
 }
 
+/// The start of every IMAP session: log in, find the folders, sync them.
+async fn open_imap(
+    store: &Store,
+    endpoint: &Endpoint,
+    tls: &TlsSettings,
+    credentials: &Credentials,
+    mailbox: &MailboxRecord,
+    profile: &ProfileRecord,
+    options: &mut PassOptions,
+) -> Result<(ImapSession, Vec<imap::Folder>, imap::MailboxReport), SyncError> {
+    let mut s = ImapSession::login(endpoint, tls, credentials).await?;
+    let folders = mailbox_folders(&mut s, mailbox, profile, options).await?;
+    let report = sync_folders(store, &mut s, mailbox, &folders, options).await?;
+    Ok((s, folders, report))
+}
+
 /// The folders a session synchronizes (see [`imap::folders`]): the profile's and the
 /// mailbox's own. On Gmail, the Sent folder is also where a message that leaves INBOX may
 /// still be.
@@ -788,6 +939,25 @@ async fn mailbox_folders(
         options.gmail_sent = folders.iter().find(|f| f.sent).map(|f| f.name.clone());
     }
     Ok(folders)
+}
+
+/// What `STATUS` says of each of `folders`, in order; `None` when the server refused one
+/// (deleted, renamed, or STATUS itself): the pass that follows finds out.
+async fn statuses(
+    session: &mut ImapSession,
+    folders: &[&str],
+) -> Result<Option<Vec<FolderStatus>>, SyncError> {
+    let mut seen = Vec::with_capacity(folders.len());
+    for folder in folders {
+        match session.status(folder).await {
+            Ok(status) => seen.push(status),
+            Err(e) if matches!(e.kind, ErrorKind::Rejected { .. } | ErrorKind::Protocol(_)) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Some(seen))
 }
 
 /// Whether a failed IDLE was the server refusing the command (NO, or BAD: a command it does
@@ -832,6 +1002,40 @@ impl LoginLimiter {
     }
 }
 
+/// A node's logins, one every `1 / per_second` s at most, in the order they ask (a generic
+/// cell rate without burst: a start-up of 10,000 mailboxes at 100 a second takes 100 s, evenly).
+struct LoginPace {
+    interval: Duration,
+    next: std::sync::Mutex<Option<Instant>>,
+}
+
+impl LoginPace {
+    fn new(per_second: u32) -> Self {
+        let interval = match per_second {
+            0 => Duration::ZERO,
+            n => Duration::from_secs(1) / n,
+        };
+        Self {
+            interval,
+            next: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// How long to wait before the login wanted at `now`; that slot is taken.
+    fn slot(&self, now: Instant) -> Duration {
+        if self.interval.is_zero() {
+            return Duration::ZERO;
+        }
+        let mut next = self
+            .next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slot = next.map_or(now, |n| n.max(now));
+        *next = Some(slot + self.interval);
+        slot - now
+    }
+}
+
 /// A pseudo-random share of `window`, stable for a mailbox and a round.
 fn spread(mailbox: MailboxId, round: u32, window: Duration) -> Duration {
     let ms = window.as_millis() as u64;
@@ -864,6 +1068,23 @@ mod tests {
         let mut calm = LoginLimiter::new(3, minute);
         for k in 0..10 {
             assert_eq!(calm.next_slot(t0 + s(25 * k)), Duration::ZERO, "login {k}");
+        }
+    }
+
+    #[test]
+    fn the_pace_gives_each_login_its_own_slot_and_no_credit_for_quiet_times() {
+        let s = Duration::from_millis;
+        let t0 = Instant::now();
+        let pace = LoginPace::new(100);
+        assert_eq!(pace.slot(t0), Duration::ZERO);
+        assert_eq!(pace.slot(t0), s(10));
+        assert_eq!(pace.slot(t0 + s(5)), s(15));
+        // After a quiet second, the next login goes at once, and the one after waits again.
+        assert_eq!(pace.slot(t0 + s(1000)), Duration::ZERO);
+        assert_eq!(pace.slot(t0 + s(1000)), s(10));
+        let unbounded = LoginPace::new(0);
+        for _ in 0..3 {
+            assert_eq!(unbounded.slot(t0), Duration::ZERO);
         }
     }
 

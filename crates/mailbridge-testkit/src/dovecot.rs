@@ -161,7 +161,9 @@ impl Dovecot {
         };
         std::fs::write(
             root.join("dovecot.conf"),
-            config(root, &ports, sink_port, mechanisms) + extra_config,
+            config(root, &ports, sink_port, mechanisms)
+                + &scale(password_users.len())
+                + extra_config,
         )?;
         if !Path::new(AIOSMTPD).exists() {
             bail!(
@@ -189,6 +191,12 @@ impl Dovecot {
         me.wait_ready(&[me.ports.imap, me.ports.pop3, me.ports.submission])?;
         me.wait_ready(&[sink_port])?;
         Ok(me)
+    }
+
+    /// The Dovecot master process's id (its services are its children), for benchmarks that
+    /// measure the mail server's share beside Mailbridge's.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Adds a password user, so a test can give each case an account of its own on one
@@ -255,7 +263,8 @@ impl Dovecot {
 
     /// Another mail client, not Mailbridge's code: Python's `imaplib` logs in over IMAPS as
     /// a password user, SELECTs `folder` and runs `commands` — each `UID <args…>` (e.g.
-    /// `UID STORE 3 +FLAGS (\Flagged)`) or `EXPUNGE` — failing on any answer but OK.
+    /// `UID STORE 3 +FLAGS (\Flagged)`), `EXPUNGE`, or `APPEND <message>` (into `folder`,
+    /// as a mail program files what it sent) — failing on any answer but OK.
     /// How a user changes their mailbox from their own mail program.
     pub fn other_client(
         &self,
@@ -276,6 +285,8 @@ assert typ == "OK", (typ, data)
 for c in json.loads(commands):
     if c == "EXPUNGE":
         typ, data = m.expunge()
+    elif c.startswith("APPEND "):
+        typ, data = m.append('"%s"' % folder, None, None, c[len("APPEND "):].encode())
     else:
         args = c.split(" ", 3)
         assert args[0] == "UID", c
@@ -428,6 +439,26 @@ impl Drop for Dovecot {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Room for thousands of IMAP sessions at once (the scale benchmarks), when there are that
+/// many users: with one process per session, 10,000 sessions would be 20,000 processes
+/// (login and IMAP), beyond what this machine's `pid_max` leaves. So login processes serve
+/// many connections each (Dovecot's "high-performance" mode, which also proxies their TLS),
+/// and each IMAP process serves 25 sessions (possible because every user has one system
+/// user, `nobody`).
+fn scale(users: usize) -> String {
+    if users <= 1000 {
+        return String::new();
+    }
+    let sessions = users + 200;
+    let imap_processes = sessions / 25 + 10;
+    format!(
+        "default_client_limit = {sessions}\n\
+         service imap {{\n  service_count = 0\n  client_limit = 25\n  process_limit = {imap_processes}\n}}\n\
+         service imap-login {{\n  service_count = 0\n  process_min_avail = 2\n  \
+         client_limit = {sessions}\n  vsz_limit = 1G\n}}\n"
+    )
 }
 
 fn config(root: &Path, p: &Ports, sink: u16, mechanisms: &str) -> String {

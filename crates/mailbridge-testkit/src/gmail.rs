@@ -383,6 +383,31 @@ async fn serve(
                      {tag} OK [READ-ONLY] {rest} selected. (Success)\r\n"
                 )
             }
+            // Gmail answers STATUS for any folder, the open one included; its HIGHESTMODSEQ
+            // is that of the folder's most recently changed message (flags or labels).
+            "STATUS" if authenticated => {
+                let name = rest
+                    .rsplit_once(" (")
+                    .map_or(rest, |(name, _)| name)
+                    .trim_matches('"')
+                    .to_owned();
+                let validity = FOLDERS
+                    .iter()
+                    .find(|(n, _, _)| n.eq_ignore_ascii_case(&name))
+                    .map_or(1, |(_, _, v)| *v);
+                let mailbox = limits
+                    .mailbox
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let inside = mailbox.folder(&name);
+                let modseq = inside.iter().map(|(_, m)| m.modseq).max().unwrap_or(1);
+                let next = mailbox.uid_next.get(name.as_str()).copied().unwrap_or(1);
+                format!(
+                    "* STATUS \"{name}\" (MESSAGES {} UIDNEXT {next} UIDVALIDITY {validity} HIGHESTMODSEQ {modseq})\r\n\
+                     {tag} OK Success\r\n",
+                    inside.len()
+                )
+            }
             "LIST" if authenticated => format!(
                 "* LIST (\\HasNoChildren) \"/\" \"INBOX\"\r\n\
                  * LIST (\\HasChildren \\Noselect) \"/\" \"[Gmail]\"\r\n\

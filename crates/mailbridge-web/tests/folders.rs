@@ -88,6 +88,18 @@ fn in_anns_client(dovecot: &Dovecot, commands: &[&str]) {
         .unwrap();
 }
 
+/// Ann's own mail program files `message` in Sent (APPEND), as after sending it.
+fn filed_in_sent_by_anns_client(dovecot: &Dovecot, message: &str) {
+    dovecot
+        .other_client(
+            "ann@example.com",
+            "hunter2",
+            "Sent",
+            &[&format!("APPEND {message}")],
+        )
+        .unwrap();
+}
+
 /// The events of `types` for the mailbox, oldest first.
 async fn events(w: &MailWorld, mailbox: &str, types: &str) -> Vec<Value> {
     let path = format!("/api/v1/events?after=0&types={types}&mailbox_id={mailbox}&limit=500");
@@ -113,7 +125,19 @@ fn maildir_files(dovecot: &Dovecot, user: &str, folder: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn mail_the_user_sent_from_their_own_client_is_outgoing_and_joins_its_conversation() {
-    let w = world().await;
+    // Sent is looked at only each minute unless the server announces its changes.
+    let w = MailWorld::start(AppOptions {
+        engine: Some(mailbridge_sync::EngineConfig {
+            folder_check: std::time::Duration::from_secs(60),
+            ..MailWorld::fast_engine()
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    // Ann signs in with a password too, for her other mail program.
+    w.dovecot
+        .add_password_user("ann@example.com", "hunter2")
+        .unwrap();
     w.dovecot.deliver("ann@example.com", b"From: Bob <bob@example.com>\r\nTo: ann@example.com\r\nSubject: Quote?\r\nMessage-ID: <q1@example.com>\r\n\r\nHow much?\r\n").unwrap();
     w.dovecot.deliver_to("ann@example.com", "Sent", b"From: Ann <ann@example.com>\r\nTo: bob@example.com\r\nSubject: Re: Quote?\r\nMessage-ID: <a1@example.com>\r\nIn-Reply-To: <q1@example.com>\r\n\r\n100 EUR.\r\n").unwrap();
     let (_, mailbox) = w.ann_enabled(json!({})).await;
@@ -127,13 +151,30 @@ async fn mail_the_user_sent_from_their_own_client_is_outgoing_and_joins_its_conv
     assert_eq!(answer["status"], Value::Null, "not sent by Mailbridge");
     assert_eq!(answer["conversation_id"], question["conversation_id"]);
 
-    // Later mail in Sent arrives while INBOX idles: within the folder check, not minutes.
+    // Later mail the user's own client files in Sent while INBOX idles: Dovecot announces
+    // it (NOTIFY), so it is stored at once, not at the next full check (a minute here).
+    let file_in_sent = |id: &str, body: &str| {
+        let message = format!(
+            "From: Ann <ann@example.com>\r\nTo: bob@example.com\r\nSubject: Re: Quote?\r\nMessage-ID: <{id}@example.com>\r\nIn-Reply-To: <q1@example.com>\r\n\r\n{body}\r\n"
+        );
+        filed_in_sent_by_anns_client(&w.dovecot, &message);
+    };
     let written = std::time::Instant::now();
-    w.dovecot.deliver_to("ann@example.com", "Sent", b"From: Ann <ann@example.com>\r\nTo: bob@example.com\r\nSubject: Re: Quote?\r\nMessage-ID: <a2@example.com>\r\nIn-Reply-To: <q1@example.com>\r\n\r\nOr 90 EUR.\r\n").unwrap();
+    file_in_sent("a2", "Or 90 EUR.");
     let all = emails_until(&w, &mailbox, "the second answer", |e| e.len() >= 3).await;
-    eprintln!("mail written in Sent stored after {:?}", written.elapsed());
+    eprintln!("mail filed in Sent stored after {:?}", written.elapsed());
+    assert!(
+        written.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        written.elapsed()
+    );
     assert_eq!(all[2]["direction"], "outgoing");
     assert_eq!(all[2]["conversation_id"], question["conversation_id"]);
+    // And again after a quiet spell of idling.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    file_in_sent("a3", "Final: 85 EUR.");
+    let all = emails_until(&w, &mailbox, "the third answer", |e| e.len() >= 4).await;
+    assert_eq!(all[3]["folder"], "Sent");
     let (_, m) = w
         .api
         .get(&w.app, &format!("/api/v1/mailboxes/{mailbox}"), &w.ann)
@@ -146,6 +187,32 @@ async fn mail_the_user_sent_from_their_own_client_is_outgoing_and_joins_its_conv
         .collect();
     assert_eq!(names, ["INBOX", "Sent"], "{m:#}");
     w.assert_healthy(&mailbox).await;
+    w.app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn mail_filed_in_sent_on_a_server_without_notify_is_found_by_the_folder_check() {
+    // Each second an idling session asks for Sent's counters (STATUS); the full pass is a
+    // minute away.
+    let w = world().await;
+    let plain = Dovecot::start_without(&w.oauth, &[("ann@example.com", "hunter2")], &[]).unwrap();
+    let profile = w
+        .password_profile_at(
+            "No NOTIFY",
+            json!({"protocol": "imap", "host": "127.0.0.1", "port": plain.ports.imap, "security": "none"}),
+            json!({"host": "127.0.0.1", "port": plain.ports.submission, "security": "none"}),
+            json!({}),
+        )
+        .await;
+    let mailbox = w.ann_password_mailbox_on(&profile).await;
+    assert_eq!(w.test(&mailbox, &w.ann).await["enabled"], true);
+    // Several checks find nothing changed; then Ann's mail program files a message.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let message = "From: Ann <ann@example.com>\r\nTo: bob@example.com\r\nSubject: Filed\r\nMessage-ID: <f1@example.com>\r\n\r\nSent from my phone.\r\n";
+    filed_in_sent_by_anns_client(&plain, message);
+    let all = emails_until(&w, &mailbox, "the filed message", |e| !e.is_empty()).await;
+    assert_eq!(all[0]["folder"], "Sent", "{all:#?}");
+    assert_eq!(all[0]["direction"], "outgoing");
     w.app.stop().await.unwrap();
 }
 

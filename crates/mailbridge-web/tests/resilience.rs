@@ -76,7 +76,10 @@ async fn sessions_cut_after_syncing_do_not_add_up_to_a_disabled_mailbox() {
     // is then cut. A healthy session in between ends the run of failures.
     let w = world(EngineConfig {
         max_failures: 2,
+        // Each refresh is a whole pass (a quiet one would send a few bytes), so sessions
+        // reach the cut soon.
         idle_refresh: Duration::from_millis(300),
+        full_check: Duration::from_millis(300),
         ..MailWorld::fast_engine()
     })
     .await;

@@ -1437,6 +1437,16 @@ async fn gmail_labels_and_flags_follow_and_one_message_stays_one_record() {
         )
         .await;
     assert!(moved["deleted_on_server_at"].is_null(), "{moved:#}");
+    // A message only in INBOX starred: Gmail's IDLE says nothing of it; INBOX's counters do.
+    gmail.set_flags(GMAIL_INBOX[0].msg_id, "(\\Seen \\Flagged)");
+    w.poll(
+        &format!("/api/v1/emails/{lunch}"),
+        &w.ann,
+        15,
+        "the star on a message only in INBOX",
+        |e| e["flags"]["flagged"] == true,
+    )
+    .await;
     // Archived: in no synced folder any more.
     gmail.relabel(GMAIL_INBOX[0].msg_id, "(\\Important)");
     w.poll(

@@ -40,6 +40,8 @@ struct Raw {
     plaintext_mail_hosts: String,
     sync_scan_interval_ms: u64,
     sync_stagger_ms: u64,
+    sync_logins_per_second: u32,
+    sync_folder_check_ms: u64,
     node_name: Option<String>,
     node_group: String,
     lease_ttl_ms: u64,
@@ -76,7 +78,9 @@ impl Default for Raw {
             tls_ca_file: None,
             plaintext_mail_hosts: String::new(),
             sync_scan_interval_ms: 5_000,
-            sync_stagger_ms: 10_000,
+            sync_stagger_ms: 0,
+            sync_logins_per_second: 100,
+            sync_folder_check_ms: 20_000,
             node_name: None,
             node_group: mailbridge_core::DEFAULT_NODE_GROUP.to_owned(),
             lease_ttl_ms: 30_000,
@@ -128,6 +132,10 @@ pub struct Config {
     pub sync_scan_interval: std::time::Duration,
     /// New mailbox workers start spread over this window.
     pub sync_stagger: std::time::Duration,
+    /// This node's mail sessions log in at most this many times a second (0: no bound).
+    pub sync_logins_per_second: u32,
+    /// How often an idling session looks at the folders other than INBOX (Sent).
+    pub sync_folder_check: std::time::Duration,
     /// This node's name in `mailbridge nodes` (default: the host name).
     pub node_name: String,
     /// `cloud`, or the router group whose `email_router` mailboxes this node works.
@@ -289,6 +297,12 @@ impl Config {
                 raw.event_retention_days
             );
         }
+        if !(1_000..=3_600_000).contains(&raw.sync_folder_check_ms) {
+            bail!(
+                "sync_folder_check_ms = {} is out of range; use 1000 (a second) to 3600000 (an hour) (MAILBRIDGE_SYNC_FOLDER_CHECK_MS)",
+                raw.sync_folder_check_ms
+            );
+        }
         if raw.lease_ttl_ms < 1_000 {
             bail!(
                 "lease_ttl_ms = {} is too short; use at least 1000 (MAILBRIDGE_LEASE_TTL_MS)",
@@ -319,6 +333,8 @@ impl Config {
             plaintext_mail_hosts,
             sync_scan_interval: std::time::Duration::from_millis(raw.sync_scan_interval_ms.max(10)),
             sync_stagger: std::time::Duration::from_millis(raw.sync_stagger_ms),
+            sync_logins_per_second: raw.sync_logins_per_second,
+            sync_folder_check: std::time::Duration::from_millis(raw.sync_folder_check_ms),
             node_name,
             node_group: raw.node_group,
             lease_ttl: std::time::Duration::from_millis(raw.lease_ttl_ms),
@@ -486,6 +502,13 @@ mod tests {
                     ..raw()
                 },
                 "MAILBRIDGE_LEASE_TTL_MS",
+            ),
+            (
+                Raw {
+                    sync_folder_check_ms: 999,
+                    ..raw()
+                },
+                "MAILBRIDGE_SYNC_FOLDER_CHECK_MS",
             ),
             (
                 Raw {

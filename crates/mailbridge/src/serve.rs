@@ -87,6 +87,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             client_name,
             scan_interval: config.sync_scan_interval,
             stagger: config.sync_stagger,
+            logins_per_second: config.sync_logins_per_second,
+            folder_check: config.sync_folder_check,
             node_name: config.node_name.clone(),
             node_group: config.node_group.clone(),
             lease_ttl: config.lease_ttl,
