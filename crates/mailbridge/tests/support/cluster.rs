@@ -86,7 +86,7 @@ impl Cluster {
             .await
             .unwrap();
         let profile: ProfileDraft = serde_json::from_value(serde_json::json!({
-            "name": "Dovecot", "auth": "password",
+            "name": "Dovecot", "auth": "password", "max_mailboxes": n.max(1000), "max_connections": n.max(1000) * 2,
             "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": dovecot.ports.imaps, "security": "tls"},
             "outgoing": {"host": "127.0.0.1", "port": dovecot.ports.submissions, "security": "tls"},
         }))
@@ -147,24 +147,31 @@ impl Cluster {
     /// Its log is appended to, so a restarted node's whole story stays in one file.
     pub fn serve(&self, name: &str, env: &[(&str, &str)]) -> (Node, String) {
         let mut cmd = self.serve_command(name, mailbridge_core::DEFAULT_NODE_GROUP, LEASE_TTL);
-        cmd.envs(env.iter().copied()).stdout(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("mailbridge listening on ")
-            .unwrap_or_else(|| panic!("{name} did not start: {line:?}\n{}", self.logs()))
-            .to_owned();
-        let node = Node {
+        cmd.envs(env.iter().copied());
+        listening(cmd, name, || self.logs())
+    }
+
+    /// A `cloud` node at the service's own defaults for what the tests shorten (the lease
+    /// time, the scan interval, the stagger, the log level), once it listens; its API's base
+    /// URL. For the benchmarks that measure what an operator gets.
+    pub fn serve_at_defaults(&self, name: &str) -> (Node, String) {
+        let mut cmd = self.serve_command(name, mailbridge_core::DEFAULT_NODE_GROUP, LEASE_TTL);
+        at_defaults(&mut cmd);
+        listening(cmd, name, || self.logs())
+    }
+
+    /// A `cloud` node at the service's defaults (as [`Cluster::serve_at_defaults`]), but for
+    /// the lease time when one is given.
+    pub fn node_at_defaults(&self, name: &str, lease_ttl: Option<Duration>) -> Node {
+        let mut cmd = self.serve_command(name, mailbridge_core::DEFAULT_NODE_GROUP, LEASE_TTL);
+        at_defaults(&mut cmd);
+        if let Some(ttl) = lease_ttl {
+            cmd.env("MAILBRIDGE_LEASE_TTL_MS", ttl.as_millis().to_string());
+        }
+        Node {
             name: name.to_owned(),
-            child,
-        };
-        (node, base)
+            child: cmd.stdout(Stdio::null()).spawn().unwrap(),
+        }
     }
 
     fn serve_command(&self, name: &str, group: &str, lease_ttl: Duration) -> Command {
@@ -345,6 +352,40 @@ impl Cluster {
         emails.retain(|e| e.direction == "incoming");
         emails
     }
+}
+
+/// Leaves what the tests shorten (the lease time, the scan interval, the stagger, the log
+/// level) at the service's own defaults.
+fn at_defaults(cmd: &mut Command) {
+    for key in [
+        "MAILBRIDGE_LEASE_TTL_MS",
+        "MAILBRIDGE_SYNC_SCAN_INTERVAL_MS",
+        "MAILBRIDGE_SYNC_STAGGER_MS",
+        "MAILBRIDGE_LOG",
+    ] {
+        cmd.env_remove(key);
+    }
+}
+
+/// Spawns `cmd` and waits for the line saying where it listens.
+fn listening(mut cmd: Command, name: &str, logs: impl Fn() -> String) -> (Node, String) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("mailbridge listening on ")
+        .unwrap_or_else(|| panic!("{name} did not start: {line:?}\n{}", logs()))
+        .to_owned();
+    let node = Node {
+        name: name.to_owned(),
+        child,
+    };
+    (node, base)
 }
 
 pub fn signal(node: &Node, sig: &str) {
