@@ -810,9 +810,12 @@ impl ImapSession {
         })
         .await?;
         // Mail that arrived as the wait ended is announced between DONE and its answer
-        // (async-imap passes such lines on as unsolicited): a change all the same.
-        if session.unsolicited_responses.try_recv().is_ok() {
-            outcome = IdleOutcome::Changed;
+        // (async-imap passes such lines on as unsolicited): a change all the same. A
+        // server's `* OK Still here` there is not.
+        while let Ok(said) = session.unsolicited_responses.try_recv() {
+            if !is_chatter(&said) {
+                outcome = IdleOutcome::Changed;
+            }
         }
         Ok((
             Self {
@@ -830,6 +833,16 @@ impl ImapSession {
         let logout = tokio::time::timeout(self.endpoint.timeout, self.session.logout());
         let _ = std::panic::AssertUnwindSafe(logout).catch_unwind().await;
     }
+}
+
+/// An untagged `* OK …` (a keepalive while idling): no news about the mailbox.
+fn is_chatter(said: &async_imap::types::UnsolicitedResponse) -> bool {
+    use async_imap::imap_proto::{Response, Status};
+    matches!(
+        said,
+        async_imap::types::UnsolicitedResponse::Other(line)
+            if matches!(line.parsed(), Response::Data { status: Status::Ok, .. })
+    )
 }
 
 /// An IMAP quoted string (RFC 3501 §4.3).

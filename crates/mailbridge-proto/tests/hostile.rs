@@ -523,9 +523,11 @@ async fn imap_idle_ends_when_asked_even_while_the_server_keeps_chatting() {
                     }
                     let tag = line.split(' ').next().unwrap_or("*").to_owned();
                     let reply = match line.split(' ').nth(1).map(str::trim) {
-                        _ if line.trim() == "DONE" => {
-                            format!("{} OK idle done\r\n", idling.take().unwrap_or_default())
-                        }
+                        // A keepalive may also land between DONE and its answer.
+                        _ if line.trim() == "DONE" => format!(
+                            "* OK Still here\r\n{} OK idle done\r\n",
+                            idling.take().unwrap_or_default()
+                        ),
                         Some("CAPABILITY") => format!("* CAPABILITY IMAP4rev1 IDLE\r\n{tag} OK\r\n"),
                         Some("IDLE") => {
                             idling = Some(tag);
