@@ -1,6 +1,7 @@
 //! [`Currency`]: when each mailbox this node works last confirmed it was current — a sync
-//! pass that ended without error, whether it found new mail or not (an idling session runs
-//! one at least every `idle_refresh`). The node's lag is the oldest of these; the mailboxes'
+//! pass that ended without error, whether it found new mail or not, or an idling session's
+//! DONE answered with nothing to report (at least every `idle_refresh`). The node's lag is
+//! the oldest of these; the mailboxes'
 //! own `current_at` in the database is written from it in batches, so thousands of quiet
 //! mailboxes cost one statement per few hundred of them per flush, not one per pass.
 
