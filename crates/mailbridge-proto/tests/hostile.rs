@@ -4,7 +4,8 @@
 //! more than the bound (the server is kept from writing more once the client hangs up).
 //! And hostile values: a password, user name, address or EHLO name with a line break in it
 //! is refused before it is sent, as the transcript of a scripted server shows. And a server
-//! that keeps chatting in IDLE cannot keep the session there past the wait asked for.
+//! that keeps chatting in IDLE cannot keep the session there past the wait asked for; one
+//! that refuses NOTIFY or a folder's STATUS leaves a session that goes on.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::future::Future;
@@ -562,4 +563,53 @@ async fn imap_idle_ends_when_asked_even_while_the_server_keeps_chatting() {
         started.elapsed()
     );
     s.logout().await;
+}
+
+#[tokio::test]
+async fn imap_a_refused_notify_or_status_leaves_the_session_usable() {
+    // A server that offers NOTIFY but refuses to set it (as one may for some folders or when
+    // busy), and refuses STATUS for a folder that is gone.
+    let server = Scripted::start(|mut peer| async move {
+        peer.say("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN IDLE NOTIFY] ready\r\n")
+            .await;
+        while let Some(line) = peer.hear().await {
+            let mut words = line.split_whitespace();
+            let tag = words.next().unwrap_or("*").to_owned();
+            let reply = match (words.next(), words.next()) {
+                (Some("CAPABILITY"), _) => {
+                    format!("* CAPABILITY IMAP4rev1 IDLE NOTIFY\r\n{tag} OK\r\n")
+                }
+                (Some("NOTIFY"), _) => format!("{tag} NO [NOTIFICATIONOVERFLOW] not now\r\n"),
+                (Some("STATUS"), Some("\"Gone\"")) => {
+                    format!("{tag} NO [NONEXISTENT] Mailbox doesn't exist: Gone\r\n")
+                }
+                (Some("STATUS"), Some(folder)) => format!(
+                    "* STATUS {folder} (MESSAGES 3 UIDNEXT 9 UIDVALIDITY 7)\r\n{tag} OK\r\n"
+                ),
+                _ => format!("{tag} OK\r\n"),
+            };
+            peer.say(&reply).await;
+        }
+        0
+    })
+    .await;
+    let mut s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
+        .await
+        .unwrap();
+    assert!(
+        !s.notify_folders(&["Sent"]).await.unwrap(),
+        "a refused NOTIFY SET means the folders must be looked at (STATUS)"
+    );
+    let e = s.status("Gone").await.unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Rejected { .. }), "{e:?}");
+    assert!(e.to_string().contains("Gone"), "{e}");
+    // The session goes on after both refusals.
+    let sent = s.status("Sent").await.unwrap();
+    assert_eq!((sent.exists, sent.uid_next), (3, Some(9)));
+    s.logout().await;
+    assert!(
+        server.heard().iter().any(|l| l.contains("NOTIFY SET")),
+        "{:?}",
+        server.heard()
+    );
 }

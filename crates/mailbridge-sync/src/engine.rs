@@ -655,8 +655,13 @@ impl Engine {
             profile,
         ))
         .await?;
-        let endpoint = crate::login::incoming(profile, self.config.mail_timeout)
-            .with_max_message_bytes(self.config.max_message_bytes);
+        let target = Target {
+            endpoint: crate::login::incoming(profile, self.config.mail_timeout)
+                .with_max_message_bytes(self.config.max_message_bytes),
+            credentials,
+            mailbox,
+            profile,
+        };
         let mut options = PassOptions {
             since: profile.spec.process_emails_received_after,
             fence: Some(fence.clone()),
@@ -685,23 +690,18 @@ impl Engine {
                 let _connection = self.metrics.connection();
                 let report = match profile.spec.incoming.protocol {
                     IncomingProtocol::Imap => {
-                        let (s, _, report) = Box::pin(open_imap(
-                            &self.store,
-                            &endpoint,
-                            &self.tls,
-                            &credentials,
-                            mailbox,
-                            profile,
-                            &mut options,
-                        ))
-                        .await?;
+                        let (s, _, report) =
+                            Box::pin(self.open_imap(&target, &mut options)).await?;
                         Box::pin(s.logout()).await;
                         report.sync
                     }
                     IncomingProtocol::Pop3 => {
-                        let mut s =
-                            Box::pin(Pop3Session::login(&endpoint, &self.tls, &credentials))
-                                .await?;
+                        let mut s = Box::pin(Pop3Session::login(
+                            &target.endpoint,
+                            &self.tls,
+                            &target.credentials,
+                        ))
+                        .await?;
                         let report = Box::pin(sync_maildrop(
                             &self.store,
                             &mut s,
@@ -726,16 +726,7 @@ impl Engine {
         let _connection = self.metrics.connection();
         let (mut session, folders) = {
             let _global = self.global_permit().await;
-            let (s, folders, report) = Box::pin(open_imap(
-                &self.store,
-                &endpoint,
-                &self.tls,
-                &credentials,
-                mailbox,
-                profile,
-                &mut options,
-            ))
-            .await?;
+            let (s, folders, report) = Box::pin(self.open_imap(&target, &mut options)).await?;
             *failures = 0;
             self.metrics
                 .currency
@@ -873,6 +864,18 @@ impl Engine {
         }
     }
 
+    /// The start of every IMAP session: log in, find the folders, sync them.
+    async fn open_imap(
+        &self,
+        target: &Target<'_>,
+        options: &mut PassOptions,
+    ) -> Result<(ImapSession, Vec<imap::Folder>, imap::MailboxReport), SyncError> {
+        let mut s = ImapSession::login(&target.endpoint, &self.tls, &target.credentials).await?;
+        let folders = mailbox_folders(&mut s, target.mailbox, target.profile, options).await?;
+        let report = sync_folders(&self.store, &mut s, target.mailbox, &folders, options).await?;
+        Ok((s, folders, report))
+    }
+
     /// One of the sync passes this node runs at once (`global_limit`).
     async fn global_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
         self.global
@@ -902,20 +905,12 @@ impl Engine {
     }
 }
 
-/// The start of every IMAP session: log in, find the folders, sync them.
-async fn open_imap(
-    store: &Store,
-    endpoint: &Endpoint,
-    tls: &TlsSettings,
-    credentials: &Credentials,
-    mailbox: &MailboxRecord,
-    profile: &ProfileRecord,
-    options: &mut PassOptions,
-) -> Result<(ImapSession, Vec<imap::Folder>, imap::MailboxReport), SyncError> {
-    let mut s = ImapSession::login(endpoint, tls, credentials).await?;
-    let folders = mailbox_folders(&mut s, mailbox, profile, options).await?;
-    let report = sync_folders(store, &mut s, mailbox, &folders, options).await?;
-    Ok((s, folders, report))
+/// Where a pass connects and as whom: what every session of one pass starts from.
+struct Target<'a> {
+    endpoint: Endpoint,
+    credentials: Credentials,
+    mailbox: &'a MailboxRecord,
+    profile: &'a ProfileRecord,
 }
 
 /// The folders a session synchronizes (see [`imap::folders`]): the profile's and the
