@@ -2,10 +2,11 @@
 //! (`mailbridge_core::parse::parse`, mail-parser underneath). Never panics; a message read
 //! with no From, Message-ID or Subject is flagged with `parse_error` (stored raw, never
 //! dropped), and so is one mail-parser panics on; no text field holds a NUL, which
-//! PostgreSQL's text refuses.
+//! PostgreSQL's text refuses; and each attachment the record lists is the one a download
+//! reads again from the raw bytes, with the size the record says.
 #![no_main]
 
-use mailbridge_core::parse::{Party, parse};
+use mailbridge_core::parse::{Party, attachment, bodies, parse};
 
 fn no_nul(what: &str, text: &str) {
     assert!(!text.contains('\0'), "NUL in {what}: {text:?}");
@@ -40,11 +41,12 @@ libfuzzer_sys::fuzz_target!(init: let_mail_parser_panics_through(), |data: &[u8]
             "read as a message without any of From, Message-ID and Subject"
         );
     }
+    let (text_body, html_body) = bodies(data);
     for (what, text) in [
         ("message_id", &p.message_id),
         ("subject", &p.subject),
-        ("text_body", &p.text_body),
-        ("html_body", &p.html_body),
+        ("text_body", &text_body),
+        ("html_body", &html_body),
     ] {
         if let Some(text) = text {
             no_nul(what, text);
@@ -56,7 +58,12 @@ libfuzzer_sys::fuzz_target!(init: let_mail_parser_panics_through(), |data: &[u8]
     parties("from", p.from.as_slice());
     parties("to", &p.to);
     parties("cc", &p.cc);
-    for a in &p.attachments {
+    for (n, a) in p.attachments.iter().enumerate() {
+        // A download reads the part again from the raw bytes: the one the record lists.
+        if let Some((again, content)) = attachment(data, n) {
+            assert_eq!(&again, a, "attachment {n} read again");
+            assert_eq!(content.len(), a.size, "attachment {n}'s contents");
+        }
         no_nul("attachment content_type", &a.content_type);
         if let Some(name) = &a.filename {
             no_nul("attachment filename", name);

@@ -10,11 +10,14 @@ pub struct Party {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+/// An attachment as its message lists it: what the record says of it. Its contents stay in
+/// the raw message ([`crate::parse::attachment`] reads them from there).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedAttachment {
     pub filename: Option<String>,
     pub content_type: String,
-    pub content: Vec<u8>,
+    /// The decoded contents' length in bytes.
+    pub size: usize,
 }
 
 /// What an email record keeps of a message besides its raw bytes.
@@ -28,10 +31,6 @@ pub struct ParsedEmail {
     pub to: Vec<Party>,
     pub cc: Vec<Party>,
     pub date: Option<DateTime<Utc>>,
-    /// The plain-text body; for mail that has only HTML, a text rendering of it.
-    pub text_body: Option<String>,
-    /// The HTML body as sent; `None` for plain-text mail.
-    pub html_body: Option<String>,
     pub attachments: Vec<ParsedAttachment>,
     /// Why the message could not be parsed; it is stored raw and flagged.
     pub parse_error: Option<String>,

@@ -5,21 +5,41 @@
 pub use crate::message::{ParsedAttachment, ParsedEmail, Party};
 use chrono::{TimeZone, Utc};
 use mail_parser::{
-    Address, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
+    Address, HeaderName, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
 };
+use std::sync::LazyLock;
+
+/// mail-parser set to read only the headers a record keeps (and the MIME headers that find the
+/// parts); every other header is skipped, not parsed. Its default parses them all — a
+/// `Received:` header takes a tokenizer of its own, and a message has several — which cost a
+/// first sync about a third of its parse time for fields nothing reads. The same parser reads
+/// a stored message's bodies and attachments, so it finds the parts the record lists.
+static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
+    MessageParser::new()
+        .with_mime_headers()
+        .header_id(HeaderName::MessageId)
+        .header_id(HeaderName::InReplyTo)
+        .header_id(HeaderName::References)
+        .header_text(HeaderName::Subject)
+        .header_date(HeaderName::Date)
+        .header_address(HeaderName::From)
+        .header_address(HeaderName::To)
+        .header_address(HeaderName::Cc)
+        .default_header_ignore()
+});
 
 /// Parses a message's header alone (a message too large to take whole): its fields, and no
-/// body or attachment — the header announces parts that are not there.
+/// attachment — the header announces parts that are not there.
 pub fn parse_header(header: &[u8]) -> ParsedEmail {
     ParsedEmail {
-        text_body: None,
-        html_body: None,
         attachments: Vec::new(),
         ..parse(header)
     }
 }
 
-/// Parses a message. Never fails: an unreadable one comes back with `parse_error` set.
+/// Parses a message into the fields of its record. Never fails: an unreadable one comes back
+/// with `parse_error` set. Bodies are not read here: the record keeps the raw message, and
+/// [`bodies`] reads them from it when they are asked for.
 pub fn parse(raw: &[u8]) -> ParsedEmail {
     // mail-parser reads whatever senders write, and a panic inside it would end the mailbox's
     // sync on this message, then again on every retry: one hostile email would stop the
@@ -41,11 +61,12 @@ pub fn parse(raw: &[u8]) -> ParsedEmail {
 
 /// A stored message's text and HTML bodies, read from its bytes each time they are asked for:
 /// the store keeps the raw message only, not the bodies beside it (they would double the
-/// bytes written by a first sync and kept on disk). The same bodies [`parse`] gives; none
-/// for a message mail-parser cannot read.
+/// bytes written by a first sync and kept on disk). The text body of mail that has only HTML
+/// is a rendering of it; the HTML body of plain-text mail is none. None for a message
+/// mail-parser cannot read.
 pub fn bodies(raw: &[u8]) -> (Option<String>, Option<String>) {
     std::panic::catch_unwind(|| {
-        MessageParser::default()
+        PARSER
             .parse(raw)
             .map(|message| (text_body(&message), html_body(&message)))
     })
@@ -54,16 +75,16 @@ pub fn bodies(raw: &[u8]) -> (Option<String>, Option<String>) {
     .unwrap_or_default()
 }
 
-/// A stored message's `n`-th attachment (in the order [`parse`] lists them), decoded, read from
-/// its bytes without decoding the others; none when there is no such attachment or mail-parser
-/// cannot read the message.
-pub fn attachment(raw: &[u8], n: usize) -> Option<ParsedAttachment> {
+/// A stored message's `n`-th attachment (in the order [`parse`] lists them) and its decoded
+/// contents, read from its bytes without decoding the others; none when there is no such
+/// attachment or mail-parser cannot read the message.
+pub fn attachment(raw: &[u8], n: usize) -> Option<(ParsedAttachment, Vec<u8>)> {
     let n = u32::try_from(n).ok()?;
     std::panic::catch_unwind(|| {
-        MessageParser::default()
+        PARSER
             .parse(raw)?
             .attachment(n)
-            .map(attachment_of)
+            .map(|part| (attachment_of(part), part.contents().to_vec()))
     })
     .ok()
     .flatten()
@@ -81,7 +102,7 @@ fn attachment_of(part: &MessagePart<'_>) -> ParsedAttachment {
                 })
             },
         ),
-        content: part.contents().to_vec(),
+        size: part.contents().len(),
     }
 }
 
@@ -104,7 +125,7 @@ fn html_body(message: &Message<'_>) -> Option<String> {
 }
 
 fn read(raw: &[u8]) -> ParsedEmail {
-    let Some(message) = MessageParser::default().parse(raw) else {
+    let Some(message) = PARSER.parse(raw) else {
         return ParsedEmail {
             parse_error: Some("no message headers could be read".to_owned()),
             ..ParsedEmail::default()
@@ -121,8 +142,6 @@ fn read(raw: &[u8]) -> ParsedEmail {
         date: message
             .date()
             .and_then(|d| Utc.timestamp_opt(d.to_timestamp(), 0).single()),
-        text_body: text_body(&message),
-        html_body: html_body(&message),
         attachments: message.attachments().map(attachment_of).collect(),
         parse_error: None,
     };
@@ -199,24 +218,68 @@ Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b--\r\n";
             p.date.map(|d| d.to_rfc3339()),
             Some("2026-11-24T10:00:00+00:00".into())
         );
-        assert_eq!(p.text_body.as_deref().map(str::trim), Some("Thanks!"));
-        assert_eq!(p.html_body, None, "plain-text mail has no HTML body");
-        assert_eq!(p.attachments.len(), 1);
-        assert_eq!(p.attachments[0].filename.as_deref(), Some("quote.pdf"));
-        assert_eq!(p.attachments[0].content_type, "application/pdf");
-        assert_eq!(p.attachments[0].content, b"%PDF-");
+        assert_eq!(
+            p.attachments,
+            [ParsedAttachment {
+                filename: Some("quote.pdf".into()),
+                content_type: "application/pdf".into(),
+                size: 5,
+            }]
+        );
+        // Bodies and contents are read from the raw bytes, the same parts the record lists.
+        let (text, html) = bodies(raw);
+        assert_eq!(text.as_deref().map(str::trim), Some("Thanks!"));
+        assert_eq!(html, None, "plain-text mail has no HTML body");
+        assert_eq!(
+            attachment(raw, 0),
+            Some((p.attachments[0].clone(), b"%PDF-".to_vec()))
+        );
+        assert_eq!(attachment(raw, 1), None);
+    }
+
+    #[test]
+    fn the_fields_are_read_among_headers_it_skips() {
+        // Headers a record does not keep are skipped unparsed, whatever they hold; a nested
+        // message's attachment is listed with the size a download reads.
+        let raw = b"Received: from mx.example.net (mx [192.0.2.1]) by mail.example.com\r\n\
+\twith ESMTPS id 1; Tue, 24 Nov 2026 10:00:01 +0000\r\nReceived: garbage ( ; [ \r\n\
+X-Spam-Status: No, score=-2.6\r\nReply-To: other@example.com\r\nList-Id: <l.example.com>\r\n\
+From: =?utf-8?q?J=C3=BCrgen?= <j@example.com>\r\nSubject: =?utf-8?b?R3LDvMOfZQ==?=\r\n\
+Date: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-ID: <m1@example.com>\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+Content-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: message/rfc822\r\n\
+Content-Disposition: attachment; filename=fwd.eml\r\n\r\nFrom: a@example.com\r\nSubject: inner\r\n\r\n\
+inner body\r\n--b--\r\n";
+        let p = parse(raw);
+        assert_eq!(p.parse_error, None);
+        assert_eq!(p.subject.as_deref(), Some("Grüße"));
+        assert_eq!(
+            p.from.as_ref().and_then(|f| f.name.as_deref()),
+            Some("Jürgen")
+        );
+        assert_eq!(p.message_id.as_deref(), Some("m1@example.com"));
+        assert_eq!(
+            p.date.map(|d| d.to_rfc3339()),
+            Some("2026-11-24T10:00:00+00:00".into())
+        );
+        assert_eq!(p.attachments.len(), 1, "{:?}", p.attachments);
+        assert_eq!(p.attachments[0].filename.as_deref(), Some("fwd.eml"));
+        let (listed, content) = attachment(raw, 0).unwrap();
+        assert_eq!(listed, p.attachments[0]);
+        assert_eq!(content.len(), p.attachments[0].size);
+        assert!(content.starts_with(b"From: a@example.com"), "{content:?}");
     }
 
     #[test]
     fn html_only_mail_keeps_its_html_and_gets_a_text_rendering() {
         let raw = b"From: ann@example.com\r\nSubject: offer\r\nMessage-ID: <h1@example.com>\r\n\
 Content-Type: text/html; charset=utf-8\r\n\r\n<p>Hello <b>Bob</b></p>\r\n";
-        let p = parse(raw);
+        let (text, html) = bodies(raw);
         assert_eq!(
-            p.html_body.as_deref().map(str::trim),
+            html.as_deref().map(str::trim),
             Some("<p>Hello <b>Bob</b></p>")
         );
-        assert_eq!(p.text_body.as_deref().map(str::trim), Some("Hello Bob"));
+        assert_eq!(text.as_deref().map(str::trim), Some("Hello Bob"));
     }
 
     #[test]
@@ -224,12 +287,9 @@ Content-Type: text/html; charset=utf-8\r\n\r\n<p>Hello <b>Bob</b></p>\r\n";
         let raw = b"From: ann@example.com\r\nSubject: both\r\nMessage-ID: <x1@example.com>\r\n\
 MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
 Content-Type: text/plain\r\n\r\nplain first\r\n--b\r\nContent-Type: text/html\r\n\r\n<p>then html</p>\r\n--b--\r\n";
-        let p = parse(raw);
-        assert_eq!(p.text_body.as_deref().map(str::trim), Some("plain first"));
-        assert_eq!(
-            p.html_body.as_deref().map(str::trim),
-            Some("<p>then html</p>")
-        );
+        let (text, html) = bodies(raw);
+        assert_eq!(text.as_deref().map(str::trim), Some("plain first"));
+        assert_eq!(html.as_deref().map(str::trim), Some("<p>then html</p>"));
     }
 
     #[test]
@@ -240,7 +300,7 @@ one=00two\r\n";
         let p = parse(raw);
         assert_eq!(p.subject.as_deref(), Some("a\u{FFFD}b"));
         assert_eq!(
-            p.text_body.as_deref().map(str::trim),
+            bodies(raw).0.as_deref().map(str::trim),
             Some("one\u{FFFD}two")
         );
         assert_eq!(

@@ -505,11 +505,11 @@ impl Store {
         let part = parse::attachment(&raw::original(row.raw, row.raw_zstd, email_id)?, position);
         // The record was made from this very message, so its part is where the record says,
         // with the same type and size; anything else is a damaged row, said so.
-        if let Some(part) = part.filter(|a| {
+        if let Some((_, content)) = part.filter(|(a, _)| {
             a.content_type == info.content_type
-                && i64::try_from(a.content.len()).is_ok_and(|n| n == info.size)
+                && i64::try_from(a.size).is_ok_and(|n| n == info.size)
         }) {
-            return Ok((info, part.content));
+            return Ok((info, content));
         }
         Err(StoreError::corrupt(
             format!("attachment {} of email {email_id}", info.id),
@@ -718,7 +718,7 @@ pub(crate) async fn insert_emails(
                 .bind((*email_id).clone())
                 .bind(a.filename.clone())
                 .bind(a.content_type.clone())
-                .bind(i64::try_from(a.content.len()).unwrap_or(i64::MAX));
+                .bind(i64::try_from(a.size).unwrap_or(i64::MAX));
         }
         q.execute(&mut *tx).await?;
     }

@@ -111,17 +111,25 @@ async fn first_sync(dovecot: &Dovecot, work: &Path, user: &str, expected: usize)
         .password_mailbox_in(&store, user, PASSWORD)
         .await
         .unwrap();
-    let started = Instant::now();
-    let mut session = dovecot.imap_login(user, PASSWORD).await.unwrap();
-    let found = folders(&mut session, &[]).await.unwrap();
-    let options = PassOptions {
-        flag_scan: true,
-        ..PassOptions::default()
+    let login = dovecot.imap_login_parts(user, PASSWORD).unwrap();
+    // On the runtime's workers, as the service runs a mailbox's sync (not in `block_on`).
+    let sync = {
+        let store = store.clone();
+        async move {
+            let started = Instant::now();
+            let mut session = login.login().await.unwrap();
+            let found = folders(&mut session, &[]).await.unwrap();
+            let options = PassOptions {
+                flag_scan: true,
+                ..PassOptions::default()
+            };
+            let report = sync_folders(&store, &mut session, &mailbox, &found, &options)
+                .await
+                .unwrap();
+            (started.elapsed(), report, session)
+        }
     };
-    let report = sync_folders(&store, &mut session, &mailbox, &found, &options)
-        .await
-        .unwrap();
-    let took = started.elapsed();
+    let (took, report, session) = tokio::spawn(sync).await.unwrap();
     assert_eq!(report.sync.stored, expected, "{:?}", report.failed);
     session.logout().await;
     store.close().await;

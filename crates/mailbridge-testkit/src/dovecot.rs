@@ -251,14 +251,22 @@ impl Dovecot {
         user: &str,
         password: &str,
     ) -> anyhow::Result<mailbridge_proto::imap::ImapSession> {
+        let login = self.imap_login_parts(user, password)?;
+        Ok(login.login().await?)
+    }
+
+    /// What [`Dovecot::imap_login`] logs in with, owned: for a task of its own (a benchmark
+    /// runs the sync on the runtime's workers, as the service does, not in `block_on`).
+    pub fn imap_login_parts(&self, user: &str, password: &str) -> anyhow::Result<ImapLogin> {
         use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
-        let tls = TlsSettings::new(Some(self.ca_pem.as_bytes())).map_err(|e| anyhow::anyhow!(e))?;
-        let creds = Credentials::Password {
-            user: user.to_owned(),
-            password: secrecy::SecretString::from(password),
-        };
-        let endpoint = Endpoint::new("127.0.0.1", self.ports.imaps, Security::Tls);
-        Ok(mailbridge_proto::imap::ImapSession::login(&endpoint, &tls, &creds).await?)
+        Ok(ImapLogin {
+            endpoint: Endpoint::new("127.0.0.1", self.ports.imaps, Security::Tls),
+            tls: TlsSettings::new(Some(self.ca_pem.as_bytes())).map_err(|e| anyhow::anyhow!(e))?,
+            credentials: Credentials::Password {
+                user: user.to_owned(),
+                password: secrecy::SecretString::from(password),
+            },
+        })
     }
 
     /// Another mail client, not Mailbridge's code: Python's `imaplib` logs in over IMAPS as
@@ -619,4 +627,21 @@ fn chown_nobody(path: &Path) -> anyhow::Result<()> {
         bail!("cannot chown {} to nobody", path.display());
     }
     Ok(())
+}
+
+/// A password login to the test Dovecot's IMAPS port ([`Dovecot::imap_login_parts`]).
+#[derive(Clone)]
+pub struct ImapLogin {
+    pub endpoint: mailbridge_proto::Endpoint,
+    pub tls: mailbridge_proto::TlsSettings,
+    pub credentials: mailbridge_proto::Credentials,
+}
+
+impl ImapLogin {
+    pub async fn login(
+        &self,
+    ) -> Result<mailbridge_proto::imap::ImapSession, mailbridge_proto::ProtoError> {
+        mailbridge_proto::imap::ImapSession::login(&self.endpoint, &self.tls, &self.credentials)
+            .await
+    }
 }
