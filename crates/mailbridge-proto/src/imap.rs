@@ -149,6 +149,9 @@ pub struct ImapSession {
     /// When the server last sent anything: a step fails after the endpoint's timeout of
     /// silence, not of its own length, so a large FETCH over a slow link completes.
     activity: Activity,
+    /// The open folder's message count as the server last gave it (on opening it, or an
+    /// unsolicited `EXISTS` since): an `EXISTS` that repeats it is no news.
+    exists: Option<u32>,
 }
 
 impl std::fmt::Debug for ImapSession {
@@ -272,6 +275,7 @@ impl ImapSession {
             session,
             capabilities: Vec::new(),
             activity,
+            exists: None,
         };
         me.capabilities = me.fetch_capabilities().await?;
         if me.has("ID") {
@@ -371,12 +375,37 @@ impl ImapSession {
             opened.map_err(|e| imap_error(&endpoint, &step, e, None))
         })
         .await?;
+        self.exists = Some(mailbox.exists);
         Ok(FolderStatus {
             exists: mailbox.exists,
             uid_validity: mailbox.uid_validity,
             uid_next: mailbox.uid_next,
             highest_modseq: mailbox.highest_modseq,
         })
+    }
+
+    /// Forgets what the server said unasked until now: the caller is about to read every
+    /// folder it follows (a sync pass), which covers it. What arrives from here on, during the
+    /// pass, may be news the pass does not see (see [`ImapSession::idle`]).
+    pub fn forget_unsolicited(&mut self) {
+        while self.session.unsolicited_responses.try_recv().is_ok() {}
+    }
+
+    /// Whether the server said, unasked, anything that may be a change: new mail (an `EXISTS`
+    /// with another count), an expunge, a flag change, another folder's `STATUS` (NOTIFY). A
+    /// keepalive (`* OK`) and `RECENT` (which comes with `EXISTS`) are not.
+    fn take_news(&mut self) -> bool {
+        let mut news = false;
+        while let Ok(said) = self.session.unsolicited_responses.try_recv() {
+            news |= match said {
+                async_imap::types::UnsolicitedResponse::Exists(n) => {
+                    self.exists.replace(n) != Some(n)
+                }
+                async_imap::types::UnsolicitedResponse::Recent(_) => false,
+                other => !is_chatter(&other),
+            };
+        }
+        news
     }
 
     /// A folder's counters without opening it (`STATUS`): to see whether a folder other than
@@ -751,30 +780,25 @@ impl ImapSession {
     }
 
     /// Waits in `IDLE` (RFC 2177) for a change in the open folder, at most `wait`.
-    pub async fn idle(self, wait: std::time::Duration) -> Result<(Self, IdleOutcome), ProtoError> {
+    pub async fn idle(
+        mut self,
+        wait: std::time::Duration,
+    ) -> Result<(Self, IdleOutcome), ProtoError> {
+        // What the server said unasked since the pass began (the caller forgot what came
+        // before, [`ImapSession::forget_unsolicited`]) may be news the pass did not see: mail
+        // that arrived in INBOX after the pass searched it is announced once, with the answer
+        // to a later command of the pass, and IDLE would not announce it again; a `STATUS`
+        // (NOTIFY's word for a change in another folder) likewise. No IDLE then: a change.
+        if self.take_news() {
+            return Ok((self, IdleOutcome::Changed));
+        }
         let Self {
             endpoint,
             session,
             capabilities,
             activity,
+            exists,
         } = self;
-        // What the server said unasked before now about the open folder was answered by the
-        // pass before; what it says from here on is news (see after DONE). But a `STATUS`
-        // (NOTIFY's word for a change in another folder) that came during the pass is news
-        // the pass may have missed: no IDLE then, a change.
-        let mut elsewhere = false;
-        while let Ok(said) = session.unsolicited_responses.try_recv() {
-            elsewhere |= matches!(said, async_imap::types::UnsolicitedResponse::Status { .. });
-        }
-        if elsewhere {
-            let me = Self {
-                endpoint,
-                session,
-                capabilities,
-                activity,
-            };
-            return Ok((me, IdleOutcome::Changed));
-        }
         let mut handle = session.idle();
         imap_step(&endpoint, "start IDLE", &activity, async {
             Box::pin(handle.init()).await.map_err(|e| match e {
@@ -823,6 +847,7 @@ impl ImapSession {
                 session,
                 capabilities,
                 activity,
+                exists,
             },
             outcome,
         ))

@@ -5,7 +5,8 @@
 //! And hostile values: a password, user name, address or EHLO name with a line break in it
 //! is refused before it is sent, as the transcript of a scripted server shows. And a server
 //! that keeps chatting in IDLE cannot keep the session there past the wait asked for; one
-//! that refuses NOTIFY or a folder's STATUS leaves a session that goes on.
+//! that refuses NOTIFY or a folder's STATUS leaves a session that goes on; news the server
+//! announced during a pass ends the next IDLE at once.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::future::Future;
@@ -602,7 +603,10 @@ async fn imap_a_refused_notify_or_status_leaves_the_session_usable() {
     );
     let e = s.status("Gone").await.unwrap_err();
     assert!(matches!(e.kind, ErrorKind::Rejected { .. }), "{e:?}");
-    assert!(e.to_string().contains("Gone"), "{e}");
+    assert!(
+        e.to_string().contains("doesn't exist"),
+        "the server's words: {e}"
+    );
     // The session goes on after both refusals.
     let sent = s.status("Sent").await.unwrap();
     assert_eq!((sent.exists, sent.uid_next), (3, Some(9)));
@@ -612,4 +616,68 @@ async fn imap_a_refused_notify_or_status_leaves_the_session_usable() {
         "{:?}",
         server.heard()
     );
+}
+
+#[tokio::test]
+async fn imap_news_announced_during_a_pass_ends_the_next_idle_at_once() {
+    // Mail that arrives after a pass searched INBOX is announced once, with the answer to a
+    // later command of the pass (here a STATUS); IDLE would not announce it again. The first
+    // STATUS carries a new count, the second the same count again and a RECENT (no news).
+    let server = Scripted::start(|mut peer| async move {
+        peer.say("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN IDLE] ready\r\n")
+            .await;
+        let (mut statuses, mut idling) = (0, None);
+        while let Some(line) = peer.hear().await {
+            let mut words = line.split_whitespace();
+            let tag = words.next().unwrap_or("*").to_owned();
+            let reply = match words.next() {
+                _ if line.trim() == "DONE" => {
+                    format!("{} OK idle done\r\n", idling.take().unwrap_or_default())
+                }
+                Some("CAPABILITY") => format!("* CAPABILITY IMAP4rev1 IDLE\r\n{tag} OK\r\n"),
+                Some("EXAMINE") => format!(
+                    "* 1 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT 2] ok\r\n{tag} OK [READ-ONLY] done\r\n"
+                ),
+                Some("STATUS") => {
+                    statuses += 1;
+                    let news = if statuses == 1 { "* 2 EXISTS\r\n" } else { "* 2 EXISTS\r\n* 1 RECENT\r\n" };
+                    format!("{news}* STATUS \"Sent\" (MESSAGES 3 UIDNEXT 9 UIDVALIDITY 7)\r\n{tag} OK\r\n")
+                }
+                Some("IDLE") => {
+                    idling = Some(tag);
+                    "+ idling\r\n".to_owned()
+                }
+                _ => format!("{tag} OK\r\n"),
+            };
+            peer.say(&reply).await;
+        }
+        0
+    })
+    .await;
+    let mut s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
+        .await
+        .unwrap();
+    s.forget_unsolicited(); // a pass begins
+    s.examine("INBOX").await.unwrap();
+    s.status("Sent").await.unwrap();
+    let started = Instant::now();
+    let (mut s, outcome) = s.idle(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(outcome, mailbridge_proto::imap::IdleOutcome::Changed);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        !server.heard().iter().any(|l| l.contains("IDLE")),
+        "no IDLE while news waits: {:?}",
+        server.heard()
+    );
+    // The same count again is no news: this IDLE runs its course.
+    s.forget_unsolicited();
+    s.status("Sent").await.unwrap();
+    let (s, outcome) = s.idle(Duration::from_millis(300)).await.unwrap();
+    assert_eq!(outcome, mailbridge_proto::imap::IdleOutcome::TimedOut);
+    assert!(server.heard().iter().any(|l| l.contains("IDLE")));
+    s.logout().await;
 }

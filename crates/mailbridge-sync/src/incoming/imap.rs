@@ -103,6 +103,9 @@ pub async fn sync_folders(
     folders: &[Folder],
     options: &PassOptions,
 ) -> Result<MailboxReport, SyncError> {
+    // What the server said unasked until now, this pass reads; what it says during the pass
+    // may be news the pass misses, and ends the next IDLE at once.
+    session.forget_unsolicited();
     let mut report = MailboxReport::default();
     for folder in folders {
         match sync_folder(store, session, mailbox, folder, options).await {
