@@ -60,10 +60,10 @@ libfuzzer_sys::fuzz_target!(init: let_mail_parser_panics_through(), |data: &[u8]
     parties("cc", &p.cc);
     for (n, a) in p.attachments.iter().enumerate() {
         // A download reads the part again from the raw bytes: the one the record lists.
-        if let Some((again, content)) = attachment(data, n) {
-            assert_eq!(&again, a, "attachment {n} read again");
-            assert_eq!(content.len(), a.size, "attachment {n}'s contents");
-        }
+        let (again, content) =
+            attachment(data, n).unwrap_or_else(|| panic!("listed attachment {n} not found again"));
+        assert_eq!(&again, a, "attachment {n} read again");
+        assert_eq!(content.len(), a.size, "attachment {n}'s contents");
         no_nul("attachment content_type", &a.content_type);
         if let Some(name) = &a.filename {
             no_nul("attachment filename", name);

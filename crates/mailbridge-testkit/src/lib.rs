@@ -18,7 +18,7 @@ mod world;
 pub use app::{ApiClient, AppOptions, TestApp, assert_error};
 pub use browser::{Browser, screenshot_dir};
 pub use clock::ManualClock;
-pub use dovecot::{Dovecot, Ports};
+pub use dovecot::{Dovecot, ImapLogin, Ports};
 pub use gmail::{GMAIL_ERROR_CHALLENGE, GMAIL_INBOX, GMAIL_SENT, ScriptedGmail};
 pub use mailbridge_testdb::{Postgres, TestDatabase};
 pub use oauth::OAuthProvider;
