@@ -566,32 +566,54 @@ async fn imap_idle_ends_when_asked_even_while_the_server_keeps_chatting() {
     s.logout().await;
 }
 
-#[tokio::test]
-async fn imap_a_refused_notify_or_status_leaves_the_session_usable() {
-    // A server that offers NOTIFY but refuses to set it (as one may for some folders or when
-    // busy), and refuses STATUS for a folder that is gone.
-    let server = Scripted::start(|mut peer| async move {
-        peer.say("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN IDLE NOTIFY] ready\r\n")
-            .await;
+/// An IMAP server offering `capabilities` (with AUTH=PLAIN) that accepts the login, answers
+/// IDLE and DONE, and each other command as `answer` says (given the tag and the command's
+/// words after it), `OK` when it says nothing.
+async fn imap_answering<F>(capabilities: &'static str, mut answer: F) -> Scripted
+where
+    F: FnMut(&str, &[&str]) -> Option<String> + Send + 'static,
+{
+    Scripted::start(move |mut peer| async move {
+        peer.say(&format!(
+            "* OK [CAPABILITY {capabilities} AUTH=PLAIN] ready\r\n"
+        ))
+        .await;
+        let mut idling = None;
         while let Some(line) = peer.hear().await {
-            let mut words = line.split_whitespace();
-            let tag = words.next().unwrap_or("*").to_owned();
-            let reply = match (words.next(), words.next()) {
-                (Some("CAPABILITY"), _) => {
-                    format!("* CAPABILITY IMAP4rev1 IDLE NOTIFY\r\n{tag} OK\r\n")
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let tag = words.first().copied().unwrap_or("*").to_owned();
+            let reply = match words.get(1).copied() {
+                _ if line.trim() == "DONE" => {
+                    format!("{} OK idle done\r\n", idling.take().unwrap_or_default())
                 }
-                (Some("NOTIFY"), _) => format!("{tag} NO [NOTIFICATIONOVERFLOW] not now\r\n"),
-                (Some("STATUS"), Some("\"Gone\"")) => {
-                    format!("{tag} NO [NONEXISTENT] Mailbox doesn't exist: Gone\r\n")
+                Some("CAPABILITY") => format!("* CAPABILITY {capabilities}\r\n{tag} OK\r\n"),
+                Some("IDLE") => {
+                    idling = Some(tag);
+                    "+ idling\r\n".to_owned()
                 }
-                (Some("STATUS"), Some(folder)) => format!(
-                    "* STATUS {folder} (MESSAGES 3 UIDNEXT 9 UIDVALIDITY 7)\r\n{tag} OK\r\n"
-                ),
-                _ => format!("{tag} OK\r\n"),
+                _ => answer(&tag, words.get(1..).unwrap_or_default())
+                    .unwrap_or_else(|| format!("{tag} OK\r\n")),
             };
             peer.say(&reply).await;
         }
         0
+    })
+    .await
+}
+
+#[tokio::test]
+async fn imap_a_refused_notify_or_status_leaves_the_session_usable() {
+    // A server that offers NOTIFY but refuses to set it (as one may for some folders or when
+    // busy), and refuses STATUS for a folder that is gone.
+    let server = imap_answering("IMAP4rev1 IDLE NOTIFY", |tag, words| match words {
+        ["NOTIFY", ..] => Some(format!("{tag} NO [NOTIFICATIONOVERFLOW] not now\r\n")),
+        ["STATUS", "\"Gone\"", ..] => Some(format!(
+            "{tag} NO [NONEXISTENT] Mailbox doesn't exist: Gone\r\n"
+        )),
+        ["STATUS", folder, ..] => Some(format!(
+            "* STATUS {folder} (MESSAGES 3 UIDNEXT 9 UIDVALIDITY 7)\r\n{tag} OK\r\n"
+        )),
+        _ => None,
     })
     .await;
     let mut s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
@@ -623,35 +645,23 @@ async fn imap_news_announced_during_a_pass_ends_the_next_idle_at_once() {
     // Mail that arrives after a pass searched INBOX is announced once, with the answer to a
     // later command of the pass (here a STATUS); IDLE would not announce it again. The first
     // STATUS carries a new count, the second the same count again and a RECENT (no news).
-    let server = Scripted::start(|mut peer| async move {
-        peer.say("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN IDLE] ready\r\n")
-            .await;
-        let (mut statuses, mut idling) = (0, None);
-        while let Some(line) = peer.hear().await {
-            let mut words = line.split_whitespace();
-            let tag = words.next().unwrap_or("*").to_owned();
-            let reply = match words.next() {
-                _ if line.trim() == "DONE" => {
-                    format!("{} OK idle done\r\n", idling.take().unwrap_or_default())
-                }
-                Some("CAPABILITY") => format!("* CAPABILITY IMAP4rev1 IDLE\r\n{tag} OK\r\n"),
-                Some("EXAMINE") => format!(
-                    "* 1 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT 2] ok\r\n{tag} OK [READ-ONLY] done\r\n"
-                ),
-                Some("STATUS") => {
-                    statuses += 1;
-                    let news = if statuses == 1 { "* 2 EXISTS\r\n" } else { "* 2 EXISTS\r\n* 1 RECENT\r\n" };
-                    format!("{news}* STATUS \"Sent\" (MESSAGES 3 UIDNEXT 9 UIDVALIDITY 7)\r\n{tag} OK\r\n")
-                }
-                Some("IDLE") => {
-                    idling = Some(tag);
-                    "+ idling\r\n".to_owned()
-                }
-                _ => format!("{tag} OK\r\n"),
+    let mut statuses = 0;
+    let server = imap_answering("IMAP4rev1 IDLE", move |tag, words| match words {
+        ["EXAMINE", ..] => Some(format!(
+            "* 1 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT 2] ok\r\n{tag} OK [READ-ONLY] done\r\n"
+        )),
+        ["STATUS", ..] => {
+            statuses += 1;
+            let news = if statuses == 1 {
+                "* 2 EXISTS\r\n"
+            } else {
+                "* 2 EXISTS\r\n* 1 RECENT\r\n"
             };
-            peer.say(&reply).await;
+            Some(format!(
+                "{news}* STATUS \"Sent\" (MESSAGES 3 UIDNEXT 9 UIDVALIDITY 7)\r\n{tag} OK\r\n"
+            ))
         }
-        0
+        _ => None,
     })
     .await;
     let mut s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
