@@ -293,6 +293,8 @@ impl ImapSession {
         if me.has("CONDSTORE") && me.has("ENABLE") {
             me.enable_condstore().await?;
         }
+        // What answered the set-up (`* ENABLED`…) is not news about any folder.
+        me.forget_unsolicited();
         Ok(me)
     }
 
@@ -391,18 +393,25 @@ impl ImapSession {
         while self.session.unsolicited_responses.try_recv().is_ok() {}
     }
 
-    /// Whether the server said, unasked, anything that may be a change: new mail (an `EXISTS`
-    /// with another count), an expunge, a flag change, another folder's `STATUS` (NOTIFY). A
-    /// keepalive (`* OK`) and `RECENT` (which comes with `EXISTS`) are not.
+    /// Whether the server said, unasked, anything that is a change: new mail (an `EXISTS` with
+    /// another count), an expunge (`EXPUNGE`, `VANISHED`), a flag change (`FETCH`), another
+    /// folder's `STATUS` (NOTIFY). Not a keepalive (`* OK`), `RECENT` (which comes with
+    /// `EXISTS`) or what answers the session's own set-up (`* ENABLED`, capabilities).
     fn take_news(&mut self) -> bool {
+        use async_imap::imap_proto::Response;
+        use async_imap::types::UnsolicitedResponse;
         let mut news = false;
         while let Ok(said) = self.session.unsolicited_responses.try_recv() {
             news |= match said {
-                async_imap::types::UnsolicitedResponse::Exists(n) => {
-                    self.exists.replace(n) != Some(n)
+                UnsolicitedResponse::Exists(n) => self.exists.replace(n) != Some(n),
+                UnsolicitedResponse::Expunge(_) | UnsolicitedResponse::Status { .. } => true,
+                UnsolicitedResponse::Recent(_) => false,
+                UnsolicitedResponse::Other(line) => {
+                    matches!(
+                        line.parsed(),
+                        Response::Fetch(..) | Response::Vanished { .. }
+                    )
                 }
-                async_imap::types::UnsolicitedResponse::Recent(_) => false,
-                other => !is_chatter(&other),
             };
         }
         news
