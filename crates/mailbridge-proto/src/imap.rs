@@ -293,8 +293,6 @@ impl ImapSession {
         if me.has("CONDSTORE") && me.has("ENABLE") {
             me.enable_condstore().await?;
         }
-        // What answered the set-up (`* ENABLED`…) is not news about any folder.
-        me.forget_unsolicited();
         Ok(me)
     }
 
@@ -842,24 +840,20 @@ impl ImapSession {
                 .map_err(|e| imap_error(&endpoint, "end IDLE", e, None))
         })
         .await?;
+        let mut me = Self {
+            endpoint,
+            session,
+            capabilities,
+            activity,
+            exists,
+        };
         // Mail that arrived as the wait ended is announced between DONE and its answer
         // (async-imap passes such lines on as unsolicited): a change all the same. A
         // server's `* OK Still here` there is not.
-        while let Ok(said) = session.unsolicited_responses.try_recv() {
-            if !is_chatter(&said) {
-                outcome = IdleOutcome::Changed;
-            }
+        if me.take_news() {
+            outcome = IdleOutcome::Changed;
         }
-        Ok((
-            Self {
-                endpoint,
-                session,
-                capabilities,
-                activity,
-                exists,
-            },
-            outcome,
-        ))
+        Ok((me, outcome))
     }
 
     /// Ends the session politely; errors are of no interest by then.
@@ -867,16 +861,6 @@ impl ImapSession {
         let logout = tokio::time::timeout(self.endpoint.timeout, self.session.logout());
         let _ = std::panic::AssertUnwindSafe(logout).catch_unwind().await;
     }
-}
-
-/// An untagged `* OK …` (a keepalive while idling): no news about the mailbox.
-fn is_chatter(said: &async_imap::types::UnsolicitedResponse) -> bool {
-    use async_imap::imap_proto::{Response, Status};
-    matches!(
-        said,
-        async_imap::types::UnsolicitedResponse::Other(line)
-            if matches!(line.parsed(), Response::Data { status: Status::Ok, .. })
-    )
 }
 
 /// An IMAP quoted string (RFC 3501 §4.3).
