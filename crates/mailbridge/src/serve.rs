@@ -105,9 +105,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         state.connection_limits.clone(),
     );
     let (stop, stopped) = watch::channel(false);
+    // Listening for the signals starts here, before the first request can be answered: a
+    // listener made on the shutdown future's first poll could miss a SIGTERM sent to a
+    // service that already answered /readyz (the signal's default action would kill it).
+    let signals = shutdown_signal();
     let engine = tokio::spawn(engine.run(stopped));
     mailbridge_web::serve(listener, state, async move {
-        shutdown_signal().await;
+        signals.await;
         let _ = stop.send(true);
     })
     .await?;
@@ -117,31 +121,43 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Listens for SIGINT (Ctrl-C) and SIGTERM from the call on; the future completes on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let listeners = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind)
+                .inspect_err(|e| tracing::error!(error = %e, "cannot listen for {name}"))
+                .ok()
+        };
+        (
+            listen(SignalKind::interrupt(), "SIGINT"),
+            listen(SignalKind::terminate(), "SIGTERM"),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let (int, term) = listeners;
+            let received = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = received(int) => {}
+                () = received(term) => {}
+            }
+        }
+        #[cfg(not(unix))]
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        tracing::info!("shutting down: finishing requests in flight");
     }
-    tracing::info!("shutting down: finishing requests in flight");
 }
