@@ -723,9 +723,10 @@ impl Engine {
             }
             return poll(shutdown).await;
         };
-        let _connection = self.metrics.connection();
-        let (mut session, folders) = {
+        let (_connection, mut session, folders) = {
             let _global = self.global_permit().await;
+            // Counted from here, not while the pass waited for its turn to connect.
+            let connection = self.metrics.connection();
             let (s, folders, report) = Box::pin(self.open_imap(&target, &mut options)).await?;
             *failures = 0;
             self.metrics
@@ -735,7 +736,7 @@ impl Engine {
                 .messages_synced
                 .inc_by(report.sync.stored as u64);
             tracing::debug!(mailbox = %mailbox.id, report = ?report.sync, "synced");
-            (s, folders)
+            (connection, s, folders)
         };
         // Without CONDSTORE, every flag is read again at most once per poll interval (IDLE
         // reports changes in INBOX as they happen).

@@ -1553,3 +1553,57 @@ async fn scrape(w: &MailWorld) -> String {
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn a_mailbox_waiting_for_its_turn_to_connect_is_not_an_open_connection() {
+    // One sync at a time on this node, and two mailboxes on a server that accepts
+    // connections and never answers: one worker is connecting (until the mail timeout), the
+    // other waits for its turn, holding no connection.
+    let w = MailWorld::start(AppOptions {
+        engine: Some(EngineConfig {
+            global_limit: 1,
+            mail_timeout: Duration::from_secs(3),
+            ..fast_engine()
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let profile = w
+        .password_profile_with(
+            "Silent",
+            json!({"protocol": "imap", "host": "127.0.0.1", "port": port, "security": "tls"}),
+        )
+        .await;
+    for email in ["ann@example.com", "ann.two@example.com"] {
+        let m = w
+            .mailbox(email, &w.ann_id, &profile, json!({"password": "hunter2"}))
+            .await;
+        w.enable_as_tested(&m).await;
+    }
+    let open = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("mailbridge_connections_open "))
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    let started = Instant::now();
+    while open(&scrape(&w).await) != Some(1) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no connection counted: {}",
+            scrape(&w).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both workers are past their start (no stagger, 100 logins a second); for the next
+    // second, only the one connecting counts.
+    for _ in 0..20 {
+        let metrics = scrape(&w).await;
+        assert_eq!(open(&metrics), Some(1), "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(silent);
+    w.app.stop().await.unwrap();
+}
