@@ -899,6 +899,17 @@ impl<S> WholeLines<S> {
             None => 0,
         }
     }
+
+    /// Hands on the first `n` held bytes. Once nothing is held, nor is its room: an idle
+    /// session's last read was a whole line, and thousands of them would otherwise each keep
+    /// the room their largest read needed.
+    fn hand_on(&mut self, n: usize, out: &mut tokio::io::ReadBuf<'_>) {
+        out.put_slice(&self.held[..n]);
+        self.held.drain(..n);
+        if self.held.is_empty() {
+            self.held = Vec::new();
+        }
+    }
 }
 
 impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WholeLines<S> {
@@ -915,8 +926,7 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WholeLines<S> {
         loop {
             let n = me.ready(out.remaining());
             if n > 0 {
-                out.put_slice(&me.held[..n]);
-                me.held.drain(..n);
+                me.hand_on(n, out);
                 return Poll::Ready(Ok(()));
             }
             let mut chunk = [0u8; 16 * 1024];
@@ -926,8 +936,7 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WholeLines<S> {
                     // The end of the stream: what is held goes on (the parser reports a cut
                     // answer), then the end.
                     let n = me.held.len().min(out.remaining());
-                    out.put_slice(&me.held[..n]);
-                    me.held.drain(..n);
+                    me.hand_on(n, out);
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(Ok(())) => me.held.extend_from_slice(read.filled()),
@@ -1177,6 +1186,9 @@ mod tests {
                 break;
             }
             reads.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            // Between whole lines nothing is held, and no room kept for it either (an idle
+            // session keeps none).
+            assert_eq!(lines.held.capacity(), 0, "after {reads:?}");
         }
         assert_eq!(
             reads,
