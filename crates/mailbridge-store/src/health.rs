@@ -176,17 +176,6 @@ async fn outage_of(tx: &mut AnyConnection, mailbox: &str) -> Result<Option<Outag
     }))
 }
 
-/// Ends the mailbox's run of failures; whether it had one.
-pub(crate) async fn clear_failing(tx: &mut AnyConnection, mailbox: &str) -> Result<bool> {
-    let cleared: Option<(String,)> = sqlx::query_as(
-        "UPDATE mailboxes SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL RETURNING id",
-    )
-    .bind(mailbox)
-    .fetch_optional(&mut *tx)
-    .await?;
-    Ok(cleared.is_some())
-}
-
 /// After a mailbox of a profile synced again: when the profile is no longer in an outage,
 /// its outage alert is settled.
 pub(crate) async fn resolve_outage_if_over(

@@ -86,15 +86,17 @@ pub(crate) async fn lease_now(
     match backend {
         Backend::Sqlite => Ok(local_now),
         Backend::Postgres => {
-            let (ms,): (i64,) = sqlx::query_as(
-                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
-            )
-            .fetch_one(&mut *tx)
-            .await?;
+            let (ms,): (i64,) =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {POSTGRES_CLOCK_MS}")))
+                    .fetch_one(&mut *tx)
+                    .await?;
             Ok(ms)
         }
     }
 }
+
+/// PostgreSQL's clock in milliseconds since the epoch, as SQL: what [`lease_now`] reads.
+const POSTGRES_CLOCK_MS: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
 
 /// SQL: enabled mailboxes with a synchronized direction, of the node group bound at
 /// parameter `$g` (a mailbox without a router group belongs to the default group).
@@ -367,21 +369,24 @@ pub(crate) async fn check_fence(
     fence: &Fence,
     local_now: i64,
 ) -> Result<()> {
-    let now = lease_now(tx, backend, local_now).await?;
-    let lock = match backend {
-        Backend::Postgres => " FOR SHARE",
-        Backend::Sqlite => "",
+    // At the lease clock (see `lease_now`); on PostgreSQL read in this very statement, which
+    // every batch a worker stores begins with: one round trip, not two.
+    let (now, lock) = match backend {
+        Backend::Postgres => (POSTGRES_CLOCK_MS, " FOR SHARE"),
+        Backend::Sqlite => ("$4", ""),
     };
-    let held: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT epoch FROM mailbox_leases WHERE mailbox_id = $1 AND node_id = $2 AND epoch = $3 \
-         AND expires_at > $4{lock}"
+         AND expires_at > {now}{lock}"
     )))
     .bind(mailbox)
     .bind(&fence.node)
-    .bind(fence.epoch)
-    .bind(now)
-    .fetch_optional(&mut *tx)
-    .await?;
+    .bind(fence.epoch);
+    let query = match backend {
+        Backend::Postgres => query,
+        Backend::Sqlite => query.bind(local_now),
+    };
+    let held: Option<(i64,)> = query.fetch_optional(&mut *tx).await?;
     match held {
         Some(_) => Ok(()),
         None => Err(StoreError::LeaseLost {
