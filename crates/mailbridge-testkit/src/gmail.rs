@@ -7,7 +7,7 @@
 //! `\Sent`, "[Gmail]/All Mail" all of them, each message with a UID of its own in each —
 //! with CONDSTORE (a MODSEQ per message; [`ScriptedGmail::relabel`] and
 //! [`ScriptedGmail::set_flags`] change one, as the web client would), and, on demand, a message it cannot read (`NO Some messages could not be
-//! FETCHed`).
+//! FETCHed`) or NOTIFY offered and refused ([`ScriptedGmail::refuse_notify`]).
 //! Scripted because no real peer shows these on demand; plain TCP, one account.
 
 use std::sync::Arc;
@@ -23,6 +23,9 @@ pub const GMAIL_ERROR_CHALLENGE: &str = "eyJzdGF0dXMiOiI0MDAiLCJzY2hlbWVzIjoiQmV
 
 const PRE_AUTH_CAPS: &str = "IMAP4rev1 UNSELECT IDLE NAMESPACE QUOTA ID XLIST CHILDREN X-GM-EXT-1 XYZZY SASL-IR AUTH=XOAUTH2 AUTH=PLAIN AUTH=PLAIN-CLIENTTOKEN AUTH=OAUTHBEARER AUTH=XOAUTH";
 const POST_AUTH_CAPS: &str = "IMAP4rev1 UNSELECT IDLE NAMESPACE QUOTA ID XLIST CHILDREN X-GM-EXT-1 UIDPLUS COMPRESS=DEFLATE ENABLE MOVE CONDSTORE ESEARCH UTF8=ACCEPT LIST-EXTENDED LIST-STATUS LITERAL- SPECIAL-USE APPENDLIMIT=35651584";
+
+/// NOTIFY is not offered (Gmail's way): see [`ScriptedGmail::refuse_notify`].
+const NOTIFY_NOT_OFFERED: u32 = u32::MAX;
 
 /// A message in the scripted INBOX: what Gmail would say of it.
 pub struct GmailMessage {
@@ -170,6 +173,8 @@ pub struct ScriptedGmail {
     unreadable: Arc<AtomicU32>,
     /// Whether the account is over its download allowance: every download is refused.
     over_quota: Arc<AtomicBool>,
+    /// The `NOTIFY SET` commands refused (once [`ScriptedGmail::refuse_notify`] was called).
+    notify_refused: Arc<AtomicU32>,
     mailbox: Arc<std::sync::Mutex<Mailbox>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -188,10 +193,12 @@ impl ScriptedGmail {
         let flag = id_received.clone();
         let unreadable = Arc::new(AtomicU32::new(0));
         let over_quota = Arc::new(AtomicBool::new(false));
+        let notify_refused = Arc::new(AtomicU32::new(NOTIFY_NOT_OFFERED));
         let mailbox = Arc::new(std::sync::Mutex::new(Mailbox::new()));
         let state = Limits {
             unreadable: unreadable.clone(),
             over_quota: over_quota.clone(),
+            notify_refused: notify_refused.clone(),
             mailbox: mailbox.clone(),
         };
         let task = tokio::spawn(async move {
@@ -209,6 +216,7 @@ impl ScriptedGmail {
             user: user_name,
             unreadable,
             over_quota,
+            notify_refused,
             mailbox,
             task,
         })
@@ -249,6 +257,27 @@ impl ScriptedGmail {
         self.over_quota.store(over, Ordering::SeqCst);
     }
 
+    /// From the next connection on, offers NOTIFY (RFC 5465) and refuses every `NOTIFY SET` with
+    /// `NO [NOTIFICATIONOVERFLOW]`, as a server past its limit of notifications may. Not
+    /// Gmail's way (Gmail offers no NOTIFY), but the client must then do as it does on
+    /// Gmail: look at the other folders' counters itself.
+    pub fn refuse_notify(&self) {
+        let _ = self.notify_refused.compare_exchange(
+            NOTIFY_NOT_OFFERED,
+            0,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// How many `NOTIFY SET` commands were refused.
+    pub fn notify_refusals(&self) -> u32 {
+        match self.notify_refused.load(Ordering::SeqCst) {
+            NOTIFY_NOT_OFFERED => 0,
+            n => n,
+        }
+    }
+
     /// Gives the message of X-GM-MSGID `msg_id` these labels (`(\Inbox \Sent)`; without
     /// `\Inbox` it leaves INBOX, as archiving does), as the web client would: it enters and
     /// leaves the folders of its labels, and its MODSEQ moves.
@@ -275,6 +304,8 @@ impl ScriptedGmail {
 struct Limits {
     unreadable: Arc<AtomicU32>,
     over_quota: Arc<AtomicBool>,
+    /// [`NOTIFY_NOT_OFFERED`], or NOTIFY is offered and this many `NOTIFY SET` were refused.
+    notify_refused: Arc<AtomicU32>,
     mailbox: Arc<std::sync::Mutex<Mailbox>>,
 }
 
@@ -299,6 +330,12 @@ async fn serve(
         .await?;
     let mut authenticated = false;
     let mut selected = String::from("INBOX");
+    let notify_offered = limits.notify_refused.load(Ordering::SeqCst) != NOTIFY_NOT_OFFERED;
+    let post_auth_caps = if notify_offered {
+        format!("{POST_AUTH_CAPS} NOTIFY")
+    } else {
+        POST_AUTH_CAPS.to_owned()
+    };
     while let Some(line) = lines.next_line().await? {
         let mut parts = line.splitn(3, ' ');
         let (tag, command, rest) = (
@@ -309,7 +346,7 @@ async fn serve(
         let reply = match command.as_str() {
             "CAPABILITY" => {
                 let caps = if authenticated {
-                    POST_AUTH_CAPS
+                    &post_auth_caps
                 } else {
                     PRE_AUTH_CAPS
                 };
@@ -338,7 +375,7 @@ async fn serve(
                 {
                     authenticated = true;
                     format!(
-                        "* CAPABILITY {POST_AUTH_CAPS}\r\n{tag} OK {user} authenticated (Success)\r\n"
+                        "* CAPABILITY {post_auth_caps}\r\n{tag} OK {user} authenticated (Success)\r\n"
                     )
                 } else {
                     write
@@ -420,6 +457,10 @@ async fn serve(
                 write.write_all(b"+ idling\r\n").await?;
                 let _done = lines.next_line().await?;
                 format!("{tag} OK IDLE terminated (Success)\r\n")
+            }
+            "NOTIFY" if authenticated && notify_offered => {
+                limits.notify_refused.fetch_add(1, Ordering::SeqCst);
+                format!("{tag} NO [NOTIFICATIONOVERFLOW] Too many notifications\r\n")
             }
             "ENABLE" if authenticated => {
                 format!("* ENABLED CONDSTORE\r\n{tag} OK Success\r\n")

@@ -1607,3 +1607,51 @@ async fn a_mailbox_waiting_for_its_turn_to_connect_is_not_an_open_connection() {
     drop(silent);
     w.app.stop().await.unwrap();
 }
+
+/// A server that offers NOTIFY and then refuses it: the engine looks at the other folders'
+/// counters itself every `folder_check` (1 s here), as where NOTIFY is not offered, rather
+/// than waiting for announcements that will never come (until the full check, 60 s here).
+#[tokio::test]
+async fn a_refused_notify_leaves_the_other_folders_looked_at_every_folder_check() {
+    use mailbridge_testkit::GMAIL_INBOX;
+    let w = world().await;
+    let gmail = mailbridge_testkit::ScriptedGmail::start("ann@example.com", "*", true)
+        .await
+        .unwrap();
+    gmail.refuse_notify();
+    let incoming =
+        json!({"protocol": "imap", "host": "127.0.0.1", "port": gmail.port, "security": "none"});
+    let (_, mailbox) = w.ann_enabled_via(incoming, json!({})).await;
+    let emails = wait_for_emails(&w, &mailbox, &w.ann, 3).await;
+    let friday = emails
+        .iter()
+        .find(|e| e["subject"] == "Re: Lunch?" && e["folder"] == "INBOX")
+        .unwrap_or_else(|| panic!("{emails:#?}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let asked = Instant::now();
+    while gmail.notify_refusals() == 0 {
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "the engine never asked for NOTIFY"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Labelled Sent in the web client: Gmail's IDLE says nothing; Sent Mail's counters do.
+    gmail.relabel(GMAIL_INBOX[1].msg_id, "(\\Inbox \\Sent \"Work/Lunch\")");
+    let both = w
+        .poll(
+            &format!("/api/v1/emails/{friday}"),
+            &w.ann,
+            10,
+            "the new label, found by STATUS",
+            |e| e["gmail_labels"].as_array().unwrap().len() == 3,
+        )
+        .await;
+    assert_eq!(
+        both["gmail_labels"],
+        json!(["\\Inbox", "\\Sent", "Work/Lunch"])
+    );
+    w.app.stop().await.unwrap();
+}
