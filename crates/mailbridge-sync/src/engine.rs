@@ -421,9 +421,8 @@ impl Engine {
         delay: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
+        if Box::pin(stopped_during(delay, &mut shutdown)).await {
+            return;
         }
         let mut failures = 0u32;
         // Passes in a row that the database failed (down, or its disk full).
@@ -437,26 +436,29 @@ impl Engine {
             if *shutdown.borrow() {
                 return;
             }
-            let record = match Box::pin(self.store.get_mailbox(mailbox)).await {
+            let record = match Box::pin(self.store.get_mailbox(mailbox))
+                .await
+                .map(Box::new)
+            {
                 Ok(m) if !m.enabled => return,
                 Ok(m) if !m.spec.incoming_method.is_synchronized() => {
                     // Outgoing only: the lease is held for sending, there is nothing to read
                     // (nor a lag to count). Look again later, in case incoming is turned on.
                     self.metrics.currency.stopped(mailbox);
-                    tokio::select! {
-                        _ = tokio::time::sleep(self.config.scan_interval) => continue,
-                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    if Box::pin(stopped_during(self.config.scan_interval, &mut shutdown)).await {
+                        return;
                     }
+                    continue;
                 }
                 Ok(m) => m,
                 Err(e) if e.is_database_outage() => {
                     outage_waits += 1;
                     let wait = self.outage_backoff(mailbox, outage_waits);
                     tracing::warn!(%mailbox, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot read the mailbox: the database is not answering; waiting for it");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => continue,
-                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    if Box::pin(stopped_during(wait, &mut shutdown)).await {
+                        return;
                     }
+                    continue;
                 }
                 Err(e) => {
                     tracing::warn!(%mailbox, error = %e, "cannot read the mailbox; stopping its worker");
@@ -466,9 +468,8 @@ impl Engine {
             if !paced {
                 let wait = self.pace.slot(Instant::now());
                 if !wait.is_zero() {
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    if Box::pin(stopped_during(wait, &mut shutdown)).await {
+                        return;
                     }
                     paced = true;
                     continue;
@@ -478,21 +479,12 @@ impl Engine {
             let wait = logins.next_slot(Instant::now());
             if !wait.is_zero() {
                 tracing::info!(%mailbox, wait_ms = wait.as_millis() as u64, "logging in too often; waiting");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.wait_for(|stop| *stop) => return,
+                if Box::pin(stopped_during(wait, &mut shutdown)).await {
+                    return;
                 }
             }
-            let (result, auth) = match Box::pin(self.store.get_profile(record.spec.profile_id))
-                .await
-            {
-                Ok(profile) => (
-                    Box::pin(self.pass(&record, &profile, &fence, &mut shutdown, &mut failures))
-                        .await,
-                    profile.spec.auth,
-                ),
-                Err(e) => (Err(SyncError::Store(e)), AuthMethod::Password),
-            };
+            let (result, auth) =
+                Box::pin(self.profile_pass(&record, &fence, &mut shutdown, &mut failures)).await;
             // Failures are recorded (and the mailbox disabled) only while this node still holds
             // the lease: a worker that lost it must not stop a mailbox another node works.
             let e = match result {
@@ -515,10 +507,10 @@ impl Engine {
                     outage_waits += 1;
                     let wait = self.outage_backoff(mailbox, outage_waits);
                     tracing::warn!(%mailbox, error = %e, retry_in_ms = wait.as_millis() as u64, "sync waits for the database; the mailbox is not counted as failing");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => continue,
-                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    if Box::pin(stopped_during(wait, &mut shutdown)).await {
+                        return;
                     }
+                    continue;
                 }
                 // The provider's limit (Gmail's bandwidth per day): the mailbox waits, says
                 // until when, and is not counted as failing.
@@ -541,10 +533,10 @@ impl Engine {
                         }
                         Ok(()) => {}
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => continue,
-                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    if Box::pin(stopped_during(wait, &mut shutdown)).await {
+                        return;
                     }
+                    continue;
                 }
                 Err(e) => e,
             };
@@ -588,10 +580,10 @@ impl Engine {
             }
             if transient && (failures < self.config.max_failures || held) {
                 let wait = self.backoff(mailbox, failures);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => continue,
-                    _ = shutdown.wait_for(|stop| *stop) => return,
+                if Box::pin(stopped_during(wait, &mut shutdown)).await {
+                    return;
                 }
+                continue;
             }
             let (kind, message, hint) = if transient {
                 let hint = match &e {
@@ -630,16 +622,37 @@ impl Engine {
         }
     }
 
+    /// The mailbox's profile, read now (settings may have changed), and one [`Engine::pass`]
+    /// with it; the profile's kind of login, for the hints if it failed. A future of its own:
+    /// in [`Engine::work`]'s, the profile took room twice (the read's result and the value
+    /// taken from it) for as long as a session idles.
+    async fn profile_pass(
+        &self,
+        mailbox: &MailboxRecord,
+        fence: &Fence,
+        shutdown: &mut watch::Receiver<bool>,
+        failures: &mut u32,
+    ) -> (Result<Pass, SyncError>, AuthMethod) {
+        let profile = match Box::pin(self.store.get_profile(mailbox.spec.profile_id)).await {
+            Ok(profile) => profile,
+            Err(e) => return (Err(SyncError::Store(e)), AuthMethod::Password),
+        };
+        let result = Box::pin(self.pass(mailbox, &profile, fence, shutdown, failures)).await;
+        (result, profile.spec.auth)
+    }
+
     /// One connection's worth of work: an IMAP session (sync, IDLE, sync…) until the token is
     /// due for refresh or `full_check` passes; or, when the profile has no connection to
     /// spare for one more IDLE session, one IMAP sync and the wait after it; or one POP3 pass
     /// and the wait after it. Every successful sync ends the mailbox's run of `failures`.
     ///
-    /// The awaited work (login, the sync, IDLE, the database) is boxed here and in
-    /// [`Engine::work`]: an async fn's state is as large as its largest await, so without the
-    /// boxes each idling mailbox's task would keep room for a whole sync pass it is not
-    /// running (10.5 KiB per task against 8.2 KiB in a debug build, by `size_of_val`; at 10,000
-    /// mailboxes that is memory).
+    /// The awaited work (login, the sync, IDLE, the database, the waits) is boxed here and in
+    /// [`Engine::work`], and the mailbox record is held boxed there: an async fn's state is as
+    /// large as its largest await plus whatever it keeps at its own place, so without the
+    /// boxes each idling mailbox's task would keep room for work it is not doing (release
+    /// build, `RUSTFLAGS=-Zprint-type-sizes` on nightly: `work` 2,936 → 864 bytes, `pass`
+    /// 2,760 → 2,008, with the POP3 QUIT and the poll wait boxed; at 10,000 mailboxes that
+    /// is memory).
     async fn pass(
         &self,
         mailbox: &MailboxRecord,
@@ -676,12 +689,12 @@ impl Engine {
         let poll = |shutdown: &mut watch::Receiver<bool>| {
             let interval = Duration::from_secs(u64::from(profile.spec.poll_interval_seconds));
             let mut shutdown = shutdown.clone();
-            async move {
+            Box::pin(async move {
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => Ok(Pass::Continue),
                     _ = shutdown.wait_for(|stop| *stop) => Ok(Pass::Shutdown),
                 }
-            }
+            })
         };
         let Some(idle_slot) = idle_slot else {
             {
@@ -710,7 +723,7 @@ impl Engine {
                             Some(fence),
                         ))
                         .await?;
-                        s.quit().await?;
+                        Box::pin(s.quit()).await?;
                         report
                     }
                 };
@@ -1029,6 +1042,16 @@ impl LoginPace {
         let slot = next.map_or(now, |n| n.max(now));
         *next = Some(slot + self.interval);
         slot - now
+    }
+}
+
+/// Waits `wait` unless the engine stops first: whether it stopped. Awaited boxed in
+/// [`Engine::work`], so the timer is not part of every worker's future for as long as the
+/// worker lives.
+async fn stopped_during(wait: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => false,
+        _ = shutdown.wait_for(|stop| *stop) => true,
     }
 }
 
