@@ -807,7 +807,9 @@ impl ImapSession {
             exists,
         } = self;
         let mut handle = session.idle();
-        imap_step(&endpoint, "start IDLE", &activity, async {
+        // The steps before and after the wait are boxed: this future is held for as long as
+        // the session idles, and needs room only for the wait then (thousands of sessions).
+        Box::pin(imap_step(&endpoint, "start IDLE", &activity, async {
             Box::pin(handle.init()).await.map_err(|e| match e {
                 // async-imap 0.12 reports the server's BAD to IDLE (a command it does not
                 // know) as a refused connection carrying the server's words.
@@ -819,7 +821,7 @@ impl ImapSession {
                 }
                 e => imap_error(&endpoint, "start IDLE", e, None),
             })
-        })
+        }))
         .await?;
         let (waiting, _stop) = handle.wait_with_timeout(wait);
         // async-imap's timeout starts again with every line, and servers send `* OK Still here`
@@ -834,11 +836,11 @@ impl ImapSession {
             Ok(Ok(_)) | Err(_) => IdleOutcome::TimedOut,
             Ok(Err(e)) => return Err(imap_error(&endpoint, "wait in IDLE", e, None)),
         };
-        let session = imap_step(&endpoint, "end IDLE", &activity, async {
+        let session = Box::pin(imap_step(&endpoint, "end IDLE", &activity, async {
             Box::pin(handle.done())
                 .await
                 .map_err(|e| imap_error(&endpoint, "end IDLE", e, None))
-        })
+        }))
         .await?;
         let mut me = Self {
             endpoint,
