@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailbridge_sync::EngineConfig;
-use mailbridge_testkit::{AppOptions, CountingProxy, MailWorld, ManualClock};
+use mailbridge_testkit::{AppOptions, CountingProxy, MailWorld, ManualClock, ScriptedGmail};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -1365,22 +1365,27 @@ async fn mail_the_tracking_rule_leaves_out_is_never_downloaded_whole() {
     w.app.stop().await.unwrap();
 }
 
-/// Gmail, where folders are labels: a message in INBOX and Sent Mail is one record whose
-/// labels say where it is; labels and flags changed in the web client follow (CONDSTORE);
-/// a message that leaves INBOX but is still sent mail moves to Sent Mail; one in no synced
-/// folder any more is deleted on the server — and nothing is stored twice.
-#[tokio::test]
-async fn gmail_labels_and_flags_follow_and_one_message_stays_one_record() {
-    use mailbridge_testkit::GMAIL_INBOX;
+/// Ann's mailbox on a scripted Gmail (`prepare`d before the first login), enabled and its
+/// first sync done: the world, the server, the mailbox, and the id of its record of a subject
+/// in a folder.
+async fn ann_on_scripted_gmail(
+    prepare: impl FnOnce(&ScriptedGmail),
+) -> (
+    MailWorld,
+    ScriptedGmail,
+    String,
+    impl Fn(&str, &str) -> String,
+) {
     let w = world().await;
-    let gmail = mailbridge_testkit::ScriptedGmail::start("ann@example.com", "*", true)
+    let gmail = ScriptedGmail::start("ann@example.com", "*", true)
         .await
         .unwrap();
+    prepare(&gmail);
     let incoming =
         json!({"protocol": "imap", "host": "127.0.0.1", "port": gmail.port, "security": "none"});
     let (_, mailbox) = w.ann_enabled_via(incoming, json!({})).await;
     let emails = wait_for_emails(&w, &mailbox, &w.ann, 3).await;
-    let id_of = |subject: &str, folder: &str| {
+    let id_of = move |subject: &str, folder: &str| {
         emails
             .iter()
             .find(|e| e["subject"] == subject && e["folder"] == folder)
@@ -1389,6 +1394,39 @@ async fn gmail_labels_and_flags_follow_and_one_message_stays_one_record() {
             .unwrap()
             .to_owned()
     };
+    (w, gmail, mailbox, id_of)
+}
+
+/// Labels Friday's message (the second of `GMAIL_INBOX`) Sent too, as the web client would, and
+/// waits up to `within` seconds for its record `friday` to carry the new label.
+async fn label_sent(w: &MailWorld, gmail: &ScriptedGmail, friday: &str, within: u64) {
+    gmail.relabel(
+        mailbridge_testkit::GMAIL_INBOX[1].msg_id,
+        "(\\Inbox \\Sent \"Work/Lunch\")",
+    );
+    let both = w
+        .poll(
+            &format!("/api/v1/emails/{friday}"),
+            &w.ann,
+            within,
+            "the new label",
+            |e| e["gmail_labels"].as_array().unwrap().len() == 3,
+        )
+        .await;
+    assert_eq!(
+        both["gmail_labels"],
+        json!(["\\Inbox", "\\Sent", "Work/Lunch"])
+    );
+}
+
+/// Gmail, where folders are labels: a message in INBOX and Sent Mail is one record whose
+/// labels say where it is; labels and flags changed in the web client follow (CONDSTORE);
+/// a message that leaves INBOX but is still sent mail moves to Sent Mail; one in no synced
+/// folder any more is deleted on the server — and nothing is stored twice.
+#[tokio::test]
+async fn gmail_labels_and_flags_follow_and_one_message_stays_one_record() {
+    use mailbridge_testkit::GMAIL_INBOX;
+    let (w, gmail, mailbox, id_of) = ann_on_scripted_gmail(|_| {}).await;
     let (lunch, friday) = (id_of("Lunch?", "INBOX"), id_of("Re: Lunch?", "INBOX"));
     let answer = id_of("Re: Lunch?", "[Gmail]/Sent Mail");
     let email = |id: String| {
@@ -1401,20 +1439,7 @@ async fn gmail_labels_and_flags_follow_and_one_message_stays_one_record() {
         }
     };
     // Friday's message is also labelled Sent: now in both folders, still one record.
-    gmail.relabel(GMAIL_INBOX[1].msg_id, "(\\Inbox \\Sent \"Work/Lunch\")");
-    let both = w
-        .poll(
-            &format!("/api/v1/emails/{friday}"),
-            &w.ann,
-            15,
-            "the new label",
-            |e| e["gmail_labels"].as_array().unwrap().len() == 3,
-        )
-        .await;
-    assert_eq!(
-        both["gmail_labels"],
-        json!(["\\Inbox", "\\Sent", "Work/Lunch"])
-    );
+    label_sent(&w, &gmail, &friday, 15).await;
     // Starred in the web client.
     gmail.set_flags(GMAIL_INBOX[1].msg_id, "(\\Seen \\Flagged)");
     w.poll(
@@ -1613,23 +1638,8 @@ async fn a_mailbox_waiting_for_its_turn_to_connect_is_not_an_open_connection() {
 /// than waiting for announcements that will never come (until the full check, 60 s here).
 #[tokio::test]
 async fn a_refused_notify_leaves_the_other_folders_looked_at_every_folder_check() {
-    use mailbridge_testkit::GMAIL_INBOX;
-    let w = world().await;
-    let gmail = mailbridge_testkit::ScriptedGmail::start("ann@example.com", "*", true)
-        .await
-        .unwrap();
-    gmail.refuse_notify();
-    let incoming =
-        json!({"protocol": "imap", "host": "127.0.0.1", "port": gmail.port, "security": "none"});
-    let (_, mailbox) = w.ann_enabled_via(incoming, json!({})).await;
-    let emails = wait_for_emails(&w, &mailbox, &w.ann, 3).await;
-    let friday = emails
-        .iter()
-        .find(|e| e["subject"] == "Re: Lunch?" && e["folder"] == "INBOX")
-        .unwrap_or_else(|| panic!("{emails:#?}"))["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (w, gmail, _, id_of) = ann_on_scripted_gmail(ScriptedGmail::refuse_notify).await;
+    let friday = id_of("Re: Lunch?", "INBOX");
     let asked = Instant::now();
     while gmail.notify_refusals() == 0 {
         assert!(
@@ -1639,19 +1649,6 @@ async fn a_refused_notify_leaves_the_other_folders_looked_at_every_folder_check(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Labelled Sent in the web client: Gmail's IDLE says nothing; Sent Mail's counters do.
-    gmail.relabel(GMAIL_INBOX[1].msg_id, "(\\Inbox \\Sent \"Work/Lunch\")");
-    let both = w
-        .poll(
-            &format!("/api/v1/emails/{friday}"),
-            &w.ann,
-            10,
-            "the new label, found by STATUS",
-            |e| e["gmail_labels"].as_array().unwrap().len() == 3,
-        )
-        .await;
-    assert_eq!(
-        both["gmail_labels"],
-        json!(["\\Inbox", "\\Sent", "Work/Lunch"])
-    );
+    label_sent(&w, &gmail, &friday, 10).await;
     w.app.stop().await.unwrap();
 }
