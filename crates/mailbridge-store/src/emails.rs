@@ -261,15 +261,22 @@ impl Store {
             events.extend(email_event(&mut tx, EventType::EmailUpdated, id).await?);
         }
         // Whose mail it is (for the events) and whether this pass ends a run of failures, in
-        // one read: the statements of a batch are round trips on PostgreSQL.
-        let (owner, failing_since): (String, Option<i64>) =
+        // one read: the statements of a batch are round trips on PostgreSQL. Read, then
+        // cleared by the UPDATE below: only the worker holding the lease writes
+        // `failing_since` (`record_sync_error` is fenced as this batch is).
+        let mailbox_row: Option<(String, Option<i64>)> =
             sqlx::query_as("SELECT owner_user_id, failing_since FROM mailboxes WHERE id = $1")
                 .bind(&mid)
-                .fetch_one(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
+        let failing_since = mailbox_row.as_ref().and_then(|(_, since)| *since);
         events.extend(if inserted.is_empty() {
             Vec::new()
         } else {
+            let (owner, _) = mailbox_row.ok_or_else(|| StoreError::NotFound {
+                kind: "mailbox",
+                id: mid.clone(),
+            })?;
             let owner: UserId = owner
                 .parse()
                 .map_err(|e| StoreError::corrupt("mailbox owner", e))?;

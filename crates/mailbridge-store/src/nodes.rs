@@ -358,8 +358,9 @@ async fn claim(
     Ok(())
 }
 
-/// Inside a write transaction: refuses unless `fence` still holds the mailbox's lease (at
-/// [`lease_now`]; `local_now` is the store's clock). On PostgreSQL the lease row is
+/// Inside a write transaction: refuses unless `fence` still holds the mailbox's lease, at
+/// the lease clock (the one [`lease_now`] reads: the database's on PostgreSQL, read inside
+/// this statement; `local_now`, the store's, on SQLite). On PostgreSQL the lease row is
 /// share-locked until commit, so a claimer waits for this write to finish before it takes
 /// over.
 pub(crate) async fn check_fence(
@@ -369,15 +370,14 @@ pub(crate) async fn check_fence(
     fence: &Fence,
     local_now: i64,
 ) -> Result<()> {
-    // At the lease clock (see `lease_now`); on PostgreSQL read in this very statement, which
-    // every batch a worker stores begins with: one round trip, not two.
-    let (now, lock) = match backend {
+    // Every batch a worker stores begins here: on PostgreSQL one round trip, not two.
+    let (now_sql, lock) = match backend {
         Backend::Postgres => (POSTGRES_CLOCK_MS, " FOR SHARE"),
         Backend::Sqlite => ("$4", ""),
     };
     let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT epoch FROM mailbox_leases WHERE mailbox_id = $1 AND node_id = $2 AND epoch = $3 \
-         AND expires_at > {now}{lock}"
+         AND expires_at > {now_sql}{lock}"
     )))
     .bind(mailbox)
     .bind(&fence.node)

@@ -24,9 +24,6 @@ pub const GMAIL_ERROR_CHALLENGE: &str = "eyJzdGF0dXMiOiI0MDAiLCJzY2hlbWVzIjoiQmV
 const PRE_AUTH_CAPS: &str = "IMAP4rev1 UNSELECT IDLE NAMESPACE QUOTA ID XLIST CHILDREN X-GM-EXT-1 XYZZY SASL-IR AUTH=XOAUTH2 AUTH=PLAIN AUTH=PLAIN-CLIENTTOKEN AUTH=OAUTHBEARER AUTH=XOAUTH";
 const POST_AUTH_CAPS: &str = "IMAP4rev1 UNSELECT IDLE NAMESPACE QUOTA ID XLIST CHILDREN X-GM-EXT-1 UIDPLUS COMPRESS=DEFLATE ENABLE MOVE CONDSTORE ESEARCH UTF8=ACCEPT LIST-EXTENDED LIST-STATUS LITERAL- SPECIAL-USE APPENDLIMIT=35651584";
 
-/// NOTIFY is not offered (Gmail's way): see [`ScriptedGmail::refuse_notify`].
-const NOTIFY_NOT_OFFERED: u32 = u32::MAX;
-
 /// A message in the scripted INBOX: what Gmail would say of it.
 pub struct GmailMessage {
     pub uid: u32,
@@ -173,7 +170,9 @@ pub struct ScriptedGmail {
     unreadable: Arc<AtomicU32>,
     /// Whether the account is over its download allowance: every download is refused.
     over_quota: Arc<AtomicBool>,
-    /// The `NOTIFY SET` commands refused (once [`ScriptedGmail::refuse_notify`] was called).
+    /// Whether NOTIFY is offered (and refused): [`ScriptedGmail::refuse_notify`].
+    notify_offered: Arc<AtomicBool>,
+    /// The `NOTIFY SET` commands refused.
     notify_refused: Arc<AtomicU32>,
     mailbox: Arc<std::sync::Mutex<Mailbox>>,
     task: tokio::task::JoinHandle<()>,
@@ -193,11 +192,13 @@ impl ScriptedGmail {
         let flag = id_received.clone();
         let unreadable = Arc::new(AtomicU32::new(0));
         let over_quota = Arc::new(AtomicBool::new(false));
-        let notify_refused = Arc::new(AtomicU32::new(NOTIFY_NOT_OFFERED));
+        let notify_offered = Arc::new(AtomicBool::new(false));
+        let notify_refused = Arc::new(AtomicU32::new(0));
         let mailbox = Arc::new(std::sync::Mutex::new(Mailbox::new()));
         let state = Limits {
             unreadable: unreadable.clone(),
             over_quota: over_quota.clone(),
+            notify_offered: notify_offered.clone(),
             notify_refused: notify_refused.clone(),
             mailbox: mailbox.clone(),
         };
@@ -216,6 +217,7 @@ impl ScriptedGmail {
             user: user_name,
             unreadable,
             over_quota,
+            notify_offered,
             notify_refused,
             mailbox,
             task,
@@ -262,20 +264,12 @@ impl ScriptedGmail {
     /// Gmail's way (Gmail offers no NOTIFY), but the client must then do as it does on
     /// Gmail: look at the other folders' counters itself.
     pub fn refuse_notify(&self) {
-        let _ = self.notify_refused.compare_exchange(
-            NOTIFY_NOT_OFFERED,
-            0,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
+        self.notify_offered.store(true, Ordering::SeqCst);
     }
 
     /// How many `NOTIFY SET` commands were refused.
     pub fn notify_refusals(&self) -> u32 {
-        match self.notify_refused.load(Ordering::SeqCst) {
-            NOTIFY_NOT_OFFERED => 0,
-            n => n,
-        }
+        self.notify_refused.load(Ordering::SeqCst)
     }
 
     /// Gives the message of X-GM-MSGID `msg_id` these labels (`(\Inbox \Sent)`; without
@@ -304,7 +298,7 @@ impl ScriptedGmail {
 struct Limits {
     unreadable: Arc<AtomicU32>,
     over_quota: Arc<AtomicBool>,
-    /// [`NOTIFY_NOT_OFFERED`], or NOTIFY is offered and this many `NOTIFY SET` were refused.
+    notify_offered: Arc<AtomicBool>,
     notify_refused: Arc<AtomicU32>,
     mailbox: Arc<std::sync::Mutex<Mailbox>>,
 }
@@ -330,7 +324,7 @@ async fn serve(
         .await?;
     let mut authenticated = false;
     let mut selected = String::from("INBOX");
-    let notify_offered = limits.notify_refused.load(Ordering::SeqCst) != NOTIFY_NOT_OFFERED;
+    let notify_offered = limits.notify_offered.load(Ordering::SeqCst);
     let post_auth_caps = if notify_offered {
         format!("{POST_AUTH_CAPS} NOTIFY")
     } else {
