@@ -190,9 +190,8 @@ impl Engine {
                 Ok(id) => break id,
                 Err(e) => tracing::warn!(error = %e, "cannot register this node; retrying"),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(self.config.scan_interval) => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
+            if stopped_during(self.config.scan_interval, &mut shutdown).await {
+                return;
             }
         };
         tracing::info!(node = %node, name = %self.config.node_name, group = %self.config.node_group, "node registered");
@@ -311,9 +310,8 @@ impl Engine {
                     }
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(next_balance) => {}
-                _ = shutdown.wait_for(|stop| *stop) => break,
+            if stopped_during(next_balance, &mut shutdown).await {
+                break;
             }
         }
         for (_, (_, w)) in workers {
@@ -335,10 +333,7 @@ impl Engine {
     /// more then).
     async fn write_currency(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
-            let stopping = tokio::select! {
-                _ = tokio::time::sleep(self.config.currency_flush) => false,
-                _ = shutdown.wait_for(|stop| *stop) => true,
-            };
+            let stopping = stopped_during(self.config.currency_flush, &mut shutdown).await;
             let confirmed = self.metrics.currency.take_unwritten();
             if !confirmed.is_empty()
                 && let Err(e) = self.store.record_current(&confirmed).await
@@ -387,9 +382,8 @@ impl Engine {
             if more && !*shutdown.borrow() {
                 continue;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(self.config.scan_interval) => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
+            if stopped_during(self.config.scan_interval, &mut shutdown).await {
+                return;
             }
         }
     }
@@ -406,9 +400,8 @@ impl Engine {
                     tracing::warn!(error = %e, "cannot prune the event log; retrying in an hour")
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
+            if stopped_during(Duration::from_secs(3600), &mut shutdown).await {
+                return;
             }
         }
     }
@@ -690,10 +683,11 @@ impl Engine {
             let interval = Duration::from_secs(u64::from(profile.spec.poll_interval_seconds));
             let mut shutdown = shutdown.clone();
             Box::pin(async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => Ok(Pass::Continue),
-                    _ = shutdown.wait_for(|stop| *stop) => Ok(Pass::Shutdown),
-                }
+                Ok(if stopped_during(interval, &mut shutdown).await {
+                    Pass::Shutdown
+                } else {
+                    Pass::Continue
+                })
             })
         };
         let Some(idle_slot) = idle_slot else {
@@ -1045,9 +1039,9 @@ impl LoginPace {
     }
 }
 
-/// Waits `wait` unless the engine stops first: whether it stopped. Awaited boxed in
-/// [`Engine::work`], so the timer is not part of every worker's future for as long as the
-/// worker lives.
+/// Waits `wait` unless the engine stops first: whether it stopped. Every wait of the engine's
+/// loops; awaited boxed in [`Engine::work`], so the timer is not part of every worker's
+/// future for as long as the worker lives.
 async fn stopped_during(wait: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(wait) => false,
