@@ -823,14 +823,13 @@ impl ImapSession {
             })
         }))
         .await?;
-        let (waiting, _stop) = handle.wait_with_timeout(wait);
-        // async-imap's timeout starts again with every line, and servers send `* OK Still here`
-        // while idling (Dovecot every 2 minutes): bound the whole wait, so IDLE ends when the
-        // caller asked (RFC 2177 §3) whatever the server chats.
-        let waited = std::panic::AssertUnwindSafe(tokio::time::timeout(wait, waiting))
-            .catch_unwind()
-            .await
-            .map_err(|panic| unreadable(&endpoint, "wait in IDLE", panic.as_ref()))?;
+        // The wait is bounded as a whole, so IDLE ends when the caller asked (RFC 2177 §3)
+        // whatever the server chats (`* OK Still here`, Dovecot every 2 minutes).
+        let waited =
+            std::panic::AssertUnwindSafe(tokio::time::timeout(wait, handle.wait_for_data()))
+                .catch_unwind()
+                .await
+                .map_err(|panic| unreadable(&endpoint, "wait in IDLE", panic.as_ref()))?;
         let mut outcome = match waited {
             Ok(Ok(async_imap::extensions::idle::IdleResponse::NewData(_))) => IdleOutcome::Changed,
             Ok(Ok(_)) | Err(_) => IdleOutcome::TimedOut,

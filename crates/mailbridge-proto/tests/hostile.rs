@@ -566,6 +566,44 @@ async fn imap_idle_ends_when_asked_even_while_the_server_keeps_chatting() {
     s.logout().await;
 }
 
+#[tokio::test]
+async fn imap_a_server_that_hangs_up_in_idle_ends_the_wait_with_an_error() {
+    // The connection ends while the session idles (a server restart, a load balancer's idle
+    // cut): the wait ends then, not when it would have timed out, and says why.
+    let server = Scripted::start(|mut peer| async move {
+        peer.say("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN IDLE] ready\r\n")
+            .await;
+        while let Some(line) = peer.hear().await {
+            let mut words = line.split_whitespace();
+            let tag = words.next().unwrap_or("*").to_owned();
+            match words.next() {
+                Some("CAPABILITY") => {
+                    peer.say(&format!("* CAPABILITY IMAP4rev1 IDLE\r\n{tag} OK\r\n"))
+                        .await
+                }
+                Some("IDLE") => {
+                    peer.say("+ idling\r\n").await;
+                    return 0;
+                }
+                _ => peer.say(&format!("{tag} OK\r\n")).await,
+            }
+        }
+        0
+    })
+    .await;
+    let s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
+        .await
+        .unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), s.idle(Duration::from_secs(60)))
+        .await
+        .expect("the end of the connection ends the wait")
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("wait in IDLE") && e.to_string().contains("closed the connection"),
+        "{e}"
+    );
+}
+
 /// An IMAP server offering `capabilities` (with AUTH=PLAIN) that accepts the login, answers
 /// IDLE and DONE, and each other command as `answer` says (given the tag and the command's
 /// words after it), `OK` when it says nothing.
