@@ -597,6 +597,74 @@ pub(crate) mod tests {
         store
     }
 
+    /// A store on a new database of `db`'s kind, with no migration run.
+    pub(crate) async fn unmigrated(
+        db: mailbridge_testdb::TestDatabase,
+        dir: &std::path::Path,
+    ) -> Store {
+        let url = db.url_for(dir).await.unwrap();
+        Store::connect(
+            &url,
+            Keyring::generate(),
+            Arc::new(mailbridge_core::SystemClock),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A store on a database as an earlier version left it: migrated up to, not including,
+    /// the migration whose name begins with `first_not_run` (say `"0022"`).
+    pub(crate) async fn before_migration(
+        db: mailbridge_testdb::TestDatabase,
+        dir: &std::path::Path,
+        first_not_run: &str,
+    ) -> Store {
+        let store = unmigrated(db, dir).await;
+        let source = match store.backend {
+            Backend::Sqlite => "migrations/sqlite",
+            Backend::Postgres => "migrations/postgres",
+        };
+        let before = tempfile::tempdir().unwrap();
+        let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
+        for entry in std::fs::read_dir(&all).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.as_str() < first_not_run {
+                std::fs::copy(&path, before.path().join(&name)).unwrap();
+            }
+        }
+        sqlx::migrate::Migrator::new(before.path())
+            .await
+            .unwrap()
+            .run(&store.pool)
+            .await
+            .unwrap();
+        store
+    }
+
+    /// A user, a profile and a mailbox as the version of migration 0021 wrote them (today's
+    /// code writes columns that schema does not have yet); the mailbox's id.
+    pub(crate) async fn old_mailbox(store: &Store) -> &'static str {
+        let mailbox = "0190f0a0-0000-7000-8000-0000000000a1";
+        for insert in [
+            "INSERT INTO users (id, email, role, token_hash, created_at, updated_at) \
+             VALUES ('0190f0a0-0000-7000-8000-0000000000b1', 'ann@example.com', 'user', 'h', 0, 0)",
+            "INSERT INTO server_profiles (id, name, incoming_protocol, incoming_host, incoming_port, \
+             incoming_security, outgoing_host, outgoing_port, outgoing_security, auth_method, \
+             max_mailboxes, poll_interval_seconds, created_at, updated_at) VALUES \
+             ('0190f0a0-0000-7000-8000-0000000000c1', 'files', 'imap', '127.0.0.1', 993, 'tls', \
+             '127.0.0.1', 465, 'tls', 'password', 10, 60, 0, 0)",
+            "INSERT INTO mailboxes (id, owner_user_id, email, profile_id, incoming_method, \
+             outgoing_method, tracking_rule, created_at, updated_at) VALUES \
+             ('0190f0a0-0000-7000-8000-0000000000a1', '0190f0a0-0000-7000-8000-0000000000b1', \
+             'ann@example.com', '0190f0a0-0000-7000-8000-0000000000c1', 'server_side_sync', \
+             'server_side_sync', 'all', 0, 0)",
+        ] {
+            sqlx::query(insert).execute(&store.pool).await.unwrap();
+        }
+        mailbox
+    }
+
     #[tokio::test]
     async fn a_full_disk_and_a_database_that_does_not_answer_are_told_apart_from_other_errors() {
         let dir = tempfile::tempdir().unwrap();

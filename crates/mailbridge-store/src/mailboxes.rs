@@ -161,7 +161,7 @@ const MAILBOX_SELECT: &str = "SELECT m.id, m.owner_user_id, m.email, m.profile_i
      CASE WHEN t.mailbox_id IS NULL THEN 'not_signed_in' \
      WHEN t.invalid_since IS NOT NULL THEN 'needs_sign_in' ELSE 'signed_in' END AS sign_in_status, \
      t.account_email AS signed_in_as, m.created_at, m.updated_at, \
-     n.name AS lease_node, l.expires_at AS lease_expires_at \
+     n.name AS lease_node, CASE WHEN l.expires_at > 0 THEN n.leases_until END AS lease_expires_at \
      FROM mailboxes m LEFT JOIN mailbox_tokens t ON t.mailbox_id = m.id \
      LEFT JOIN mailbox_leases l ON l.mailbox_id = m.id LEFT JOIN nodes n ON n.id = l.node_id";
 

@@ -3,8 +3,11 @@
 //! point:
 //!
 //! - each node registers a row in `nodes` and heartbeats it;
-//! - a node works a mailbox only while it holds the mailbox's lease, which it renews; a lease
-//!   not renewed within its time expires and any node of the mailbox's group may take it;
+//! - a node works a mailbox only while it holds the mailbox's lease. A node's leases run out
+//!   together, a lease time after its last heartbeat (`nodes.leases_until`): the heartbeat
+//!   renews them all by writing that one row, however many mailboxes the node holds. A lease
+//!   row says only who holds it ([`HELD`]) or that it was released (0); once its node's
+//!   `leases_until` has passed, any node of the mailbox's group may take it;
 //! - every node aims at its fair share (the group's eligible mailboxes over its live nodes),
 //!   releasing the excess when another node joins and taking up what a dead one left;
 //! - each new holder raises the lease's `epoch`, and a sync write commits only while the
@@ -98,6 +101,19 @@ pub(crate) async fn lease_now(
 /// PostgreSQL's clock in milliseconds since the epoch, as SQL: what [`lease_now`] reads.
 const POSTGRES_CLOCK_MS: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
 
+/// `mailbox_leases.expires_at` of a held lease: it lasts as long as its node's
+/// `leases_until`. A released lease has 0.
+const HELD: i64 = i64::MAX;
+
+/// SQL: the lease row `l` is held and its node's leases have not run out at `now` (an SQL
+/// expression).
+pub(crate) fn live_lease(l: &str, now: &str) -> String {
+    format!(
+        "{l}.expires_at > {now} AND EXISTS (SELECT 1 FROM nodes ln WHERE ln.id = {l}.node_id \
+         AND ln.leases_until > {now})"
+    )
+}
+
 /// SQL: enabled mailboxes with a synchronized direction, of the node group bound at
 /// parameter `$g` (a mailbox without a router group belongs to the default group).
 fn eligible(g: usize) -> String {
@@ -116,13 +132,15 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
         if self.backend == Backend::Sqlite {
-            sqlx::query("UPDATE mailbox_leases SET expires_at = 0")
+            sqlx::query("UPDATE mailbox_leases SET expires_at = 0 WHERE expires_at > 0")
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("UPDATE nodes SET stopped_at = $1 WHERE stopped_at IS NULL")
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE nodes SET stopped_at = $1, leases_until = 0 WHERE stopped_at IS NULL",
+            )
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         }
         // Nodes that stopped more than a week ago are only history.
         sqlx::query("DELETE FROM nodes WHERE stopped_at < $1 AND id NOT IN (SELECT node_id FROM mailbox_leases)")
@@ -142,24 +160,27 @@ impl Store {
         Ok(id)
     }
 
-    /// Heartbeats, then brings this node's leases to its fair share: renews the live ones,
-    /// releases those of mailboxes it should no longer work (disabled, another group, more
-    /// than its share), and claims free or expired ones up to its share. A draining node's
-    /// share is zero.
+    /// Heartbeats, which renews all this node's leases at once, then brings them to its fair
+    /// share: releases those of mailboxes it should no longer work (disabled, another group,
+    /// more than its share), and claims free or expired ones up to its share. A draining
+    /// node's share is zero.
     ///
-    /// The statements are the same few whatever the number of mailboxes (nine at most: the
-    /// clock, the heartbeat, two releases or a claim, the renewal, the leases held, the
-    /// nodes, the mailboxes): a node starting beside 10,000 free mailboxes takes them in one
-    /// `INSERT … SELECT`, not one statement per mailbox.
+    /// The statements are the same few whatever the number of mailboxes (eight at most: the
+    /// clock, the heartbeat, two releases or a claim, the leases held, the nodes, the
+    /// mailboxes): a node starting beside 10,000 free mailboxes takes them in one
+    /// `INSERT … SELECT`, not one statement per mailbox, and a round that changes nothing
+    /// writes only the node's own row.
     pub async fn balance_leases(&self, node: &str, group: &str, ttl: Duration) -> Result<Balance> {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         let mut tx = self.begin_write().await?;
         let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
         let until = now.saturating_add(ttl_ms);
         let draining: Option<(i64,)> = sqlx::query_as(
-            "UPDATE nodes SET heartbeat_at = $1 WHERE id = $2 AND stopped_at IS NULL RETURNING draining",
+            "UPDATE nodes SET heartbeat_at = $1, leases_until = $2 WHERE id = $3 AND stopped_at IS NULL \
+             RETURNING draining",
         )
         .bind(now)
+        .bind(until)
         .bind(node)
         .fetch_optional(&mut *tx)
         .await?;
@@ -169,9 +190,11 @@ impl Store {
                 id: node.to_owned(),
             });
         };
-        // Leases of mailboxes this node should no longer work expire now.
+        // Leases of mailboxes this node should no longer work expire now. (The node's own
+        // leases are live from here on: its heartbeat just renewed them.)
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE mailbox_leases SET expires_at = 0 WHERE node_id = $1 AND mailbox_id NOT IN \
+            "UPDATE mailbox_leases SET expires_at = 0 WHERE node_id = $1 AND expires_at > 0 \
+             AND mailbox_id NOT IN \
              (SELECT m.id FROM mailboxes m WHERE {})",
             eligible(2)
         )))
@@ -186,15 +209,14 @@ impl Store {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-        // Other live nodes of the group, and the oldest heartbeat among them: a node's leases
-        // run out a lease time after its last heartbeat, which renewed them.
-        let (others, oldest): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), MIN(heartbeat_at) FROM nodes WHERE node_group = $1 AND id <> $2 \
-             AND draining = 0 AND stopped_at IS NULL AND heartbeat_at > $3",
+        // Other live nodes of the group, and the soonest their leases run out.
+        let (others, soonest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(leases_until) FROM nodes WHERE node_group = $1 AND id <> $2 \
+             AND draining = 0 AND stopped_at IS NULL AND leases_until > $3",
         )
         .bind(group)
         .bind(node)
-        .bind(now - ttl_ms)
+        .bind(now)
         .fetch_one(&mut *tx)
         .await?;
         let share = if draining != 0 {
@@ -223,16 +245,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         } else if held < share {
-            claim(&mut tx, self.backend, node, group, now, until, share - held).await?;
+            claim(&mut tx, self.backend, node, group, now, share - held).await?;
         }
-        sqlx::query(
-            "UPDATE mailbox_leases SET expires_at = $1 WHERE node_id = $2 AND expires_at > $3",
-        )
-        .bind(until)
-        .bind(node)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
         let leases: Vec<(String, i64)> = sqlx::query_as(
             "SELECT mailbox_id, epoch FROM mailbox_leases WHERE node_id = $1 AND expires_at > $2 ORDER BY mailbox_id",
         )
@@ -252,9 +266,8 @@ impl Store {
                 })
             })
             .collect::<Result<_>>()?;
-        let others_expire_in = oldest.map(|beat| {
-            Duration::from_millis(u64::try_from(beat.saturating_add(ttl_ms) - now).unwrap_or(0))
-        });
+        let others_expire_in =
+            soonest.map(|until| Duration::from_millis(u64::try_from(until - now).unwrap_or(0)));
         Ok(Balance {
             leases,
             others_expire_in,
@@ -265,11 +278,13 @@ impl Store {
     pub async fn stop_node(&self, node: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
-        sqlx::query("UPDATE mailbox_leases SET expires_at = 0 WHERE node_id = $1")
-            .bind(node)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE nodes SET stopped_at = $1 WHERE id = $2")
+        sqlx::query(
+            "UPDATE mailbox_leases SET expires_at = 0 WHERE node_id = $1 AND expires_at > 0",
+        )
+        .bind(node)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE nodes SET stopped_at = $1, leases_until = 0 WHERE id = $2")
             .bind(now)
             .bind(node)
             .execute(&mut *tx)
@@ -284,7 +299,8 @@ impl Store {
         let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
         let rows: Vec<NodeRow> = sqlx::query_as(
             "SELECT n.id, n.name, n.node_group, n.started_at, n.heartbeat_at, n.draining, n.stopped_at, \
-             (SELECT COUNT(*) FROM mailbox_leases l WHERE l.node_id = n.id AND l.expires_at > $1) AS mailboxes \
+             CASE WHEN n.leases_until > $1 THEN (SELECT COUNT(*) FROM mailbox_leases l \
+             WHERE l.node_id = n.id AND l.expires_at > $1) ELSE 0 END AS mailboxes \
              FROM nodes n ORDER BY n.started_at DESC",
         )
         .bind(now)
@@ -320,8 +336,8 @@ impl Store {
     }
 }
 
-/// Claims up to `wanted` eligible mailboxes whose lease is free or expired, raising each
-/// lease's epoch, in one statement. Two nodes claiming at once never get the same mailbox: on
+/// Claims up to `wanted` eligible mailboxes whose lease is free, released or run out with its
+/// node's, raising each lease's epoch, in one statement. Two nodes claiming at once never get the same mailbox: on
 /// PostgreSQL the candidates are locked (`SKIP LOCKED` passes over another claimer's), and
 /// the upsert only takes a lease that is still expired.
 async fn claim(
@@ -330,7 +346,6 @@ async fn claim(
     node: &str,
     group: &str,
     now: i64,
-    until: i64,
     wanted: i64,
 ) -> Result<()> {
     let lock = match backend {
@@ -338,21 +353,25 @@ async fn claim(
         Backend::Sqlite => "",
     };
     // `WHERE true` after the SELECT: SQLite would otherwise read `ON CONFLICT` as a join's.
+    // The upsert looks again at the row it would replace (on PostgreSQL, its latest version,
+    // which another claimer may have just written).
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "WITH free AS (SELECT m.id FROM mailboxes m LEFT JOIN mailbox_leases l ON l.mailbox_id = m.id \
-         WHERE {} AND (l.mailbox_id IS NULL OR l.expires_at <= $2) ORDER BY m.id LIMIT $3{lock}) \
+         WHERE {} AND (l.mailbox_id IS NULL OR NOT ({})) ORDER BY m.id LIMIT $3{lock}) \
          INSERT INTO mailbox_leases (mailbox_id, node_id, epoch, expires_at) \
          SELECT id, $4, 1, $5 FROM free WHERE true \
          ON CONFLICT (mailbox_id) DO UPDATE SET node_id = excluded.node_id, \
          epoch = mailbox_leases.epoch + 1, expires_at = excluded.expires_at \
-         WHERE mailbox_leases.expires_at <= $2",
-        eligible(1)
+         WHERE NOT ({})",
+        eligible(1),
+        live_lease("l", "$2"),
+        live_lease("mailbox_leases", "$2"),
     )))
     .bind(group)
     .bind(now)
     .bind(wanted)
     .bind(node)
-    .bind(until)
+    .bind(HELD)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -377,7 +396,8 @@ pub(crate) async fn check_fence(
     };
     let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT epoch FROM mailbox_leases WHERE mailbox_id = $1 AND node_id = $2 AND epoch = $3 \
-         AND expires_at > {now_sql}{lock}"
+         AND {}{lock}",
+        live_lease("mailbox_leases", now_sql)
     )))
     .bind(mailbox)
     .bind(&fence.node)
@@ -392,5 +412,84 @@ pub(crate) async fn check_fence(
         None => Err(StoreError::LeaseLost {
             mailbox: mailbox.to_owned(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use mailbridge_testdb::TestDatabase;
+
+    use super::*;
+    use crate::tests::{before_migration, old_mailbox};
+
+    /// A database made before migration 0027 (each lease row carried its own expiry): the
+    /// leases live then are still live after it, held by the same node with the same epoch
+    /// until the same moment, and a node that held none holds none.
+    #[tokio::test]
+    async fn leases_taken_before_the_node_lease_migration_hold_after_it() {
+        for db in [TestDatabase::Sqlite, TestDatabase::Postgres] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = before_migration(db, dir.path(), "0027").await;
+            let mailbox = old_mailbox(&store).await;
+            let now = store.now_ms();
+            let until = now + 60_000;
+            for (id, name) in [("n1", "holder"), ("n2", "idle")] {
+                sqlx::query(
+                    "INSERT INTO nodes (id, name, node_group, started_at, heartbeat_at) \
+                     VALUES ($1, $2, 'default', $3, $3)",
+                )
+                .bind(id)
+                .bind(name)
+                .bind(now)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            }
+            sqlx::query(
+                "INSERT INTO mailbox_leases (mailbox_id, node_id, epoch, expires_at) VALUES ($1, 'n1', 4, $2)",
+            )
+            .bind(mailbox)
+            .bind(until)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+            store.migrate().await.unwrap();
+
+            let fence = |node: &str, epoch| Fence {
+                node: node.to_owned(),
+                epoch,
+            };
+            let check = |f: Fence, at: i64| {
+                let store = store.clone();
+                async move {
+                    let mut conn = store.pool.acquire().await.unwrap();
+                    // On PostgreSQL the database's clock is read; on SQLite `at`.
+                    check_fence(&mut conn, store.backend, mailbox, &f, at).await
+                }
+            };
+            check(fence("n1", 4), now).await.unwrap();
+            assert!(matches!(
+                check(fence("n1", 3), now).await,
+                Err(StoreError::LeaseLost { .. })
+            ));
+            let nodes = store.list_nodes().await.unwrap();
+            let held = |name: &str| nodes.iter().find(|n| n.name == name).unwrap().mailboxes;
+            assert_eq!((held("holder"), held("idle")), (1, 0), "{nodes:?}");
+            let record = store.get_mailbox(mailbox.parse().unwrap()).await.unwrap();
+            assert_eq!(
+                record.lease,
+                Some(("holder".to_owned(), crate::time_from_ms(until))),
+                "the lease runs out when it did before"
+            );
+            if db == TestDatabase::Sqlite {
+                // Past that moment (by SQLite's clock, the store's) it has run out.
+                assert!(matches!(
+                    check(fence("n1", 4), until + 1).await,
+                    Err(StoreError::LeaseLost { .. })
+                ));
+            }
+            store.close().await;
+        }
     }
 }

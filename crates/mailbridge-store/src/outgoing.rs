@@ -446,9 +446,9 @@ pub(crate) const CLAIM_DUE_SQL: &str = "SELECT id, mailbox_id FROM (\
      SELECT e.id, e.mailbox_id, e.next_attempt_at, \
      ROW_NUMBER() OVER (PARTITION BY e.mailbox_id ORDER BY e.next_attempt_at, e.id) AS turn \
      FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id \
-     JOIN mailbox_leases l ON l.mailbox_id = e.mailbox_id \
+     JOIN mailbox_leases l ON l.mailbox_id = e.mailbox_id JOIN nodes n ON n.id = l.node_id \
      WHERE e.status = 'pending_send' AND e.next_attempt_at <= $1 AND m.enabled = 1 \
-     AND l.node_id = $2 AND l.expires_at > $4) due \
+     AND l.node_id = $2 AND l.expires_at > $4 AND n.leases_until > $4) due \
      ORDER BY turn, next_attempt_at, id LIMIT $3";
 
 pub(crate) const FAIL_INTERRUPTED_SENDS_SQL: &str = "UPDATE emails SET status = 'failed', send_reply = 'the service stopped while sending this email; \

@@ -3,14 +3,13 @@
 //! before 0022 holds.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-
 use mailbridge_core::message::MessageFlags;
-use mailbridge_core::{EmailAddress, MailboxDraft, ProfileDraft, Role, SystemClock, parse};
+use mailbridge_core::{EmailAddress, MailboxDraft, ProfileDraft, Role, parse};
 use mailbridge_testdb::TestDatabase;
 
 use crate::emails::{NewEmail, RawMessage, SyncBatch};
-use crate::{Actor, Keyring, MailboxRecord, Store};
+use crate::tests::{before_migration, old_mailbox, unmigrated};
+use crate::{Actor, MailboxRecord, Store};
 
 /// A quoted-printable body and three base64 attachments, two of one type: what is decoded
 /// (`café`, `first-attachment-bytes`…) is nowhere in the raw bytes.
@@ -33,13 +32,6 @@ const DECODED: [(&str, &str, &[u8]); 3] = [
     ("two.pdf", "application/pdf", b"second-attachment"),
     ("three.csv", "text/csv", b"third-attachment-longer-bytes"),
 ];
-
-async fn open(db: TestDatabase, dir: &std::path::Path) -> Store {
-    let url = db.url_for(dir).await.unwrap();
-    Store::connect(&url, Keyring::generate(), Arc::new(SystemClock))
-        .await
-        .unwrap()
-}
 
 async fn mailbox(store: &Store) -> MailboxRecord {
     let cli = Actor::cli();
@@ -90,7 +82,7 @@ async fn check_reads_back(store: &Store, id: &str) {
 async fn bodies_and_attachments_are_read_from_the_compressed_raw_message_and_not_stored_again() {
     for db in [TestDatabase::Sqlite, TestDatabase::Postgres] {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(db, dir.path()).await;
+        let store = unmigrated(db, dir.path()).await;
         store.migrate().await.unwrap();
         let mailbox = mailbox(&store).await;
         let batch = SyncBatch {
@@ -155,45 +147,8 @@ async fn bodies_and_attachments_are_read_from_the_compressed_raw_message_and_not
 async fn mail_stored_before_the_raw_only_migration_reads_the_same_after_it() {
     for db in [TestDatabase::Sqlite, TestDatabase::Postgres] {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(db, dir.path()).await;
-        let source = match db {
-            TestDatabase::Sqlite => "migrations/sqlite",
-            TestDatabase::Postgres => "migrations/postgres",
-        };
-        let before = tempfile::tempdir().unwrap();
-        let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
-        for entry in std::fs::read_dir(&all).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if name.as_str() < "0022" {
-                std::fs::copy(&path, before.path().join(&name)).unwrap();
-            }
-        }
-        sqlx::migrate::Migrator::new(before.path())
-            .await
-            .unwrap()
-            .run(&store.pool)
-            .await
-            .unwrap();
-        // A user, a profile and a mailbox as the version of 0021 wrote them: today's code
-        // writes columns that schema does not have yet.
-        let mailbox = "0190f0a0-0000-7000-8000-0000000000a1";
-        for insert in [
-            "INSERT INTO users (id, email, role, token_hash, created_at, updated_at) \
-             VALUES ('0190f0a0-0000-7000-8000-0000000000b1', 'ann@example.com', 'user', 'h', 0, 0)",
-            "INSERT INTO server_profiles (id, name, incoming_protocol, incoming_host, incoming_port, \
-             incoming_security, outgoing_host, outgoing_port, outgoing_security, auth_method, \
-             max_mailboxes, poll_interval_seconds, created_at, updated_at) VALUES \
-             ('0190f0a0-0000-7000-8000-0000000000c1', 'files', 'imap', '127.0.0.1', 993, 'tls', \
-             '127.0.0.1', 465, 'tls', 'password', 10, 60, 0, 0)",
-            "INSERT INTO mailboxes (id, owner_user_id, email, profile_id, incoming_method, \
-             outgoing_method, tracking_rule, created_at, updated_at) VALUES \
-             ('0190f0a0-0000-7000-8000-0000000000a1', '0190f0a0-0000-7000-8000-0000000000b1', \
-             'ann@example.com', '0190f0a0-0000-7000-8000-0000000000c1', 'server_side_sync', \
-             'server_side_sync', 'all', 0, 0)",
-        ] {
-            sqlx::query(insert).execute(&store.pool).await.unwrap();
-        }
+        let store = before_migration(db, dir.path(), "0022").await;
+        let mailbox = old_mailbox(&store).await;
         let email = "0190f0a0-0000-7000-8000-000000000001";
         sqlx::query(
             "INSERT INTO emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \

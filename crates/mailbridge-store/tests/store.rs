@@ -94,6 +94,11 @@ mod postgres_nodes {
     async fn leases_run_on_the_databases_clock_not_the_nodes() {
         super::leases_run_on_the_databases_clock_not_the_nodes().await
     }
+
+    #[tokio::test]
+    async fn a_heartbeat_renews_every_lease_without_rewriting_them() {
+        super::a_heartbeat_renews_every_lease_without_rewriting_them().await
+    }
 }
 
 #[tokio::test]
@@ -759,6 +764,51 @@ async fn leases_run_on_the_databases_clock_not_the_nodes() {
     let nodes = fast.list_nodes().await.unwrap();
     let a_info = nodes.iter().find(|n| n.id == a).unwrap();
     assert_eq!(a_info.mailboxes, 1, "{nodes:?}");
+}
+
+async fn a_heartbeat_renews_every_lease_without_rewriting_them() {
+    let db = Db::new(TestDatabase::Postgres).await;
+    let store = db.open(Keyring::generate()).await;
+    enabled_mailboxes(&store, 40).await;
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    // Each row version's transaction: PostgreSQL writes a new one for every UPDATE of a row.
+    let versions = || async {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT mailbox_id, xmin::text FROM mailbox_leases ORDER BY mailbox_id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        rows
+    };
+    let ttl = std::time::Duration::from_millis(600);
+    let a = store.register_node("a", "cloud").await.unwrap();
+    let b = store.register_node("b", "cloud").await.unwrap();
+    // A node counts for the shares from its first heartbeat: a takes all, then gives b half.
+    let (mut first, mut taken) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        first = store.balance_leases(&a, "cloud", ttl).await.unwrap().leases;
+        taken = store.balance_leases(&b, "cloud", ttl).await.unwrap().leases;
+    }
+    assert_eq!((first.len(), taken.len()), (20, 20));
+    let written = versions().await;
+    assert_eq!(written.len(), 40);
+    // Both heartbeat for three lease times: each keeps its mailboxes, and no lease row is
+    // written again.
+    for _ in 0..9 {
+        tokio::time::sleep(ttl / 3).await;
+        let held = store.balance_leases(&a, "cloud", ttl).await.unwrap().leases;
+        assert_eq!(held, first, "a's leases, renewed by its heartbeat alone");
+        let held = store.balance_leases(&b, "cloud", ttl).await.unwrap().leases;
+        assert_eq!(held, taken);
+    }
+    assert_eq!(versions().await, written, "a renewal rewrote lease rows");
+    // b stops heartbeating: all its leases run out together, and a takes them.
+    tokio::time::sleep(ttl + ttl / 3).await;
+    let all = store.balance_leases(&a, "cloud", ttl).await.unwrap().leases;
+    assert_eq!(all.len(), 40);
+    let nodes = store.list_nodes().await.unwrap();
+    let count = |id: &str| nodes.iter().find(|n| n.id == id).unwrap().mailboxes;
+    assert_eq!((count(&a), count(&b)), (40, 0), "{nodes:?}");
 }
 
 /// A batch of `n` new messages for `mailbox`, told apart by `tag`.

@@ -3,7 +3,9 @@
 //! 60) on a local Dovecot; one is killed with SIGKILL. Measures, per round, how long until
 //! the survivors hold all of its mailboxes, and how long until mail delivered to each of them
 //! right after the kill is stored (median and last over its mailboxes) — against the lease
-//! time, which bounds the first. Prints each round and the medians. Run with `bench/takeover`
+//! time, which bounds the first — and, before the kill, the lease and node rows the
+//! scheduler writes a second at rest (by PostgreSQL's own statistics). Prints each round and
+//! the medians. Run with `bench/takeover`
 //! (`BENCH_ROUNDS`, default 3; `BENCH_MAILBOXES`; `BENCH_LEASE_TTL_MS` to change the lease).
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
@@ -44,7 +46,7 @@ fn now_ms() -> i64 {
 async fn held_by(pool: &sqlx::AnyPool, name: &str) -> HashSet<String> {
     let rows: Vec<(String,)> = sqlx::query_as(
         "SELECT l.mailbox_id FROM mailbox_leases l JOIN nodes n ON n.id = l.node_id \
-         WHERE n.name = $1 AND n.stopped_at IS NULL AND l.expires_at > $2",
+         WHERE n.name = $1 AND n.stopped_at IS NULL AND l.expires_at > $2 AND n.leases_until > $2",
     )
     .bind(name)
     .bind(now_ms())
@@ -89,7 +91,27 @@ async fn wait_stored(
     }
 }
 
+/// Rows PostgreSQL counts as inserted, updated or deleted in `table` so far (its statistics,
+/// which each backend reports within seconds: over a steady window the lag cancels out).
+async fn rows_written(pool: &sqlx::AnyPool, table: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COALESCE(SUM(n_tup_ins + n_tup_upd + n_tup_del), 0)::BIGINT FROM pg_stat_user_tables WHERE relname = $1",
+    )
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    n
+}
+
+/// How long the cluster is watched at rest for the scheduler's own writes.
+const AT_REST: Duration = Duration::from_secs(20);
+
 struct Round {
+    /// Lease and node rows written per second while the three nodes held every mailbox and
+    /// had nothing to sync.
+    lease_rows_per_s: f64,
+    node_rows_per_s: f64,
     takeover: Duration,
     median_stored: Duration,
     last_stored: Duration,
@@ -114,6 +136,14 @@ async fn round(n: usize, lease: Option<Duration>) -> Round {
     )
     .await;
     wait_stored(&pool, "round 1", n, patience, &c).await;
+    let before = (
+        rows_written(&pool, "mailbox_leases").await,
+        rows_written(&pool, "nodes").await,
+    );
+    tokio::time::sleep(AT_REST).await;
+    let per_s = |rows: i64| rows as f64 / AT_REST.as_secs_f64();
+    let lease_rows_per_s = per_s(rows_written(&pool, "mailbox_leases").await - before.0);
+    let node_rows_per_s = per_s(rows_written(&pool, "nodes").await - before.1);
     let victims: HashSet<String> = held_by(&pool, "node-b").await;
     let victim_users: Vec<_> = c
         .mailboxes
@@ -139,6 +169,8 @@ async fn round(n: usize, lease: Option<Duration>) -> Round {
     b.child.wait().unwrap();
     pool.close().await;
     Round {
+        lease_rows_per_s,
+        node_rows_per_s,
         takeover,
         median_stored: median(delays),
         last_stored,
@@ -164,6 +196,10 @@ fn main() {
             round.median_stored.as_secs_f64(),
             round.last_stored.as_secs_f64()
         );
+        println!(
+            "  at rest before the kill, {AT_REST:?}: {:.1} lease rows and {:.1} node rows written a second",
+            round.lease_rows_per_s, round.node_rows_per_s
+        );
         all.push(round);
     }
     let takeover = median(all.iter().map(|r| r.takeover).collect());
@@ -186,5 +222,11 @@ fn main() {
         "  its mail stored, last mailbox            {:>6.2} s  = lease {:+.2} s",
         last.as_secs_f64(),
         over(last)
+    );
+    let mut at_rest: Vec<f64> = all.iter().map(|r| r.lease_rows_per_s).collect();
+    at_rest.sort_by(f64::total_cmp);
+    println!(
+        "  lease rows written a second at rest      {:>6.1}     ({n} leases held)",
+        at_rest[at_rest.len() / 2]
     );
 }
