@@ -114,6 +114,11 @@ pub(crate) fn live_lease(l: &str, now: &str) -> String {
     )
 }
 
+/// A lease time in the milliseconds lease times are kept in.
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// SQL: enabled mailboxes with a synchronized direction, of the node group bound at
 /// parameter `$g` (a mailbox without a router group belongs to the default group).
 fn eligible(g: usize) -> String {
@@ -124,10 +129,13 @@ fn eligible(g: usize) -> String {
 }
 
 impl Store {
-    /// Registers this process as a node of `group`; returns its id. SQLite is embedded in
-    /// one process, so there a new node takes over from any earlier one at once (after a
-    /// crash its leases would otherwise hold the mailboxes until they expire).
-    pub async fn register_node(&self, name: &str, group: &str) -> Result<String> {
+    /// Registers this process as a node of `group`; returns its id. It counts for the
+    /// others' shares from now, for a lease time `ttl` before its first heartbeat, so nodes
+    /// starting together split the mailboxes at once rather than the first taking them all.
+    /// SQLite is embedded in one process, so there a new node takes over from any earlier
+    /// one at once (after a crash its leases would otherwise hold the mailboxes until they
+    /// expire).
+    pub async fn register_node(&self, name: &str, group: &str, ttl: Duration) -> Result<String> {
         let id = uuid::Uuid::now_v7().to_string();
         let mut tx = self.begin_write().await?;
         let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
@@ -148,12 +156,14 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO nodes (id, name, node_group, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4)",
+            "INSERT INTO nodes (id, name, node_group, started_at, heartbeat_at, leases_until) \
+             VALUES ($1, $2, $3, $4, $4, $5)",
         )
         .bind(&id)
         .bind(name)
         .bind(group)
         .bind(now)
+        .bind(now.saturating_add(ttl_ms(ttl)))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -171,10 +181,9 @@ impl Store {
     /// `INSERT … SELECT`, not one statement per mailbox, and a round that changes nothing
     /// writes only the node's own row.
     pub async fn balance_leases(&self, node: &str, group: &str, ttl: Duration) -> Result<Balance> {
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         let mut tx = self.begin_write().await?;
         let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
-        let until = now.saturating_add(ttl_ms);
+        let until = now.saturating_add(ttl_ms(ttl));
         let draining: Option<(i64,)> = sqlx::query_as(
             "UPDATE nodes SET heartbeat_at = $1, leases_until = $2 WHERE id = $3 AND stopped_at IS NULL \
              RETURNING draining",

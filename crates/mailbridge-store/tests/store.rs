@@ -107,7 +107,7 @@ async fn on_sqlite_a_restarted_process_takes_over_at_once() {
     let store = db.open(Keyring::generate()).await;
     enabled_mailboxes(&store, 3).await;
     let ttl = std::time::Duration::from_secs(600);
-    let crashed = store.register_node("box", "cloud").await.unwrap();
+    let crashed = store.register_node("box", "cloud", ttl).await.unwrap();
     let old = store
         .balance_leases(&crashed, "cloud", ttl)
         .await
@@ -115,7 +115,7 @@ async fn on_sqlite_a_restarted_process_takes_over_at_once() {
         .leases;
     assert_eq!(old.len(), 3);
     // The process dies without releasing anything; the next one starts.
-    let next = store.register_node("box", "cloud").await.unwrap();
+    let next = store.register_node("box", "cloud", ttl).await.unwrap();
     let new = store
         .balance_leases(&next, "cloud", ttl)
         .await
@@ -311,7 +311,7 @@ async fn a_lost_lease_fences_off_the_old_holders_writes(kind: TestDatabase) {
     let store = db.open(Keyring::generate()).await;
     let mailbox = enabled_mailboxes(&store, 1).await[0];
     let ttl = std::time::Duration::from_millis(300);
-    let a = store.register_node("a", "cloud").await.unwrap();
+    let a = store.register_node("a", "cloud", ttl).await.unwrap();
     let leases = store.balance_leases(&a, "cloud", ttl).await.unwrap().leases;
     assert_eq!(leases.len(), 1);
     let a_fence = Fence {
@@ -336,7 +336,7 @@ async fn a_lost_lease_fences_off_the_old_holders_writes(kind: TestDatabase) {
 
     // a stops renewing (paused); its lease runs out and b takes the mailbox.
     tokio::time::sleep(ttl * 2).await;
-    let b = store.register_node("b", "cloud").await.unwrap();
+    let b = store.register_node("b", "cloud", ttl * 20).await.unwrap();
     let taken = store
         .balance_leases(&b, "cloud", ttl * 20)
         .await
@@ -417,7 +417,7 @@ async fn nodes_claiming_at_once_never_share_a_mailbox(kind: TestDatabase) {
     let ttl = std::time::Duration::from_secs(30);
     let mut nodes = Vec::new();
     for name in ["a", "b", "c"] {
-        nodes.push(store.register_node(name, "cloud").await.unwrap());
+        nodes.push(store.register_node(name, "cloud", ttl).await.unwrap());
     }
     // Each node balances five times, all at once.
     let mut tasks = Vec::new();
@@ -539,8 +539,8 @@ async fn the_outgoing_queue_takes_mailboxes_in_turns(kind: TestDatabase) {
     let db = Db::new(kind).await;
     let store = db.open(Keyring::generate()).await;
     let m = enabled_mailboxes(&store, 3).await;
-    let node = store.register_node("a", "cloud").await.unwrap();
     let ttl = std::time::Duration::from_secs(30);
+    let node = store.register_node("a", "cloud", ttl).await.unwrap();
     assert_eq!(
         store
             .balance_leases(&node, "cloud", ttl)
@@ -741,8 +741,8 @@ async fn leases_run_on_the_databases_clock_not_the_nodes() {
     };
     let (slow, fast) = (open_at(-120).await, open_at(120).await);
     let ttl = std::time::Duration::from_secs(30);
-    let a = slow.register_node("a", "cloud").await.unwrap();
-    let b = fast.register_node("b", "cloud").await.unwrap();
+    let a = slow.register_node("a", "cloud", ttl).await.unwrap();
+    let b = fast.register_node("b", "cloud", ttl).await.unwrap();
     let held = slow.balance_leases(&a, "cloud", ttl).await.unwrap().leases;
     assert_eq!(held.len(), 1);
     // By b's clock a's lease ran out long ago; by the database's it has 30 s to go.
@@ -781,14 +781,11 @@ async fn a_heartbeat_renews_every_lease_without_rewriting_them() {
         rows
     };
     let ttl = std::time::Duration::from_millis(600);
-    let a = store.register_node("a", "cloud").await.unwrap();
-    let b = store.register_node("b", "cloud").await.unwrap();
-    // A node counts for the shares from its first heartbeat: a takes all, then gives b half.
-    let (mut first, mut taken) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
-        first = store.balance_leases(&a, "cloud", ttl).await.unwrap().leases;
-        taken = store.balance_leases(&b, "cloud", ttl).await.unwrap().leases;
-    }
+    let a = store.register_node("a", "cloud", ttl).await.unwrap();
+    let b = store.register_node("b", "cloud", ttl).await.unwrap();
+    // A node counts for the shares from its registration: a takes half, b the other half.
+    let first = store.balance_leases(&a, "cloud", ttl).await.unwrap().leases;
+    let taken = store.balance_leases(&b, "cloud", ttl).await.unwrap().leases;
     assert_eq!((first.len(), taken.len()), (20, 20));
     let written = versions().await;
     assert_eq!(written.len(), 40);
@@ -860,9 +857,10 @@ async fn a_refused_batch_leaves_no_event_and_a_stored_one_exactly_its_own(kind: 
     let db = Db::new(kind).await;
     let store = db.open(Keyring::generate()).await;
     let mailbox = enabled_mailboxes(&store, 1).await[0];
-    let node = store.register_node("a", "cloud").await.unwrap();
+    let ttl = std::time::Duration::from_secs(30);
+    let node = store.register_node("a", "cloud", ttl).await.unwrap();
     let lease = store
-        .balance_leases(&node, "cloud", std::time::Duration::from_secs(30))
+        .balance_leases(&node, "cloud", ttl)
         .await
         .unwrap()
         .leases

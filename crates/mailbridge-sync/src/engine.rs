@@ -184,7 +184,11 @@ impl Engine {
         let node = loop {
             match self
                 .store
-                .register_node(&self.config.node_name, &self.config.node_group)
+                .register_node(
+                    &self.config.node_name,
+                    &self.config.node_group,
+                    self.config.lease_ttl,
+                )
                 .await
             {
                 Ok(id) => break id,
