@@ -1031,7 +1031,7 @@ mod tests {
                 crate::outgoing::IDEMPOTENCY_LOOKUP_SQL.to_owned(),
                 "emails_idempotency",
             ),
-            (crate::outgoing::CLAIM_DUE_SQL.to_owned(), "emails_due"),
+            (crate::outgoing::CLAIM_DUE_SQL.clone(), "emails_due"),
             (
                 crate::outgoing::FAIL_INTERRUPTED_SENDS_SQL.to_owned(),
                 "emails_due",

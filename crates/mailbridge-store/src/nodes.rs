@@ -306,12 +306,12 @@ impl Store {
     pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>> {
         let mut tx = self.pool.begin().await?;
         let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
-        let rows: Vec<NodeRow> = sqlx::query_as(
+        let rows: Vec<NodeRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT n.id, n.name, n.node_group, n.started_at, n.heartbeat_at, n.draining, n.stopped_at, \
-             CASE WHEN n.leases_until > $1 THEN (SELECT COUNT(*) FROM mailbox_leases l \
-             WHERE l.node_id = n.id AND l.expires_at > $1) ELSE 0 END AS mailboxes \
+             (SELECT COUNT(*) FROM mailbox_leases l WHERE l.node_id = n.id AND {}) AS mailboxes \
              FROM nodes n ORDER BY n.started_at DESC",
-        )
+            live_lease("l", "$1")
+        )))
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;

@@ -3,12 +3,15 @@
 //! limit), claimed fairly across mailboxes by the node that holds their lease, and settled
 //! as sent, retried or failed.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use mailbridge_core::message::Party;
 use mailbridge_core::{EventType, MailboxId};
 
 use crate::emails::{EmailRecord, IN_LIST, NewEmail, Origin, insert_emails};
 use crate::events::{NewEvent, append, email_event};
+use crate::nodes::live_lease;
 use crate::{Backend, Result, Store, StoreError};
 
 /// An email to queue: its record, and what the message itself does not say.
@@ -187,7 +190,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         // Leases are compared at the database's clock (see `lease_now`); due times at ours.
         let lease_now = crate::nodes::lease_now(&mut tx, self.backend, now).await?;
-        let candidates: Vec<(String, String)> = sqlx::query_as(CLAIM_DUE_SQL)
+        let candidates: Vec<(String, String)> = sqlx::query_as(CLAIM_DUE_SQL.as_str())
             .bind(now)
             .bind(node)
             .bind(limit)
@@ -442,14 +445,19 @@ pub(crate) const IDEMPOTENCY_LOOKUP_SQL: &str =
 /// Due mail (at time `$1`) of enabled mailboxes leased to node `$2` (at lease time `$4`), `$3`
 /// at most, in turns:
 /// each mailbox's first due email, then each one's second, and so on.
-pub(crate) const CLAIM_DUE_SQL: &str = "SELECT id, mailbox_id FROM (\
-     SELECT e.id, e.mailbox_id, e.next_attempt_at, \
-     ROW_NUMBER() OVER (PARTITION BY e.mailbox_id ORDER BY e.next_attempt_at, e.id) AS turn \
-     FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id \
-     JOIN mailbox_leases l ON l.mailbox_id = e.mailbox_id JOIN nodes n ON n.id = l.node_id \
-     WHERE e.status = 'pending_send' AND e.next_attempt_at <= $1 AND m.enabled = 1 \
-     AND l.node_id = $2 AND l.expires_at > $4 AND n.leases_until > $4) due \
-     ORDER BY turn, next_attempt_at, id LIMIT $3";
+pub(crate) static CLAIM_DUE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT id, mailbox_id FROM (\
+         SELECT e.id, e.mailbox_id, e.next_attempt_at, \
+         ROW_NUMBER() OVER (PARTITION BY e.mailbox_id ORDER BY e.next_attempt_at, e.id) AS turn \
+         FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id \
+         JOIN mailbox_leases l ON l.mailbox_id = e.mailbox_id \
+         WHERE e.status = 'pending_send' AND e.next_attempt_at <= $1 AND m.enabled = 1 \
+         AND l.node_id = $2 AND {}) due \
+         ORDER BY turn, next_attempt_at, id LIMIT $3",
+        live_lease("l", "$4")
+    )
+});
 
 pub(crate) const FAIL_INTERRUPTED_SENDS_SQL: &str = "UPDATE emails SET status = 'failed', send_reply = 'the service stopped while sending this email; \
      it may or may not have been delivered: check the mailbox''s Sent folder before sending it again' \

@@ -244,7 +244,6 @@ impl Cluster {
         self.dir.path().join(format!("{name}.log"))
     }
 
-    /// Running nodes by name, with the mailboxes each holds.
     /// The cluster's mailboxes whose lease the node named `node` holds now.
     pub async fn held_by(&self, node: &str) -> Vec<(MailboxId, String)> {
         let mut held = Vec::new();
@@ -257,6 +256,7 @@ impl Cluster {
         held
     }
 
+    /// Running nodes by name, with the mailboxes each holds.
     pub async fn holdings(&self) -> HashMap<String, NodeInfo> {
         self.store
             .list_nodes()
