@@ -70,6 +70,7 @@ on_both_backends!(
     a_refused_batch_leaves_no_event_and_a_stored_one_exactly_its_own,
     a_mailbox_queues_within_its_limits_and_a_reused_key_must_match,
     a_webhook_failing_for_five_days_is_disabled_and_a_success_ends_the_run,
+    a_node_back_from_a_pause_keeps_what_nobody_took,
 );
 
 // Several nodes share one database only on PostgreSQL (SQLite is embedded in one process:
@@ -408,6 +409,38 @@ async fn a_lost_lease_fences_off_the_old_holders_writes(kind: TestDatabase) {
     assert_eq!(back.leases.len(), 1);
     assert!(back.leases[0].epoch > b_fence.epoch);
     assert_eq!(back.others_expire_in, None);
+}
+
+async fn a_node_back_from_a_pause_keeps_what_nobody_took(kind: TestDatabase) {
+    use mailbridge_store::{Fence, SyncBatch};
+    let db = Db::new(kind).await;
+    let store = db.open(Keyring::generate()).await;
+    let mailbox = enabled_mailboxes(&store, 1).await[0];
+    let ttl = std::time::Duration::from_millis(300);
+    let a = store.register_node("a", "cloud", ttl).await.unwrap();
+    let held = store.balance_leases(&a, "cloud", ttl).await.unwrap().leases;
+    assert_eq!(held.len(), 1);
+    let write = || {
+        store.save_sync_batch(
+            mailbox,
+            SyncBatch {
+                fence: Some(Fence {
+                    node: a.clone(),
+                    epoch: held[0].epoch,
+                }),
+                ..SyncBatch::default()
+            },
+        )
+    };
+    write().await.unwrap();
+    // a is paused past its lease time: while its leases have run out, nothing it writes lands.
+    tokio::time::sleep(ttl * 2).await;
+    assert!(matches!(write().await, Err(StoreError::LeaseLost { .. })));
+    // Its next heartbeat renews them: nobody took the mailbox, so a holds it again under the
+    // same epoch, and its writes land again.
+    let back = store.balance_leases(&a, "cloud", ttl).await.unwrap().leases;
+    assert_eq!(back, held);
+    write().await.unwrap();
 }
 
 async fn nodes_claiming_at_once_never_share_a_mailbox(kind: TestDatabase) {
