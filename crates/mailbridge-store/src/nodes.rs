@@ -140,9 +140,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
         if self.backend == Backend::Sqlite {
-            sqlx::query("UPDATE mailbox_leases SET expires_at = 0 WHERE expires_at > 0")
-                .execute(&mut *tx)
-                .await?;
+            // Their leases end with their lease time.
             sqlx::query(
                 "UPDATE nodes SET stopped_at = $1, leases_until = 0 WHERE stopped_at IS NULL",
             )
@@ -283,16 +281,11 @@ impl Store {
         })
     }
 
-    /// A clean stop: this node's leases end now, so others take its mailboxes at once.
+    /// A clean stop: this node's leases end now, with its lease time (one row, however many
+    /// mailboxes it held), so others take its mailboxes at once.
     pub async fn stop_node(&self, node: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
-        sqlx::query(
-            "UPDATE mailbox_leases SET expires_at = 0 WHERE node_id = $1 AND expires_at > 0",
-        )
-        .bind(node)
-        .execute(&mut *tx)
-        .await?;
         sqlx::query("UPDATE nodes SET stopped_at = $1, leases_until = 0 WHERE id = $2")
             .bind(now)
             .bind(node)
