@@ -202,6 +202,9 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// SQLite: the one connection of this process's write transactions (see
+    /// [`Store::connect`]); PostgreSQL: `pool` again.
+    writer: AnyPool,
     backend: Backend,
     keyring: Arc<Keyring>,
     clock: Arc<dyn Clock>,
@@ -270,6 +273,35 @@ async fn checkpoint_in_background(pool: AnyPool) {
     }
 }
 
+/// A pool of SQLite connections to the database of `options`, each set up for it, then given
+/// `extra` pragmas. WAL lets the API read while the engine writes; foreign keys enforce the
+/// RESTRICT rules; a busy writer is waited for. The WAL is checkpointed in the background
+/// (see above); a commit checkpoints itself only if that falls far behind (16,384 pages:
+/// 256 MiB, or 64 MiB in a database made with 4 KiB pages). Sized for mail, whose rows are
+/// kilobytes (see the README's Benchmark): 16 KiB pages (a new database only; SQLite fixes
+/// the size when it creates the file), a quarter of the WAL frames and writes; statement
+/// journals (every multi-row INSERT has one) in memory, not in temporary files.
+async fn sqlite_pool(
+    pool_options: AnyPoolOptions,
+    options: &AnyConnectOptions,
+    extra: &'static str,
+) -> Result<AnyPool> {
+    Ok(pool_options
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA wal_autocheckpoint = 16384; PRAGMA temp_store = MEMORY; \
+                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; {extra}"
+                )))
+                .await?;
+                Ok(())
+            })
+        })
+        .connect_with(options.clone())
+        .await?)
+}
+
 impl Store {
     /// Connects to `url` (`sqlite://path` creates the file; `postgres://…`). Does not migrate.
     pub async fn connect(url: &str, keyring: Keyring, clock: Arc<dyn Clock>) -> Result<Self> {
@@ -304,39 +336,29 @@ impl Store {
                     Ok(!sqlx::Connection::is_in_transaction(conn))
                 })
             });
-        let pool = match backend {
+        let (pool, writer) = match backend {
             Backend::Sqlite => {
-                pool_options
-                    .max_connections(8)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            // WAL lets the API read while the engine writes; foreign keys
-                            // enforce the RESTRICT rules; a busy writer is waited for. The
-                            // WAL is checkpointed in the background (see below); a commit
-                            // checkpoints itself only if that falls far behind (16,384 pages:
-                            // 256 MiB, or 64 MiB in a database made with 4 KiB pages). Sized
-                            // for mail, whose rows are kilobytes (see the README's Benchmark):
-                            // - 16 KiB pages (a new database only; SQLite fixes the size when
-                            //   it creates the file): a quarter of the WAL frames and writes;
-                            // - a page cache of up to 32 MiB per connection, grown only as
-                            //   pages are used (SQLite's default is 2 MiB, less than one sync
-                            //   batch, so a batch spilled to the WAL before its commit);
-                            // - statement journals (every multi-row INSERT has one) in memory,
-                            //   not in temporary files.
-                            conn.execute(
-                                "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                 PRAGMA wal_autocheckpoint = 16384; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY; \
-                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-                            )
-                            .await?;
-                            Ok(())
-                        })
-                    })
-                    .connect_with(options)
-                    .await?
+                // The writers of this process queue at the write gate (see `begin_write`), so
+                // one connection serves them all: it alone keeps a large page cache, up to
+                // 32 MiB, grown only as pages are used (SQLite's default, 2 MiB, is less than
+                // one sync batch, which then spilled to the WAL before its commit). The
+                // readers keep SQLite's default: in WAL mode a connection empties its cache
+                // whenever another has committed since its last read, which here is all the
+                // time, so a large one only held memory: with 8 connections of up to 32 MiB,
+                // 10,000 idle mailboxes took 23.4 KiB each, with 3 readers and this writer
+                // 20.0 KiB (the README's Benchmark). Reads are short; 3 serve a node.
+                let readers =
+                    sqlite_pool(pool_options.clone().max_connections(3), &options, "").await?;
+                let writer = sqlite_pool(
+                    pool_options.max_connections(1),
+                    &options,
+                    "PRAGMA cache_size = -32768;",
+                )
+                .await?;
+                (readers, writer)
             }
             Backend::Postgres => {
-                pool_options
+                let pool = pool_options
                     .max_connections(16)
                     // A node paused in the middle of a transaction (a VM pause, SIGSTOP) would
                     // hold its row locks for as long as it stays paused: its expired leases
@@ -351,7 +373,8 @@ impl Store {
                         })
                     })
                     .connect_with(options)
-                    .await?
+                    .await?;
+                (pool.clone(), pool)
             }
         };
         if backend == Backend::Sqlite {
@@ -359,6 +382,7 @@ impl Store {
         }
         Ok(Self {
             pool,
+            writer,
             backend,
             keyring: Arc::new(keyring),
             clock,
@@ -383,6 +407,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -424,7 +449,7 @@ impl Store {
                     source: sqlx::Error::PoolTimedOut,
                 })?;
                 WriteTx {
-                    tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                    tx: self.writer.begin_with("BEGIN IMMEDIATE").await?,
                     _turn: Some(turn),
                 }
             }
@@ -720,5 +745,12 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(mode, "wal");
+        // Only the writers' connection keeps a large page cache (see `Store::connect`).
+        let cache = "PRAGMA cache_size";
+        let (readers,): (i64,) = sqlx::query_as(cache).fetch_one(&store.pool).await.unwrap();
+        let mut tx = store.begin_write().await.unwrap();
+        let (writer,): (i64,) = sqlx::query_as(cache).fetch_one(&mut *tx).await.unwrap();
+        tx.rollback().await.unwrap();
+        assert_eq!((readers, writer), (-2000, -32768));
     }
 }
