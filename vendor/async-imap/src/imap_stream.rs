@@ -54,12 +54,18 @@ impl<R: Read + Write + Unpin> ImapStream<R> {
             std::str::from_utf8(&msg.1)
         );
 
-        if let Some(tag) = msg.0 {
-            self.inner.write_all(tag.as_bytes()).await?;
-            self.inner.write_all(b" ").await?;
+        // Mailbridge: the command goes out in one write. Written in four (tag, space, command,
+        // CRLF), a TLS stream sealed and sent each as a record of its own: 6 records, syscalls
+        // and TCP segments for every IDLE refresh (`DONE`, then `tag IDLE`) instead of 2.
+        let tag = msg.0.as_ref().map_or(&[][..], |t| t.as_bytes());
+        let mut line = Vec::with_capacity(tag.len() + 1 + msg.1.len() + 2);
+        if !tag.is_empty() {
+            line.extend_from_slice(tag);
+            line.push(b' ');
         }
-        self.inner.write_all(&msg.1).await?;
-        self.inner.write_all(b"\r\n").await?;
+        line.extend_from_slice(&msg.1);
+        line.extend_from_slice(b"\r\n");
+        self.inner.write_all(&line).await?;
 
         Ok(())
     }
@@ -709,6 +715,67 @@ mod tests {
         assert!(waiting.is_pending());
         assert_eq!(imap_stream.buffer.used(), 0);
         assert_eq!(imap_stream.buffer.block.capacity(), 0);
+    }
+
+    /// A stream that keeps each write apart, as a TLS stream seals each in a record of its own.
+    #[cfg(feature = "runtime-tokio")]
+    #[derive(Default)]
+    struct WriteLog {
+        writes: Vec<Vec<u8>>,
+    }
+
+    #[cfg(feature = "runtime-tokio")]
+    impl tokio::io::AsyncRead for WriteLog {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            _buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<tokio::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[cfg(feature = "runtime-tokio")]
+    impl tokio::io::AsyncWrite for WriteLog {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<tokio::io::Result<usize>> {
+            self.writes.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<tokio::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<tokio::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Mailbridge: a command, tagged or not, goes out in one write.
+    #[cfg(feature = "runtime-tokio")]
+    #[tokio::test]
+    async fn test_a_command_is_one_write() {
+        let mut imap_stream = ImapStream::new(WriteLog::default());
+        let tag = imap_proto::RequestId("A7".to_string());
+        imap_stream
+            .encode(Request(Some(tag), b"IDLE".to_vec()))
+            .await
+            .unwrap();
+        imap_stream
+            .encode(Request(None, b"DONE".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(
+            imap_stream.into_inner().writes,
+            vec![b"A7 IDLE\r\n".to_vec(), b"DONE\r\n".to_vec()]
+        );
     }
 
     #[test]
