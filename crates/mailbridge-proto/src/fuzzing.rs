@@ -239,7 +239,9 @@ pub fn imap_session(data: &[u8]) -> Option<Result<usize, ProtoError>> {
                 }
                 let (fetched, _refusal) = session.uid_fetch_some(&uids).await?;
                 if options.more {
-                    let (idled, _) = session.idle(Duration::from_secs(60)).await?;
+                    let (idled, _) = session
+                        .idle(tokio::time::Instant::now() + Duration::from_secs(60))
+                        .await?;
                     session = idled;
                 }
                 session.logout().await;

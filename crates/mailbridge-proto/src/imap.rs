@@ -786,10 +786,11 @@ impl ImapSession {
         Ok(!found.is_empty())
     }
 
-    /// Waits in `IDLE` (RFC 2177) for a change in the open folder, at most `wait`.
+    /// Waits in `IDLE` (RFC 2177) for a change in the open folder, until `until` at most (a
+    /// deadline, not a length: the caller may line thousands of sessions' ends up together).
     pub async fn idle(
         mut self,
-        wait: std::time::Duration,
+        until: tokio::time::Instant,
     ) -> Result<(Self, IdleOutcome), ProtoError> {
         // What the server said unasked since the pass began (the caller forgot what came
         // before, [`ImapSession::forget_unsolicited`]) may be news the pass did not see: mail
@@ -826,7 +827,7 @@ impl ImapSession {
         // The wait is bounded as a whole, so IDLE ends when the caller asked (RFC 2177 §3)
         // whatever the server chats (`* OK Still here`, Dovecot every 2 minutes).
         let waited =
-            std::panic::AssertUnwindSafe(tokio::time::timeout(wait, handle.wait_for_data()))
+            std::panic::AssertUnwindSafe(tokio::time::timeout_at(until, handle.wait_for_data()))
                 .catch_unwind()
                 .await
                 .map_err(|panic| unreadable(&endpoint, "wait in IDLE", panic.as_ref()))?;

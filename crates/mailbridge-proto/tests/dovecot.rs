@@ -447,12 +447,18 @@ async fn imap_lists_special_folders_fetches_new_mail_in_batches_and_idles() {
             .deliver("ann@example.com", b"Subject: new\r\n\r\nnew\r\n")
             .unwrap();
     };
-    let (idled, ()) = tokio::join!(s.idle(Duration::from_secs(10)), deliver_later);
+    let (idled, ()) = tokio::join!(
+        s.idle(tokio::time::Instant::now() + Duration::from_secs(10)),
+        deliver_later
+    );
     let (mut s, outcome) = idled.unwrap();
     assert_eq!(outcome, mailbridge_proto::imap::IdleOutcome::Changed);
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(s.uids_from(4, None).await.unwrap(), [4]);
-    let (s, outcome) = s.idle(Duration::from_millis(500)).await.unwrap();
+    let (s, outcome) = s
+        .idle(tokio::time::Instant::now() + Duration::from_millis(500))
+        .await
+        .unwrap();
     assert_eq!(outcome, mailbridge_proto::imap::IdleOutcome::TimedOut);
     s.logout().await;
 }

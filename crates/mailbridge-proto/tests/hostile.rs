@@ -553,10 +553,13 @@ async fn imap_idle_ends_when_asked_even_while_the_server_keeps_chatting() {
         .await
         .unwrap();
     let started = Instant::now();
-    let (s, outcome) = tokio::time::timeout(Duration::from_secs(5), s.idle(Duration::from_secs(1)))
-        .await
-        .expect("IDLE must end after the wait asked for, chatter or not")
-        .unwrap();
+    let (s, outcome) = tokio::time::timeout(
+        Duration::from_secs(5),
+        s.idle(tokio::time::Instant::now() + Duration::from_secs(1)),
+    )
+    .await
+    .expect("IDLE must end after the wait asked for, chatter or not")
+    .unwrap();
     assert_eq!(outcome, mailbridge_proto::imap::IdleOutcome::TimedOut);
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -594,10 +597,13 @@ async fn imap_a_server_that_hangs_up_in_idle_ends_the_wait_with_an_error() {
     let s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
         .await
         .unwrap();
-    let e = tokio::time::timeout(Duration::from_secs(5), s.idle(Duration::from_secs(60)))
-        .await
-        .expect("the end of the connection ends the wait")
-        .unwrap_err();
+    let e = tokio::time::timeout(
+        Duration::from_secs(5),
+        s.idle(tokio::time::Instant::now() + Duration::from_secs(60)),
+    )
+    .await
+    .expect("the end of the connection ends the wait")
+    .unwrap_err();
     assert!(
         e.to_string().contains("wait in IDLE") && e.to_string().contains("closed the connection"),
         "{e}"
@@ -709,7 +715,10 @@ async fn imap_news_announced_during_a_pass_ends_the_next_idle_at_once() {
     s.examine("INBOX").await.unwrap();
     s.status("Sent").await.unwrap();
     let started = Instant::now();
-    let (mut s, outcome) = s.idle(Duration::from_secs(5)).await.unwrap();
+    let (mut s, outcome) = s
+        .idle(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(outcome, mailbridge_proto::imap::IdleOutcome::Changed);
     assert!(
         started.elapsed() < Duration::from_secs(1),
@@ -724,7 +733,10 @@ async fn imap_news_announced_during_a_pass_ends_the_next_idle_at_once() {
     // The same count again is no news: this IDLE runs its course.
     s.forget_unsolicited();
     s.status("Sent").await.unwrap();
-    let (s, outcome) = s.idle(Duration::from_millis(300)).await.unwrap();
+    let (s, outcome) = s
+        .idle(tokio::time::Instant::now() + Duration::from_millis(300))
+        .await
+        .unwrap();
     assert_eq!(outcome, mailbridge_proto::imap::IdleOutcome::TimedOut);
     assert!(server.heard().iter().any(|l| l.contains("IDLE")));
     s.logout().await;

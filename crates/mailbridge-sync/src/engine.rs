@@ -53,8 +53,9 @@ pub struct EngineConfig {
     /// forgot it, a middlebox that still acknowledges but passes nothing on): DONE then gets
     /// no answer within `mail_timeout`, the session fails as transient and
     /// a new one logs in, so a silent connection is noticed within `idle_refresh` +
-    /// `mail_timeout` (90 s by default). TCP keepalive (in `mailbridge_proto::net`) finds a
-    /// peer that is gone for good, but not a path that still acknowledges.
+    /// `mail_timeout` (90 s by default) and a beat ([`on_the_beat`], a second at most). TCP
+    /// keepalive (in `mailbridge_proto::net`) finds a peer that is gone for good, but not a
+    /// path that still acknowledges.
     pub idle_refresh: Duration,
     /// How often the folders other than INBOX (Sent, the profile's folders) are checked
     /// (`STATUS`; a pass when their counters moved) while INBOX waits in IDLE: IDLE watches
@@ -143,6 +144,8 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     /// This node's logins, `logins_per_second` at most.
     pace: LoginPace,
+    /// Where the beat idle sessions end their waits on starts ([`on_the_beat`]).
+    beat_origin: tokio::time::Instant,
 }
 
 /// How one attempt at working a mailbox ended without an error.
@@ -167,6 +170,7 @@ impl Engine {
         let pace = LoginPace::new(config.logins_per_second);
         Arc::new(Self {
             pace,
+            beat_origin: tokio::time::Instant::now(),
             store,
             tokens,
             tls,
@@ -798,8 +802,14 @@ impl Engine {
             if !watched.is_empty() {
                 wait = wait.min(folder_check);
             }
+            let now = tokio::time::Instant::now();
+            let beat = (wait / 8).min(MAX_BEAT);
+            let mut until = on_the_beat(now + wait, self.beat_origin, beat);
+            if let Some(left) = left {
+                until = until.min(now + left);
+            }
             let idled = tokio::select! {
-                r = Box::pin(session.idle(wait)) => r,
+                r = Box::pin(session.idle(until)) => r,
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(Pass::Shutdown),
             };
             let (s, outcome) = match idled {
@@ -1043,6 +1053,31 @@ impl LoginPace {
     }
 }
 
+/// The longest beat idle sessions end their waits on ([`on_the_beat`]).
+const MAX_BEAT: Duration = Duration::from_secs(1);
+
+/// `deadline`, or the first beat after it: the instants `origin + k × beat`. Logins are spread
+/// evenly, so without it the IDLE refreshes of a node's sessions (thousands, each once a minute)
+/// fell due at instants as evenly spread, and each woke the runtime, its worker thread and the
+/// mail server's process on its own. On the beat, the sessions due within the same second end
+/// their waits together, and a wake-up serves them all: a session waits at most one beat (or
+/// an eighth of its wait, when shorter) longer than it asked.
+fn on_the_beat(
+    deadline: tokio::time::Instant,
+    origin: tokio::time::Instant,
+    beat: Duration,
+) -> tokio::time::Instant {
+    let beat_nanos = beat.as_nanos();
+    if beat_nanos == 0 {
+        return deadline;
+    }
+    let past = deadline.saturating_duration_since(origin).as_nanos() % beat_nanos;
+    match u64::try_from(beat_nanos - past) {
+        Ok(to_next) if past != 0 => deadline + Duration::from_nanos(to_next),
+        _ => deadline,
+    }
+}
+
 /// Waits `wait` unless the engine stops first: whether it stopped. Every wait of the engine's
 /// loops; awaited boxed in [`Engine::work`], so the timer is not part of every worker's
 /// future for as long as the worker lives.
@@ -1067,6 +1102,29 @@ fn spread(mailbox: MailboxId, round: u32, window: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_deadlines_spread_over_a_beat_end_together_on_its_next_tick() {
+        let origin = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        let beat = Duration::from_secs(1);
+        // Sessions that asked for ends anywhere within one beat all end on its next tick.
+        for asked in [1, 250, 999] {
+            assert_eq!(
+                on_the_beat(origin + ms(60_000 + asked), origin, beat),
+                origin + ms(61_000),
+                "asked for +{asked} ms"
+            );
+        }
+        // One asking for a tick itself is not put off a whole beat.
+        assert_eq!(
+            on_the_beat(origin + ms(61_000), origin, beat),
+            origin + ms(61_000)
+        );
+        // Nor is any wait with no beat.
+        let asked = origin + ms(1_234);
+        assert_eq!(on_the_beat(asked, origin, Duration::ZERO), asked);
+    }
 
     #[test]
     fn logins_beyond_the_limit_wait_for_the_oldest_to_leave_the_window() {

@@ -58,7 +58,7 @@ fn main() {
         for i in 0..samples {
             let before = count(&w, &mailbox).await;
             let idling = tokio::spawn(async move {
-                let r = plain.idle(Duration::from_secs(30)).await.unwrap();
+                let r = plain.idle(tokio::time::Instant::now() + Duration::from_secs(30)).await.unwrap();
                 (r.0, r.1, Instant::now())
             });
             tokio::time::sleep(Duration::from_millis(200)).await; // both are in IDLE now

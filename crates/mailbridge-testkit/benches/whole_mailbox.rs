@@ -229,7 +229,10 @@ async fn flag_latency(samples: usize) {
     for i in 0..samples {
         let flagged = i % 2 == 0;
         let idling = tokio::spawn(async move {
-            let r = plain.idle(Duration::from_secs(30)).await.unwrap();
+            let r = plain
+                .idle(tokio::time::Instant::now() + Duration::from_secs(30))
+                .await
+                .unwrap();
             (r.0, r.1, Instant::now())
         });
         tokio::time::sleep(Duration::from_millis(200)).await; // both are in IDLE now
