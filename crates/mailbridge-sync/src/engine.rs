@@ -802,12 +802,7 @@ impl Engine {
             if !watched.is_empty() {
                 wait = wait.min(folder_check);
             }
-            let now = tokio::time::Instant::now();
-            let beat = (wait / 8).min(MAX_BEAT);
-            let mut until = on_the_beat(now + wait, self.beat_origin, beat);
-            if let Some(left) = left {
-                until = until.min(now + left);
-            }
+            let until = idle_deadline(tokio::time::Instant::now(), wait, left, self.beat_origin);
             let idled = tokio::select! {
                 r = Box::pin(session.idle(until)) => r,
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(Pass::Shutdown),
@@ -1078,6 +1073,18 @@ fn on_the_beat(
     }
 }
 
+/// When an IDLE wait of `wait` begun at `now` ends: on the beat (an eighth of the wait, a
+/// second at most), but never after the token the session logged in with runs out (`left`).
+fn idle_deadline(
+    now: tokio::time::Instant,
+    wait: Duration,
+    left: Option<Duration>,
+    origin: tokio::time::Instant,
+) -> tokio::time::Instant {
+    let until = on_the_beat(now + wait, origin, (wait / 8).min(MAX_BEAT));
+    left.map_or(until, |left| until.min(now + left))
+}
+
 /// Waits `wait` unless the engine stops first: whether it stopped. Every wait of the engine's
 /// loops; awaited boxed in [`Engine::work`], so the timer is not part of every worker's
 /// future for as long as the worker lives.
@@ -1124,6 +1131,25 @@ mod tests {
         // Nor is any wait with no beat.
         let asked = origin + ms(1_234);
         assert_eq!(on_the_beat(asked, origin, Duration::ZERO), asked);
+    }
+
+    #[test]
+    fn an_idle_wait_keeps_the_beat_but_ends_before_the_token_runs_out() {
+        let origin = tokio::time::Instant::now();
+        let now = origin + Duration::from_millis(10_400);
+        let minute = Duration::from_secs(60);
+        // A minute from 10.4 s ends on the next second...
+        assert_eq!(
+            idle_deadline(now, minute, None, origin),
+            origin + Duration::from_secs(71)
+        );
+        // ...unless the token runs out before that tick: then when it does.
+        let left = Duration::from_millis(60_200);
+        assert_eq!(idle_deadline(now, minute, Some(left), origin), now + left);
+        // A short wait is put off an eighth of itself at most.
+        let short = Duration::from_millis(800);
+        let until = idle_deadline(now, short, None, origin);
+        assert!(until >= now + short && until <= now + short + short / 8);
     }
 
     #[test]
