@@ -530,21 +530,40 @@ async fn sigkill_during_a_first_sync_loses_and_duplicates_nothing() {
         .unwrap();
     assert_eq!(tested["enabled"], true, "{tested:#}");
 
-    // Kill at pseudo-random points (a fixed sequence, so a failure can be replayed).
+    // Kill while the sync runs: each round waits until the node has committed something since
+    // it (re)started, then kills after a fixed extra delay (0 = right after a commit, more =
+    // inside the next batch; a fixed sequence, so a failure can be replayed). Following the
+    // progress rather than the clock keeps the kills mid-sync on a fast or a loaded machine.
     let mut child = child;
     let mut base = base;
     let mut mid_sync_kills = 0;
-    for delay_ms in [120u64, 45, 200, 80, 150, 60] {
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        let before = processed(base.clone()).await;
+    let mut at_start = 0;
+    for extra_ms in [0u64, 15, 0, 40, 5, 25] {
+        let waiting = Instant::now();
+        let mut before = processed(base.clone()).await;
+        while before == at_start {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(60),
+                "no progress past {at_start} of {TOTAL} within 60 s of a restart"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            before = processed(base.clone()).await;
+        }
+        if before >= TOTAL {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(extra_ms)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        if before > 0 && before < TOTAL {
-            mid_sync_kills += 1;
-        }
         let (c, b) = start();
         child = c;
         base = b;
+        // What the killed node had committed: mid-sync if short of the whole mailbox.
+        at_start = processed(base.clone()).await;
+        if at_start >= TOTAL {
+            break;
+        }
+        mid_sync_kills += 1;
     }
     let started = Instant::now();
     loop {
