@@ -11,6 +11,7 @@ mod dovecot;
 mod gmail;
 mod node;
 mod oauth;
+pub mod process;
 mod proxy;
 mod webhooks;
 mod world;

@@ -14,10 +14,10 @@
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cluster::{Cluster, Node};
+use mailbridge_testkit::process::{cpu_ticks, process_tree};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -36,22 +36,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// User and system CPU time of a process so far, in clock ticks (1/100 s).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name (field 2) may hold spaces; the fields after it are plain.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |n: usize| {
-        fields
-            .get(n)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15, the 12th and 13th after the name.
-    field(11) + field(12)
-}
-
 fn open_files(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
@@ -64,32 +48,6 @@ fn open_file_limit(pid: u32) -> String {
         .and_then(|l| l.split_whitespace().nth(3))
         .unwrap_or("?")
         .to_owned()
-}
-
-/// `root` and every process below it.
-fn process_tree(root: u32) -> Vec<u32> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
-            children.entry(ppid).or_default().push(pid);
-        }
-    }
-    let mut all = vec![root];
-    let mut i = 0;
-    while i < all.len() {
-        all.extend(children.get(&all[i]).cloned().unwrap_or_default());
-        i += 1;
-    }
-    all
 }
 
 /// The node's `mailbridge_connections_open`.
