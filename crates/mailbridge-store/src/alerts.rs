@@ -124,7 +124,8 @@ pub(crate) async fn raise_each(
                 "id": id, "kind": alert.kind, "message": alert.message, "hint": alert.hint,
                 "mailbox_id": mailbox, "profile_id": profile,
             },
-        }),
+        })
+        .to_string(),
     };
     sqlx::query(
         "INSERT INTO alerts (id, mailbox_id, user_id, kind, message, hint, created_at, profile_id) \

@@ -30,7 +30,8 @@ pub struct NewEvent {
     pub mailbox_id: Option<MailboxId>,
     /// Who may read it: the mailbox's owner, or the alert's recipient.
     pub owner: Option<UserId>,
-    pub data: serde_json::Value,
+    /// The event's data, as JSON text: serialized once, where it is made.
+    pub data: String,
 }
 
 /// An event as read from the log.
@@ -141,7 +142,7 @@ pub(crate) async fn append(
                 .bind(e.mailbox_id.map(|m| m.to_string()))
                 .bind(e.owner.map(|u| u.to_string()))
                 .bind(now)
-                .bind(e.data.to_string());
+                .bind(e.data.as_str());
         }
         q.execute(&mut *tx).await?;
     }
@@ -291,6 +292,12 @@ pub(crate) struct EmailSummary<'a> {
     pub send_reply: Option<&'a str>,
 }
 
+/// An email event's data: `{"email": {...}}`.
+#[derive(serde::Serialize)]
+struct EmailData<'a> {
+    email: &'a EmailSummary<'a>,
+}
+
 impl EmailSummary<'_> {
     pub(crate) fn event(&self, kind: EventType, owner: Option<UserId>) -> Result<NewEvent> {
         Ok(NewEvent {
@@ -301,7 +308,10 @@ impl EmailSummary<'_> {
                     .map_err(|e| StoreError::corrupt("email mailbox", e))?,
             ),
             owner,
-            data: serde_json::json!({ "email": self }),
+            // Straight to text: a first sync makes one per message, and building a
+            // `serde_json::Value` first cost as much again in allocations.
+            data: serde_json::to_string(&EmailData { email: self })
+                .map_err(|e| StoreError::Database(sqlx::Error::Encode(Box::new(e))))?,
         })
     }
 }
@@ -396,7 +406,7 @@ pub(crate) async fn mailbox_event(
         kind,
         mailbox_id: Some(mailbox.parse().map_err(|e| bad(&e))?),
         owner: Some(owner.parse().map_err(|e| bad(&e))?),
-        data,
+        data: data.to_string(),
     }))
 }
 
@@ -413,7 +423,7 @@ mod tests {
             kind: EventType::AlertCreated,
             mailbox_id: None,
             owner: None,
-            data: serde_json::json!({ "n": n }),
+            data: serde_json::json!({ "n": n }).to_string(),
         }
     }
 
