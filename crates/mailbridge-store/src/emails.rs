@@ -581,16 +581,30 @@ fn reply_to_sent_sql(ids: usize) -> String {
     )
 }
 
-/// `column → conversation_id` of the emails whose `column` is one of `keys` values (`$1`…,
-/// or `$2`… after the mailbox `$1` when `scoped`).
-fn lookup_sql(column: &str, scoped: bool, keys: usize) -> String {
+/// The `select` columns of the stored emails whose `column` is one of `keys` values (`$1`…,
+/// or `$2`… after the mailbox `$1` when `scoped`), through the index that starts with
+/// `column` (or with the mailbox, then `column`).
+fn lookup_sql(backend: Backend, select: &str, column: &str, scoped: bool, keys: usize) -> String {
     let first = if scoped { 2 } else { 1 };
     let list: Vec<String> = (0..keys).map(|k| format!("${}", k + first)).collect();
     let scope = if scoped { "mailbox_id = $1 AND " } else { "" };
-    format!(
-        "SELECT {column}, conversation_id FROM emails WHERE {scope}{column} IN ({})",
-        list.join(", ")
-    )
+    match backend {
+        Backend::Sqlite => format!(
+            "SELECT {select} FROM emails WHERE {scope}{column} IN ({})",
+            list.join(", ")
+        ),
+        // One index lookup per key. As an IN list, PostgreSQL's plans on a table not yet
+        // analyzed (a new database's first sync) read every row of the mailbox (or of the
+        // table) and compared it with every key: the renumbering lookup's cached generic plan
+        // took 40–65 ms a batch at 5,500 rows and grew with the mailbox (auto_explain under
+        // `bench/first-sync`); as a join it hashed them all instead. A lateral subquery (kept
+        // apart by OFFSET 0) can only be a lookup per key, whatever the statistics say.
+        Backend::Postgres => format!(
+            "SELECT e.* FROM (VALUES ({})) AS wanted (key) CROSS JOIN LATERAL \
+             (SELECT {select} FROM emails WHERE {scope}{column} = wanted.key OFFSET 0) e",
+            list.join("), (")
+        ),
+    }
 }
 
 /// Columns bound per inserted email.
@@ -632,7 +646,7 @@ pub(crate) async fn insert_emails(
     };
     let skip = |i: usize| known.get(i).copied().unwrap_or(false);
     let rows: Vec<usize> = (0..emails.len()).filter(|i| !skip(*i)).collect();
-    let conversations = conversations(tx, mailbox, emails, &rows).await?;
+    let conversations = conversations(tx, backend, mailbox, emails, &rows).await?;
     let ids: Vec<String> = rows
         .iter()
         .map(|_| uuid::Uuid::now_v7().to_string())
@@ -815,30 +829,6 @@ async fn join_own_sends(
 /// message moved from another folder (same bytes there), whose record moves with it (it
 /// returns those, for their `email.updated`). A copy kept in both folders is one record too,
 /// following the copy read last.
-/// The records of mailbox `$1` with one of the `n` content hashes `$2`…: (id, remote_key,
-/// content_sha256), by the content index.
-fn content_lookup_sql(backend: Backend, n: usize) -> String {
-    let list: Vec<String> = (0..n).map(|k| format!("${}", k + 2)).collect();
-    match backend {
-        Backend::Sqlite => format!(
-            "SELECT id, remote_key, content_sha256 FROM emails WHERE mailbox_id = $1 AND content_sha256 IN ({})",
-            list.join(", ")
-        ),
-        // One index lookup per hash, on both of the index's columns. As an IN list,
-        // PostgreSQL's cached generic plan on a table not yet analyzed (a new database's first
-        // sync) read all the mailbox's rows by `mailbox_id` and compared each with every hash
-        // (40–65 ms a batch at 5,500 rows, growing with the mailbox; seen with auto_explain
-        // under `bench/first-sync`); as a join it hashed them all instead. The lateral
-        // subquery (kept apart by OFFSET 0) can only be a lookup per hash.
-        Backend::Postgres => format!(
-            "SELECT e.id, e.remote_key, e.content_sha256 FROM (VALUES ({})) AS wanted (sha) \
-             CROSS JOIN LATERAL (SELECT id, remote_key, content_sha256 FROM emails \
-             WHERE mailbox_id = $1 AND content_sha256 = wanted.sha OFFSET 0) e",
-            list.join("), (")
-        ),
-    }
-}
-
 async fn adopt_renumbered(
     tx: &mut AnyConnection,
     backend: Backend,
@@ -860,9 +850,13 @@ async fn adopt_renumbered(
     // By the content index alone (an equality every planner uses); the key test is done here.
     let mut candidates: HashMap<String, Vec<(String, String)>> = HashMap::new();
     for chunk in wanted.chunks(IN_LIST) {
-        let mut q = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(
-            content_lookup_sql(backend, chunk.len()),
-        ))
+        let mut q = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(lookup_sql(
+            backend,
+            "id, remote_key, content_sha256",
+            "content_sha256",
+            true,
+            chunk.len(),
+        )))
         .bind(mailbox.to_owned());
         for h in chunk {
             q = q.bind((*h).clone());
@@ -931,6 +925,7 @@ async fn adopt_renumbered(
 /// one.
 async fn conversations(
     tx: &mut AnyConnection,
+    backend: Backend,
     mailbox: &str,
     emails: &[NewEmail],
     rows: &[usize],
@@ -939,21 +934,21 @@ async fn conversations(
         let p = &emails[i].parsed;
         p.in_reply_to.iter().chain(&p.references).cloned()
     }));
-    let mut by_message = lookup(tx, "message_id", None, &related).await?;
+    let mut by_message = lookup(tx, backend, "message_id", None, &related).await?;
     let tokens = distinct(rows.iter().filter_map(|&i| subject_token(&emails[i])));
-    let by_token = lookup(tx, "tracking_token", None, &tokens).await?;
+    let by_token = lookup(tx, backend, "tracking_token", None, &tokens).await?;
     let threads = distinct(
         rows.iter()
             .filter_map(|&i| emails[i].gmail_thread_id.map(|t| t.to_string())),
     );
-    let mut by_thread = lookup(tx, "gmail_thread_id", Some(mailbox), &threads).await?;
+    let mut by_thread = lookup(tx, backend, "gmail_thread_id", Some(mailbox), &threads).await?;
     // Answers stored before the message they answer (its folder read later: a reply in Sent
     // to mail of INBOX, or the other way round): the message joins their conversation.
     let own = distinct(
         rows.iter()
             .filter_map(|&i| emails[i].parsed.message_id.clone()),
     );
-    let by_answer = lookup(tx, "in_reply_to", Some(mailbox), &own).await?;
+    let by_answer = lookup(tx, backend, "in_reply_to", Some(mailbox), &own).await?;
     let mut out = Vec::with_capacity(rows.len());
     for &i in rows {
         let (email, p) = (&emails[i], &emails[i].parsed);
@@ -1004,6 +999,7 @@ fn subject_token(email: &NewEmail) -> Option<String> {
 /// `mailbox` only, when given).
 async fn lookup(
     tx: &mut AnyConnection,
+    backend: Backend,
     column: &'static str,
     mailbox: Option<&str>,
     keys: &[String],
@@ -1011,6 +1007,8 @@ async fn lookup(
     let mut known = HashMap::new();
     for chunk in keys.chunks(IN_LIST) {
         let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(lookup_sql(
+            backend,
+            &format!("{column}, conversation_id"),
             column,
             mailbox.is_some(),
             chunk.len(),
@@ -1033,49 +1031,62 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// A batch's renumbering lookup on PostgreSQL must find each hash through the content
-    /// index, also in the generic plan PostgreSQL caches after five runs and on a table not
-    /// yet analyzed — a new database's first sync — or every batch reads all the mailbox's
-    /// rows (found with auto_explain: 40–65 ms a batch at 5,500 rows).
+    /// Every lookup of a synced batch on PostgreSQL must find each key through its index,
+    /// also in the generic plan PostgreSQL caches after five runs and on a table not yet
+    /// analyzed — a new database's first sync — or every batch reads all the mailbox's rows
+    /// (found with auto_explain: the renumbering lookup took 40–65 ms a batch at 5,500 rows).
     #[tokio::test]
-    async fn the_renumbering_lookup_reads_the_content_index_in_postgres_generic_plan() {
+    async fn the_batch_lookups_read_their_index_in_postgres_generic_plans() {
         let dir = tempfile::tempdir().unwrap();
-        let url = mailbridge_testdb::TestDatabase::Postgres
-            .url_for(dir.path())
+        let store = crate::tests::fresh_postgres(dir.path()).await;
+        let mut conn = store.pool.acquire().await.unwrap();
+        sqlx::raw_sql("SET plan_cache_mode = force_generic_plan")
+            .execute(&mut *conn)
             .await
             .unwrap();
-        let store = Store::connect(
-            &url,
-            crate::Keyring::generate(),
-            std::sync::Arc::new(mailbridge_core::SystemClock),
-        )
-        .await
-        .unwrap();
-        store.migrate().await.unwrap();
-        let mut conn = store.pool.acquire().await.unwrap();
-        let sql = content_lookup_sql(Backend::Postgres, 3);
-        for statement in [
-            "SET plan_cache_mode = force_generic_plan".to_owned(),
-            format!("PREPARE lookup (text, text, text, text) AS {sql}"),
-        ] {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-                .execute(&mut *conn)
-                .await
-                .unwrap();
-        }
-        let plan: Vec<(String,)> = sqlx::query_as("EXPLAIN EXECUTE lookup ('m', 'a', 'b', 'c')")
+        for (n, (select, column, scoped)) in [
+            ("id, remote_key, content_sha256", "content_sha256", true),
+            ("message_id, conversation_id", "message_id", false),
+            ("tracking_token, conversation_id", "tracking_token", false),
+            ("gmail_thread_id, conversation_id", "gmail_thread_id", true),
+            ("in_reply_to, conversation_id", "in_reply_to", true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let sql = lookup_sql(Backend::Postgres, select, column, scoped, 3);
+            let types = if scoped {
+                "text, text, text, text"
+            } else {
+                "text, text, text"
+            };
+            let args = if scoped {
+                "'m', 'a', 'b', 'c'"
+            } else {
+                "'a', 'b', 'c'"
+            };
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "PREPARE lookup{n} ({types}) AS {sql}"
+            )))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+            let plan: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN EXECUTE lookup{n} ({args})"
+            )))
             .fetch_all(&mut *conn)
             .await
             .unwrap();
-        let plan: Vec<String> = plan.into_iter().map(|(line,)| line).collect();
-        // Where the plan names the hash column: as the content index's condition, never as
-        // a condition checked row by row (a filter, a recheck, a hash join's).
-        let uses: Vec<&str> = plan
-            .iter()
-            .filter(|line| line.contains("content_sha256 ="))
-            .map(|line| line.trim().split(':').next().unwrap_or(""))
-            .collect();
-        assert_eq!(uses, ["Index Cond"], "{}", plan.join("\n"));
+            let plan: Vec<String> = plan.into_iter().map(|(line,)| line).collect();
+            // Where the plan names the key column: as an index's condition, never as a
+            // condition checked row by row (a filter, a recheck, a hash join's).
+            let uses: Vec<&str> = plan
+                .iter()
+                .filter(|line| line.contains(&format!("{column} =")))
+                .map(|line| line.trim().split(':').next().unwrap_or(""))
+                .collect();
+            assert_eq!(uses, ["Index Cond"], "{column}:\n{}", plan.join("\n"));
+        }
         conn.close().await.unwrap();
         store.close().await;
     }
@@ -1089,11 +1100,23 @@ mod tests {
         let store = crate::tests::fresh_sqlite(dir.path()).await;
         for (query, index) in [
             (
-                lookup_sql("tracking_token", false, 2),
+                lookup_sql(
+                    Backend::Sqlite,
+                    "tracking_token, conversation_id",
+                    "tracking_token",
+                    false,
+                    2,
+                ),
                 "emails_tracking_token",
             ),
             (
-                lookup_sql("gmail_thread_id", true, 2),
+                lookup_sql(
+                    Backend::Sqlite,
+                    "gmail_thread_id, conversation_id",
+                    "gmail_thread_id",
+                    true,
+                    2,
+                ),
                 "emails_gmail_thread",
             ),
             (reply_to_sent_sql(0), "emails_tracking_token"),

@@ -413,7 +413,6 @@ pub(crate) async fn mailbox_event(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
@@ -433,18 +432,7 @@ mod tests {
     #[tokio::test]
     async fn an_append_that_commits_late_is_never_passed_by_a_reader() {
         let dir = tempfile::tempdir().unwrap();
-        let url = mailbridge_testdb::TestDatabase::Postgres
-            .url_for(dir.path())
-            .await
-            .unwrap();
-        let store = Store::connect(
-            &url,
-            crate::Keyring::generate(),
-            Arc::new(mailbridge_core::SystemClock),
-        )
-        .await
-        .unwrap();
-        store.migrate().await.unwrap();
+        let store = crate::tests::fresh_postgres(dir.path()).await;
         let mut slow = store.begin_write().await.unwrap();
         append(&mut slow, store.backend, 0, &[event(1)])
             .await

@@ -640,9 +640,21 @@ pub(crate) mod tests {
     }
 
     pub(crate) async fn fresh_sqlite(dir: &std::path::Path) -> Store {
-        let url = format!("sqlite://{}?mode=rwc", dir.join("t.db").display());
+        migrated(&format!("sqlite://{}?mode=rwc", dir.join("t.db").display())).await
+    }
+
+    /// A store on a new, migrated PostgreSQL database of the test server.
+    pub(crate) async fn fresh_postgres(dir: &std::path::Path) -> Store {
+        let url = mailbridge_testdb::TestDatabase::Postgres
+            .url_for(dir)
+            .await
+            .unwrap();
+        migrated(&url).await
+    }
+
+    async fn migrated(url: &str) -> Store {
         let store = Store::connect(
-            &url,
+            url,
             Keyring::generate(),
             Arc::new(mailbridge_core::SystemClock),
         )
