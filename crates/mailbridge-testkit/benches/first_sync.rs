@@ -48,7 +48,7 @@ fn timed(cmd: &mut Command) -> Duration {
     took
 }
 
-fn raw_fetch(dovecot: &Dovecot, ca: &Path, expected: usize) -> Sync {
+fn raw_fetch(dovecot: &Dovecot, ca: &Path, expected: usize) -> Read {
     let port = dovecot.ports.imaps;
     let script = format!(
         "import imaplib, ssl\n\
@@ -64,7 +64,7 @@ fn raw_fetch(dovecot: &Dovecot, ca: &Path, expected: usize) -> Sync {
     );
     let server = dovecot.cpu_used();
     let took = timed(Command::new("python3").arg("-c").arg(script));
-    Sync {
+    Read {
         took,
         cpu: Duration::ZERO,
         server_cpu: server_cpu_since(dovecot, server),
@@ -109,7 +109,7 @@ fn server_cpu_since(dovecot: &Dovecot, before: Duration) -> Duration {
 /// A read of the whole folder: how long it took, and the CPU time each side used for it.
 /// Mailbridge's is this process's (parsing, compressing, hashing, the database writer; SQLite
 /// runs inside it, PostgreSQL's server does not); the server's is Dovecot's processes'.
-struct Sync {
+struct Read {
     took: Duration,
     cpu: Duration,
     server_cpu: Duration,
@@ -122,7 +122,7 @@ async fn mailbridge(
     work: &Path,
     database: TestDatabase,
     expected: usize,
-) -> (Sync, u64) {
+) -> (Read, u64) {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work).unwrap();
     let url = database.url_for(work).await.unwrap();
@@ -153,7 +153,7 @@ async fn mailbridge(
     let (took, cpu, report, session) = tokio::spawn(sync).await.unwrap();
     assert_eq!(report.stored, expected);
     session.logout().await;
-    let sync = Sync {
+    let sync = Read {
         took,
         cpu,
         server_cpu: server_cpu_since(dovecot, server),
@@ -230,8 +230,8 @@ fn main() {
             p.server_cpu.as_secs_f64()
         );
     }
-    let of = |syncs: &[Sync], f: fn(&Sync) -> Duration| median(syncs.iter().map(f).collect());
-    let took = |s: &Sync| s.took;
+    let of = |syncs: &[Read], f: fn(&Read) -> Duration| median(syncs.iter().map(f).collect());
+    let took = |s: &Read| s.took;
     let (raw_cpu, cpu, cpu_pg) = (
         of(&raw, |s| s.server_cpu),
         of(&ours, |s| s.cpu + s.server_cpu),
@@ -277,7 +277,7 @@ fn main() {
     // With every core busy a sync cannot end before its CPU time spread over all of them.
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     println!(
-        "  CPU floor: mailbridge and Dovecot's CPU over {cores} cores = {:.2} s, {:.2} of the raw fetch's rate at most",
+        "  CPU floor (SQLite sync): mailbridge and Dovecot's CPU over {cores} cores = {:.2} s, {:.2} of the raw fetch's rate at most",
         cpu.as_secs_f64() / cores as f64,
         raw.as_secs_f64() / (cpu.as_secs_f64() / cores as f64)
     );
@@ -287,7 +287,7 @@ fn main() {
         ours.as_secs_f64() / mbs.as_secs_f64()
     );
     println!(
-        "  mailbridge rate / raw fetch rate         = {:.2}  (target >= 0.85)",
+        "  mailbridge rate / raw fetch rate         = {:.2}  (target >= 0.60; the scale issue's >= 0.85)",
         rate(ours) / rate(raw)
     );
     println!(
