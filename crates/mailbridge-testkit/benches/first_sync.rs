@@ -97,7 +97,7 @@ fn mbsync(port: u16, ca: &Path, work: &Path, fsync: bool) -> Duration {
 
 /// The CPU time this process has used so far (all its threads, live or ended).
 fn cpu_used() -> Duration {
-    Duration::from_millis(process::cpu_ticks(std::process::id()) * 10)
+    process::cpu_time(std::process::id())
 }
 
 /// Dovecot's CPU time from `before` until the processes of a login that ended are reaped.

@@ -23,6 +23,16 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0)
 }
 
+/// A process's user and system CPU time so far.
+pub fn cpu_time(pid: u32) -> Duration {
+    from_ticks(cpu_ticks(pid))
+}
+
+/// Clock ticks as time: the kernel's USER_HZ, 100 a second on Linux.
+fn from_ticks(ticks: u64) -> Duration {
+    Duration::from_millis(ticks * 10)
+}
+
 /// `root` and every process below it.
 pub fn process_tree(root: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -55,5 +65,5 @@ pub fn tree_cpu(root: u32) -> Duration {
     let fields = stat_fields(root);
     let reaped = fields.get(13).unwrap_or(&0) + fields.get(14).unwrap_or(&0);
     let live: u64 = process_tree(root).into_iter().map(cpu_ticks).sum();
-    Duration::from_millis((live + reaped) * 10)
+    from_ticks(live + reaped)
 }
