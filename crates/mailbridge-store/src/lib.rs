@@ -212,6 +212,10 @@ pub struct Store {
     events_signal: Arc<tokio::sync::watch::Sender<u64>>,
     /// SQLite: this process's writers take turns here (see [`Store::begin_write`]).
     write_gate: Arc<gate::WriteGate>,
+    /// PostgreSQL: the connection on which each node of this process holds its session lock
+    /// (see `nodes`), with when that session began, by node id.
+    node_sessions:
+        Arc<tokio::sync::Mutex<std::collections::HashMap<String, (sqlx::AnyConnection, i64)>>>,
 }
 
 /// A write transaction from [`Store::begin_write`], used as the connection it runs on; on
@@ -388,6 +392,7 @@ impl Store {
             clock,
             events_signal: Arc::new(tokio::sync::watch::Sender::new(0)),
             write_gate: Arc::new(gate::WriteGate::default()),
+            node_sessions: Arc::default(),
         })
     }
 
@@ -407,6 +412,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.end_node_sessions().await;
         self.writer.close().await;
         self.pool.close().await;
     }

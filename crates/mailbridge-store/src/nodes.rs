@@ -10,6 +10,10 @@
 //!   `leases_until` has passed, any node of the mailbox's group may take it;
 //! - every node aims at its fair share (the group's eligible mailboxes over its live nodes),
 //!   releasing the excess when another node joins and taking up what a dead one left;
+//! - on PostgreSQL each node also holds a session lock while its process runs, and a node
+//!   that has gone silent with its session gone died (a killed process's connections close
+//!   with it): its leases end then, well before its lease time, while one that is only late
+//!   (paused, or slow to reach the database) keeps its mailboxes until its leases run out;
 //! - each new holder raises the lease's `epoch`, and a sync write commits only while the
 //!   writer's epoch is still the lease's and the lease has not expired ([`Fence`]), so a node
 //!   that was paused or cut off past its lease cannot write over its successor's work.
@@ -44,9 +48,10 @@ pub struct Lease {
 pub struct Balance {
     /// The leases this node holds now.
     pub leases: Vec<Lease>,
-    /// How soon the leases of another node of the group run out if it does not renew them:
-    /// a node that died is noticed then, not a whole renewal period later. `None` when no
-    /// other node holds a live heartbeat.
+    /// How soon the leases of another node of the group run out if it does not renew them
+    /// (on PostgreSQL, the soonest another node goes silent, when its leases end early if its
+    /// session is gone): a node that died is noticed then, not a whole renewal period later.
+    /// `None` when no other node holds a live heartbeat.
     pub others_expire_in: Option<Duration>,
 }
 
@@ -60,6 +65,9 @@ pub struct NodeInfo {
     pub heartbeat_at: DateTime<Utc>,
     pub draining: bool,
     pub stopped_at: Option<DateTime<Utc>>,
+    /// It did not stop, and its leases ran out (it died, or lost the database for a lease
+    /// time): its mailboxes have moved on.
+    pub lost: bool,
     /// Mailboxes whose live lease it holds.
     pub mailboxes: i64,
 }
@@ -73,6 +81,7 @@ struct NodeRow {
     heartbeat_at: i64,
     draining: i64,
     stopped_at: Option<i64>,
+    lost: i64,
     mailboxes: i64,
 }
 
@@ -117,6 +126,31 @@ pub(crate) fn live_lease(l: &str, now: &str) -> String {
 /// A lease time in the milliseconds lease times are kept in.
 fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// How long a node may go without a heartbeat before it counts as dead if its session is gone
+/// too (PostgreSQL): a third of the lease time, which the engine renews at least that often
+/// (two missed heartbeats at the default settings).
+fn silence_limit_ms(ttl: Duration) -> i64 {
+    ttl_ms(ttl) / 3
+}
+
+/// PostgreSQL: the first key of the session-level advisory lock a node holds, on a connection
+/// of its own, for as long as its process runs; the second is `hashtext` of the node's id (two
+/// ids that hash alike only make each look alive while the other is). The server drops a
+/// session's locks when its connection ends, and a process that dies takes its connections
+/// with it (the kernel closes its sockets), so a missing lock tells a dead node from a late
+/// one. Behind a pooler in transaction mode the lock stays with a server connection the pooler
+/// keeps: the node then looks alive until its leases run out, as without the lock.
+const SESSION_LOCK: i32 = 0x6D62_6E64; // "mbnd"
+
+/// SQL (PostgreSQL): no session of this database holds the session lock of node row `n`.
+fn no_session(n: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM pg_locks k WHERE k.locktype = 'advisory' AND k.granted \
+         AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND k.classid = {SESSION_LOCK} AND k.objid = hashtext({n}.id)::oid AND k.objsubid = 2)"
+    )
 }
 
 /// SQL: enabled mailboxes with a synchronized direction, of the node group bound at
@@ -173,12 +207,20 @@ impl Store {
     /// more than its share), and claims free or expired ones up to its share. A draining
     /// node's share is zero.
     ///
-    /// The statements are the same few whatever the number of mailboxes (eight at most: the
-    /// clock, the heartbeat, two releases or a claim, the leases held, the nodes, the
-    /// mailboxes): a node starting beside 10,000 free mailboxes takes them in one
-    /// `INSERT … SELECT`, not one statement per mailbox, and a round that changes nothing
-    /// writes only the node's own row.
+    /// On PostgreSQL it first checks that this node's own session answers ([`SESSION_LOCK`]),
+    /// then ends the leases of nodes found dead: silent for a third of the lease time with
+    /// their session gone.
+    ///
+    /// The statements are the same few whatever the number of mailboxes (eight at most, nine
+    /// on PostgreSQL: the clock, the heartbeat, the dead nodes' end, two releases or a claim,
+    /// the leases held, the nodes, the mailboxes): a node starting beside 10,000 free
+    /// mailboxes takes them in one `INSERT … SELECT`, not one statement per mailbox, and a
+    /// round that changes nothing writes only the node's own row.
     pub async fn balance_leases(&self, node: &str, group: &str, ttl: Duration) -> Result<Balance> {
+        let session_since = match self.backend {
+            Backend::Postgres => self.hold_session(node, ttl).await,
+            Backend::Sqlite => None,
+        };
         let mut tx = self.begin_write().await?;
         let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
         let until = now.saturating_add(ttl_ms(ttl));
@@ -197,6 +239,24 @@ impl Store {
                 id: node.to_owned(),
             });
         };
+        let silent_since = now.saturating_sub(silence_limit_ms(ttl));
+        if let Some(since) = session_since {
+            // Nodes silent past the limit whose session is gone died: their leases end now,
+            // not a lease time after their last heartbeat. Only those that beat since this
+            // node's own session began: its session lived on since, so the server did not
+            // restart (or fail over) in between, which would have ended their sessions too.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE nodes SET leases_until = $1 WHERE id <> $2 AND stopped_at IS NULL \
+                 AND leases_until > $1 AND heartbeat_at <= $3 AND heartbeat_at >= $4 AND {}",
+                no_session("nodes")
+            )))
+            .bind(now)
+            .bind(node)
+            .bind(silent_since)
+            .bind(since)
+            .execute(&mut *tx)
+            .await?;
+        }
         // Leases of mailboxes this node should no longer work expire now. (The node's own
         // leases are live from here on: its heartbeat just renewed them.)
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -216,16 +276,26 @@ impl Store {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-        // Other live nodes of the group, and the soonest their leases run out.
-        let (others, soonest): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), MIN(leases_until) FROM nodes WHERE node_group = $1 AND id <> $2 \
+        // Other live nodes of the group, the soonest their leases run out, and the oldest
+        // heartbeat not yet silent past the limit.
+        let (others, soonest, oldest_beat): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(leases_until), MIN(CASE WHEN heartbeat_at > $4 THEN heartbeat_at END) \
+             FROM nodes WHERE node_group = $1 AND id <> $2 \
              AND draining = 0 AND stopped_at IS NULL AND leases_until > $3",
         )
         .bind(group)
         .bind(node)
         .bind(now)
+        .bind(silent_since)
         .fetch_one(&mut *tx)
         .await?;
+        let soonest = match self.backend {
+            Backend::Postgres => {
+                let silent_at = oldest_beat.map(|beat| beat + silence_limit_ms(ttl));
+                soonest.into_iter().chain(silent_at).min()
+            }
+            Backend::Sqlite => soonest,
+        };
         let share = if draining != 0 {
             0
         } else {
@@ -292,7 +362,53 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        if let Some((session, _)) = self.node_sessions.lock().await.remove(node) {
+            let _ = sqlx::Connection::close(session).await;
+        }
         Ok(())
+    }
+
+    /// Ends the sessions of this process's nodes (their locks go with them).
+    pub(crate) async fn end_node_sessions(&self) {
+        let sessions = std::mem::take(&mut *self.node_sessions.lock().await);
+        for (_, (session, _)) in sessions {
+            let _ = sqlx::Connection::close(session).await;
+        }
+    }
+
+    /// PostgreSQL: makes sure `node` holds its session lock ([`SESSION_LOCK`]) on a
+    /// connection of its own, opening one (and taking the lock) when there is none or the
+    /// last stopped answering; returns when that session began, on the database's clock.
+    /// Bounded by a tenth of the lease time, so a slow database cannot hold up the
+    /// heartbeat. `None` when it failed: then this round finds no node dead (the others wait
+    /// for its leases to run out should it die before the next round mends it).
+    async fn hold_session(&self, node: &str, ttl: Duration) -> Option<i64> {
+        let hold = async {
+            let mut sessions = self.node_sessions.lock().await;
+            if let Some((session, since)) = sessions.get_mut(node) {
+                // A session lock lasts as long as its connection: while it answers, it holds.
+                if sqlx::Connection::ping(session).await.is_ok() {
+                    return Ok(*since);
+                }
+                sessions.remove(node);
+            }
+            let mut session = self.pool.acquire().await?.detach();
+            let (_, since): (bool, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT pg_try_advisory_lock({SESSION_LOCK}, hashtext($1)), {POSTGRES_CLOCK_MS}"
+            )))
+            .bind(node)
+            .fetch_one(&mut session)
+            .await?;
+            sessions.insert(node.to_owned(), (session, since));
+            Ok::<_, StoreError>(since)
+        };
+        let failed = match tokio::time::timeout(ttl / 10, hold).await {
+            Ok(Ok(since)) => return Some(since),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", ttl / 10),
+        };
+        tracing::warn!(node, error = %failed, "cannot hold this node's session lock; should it die, its mailboxes wait for its lease time");
+        None
     }
 
     /// Nodes, newest first, with the mailboxes they hold now.
@@ -301,6 +417,7 @@ impl Store {
         let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
         let rows: Vec<NodeRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT n.id, n.name, n.node_group, n.started_at, n.heartbeat_at, n.draining, n.stopped_at, \
+             CASE WHEN n.stopped_at IS NULL AND n.leases_until <= $1 THEN 1 ELSE 0 END AS lost, \
              (SELECT COUNT(*) FROM mailbox_leases l WHERE l.node_id = n.id AND {}) AS mailboxes \
              FROM nodes n ORDER BY n.started_at DESC",
             live_lease("l", "$1")
@@ -319,6 +436,7 @@ impl Store {
                 heartbeat_at: time_from_ms(r.heartbeat_at),
                 draining: r.draining != 0,
                 stopped_at: r.stopped_at.map(time_from_ms),
+                lost: r.lost != 0,
                 mailboxes: r.mailboxes,
             })
             .collect())

@@ -92,6 +92,16 @@ mod postgres_nodes {
     }
 
     #[tokio::test]
+    async fn a_dead_node_is_told_from_a_late_one_by_its_session() {
+        super::a_dead_node_is_told_from_a_late_one_by_its_session().await
+    }
+
+    #[tokio::test]
+    async fn a_node_gone_before_this_ones_session_began_is_left_to_its_lease() {
+        super::a_node_gone_before_this_ones_session_began_is_left_to_its_lease().await
+    }
+
+    #[tokio::test]
     async fn leases_run_on_the_databases_clock_not_the_nodes() {
         super::leases_run_on_the_databases_clock_not_the_nodes().await
     }
@@ -502,12 +512,13 @@ async fn nodes_claiming_at_once_never_share_a_mailbox(kind: TestDatabase) {
     for node in &nodes {
         assert_eq!(held.values().filter(|n| *n == node).count(), 10);
     }
-    // Each node knows when the others' leases would run out were they to stop renewing:
-    // a lease time after the oldest of their heartbeats, which were just now.
+    // Each node knows when it must look again were the others to die: a third of the lease
+    // time after the oldest of their heartbeats, which were just now (were they silent that
+    // long with their session gone, they would be dead).
     let balance = store.balance_leases(&nodes[0], "cloud", ttl).await.unwrap();
     let soon = balance.others_expire_in.unwrap();
     assert!(
-        soon <= ttl && soon > ttl - std::time::Duration::from_secs(5),
+        soon <= ttl / 3 && soon > ttl / 3 - std::time::Duration::from_secs(5),
         "{soon:?}"
     );
     // A drained node gives its share to the others.
@@ -533,6 +544,145 @@ async fn nodes_claiming_at_once_never_share_a_mailbox(kind: TestDatabase) {
         .leases
         .len();
     assert_eq!((b, c), (15, 15));
+}
+
+/// Three nodes share nine mailboxes. One dies — its process gone, its connections with it —
+/// and one only goes silent, its session still open, as a paused process's is. A third of the
+/// lease time after their last heartbeats the survivor takes the dead node's mailboxes, long
+/// before its lease time; the late node keeps its own until its leases run out.
+async fn a_dead_node_is_told_from_a_late_one_by_its_session() {
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+    let db = Db::new(TestDatabase::Postgres).await;
+    let stores = [
+        db.open(Keyring::generate()).await,
+        db.open(Keyring::generate()).await,
+        db.open(Keyring::generate()).await,
+    ];
+    enabled_mailboxes(&stores[0], 9).await;
+    let ttl = Duration::from_secs(6);
+    let mut nodes = Vec::new();
+    for (store, name) in stores.iter().zip(["survivor", "late", "dead"]) {
+        nodes.push(store.register_node(name, "cloud", ttl).await.unwrap());
+    }
+    let mut held = Vec::new();
+    for (store, node) in stores.iter().zip(&nodes) {
+        let leases = store
+            .balance_leases(node, "cloud", ttl)
+            .await
+            .unwrap()
+            .leases;
+        held.push(
+            leases
+                .into_iter()
+                .map(|l| l.mailbox)
+                .collect::<HashSet<_>>(),
+        );
+    }
+    let last_beat = Instant::now();
+    assert_eq!(held.iter().map(HashSet::len).collect::<Vec<_>>(), [3, 3, 3]);
+    let [survivor, late, dead] = &stores;
+    // The survivor knows to look again when the others go silent, not a lease time later.
+    let soon = survivor
+        .balance_leases(&nodes[0], "cloud", ttl)
+        .await
+        .unwrap()
+        .others_expire_in
+        .unwrap();
+    assert!(soon <= ttl / 3, "{soon:?}");
+    dead.close().await;
+    let holding = |leases: Vec<mailbridge_store::Lease>| {
+        leases
+            .into_iter()
+            .map(|l| l.mailbox)
+            .collect::<HashSet<_>>()
+    };
+    // Before the silence limit nothing moves: a missed heartbeat is not a death.
+    let now = holding(
+        survivor
+            .balance_leases(&nodes[0], "cloud", ttl)
+            .await
+            .unwrap()
+            .leases,
+    );
+    assert_eq!(now, held[0]);
+    tokio::time::sleep((last_beat + ttl / 3 + Duration::from_millis(300)) - Instant::now()).await;
+    let now = holding(
+        survivor
+            .balance_leases(&nodes[0], "cloud", ttl)
+            .await
+            .unwrap()
+            .leases,
+    );
+    assert!(last_beat.elapsed() < ttl / 2, "{:?}", last_beat.elapsed());
+    // Its share with one other live node is five: two of the dead node's, none of the late one's.
+    assert_eq!(now.len(), 5, "{now:?}");
+    assert!(now.is_superset(&held[0]));
+    assert!(now.is_disjoint(&held[1]), "took a late node's mailbox");
+    assert_eq!(now.intersection(&held[2]).count(), 2);
+    let listed = survivor.list_nodes().await.unwrap();
+    let lost = |name: &str| listed.iter().find(|n| n.name == name).unwrap().lost;
+    assert!(lost("dead") && !lost("late") && !lost("survivor"));
+    // The late node's leases run out with its lease time; then they are free too.
+    tokio::time::sleep((last_beat + ttl + Duration::from_millis(300)) - Instant::now()).await;
+    let now = holding(
+        survivor
+            .balance_leases(&nodes[0], "cloud", ttl)
+            .await
+            .unwrap()
+            .leases,
+    );
+    assert_eq!(now.len(), 9);
+    // Back, the late node finds its mailboxes gone, and keeps its session.
+    assert!(
+        late.balance_leases(&nodes[1], "cloud", ttl)
+            .await
+            .unwrap()
+            .leases
+            .is_empty()
+    );
+}
+
+/// A node cannot tell a death from a server restart (which ends every session) for a node
+/// that went silent before its own session began: that one keeps its mailboxes until its
+/// leases run out.
+async fn a_node_gone_before_this_ones_session_began_is_left_to_its_lease() {
+    use std::collections::HashSet;
+    use std::time::Duration;
+    let db = Db::new(TestDatabase::Postgres).await;
+    let (gone_store, store) = (
+        db.open(Keyring::generate()).await,
+        db.open(Keyring::generate()).await,
+    );
+    enabled_mailboxes(&store, 4).await;
+    let ttl = Duration::from_secs(3);
+    let gone = gone_store
+        .register_node("gone", "cloud", ttl)
+        .await
+        .unwrap();
+    let node = store.register_node("new", "cloud", ttl).await.unwrap();
+    let its: HashSet<_> = gone_store
+        .balance_leases(&gone, "cloud", ttl)
+        .await
+        .unwrap()
+        .leases
+        .into_iter()
+        .map(|l| l.mailbox)
+        .collect();
+    assert_eq!(its.len(), 2);
+    gone_store.close().await;
+    tokio::time::sleep(ttl / 3 + Duration::from_millis(300)).await;
+    // Silent past the limit with its session gone, but since before this node's first round.
+    let mine: HashSet<_> = store
+        .balance_leases(&node, "cloud", ttl)
+        .await
+        .unwrap()
+        .leases
+        .into_iter()
+        .map(|l| l.mailbox)
+        .collect();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert!(mine.is_disjoint(&its));
 }
 
 /// An email to queue, told apart by `n`.

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
-use mailbridge_core::{Clock, SystemClock};
 use mailbridge_core::{
     EmailAddress, MailboxDraft, ProfileDraft, ProfileId, Role, SecretChange, TrackingRule,
 };
@@ -234,22 +233,16 @@ pub async fn mailboxes(command: MailboxesCommand, store: &Store) -> anyhow::Resu
     Ok(())
 }
 
-pub async fn nodes(
-    command: NodesCommand,
-    store: &Store,
-    lease_ttl: std::time::Duration,
-) -> anyhow::Result<()> {
+pub async fn nodes(command: NodesCommand, store: &Store) -> anyhow::Result<()> {
     match command {
         NodesCommand::List => {
             println!("NAME\tGROUP\tSTATE\tMAILBOXES\tHEARTBEAT\tID");
-            let silent_since = SystemClock.now()
-                - chrono::Duration::from_std(lease_ttl).unwrap_or(chrono::Duration::MAX);
             for n in store.list_nodes().await? {
-                // A node that died without stopping shows as lost once its heartbeat is older
-                // than a lease (its mailboxes have moved on by then).
+                // A node that died without stopping shows as lost once its leases have run
+                // out or been ended (its mailboxes have moved on by then).
                 let state = match (n.stopped_at, n.draining) {
                     (Some(_), _) => "stopped",
-                    (None, _) if n.heartbeat_at < silent_since => "lost",
+                    (None, _) if n.lost => "lost",
                     (None, true) => "draining",
                     (None, false) => "running",
                 };

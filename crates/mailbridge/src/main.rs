@@ -93,9 +93,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Profiles(c) => admin::profiles(c, &open_admin_store(&config).await?).await,
         Command::Mailboxes(c) => admin::mailboxes(c, &open_admin_store(&config).await?).await,
         Command::Keys(c) => admin::keys(c, &config).await,
-        Command::Nodes(c) => {
-            admin::nodes(c, &open_admin_store(&config).await?, config.lease_ttl).await
-        }
+        Command::Nodes(c) => admin::nodes(c, &open_admin_store(&config).await?).await,
         Command::Backup { file } => backup::run(&config, &file).await,
     }
 }
