@@ -144,12 +144,14 @@ fn silence_limit_ms(ttl: Duration) -> i64 {
 /// keeps: the node then looks alive until its leases run out, as without the lock.
 const SESSION_LOCK: i32 = 0x6D62_6E64; // "mbnd"
 
-/// SQL (PostgreSQL): no session of this database holds the session lock of node row `n`.
-fn no_session(n: &str) -> String {
+/// SQL (PostgreSQL): a session of this database (or the one with backend `pid`, an SQL
+/// expression) holds the session lock of the node whose id is the SQL expression `id`.
+fn session_lock(id: &str, pid: Option<&str>) -> String {
+    let pid = pid.map_or(String::new(), |p| format!(" AND k.pid = {p}"));
     format!(
-        "NOT EXISTS (SELECT 1 FROM pg_locks k WHERE k.locktype = 'advisory' AND k.granted \
+        "EXISTS (SELECT 1 FROM pg_locks k WHERE k.locktype = 'advisory' AND k.granted \
          AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-         AND k.classid = {SESSION_LOCK} AND k.objid = hashtext({n}.id)::oid AND k.objsubid = 2)"
+         AND k.classid = {SESSION_LOCK} AND k.objid = hashtext({id})::oid AND k.objsubid = 2{pid})"
     )
 }
 
@@ -217,10 +219,11 @@ impl Store {
     /// mailboxes takes them in one `INSERT … SELECT`, not one statement per mailbox, and a
     /// round that changes nothing writes only the node's own row.
     pub async fn balance_leases(&self, node: &str, group: &str, ttl: Duration) -> Result<Balance> {
-        let session_since = match self.backend {
-            Backend::Postgres => self.hold_session(node, ttl).await,
-            Backend::Sqlite => None,
-        };
+        if self.backend == Backend::Postgres
+            && let Some(since) = self.hold_session(node, ttl).await
+        {
+            self.end_dead_nodes(node, ttl, since).await?;
+        }
         let mut tx = self.begin_write().await?;
         let now = lease_now(&mut tx, self.backend, self.now_ms()).await?;
         let until = now.saturating_add(ttl_ms(ttl));
@@ -240,23 +243,6 @@ impl Store {
             });
         };
         let silent_since = now.saturating_sub(silence_limit_ms(ttl));
-        if let Some(since) = session_since {
-            // Nodes silent past the limit whose session is gone died: their leases end now,
-            // not a lease time after their last heartbeat. Only those that beat since this
-            // node's own session began: its session lived on since, so the server did not
-            // restart (or fail over) in between, which would have ended their sessions too.
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE nodes SET leases_until = $1 WHERE id <> $2 AND stopped_at IS NULL \
-                 AND leases_until > $1 AND heartbeat_at <= $3 AND heartbeat_at >= $4 AND {}",
-                no_session("nodes")
-            )))
-            .bind(now)
-            .bind(node)
-            .bind(silent_since)
-            .bind(since)
-            .execute(&mut *tx)
-            .await?;
-        }
         // Leases of mailboxes this node should no longer work expire now. (The node's own
         // leases are live from here on: its heartbeat just renewed them.)
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -368,6 +354,30 @@ impl Store {
         Ok(())
     }
 
+    /// PostgreSQL: nodes silent past the limit whose session is gone died: their leases end
+    /// now, not a lease time after their last heartbeat. Only those that beat since this
+    /// node's own session began (`since`), and only while that session still holds its lock:
+    /// it lived on since, so the server did not restart (or fail over) in between, which
+    /// would have ended their sessions too. A statement of its own, so survivors finding the
+    /// same node dead do not wait for each other's whole balancing round.
+    async fn end_dead_nodes(&self, node: &str, ttl: Duration, since: i64) -> Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH c AS (SELECT {POSTGRES_CLOCK_MS} AS now) \
+             UPDATE nodes SET leases_until = c.now FROM c WHERE nodes.id <> $1 \
+             AND nodes.stopped_at IS NULL AND nodes.leases_until > c.now \
+             AND nodes.heartbeat_at <= c.now - $2 AND nodes.heartbeat_at >= $3 \
+             AND NOT {} AND {}",
+            session_lock("nodes.id", None),
+            session_lock("$1", None),
+        )))
+        .bind(node)
+        .bind(silence_limit_ms(ttl))
+        .bind(since)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Ends the sessions of this process's nodes (their locks go with them).
     pub(crate) async fn end_node_sessions(&self) {
         let sessions = std::mem::take(&mut *self.node_sessions.lock().await);
@@ -377,34 +387,48 @@ impl Store {
     }
 
     /// PostgreSQL: makes sure `node` holds its session lock ([`SESSION_LOCK`]) on a
-    /// connection of its own, opening one (and taking the lock) when there is none or the
-    /// last stopped answering; returns when that session began, on the database's clock.
-    /// Bounded by a tenth of the lease time, so a slow database cannot hold up the
-    /// heartbeat. `None` when it failed: then this round finds no node dead (the others wait
-    /// for its leases to run out should it die before the next round mends it).
+    /// connection of its own (outside the pool), opening one and taking the lock when there is
+    /// none or the last no longer holds it; returns when that session began, on the
+    /// database's clock. Bounded by a tenth of the lease time, so a slow database cannot hold
+    /// up the heartbeat. `None` when it failed: then this round finds no node dead (the others
+    /// wait for its leases to run out should it die before the next round mends it).
     async fn hold_session(&self, node: &str, ttl: Duration) -> Option<i64> {
         let hold = async {
             let mut sessions = self.node_sessions.lock().await;
             if let Some((session, since)) = sessions.get_mut(node) {
-                // A session lock lasts as long as its connection: while it answers, it holds.
-                if sqlx::Connection::ping(session).await.is_ok() {
+                let held: std::result::Result<(bool,), _> = sqlx::query_as(sqlx::AssertSqlSafe(
+                    format!("SELECT {}", session_lock("$1", Some("pg_backend_pid()"))),
+                ))
+                .bind(node)
+                .fetch_one(&mut *session)
+                .await;
+                if matches!(held, Ok((true,))) {
                     return Ok(*since);
                 }
                 sessions.remove(node);
             }
-            let mut session = self.pool.acquire().await?.detach();
-            let (_, since): (bool, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            let mut session =
+                <AnyConnection as sqlx::Connection>::connect_with(&self.pool.connect_options())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let (locked, since): (bool, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT pg_try_advisory_lock({SESSION_LOCK}, hashtext($1)), {POSTGRES_CLOCK_MS}"
             )))
             .bind(node)
             .fetch_one(&mut session)
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
+            if !locked {
+                // An old session of this node's the server has not ended yet, or a node whose
+                // id hashes alike. Tried again next round.
+                return Err("another session holds it".to_owned());
+            }
             sessions.insert(node.to_owned(), (session, since));
-            Ok::<_, StoreError>(since)
+            Ok(since)
         };
         let failed = match tokio::time::timeout(ttl / 10, hold).await {
             Ok(Ok(since)) => return Some(since),
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(e)) => e,
             Err(_) => format!("no answer within {:?}", ttl / 10),
         };
         tracing::warn!(node, error = %failed, "cannot hold this node's session lock; should it die, its mailboxes wait for its lease time");
