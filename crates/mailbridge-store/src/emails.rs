@@ -1055,15 +1055,10 @@ mod tests {
         .enumerate()
         {
             let sql = lookup_sql(Backend::Postgres, select, column, scoped, 3);
-            let types = if scoped {
-                "text, text, text, text"
+            let (types, args) = if scoped {
+                ("text, text, text, text", "'m', 'a', 'b', 'c'")
             } else {
-                "text, text, text"
-            };
-            let args = if scoped {
-                "'m', 'a', 'b', 'c'"
-            } else {
-                "'a', 'b', 'c'"
+                ("text, text, text", "'a', 'b', 'c'")
             };
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "PREPARE lookup{n} ({types}) AS {sql}"

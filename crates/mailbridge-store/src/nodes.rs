@@ -129,10 +129,22 @@ fn ttl_ms(ttl: Duration) -> i64 {
 }
 
 /// How long a node may go without a heartbeat before it counts as dead if its session is gone
-/// too (PostgreSQL): a third of the lease time, which the engine renews at least that often
-/// (two missed heartbeats at the default settings).
+/// too (PostgreSQL): a third of the lease time. A node must beat more often than this (the
+/// engine: at least twice within it), or a late heartbeat could be taken for a death.
+pub fn silence_limit(ttl: Duration) -> Duration {
+    ttl / 3
+}
+
 fn silence_limit_ms(ttl: Duration) -> i64 {
-    ttl_ms(ttl) / 3
+    ttl_ms(silence_limit(ttl))
+}
+
+/// Closes node sessions (and so frees their locks at once); a session already broken is gone
+/// anyway.
+async fn close_sessions(sessions: impl IntoIterator<Item = (AnyConnection, i64)>) {
+    for (session, _) in sessions {
+        let _ = sqlx::Connection::close(session).await;
+    }
 }
 
 /// PostgreSQL: the first key of the session-level advisory lock a node holds, on a connection
@@ -348,9 +360,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        if let Some((session, _)) = self.node_sessions.lock().await.remove(node) {
-            let _ = sqlx::Connection::close(session).await;
-        }
+        let session = self.node_sessions.lock().await.remove(node);
+        close_sessions(session).await;
         Ok(())
     }
 
@@ -381,9 +392,7 @@ impl Store {
     /// Ends the sessions of this process's nodes (their locks go with them).
     pub(crate) async fn end_node_sessions(&self) {
         let sessions = std::mem::take(&mut *self.node_sessions.lock().await);
-        for (_, (session, _)) in sessions {
-            let _ = sqlx::Connection::close(session).await;
-        }
+        close_sessions(sessions.into_values()).await;
     }
 
     /// PostgreSQL: makes sure `node` holds its session lock ([`SESSION_LOCK`]) on a

@@ -92,6 +92,7 @@ on_postgres!(
     a_reader_never_skips_an_event_that_commits_after_it_read_a_later_one,
     a_dead_node_is_told_from_a_late_one_by_its_session,
     a_node_gone_before_this_ones_session_began_is_left_to_its_lease,
+    a_node_refused_its_session_lock_finds_no_one_dead,
     leases_run_on_the_databases_clock_not_the_nodes,
     a_heartbeat_renews_every_lease_without_rewriting_them,
 );
@@ -626,6 +627,41 @@ async fn a_node_gone_before_this_ones_session_began_is_left_to_its_lease() {
     let mine = balance(&store, &node, ttl).await;
     assert_eq!(mine.len(), 2, "{mine:?}");
     assert!(mine.is_disjoint(&its));
+}
+
+/// A node that cannot take its own session lock (another session holds it: an old session of
+/// its own the server has not ended yet, or a node whose id hashes alike) cannot prove that
+/// the server kept running since it began, so it finds no node dead; the dead node's
+/// mailboxes wait for its lease time. (Guarded twice: a refused lock is not kept as held, and
+/// each round checks by its backend's pid that the lock is its own; fails with both removed.)
+async fn a_node_refused_its_session_lock_finds_no_one_dead() {
+    use sqlx::{Connection, Executor};
+    let db = Db::new(TestDatabase::Postgres).await;
+    let (dead_store, store) = (
+        db.open(Keyring::generate()).await,
+        db.open(Keyring::generate()).await,
+    );
+    enabled_mailboxes(&store, 4).await;
+    let ttl = std::time::Duration::from_secs(6);
+    let node = store.register_node("refused", "cloud", ttl).await.unwrap();
+    let dead = dead_store
+        .register_node("dead", "cloud", ttl)
+        .await
+        .unwrap();
+    let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    other
+        .execute(sqlx::AssertSqlSafe(format!(
+            "SELECT pg_advisory_lock({}, hashtext('{node}'))",
+            0x6D62_6E64
+        )))
+        .await
+        .unwrap();
+    assert_eq!(balance(&store, &node, ttl).await.len(), 2);
+    assert_eq!(balance(&dead_store, &dead, ttl).await.len(), 2);
+    dead_store.close().await;
+    tokio::time::sleep(ttl / 3 + std::time::Duration::from_millis(300)).await;
+    assert_eq!(balance(&store, &node, ttl).await.len(), 2);
+    other.close().await.unwrap();
 }
 
 /// An email to queue, told apart by `n`.

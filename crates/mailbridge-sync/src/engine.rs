@@ -96,7 +96,8 @@ pub struct EngineConfig {
     /// `email_router` mailboxes of that group.
     pub node_group: String,
     /// A mailbox lease not renewed within this time expires and may move to another node;
-    /// renewed every sixth of it or every scan interval, whichever is sooner.
+    /// renewed twice within the store's `nodes::silence_limit` of it (every sixth) or every
+    /// scan interval, whichever is sooner.
     pub lease_ttl: Duration,
     /// Events older than this leave the event log (checked every hour).
     pub event_retention: chrono::Duration,
@@ -221,9 +222,9 @@ impl Engine {
         };
         let mut workers: HashMap<MailboxId, (i64, tokio::task::JoinHandle<()>)> = HashMap::new();
         // At least twice within the silence after which a node whose database session is
-        // gone counts as dead (a third of the lease time, see the store's `nodes`), so one
-        // late heartbeat is never taken for a death.
-        let renew_every = (self.config.lease_ttl / 6).min(self.config.scan_interval);
+        // gone counts as dead, so one late heartbeat is never taken for a death.
+        let renew_every = (mailbridge_store::nodes::silence_limit(self.config.lease_ttl) / 2)
+            .min(self.config.scan_interval);
         // Leases granted by a call run from before the call was made.
         let mut renewed_at = Instant::now();
         loop {
