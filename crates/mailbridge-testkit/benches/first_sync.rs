@@ -62,12 +62,12 @@ fn raw_fetch(dovecot: &Dovecot, ca: &Path, expected: usize) -> Read {
          m.logout()\n",
         ca = ca.display().to_string(),
     );
-    let server = dovecot.cpu_used();
+    let server = ServerCpu::now(dovecot);
     let took = timed(Command::new("python3").arg("-c").arg(script));
     Read {
         took,
         cpu: Duration::ZERO,
-        server_cpu: server_cpu_since(dovecot, server),
+        server_cpu: server.since(dovecot),
     }
 }
 
@@ -100,10 +100,33 @@ fn cpu_used() -> Duration {
     process::cpu_time(std::process::id())
 }
 
-/// Dovecot's CPU time from `before` until the processes of a login that ended are reaped.
-fn server_cpu_since(dovecot: &Dovecot, before: Duration) -> Duration {
-    std::thread::sleep(Duration::from_millis(200));
-    dovecot.cpu_used().saturating_sub(before)
+/// Dovecot's CPU time and processes before a read.
+struct ServerCpu {
+    used: Duration,
+    processes: usize,
+}
+
+impl ServerCpu {
+    fn now(dovecot: &Dovecot) -> Self {
+        Self {
+            used: dovecot.cpu_used(),
+            processes: process::process_tree(dovecot.pid()).len(),
+        }
+    }
+
+    /// The CPU time Dovecot used since, once the processes of the read's login (its `imap`
+    /// and `imap-login`, which end with its connection) are gone and reaped, which the master
+    /// does a moment after the client's logout: their time counts only then. Waits at most
+    /// 2 s (a process Dovecot keeps for the next login is not the read's).
+    fn since(&self, dovecot: &Dovecot) -> Duration {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while process::process_tree(dovecot.pid()).len() > self.processes
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        dovecot.cpu_used().saturating_sub(self.used)
+    }
 }
 
 /// A read of the whole folder: how long it took, and the CPU time each side used for it.
@@ -149,14 +172,14 @@ async fn mailbridge(
             (took, cpu, report, session)
         }
     };
-    let server = dovecot.cpu_used();
+    let server = ServerCpu::now(dovecot);
     let (took, cpu, report, session) = tokio::spawn(sync).await.unwrap();
     assert_eq!(report.stored, expected);
     session.logout().await;
     let sync = Read {
         took,
         cpu,
-        server_cpu: server_cpu_since(dovecot, server),
+        server_cpu: server.since(dovecot),
     };
     store.close().await;
     (sync, database.bytes_on_disk(work).await.unwrap())
