@@ -139,6 +139,19 @@ fn silence_limit_ms(ttl: Duration) -> i64 {
     ttl_ms(silence_limit(ttl))
 }
 
+/// The leases `node` holds at `now` (mailbox id and epoch), in the order of their mailboxes'
+/// ids: a node over its share releases from the end of it.
+async fn held_leases(tx: &mut AnyConnection, node: &str, now: i64) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT mailbox_id, epoch FROM mailbox_leases WHERE node_id = $1 AND expires_at > $2 \
+         ORDER BY mailbox_id",
+    )
+    .bind(node)
+    .bind(now)
+    .fetch_all(tx)
+    .await?)
+}
+
 /// Closes node sessions (and so frees their locks at once); a session already broken is gone
 /// anyway.
 async fn close_sessions(sessions: impl IntoIterator<Item = (AnyConnection, i64)>) {
@@ -225,11 +238,13 @@ impl Store {
     /// then ends the leases of nodes found dead: silent for a third of the lease time with
     /// their session gone.
     ///
-    /// The statements are the same few whatever the number of mailboxes (eight at most, nine
-    /// on PostgreSQL: the clock, the heartbeat, the dead nodes' end, two releases or a claim,
-    /// the leases held, the nodes, the mailboxes): a node starting beside 10,000 free
-    /// mailboxes takes them in one `INSERT … SELECT`, not one statement per mailbox, and a
-    /// round that changes nothing writes only the node's own row.
+    /// The statements are the same few whatever the number of mailboxes (six at most on
+    /// SQLite: the heartbeat, the release of mailboxes it should not work, the leases held, the
+    /// nodes, the mailboxes, then a release of the excess or a claim, which returns what it
+    /// took; PostgreSQL adds the clock, the dead nodes' end, and the session lock's check on
+    /// the session's own connection): a node starting beside 10,000 free mailboxes takes them
+    /// in one `INSERT … SELECT`, not one statement per mailbox, and a round that changes
+    /// nothing writes only the node's own row.
     pub async fn balance_leases(&self, node: &str, group: &str, ttl: Duration) -> Result<Balance> {
         if self.backend == Backend::Postgres
             && let Some(since) = self.hold_session(node, ttl).await
@@ -267,13 +282,8 @@ impl Store {
         .bind(group)
         .execute(&mut *tx)
         .await?;
-        let (held,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM mailbox_leases WHERE node_id = $1 AND expires_at > $2",
-        )
-        .bind(node)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
+        let mut leases = held_leases(&mut tx, node, now).await?;
+        let held = i64::try_from(leases.len()).unwrap_or(i64::MAX);
         // Other live nodes of the group, the soonest their leases run out, and the oldest
         // heartbeat not yet silent past the limit.
         let (others, soonest, oldest_beat): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
@@ -319,16 +329,11 @@ impl Store {
             .bind(held - share)
             .execute(&mut *tx)
             .await?;
+            leases.truncate(usize::try_from(share).unwrap_or(0));
         } else if held < share {
-            claim(&mut tx, self.backend, node, group, now, share - held).await?;
+            leases.extend(claim(&mut tx, self.backend, node, group, now, share - held).await?);
+            leases.sort();
         }
-        let leases: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT mailbox_id, epoch FROM mailbox_leases WHERE node_id = $1 AND expires_at > $2 ORDER BY mailbox_id",
-        )
-        .bind(node)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
         tx.commit().await?;
         let leases = leases
             .into_iter()
@@ -500,7 +505,7 @@ async fn claim(
     group: &str,
     now: i64,
     wanted: i64,
-) -> Result<()> {
+) -> Result<Vec<(String, i64)>> {
     let lock = match backend {
         Backend::Postgres => " FOR UPDATE OF m SKIP LOCKED",
         Backend::Sqlite => "",
@@ -508,14 +513,14 @@ async fn claim(
     // `WHERE true` after the SELECT: SQLite would otherwise read `ON CONFLICT` as a join's.
     // The upsert looks again at the row it would replace (on PostgreSQL, its latest version,
     // which another claimer may have just written).
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH free AS (SELECT m.id FROM mailboxes m LEFT JOIN mailbox_leases l ON l.mailbox_id = m.id \
          WHERE {} AND (l.mailbox_id IS NULL OR NOT ({})) ORDER BY m.id LIMIT $3{lock}) \
          INSERT INTO mailbox_leases (mailbox_id, node_id, epoch, expires_at) \
          SELECT id, $4, 1, $5 FROM free WHERE true \
          ON CONFLICT (mailbox_id) DO UPDATE SET node_id = excluded.node_id, \
          epoch = mailbox_leases.epoch + 1, expires_at = excluded.expires_at \
-         WHERE NOT ({})",
+         WHERE NOT ({}) RETURNING mailbox_id, epoch",
         eligible(1),
         live_lease("l", "$2"),
         live_lease("mailbox_leases", "$2"),
@@ -525,9 +530,8 @@ async fn claim(
     .bind(wanted)
     .bind(node)
     .bind(HELD)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .fetch_all(&mut *tx)
+    .await?)
 }
 
 /// Inside a write transaction: refuses unless `fence` still holds the mailbox's lease, at
