@@ -21,6 +21,7 @@
 //! On PostgreSQL claims use `FOR UPDATE SKIP LOCKED`; on SQLite (one node) `BEGIN IMMEDIATE`
 //! serializes them.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -240,11 +241,12 @@ impl Store {
     ///
     /// The statements are the same few whatever the number of mailboxes (six at most on
     /// SQLite: the heartbeat, the release of mailboxes it should not work, the leases held, the
-    /// nodes, the mailboxes, then a release of the excess or a claim, which returns what it
-    /// took; PostgreSQL adds the clock, the dead nodes' end, and the session lock's check on
-    /// the session's own connection): a node starting beside 10,000 free mailboxes takes them
-    /// in one `INSERT … SELECT`, not one statement per mailbox, and a round that changes
-    /// nothing writes only the node's own row.
+    /// nodes, the mailboxes, then a release of the excess or a claim, each returning what it
+    /// moved; a node holding exactly its share skips the last. PostgreSQL adds the session
+    /// lock's check on the session's own connection — two more when it opens the session
+    /// anew — the dead nodes' end, and the clock): a node starting beside 10,000 free
+    /// mailboxes takes them in one `INSERT … SELECT`, not one statement per mailbox, and a
+    /// round that changes nothing writes only the node's own row.
     pub async fn balance_leases(&self, node: &str, group: &str, ttl: Duration) -> Result<Balance> {
         if self.backend == Backend::Postgres
             && let Some(since) = self.hold_session(node, ttl).await
@@ -319,17 +321,19 @@ impl Store {
         };
         if held > share {
             // The excess, from the end of the order in which they are listed, ends now.
-            sqlx::query(
+            let released: HashSet<String> = sqlx::query_scalar(
                 "UPDATE mailbox_leases SET expires_at = 0 WHERE node_id = $1 AND mailbox_id IN \
                  (SELECT mailbox_id FROM mailbox_leases WHERE node_id = $1 AND expires_at > $2 \
-                 ORDER BY mailbox_id DESC LIMIT $3)",
+                 ORDER BY mailbox_id DESC LIMIT $3) RETURNING mailbox_id",
             )
             .bind(node)
             .bind(now)
             .bind(held - share)
-            .execute(&mut *tx)
-            .await?;
-            leases.truncate(usize::try_from(share).unwrap_or(0));
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+            leases.retain(|(mailbox, _)| !released.contains(mailbox));
         } else if held < share {
             leases.extend(claim(&mut tx, self.backend, node, group, now, share - held).await?);
             leases.sort();

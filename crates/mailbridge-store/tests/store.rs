@@ -661,6 +661,8 @@ async fn a_node_refused_its_session_lock_finds_no_one_dead() {
     dead_store.close().await;
     tokio::time::sleep(ttl / 3 + std::time::Duration::from_millis(300)).await;
     assert_eq!(balance(&store, &node, ttl).await.len(), 2);
+    let listed = store.list_nodes().await.unwrap();
+    assert!(listed.iter().all(|n| !n.lost), "{listed:?}");
     other.close().await.unwrap();
 }
 

@@ -103,26 +103,36 @@ fn cpu_used() -> Duration {
 /// Dovecot's CPU time and processes before a read.
 struct ServerCpu {
     used: Duration,
-    processes: usize,
+    processes: std::collections::HashSet<u32>,
 }
 
 impl ServerCpu {
     fn now(dovecot: &Dovecot) -> Self {
         Self {
+            processes: process::process_tree(dovecot.pid()).into_iter().collect(),
             used: dovecot.cpu_used(),
-            processes: process::process_tree(dovecot.pid()).len(),
         }
     }
 
-    /// The CPU time Dovecot used since, once the processes of the read's login (its `imap`
-    /// and `imap-login`, which end with its connection) are gone and reaped, which the master
-    /// does a moment after the client's logout: their time counts only then. Waits at most
-    /// 2 s (a process Dovecot keeps for the next login is not the read's).
+    /// The CPU time Dovecot used since, once the processes that began after `now` (the read's
+    /// login: its `imap` and `imap-login`, which end with its connection) are gone, reaped by
+    /// the master a moment after the client's logout: until then the tail of their logout is
+    /// not counted. Waits at most 2 s, and says so when a process outlived that (one Dovecot
+    /// keeps for the next login; then its time so far is counted, not its later time).
     fn since(&self, dovecot: &Dovecot) -> Duration {
         let deadline = Instant::now() + Duration::from_secs(2);
-        while process::process_tree(dovecot.pid()).len() > self.processes
-            && Instant::now() < deadline
-        {
+        loop {
+            let new: Vec<u32> = process::process_tree(dovecot.pid())
+                .into_iter()
+                .filter(|pid| !self.processes.contains(pid))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                eprintln!("Dovecot processes {new:?} began during the read and still run");
+                break;
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
         dovecot.cpu_used().saturating_sub(self.used)
