@@ -818,22 +818,18 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = fresh_sqlite(dir.path()).await;
         let wal = dir.path().join("t.db-wal");
-        let mut tx = store.begin_write().await.unwrap();
-        sqlx::query("CREATE TABLE burst (b BLOB)")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        // Statements run in one write transaction.
+        let commit = async |statements: &[&'static str]| {
+            let mut tx = store.begin_write().await.unwrap();
+            for statement in statements {
+                sqlx::query(*statement).execute(&mut *tx).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        };
+        commit(&["CREATE TABLE burst (b BLOB)"]).await;
         // 24 MiB that do not compress, in one transaction (the checkpoint cannot copy a
         // transaction before it commits).
-        let mut tx = store.begin_write().await.unwrap();
-        for _ in 0..24 {
-            sqlx::query("INSERT INTO burst (b) VALUES (randomblob(1048576))")
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-        }
-        tx.commit().await.unwrap();
+        commit(&["INSERT INTO burst (b) VALUES (randomblob(1048576))"; 24]).await;
         let peak = std::fs::metadata(&wal).unwrap().len();
         assert!(peak > 24 << 20, "{peak} bytes");
         // The background checkpoint runs twice a second; small commits meanwhile, as a
@@ -842,12 +838,7 @@ pub(crate) mod tests {
         let mut after = peak;
         while after > WAL_KEPT_BYTES && started.elapsed() < Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let mut tx = store.begin_write().await.unwrap();
-            sqlx::query("INSERT INTO burst (b) VALUES (x'00')")
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-            tx.commit().await.unwrap();
+            commit(&["INSERT INTO burst (b) VALUES (x'00')"]).await;
             after = std::fs::metadata(&wal).unwrap().len();
         }
         assert!(after <= WAL_KEPT_BYTES, "{after} bytes left of {peak}");
