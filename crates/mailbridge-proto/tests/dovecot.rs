@@ -403,8 +403,8 @@ async fn imap_lists_special_folders_fetches_new_mail_in_batches_and_idles() {
     let (token, _) = p.oauth.issue_tokens("ann@example.com").await.unwrap();
     let messages: Vec<Vec<u8>> = (1..=3)
         .map(|i| {
-            format!("Subject: message {i}\r\nMessage-ID: <m{i}@test>\r\n\r\nbody {i}\r\n")
-                .into_bytes()
+            let body = format!("body {i}\r\n").repeat(i * 10);
+            format!("Subject: message {i}\r\nMessage-ID: <m{i}@test>\r\n\r\n{body}").into_bytes()
         })
         .collect();
     for m in &messages {
@@ -425,6 +425,14 @@ async fn imap_lists_special_folders_fetches_new_mail_in_batches_and_idles() {
     let since = |days: i64| Some(today + chrono::Duration::days(days));
     assert_eq!(s.uids_from(1, since(-1)).await.unwrap(), [1, 2, 3]);
     assert_eq!(s.uids_from(1, since(2)).await.unwrap(), Vec::<u32>::new());
+    // Sizes are asked for only above a floor (SEARCH LARGER), each the message's bytes.
+    let size = |i: usize| messages[i].len() as u64;
+    assert_eq!(
+        s.uid_sizes_above(1, size(0)).await.unwrap(),
+        [(2, size(1)), (3, size(2))]
+    );
+    assert_eq!(s.uid_sizes_above(3, 0).await.unwrap(), [(3, size(2))]);
+    assert_eq!(s.uid_sizes_above(1, size(2)).await.unwrap(), []);
     let mut fetched = Vec::new();
     for batch in uids.chunks(2) {
         fetched.extend(s.uid_fetch(batch).await.unwrap());

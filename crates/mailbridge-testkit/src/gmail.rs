@@ -476,10 +476,10 @@ async fn serve(
     Ok(())
 }
 
-/// `UID SEARCH UID n:*` and `UID FETCH set (…)` over the `selected` folder (sizes, flags —
-/// with `(CHANGEDSINCE m)` only of messages changed after m — or the messages), answered with
-/// the attributes in the order Gmail sends them; a FETCH of messages that asks for the
-/// `unreadable` UID gets the others and then Gmail's NO.
+/// `UID SEARCH UID n:* [LARGER m]` and `UID FETCH set (…)` over the `selected` folder (sizes,
+/// flags — with `(CHANGEDSINCE m)` only of messages changed after m — or the messages),
+/// answered with the attributes in the order Gmail sends them; a FETCH of messages that asks
+/// for the `unreadable` UID gets the others and then Gmail's NO.
 fn uid_command(tag: &str, rest: &str, selected: &str, limits: &Limits) -> String {
     let unreadable = limits.unreadable.load(Ordering::SeqCst);
     let mailbox = limits
@@ -490,7 +490,17 @@ fn uid_command(tag: &str, rest: &str, selected: &str, limits: &Limits) -> String
     let (verb, args) = rest.split_once(' ').unwrap_or((rest, ""));
     match verb.to_ascii_uppercase().as_str() {
         "SEARCH" => {
-            let uids: Vec<String> = folder.iter().map(|(uid, _)| uid.to_string()).collect();
+            // `LARGER n` (the sizes a sync looks up) is kept; every other key matches all.
+            let larger: usize = args
+                .to_ascii_uppercase()
+                .split_once("LARGER ")
+                .and_then(|(_, n)| n.split(' ').next()?.parse().ok())
+                .unwrap_or(0);
+            let uids: Vec<String> = folder
+                .iter()
+                .filter(|(_, m)| m.raw.len() > larger)
+                .map(|(uid, _)| uid.to_string())
+                .collect();
             format!(
                 "* SEARCH {}\r\n{tag} OK SEARCH completed (Success)\r\n",
                 uids.join(" ")

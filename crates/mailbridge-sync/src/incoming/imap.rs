@@ -1,9 +1,10 @@
 //! Incoming IMAP, folder by folder: INBOX, the Sent folder (SPECIAL-USE `\Sent`, else a usual
 //! name) and the folders the profile names. In each, new UIDs are fetched in batches with
 //! `BODY.PEEK[]` (never marking mail read), each batch stored with the folder's new position
-//! in one transaction. Sizes are read first (`RFC822.SIZE`): batches are bounded in bytes as
-//! well as in messages, and a message larger than the endpoint's `max_message_bytes` is stored
-//! as its header only, `truncated`. Then what changed for mail already stored is read — flags
+//! in one transaction. Sizes are read first (`RFC822.SIZE` of the messages `SEARCH LARGER`
+//! finds above a batch's share of its bytes): batches are bounded in bytes as well as in
+//! messages, and a message larger than the endpoint's `max_message_bytes` is stored as its
+//! header only, `truncated`. Then what changed for mail already stored is read — flags
 //! (only those changed since the last pass on a CONDSTORE server) and expunges — and applied.
 //! Mail in Sent is the owner's own: stored `outgoing`, or joined to the record of what
 //! Mailbridge sent. A folder other than INBOX that fails is reported on its own and skipped;
@@ -368,20 +369,21 @@ impl NewMail<'_> {
             started_at,
         };
         let mut report = SyncReport::default();
+        let batching = Batching {
+            count: BATCH_SIZE,
+            bytes: BATCH_BYTES,
+            max_message: session.max_message_bytes() as u64,
+        };
         let sizes: std::collections::HashMap<u32, u64> = if uids.is_empty() {
             std::collections::HashMap::new()
         } else {
-            session.uid_sizes(first_uid).await?.into_iter().collect()
+            session
+                .uid_sizes_above(first_uid, batching.small())
+                .await?
+                .into_iter()
+                .collect()
         };
-        let downloads = plan_downloads(
-            &uids,
-            &sizes,
-            Batching {
-                count: BATCH_SIZE,
-                bytes: BATCH_BYTES,
-                max_message: session.max_message_bytes() as u64,
-            },
-        );
+        let downloads = plan_downloads(&uids, &sizes, batching);
         let position = |last_uid| FolderPosition {
             folder: folder.name.clone(),
             uid_validity: server.uid_validity,

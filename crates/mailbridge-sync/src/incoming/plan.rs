@@ -127,14 +127,26 @@ pub struct Batching {
     pub max_message: u64,
 }
 
-/// Splits `uids` (ascending) into downloads by count and by bytes (`sizes`, from
-/// `RFC822.SIZE`; a UID without one counts as empty: it was expunged meanwhile, and the
-/// server will send nothing for it), in order, so the folder position only moves forward.
+impl Batching {
+    /// The size up to which a message's own size is not asked for: `count` messages this
+    /// large fit in `bytes`, and none is over `max_message`. Only the messages above it are
+    /// looked up (IMAP `SEARCH LARGER`); the others are counted as this large.
+    pub fn small(&self) -> u64 {
+        let count = u64::try_from(self.count.max(1)).unwrap_or(u64::MAX);
+        (self.bytes / count).min(self.max_message)
+    }
+}
+
+/// Splits `uids` (ascending) into downloads by count and by bytes, in order, so the folder
+/// position only moves forward. `sizes` (`RFC822.SIZE`) holds the messages larger than
+/// [`Batching::small`]; a UID without one counts as that large (at most so: a batch's
+/// actual bytes never exceed its bound).
 pub fn plan_downloads(uids: &[u32], sizes: &HashMap<u32, u64>, bounds: Batching) -> Vec<Download> {
     let mut plan = Vec::new();
     let (mut batch, mut bytes) = (Vec::new(), 0_u64);
+    let small = bounds.small();
     for &uid in uids {
-        let size = sizes.get(&uid).copied().unwrap_or(0);
+        let size = sizes.get(&uid).copied().unwrap_or(small);
         let full = !batch.is_empty()
             && (batch.len() >= bounds.count || bytes.saturating_add(size) > bounds.bytes);
         if full || (size > bounds.max_message && !batch.is_empty()) {
@@ -276,9 +288,13 @@ mod tests {
             (8, 10),
             (9, 900),
             (10, 10),
+            (12, 60),
         ]
         .into();
-        let uids: Vec<u32> = (1..=11).collect();
+        // 11 and 13 were not found larger than `small` (or were expunged meanwhile): each
+        // counts as 100 / 3 = 33 bytes, the most it can be.
+        assert_eq!(bounds.small(), 33);
+        let uids: Vec<u32> = (1..=13).collect();
         assert_eq!(
             plan_downloads(&uids, &sizes, bounds),
             vec![
@@ -288,9 +304,16 @@ mod tests {
                 Whole(vec![7]),       // larger than a batch, smaller than the limit
                 Whole(vec![8]),       // ends before the oversized one
                 Header(9),            // over max_message
-                Whole(vec![10, 11]),  // 11 has no size: expunged meanwhile
+                Whole(vec![10, 11]),  // 10 + 33; with 12 it would be 103
+                Whole(vec![12, 13]),  // 60 + 33
             ]
         );
+        // Below a batch's share, the largest message taken whole is what need not be asked.
+        let strict = Batching {
+            max_message: 20,
+            ..bounds
+        };
+        assert_eq!(strict.small(), 20);
         assert_eq!(plan_downloads(&[], &sizes, bounds), Vec::new());
         assert_eq!(Header(9).last(), Some(9));
         assert_eq!(Whole(vec![10, 11]).last(), Some(11));
