@@ -331,26 +331,40 @@ pub(crate) async fn parse_ids<T: Stream<Item = io::Result<ResponseData>> + Unpin
     unsolicited: channel::Sender<UnsolicitedResponse>,
     command_tag: RequestId,
 ) -> Result<HashSet<u32>> {
+    use imap_proto::Status;
     let mut ids: HashSet<u32> = HashSet::new();
 
-    while let Some(resp) = stream
-        .take_while(|res| filter(res, &command_tag))
-        .try_next()
-        .await?
-    {
+    // Mailbridge: the command's tagged response is read here, not dropped unread (`filter`):
+    // a SEARCH the server refuses (NO, BAD) is an error, and so is the end of the stream
+    // before that response. Both came back as an empty result — no new mail.
+    while let Some(resp) = stream.try_next().await? {
         match resp.parsed() {
             Response::MailboxData(MailboxDatum::Search(cs)) => {
                 for c in cs {
                     ids.insert(*c);
                 }
             }
+            Response::Done {
+                tag,
+                status,
+                outcome,
+                ..
+            } if *tag == command_tag => {
+                // Worded as `Session::check_status_ok` words a refusal.
+                let (code, information) = (&outcome.code, outcome.information.as_deref());
+                let words = format!("code: {code:?}, info: {information:?}");
+                return match status {
+                    Status::Ok => Ok(ids),
+                    Status::No => Err(Error::No(words)),
+                    _ => Err(Error::Bad(words)),
+                };
+            }
             _ => {
                 handle_unilateral(resp, unsolicited.clone());
             }
         }
     }
-
-    Ok(ids)
+    Err(Error::ConnectionLost)
 }
 
 /// Parses [GETMETADATA](https://www.rfc-editor.org/info/rfc5464) response.
@@ -461,7 +475,10 @@ mod tests {
         }
         assert_eq!(recv.len(), UNSOLICITED_LIMIT);
         // The first ones are kept, in order.
-        assert!(matches!(recv.try_recv(), Ok(UnsolicitedResponse::Exists(1))));
+        assert!(matches!(
+            recv.try_recv(),
+            Ok(UnsolicitedResponse::Exists(1))
+        ));
 
         // Once read, there is room again.
         let more = input_stream(&["* 7 RECENT\r\n"]);
@@ -684,6 +701,7 @@ mod tests {
             "* SEARCH 23 42 4711\r\n",
             "* 1 RECENT\r\n",
             "* STATUS INBOX (MESSAGES 10 UIDNEXT 11 UIDVALIDITY 1408806928 UNSEEN 0)\r\n",
+            "A0001 OK done\r\n",
         ]);
         let mut stream = async_std::stream::from_iter(responses);
 
@@ -714,6 +732,7 @@ mod tests {
         let responses = input_stream(&[
             "* SEARCH 1600 1698 1739 1781 1795 1885 1891 1892 1893 1898 1899 1901 1911 1926 1932 1933 1993 1994 2007 2032 2033 2041 2053 2062 2063 2065 2066 2072 2078 2079 2082 2084 2095 2100 2101 2102 2103 2104 2107 2116 2120 2135 2138 2154 2163 2168 2172 2189 2193 2198 2199 2205 2212 2213 2221 2227 2267 2275 2276 2295 2300 2328 2330 2332 2333 2334\r\n",
             "* SEARCH 2335 2336 2337 2338 2339 2341 2342 2347 2349 2350 2358 2359 2362 2369 2371 2372 2373 2374 2375 2376 2377 2378 2379 2380 2381 2382 2383 2384 2385 2386 2390 2392 2397 2400 2401 2403 2405 2409 2411 2414 2417 2419 2420 2424 2426 2428 2439 2454 2456 2467 2468 2469 2490 2515 2519 2520 2521\r\n",
+            "A0001 OK done\r\n",
         ]);
         let mut stream = async_std::stream::from_iter(responses);
 
@@ -745,7 +764,7 @@ mod tests {
     #[cfg_attr(feature = "runtime-async-std", async_std::test)]
     async fn parse_ids_search() {
         let (send, recv) = bounded(10);
-        let responses = input_stream(&["* SEARCH\r\n"]);
+        let responses = input_stream(&["* SEARCH\r\n", "A0001 OK done\r\n"]);
         let mut stream = async_std::stream::from_iter(responses);
 
         let id = RequestId("A0001".into());
@@ -754,6 +773,27 @@ mod tests {
         assert!(recv.is_empty());
         let ids: HashSet<u32> = ids.iter().cloned().collect();
         assert_eq!(ids, HashSet::<u32>::new());
+    }
+
+    // Mailbridge: a refused search, or one cut off before its tagged response, is an error.
+    #[cfg_attr(feature = "runtime-tokio", tokio::test)]
+    #[cfg_attr(feature = "runtime-async-std", async_std::test)]
+    async fn parse_ids_refused_or_cut_off() {
+        for (lines, refusal) in [
+            (
+                &["A0001 NO [SERVERBUG] UID SEARCH Server error\r\n"][..],
+                "No",
+            ),
+            (&["* SEARCH 4\r\n", "A0001 BAD unknown key\r\n"][..], "Bad"),
+            (&["* SEARCH 4\r\n"][..], "ConnectionLost"),
+        ] {
+            let (send, _recv) = bounded(10);
+            let mut stream = async_std::stream::from_iter(input_stream(lines));
+            let e = parse_ids(&mut stream, send, RequestId("A0001".into()))
+                .await
+                .unwrap_err();
+            assert!(format!("{e:?}").starts_with(refusal), "{lines:?}: {e:?}");
+        }
     }
 
     #[cfg_attr(feature = "runtime-tokio", tokio::test)]
