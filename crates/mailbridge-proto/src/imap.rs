@@ -465,9 +465,7 @@ impl ImapSession {
         .await;
         match set {
             Ok(()) => Ok(true),
-            Err(e) if matches!(e.kind, ErrorKind::Rejected { .. } | ErrorKind::Protocol(_)) => {
-                Ok(false)
-            }
+            Err(e) if refused(&e) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -539,47 +537,59 @@ impl ImapSession {
         self.fetch_part(uids, "BODY.PEEK[HEADER]").await
     }
 
-    /// The size (`RFC822.SIZE`) of each message from UID `first` on that is larger than
-    /// `floor` bytes, as (UID, bytes): read before downloading, so batches are bounded in
-    /// bytes and a message too large is never taken whole. The server finds them
-    /// (`UID SEARCH UID first:* LARGER floor`) and only those are fetched: every other message
-    /// is known to be at most `floor` without a response line of its own — a first sync of
-    /// 6,046 messages read 6,046 sizes before its first download, where most mail is a few
-    /// kilobytes.
+    /// The size (`RFC822.SIZE`) of each of `uids` (ascending) that is larger than `floor`
+    /// bytes, as (UID, bytes): read before downloading, so batches are bounded in bytes and a
+    /// message too large is never taken whole. The server finds them
+    /// (`UID SEARCH UID first:* LARGER floor`) and only their sizes are fetched, a few hundred
+    /// UIDs a command (a command line stays a few kilobytes however many there are): every
+    /// other message is at most `floor` without a response line of its own. A server that
+    /// refuses the search has every size fetched instead.
     pub async fn uid_sizes_above(
         &mut self,
-        first: u32,
+        uids: &[u32],
         floor: u64,
     ) -> Result<Vec<(u32, u64)>, ProtoError> {
         use async_imap::imap_proto::AttributeValue;
         let step = "read message sizes";
-        let large = self
-            .search_from(first, &format!("UID {first}:* LARGER {floor}"), step)
-            .await?;
-        if large.is_empty() {
+        let Some(&first) = uids.first() else {
             return Ok(Vec::new());
-        }
-        let (sizes, refusal) = self
-            .fetch_responses(
-                &format!("UID FETCH {} (UID RFC822.SIZE)", uid_set(&large)),
-                step,
-                |attributes| {
-                    let (mut uid, mut size) = (None, None);
-                    for attribute in attributes {
-                        match attribute {
-                            AttributeValue::Uid(u) => uid = Some(*u),
-                            AttributeValue::Rfc822Size(n) => size = Some(u64::from(*n)),
-                            _ => {}
+        };
+        let large: Vec<u32> = match self
+            .search_from(first, &format!("UID {first}:* LARGER {floor}"), step)
+            .await
+        {
+            Ok(found) => found
+                .into_iter()
+                .filter(|u| uids.binary_search(u).is_ok())
+                .collect(),
+            Err(e) if refused(&e) => uids.to_vec(),
+            Err(e) => return Err(e),
+        };
+        let mut sizes = Vec::with_capacity(large.len());
+        for chunk in large.chunks(UIDS_PER_COMMAND) {
+            let (some, refusal) = self
+                .fetch_responses(
+                    &format!("UID FETCH {} (UID RFC822.SIZE)", uid_set(chunk)),
+                    step,
+                    |attributes| {
+                        let (mut uid, mut size) = (None, None);
+                        for attribute in attributes {
+                            match attribute {
+                                AttributeValue::Uid(u) => uid = Some(*u),
+                                AttributeValue::Rfc822Size(n) => size = Some(u64::from(*n)),
+                                _ => {}
+                            }
                         }
-                    }
-                    Some((uid?, size?))
-                },
-            )
-            .await?;
-        match refusal {
-            Some(refusal) => Err(refusal),
-            None => Ok(sizes),
+                        Some((uid?, size?))
+                    },
+                )
+                .await?;
+            if let Some(refusal) = refusal {
+                return Err(refusal);
+            }
+            sizes.extend(some);
         }
+        Ok(sizes)
     }
 
     /// The flags (and on Gmail the identity and labels) of the messages up to UID `last` in
@@ -885,15 +895,38 @@ impl ImapSession {
     }
 }
 
-/// An IMAP quoted string (RFC 3501 §4.3).
-/// A UID set for a command: the UIDs, comma-separated.
+/// UIDs named in one command at most: 500 as ranges or ten-digit numbers stay under 5.5 KB,
+/// within the 8,192 octets RFC 7162 §4 asks clients to keep a command line to.
+const UIDS_PER_COMMAND: usize = 500;
+
+/// A UID set for a command (ascending UIDs): runs as ranges, `1:3,5,7:8`.
 fn uid_set(uids: &[u32]) -> String {
-    uids.iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+    let mut set = String::new();
+    let mut rest = uids.iter().copied().peekable();
+    while let Some(start) = rest.next() {
+        let mut end = start;
+        while rest.peek() == Some(&end.wrapping_add(1)) && end != u32::MAX {
+            end += 1;
+            rest.next();
+        }
+        if !set.is_empty() {
+            set.push(',');
+        }
+        set.push_str(&start.to_string());
+        if end != start {
+            set.push(':');
+            set.push_str(&end.to_string());
+        }
+    }
+    set
 }
 
+/// Whether the server answered NO or BAD to a command (the session itself is fine).
+fn refused(e: &ProtoError) -> bool {
+    matches!(e.kind, ErrorKind::Rejected { .. } | ErrorKind::Protocol(_))
+}
+
+/// An IMAP quoted string (RFC 3501 §4.3).
 fn quoted(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
@@ -1201,6 +1234,17 @@ mod tests {
             }
             std::task::Poll::Ready(Ok(()))
         }
+    }
+
+    #[test]
+    fn a_uid_set_names_runs_as_ranges() {
+        assert_eq!(uid_set(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
+        assert_eq!(uid_set(&[9]), "9");
+        assert_eq!(
+            uid_set(&[u32::MAX - 1, u32::MAX]),
+            format!("{}:{}", u32::MAX - 1, u32::MAX)
+        );
+        assert_eq!(uid_set(&[]), "");
     }
 
     #[tokio::test]

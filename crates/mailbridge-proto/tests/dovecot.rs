@@ -425,14 +425,24 @@ async fn imap_lists_special_folders_fetches_new_mail_in_batches_and_idles() {
     let since = |days: i64| Some(today + chrono::Duration::days(days));
     assert_eq!(s.uids_from(1, since(-1)).await.unwrap(), [1, 2, 3]);
     assert_eq!(s.uids_from(1, since(2)).await.unwrap(), Vec::<u32>::new());
-    // Sizes are asked for only above a floor (SEARCH LARGER), each the message's bytes.
+    // Sizes are asked for only above a floor (SEARCH LARGER), each the message's bytes, and
+    // only of the UIDs asked about.
     let size = |i: usize| messages[i].len() as u64;
     assert_eq!(
-        s.uid_sizes_above(1, size(0)).await.unwrap(),
+        s.uid_sizes_above(&[1, 2, 3], size(0)).await.unwrap(),
         [(2, size(1)), (3, size(2))]
     );
-    assert_eq!(s.uid_sizes_above(3, 0).await.unwrap(), [(3, size(2))]);
-    assert_eq!(s.uid_sizes_above(1, size(2)).await.unwrap(), []);
+    assert_eq!(
+        s.uid_sizes_above(&[1, 3], size(0)).await.unwrap(),
+        [(3, size(2))]
+    );
+    assert_eq!(s.uid_sizes_above(&[3], 0).await.unwrap(), [(3, size(2))]);
+    assert_eq!(s.uid_sizes_above(&[1, 2, 3], size(2)).await.unwrap(), []);
+    assert_eq!(
+        s.uid_sizes_above(&[4], 0).await.unwrap(),
+        [],
+        "4:* matches the last message, 3, which was not asked about"
+    );
     let mut fetched = Vec::new();
     for batch in uids.chunks(2) {
         fetched.extend(s.uid_fetch(batch).await.unwrap());

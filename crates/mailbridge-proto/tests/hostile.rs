@@ -6,7 +6,8 @@
 //! is refused before it is sent, as the transcript of a scripted server shows. And a server
 //! that keeps chatting in IDLE cannot keep the session there past the wait asked for; one
 //! that refuses NOTIFY or a folder's STATUS leaves a session that goes on; news the server
-//! announced during a pass ends the next IDLE at once.
+//! announced during a pass ends the next IDLE at once. A refused SEARCH is an error; one that
+//! refuses `SEARCH LARGER` has every size fetched, a bounded number of UIDs a command.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::future::Future;
@@ -739,5 +740,44 @@ async fn imap_news_announced_during_a_pass_ends_the_next_idle_at_once() {
         .unwrap();
     assert_eq!(outcome, mailbridge_proto::imap::IdleOutcome::TimedOut);
     assert!(server.heard().iter().any(|l| l.contains("IDLE")));
+    s.logout().await;
+}
+
+#[tokio::test]
+async fn imap_a_refused_size_search_reads_every_size_in_short_commands() {
+    // A server that refuses SEARCH … LARGER (BAD) and answers each UID FETCH of sizes with
+    // every UID of its set, each message 1,000 bytes.
+    let server = imap_answering("IMAP4rev1", |tag, words| match words {
+        ["UID", "SEARCH", ..] => Some(format!("{tag} BAD unknown search key\r\n")),
+        ["UID", "FETCH", set, ..] => {
+            let lines: String = set
+                .split(',')
+                .map(|uid| format!("* 1 FETCH (UID {uid} RFC822.SIZE 1000)\r\n"))
+                .collect();
+            Some(format!("{lines}{tag} OK\r\n"))
+        }
+        _ => None,
+    })
+    .await;
+    let mut s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
+        .await
+        .unwrap();
+    // A refused search for new mail is an error, never "no new mail" (async-imap read the
+    // refusal as an empty result, and a pass would have moved its position past the mail).
+    let e = s.uids_from(1, None).await.unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Protocol(_)), "{e:?}");
+    // 1,200 UIDs with gaps between them: no range shortens the set.
+    let uids: Vec<u32> = (1..=1200).map(|i| i * 2).collect();
+    let sizes = s.uid_sizes_above(&uids, 100).await.unwrap();
+    assert_eq!(sizes, uids.iter().map(|&u| (u, 1000)).collect::<Vec<_>>());
+    let fetches: Vec<String> = server
+        .heard()
+        .into_iter()
+        .filter(|line| line.contains("UID FETCH"))
+        .collect();
+    assert_eq!(fetches.len(), 3, "500 UIDs a command at most");
+    for line in &fetches {
+        assert!(line.len() < 8192, "a command line of {} bytes", line.len());
+    }
     s.logout().await;
 }

@@ -2,9 +2,10 @@
 //! name) and the folders the profile names. In each, new UIDs are fetched in batches with
 //! `BODY.PEEK[]` (never marking mail read), each batch stored with the folder's new position
 //! in one transaction. Sizes are read first (`RFC822.SIZE` of the messages `SEARCH LARGER`
-//! finds above a batch's share of its bytes): batches are bounded in bytes as well as in
-//! messages, and a message larger than the endpoint's `max_message_bytes` is stored as its
-//! header only, `truncated`. Then what changed for mail already stored is read — flags
+//! finds above a batch's share of its bytes, or `max_message_bytes` if that is less): batches
+//! are bounded in bytes as well as in messages (as far as the server's sizes are true), and a
+//! message larger than the endpoint's `max_message_bytes` is stored as its header only,
+//! `truncated`. Then what changed for mail already stored is read — flags
 //! (only those changed since the last pass on a CONDSTORE server) and expunges — and applied.
 //! Mail in Sent is the owner's own: stored `outgoing`, or joined to the record of what
 //! Mailbridge sent. A folder other than INBOX that fails is reported on its own and skipped;
@@ -378,7 +379,7 @@ impl NewMail<'_> {
             std::collections::HashMap::new()
         } else {
             session
-                .uid_sizes_above(first_uid, batching.small())
+                .uid_sizes_above(&uids, batching.small())
                 .await?
                 .into_iter()
                 .collect()

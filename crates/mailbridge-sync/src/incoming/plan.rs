@@ -139,8 +139,8 @@ impl Batching {
 
 /// Splits `uids` (ascending) into downloads by count and by bytes, in order, so the folder
 /// position only moves forward. `sizes` (`RFC822.SIZE`) holds the messages larger than
-/// [`Batching::small`]; a UID without one counts as that large (at most so: a batch's
-/// actual bytes never exceed its bound).
+/// [`Batching::small`]; a UID without one counts as that large (the most it can be, by the
+/// server's sizes: a batch's actual bytes stay within its bound).
 pub fn plan_downloads(uids: &[u32], sizes: &HashMap<u32, u64>, bounds: Batching) -> Vec<Download> {
     let mut plan = Vec::new();
     let (mut batch, mut bytes) = (Vec::new(), 0_u64);
