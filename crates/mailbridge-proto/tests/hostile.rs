@@ -6,8 +6,9 @@
 //! is refused before it is sent, as the transcript of a scripted server shows. And a server
 //! that keeps chatting in IDLE cannot keep the session there past the wait asked for; one
 //! that refuses NOTIFY or a folder's STATUS leaves a session that goes on; news the server
-//! announced during a pass ends the next IDLE at once. A refused SEARCH is an error; one that
-//! refuses `SEARCH LARGER` has every size fetched, a bounded number of UIDs a command.
+//! announced during a pass ends the next IDLE at once. A refused SEARCH or LIST is an error;
+//! a server that refuses `SEARCH LARGER` has every size fetched, a bounded number of UIDs a
+//! command.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use std::future::Future;
@@ -745,10 +746,11 @@ async fn imap_news_announced_during_a_pass_ends_the_next_idle_at_once() {
 
 #[tokio::test]
 async fn imap_a_refused_size_search_reads_every_size_in_short_commands() {
-    // A server that refuses SEARCH … LARGER (BAD) and answers each UID FETCH of sizes with
-    // every UID of its set, each message 1,000 bytes.
+    // A server that refuses LIST (NO) and SEARCH (BAD), and answers each UID FETCH of sizes
+    // with every UID of its set, each message 1,000 bytes.
     let server = imap_answering("IMAP4rev1", |tag, words| match words {
         ["UID", "SEARCH", ..] => Some(format!("{tag} BAD unknown search key\r\n")),
+        ["LIST", ..] => Some(format!("{tag} NO [UNAVAILABLE] try again later\r\n")),
         ["UID", "FETCH", set, ..] => {
             let lines: String = set
                 .split(',')
@@ -762,6 +764,9 @@ async fn imap_a_refused_size_search_reads_every_size_in_short_commands() {
     let mut s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
         .await
         .unwrap();
+    // A refused LIST is an error, not a server without folders (async-imap read it so).
+    let e = s.sent_folder().await.unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Rejected { .. }), "{e:?}");
     // A refused search for new mail is an error, never "no new mail" (async-imap read the
     // refusal as an empty result, and a pass would have moved its position past the mail).
     let e = s.uids_from(1, None).await.unwrap_err();

@@ -15,30 +15,51 @@ pub(crate) fn parse_names<T: Stream<Item = io::Result<ResponseData>> + Unpin + S
     unsolicited: channel::Sender<UnsolicitedResponse>,
     command_tag: RequestId,
 ) -> impl Stream<Item = Result<Name>> + '_ + Send + Unpin {
-    use futures_util::{FutureExt, StreamExt};
+    use futures_util::StreamExt;
+    use imap_proto::Status;
 
-    StreamExt::filter_map(
-        StreamExt::take_while(stream, move |res| filter(res, &command_tag)),
-        move |resp| {
-            let unsolicited = unsolicited.clone();
-            async move {
-                match resp {
-                    Ok(resp) => match resp.parsed() {
-                        Response::MailboxData(MailboxDatum::List { .. }) => {
-                            let name = Name::from_mailbox_data(resp);
-                            Some(Ok(name))
+    // Mailbridge: the command's tagged response is read, not dropped unread (`filter`): a LIST
+    // the server refuses (NO, BAD) ends the stream with an error, and so does the end of the
+    // input before that response. Both ended it as if the server had no folders.
+    futures_util::stream::unfold(Some(stream), move |stream| {
+        let (unsolicited, command_tag) = (unsolicited.clone(), command_tag.clone());
+        async move {
+            let stream = stream?;
+            loop {
+                let resp = match stream.next().await {
+                    Some(Ok(resp)) => resp,
+                    Some(Err(err)) => return Some((Err(err.into()), None)),
+                    None => return Some((Err(Error::ConnectionLost), None)),
+                };
+                let refusal = match resp.parsed() {
+                    Response::MailboxData(MailboxDatum::List { .. }) => {
+                        return Some((Ok(Name::from_mailbox_data(resp)), Some(stream)));
+                    }
+                    Response::Done {
+                        tag,
+                        status,
+                        outcome,
+                        ..
+                    } if *tag == command_tag => {
+                        // Worded as `Session::check_status_ok` words a refusal.
+                        let (code, information) = (&outcome.code, outcome.information.as_deref());
+                        let words = format!("code: {code:?}, info: {information:?}");
+                        match status {
+                            Status::Ok => return None,
+                            Status::No => Error::No(words),
+                            _ => Error::Bad(words),
                         }
-                        _ => {
-                            handle_unilateral(resp, unsolicited);
-                            None
-                        }
-                    },
-                    Err(err) => Some(Err(err.into())),
-                }
+                    }
+                    _ => {
+                        handle_unilateral(resp, unsolicited.clone());
+                        continue;
+                    }
+                };
+                return Some((Err(refusal), None));
             }
-            .boxed()
-        },
-    )
+        }
+    })
+    .boxed()
 }
 
 pub(crate) fn filter(
@@ -546,7 +567,10 @@ mod tests {
     #[cfg_attr(feature = "runtime-async-std", async_std::test)]
     async fn parse_names_test() {
         let (send, recv) = bounded(10);
-        let responses = input_stream(&["* LIST (\\HasNoChildren) \".\" \"INBOX\"\r\n"]);
+        let responses = input_stream(&[
+            "* LIST (\\HasNoChildren) \".\" \"INBOX\"\r\n",
+            "A0001 OK done\r\n",
+        ]);
         let mut stream = async_std::stream::from_iter(responses);
 
         let id = RequestId("A0001".into());
@@ -637,6 +661,7 @@ mod tests {
         let responses = input_stream(&[
             "* LIST (\\HasNoChildren) \".\" \"INBOX\"\r\n",
             "* 4 EXPUNGE\r\n",
+            "A0001 OK done\r\n",
         ]);
         let mut stream = async_std::stream::from_iter(responses);
 
@@ -773,6 +798,26 @@ mod tests {
         assert!(recv.is_empty());
         let ids: HashSet<u32> = ids.iter().cloned().collect();
         assert_eq!(ids, HashSet::<u32>::new());
+    }
+
+    // Mailbridge: a refused LIST, or one cut off before its tagged response, is an error.
+    #[cfg_attr(feature = "runtime-tokio", tokio::test)]
+    #[cfg_attr(feature = "runtime-async-std", async_std::test)]
+    async fn parse_names_refused_or_cut_off() {
+        let list = "* LIST (\\HasNoChildren) \".\" \"INBOX\"\r\n";
+        for (lines, refusal) in [
+            (&["A0001 NO [UNAVAILABLE] try later\r\n"][..], "No"),
+            (&[list, "A0001 BAD unknown\r\n"][..], "Bad"),
+            (&[list][..], "ConnectionLost"),
+        ] {
+            let (send, _recv) = bounded(10);
+            let mut stream = async_std::stream::from_iter(input_stream(lines));
+            let e = parse_names(&mut stream, send, RequestId("A0001".into()))
+                .try_collect::<Vec<Name>>()
+                .await
+                .unwrap_err();
+            assert!(format!("{e:?}").starts_with(refusal), "{lines:?}: {e:?}");
+        }
     }
 
     // Mailbridge: a refused search, or one cut off before its tagged response, is an error.

@@ -52,7 +52,16 @@ pub async fn folders(
     session: &mut ImapSession,
     named: &[String],
 ) -> Result<Vec<Folder>, ProtoError> {
-    let sent = session.sent_folder().await?;
+    let sent = match session.sent_folder().await {
+        Ok(sent) => sent,
+        // A server that refuses LIST this time: INBOX and the named folders are still read,
+        // and the Sent folder is looked for again next pass.
+        Err(e) if refused(&e) => {
+            tracing::warn!(error = %e, "the server refused to list folders: the Sent folder waits for the next pass");
+            None
+        }
+        Err(e) => return Err(e),
+    };
     let mut out: Vec<Folder> = sent
         .iter()
         .map(|name| Folder {
