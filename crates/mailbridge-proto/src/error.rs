@@ -86,6 +86,15 @@ impl ProtoError {
         matches!(self.kind, ErrorKind::Rejected { .. })
     }
 
+    /// Whether the server answered and refused the step (IMAP NO, or BAD, which arrives as a
+    /// protocol error) while the session itself is fine — the caller may go on without it.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Rejected { .. } | ErrorKind::Protocol(_)
+        )
+    }
+
     /// Whether the server refused the credentials (a new sign-in or password may help).
     pub fn is_auth_refused(&self) -> bool {
         matches!(self.kind, ErrorKind::AuthRefused { .. })

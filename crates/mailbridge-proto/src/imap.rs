@@ -465,7 +465,7 @@ impl ImapSession {
         .await;
         match set {
             Ok(()) => Ok(true),
-            Err(e) if refused(&e) => Ok(false),
+            Err(e) if e.is_refusal() => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -562,7 +562,7 @@ impl ImapSession {
                 .into_iter()
                 .filter(|u| uids.binary_search(u).is_ok())
                 .collect(),
-            Err(e) if refused(&e) => uids.to_vec(),
+            Err(e) if e.is_refusal() => uids.to_vec(),
             Err(e) => return Err(e),
         };
         let mut sizes = Vec::with_capacity(large.len());
@@ -919,11 +919,6 @@ fn uid_set(uids: &[u32]) -> String {
         }
     }
     set
-}
-
-/// Whether the server answered NO or BAD to a command (the session itself is fine).
-fn refused(e: &ProtoError) -> bool {
-    matches!(e.kind, ErrorKind::Rejected { .. } | ErrorKind::Protocol(_))
 }
 
 /// An IMAP quoted string (RFC 3501 §4.3).

@@ -744,10 +744,9 @@ async fn imap_news_announced_during_a_pass_ends_the_next_idle_at_once() {
     s.logout().await;
 }
 
-#[tokio::test]
-async fn imap_a_refused_size_search_reads_every_size_in_short_commands() {
-    // A server that refuses LIST (NO) and SEARCH (BAD), and answers each UID FETCH of sizes
-    // with every UID of its set, each message 1,000 bytes.
+/// A server that refuses LIST (NO) and SEARCH (BAD), and answers each UID FETCH of sizes
+/// with every UID of its set, each message 1,000 bytes; and a session logged in to it.
+async fn refusing_list_and_search() -> (Scripted, ImapSession) {
     let server = imap_answering("IMAP4rev1", |tag, words| match words {
         ["UID", "SEARCH", ..] => Some(format!("{tag} BAD unknown search key\r\n")),
         ["LIST", ..] => Some(format!("{tag} NO [UNAVAILABLE] try again later\r\n")),
@@ -761,16 +760,34 @@ async fn imap_a_refused_size_search_reads_every_size_in_short_commands() {
         _ => None,
     })
     .await;
-    let mut s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
+    let s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
         .await
         .unwrap();
-    // A refused LIST is an error, not a server without folders (async-imap read it so).
+    (server, s)
+}
+
+#[tokio::test]
+async fn imap_a_refused_list_is_an_error_not_a_server_without_folders() {
+    let (_server, mut s) = refusing_list_and_search().await;
+    // async-imap read the refusal as an empty list: no Sent folder, sent mail unfiled.
     let e = s.sent_folder().await.unwrap_err();
     assert!(matches!(e.kind, ErrorKind::Rejected { .. }), "{e:?}");
-    // A refused search for new mail is an error, never "no new mail" (async-imap read the
-    // refusal as an empty result, and a pass would have moved its position past the mail).
+    s.logout().await;
+}
+
+#[tokio::test]
+async fn imap_a_refused_search_for_new_mail_is_an_error_not_no_new_mail() {
+    let (_server, mut s) = refusing_list_and_search().await;
+    // async-imap read the refusal as an empty result, and a pass would have moved its
+    // position past the mail.
     let e = s.uids_from(1, None).await.unwrap_err();
     assert!(matches!(e.kind, ErrorKind::Protocol(_)), "{e:?}");
+    s.logout().await;
+}
+
+#[tokio::test]
+async fn imap_a_refused_size_search_reads_every_size_in_short_commands() {
+    let (server, mut s) = refusing_list_and_search().await;
     // 1,200 UIDs with gaps between them: no range shortens the set.
     let uids: Vec<u32> = (1..=1200).map(|i| i * 2).collect();
     let sizes = s.uid_sizes_above(&uids, 100).await.unwrap();

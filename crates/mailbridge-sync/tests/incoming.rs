@@ -1,14 +1,14 @@
 //! Incoming passes against a real Dovecot, without the engine: a UIDVALIDITY change is
 //! read again without duplicates, a pass repeated after a crash stores nothing twice, a
 //! connection cut in the middle of a FETCH loses nothing; and against a scripted Gmail, its
-//! message and conversation ids, and a message it cannot read ("Some messages could not be
-//! FETCHed") holding back only itself.
+//! message and conversation ids, a message it cannot read ("Some messages could not be
+//! FETCHed") holding back only itself, and a refused LIST holding back only the Sent folder.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 use mailbridge_proto::imap::ImapSession;
 use mailbridge_store::{EmailFilter, FolderPosition, MailboxRecord, SyncBatch};
 use mailbridge_sync::incoming::SyncReport;
-use mailbridge_sync::incoming::imap::sync_inbox;
+use mailbridge_sync::incoming::imap::{Folder, folders, sync_inbox};
 use mailbridge_testkit::{AppOptions, CountingProxy, GMAIL_INBOX, MailWorld, ScriptedGmail};
 use serde_json::json;
 
@@ -202,6 +202,36 @@ async fn a_message_gmail_cannot_read_holds_back_only_itself() {
     assert_eq!((report.fetched, report.stored), (2, 1));
     assert_eq!(w.app.store.count_emails(mailbox.id).await.unwrap(), 2);
     assert_eq!(position(&w, &mailbox).await.unwrap().last_uid, other);
+    s.logout().await;
+}
+
+#[tokio::test]
+async fn a_refused_list_still_reads_inbox_and_the_named_folders_and_sent_waits_for_the_next_pass() {
+    let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", true)
+        .await
+        .unwrap();
+    let mut s = gmail.login("ya29.good").await.unwrap();
+    let named = ["Work".to_owned()];
+    let folder = |name: &str, sent: bool| Folder {
+        name: name.to_owned(),
+        sent,
+    };
+    gmail.refuse_list(true);
+    assert_eq!(
+        folders(&mut s, &named).await.unwrap(),
+        [folder("Work", false), Folder::inbox()],
+        "a refused LIST is no reason to leave INBOX unread"
+    );
+    // The same session, LIST answered again: Sent is back.
+    gmail.refuse_list(false);
+    assert_eq!(
+        folders(&mut s, &named).await.unwrap(),
+        [
+            folder("[Gmail]/Sent Mail", true),
+            folder("Work", false),
+            Folder::inbox()
+        ]
+    );
     s.logout().await;
 }
 

@@ -172,6 +172,8 @@ pub struct ScriptedGmail {
     over_quota: Arc<AtomicBool>,
     /// Whether NOTIFY is offered (and refused): [`ScriptedGmail::refuse_notify`].
     notify_offered: Arc<AtomicBool>,
+    /// Whether LIST is refused: [`ScriptedGmail::refuse_list`].
+    list_refused: Arc<AtomicBool>,
     /// The `NOTIFY SET` commands refused.
     notify_refused: Arc<AtomicU32>,
     mailbox: Arc<std::sync::Mutex<Mailbox>>,
@@ -193,12 +195,14 @@ impl ScriptedGmail {
         let unreadable = Arc::new(AtomicU32::new(0));
         let over_quota = Arc::new(AtomicBool::new(false));
         let notify_offered = Arc::new(AtomicBool::new(false));
+        let list_refused = Arc::new(AtomicBool::new(false));
         let notify_refused = Arc::new(AtomicU32::new(0));
         let mailbox = Arc::new(std::sync::Mutex::new(Mailbox::new()));
         let state = Limits {
             unreadable: unreadable.clone(),
             over_quota: over_quota.clone(),
             notify_offered: notify_offered.clone(),
+            list_refused: list_refused.clone(),
             notify_refused: notify_refused.clone(),
             mailbox: mailbox.clone(),
         };
@@ -218,6 +222,7 @@ impl ScriptedGmail {
             unreadable,
             over_quota,
             notify_offered,
+            list_refused,
             notify_refused,
             mailbox,
             task,
@@ -267,6 +272,12 @@ impl ScriptedGmail {
         self.notify_offered.store(true, Ordering::SeqCst);
     }
 
+    /// Until called again with `false`, every LIST is refused with `NO [UNAVAILABLE]`, as a
+    /// busy server may answer one now and then.
+    pub fn refuse_list(&self, refused: bool) {
+        self.list_refused.store(refused, Ordering::SeqCst);
+    }
+
     /// How many `NOTIFY SET` commands were refused.
     pub fn notify_refusals(&self) -> u32 {
         self.notify_refused.load(Ordering::SeqCst)
@@ -299,6 +310,7 @@ struct Limits {
     unreadable: Arc<AtomicU32>,
     over_quota: Arc<AtomicBool>,
     notify_offered: Arc<AtomicBool>,
+    list_refused: Arc<AtomicBool>,
     notify_refused: Arc<AtomicU32>,
     mailbox: Arc<std::sync::Mutex<Mailbox>>,
 }
@@ -438,6 +450,9 @@ async fn serve(
                      {tag} OK Success\r\n",
                     inside.len()
                 )
+            }
+            "LIST" if authenticated && limits.list_refused.load(Ordering::SeqCst) => {
+                format!("{tag} NO [UNAVAILABLE] Temporary System Error\r\n")
             }
             "LIST" if authenticated => format!(
                 "* LIST (\\HasNoChildren) \"/\" \"INBOX\"\r\n\

@@ -217,7 +217,7 @@ impl<T: Read + Write + Unpin + fmt::Debug + Send> Client<T> {
                 && *tag == id
             {
                 ok_or_unauth_client_err!(
-                    self.check_status_ok(
+                    check_status(
                         status,
                         outcome.code.as_ref(),
                         outcome.information.as_deref()
@@ -1475,7 +1475,7 @@ impl<T: Read + Write + Unpin + fmt::Debug> Connection<T> {
                 outcome,
             } = response.parsed()
             {
-                self.check_status_ok(
+                check_status(
                     status,
                     outcome.code.as_ref(),
                     outcome.information.as_deref(),
@@ -1494,23 +1494,6 @@ impl<T: Read + Write + Unpin + fmt::Debug> Connection<T> {
                 return Err(Error::ConnectionLost);
             };
             response = res;
-        }
-    }
-
-    pub(crate) fn check_status_ok(
-        &self,
-        status: &imap_proto::Status,
-        code: Option<&imap_proto::ResponseCode<'_>>,
-        information: Option<&str>,
-    ) -> Result<()> {
-        use imap_proto::Status;
-        match status {
-            Status::Ok => Ok(()),
-            Status::Bad => Err(Error::Bad(format!("code: {code:?}, info: {information:?}"))),
-            Status::No => Err(Error::No(format!("code: {code:?}, info: {information:?}"))),
-            _ => Err(Error::Io(io::Error::other(format!(
-                "status: {status:?}, code: {code:?}, information: {information:?}"
-            )))),
         }
     }
 }

@@ -16,7 +16,6 @@ pub(crate) fn parse_names<T: Stream<Item = io::Result<ResponseData>> + Unpin + S
     command_tag: RequestId,
 ) -> impl Stream<Item = Result<Name>> + '_ + Send + Unpin {
     use futures_util::StreamExt;
-    use imap_proto::Status;
 
     // Mailbridge: the command's tagged response is read, not dropped unread (`filter`): a LIST
     // the server refuses (NO, BAD) ends the stream with an error, and so does the end of the
@@ -41,13 +40,13 @@ pub(crate) fn parse_names<T: Stream<Item = io::Result<ResponseData>> + Unpin + S
                         outcome,
                         ..
                     } if *tag == command_tag => {
-                        // Worded as `Session::check_status_ok` words a refusal.
-                        let (code, information) = (&outcome.code, outcome.information.as_deref());
-                        let words = format!("code: {code:?}, info: {information:?}");
-                        match status {
-                            Status::Ok => return None,
-                            Status::No => Error::No(words),
-                            _ => Error::Bad(words),
+                        match check_status(
+                            status,
+                            outcome.code.as_ref(),
+                            outcome.information.as_deref(),
+                        ) {
+                            Ok(()) => return None,
+                            Err(refusal) => refusal,
                         }
                     }
                     _ => {
@@ -60,6 +59,24 @@ pub(crate) fn parse_names<T: Stream<Item = io::Result<ResponseData>> + Unpin + S
         }
     })
     .boxed()
+}
+
+/// A command's tagged status as a result: NO and BAD are the server's refusal.
+/// (Mailbridge: was `Session::check_status_ok`; here so the readers above share it.)
+pub(crate) fn check_status(
+    status: &imap_proto::Status,
+    code: Option<&imap_proto::ResponseCode<'_>>,
+    information: Option<&str>,
+) -> Result<()> {
+    use imap_proto::Status;
+    match status {
+        Status::Ok => Ok(()),
+        Status::Bad => Err(Error::Bad(format!("code: {code:?}, info: {information:?}"))),
+        Status::No => Err(Error::No(format!("code: {code:?}, info: {information:?}"))),
+        _ => Err(Error::Io(io::Error::other(format!(
+            "status: {status:?}, code: {code:?}, information: {information:?}"
+        )))),
+    }
 }
 
 pub(crate) fn filter(
@@ -352,7 +369,6 @@ pub(crate) async fn parse_ids<T: Stream<Item = io::Result<ResponseData>> + Unpin
     unsolicited: channel::Sender<UnsolicitedResponse>,
     command_tag: RequestId,
 ) -> Result<HashSet<u32>> {
-    use imap_proto::Status;
     let mut ids: HashSet<u32> = HashSet::new();
 
     // Mailbridge: the command's tagged response is read here, not dropped unread (`filter`):
@@ -371,14 +387,12 @@ pub(crate) async fn parse_ids<T: Stream<Item = io::Result<ResponseData>> + Unpin
                 outcome,
                 ..
             } if *tag == command_tag => {
-                // Worded as `Session::check_status_ok` words a refusal.
-                let (code, information) = (&outcome.code, outcome.information.as_deref());
-                let words = format!("code: {code:?}, info: {information:?}");
-                return match status {
-                    Status::Ok => Ok(ids),
-                    Status::No => Err(Error::No(words)),
-                    _ => Err(Error::Bad(words)),
-                };
+                return check_status(
+                    status,
+                    outcome.code.as_ref(),
+                    outcome.information.as_deref(),
+                )
+                .map(|()| ids);
             }
             _ => {
                 handle_unilateral(resp, unsolicited.clone());

@@ -14,8 +14,8 @@
 use chrono::NaiveDate;
 use mailbridge_core::TrackingRule;
 use mailbridge_core::message::MessageFlags;
+use mailbridge_proto::ProtoError;
 use mailbridge_proto::imap::{FetchedMessage, FolderStatus, ImapSession, MessageState};
-use mailbridge_proto::{ErrorKind, ProtoError};
 use mailbridge_store::{
     Fence, FolderChanges, FolderPosition, MailboxRecord, NewEmail, PassProgress, PresentUids,
     RawMessage, ServerState, Store, SyncBatch,
@@ -56,7 +56,7 @@ pub async fn folders(
         Ok(sent) => sent,
         // A server that refuses LIST this time: INBOX and the named folders are still read,
         // and the Sent folder is looked for again next pass.
-        Err(e) if refused(&e) => {
+        Err(e) if e.is_refusal() => {
             tracing::warn!(error = %e, "the server refused to list folders: the Sent folder waits for the next pass");
             None
         }
@@ -126,7 +126,7 @@ pub async fn sync_folders(
             }
             // A provider's limit is the account's, not the folder's: the mailbox pauses.
             Err(SyncError::Proto(e))
-                if folder.name != INBOX && refused(&e) && !super::is_provider_limit(&e) =>
+                if folder.name != INBOX && e.is_refusal() && !super::is_provider_limit(&e) =>
             {
                 tracing::warn!(mailbox = %mailbox.id, folder = %folder.name, error = %e, "a folder failed; the others go on");
                 store
@@ -143,12 +143,6 @@ pub async fn sync_folders(
         }
     }
     Ok(report)
-}
-
-/// Whether the server refused a step (the session itself is fine), rather than the
-/// connection failing.
-fn refused(e: &ProtoError) -> bool {
-    matches!(e.kind, ErrorKind::Rejected { .. } | ErrorKind::Protocol(_))
 }
 
 /// Bytes per download at most (a single larger message is a download of its own): with the
