@@ -316,14 +316,23 @@ impl ImapSession {
         Ok(())
     }
 
+    /// The server's capabilities. A server that refuses to say (NO, BAD) is used without
+    /// extensions — no IDLE, so the mailbox is polled — rather than not at all; it is logged.
     async fn fetch_capabilities(&mut self) -> Result<Vec<String>, ProtoError> {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         imap_step(&endpoint, "read capabilities", &self.activity, async {
-            let caps = session
-                .capabilities()
-                .await
-                .map_err(|e| imap_error(&endpoint, "read capabilities", e, None))?;
+            let caps = match session.capabilities().await {
+                Ok(caps) => caps,
+                Err(e) => {
+                    let e = imap_error(&endpoint, "read capabilities", e, None);
+                    if !e.is_refusal() {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "going on without IMAP extensions: no IDLE, the mailbox is polled");
+                    return Ok(Vec::new());
+                }
+            };
             Ok(caps
                 .iter()
                 .map(|c| match c {

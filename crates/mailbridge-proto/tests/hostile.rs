@@ -575,27 +575,7 @@ async fn imap_idle_ends_when_asked_even_while_the_server_keeps_chatting() {
 async fn imap_a_server_that_hangs_up_in_idle_ends_the_wait_with_an_error() {
     // The connection ends while the session idles (a server restart, a load balancer's idle
     // cut): the wait ends then, not when it would have timed out, and says why.
-    let server = Scripted::start(|mut peer| async move {
-        peer.say("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN IDLE] ready\r\n")
-            .await;
-        while let Some(line) = peer.hear().await {
-            let mut words = line.split_whitespace();
-            let tag = words.next().unwrap_or("*").to_owned();
-            match words.next() {
-                Some("CAPABILITY") => {
-                    peer.say(&format!("* CAPABILITY IMAP4rev1 IDLE\r\n{tag} OK\r\n"))
-                        .await
-                }
-                Some("IDLE") => {
-                    peer.say("+ idling\r\n").await;
-                    return 0;
-                }
-                _ => peer.say(&format!("{tag} OK\r\n")).await,
-            }
-        }
-        0
-    })
-    .await;
+    let server = imap_hanging_up_at("IDLE", "* CAPABILITY IMAP4rev1 IDLE\r\n{tag} OK\r\n").await;
     let s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
         .await
         .unwrap();
@@ -610,6 +590,62 @@ async fn imap_a_server_that_hangs_up_in_idle_ends_the_wait_with_an_error() {
         e.to_string().contains("wait in IDLE") && e.to_string().contains("closed the connection"),
         "{e}"
     );
+}
+
+/// An IMAP server that accepts the login, answers CAPABILITY with `capability` (the
+/// command's tag in place of `{tag}`) and every other command OK, until the command `at`:
+/// then it hangs up (after `+ idling` for IDLE).
+async fn imap_hanging_up_at(at: &'static str, capability: &'static str) -> Scripted {
+    Scripted::start(move |mut peer| async move {
+        peer.say("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN IDLE] ready\r\n")
+            .await;
+        while let Some(line) = peer.hear().await {
+            let mut words = line.split_whitespace();
+            let tag = words.next().unwrap_or("*").to_owned();
+            match words.next() {
+                Some(command) if command == at => {
+                    if at == "IDLE" {
+                        peer.say("+ idling\r\n").await;
+                    }
+                    return 0;
+                }
+                Some("CAPABILITY") => peer.say(&capability.replace("{tag}", &tag)).await,
+                _ => peer.say(&format!("{tag} OK\r\n")).await,
+            }
+        }
+        0
+    })
+    .await
+}
+
+#[tokio::test]
+async fn imap_a_refused_capability_is_a_session_without_extensions() {
+    // The server offered IDLE in its greeting, then refuses to list its capabilities: the
+    // session goes on without extensions (the mailbox is polled) rather than not at all.
+    let server = imap_hanging_up_at(
+        "LOGOUT",
+        "* CAPABILITY IMAP4rev1 IDLE\r\n{tag} NO not now\r\n",
+    )
+    .await;
+    let mut s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
+        .await
+        .unwrap();
+    assert!(!s.has("IDLE"));
+    // In step with the server after the refusal.
+    s.status("INBOX").await.unwrap();
+    assert!(server.heard().iter().any(|l| l.contains("STATUS")));
+    s.logout().await;
+}
+
+#[tokio::test]
+async fn imap_a_capability_cut_off_is_a_failed_login_not_a_server_without_extensions() {
+    let server = imap_hanging_up_at("CAPABILITY", "").await;
+    let Err(e) = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password()).await
+    else {
+        panic!("the connection ended before the capabilities were read");
+    };
+    assert!(e.to_string().contains("read capabilities"), "{e}");
+    assert!(e.is_transient(), "{e}");
 }
 
 /// An IMAP server offering `capabilities` (with AUTH=PLAIN) that accepts the login, answers

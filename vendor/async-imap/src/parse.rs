@@ -225,24 +225,16 @@ pub(crate) async fn parse_capabilities<T: Stream<Item = io::Result<ResponseData>
     command_tag: RequestId,
 ) -> Result<Capabilities> {
     let mut caps: HashSet<Capability> = HashSet::new();
-
-    while let Some(resp) = stream
-        .take_while(|res| filter(res, &command_tag))
-        .try_next()
-        .await?
-    {
-        match resp.parsed() {
-            Response::Capabilities(cs) => {
-                for c in cs {
-                    caps.insert(Capability::from(c)); // TODO: avoid clone
-                }
-            }
-            _ => {
-                handle_unilateral(resp, unsolicited.clone());
-            }
+    // Mailbridge: a refused CAPABILITY, or one cut off, is an error (see `read_until_done`);
+    // it read as a server with no capabilities.
+    read_until_done(stream, unsolicited, &command_tag, |resp| match resp {
+        Response::Capabilities(cs) => {
+            caps.extend(cs.iter().map(Capability::from)); // TODO: avoid clone
+            true
         }
-    }
-
+        _ => false,
+    })
+    .await?;
     Ok(Capabilities(caps))
 }
 
@@ -370,33 +362,46 @@ pub(crate) async fn parse_ids<T: Stream<Item = io::Result<ResponseData>> + Unpin
     command_tag: RequestId,
 ) -> Result<HashSet<u32>> {
     let mut ids: HashSet<u32> = HashSet::new();
+    // Mailbridge: a refused SEARCH, or one cut off, is an error (see `read_until_done`); it
+    // came back as an empty result — no new mail.
+    read_until_done(stream, unsolicited, &command_tag, |resp| match resp {
+        Response::MailboxData(MailboxDatum::Search(cs)) => {
+            ids.extend(cs.iter().copied());
+            true
+        }
+        _ => false,
+    })
+    .await?;
+    Ok(ids)
+}
 
-    // Mailbridge: the command's tagged response is read here, not dropped unread (`filter`):
-    // a SEARCH the server refuses (NO, BAD) is an error, and so is the end of the stream
-    // before that response. Both came back as an empty result — no new mail.
+/// Mailbridge: reads a command's responses up to and including its tagged one, handing each
+/// other response to `take`, which says whether it was the command's data (the rest are
+/// unilateral). The tagged response is read, not dropped unread as `filter` does: a refusal
+/// (NO, BAD) is the error, and so is the end of the input before the tagged response.
+async fn read_until_done<T: Stream<Item = io::Result<ResponseData>> + Unpin>(
+    stream: &mut T,
+    unsolicited: channel::Sender<UnsolicitedResponse>,
+    command_tag: &RequestId,
+    mut take: impl FnMut(&Response<'_>) -> bool,
+) -> Result<()> {
     while let Some(resp) = stream.try_next().await? {
-        match resp.parsed() {
-            Response::MailboxData(MailboxDatum::Search(cs)) => {
-                for c in cs {
-                    ids.insert(*c);
-                }
-            }
-            Response::Done {
-                tag,
+        if let Response::Done {
+            tag,
+            status,
+            outcome,
+            ..
+        } = resp.parsed()
+            && tag == command_tag
+        {
+            return check_status(
                 status,
-                outcome,
-                ..
-            } if *tag == command_tag => {
-                return check_status(
-                    status,
-                    outcome.code.as_ref(),
-                    outcome.information.as_deref(),
-                )
-                .map(|()| ids);
-            }
-            _ => {
-                handle_unilateral(resp, unsolicited.clone());
-            }
+                outcome.code.as_ref(),
+                outcome.information.as_deref(),
+            );
+        }
+        if !take(resp.parsed()) {
+            handle_unilateral(resp, unsolicited.clone());
         }
     }
     Err(Error::ConnectionLost)
@@ -527,8 +532,10 @@ mod tests {
     #[cfg_attr(feature = "runtime-async-std", async_std::test)]
     async fn parse_capability_test() {
         let expected_capabilities = &["IMAP4rev1", "STARTTLS", "AUTH=GSSAPI", "LOGINDISABLED"];
-        let responses =
-            input_stream(&["* CAPABILITY IMAP4rev1 STARTTLS AUTH=GSSAPI LOGINDISABLED\r\n"]);
+        let responses = input_stream(&[
+            "* CAPABILITY IMAP4rev1 STARTTLS AUTH=GSSAPI LOGINDISABLED\r\n",
+            "A0001 OK done\r\n",
+        ]);
 
         let mut stream = async_std::stream::from_iter(responses);
         let (send, recv) = bounded(10);
@@ -547,7 +554,7 @@ mod tests {
     async fn parse_capability_case_insensitive_test() {
         // Test that "IMAP4REV1" (instead of "IMAP4rev1") is accepted
         let expected_capabilities = &["IMAP4rev1", "STARTTLS"];
-        let responses = input_stream(&["* CAPABILITY IMAP4REV1 STARTTLS\r\n"]);
+        let responses = input_stream(&["* CAPABILITY IMAP4REV1 STARTTLS\r\n", "A0001 OK done\r\n"]);
         let mut stream = async_std::stream::from_iter(responses);
 
         let (send, recv) = bounded(10);
@@ -704,6 +711,7 @@ mod tests {
             "* CAPABILITY IMAP4rev1 STARTTLS AUTH=GSSAPI LOGINDISABLED\r\n",
             "* STATUS dev.github (MESSAGES 10 UIDNEXT 11 UIDVALIDITY 1408806928 UNSEEN 0)\r\n",
             "* 4 EXISTS\r\n",
+            "A0001 OK done\r\n",
         ]);
         let mut stream = async_std::stream::from_iter(responses);
 
@@ -851,6 +859,28 @@ mod tests {
             let e = parse_ids(&mut stream, send, RequestId("A0001".into()))
                 .await
                 .unwrap_err();
+            assert!(format!("{e:?}").starts_with(refusal), "{lines:?}: {e:?}");
+        }
+    }
+
+    // Mailbridge: a refused CAPABILITY, or one cut off before its tagged response, is an error.
+    #[cfg_attr(feature = "runtime-tokio", tokio::test)]
+    #[cfg_attr(feature = "runtime-async-std", async_std::test)]
+    async fn parse_capabilities_refused_or_cut_off() {
+        for (lines, refusal) in [
+            (&["A0001 NO not now\r\n"][..], "No"),
+            (
+                &["* CAPABILITY IMAP4rev1 IDLE\r\n", "A0001 BAD what\r\n"][..],
+                "Bad",
+            ),
+            (&["* CAPABILITY IMAP4rev1 IDLE\r\n"][..], "ConnectionLost"),
+        ] {
+            let (send, _recv) = bounded(10);
+            let mut stream = async_std::stream::from_iter(input_stream(lines));
+            let Err(e) = parse_capabilities(&mut stream, send, RequestId("A0001".into())).await
+            else {
+                panic!("{lines:?}: read as capabilities");
+            };
             assert!(format!("{e:?}").starts_with(refusal), "{lines:?}: {e:?}");
         }
     }
