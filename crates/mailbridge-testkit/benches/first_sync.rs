@@ -5,16 +5,17 @@
 //! PostgreSQL (a local server with fsync on and `synchronous_commit = off`: like SQLite's WAL
 //! with `synchronous = NORMAL`, a commit survives the process, not a power cut). Prints each
 //! round, the medians, and the ratios the targets are stated in, then the bytes each database
-//! takes on disk against the raw bytes. Run with `bench/first-sync`.
+//! takes on disk against the raw bytes. Each round also times the sync's parse and store stages
+//! on their own (parsed batches committed with nothing else running), the floor each sets.
+//! Run with `bench/first-sync`.
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailbridge_core::SystemClock;
-use mailbridge_store::{Keyring, Store};
+use mailbridge_core::message::MessageFlags;
+use mailbridge_store::{FolderPosition, NewEmail, RawMessage, SyncBatch};
 use mailbridge_sync::incoming::imap::sync_inbox;
 use mailbridge_testkit::{Dovecot, OAuthProvider, TestDatabase, corpus, process};
 
@@ -148,6 +149,69 @@ struct Read {
     server_cpu: Duration,
 }
 
+/// The sync's parse and store stages each on their own, for the corpus: how long one thread
+/// takes to compress, hash and parse every message (the parse stage's work, done a batch at a
+/// time on one blocking thread), and how long the store takes to commit them into a new SQLite
+/// database in batches of 250 (the store stage: one writer, nothing else running). The sync
+/// overlaps these with the fetch, so it cannot end before the slowest of the three.
+async fn stages_alone(
+    dovecot: &Dovecot,
+    work: &Path,
+    messages: &[Vec<u8>],
+) -> (Duration, Duration) {
+    let started = Instant::now();
+    let emails: Vec<NewEmail> = messages
+        .iter()
+        .zip(1..)
+        .map(|(m, uid)| {
+            let raw = RawMessage::new(m.clone());
+            NewEmail {
+                remote_key: format!("imap/INBOX/1/{uid}"),
+                renumbered_from: Some(("imap/INBOX/".into(), "imap/INBOX/1/".into())),
+                folder: Some("INBOX".into()),
+                uid: Some(uid),
+                flags: Some(MessageFlags::from_imap(&["\\Seen"])),
+                sent_by_owner: false,
+                gmail_labels: Vec::new(),
+                gmail_thread_id: None,
+                tracking_token: None,
+                truncated_from: None,
+                parsed: mailbridge_core::parse::parse(raw.bytes()),
+                raw,
+            }
+        })
+        .collect();
+    let parse = started.elapsed();
+    let (store, mailbox) = dovecot
+        .new_store_with_mailbox(work, TestDatabase::Sqlite, USER, PASSWORD)
+        .await
+        .unwrap();
+    settle();
+    let started = Instant::now();
+    let mut emails = emails.into_iter().peekable();
+    let mut last_uid = 0;
+    while emails.peek().is_some() {
+        let batch: Vec<NewEmail> = emails.by_ref().take(250).collect();
+        last_uid += u32::try_from(batch.len()).unwrap();
+        let position = FolderPosition {
+            folder: "INBOX".into(),
+            uid_validity: 1,
+            last_uid,
+            highest_modseq: None,
+            messages: None,
+        };
+        let batch = SyncBatch {
+            emails: batch,
+            position: Some(position),
+            ..SyncBatch::default()
+        };
+        store.save_sync_batch(mailbox.id, batch).await.unwrap();
+    }
+    let stored = started.elapsed();
+    store.close().await;
+    (parse, stored)
+}
+
 /// Mailbridge's first sync into `database`, and the bytes the database then takes on disk
 /// (after a clean close).
 async fn mailbridge(
@@ -156,15 +220,8 @@ async fn mailbridge(
     database: TestDatabase,
     expected: usize,
 ) -> (Read, u64) {
-    let _ = std::fs::remove_dir_all(work);
-    std::fs::create_dir_all(work).unwrap();
-    let url = database.url_for(work).await.unwrap();
-    let store = Store::connect(&url, Keyring::generate(), Arc::new(SystemClock))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let mailbox = dovecot
-        .password_mailbox_in(&store, USER, PASSWORD)
+    let (store, mailbox) = dovecot
+        .new_store_with_mailbox(work, database, USER, PASSWORD)
         .await
         .unwrap();
     let login = dovecot.imap_login_parts(USER, PASSWORD).unwrap();
@@ -228,6 +285,7 @@ fn main() {
     let (mut raw, mut mbs_nofsync, mut mbs_default, mut ours, mut ours_pg) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut disk, mut disk_pg) = (Vec::new(), Vec::new());
+    let (mut parse_alone, mut store_alone) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         raw.push(raw_fetch(&dovecot, &ca, n));
         mbs_nofsync.push(mbsync(port, &ca, &work.path().join("mbsync"), false));
@@ -245,6 +303,13 @@ fn main() {
             syncs.push(sync);
             sizes.push(size);
         }
+        let (parse, store) = runtime.block_on(stages_alone(
+            &dovecot,
+            &work.path().join("stages"),
+            &messages,
+        ));
+        parse_alone.push(parse);
+        store_alone.push(store);
         let (r, o, p) = (&raw[round - 1], &ours[round - 1], &ours_pg[round - 1]);
         println!(
             "round {round}: raw fetch {:.2} s | mbsync (FSync no) {:.2} s | mbsync (defaults) {:.2} s | mailbridge {:.2} s | on PostgreSQL {:.2} s",
@@ -261,6 +326,11 @@ fn main() {
             o.server_cpu.as_secs_f64(),
             p.cpu.as_secs_f64(),
             p.server_cpu.as_secs_f64()
+        );
+        println!(
+            "         stages alone: parse {:.2} s | store into SQLite {:.2} s",
+            parse.as_secs_f64(),
+            store.as_secs_f64()
         );
     }
     let of = |syncs: &[Read], f: fn(&Read) -> Duration| median(syncs.iter().map(f).collect());
@@ -306,6 +376,13 @@ fn main() {
         ours_pg.as_secs_f64(),
         rate(ours_pg),
         cpu_pg.as_secs_f64()
+    );
+    let (parse_alone, store_alone) = (median(parse_alone), median(store_alone));
+    println!(
+        "  the sync's stages alone: parse {:.2} s, store into SQLite {:.2} s — the sync overlaps them with the fetch, so the store alone is {:.2} of the raw fetch's rate at most",
+        parse_alone.as_secs_f64(),
+        store_alone.as_secs_f64(),
+        raw.as_secs_f64() / store_alone.as_secs_f64()
     );
     // With every core busy a sync cannot end before its CPU time spread over all of them.
     let cores = std::thread::available_parallelism().map_or(1, usize::from);

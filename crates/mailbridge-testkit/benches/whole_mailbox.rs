@@ -20,13 +20,10 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailbridge_core::SystemClock;
 use mailbridge_proto::imap::{IdleOutcome, ImapSession};
 use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
-use mailbridge_store::{Keyring, Store};
 use mailbridge_sync::EngineConfig;
 use mailbridge_sync::incoming::imap::{PassOptions, folders, sync_folders};
 use mailbridge_testkit::{
@@ -100,15 +97,8 @@ fn raw_fetch(port: u16, ca: &Path, user: &str, folders: &[&str], expected: usize
 
 /// Mailbridge's first sync of every folder of `user` into a new SQLite store.
 async fn first_sync(dovecot: &Dovecot, work: &Path, user: &str, expected: usize) -> Duration {
-    let _ = std::fs::remove_dir_all(work);
-    std::fs::create_dir_all(work).unwrap();
-    let url = TestDatabase::Sqlite.url_for(work).await.unwrap();
-    let store = Store::connect(&url, Keyring::generate(), Arc::new(SystemClock))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let mailbox = dovecot
-        .password_mailbox_in(&store, user, PASSWORD)
+    let (store, mailbox) = dovecot
+        .new_store_with_mailbox(work, TestDatabase::Sqlite, user, PASSWORD)
         .await
         .unwrap();
     let login = dovecot.imap_login_parts(user, PASSWORD).unwrap();

@@ -251,6 +251,29 @@ impl Dovecot {
         Ok(store.create_mailbox(&cli, &spec, password).await?)
     }
 
+    /// A new, migrated store on `database` in `work` (emptied first), holding the password
+    /// mailbox of `email` at this server ([`Dovecot::password_mailbox_in`]).
+    pub async fn new_store_with_mailbox(
+        &self,
+        work: &Path,
+        database: crate::TestDatabase,
+        email: &str,
+        password: &str,
+    ) -> anyhow::Result<(mailbridge_store::Store, mailbridge_store::MailboxRecord)> {
+        let _ = std::fs::remove_dir_all(work);
+        std::fs::create_dir_all(work)?;
+        let url = database.url_for(work).await?;
+        let store = mailbridge_store::Store::connect(
+            &url,
+            mailbridge_store::Keyring::generate(),
+            std::sync::Arc::new(mailbridge_core::SystemClock),
+        )
+        .await?;
+        store.migrate().await?;
+        let mailbox = self.password_mailbox_in(&store, email, password).await?;
+        Ok((store, mailbox))
+    }
+
     /// An IMAPS session logged in as a password user.
     pub async fn imap_login(
         &self,
