@@ -86,8 +86,10 @@ impl ProtoError {
         matches!(self.kind, ErrorKind::Rejected { .. })
     }
 
-    /// Whether the server answered and refused the step (IMAP NO, or BAD, which arrives as a
-    /// protocol error) while the session itself is fine — the caller may go on without it.
+    /// Whether the server answered and refused the step: IMAP NO, or BAD — which arrives as a
+    /// protocol error, as do responses that break the protocol. A caller that goes on after
+    /// one (a refused NOTIFY, STATUS or LIST) relies on the server having answered in step;
+    /// one that did not fails the next command.
     pub fn is_refusal(&self) -> bool {
         matches!(
             self.kind,

@@ -316,23 +316,24 @@ impl ImapSession {
         Ok(())
     }
 
-    /// The server's capabilities. A server that refuses to say (NO, BAD) is used without
-    /// extensions — no IDLE, so the mailbox is polled — rather than not at all; it is logged.
+    /// The server's capabilities after the login. A server that refuses to say (NO, BAD)
+    /// fails the login as one to try again later: going on without them would lose more
+    /// than IDLE — on Gmail, X-GM-EXT-1, and its mail would be keyed by UID, not by Gmail's
+    /// ids, then stored again once the capability came back.
     async fn fetch_capabilities(&mut self) -> Result<Vec<String>, ProtoError> {
         let endpoint = self.endpoint.clone();
         let session = &mut self.session;
         imap_step(&endpoint, "read capabilities", &self.activity, async {
-            let caps = match session.capabilities().await {
-                Ok(caps) => caps,
-                Err(e) => {
-                    let e = imap_error(&endpoint, "read capabilities", e, None);
-                    if !e.is_refusal() {
-                        return Err(e);
-                    }
-                    tracing::warn!(error = %e, "going on without IMAP extensions: no IDLE, the mailbox is polled");
-                    return Ok(Vec::new());
-                }
-            };
+            let caps = session.capabilities().await.map_err(|e| match e {
+                ImapError::No(words) | ImapError::Bad(words) => endpoint.error(
+                    "read capabilities",
+                    ErrorKind::Rejected {
+                        words: server_words(words),
+                        transient: true,
+                    },
+                ),
+                e => imap_error(&endpoint, "read capabilities", e, None),
+            })?;
             Ok(caps
                 .iter()
                 .map(|c| match c {

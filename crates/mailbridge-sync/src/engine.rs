@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use mailbridge_core::{AuthMethod, Clock, IncomingProtocol, MailboxId};
 use mailbridge_proto::imap::{FolderStatus, IdleOutcome, ImapSession};
 use mailbridge_proto::pop3::Pop3Session;
-use mailbridge_proto::{Credentials, Endpoint, ErrorKind, ProtoError, TlsSettings};
+use mailbridge_proto::{Credentials, Endpoint, ProtoError, TlsSettings};
 use mailbridge_store::{Fence, MailboxRecord, ProfileRecord, Store, StoreError};
 use tokio::sync::{Semaphore, watch};
 
@@ -967,7 +967,7 @@ async fn statuses(
     for folder in folders {
         match session.status(folder).await {
             Ok(status) => seen.push(status),
-            Err(e) if matches!(e.kind, ErrorKind::Rejected { .. } | ErrorKind::Protocol(_)) => {
+            Err(e) if e.is_refusal() => {
                 return Ok(None);
             }
             Err(e) => return Err(e.into()),
@@ -979,7 +979,7 @@ async fn statuses(
 /// Whether a failed IDLE was the server refusing the command (NO, or BAD: a command it does
 /// not know), rather than the connection failing.
 fn refuses_idle(e: &ProtoError) -> bool {
-    e.step == "start IDLE" && matches!(e.kind, ErrorKind::Rejected { .. } | ErrorKind::Protocol(_))
+    e.step == "start IDLE" && e.is_refusal()
 }
 
 /// At most `max` logins within any `window`: the next one waits for the oldest to leave it.
@@ -1113,6 +1113,7 @@ fn spread(mailbox: MailboxId, round: u32, window: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailbridge_proto::ErrorKind;
 
     #[test]
     fn idle_deadlines_spread_over_a_beat_end_together_on_its_next_tick() {

@@ -206,7 +206,7 @@ async fn a_message_gmail_cannot_read_holds_back_only_itself() {
 }
 
 #[tokio::test]
-async fn a_refused_list_still_reads_inbox_and_the_named_folders_and_sent_waits_for_the_next_pass() {
+async fn a_refused_list_leaves_inbox_and_the_named_folders_to_read_and_sent_to_the_next_pass() {
     let gmail = ScriptedGmail::start("ann@gmail.com", "ya29.good", true)
         .await
         .unwrap();

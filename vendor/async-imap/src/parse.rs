@@ -62,7 +62,7 @@ pub(crate) fn parse_names<T: Stream<Item = io::Result<ResponseData>> + Unpin + S
 }
 
 /// A command's tagged status as a result: NO and BAD are the server's refusal.
-/// (Mailbridge: was `Session::check_status_ok`; here so the readers above share it.)
+/// (Mailbridge: was `Connection::check_status_ok`; here so the readers share it.)
 pub(crate) fn check_status(
     status: &imap_proto::Status,
     code: Option<&imap_proto::ResponseCode<'_>>,
@@ -853,6 +853,8 @@ mod tests {
             ),
             (&["* SEARCH 4\r\n", "A0001 BAD unknown key\r\n"][..], "Bad"),
             (&["* SEARCH 4\r\n"][..], "ConnectionLost"),
+            // Another command's tagged response is not this one's end.
+            (&["* SEARCH 4\r\n", "B0001 OK other\r\n"][..], "ConnectionLost"),
         ] {
             let (send, _recv) = bounded(10);
             let mut stream = async_std::stream::from_iter(input_stream(lines));
