@@ -166,17 +166,8 @@ pub struct ScriptedGmail {
     pub id_received: Arc<AtomicBool>,
     /// The account it serves.
     user: String,
-    /// The UID Gmail cannot read for now (0: none).
-    unreadable: Arc<AtomicU32>,
-    /// Whether the account is over its download allowance: every download is refused.
-    over_quota: Arc<AtomicBool>,
-    /// Whether NOTIFY is offered (and refused): [`ScriptedGmail::refuse_notify`].
-    notify_offered: Arc<AtomicBool>,
-    /// Whether LIST is refused: [`ScriptedGmail::refuse_list`].
-    list_refused: Arc<AtomicBool>,
-    /// The `NOTIFY SET` commands refused.
-    notify_refused: Arc<AtomicU32>,
-    mailbox: Arc<std::sync::Mutex<Mailbox>>,
+    /// What the test changes while it runs, shared with every connection's task.
+    limits: Limits,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -192,20 +183,15 @@ impl ScriptedGmail {
         let user = user.to_owned();
         let user_name = user.clone();
         let flag = id_received.clone();
-        let unreadable = Arc::new(AtomicU32::new(0));
-        let over_quota = Arc::new(AtomicBool::new(false));
-        let notify_offered = Arc::new(AtomicBool::new(false));
-        let list_refused = Arc::new(AtomicBool::new(false));
-        let notify_refused = Arc::new(AtomicU32::new(0));
-        let mailbox = Arc::new(std::sync::Mutex::new(Mailbox::new()));
-        let state = Limits {
-            unreadable: unreadable.clone(),
-            over_quota: over_quota.clone(),
-            notify_offered: notify_offered.clone(),
-            list_refused: list_refused.clone(),
-            notify_refused: notify_refused.clone(),
-            mailbox: mailbox.clone(),
+        let limits = Limits {
+            unreadable: Arc::new(AtomicU32::new(0)),
+            over_quota: Arc::new(AtomicBool::new(false)),
+            notify_offered: Arc::new(AtomicBool::new(false)),
+            list_refused: Arc::new(AtomicBool::new(false)),
+            notify_refused: Arc::new(AtomicU32::new(0)),
+            mailbox: Arc::new(std::sync::Mutex::new(Mailbox::new())),
         };
+        let state = limits.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (expected, user, flag, state) =
@@ -219,12 +205,7 @@ impl ScriptedGmail {
             port,
             id_received,
             user: user_name,
-            unreadable,
-            over_quota,
-            notify_offered,
-            list_refused,
-            notify_refused,
-            mailbox,
+            limits,
             task,
         })
     }
@@ -255,13 +236,15 @@ impl ScriptedGmail {
     /// Until called again with `None`, every FETCH that asks for `uid` returns the other
     /// messages it asks for and then fails, the way Gmail does while it cannot read one.
     pub fn make_unreadable(&self, uid: Option<u32>) {
-        self.unreadable.store(uid.unwrap_or(0), Ordering::SeqCst);
+        self.limits
+            .unreadable
+            .store(uid.unwrap_or(0), Ordering::SeqCst);
     }
 
     /// Until called again with `false`, every download is refused the way Gmail refuses
     /// once the account's daily download allowance is spent.
     pub fn set_over_quota(&self, over: bool) {
-        self.over_quota.store(over, Ordering::SeqCst);
+        self.limits.over_quota.store(over, Ordering::SeqCst);
     }
 
     /// From the next connection on, offers NOTIFY (RFC 5465) and refuses every `NOTIFY SET` with
@@ -269,18 +252,18 @@ impl ScriptedGmail {
     /// Gmail's way (Gmail offers no NOTIFY), but the client must then do as it does on
     /// Gmail: look at the other folders' counters itself.
     pub fn refuse_notify(&self) {
-        self.notify_offered.store(true, Ordering::SeqCst);
+        self.limits.notify_offered.store(true, Ordering::SeqCst);
     }
 
     /// Until called again with `false`, every LIST is refused with `NO [UNAVAILABLE]`, as a
     /// busy server may answer one now and then.
     pub fn refuse_list(&self, refused: bool) {
-        self.list_refused.store(refused, Ordering::SeqCst);
+        self.limits.list_refused.store(refused, Ordering::SeqCst);
     }
 
     /// How many `NOTIFY SET` commands were refused.
     pub fn notify_refusals(&self) -> u32 {
-        self.notify_refused.load(Ordering::SeqCst)
+        self.limits.notify_refused.load(Ordering::SeqCst)
     }
 
     /// Gives the message of X-GM-MSGID `msg_id` these labels (`(\Inbox \Sent)`; without
@@ -298,7 +281,8 @@ impl ScriptedGmail {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, Mailbox> {
-        self.mailbox
+        self.limits
+            .mailbox
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -307,10 +291,15 @@ impl ScriptedGmail {
 /// What the test changes while the server runs.
 #[derive(Clone)]
 struct Limits {
+    /// The UID Gmail cannot read for now (0: none).
     unreadable: Arc<AtomicU32>,
+    /// Whether the account is over its download allowance: every download is refused.
     over_quota: Arc<AtomicBool>,
+    /// Whether NOTIFY is offered (and refused): [`ScriptedGmail::refuse_notify`].
     notify_offered: Arc<AtomicBool>,
+    /// Whether LIST is refused: [`ScriptedGmail::refuse_list`].
     list_refused: Arc<AtomicBool>,
+    /// The `NOTIFY SET` commands refused.
     notify_refused: Arc<AtomicU32>,
     mailbox: Arc<std::sync::Mutex<Mailbox>>,
 }

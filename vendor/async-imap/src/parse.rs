@@ -30,35 +30,35 @@ pub(crate) fn parse_names<T: Stream<Item = io::Result<ResponseData>> + Unpin + S
                     Some(Err(err)) => return Some((Err(err.into()), None)),
                     None => return Some((Err(Error::ConnectionLost), None)),
                 };
-                let refusal = match resp.parsed() {
-                    Response::MailboxData(MailboxDatum::List { .. }) => {
-                        return Some((Ok(Name::from_mailbox_data(resp)), Some(stream)));
-                    }
-                    Response::Done {
-                        tag,
-                        status,
-                        outcome,
-                        ..
-                    } if *tag == command_tag => {
-                        match check_status(
-                            status,
-                            outcome.code.as_ref(),
-                            outcome.information.as_deref(),
-                        ) {
-                            Ok(()) => return None,
-                            Err(refusal) => refusal,
-                        }
-                    }
-                    _ => {
-                        handle_unilateral(resp, unsolicited.clone());
-                        continue;
-                    }
-                };
-                return Some((Err(refusal), None));
+                if let Some(done) = command_done(resp.parsed(), &command_tag) {
+                    return done.err().map(|refusal| (Err(refusal), None));
+                }
+                if let Response::MailboxData(MailboxDatum::List { .. }) = resp.parsed() {
+                    return Some((Ok(Name::from_mailbox_data(resp)), Some(stream)));
+                }
+                handle_unilateral(resp, unsolicited.clone());
             }
         }
     })
     .boxed()
+}
+
+/// Mailbridge: `Some` when `resp` is the tagged response of the command `tag`, with its
+/// status as a result ([`check_status`]); `None` for any other response.
+fn command_done(resp: &Response<'_>, tag: &RequestId) -> Option<Result<()>> {
+    match resp {
+        Response::Done {
+            tag: done,
+            status,
+            outcome,
+            ..
+        } if done == tag => Some(check_status(
+            status,
+            outcome.code.as_ref(),
+            outcome.information.as_deref(),
+        )),
+        _ => None,
+    }
 }
 
 /// A command's tagged status as a result: NO and BAD are the server's refusal.
@@ -386,19 +386,8 @@ async fn read_until_done<T: Stream<Item = io::Result<ResponseData>> + Unpin>(
     mut take: impl FnMut(&Response<'_>) -> bool,
 ) -> Result<()> {
     while let Some(resp) = stream.try_next().await? {
-        if let Response::Done {
-            tag,
-            status,
-            outcome,
-            ..
-        } = resp.parsed()
-            && tag == command_tag
-        {
-            return check_status(
-                status,
-                outcome.code.as_ref(),
-                outcome.information.as_deref(),
-            );
+        if let Some(done) = command_done(resp.parsed(), command_tag) {
+            return done;
         }
         if !take(resp.parsed()) {
             handle_unilateral(resp, unsolicited.clone());
@@ -515,10 +504,7 @@ mod tests {
         }
         assert_eq!(recv.len(), UNSOLICITED_LIMIT);
         // The first ones are kept, in order.
-        assert!(matches!(
-            recv.try_recv(),
-            Ok(UnsolicitedResponse::Exists(1))
-        ));
+        assert!(matches!(recv.try_recv(), Ok(UnsolicitedResponse::Exists(1))));
 
         // Once read, there is room again.
         let more = input_stream(&["* 7 RECENT\r\n"]);
@@ -839,6 +825,8 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(format!("{e:?}").starts_with(refusal), "{lines:?}: {e:?}");
+            // Read through the tagged response: the next command's answer comes next.
+            assert!(stream.next().await.is_none(), "{lines:?}: left unread");
         }
     }
 
@@ -862,6 +850,8 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(format!("{e:?}").starts_with(refusal), "{lines:?}: {e:?}");
+            // Read through the tagged response: the next command's answer comes next.
+            assert!(stream.next().await.is_none(), "{lines:?}: left unread");
         }
     }
 
@@ -884,6 +874,8 @@ mod tests {
                 panic!("{lines:?}: read as capabilities");
             };
             assert!(format!("{e:?}").starts_with(refusal), "{lines:?}: {e:?}");
+            // Read through the tagged response: the next command's answer comes next.
+            assert!(stream.next().await.is_none(), "{lines:?}: left unread");
         }
     }
 
