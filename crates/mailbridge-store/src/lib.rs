@@ -216,6 +216,9 @@ pub struct Store {
     /// (see `nodes`), with when that session began, by node id.
     node_sessions:
         Arc<tokio::sync::Mutex<std::collections::HashMap<String, (sqlx::AnyConnection, i64)>>>,
+    /// PostgreSQL: whether this process's nodes hold session locks and end the leases of
+    /// nodes found dead by theirs (see [`Store::without_node_session_locks`]).
+    node_session_locks: bool,
 }
 
 /// A write transaction from [`Store::begin_write`], used as the connection it runs on; on
@@ -401,7 +404,19 @@ impl Store {
             events_signal: Arc::new(tokio::sync::watch::Sender::new(0)),
             write_gate: Arc::new(gate::WriteGate::default()),
             node_sessions: Arc::default(),
+            node_session_locks: true,
         })
+    }
+
+    /// PostgreSQL: this process's nodes hold no session lock, and find no node dead by its
+    /// session: a node that stops heartbeating keeps its mailboxes until its leases run out.
+    /// For nodes that reach PostgreSQL through a pooler in transaction mode (PgBouncer), which
+    /// lends each statement whichever server connection is free: a session lock there is
+    /// held by a connection the pooler keeps, not by the node, so it tells the others nothing
+    /// (`node_session_lock = false` in the service's configuration).
+    pub fn without_node_session_locks(mut self) -> Self {
+        self.node_session_locks = false;
+        self
     }
 
     /// Applies the backend's pending migrations.

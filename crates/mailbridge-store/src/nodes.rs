@@ -237,7 +237,7 @@ impl Store {
     ///
     /// On PostgreSQL it first checks that this node's own session answers ([`SESSION_LOCK`]),
     /// then ends the leases of nodes found dead: silent for a third of the lease time with
-    /// their session gone.
+    /// their session gone (unless [`Store::without_node_session_locks`]).
     ///
     /// The statements are the same few whatever the number of mailboxes (six at most on
     /// SQLite: the heartbeat, the release of mailboxes it should not work, the leases held, the
@@ -249,6 +249,7 @@ impl Store {
     /// round that changes nothing writes only the node's own row.
     pub async fn balance_leases(&self, node: &str, group: &str, ttl: Duration) -> Result<Balance> {
         if self.backend == Backend::Postgres
+            && self.node_session_locks
             && let Some(since) = self.hold_session(node, ttl).await
         {
             self.end_dead_nodes(node, ttl, since).await?;

@@ -93,6 +93,7 @@ on_postgres!(
     a_dead_node_is_told_from_a_late_one_by_its_session,
     a_node_gone_before_this_ones_session_began_is_left_to_its_lease,
     a_node_refused_its_session_lock_finds_no_one_dead,
+    without_session_locks_a_dead_node_is_left_to_its_lease,
     leases_run_on_the_databases_clock_not_the_nodes,
     a_heartbeat_renews_every_lease_without_rewriting_them,
 );
@@ -664,6 +665,64 @@ async fn a_node_refused_its_session_lock_finds_no_one_dead() {
     let listed = store.list_nodes().await.unwrap();
     assert!(listed.iter().all(|n| !n.lost), "{listed:?}");
     other.close().await.unwrap();
+}
+
+/// Nodes set to hold no session lock (behind a transaction pooler) take none, and find no
+/// node dead by its session: a node that dies keeps its mailboxes until its leases run out.
+/// The same steps with the locks take them over after a third of the lease time
+/// (`a_dead_node_is_told_from_a_late_one_by_its_session`).
+async fn without_session_locks_a_dead_node_is_left_to_its_lease() {
+    use std::time::{Duration, Instant};
+    let db = Db::new(TestDatabase::Postgres).await;
+    let (dead_store, store) = (
+        db.open(Keyring::generate())
+            .await
+            .without_node_session_locks(),
+        db.open(Keyring::generate())
+            .await
+            .without_node_session_locks(),
+    );
+    enabled_mailboxes(&store, 4).await;
+    let ttl = Duration::from_secs(6);
+    let node = store.register_node("survivor", "cloud", ttl).await.unwrap();
+    let dead = dead_store
+        .register_node("dead", "cloud", ttl)
+        .await
+        .unwrap();
+    // The survivor's first round comes before the other's last heartbeat: with session locks
+    // it would judge that node.
+    assert_eq!(balance(&store, &node, ttl).await.len(), 2);
+    let its = balance(&dead_store, &dead, ttl).await;
+    let last_beat = Instant::now();
+    assert_eq!(its.len(), 2);
+    let mut look = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    let (locks,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = {} \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        0x6D62_6E64
+    )))
+    .fetch_one(&mut look)
+    .await
+    .unwrap();
+    assert_eq!(locks, 0, "a node took a session lock");
+    dead_store.close().await;
+    tokio::time::sleep((last_beat + ttl / 3 + Duration::from_millis(300)) - Instant::now()).await;
+    let mine = balance(&store, &node, ttl).await;
+    assert!(
+        last_beat.elapsed() < ttl * 3 / 4,
+        "{:?}",
+        last_beat.elapsed()
+    );
+    assert_eq!(
+        mine.len(),
+        2,
+        "took a silent node's mailboxes before its leases ran out"
+    );
+    assert!(mine.is_disjoint(&its));
+    tokio::time::sleep((last_beat + ttl + Duration::from_millis(300)) - Instant::now()).await;
+    assert_eq!(balance(&store, &node, ttl).await.len(), 4);
 }
 
 /// An email to queue, told apart by `n`.

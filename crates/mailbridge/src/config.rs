@@ -45,6 +45,7 @@ struct Raw {
     node_name: Option<String>,
     node_group: String,
     lease_ttl_ms: u64,
+    node_session_lock: bool,
     event_retention_days: u32,
     max_message_bytes: u64,
     webhook_allow_private_addresses: bool,
@@ -84,6 +85,7 @@ impl Default for Raw {
             node_name: None,
             node_group: mailbridge_core::DEFAULT_NODE_GROUP.to_owned(),
             lease_ttl_ms: 30_000,
+            node_session_lock: true,
             event_retention_days: 30,
             max_message_bytes: mailbridge_proto::DEFAULT_MAX_MESSAGE_BYTES as u64,
             webhook_allow_private_addresses: false,
@@ -142,6 +144,9 @@ pub struct Config {
     pub node_group: String,
     /// How long a mailbox lease lasts unless renewed (a dead node's mailboxes move after it).
     pub lease_ttl: std::time::Duration,
+    /// PostgreSQL: whether this node holds a session lock, by which the others tell its death
+    /// from a late heartbeat (off behind a pooler in transaction mode).
+    pub node_session_lock: bool,
     /// How long events stay in the event log (and so in the feed and for webhook retries).
     pub event_retention: chrono::Duration,
     /// A message larger than this is stored as its header only (`truncated`).
@@ -338,6 +343,7 @@ impl Config {
             node_name,
             node_group: raw.node_group,
             lease_ttl: std::time::Duration::from_millis(raw.lease_ttl_ms),
+            node_session_lock: raw.node_session_lock,
             event_retention: chrono::Duration::days(i64::from(raw.event_retention_days)),
             max_message_bytes: usize::try_from(raw.max_message_bytes).unwrap_or(usize::MAX),
             webhook_allow_private_addresses: raw.webhook_allow_private_addresses,

@@ -17,6 +17,14 @@ const MAIL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = crate::open_store(&config).await?;
+    let store = if config.node_session_lock {
+        store
+    } else {
+        tracing::info!(
+            "node_session_lock is off: a dead node's mailboxes move to the others when its leases run out"
+        );
+        store.without_node_session_locks()
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (MAILBRIDGE_LISTEN)", config.listen))?;

@@ -3,7 +3,7 @@
 //! within the lease time (its session died with it), with no message lost or stored twice
 //! and no email sent twice; a paused node keeps its mailboxes until its lease runs out and
 //! writes nothing after it resumes; an `email_router` mailbox is only ever worked by its
-//! group.
+//! group; a node set to hold no session lock (behind a transaction pooler) takes none.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 #[allow(dead_code)] // the fault tests use the rest
@@ -333,4 +333,36 @@ async fn a_node_killed_mid_delivery_leaves_the_webhook_to_another() {
         2,
         "nothing more after delivery"
     );
+}
+
+/// Advisory locks of the node session kind (`mailbridge_store::nodes`) in the cluster's
+/// database.
+async fn session_locks(c: &Cluster) -> i64 {
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(c.url())
+        .await
+        .unwrap();
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1835167332 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    n
+}
+
+/// Behind a pooler in transaction mode a session lock tells the other nodes nothing:
+/// `MAILBRIDGE_NODE_SESSION_LOCK=false` makes a node take none (then a dead node is left to
+/// its lease: the store's tests), while a node at the default takes its own.
+#[tokio::test]
+async fn a_node_set_to_hold_no_session_lock_takes_none() {
+    let c = Cluster::start(2, 0).await;
+    let (_pooled, _) = c.serve("pooled", &[("MAILBRIDGE_NODE_SESSION_LOCK", "false")]);
+    c.wait_for_shares(&[("pooled", 2)], Duration::from_secs(30))
+        .await;
+    assert_eq!(session_locks(&c).await, 0);
+    let (_direct, _) = c.serve("direct", &[]);
+    c.wait_for_shares(&[("pooled", 1), ("direct", 1)], Duration::from_secs(30))
+        .await;
+    assert_eq!(session_locks(&c).await, 1);
 }
