@@ -801,6 +801,42 @@ async fn refusing_list_and_search() -> (Scripted, ImapSession) {
     (server, s)
 }
 
+/// What the size search's fallback must not take for a refusal: an answer that is no IMAP
+/// response at all. async-imap's reader fails the stream on it (an I/O error, the bytes left
+/// unread), so the session is given up — going on to the sizes would read from a stream out
+/// of step. The error shows where, not what was read (it could be someone's mail).
+#[tokio::test]
+async fn imap_an_unreadable_answer_to_the_size_search_is_not_taken_for_a_refusal() {
+    let server = imap_answering("IMAP4rev1", |tag, words| match words {
+        ["UID", "SEARCH", ..] => Some(format!(
+            ")( not a response {}\r\n{tag} OK\r\n",
+            "x".repeat(100_000)
+        )),
+        ["UID", "FETCH", ..] => Some(format!("{tag} OK\r\n")),
+        _ => None,
+    })
+    .await;
+    let mut s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
+        .await
+        .unwrap();
+    let e = s.uid_sizes_above(&[1, 2, 3], 100).await.unwrap_err();
+    assert!(
+        !e.is_refusal() && matches!(e.kind, ErrorKind::Io(_)),
+        "{e:?}"
+    );
+    let said = e.to_string();
+    assert!(
+        said.contains("not an IMAP response") && said.len() < 300,
+        "{} bytes: {said:.400}",
+        said.len()
+    );
+    assert!(
+        !server.heard().iter().any(|line| line.contains("UID FETCH")),
+        "went on to the sizes: {:?}",
+        server.heard()
+    );
+}
+
 #[tokio::test]
 async fn imap_a_refused_list_is_an_error_not_a_server_without_folders() {
     let (_server, mut s) = refusing_list_and_search().await;

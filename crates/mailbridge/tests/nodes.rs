@@ -3,7 +3,8 @@
 //! within the lease time (its session died with it), with no message lost or stored twice
 //! and no email sent twice; a paused node keeps its mailboxes until its lease runs out and
 //! writes nothing after it resumes; an `email_router` mailbox is only ever worked by its
-//! group; a node set to hold no session lock (behind a transaction pooler) takes none.
+//! group; a node set to hold no session lock (behind a transaction pooler) takes none; a node
+//! logging everything (on SQLite) logs no password and no mail.
 #![allow(clippy::unwrap_used)] // a test that panics on an unexpected error fails clearly
 
 #[allow(dead_code)] // the fault tests use the rest
@@ -365,4 +366,26 @@ async fn a_node_set_to_hold_no_session_lock_takes_none() {
     c.wait_for_shares(&[("pooled", 1), ("direct", 1)], Duration::from_secs(30))
         .await;
     assert_eq!(session_locks(&c).await, 1);
+}
+
+/// Logs at their most detailed (`RUST_LOG=trace`, which reaches async-imap's own `log`
+/// records) still hold no mail password and no mail: what a node sends and reads is logged by
+/// its size, not its text.
+#[tokio::test]
+async fn a_node_logging_everything_logs_no_password_and_no_mail() {
+    let c = Cluster::start_on(None, 2, 0).await;
+    c.deliver(1, &c.mailboxes);
+    let (node, _) = c.serve("traced", &[("RUST_LOG", "trace")]);
+    c.wait_for_emails(&c.mailboxes, 1).await;
+    drop(node);
+    let logs = std::fs::read_to_string(c.log_path("traced")).unwrap();
+    assert!(
+        logs.contains("async_imap"),
+        "async-imap's records are not in the log: the test sees nothing"
+    );
+    assert!(
+        !logs.contains(cluster::PASSWORD),
+        "a mail password reached the log"
+    );
+    assert!(!logs.contains("Subject: round 1"), "mail reached the log");
 }

@@ -48,11 +48,9 @@ impl<R: Read + Write + Unpin> ImapStream<R> {
     }
 
     pub async fn encode(&mut self, msg: Request) -> Result<(), io::Error> {
-        log::trace!(
-            "encode: input: {:?}, {:?}",
-            msg.0,
-            std::str::from_utf8(&msg.1)
-        );
+        // Mailbridge: the command's size, not its text, which may be a password (`LOGIN`) or a
+        // bearer token (`AUTHENTICATE XOAUTH2` with its initial response).
+        log::trace!("encode: {:?}, {} bytes", msg.0, msg.1.len());
 
         // Mailbridge: the command goes out in one write. Written in four (tag, space, command,
         // CRLF), a TLS stream sealed and sent each as a record of its own: 6 records, syscalls
@@ -109,7 +107,8 @@ impl<R: Read + Write + Unpin> ImapStream<R> {
 
         let res = ResponseData::try_new_or_recover(block, |buf| {
             let buf = &buf[..self.buffer.used()];
-            log::trace!("decode: input: {:?}", std::str::from_utf8(buf));
+            // Mailbridge: how much, not what: the server's answers hold people's mail.
+            log::trace!("decode: {} bytes", buf.len());
             match imap_proto::Response::parse(buf) {
                 Ok((remaining, response)) => {
                     // TODO: figure out if we can use a minimum required size for a response.
@@ -129,11 +128,8 @@ impl<R: Read + Write + Unpin> ImapStream<R> {
                 }
                 Err(other) => {
                     self.decode_needs = 0;
-                    Err(Some(io::Error::other(format!(
-                        "{:?} during parsing of {:?}",
-                        other,
-                        String::from_utf8_lossy(buf)
-                    ))))
+                    // Mailbridge: a bounded message (see `unreadable`).
+                    Err(Some(unreadable(buf, &other)))
                 }
             }
         });
@@ -200,6 +196,26 @@ impl<R: Read + Write + Unpin> ImapStream<R> {
         }
     }
 }
+
+/// Mailbridge: the error for bytes that are no IMAP response — its first
+/// [`UNREADABLE_SHOWN`] bytes (enough to see `220 … ESMTP`: a port of another protocol) and
+/// where reading failed. The release put the whole buffer in the message twice (nom's input as
+/// numbers, then as text): in the middle of a download, megabytes of someone's mail in an
+/// error that is logged and kept as the mailbox's last error.
+fn unreadable(buf: &[u8], e: &nom::Err<nom::error::Error<&[u8]>>) -> io::Error {
+    let at = match e {
+        nom::Err::Error(e) | nom::Err::Failure(e) => buf.len().saturating_sub(e.input.len()),
+        nom::Err::Incomplete(_) => 0,
+    };
+    io::Error::other(format!(
+        "the server sent what is not an IMAP response (unreadable at byte {at} of {}): {:?}",
+        buf.len(),
+        String::from_utf8_lossy(&buf[..buf.len().min(UNREADABLE_SHOWN)])
+    ))
+}
+
+/// Mailbridge: how much of an unreadable answer an error shows.
+const UNREADABLE_SHOWN: usize = 48;
 
 /// Abstraction around needed buffer management.
 ///
@@ -512,6 +528,24 @@ mod tests {
 
         // IMAP stream should end even though underlying stream fails only once.
         assert!(imap_stream.next().await.is_none());
+    }
+
+    /// Mailbridge: bytes that are no response fail the stream with an error that says where,
+    /// and shows no more than `UNREADABLE_SHOWN` bytes of what was read.
+    #[cfg_attr(feature = "runtime-tokio", tokio::test)]
+    #[cfg_attr(feature = "runtime-async-std", async_std::test)]
+    async fn test_an_unreadable_answer_is_a_short_error() {
+        use futures_util::StreamExt;
+
+        let mut input = b"* OK ready\r\n)( no response ".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 100_000));
+        input.extend(b"\r\n");
+        let mut imap_stream = ImapStream::new(crate::mock_stream::MockStream::new(input));
+        assert!(imap_stream.next().await.unwrap().is_ok());
+        let e = imap_stream.next().await.unwrap().unwrap_err().to_string();
+        assert!(e.starts_with("the server sent what is not an IMAP response (unreadable at byte 0 of "), "{e}");
+        assert!(e.contains(")( no response xxx"), "{e}");
+        assert!(e.len() < 150, "{} bytes: {e}", e.len());
     }
 
     #[test]
