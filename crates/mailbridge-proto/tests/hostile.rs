@@ -804,7 +804,7 @@ async fn refusing_list_and_search() -> (Scripted, ImapSession) {
 /// What the size search's fallback must not take for a refusal: an answer that is no IMAP
 /// response at all. async-imap's reader fails the stream on it (an I/O error, the bytes left
 /// unread), so the session is given up — going on to the sizes would read from a stream out
-/// of step. The error shows where, not what was read (it could be someone's mail).
+/// of step. The error shows where, and of what was read only the answer's first line.
 #[tokio::test]
 async fn imap_an_unreadable_answer_to_the_size_search_is_not_taken_for_a_refusal() {
     let server = imap_answering("IMAP4rev1", |tag, words| match words {

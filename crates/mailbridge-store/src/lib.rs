@@ -410,6 +410,8 @@ impl Store {
 
     /// PostgreSQL: this process's nodes hold no session lock, and find no node dead by its
     /// session: a node that stops heartbeating keeps its mailboxes until its leases run out.
+    /// Their rows say so (`nodes.session_lock`), so nodes that do hold locks never take one
+    /// of them, late, for dead.
     /// For nodes that reach PostgreSQL through a pooler in transaction mode (PgBouncer), which
     /// lends each statement whichever server connection is free: a session lock there is
     /// held by a connection the pooler keeps, not by the node, so it tells the others nothing

@@ -50,8 +50,9 @@ pub struct Balance {
     /// The leases this node holds now.
     pub leases: Vec<Lease>,
     /// How soon the leases of another node of the group run out if it does not renew them
-    /// (on PostgreSQL, the soonest another node goes silent, when its leases end early if its
-    /// session is gone): a node that died is noticed then, not a whole renewal period later.
+    /// (on PostgreSQL with session locks, the soonest another node holding one goes silent,
+    /// when its leases end early if its session is gone): a node that died is noticed then,
+    /// not a whole renewal period later.
     /// `None` when no other node holds a live heartbeat.
     pub others_expire_in: Option<Duration>,
 }
@@ -216,14 +217,15 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO nodes (id, name, node_group, started_at, heartbeat_at, leases_until) \
-             VALUES ($1, $2, $3, $4, $4, $5)",
+            "INSERT INTO nodes (id, name, node_group, started_at, heartbeat_at, leases_until, \
+             session_lock) VALUES ($1, $2, $3, $4, $4, $5, $6)",
         )
         .bind(&id)
         .bind(name)
         .bind(group)
         .bind(now)
         .bind(now.saturating_add(ttl_ms(ttl)))
+        .bind(i64::from(self.node_session_locks))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -288,9 +290,10 @@ impl Store {
         let mut leases = held_leases(&mut tx, node, now).await?;
         let held = i64::try_from(leases.len()).unwrap_or(i64::MAX);
         // Other live nodes of the group, the soonest their leases run out, and the oldest
-        // heartbeat not yet silent past the limit.
+        // heartbeat not yet silent past the limit of those that hold a session lock.
         let (others, soonest, oldest_beat): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), MIN(leases_until), MIN(CASE WHEN heartbeat_at > $4 THEN heartbeat_at END) \
+            "SELECT COUNT(*), MIN(leases_until), \
+             MIN(CASE WHEN heartbeat_at > $4 AND session_lock = 1 THEN heartbeat_at END) \
              FROM nodes WHERE node_group = $1 AND id <> $2 \
              AND draining = 0 AND stopped_at IS NULL AND leases_until > $3",
         )
@@ -300,12 +303,13 @@ impl Store {
         .bind(silent_since)
         .fetch_one(&mut *tx)
         .await?;
-        let soonest = match self.backend {
-            Backend::Postgres => {
-                let silent_at = oldest_beat.map(|beat| beat + silence_limit_ms(ttl));
-                soonest.into_iter().chain(silent_at).min()
-            }
-            Backend::Sqlite => soonest,
+        // Only a node that judges others by their sessions has a use for the moment one goes
+        // silent.
+        let soonest = if self.backend == Backend::Postgres && self.node_session_locks {
+            let silent_at = oldest_beat.map(|beat| beat + silence_limit_ms(ttl));
+            soonest.into_iter().chain(silent_at).min()
+        } else {
+            soonest
         };
         let share = if draining != 0 {
             0
@@ -376,7 +380,8 @@ impl Store {
     }
 
     /// PostgreSQL: nodes silent past the limit whose session is gone died: their leases end
-    /// now, not a lease time after their last heartbeat. Only those that beat since this
+    /// now, not a lease time after their last heartbeat. Only nodes that hold a session lock
+    /// (`nodes.session_lock`: one set to hold none always looks gone), those that beat since this
     /// node's own session began (`since`), and only while that session still holds its lock:
     /// it lived on since, so the server did not restart (or fail over) in between, which
     /// would have ended their sessions too. A statement of its own, so survivors finding the
@@ -387,7 +392,7 @@ impl Store {
              UPDATE nodes SET leases_until = c.now FROM c WHERE nodes.id <> $1 \
              AND nodes.stopped_at IS NULL AND nodes.leases_until > c.now \
              AND nodes.heartbeat_at <= c.now - $2 AND nodes.heartbeat_at >= $3 \
-             AND NOT {} AND {}",
+             AND nodes.session_lock = 1 AND NOT {} AND {}",
             session_lock("nodes.id", None),
             session_lock("$1", None),
         )))

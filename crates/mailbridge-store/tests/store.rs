@@ -667,14 +667,16 @@ async fn a_node_refused_its_session_lock_finds_no_one_dead() {
     other.close().await.unwrap();
 }
 
-/// Nodes set to hold no session lock (behind a transaction pooler) take none, and find no
-/// node dead by its session: a node that dies keeps its mailboxes until its leases run out.
-/// The same steps with the locks take them over after a third of the lease time
-/// (`a_dead_node_is_told_from_a_late_one_by_its_session`).
+/// Nodes set to hold no session lock (behind a transaction pooler) take none, and one that
+/// dies keeps its mailboxes until its leases run out — for the others without locks, which
+/// judge no one by them, and for one with a lock, which would otherwise take the lock-less
+/// node for dead after a third of the lease time (as in
+/// `a_dead_node_is_told_from_a_late_one_by_its_session`) and so has no use for that moment.
 async fn without_session_locks_a_dead_node_is_left_to_its_lease() {
     use std::time::{Duration, Instant};
     let db = Db::new(TestDatabase::Postgres).await;
-    let (dead_store, store) = (
+    let locked = db.open(Keyring::generate()).await;
+    let (lockless, dead_store) = (
         db.open(Keyring::generate())
             .await
             .without_node_session_locks(),
@@ -682,19 +684,34 @@ async fn without_session_locks_a_dead_node_is_left_to_its_lease() {
             .await
             .without_node_session_locks(),
     );
-    enabled_mailboxes(&store, 4).await;
+    enabled_mailboxes(&locked, 6).await;
     let ttl = Duration::from_secs(6);
-    let node = store.register_node("survivor", "cloud", ttl).await.unwrap();
-    let dead = dead_store
-        .register_node("dead", "cloud", ttl)
-        .await
-        .unwrap();
-    // The survivor's first round comes before the other's last heartbeat: with session locks
-    // it would judge that node.
-    assert_eq!(balance(&store, &node, ttl).await.len(), 2);
-    let its = balance(&dead_store, &dead, ttl).await;
+    let mut nodes = Vec::new();
+    for (store, name) in [
+        (&locked, "locked"),
+        (&lockless, "lockless"),
+        (&dead_store, "dead"),
+    ] {
+        nodes.push(store.register_node(name, "cloud", ttl).await.unwrap());
+    }
+    // The locked node's session begins before the other two's last heartbeats: it would
+    // judge them.
+    let mut held = Vec::new();
+    for (store, node) in [&locked, &lockless, &dead_store].into_iter().zip(&nodes) {
+        held.push(balance(store, node, ttl).await);
+    }
     let last_beat = Instant::now();
-    assert_eq!(its.len(), 2);
+    assert_eq!(held.iter().map(|h| h.len()).collect::<Vec<_>>(), [2, 2, 2]);
+    let soon = locked
+        .balance_leases(&nodes[0], "cloud", ttl)
+        .await
+        .unwrap()
+        .others_expire_in
+        .unwrap();
+    assert!(
+        soon > ttl / 2,
+        "looks again when a lock-less node goes silent: {soon:?}"
+    );
     let mut look = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
         .await
         .unwrap();
@@ -706,23 +723,29 @@ async fn without_session_locks_a_dead_node_is_left_to_its_lease() {
     .fetch_one(&mut look)
     .await
     .unwrap();
-    assert_eq!(locks, 0, "a node took a session lock");
+    assert_eq!(locks, 1, "only the locked node holds a session lock");
     dead_store.close().await;
     tokio::time::sleep((last_beat + ttl / 3 + Duration::from_millis(300)) - Instant::now()).await;
-    let mine = balance(&store, &node, ttl).await;
+    let now = [
+        balance(&locked, &nodes[0], ttl).await,
+        balance(&lockless, &nodes[1], ttl).await,
+    ];
     assert!(
         last_beat.elapsed() < ttl * 3 / 4,
         "{:?}",
         last_beat.elapsed()
     );
     assert_eq!(
-        mine.len(),
-        2,
+        now,
+        [held[0].clone(), held[1].clone()],
         "took a silent node's mailboxes before its leases ran out"
     );
-    assert!(mine.is_disjoint(&its));
     tokio::time::sleep((last_beat + ttl + Duration::from_millis(300)) - Instant::now()).await;
-    assert_eq!(balance(&store, &node, ttl).await.len(), 4);
+    let after = [
+        balance(&locked, &nodes[0], ttl).await,
+        balance(&lockless, &nodes[1], ttl).await,
+    ];
+    assert_eq!(after[0].len() + after[1].len(), 6, "{after:?}");
 }
 
 /// An email to queue, told apart by `n`.

@@ -28,8 +28,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Round by round, `other`'s rate against `base`'s (`base`'s time over `other`'s): their
-/// median, least and greatest. A round reads the two one after the other, so this ratio feels
-/// less of this machine's drift between rounds than the ratio of the medians does.
+/// median, least and greatest. A round reads the two within seconds of each other, so this
+/// ratio feels less of this machine's drift between rounds than the ratio of the medians.
 fn per_round(base: &[Read], other: &[Read]) -> String {
     let mut ratios: Vec<f64> = base
         .iter()

@@ -197,9 +197,10 @@ impl<R: Read + Write + Unpin> ImapStream<R> {
     }
 }
 
-/// Mailbridge: the error for bytes that are no IMAP response — its first
-/// [`UNREADABLE_SHOWN`] bytes (enough to see `220 … ESMTP`: a port of another protocol) and
-/// where reading failed. The release put the whole buffer in the message twice (nom's input as
+/// Mailbridge: the error for bytes that are no IMAP response — where reading failed, and the
+/// start of the answer: its first line, at most [`UNREADABLE_SHOWN`] bytes (enough to see
+/// `220 … ESMTP`: a port of another protocol; a message's text comes only after a line that
+/// announces it). The release put the whole buffer in the message twice (nom's input as
 /// numbers, then as text): in the middle of a download, megabytes of someone's mail in an
 /// error that is logged and kept as the mailbox's last error.
 fn unreadable(buf: &[u8], e: &nom::Err<nom::error::Error<&[u8]>>) -> io::Error {
@@ -207,10 +208,15 @@ fn unreadable(buf: &[u8], e: &nom::Err<nom::error::Error<&[u8]>>) -> io::Error {
         nom::Err::Error(e) | nom::Err::Failure(e) => buf.len().saturating_sub(e.input.len()),
         nom::Err::Incomplete(_) => 0,
     };
+    let line = buf
+        .iter()
+        .take(UNREADABLE_SHOWN)
+        .position(|b| *b == b'\r' || *b == b'\n')
+        .unwrap_or(buf.len().min(UNREADABLE_SHOWN));
     io::Error::other(format!(
         "the server sent what is not an IMAP response (unreadable at byte {at} of {}): {:?}",
         buf.len(),
-        String::from_utf8_lossy(&buf[..buf.len().min(UNREADABLE_SHOWN)])
+        String::from_utf8_lossy(&buf[..line])
     ))
 }
 
@@ -546,6 +552,12 @@ mod tests {
         assert!(e.starts_with("the server sent what is not an IMAP response (unreadable at byte 0 of "), "{e}");
         assert!(e.contains(")( no response xxx"), "{e}");
         assert!(e.len() < 150, "{} bytes: {e}", e.len());
+
+        // A literal's text (a message) comes after the line announcing it: never shown.
+        let input = b"* 1 FETCH (UID 7 BODY[] {20}\r\nSubject: private\r\n\r\n ) ( \r\n".to_vec();
+        let mut imap_stream = ImapStream::new(crate::mock_stream::MockStream::new(input));
+        let e = imap_stream.next().await.unwrap().unwrap_err().to_string();
+        assert!(e.ends_with(": \"* 1 FETCH (UID 7 BODY[] {20}\""), "{e}");
     }
 
     #[test]
