@@ -140,6 +140,16 @@ impl MailWorld {
         p["id"].as_str().unwrap().to_owned()
     }
 
+    /// The tokens stored for a signed-in mailbox.
+    pub async fn stored_tokens(&self, mailbox: &str) -> mailbridge_store::StoredTokens {
+        self.app
+            .store
+            .mailbox_tokens(mailbox.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     /// An IMAPS session for a signed-in mailbox, with its stored token.
     pub async fn imap_session(&self, mailbox: &str) -> mailbridge_proto::imap::ImapSession {
         self.imap_session_via(mailbox, self.dovecot.ports.imaps)
@@ -153,13 +163,7 @@ impl MailWorld {
         port: u16,
     ) -> mailbridge_proto::imap::ImapSession {
         use mailbridge_proto::{Credentials, Endpoint, Security, TlsSettings};
-        let tokens = self
-            .app
-            .store
-            .mailbox_tokens(mailbox.parse().unwrap())
-            .await
-            .unwrap()
-            .unwrap();
+        let tokens = self.stored_tokens(mailbox).await;
         let creds = Credentials::OAuth {
             user: tokens.account_email,
             token: tokens.access_token,
