@@ -1096,22 +1096,29 @@ impl async_imap::Authenticator for SaslExchange {
     }
 }
 
-/// async-imap reports a tagged NO as `code: Some(..), info: Some("words")` (after login) or
-/// `outcome: Outcome { code: .., information: Some("words") }` (on a selected folder); the
-/// server's own words are the quoted part.
+/// async-imap reports a tagged NO or BAD as `code: Some(..), info: Some("words")` (after
+/// login) or `outcome: Outcome { code: .., information: Some("words") }` (on a selected
+/// folder); the server's own words are the quoted part. At most [`MAX_WORDS`] characters of
+/// them: an error is logged and kept as the mailbox's last error, and a server's line may be
+/// 64 KiB.
 pub(crate) fn server_words(raw: String) -> String {
-    let Some((start, marker)) = ["information: Some(\"", "info: Some(\""]
+    let words = ["information: Some(\"", "info: Some(\""]
         .iter()
         .find_map(|m| raw.find(m).map(|at| (at, *m)))
-    else {
-        return raw;
-    };
-    let rest = &raw[start + marker.len()..];
-    match rest.rfind("\")") {
-        Some(end) => rest[..end].replace("\\\"", "\""),
-        None => raw,
+        .and_then(|(start, marker)| {
+            let rest = &raw[start + marker.len()..];
+            rest.rfind("\")")
+                .map(|end| rest[..end].replace("\\\"", "\""))
+        })
+        .unwrap_or(raw);
+    match words.char_indices().nth(MAX_WORDS) {
+        Some((cut, _)) => format!("{}…", &words[..cut]),
+        None => words,
     }
 }
+
+/// How much of a server's words an error keeps.
+const MAX_WORDS: usize = 300;
 
 pub(crate) fn imap_error(
     endpoint: &Endpoint,
@@ -1135,7 +1142,7 @@ pub(crate) fn imap_error(
                 .any(|code| words.contains(code)),
             words,
         },
-        ImapError::Bad(words) => ErrorKind::Protocol(format!("BAD {words}")),
+        ImapError::Bad(words) => ErrorKind::Protocol(format!("BAD {}", server_words(words))),
         ImapError::Io(e) => ErrorKind::Io(e.to_string()),
         ImapError::ConnectionLost => ErrorKind::Io("the server closed the connection".into()),
         other => ErrorKind::Protocol(other.to_string()),
@@ -1222,6 +1229,11 @@ mod tests {
             "[SERVERBUG] Internal error occurred."
         );
         assert_eq!(server_words("plain words".to_owned()), "plain words");
+        // A server's words are kept to 300 characters (whole ones).
+        let long = format!("code: None, info: Some(\"{}\")", "é".repeat(70_000));
+        let kept = server_words(long);
+        assert_eq!(kept.chars().count(), 301, "{kept}");
+        assert!(kept.starts_with("éé") && kept.ends_with('…'));
     }
 
     /// Gives one byte per read, as a link that drips.

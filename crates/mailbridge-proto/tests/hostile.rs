@@ -853,6 +853,8 @@ async fn imap_a_refused_search_for_new_mail_is_an_error_not_no_new_mail() {
     // position past the mail.
     let e = s.uids_from(1, None).await.unwrap_err();
     assert!(matches!(e.kind, ErrorKind::Protocol(_)), "{e:?}");
+    // In the server's words, not async-imap's wrapping of them.
+    assert!(e.to_string().ends_with("(BAD unknown search key)"), "{e}");
     s.logout().await;
 }
 
