@@ -1173,7 +1173,7 @@ async fn command(
             return Err(conn.error(
                 step,
                 ErrorKind::Rejected {
-                    words: rest.to_owned(),
+                    words: server_words(rest.trim().to_owned()),
                     transient: false,
                 },
             ));
@@ -1183,8 +1183,17 @@ async fn command(
     }
 }
 
+/// Before the login, as after it (`ImapSession::fetch_capabilities`), a refused CAPABILITY
+/// fails the connection for now: tried again later, never a session without them.
 async fn capability(conn: &mut LineConn) -> Result<Vec<String>, ProtoError> {
-    let lines = command(conn, "m0 CAPABILITY", "m0 ", "read capabilities").await?;
+    let lines = command(conn, "m0 CAPABILITY", "m0 ", "read capabilities")
+        .await
+        .map_err(|mut e| {
+            if let ErrorKind::Rejected { transient, .. } = &mut e.kind {
+                *transient = true;
+            }
+            e
+        })?;
     Ok(lines
         .iter()
         .filter_map(|l| l.strip_prefix("* CAPABILITY "))

@@ -647,6 +647,29 @@ async fn imap_capabilities_refused_or_cut_off_after_the_login_fail_it_for_now() 
     }
 }
 
+#[tokio::test]
+async fn imap_capabilities_refused_before_the_login_fail_it_for_now() {
+    let server = Scripted::start(|mut peer| async move {
+        // No capabilities in the greeting: the client asks with CAPABILITY.
+        peer.say("* OK ready\r\n").await;
+        peer.hear().await; // m0 CAPABILITY
+        peer.say("m0 NO not now\r\n").await;
+        peer.hear().await;
+        0
+    })
+    .await;
+    let Err(e) = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password()).await
+    else {
+        panic!("logged in without the server's capabilities");
+    };
+    assert!(
+        e.to_string()
+            .ends_with("cannot read capabilities: the server answered: NO not now"),
+        "{e}"
+    );
+    assert!(e.is_transient(), "tried again later: {e}");
+}
+
 /// An IMAP server offering `capabilities` (with AUTH=PLAIN) that accepts the login, answers
 /// IDLE and DONE, and each other command as `answer` says (given the tag and the command's
 /// words after it), `OK` when it says nothing.
