@@ -417,6 +417,12 @@ impl Store {
     /// held by a connection the pooler keeps, not by the node, so it tells the others nothing
     /// (`node_session_lock = false` in the service's configuration).
     pub fn without_node_session_locks(mut self) -> Self {
+        // It means nothing on SQLite, where one process is the only node.
+        if self.backend == Backend::Postgres {
+            tracing::info!(
+                "node_session_lock is off: a dead node's mailboxes move to the others when its leases run out"
+            );
+        }
         self.node_session_locks = false;
         self
     }

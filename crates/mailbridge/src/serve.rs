@@ -20,12 +20,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = if config.node_session_lock {
         store
     } else {
-        // It means nothing on SQLite, where one process is the only node.
-        if !config.database_url.starts_with("sqlite:") {
-            tracing::info!(
-                "node_session_lock is off: a dead node's mailboxes move to the others when its leases run out"
-            );
-        }
         store.without_node_session_locks()
     };
     let listener = TcpListener::bind(config.listen)
