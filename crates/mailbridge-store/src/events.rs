@@ -20,8 +20,9 @@ use crate::{Backend, Result, Store, StoreError, time_from_ms, values_list};
 
 /// `pg_advisory_xact_lock` key of the event log ("MBEV").
 const EVENT_LOCK: i64 = 0x4D42_4556;
-/// Rows per multi-row INSERT of events (7 parameters each).
-const ROWS_PER_INSERT: usize = 64;
+/// Rows per multi-row INSERT of events (7 parameters each): a sync batch's in one statement
+/// (see `emails::ROWS_PER_INSERT`).
+const ROWS_PER_INSERT: usize = 256;
 
 /// An event to append.
 #[derive(Debug, Clone)]
