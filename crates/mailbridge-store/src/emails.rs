@@ -13,7 +13,10 @@ use crate::events::{EmailSummary, append, email_event};
 use crate::folders::{FolderPosition, PassProgress};
 use crate::nodes::{Fence, check_fence};
 pub use crate::raw::RawMessage;
-use crate::{Backend, Result, Store, StoreError, raw, time_from_ms, values_list};
+use crate::{
+    Backend, ROWS_PER_INSERT, Result, Store, StoreError, keeps_prepared, raw, time_from_ms,
+    values_list,
+};
 
 /// A message to store, as read from the server.
 #[derive(Debug, Clone)]
@@ -611,12 +614,6 @@ fn lookup_sql(backend: Backend, select: &str, column: &str, scoped: bool, keys: 
 const EMAIL_COLUMNS: usize = 31;
 /// Columns bound per inserted attachment.
 const ATTACHMENT_COLUMNS: usize = 5;
-/// Rows per multi-row INSERT: a sync batch (250) in one statement. Each statement is a round
-/// trip to the database (to SQLite's own thread, which a first sync's other stages keep
-/// waiting for a core): at 32 rows a statement (and events at 64), a first sync took about a
-/// tenth longer. 256 × 31 parameters stays below every bind limit (SQLite's 32,766,
-/// PostgreSQL's 65,535).
-const ROWS_PER_INSERT: usize = 256;
 /// Values per `IN (…)` list.
 pub(crate) const IN_LIST: usize = 500;
 
@@ -673,7 +670,8 @@ pub(crate) async fn insert_emails(
              created_at, status, idempotency_key, next_attempt_at, gmail_thread_id, tracking_token, stored_by, truncated, flags) VALUES {} \
              ON CONFLICT DO NOTHING RETURNING id",
             values_list(backend, chunk.len(), EMAIL_COLUMNS)
-        )));
+        )))
+        .persistent(keeps_prepared(chunk.len()));
         for (k, &i) in chunk.iter().enumerate() {
             let n = chunk_no * ROWS_PER_INSERT + k;
             let size = i64::try_from(
@@ -738,7 +736,8 @@ pub(crate) async fn insert_emails(
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO attachments (id, email_id, filename, content_type, size) VALUES {}",
             values_list(backend, chunk.len(), ATTACHMENT_COLUMNS)
-        )));
+        )))
+        .persistent(keeps_prepared(chunk.len()));
         for (email_id, a) in chunk {
             q = q
                 .bind(uuid::Uuid::now_v7().to_string())

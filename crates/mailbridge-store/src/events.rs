@@ -16,13 +16,14 @@ use chrono::{DateTime, Utc};
 use mailbridge_core::{EventType, MailboxId, UserId};
 use sqlx::AnyConnection;
 
-use crate::{Backend, Result, Store, StoreError, time_from_ms, values_list};
+use crate::{
+    Backend, ROWS_PER_INSERT, Result, Store, StoreError, keeps_prepared, time_from_ms, values_list,
+};
 
 /// `pg_advisory_xact_lock` key of the event log ("MBEV").
 const EVENT_LOCK: i64 = 0x4D42_4556;
-/// Rows per multi-row INSERT of events (7 parameters each): a sync batch's in one statement
-/// (see `emails::ROWS_PER_INSERT`).
-const ROWS_PER_INSERT: usize = 256;
+/// Parameters bound per appended event.
+const EVENT_PARAMETERS: usize = 6;
 
 /// An event to append.
 #[derive(Debug, Clone)]
@@ -134,8 +135,9 @@ pub(crate) async fn append(
     for chunk in events.chunks(ROWS_PER_INSERT) {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO events (id, type, mailbox_id, owner_user_id, created_at, data) VALUES {}",
-            values_list(backend, chunk.len(), 6)
-        )));
+            values_list(backend, chunk.len(), EVENT_PARAMETERS)
+        )))
+        .persistent(keeps_prepared(chunk.len()));
         for e in chunk {
             q = q
                 .bind(uuid::Uuid::now_v7().to_string())

@@ -71,6 +71,7 @@ on_both_backends!(
     a_mailbox_queues_within_its_limits_and_a_reused_key_must_match,
     a_webhook_failing_for_five_days_is_disabled_and_a_success_ends_the_run,
     a_node_back_from_a_pause_keeps_what_nobody_took,
+    a_batch_larger_than_one_insert_is_stored_whole_with_its_attachments_and_events,
 );
 
 // Several nodes share one database only on PostgreSQL (SQLite is embedded in one process:
@@ -1096,6 +1097,81 @@ fn all_events() -> mailbridge_store::EventQuery {
         limit: 10_000,
         ..Default::default()
     }
+}
+
+/// A batch of more rows than one INSERT takes (the sync's are never larger, but the store takes
+/// any): every email, attachment and event is written once, in order, and a replay of it
+/// writes none.
+async fn a_batch_larger_than_one_insert_is_stored_whole_with_its_attachments_and_events(
+    kind: TestDatabase,
+) {
+    let db = Db::new(kind).await;
+    let store = db.open(Keyring::generate()).await;
+    let mailbox = enabled_mailboxes(&store, 1).await[0];
+    let n = mailbridge_store::ROWS_PER_INSERT + 60;
+    let with_attachments = || {
+        let mut batch = batch_of("big", n, None);
+        for (i, e) in batch.emails.iter_mut().enumerate() {
+            e.parsed.attachments = vec![mailbridge_core::message::ParsedAttachment {
+                filename: Some(format!("file-{i}.txt")),
+                content_type: "text/plain".into(),
+                size: i,
+            }];
+        }
+        batch
+    };
+    // Saves the batch: how many it stored, and the events appended by it.
+    let save = || async {
+        let before = store.read_events(&all_events()).await.unwrap().next;
+        let stored = store
+            .save_sync_batch(mailbox, with_attachments())
+            .await
+            .unwrap();
+        assert_eq!(store.count_emails(mailbox).await.unwrap(), n as i64);
+        let query = mailbridge_store::EventQuery {
+            after: before,
+            ..all_events()
+        };
+        (stored, store.read_events(&query).await.unwrap().events)
+    };
+    let (stored, events) = save().await;
+    assert_eq!(stored, n);
+    let received: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "email.received")
+        .collect();
+    let subjects: Vec<String> = received
+        .iter()
+        .map(|e| {
+            e.data["email"]["subject"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = (0..n).map(|i| format!("big {i}")).collect();
+    assert_eq!(
+        subjects, expected,
+        "one event per email, in the batch's order"
+    );
+    for e in [received[0], received[n - 1]] {
+        let id = e.data["email"]["id"].as_str().unwrap();
+        let email = store.get_email(id).await.unwrap();
+        let i: usize = email.subject.as_deref().unwrap()[4..].parse().unwrap();
+        assert_eq!(email.attachments.len(), 1, "{id}");
+        assert_eq!(
+            email.attachments[0].filename.as_deref(),
+            Some(format!("file-{i}.txt").as_str())
+        );
+        assert_eq!(email.attachments[0].size, i as i64);
+    }
+    // Replayed after a crash: nothing new, nothing said.
+    let (stored, again) = save().await;
+    assert_eq!(stored, 0);
+    assert!(
+        again.iter().all(|e| e.kind != "email.received"),
+        "{again:?}"
+    );
 }
 
 async fn a_refused_batch_leaves_no_event_and_a_stored_one_exactly_its_own(kind: TestDatabase) {

@@ -7,8 +7,9 @@ pub mod pop3;
 mod track;
 
 /// Messages fetched and committed per batch: big enough to amortize round trips and commits,
-/// small enough that a crash or a cut connection repeats little.
-pub(crate) const BATCH_SIZE: usize = 250;
+/// small enough that a crash or a cut connection repeats little. The store writes a full one
+/// in one INSERT, kept prepared, so the two are one number.
+pub(crate) const BATCH_SIZE: usize = mailbridge_store::ROWS_PER_INSERT;
 
 /// What one sync pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
