@@ -614,6 +614,8 @@ fn lookup_sql(backend: Backend, select: &str, column: &str, scoped: bool, keys: 
 const EMAIL_COLUMNS: usize = 31;
 /// Columns bound per inserted attachment.
 const ATTACHMENT_COLUMNS: usize = 5;
+const _: () = assert!(ROWS_PER_INSERT * EMAIL_COLUMNS <= crate::MAX_PARAMETERS);
+const _: () = assert!(ROWS_PER_INSERT * ATTACHMENT_COLUMNS <= crate::MAX_PARAMETERS);
 /// Values per `IN (…)` list.
 pub(crate) const IN_LIST: usize = 500;
 

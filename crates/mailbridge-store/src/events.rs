@@ -24,6 +24,7 @@ use crate::{
 const EVENT_LOCK: i64 = 0x4D42_4556;
 /// Parameters bound per appended event.
 const EVENT_PARAMETERS: usize = 6;
+const _: () = assert!(ROWS_PER_INSERT * EVENT_PARAMETERS <= crate::MAX_PARAMETERS);
 
 /// An event to append.
 #[derive(Debug, Clone)]

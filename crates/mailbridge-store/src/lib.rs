@@ -630,9 +630,17 @@ pub fn redact_url(url: &str) -> String {
 /// batch (the sync's `BATCH_SIZE`) in one statement. Each statement is a round trip to the
 /// database (to SQLite's own thread, which a first sync's other stages keep waiting for a
 /// core): at 32 emails and 64 events a statement the corpus's first sync took a fifth longer
-/// (`bench/first-sync`, 0.46 against 0.38 s). 250 × 31 parameters stays below SQLite's limit
-/// (32,766 in the bundled build) and PostgreSQL's (65,535).
+/// (`bench/first-sync`, 0.46 against 0.38 s). A statement's parameters must stay within
+/// [`MAX_PARAMETERS`] (each table's INSERT checks it where it counts its columns).
 pub const ROWS_PER_INSERT: usize = 250;
+
+/// The most parameters one statement may bind on both backends: SQLite's limit in the bundled
+/// build (PostgreSQL's is 65,535).
+pub(crate) const MAX_PARAMETERS: usize = 32_766;
+
+/// Multi-row INSERTs of up to this many rows stay prepared whatever their length: as many
+/// shapes as the store kept before a batch was one statement (see [`keeps_prepared`]).
+const SMALL_INSERT_ROWS: usize = 32;
 
 /// Whether a multi-row INSERT of `rows` rows stays prepared in the connection's statement
 /// cache (sqlx keeps up to 100, one per distinct SQL text): a full one, which every full
@@ -641,7 +649,7 @@ pub const ROWS_PER_INSERT: usize = 250;
 /// bytes come in every length, and kept, those would fill the cache with up to 70 MB for
 /// statements seldom run again; they are prepared for their one use instead.
 pub(crate) fn keeps_prepared(rows: usize) -> bool {
-    rows == ROWS_PER_INSERT || rows <= 32
+    rows == ROWS_PER_INSERT || rows <= SMALL_INSERT_ROWS
 }
 
 /// `(…), (…)`: the VALUES of a multi-row INSERT of `rows` rows of `columns` parameters.
