@@ -241,7 +241,7 @@ impl Store {
     pub async fn save_sync_batch(&self, mailbox: MailboxId, mut batch: SyncBatch) -> Result<usize> {
         let now = self.now_ms();
         let mid = mailbox.to_string();
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_batch_write().await?;
         if let Some(fence) = &batch.fence {
             check_fence(&mut tx, self.backend, &mid, fence, now).await?;
         }
@@ -264,20 +264,11 @@ impl Store {
         for id in &moved {
             events.extend(email_event(&mut tx, EventType::EmailUpdated, id).await?);
         }
-        // Whose mail it is (for the events) and whether this pass ends a run of failures, in
-        // one read: the statements of a batch are round trips on PostgreSQL. Read, then
-        // cleared by the UPDATE below: only the worker holding the lease writes
-        // `failing_since` (`record_sync_error` is fenced as this batch is).
-        let mailbox_row: Option<(String, Option<i64>)> =
-            sqlx::query_as("SELECT owner_user_id, failing_since FROM mailboxes WHERE id = $1")
-                .bind(&mid)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let failing_since = mailbox_row.as_ref().and_then(|(_, since)| *since);
+        let (owner, ended_failures) = record_pass(&mut tx, &mid, inserted.len(), now).await?;
         events.extend(if inserted.is_empty() {
             Vec::new()
         } else {
-            let (owner, _) = mailbox_row.ok_or_else(|| StoreError::NotFound {
+            let owner = owner.ok_or_else(|| StoreError::NotFound {
                 kind: "mailbox",
                 id: mid.clone(),
             })?;
@@ -320,16 +311,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
-            "UPDATE mailboxes SET items_processed = items_processed + $1, last_sync_at = $2, \
-             last_sync_error = NULL, paused_until = NULL, failing_since = NULL WHERE id = $3",
-        )
-        .bind(i64::try_from(inserted.len()).unwrap_or(i64::MAX))
-        .bind(now)
-        .bind(&mid)
-        .execute(&mut *tx)
-        .await?;
-        if failing_since.is_some() {
+        if ended_failures {
             crate::health::resolve_outage_if_over(&mut tx, &mid, now).await?;
         }
         append(&mut tx, self.backend, now, &events).await?;
@@ -569,6 +551,46 @@ impl Store {
     }
 }
 
+/// Records a sync pass that stored `stored` emails on the mailbox (and ends any run of
+/// failures). Returns whose mail it is (for the events; `None` if the mailbox is gone) and
+/// whether the pass ended a run of failures. Usually one statement — a batch's statements
+/// are round trips on PostgreSQL; after failures, the run's start is read first (only the
+/// worker holding the lease writes `failing_since`: `record_sync_error` is fenced as the
+/// batch is).
+async fn record_pass(
+    tx: &mut AnyConnection,
+    mailbox: &str,
+    stored: usize,
+    now: i64,
+) -> Result<(Option<String>, bool)> {
+    let update = |condition: &str| {
+        sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(format!(
+            "UPDATE mailboxes SET items_processed = items_processed + $1, last_sync_at = $2, \
+             last_sync_error = NULL, paused_until = NULL, failing_since = NULL \
+             WHERE id = $3{condition} RETURNING owner_user_id"
+        )))
+        .bind(i64::try_from(stored).unwrap_or(i64::MAX))
+        .bind(now)
+        .bind(mailbox.to_owned())
+    };
+    if let Some((owner,)) = update(" AND failing_since IS NULL")
+        .fetch_optional(&mut *tx)
+        .await?
+    {
+        return Ok((Some(owner), false));
+    }
+    let failing: Option<(Option<i64>,)> =
+        sqlx::query_as("SELECT failing_since FROM mailboxes WHERE id = $1")
+            .bind(mailbox)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let owner = update("").fetch_optional(&mut *tx).await?;
+    Ok((
+        owner.map(|(o,)| o),
+        failing.is_some_and(|(since,)| since.is_some()),
+    ))
+}
+
 // Queries that must find their (partial) index; `tests` checks their plans on SQLite.
 
 /// Whether outgoing mail has the token `$1` or one of the `ids` message ids (`$2`…).
@@ -608,6 +630,42 @@ fn lookup_sql(backend: Backend, select: &str, column: &str, scoped: bool, keys: 
             list.join("), (")
         ),
     }
+}
+
+/// [`lookup_sql`] for `keys` (in `mailbox` only, when given), bound. The statement takes a
+/// few sizes only — the keys' count rounded up to a power of two (at least 8, at most
+/// [`IN_LIST`]), the rest bound as NULL, which matches no row: each size is one prepared
+/// statement with its cached plan. A statement per count would be parsed and planned anew by
+/// almost every batch (their related ids come in every count) and, up to sqlx's 100 a
+/// connection, would push the batch's INSERTs out of the cache.
+fn lookup_query<'q, O>(
+    backend: Backend,
+    select: &str,
+    column: &str,
+    mailbox: Option<&str>,
+    keys: &[impl AsRef<str>],
+) -> sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments>
+where
+    O: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
+{
+    let size = keys.len().next_power_of_two().clamp(8, IN_LIST);
+    let mut q = sqlx::query_as(sqlx::AssertSqlSafe(lookup_sql(
+        backend,
+        select,
+        column,
+        mailbox.is_some(),
+        size,
+    )));
+    if let Some(m) = mailbox {
+        q = q.bind(m.to_owned());
+    }
+    for key in keys {
+        q = q.bind(Some(key.as_ref().to_owned()));
+    }
+    for _ in keys.len()..size {
+        q = q.bind(None::<String>);
+    }
+    q
 }
 
 /// Columns bound per inserted email.
@@ -855,17 +913,13 @@ async fn adopt_renumbered(
     // By the content index alone (an equality every planner uses); the key test is done here.
     let mut candidates: HashMap<String, Vec<(String, String)>> = HashMap::new();
     for chunk in wanted.chunks(IN_LIST) {
-        let mut q = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(lookup_sql(
+        let q = lookup_query(
             backend,
             "id, remote_key, content_sha256",
             "content_sha256",
-            true,
-            chunk.len(),
-        )))
-        .bind(mailbox.to_owned());
-        for h in chunk {
-            q = q.bind((*h).clone());
-        }
+            Some(mailbox),
+            chunk,
+        );
         for (id, key, hash) in q.fetch_all(&mut *tx).await? {
             candidates.entry(hash).or_default().push((id, key));
         }
@@ -1011,19 +1065,13 @@ async fn lookup(
 ) -> Result<HashMap<String, String>> {
     let mut known = HashMap::new();
     for chunk in keys.chunks(IN_LIST) {
-        let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(lookup_sql(
+        let q = lookup_query(
             backend,
             &format!("{column}, conversation_id"),
             column,
-            mailbox.is_some(),
-            chunk.len(),
-        )));
-        if let Some(m) = mailbox {
-            q = q.bind(m.to_owned());
-        }
-        for key in chunk {
-            q = q.bind(key.clone());
-        }
+            mailbox,
+            chunk,
+        );
         for (key, conversation) in q.fetch_all(&mut *tx).await? {
             known.entry(key).or_insert(conversation);
         }

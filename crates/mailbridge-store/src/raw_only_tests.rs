@@ -186,3 +186,84 @@ async fn mail_stored_before_the_raw_only_migration_reads_the_same_after_it() {
         store.close().await;
     }
 }
+
+/// A message of `len` bytes that zstd cannot shrink much (base64 of a pseudo-random stream).
+fn noisy_message(tag: &str, len: usize) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let noise: Vec<u8> = (0..len * 3 / 4)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect();
+    let body = base64::engine::general_purpose::STANDARD.encode(noise);
+    format!("Message-ID: <{tag}@example.com>\r\nSubject: {tag}\r\n\r\n{body}\r\n").into_bytes()
+}
+
+/// On PostgreSQL a raw message (compressed) up to about a page stays in its row (migration
+/// 0029): before, any over 2 KB went to the TOAST table, a row and an index entry of their own
+/// there — about a tenth of the server's CPU in `bench/first-sync`. Larger ones still go there,
+/// and a database made before 0029 reads what it held, and stores new mail the new way.
+#[tokio::test]
+async fn on_postgres_raw_messages_up_to_a_page_stay_in_their_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::tests::before_migration(TestDatabase::Postgres, dir.path(), "0029").await;
+    let mailbox = mailbox(&store).await;
+    let (toast,): (String,) = sqlx::query_as(
+        "SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'emails'",
+    )
+    .fetch_one(&store.pool)
+    .await
+    .unwrap();
+    let toast_rows = || async {
+        let (n,): (i64,) =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {toast}")))
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        n
+    };
+    let save = |tag: &'static str, len: usize| {
+        let raw = noisy_message(tag, len);
+        let batch = SyncBatch {
+            emails: vec![NewEmail {
+                remote_key: format!("imap/INBOX/1/{tag}"),
+                folder: Some("INBOX".to_owned()),
+                uid: None,
+                gmail_labels: Vec::new(),
+                gmail_thread_id: None,
+                tracking_token: None,
+                parsed: parse::parse(&raw),
+                raw: RawMessage::new(raw.clone()),
+                truncated_from: None,
+                flags: None,
+                sent_by_owner: false,
+                renumbered_from: None,
+            }],
+            ..SyncBatch::default()
+        };
+        let store = &store;
+        async move {
+            assert_eq!(store.save_sync_batch(mailbox.id, batch).await.unwrap(), 1);
+            let id = store.recent_emails(mailbox.id, 1).await.unwrap()[0]
+                .id
+                .clone();
+            (id, raw)
+        }
+    };
+    let before = save("before", 6000).await;
+    let toasted_before = toast_rows().await;
+    assert!(toasted_before > 0, "6 KB went to TOAST before 0029");
+    store.migrate().await.unwrap();
+    let small = save("small", 6000).await;
+    assert_eq!(toast_rows().await, toasted_before, "6 KB stays in its row");
+    let large = save("large", 20_000).await;
+    assert!(toast_rows().await > toasted_before, "20 KB goes to TOAST");
+    for (id, raw) in [before, small, large] {
+        assert_eq!(store.email_raw(&id).await.unwrap(), raw);
+    }
+    store.close().await;
+}

@@ -72,6 +72,7 @@ on_both_backends!(
     a_webhook_failing_for_five_days_is_disabled_and_a_success_ends_the_run,
     a_node_back_from_a_pause_keeps_what_nobody_took,
     a_batch_larger_than_one_insert_is_stored_whole_with_its_attachments_and_events,
+    replies_find_their_conversation_whatever_the_count_of_ids_a_batch_looks_up,
 );
 
 // Several nodes share one database only on PostgreSQL (SQLite is embedded in one process:
@@ -1172,6 +1173,63 @@ async fn a_batch_larger_than_one_insert_is_stored_whole_with_its_attachments_and
         again.iter().all(|e| e.kind != "email.received"),
         "{again:?}"
     );
+}
+
+/// A batch looks its related message ids up in statements of a few sizes, the ids then NULLs
+/// (`lookup_query`): at every count — below the smallest size, at and around a size's edge,
+/// more than one statement takes — each message finds what it answers, both ways: replies
+/// stored after their originals (by Message-ID), and originals stored after their replies (by
+/// the replies' In-Reply-To, within the mailbox).
+async fn replies_find_their_conversation_whatever_the_count_of_ids_a_batch_looks_up(
+    kind: TestDatabase,
+) {
+    let db = Db::new(kind).await;
+    let store = db.open(Keyring::generate()).await;
+    let mailbox = enabled_mailboxes(&store, 1).await[0];
+    let answering = |tag: &str, n: usize, answered: &str| {
+        let mut batch = batch_of(tag, n, None);
+        for (i, e) in batch.emails.iter_mut().enumerate() {
+            e.parsed.in_reply_to = vec![format!("{answered}-{i}@example.com")];
+        }
+        batch
+    };
+    let conversations = || async {
+        let filter = mailbridge_store::EmailFilter {
+            mailbox: Some(mailbox),
+            ..Default::default()
+        };
+        let emails = store.list_emails(&filter, None, 100_000).await.unwrap();
+        emails
+            .into_iter()
+            .filter_map(|e| Some((e.message_id?, e.conversation_id)))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    for n in [1, 7, 8, 9, 255, 257, 500, 501] {
+        store
+            .save_sync_batch(mailbox, batch_of(&format!("orig{n}"), n, None))
+            .await
+            .unwrap();
+        let replies = answering(&format!("re{n}"), n, &format!("orig{n}"));
+        store.save_sync_batch(mailbox, replies).await.unwrap();
+        let answers = answering(&format!("ans{n}"), n, &format!("late{n}"));
+        store.save_sync_batch(mailbox, answers).await.unwrap();
+        store
+            .save_sync_batch(mailbox, batch_of(&format!("late{n}"), n, None))
+            .await
+            .unwrap();
+        let by_id = conversations().await;
+        let of = |tag: &str, i: usize| by_id[&format!("{tag}{n}-{i}@example.com")].clone();
+        for i in 0..n {
+            assert_eq!(of("re", i), of("orig", i), "reply {i} of {n}");
+            assert_eq!(
+                of("late", i),
+                of("ans", i),
+                "original {i} of {n}, stored late"
+            );
+        }
+        let distinct: std::collections::HashSet<String> = (0..n).map(|i| of("orig", i)).collect();
+        assert_eq!(distinct.len(), n, "{n} conversations, not one");
+    }
 }
 
 async fn a_refused_batch_leaves_no_event_and_a_stored_one_exactly_its_own(kind: TestDatabase) {
