@@ -174,6 +174,14 @@ impl Postgres {
         )
     }
 
+    /// The process id of the server's master process, which started every other (its first
+    /// line of `postmaster.pid`); `None` for a server this process did not start.
+    pub fn server_pid(&self) -> Option<u32> {
+        let server = self.own.as_ref()?;
+        let pid_file = std::fs::read_to_string(server.dir.join("data/postmaster.pid")).ok()?;
+        pid_file.lines().next()?.trim().parse().ok()
+    }
+
     /// Stops the server (fast shutdown: sessions are ended, as when an operator stops it or
     /// it crashes); its data stays for [`Postgres::restart`].
     pub fn stop(&self) -> anyhow::Result<()> {
