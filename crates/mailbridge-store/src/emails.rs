@@ -247,7 +247,7 @@ impl Store {
         }
         let (mut known, moved) =
             adopt_renumbered(&mut tx, self.backend, &mid, &batch.emails).await?;
-        join_own_sends(&mut tx, &mid, &batch.emails, &mut known).await?;
+        join_own_sends(&mut tx, self.backend, &mid, &batch.emails, &mut known).await?;
         let inserted = insert_emails(
             &mut tx,
             self.backend,
@@ -553,10 +553,10 @@ impl Store {
 
 /// Records a sync pass that stored `stored` emails on the mailbox (and ends any run of
 /// failures). Returns whose mail it is (for the events; `None` if the mailbox is gone) and
-/// whether the pass ended a run of failures. Usually one statement — a batch's statements
-/// are round trips on PostgreSQL; after failures, the run's start is read first (only the
-/// worker holding the lease writes `failing_since`: `record_sync_error` is fenced as the
-/// batch is).
+/// whether the pass ended a run of failures. One statement — a batch's statements are round
+/// trips on PostgreSQL — unless it does end one: a mailbox the first `UPDATE` leaves alone
+/// is gone or failing (only the worker holding the lease writes `failing_since`:
+/// `record_sync_error` is fenced as the batch is), and the second tells which.
 async fn record_pass(
     tx: &mut AnyConnection,
     mailbox: &str,
@@ -579,16 +579,9 @@ async fn record_pass(
     {
         return Ok((Some(owner), false));
     }
-    let failing: Option<(Option<i64>,)> =
-        sqlx::query_as("SELECT failing_since FROM mailboxes WHERE id = $1")
-            .bind(mailbox)
-            .fetch_optional(&mut *tx)
-            .await?;
     let owner = update("").fetch_optional(&mut *tx).await?;
-    Ok((
-        owner.map(|(o,)| o),
-        failing.is_some_and(|(since,)| since.is_some()),
-    ))
+    let ended_failures = owner.is_some();
+    Ok((owner.map(|(o,)| o), ended_failures))
 }
 
 // Queries that must find their (partial) index; `tests` checks their plans on SQLite.
@@ -632,9 +625,9 @@ fn lookup_sql(backend: Backend, select: &str, column: &str, scoped: bool, keys: 
     }
 }
 
-/// [`lookup_sql`] for `keys` (in `mailbox` only, when given), bound. The statement takes a
-/// few sizes only — the keys' count rounded up to a power of two (at least 8, at most
-/// [`IN_LIST`]), the rest bound as NULL, which matches no row: each size is one prepared
+/// [`lookup_sql`] for up to [`IN_LIST`] `keys` (in `mailbox` only, when given), bound. The
+/// statement takes a few sizes only — the keys' count rounded up to a power of two from 8 to
+/// 256, or [`IN_LIST`] above that — the rest bound as NULL, which matches no row: each size is one prepared
 /// statement with its cached plan. A statement per count would be parsed and planned anew by
 /// almost every batch (their related ids come in every count) and, up to sqlx's 100 a
 /// connection, would push the batch's INSERTs out of the cache.
@@ -648,6 +641,7 @@ fn lookup_query<'q, O>(
 where
     O: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
 {
+    debug_assert!(keys.len() <= IN_LIST, "{} keys in one lookup", keys.len());
     let size = keys.len().next_power_of_two().clamp(8, IN_LIST);
     let mut q = sqlx::query_as(sqlx::AssertSqlSafe(lookup_sql(
         backend,
@@ -816,11 +810,16 @@ pub(crate) async fn insert_emails(
         .collect())
 }
 
+/// What [`join_own_sends`] reads of the emails with a Message-ID it looks for.
+const OWN_SENDS_SELECT: &str = "message_id, id, mailbox_id, direction, status, remote_key";
+type OwnSendRow = (String, String, String, String, Option<String>, String);
+
 /// Sent mail found on the server that Mailbridge itself sent (an outgoing record with the
 /// same Message-ID, still keyed `out/…`): that record takes the message's place on the server
 /// (its key, folder, UID, flags) instead of a second record being made.
 async fn join_own_sends(
     tx: &mut AnyConnection,
+    backend: Backend,
     mailbox: &str,
     emails: &[NewEmail],
     skip: &mut [bool],
@@ -835,24 +834,21 @@ async fn join_own_sends(
     if wanted.is_empty() {
         return Ok(());
     }
+    // The emails with those ids, by the Message-ID index alone (scoped to the mailbox in SQL,
+    // both planners read the whole mailbox instead: `tests`); of them, this mailbox's outgoing
+    // records still keyed as queued here.
     let mut ours: HashMap<String, String> = HashMap::new();
     for chunk in wanted.chunks(IN_LIST) {
-        let list: Vec<String> = (0..chunk.len()).map(|k| format!("${}", k + 2)).collect();
-        let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(format!(
-            "SELECT id, message_id FROM emails WHERE message_id IN ({}) AND mailbox_id = $1 \
-             AND direction = 'outgoing' AND status IS NOT NULL AND remote_key LIKE 'out/%'",
-            list.join(", ")
-        )))
-        .bind(mailbox.to_owned());
-        for id in chunk {
-            q = q.bind(id.clone());
-        }
-        ours.extend(
-            q.fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .map(|(id, m)| (m, id)),
-        );
+        let q = lookup_query::<OwnSendRow>(backend, OWN_SENDS_SELECT, "message_id", None, chunk);
+        ours.extend(q.fetch_all(&mut *tx).await?.into_iter().filter_map(
+            |(message_id, id, of, direction, status, key)| {
+                (of == mailbox
+                    && direction == "outgoing"
+                    && status.is_some()
+                    && key.starts_with("out/"))
+                .then_some((message_id, id))
+            },
+        ));
     }
     for (i, email) in emails.iter().enumerate() {
         if skip[i] || !email.sent_by_owner {
@@ -1100,6 +1096,7 @@ mod tests {
         for (n, (select, column, scoped)) in [
             ("id, remote_key, content_sha256", "content_sha256", true),
             ("message_id, conversation_id", "message_id", false),
+            (OWN_SENDS_SELECT, "message_id", false),
             ("tracking_token, conversation_id", "tracking_token", false),
             ("gmail_thread_id, conversation_id", "gmail_thread_id", true),
             ("in_reply_to, conversation_id", "in_reply_to", true),
@@ -1166,6 +1163,10 @@ mod tests {
                     2,
                 ),
                 "emails_gmail_thread",
+            ),
+            (
+                lookup_sql(Backend::Sqlite, OWN_SENDS_SELECT, "message_id", false, 2),
+                "emails_message_id",
             ),
             (reply_to_sent_sql(0), "emails_tracking_token"),
             (reply_to_sent_sql(2), "emails_tracking_token"),

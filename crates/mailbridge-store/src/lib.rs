@@ -221,13 +221,6 @@ pub struct Store {
     node_session_locks: bool,
 }
 
-/// A write transaction from [`Store::begin_write`], used as the connection it runs on; on
-/// SQLite it holds this process's turn to write until it commits or is dropped.
-pub(crate) struct WriteTx {
-    tx: sqlx::Transaction<'static, sqlx::Any>,
-    _turn: Option<gate::Turn>,
-}
-
 /// Who writes, for [`Store::begin_write_turn`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum WriteKind {
@@ -237,6 +230,13 @@ enum WriteKind {
     Background,
     /// A sync batch.
     Batch,
+}
+
+/// A write transaction from [`Store::begin_write`], used as the connection it runs on; on
+/// SQLite it holds this process's turn to write until it commits or is dropped.
+pub(crate) struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _turn: Option<gate::Turn>,
 }
 
 impl WriteTx {
