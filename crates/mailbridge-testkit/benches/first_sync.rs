@@ -139,8 +139,10 @@ impl ServerCpu {
 
     /// The CPU time the server used since, once the processes that began after `now` (for
     /// Dovecot the read's login: its `imap` and `imap-login`, which end with its connection;
-    /// for PostgreSQL the store's connections, closed with it) are gone, reaped by the master
-    /// a moment after the client left: until then the tail of their work is not counted.
+    /// for PostgreSQL the connections the store opened during the sync, closed with it) are
+    /// gone, reaped by the master a moment after the client left: until then the tail of
+    /// their work is not counted. (The store's first connection, older than `now`, is
+    /// counted live or reaped, whichever it is when this reads.)
     /// Waits at most 2 s, and says so when a process outlived that (one Dovecot keeps for the
     /// next login; then its time so far is counted, not its later time).
     fn since(&self) -> Duration {

@@ -199,12 +199,6 @@ impl Dovecot {
         self.child.id()
     }
 
-    /// The CPU time Dovecot's processes have used so far (the master, its services, and the
-    /// ones that ended: a login's `imap` and `imap-login` end with its connection).
-    pub fn cpu_used(&self) -> std::time::Duration {
-        crate::process::tree_cpu(self.pid())
-    }
-
     /// Adds a password user, so a test can give each case an account of its own on one
     /// Dovecot. Dovecot reads its passwd-file again when it changed, but looks at most once a
     /// second: a login within a second of this may not find the user yet (and a refused login

@@ -60,10 +60,20 @@ pub fn process_tree(root: u32) -> Vec<u32> {
 /// The CPU time `root` and its processes have used, the ended ones too: every live process of
 /// the tree, and the children `root` has reaped (`stat`'s cutime and cstime, fields 16 and 17,
 /// which hold their own reaped children's). Right for a server whose master forks every
-/// service itself (Dovecot), as long as a measurement ends after the master reaped what ended.
+/// service itself (Dovecot, PostgreSQL), as long as a measurement ends after the master reaped
+/// what ended. A child reaped while the tree is read has left the live processes but was not
+/// yet in `root`'s reaped time when that was read, and would be counted nowhere: the reaped
+/// time is read before and after the live processes, and all is read again when it changed.
 pub fn tree_cpu(root: u32) -> Duration {
-    let fields = stat_fields(root);
-    let reaped = fields.get(13).unwrap_or(&0) + fields.get(14).unwrap_or(&0);
-    let live: u64 = process_tree(root).into_iter().map(cpu_ticks).sum();
-    from_ticks(live + reaped)
+    let reaped = || {
+        let fields = stat_fields(root);
+        fields.get(13).unwrap_or(&0) + fields.get(14).unwrap_or(&0)
+    };
+    loop {
+        let before = reaped();
+        let live: u64 = process_tree(root).into_iter().map(cpu_ticks).sum();
+        if reaped() == before {
+            return from_ticks(live + before);
+        }
+    }
 }
