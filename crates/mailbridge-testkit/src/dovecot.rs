@@ -393,9 +393,7 @@ m.logout()
         // finds a file by a hash of its name that keeps little of a name's start: the earlier
         // `pid.MnPn.host`, the count twice, gave 48,368 messages under 10,000 hashes, and every
         // command on that folder took seconds of Dovecot's CPU in lookups.
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let secs = mailbridge_core::Clock::now(&mailbridge_core::SystemClock).timestamp();
         let name = format!("{secs}.M{n}P{}.mailbridge-test", std::process::id());
         let tmp = maildir.join("tmp").join(&name);
         std::fs::write(&tmp, raw)?;
