@@ -7,7 +7,8 @@
 //! round, the medians, and the ratios the targets are stated in (of the medians, and round by
 //! round), then the bytes each database takes on disk against the raw bytes. Each round also
 //! times the sync's parse and store stages on their own (parsed batches committed with nothing
-//! else running), the floor each sets. Run with `bench/first-sync`.
+//! else running), the floor each sets. Run with `bench/first-sync`; `BENCH_COPIES=N` makes the
+//! mailbox N copies of the corpus (each copy's Message-IDs its own: [`corpus::copy_of`]).
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
 use std::path::Path;
@@ -295,7 +296,15 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let messages = corpus::spam_assassin(usize::MAX).unwrap();
+    // A larger mailbox: the corpus `BENCH_COPIES` times, each copy's ids its own.
+    let copies: usize = std::env::var("BENCH_COPIES")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    let corpus = corpus::spam_assassin(usize::MAX).unwrap();
+    let messages: Vec<Vec<u8>> = (0..copies)
+        .flat_map(|k| corpus::copy_of(&corpus, k))
+        .collect();
     let bytes: usize = messages.iter().map(Vec::len).sum();
     let provider = OAuthProvider::start().unwrap();
     let dovecot = Dovecot::start(&provider, &[(USER, PASSWORD)]).unwrap();
@@ -308,7 +317,8 @@ fn main() {
     let port = dovecot.ports.imaps;
     let n = messages.len();
     println!(
-        "corpus: {n} messages, {:.1} MB, one INBOX; {rounds} rounds",
+        "corpus: {n} messages ({copies} {}), {:.1} MB, one INBOX; {rounds} rounds",
+        if copies == 1 { "copy" } else { "copies" },
         bytes as f64 / 1e6
     );
     // Dovecot indexes the folder on first access; every contender then reads a warm server.

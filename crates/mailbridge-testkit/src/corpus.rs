@@ -78,3 +78,61 @@ fn strip_mbox_from_line(raw: Vec<u8>) -> Vec<u8> {
         raw
     }
 }
+
+/// Copy `k` of `messages`, for a mailbox larger than the corpus: every message with a header
+/// `X-Copy: k` first and the ids in its `Message-ID`, `In-Reply-To` and `References` (folded
+/// lines too) prefixed `c<k>.`, so each copy's mail has ids of its own and its replies still
+/// find their originals in the same copy. Copy 0 is the corpus unchanged.
+pub fn copy_of(messages: &[Vec<u8>], k: usize) -> Vec<Vec<u8>> {
+    if k == 0 {
+        return messages.to_vec();
+    }
+    let tag = format!("<c{k}.");
+    messages
+        .iter()
+        .map(|m| {
+            let mut out = format!("X-Copy: {k}\r\n").into_bytes();
+            let (mut in_header, mut renamed) = (true, false);
+            for line in m.split_inclusive(|b| *b == b'\n') {
+                if in_header && (line == b"\n" || line == b"\r\n") {
+                    in_header = false;
+                }
+                if in_header && !line.starts_with(b" ") && !line.starts_with(b"\t") {
+                    let name = line.split(|b| *b == b':').next().unwrap_or_default();
+                    renamed = ["message-id", "in-reply-to", "references"]
+                        .iter()
+                        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
+                }
+                if in_header && renamed {
+                    for &b in line {
+                        if b == b'<' {
+                            out.extend_from_slice(tag.as_bytes());
+                        } else {
+                            out.push(b);
+                        }
+                    }
+                } else {
+                    out.extend_from_slice(line);
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_of;
+
+    #[test]
+    fn a_copy_has_ids_of_its_own_in_its_header_only() {
+        let original = b"From: a@example.com\nMessage-Id: <1@x>\nReferences: <0@x>\n <00@x>\nSubject: <not an id>\n\nbody <1@x>\n".to_vec();
+        let messages = vec![original.clone()];
+        assert_eq!(copy_of(&messages, 0), messages);
+        let copy = String::from_utf8(copy_of(&messages, 3).remove(0)).unwrap();
+        assert_eq!(
+            copy,
+            "X-Copy: 3\r\nFrom: a@example.com\nMessage-Id: <c3.1@x>\nReferences: <c3.0@x>\n <c3.00@x>\nSubject: <not an id>\n\nbody <1@x>\n"
+        );
+    }
+}
