@@ -563,23 +563,30 @@ async fn record_pass(
     stored: usize,
     now: i64,
 ) -> Result<(Option<String>, bool)> {
-    let update = |condition: &str| {
-        sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(format!(
-            "UPDATE mailboxes SET items_processed = items_processed + $1, last_sync_at = $2, \
-             last_sync_error = NULL, paused_until = NULL, failing_since = NULL \
-             WHERE id = $3{condition} RETURNING owner_user_id"
-        )))
-        .bind(i64::try_from(stored).unwrap_or(i64::MAX))
-        .bind(now)
-        .bind(mailbox.to_owned())
+    macro_rules! pass_update {
+        ($condition:literal) => {
+            concat!(
+                "UPDATE mailboxes SET items_processed = items_processed + $1, last_sync_at = $2, \
+                 last_sync_error = NULL, paused_until = NULL, failing_since = NULL \
+                 WHERE id = $3",
+                $condition,
+                " RETURNING owner_user_id"
+            )
+        };
+    }
+    let update = |sql: &'static str| {
+        sqlx::query_as::<_, (String,)>(sql)
+            .bind(i64::try_from(stored).unwrap_or(i64::MAX))
+            .bind(now)
+            .bind(mailbox.to_owned())
     };
-    if let Some((owner,)) = update(" AND failing_since IS NULL")
+    if let Some((owner,)) = update(pass_update!(" AND failing_since IS NULL"))
         .fetch_optional(&mut *tx)
         .await?
     {
         return Ok((Some(owner), false));
     }
-    let owner = update("").fetch_optional(&mut *tx).await?;
+    let owner = update(pass_update!("")).fetch_optional(&mut *tx).await?;
     let ended_failures = owner.is_some();
     Ok((owner.map(|(o,)| o), ended_failures))
 }

@@ -78,6 +78,11 @@ pub enum StoreError {
         "the database URL '{0}' is not supported; use sqlite://<path> or postgres://<user>@<host>/<db>"
     )]
     UnsupportedUrl(String),
+    /// A PostgreSQL server older than Mailbridge can use.
+    #[error(
+        "the database server is PostgreSQL {version}; Mailbridge needs PostgreSQL {MIN_POSTGRES} or later (a sync batch's statements are planned with plan_cache_mode, new in {MIN_POSTGRES}): upgrade the server"
+    )]
+    UnsupportedPostgres { version: String },
     #[error("database error: {0}")]
     Database(sqlx::Error),
     /// The database is not answering (stopped, restarting, unreachable, out of connections).
@@ -328,6 +333,29 @@ async fn sqlite_pool(
         .await?)
 }
 
+/// The oldest PostgreSQL major version Mailbridge runs on.
+const MIN_POSTGRES: u32 = 12;
+
+/// Whether a server whose `server_version_num` is `num` (`170002`: 17.2, `90624`: 9.6.24) is
+/// recent enough; an error that names its version if not.
+fn postgres_supported(num: &str) -> Result<()> {
+    let n: u32 = num
+        .trim()
+        .parse()
+        .map_err(|_| StoreError::UnsupportedPostgres {
+            version: format!("reporting version {num:?}"),
+        })?;
+    if n / 10_000 >= MIN_POSTGRES {
+        return Ok(());
+    }
+    let version = if n >= 100_000 {
+        format!("{}.{}", n / 10_000, n % 10_000)
+    } else {
+        format!("{}.{}.{}", n / 10_000, n / 100 % 100, n % 100)
+    };
+    Err(StoreError::UnsupportedPostgres { version })
+}
+
 impl Store {
     /// Connects to `url` (`sqlite://path` creates the file; `postgres://…`). Does not migrate.
     pub async fn connect(url: &str, keyring: Keyring, clock: Arc<dyn Clock>) -> Result<Self> {
@@ -400,6 +428,10 @@ impl Store {
                     })
                     .connect_with(options)
                     .await?;
+                let (version,): (String,) = sqlx::query_as("SHOW server_version_num")
+                    .fetch_one(&pool)
+                    .await?;
+                postgres_supported(&version)?;
                 (pool.clone(), pool)
             }
         };
@@ -512,15 +544,15 @@ impl Store {
                     _turn: Some(turn),
                 }
             }
-            Backend::Postgres if kind == WriteKind::Batch => WriteTx {
+            Backend::Postgres => WriteTx {
                 tx: self
                     .pool
-                    .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+                    .begin_with(if kind == WriteKind::Batch {
+                        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan"
+                    } else {
+                        "BEGIN"
+                    })
                     .await?,
-                _turn: None,
-            },
-            Backend::Postgres => WriteTx {
-                tx: self.pool.begin().await?,
                 _turn: None,
             },
         })
@@ -720,6 +752,22 @@ pub(crate) mod tests {
         );
         assert_eq!(values_list(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
         assert_eq!(values_list(Backend::Postgres, 1, 1), "($1)");
+    }
+
+    #[test]
+    fn a_postgresql_older_than_12_is_refused_naming_its_version() {
+        for ok in ["120000", "130014", "170002\n"] {
+            assert!(postgres_supported(ok).is_ok(), "{ok}");
+        }
+        for (num, shown) in [
+            ("110022", "PostgreSQL 11.22;"),
+            ("90624", "PostgreSQL 9.6.24;"),
+            ("devel", "reporting version \"devel\""),
+        ] {
+            let e = postgres_supported(num).unwrap_err().to_string();
+            assert!(e.contains(shown), "{e}");
+            assert!(e.contains("needs PostgreSQL 12 or later"), "{e}");
+        }
     }
 
     #[test]
