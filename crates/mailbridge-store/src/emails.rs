@@ -563,6 +563,7 @@ async fn record_pass(
     stored: usize,
     now: i64,
 ) -> Result<(Option<String>, bool)> {
+    // The two statements as constant text: built with `format!`, every batch made them anew.
     macro_rules! pass_update {
         ($condition:literal) => {
             concat!(

@@ -80,7 +80,7 @@ pub enum StoreError {
     UnsupportedUrl(String),
     /// A PostgreSQL server older than Mailbridge can use.
     #[error(
-        "the database server is PostgreSQL {version}; Mailbridge needs PostgreSQL {MIN_POSTGRES} or later (a sync batch's statements are planned with plan_cache_mode, new in {MIN_POSTGRES}): upgrade the server"
+        "the database server is PostgreSQL {version}; Mailbridge needs PostgreSQL {MIN_POSTGRES} or later (a sync batch's statements are planned with plan_cache_mode, new in 12): upgrade the server"
     )]
     UnsupportedPostgres { version: String },
     #[error("database error: {0}")]

@@ -300,7 +300,8 @@ fn main() {
     let copies: usize = std::env::var("BENCH_COPIES")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(1);
+        .unwrap_or(1)
+        .max(1);
     let corpus = corpus::spam_assassin(usize::MAX).unwrap();
     let messages: Vec<Vec<u8>> = (0..copies)
         .flat_map(|k| corpus::copy_of(&corpus, k))

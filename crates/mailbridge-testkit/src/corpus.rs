@@ -80,35 +80,54 @@ fn strip_mbox_from_line(raw: Vec<u8>) -> Vec<u8> {
 }
 
 /// Copy `k` of `messages`, for a mailbox larger than the corpus: every message with a header
-/// `X-Copy: k` first and the ids in its `Message-ID`, `In-Reply-To` and `References` (folded
-/// lines too) prefixed `c<k>.`, so each copy's mail has ids of its own and its replies still
-/// find their originals in the same copy. Copy 0 is the corpus unchanged.
+/// `X-Copy: k` first (ending as the message's first line does) and the ids in its
+/// `Message-ID`, `In-Reply-To` and `References` (folded lines too) prefixed `c<k>.` — inside
+/// each `<…>`, or before the value when it has none (a few corpus messages have a bare
+/// Message-ID) — so each copy's mail has ids of its own and its replies still find their
+/// originals in the same copy. Copy 0 is the corpus unchanged.
 pub fn copy_of(messages: &[Vec<u8>], k: usize) -> Vec<Vec<u8>> {
     if k == 0 {
         return messages.to_vec();
     }
-    let tag = format!("<c{k}.");
+    let prefix = format!("c{k}.");
     messages
         .iter()
         .map(|m| {
-            let mut out = format!("X-Copy: {k}\r\n").into_bytes();
+            let crlf = m
+                .iter()
+                .position(|b| *b == b'\n')
+                .is_some_and(|i| i > 0 && m[i - 1] == b'\r');
+            let mut out = format!("X-Copy: {k}{}", if crlf { "\r\n" } else { "\n" }).into_bytes();
             let (mut in_header, mut renamed) = (true, false);
             for line in m.split_inclusive(|b| *b == b'\n') {
                 if in_header && (line == b"\n" || line == b"\r\n") {
                     in_header = false;
                 }
-                if in_header && !line.starts_with(b" ") && !line.starts_with(b"\t") {
+                let folded = line.starts_with(b" ") || line.starts_with(b"\t");
+                if in_header && !folded {
                     let name = line.split(|b| *b == b':').next().unwrap_or_default();
                     renamed = ["message-id", "in-reply-to", "references"]
                         .iter()
                         .any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
+                    if renamed && !line.contains(&b'<') {
+                        // A bare id: the prefix goes before the value.
+                        let value = (name.len() + 1).min(line.len());
+                        let value = value
+                            + line[value..]
+                                .iter()
+                                .take_while(|b| **b == b' ' || **b == b'\t')
+                                .count();
+                        out.extend_from_slice(&line[..value]);
+                        out.extend_from_slice(prefix.as_bytes());
+                        out.extend_from_slice(&line[value..]);
+                        continue;
+                    }
                 }
                 if in_header && renamed {
                     for &b in line {
+                        out.push(b);
                         if b == b'<' {
-                            out.extend_from_slice(tag.as_bytes());
-                        } else {
-                            out.push(b);
+                            out.extend_from_slice(prefix.as_bytes());
                         }
                     }
                 } else {
@@ -132,7 +151,16 @@ mod tests {
         let copy = String::from_utf8(copy_of(&messages, 3).remove(0)).unwrap();
         assert_eq!(
             copy,
-            "X-Copy: 3\r\nFrom: a@example.com\nMessage-Id: <c3.1@x>\nReferences: <c3.0@x>\n <c3.00@x>\nSubject: <not an id>\n\nbody <1@x>\n"
+            "X-Copy: 3\nFrom: a@example.com\nMessage-Id: <c3.1@x>\nReferences: <c3.0@x>\n <c3.00@x>\nSubject: <not an id>\n\nbody <1@x>\n"
+        );
+
+        // CRLF mail keeps CRLF; a bare id gets its prefix before the value.
+        let bare = b"Message-ID:  PM200011:12:45 AM\r\nIn-Reply-To: <r@x>\r\n\r\nMessage-ID: x\r\n"
+            .to_vec();
+        let copy = String::from_utf8(copy_of(&[bare], 12).remove(0)).unwrap();
+        assert_eq!(
+            copy,
+            "X-Copy: 12\r\nMessage-ID:  c12.PM200011:12:45 AM\r\nIn-Reply-To: <c12.r@x>\r\n\r\nMessage-ID: x\r\n"
         );
     }
 }

@@ -389,10 +389,10 @@ m.logout()
             }
         }
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Shaped like the names Dovecot's own delivery gives (`time.MusecPpid.host`). Dovecot
-        // finds a file by a hash of its name that keeps little of a name's start: the earlier
-        // `pid.MnPn.host`, the count twice, gave 48,368 messages under 10,000 hashes, and every
-        // command on that folder took seconds of Dovecot's CPU in lookups.
+        // Shaped like the names Dovecot's own delivery gives (`time.MusecPpid.host`), the count
+        // once. Dovecot finds a file by a hash of its name, and in the earlier `pid.MnPn.host`
+        // the count's two copies cancelled out: 48,368 messages fell under about 10,000
+        // hashes, and every command on that folder took seconds of Dovecot's CPU in lookups.
         let secs = mailbridge_core::Clock::now(&mailbridge_core::SystemClock).timestamp();
         let name = format!("{secs}.M{n}P{}.mailbridge-test", std::process::id());
         let tmp = maildir.join("tmp").join(&name);
@@ -659,7 +659,13 @@ fn chown_nobody(path: &Path) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stdout)
                 .trim()
                 .parse()
-                .map_err(|_| format!("`id {}` printed no number", args.join(" ")))
+                .map_err(|_| {
+                    format!(
+                        "`id {}` printed no number: {}",
+                        args.join(" "),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )
+                })
         };
         Ok((id(&["-u", "nobody"])?, id(&["-g", "nobody"])?))
     });
