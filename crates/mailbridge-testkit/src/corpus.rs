@@ -109,14 +109,15 @@ pub fn copy_of(messages: &[Vec<u8>], k: usize) -> Vec<Vec<u8>> {
                     renamed = ["message-id", "in-reply-to", "references"]
                         .iter()
                         .any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
-                    if renamed && !line.contains(&b'<') {
-                        // A bare id: the prefix goes before the value.
-                        let value = (name.len() + 1).min(line.len());
-                        let value = value
-                            + line[value..]
-                                .iter()
-                                .take_while(|b| **b == b' ' || **b == b'\t')
-                                .count();
+                    let start = (name.len() + 1).min(line.len());
+                    let value = start
+                        + line[start..]
+                            .iter()
+                            .take_while(|b| b.is_ascii_whitespace())
+                            .count();
+                    if renamed && value < line.len() && !line.contains(&b'<') {
+                        // A bare id: the prefix goes before the value (a value folded onto the
+                        // next line is in `<…>`, handled there).
                         out.extend_from_slice(&line[..value]);
                         out.extend_from_slice(prefix.as_bytes());
                         out.extend_from_slice(&line[value..]);
@@ -155,12 +156,13 @@ mod tests {
         );
 
         // CRLF mail keeps CRLF; a bare id gets its prefix before the value.
-        let bare = b"Message-ID:  PM200011:12:45 AM\r\nIn-Reply-To: <r@x>\r\n\r\nMessage-ID: x\r\n"
-            .to_vec();
+        let bare =
+            b"Message-ID:  PM200011:12:45 AM\r\nIn-Reply-To:\r\n\t<r@x>\r\n\r\nMessage-ID: x\r\n"
+                .to_vec();
         let copy = String::from_utf8(copy_of(&[bare], 12).remove(0)).unwrap();
         assert_eq!(
             copy,
-            "X-Copy: 12\r\nMessage-ID:  c12.PM200011:12:45 AM\r\nIn-Reply-To: <c12.r@x>\r\n\r\nMessage-ID: x\r\n"
+            "X-Copy: 12\r\nMessage-ID:  c12.PM200011:12:45 AM\r\nIn-Reply-To:\r\n\t<c12.r@x>\r\n\r\nMessage-ID: x\r\n"
         );
     }
 }
