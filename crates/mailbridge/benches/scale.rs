@@ -17,7 +17,7 @@ mod cluster;
 use std::time::{Duration, Instant};
 
 use cluster::{Cluster, Node};
-use mailbridge_testkit::process::{cpu_ticks, process_tree};
+use mailbridge_testkit::process::{cpu_ticks, process_tree, tree_cpu};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -130,13 +130,14 @@ fn main() {
         // The last sessions finish their first sync and start IDLE.
         tokio::time::sleep(Duration::from_secs(10)).await;
         let (rss, fds) = (status_kib(pid, "VmRSS:"), open_files(pid));
-        let dovecot = process_tree(c.dovecot.pid());
-        let (ours, theirs) = (cpu_ticks(pid), dovecot.iter().map(|p| cpu_ticks(*p)).sum::<u64>());
+        // Dovecot's whole tree, the processes that end during the window too (their time is
+        // in the master's reaped time).
+        let (ours, theirs) = (cpu_ticks(pid), tree_cpu(c.dovecot.pid()));
         tokio::time::sleep(idle_window).await;
         let window_ticks = idle_window.as_secs_f64() * 100.0;
         let our_cpu = (cpu_ticks(pid) - ours) as f64 / window_ticks * 100.0;
         let dovecot = process_tree(c.dovecot.pid());
-        let their_cpu = (dovecot.iter().map(|p| cpu_ticks(*p)).sum::<u64>().saturating_sub(theirs)) as f64 / window_ticks * 100.0;
+        let their_cpu = tree_cpu(c.dovecot.pid()).saturating_sub(theirs).as_secs_f64() / idle_window.as_secs_f64() * 100.0;
         let still_open = open_sessions(&http, &base).await;
         let limit = open_file_limit(pid);
         stop(node);
