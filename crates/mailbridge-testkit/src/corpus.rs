@@ -89,55 +89,61 @@ pub fn copy_of(messages: &[Vec<u8>], k: usize) -> Vec<Vec<u8>> {
     if k == 0 {
         return messages.to_vec();
     }
+    messages.iter().map(|m| copy_message(m, k)).collect()
+}
+
+/// One message of [`copy_of`]'s copy `k`.
+fn copy_message(m: &[u8], k: usize) -> Vec<u8> {
     let prefix = format!("c{k}.");
-    messages
-        .iter()
-        .map(|m| {
-            let crlf = m
+    let eol: &[u8] = match m.iter().position(|b| *b == b'\n') {
+        Some(i) if i > 0 && m[i - 1] == b'\r' => b"\r\n",
+        _ => b"\n",
+    };
+    let mut out = format!("X-Copy: {k}").into_bytes();
+    out.extend_from_slice(eol);
+    let mut lines = m.split_inclusive(|b| *b == b'\n');
+    let mut renamed = false;
+    // The header, up to its blank line; the body is copied as it is, below.
+    for line in lines.by_ref() {
+        if line == b"\n" || line == b"\r\n" {
+            out.extend_from_slice(line);
+            break;
+        }
+        if !line.starts_with(b" ") && !line.starts_with(b"\t") {
+            let name = line.split(|b| *b == b':').next().unwrap_or_default();
+            renamed = ["message-id", "in-reply-to", "references"]
                 .iter()
-                .position(|b| *b == b'\n')
-                .is_some_and(|i| i > 0 && m[i - 1] == b'\r');
-            let mut out = format!("X-Copy: {k}{}", if crlf { "\r\n" } else { "\n" }).into_bytes();
-            let (mut in_header, mut renamed) = (true, false);
-            for line in m.split_inclusive(|b| *b == b'\n') {
-                if in_header && (line == b"\n" || line == b"\r\n") {
-                    in_header = false;
-                }
-                let folded = line.starts_with(b" ") || line.starts_with(b"\t");
-                if in_header && !folded {
-                    let name = line.split(|b| *b == b':').next().unwrap_or_default();
-                    renamed = ["message-id", "in-reply-to", "references"]
-                        .iter()
-                        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
-                    let start = (name.len() + 1).min(line.len());
-                    let value = start
-                        + line[start..]
-                            .iter()
-                            .take_while(|b| b.is_ascii_whitespace())
-                            .count();
-                    if renamed && value < line.len() && !line.contains(&b'<') {
-                        // A bare id: the prefix goes before the value (a value folded onto the
-                        // next line is in `<…>`, handled there).
-                        out.extend_from_slice(&line[..value]);
-                        out.extend_from_slice(prefix.as_bytes());
-                        out.extend_from_slice(&line[value..]);
-                        continue;
-                    }
-                }
-                if in_header && renamed {
-                    for &b in line {
-                        out.push(b);
-                        if b == b'<' {
-                            out.extend_from_slice(prefix.as_bytes());
-                        }
-                    }
-                } else {
-                    out.extend_from_slice(line);
-                }
+                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
+            let start = (name.len() + 1).min(line.len());
+            let value = start
+                + line[start..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_whitespace())
+                    .count();
+            if renamed && value < line.len() && !line.contains(&b'<') {
+                // A bare id: the prefix goes before the value (a value folded onto the next
+                // line is in `<…>`, handled there).
+                out.extend_from_slice(&line[..value]);
+                out.extend_from_slice(prefix.as_bytes());
+                out.extend_from_slice(&line[value..]);
+                continue;
             }
-            out
-        })
-        .collect()
+        }
+        if !renamed {
+            out.extend_from_slice(line);
+            continue;
+        }
+        for &b in line {
+            out.push(b);
+            if b == b'<' {
+                out.extend_from_slice(prefix.as_bytes());
+            }
+        }
+    }
+    for line in lines {
+        out.extend_from_slice(line);
+    }
+    out
 }
 
 #[cfg(test)]
