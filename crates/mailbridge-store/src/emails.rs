@@ -241,7 +241,7 @@ impl Store {
     pub async fn save_sync_batch(&self, mailbox: MailboxId, mut batch: SyncBatch) -> Result<usize> {
         let now = self.now_ms();
         let mid = mailbox.to_string();
-        let mut tx = self.begin_batch_write().await?;
+        let mut tx = self.begin_batch_write(mailbox).await?;
         if let Some(fence) = &batch.fence {
             check_fence(&mut tx, self.backend, &mid, fence, now).await?;
         }

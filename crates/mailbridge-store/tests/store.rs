@@ -92,6 +92,7 @@ on_postgres!(
     a_lost_lease_fences_off_the_old_holders_writes(super::TestDatabase::Postgres),
     nodes_claiming_at_once_never_share_a_mailbox(super::TestDatabase::Postgres),
     a_reader_never_skips_an_event_that_commits_after_it_read_a_later_one,
+    a_mailboxs_batches_are_written_on_one_connection_and_all_on_at_most_four,
     a_dead_node_is_told_from_a_late_one_by_its_session,
     a_node_gone_before_this_ones_session_began_is_left_to_its_lease,
     a_node_refused_its_session_lock_finds_no_one_dead,
@@ -1320,6 +1321,72 @@ async fn a_refused_batch_leaves_no_event_and_a_stored_one_exactly_its_own(kind: 
             e.data
         );
     }
+}
+
+/// PostgreSQL parses and plans a batch's statements once per connection: a mailbox's batches
+/// all go to the same one, and the batches of every mailbox to at most four, opened as needed
+/// and named in `pg_stat_activity`.
+async fn a_mailboxs_batches_are_written_on_one_connection_and_all_on_at_most_four() {
+    let db = Db::new(TestDatabase::Postgres).await;
+    let store = db.open(Keyring::generate()).await;
+    let mut look = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    assert_eq!(
+        batch_writers(&mut look).await,
+        Vec::<String>::new(),
+        "none before a batch"
+    );
+    let mailboxes = enabled_mailboxes(&store, 12).await;
+    for b in 0..6 {
+        store
+            .save_sync_batch(mailboxes[0], batch_of(&format!("one{b}"), 3, None))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        batch_writers(&mut look).await.len(),
+        1,
+        "{:?}",
+        batch_writers(&mut look).await
+    );
+    let all: Vec<_> = mailboxes
+        .iter()
+        .enumerate()
+        .map(|(m, &mailbox)| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for b in 0..3 {
+                    store
+                        .save_sync_batch(mailbox, batch_of(&format!("m{m}b{b}"), 2, None))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in all {
+        task.await.unwrap();
+    }
+    // Twelve mailboxes of random ids all on one of four connections: odds of 4 × (1/4)^12.
+    let names = batch_writers(&mut look).await;
+    assert!(
+        names.len() > 1 && names.len() <= 4,
+        "twelve mailboxes' batches on {names:?}"
+    );
+}
+
+/// The connections open for sync batches, by their names.
+async fn batch_writers(look: &mut sqlx::PgConnection) -> Vec<String> {
+    let names: Vec<(String,)> = sqlx::query_as(
+        "SELECT application_name FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name LIKE 'mailbridge batches %' \
+         ORDER BY application_name",
+    )
+    .fetch_all(look)
+    .await
+    .unwrap();
+    names.into_iter().map(|(n,)| n).collect()
 }
 
 /// Writers commit batches into many mailboxes at once while a reader follows the log by its
