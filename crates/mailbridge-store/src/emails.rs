@@ -14,8 +14,7 @@ use crate::folders::{FolderPosition, PassProgress};
 use crate::nodes::{Fence, check_fence};
 pub use crate::raw::RawMessage;
 use crate::{
-    Backend, ROWS_PER_INSERT, Result, Store, StoreError, keeps_prepared, raw, time_from_ms,
-    values_list,
+    Backend, ROWS_PER_INSERT, Result, Store, StoreError, insert_rows, insert_sql, raw, time_from_ms,
 };
 
 /// A message to store, as read from the server.
@@ -725,60 +724,69 @@ pub(crate) async fn insert_emails(
         |parties: &[Party]| serde_json::to_string(parties).unwrap_or_else(|_| "[]".to_owned());
     let mut inserted: HashSet<String> = HashSet::new();
     for (chunk_no, chunk) in rows.chunks(ROWS_PER_INSERT).enumerate() {
-        let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \
+        let padded = insert_rows(chunk.len());
+        let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(insert_sql(
+            backend,
+            "emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \
              gmail_labels, message_id, in_reply_to, references_ids, subject, from_address, from_name, \
              to_json, cc_json, sent_at, raw, raw_zstd, size, parse_error, conversation_id, \
-             created_at, status, idempotency_key, next_attempt_at, gmail_thread_id, tracking_token, stored_by, truncated, flags) VALUES {} \
-             ON CONFLICT DO NOTHING RETURNING id",
-            values_list(backend, chunk.len(), EMAIL_COLUMNS)
-        )))
-        .persistent(keeps_prepared(chunk.len()));
-        for (k, &i) in chunk.iter().enumerate() {
-            let n = chunk_no * ROWS_PER_INSERT + k;
-            let size = i64::try_from(
-                emails[i]
-                    .truncated_from
-                    .unwrap_or(emails[i].raw.len() as u64),
-            )
-            .unwrap_or(i64::MAX);
-            let (raw, raw_zstd) = emails[i].raw.take_stored();
-            let (email, p) = (&emails[i], &emails[i].parsed);
+             created_at, status, idempotency_key, next_attempt_at, gmail_thread_id, tracking_token, stored_by, truncated, flags)",
+            padded,
+            EMAIL_COLUMNS,
+            " ON CONFLICT DO NOTHING RETURNING id",
+        )));
+        // Padding rows bind NULLs of each column's type (PostgreSQL gives a VALUES column one).
+        for k in 0..padded {
+            let row = chunk.get(k).map(|&i| (chunk_no * ROWS_PER_INSERT + k, i));
+            // The original size, read before the bytes are moved out into the row.
+            let size = row.map(|(_, i)| {
+                let email = &emails[i];
+                i64::try_from(email.truncated_from.unwrap_or(email.raw.len() as u64))
+                    .unwrap_or(i64::MAX)
+            });
+            let (raw, raw_zstd) = row.map(|(_, i)| emails[i].raw.take_stored()).unzip();
+            let row = row.map(|(n, i)| (n, &emails[i], &emails[i].parsed));
             q = q
-                .bind(ids[n].clone())
-                .bind(mailbox.to_owned())
-                .bind(direction(email))
-                .bind(email.remote_key.clone())
-                .bind(email.raw.sha256.clone())
-                .bind(email.folder.clone())
-                .bind(email.uid.map(i64::from))
-                .bind(
+                .bind(row.map(|(n, ..)| ids[n].clone()))
+                .bind(row.map(|_| mailbox.to_owned()))
+                .bind(row.map(|(_, email, _)| direction(email)))
+                .bind(row.map(|(_, email, _)| email.remote_key.clone()))
+                .bind(row.map(|(_, email, _)| email.raw.sha256.clone()))
+                .bind(row.and_then(|(_, email, _)| email.folder.clone()))
+                .bind(row.and_then(|(_, email, _)| email.uid.map(i64::from)))
+                .bind(row.and_then(|(_, email, _)| {
                     (!email.gmail_labels.is_empty())
-                        .then(|| serde_json::to_string(&email.gmail_labels).unwrap_or_default()),
+                        .then(|| serde_json::to_string(&email.gmail_labels).unwrap_or_default())
+                }))
+                .bind(row.and_then(|(.., p)| p.message_id.clone()))
+                .bind(row.and_then(|(.., p)| {
+                    (!p.in_reply_to.is_empty()).then(|| p.in_reply_to.join(" "))
+                }))
+                .bind(
+                    row.and_then(|(.., p)| {
+                        (!p.references.is_empty()).then(|| p.references.join(" "))
+                    }),
                 )
-                .bind(p.message_id.clone())
-                .bind((!p.in_reply_to.is_empty()).then(|| p.in_reply_to.join(" ")))
-                .bind((!p.references.is_empty()).then(|| p.references.join(" ")))
-                .bind(p.subject.clone())
-                .bind(p.from.as_ref().map(|f| f.address.clone()))
-                .bind(p.from.as_ref().and_then(|f| f.name.clone()))
-                .bind(json(&p.to))
-                .bind(json(&p.cc))
-                .bind(p.date.map(|d| d.timestamp_millis()))
+                .bind(row.and_then(|(.., p)| p.subject.clone()))
+                .bind(row.and_then(|(.., p)| p.from.as_ref().map(|f| f.address.clone())))
+                .bind(row.and_then(|(.., p)| p.from.as_ref().and_then(|f| f.name.clone())))
+                .bind(row.map(|(.., p)| json(&p.to)))
+                .bind(row.map(|(.., p)| json(&p.cc)))
+                .bind(row.and_then(|(.., p)| p.date.map(|d| d.timestamp_millis())))
                 .bind(raw)
                 .bind(raw_zstd)
                 .bind(size)
-                .bind(p.parse_error.clone())
-                .bind(conversations[n].clone())
-                .bind(now)
-                .bind(outgoing.map(|_| "pending_send"))
-                .bind(outgoing.flatten().map(str::to_owned))
-                .bind(outgoing.map(|_| now))
-                .bind(email.gmail_thread_id.map(|t| t.to_string()))
-                .bind(email.tracking_token.clone())
-                .bind(stored_by.map(str::to_owned))
-                .bind(i64::from(email.truncated_from.is_some()))
-                .bind(email.flags.map(MessageFlags::to_imap));
+                .bind(row.and_then(|(.., p)| p.parse_error.clone()))
+                .bind(row.map(|(n, ..)| conversations[n].clone()))
+                .bind(row.map(|_| now))
+                .bind(row.and(outgoing).map(|_| "pending_send"))
+                .bind(row.and(outgoing).flatten().map(str::to_owned))
+                .bind(row.and(outgoing).map(|_| now))
+                .bind(row.and_then(|(_, email, _)| email.gmail_thread_id.map(|t| t.to_string())))
+                .bind(row.and_then(|(_, email, _)| email.tracking_token.clone()))
+                .bind(row.and(stored_by).map(str::to_owned))
+                .bind(row.map(|(_, email, _)| i64::from(email.truncated_from.is_some())))
+                .bind(row.and_then(|(_, email, _)| email.flags.map(MessageFlags::to_imap)));
         }
         inserted.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
     }
@@ -795,18 +803,21 @@ pub(crate) async fn insert_emails(
         })
         .collect();
     for chunk in attachments.chunks(ROWS_PER_INSERT) {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO attachments (id, email_id, filename, content_type, size) VALUES {}",
-            values_list(backend, chunk.len(), ATTACHMENT_COLUMNS)
-        )))
-        .persistent(keeps_prepared(chunk.len()));
-        for (email_id, a) in chunk {
+        let padded = insert_rows(chunk.len());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_sql(
+            backend,
+            "attachments (id, email_id, filename, content_type, size)",
+            padded,
+            ATTACHMENT_COLUMNS,
+            "",
+        )));
+        for attachment in (0..padded).map(|k| chunk.get(k)) {
             q = q
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind((*email_id).clone())
-                .bind(a.filename.clone())
-                .bind(a.content_type.clone())
-                .bind(i64::try_from(a.size).unwrap_or(i64::MAX));
+                .bind(attachment.map(|_| uuid::Uuid::now_v7().to_string()))
+                .bind(attachment.map(|(email_id, _)| (*email_id).clone()))
+                .bind(attachment.and_then(|(_, a)| a.filename.clone()))
+                .bind(attachment.map(|(_, a)| a.content_type.clone()))
+                .bind(attachment.map(|(_, a)| i64::try_from(a.size).unwrap_or(i64::MAX)));
         }
         q.execute(&mut *tx).await?;
     }

@@ -17,7 +17,7 @@ use mailbridge_core::{EventType, MailboxId, UserId};
 use sqlx::AnyConnection;
 
 use crate::{
-    Backend, ROWS_PER_INSERT, Result, Store, StoreError, keeps_prepared, time_from_ms, values_list,
+    Backend, ROWS_PER_INSERT, Result, Store, StoreError, insert_rows, insert_sql, time_from_ms,
 };
 
 /// `pg_advisory_xact_lock` key of the event log ("MBEV").
@@ -134,19 +134,23 @@ pub(crate) async fn append(
             .await?;
     }
     for chunk in events.chunks(ROWS_PER_INSERT) {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO events (id, type, mailbox_id, owner_user_id, created_at, data) VALUES {}",
-            values_list(backend, chunk.len(), EVENT_PARAMETERS)
-        )))
-        .persistent(keeps_prepared(chunk.len()));
-        for e in chunk {
+        let rows = insert_rows(chunk.len());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_sql(
+            backend,
+            "events (id, type, mailbox_id, owner_user_id, created_at, data)",
+            rows,
+            EVENT_PARAMETERS,
+            "",
+        )));
+        // Padding rows bind NULLs of each column's type (PostgreSQL gives a VALUES column one).
+        for e in (0..rows).map(|k| chunk.get(k)) {
             q = q
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(e.kind.as_str())
-                .bind(e.mailbox_id.map(|m| m.to_string()))
-                .bind(e.owner.map(|u| u.to_string()))
-                .bind(now)
-                .bind(e.data.as_str());
+                .bind(e.map(|_| uuid::Uuid::now_v7().to_string()))
+                .bind(e.map(|e| e.kind.as_str()))
+                .bind(e.and_then(|e| e.mailbox_id.map(|m| m.to_string())))
+                .bind(e.and_then(|e| e.owner.map(|u| u.to_string())))
+                .bind(e.map(|_| now))
+                .bind(e.map(|e| e.data.as_str()));
         }
         q.execute(&mut *tx).await?;
     }

@@ -742,25 +742,41 @@ pub const ROWS_PER_INSERT: usize = 250;
 /// build (PostgreSQL's is 65,535).
 pub(crate) const MAX_PARAMETERS: usize = 32_766;
 
-/// Multi-row INSERTs of up to this many rows stay prepared whatever their length: as many
-/// shapes as the store kept before a batch was one statement (see [`keeps_prepared`]).
-const SMALL_INSERT_ROWS: usize = 32;
+/// The rows a multi-row INSERT of `rows` rows is written with: the next power of two, at most
+/// [`ROWS_PER_INSERT`]; those past `rows` are padding, all NULL, which [`insert_sql`]'s
+/// statement leaves out. So nine statements a table (1, 2, 4 … 128 and 250 rows) serve every
+/// length, each prepared once on a connection and kept in sqlx's statement cache. Batches
+/// bounded by bytes come in every length (13 of the 25 batches of the corpus's first sync
+/// are short of 250: 109 to 249 rows), and a statement of each length was parsed — on
+/// PostgreSQL also planned — anew for its one use: kept, they would have filled the cache's
+/// 100 places (a prepared statement of 250 emails holds 0.7 MB of SQLite's memory, by the
+/// sqlite3 shell's `.stats`).
+pub(crate) fn insert_rows(rows: usize) -> usize {
+    rows.next_power_of_two().min(ROWS_PER_INSERT)
+}
 
-/// Whether a multi-row INSERT of `rows` rows stays prepared in the connection's statement
-/// cache (sqlx keeps up to 100, one per distinct SQL text): a full one, which every full
-/// batch reuses, and small ones. A prepared statement holds SQLite's program for every value:
-/// 0.7 MB for 250 emails, 0.1 MB for 32 (the sqlite3 shell's `.stats`). Batches bounded by
-/// bytes come in every length, and kept, those would fill the cache with up to 70 MB for
-/// statements seldom run again; they are prepared for their one use instead.
-pub(crate) fn keeps_prepared(rows: usize) -> bool {
-    rows == ROWS_PER_INSERT || rows <= SMALL_INSERT_ROWS
+/// A multi-row INSERT into `into` (the table and its columns) of `rows` rows of `columns`
+/// parameters, the first never NULL but in padding (see [`insert_rows`]), which is left out;
+/// `tail` follows (`ON CONFLICT`, `RETURNING`). The `WHERE` also tells SQLite's parser that an
+/// `ON CONFLICT` after it is not a join's `ON`.
+pub(crate) fn insert_sql(
+    backend: Backend,
+    into: &str,
+    rows: usize,
+    columns: usize,
+    tail: &str,
+) -> String {
+    format!(
+        "INSERT INTO {into} SELECT * FROM (VALUES {}) AS v WHERE column1 IS NOT NULL{tail}",
+        values_list(backend, rows, columns)
+    )
 }
 
 /// `(…), (…)`: the VALUES of a multi-row INSERT of `rows` rows of `columns` parameters.
 /// SQLite looks a numbered parameter's name up in a list, once per parameter: quadratic in the
 /// thousands of a full emails statement (a quarter of the store's time in the first-sync
 /// benchmark at 900). Anonymous `?`s bind in order with no look-up; PostgreSQL needs `$n`.
-pub(crate) fn values_list(backend: Backend, rows: usize, columns: usize) -> String {
+fn values_list(backend: Backend, rows: usize, columns: usize) -> String {
     use std::fmt::Write;
     // Written into one string: a first sync builds one per batch of 250 rows of 31 columns.
     let mut list = String::with_capacity(rows * columns * 6);
@@ -786,6 +802,17 @@ pub(crate) fn values_list(backend: Backend, rows: usize, columns: usize) -> Stri
 pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn every_insert_of_a_batch_takes_one_of_nine_lengths_with_room_for_its_rows() {
+        let lengths: std::collections::BTreeSet<usize> =
+            (1..=ROWS_PER_INSERT).map(insert_rows).collect();
+        assert_eq!(
+            lengths.into_iter().collect::<Vec<_>>(),
+            [1, 2, 4, 8, 16, 32, 64, 128, ROWS_PER_INSERT]
+        );
+        assert!((1..=ROWS_PER_INSERT).all(|rows| insert_rows(rows) >= rows));
+    }
 
     #[test]
     fn a_values_list_numbers_each_backends_parameters_row_by_row() {

@@ -1166,6 +1166,11 @@ async fn a_batch_larger_than_one_insert_is_stored_whole_with_its_attachments_and
             Some(format!("file-{i}.txt").as_str())
         );
         assert_eq!(email.attachments[0].size, i as i64);
+        // The row written from the first statement's and from the second's (padded: 60 rows
+        // in a statement of 64) keeps the message and its original size.
+        let raw = format!("Message-ID: <big-{i}@example.com>\r\nSubject: big {i}\r\n\r\nhi\r\n");
+        assert_eq!(email.size, raw.len() as i64, "{id}");
+        assert_eq!(store.email_raw(id).await.unwrap(), raw.as_bytes(), "{id}");
     }
     // Replayed after a crash: nothing new, nothing said.
     let (stored, again) = save().await;
