@@ -735,7 +735,8 @@ pub(crate) async fn insert_emails(
             EMAIL_COLUMNS,
             " ON CONFLICT DO NOTHING RETURNING id",
         )));
-        // Padding rows bind NULLs of each column's type (PostgreSQL gives a VALUES column one).
+        // Padding rows bind NULLs of each column's type: PostgreSQL gives each column of the
+        // VALUES one type, and each `bind` below binds one Rust type, real row or padding.
         for k in 0..padded {
             let row = chunk.get(k).map(|&i| (chunk_no * ROWS_PER_INSERT + k, i));
             // The original size, read before the bytes are moved out into the row.
@@ -811,6 +812,7 @@ pub(crate) async fn insert_emails(
             ATTACHMENT_COLUMNS,
             "",
         )));
+        // Padded as the emails are.
         for attachment in (0..padded).map(|k| chunk.get(k)) {
             q = q
                 .bind(attachment.map(|_| uuid::Uuid::now_v7().to_string()))

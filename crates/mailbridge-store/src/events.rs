@@ -134,16 +134,16 @@ pub(crate) async fn append(
             .await?;
     }
     for chunk in events.chunks(ROWS_PER_INSERT) {
-        let rows = insert_rows(chunk.len());
+        let padded = insert_rows(chunk.len());
         let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_sql(
             backend,
             "events (id, type, mailbox_id, owner_user_id, created_at, data)",
-            rows,
+            padded,
             EVENT_PARAMETERS,
             "",
         )));
-        // Padding rows bind NULLs of each column's type (PostgreSQL gives a VALUES column one).
-        for e in (0..rows).map(|k| chunk.get(k)) {
+        // As `emails::insert_emails` does: padding binds each column's type, as a NULL.
+        for e in (0..padded).map(|k| chunk.get(k)) {
             q = q
                 .bind(e.map(|_| uuid::Uuid::now_v7().to_string()))
                 .bind(e.map(|e| e.kind.as_str()))

@@ -339,6 +339,11 @@ async fn sqlite_pool(
 const POSTGRES_CONNECTIONS: u32 = 16;
 /// PostgreSQL: the connections that write sync batches, a pool of one each.
 const BATCH_WRITERS: u32 = 4;
+/// PostgreSQL: how long a batch waits for its mailbox's writer before it takes any pooled
+/// connection: well over the round trip in which a connection comes back from the batch
+/// before (sqlx pings it first), and about as long as another mailbox's full batch holds it
+/// (20–50 ms on the benchmark's corpus), so no batch queues behind more than about one other.
+const WRITER_WAIT: Duration = Duration::from_millis(50);
 
 /// A PostgreSQL pool of up to `max` connections, each of which runs `settings` (more `SET`s)
 /// when it opens.
@@ -558,8 +563,8 @@ impl Store {
     /// planned the batch's statements for itself — the 7,750-value INSERT among them. On one
     /// connection, `bench/first-sync`'s PostgreSQL sync in a scratch loop of new stores took
     /// 0.580 s against 0.617 s (the middle of 4 alternated runs' medians of 7 syncs), the
-    /// server's CPU a sync 0.32 against 0.36 s. A batch waits for its mailbox's connection
-    /// as a SQLite one waits at the gate, up to the pool's acquire timeout.
+    /// server's CPU a sync 0.32 against 0.36 s. While another mailbox's batch holds the
+    /// connection, a batch waits for it only briefly (see [`Store::begin_batch_on_postgres`]).
     pub(crate) async fn begin_batch_write(&self, mailbox: MailboxId) -> Result<WriteTx> {
         self.begin_write_turn(WriteKind::Batch(mailbox)).await
     }
@@ -582,23 +587,37 @@ impl Store {
                     _turn: Some(turn),
                 }
             }
-            Backend::Postgres => {
-                let (pool, begin) = match kind {
-                    WriteKind::Batch(mailbox) => {
-                        let writer = mailbox.0.as_u128() % self.writers.len() as u128;
-                        (
-                            &self.writers[writer as usize],
-                            "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan",
-                        )
+            Backend::Postgres => WriteTx {
+                tx: match kind {
+                    WriteKind::Batch(mailbox) => self.begin_batch_on_postgres(mailbox).await?,
+                    WriteKind::Request | WriteKind::Background => {
+                        self.pool.begin_with("BEGIN").await?
                     }
-                    WriteKind::Request | WriteKind::Background => (&self.pool, "BEGIN"),
-                };
-                WriteTx {
-                    tx: pool.begin_with(begin).await?,
-                    _turn: None,
-                }
-            }
+                },
+                _turn: None,
+            },
         })
+    }
+
+    /// PostgreSQL: a batch's transaction on its mailbox's writer (see [`Store::begin_batch_write`]),
+    /// opened there the first time; while another mailbox's batch keeps that one busy past
+    /// [`WRITER_WAIT`] (a large batch, a row lock), on any of the pool's connections instead, so
+    /// batches never queue behind one another for longer.
+    async fn begin_batch_on_postgres(
+        &self,
+        mailbox: MailboxId,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        const BEGIN: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
+        let writer = &self.writers[(mailbox.0.as_u128() % self.writers.len() as u128) as usize];
+        if writer.size() == 0 {
+            return Ok(writer.begin_with(BEGIN).await?);
+        }
+        Ok(
+            match tokio::time::timeout(WRITER_WAIT, writer.begin_with(BEGIN)).await {
+                Ok(tx) => tx?,
+                Err(_) => self.pool.begin_with(BEGIN).await?,
+            },
+        )
     }
 
     fn now_ms(&self) -> i64 {
@@ -750,7 +769,8 @@ pub(crate) const MAX_PARAMETERS: usize = 32_766;
 /// are short of 250: 109 to 249 rows), and a statement of each length was parsed — on
 /// PostgreSQL also planned — anew for its one use: kept, they would have filled the cache's
 /// 100 places (a prepared statement of 250 emails holds 0.7 MB of SQLite's memory, by the
-/// sqlite3 shell's `.stats`).
+/// sqlite3 shell's `.stats`). The nine lengths of the three tables batches write (emails,
+/// attachments, events) hold about 2 MB at most, on each connection that writes batches.
 pub(crate) fn insert_rows(rows: usize) -> usize {
     rows.next_power_of_two().min(ROWS_PER_INSERT)
 }

@@ -92,7 +92,7 @@ on_postgres!(
     a_lost_lease_fences_off_the_old_holders_writes(super::TestDatabase::Postgres),
     nodes_claiming_at_once_never_share_a_mailbox(super::TestDatabase::Postgres),
     a_reader_never_skips_an_event_that_commits_after_it_read_a_later_one,
-    a_mailboxs_batches_are_written_on_one_connection_and_all_on_at_most_four,
+    a_mailboxs_batches_keep_to_one_connection_but_never_queue_behind_a_stuck_one,
     a_dead_node_is_told_from_a_late_one_by_its_session,
     a_node_gone_before_this_ones_session_began_is_left_to_its_lease,
     a_node_refused_its_session_lock_finds_no_one_dead,
@@ -1111,8 +1111,18 @@ async fn a_batch_larger_than_one_insert_is_stored_whole_with_its_attachments_and
     let store = db.open(Keyring::generate()).await;
     let mailbox = enabled_mailboxes(&store, 1).await[0];
     let n = mailbridge_store::ROWS_PER_INSERT + 60;
+    // The raw message of `i`: the last one long enough for zstd (kept compressed).
+    let raw_of = |i: usize| {
+        let body = if i == n - 1 {
+            "hello ".repeat(2000)
+        } else {
+            "hi".into()
+        };
+        format!("Message-ID: <big-{i}@example.com>\r\nSubject: big {i}\r\n\r\n{body}\r\n")
+    };
     let with_attachments = || {
         let mut batch = batch_of("big", n, None);
+        batch.emails[n - 1].raw = mailbridge_store::RawMessage::new(raw_of(n - 1).into_bytes());
         for (i, e) in batch.emails.iter_mut().enumerate() {
             e.parsed.attachments = vec![mailbridge_core::message::ParsedAttachment {
                 filename: Some(format!("file-{i}.txt")),
@@ -1167,8 +1177,8 @@ async fn a_batch_larger_than_one_insert_is_stored_whole_with_its_attachments_and
         );
         assert_eq!(email.attachments[0].size, i as i64);
         // The row written from the first statement's and from the second's (padded: 60 rows
-        // in a statement of 64) keeps the message and its original size.
-        let raw = format!("Message-ID: <big-{i}@example.com>\r\nSubject: big {i}\r\n\r\nhi\r\n");
+        // in a statement of 64; its last compressed) keeps the message and its original size.
+        let raw = raw_of(i);
         assert_eq!(email.size, raw.len() as i64, "{id}");
         assert_eq!(store.email_raw(id).await.unwrap(), raw.as_bytes(), "{id}");
     }
@@ -1329,69 +1339,91 @@ async fn a_refused_batch_leaves_no_event_and_a_stored_one_exactly_its_own(kind: 
 }
 
 /// PostgreSQL parses and plans a batch's statements once per connection: a mailbox's batches
-/// all go to the same one, and the batches of every mailbox to at most four, opened as needed
-/// and named in `pg_stat_activity`.
-async fn a_mailboxs_batches_are_written_on_one_connection_and_all_on_at_most_four() {
+/// go to the same one of four (by its id), opened when first needed and named in
+/// `pg_stat_activity`. But a batch does not queue behind another mailbox's that holds that
+/// connection (here stuck on a row lock): it takes a pooled one instead.
+async fn a_mailboxs_batches_keep_to_one_connection_but_never_queue_behind_a_stuck_one() {
+    use sqlx::Connection;
     let db = Db::new(TestDatabase::Postgres).await;
     let store = db.open(Keyring::generate()).await;
-    let mut look = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
-        .await
+    let mut look = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    assert_eq!(batch_writers(&mut look).await, [], "none before a batch");
+    // Sixty mailboxes: one shares the first's writer but with odds of (3/4)^59.
+    let mailboxes = enabled_mailboxes(&store, 60).await;
+    let (first, writer) = (mailboxes[0], mailboxes[0].0.as_u128() % 4);
+    let other = *mailboxes[1..]
+        .iter()
+        .find(|m| m.0.as_u128() % 4 == writer)
         .unwrap();
-    assert_eq!(
-        batch_writers(&mut look).await,
-        Vec::<String>::new(),
-        "none before a batch"
-    );
-    let mailboxes = enabled_mailboxes(&store, 12).await;
     for b in 0..6 {
         store
-            .save_sync_batch(mailboxes[0], batch_of(&format!("one{b}"), 3, None))
+            .save_sync_batch(first, batch_of(&format!("one{b}"), 3, None))
             .await
             .unwrap();
     }
-    assert_eq!(
-        batch_writers(&mut look).await.len(),
-        1,
-        "{:?}",
-        batch_writers(&mut look).await
-    );
-    let all: Vec<_> = mailboxes
-        .iter()
-        .enumerate()
-        .map(|(m, &mailbox)| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                for b in 0..3 {
-                    store
-                        .save_sync_batch(mailbox, batch_of(&format!("m{m}b{b}"), 2, None))
-                        .await
-                        .unwrap();
-                }
-            })
+    let writers = batch_writers(&mut look).await;
+    assert_eq!(writers.len(), 1, "{writers:?}");
+    let (pid, before) = writers[0].1;
+    store
+        .save_sync_batch(first, batch_of("again", 3, None))
+        .await
+        .unwrap();
+    let after = batch_writers(&mut look).await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].1.0, pid, "the same connection");
+    assert!(after[0].1.1 > before, "and it wrote the batch: {after:?}");
+
+    // The first mailbox's next batch waits on a lock of its row, holding their writer.
+    let mut locker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut lock = locker.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM mailboxes WHERE id = $1 FOR UPDATE")
+        .bind(first.to_string())
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let stuck = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .save_sync_batch(first, batch_of("stuck", 2, None))
+                .await
         })
-        .collect();
-    for task in all {
-        task.await.unwrap();
-    }
-    // Twelve mailboxes of random ids all on one of four connections: odds of 4 × (1/4)^12.
-    let names = batch_writers(&mut look).await;
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let other_batch = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        store.save_sync_batch(other, batch_of("other", 2, None)),
+    )
+    .await;
     assert!(
-        names.len() > 1 && names.len() <= 4,
-        "twelve mailboxes' batches on {names:?}"
+        matches!(other_batch, Ok(Ok(2))),
+        "{other_batch:?} after {:?}",
+        started.elapsed()
     );
+    assert!(
+        !stuck.is_finished(),
+        "the first mailbox's batch waits for its lock"
+    );
+    lock.commit().await.unwrap();
+    assert_eq!(stuck.await.unwrap().unwrap(), 2);
 }
 
-/// The connections open for sync batches, by their names.
-async fn batch_writers(look: &mut sqlx::PgConnection) -> Vec<String> {
-    let names: Vec<(String,)> = sqlx::query_as(
-        "SELECT application_name FROM pg_stat_activity \
+/// The connections open for sync batches: their names, with each one's server process and when
+/// its state last changed (in microseconds since the epoch).
+async fn batch_writers(look: &mut sqlx::PgConnection) -> Vec<(String, (i32, i64))> {
+    sqlx::query_as(
+        "SELECT application_name, pid, \
+         (EXTRACT(EPOCH FROM state_change) * 1000000)::BIGINT FROM pg_stat_activity \
          WHERE datname = current_database() AND application_name LIKE 'mailbridge batches %' \
          ORDER BY application_name",
     )
     .fetch_all(look)
     .await
-    .unwrap();
-    names.into_iter().map(|(n,)| n).collect()
+    .unwrap()
+    .into_iter()
+    .map(|(name, pid, changed)| (name, (pid, changed)))
+    .collect()
 }
 
 /// Writers commit batches into many mailboxes at once while a reader follows the log by its
