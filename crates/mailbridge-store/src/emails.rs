@@ -14,7 +14,8 @@ use crate::folders::{FolderPosition, PassProgress};
 use crate::nodes::{Fence, check_fence};
 pub use crate::raw::RawMessage;
 use crate::{
-    Backend, ROWS_PER_INSERT, Result, Store, StoreError, insert_rows, insert_sql, raw, time_from_ms,
+    Backend, ROWS_PER_INSERT, Result, Store, StoreError, insert_padded, insert_rows, insert_sql,
+    raw, time_from_ms,
 };
 
 /// A message to store, as read from the server.
@@ -803,26 +804,21 @@ pub(crate) async fn insert_emails(
             emails[i].parsed.attachments.iter().map(move |a| (id, a))
         })
         .collect();
-    for chunk in attachments.chunks(ROWS_PER_INSERT) {
-        let padded = insert_rows(chunk.len());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_sql(
-            backend,
-            "attachments (id, email_id, filename, content_type, size)",
-            padded,
-            ATTACHMENT_COLUMNS,
-            "",
-        )));
-        // Padded as the emails are.
-        for attachment in (0..padded).map(|k| chunk.get(k)) {
-            q = q
-                .bind(attachment.map(|_| uuid::Uuid::now_v7().to_string()))
+    insert_padded(
+        tx,
+        backend,
+        "attachments (id, email_id, filename, content_type, size)",
+        ATTACHMENT_COLUMNS,
+        &attachments,
+        |q, attachment| {
+            q.bind(attachment.map(|_| uuid::Uuid::now_v7().to_string()))
                 .bind(attachment.map(|(email_id, _)| (*email_id).clone()))
                 .bind(attachment.and_then(|(_, a)| a.filename.clone()))
                 .bind(attachment.map(|(_, a)| a.content_type.clone()))
-                .bind(attachment.map(|(_, a)| i64::try_from(a.size).unwrap_or(i64::MAX)));
-        }
-        q.execute(&mut *tx).await?;
-    }
+                .bind(attachment.map(|(_, a)| i64::try_from(a.size).unwrap_or(i64::MAX)))
+        },
+    )
+    .await?;
     Ok(rows
         .iter()
         .enumerate()

@@ -16,9 +16,7 @@ use chrono::{DateTime, Utc};
 use mailbridge_core::{EventType, MailboxId, UserId};
 use sqlx::AnyConnection;
 
-use crate::{
-    Backend, ROWS_PER_INSERT, Result, Store, StoreError, insert_rows, insert_sql, time_from_ms,
-};
+use crate::{Backend, ROWS_PER_INSERT, Result, Store, StoreError, insert_padded, time_from_ms};
 
 /// `pg_advisory_xact_lock` key of the event log ("MBEV").
 const EVENT_LOCK: i64 = 0x4D42_4556;
@@ -133,28 +131,22 @@ pub(crate) async fn append(
             .execute(&mut *tx)
             .await?;
     }
-    for chunk in events.chunks(ROWS_PER_INSERT) {
-        let padded = insert_rows(chunk.len());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_sql(
-            backend,
-            "events (id, type, mailbox_id, owner_user_id, created_at, data)",
-            padded,
-            EVENT_PARAMETERS,
-            "",
-        )));
-        // As `emails::insert_emails` does: padding binds each column's type, as a NULL.
-        for e in (0..padded).map(|k| chunk.get(k)) {
-            q = q
-                .bind(e.map(|_| uuid::Uuid::now_v7().to_string()))
+    insert_padded(
+        tx,
+        backend,
+        "events (id, type, mailbox_id, owner_user_id, created_at, data)",
+        EVENT_PARAMETERS,
+        events,
+        |q, e| {
+            q.bind(e.map(|_| uuid::Uuid::now_v7().to_string()))
                 .bind(e.map(|e| e.kind.as_str()))
                 .bind(e.and_then(|e| e.mailbox_id.map(|m| m.to_string())))
                 .bind(e.and_then(|e| e.owner.map(|u| u.to_string())))
                 .bind(e.map(|_| now))
-                .bind(e.map(|e| e.data.as_str()));
-        }
-        q.execute(&mut *tx).await?;
-    }
-    Ok(())
+                .bind(e.map(|e| e.data.as_str()))
+        },
+    )
+    .await
 }
 
 /// Up to `limit` events after `after` and up to `head`, oldest first, read in `tx`.

@@ -792,6 +792,32 @@ pub(crate) fn insert_sql(
     )
 }
 
+/// A query being built and bound on either backend.
+pub(crate) type AnyQuery = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Inserts `rows` into `into` (the table and its columns, `columns` of them) in statements of
+/// [`insert_rows`]'s lengths. `bind` binds one row's values, or, for `None`, a padding row's:
+/// NULLs of the same types (PostgreSQL gives each column of the VALUES one type), so each of
+/// its binds should be one `Option` expression of the row.
+pub(crate) async fn insert_padded<T>(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    into: &str,
+    columns: usize,
+    rows: &[T],
+    bind: impl Fn(AnyQuery, Option<&T>) -> AnyQuery,
+) -> Result<()> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let padded = insert_rows(chunk.len());
+        let sql = insert_sql(backend, into, padded, columns, "");
+        let q = (0..padded).fold(sqlx::query(sqlx::AssertSqlSafe(sql)), |q, k| {
+            bind(q, chunk.get(k))
+        });
+        q.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
 /// `(…), (…)`: the VALUES of a multi-row INSERT of `rows` rows of `columns` parameters.
 /// SQLite looks a numbered parameter's name up in a list, once per parameter: quadratic in the
 /// thousands of a full emails statement (a quarter of the store's time in the first-sync
