@@ -209,8 +209,11 @@ pub struct Store {
     pool: AnyPool,
     /// SQLite: one pool of the one connection of this process's write transactions (see
     /// [`Store::connect`]); PostgreSQL: [`BATCH_WRITERS`] pools of one connection each, for
-    /// sync batches, a mailbox's always on the same one (see [`Store::begin_batch_write`]).
+    /// sync batches, a mailbox's on the same one while it is free (see
+    /// [`Store::begin_batch_write`]).
     writers: Arc<[AnyPool]>,
+    /// PostgreSQL: by writer, the mailbox whose batch had it last (its id's low 64 bits).
+    last_batch_of: Arc<[std::sync::atomic::AtomicU64]>,
     backend: Backend,
     keyring: Arc<Keyring>,
     clock: Arc<dyn Clock>,
@@ -339,10 +342,9 @@ async fn sqlite_pool(
 const POSTGRES_CONNECTIONS: u32 = 16;
 /// PostgreSQL: the connections that write sync batches, a pool of one each.
 const BATCH_WRITERS: u32 = 4;
-/// PostgreSQL: how long a batch waits for its mailbox's writer before it takes any pooled
-/// connection: well over the round trip in which a connection comes back from the batch
-/// before (sqlx pings it first), and about as long as another mailbox's full batch holds it
-/// (20–50 ms on the benchmark's corpus), so no batch queues behind more than about one other.
+/// PostgreSQL: how long a batch waits for its mailbox's writer to come back from the
+/// mailbox's batch before (sqlx pings a connection before it is idle again: a round trip),
+/// before it takes any pooled connection instead.
 const WRITER_WAIT: Duration = Duration::from_millis(50);
 
 /// A PostgreSQL pool of up to `max` connections, each of which runs `settings` (more `SET`s)
@@ -471,6 +473,7 @@ impl Store {
         }
         Ok(Self {
             pool,
+            last_batch_of: writers.iter().map(|_| Default::default()).collect(),
             writers: writers.into(),
             backend,
             keyring: Arc::new(keyring),
@@ -564,7 +567,7 @@ impl Store {
     /// connection, `bench/first-sync`'s PostgreSQL sync in a scratch loop of new stores took
     /// 0.580 s against 0.617 s (the middle of 4 alternated runs' medians of 7 syncs), the
     /// server's CPU a sync 0.32 against 0.36 s. While another mailbox's batch holds the
-    /// connection, a batch waits for it only briefly (see [`Store::begin_batch_on_postgres`]).
+    /// connection, a batch takes a pooled one (see [`Store::begin_batch_on_postgres`]).
     pub(crate) async fn begin_batch_write(&self, mailbox: MailboxId) -> Result<WriteTx> {
         self.begin_write_turn(WriteKind::Batch(mailbox)).await
     }
@@ -600,24 +603,46 @@ impl Store {
     }
 
     /// PostgreSQL: a batch's transaction on its mailbox's writer (see [`Store::begin_batch_write`]),
-    /// opened there the first time; while another mailbox's batch keeps that one busy past
-    /// [`WRITER_WAIT`] (a large batch, a row lock), on any of the pool's connections instead, so
-    /// batches never queue behind one another for longer.
+    /// opened there when it has no connection (the first batch, or one after sqlx closed an
+    /// idle one). While the writer is busy: if this mailbox's own batch had it last, its
+    /// connection is on its way back (sqlx pings it first), and the batch waits for it up to
+    /// [`WRITER_WAIT`]; if another mailbox's batch has it (a large batch, one stuck on a row
+    /// lock), the batch takes any of the pool's connections at once rather than queue.
+    ///
+    /// The wait runs in a task of its own, left to finish when it is given up: a `begin_with`
+    /// dropped midway loses its connection (in the ping before it is handed out) or leaves it
+    /// in a transaction sqlx does not know it began (in the `BEGIN`); finished and dropped, its
+    /// transaction is rolled back and the connection goes back clean. (Polling the idle
+    /// connection instead, every millisecond or by yielding, was slower: 0.58–0.60 s against
+    /// 0.57 s in the scratch loop.)
     async fn begin_batch_on_postgres(
         &self,
         mailbox: MailboxId,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         const BEGIN: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
-        let writer = &self.writers[(mailbox.0.as_u128() % self.writers.len() as u128) as usize];
-        if writer.size() == 0 {
-            return Ok(writer.begin_with(BEGIN).await?);
+        let k = usize::from(mailbox.0.as_bytes()[15]) % self.writers.len();
+        let (writer, last) = (&self.writers[k], &self.last_batch_of[k]);
+        let me = mailbox.0.as_u64_pair().1;
+        let ordering = std::sync::atomic::Ordering::Relaxed;
+        let tx = if writer.size() == 0 {
+            Some(writer.begin_with(BEGIN).await?)
+        } else if last.load(ordering) == me {
+            let writer = writer.clone();
+            let pending = tokio::spawn(async move { writer.begin_with(BEGIN).await });
+            match tokio::time::timeout(WRITER_WAIT, pending).await {
+                Ok(Ok(begun)) => Some(begun?),
+                Ok(Err(_)) | Err(_) => None, // the task failed, or was given up
+            }
+        } else {
+            writer.try_begin_with(BEGIN).await?
+        };
+        match tx {
+            Some(tx) => {
+                last.store(me, ordering);
+                Ok(tx)
+            }
+            None => Ok(self.pool.begin_with(BEGIN).await?),
         }
-        Ok(
-            match tokio::time::timeout(WRITER_WAIT, writer.begin_with(BEGIN)).await {
-                Ok(tx) => tx?,
-                Err(_) => self.pool.begin_with(BEGIN).await?,
-            },
-        )
     }
 
     fn now_ms(&self) -> i64 {
@@ -793,7 +818,7 @@ pub(crate) fn insert_sql(
 }
 
 /// A query being built and bound on either backend.
-pub(crate) type AnyQuery = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
+type AnyQuery = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
 
 /// Inserts `rows` into `into` (the table and its columns, `columns` of them) in statements of
 /// [`insert_rows`]'s lengths. `bind` binds one row's values, or, for `None`, a padding row's:
