@@ -207,13 +207,7 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
-    /// SQLite: one pool of the one connection of this process's write transactions (see
-    /// [`Store::connect`]); PostgreSQL: [`BATCH_WRITERS`] pools of one connection each, for
-    /// sync batches, a mailbox's on the same one while it is free (see
-    /// [`Store::begin_batch_write`]).
-    writers: Arc<[AnyPool]>,
-    /// PostgreSQL: by writer, the mailbox whose batch had it last (its id's low 64 bits).
-    last_batch_of: Arc<[std::sync::atomic::AtomicU64]>,
+    writers: Writers,
     backend: Backend,
     keyring: Arc<Keyring>,
     clock: Arc<dyn Clock>,
@@ -228,6 +222,37 @@ pub struct Store {
     /// PostgreSQL: whether this process's nodes hold session locks and end the leases of
     /// nodes found dead by theirs (see [`Store::without_node_session_locks`]).
     node_session_locks: bool,
+}
+
+/// The connections write transactions run on, besides the store's pool.
+#[derive(Clone)]
+enum Writers {
+    /// SQLite: the pool of the one connection of this process's write transactions (see
+    /// [`Store::connect`]).
+    Sqlite(AnyPool),
+    /// PostgreSQL: the [`BATCH_WRITERS`] connections for sync batches, a mailbox's on the
+    /// same one while it is free (see [`Store::begin_batch_write`]); other writes take the
+    /// store's pool.
+    Postgres(Arc<[BatchWriter]>),
+}
+
+/// PostgreSQL: a connection for sync batches, a pool of one.
+struct BatchWriter {
+    pool: AnyPool,
+    /// The mailbox whose batch had it last (its id's low 64 bits).
+    last: std::sync::atomic::AtomicU64,
+}
+
+/// PostgreSQL: which of the [`BATCH_WRITERS`] takes `mailbox`'s batches (its id's last byte,
+/// counted from 0), so a mailbox's batches keep to one connection.
+fn batch_writer_of(mailbox: MailboxId) -> usize {
+    usize::from(mailbox.0.as_bytes()[15]) % BATCH_WRITERS as usize
+}
+
+/// PostgreSQL: the `application_name` of the `k`th batch writer's connection (from 0), by
+/// which `pg_stat_activity` shows it.
+fn batch_writer_name(k: usize) -> String {
+    format!("mailbridge batches {}", k + 1)
 }
 
 /// Who writes, for [`Store::begin_write_turn`].
@@ -346,6 +371,10 @@ const BATCH_WRITERS: u32 = 4;
 /// mailbox's batch before (sqlx pings a connection before it is idle again: a round trip),
 /// before it takes any pooled connection instead.
 const WRITER_WAIT: Duration = Duration::from_millis(50);
+/// PostgreSQL: how long a batch tries to open its mailbox's writer before it takes a pooled
+/// connection instead. sqlx tries again until its acquire timeout while the server refuses
+/// for want of connections; a batch need not wait the pool's 5 s for that.
+const WRITER_OPEN: Duration = Duration::from_secs(1);
 
 /// A PostgreSQL pool of up to `max` connections, each of which runs `settings` (more `SET`s)
 /// when it opens.
@@ -445,7 +474,7 @@ impl Store {
                     "PRAGMA cache_size = -32768;",
                 )
                 .await?;
-                (readers, vec![writer])
+                (readers, Writers::Sqlite(writer))
             }
             Backend::Postgres => {
                 let max = POSTGRES_CONNECTIONS - BATCH_WRITERS;
@@ -454,18 +483,22 @@ impl Store {
                     .await?;
                 // Opened when a mailbox's first batch needs one, each named in the server's
                 // `pg_stat_activity`.
-                let writers: Vec<AnyPool> = (1..=BATCH_WRITERS)
+                let writers = (0..BATCH_WRITERS as usize)
                     .map(|k| {
-                        let name = format!("SET application_name = 'mailbridge batches {k}'");
-                        postgres_pool(pool_options.clone(), 1, name)
-                            .connect_lazy_with(options.clone())
+                        let name = format!("SET application_name = '{}'", batch_writer_name(k));
+                        BatchWriter {
+                            pool: postgres_pool(pool_options.clone(), 1, name)
+                                .acquire_timeout(WRITER_OPEN)
+                                .connect_lazy_with(options.clone()),
+                            last: Default::default(),
+                        }
                     })
                     .collect();
                 let (version,): (String,) = sqlx::query_as("SHOW server_version_num")
                     .fetch_one(&pool)
                     .await?;
                 postgres_supported(&version)?;
-                (pool, writers)
+                (pool, Writers::Postgres(writers))
             }
         };
         if backend == Backend::Sqlite {
@@ -473,8 +506,7 @@ impl Store {
         }
         Ok(Self {
             pool,
-            last_batch_of: writers.iter().map(|_| Default::default()).collect(),
-            writers: writers.into(),
+            writers,
             backend,
             keyring: Arc::new(keyring),
             clock,
@@ -521,8 +553,13 @@ impl Store {
 
     pub async fn close(&self) {
         self.end_node_sessions().await;
-        for writer in self.writers.iter() {
-            writer.close().await;
+        match &self.writers {
+            Writers::Sqlite(writer) => writer.close().await,
+            Writers::Postgres(writers) => {
+                for writer in writers.iter() {
+                    writer.pool.close().await;
+                }
+            }
         }
         self.pool.close().await;
     }
@@ -572,9 +609,17 @@ impl Store {
         self.begin_write_turn(WriteKind::Batch(mailbox)).await
     }
 
+    /// PostgreSQL: the name (`application_name`) of the connection `mailbox`'s batches keep
+    /// to while it is free; `None` on SQLite. For tests that watch `pg_stat_activity`.
+    #[doc(hidden)]
+    pub fn batch_connection_of(&self, mailbox: MailboxId) -> Option<String> {
+        matches!(self.writers, Writers::Postgres(_))
+            .then(|| batch_writer_name(batch_writer_of(mailbox)))
+    }
+
     async fn begin_write_turn(&self, kind: WriteKind) -> Result<WriteTx> {
-        Ok(match self.backend {
-            Backend::Sqlite => {
+        Ok(match &self.writers {
+            Writers::Sqlite(writer) => {
                 // As long as SQLite's own `busy_timeout` would have waited: then, as there,
                 // the write fails and is tried again by its caller.
                 let turn = if kind == WriteKind::Background {
@@ -586,13 +631,15 @@ impl Store {
                     source: sqlx::Error::PoolTimedOut,
                 })?;
                 WriteTx {
-                    tx: self.writers[0].begin_with("BEGIN IMMEDIATE").await?,
+                    tx: writer.begin_with("BEGIN IMMEDIATE").await?,
                     _turn: Some(turn),
                 }
             }
-            Backend::Postgres => WriteTx {
+            Writers::Postgres(writers) => WriteTx {
                 tx: match kind {
-                    WriteKind::Batch(mailbox) => self.begin_batch_on_postgres(mailbox).await?,
+                    WriteKind::Batch(mailbox) => {
+                        self.begin_batch_on_postgres(writers, mailbox).await?
+                    }
                     WriteKind::Request | WriteKind::Background => {
                         self.pool.begin_with("BEGIN").await?
                     }
@@ -607,7 +654,9 @@ impl Store {
     /// idle one). While the writer is busy: if this mailbox's own batch had it last, its
     /// connection is on its way back (sqlx pings it first), and the batch waits for it up to
     /// [`WRITER_WAIT`]; if another mailbox's batch has it (a large batch, one stuck on a row
-    /// lock), the batch takes any of the pool's connections at once rather than queue.
+    /// lock), the batch takes any of the pool's connections at once rather than queue. So it
+    /// does when the writer's connection cannot be opened (the server's or the role's
+    /// connection limit reached): the pool's open connections still serve.
     ///
     /// The wait runs in a task of its own, left to finish when it is given up: a `begin_with`
     /// dropped midway loses its connection (in the ping before it is handed out) or leaves it
@@ -617,32 +666,39 @@ impl Store {
     /// 0.57 s in the scratch loop.)
     async fn begin_batch_on_postgres(
         &self,
+        writers: &[BatchWriter],
         mailbox: MailboxId,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         const BEGIN: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
-        let k = usize::from(mailbox.0.as_bytes()[15]) % self.writers.len();
-        let (writer, last) = (&self.writers[k], &self.last_batch_of[k]);
+        let k = batch_writer_of(mailbox);
+        let writer = &writers[k];
         let me = mailbox.0.as_u64_pair().1;
         let ordering = std::sync::atomic::Ordering::Relaxed;
-        let tx = if writer.size() == 0 {
-            Some(writer.begin_with(BEGIN).await?)
-        } else if last.load(ordering) == me {
-            let writer = writer.clone();
-            let pending = tokio::spawn(async move { writer.begin_with(BEGIN).await });
+        let begun = if writer.pool.size() == 0 {
+            writer.pool.begin_with(BEGIN).await.map(Some)
+        } else if writer.last.load(ordering) == me {
+            let pool = writer.pool.clone();
+            let pending = tokio::spawn(async move { pool.begin_with(BEGIN).await });
             match tokio::time::timeout(WRITER_WAIT, pending).await {
-                Ok(Ok(begun)) => Some(begun?),
-                Ok(Err(_)) | Err(_) => None, // the task failed, or was given up
+                Ok(Ok(begun)) => begun.map(Some),
+                Ok(Err(_)) | Err(_) => Ok(None), // the task failed, or was given up
             }
         } else {
-            writer.try_begin_with(BEGIN).await?
+            writer.pool.try_begin_with(BEGIN).await
         };
-        match tx {
-            Some(tx) => {
-                last.store(me, ordering);
-                Ok(tx)
+        match begun {
+            Ok(Some(tx)) => {
+                writer.last.store(me, ordering);
+                return Ok(tx);
             }
-            None => Ok(self.pool.begin_with(BEGIN).await?),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(
+                %error,
+                connection = %batch_writer_name(k),
+                "a sync batch's own connection could not be opened; it takes a pooled one"
+            ),
         }
+        Ok(self.pool.begin_with(BEGIN).await?)
     }
 
     fn now_ms(&self) -> i64 {

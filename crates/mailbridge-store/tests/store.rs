@@ -93,6 +93,7 @@ on_postgres!(
     nodes_claiming_at_once_never_share_a_mailbox(super::TestDatabase::Postgres),
     a_reader_never_skips_an_event_that_commits_after_it_read_a_later_one,
     a_mailboxs_batches_keep_to_one_connection_but_never_queue_behind_a_stuck_one,
+    a_batch_whose_own_connection_cannot_open_takes_a_pooled_one,
     a_dead_node_is_told_from_a_late_one_by_its_session,
     a_node_gone_before_this_ones_session_began_is_left_to_its_lease,
     a_node_refused_its_session_lock_finds_no_one_dead,
@@ -1353,16 +1354,17 @@ async fn a_refused_batch_leaves_no_event_and_a_stored_one_exactly_its_own(kind: 
 /// go to the same one of four (by its id), opened when first needed and named in
 /// `pg_stat_activity`. But a batch does not queue behind another mailbox's that holds that
 /// connection (here stuck on a row lock): it takes a pooled one instead (without that, it
-/// waited for the pool's 5 s acquire timeout and failed).
+/// waited for the pool's 5 s acquire timeout and failed); nor, past a short wait, behind its
+/// own mailbox's.
 async fn a_mailboxs_batches_keep_to_one_connection_but_never_queue_behind_a_stuck_one() {
     use sqlx::Connection;
     let db = Db::new(TestDatabase::Postgres).await;
     let store = db.open(Keyring::generate()).await;
     let mut look = sqlx::PgConnection::connect(&db.url).await.unwrap();
     assert_eq!(batch_writers(&mut look).await, [], "none before a batch");
-    // The store's mapping: an id's last byte, over the four writers. Of sixty mailboxes, the
-    // other 59 all miss the first's writer with odds of (3/4)^59.
-    let writer_of = |m: &mailbridge_core::MailboxId| m.0.as_bytes()[15] % 4;
+    // Of sixty mailboxes over four writers, the other 59 all miss the first's writer with
+    // odds of (3/4)^59.
+    let writer_of = |m: &mailbridge_core::MailboxId| store.batch_connection_of(*m).unwrap();
     let mailboxes = enabled_mailboxes(&store, 60).await;
     let first = mailboxes[0];
     let other = *mailboxes[1..]
@@ -1377,6 +1379,7 @@ async fn a_mailboxs_batches_keep_to_one_connection_but_never_queue_behind_a_stuc
     }
     let writers = batch_writers(&mut look).await;
     assert_eq!(writers.len(), 1, "one connection opened: {writers:?}");
+    assert_eq!(writers[0].0, writer_of(&first));
     let pid = writers[0].1;
 
     // The first mailbox's next batch waits on a lock of its row — on that same connection.
@@ -1395,24 +1398,11 @@ async fn a_mailboxs_batches_keep_to_one_connection_but_never_queue_behind_a_stuc
                 .await
         })
     };
-    let on_its_writer = async {
-        loop {
-            let (waiting,): (i64,) = sqlx::query_as(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
-            )
-            .bind(pid)
-            .fetch_one(&mut look)
-            .await
-            .unwrap();
-            if waiting == 1 {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), on_its_writer)
-        .await
-        .expect("the first mailbox's batch waits for the lock on its writer's connection");
+    assert_eq!(
+        waiting_for_a_lock(&mut look, 1).await,
+        [pid],
+        "the first mailbox's batch waits for the lock on its writer's connection"
+    );
     let started = std::time::Instant::now();
     let other_batch = tokio::time::timeout(
         std::time::Duration::from_secs(3),
@@ -1428,8 +1418,90 @@ async fn a_mailboxs_batches_keep_to_one_connection_but_never_queue_behind_a_stuc
         !stuck.is_finished(),
         "the first mailbox's batch waits for its lock"
     );
+    // Another batch of the first mailbox waits for the writer a moment, then takes a pooled
+    // connection too, where it meets the same lock: two server processes wait for it.
+    let next = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .save_sync_batch(first, batch_of("next", 2, None))
+                .await
+        })
+    };
+    let waiting = waiting_for_a_lock(&mut look, 2).await;
+    assert!(waiting.contains(&pid) && waiting.len() == 2, "{waiting:?}");
     lock.commit().await.unwrap();
     assert_eq!(stuck.await.unwrap().unwrap(), 2);
+    assert_eq!(next.await.unwrap().unwrap(), 2);
+}
+
+/// When a mailbox's batch connection cannot be opened (here its role may open no more), the
+/// batch is written on one of the pool's open connections, not failed.
+async fn a_batch_whose_own_connection_cannot_open_takes_a_pooled_one() {
+    use sqlx::Connection;
+    let db = Db::new(TestDatabase::Postgres).await;
+    let mut look = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let (database,): (String,) = sqlx::query_as("SELECT current_database()")
+        .fetch_one(&mut look)
+        .await
+        .unwrap();
+    // Roles are the server's, shared by the tests: one named after this test's database.
+    let role = format!("r_{database}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'limited'; ALTER DATABASE {database} OWNER TO {role}"
+    )))
+    .execute(&mut look)
+    .await
+    .unwrap();
+    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    let url = format!("{scheme}://{role}:limited@{host}");
+    let store = Store::connect(&url, Keyring::generate(), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let mailbox = enabled_mailboxes(&store, 1).await[0];
+    // The role keeps the connections it has (the pool's) and may open no more.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER ROLE {role} CONNECTION LIMIT 0"
+    )))
+    .execute(&mut look)
+    .await
+    .unwrap();
+    let stored = store
+        .save_sync_batch(mailbox, batch_of("limited", 2, None))
+        .await;
+    assert!(matches!(stored, Ok(2)), "{stored:?}");
+    assert_eq!(
+        batch_writers(&mut look).await,
+        [],
+        "no batch connection opened"
+    );
+    store.close().await;
+}
+
+/// The server processes of this database that wait for a lock, once there are `n` of them
+/// (panics after 10 s).
+async fn waiting_for_a_lock(look: &mut sqlx::PgConnection, n: usize) -> Vec<i32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let pids: Vec<(i32,)> = sqlx::query_as(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' ORDER BY pid",
+        )
+        .fetch_all(&mut *look)
+        .await
+        .unwrap();
+        if pids.len() >= n {
+            return pids.into_iter().map(|(pid,)| pid).collect();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} processes wait for a lock, not {n}",
+            pids.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// The connections open for sync batches: their names and server processes.
