@@ -11,12 +11,10 @@ use sqlx::AnyConnection;
 
 use crate::events::{EmailSummary, append, email_event};
 use crate::folders::{FolderPosition, PassProgress};
+use crate::inserts::BatchInsert;
 use crate::nodes::{Fence, check_fence};
 pub use crate::raw::RawMessage;
-use crate::{
-    Backend, ROWS_PER_INSERT, Result, Store, StoreError, insert_padded, insert_rows, insert_sql,
-    raw, time_from_ms,
-};
+use crate::{Backend, Result, Store, StoreError, raw, time_from_ms};
 
 /// A message to store, as read from the server.
 #[derive(Debug, Clone)]
@@ -670,12 +668,20 @@ where
     q
 }
 
-/// Columns bound per inserted email.
-const EMAIL_COLUMNS: usize = 31;
-/// Columns bound per inserted attachment.
-const ATTACHMENT_COLUMNS: usize = 5;
-const _: () = assert!(ROWS_PER_INSERT * EMAIL_COLUMNS <= crate::MAX_PARAMETERS);
-const _: () = assert!(ROWS_PER_INSERT * ATTACHMENT_COLUMNS <= crate::MAX_PARAMETERS);
+/// A batch's emails; each stored one's id comes back (one already there is left alone).
+static INSERT_EMAILS: BatchInsert = BatchInsert::new(
+    "emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \
+     gmail_labels, message_id, in_reply_to, references_ids, subject, from_address, from_name, \
+     to_json, cc_json, sent_at, raw, raw_zstd, size, parse_error, conversation_id, \
+     created_at, status, idempotency_key, next_attempt_at, gmail_thread_id, tracking_token, \
+     stored_by, truncated, flags)",
+    " ON CONFLICT DO NOTHING RETURNING id",
+);
+/// The stored emails' attachments (what they are; their bytes stay in the raw message).
+static INSERT_ATTACHMENTS: BatchInsert = BatchInsert::new(
+    "attachments (id, email_id, filename, content_type, size)",
+    "",
+);
 /// Values per `IN (…)` list.
 pub(crate) const IN_LIST: usize = 500;
 
@@ -723,33 +729,19 @@ pub(crate) async fn insert_emails(
     };
     let json =
         |parties: &[Party]| serde_json::to_string(parties).unwrap_or_else(|_| "[]".to_owned());
-    let mut inserted: HashSet<String> = HashSet::new();
-    for (chunk_no, chunk) in rows.chunks(ROWS_PER_INSERT).enumerate() {
-        let padded = insert_rows(chunk.len());
-        let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(insert_sql(
-            backend,
-            "emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \
-             gmail_labels, message_id, in_reply_to, references_ids, subject, from_address, from_name, \
-             to_json, cc_json, sent_at, raw, raw_zstd, size, parse_error, conversation_id, \
-             created_at, status, idempotency_key, next_attempt_at, gmail_thread_id, tracking_token, stored_by, truncated, flags)",
-            padded,
-            EMAIL_COLUMNS,
-            " ON CONFLICT DO NOTHING RETURNING id",
-        )));
-        // Padding rows bind NULLs of each column's type: PostgreSQL gives each column of the
-        // VALUES one type, and each `bind` below binds one Rust type, real row or padding.
-        for k in 0..padded {
-            let row = chunk.get(k).map(|&i| (chunk_no * ROWS_PER_INSERT + k, i));
+    // Each row: its place among `rows` (for its id and conversation) and its email's.
+    let numbered: Vec<(usize, usize)> = rows.iter().copied().enumerate().collect();
+    let returned = INSERT_EMAILS
+        .run(tx, backend, &numbered, |q, row| {
             // The original size, read before the bytes are moved out into the row.
-            let size = row.map(|(_, i)| {
+            let size = row.map(|&(_, i)| {
                 let email = &emails[i];
                 i64::try_from(email.truncated_from.unwrap_or(email.raw.len() as u64))
                     .unwrap_or(i64::MAX)
             });
-            let (raw, raw_zstd) = row.map(|(_, i)| emails[i].raw.take_stored()).unzip();
-            let row = row.map(|(n, i)| (n, &emails[i], &emails[i].parsed));
-            q = q
-                .bind(row.map(|(n, ..)| ids[n].clone()))
+            let (raw, raw_zstd) = row.map(|&(_, i)| emails[i].raw.take_stored()).unzip();
+            let row = row.map(|&(n, i)| (n, &emails[i], &emails[i].parsed));
+            q.bind(row.map(|(n, ..)| ids[n].clone()))
                 .bind(row.map(|_| mailbox.to_owned()))
                 .bind(row.map(|(_, email, _)| direction(email)))
                 .bind(row.map(|(_, email, _)| email.remote_key.clone()))
@@ -788,10 +780,13 @@ pub(crate) async fn insert_emails(
                 .bind(row.and_then(|(_, email, _)| email.tracking_token.clone()))
                 .bind(row.and(stored_by).map(str::to_owned))
                 .bind(row.map(|(_, email, _)| i64::from(email.truncated_from.is_some())))
-                .bind(row.and_then(|(_, email, _)| email.flags.map(MessageFlags::to_imap)));
-        }
-        inserted.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
-    }
+                .bind(row.and_then(|(_, email, _)| email.flags.map(MessageFlags::to_imap)))
+        })
+        .await?;
+    let inserted: HashSet<String> = returned
+        .iter()
+        .map(|r| sqlx::Row::try_get(r, 0))
+        .collect::<Result<_, _>>()?;
     // Each stored email's attachments: what they are, in the order the message lists them
     // (their ids grow in that order); the contents stay in the raw message, read from there
     // when downloaded.
@@ -804,21 +799,15 @@ pub(crate) async fn insert_emails(
             emails[i].parsed.attachments.iter().map(move |a| (id, a))
         })
         .collect();
-    insert_padded(
-        tx,
-        backend,
-        "attachments (id, email_id, filename, content_type, size)",
-        ATTACHMENT_COLUMNS,
-        &attachments,
-        |q, attachment| {
+    INSERT_ATTACHMENTS
+        .run(tx, backend, &attachments, |q, attachment| {
             q.bind(attachment.map(|_| uuid::Uuid::now_v7().to_string()))
                 .bind(attachment.map(|(email_id, _)| (*email_id).clone()))
                 .bind(attachment.and_then(|(_, a)| a.filename.clone()))
                 .bind(attachment.map(|(_, a)| a.content_type.clone()))
                 .bind(attachment.map(|(_, a)| i64::try_from(a.size).unwrap_or(i64::MAX)))
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(rows
         .iter()
         .enumerate()

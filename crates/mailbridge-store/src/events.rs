@@ -16,13 +16,16 @@ use chrono::{DateTime, Utc};
 use mailbridge_core::{EventType, MailboxId, UserId};
 use sqlx::AnyConnection;
 
-use crate::{Backend, ROWS_PER_INSERT, Result, Store, StoreError, insert_padded, time_from_ms};
+use crate::inserts::BatchInsert;
+use crate::{Backend, Result, Store, StoreError, time_from_ms};
 
 /// `pg_advisory_xact_lock` key of the event log ("MBEV").
 const EVENT_LOCK: i64 = 0x4D42_4556;
 /// Parameters bound per appended event.
-const EVENT_PARAMETERS: usize = 6;
-const _: () = assert!(ROWS_PER_INSERT * EVENT_PARAMETERS <= crate::MAX_PARAMETERS);
+static INSERT_EVENTS: BatchInsert = BatchInsert::new(
+    "events (id, type, mailbox_id, owner_user_id, created_at, data)",
+    "",
+);
 
 /// An event to append.
 #[derive(Debug, Clone)]
@@ -131,22 +134,17 @@ pub(crate) async fn append(
             .execute(&mut *tx)
             .await?;
     }
-    insert_padded(
-        tx,
-        backend,
-        "events (id, type, mailbox_id, owner_user_id, created_at, data)",
-        EVENT_PARAMETERS,
-        events,
-        |q, e| {
+    INSERT_EVENTS
+        .run(tx, backend, events, |q, e| {
             q.bind(e.map(|_| uuid::Uuid::now_v7().to_string()))
                 .bind(e.map(|e| e.kind.as_str()))
                 .bind(e.and_then(|e| e.mailbox_id.map(|m| m.to_string())))
                 .bind(e.and_then(|e| e.owner.map(|u| u.to_string())))
                 .bind(e.map(|_| now))
                 .bind(e.map(|e| e.data.as_str()))
-        },
-    )
-    .await
+        })
+        .await?;
+    Ok(())
 }
 
 /// Up to `limit` events after `after` and up to `head`, oldest first, read in `tx`.

@@ -12,6 +12,7 @@ pub mod events;
 pub mod folders;
 mod gate;
 pub mod health;
+mod inserts;
 pub mod mailboxes;
 pub mod nodes;
 pub mod oauth;
@@ -43,6 +44,7 @@ pub use folders::{
     FolderChangeReport, FolderChanges, FolderPosition, FolderProgress, PassProgress, PresentUids,
     ServerState,
 };
+pub use inserts::ROWS_PER_INSERT;
 pub use mailboxes::{MailboxRecord, SyncStatus, TestOutcome};
 pub use nodes::{Balance, Fence, Lease, NodeInfo};
 pub use oauth::{NewOAuthState, OAuthState, SignInLink, StoredTokens, TokenSet};
@@ -830,126 +832,10 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Rows per multi-row INSERT of a sync batch's emails, its attachments and its events: a whole
-/// batch (the sync's `BATCH_SIZE`) in one statement. Each statement is a round trip to the
-/// database (to SQLite's own thread, which a first sync's other stages keep waiting for a
-/// core): at 32 emails and 64 events a statement the corpus's first sync took a fifth longer
-/// (`bench/first-sync`, 0.46 against 0.38 s). A statement's parameters must stay within
-/// [`MAX_PARAMETERS`] (each table's INSERT checks it where it counts its columns).
-pub const ROWS_PER_INSERT: usize = 250;
-
-/// The most parameters one statement may bind on both backends: SQLite's limit in the bundled
-/// build (PostgreSQL's is 65,535).
-pub(crate) const MAX_PARAMETERS: usize = 32_766;
-
-/// The rows a multi-row INSERT of `rows` rows is written with: the next power of two, at most
-/// [`ROWS_PER_INSERT`]; those past `rows` are padding, all NULL, which [`insert_sql`]'s
-/// statement leaves out. So nine statements a table (1, 2, 4 … 128 and 250 rows) serve every
-/// length, each prepared once on a connection and kept in sqlx's statement cache. Batches
-/// bounded by bytes come in every length (13 of the 25 batches of the corpus's first sync
-/// are short of 250: 109 to 249 rows), and a statement of each length was parsed — on
-/// PostgreSQL also planned — anew for its one use: kept, they would have filled the cache's
-/// 100 places (a prepared statement of 250 emails holds 0.7 MB of SQLite's memory, by the
-/// sqlite3 shell's `.stats`). The nine lengths of the three tables batches write (emails,
-/// attachments, events) hold about 2 MB at most, on each connection that writes batches.
-pub(crate) fn insert_rows(rows: usize) -> usize {
-    rows.next_power_of_two().min(ROWS_PER_INSERT)
-}
-
-/// A multi-row INSERT into `into` (the table and its columns) of `rows` rows of `columns`
-/// parameters, the first never NULL but in padding (see [`insert_rows`]), which is left out;
-/// `tail` follows (`ON CONFLICT`, `RETURNING`). The `WHERE` also tells SQLite's parser that an
-/// `ON CONFLICT` after it is not a join's `ON`.
-pub(crate) fn insert_sql(
-    backend: Backend,
-    into: &str,
-    rows: usize,
-    columns: usize,
-    tail: &str,
-) -> String {
-    format!(
-        "INSERT INTO {into} SELECT * FROM (VALUES {}) AS v WHERE column1 IS NOT NULL{tail}",
-        values_list(backend, rows, columns)
-    )
-}
-
-/// A query being built and bound on either backend.
-type AnyQuery = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
-
-/// Inserts `rows` into `into` (the table and its columns, `columns` of them) in statements of
-/// [`insert_rows`]'s lengths. `bind` binds one row's values, or, for `None`, a padding row's:
-/// NULLs of the same types (PostgreSQL gives each column of the VALUES one type), so each of
-/// its binds should be one `Option` expression of the row.
-pub(crate) async fn insert_padded<T>(
-    tx: &mut sqlx::AnyConnection,
-    backend: Backend,
-    into: &str,
-    columns: usize,
-    rows: &[T],
-    bind: impl Fn(AnyQuery, Option<&T>) -> AnyQuery,
-) -> Result<()> {
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let padded = insert_rows(chunk.len());
-        let sql = insert_sql(backend, into, padded, columns, "");
-        let q = (0..padded).fold(sqlx::query(sqlx::AssertSqlSafe(sql)), |q, k| {
-            bind(q, chunk.get(k))
-        });
-        q.execute(&mut *tx).await?;
-    }
-    Ok(())
-}
-
-/// `(…), (…)`: the VALUES of a multi-row INSERT of `rows` rows of `columns` parameters.
-/// SQLite looks a numbered parameter's name up in a list, once per parameter: quadratic in the
-/// thousands of a full emails statement (a quarter of the store's time in the first-sync
-/// benchmark at 900). Anonymous `?`s bind in order with no look-up; PostgreSQL needs `$n`.
-fn values_list(backend: Backend, rows: usize, columns: usize) -> String {
-    use std::fmt::Write;
-    // Written into one string: a first sync builds one per batch of 250 rows of 31 columns.
-    let mut list = String::with_capacity(rows * columns * 6);
-    for r in 0..rows {
-        list.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 1..=columns {
-            if c > 1 {
-                list.push_str(", ");
-            }
-            match backend {
-                Backend::Sqlite => list.push('?'),
-                Backend::Postgres => {
-                    let _ = write!(list, "${}", r * columns + c); // writing to a String cannot fail
-                }
-            }
-        }
-        list.push(')');
-    }
-    list
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn every_insert_of_a_batch_takes_one_of_nine_lengths_with_room_for_its_rows() {
-        let lengths: std::collections::BTreeSet<usize> =
-            (1..=ROWS_PER_INSERT).map(insert_rows).collect();
-        assert_eq!(
-            lengths.into_iter().collect::<Vec<_>>(),
-            [1, 2, 4, 8, 16, 32, 64, 128, ROWS_PER_INSERT]
-        );
-        assert!((1..=ROWS_PER_INSERT).all(|rows| insert_rows(rows) >= rows));
-    }
-
-    #[test]
-    fn a_values_list_numbers_each_backends_parameters_row_by_row() {
-        assert_eq!(
-            values_list(Backend::Postgres, 2, 3),
-            "($1, $2, $3), ($4, $5, $6)"
-        );
-        assert_eq!(values_list(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
-        assert_eq!(values_list(Backend::Postgres, 1, 1), "($1)");
-    }
 
     #[test]
     fn a_postgresql_older_than_12_is_refused_naming_its_version() {

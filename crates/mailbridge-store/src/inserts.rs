@@ -1,0 +1,220 @@
+//! [`BatchInsert`]: the multi-row INSERTs a sync batch is written with — its emails, their
+//! attachments, its events — each in statements of a few fixed lengths, whose texts are made
+//! once per process.
+
+use std::sync::OnceLock;
+
+use sqlx::any::AnyRow;
+
+use crate::{Backend, Result};
+
+/// Rows per multi-row INSERT of a sync batch's emails, its attachments and its events: a whole
+/// batch (the sync's `BATCH_SIZE`) in one statement. Each statement is a round trip to the
+/// database (to SQLite's own thread, which a first sync's other stages keep waiting for a
+/// core): at 32 emails and 64 events a statement the corpus's first sync took a fifth longer
+/// (`bench/first-sync`, 0.46 against 0.38 s). A statement's parameters must stay within
+/// [`MAX_PARAMETERS`] ([`BatchInsert::new`] checks it as the program compiles).
+pub const ROWS_PER_INSERT: usize = 250;
+
+/// The most parameters one statement may bind on both backends: SQLite's limit in the bundled
+/// build (PostgreSQL's is 65,535).
+const MAX_PARAMETERS: usize = 32_766;
+
+/// The lengths of [`insert_rows`]: 1, 2, 4 … 128 and [`ROWS_PER_INSERT`].
+const LENGTHS: usize = 9;
+
+/// The rows a multi-row INSERT of `rows` rows is written with: the next power of two, at most
+/// [`ROWS_PER_INSERT`]; those past `rows` are padding, all NULL, which the statement leaves
+/// out. So nine statements a table (1, 2, 4 … 128 and 250 rows) serve every length, each
+/// prepared once on a connection and kept in sqlx's statement cache. Batches bounded by bytes
+/// come in every length (13 of the 25 batches of the corpus's first sync are short of 250:
+/// 109 to 249 rows), and a statement of each length was parsed — on PostgreSQL also planned —
+/// anew for its one use: kept, they would have filled the cache's 100 places (a prepared
+/// statement of 250 emails holds 0.7 MB of SQLite's memory, by the sqlite3 shell's `.stats`).
+/// The nine lengths of the three tables batches write (emails, attachments, events) hold
+/// about 2 MB at most, on each connection that writes batches.
+fn insert_rows(rows: usize) -> usize {
+    rows.next_power_of_two().min(ROWS_PER_INSERT)
+}
+
+/// The place of an [`insert_rows`] length among the nine.
+fn length_index(padded: usize) -> usize {
+    if padded == ROWS_PER_INSERT {
+        LENGTHS - 1
+    } else {
+        padded.trailing_zeros() as usize
+    }
+}
+
+/// A query being built and bound on either backend.
+pub(crate) type AnyQuery = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// A table's multi-row INSERT for sync batches. Its statements' texts — nine lengths on each
+/// backend — are made the first time each is used and kept: a full emails statement is
+/// 24 KB of text on SQLite and 53 KB on PostgreSQL, which was formatted anew for every batch.
+pub(crate) struct BatchInsert {
+    /// The table and its columns: `emails (id, mailbox_id, …)`.
+    into: &'static str,
+    columns: usize,
+    /// What follows the rows: `ON CONFLICT`, `RETURNING`.
+    tail: &'static str,
+    /// By backend (SQLite, PostgreSQL), then by [`length_index`].
+    texts: [[OnceLock<String>; LENGTHS]; 2],
+}
+
+impl BatchInsert {
+    /// The INSERT into `into` (`table (column, …)`); the first column is never NULL but in
+    /// padding. Fails to compile if a full statement would bind more than [`MAX_PARAMETERS`].
+    pub(crate) const fn new(into: &'static str, tail: &'static str) -> Self {
+        let columns = columns_of(into);
+        assert!(ROWS_PER_INSERT * columns <= MAX_PARAMETERS);
+        Self {
+            into,
+            columns,
+            tail,
+            texts: [const { [const { OnceLock::new() }; LENGTHS] }; 2],
+        }
+    }
+
+    /// The statement for `padded` rows ([`insert_rows`]'s lengths): padding rows are left out
+    /// by its `WHERE`, which also tells SQLite's parser that an `ON CONFLICT` after it is not
+    /// a join's `ON`.
+    fn sql(&'static self, backend: Backend, padded: usize) -> &'static str {
+        let by_backend = match backend {
+            Backend::Sqlite => &self.texts[0],
+            Backend::Postgres => &self.texts[1],
+        };
+        by_backend[length_index(padded)].get_or_init(|| {
+            format!(
+                "INSERT INTO {} SELECT * FROM (VALUES {}) AS v WHERE column1 IS NOT NULL{}",
+                self.into,
+                values_list(backend, padded, self.columns),
+                self.tail
+            )
+        })
+    }
+
+    /// Inserts `rows` in statements of [`insert_rows`]'s lengths; returns what they return
+    /// (`RETURNING`), in order. `bind` binds one row's values, or, for `None`, a padding
+    /// row's: NULLs of the same types (PostgreSQL gives each column of the VALUES one type),
+    /// so each of its binds should be one `Option` expression of the row.
+    pub(crate) async fn run<T>(
+        &'static self,
+        tx: &mut sqlx::AnyConnection,
+        backend: Backend,
+        rows: &[T],
+        mut bind: impl FnMut(AnyQuery, Option<&T>) -> AnyQuery,
+    ) -> Result<Vec<AnyRow>> {
+        let mut returned = Vec::new();
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let padded = insert_rows(chunk.len());
+            let sql = self.sql(backend, padded);
+            let q = (0..padded).fold(sqlx::query(sqlx::AssertSqlSafe(sql)), |q, k| {
+                bind(q, chunk.get(k))
+            });
+            returned.extend(q.fetch_all(&mut *tx).await?);
+        }
+        Ok(returned)
+    }
+}
+
+/// The columns named in `table (a, b, c)`: its commas and one.
+const fn columns_of(into: &str) -> usize {
+    let bytes = into.as_bytes();
+    let (mut i, mut columns) = (0, 1);
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            columns += 1;
+        }
+        i += 1;
+    }
+    columns
+}
+
+/// `(…), (…)`: the VALUES of a multi-row INSERT of `rows` rows of `columns` parameters.
+/// SQLite looks a numbered parameter's name up in a list, once per parameter: quadratic in the
+/// thousands of a full emails statement (a quarter of the store's time in the first-sync
+/// benchmark at 900). Anonymous `?`s bind in order with no look-up; PostgreSQL needs `$n`.
+fn values_list(backend: Backend, rows: usize, columns: usize) -> String {
+    use std::fmt::Write;
+    let mut list = String::with_capacity(rows * columns * 6);
+    for r in 0..rows {
+        list.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 1..=columns {
+            if c > 1 {
+                list.push_str(", ");
+            }
+            match backend {
+                Backend::Sqlite => list.push('?'),
+                Backend::Postgres => {
+                    let _ = write!(list, "${}", r * columns + c); // writing to a String cannot fail
+                }
+            }
+        }
+        list.push(')');
+    }
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_insert_of_a_batch_takes_one_of_nine_lengths_with_room_for_its_rows() {
+        let lengths: std::collections::BTreeSet<usize> =
+            (1..=ROWS_PER_INSERT).map(insert_rows).collect();
+        assert_eq!(
+            lengths.iter().copied().collect::<Vec<_>>(),
+            [1, 2, 4, 8, 16, 32, 64, 128, ROWS_PER_INSERT]
+        );
+        assert!((1..=ROWS_PER_INSERT).all(|rows| insert_rows(rows) >= rows));
+        // Each length its own place among the kept texts.
+        let places: Vec<usize> = lengths.into_iter().map(length_index).collect();
+        assert_eq!(places, (0..LENGTHS).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_kept_statement_is_made_for_its_backend_and_length() {
+        static INSERT: BatchInsert = BatchInsert::new("t (a, b)", " RETURNING a");
+        assert_eq!(INSERT.columns, 2);
+        assert_eq!(
+            INSERT.sql(Backend::Postgres, 2),
+            "INSERT INTO t (a, b) SELECT * FROM (VALUES ($1, $2), ($3, $4)) AS v \
+             WHERE column1 IS NOT NULL RETURNING a"
+        );
+        assert_eq!(
+            INSERT.sql(Backend::Sqlite, 1),
+            "INSERT INTO t (a, b) SELECT * FROM (VALUES (?, ?)) AS v \
+             WHERE column1 IS NOT NULL RETURNING a"
+        );
+        // Asked again, the same text, not made anew.
+        assert!(std::ptr::eq(
+            INSERT.sql(Backend::Postgres, 2),
+            INSERT.sql(Backend::Postgres, 2)
+        ));
+        assert!(
+            INSERT
+                .sql(Backend::Sqlite, ROWS_PER_INSERT)
+                .ends_with("(?, ?)) AS v WHERE column1 IS NOT NULL RETURNING a")
+        );
+        assert_eq!(
+            INSERT
+                .sql(Backend::Sqlite, ROWS_PER_INSERT)
+                .matches('?')
+                .count(),
+            2 * ROWS_PER_INSERT
+        );
+    }
+
+    #[test]
+    fn a_values_list_numbers_each_backends_parameters_row_by_row() {
+        assert_eq!(
+            values_list(Backend::Postgres, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(values_list(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
+        assert_eq!(values_list(Backend::Postgres, 1, 1), "($1)");
+    }
+}
