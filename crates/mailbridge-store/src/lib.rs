@@ -1019,6 +1019,22 @@ pub(crate) mod tests {
         assert_eq!((readers, writer), (-2000, -32768));
     }
 
+    /// SQLite is built with the flags of `.cargo/config.toml` (no count of its memory, so no
+    /// process-wide mutex around each of its allocations).
+    #[tokio::test]
+    async fn sqlite_is_built_without_its_memory_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = fresh_sqlite(dir.path()).await;
+        let options: Vec<(String,)> = sqlx::query_as("PRAGMA compile_options")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        assert!(
+            options.iter().any(|(o,)| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+    }
+
     /// A long run of writes (a first sync) grows the write-ahead log past what the background
     /// checkpoint keeps up with; once it has caught up, the next commit starts the log over
     /// and cuts the file back, so a running service's data folder does not keep the peak.
