@@ -1,6 +1,6 @@
 //! [`BatchInsert`]: the multi-row INSERTs a sync batch is written with — its emails, their
-//! attachments, its events — each in statements of a few fixed lengths, whose texts are made
-//! once per process.
+//! attachments, its events (which also serve every other write's events and queued sends) —
+//! each in statements of a few fixed lengths, whose texts are made once per process.
 
 use std::sync::OnceLock;
 
@@ -20,8 +20,10 @@ pub const ROWS_PER_INSERT: usize = 250;
 /// build (PostgreSQL's is 65,535).
 const MAX_PARAMETERS: usize = 32_766;
 
-/// The lengths of [`insert_rows`]: 1, 2, 4 … 128 and [`ROWS_PER_INSERT`].
-const LENGTHS: usize = 9;
+/// How many lengths [`insert_rows`] gives: the powers of two below [`ROWS_PER_INSERT`] (1, 2,
+/// 4 … 128) and itself — nine.
+const LENGTHS: usize =
+    ROWS_PER_INSERT.ilog2() as usize + 1 + !ROWS_PER_INSERT.is_power_of_two() as usize;
 
 /// The rows a multi-row INSERT of `rows` rows is written with: the next power of two, at most
 /// [`ROWS_PER_INSERT`]; those past `rows` are padding, all NULL, which the statement leaves
@@ -32,7 +34,8 @@ const LENGTHS: usize = 9;
 /// anew for its one use: kept, they would have filled the cache's 100 places (a prepared
 /// statement of 250 emails holds 0.7 MB of SQLite's memory, by the sqlite3 shell's `.stats`).
 /// The nine lengths of the three tables batches write (emails, attachments, events) hold
-/// about 2 MB at most, on each connection that writes batches.
+/// about 2 MB at most on each connection that writes batches (events, a few at a time, are
+/// also appended on the pool's connections).
 fn insert_rows(rows: usize) -> usize {
     rows.next_power_of_two().min(ROWS_PER_INSERT)
 }

@@ -243,6 +243,46 @@ struct BatchWriter {
     pool: AnyPool,
     /// The mailbox whose batch had it last (its id's low 64 bits).
     last: std::sync::atomic::AtomicU64,
+    /// After its connection could not be opened: until when batches skip it for the pool.
+    refused_until: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl BatchWriter {
+    /// Whether batches skip this writer for now (see [`WRITER_REFUSED`]).
+    fn refused(&self) -> bool {
+        self.refused_until
+            .lock()
+            .map(|until| until.is_some_and(|t| std::time::Instant::now() < t))
+            .unwrap_or(false)
+    }
+
+    /// Its connection could not be opened: batches skip it for [`WRITER_REFUSED`]. Said in
+    /// the log once, when it begins.
+    fn refuse(&self, k: usize, error: &sqlx::Error) {
+        let Ok(mut until) = self.refused_until.lock() else {
+            return;
+        };
+        if until.is_none() {
+            tracing::warn!(
+                %error,
+                connection = %batch_writer_name(k),
+                "a connection for sync batches could not be opened (the server's or the role's \
+                 connection limit?); its batches take pooled connections, and it is tried again \
+                 every {} s",
+                WRITER_REFUSED.as_secs()
+            );
+        }
+        *until = Some(std::time::Instant::now() + WRITER_REFUSED);
+    }
+
+    /// Its connection is open: if it had been refused, that is over, and said.
+    fn opened(&self, k: usize) {
+        if let Ok(mut until) = self.refused_until.lock()
+            && until.take().is_some()
+        {
+            tracing::info!(connection = %batch_writer_name(k), "a connection for sync batches is open again");
+        }
+    }
 }
 
 /// PostgreSQL: which of the [`BATCH_WRITERS`] takes `mailbox`'s batches (its id's last byte,
@@ -377,6 +417,10 @@ const WRITER_WAIT: Duration = Duration::from_millis(50);
 /// connection instead. sqlx tries again until its acquire timeout while the server refuses
 /// for want of connections; a batch need not wait the pool's 5 s for that.
 const WRITER_OPEN: Duration = Duration::from_secs(1);
+/// PostgreSQL: how long a mailbox's batches skip its writer for a pooled connection after the
+/// writer's connection could not be opened, before it is tried (for up to [`WRITER_OPEN`])
+/// again: while the server refuses, only one batch in this long waits for it.
+const WRITER_REFUSED: Duration = Duration::from_secs(30);
 
 /// A PostgreSQL pool of up to `max` connections, each of which runs `settings` (more `SET`s)
 /// when it opens.
@@ -493,6 +537,7 @@ impl Store {
                                 .acquire_timeout(WRITER_OPEN)
                                 .connect_lazy_with(options.clone()),
                             last: Default::default(),
+                            refused_until: Default::default(),
                         }
                     })
                     .collect();
@@ -656,9 +701,11 @@ impl Store {
     /// idle one). While the writer is busy: if this mailbox's own batch had it last, its
     /// connection is on its way back (sqlx pings it first), and the batch waits for it up to
     /// [`WRITER_WAIT`]; if another mailbox's batch has it (a large batch, one stuck on a row
-    /// lock), the batch takes any of the pool's connections at once rather than queue. So it
-    /// does when the writer's connection cannot be opened (the server's or the role's
-    /// connection limit reached): the pool's open connections still serve.
+    /// lock), the batch takes any of the pool's connections at once rather than queue. When the
+    /// writer's connection cannot be opened (the server's or the role's connection limit
+    /// reached; sqlx tries for [`WRITER_OPEN`]), the batch takes a pooled connection too — the
+    /// pool's open connections still serve — and so do the writer's batches for
+    /// [`WRITER_REFUSED`], before it is tried again.
     ///
     /// The wait runs in a task of its own, left to finish when it is given up: a `begin_with`
     /// dropped midway loses its connection (in the ping before it is handed out) or leaves it
@@ -676,8 +723,20 @@ impl Store {
         let writer = &writers[k];
         let me = mailbox.0.as_u64_pair().1;
         let ordering = std::sync::atomic::Ordering::Relaxed;
-        let begun = if writer.pool.size() == 0 {
-            writer.pool.begin_with(BEGIN).await.map(Some)
+        let begun = if writer.refused() {
+            Ok(None)
+        } else if writer.pool.size() == 0 {
+            match writer.pool.begin_with(BEGIN).await {
+                Ok(tx) => Ok(Some(tx)),
+                // Closing: the batch is not written elsewhere meanwhile.
+                Err(sqlx::Error::PoolClosed) => Err(sqlx::Error::PoolClosed),
+                // Another batch opened it first and holds it: as if it had been busy.
+                Err(_) if writer.pool.size() > 0 => Ok(None),
+                Err(error) => {
+                    writer.refuse(k, &error);
+                    Ok(None)
+                }
+            }
         } else if writer.last.load(ordering) == me {
             let pool = writer.pool.clone();
             let pending = tokio::spawn(async move { pool.begin_with(BEGIN).await });
@@ -690,15 +749,17 @@ impl Store {
         };
         match begun {
             Ok(Some(tx)) => {
+                writer.opened(k);
                 writer.last.store(me, ordering);
                 return Ok(tx);
             }
             Ok(None) => {}
-            Err(error) => tracing::warn!(
-                %error,
-                connection = %batch_writer_name(k),
-                "a sync batch's own connection could not be opened; it takes a pooled one"
-            ),
+            Err(sqlx::Error::PoolClosed) => return Err(sqlx::Error::PoolClosed.into()),
+            // A `BEGIN` on its open connection failed (the connection lost): sqlx closes it,
+            // and the next batch opens another.
+            Err(error) => {
+                tracing::debug!(%error, "a sync batch's connection failed; it takes a pooled one")
+            }
         }
         Ok(self.pool.begin_with(BEGIN).await?)
     }

@@ -1436,16 +1436,19 @@ async fn a_mailboxs_batches_keep_to_one_connection_but_never_queue_behind_a_stuc
 }
 
 /// When a mailbox's batch connection cannot be opened (here its role may open no more), the
-/// batch is written on one of the pool's open connections, not failed.
+/// batch is written on one of the pool's open connections after a short try, not failed; and
+/// the next batches skip that connection for a while rather than each try again.
 async fn a_batch_whose_own_connection_cannot_open_takes_a_pooled_one() {
     use sqlx::Connection;
+    use std::time::{Duration, Instant};
     let db = Db::new(TestDatabase::Postgres).await;
     let mut look = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let (database,): (String,) = sqlx::query_as("SELECT current_database()")
         .fetch_one(&mut look)
         .await
         .unwrap();
-    // Roles are the server's, shared by the tests: one named after this test's database.
+    // Roles are the server's, shared by the tests (creating one takes a superuser): one named
+    // after this test's database, dropped at the end.
     let role = format!("r_{database}");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE ROLE {role} LOGIN PASSWORD 'limited'; ALTER DATABASE {database} OWNER TO {role}"
@@ -1468,16 +1471,34 @@ async fn a_batch_whose_own_connection_cannot_open_takes_a_pooled_one() {
     .execute(&mut look)
     .await
     .unwrap();
+    // The first batch tries its connection for a second (not the pool's five), then a pooled one.
+    let started = Instant::now();
     let stored = store
         .save_sync_batch(mailbox, batch_of("limited", 2, None))
         .await;
+    let first = started.elapsed();
     assert!(matches!(stored, Ok(2)), "{stored:?}");
+    assert!(first < Duration::from_secs(3), "{first:?}");
     assert_eq!(
         batch_writers(&mut look).await,
         [],
         "no batch connection opened"
     );
+    // The next goes to the pool at once: trying the connection again would take a second.
+    let started = Instant::now();
+    let stored = store
+        .save_sync_batch(mailbox, batch_of("limited-next", 2, None))
+        .await;
+    let next = started.elapsed();
+    assert!(matches!(stored, Ok(2)), "{stored:?}");
+    assert!(next < Duration::from_millis(900), "{next:?}");
     store.close().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE {role}"
+    )))
+    .execute(&mut look)
+    .await
+    .unwrap();
 }
 
 /// The server processes of this database that wait for a lock, once there are `n` of them
