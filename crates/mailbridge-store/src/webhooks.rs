@@ -20,6 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::alerts::{self, NewAlert};
 use crate::audit::{self, Actor};
 use crate::events::{Event, NewEvent, append};
+use crate::inserts::BatchInsert;
 use crate::nodes::lease_now;
 use crate::{Backend, Result, Store, StoreError, time_from_ms};
 
@@ -33,8 +34,19 @@ pub const WEBHOOK_DISABLED: &str = "webhook_disabled";
 /// round holds SQLite's write lock for milliseconds, not the tens of milliseconds 500 took —
 /// in which a sync's batch waited. The event log, not the delivery table, holds a backlog.
 const DISPATCH_PAGE: i64 = 128;
-/// Attempts per multi-row INSERT (9 parameters each).
-const ROWS_PER_INSERT: usize = 64;
+/// An endpoint's deliveries of a round's events (due at once: `created_at` is also the first
+/// `next_attempt_at`); one already there is left alone.
+static INSERT_DELIVERIES: BatchInsert = BatchInsert::new(
+    "webhook_deliveries (id, endpoint_id, event_id, event_type, payload, created_at, \
+     next_attempt_at, status, attempts)",
+    " ON CONFLICT DO NOTHING",
+);
+/// A round's attempts.
+static INSERT_ATTEMPTS: BatchInsert = BatchInsert::new(
+    "webhook_attempts (id, delivery_id, node, attempted_at, duration_ms, status_code, error, \
+     response_excerpt, next_attempt_at)",
+    "",
+);
 
 /// A registered endpoint.
 #[derive(Debug, Clone)]
@@ -405,7 +417,7 @@ impl Store {
             return Ok(WebhookRound::default());
         }
         let mut tx = self.begin_background_write().await?;
-        let (recorded, events) = record_attempts(&mut tx, node, now, results).await?;
+        let (recorded, events) = record_attempts(&mut tx, self.backend, node, now, results).await?;
         append(&mut tx, self.backend, now, &events).await?;
         dispatch(&mut tx, self.backend, now).await?;
         let claimed = claim(&mut tx, self.backend, node, limit, hold, now).await?;
@@ -734,30 +746,19 @@ async fn dispatch(tx: &mut sqlx::AnyConnection, backend: Backend, now: i64) -> R
                     .is_none_or(|m| e.mailbox_id.as_ref().is_some_and(|id| m.contains(id)))
             })
             .collect();
-        for chunk in wanted.chunks(ROWS_PER_INSERT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|r| {
-                    // Due at once: created_at is also the first next_attempt_at.
-                    let p = placeholders(r * 6 + 1, 6);
-                    format!("({p}, ${}, 'pending', 0)", r * 6 + 6)
-                })
-                .collect();
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, payload, \
-                 created_at, next_attempt_at, status, attempts) VALUES {} ON CONFLICT DO NOTHING",
-                values.join(", ")
-            )));
-            for e in chunk {
-                q = q
-                    .bind(uuid::Uuid::now_v7().to_string())
-                    .bind(id.clone())
-                    .bind(e.id.clone())
-                    .bind(e.kind.clone())
-                    .bind(e.to_json().to_string())
-                    .bind(now);
-            }
-            q.execute(&mut *tx).await?;
-        }
+        INSERT_DELIVERIES
+            .run(tx, backend, &wanted, |q, e| {
+                q.bind(e.map(|_| uuid::Uuid::now_v7().to_string()))
+                    .bind(e.map(|_| id.clone()))
+                    .bind(e.map(|e| e.id.clone()))
+                    .bind(e.map(|e| e.kind.clone()))
+                    .bind(e.map(|e| e.to_json().to_string()))
+                    .bind(e.map(|_| now))
+                    .bind(e.map(|_| now))
+                    .bind(e.map(|_| "pending"))
+                    .bind(e.map(|_| 0_i64))
+            })
+            .await?;
         sqlx::query("UPDATE webhook_endpoints SET cursor = $1 WHERE id = $2")
             .bind(next)
             .bind(&id)
@@ -821,6 +822,7 @@ async fn claim(
 /// and the events to append.
 async fn record_attempts(
     tx: &mut sqlx::AnyConnection,
+    backend: Backend,
     node: &str,
     now: i64,
     results: &[(DeliveryJob, Attempt, Verdict)],
@@ -844,9 +846,23 @@ async fn record_attempts(
         .iter()
         .filter(|(job, _, _)| held.contains(&job.id))
         .collect();
-    for chunk in results.chunks(ROWS_PER_INSERT) {
-        insert_attempts(tx, node, chunk).await?;
-    }
+    INSERT_ATTEMPTS
+        .run(tx, backend, &results, |q, result| {
+            let next = result.and_then(|(_, _, verdict)| match verdict {
+                Verdict::Retry(at) => Some(at.timestamp_millis()),
+                _ => None,
+            });
+            q.bind(result.map(|_| uuid::Uuid::now_v7().to_string()))
+                .bind(result.map(|(job, ..)| job.id.clone()))
+                .bind(result.map(|_| node.to_owned()))
+                .bind(result.map(|(_, attempt, _)| attempt.at.timestamp_millis()))
+                .bind(result.map(|(_, attempt, _)| attempt.duration_ms))
+                .bind(result.and_then(|(_, attempt, _)| attempt.status_code.map(i64::from)))
+                .bind(result.and_then(|(_, attempt, _)| attempt.error.clone()))
+                .bind(result.and_then(|(_, attempt, _)| attempt.excerpt.clone()))
+                .bind(next)
+        })
+        .await?;
     // Successes: one UPDATE per answer status (usually one), and each endpoint's run of
     // failures ends.
     let mut delivered: std::collections::BTreeMap<Option<u16>, Vec<&str>> =
@@ -901,40 +917,6 @@ fn placeholders(first: usize, n: usize) -> String {
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Inserts the attempts of `results` in one statement.
-async fn insert_attempts(
-    tx: &mut sqlx::AnyConnection,
-    node: &str,
-    results: &[&(DeliveryJob, Attempt, Verdict)],
-) -> Result<()> {
-    let rows: Vec<String> = (0..results.len())
-        .map(|r| format!("({})", placeholders(r * 9 + 1, 9)))
-        .collect();
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO webhook_attempts (id, delivery_id, node, attempted_at, duration_ms, status_code, \
-         error, response_excerpt, next_attempt_at) VALUES {}",
-        rows.join(", ")
-    )));
-    for (job, attempt, verdict) in results {
-        let next = match verdict {
-            Verdict::Retry(at) => Some(at.timestamp_millis()),
-            _ => None,
-        };
-        q = q
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(job.id.clone())
-            .bind(node.to_owned())
-            .bind(attempt.at.timestamp_millis())
-            .bind(attempt.duration_ms)
-            .bind(attempt.status_code.map(i64::from))
-            .bind(attempt.error.clone())
-            .bind(attempt.excerpt.clone())
-            .bind(next);
-    }
-    q.execute(&mut *tx).await?;
-    Ok(())
 }
 
 /// Records a failed attempt's verdict: the delivery waits for its retry or has failed, and
