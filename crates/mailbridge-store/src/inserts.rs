@@ -1,6 +1,7 @@
-//! [`BatchInsert`]: the multi-row INSERTs a sync batch is written with — its emails, their
-//! attachments, its events (which also serve every other write's events and queued sends) —
-//! each in statements of a few fixed lengths, whose texts are made once per process.
+//! [`BatchInsert`]: multi-row INSERTs in statements of a few fixed lengths, whose texts are
+//! made once per process: a sync batch's emails, their attachments and its events (the same
+//! serve queued sends and every other write's events), and the webhook worker's deliveries and
+//! attempts. [`in_list_len`] does the same for `IN (…)` lists.
 
 use std::sync::OnceLock;
 
@@ -23,7 +24,7 @@ const MAX_PARAMETERS: usize = 32_766;
 /// How many lengths [`insert_rows`] gives: the powers of two below [`ROWS_PER_INSERT`] (1, 2,
 /// 4 … 128) and itself — nine.
 const LENGTHS: usize =
-    ROWS_PER_INSERT.ilog2() as usize + 1 + !ROWS_PER_INSERT.is_power_of_two() as usize;
+    ROWS_PER_INSERT.ilog2() as usize + 1 + (!ROWS_PER_INSERT.is_power_of_two()) as usize;
 
 /// The rows a multi-row INSERT of `rows` rows is written with: the next power of two, at most
 /// [`ROWS_PER_INSERT`]; those past `rows` are padding, all NULL, which the statement leaves
@@ -33,9 +34,9 @@ const LENGTHS: usize =
 /// 109 to 249 rows), and a statement of each length was parsed — on PostgreSQL also planned —
 /// anew for its one use: kept, they would have filled the cache's 100 places (a prepared
 /// statement of 250 emails holds 0.7 MB of SQLite's memory, by the sqlite3 shell's `.stats`).
-/// The nine lengths of the three tables batches write (emails, attachments, events) hold
-/// about 2 MB at most on each connection that writes batches (events, a few at a time, are
-/// also appended on the pool's connections).
+/// The nine lengths of the three tables sync batches write (emails, attachments, events) hold
+/// about 2 MB at most on each connection that writes batches (the few rows of other writes'
+/// events and of the webhook worker's statements take the short lengths, little more).
 fn insert_rows(rows: usize) -> usize {
     rows.next_power_of_two().min(ROWS_PER_INSERT)
 }
@@ -49,10 +50,22 @@ fn length_index(padded: usize) -> usize {
     }
 }
 
+/// The values an `IN (…)` list of `n` values is written with: [`insert_rows`]'s lengths up to
+/// [`ROWS_PER_INSERT`], so such a statement too comes in a few texts that stay prepared
+/// (longer lists as they are). The caller binds its last value again in the padding: a value
+/// repeated in `IN` matches nothing more.
+pub(crate) fn in_list_len(n: usize) -> usize {
+    if n <= ROWS_PER_INSERT {
+        insert_rows(n)
+    } else {
+        n
+    }
+}
+
 /// A query being built and bound on either backend.
 pub(crate) type AnyQuery = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
 
-/// A table's multi-row INSERT for sync batches. Its statements' texts — nine lengths on each
+/// A table's multi-row INSERT. Its statements' texts — nine lengths on each
 /// backend — are made the first time each is used and kept: a full emails statement is
 /// 24 KB of text on SQLite and 53 KB on PostgreSQL, which was formatted anew for every batch.
 pub(crate) struct BatchInsert {
