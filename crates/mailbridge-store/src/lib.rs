@@ -250,25 +250,32 @@ struct BatchWriter {
 impl BatchWriter {
     /// Whether batches skip this writer for now (see [`WRITER_REFUSED`]).
     fn refused(&self) -> bool {
+        self.refused_until()
+            .is_some_and(|t| std::time::Instant::now() < t)
+    }
+
+    /// The lock on `refused_until` (which holds no state a panic could leave half made).
+    fn refused_until(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
         self.refused_until
             .lock()
-            .map(|until| until.is_some_and(|t| std::time::Instant::now() < t))
-            .unwrap_or(false)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Its connection could not be opened: batches skip it for [`WRITER_REFUSED`]. Said in
     /// the log once, when it begins.
     fn refuse(&self, k: usize, error: &sqlx::Error) {
-        let Ok(mut until) = self.refused_until.lock() else {
-            return;
-        };
+        let mut until = self.refused_until();
+        if self.pool.size() > 0 {
+            return; // another batch opened it meanwhile
+        }
         if until.is_none() {
             tracing::warn!(
                 %error,
                 connection = %batch_writer_name(k),
-                "a connection for sync batches could not be opened (the server's or the role's \
-                 connection limit?); its batches take pooled connections, and it is tried again \
-                 every {} s",
+                "a connection for sync batches could not be opened within {} s (the server's or \
+                 the role's connection limit reached?); its batches take pooled connections, and \
+                 it is tried again every {} s",
+                WRITER_OPEN.as_secs(),
                 WRITER_REFUSED.as_secs()
             );
         }
@@ -277,9 +284,7 @@ impl BatchWriter {
 
     /// Its connection is open: if it had been refused, that is over, and said.
     fn opened(&self, k: usize) {
-        if let Ok(mut until) = self.refused_until.lock()
-            && until.take().is_some()
-        {
+        if self.refused_until().take().is_some() {
             tracing::info!(connection = %batch_writer_name(k), "a connection for sync batches is open again");
         }
     }
@@ -723,12 +728,14 @@ impl Store {
         let writer = &writers[k];
         let me = mailbox.0.as_u64_pair().1;
         let ordering = std::sync::atomic::Ordering::Relaxed;
-        let begun = if writer.refused() {
+        let begun = if writer.pool.is_closed() {
+            // Closing: the batch is not written elsewhere meanwhile.
+            Err(sqlx::Error::PoolClosed)
+        } else if writer.refused() {
             Ok(None)
         } else if writer.pool.size() == 0 {
             match writer.pool.begin_with(BEGIN).await {
                 Ok(tx) => Ok(Some(tx)),
-                // Closing: the batch is not written elsewhere meanwhile.
                 Err(sqlx::Error::PoolClosed) => Err(sqlx::Error::PoolClosed),
                 // Another batch opened it first and holds it: as if it had been busy.
                 Err(_) if writer.pool.size() > 0 => Ok(None),
@@ -755,11 +762,13 @@ impl Store {
             }
             Ok(None) => {}
             Err(sqlx::Error::PoolClosed) => return Err(sqlx::Error::PoolClosed.into()),
-            // A `BEGIN` on its open connection failed (the connection lost): sqlx closes it,
-            // and the next batch opens another.
-            Err(error) => {
-                tracing::debug!(%error, "a sync batch's connection failed; it takes a pooled one")
-            }
+            // A `BEGIN` on its open connection failed (the connection lost: sqlx closes it,
+            // and the next batch opens another), or its reopening while this mailbox waited.
+            Err(error) => tracing::debug!(
+                %error,
+                connection = %batch_writer_name(k),
+                "a sync batch's connection failed; it takes a pooled one"
+            ),
         }
         Ok(self.pool.begin_with(BEGIN).await?)
     }
