@@ -631,12 +631,27 @@ fn lookup_sql(backend: Backend, select: &str, column: &str, scoped: bool, keys: 
     }
 }
 
-/// [`lookup_sql`] for up to [`IN_LIST`] `keys` (in `mailbox` only, when given), bound. The
-/// statement takes a few sizes only — the keys' count rounded up to a power of two from 8 to
-/// 256, or [`IN_LIST`] above that — the rest bound as NULL, which matches no row: each size is one prepared
-/// statement with its cached plan. A statement per count would be parsed and planned anew by
-/// almost every batch (their related ids come in every count) and, up to sqlx's 100 a
-/// connection, would push the batch's INSERTs out of the cache.
+/// The values an `IN (…)` list of `n` keys is written with, so that such statements come in a
+/// few sizes only — the count rounded up to a power of two from 8 to 256, or [`IN_LIST`] above
+/// that (a longer list as it is) — the rest bound as NULL, which matches no row
+/// ([`padded_keys`]): each size is one prepared statement with its cached plan. A statement
+/// per count would be parsed and planned anew by almost every batch (their related ids come in
+/// every count) and, up to sqlx's 100 a connection, would push the batch's INSERTs out of the
+/// cache.
+pub(crate) fn in_list_size(n: usize) -> usize {
+    n.next_power_of_two().clamp(8, IN_LIST).max(n)
+}
+
+/// `keys`, then NULLs up to [`in_list_size`]: what an `IN (…)` list of them binds.
+pub(crate) fn padded_keys<K: AsRef<str>>(keys: &[K]) -> impl Iterator<Item = Option<&str>> {
+    let padding = in_list_size(keys.len()) - keys.len();
+    keys.iter()
+        .map(|k| Some(k.as_ref()))
+        .chain(std::iter::repeat_n(None, padding))
+}
+
+/// [`lookup_sql`] for up to [`IN_LIST`] `keys` (in `mailbox` only, when given), bound, in
+/// [`in_list_size`]'s sizes.
 fn lookup_query<'q, O>(
     backend: Backend,
     select: &str,
@@ -648,7 +663,7 @@ where
     O: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
 {
     debug_assert!(keys.len() <= IN_LIST, "{} keys in one lookup", keys.len());
-    let size = keys.len().next_power_of_two().clamp(8, IN_LIST);
+    let size = in_list_size(keys.len());
     let mut q = sqlx::query_as(sqlx::AssertSqlSafe(lookup_sql(
         backend,
         select,
@@ -659,11 +674,8 @@ where
     if let Some(m) = mailbox {
         q = q.bind(m.to_owned());
     }
-    for key in keys {
-        q = q.bind(Some(key.as_ref().to_owned()));
-    }
-    for _ in keys.len()..size {
-        q = q.bind(None::<String>);
+    for key in padded_keys(keys) {
+        q = q.bind(key.map(str::to_owned));
     }
     q
 }
@@ -1085,6 +1097,34 @@ async fn lookup(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn an_in_list_takes_one_of_a_few_sizes_padded_with_nulls() {
+        let sizes: std::collections::BTreeSet<usize> = (1..=IN_LIST).map(in_list_size).collect();
+        assert_eq!(
+            sizes.into_iter().collect::<Vec<_>>(),
+            [8, 16, 32, 64, 128, 256, IN_LIST]
+        );
+        assert_eq!(
+            in_list_size(IN_LIST + 100),
+            IN_LIST + 100,
+            "a longer list as it is"
+        );
+        let keys = ["a", "b", "c"];
+        assert_eq!(
+            padded_keys(&keys).collect::<Vec<_>>(),
+            [
+                Some("a"),
+                Some("b"),
+                Some("c"),
+                None,
+                None,
+                None,
+                None,
+                None
+            ]
+        );
+    }
 
     /// Every lookup of a synced batch on PostgreSQL must find each key through its index,
     /// also in the generic plan PostgreSQL caches after five runs and on a table not yet

@@ -1,7 +1,7 @@
 //! [`BatchInsert`]: multi-row INSERTs in statements of a few fixed lengths, whose texts are
 //! made once per process: a sync batch's emails, their attachments and its events (the same
 //! serve queued sends and every other write's events), and the webhook worker's deliveries and
-//! attempts. [`in_list_len`] does the same for `IN (…)` lists.
+//! attempts (their `IN (…)` lists: `emails::in_list_size`).
 
 use std::sync::OnceLock;
 
@@ -47,18 +47,6 @@ fn length_index(padded: usize) -> usize {
         LENGTHS - 1
     } else {
         padded.trailing_zeros() as usize
-    }
-}
-
-/// The values an `IN (…)` list of `n` values is written with: [`insert_rows`]'s lengths up to
-/// [`ROWS_PER_INSERT`], so such a statement too comes in a few texts that stay prepared
-/// (longer lists as they are). The caller binds its last value again in the padding: a value
-/// repeated in `IN` matches nothing more.
-pub(crate) fn in_list_len(n: usize) -> usize {
-    if n <= ROWS_PER_INSERT {
-        insert_rows(n)
-    } else {
-        n
     }
 }
 

@@ -19,8 +19,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::alerts::{self, NewAlert};
 use crate::audit::{self, Actor};
+use crate::emails::{in_list_size, padded_keys};
 use crate::events::{Event, NewEvent, append};
-use crate::inserts::{BatchInsert, in_list_len};
+use crate::inserts::BatchInsert;
 use crate::nodes::lease_now;
 use crate::{Backend, Result, Store, StoreError, time_from_ms};
 
@@ -804,12 +805,12 @@ async fn claim(
         "UPDATE webhook_deliveries SET claimed_by = $1, claimed_until = $2, attempts = attempts + 1 \
          WHERE status = 'pending' AND (claimed_until IS NULL OR claimed_until <= $3) \
          AND id IN ({}) RETURNING id, endpoint_id, event_id, payload, attempts",
-        placeholders(4, in_list_len(ids.len()))
+        placeholders(4, in_list_size(ids.len()))
     )))
     .bind(node)
     .bind(claim_now + hold_ms)
     .bind(claim_now);
-    for id in padded(&ids) {
+    for id in padded_keys(&ids) {
         q = q.bind(id);
     }
     Ok(q.fetch_all(&mut *tx).await?)
@@ -835,10 +836,10 @@ async fn record_attempts(
         let ids: Vec<&String> = results.iter().map(|(job, _, _)| &job.id).collect();
         let mut q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id FROM webhook_deliveries WHERE claimed_by = $1 AND id IN ({})",
-            placeholders(2, in_list_len(ids.len()))
+            placeholders(2, in_list_size(ids.len()))
         )))
         .bind(node);
-        for id in padded(&ids) {
+        for id in padded_keys(&ids) {
             q = q.bind(id);
         }
         let rows: Vec<(String,)> = q.fetch_all(&mut *tx).await?;
@@ -880,7 +881,7 @@ async fn record_attempts(
         }
     }
     for (status, ids) in &delivered {
-        let list = placeholders(3, in_list_len(ids.len()));
+        let list = placeholders(3, in_list_size(ids.len()));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE webhook_deliveries SET status = 'delivered', next_attempt_at = NULL, \
              claimed_by = NULL, claimed_until = NULL, last_status = $1, last_error = NULL, \
@@ -888,7 +889,7 @@ async fn record_attempts(
         )))
         .bind(status.map(i64::from))
         .bind(now);
-        for id in padded(ids) {
+        for id in padded_keys(ids) {
             q = q.bind(id);
         }
         q.execute(&mut *tx).await?;
@@ -914,16 +915,6 @@ async fn record_attempts(
 }
 
 /// `$first, $first+1, …` for `n` values.
-/// `values`, then its last again up to [`in_list_len`]'s length: what an `IN (…)` list of them
-/// binds.
-fn padded<T: Copy>(values: &[T]) -> impl Iterator<Item = T> + '_ {
-    let padding = in_list_len(values.len()) - values.len();
-    values
-        .iter()
-        .copied()
-        .chain(values.last().copied().into_iter().cycle().take(padding))
-}
-
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("${i}"))
@@ -1025,23 +1016,4 @@ async fn disable_endpoint(
         );
     }
     Ok(events)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_in_list_is_padded_with_its_last_value_to_a_kept_length() {
-        let list = |n: u32| padded(&(1..=n).collect::<Vec<_>>()).collect::<Vec<u32>>();
-        assert_eq!(list(0), Vec::<u32>::new());
-        assert_eq!(list(1), [1]);
-        assert_eq!(list(3), [1, 2, 3, 3]);
-        assert_eq!(list(5), [1, 2, 3, 4, 5, 5, 5, 5]);
-        assert_eq!(list(128).len(), 128);
-        assert_eq!(list(129).len(), crate::ROWS_PER_INSERT);
-        // Past the longest kept length a list is as long as it is.
-        let long = list(300);
-        assert_eq!(long, (1..=300).collect::<Vec<_>>());
-    }
 }
