@@ -128,15 +128,16 @@ async fn a_pass_repeated_after_a_crash_stores_nothing_twice() {
 #[tokio::test]
 async fn a_connection_cut_in_the_middle_of_a_fetch_loses_nothing_and_duplicates_nothing() {
     let (w, id, mailbox) = ann_on_gmail_like(true).await;
-    // 300 messages of about 4 KB: a full batch of 250, then 50.
+    // 300 messages of about 4 KB: batches of 64 and 128 (the first batch, then twice it), then
+    // the 108 left.
     let body = "All work and no play makes a dull inbox.\r\n".repeat(95);
     for i in 0..300 {
         let mut raw = message(i);
         raw.extend_from_slice(body.as_bytes());
         w.dovecot.deliver("ann@example.com", &raw).unwrap();
     }
-    // The server's bytes for the first batch end near 1.05 MB, the second's near 1.26 MB:
-    // cut the connection in the middle of the second FETCH.
+    // The server's bytes for the second batch end near 0.81 MB, the third's near 1.26 MB:
+    // cut the connection in the middle of the third FETCH.
     let proxy = CountingProxy::cutting_after(w.dovecot.ports.imaps, 1_150_000)
         .await
         .unwrap();
@@ -145,15 +146,15 @@ async fn a_connection_cut_in_the_middle_of_a_fetch_loses_nothing_and_duplicates_
         .await
         .expect_err("the pass must notice the cut");
     assert!(err.is_transient(), "a cut connection is retried: {err}");
-    // The first batch is stored whole, and the position says so: nothing half-done.
-    assert_eq!(w.app.store.count_emails(mailbox.id).await.unwrap(), 250);
+    // The first two batches are stored whole, and the position says so: nothing half-done.
+    assert_eq!(w.app.store.count_emails(mailbox.id).await.unwrap(), 192);
     let position = position(&w, &mailbox).await.unwrap();
-    assert_eq!(position.last_uid, 250);
+    assert_eq!(position.last_uid, 192);
 
     // The next pass, on a sound connection, reads the rest and nothing twice.
     let mut s = w.imap_session(&id).await;
     let report = pass(&w, &mut s, &mailbox).await;
-    assert_eq!((report.fetched, report.stored), (50, 50));
+    assert_eq!((report.fetched, report.stored), (108, 108));
     let page = w
         .app
         .store

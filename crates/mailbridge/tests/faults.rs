@@ -94,8 +94,9 @@ async fn killed_at_random_moments(url: Option<String>, backend: &str) {
     let db = pool(c.url()).await;
 
     // Points of the corpus, short of its last batch (after which the sync is over).
+    let last_batch = mailbridge_sync::incoming::BATCH_SIZE;
     let mut points: Vec<usize> = (0..kills)
-        .map(|_| rng.gen_range(0..total.saturating_sub(250).max(1)))
+        .map(|_| rng.gen_range(0..total.saturating_sub(last_batch).max(1)))
         .collect();
     points.sort_unstable();
     // A short lease: on PostgreSQL a killed node's lease must expire before the next node

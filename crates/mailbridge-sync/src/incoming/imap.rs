@@ -24,7 +24,7 @@ use mailbridge_store::{
 use super::plan::{
     Batching, Download, FlagRead, FolderPlan, ServerFolder, plan_downloads, plan_folder, plan_state,
 };
-use super::{BATCH_SIZE, SyncError, SyncReport, track};
+use super::{BATCH_SIZE, FIRST_BATCH, SyncError, SyncReport, track};
 use mailbridge_core::parse::{parse, parse_header};
 
 pub const INBOX: &str = "INBOX";
@@ -374,6 +374,7 @@ impl NewMail<'_> {
         };
         let mut report = SyncReport::default();
         let batching = Batching {
+            first: FIRST_BATCH,
             count: BATCH_SIZE,
             bytes: BATCH_BYTES,
             max_message: session.max_message_bytes() as u64,

@@ -119,7 +119,11 @@ impl Download {
 /// Bounds on one [`Download`].
 #[derive(Debug, Clone, Copy)]
 pub struct Batching {
-    /// Messages per download.
+    /// Messages in a pass's first download; each next one may hold twice as many as the one
+    /// before, up to `count`. A small first batch starts the parse and the store early (each
+    /// stage waits for the whole batch before it); large ones later fetch and commit less often.
+    pub first: usize,
+    /// Messages per download, at most.
     pub count: usize,
     /// Bytes per download (a single message larger than this is a download of its own).
     pub bytes: u64,
@@ -147,8 +151,15 @@ pub fn plan_downloads(uids: &[u32], sizes: &HashMap<u32, u64>, bounds: Batching)
     let small = bounds.small();
     for &uid in uids {
         let size = sizes.get(&uid).copied().unwrap_or(small);
+        // `first` doubled once per download made so far, up to `count`.
+        let count = u32::try_from(plan.len())
+            .ok()
+            .and_then(|k| 1_usize.checked_shl(k))
+            .map_or(bounds.count, |times| {
+                bounds.first.max(1).saturating_mul(times).min(bounds.count)
+            });
         let full = !batch.is_empty()
-            && (batch.len() >= bounds.count || bytes.saturating_add(size) > bounds.bytes);
+            && (batch.len() >= count || bytes.saturating_add(size) > bounds.bytes);
         if full || (size > bounds.max_message && !batch.is_empty()) {
             plan.push(Download::Whole(std::mem::take(&mut batch)));
             bytes = 0;
@@ -273,6 +284,7 @@ mod tests {
     fn downloads_are_bounded_by_count_and_bytes_and_oversized_mail_is_a_header() {
         use Download::{Header, Whole};
         let bounds = Batching {
+            first: 3,
             count: 3,
             bytes: 100,
             max_message: 500,
@@ -317,6 +329,43 @@ mod tests {
         assert_eq!(plan_downloads(&[], &sizes, bounds), Vec::new());
         assert_eq!(Header(9).last(), Some(9));
         assert_eq!(Whole(vec![10, 11]).last(), Some(11));
+    }
+
+    #[test]
+    fn downloads_grow_from_the_first_to_the_count_and_the_bytes_still_bound_them() {
+        let bounds = Batching {
+            first: 2,
+            count: 8,
+            bytes: 1_000,
+            max_message: 1_000,
+        };
+        let lengths = |uids: &[u32], sizes: &HashMap<u32, u64>| -> Vec<usize> {
+            plan_downloads(uids, sizes, bounds)
+                .iter()
+                .map(|d| match d {
+                    Download::Whole(uids) => uids.len(),
+                    Download::Header(_) => 1,
+                })
+                .collect()
+        };
+        let uids: Vec<u32> = (1..=40).collect();
+        // 2, then twice the one before, up to the count: 2 + 4 + 8 + 8 + 8 + 8 = 38, then 2.
+        assert_eq!(lengths(&uids, &HashMap::new()), [2, 4, 8, 8, 8, 8, 2]);
+        // The bytes bound what the ramp allows: at 300 bytes each, three make a full batch.
+        let heavy: HashMap<u32, u64> = uids.iter().map(|u| (*u, 300)).collect();
+        assert_eq!(lengths(&uids[..12], &heavy), [2, 3, 3, 3, 1]);
+        // A plan far longer than the doublings a number holds stays at the count.
+        let many: Vec<u32> = (1..=1_000).collect();
+        let one_byte: HashMap<u32, u64> = many.iter().map(|u| (*u, 1)).collect();
+        let plan = lengths(&many, &one_byte);
+        assert_eq!(plan.iter().sum::<usize>(), 1_000);
+        assert!(plan[2..plan.len() - 1].iter().all(|n| *n == 8), "{plan:?}");
+        let long = Batching {
+            first: usize::MAX / 2,
+            count: 3,
+            ..bounds
+        };
+        assert_eq!(plan_downloads(&many[..9], &one_byte, long).len(), 3);
     }
 
     fn status(exists: u32, highest_modseq: Option<u64>) -> mailbridge_proto::imap::FolderStatus {
