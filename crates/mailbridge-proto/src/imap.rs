@@ -680,27 +680,34 @@ impl ImapSession {
         .await
     }
 
-    /// `UID FETCH set (UID <part>)`, plus X-GM-MSGID, X-GM-THRID and X-GM-LABELS on Gmail.
+    /// `UID FETCH set (UID <part>)`, plus X-GM-MSGID, X-GM-THRID and X-GM-LABELS on Gmail,
+    /// [`UIDS_PER_COMMAND`] UIDs a command at most (a sync batch holds up to 1,000, which as
+    /// ten-digit UIDs with gaps would pass the 8,192 octets a command line should keep to).
+    /// A chunk the server refuses (NO) does not stop the others: what every chunk gave is
+    /// kept, with the first refusal.
     async fn fetch_part(
         &mut self,
         uids: &[u32],
         part: &str,
     ) -> Result<(Vec<FetchedMessage>, Option<ProtoError>), ProtoError> {
-        if uids.is_empty() {
-            return Ok((Vec::new(), None));
-        }
-        let set = uid_set(uids);
         let gmail = if self.has("X-GM-EXT-1") {
             " X-GM-MSGID X-GM-THRID X-GM-LABELS"
         } else {
             ""
         };
-        self.fetch_responses(
-            &format!("UID FETCH {set} (UID FLAGS {part}{gmail})"),
-            &format!("download {} message(s)", uids.len()),
-            FetchedMessage::from_attributes,
-        )
-        .await
+        let (mut fetched, mut refused) = (Vec::with_capacity(uids.len()), None);
+        for chunk in uids.chunks(UIDS_PER_COMMAND) {
+            let (got, no) = self
+                .fetch_responses(
+                    &format!("UID FETCH {} (UID FLAGS {part}{gmail})", uid_set(chunk)),
+                    &format!("download {} message(s)", chunk.len()),
+                    FetchedMessage::from_attributes,
+                )
+                .await?;
+            fetched.extend(got);
+            refused = refused.or(no);
+        }
+        Ok((fetched, refused))
     }
 
     /// Runs a FETCH `command` and keeps what `pick` makes of each FETCH response, and the

@@ -899,3 +899,52 @@ async fn imap_a_refused_size_search_reads_every_size_in_short_commands() {
     }
     s.logout().await;
 }
+
+#[tokio::test]
+async fn imap_a_batch_of_a_thousand_scattered_uids_is_fetched_in_short_commands() {
+    // Each UID FETCH answered with a small message per UID of its set (no ranges: the UIDs
+    // have gaps), and the first command refused after its messages, as Gmail does when it
+    // cannot read one of them.
+    let refused_once = std::sync::atomic::AtomicBool::new(false);
+    let server = imap_answering("IMAP4rev1", move |tag, words| match words {
+        ["UID", "FETCH", set, ..] => {
+            let lines: String = set
+                .split(',')
+                .map(|uid| {
+                    let body = format!("Subject: {uid}\r\n\r\nhi\r\n");
+                    format!(
+                        "* 1 FETCH (UID {uid} FLAGS () BODY[] {{{}}}\r\n{body})\r\n",
+                        body.len()
+                    )
+                })
+                .collect();
+            let first = !refused_once.swap(true, std::sync::atomic::Ordering::Relaxed);
+            let end = if first {
+                "NO Some messages could not be FETCHed (Failure)"
+            } else {
+                "OK"
+            };
+            Some(format!("{lines}{tag} {end}\r\n"))
+        }
+        _ => None,
+    })
+    .await;
+    let mut s = ImapSession::login(&server.endpoint(), &TlsSettings::public(), &password())
+        .await
+        .unwrap();
+    let uids: Vec<u32> = (1..=1000).map(|i| 4_000_000_000 + i * 2).collect();
+    let (fetched, refusal) = s.uid_fetch_some(&uids).await.unwrap();
+    // The refusal of the first command did not stop the second: every message is here.
+    assert_eq!(fetched.iter().map(|m| m.uid).collect::<Vec<_>>(), uids);
+    assert!(refusal.is_some(), "the refusal is still reported");
+    let fetches: Vec<String> = server
+        .heard()
+        .into_iter()
+        .filter(|line| line.contains("UID FETCH"))
+        .collect();
+    assert_eq!(fetches.len(), 2, "500 UIDs a command at most");
+    for line in &fetches {
+        assert!(line.len() < 8192, "a command line of {} bytes", line.len());
+    }
+    s.logout().await;
+}

@@ -9,8 +9,8 @@ use sqlx::any::AnyRow;
 
 use crate::{Backend, Result};
 
-/// Rows per multi-row INSERT of a sync batch's emails, its attachments and its events: a whole
-/// batch (the sync's `BATCH_SIZE`) in one statement. Each statement is a round trip to the
+/// Rows per multi-row INSERT of a sync batch's emails, its attachments and its events: a full
+/// batch (the sync's `BATCH_SIZE`, 1,000) in four statements. Each statement is a round trip to the
 /// database (to SQLite's own thread, which a first sync's other stages keep waiting for a
 /// core): at 32 emails and 64 events a statement the corpus's first sync took a fifth longer
 /// (`bench/first-sync`, 0.46 against 0.38 s). A statement's parameters must stay within

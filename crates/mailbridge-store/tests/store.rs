@@ -1102,16 +1102,16 @@ fn all_events() -> mailbridge_store::EventQuery {
     }
 }
 
-/// A batch of more rows than one INSERT takes (the sync's are never larger, but the store takes
-/// any): every email, attachment and event is written once, in order, and a replay of it
-/// writes none.
+/// A batch of more rows than four INSERTs take (the sync's full batch is four, 1,000 messages;
+/// the store takes any): every email, attachment and event is written once, in order, and a
+/// replay of it writes none.
 async fn a_batch_larger_than_one_insert_is_stored_whole_with_its_attachments_and_events(
     kind: TestDatabase,
 ) {
     let db = Db::new(kind).await;
     let store = db.open(Keyring::generate()).await;
     let mailbox = enabled_mailboxes(&store, 1).await[0];
-    let n = mailbridge_store::ROWS_PER_INSERT + 60;
+    let n = 4 * mailbridge_store::ROWS_PER_INSERT + 60;
     // The raw message of `i`: the last one long enough for zstd (kept compressed).
     let raw_of = |i: usize| {
         let body = if i == n - 1 {

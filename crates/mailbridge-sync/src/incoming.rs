@@ -9,12 +9,12 @@ mod track;
 /// Messages fetched and committed per batch, at most: big enough to amortize round trips,
 /// lookups and commits (the store writes a full one in four INSERTs of
 /// [`mailbridge_store::ROWS_PER_INSERT`] rows, kept prepared), small enough that a crash or a
-/// cut connection repeats little. A first sync of the benchmark's corpus took 5–8 % less
+/// cut connection repeats little. A first sync of the benchmark's corpus took about 5 % less
 /// time than in batches of 250 (the README's Benchmark).
 pub const BATCH_SIZE: usize = 4 * mailbridge_store::ROWS_PER_INSERT;
 
-/// Messages in a pass's first batch; each next one may hold twice as many, up to
-/// [`BATCH_SIZE`]. The stages each wait for a whole batch, so the parse and the store start
+/// Messages in a pass's first batch; the k-th may hold 2^k times as many (64, 128, 256 …), up
+/// to [`BATCH_SIZE`]. The stages each wait for a whole batch, so the parse and the store start
 /// once this many messages are read, not a full batch.
 pub const FIRST_BATCH: usize = 64;
 

@@ -119,9 +119,10 @@ impl Download {
 /// Bounds on one [`Download`].
 #[derive(Debug, Clone, Copy)]
 pub struct Batching {
-    /// Messages in a pass's first download; each next one may hold twice as many as the one
-    /// before, up to `count`. A small first batch starts the parse and the store early (each
-    /// stage waits for the whole batch before it); large ones later fetch and commit less often.
+    /// Messages in a pass's first download; the k-th download (counting from 0, header-only
+    /// ones and ones the bytes cut short too) may hold `first` × 2^k, up to `count`. A small
+    /// first batch starts the parse and the store early (each stage waits for the whole batch
+    /// before it); large ones later fetch and commit less often.
     pub first: usize,
     /// Messages per download, at most.
     pub count: usize,
