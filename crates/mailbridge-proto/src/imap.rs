@@ -575,31 +575,23 @@ impl ImapSession {
             Err(e) if e.is_refusal() => uids.to_vec(),
             Err(e) => return Err(e),
         };
-        let mut sizes = Vec::with_capacity(large.len());
-        for chunk in large.chunks(UIDS_PER_COMMAND) {
-            let (some, refusal) = self
-                .fetch_responses(
-                    &format!("UID FETCH {} (UID RFC822.SIZE)", uid_set(chunk)),
-                    step,
-                    |attributes| {
-                        let (mut uid, mut size) = (None, None);
-                        for attribute in attributes {
-                            match attribute {
-                                AttributeValue::Uid(u) => uid = Some(*u),
-                                AttributeValue::Rfc822Size(n) => size = Some(u64::from(*n)),
-                                _ => {}
-                            }
-                        }
-                        Some((uid?, size?))
-                    },
-                )
-                .await?;
-            if let Some(refusal) = refusal {
-                return Err(refusal);
-            }
-            sizes.extend(some);
+        let (sizes, refusal) = self
+            .fetch_in_commands(&large, "UID RFC822.SIZE", step, |attributes| {
+                let (mut uid, mut size) = (None, None);
+                for attribute in attributes {
+                    match attribute {
+                        AttributeValue::Uid(u) => uid = Some(*u),
+                        AttributeValue::Rfc822Size(n) => size = Some(u64::from(*n)),
+                        _ => {}
+                    }
+                }
+                Some((uid?, size?))
+            })
+            .await?;
+        match refusal {
+            Some(refusal) => Err(refusal),
+            None => Ok(sizes),
         }
-        Ok(sizes)
     }
 
     /// The flags (and on Gmail the identity and labels) of the messages up to UID `last` in
@@ -680,11 +672,8 @@ impl ImapSession {
         .await
     }
 
-    /// `UID FETCH set (UID <part>)`, plus X-GM-MSGID, X-GM-THRID and X-GM-LABELS on Gmail,
-    /// [`UIDS_PER_COMMAND`] UIDs a command at most (a sync batch holds up to 1,000, which as
-    /// ten-digit UIDs with gaps would pass the 8,192 octets a command line should keep to).
-    /// A chunk the server refuses (NO) does not stop the others: what every chunk gave is
-    /// kept, with the first refusal.
+    /// `UID FETCH set (UID FLAGS <part>)`, plus X-GM-MSGID, X-GM-THRID and X-GM-LABELS on
+    /// Gmail, through [`ImapSession::fetch_in_commands`].
     async fn fetch_part(
         &mut self,
         uids: &[u32],
@@ -695,19 +684,35 @@ impl ImapSession {
         } else {
             ""
         };
-        let (mut fetched, mut refused) = (Vec::with_capacity(uids.len()), None);
+        self.fetch_in_commands(
+            uids,
+            &format!("UID FLAGS {part}{gmail}"),
+            &format!("download {} message(s)", uids.len()),
+            FetchedMessage::from_attributes,
+        )
+        .await
+    }
+
+    /// `UID FETCH set (items)` for `uids`, [`UIDS_PER_COMMAND`] a command at most (a sync
+    /// batch holds up to 1,000, which as ten-digit UIDs with gaps would pass the 8,192 octets
+    /// a command line should keep to), through [`ImapSession::fetch_responses`]. A command
+    /// the server refuses (NO) does not stop the others: what every one gave is kept, with
+    /// the first refusal.
+    async fn fetch_in_commands<T>(
+        &mut self,
+        uids: &[u32],
+        items: &str,
+        step: &str,
+        mut pick: impl FnMut(&[async_imap::imap_proto::AttributeValue<'_>]) -> Option<T>,
+    ) -> Result<(Vec<T>, Option<ProtoError>), ProtoError> {
+        let (mut picked, mut refused) = (Vec::with_capacity(uids.len()), None);
         for chunk in uids.chunks(UIDS_PER_COMMAND) {
-            let (got, no) = self
-                .fetch_responses(
-                    &format!("UID FETCH {} (UID FLAGS {part}{gmail})", uid_set(chunk)),
-                    &format!("download {} message(s)", chunk.len()),
-                    FetchedMessage::from_attributes,
-                )
-                .await?;
-            fetched.extend(got);
+            let command = format!("UID FETCH {} ({items})", uid_set(chunk));
+            let (got, no) = self.fetch_responses(&command, step, &mut pick).await?;
+            picked.extend(got);
             refused = refused.or(no);
         }
-        Ok((fetched, refused))
+        Ok((picked, refused))
     }
 
     /// Runs a FETCH `command` and keeps what `pick` makes of each FETCH response, and the
