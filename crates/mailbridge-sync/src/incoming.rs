@@ -18,6 +18,10 @@ pub const BATCH_SIZE: usize = 4 * mailbridge_store::ROWS_PER_INSERT;
 /// once this many messages are read, not a full batch.
 pub const FIRST_BATCH: usize = 64;
 
+/// Bytes per IMAP download at most (a single larger message is a download of its own): with
+/// the pipeline's stages a batch apart, a few of these are in memory at once.
+pub const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+
 /// What one sync pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SyncReport {

@@ -11,13 +11,16 @@
 //! mailbox N copies of the corpus (each copy's Message-IDs its own: [`corpus::copy_of`]).
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mailbridge_core::message::MessageFlags;
-use mailbridge_store::{FolderPosition, NewEmail, RawMessage, SyncBatch};
+use mailbridge_store::{FolderPosition, NewEmail, ROWS_PER_INSERT, RawMessage, SyncBatch};
 use mailbridge_sync::incoming::imap::sync_inbox;
+use mailbridge_sync::incoming::plan::{Batching, Download, plan_downloads};
+use mailbridge_sync::incoming::{BATCH_BYTES, BATCH_SIZE, FIRST_BATCH};
 use mailbridge_testkit::{Dovecot, OAuthProvider, Postgres, TestDatabase, corpus, process};
 
 const USER: &str = "bench@example.com";
@@ -182,14 +185,35 @@ struct Read {
 /// The sync's parse and store stages each on their own, for the corpus: how long one thread
 /// takes to compress, hash and parse every message in one go (the parse stage's work, which
 /// the sync does a batch at a time on one blocking thread), and how long the store takes to
-/// commit them into a new SQLite database in batches of 250 (the store stage's work without
-/// its tracking-rule check, trivial under `all`: one writer, nothing else running). The sync
-/// overlaps these with the fetch, so it cannot end before the slowest of the three.
+/// commit them into a new SQLite database (`work`'s `mailbridge.db`) in the batches the sync
+/// makes of them (the store stage's work without its tracking-rule check, trivial under
+/// `all`: one writer, nothing else running). The sync overlaps these with the fetch, so it
+/// cannot end before the slowest of the three. Returns the batches' sizes too.
 async fn stages_alone(
     dovecot: &Dovecot,
     work: &Path,
     messages: &[Vec<u8>],
-) -> (Duration, Duration) {
+) -> (Duration, Duration, Vec<usize>) {
+    // The sync's downloads of these messages, by their sizes (what the server says they are).
+    let uids: Vec<u32> = (1..=u32::try_from(messages.len()).unwrap()).collect();
+    let sizes: HashMap<u32, u64> = uids
+        .iter()
+        .zip(messages)
+        .map(|(uid, m)| (*uid, m.len() as u64))
+        .collect();
+    let batching = Batching {
+        first: FIRST_BATCH,
+        count: BATCH_SIZE,
+        bytes: BATCH_BYTES,
+        max_message: u64::MAX,
+    };
+    let batches: Vec<usize> = plan_downloads(&uids, &sizes, batching)
+        .iter()
+        .map(|d| match d {
+            Download::Whole(uids) => uids.len(),
+            Download::Header(_) => 1,
+        })
+        .collect();
     let messages = messages.to_vec();
     let started = Instant::now();
     let emails: Vec<NewEmail> = messages
@@ -220,10 +244,10 @@ async fn stages_alone(
         .unwrap();
     settle();
     let started = Instant::now();
-    let mut emails = emails.into_iter().peekable();
+    let mut emails = emails.into_iter();
     let mut last_uid = 0;
-    while emails.peek().is_some() {
-        let batch: Vec<NewEmail> = emails.by_ref().take(250).collect();
+    for &size in &batches {
+        let batch: Vec<NewEmail> = emails.by_ref().take(size).collect();
         last_uid += u32::try_from(batch.len()).unwrap();
         let position = FolderPosition {
             folder: "INBOX".into(),
@@ -241,7 +265,175 @@ async fn stages_alone(
     }
     let stored = started.elapsed();
     store.close().await;
-    (parse, stored)
+    (parse, stored, batches)
+}
+
+/// The tables a sync batch writes with multi-row INSERTs, each with the tail its INSERT has.
+const BATCH_TABLES: [(&str, &str); 3] = [
+    ("emails", " ON CONFLICT DO NOTHING RETURNING id"),
+    ("attachments", ""),
+    ("events", ""),
+];
+
+/// What those INSERTs cost through each driver: the rows [`stages_alone`] stored (`source`),
+/// written again into new databases of the same tables, in its batches (one transaction a
+/// batch), as the store writes them — statements of 250 rows or the next power of two,
+/// padded with NULL rows, every column but an integer key — through sqlx's `Any` driver (the
+/// store's; each value bound owned, as the store binds them) and through SQLite's C API
+/// (rusqlite; bound from the rows in place, as a writer owning its batch could). Returns the
+/// process's CPU for each, the rest of a batch (lookups, counters, position) left out.
+fn inserts_by_driver(
+    runtime: &tokio::runtime::Runtime,
+    source: &Path,
+    batches: &[usize],
+    work: &Path,
+) -> (Duration, Duration) {
+    use rusqlite::types::Value;
+    let db = rusqlite::Connection::open(source).unwrap();
+    let mailbox: String = db
+        .query_row("SELECT id FROM mailboxes", [], |r| r.get(0))
+        .unwrap();
+    // The mailbox the rows belong to (its foreign keys are checked, as in the store), then
+    // the three tables and their indexes as the store made them.
+    let mut schema = format!(
+        "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+         PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = ON; \
+         CREATE TABLE mailboxes (id TEXT PRIMARY KEY NOT NULL); \
+         INSERT INTO mailboxes VALUES ('{mailbox}');"
+    );
+    let mut tables = Vec::new();
+    for (table, tail) in BATCH_TABLES {
+        let mut ddl = db
+            .prepare("SELECT sql FROM sqlite_master WHERE tbl_name = ?1 AND sql IS NOT NULL ORDER BY type DESC")
+            .unwrap();
+        for sql in ddl.query_map([table], |r| r.get::<_, String>(0)).unwrap() {
+            schema.push_str(&sql.unwrap());
+            schema.push(';');
+        }
+        let columns: Vec<String> = db
+            .prepare(&format!(
+                "SELECT name FROM pragma_table_info('{table}') WHERE NOT (pk AND type = 'INTEGER')"
+            ))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let order = if table == "events" { "seq" } else { "rowid" };
+        let mut select = db
+            .prepare(&format!(
+                "SELECT {} FROM {table} ORDER BY {order}",
+                columns.join(", ")
+            ))
+            .unwrap();
+        let rows: Vec<Vec<Value>> = select
+            .query_map([], |r| (0..columns.len()).map(|i| r.get(i)).collect())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        tables.push((table, tail, columns, rows));
+    }
+    // A batch's rows of each table: its emails, their attachments, its events (one an email).
+    let mut batch_rows: Vec<Vec<&[Vec<Value>]>> = Vec::new();
+    let (mut emails, mut attachments) = (0, 0);
+    for &size in batches {
+        let (ids, rows) = (&tables[0].3[emails..emails + size], &tables[1].3);
+        let mut end = attachments;
+        // Attachments were stored after their email, in the email's batch.
+        while end < rows.len() && ids.iter().any(|e| e[0] == rows[end][1]) {
+            end += 1;
+        }
+        batch_rows.push(vec![
+            ids,
+            &rows[attachments..end],
+            &tables[2].3[emails..emails + size],
+        ]);
+        (emails, attachments) = (emails + size, end);
+    }
+    let statement = |table: &str, tail: &str, columns: &[String], rows: usize| {
+        let row = format!("({})", vec!["?"; columns.len()].join(", "));
+        format!(
+            "INSERT INTO {table} ({}) SELECT * FROM (VALUES {}) AS v WHERE column1 IS NOT NULL{tail}",
+            columns.join(", "),
+            vec![row; rows].join(", ")
+        )
+    };
+    let padded = |rows: usize| rows.next_power_of_two().min(ROWS_PER_INSERT);
+    let fresh = |name: &str| {
+        let dir = work.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("t.db")
+    };
+
+    let path = fresh("any");
+    let through_any = runtime.block_on(async {
+        use sqlx::{Connection, Executor};
+        let mut c = sqlx::AnyConnection::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .unwrap();
+        c.execute(sqlx::AssertSqlSafe(schema.clone()))
+            .await
+            .unwrap();
+        settle();
+        let cpu = cpu_used();
+        for rows in &batch_rows {
+            c.execute("BEGIN IMMEDIATE").await.unwrap();
+            for ((table, tail, columns, _), rows) in tables.iter().zip(rows) {
+                for chunk in rows.chunks(ROWS_PER_INSERT) {
+                    let sql = statement(table, tail, columns, padded(chunk.len()));
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for k in 0..padded(chunk.len()) {
+                        for i in 0..columns.len() {
+                            q = match chunk.get(k).map(|row| &row[i]) {
+                                Some(Value::Text(s)) => q.bind(Some(s.clone())),
+                                Some(Value::Blob(b)) => q.bind(Some(b.clone())),
+                                Some(Value::Integer(n)) => q.bind(Some(*n)),
+                                Some(Value::Real(x)) => q.bind(Some(*x)),
+                                Some(Value::Null) | None => q.bind(None::<String>),
+                            };
+                        }
+                    }
+                    q.fetch_all(&mut c).await.unwrap();
+                }
+            }
+            c.execute("COMMIT").await.unwrap();
+        }
+        let cpu = cpu_used() - cpu;
+        c.close().await.unwrap();
+        cpu
+    });
+
+    let mut c = rusqlite::Connection::open(fresh("native")).unwrap();
+    c.execute_batch(&schema).unwrap();
+    settle();
+    let cpu = cpu_used();
+    for rows in &batch_rows {
+        let tx = c
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        for ((table, tail, columns, _), rows) in tables.iter().zip(rows) {
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
+                let mut q = tx
+                    .prepare_cached(&statement(table, tail, columns, padded(chunk.len())))
+                    .unwrap();
+                let mut at = 1;
+                for k in 0..padded(chunk.len()) {
+                    for i in 0..columns.len() {
+                        match chunk.get(k) {
+                            Some(row) => q.raw_bind_parameter(at, &row[i]).unwrap(),
+                            None => q.raw_bind_parameter(at, rusqlite::types::Null).unwrap(),
+                        }
+                        at += 1;
+                    }
+                }
+                let mut returned = q.raw_query();
+                while returned.next().unwrap().is_some() {}
+            }
+        }
+        tx.commit().unwrap();
+    }
+    (through_any, cpu_used() - cpu)
 }
 
 /// Mailbridge's first sync into `database`, and the bytes the database then takes on disk
@@ -337,6 +529,7 @@ fn main() {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut disk, mut disk_pg) = (Vec::new(), Vec::new());
     let (mut parse_alone, mut store_alone) = (Vec::new(), Vec::new());
+    let (mut inserts_any, mut inserts_native) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         raw.push(raw_fetch(&dovecot, &ca, n));
         mbs_nofsync.push(mbsync(port, &ca, &work.path().join("mbsync"), false));
@@ -354,13 +547,18 @@ fn main() {
             syncs.push(sync);
             sizes.push(size);
         }
-        let (parse, store) = runtime.block_on(stages_alone(
-            &dovecot,
-            &work.path().join("stages"),
-            &messages,
-        ));
+        let stages = work.path().join("stages");
+        let (parse, store, batches) = runtime.block_on(stages_alone(&dovecot, &stages, &messages));
+        let (any, native) = inserts_by_driver(
+            &runtime,
+            &stages.join("mailbridge.db"),
+            &batches,
+            &work.path().join("drivers"),
+        );
         parse_alone.push(parse);
         store_alone.push(store);
+        inserts_any.push(any);
+        inserts_native.push(native);
         let (r, o, p) = (&raw[round - 1], &ours[round - 1], &ours_pg[round - 1]);
         println!(
             "round {round}: raw fetch {:.2} s | mbsync (FSync no) {:.2} s | mbsync (defaults) {:.2} s | mailbridge {:.2} s | on PostgreSQL {:.2} s",
@@ -380,9 +578,11 @@ fn main() {
             p.database_cpu.as_secs_f64()
         );
         println!(
-            "         stages alone: parse {:.2} s | store into SQLite {:.2} s",
+            "         stages alone: parse {:.2} s | store into SQLite {:.2} s | its INSERTs' CPU through sqlx's Any {:.3} s, through SQLite's C API {:.3} s",
             parse.as_secs_f64(),
-            store.as_secs_f64()
+            store.as_secs_f64(),
+            any.as_secs_f64(),
+            native.as_secs_f64()
         );
     }
     let (vs_raw, pg_vs_sqlite) = (per_round(&raw, &ours), per_round(&ours, &ours_pg));
@@ -436,6 +636,13 @@ fn main() {
         parse_alone.as_secs_f64(),
         store_alone.as_secs_f64(),
         raw.as_secs_f64() / store_alone.as_secs_f64()
+    );
+    let (inserts_any, inserts_native) = (median(inserts_any), median(inserts_native));
+    println!(
+        "  a sync's multi-row INSERTs alone (emails, attachments, events; CPU): through sqlx's Any driver {:.3} s, through SQLite's C API (rusqlite) {:.3} s — {:.2} of it",
+        inserts_any.as_secs_f64(),
+        inserts_native.as_secs_f64(),
+        inserts_native.as_secs_f64() / inserts_any.as_secs_f64()
     );
     // With every core busy a sync cannot end before its CPU time spread over all of them.
     let cores = std::thread::available_parallelism().map_or(1, usize::from);

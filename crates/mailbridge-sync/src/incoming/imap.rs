@@ -24,7 +24,7 @@ use mailbridge_store::{
 use super::plan::{
     Batching, Download, FlagRead, FolderPlan, ServerFolder, plan_downloads, plan_folder, plan_state,
 };
-use super::{BATCH_SIZE, FIRST_BATCH, SyncError, SyncReport, track};
+use super::{BATCH_BYTES, BATCH_SIZE, FIRST_BATCH, SyncError, SyncReport, track};
 use mailbridge_core::parse::{parse, parse_header};
 
 pub const INBOX: &str = "INBOX";
@@ -144,10 +144,6 @@ pub async fn sync_folders(
     }
     Ok(report)
 }
-
-/// Bytes per download at most (a single larger message is a download of its own): with the
-/// pipeline's stages a batch apart, a few of these are in memory at once.
-const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A batch's messages. When the server refuses part of the batch (Gmail: "Some messages
 /// could not be FETCHed", while it cannot read one of them), the messages it did not give are
