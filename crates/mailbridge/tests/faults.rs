@@ -68,7 +68,10 @@ fn as_served(message: &[u8]) -> Vec<u8> {
 /// then every message is stored exactly once. A moment is drawn as a point of the corpus
 /// (the kill comes once that many records are committed) plus a random share of the time a
 /// batch takes, so kills land in every stage of a batch — fetching, parsing, inserting,
-/// committing — and, when two points fall in one batch, during start-up and login. `MAILBRIDGE_TEST_CRASH_SEED` replays a run.
+/// committing — and, when two points fall in one batch, during start-up and login. Each start
+/// downloads 64 messages, then 128, 256 and 512 before full batches of 1,000, and the kills
+/// come a few hundred records apart, so the first one waits for that ramp: at least one lands
+/// in a full batch. `MAILBRIDGE_TEST_CRASH_SEED` replays a run.
 async fn killed_at_random_moments(url: Option<String>, backend: &str) {
     let total = setting("MAILBRIDGE_TEST_CRASH_MESSAGES", 6046) as usize;
     let kills = setting("MAILBRIDGE_TEST_CRASH_KILLS", 20) as usize;
@@ -93,12 +96,22 @@ async fn killed_at_random_moments(url: Option<String>, backend: &str) {
     expected.sort();
     let db = pool(c.url()).await;
 
-    // Points of the corpus, short of its last batch (after which the sync is over).
+    // Points of the corpus, short of its last batch (after which the sync is over); the
+    // first past a start's ramp of smaller batches, when the corpus has room for it.
     let last_batch = mailbridge_sync::incoming::BATCH_SIZE;
+    let ramp: usize = (0..)
+        .map(|k| mailbridge_sync::incoming::FIRST_BATCH << k)
+        .take_while(|n| *n < last_batch)
+        .sum();
+    let aimed = kills > 0 && total >= ramp + 2 * last_batch;
+    let from = if aimed { ramp } else { 0 };
     let mut points: Vec<usize> = (0..kills)
-        .map(|_| rng.gen_range(0..total.saturating_sub(last_batch).max(1)))
+        .map(|_| rng.gen_range(from..total.saturating_sub(last_batch).max(from + 1)))
         .collect();
     points.sort_unstable();
+    if aimed {
+        points[0] = ramp;
+    }
     // A short lease: on PostgreSQL a killed node's lease must expire before the next node
     // takes the mailbox (SQLite hands it over at once).
     let env = [("MAILBRIDGE_LEASE_TTL_MS", "2000")];
@@ -134,16 +147,26 @@ async fn killed_at_random_moments(url: Option<String>, backend: &str) {
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        // Anywhere in the next batch's fetch, parse, insert or commit.
+        // Anywhere in the next batch's fetch, parse, insert or commit; after the ramp the
+        // last batch timed is the 512's, and the next holds up to twice as many.
         let share: f64 = rng.r#gen();
-        tokio::time::sleep(batch_time.mul_f64(share)).await;
+        let next_batch = if aimed && i == 0 { 2.0 } else { 1.0 };
+        tokio::time::sleep(batch_time.mul_f64(share * next_batch)).await;
         node.child.kill().unwrap(); // SIGKILL
         node.child.wait().unwrap();
         let at = count(&db, &mailbox).await;
         if at < total {
             mid_sync += 1;
         }
-        eprintln!("{backend}: kill {} at {at} records", i + 1);
+        eprintln!(
+            "{backend}: kill {} at {at} records{}",
+            i + 1,
+            if aimed && i == 0 {
+                " (past the start's ramp: a full batch in flight)"
+            } else {
+                ""
+            }
+        );
         node = c.serve("crash", &env).0;
         (seen, commits) = (None, 0);
     }
