@@ -1426,15 +1426,15 @@ async fn a_mailboxs_batches_keep_to_one_connection_but_never_queue_behind_a_stuc
 /// the next batches skip that connection for a while rather than each try again.
 async fn a_batch_whose_own_connection_cannot_open_takes_a_pooled_one() {
     use sqlx::Connection;
-    use std::time::{Duration, Instant};
     let db = Db::new(TestDatabase::Postgres).await;
     let mut look = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let (database,): (String,) = sqlx::query_as("SELECT current_database()")
         .fetch_one(&mut look)
         .await
         .unwrap();
-    // Roles are the server's, shared by the tests (creating one takes a superuser): one named
-    // after this test's database, dropped at the end.
+    // Roles are the server's, shared by the tests (creating one takes a superuser) and
+    // outliving their databases: one named after this test's database, dropped at the end
+    // whether the test passes or fails (it runs as a task of its own for that).
     let role = format!("r_{database}");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE ROLE {role} LOGIN PASSWORD 'limited'; ALTER DATABASE {database} OWNER TO {role}"
@@ -1442,7 +1442,29 @@ async fn a_batch_whose_own_connection_cannot_open_takes_a_pooled_one() {
     .execute(&mut look)
     .await
     .unwrap();
-    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let outcome = tokio::spawn(batches_of_a_role_that_may_open_no_more(
+        db.url.clone(),
+        role.clone(),
+    ))
+    .await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE {role}"
+    )))
+    .execute(&mut look)
+    .await
+    .unwrap();
+    if let Err(failed) = outcome {
+        std::panic::resume_unwind(failed.into_panic());
+    }
+}
+
+/// [`a_batch_whose_own_connection_cannot_open_takes_a_pooled_one`] itself: a store of `role`
+/// on the database at `admin_url` (which the test's own look-ups use as it is).
+async fn batches_of_a_role_that_may_open_no_more(admin_url: String, role: String) {
+    use sqlx::Connection;
+    use std::time::{Duration, Instant};
+    let mut look = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    let (scheme, rest) = admin_url.split_once("://").unwrap();
     let host = rest.split_once('@').map_or(rest, |(_, host)| host);
     let url = format!("{scheme}://{role}:limited@{host}");
     let store = Store::connect(&url, Keyring::generate(), Arc::new(SystemClock))
@@ -1480,12 +1502,6 @@ async fn a_batch_whose_own_connection_cannot_open_takes_a_pooled_one() {
     // The next goes to the pool at once: trying the connection again would take a second.
     stored_within("limited-next", Duration::from_millis(900)).await;
     store.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE {role}"
-    )))
-    .execute(&mut look)
-    .await
-    .unwrap();
 }
 
 /// A batch of two emails for `mailbox`, stored in a task of its own.
