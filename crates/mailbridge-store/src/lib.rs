@@ -262,8 +262,29 @@ impl BatchWriter {
     }
 
     /// Its connection could not be opened: batches skip it for [`WRITER_REFUSED`]. Said in
-    /// the log once, when it begins.
-    fn refuse(&self, k: usize, error: &sqlx::Error) {
+    /// the log once, when it begins, with why: sqlx reports a connection its pool could not
+    /// open as a timeout (`PoolTimedOut`) whatever the server answered, so one more try, on
+    /// its own, asks the server (PostgreSQL's 53300: "too many connections for role …").
+    async fn refuse(&self, k: usize, error: sqlx::Error) {
+        let error = if self.refused_until().is_none() && matches!(error, sqlx::Error::PoolTimedOut)
+        {
+            let options = self.pool.connect_options();
+            match tokio::time::timeout(
+                WRITER_OPEN,
+                <sqlx::AnyConnection as sqlx::Connection>::connect_with(&options),
+            )
+            .await
+            {
+                Ok(Err(cause)) => cause,
+                Ok(Ok(opened)) => {
+                    let _ = sqlx::Connection::close(opened).await; // it was only a question
+                    error
+                }
+                Err(_) => error,
+            }
+        } else {
+            error
+        };
         let mut until = self.refused_until();
         if self.pool.size() > 0 {
             return; // another batch opened it meanwhile
@@ -740,7 +761,7 @@ impl Store {
                 // Another batch opened it first and holds it: as if it had been busy.
                 Err(_) if writer.pool.size() > 0 => Ok(None),
                 Err(error) => {
-                    writer.refuse(k, &error);
+                    writer.refuse(k, error).await;
                     Ok(None)
                 }
             }

@@ -1492,8 +1492,23 @@ async fn batches_of_a_role_that_may_open_no_more(admin_url: String, role: String
             assert!(took < bound, "{name}: {took:?}");
         }
     };
-    // The first batch tries its connection for a second (not the pool's five), then a pooled one.
-    stored_within("limited", Duration::from_secs(3)).await;
+    // The first batch tries its connection for a second (not the pool's five), then a pooled
+    // one; the log says why the connection was not opened, in the server's words.
+    let log = Log::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::instrument::WithSubscriber::with_subscriber(
+        stored_within("limited", Duration::from_secs(3)),
+        subscriber,
+    )
+    .await;
+    let logged = log.text();
+    assert!(
+        logged.contains("could not be opened") && logged.contains("too many connections for role"),
+        "{logged}"
+    );
     assert_eq!(
         batch_writers(&mut look).await,
         [],
@@ -1502,6 +1517,35 @@ async fn batches_of_a_role_that_may_open_no_more(admin_url: String, role: String
     // The next goes to the pool at once: trying the connection again would take a second.
     stored_within("limited-next", Duration::from_millis(900)).await;
     store.close().await;
+}
+
+/// What a test's subscriber logs, kept.
+#[derive(Clone, Default)]
+struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Log {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+
+    fn make_writer(&'a self) -> Log {
+        self.clone()
+    }
 }
 
 /// A batch of two emails for `mailbox`, stored in a task of its own.
