@@ -681,7 +681,7 @@ where
 }
 
 /// A batch's emails; each stored one's id comes back (one already there is left alone).
-static INSERT_EMAILS: BatchInsert = BatchInsert::new(
+pub(crate) static INSERT_EMAILS: BatchInsert = BatchInsert::new(
     "emails (id, mailbox_id, direction, remote_key, content_sha256, folder, uid, \
      gmail_labels, message_id, in_reply_to, references_ids, subject, from_address, from_name, \
      to_json, cc_json, sent_at, raw, raw_zstd, size, parse_error, conversation_id, \
@@ -690,7 +690,7 @@ static INSERT_EMAILS: BatchInsert = BatchInsert::new(
     " ON CONFLICT DO NOTHING RETURNING id",
 );
 /// The stored emails' attachments (what they are; their bytes stay in the raw message).
-static INSERT_ATTACHMENTS: BatchInsert = BatchInsert::new(
+pub(crate) static INSERT_ATTACHMENTS: BatchInsert = BatchInsert::new(
     "attachments (id, email_id, filename, content_type, size)",
     "",
 );

@@ -22,7 +22,7 @@ use crate::{Backend, Result, Store, StoreError, time_from_ms};
 /// `pg_advisory_xact_lock` key of the event log ("MBEV").
 const EVENT_LOCK: i64 = 0x4D42_4556;
 /// Appended events (a sync batch's, and every other write's).
-static INSERT_EVENTS: BatchInsert = BatchInsert::new(
+pub(crate) static INSERT_EVENTS: BatchInsert = BatchInsert::new(
     "events (id, type, mailbox_id, owner_user_id, created_at, data)",
     "",
 );

@@ -416,18 +416,41 @@ async fn sqlite_pool(
     Ok(pool_options
         .after_connect(move |conn, _| {
             Box::pin(async move {
-                conn.execute(sqlx::AssertSqlSafe(format!(
-                    "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                     PRAGMA wal_autocheckpoint = 16384; PRAGMA temp_store = MEMORY; \
-                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
-                     PRAGMA journal_size_limit = {WAL_KEPT_BYTES}; {extra}"
-                )))
-                .await?;
+                conn.execute(sqlx::AssertSqlSafe(sqlite_settings(extra)))
+                    .await?;
                 Ok(())
             })
         })
         .connect_with(options.clone())
         .await?)
+}
+
+/// What [`sqlite_pool`]'s connections run when they open, then `extra`.
+fn sqlite_settings(extra: &str) -> String {
+    format!(
+        "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+         PRAGMA wal_autocheckpoint = 16384; PRAGMA temp_store = MEMORY; \
+         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+         PRAGMA journal_size_limit = {WAL_KEPT_BYTES}; {extra}"
+    )
+}
+
+/// SQLite: what the writer's connection runs when it opens, beyond [`sqlite_settings`].
+const SQLITE_WRITER_SETTINGS: &str = "PRAGMA cache_size = -32768;";
+
+/// What a sync batch's multi-row INSERTs are on SQLite, for a benchmark that replays them
+/// through another driver (`bench/first-sync`): the settings the writer's connection runs
+/// when it opens, and each INSERT's `table (column, …)` with what follows its rows — the
+/// emails', their attachments', the events'.
+pub fn sqlite_batch_inserts() -> (String, [(&'static str, &'static str); 3]) {
+    (
+        sqlite_settings(SQLITE_WRITER_SETTINGS),
+        [
+            emails::INSERT_EMAILS.parts(),
+            emails::INSERT_ATTACHMENTS.parts(),
+            events::INSERT_EVENTS.parts(),
+        ],
+    )
 }
 
 /// PostgreSQL: the connections a node's store keeps at most, [`BATCH_WRITERS`] of them for
@@ -543,7 +566,7 @@ impl Store {
                 let writer = sqlite_pool(
                     pool_options.max_connections(1),
                     &options,
-                    "PRAGMA cache_size = -32768;",
+                    SQLITE_WRITER_SETTINGS,
                 )
                 .await?;
                 (readers, Writers::Sqlite(writer))

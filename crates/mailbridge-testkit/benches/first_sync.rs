@@ -7,8 +7,10 @@
 //! round, the medians, and the ratios the targets are stated in (of the medians, and round by
 //! round), then the bytes each database takes on disk against the raw bytes. Each round also
 //! times the sync's parse and store stages on their own (parsed batches committed with nothing
-//! else running), the floor each sets. Run with `bench/first-sync`; `BENCH_COPIES=N` makes the
-//! mailbox N copies of the corpus (each copy's Message-IDs its own: [`corpus::copy_of`]).
+//! else running), the floor each sets, and what the store's multi-row INSERTs cost through
+//! sqlx's `Any` driver against SQLite's C API (rusqlite): what a native writer would save.
+//! Run with `bench/first-sync`; `BENCH_COPIES=N` makes the mailbox N copies of the corpus
+//! (each copy's Message-IDs its own: [`corpus::copy_of`]).
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
 use std::collections::HashMap;
@@ -17,6 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mailbridge_core::message::MessageFlags;
+use mailbridge_proto::DEFAULT_MAX_MESSAGE_BYTES;
 use mailbridge_store::{FolderPosition, NewEmail, ROWS_PER_INSERT, RawMessage, SyncBatch};
 use mailbridge_sync::incoming::imap::sync_inbox;
 use mailbridge_sync::incoming::plan::{Batching, Download, plan_downloads};
@@ -194,19 +197,28 @@ async fn stages_alone(
     work: &Path,
     messages: &[Vec<u8>],
 ) -> (Duration, Duration, Vec<usize>) {
-    // The sync's downloads of these messages, by their sizes (what the server says they are).
-    let uids: Vec<u32> = (1..=u32::try_from(messages.len()).unwrap()).collect();
-    let sizes: HashMap<u32, u64> = uids
-        .iter()
-        .zip(messages)
-        .map(|(uid, m)| (*uid, m.len() as u64))
-        .collect();
+    // The sync's downloads of these messages: it looks up the sizes above `small` (the
+    // server's, which counts each line's end as CRLF) and counts the others as that large.
     let batching = Batching {
         first: FIRST_BATCH,
         count: BATCH_SIZE,
         bytes: BATCH_BYTES,
-        max_message: u64::MAX,
+        max_message: DEFAULT_MAX_MESSAGE_BYTES as u64,
     };
+    let uids: Vec<u32> = (1..=u32::try_from(messages.len()).unwrap()).collect();
+    let sizes: HashMap<u32, u64> = uids
+        .iter()
+        .zip(messages)
+        .map(|(uid, m)| {
+            let bare_lf = m
+                .iter()
+                .enumerate()
+                .filter(|&(i, &b)| b == b'\n' && (i == 0 || m[i - 1] != b'\r'))
+                .count();
+            (*uid, (m.len() + bare_lf) as u64)
+        })
+        .filter(|(_, size)| *size > batching.small())
+        .collect();
     let batches: Vec<usize> = plan_downloads(&uids, &sizes, batching)
         .iter()
         .map(|d| match d {
@@ -268,96 +280,92 @@ async fn stages_alone(
     (parse, stored, batches)
 }
 
-/// The tables a sync batch writes with multi-row INSERTs, each with the tail its INSERT has.
-const BATCH_TABLES: [(&str, &str); 3] = [
-    ("emails", " ON CONFLICT DO NOTHING RETURNING id"),
-    ("attachments", ""),
-    ("events", ""),
-];
-
-/// What those INSERTs cost through each driver: the rows [`stages_alone`] stored (`source`),
-/// written again into new databases of the same tables, in its batches (one transaction a
-/// batch), as the store writes them — statements of 250 rows or the next power of two,
-/// padded with NULL rows, every column but an integer key — through sqlx's `Any` driver (the
-/// store's; each value bound owned, as the store binds them) and through SQLite's C API
-/// (rusqlite; bound from the rows in place, as a writer owning its batch could). Returns the
-/// process's CPU for each, the rest of a batch (lookups, counters, position) left out.
+/// What the store's multi-row INSERTs of a sync cost through each driver: the rows
+/// [`stages_alone`] stored (`source`), written again into new databases of the same tables and
+/// indexes, in its batches (a transaction each), with the store's statements (its columns and
+/// tails, 250 rows or the next power of two padded with NULL rows, its writer's connection
+/// settings) — through sqlx's `Any` driver as the store binds them (texts cloned, raw bytes
+/// moved in), and through SQLite's C API (rusqlite; bound from the rows in place, as a writer
+/// owning its batch could). The statements' texts are made before, the `RETURNING` ids read
+/// as text by both; the drivers take turns going first (`round`). Returns each one's CPU (the
+/// process's threads', to the nanosecond), the rest of a batch (lookups, counters, position)
+/// left out.
 fn inserts_by_driver(
     runtime: &tokio::runtime::Runtime,
     source: &Path,
     batches: &[usize],
     work: &Path,
+    round: usize,
 ) -> (Duration, Duration) {
     use rusqlite::types::Value;
+    let (settings, inserts) = mailbridge_store::sqlite_batch_inserts();
     let db = rusqlite::Connection::open(source).unwrap();
     let mailbox: String = db
         .query_row("SELECT id FROM mailboxes", [], |r| r.get(0))
         .unwrap();
-    // The mailbox the rows belong to (its foreign keys are checked, as in the store), then
-    // the three tables and their indexes as the store made them.
+    // The writer's settings; the mailbox the rows belong to (their foreign keys are checked,
+    // as in the store); the three tables and their indexes as the store made them.
     let mut schema = format!(
-        "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-         PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = ON; \
-         CREATE TABLE mailboxes (id TEXT PRIMARY KEY NOT NULL); \
+        "{settings} CREATE TABLE mailboxes (id TEXT PRIMARY KEY NOT NULL); \
          INSERT INTO mailboxes VALUES ('{mailbox}');"
     );
+    // Each table's rows in the order they were stored, and its statement by padded length.
     let mut tables = Vec::new();
-    for (table, tail) in BATCH_TABLES {
+    for (into, tail) in inserts {
+        let (table, columns) = into.split_once(" (").unwrap();
+        let columns = columns.trim_end_matches(')');
         let mut ddl = db
-            .prepare("SELECT sql FROM sqlite_master WHERE tbl_name = ?1 AND sql IS NOT NULL ORDER BY type DESC")
+            .prepare(
+                "SELECT sql FROM sqlite_master WHERE tbl_name = ?1 AND sql IS NOT NULL \
+                 ORDER BY type DESC",
+            )
             .unwrap();
         for sql in ddl.query_map([table], |r| r.get::<_, String>(0)).unwrap() {
             schema.push_str(&sql.unwrap());
             schema.push(';');
         }
-        let columns: Vec<String> = db
-            .prepare(&format!(
-                "SELECT name FROM pragma_table_info('{table}') WHERE NOT (pk AND type = 'INTEGER')"
-            ))
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let width = columns.split(',').count();
         let order = if table == "events" { "seq" } else { "rowid" };
-        let mut select = db
-            .prepare(&format!(
-                "SELECT {} FROM {table} ORDER BY {order}",
-                columns.join(", ")
-            ))
-            .unwrap();
-        let rows: Vec<Vec<Value>> = select
-            .query_map([], |r| (0..columns.len()).map(|i| r.get(i)).collect())
+        let rows: Vec<Vec<Value>> = db
+            .prepare(&format!("SELECT {columns} FROM {table} ORDER BY {order}"))
+            .unwrap()
+            .query_map([], |r| (0..width).map(|i| r.get(i)).collect())
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        tables.push((table, tail, columns, rows));
+        let row = format!("({})", vec!["?"; width].join(", "));
+        let statements: HashMap<usize, String> = (0..=ROWS_PER_INSERT.ilog2() + 1)
+            .map(|k| (1_usize << k).min(ROWS_PER_INSERT))
+            .map(|n| {
+                let values = vec![row.as_str(); n].join(", ");
+                let sql = format!(
+                    "INSERT INTO {into} SELECT * FROM (VALUES {values}) AS v \
+                     WHERE column1 IS NOT NULL{tail}"
+                );
+                (n, sql)
+            })
+            .collect();
+        tables.push((width, rows, statements));
     }
-    // A batch's rows of each table: its emails, their attachments, its events (one an email).
-    let mut batch_rows: Vec<Vec<&[Vec<Value>]>> = Vec::new();
+    // A batch's rows of each table: its emails, their attachments (stored after their email,
+    // in its batch), its events (one an email).
+    let mut batch_rows: Vec<[std::ops::Range<usize>; 3]> = Vec::new();
     let (mut emails, mut attachments) = (0, 0);
     for &size in batches {
-        let (ids, rows) = (&tables[0].3[emails..emails + size], &tables[1].3);
+        let (ids, all) = (&tables[0].1[emails..emails + size], &tables[1].1);
         let mut end = attachments;
-        // Attachments were stored after their email, in the email's batch.
-        while end < rows.len() && ids.iter().any(|e| e[0] == rows[end][1]) {
+        while end < all.len() && ids.iter().any(|e| e[0] == all[end][1]) {
             end += 1;
         }
-        batch_rows.push(vec![
-            ids,
-            &rows[attachments..end],
-            &tables[2].3[emails..emails + size],
-        ]);
+        let events = emails..emails + size;
+        batch_rows.push([events.clone(), attachments..end, events]);
         (emails, attachments) = (emails + size, end);
     }
-    let statement = |table: &str, tail: &str, columns: &[String], rows: usize| {
-        let row = format!("({})", vec!["?"; columns.len()].join(", "));
-        format!(
-            "INSERT INTO {table} ({}) SELECT * FROM (VALUES {}) AS v WHERE column1 IS NOT NULL{tail}",
-            columns.join(", "),
-            vec![row; rows].join(", ")
-        )
-    };
+    assert_eq!(
+        attachments,
+        tables[1].1.len(),
+        "every attachment in a batch"
+    );
     let padded = |rows: usize| rows.next_power_of_two().min(ROWS_PER_INSERT);
     let fresh = |name: &str| {
         let dir = work.join(name);
@@ -366,74 +374,91 @@ fn inserts_by_driver(
         dir.join("t.db")
     };
 
-    let path = fresh("any");
-    let through_any = runtime.block_on(async {
-        use sqlx::{Connection, Executor};
-        let mut c = sqlx::AnyConnection::connect(&format!("sqlite://{}?mode=rwc", path.display()))
-            .await
-            .unwrap();
-        c.execute(sqlx::AssertSqlSafe(schema.clone()))
-            .await
-            .unwrap();
+    let through_any = || {
+        // The store's values are its own, texts cloned into the query, raw bytes moved.
+        let mut owned: Vec<Vec<Vec<Value>>> = tables.iter().map(|t| t.1.clone()).collect();
+        let path = fresh("any");
+        runtime.block_on(async {
+            use sqlx::{Connection, Executor};
+            let url = format!("sqlite://{}?mode=rwc", path.display());
+            let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
+            c.execute(sqlx::AssertSqlSafe(schema.clone()))
+                .await
+                .unwrap();
+            settle();
+            let cpu = process::own_cpu();
+            for ranges in &batch_rows {
+                c.execute("BEGIN IMMEDIATE").await.unwrap();
+                for ((width, _, statements), (rows, range)) in
+                    tables.iter().zip(owned.iter_mut().zip(ranges))
+                {
+                    for chunk in rows[range.clone()].chunks_mut(ROWS_PER_INSERT) {
+                        let n = padded(chunk.len());
+                        let mut q = sqlx::query(sqlx::AssertSqlSafe(statements[&n].as_str()));
+                        for k in 0..n {
+                            for i in 0..*width {
+                                q = match chunk.get_mut(k).map(|row| &mut row[i]) {
+                                    Some(Value::Text(s)) => q.bind(Some(s.clone())),
+                                    Some(Value::Blob(b)) => q.bind(Some(std::mem::take(b))),
+                                    Some(Value::Integer(n)) => q.bind(Some(*n)),
+                                    Some(Value::Real(x)) => q.bind(Some(*x)),
+                                    Some(Value::Null) | None => q.bind(None::<String>),
+                                };
+                            }
+                        }
+                        for row in q.fetch_all(&mut c).await.unwrap() {
+                            std::hint::black_box(sqlx::Row::get::<String, _>(&row, 0));
+                        }
+                    }
+                }
+                c.execute("COMMIT").await.unwrap();
+            }
+            let cpu = process::own_cpu() - cpu;
+            c.close().await.unwrap();
+            cpu
+        })
+    };
+    let through_c_api = || {
+        let mut c = rusqlite::Connection::open(fresh("native")).unwrap();
+        c.execute_batch(&schema).unwrap();
+        c.set_prepared_statement_cache_capacity(64); // every statement stays prepared
         settle();
-        let cpu = cpu_used();
-        for rows in &batch_rows {
-            c.execute("BEGIN IMMEDIATE").await.unwrap();
-            for ((table, tail, columns, _), rows) in tables.iter().zip(rows) {
-                for chunk in rows.chunks(ROWS_PER_INSERT) {
-                    let sql = statement(table, tail, columns, padded(chunk.len()));
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    for k in 0..padded(chunk.len()) {
-                        for i in 0..columns.len() {
-                            q = match chunk.get(k).map(|row| &row[i]) {
-                                Some(Value::Text(s)) => q.bind(Some(s.clone())),
-                                Some(Value::Blob(b)) => q.bind(Some(b.clone())),
-                                Some(Value::Integer(n)) => q.bind(Some(*n)),
-                                Some(Value::Real(x)) => q.bind(Some(*x)),
-                                Some(Value::Null) | None => q.bind(None::<String>),
-                            };
+        let cpu = process::own_cpu();
+        for ranges in &batch_rows {
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
+            for ((width, rows, statements), range) in tables.iter().zip(ranges) {
+                for chunk in rows[range.clone()].chunks(ROWS_PER_INSERT) {
+                    let n = padded(chunk.len());
+                    let mut q = tx.prepare_cached(&statements[&n]).unwrap();
+                    let mut at = 1;
+                    for k in 0..n {
+                        for i in 0..*width {
+                            match chunk.get(k) {
+                                Some(row) => q.raw_bind_parameter(at, &row[i]).unwrap(),
+                                None => q.raw_bind_parameter(at, rusqlite::types::Null).unwrap(),
+                            }
+                            at += 1;
                         }
                     }
-                    q.fetch_all(&mut c).await.unwrap();
-                }
-            }
-            c.execute("COMMIT").await.unwrap();
-        }
-        let cpu = cpu_used() - cpu;
-        c.close().await.unwrap();
-        cpu
-    });
-
-    let mut c = rusqlite::Connection::open(fresh("native")).unwrap();
-    c.execute_batch(&schema).unwrap();
-    settle();
-    let cpu = cpu_used();
-    for rows in &batch_rows {
-        let tx = c
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .unwrap();
-        for ((table, tail, columns, _), rows) in tables.iter().zip(rows) {
-            for chunk in rows.chunks(ROWS_PER_INSERT) {
-                let mut q = tx
-                    .prepare_cached(&statement(table, tail, columns, padded(chunk.len())))
-                    .unwrap();
-                let mut at = 1;
-                for k in 0..padded(chunk.len()) {
-                    for i in 0..columns.len() {
-                        match chunk.get(k) {
-                            Some(row) => q.raw_bind_parameter(at, &row[i]).unwrap(),
-                            None => q.raw_bind_parameter(at, rusqlite::types::Null).unwrap(),
-                        }
-                        at += 1;
+                    let mut returned = q.raw_query();
+                    while let Some(row) = returned.next().unwrap() {
+                        std::hint::black_box(row.get::<_, String>(0).unwrap());
                     }
                 }
-                let mut returned = q.raw_query();
-                while returned.next().unwrap().is_some() {}
             }
+            tx.commit().unwrap();
         }
-        tx.commit().unwrap();
+        process::own_cpu() - cpu
+    };
+    if round.is_multiple_of(2) {
+        let any = through_any();
+        (any, through_c_api())
+    } else {
+        let native = through_c_api();
+        (through_any(), native)
     }
-    (through_any, cpu_used() - cpu)
 }
 
 /// Mailbridge's first sync into `database`, and the bytes the database then takes on disk
@@ -554,7 +579,11 @@ fn main() {
             &stages.join("mailbridge.db"),
             &batches,
             &work.path().join("drivers"),
+            round,
         );
+        if round == 1 {
+            println!("the sync's batches of the mailbox: {batches:?}");
+        }
         parse_alone.push(parse);
         store_alone.push(store);
         inserts_any.push(any);
