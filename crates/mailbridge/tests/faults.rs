@@ -69,9 +69,10 @@ fn as_served(message: &[u8]) -> Vec<u8> {
 /// (the kill comes once that many records are committed) plus a random share of the time a
 /// batch takes, so kills land in every stage of a batch — fetching, parsing, inserting,
 /// committing — and, when two points fall in one batch, during start-up and login. Each start
-/// downloads 64 messages, then 128, 256 and 512 before full batches of 1,000, and the kills
-/// come a few hundred records apart, so the first one waits for that ramp: at least one lands
-/// in a full batch. `MAILBRIDGE_TEST_CRASH_SEED` replays a run.
+/// downloads 64 messages, then 128, 256 and 512, before batches of up to 1,000 (8 MiB cuts
+/// some short); with kills a few hundred records apart few starts get that far, so the middle
+/// kill waits for its start's ramp, and one lands while a large batch is in flight.
+/// `MAILBRIDGE_TEST_CRASH_SEED` replays a run.
 async fn killed_at_random_moments(url: Option<String>, backend: &str) {
     let total = setting("MAILBRIDGE_TEST_CRASH_MESSAGES", 6046) as usize;
     let kills = setting("MAILBRIDGE_TEST_CRASH_KILLS", 20) as usize;
@@ -96,22 +97,21 @@ async fn killed_at_random_moments(url: Option<String>, backend: &str) {
     expected.sort();
     let db = pool(c.url()).await;
 
-    // Points of the corpus, short of its last batch (after which the sync is over); the
-    // first past a start's ramp of smaller batches, when the corpus has room for it.
+    // Points of the corpus, short of its last batch (after which the sync is over).
     let last_batch = mailbridge_sync::incoming::BATCH_SIZE;
+    let mut points: Vec<usize> = (0..kills)
+        .map(|_| rng.gen_range(0..total.saturating_sub(last_batch).max(1)))
+        .collect();
+    points.sort_unstable();
+    // The messages a start downloads before its batches of up to `last_batch` (960), and the
+    // kill that waits for them (when a large batch fits after them).
     let ramp: usize = (0..)
         .map(|k| mailbridge_sync::incoming::FIRST_BATCH << k)
         .take_while(|n| *n < last_batch)
         .sum();
-    let aimed = kills > 0 && total >= ramp + 2 * last_batch;
-    let from = if aimed { ramp } else { 0 };
-    let mut points: Vec<usize> = (0..kills)
-        .map(|_| rng.gen_range(from..total.saturating_sub(last_batch).max(from + 1)))
-        .collect();
-    points.sort_unstable();
-    if aimed {
-        points[0] = ramp;
-    }
+    let aimed_kill = kills / 2;
+    // The records when the running process started.
+    let mut started_with = 0;
     // A short lease: on PostgreSQL a killed node's lease must expire before the next node
     // takes the mailbox (SQLite hands it over at once).
     let env = [("MAILBRIDGE_LEASE_TTL_MS", "2000")];
@@ -124,7 +124,13 @@ async fn killed_at_random_moments(url: Option<String>, backend: &str) {
     // polled: only the time between two of its own commits is a batch's (the first includes
     // start-up, login and, on PostgreSQL, the wait for the killed node's lease).
     let (mut seen, mut seen_at, mut commits) = (None, Instant::now(), 0);
-    for (i, point) in points.iter().enumerate() {
+    for (i, &point) in points.iter().enumerate() {
+        let aimed = i == aimed_kill && started_with + ramp + last_batch <= total;
+        let point = if aimed {
+            point.max(started_with + ramp)
+        } else {
+            point
+        };
         let waiting = Instant::now();
         loop {
             let n = count(&db, &mailbox).await;
@@ -137,7 +143,7 @@ async fn killed_at_random_moments(url: Option<String>, backend: &str) {
                 }
                 (seen, seen_at) = (Some(n), Instant::now());
             }
-            if n >= *point {
+            if n >= point {
                 break;
             }
             assert!(
@@ -147,10 +153,10 @@ async fn killed_at_random_moments(url: Option<String>, backend: &str) {
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        // Anywhere in the next batch's fetch, parse, insert or commit; after the ramp the
-        // last batch timed is the 512's, and the next holds up to twice as many.
+        // Anywhere in the next batch's fetch, parse, insert or commit; right after the ramp
+        // the last batch timed is the 512's, and the next holds up to twice as many.
         let share: f64 = rng.r#gen();
-        let next_batch = if aimed && i == 0 { 2.0 } else { 1.0 };
+        let next_batch = if aimed { 2.0 } else { 1.0 };
         tokio::time::sleep(batch_time.mul_f64(share * next_batch)).await;
         node.child.kill().unwrap(); // SIGKILL
         node.child.wait().unwrap();
@@ -161,12 +167,13 @@ async fn killed_at_random_moments(url: Option<String>, backend: &str) {
         eprintln!(
             "{backend}: kill {} at {at} records{}",
             i + 1,
-            if aimed && i == 0 {
-                " (past the start's ramp: a full batch in flight)"
+            if aimed && at < total {
+                " (past this start's ramp: a batch of up to 1,000 in flight)"
             } else {
                 ""
             }
         );
+        started_with = at;
         node = c.serve("crash", &env).0;
         (seen, commits) = (None, 0);
     }
