@@ -7,7 +7,8 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use mailbridge_core::message::{MessageFlags, ParsedAttachment, ParsedEmail, Party};
 use mailbridge_core::{EventType, MailboxId, UserId, parse};
-use sqlx::AnyConnection;
+
+use crate::sql::{SqlConn, Stmt};
 
 use crate::events::{EmailSummary, append, email_event};
 use crate::folders::{FolderPosition, PassProgress};
@@ -236,85 +237,12 @@ impl Store {
     /// Commits one sync step: the emails (each at most once per mailbox, by server identity
     /// and by content), their attachments, the folder position and the POP3 UIDLs seen, and
     /// the mailbox's counters. Returns how many emails were new.
-    pub async fn save_sync_batch(&self, mailbox: MailboxId, mut batch: SyncBatch) -> Result<usize> {
+    pub async fn save_sync_batch(&self, mailbox: MailboxId, batch: SyncBatch) -> Result<usize> {
         let now = self.now_ms();
-        let mid = mailbox.to_string();
         let mut tx = self.begin_batch_write(mailbox).await?;
-        if let Some(fence) = &batch.fence {
-            check_fence(&mut tx, self.backend, &mid, fence, now).await?;
-        }
-        let (mut known, moved) =
-            adopt_renumbered(&mut tx, self.backend, &mid, &batch.emails).await?;
-        join_own_sends(&mut tx, self.backend, &mid, &batch.emails, &mut known).await?;
-        let inserted = insert_emails(
-            &mut tx,
-            self.backend,
-            &mid,
-            &mut batch.emails,
-            now,
-            Origin::Synced {
-                known: &known,
-                stored_by: batch.fence.as_ref().map(|f| f.node.as_str()),
-            },
-        )
-        .await?;
-        let mut events = Vec::new();
-        for id in &moved {
-            events.extend(email_event(&mut tx, EventType::EmailUpdated, id).await?);
-        }
-        let (owner, ended_failures) = record_pass(&mut tx, &mid, inserted.len(), now).await?;
-        events.extend(if inserted.is_empty() {
-            Vec::new()
-        } else {
-            let owner = owner.ok_or_else(|| StoreError::NotFound {
-                kind: "mailbox",
-                id: mid.clone(),
-            })?;
-            let owner: UserId = owner
-                .parse()
-                .map_err(|e| StoreError::corrupt("mailbox owner", e))?;
-            inserted
-                .iter()
-                .map(|(i, id, conversation)| {
-                    let p = &batch.emails[*i].parsed;
-                    EmailSummary {
-                        id,
-                        mailbox_id: &mid,
-                        direction: if batch.emails[*i].sent_by_owner {
-                            "outgoing"
-                        } else {
-                            "incoming"
-                        },
-                        message_id: p.message_id.as_deref(),
-                        conversation_id: conversation,
-                        subject: p.subject.as_deref(),
-                        from: p.from.as_ref(),
-                        to: &p.to,
-                        status: None,
-                        send_reply: None,
-                    }
-                    .event(EventType::EmailReceived, Some(owner))
-                })
-                .collect::<Result<Vec<_>>>()?
-        });
-        if let Some(p) = &batch.position {
-            crate::folders::save_position(&mut tx, &mid, p, batch.progress, now).await?;
-        }
-        for uidl in &batch.pop3_seen {
-            sqlx::query(
-                "INSERT INTO pop3_seen (mailbox_id, uidl) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )
-            .bind(&mid)
-            .bind(uidl)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if ended_failures {
-            crate::health::resolve_outage_if_over(&mut tx, &mid, now).await?;
-        }
-        append(&mut tx, self.backend, now, &events).await?;
+        let stored = write_sync_batch(&mut *tx, self.backend, mailbox, batch, now).await?;
         self.commit(tx).await?;
-        Ok(inserted.len())
+        Ok(stored)
     }
 
     /// The POP3 UIDLs already processed for a mailbox.
@@ -549,6 +477,93 @@ impl Store {
     }
 }
 
+/// [`Store::save_sync_batch`]'s statements, in `tx`: everything but the transaction's begin and
+/// its commit.
+async fn write_sync_batch(
+    tx: &mut impl SqlConn,
+    backend: Backend,
+    mailbox: MailboxId,
+    mut batch: SyncBatch,
+    now: i64,
+) -> Result<usize> {
+    let mid = mailbox.to_string();
+    if let Some(fence) = &batch.fence {
+        check_fence(tx, backend, &mid, fence, now).await?;
+    }
+    let (mut known, moved) = adopt_renumbered(tx, backend, &mid, &batch.emails).await?;
+    join_own_sends(tx, backend, &mid, &batch.emails, &mut known).await?;
+    let inserted = insert_emails(
+        tx,
+        backend,
+        &mid,
+        &mut batch.emails,
+        now,
+        Origin::Synced {
+            known: &known,
+            stored_by: batch.fence.as_ref().map(|f| f.node.as_str()),
+        },
+    )
+    .await?;
+    let mut events = Vec::new();
+    for id in &moved {
+        events.extend(email_event(tx, EventType::EmailUpdated, id).await?);
+    }
+    let (owner, ended_failures) = record_pass(tx, &mid, inserted.len(), now).await?;
+    events.extend(if inserted.is_empty() {
+        Vec::new()
+    } else {
+        let owner = owner.ok_or_else(|| StoreError::NotFound {
+            kind: "mailbox",
+            id: mid.clone(),
+        })?;
+        let owner: UserId = owner
+            .parse()
+            .map_err(|e| StoreError::corrupt("mailbox owner", e))?;
+        inserted
+            .iter()
+            .map(|(i, id, conversation)| {
+                let p = &batch.emails[*i].parsed;
+                EmailSummary {
+                    id,
+                    mailbox_id: &mid,
+                    direction: if batch.emails[*i].sent_by_owner {
+                        "outgoing"
+                    } else {
+                        "incoming"
+                    },
+                    message_id: p.message_id.as_deref(),
+                    conversation_id: conversation,
+                    subject: p.subject.as_deref(),
+                    from: p.from.as_ref(),
+                    to: &p.to,
+                    status: None,
+                    send_reply: None,
+                }
+                .event(EventType::EmailReceived, Some(owner))
+            })
+            .collect::<Result<Vec<_>>>()?
+    });
+    if let Some(p) = &batch.position {
+        crate::folders::save_position(tx, &mid, p, batch.progress, now).await?;
+    }
+    for uidl in &batch.pop3_seen {
+        tx.execute(
+            Stmt::new(
+                "INSERT INTO pop3_seen (mailbox_id, uidl) VALUES ($1, $2) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&mid)
+            .bind(uidl),
+        )
+        .await?;
+    }
+    if ended_failures {
+        crate::health::resolve_outage_if_over(tx, &mid, now).await?;
+    }
+    append(tx, backend, now, &events).await?;
+    Ok(inserted.len())
+}
+
 /// Records a sync pass that stored `stored` emails on the mailbox (and ends any run of
 /// failures). Returns whose mail it is (for the events; `None` if the mailbox is gone) and
 /// whether the pass ended a run of failures. One statement — a batch's statements are round
@@ -556,7 +571,7 @@ impl Store {
 /// is gone or failing (only the worker holding the lease writes `failing_since`:
 /// `record_sync_error` is fenced as the batch is), and the second tells which.
 async fn record_pass(
-    tx: &mut AnyConnection,
+    tx: &mut impl SqlConn,
     mailbox: &str,
     stored: usize,
     now: i64,
@@ -574,18 +589,20 @@ async fn record_pass(
         };
     }
     let update = |sql: &'static str| {
-        sqlx::query_as::<_, (String,)>(sql)
+        Stmt::new(sql)
             .bind(i64::try_from(stored).unwrap_or(i64::MAX))
             .bind(now)
-            .bind(mailbox.to_owned())
+            .bind(mailbox)
     };
-    if let Some((owner,)) = update(pass_update!(" AND failing_since IS NULL"))
-        .fetch_optional(&mut *tx)
+    if let Some((owner,)) = tx
+        .fetch_optional::<(String,)>(update(pass_update!(" AND failing_since IS NULL")))
         .await?
     {
         return Ok((Some(owner), false));
     }
-    let owner = update(pass_update!("")).fetch_optional(&mut *tx).await?;
+    let owner = tx
+        .fetch_optional::<(String,)>(update(pass_update!("")))
+        .await?;
     let ended_failures = owner.is_some();
     Ok((owner.map(|(o,)| o), ended_failures))
 }
@@ -652,32 +669,21 @@ pub(crate) fn padded_keys<K: AsRef<str>>(keys: &[K]) -> impl Iterator<Item = Opt
 
 /// [`lookup_sql`] for up to [`IN_LIST`] `keys` (in `mailbox` only, when given), bound, in
 /// [`in_list_size`]'s sizes.
-fn lookup_query<'q, O>(
+fn lookup_query(
     backend: Backend,
     select: &str,
     column: &str,
     mailbox: Option<&str>,
     keys: &[impl AsRef<str>],
-) -> sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments>
-where
-    O: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
-{
+) -> Stmt {
     debug_assert!(keys.len() <= IN_LIST, "{} keys in one lookup", keys.len());
     let size = in_list_size(keys.len());
-    let mut q = sqlx::query_as(sqlx::AssertSqlSafe(lookup_sql(
-        backend,
-        select,
-        column,
-        mailbox.is_some(),
-        size,
-    )));
-    if let Some(m) = mailbox {
-        q = q.bind(m.to_owned());
-    }
-    for key in padded_keys(keys) {
-        q = q.bind(key.map(str::to_owned));
-    }
-    q
+    let q = Stmt::made(lookup_sql(backend, select, column, mailbox.is_some(), size));
+    let q = match mailbox {
+        Some(m) => q.bind(m),
+        None => q,
+    };
+    padded_keys(keys).fold(q, |q, key| q.bind(key))
 }
 
 /// A batch's emails; each stored one's id comes back (one already there is left alone).
@@ -714,7 +720,7 @@ pub(crate) enum Origin<'a> {
 }
 
 pub(crate) async fn insert_emails(
-    tx: &mut AnyConnection,
+    tx: &mut impl SqlConn,
     backend: Backend,
     mailbox: &str,
     emails: &mut [NewEmail],
@@ -743,8 +749,8 @@ pub(crate) async fn insert_emails(
         |parties: &[Party]| serde_json::to_string(parties).unwrap_or_else(|_| "[]".to_owned());
     // Each row: its place among `rows` (for its id and conversation) and its email's.
     let numbered: Vec<(usize, usize)> = rows.iter().copied().enumerate().collect();
-    let returned = INSERT_EMAILS
-        .run(tx, backend, &numbered, |q, row| {
+    let returned: Vec<(String,)> = INSERT_EMAILS
+        .returning(tx, backend, &numbered, |q, row| {
             // The original size, read before the bytes are moved out into the row.
             let size = row.map(|&(_, i)| {
                 let email = &emails[i];
@@ -795,10 +801,7 @@ pub(crate) async fn insert_emails(
                 .bind(row.and_then(|(_, email, _)| email.flags.map(MessageFlags::to_imap)))
         })
         .await?;
-    let inserted: HashSet<String> = returned
-        .iter()
-        .map(|r| sqlx::Row::try_get(r, 0))
-        .collect::<Result<_, _>>()?;
+    let inserted: HashSet<String> = returned.into_iter().map(|(id,)| id).collect();
     // Each stored email's attachments: what they are, in the order the message lists them
     // (their ids grow in that order); the contents stay in the raw message, read from there
     // when downloaded.
@@ -836,7 +839,7 @@ type OwnSendRow = (String, String, String, String, Option<String>, String);
 /// same Message-ID, still keyed `out/…`): that record takes the message's place on the server
 /// (its key, folder, UID, flags) instead of a second record being made.
 async fn join_own_sends(
-    tx: &mut AnyConnection,
+    tx: &mut impl SqlConn,
     backend: Backend,
     mailbox: &str,
     emails: &[NewEmail],
@@ -857,8 +860,8 @@ async fn join_own_sends(
     // records still keyed as queued here.
     let mut ours: HashMap<String, String> = HashMap::new();
     for chunk in wanted.chunks(IN_LIST) {
-        let q = lookup_query::<OwnSendRow>(backend, OWN_SENDS_SELECT, "message_id", None, chunk);
-        ours.extend(q.fetch_all(&mut *tx).await?.into_iter().filter_map(
+        let q = lookup_query(backend, OWN_SENDS_SELECT, "message_id", None, chunk);
+        ours.extend(tx.fetch_all::<OwnSendRow>(q).await?.into_iter().filter_map(
             |(message_id, id, of, direction, status, key)| {
                 (of == mailbox
                     && direction == "outgoing"
@@ -880,20 +883,21 @@ async fn join_own_sends(
         else {
             continue;
         };
-        sqlx::query(
-            "UPDATE emails SET remote_key = $1, folder = $2, uid = $3, flags = $4, \
-             gmail_labels = COALESCE($5, gmail_labels) WHERE id = $6",
+        tx.execute(
+            Stmt::new(
+                "UPDATE emails SET remote_key = $1, folder = $2, uid = $3, flags = $4, \
+                 gmail_labels = COALESCE($5, gmail_labels) WHERE id = $6",
+            )
+            .bind(&email.remote_key)
+            .bind(email.folder.as_deref())
+            .bind(email.uid.map(i64::from))
+            .bind(email.flags.map(MessageFlags::to_imap))
+            .bind(
+                (!email.gmail_labels.is_empty())
+                    .then(|| serde_json::to_string(&email.gmail_labels).unwrap_or_default()),
+            )
+            .bind(&id),
         )
-        .bind(&email.remote_key)
-        .bind(&email.folder)
-        .bind(email.uid.map(i64::from))
-        .bind(email.flags.map(MessageFlags::to_imap))
-        .bind(
-            (!email.gmail_labels.is_empty())
-                .then(|| serde_json::to_string(&email.gmail_labels).unwrap_or_default()),
-        )
-        .bind(&id)
-        .execute(&mut *tx)
         .await?;
         skip[i] = true;
     }
@@ -907,7 +911,7 @@ async fn join_own_sends(
 /// returns those, for their `email.updated`). A copy kept in both folders is one record too,
 /// following the copy read last.
 async fn adopt_renumbered(
-    tx: &mut AnyConnection,
+    tx: &mut impl SqlConn,
     backend: Backend,
     mailbox: &str,
     emails: &[NewEmail],
@@ -934,7 +938,7 @@ async fn adopt_renumbered(
             Some(mailbox),
             chunk,
         );
-        for (id, key, hash) in q.fetch_all(&mut *tx).await? {
+        for (id, key, hash) in tx.fetch_all::<(String, String, String)>(q).await? {
             candidates.entry(hash).or_default().push((id, key));
         }
     }
@@ -970,16 +974,17 @@ async fn adopt_renumbered(
             None => (elsewhere(), true),
         };
         if let Some((id, _)) = old {
-            sqlx::query(
-                "UPDATE emails SET remote_key = $1, uid = $2, folder = $3, \
-                 flags = COALESCE($4, flags), deleted_on_server_at = NULL WHERE id = $5",
+            tx.execute(
+                Stmt::new(
+                    "UPDATE emails SET remote_key = $1, uid = $2, folder = $3, \
+                     flags = COALESCE($4, flags), deleted_on_server_at = NULL WHERE id = $5",
+                )
+                .bind(&email.remote_key)
+                .bind(email.uid.map(i64::from))
+                .bind(email.folder.as_deref())
+                .bind(email.flags.map(MessageFlags::to_imap))
+                .bind(id),
             )
-            .bind(&email.remote_key)
-            .bind(email.uid.map(i64::from))
-            .bind(&email.folder)
-            .bind(email.flags.map(MessageFlags::to_imap))
-            .bind(id)
-            .execute(&mut *tx)
             .await?;
             used.insert(id.clone());
             skip[i] = true;
@@ -997,7 +1002,7 @@ async fn adopt_renumbered(
 /// the same mailbox in the same Gmail thread; else that of a stored answer to it; else a new
 /// one.
 async fn conversations(
-    tx: &mut AnyConnection,
+    tx: &mut impl SqlConn,
     backend: Backend,
     mailbox: &str,
     emails: &[NewEmail],
@@ -1071,7 +1076,7 @@ fn subject_token(email: &NewEmail) -> Option<String> {
 /// `key → conversation_id` for the stored emails whose `column` is one of `keys` (in
 /// `mailbox` only, when given).
 async fn lookup(
-    tx: &mut AnyConnection,
+    tx: &mut impl SqlConn,
     backend: Backend,
     column: &'static str,
     mailbox: Option<&str>,
@@ -1086,7 +1091,7 @@ async fn lookup(
             mailbox,
             chunk,
         );
-        for (key, conversation) in q.fetch_all(&mut *tx).await? {
+        for (key, conversation) in tx.fetch_all::<(String, String)>(q).await? {
             known.entry(key).or_insert(conversation);
         }
     }

@@ -17,6 +17,7 @@ use mailbridge_core::{EventType, MailboxId, UserId};
 use sqlx::AnyConnection;
 
 use crate::inserts::BatchInsert;
+use crate::sql::{SqlConn, Stmt};
 use crate::{Backend, Result, Store, StoreError, time_from_ms};
 
 /// `pg_advisory_xact_lock` key of the event log ("MBEV").
@@ -120,7 +121,7 @@ const EVENT_COLUMNS: &str = "seq, id, type AS kind, mailbox_id, owner_user_id, c
 /// Appends events in `tx`, the transaction of the change they describe. Call it last before
 /// the commit: on PostgreSQL it holds the log's lock from here to the commit.
 pub(crate) async fn append(
-    tx: &mut AnyConnection,
+    tx: &mut impl SqlConn,
     backend: Backend,
     now: i64,
     events: &[NewEvent],
@@ -129,9 +130,7 @@ pub(crate) async fn append(
         return Ok(());
     }
     if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(EVENT_LOCK)
-            .execute(&mut *tx)
+        tx.execute(Stmt::new("SELECT pg_advisory_xact_lock($1)").bind(EVENT_LOCK))
             .await?;
     }
     INSERT_EVENTS
@@ -316,58 +315,70 @@ impl EmailSummary<'_> {
 
 /// An email event about a stored email, its summary read in `tx`.
 pub(crate) async fn email_event(
-    tx: &mut AnyConnection,
+    tx: &mut impl SqlConn,
     kind: EventType,
     email: &str,
 ) -> Result<Option<NewEvent>> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        id: String,
-        mailbox_id: String,
-        owner_user_id: String,
-        direction: String,
-        message_id: Option<String>,
-        conversation_id: String,
-        subject: Option<String>,
-        from_address: Option<String>,
-        from_name: Option<String>,
-        to_json: String,
-        status: Option<String>,
-        send_reply: Option<String>,
-    }
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT e.id, e.mailbox_id, m.owner_user_id, e.direction, e.message_id, e.conversation_id, \
-         e.subject, e.from_address, e.from_name, e.to_json, e.status, e.send_reply \
-         FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id WHERE e.id = $1",
-    )
-    .bind(email)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(r) = row else {
+    type Columns = (
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<String>,
+    );
+    let row: Option<Columns> = tx
+        .fetch_optional(
+            Stmt::new(
+                "SELECT e.id, e.mailbox_id, m.owner_user_id, e.direction, e.message_id, \
+                 e.conversation_id, e.subject, e.from_address, e.from_name, e.to_json, e.status, \
+                 e.send_reply FROM emails e JOIN mailboxes m ON m.id = e.mailbox_id WHERE e.id = $1",
+            )
+            .bind(email),
+        )
+        .await?;
+    let Some((
+        id,
+        mailbox_id,
+        owner_user_id,
+        direction,
+        message_id,
+        conversation_id,
+        subject,
+        from_address,
+        from_name,
+        to_json,
+        status,
+        send_reply,
+    )) = row
+    else {
         return Ok(None);
     };
-    let bad = |e: &dyn std::fmt::Display| StoreError::corrupt(format!("email {}", r.id), e);
-    let from = r
-        .from_address
-        .clone()
-        .map(|address| mailbridge_core::message::Party {
-            address,
-            name: r.from_name.clone(),
-        });
+    let bad = |e: &dyn std::fmt::Display| StoreError::corrupt(format!("email {id}"), e);
+    let from = from_address.map(|address| mailbridge_core::message::Party {
+        address,
+        name: from_name,
+    });
     let to: Vec<mailbridge_core::message::Party> =
-        serde_json::from_str(&r.to_json).map_err(|e| bad(&e))?;
-    let owner: UserId = r.owner_user_id.parse().map_err(|e| bad(&e))?;
+        serde_json::from_str(&to_json).map_err(|e| bad(&e))?;
+    let owner: UserId = owner_user_id.parse().map_err(|e| bad(&e))?;
     EmailSummary {
-        id: &r.id,
-        mailbox_id: &r.mailbox_id,
-        direction: &r.direction,
-        message_id: r.message_id.as_deref(),
-        conversation_id: &r.conversation_id,
-        subject: r.subject.as_deref(),
+        id: &id,
+        mailbox_id: &mailbox_id,
+        direction: &direction,
+        message_id: message_id.as_deref(),
+        conversation_id: &conversation_id,
+        subject: subject.as_deref(),
         from: from.as_ref(),
         to: &to,
-        status: r.status.as_deref(),
-        send_reply: r.send_reply.as_deref(),
+        status: status.as_deref(),
+        send_reply: send_reply.as_deref(),
     }
     .event(kind, Some(owner))
     .map(Some)

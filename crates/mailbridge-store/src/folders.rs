@@ -12,6 +12,7 @@ use sqlx::AnyConnection;
 
 use crate::events::{append, email_event};
 use crate::nodes::{Fence, check_fence};
+use crate::sql::{SqlConn, Stmt};
 use crate::{Result, Store, StoreError, time_from_ms};
 
 /// Where an IMAP folder's sync stands.
@@ -406,13 +407,13 @@ async fn vanished(
 /// Stores a folder's position (and the pass's progress) after a batch; a folder that stores
 /// one works again, so its error is cleared.
 pub(crate) async fn save_position(
-    tx: &mut AnyConnection,
+    tx: &mut impl SqlConn,
     mailbox: &str,
     p: &FolderPosition,
     progress: Option<PassProgress>,
     now: i64,
 ) -> Result<()> {
-    sqlx::query(
+    tx.execute(Stmt::new(
         "INSERT INTO folder_states (mailbox_id, folder, uid_validity, last_uid, highest_modseq, updated_at, \
          messages, pass_total, pass_done, pass_started_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (mailbox_id, folder) DO UPDATE SET \
@@ -433,8 +434,7 @@ pub(crate) async fn save_position(
     .bind(p.messages.or(progress.map(|g| g.messages)).map(i64::from))
     .bind(progress.map(|g| i64::from(g.total)))
     .bind(progress.map(|g| i64::from(g.done)))
-    .bind(progress.map(|g| g.started_at.timestamp_millis()))
-    .execute(&mut *tx)
+    .bind(progress.map(|g| g.started_at.timestamp_millis())))
     .await?;
     Ok(())
 }

@@ -5,10 +5,10 @@
 
 use chrono::{DateTime, Utc};
 use mailbridge_core::MailboxId;
-use sqlx::AnyConnection;
 
 use crate::alerts::{self, NewAlert};
 use crate::nodes::{Fence, check_fence};
+use crate::sql::{SqlConn, Stmt};
 use crate::{Result, Store, StoreError};
 
 /// The alert kind raised to a profile's owner while its server is down.
@@ -156,16 +156,15 @@ impl Outage {
 }
 
 /// The health of the profile of `mailbox`.
-async fn outage_of(tx: &mut AnyConnection, mailbox: &str) -> Result<Option<Outage>> {
-    let row: Option<(String, String, Option<String>, i64, i64)> = sqlx::query_as(
+async fn outage_of(tx: &mut impl SqlConn, mailbox: &str) -> Result<Option<Outage>> {
+    let row: Option<(String, String, Option<String>, i64, i64)> = tx.fetch_optional(Stmt::new(
         "SELECT p.id, p.name, p.owner_user_id, \
          (SELECT COUNT(*) FROM mailboxes WHERE profile_id = p.id AND enabled = 1 AND incoming_method <> 'none'), \
          (SELECT COUNT(*) FROM mailboxes WHERE profile_id = p.id AND enabled = 1 AND incoming_method <> 'none' \
           AND failing_since IS NOT NULL) \
          FROM server_profiles p JOIN mailboxes m ON m.profile_id = p.id WHERE m.id = $1",
     )
-    .bind(mailbox)
-    .fetch_optional(&mut *tx)
+    .bind(mailbox))
     .await?;
     Ok(row.map(|(profile, name, owner, total, failing)| Outage {
         profile,
@@ -179,7 +178,7 @@ async fn outage_of(tx: &mut AnyConnection, mailbox: &str) -> Result<Option<Outag
 /// After a mailbox of a profile synced again: when the profile is no longer in an outage,
 /// its outage alert is settled.
 pub(crate) async fn resolve_outage_if_over(
-    tx: &mut AnyConnection,
+    tx: &mut impl SqlConn,
     mailbox: &str,
     now: i64,
 ) -> Result<()> {
@@ -189,13 +188,15 @@ pub(crate) async fn resolve_outage_if_over(
     if outage.is_outage() {
         return Ok(());
     }
-    sqlx::query(
-        "UPDATE alerts SET dismissed_at = $1 WHERE profile_id = $2 AND kind = $3 AND dismissed_at IS NULL",
+    tx.execute(
+        Stmt::new(
+            "UPDATE alerts SET dismissed_at = $1 WHERE profile_id = $2 AND kind = $3 \
+             AND dismissed_at IS NULL",
+        )
+        .bind(now)
+        .bind(&outage.profile)
+        .bind(PROFILE_OUTAGE),
     )
-    .bind(now)
-    .bind(&outage.profile)
-    .bind(PROFILE_OUTAGE)
-    .execute(&mut *tx)
     .await?;
     Ok(())
 }

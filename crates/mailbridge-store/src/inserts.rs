@@ -5,8 +5,7 @@
 
 use std::sync::OnceLock;
 
-use sqlx::any::AnyRow;
-
+use crate::sql::{Columns, SqlConn, Stmt};
 use crate::{Backend, Result};
 
 /// Rows per multi-row INSERT of a sync batch's emails, its attachments and its events: a full
@@ -49,9 +48,6 @@ fn length_index(padded: usize) -> usize {
         padded.trailing_zeros() as usize
     }
 }
-
-/// A query being built and bound on either backend.
-pub(crate) type AnyQuery = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
 
 /// A table's multi-row INSERT. Its statements' texts — nine lengths on each
 /// backend — are made the first time each is used and kept: a full emails statement is
@@ -103,25 +99,37 @@ impl BatchInsert {
         })
     }
 
-    /// Inserts `rows` in statements of [`insert_rows`]'s lengths; returns what they return
-    /// (`RETURNING`), in order. `bind` binds one row's values, or, for `None`, a padding
-    /// row's: NULLs of the same types (PostgreSQL gives each column of the VALUES one type),
-    /// so each of its binds should be one `Option` expression of the row.
-    pub(crate) async fn run<T>(
+    /// Inserts `rows` in statements of [`insert_rows`]'s lengths. `bind` binds one row's
+    /// values, or, for `None`, a padding row's: NULLs of the same types (PostgreSQL gives each
+    /// column of the VALUES one type), so each of its binds should be one `Option` expression
+    /// of the row.
+    pub(crate) async fn run<T: Sync>(
         &'static self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut impl SqlConn,
         backend: Backend,
         rows: &[T],
-        mut bind: impl FnMut(AnyQuery, Option<&T>) -> AnyQuery,
-    ) -> Result<Vec<AnyRow>> {
+        bind: impl FnMut(Stmt, Option<&T>) -> Stmt + Send,
+    ) -> Result<()> {
+        self.returning::<T, ()>(tx, backend, rows, bind).await?;
+        Ok(())
+    }
+
+    /// [`BatchInsert::run`] for an INSERT with a `RETURNING` tail: what its statements
+    /// return, in order.
+    pub(crate) async fn returning<T: Sync, R: Columns + Send>(
+        &'static self,
+        tx: &mut impl SqlConn,
+        backend: Backend,
+        rows: &[T],
+        mut bind: impl FnMut(Stmt, Option<&T>) -> Stmt + Send,
+    ) -> Result<Vec<R>> {
         let mut returned = Vec::new();
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             let padded = insert_rows(chunk.len());
-            let sql = self.sql(backend, padded);
-            let q = (0..padded).fold(sqlx::query(sqlx::AssertSqlSafe(sql)), |q, k| {
-                bind(q, chunk.get(k))
-            });
-            returned.extend(q.fetch_all(&mut *tx).await?);
+            let statement =
+                Stmt::new(self.sql(backend, padded)).with_capacity(padded * self.columns);
+            let statement = (0..padded).fold(statement, |q, k| bind(q, chunk.get(k)));
+            returned.extend(tx.fetch_all::<R>(statement).await?);
         }
         Ok(returned)
     }

@@ -22,6 +22,7 @@ mod raw;
 #[cfg(test)]
 mod raw_only_tests;
 pub mod sessions;
+mod sql;
 pub mod users;
 pub mod webhooks;
 

@@ -28,6 +28,7 @@ use chrono::{DateTime, Utc};
 use mailbridge_core::{DEFAULT_NODE_GROUP, MailboxId};
 use sqlx::AnyConnection;
 
+use crate::sql::{SqlConn, Stmt};
 use crate::{Backend, Result, Store, StoreError, time_from_ms};
 
 /// A node's right to write for a mailbox: its id and the lease epoch it was given.
@@ -550,7 +551,7 @@ async fn claim(
 /// share-locked until commit, so a claimer waits for this write to finish before it takes
 /// over.
 pub(crate) async fn check_fence(
-    tx: &mut AnyConnection,
+    tx: &mut impl SqlConn,
     backend: Backend,
     mailbox: &str,
     fence: &Fence,
@@ -561,11 +562,11 @@ pub(crate) async fn check_fence(
         Backend::Postgres => (POSTGRES_CLOCK_MS, " FOR SHARE"),
         Backend::Sqlite => ("$4", ""),
     };
-    let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let query = Stmt::made(format!(
         "SELECT epoch FROM mailbox_leases WHERE mailbox_id = $1 AND node_id = $2 AND epoch = $3 \
          AND {}{lock}",
         live_lease("mailbox_leases", now_sql)
-    )))
+    ))
     .bind(mailbox)
     .bind(&fence.node)
     .bind(fence.epoch);
@@ -573,7 +574,7 @@ pub(crate) async fn check_fence(
         Backend::Postgres => query,
         Backend::Sqlite => query.bind(local_now),
     };
-    let held: Option<(i64,)> = query.fetch_optional(&mut *tx).await?;
+    let held: Option<(i64,)> = tx.fetch_optional(query).await?;
     match held {
         Some(_) => Ok(()),
         None => Err(StoreError::LeaseLost {
@@ -632,7 +633,7 @@ mod tests {
                 async move {
                     let mut conn = store.pool.acquire().await.unwrap();
                     // On PostgreSQL the database's clock is read; on SQLite `at`.
-                    check_fence(&mut conn, store.backend, mailbox, &f, at).await
+                    check_fence(&mut *conn, store.backend, mailbox, &f, at).await
                 }
             };
             check(fence("n1", 4), now).await.unwrap();
