@@ -239,9 +239,48 @@ impl Store {
     /// the mailbox's counters. Returns how many emails were new.
     pub async fn save_sync_batch(&self, mailbox: MailboxId, batch: SyncBatch) -> Result<usize> {
         let now = self.now_ms();
+        if let Some(native) = &self.native {
+            return self
+                .save_sync_batch_natively(native, mailbox, batch, now)
+                .await;
+        }
         let mut tx = self.begin_batch_write(mailbox).await?;
         let stored = write_sync_batch(&mut *tx, self.backend, mailbox, batch, now).await?;
         self.commit(tx).await?;
+        Ok(stored)
+    }
+
+    /// SQLite: [`Store::save_sync_batch`] on the native writer (see `native`), on a blocking
+    /// thread, in this process's turn to write — held until the transaction ends, even if
+    /// the caller is gone by then.
+    async fn save_sync_batch_natively(
+        &self,
+        native: &std::sync::Arc<crate::native::NativeWriter>,
+        mailbox: MailboxId,
+        batch: SyncBatch,
+        now: i64,
+    ) -> Result<usize> {
+        let turn = self.sqlite_turn(crate::WriteKind::Batch(mailbox)).await?;
+        let native = std::sync::Arc::clone(native);
+        let runtime = tokio::runtime::Handle::current();
+        let written = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            native.in_transaction(|tx| {
+                // Its statements run at once: the futures are ready when first polled.
+                runtime.block_on(write_sync_batch(tx, Backend::Sqlite, mailbox, batch, now))
+            })
+        })
+        .await;
+        let stored = match written {
+            Ok(stored) => stored?,
+            Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+            Err(_) => {
+                return Err(StoreError::Unavailable {
+                    source: sqlx::Error::WorkerCrashed,
+                });
+            }
+        };
+        self.events_committed();
         Ok(stored)
     }
 

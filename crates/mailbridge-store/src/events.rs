@@ -168,8 +168,13 @@ impl Store {
     /// Commits a transaction that appended events, and wakes the feed's waiting readers.
     pub(crate) async fn commit(&self, tx: crate::WriteTx) -> Result<()> {
         tx.commit().await?;
-        self.events_signal.send_modify(|n| *n = n.wrapping_add(1));
+        self.events_committed();
         Ok(())
+    }
+
+    /// After a commit that may have appended events: tells this process's readers.
+    pub(crate) fn events_committed(&self) {
+        self.events_signal.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Changes whenever this process commits new events (other nodes' commits are found by

@@ -14,6 +14,7 @@ mod gate;
 pub mod health;
 mod inserts;
 pub mod mailboxes;
+mod native;
 pub mod nodes;
 pub mod oauth;
 pub mod outgoing;
@@ -218,6 +219,9 @@ pub struct Store {
     events_signal: Arc<tokio::sync::watch::Sender<u64>>,
     /// SQLite: this process's writers take turns here (see [`Store::begin_write`]).
     write_gate: Arc<gate::WriteGate>,
+    /// SQLite (a database file): the connection sync batches are written on, through
+    /// SQLite's C API (see `native`).
+    native: Option<Arc<native::NativeWriter>>,
     /// PostgreSQL: the connection on which each node of this process holds its session lock
     /// (see `nodes`), with when that session began, by node id.
     node_sessions:
@@ -436,6 +440,17 @@ fn sqlite_settings(extra: &str) -> String {
     )
 }
 
+/// SQLite: the database file of `url`, or `None` for a database in memory (which only its
+/// own connections see).
+fn sqlite_file(url: &str) -> Result<Option<std::path::PathBuf>> {
+    // sqlx names a `:memory:` database `file:sqlx-in-memory-…`: the URL tells.
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return Ok(None);
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
+    Ok(Some(options.get_filename().to_path_buf()))
+}
+
 /// SQLite: what the writer's connection runs when it opens, beyond [`sqlite_settings`].
 const SQLITE_WRITER_SETTINGS: &str = "PRAGMA cache_size = -32768;";
 
@@ -601,6 +616,15 @@ impl Store {
         if backend == Backend::Sqlite {
             tokio::spawn(checkpoint_in_background(pool.clone()));
         }
+        let native = match backend {
+            Backend::Sqlite => sqlite_file(url)?.map(|path| {
+                Arc::new(native::NativeWriter::new(
+                    path,
+                    sqlite_settings(SQLITE_WRITER_SETTINGS),
+                ))
+            }),
+            Backend::Postgres => None,
+        };
         Ok(Self {
             pool,
             writers,
@@ -609,6 +633,7 @@ impl Store {
             clock,
             events_signal: Arc::new(tokio::sync::watch::Sender::new(0)),
             write_gate: Arc::new(gate::WriteGate::default()),
+            native,
             node_sessions: Arc::default(),
             node_session_locks: true,
         })
@@ -650,6 +675,11 @@ impl Store {
 
     pub async fn close(&self) {
         self.end_node_sessions().await;
+        if let Some(native) = &self.native {
+            // Waits for a batch it is writing (a blocking thread's lock).
+            let native = Arc::clone(native);
+            let _ = tokio::task::spawn_blocking(move || native.close()).await;
+        }
         match &self.writers {
             Writers::Sqlite(writer) => writer.close().await,
             Writers::Postgres(writers) => {
@@ -714,19 +744,24 @@ impl Store {
             .then(|| batch_writer_name(batch_writer_of(mailbox)))
     }
 
+    /// SQLite: this process's turn to write (see [`Store::begin_write`]).
+    async fn sqlite_turn(&self, kind: WriteKind) -> Result<gate::Turn> {
+        // As long as SQLite's own `busy_timeout` would have waited: then, as there, the write
+        // fails and is tried again by its caller.
+        let turn = if kind == WriteKind::Background {
+            self.write_gate.enter_giving_way(ACQUIRE_TIMEOUT).await
+        } else {
+            self.write_gate.enter(ACQUIRE_TIMEOUT).await
+        };
+        turn.ok_or(StoreError::Unavailable {
+            source: sqlx::Error::PoolTimedOut,
+        })
+    }
+
     async fn begin_write_turn(&self, kind: WriteKind) -> Result<WriteTx> {
         Ok(match &self.writers {
             Writers::Sqlite(writer) => {
-                // As long as SQLite's own `busy_timeout` would have waited: then, as there,
-                // the write fails and is tried again by its caller.
-                let turn = if kind == WriteKind::Background {
-                    self.write_gate.enter_giving_way(ACQUIRE_TIMEOUT).await
-                } else {
-                    self.write_gate.enter(ACQUIRE_TIMEOUT).await
-                };
-                let turn = turn.ok_or(StoreError::Unavailable {
-                    source: sqlx::Error::PoolTimedOut,
-                })?;
+                let turn = self.sqlite_turn(kind).await?;
                 WriteTx {
                     tx: writer.begin_with("BEGIN IMMEDIATE").await?,
                     _turn: Some(turn),
@@ -951,6 +986,18 @@ pub fn redact_url(url: &str) -> String {
 pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Sync batches get a native writer on a database file only: one in memory is seen by
+    /// its own connections alone.
+    #[test]
+    fn a_database_file_is_found_in_its_url_and_one_in_memory_has_none() {
+        assert_eq!(
+            sqlite_file("sqlite://data/mailbridge.db?mode=rwc").unwrap(),
+            Some(std::path::PathBuf::from("data/mailbridge.db"))
+        );
+        assert_eq!(sqlite_file("sqlite::memory:").unwrap(), None);
+        assert_eq!(sqlite_file("sqlite://shared?mode=memory").unwrap(), None);
+    }
 
     #[test]
     fn a_postgresql_older_than_12_is_refused_naming_its_version() {

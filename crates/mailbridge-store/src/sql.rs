@@ -1,10 +1,9 @@
 //! [`Stmt`] and [`SqlConn`]: a statement with its arguments, run on a connection behind one
 //! small interface. A sync batch's transaction (and the writes it shares with the rest of the
 //! store: its emails, attachments and events) is written against it rather than against
-//! sqlx's `Any` connection, so that a connection of another driver can run the same code —
-//! the native SQLite writer the README's Benchmark measures (a batch's INSERTs take half the
-//! CPU through SQLite's C API that they take through sqlx's `Any`). Today sqlx's `Any`
-//! connection is the one implementation.
+//! sqlx's `Any` connection, so that a connection of another driver runs the same code: on
+//! SQLite, sync batches are written through SQLite's C API ([`crate::native`]), everything
+//! else through sqlx.
 
 use std::future::Future;
 
@@ -125,6 +124,19 @@ impl Stmt {
         self
     }
 
+    /// Its text.
+    pub(crate) fn sql(&self) -> &str {
+        match &self.text {
+            Text::Static(s) => s,
+            Text::Owned(s) => s,
+        }
+    }
+
+    /// Its arguments, in order.
+    pub(crate) fn args(&self) -> &[Arg] {
+        &self.args
+    }
+
     /// As sqlx's query, its arguments moved into it.
     fn into_any(self) -> sqlx::query::Query<'static, sqlx::Any, AnyArguments> {
         let query = match self.text {
@@ -145,16 +157,21 @@ impl Stmt {
 /// A row read as a tuple of its columns, in order.
 pub(crate) trait Columns: Sized {
     fn from_any(row: &AnyRow) -> std::result::Result<Self, sqlx::Error>;
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
 }
 
 macro_rules! columns {
     ($($t:ident $i:tt),+) => {
         impl<$($t),+> Columns for ($($t,)+)
         where
-            $($t: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>),+
+            $($t: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any> + rusqlite::types::FromSql),+
         {
             fn from_any(row: &AnyRow) -> std::result::Result<Self, sqlx::Error> {
                 Ok(($(sqlx::Row::try_get::<$t, _>(row, $i)?,)+))
+            }
+
+            fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+                Ok(($(row.get::<_, $t>($i)?,)+))
             }
         }
     };
@@ -178,10 +195,14 @@ impl Columns for () {
     fn from_any(_: &AnyRow) -> std::result::Result<Self, sqlx::Error> {
         Ok(())
     }
+
+    fn from_sqlite(_: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(())
+    }
 }
 
 /// A connection (in a transaction) that runs [`Stmt`]s.
-pub(crate) trait SqlConn: Send {
+pub(crate) trait SqlConn {
     /// Runs `stmt`; how many rows it changed.
     fn execute(&mut self, stmt: Stmt) -> impl Future<Output = Result<u64>> + Send;
 
