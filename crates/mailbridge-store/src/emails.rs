@@ -262,26 +262,26 @@ impl Store {
     ) -> Result<usize> {
         let turn = self.sqlite_turn(crate::WriteKind::Batch(mailbox)).await?;
         let native = std::sync::Arc::clone(native);
+        let events = std::sync::Arc::clone(&self.events_signal);
         let runtime = tokio::runtime::Handle::current();
         let written = tokio::task::spawn_blocking(move || {
             let _turn = turn;
-            native.in_transaction(|tx| {
+            let stored = native.in_transaction(|tx| {
                 // Its statements run at once: the futures are ready when first polled.
                 runtime.block_on(write_sync_batch(tx, Backend::Sqlite, mailbox, batch, now))
-            })
+            })?;
+            crate::events::signal(&events);
+            Ok(stored)
         })
         .await;
-        let stored = match written {
-            Ok(stored) => stored?,
+        match written {
+            Ok(stored) => stored,
             Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
-            Err(_) => {
-                return Err(StoreError::Unavailable {
-                    source: sqlx::Error::WorkerCrashed,
-                });
-            }
-        };
-        self.events_committed();
-        Ok(stored)
+            // Not started: the runtime is shutting down.
+            Err(_) => Err(StoreError::Unavailable {
+                source: sqlx::Error::PoolClosed,
+            }),
+        }
     }
 
     /// The POP3 UIDLs already processed for a mailbox.

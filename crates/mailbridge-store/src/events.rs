@@ -118,6 +118,11 @@ impl TryFrom<EventRow> for Event {
 
 const EVENT_COLUMNS: &str = "seq, id, type AS kind, mailbox_id, owner_user_id, created_at, data";
 
+/// After a commit that may have appended events: tells this process's readers.
+pub(crate) fn signal(events: &tokio::sync::watch::Sender<u64>) {
+    events.send_modify(|n| *n = n.wrapping_add(1));
+}
+
 /// Appends events in `tx`, the transaction of the change they describe. Call it last before
 /// the commit: on PostgreSQL it holds the log's lock from here to the commit.
 pub(crate) async fn append(
@@ -168,13 +173,8 @@ impl Store {
     /// Commits a transaction that appended events, and wakes the feed's waiting readers.
     pub(crate) async fn commit(&self, tx: crate::WriteTx) -> Result<()> {
         tx.commit().await?;
-        self.events_committed();
+        signal(&self.events_signal);
         Ok(())
-    }
-
-    /// After a commit that may have appended events: tells this process's readers.
-    pub(crate) fn events_committed(&self) {
-        self.events_signal.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Changes whenever this process commits new events (other nodes' commits are found by

@@ -9,10 +9,10 @@ use crate::sql::{Columns, SqlConn, Stmt};
 use crate::{Backend, Result};
 
 /// Rows per multi-row INSERT of a sync batch's emails, its attachments and its events: a full
-/// batch (the sync's `BATCH_SIZE`, 1,000) in four statements. Each statement is a round trip to the
-/// database (to SQLite's own thread, which a first sync's other stages keep waiting for a
-/// core): at 32 emails and 64 events a statement the corpus's first sync took a fifth longer
-/// (`bench/first-sync`, 0.46 against 0.38 s). A statement's parameters must stay within
+/// batch (the sync's `BATCH_SIZE`, 1,000) in four statements. Each statement costs a round
+/// trip (to PostgreSQL's server; through sqlx, to SQLite's own thread) and its binding: at 32
+/// emails and 64 events a statement the corpus's first sync took a fifth longer
+/// (`bench/first-sync`, 0.46 against 0.38 s, when SQLite's were sqlx's too). A statement's parameters must stay within
 /// [`MAX_PARAMETERS`] ([`BatchInsert::new`] checks it as the program compiles).
 pub const ROWS_PER_INSERT: usize = 250;
 
@@ -28,10 +28,12 @@ const LENGTHS: usize =
 /// The rows a multi-row INSERT of `rows` rows is written with: the next power of two, at most
 /// [`ROWS_PER_INSERT`]; those past `rows` are padding, all NULL, which the statement leaves
 /// out. So nine statements a table (1, 2, 4 … 128 and 250 rows) serve every length, each
-/// prepared once on a connection and kept in sqlx's statement cache. Batches bounded by bytes
+/// prepared once on a connection and kept in its statement cache (sqlx's, or the native
+/// writer's). Batches bounded by bytes
 /// come in every length (the corpus's first sync: 11 batches of 35 to 998 emails, the last
 /// INSERT of most a remainder; with batches of 250, 13 of 25 were short of it), and a
-/// statement of each length was parsed — on PostgreSQL also planned — anew for its one use: kept, they would have filled the cache's 100 places (a prepared
+/// statement of each length was parsed — on PostgreSQL also planned — anew for its one use:
+/// kept, they would have filled the cache's 100 places (a prepared
 /// statement of 250 emails holds 0.7 MB of SQLite's memory, by the sqlite3 shell's `.stats`).
 /// The nine lengths of the three tables sync batches write (emails, attachments, events) hold
 /// about 2 MB at most on each connection that writes batches (the few rows of other writes'

@@ -1,6 +1,7 @@
 //! [`Store`]: Mailbridge's persistence on SQLite (the embedded default) or PostgreSQL, chosen
 //! by the database URL. Queries are runtime queries over sqlx's `Any` driver with portable
 //! SQL and column types, so one code base serves both; each backend has its own migrations.
+//! On SQLite, sync batches run the same statements through SQLite's C API (`native`).
 
 pub mod alerts;
 pub mod audit;
@@ -234,7 +235,8 @@ pub struct Store {
 /// The connections write transactions run on, besides the store's pool.
 #[derive(Clone)]
 enum Writers {
-    /// SQLite: the pool of the one connection of this process's write transactions (see
+    /// SQLite: the pool of the one connection of this process's write transactions but its
+    /// sync batches' (those take the native writer on a database file; see
     /// [`Store::connect`]).
     Sqlite(AnyPool),
     /// PostgreSQL: the [`BATCH_WRITERS`] connections for sync batches, a mailbox's on the
@@ -440,11 +442,15 @@ fn sqlite_settings(extra: &str) -> String {
     )
 }
 
-/// SQLite: the database file of `url`, or `None` for a database in memory (which only its
-/// own connections see).
+/// SQLite: the database file of `url` for the native batch writer, or `None` for a database
+/// in memory (which only its own connections see), or opened otherwise than read-write.
 fn sqlite_file(url: &str) -> Result<Option<std::path::PathBuf>> {
-    // sqlx names a `:memory:` database `file:sqlx-in-memory-…`: the URL tells.
-    if url.contains(":memory:") || url.contains("mode=memory") {
+    // sqlx names a `:memory:` database `file:sqlx-in-memory-…`: the URL tells. A store
+    // opened read-only, immutable, or through a VFS of its own keeps the pool's writer too.
+    if [":memory:", "mode=memory", "mode=ro", "immutable=", "vfs="]
+        .iter()
+        .any(|kind| url.contains(kind))
+    {
         return Ok(None);
     }
     let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
@@ -566,25 +572,31 @@ impl Store {
                     Ok(!sqlx::Connection::is_in_transaction(conn))
                 })
             });
+        let native = match backend {
+            Backend::Sqlite => sqlite_file(url)?,
+            Backend::Postgres => None,
+        };
         let (pool, writers) = match backend {
             Backend::Sqlite => {
-                // The writers of this process queue at the write gate (see `begin_write`), so
-                // one connection serves them all: it alone keeps a large page cache, up to
-                // 32 MiB, grown only as pages are used (SQLite's default, 2 MiB, is less than
-                // one sync batch, which then spilled to the WAL before its commit). The
-                // readers keep SQLite's default: in WAL mode a connection empties its cache
-                // whenever another has committed since its last read, which here is all the
-                // time, so a large one only held memory: with 8 connections of up to 32 MiB,
-                // 10,000 idle mailboxes took 23.4 KiB each, with 3 readers and this writer
-                // 20.0 KiB (the README's Benchmark). Reads are short; 3 serve a node.
+                // The writers of this process queue at the write gate (see `begin_write`):
+                // sync batches on the native writer (a database file: see `native`), every
+                // other write on one pooled connection. The one that writes batches keeps a
+                // large page cache, up to 32 MiB, grown only as pages are used (SQLite's
+                // default, 2 MiB, is less than one sync batch, which then spilled to the WAL
+                // before its commit); the others keep SQLite's default: in WAL mode a
+                // connection empties its cache whenever another has committed since its last
+                // read, which here is all the time, so a large one only held memory: with 8
+                // connections of up to 32 MiB, 10,000 idle mailboxes took 23.4 KiB each, with
+                // 3 readers and one large writer 20.0 KiB (the README's Benchmark). Reads are
+                // short; 3 serve a node.
                 let readers =
                     sqlite_pool(pool_options.clone().max_connections(3), &options, "").await?;
-                let writer = sqlite_pool(
-                    pool_options.max_connections(1),
-                    &options,
-                    SQLITE_WRITER_SETTINGS,
-                )
-                .await?;
+                let settings = match native {
+                    Some(_) => "",
+                    None => SQLITE_WRITER_SETTINGS,
+                };
+                let writer =
+                    sqlite_pool(pool_options.max_connections(1), &options, settings).await?;
                 (readers, Writers::Sqlite(writer))
             }
             Backend::Postgres => {
@@ -616,15 +628,12 @@ impl Store {
         if backend == Backend::Sqlite {
             tokio::spawn(checkpoint_in_background(pool.clone()));
         }
-        let native = match backend {
-            Backend::Sqlite => sqlite_file(url)?.map(|path| {
-                Arc::new(native::NativeWriter::new(
-                    path,
-                    sqlite_settings(SQLITE_WRITER_SETTINGS),
-                ))
-            }),
-            Backend::Postgres => None,
-        };
+        let native = native.map(|path| {
+            Arc::new(native::NativeWriter::new(
+                path,
+                sqlite_settings(SQLITE_WRITER_SETTINGS),
+            ))
+        });
         Ok(Self {
             pool,
             writers,
@@ -1172,13 +1181,28 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(mode, "wal");
-        // Only the writers' connection keeps a large page cache (see `Store::connect`).
+        // Only the connection that writes sync batches keeps a large page cache (see
+        // `Store::connect`).
         let cache = "PRAGMA cache_size";
         let (readers,): (i64,) = sqlx::query_as(cache).fetch_one(&store.pool).await.unwrap();
         let mut tx = store.begin_write().await.unwrap();
         let (writer,): (i64,) = sqlx::query_as(cache).fetch_one(&mut *tx).await.unwrap();
         tx.rollback().await.unwrap();
-        assert_eq!((readers, writer), (-2000, -32768));
+        let native = store.native.clone().unwrap();
+        let runtime = tokio::runtime::Handle::current();
+        let batches = tokio::task::spawn_blocking(move || {
+            native.in_transaction(|tx| {
+                runtime.block_on(crate::sql::SqlConn::fetch_optional::<(i64,)>(
+                    tx,
+                    crate::sql::Stmt::new("PRAGMA cache_size"),
+                ))
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap()
+        .map(|(size,)| size);
+        assert_eq!((readers, writer, batches), (-2000, -2000, Some(-32768)));
     }
 
     /// SQLite is built with the flags of `.cargo/config.toml` (no count of its memory, so no

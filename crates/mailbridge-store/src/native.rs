@@ -8,6 +8,7 @@
 //! own lock (with the writer's `busy_timeout`) keeps any other process out as before.
 
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
@@ -20,52 +21,82 @@ pub(crate) struct NativeWriter {
     path: PathBuf,
     /// What the connection runs when it opens: the pool writer's settings.
     settings: String,
-    conn: Mutex<Option<rusqlite::Connection>>,
+    slot: Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Option<rusqlite::Connection>,
+    /// [`NativeWriter::close`] was called: no batch is written any more.
+    closed: bool,
 }
 
 impl NativeWriter {
-    /// For the database file at `path`, its connection set up with `settings`.
+    /// For the database file at `path` (which must exist: the store's pool made it), its
+    /// connection set up with `settings`.
     pub(crate) fn new(path: PathBuf, settings: String) -> Self {
         Self {
             path,
             settings,
-            conn: Mutex::new(None),
+            slot: Mutex::default(),
         }
     }
 
     /// Runs `write` in a transaction (`BEGIN IMMEDIATE`) and commits it; rolled back if
-    /// `write` or the commit fails. Blocks: call it from a blocking thread.
+    /// `write` or the commit fails, or `write` panics (the panic then goes on). Blocks: call
+    /// it from a blocking thread.
     pub(crate) fn in_transaction<T>(
         &self,
         write: impl FnOnce(&mut NativeTx<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        let conn = match &mut *slot {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.closed {
+            return Err(StoreError::Unavailable {
+                source: sqlx::Error::PoolClosed,
+            });
+        }
+        let conn = match &mut slot.conn {
             Some(conn) => conn,
             empty => empty.insert(self.open()?),
         };
-        let done = conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(StoreError::from)
-            .and_then(|()| write(&mut NativeTx(conn)))
-            .and_then(|value| {
-                conn.execute_batch("COMMIT")?;
-                Ok(value)
-            });
-        if done.is_err() && !conn.is_autocommit() {
-            // A failed statement leaves the transaction open; a failed COMMIT may too (the
-            // disk full). Rolled back — or, if even that fails, the connection is closed
-            // and the next batch opens another: a connection stuck in a transaction would
-            // fail every later batch, long after the cause was gone.
-            if conn.execute_batch("ROLLBACK").is_err() || !conn.is_autocommit() {
-                *slot = None;
-            }
+        let written = match conn.execute_batch("BEGIN IMMEDIATE") {
+            Err(e) => Err(StoreError::from(e)),
+            Ok(()) => match catch_unwind(AssertUnwindSafe(|| write(&mut NativeTx(conn)))) {
+                Ok(written) => written,
+                Err(panic) => {
+                    // Closing the connection rolls its transaction back and lets go of
+                    // SQLite's lock; the next batch opens another.
+                    slot.conn = None;
+                    drop(slot);
+                    resume_unwind(panic);
+                }
+            },
+        };
+        let done = written.and_then(|value| {
+            conn.execute_batch("COMMIT")?;
+            Ok(value)
+        });
+        // A failed statement leaves the transaction open; a failed COMMIT may too (the disk
+        // full). Rolled back — or, if even that fails, the connection is closed and the next
+        // batch opens another: one stuck in a transaction would fail every later batch, and
+        // hold SQLite's lock against every other writer, long after the cause was gone.
+        if done.is_err()
+            && !conn.is_autocommit()
+            && (conn.execute_batch("ROLLBACK").is_err() || !conn.is_autocommit())
+        {
+            slot.conn = None;
         }
         done
     }
 
+    /// Its connection: read-write, never creating the file (a database gone from under the
+    /// store is an error, not a new empty one).
     fn open(&self) -> Result<rusqlite::Connection> {
-        let conn = rusqlite::Connection::open(&self.path)?;
+        use rusqlite::OpenFlags;
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
         conn.execute_batch(&self.settings)?;
         // Every statement a batch runs stays prepared: nine lengths of three INSERTs, the
         // lookups' seven sizes, the rest (sqlx keeps 100 a connection too).
@@ -73,13 +104,13 @@ impl NativeWriter {
         Ok(conn)
     }
 
-    /// Closes its connection (the next batch would open another).
+    /// Closes its connection; batches are refused from now on (as the pools refuse).
     pub(crate) fn close(&self) {
-        let conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let conn = {
+            let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+            slot.closed = true;
+            slot.conn.take()
+        };
         if let Some(conn) = conn {
             let _ = conn.close(); // closing is all that is left to do with it
         }
@@ -91,8 +122,8 @@ impl NativeWriter {
 pub(crate) struct NativeTx<'c>(&'c rusqlite::Connection);
 
 impl NativeTx<'_> {
-    /// `stmt` prepared (kept prepared) and bound: a `$n` or `?n` parameter takes the n-th
-    /// argument, a bare `?` the one of its own place among the parameters.
+    /// `stmt` prepared (kept prepared) and bound: a `$n` parameter takes the n-th argument,
+    /// a bare `?` the one of its place ([`Stmt`]: a statement uses one kind or the other).
     fn run<T>(
         &self,
         stmt: &Stmt,
@@ -100,12 +131,15 @@ impl NativeTx<'_> {
     ) -> Result<T> {
         let mut prepared = self.0.prepare_cached(stmt.sql())?;
         let args = stmt.args();
+        let (mut numbered, mut most) = (0, 0);
         for place in 1..=prepared.parameter_count() {
-            let n = prepared
+            let number = prepared
                 .parameter_name(place)
                 .and_then(|name| name.get(1..))
-                .and_then(|n| n.parse::<usize>().ok())
-                .unwrap_or(place);
+                .and_then(|n| n.parse::<usize>().ok());
+            numbered += usize::from(number.is_some());
+            let n = number.unwrap_or(place);
+            most = most.max(n);
             match args.get(n.wrapping_sub(1)) {
                 Some(Arg::Null(_)) | None => {
                     prepared.raw_bind_parameter(place, rusqlite::types::Null)?
@@ -115,6 +149,12 @@ impl NativeTx<'_> {
                 Some(Arg::Blob(v)) => prepared.raw_bind_parameter(place, v.as_slice())?,
             }
         }
+        debug_assert!(
+            numbered == 0 || numbered == prepared.parameter_count(),
+            "numbered and bare parameters mixed: {}",
+            stmt.sql()
+        );
+        debug_assert_eq!(most, args.len(), "arguments for {}", stmt.sql());
         Ok(read(&mut prepared)?)
     }
 
@@ -163,7 +203,10 @@ struct NativeError {
 
 impl std::fmt::Display for NativeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+        match self.code {
+            Some(code) => write!(f, "(code: {code}) {}", self.message),
+            None => f.write_str(&self.message),
+        }
     }
 }
 
@@ -237,68 +280,147 @@ mod tests {
     use super::*;
     use crate::sqlite_settings;
 
-    /// A statement's `$n` take the n-th argument wherever they stand (SQLite numbers
-    /// parameters in the order they first appear), bare `?`s those of their places; NULLs
-    /// and each type arrive as bound; a failed statement rolls its transaction back.
-    #[tokio::test]
-    async fn numbered_and_bare_parameters_take_their_arguments_and_a_failure_rolls_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let writer = NativeWriter::new(dir.path().join("t.db"), sqlite_settings(""));
-        writer
-            .in_transaction(|tx| {
-                tx.0.execute_batch("CREATE TABLE t (a INTEGER, b TEXT, c BLOB, d TEXT)")?;
-                Ok(())
-            })
+    /// A writer on a new database file holding `t (a, b, c, d)`, and the file's path.
+    fn writer_of_t(dir: &std::path::Path, extra: &str) -> (NativeWriter, PathBuf) {
+        let path = dir.join("t.db");
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (a INTEGER, b TEXT, c BLOB, d TEXT)")
             .unwrap();
-        let read = |tx: &mut NativeTx<'_>| {
-            futures_ready(
-                tx.fetch_all::<(i64, Option<String>, Vec<u8>, String)>(Stmt::new(
-                    "SELECT a, b, c, d FROM t ORDER BY a",
-                )),
-            )
-        };
-        let rows = writer
+        (
+            NativeWriter::new(path.clone(), sqlite_settings(extra)),
+            path,
+        )
+    }
+
+    type Row = (i64, Option<String>, Vec<u8>, String);
+
+    fn rows(tx: &mut NativeTx<'_>) -> Result<Vec<Row>> {
+        ready(tx.fetch_all::<Row>(Stmt::new("SELECT a, b, c, d FROM t ORDER BY a")))
+    }
+
+    /// `$n` take the n-th argument wherever they stand (SQLite numbers parameters in the
+    /// order they first appear), bare `?`s those of their places; NULLs and each type arrive
+    /// as bound; a failed statement rolls its transaction back.
+    #[test]
+    fn parameters_take_their_arguments_and_a_failure_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _) = writer_of_t(dir.path(), "");
+        let stored = writer
             .in_transaction(|tx| {
-                futures_ready(
+                ready(
                     tx.execute(
-                        Stmt::new(
-                            "INSERT INTO t (d, a, b, c) VALUES ($4, $1, $2, $3), (?, ?, ?, ?)",
-                        )
-                        .bind(7_i64)
-                        .bind(None::<String>)
-                        .bind(vec![1_u8, 2])
-                        .bind("seven")
-                        .bind("eight")
-                        .bind(8_i64)
-                        .bind("b8")
-                        .bind(vec![3_u8]),
+                        Stmt::new("INSERT INTO t (d, a, b, c) VALUES ($4, $1, $2, $3)")
+                            .bind(7_i64)
+                            .bind(None::<String>)
+                            .bind(vec![1_u8, 2])
+                            .bind("seven"),
                     ),
                 )?;
-                read(tx)
+                ready(
+                    tx.execute(
+                        Stmt::new("INSERT INTO t (d, a, b, c) VALUES (?, ?, ?, ?)")
+                            .bind("eight")
+                            .bind(8_i64)
+                            .bind("b8")
+                            .bind(vec![3_u8]),
+                    ),
+                )?;
+                rows(tx)
             })
             .unwrap();
         assert_eq!(
-            rows,
+            stored,
             [
                 (7, None, vec![1, 2], "seven".to_owned()),
                 (8, Some("b8".to_owned()), vec![3], "eight".to_owned())
             ]
         );
         let failed = writer.in_transaction(|tx| {
-            futures_ready(tx.execute(Stmt::new("DELETE FROM t")))?;
-            futures_ready(tx.execute(Stmt::new("INSERT INTO nowhere VALUES (1)")))
+            ready(tx.execute(Stmt::new("DELETE FROM t")))?;
+            ready(tx.execute(Stmt::new("INSERT INTO nowhere VALUES (1)")))
         });
         assert!(matches!(failed, Err(StoreError::Database(_))), "{failed:?}");
-        let kept = writer.in_transaction(read).unwrap();
         assert_eq!(
-            kept.len(),
+            writer.in_transaction(rows).unwrap().len(),
             2,
             "the DELETE was rolled back with the failed INSERT"
         );
     }
 
+    /// SQLite out of room (here its page limit: SQLITE_FULL, as on a full disk) is a full
+    /// disk to the store, the batch is rolled back, and the next one is written once there is
+    /// room again.
+    #[test]
+    fn a_full_database_is_a_full_disk_and_the_next_batch_is_written_when_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _) = writer_of_t(dir.path(), "PRAGMA max_page_count = 8;");
+        let big = |a: i64| {
+            Stmt::new("INSERT INTO t (a, b, c, d) VALUES ($1, NULL, $2, 'big')")
+                .bind(a)
+                .bind(vec![7_u8; 200_000])
+        };
+        let full = writer.in_transaction(|tx| ready(tx.execute(big(1))));
+        assert!(matches!(full, Err(StoreError::DiskFull { .. })), "{full:?}");
+        let stored = writer
+            .in_transaction(|tx| {
+                tx.0.execute_batch("PRAGMA max_page_count = 100000")?;
+                ready(tx.execute(big(2)))?;
+                rows(tx)
+            })
+            .unwrap();
+        assert_eq!(stored.iter().map(|r| r.0).collect::<Vec<_>>(), [2]);
+    }
+
+    /// A batch that panics is rolled back and lets go of SQLite's lock (another connection
+    /// can write at once); the panic goes on; the next batch is written.
+    #[test]
+    fn a_batch_that_panics_is_rolled_back_and_holds_no_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = writer_of_t(dir.path(), "");
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            writer.in_transaction(|tx| -> Result<()> {
+                ready(tx.execute(Stmt::new("INSERT INTO t (a, d) VALUES (1, 'lost')")))?;
+                panic!("a batch that panics");
+            })
+        }));
+        assert!(panicked.is_err(), "the panic went on");
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.busy_timeout(std::time::Duration::ZERO).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE; ROLLBACK").unwrap();
+        let stored = writer
+            .in_transaction(|tx| {
+                ready(tx.execute(Stmt::new(
+                    "INSERT INTO t (a, c, d) VALUES (2, x'00', 'kept')",
+                )))?;
+                rows(tx)
+            })
+            .unwrap();
+        assert_eq!(stored, [(2, None, vec![0], "kept".to_owned())]);
+    }
+
+    /// After `close`, batches are refused as the closed pools refuse them: the database is not
+    /// answering, which is what the engine waits out.
+    #[test]
+    fn a_closed_writer_refuses_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _) = writer_of_t(dir.path(), "");
+        writer.in_transaction(rows).unwrap();
+        writer.close();
+        let refused = writer.in_transaction(rows);
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::Unavailable {
+                    source: sqlx::Error::PoolClosed
+                })
+            ),
+            "{refused:?}"
+        );
+    }
+
     /// A ready future's output.
-    fn futures_ready<T>(future: impl Future<Output = T>) -> T {
+    fn ready<T>(future: impl Future<Output = T>) -> T {
         let mut future = std::pin::pin!(future);
         let waker = std::task::Waker::noop();
         match future

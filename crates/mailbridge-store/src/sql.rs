@@ -87,7 +87,8 @@ enum Text {
     Owned(String),
 }
 
-/// A statement and its arguments, `$1`, `$2` … in order (SQLite also takes `?`).
+/// A statement and its arguments: its parameters are all numbered (`$1`, `$2` …, the n-th
+/// taking the n-th argument wherever it stands) or all bare `?` (SQLite only, in order).
 #[derive(Debug, Clone)]
 pub(crate) struct Stmt {
     text: Text,
@@ -264,4 +265,4 @@ macro_rules! sql_conn_through_deref {
     )+};
 }
 
-sql_conn_through_deref!(crate::WriteTx, sqlx::Transaction<'static, sqlx::Any>);
+sql_conn_through_deref!(crate::WriteTx);
