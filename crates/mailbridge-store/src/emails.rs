@@ -250,9 +250,9 @@ impl Store {
         Ok(stored)
     }
 
-    /// SQLite: [`Store::save_sync_batch`] on the native writer (see `native`), on a blocking
-    /// thread, in this process's turn to write — held until the transaction ends, even if
-    /// the caller is gone by then.
+    /// SQLite: [`Store::save_sync_batch`] on the native writer's thread (see `native`), in
+    /// this process's turn to write — held until the transaction ends, even if the caller is
+    /// gone by then.
     async fn save_sync_batch_natively(
         &self,
         native: &std::sync::Arc<crate::native::NativeWriter>,
@@ -261,27 +261,19 @@ impl Store {
         now: i64,
     ) -> Result<usize> {
         let turn = self.sqlite_turn(crate::WriteKind::Batch(mailbox)).await?;
-        let native = std::sync::Arc::clone(native);
         let events = std::sync::Arc::clone(&self.events_signal);
         let runtime = tokio::runtime::Handle::current();
-        let written = tokio::task::spawn_blocking(move || {
-            let _turn = turn;
-            let stored = native.in_transaction(|tx| {
-                // Its statements run at once: the futures are ready when first polled.
-                runtime.block_on(write_sync_batch(tx, Backend::Sqlite, mailbox, batch, now))
-            })?;
-            crate::events::signal(&events);
-            Ok(stored)
-        })
-        .await;
-        match written {
-            Ok(stored) => stored,
-            Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
-            // Not started: the runtime is shutting down.
-            Err(_) => Err(StoreError::Unavailable {
-                source: sqlx::Error::PoolClosed,
-            }),
-        }
+        native
+            .run(move |slot| {
+                let _turn = turn;
+                let stored = slot.transaction(|tx| {
+                    // Its statements run at once: the futures are ready when first polled.
+                    runtime.block_on(write_sync_batch(tx, Backend::Sqlite, mailbox, batch, now))
+                })?;
+                crate::events::signal(&events);
+                Ok(stored)
+            })
+            .await
     }
 
     /// The POP3 UIDLs already processed for a mailbox.

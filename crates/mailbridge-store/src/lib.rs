@@ -628,12 +628,13 @@ impl Store {
         if backend == Backend::Sqlite {
             tokio::spawn(checkpoint_in_background(pool.clone()));
         }
-        let native = native.map(|path| {
-            Arc::new(native::NativeWriter::new(
-                path,
-                sqlite_settings(SQLITE_WRITER_SETTINGS),
-            ))
-        });
+        let native = match native {
+            Some(path) => Some(Arc::new(
+                native::NativeWriter::new(path, sqlite_settings(SQLITE_WRITER_SETTINGS))
+                    .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?,
+            )),
+            None => None,
+        };
         Ok(Self {
             pool,
             writers,
@@ -685,9 +686,7 @@ impl Store {
     pub async fn close(&self) {
         self.end_node_sessions().await;
         if let Some(native) = &self.native {
-            // Waits for a batch it is writing (a blocking thread's lock).
-            let native = Arc::clone(native);
-            let _ = tokio::task::spawn_blocking(move || native.close()).await;
+            native.close().await; // after a batch it is writing
         }
         match &self.writers {
             Writers::Sqlite(writer) => writer.close().await,
@@ -1188,20 +1187,22 @@ pub(crate) mod tests {
         let mut tx = store.begin_write().await.unwrap();
         let (writer,): (i64,) = sqlx::query_as(cache).fetch_one(&mut *tx).await.unwrap();
         tx.rollback().await.unwrap();
-        let native = store.native.clone().unwrap();
         let runtime = tokio::runtime::Handle::current();
-        let batches = tokio::task::spawn_blocking(move || {
-            native.in_transaction(|tx| {
-                runtime.block_on(crate::sql::SqlConn::fetch_optional::<(i64,)>(
-                    tx,
-                    crate::sql::Stmt::new("PRAGMA cache_size"),
-                ))
+        let batches = store
+            .native
+            .as_ref()
+            .unwrap()
+            .run(move |slot| {
+                slot.transaction(|tx| {
+                    runtime.block_on(crate::sql::SqlConn::fetch_optional::<(i64,)>(
+                        tx,
+                        crate::sql::Stmt::new("PRAGMA cache_size"),
+                    ))
+                })
             })
-        })
-        .await
-        .unwrap()
-        .unwrap()
-        .map(|(size,)| size);
+            .await
+            .unwrap()
+            .map(|(size,)| size);
         assert_eq!((readers, writer, batches), (-2000, -2000, Some(-32768)));
     }
 
