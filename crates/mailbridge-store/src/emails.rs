@@ -265,6 +265,9 @@ impl Store {
         let runtime = tokio::runtime::Handle::current();
         native
             .run(move |slot| {
+                // In the runtime's context, as the gate's turn reads the runtime's clock when
+                // it is let go (a paused clock, in tests).
+                let _context = runtime.enter();
                 let _turn = turn;
                 let stored = slot.transaction(|tx| {
                     // Its statements run at once: the futures are ready when first polled.

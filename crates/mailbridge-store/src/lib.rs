@@ -625,9 +625,8 @@ impl Store {
                 (pool, Writers::Postgres(writers))
             }
         };
-        if backend == Backend::Sqlite {
-            tokio::spawn(checkpoint_in_background(pool.clone()));
-        }
+        // Its thread started before the checkpoints' task, which would keep the pools alive
+        // if the store were not made after all.
         let native = match native {
             Some(path) => Some(Arc::new(
                 native::NativeWriter::new(path, sqlite_settings(SQLITE_WRITER_SETTINGS))
@@ -635,6 +634,9 @@ impl Store {
             )),
             None => None,
         };
+        if backend == Backend::Sqlite {
+            tokio::spawn(checkpoint_in_background(pool.clone()));
+        }
         Ok(Self {
             pool,
             writers,

@@ -430,7 +430,12 @@ mod tests {
             .await
         })
         .await;
-        assert!(panicked.is_err_and(|e| e.is_panic()), "the panic went on");
+        let panic = panicked.unwrap_err().into_panic();
+        assert_eq!(
+            panic.downcast_ref::<&str>(),
+            Some(&"a batch that panics"),
+            "the batch's own panic went on"
+        );
         let other = rusqlite::Connection::open(&path).unwrap();
         other.busy_timeout(std::time::Duration::ZERO).unwrap();
         other.execute_batch("BEGIN IMMEDIATE; ROLLBACK").unwrap();
