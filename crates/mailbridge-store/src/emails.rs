@@ -245,8 +245,9 @@ impl Store {
                 .await;
         }
         let mut tx = self.begin_batch_write(mailbox).await?;
-        let stored = write_sync_batch(&mut *tx, self.backend, mailbox, batch, now).await?;
-        self.commit(tx).await?;
+        let stored = write_sync_batch(&mut tx, self.backend, mailbox, batch, now).await?;
+        tx.commit().await?;
+        crate::events::signal(&self.events_signal);
         Ok(stored)
     }
 

@@ -241,13 +241,15 @@ enum Writers {
     Sqlite(AnyPool),
     /// PostgreSQL: the [`BATCH_WRITERS`] connections for sync batches, a mailbox's on the
     /// same one while it is free (see [`Store::begin_batch_write`]); other writes take the
-    /// store's pool.
+    /// store's pool (and so does a batch whose writer is busy: then its INSERTs are the
+    /// padded VALUES lists `Any` can bind, not arrays).
     Postgres(Arc<[BatchWriter]>),
 }
 
-/// PostgreSQL: a connection for sync batches, a pool of one.
+/// PostgreSQL: a connection for sync batches, a pool of one, of sqlx's PostgreSQL driver
+/// (not `Any`): its multi-row INSERTs bind one array a column (see `inserts`).
 struct BatchWriter {
-    pool: AnyPool,
+    pool: sqlx::PgPool,
     /// The mailbox whose batch had it last (its id's low 64 bits).
     last: std::sync::atomic::AtomicU64,
     /// After its connection could not be opened: until when batches skip it for the pool.
@@ -278,7 +280,7 @@ impl BatchWriter {
             let options = self.pool.connect_options();
             match tokio::time::timeout(
                 WRITER_OPEN,
-                <sqlx::AnyConnection as sqlx::Connection>::connect_with(&options),
+                <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
             )
             .await
             {
@@ -355,6 +357,24 @@ impl WriteTx {
 
     pub(crate) async fn rollback(self) -> std::result::Result<(), sqlx::Error> {
         self.tx.rollback().await
+    }
+}
+
+/// A sync batch's transaction (see [`Store::begin_batch_write`]).
+pub(crate) enum BatchTx {
+    /// On the store's writer (SQLite), or one of the pool's connections (PostgreSQL, when its
+    /// writer is busy or could not be opened).
+    Pooled(WriteTx),
+    /// PostgreSQL: on its mailbox's batch writer.
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl BatchTx {
+    pub(crate) async fn commit(self) -> std::result::Result<(), sqlx::Error> {
+        match self {
+            Self::Pooled(tx) => tx.commit().await,
+            Self::Postgres(tx) => tx.commit().await,
+        }
     }
 }
 
@@ -495,25 +515,43 @@ const WRITER_REFUSED: Duration = Duration::from_secs(30);
 
 /// A PostgreSQL pool of up to `max` connections, each of which runs `settings` (more `SET`s)
 /// when it opens.
-fn postgres_pool(pool_options: AnyPoolOptions, max: u32, settings: String) -> AnyPoolOptions {
-    pool_options
-        .max_connections(max)
-        // A node paused in the middle of a transaction (a VM pause, SIGSTOP) would hold its
-        // row locks for as long as it stays paused: its expired leases could not be taken
-        // over, nor the node drained. Every transaction here is a few statements with no
-        // waiting on anything else in between, so one whose client says nothing for 10 s is
-        // ended by the server.
-        .after_connect(move |conn, _| {
-            let settings = settings.clone();
-            Box::pin(async move {
-                conn.execute(sqlx::AssertSqlSafe(format!(
-                    "SET idle_in_transaction_session_timeout = '10s'; {settings}"
-                )))
+fn postgres_pool(pool_options: AnyPoolOptions, max: u32) -> AnyPoolOptions {
+    pool_options.max_connections(max).after_connect(|conn, _| {
+        Box::pin(async move {
+            conn.execute(sqlx::AssertSqlSafe(postgres_session("")))
                 .await?;
+            Ok(())
+        })
+    })
+}
+
+/// PostgreSQL: the `k`th batch writer's pool of one, as [`postgres_pool`]'s connections, its
+/// connection named (`application_name`).
+fn batch_writer_pool(k: usize) -> sqlx::postgres::PgPoolOptions {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(WRITER_OPEN)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                let name = format!("SET application_name = '{}'", batch_writer_name(k));
+                conn.execute(sqlx::AssertSqlSafe(postgres_session(&name)))
+                    .await?;
                 Ok(())
             })
         })
 }
+
+/// PostgreSQL: what every connection runs when it opens, and then `settings`. A node paused in
+/// the middle of a transaction (a VM pause, SIGSTOP) would hold its row locks for as long as
+/// it stays paused: its expired leases could not be taken over, nor the node drained. Every
+/// transaction here is a few statements with no waiting on anything else in between, so one
+/// whose client says nothing for 10 s is ended by the server.
+fn postgres_session(settings: &str) -> String {
+    format!("SET idle_in_transaction_session_timeout = '10s'; {settings}")
+}
+
+/// PostgreSQL: how a sync batch's transaction begins (see [`Store::begin_batch_write`]).
+const BATCH_BEGIN: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
 
 /// The oldest PostgreSQL major version Mailbridge runs on.
 const MIN_POSTGRES: u32 = 12;
@@ -601,21 +639,17 @@ impl Store {
             }
             Backend::Postgres => {
                 let max = POSTGRES_CONNECTIONS - BATCH_WRITERS;
-                let pool = postgres_pool(pool_options.clone(), max, String::new())
+                let pool = postgres_pool(pool_options.clone(), max)
                     .connect_with(options.clone())
                     .await?;
                 // Opened when a mailbox's first batch needs one, each named in the server's
                 // `pg_stat_activity`.
+                let own = sqlx::postgres::PgConnectOptions::try_from(&options)?;
                 let writers = (0..BATCH_WRITERS as usize)
-                    .map(|k| {
-                        let name = format!("SET application_name = '{}'", batch_writer_name(k));
-                        BatchWriter {
-                            pool: postgres_pool(pool_options.clone(), 1, name)
-                                .acquire_timeout(WRITER_OPEN)
-                                .connect_lazy_with(options.clone()),
-                            last: Default::default(),
-                            refused_until: Default::default(),
-                        }
+                    .map(|k| BatchWriter {
+                        pool: batch_writer_pool(k).connect_lazy_with(own.clone()),
+                        last: Default::default(),
+                        refused_until: Default::default(),
                     })
                     .collect();
                 let (version,): (String,) = sqlx::query_as("SHOW server_version_num")
@@ -742,8 +776,13 @@ impl Store {
     /// 0.580 s against 0.617 s (the middle of 4 alternated runs' medians of 7 syncs), the
     /// server's CPU a sync 0.32 against 0.36 s. While another mailbox's batch holds the
     /// connection, a batch takes a pooled one (see [`Store::begin_batch_on_postgres`]).
-    pub(crate) async fn begin_batch_write(&self, mailbox: MailboxId) -> Result<WriteTx> {
-        self.begin_write_turn(WriteKind::Batch(mailbox)).await
+    pub(crate) async fn begin_batch_write(&self, mailbox: MailboxId) -> Result<BatchTx> {
+        match &self.writers {
+            Writers::Postgres(writers) => self.begin_batch_on_postgres(writers, mailbox).await,
+            Writers::Sqlite(_) => Ok(BatchTx::Pooled(
+                self.begin_write_turn(WriteKind::Batch(mailbox)).await?,
+            )),
+        }
     }
 
     /// PostgreSQL: the name (`application_name`) of the connection `mailbox`'s batches keep
@@ -777,11 +816,10 @@ impl Store {
                     _turn: Some(turn),
                 }
             }
-            Writers::Postgres(writers) => WriteTx {
+            // A sync batch's, when its writer is busy (see `begin_batch_on_postgres`).
+            Writers::Postgres(_) => WriteTx {
                 tx: match kind {
-                    WriteKind::Batch(mailbox) => {
-                        self.begin_batch_on_postgres(writers, mailbox).await?
-                    }
+                    WriteKind::Batch(_) => self.pool.begin_with(BATCH_BEGIN).await?,
                     WriteKind::Request | WriteKind::Background => {
                         self.pool.begin_with("BEGIN").await?
                     }
@@ -812,8 +850,8 @@ impl Store {
         &self,
         writers: &[BatchWriter],
         mailbox: MailboxId,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        const BEGIN: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
+    ) -> Result<BatchTx> {
+        const BEGIN: &str = BATCH_BEGIN;
         let k = batch_writer_of(mailbox);
         let writer = &writers[k];
         let me = mailbox.0.as_u64_pair().1;
@@ -848,7 +886,7 @@ impl Store {
             Ok(Some(tx)) => {
                 writer.opened(k);
                 writer.last.store(me, ordering);
-                return Ok(tx);
+                return Ok(BatchTx::Postgres(tx));
             }
             Ok(None) => {}
             Err(sqlx::Error::PoolClosed) => return Err(sqlx::Error::PoolClosed.into()),
@@ -860,7 +898,9 @@ impl Store {
                 "a sync batch's connection failed; it takes a pooled one"
             ),
         }
-        Ok(self.pool.begin_with(BEGIN).await?)
+        Ok(BatchTx::Pooled(
+            self.begin_write_turn(WriteKind::Batch(mailbox)).await?,
+        ))
     }
 
     fn now_ms(&self) -> i64 {

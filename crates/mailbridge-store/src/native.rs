@@ -182,6 +182,9 @@ impl NativeTx<'_> {
                 Some(Arg::Int(v)) => prepared.raw_bind_parameter(place, v)?,
                 Some(Arg::Text(v)) => prepared.raw_bind_parameter(place, v.as_str())?,
                 Some(Arg::Blob(v)) => prepared.raw_bind_parameter(place, v.as_slice())?,
+                Some(Arg::Array(_)) => {
+                    unreachable!("arrays are bound by PostgreSQL's driver alone")
+                }
             }
         }
         debug_assert!(

@@ -2,13 +2,15 @@
 //! small interface. A sync batch's transaction (and the writes it shares with the rest of the
 //! store: its emails, attachments and events) is written against it rather than against
 //! sqlx's `Any` connection, so that a connection of another driver runs the same code: on
-//! SQLite, sync batches are written through SQLite's C API ([`crate::native`]), everything
-//! else through sqlx.
+//! SQLite, sync batches are written through SQLite's C API ([`crate::native`]); on
+//! PostgreSQL, through sqlx's own PostgreSQL driver, which binds arrays (see
+//! [`SqlConn::ARRAYS`]); everything else through sqlx's `Any`.
 
 use std::future::Future;
 
-use sqlx::AnyConnection;
-use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::any::AnyRow;
+use sqlx::postgres::PgRow;
+use sqlx::{AnyConnection, PgConnection};
 
 use crate::Result;
 
@@ -28,6 +30,64 @@ pub(crate) enum Arg {
     Int(i64),
     Text(String),
     Blob(Vec<u8>),
+    /// A column of a multi-row INSERT as one array (PostgreSQL's driver only: see
+    /// [`SqlConn::ARRAYS`]).
+    Array(Array),
+}
+
+/// A column's values as a PostgreSQL array, NULLs in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Array {
+    Int(Vec<Option<i64>>),
+    Text(Vec<Option<String>>),
+    Blob(Vec<Option<Vec<u8>>>),
+}
+
+impl Array {
+    /// A column's arguments (each a value of `kind` or its NULL) as one array.
+    pub(crate) fn of(kind: Kind, column: Vec<Arg>) -> Self {
+        match kind {
+            Kind::Int => Self::Int(
+                column
+                    .into_iter()
+                    .map(|a| match a {
+                        Arg::Int(n) => Some(n),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Kind::Text => Self::Text(
+                column
+                    .into_iter()
+                    .map(|a| match a {
+                        Arg::Text(t) => Some(t),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Kind::Blob => Self::Blob(
+                column
+                    .into_iter()
+                    .map(|a| match a {
+                        Arg::Blob(b) => Some(b),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl Arg {
+    /// The type of its value (of its NULL's column); an array's, of its elements.
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Arg::Null(kind) => *kind,
+            Arg::Int(_) | Arg::Array(Array::Int(_)) => Kind::Int,
+            Arg::Text(_) | Arg::Array(Array::Text(_)) => Kind::Text,
+            Arg::Blob(_) | Arg::Array(Array::Blob(_)) => Kind::Blob,
+        }
+    }
 }
 
 /// What can be bound as an [`Arg`].
@@ -125,6 +185,17 @@ impl Stmt {
         self
     }
 
+    /// The next argument, as it is.
+    pub(crate) fn bind_arg(mut self, arg: Arg) -> Self {
+        self.args.push(arg);
+        self
+    }
+
+    /// Its arguments, moved out.
+    pub(crate) fn into_args(self) -> Vec<Arg> {
+        self.args
+    }
+
     /// Its text.
     pub(crate) fn sql(&self) -> &str {
         match &self.text {
@@ -138,13 +209,44 @@ impl Stmt {
         &self.args
     }
 
-    /// As sqlx's query, its arguments moved into it.
-    fn into_any(self) -> sqlx::query::Query<'static, sqlx::Any, AnyArguments> {
+    /// As sqlx's query on `DB`, its arguments moved into it.
+    fn into_query<DB>(self) -> sqlx::query::Query<'static, DB, <DB as sqlx::Database>::Arguments>
+    where
+        DB: sqlx::Database,
+        i64: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+        String: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+        Vec<u8>: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+        Option<i64>: sqlx::Encode<'static, DB>,
+        Option<String>: sqlx::Encode<'static, DB>,
+        Option<Vec<u8>>: sqlx::Encode<'static, DB>,
+    {
         let query = match self.text {
             Text::Static(s) => sqlx::query(s),
             Text::Owned(s) => sqlx::query(sqlx::AssertSqlSafe(s)),
         };
         self.args.into_iter().fold(query, |q, arg| match arg {
+            Arg::Null(Kind::Int) => q.bind(None::<i64>),
+            Arg::Null(Kind::Text) => q.bind(None::<String>),
+            Arg::Null(Kind::Blob) => q.bind(None::<Vec<u8>>),
+            Arg::Int(n) => q.bind(n),
+            Arg::Text(s) => q.bind(s),
+            Arg::Blob(b) => q.bind(b),
+            Arg::Array(_) => unreachable!("arrays are bound by PostgreSQL's driver alone"),
+        })
+    }
+
+    /// As a query of sqlx's PostgreSQL driver, arrays and all.
+    fn into_postgres(
+        self,
+    ) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let query = match self.text {
+            Text::Static(s) => sqlx::query(s),
+            Text::Owned(s) => sqlx::query(sqlx::AssertSqlSafe(s)),
+        };
+        self.args.into_iter().fold(query, |q, arg| match arg {
+            Arg::Array(Array::Int(v)) => q.bind(v),
+            Arg::Array(Array::Text(v)) => q.bind(v),
+            Arg::Array(Array::Blob(v)) => q.bind(v),
             Arg::Null(Kind::Int) => q.bind(None::<i64>),
             Arg::Null(Kind::Text) => q.bind(None::<String>),
             Arg::Null(Kind::Blob) => q.bind(None::<Vec<u8>>),
@@ -159,13 +261,18 @@ impl Stmt {
 pub(crate) trait Columns: Sized {
     fn from_any(row: &AnyRow) -> std::result::Result<Self, sqlx::Error>;
     fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
+    fn from_postgres(row: &PgRow) -> std::result::Result<Self, sqlx::Error>;
 }
 
 macro_rules! columns {
     ($($t:ident $i:tt),+) => {
         impl<$($t),+> Columns for ($($t,)+)
         where
-            $($t: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any> + rusqlite::types::FromSql),+
+            $($t: for<'r> sqlx::Decode<'r, sqlx::Any>
+                + sqlx::Type<sqlx::Any>
+                + rusqlite::types::FromSql
+                + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+                + sqlx::Type<sqlx::Postgres>),+
         {
             fn from_any(row: &AnyRow) -> std::result::Result<Self, sqlx::Error> {
                 Ok(($(sqlx::Row::try_get::<$t, _>(row, $i)?,)+))
@@ -173,6 +280,10 @@ macro_rules! columns {
 
             fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
                 Ok(($(row.get::<_, $t>($i)?,)+))
+            }
+
+            fn from_postgres(row: &PgRow) -> std::result::Result<Self, sqlx::Error> {
+                Ok(($(sqlx::Row::try_get::<$t, _>(row, $i)?,)+))
             }
         }
     };
@@ -200,10 +311,21 @@ impl Columns for () {
     fn from_sqlite(_: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(())
     }
+
+    fn from_postgres(_: &PgRow) -> std::result::Result<Self, sqlx::Error> {
+        Ok(())
+    }
 }
 
 /// A connection (in a transaction) that runs [`Stmt`]s.
 pub(crate) trait SqlConn {
+    /// Whether it binds [`Arg::Array`]s: a multi-row INSERT then binds one array a column
+    /// (`INSERT … SELECT * FROM UNNEST($1::text[], …)`, see `inserts`) rather than a
+    /// parameter a value. True only of sqlx's PostgreSQL driver.
+    fn arrays(&self) -> bool {
+        false
+    }
+
     /// Runs `stmt`; how many rows it changed.
     fn execute(&mut self, stmt: Stmt) -> impl Future<Output = Result<u64>> + Send;
 
@@ -220,24 +342,37 @@ pub(crate) trait SqlConn {
     ) -> impl Future<Output = Result<Option<R>>> + Send;
 }
 
-impl SqlConn for AnyConnection {
-    async fn execute(&mut self, stmt: Stmt) -> Result<u64> {
-        Ok(stmt.into_any().execute(&mut *self).await?.rows_affected())
-    }
+/// A connection of one of sqlx's drivers: its query, how it reads a row, whether it binds
+/// arrays.
+macro_rules! sql_conn_of_sqlx {
+    ($conn:ty, $query:ident, $read:ident, $arrays:expr) => {
+        impl SqlConn for $conn {
+            fn arrays(&self) -> bool {
+                $arrays
+            }
 
-    async fn fetch_all<R: Columns + Send>(&mut self, stmt: Stmt) -> Result<Vec<R>> {
-        let rows = stmt.into_any().fetch_all(&mut *self).await?;
-        Ok(rows
-            .iter()
-            .map(R::from_any)
-            .collect::<std::result::Result<_, _>>()?)
-    }
+            async fn execute(&mut self, stmt: Stmt) -> Result<u64> {
+                Ok(stmt.$query().execute(&mut *self).await?.rows_affected())
+            }
 
-    async fn fetch_optional<R: Columns + Send>(&mut self, stmt: Stmt) -> Result<Option<R>> {
-        let row = stmt.into_any().fetch_optional(&mut *self).await?;
-        Ok(row.as_ref().map(R::from_any).transpose()?)
-    }
+            async fn fetch_all<R: Columns + Send>(&mut self, stmt: Stmt) -> Result<Vec<R>> {
+                let rows = stmt.$query().fetch_all(&mut *self).await?;
+                Ok(rows
+                    .iter()
+                    .map(R::$read)
+                    .collect::<std::result::Result<_, _>>()?)
+            }
+
+            async fn fetch_optional<R: Columns + Send>(&mut self, stmt: Stmt) -> Result<Option<R>> {
+                let row = stmt.$query().fetch_optional(&mut *self).await?;
+                Ok(row.as_ref().map(R::$read).transpose()?)
+            }
+        }
+    };
 }
+
+sql_conn_of_sqlx!(AnyConnection, into_query, from_any, false);
+sql_conn_of_sqlx!(PgConnection, into_postgres, from_postgres, true);
 
 /// A connection that derefs to sqlx's `Any` connection (a transaction of it) runs statements
 /// on it.
@@ -266,3 +401,31 @@ macro_rules! sql_conn_through_deref {
 }
 
 sql_conn_through_deref!(crate::WriteTx);
+
+/// A sync batch's transaction runs on whichever connection it was given.
+impl SqlConn for crate::BatchTx {
+    fn arrays(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
+    async fn execute(&mut self, stmt: Stmt) -> Result<u64> {
+        match self {
+            Self::Pooled(tx) => SqlConn::execute(tx, stmt).await,
+            Self::Postgres(tx) => SqlConn::execute(&mut **tx, stmt).await,
+        }
+    }
+
+    async fn fetch_all<R: Columns + Send>(&mut self, stmt: Stmt) -> Result<Vec<R>> {
+        match self {
+            Self::Pooled(tx) => SqlConn::fetch_all(tx, stmt).await,
+            Self::Postgres(tx) => SqlConn::fetch_all(&mut **tx, stmt).await,
+        }
+    }
+
+    async fn fetch_optional<R: Columns + Send>(&mut self, stmt: Stmt) -> Result<Option<R>> {
+        match self {
+            Self::Pooled(tx) => SqlConn::fetch_optional(tx, stmt).await,
+            Self::Postgres(tx) => SqlConn::fetch_optional(&mut **tx, stmt).await,
+        }
+    }
+}

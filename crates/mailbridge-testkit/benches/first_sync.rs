@@ -188,15 +188,12 @@ struct Read {
 /// The sync's parse and store stages each on their own, for the corpus: how long one thread
 /// takes to compress, hash and parse every message in one go (the parse stage's work, which
 /// the sync does a batch at a time on one blocking thread), and how long the store takes to
-/// commit them into a new SQLite database (`work`'s `mailbridge.db`) in the batches the sync
-/// makes of them (the store stage's work without its tracking-rule check, trivial under
-/// `all`: one writer, nothing else running). The sync overlaps these with the fetch, so it
-/// cannot end before the slowest of the three. Returns the batches' sizes too.
-async fn stages_alone(
-    dovecot: &Dovecot,
-    work: &Path,
-    messages: &[Vec<u8>],
-) -> (Duration, Duration, Vec<usize>) {
+/// commit them into a new SQLite database (`work`'s `mailbridge.db`), and into a new
+/// PostgreSQL database, in the batches the sync makes of them (the store stage's work without
+/// its tracking-rule check, trivial under `all`: one writer, nothing else running). The sync
+/// overlaps these with the fetch, so it cannot end before the slowest of the three. Returns
+/// the batches' sizes too.
+async fn stages_alone(dovecot: &Dovecot, work: &Path, messages: &[Vec<u8>]) -> StagesAlone {
     // The sync's downloads of these messages: it looks up the sizes above `small` (the
     // server's, which counts each line's end as CRLF) and counts the others as that large.
     let batching = Batching {
@@ -250,15 +247,48 @@ async fn stages_alone(
         })
         .collect();
     let parse = started.elapsed();
+    let postgres = store_alone(
+        dovecot,
+        &work.join("postgres"),
+        TestDatabase::Postgres,
+        emails.clone(),
+        &batches,
+    )
+    .await;
+    let sqlite = store_alone(dovecot, work, TestDatabase::Sqlite, emails, &batches).await;
+    StagesAlone {
+        parse,
+        sqlite,
+        postgres,
+        batches,
+    }
+}
+
+/// What [`stages_alone`] measured.
+struct StagesAlone {
+    parse: Duration,
+    sqlite: Duration,
+    postgres: Duration,
+    batches: Vec<usize>,
+}
+
+/// How long the store takes to commit `emails` into a new `database` in `batches`.
+async fn store_alone(
+    dovecot: &Dovecot,
+    work: &Path,
+    database: TestDatabase,
+    emails: Vec<NewEmail>,
+    batches: &[usize],
+) -> Duration {
     let (store, mailbox) = dovecot
-        .new_store_with_mailbox(work, TestDatabase::Sqlite, USER, PASSWORD)
+        .new_store_with_mailbox(work, database, USER, PASSWORD)
         .await
         .unwrap();
     settle();
     let started = Instant::now();
     let mut emails = emails.into_iter();
     let mut last_uid = 0;
-    for &size in &batches {
+    for &size in batches {
         let batch: Vec<NewEmail> = emails.by_ref().take(size).collect();
         last_uid += u32::try_from(batch.len()).unwrap();
         let position = FolderPosition {
@@ -277,7 +307,7 @@ async fn stages_alone(
     }
     let stored = started.elapsed();
     store.close().await;
-    (parse, stored, batches)
+    stored
 }
 
 /// What the store's multi-row INSERTs of a sync cost through each driver: the rows
@@ -553,7 +583,8 @@ fn main() {
     let (mut raw, mut mbs_nofsync, mut mbs_default, mut ours, mut ours_pg) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut disk, mut disk_pg) = (Vec::new(), Vec::new());
-    let (mut parse_alone, mut store_alone) = (Vec::new(), Vec::new());
+    let (mut parse_alone, mut store_alone, mut store_alone_pg) =
+        (Vec::new(), Vec::new(), Vec::new());
     let (mut inserts_any, mut inserts_native) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         raw.push(raw_fetch(&dovecot, &ca, n));
@@ -573,19 +604,20 @@ fn main() {
             sizes.push(size);
         }
         let stages = work.path().join("stages");
-        let (parse, store, batches) = runtime.block_on(stages_alone(&dovecot, &stages, &messages));
+        let alone = runtime.block_on(stages_alone(&dovecot, &stages, &messages));
         let (any, native) = inserts_by_driver(
             &runtime,
             &stages.join("mailbridge.db"),
-            &batches,
+            &alone.batches,
             &work.path().join("drivers"),
             round,
         );
         if round == 1 {
-            println!("the sync's batches of the mailbox: {batches:?}");
+            println!("the sync's batches of the mailbox: {:?}", alone.batches);
         }
-        parse_alone.push(parse);
-        store_alone.push(store);
+        parse_alone.push(alone.parse);
+        store_alone.push(alone.sqlite);
+        store_alone_pg.push(alone.postgres);
         inserts_any.push(any);
         inserts_native.push(native);
         let (r, o, p) = (&raw[round - 1], &ours[round - 1], &ours_pg[round - 1]);
@@ -607,9 +639,10 @@ fn main() {
             p.database_cpu.as_secs_f64()
         );
         println!(
-            "         stages alone: parse {:.2} s | store into SQLite {:.2} s | its INSERTs' CPU through sqlx's Any {:.3} s, through SQLite's C API {:.3} s",
-            parse.as_secs_f64(),
-            store.as_secs_f64(),
+            "         stages alone: parse {:.2} s | store into SQLite {:.2} s, into PostgreSQL {:.2} s | SQLite's INSERTs' CPU through sqlx's Any {:.3} s, through SQLite's C API {:.3} s",
+            alone.parse.as_secs_f64(),
+            alone.sqlite.as_secs_f64(),
+            alone.postgres.as_secs_f64(),
             any.as_secs_f64(),
             native.as_secs_f64()
         );
@@ -659,12 +692,21 @@ fn main() {
         rate(ours_pg),
         cpu_pg.as_secs_f64()
     );
-    let (parse_alone, store_alone) = (median(parse_alone), median(store_alone));
+    let (parse_alone, store_alone, store_alone_pg) = (
+        median(parse_alone),
+        median(store_alone),
+        median(store_alone_pg),
+    );
     println!(
         "  the sync's stages alone: parse {:.2} s, store into SQLite {:.2} s — the sync overlaps them with the fetch, so the store alone is {:.2} of the raw fetch's rate at most",
         parse_alone.as_secs_f64(),
         store_alone.as_secs_f64(),
         raw.as_secs_f64() / store_alone.as_secs_f64()
+    );
+    println!(
+        "  the store stage alone into PostgreSQL {:.2} s ({:.2} of the SQLite sync's rate at most)",
+        store_alone_pg.as_secs_f64(),
+        ours.as_secs_f64() / store_alone_pg.as_secs_f64()
     );
     let (inserts_any, inserts_native) = (median(inserts_any), median(inserts_native));
     println!(
