@@ -1,18 +1,24 @@
 //! [`RawMessage`]: a message's bytes as the store keeps them — compressed with zstd when that
 //! makes them smaller (`emails.raw_zstd`), with the SHA-256 of the original bytes.
 //!
-//! Mail text compresses to about a third, so the store writes and keeps far fewer bytes than
-//! it reads from the server: a first sync's slowest stage is the database writer, and the
-//! compression runs before it, on the sync's parse thread. Messages stored before migration
-//! 0023 are kept as they were (`raw_zstd = 0`).
+//! Mail text compresses to about a half at zstd's fast levels, so the store writes and keeps
+//! fewer bytes than it reads from the server; the compression runs on the sync's parse
+//! thread, before the database writer. Messages stored before migration 0023 are kept as
+//! they were (`raw_zstd = 0`); a frame of any level reads back the same.
 
 use std::cell::RefCell;
 
 use crate::{Result, StoreError, sha256_hex};
 
-/// zstd's fastest levels already find most of what mail text offers; higher ones cost the
-/// parse thread several times as much for a few percent.
-const LEVEL: i32 = 1;
+/// One of zstd's fast levels (below 1): the benchmark's corpus to 0.54 of its bytes rather
+/// than level 1's 0.42, in three quarters of the time. Since the native SQLite writer made
+/// the store cheap, a first sync is bound by its CPU (the sync's and Dovecot's over 2 cores
+/// is about the raw fetch's time), and level 1 was the parse stage's largest cost: with −1
+/// the sync took 0.33 s against 0.35 s (4 alternated scratch runs of 7 syncs each, faster in
+/// every pair), at 1.02× the raw bytes on disk rather than 0.87× (the target is 1.3×). −3
+/// was no faster beyond the noise and stores more. Higher levels cost the parse thread
+/// several times as much for a few percent.
+const LEVEL: i32 = -1;
 
 /// A message's raw bytes with their SHA-256 (the `content_sha256` that recognises a renumbered
 /// message) and the form they are stored in, both made where the bytes are made: the sync does
