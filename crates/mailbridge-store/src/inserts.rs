@@ -83,9 +83,17 @@ impl BatchInsert {
         }
     }
 
-    /// `table (column, …)` and what follows the rows.
-    pub(crate) fn parts(&self) -> (&'static str, &'static str) {
-        (self.into, self.tail)
+    /// `table (column, …)`, and the statement of each of the nine lengths on `backend`, by
+    /// its rows (for a benchmark that replays them through another driver).
+    pub(crate) fn statements(
+        &'static self,
+        backend: Backend,
+    ) -> (&'static str, Vec<(usize, &'static str)>) {
+        let lengths = (0..LENGTHS).map(|k| insert_rows(1 << k));
+        (
+            self.into,
+            lengths.map(|n| (n, self.sql(backend, n))).collect(),
+        )
     }
 
     /// The statement for `padded` rows ([`insert_rows`]'s lengths): padding rows are left out
@@ -338,6 +346,18 @@ mod tests {
         );
         assert_eq!(Arg::Array(Array::Int(Vec::new())).kind(), Kind::Int);
         assert_eq!(Arg::Null(Kind::Blob).kind(), Kind::Blob);
+    }
+
+    #[test]
+    fn the_statements_handed_out_are_the_nine_kept_ones() {
+        static INSERT: BatchInsert = BatchInsert::new("t (a)", "");
+        let (into, statements) = INSERT.statements(Backend::Sqlite);
+        assert_eq!(into, "t (a)");
+        let lengths: Vec<usize> = statements.iter().map(|(n, _)| *n).collect();
+        assert_eq!(lengths, [1, 2, 4, 8, 16, 32, 64, 128, ROWS_PER_INSERT]);
+        for (n, sql) in statements {
+            assert!(std::ptr::eq(sql, INSERT.sql(Backend::Sqlite, n)), "{n}");
+        }
     }
 
     #[test]

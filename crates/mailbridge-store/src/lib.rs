@@ -480,17 +480,21 @@ fn sqlite_file(url: &str) -> Result<Option<std::path::PathBuf>> {
 /// SQLite: what the writer's connection runs when it opens, beyond [`sqlite_settings`].
 const SQLITE_WRITER_SETTINGS: &str = "PRAGMA cache_size = -32768;";
 
+/// A table's multi-row INSERTs: its `table (column, …)`, and its statement for each number
+/// of rows it is written with (the rest of a batch's rows padding, NULLs it leaves out).
+pub type BatchStatements = (&'static str, Vec<(usize, &'static str)>);
+
 /// What a sync batch's multi-row INSERTs are on SQLite, for a benchmark that replays them
 /// through another driver (`bench/first-sync`): the settings the writer's connection runs
-/// when it opens, and each INSERT's `table (column, …)` with what follows its rows — the
-/// emails', their attachments', the events'.
-pub fn sqlite_batch_inserts() -> (String, [(&'static str, &'static str); 3]) {
+/// when it opens, and the emails', their attachments' and the events' statements — the very
+/// texts the store runs.
+pub fn sqlite_batch_inserts() -> (String, [BatchStatements; 3]) {
     (
         sqlite_settings(SQLITE_WRITER_SETTINGS),
         [
-            emails::INSERT_EMAILS.parts(),
-            emails::INSERT_ATTACHMENTS.parts(),
-            events::INSERT_EVENTS.parts(),
+            emails::INSERT_EMAILS.statements(Backend::Sqlite),
+            emails::INSERT_ATTACHMENTS.statements(Backend::Sqlite),
+            events::INSERT_EVENTS.statements(Backend::Sqlite),
         ],
     )
 }

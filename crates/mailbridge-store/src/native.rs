@@ -20,6 +20,8 @@ use crate::{Result, StoreError};
 /// 0.7 KiB more each).
 pub(crate) struct NativeWriter {
     jobs: std::sync::mpsc::Sender<Job>,
+    /// Its thread, joined when the writer is dropped (see [`Drop`]).
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Work for the writer's thread.
@@ -47,14 +49,17 @@ impl NativeWriter {
             conn: None,
             closed: false,
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("sqlite-batches".into())
             .spawn(move || {
                 for job in queue {
                     job(&mut slot);
                 }
             })?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            thread: Some(thread),
+        })
     }
 
     /// Runs `job` on the writer's thread and returns what it returns; a panic in it goes on
@@ -88,6 +93,23 @@ impl NativeWriter {
                 Ok(())
             })
             .await;
+    }
+}
+
+/// The queue is closed and the thread joined, after the jobs queued before: a batch being
+/// written when the store goes (`mailbridge serve` returning without [`NativeWriter::close`],
+/// on an error) is committed or rolled back by its own thread, not cut off by the process's
+/// exit — as a batch on the runtime's blocking threads was, which dropping the runtime waits
+/// for.
+impl Drop for NativeWriter {
+    fn drop(&mut self) {
+        let (closed, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, closed)); // the thread's loop ends
+        if let Some(thread) = self.thread.take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join(); // a job's panic went to its caller already
+        }
     }
 }
 
@@ -338,6 +360,43 @@ mod tests {
     }
 
     type Row = (i64, Option<String>, Vec<u8>, String);
+
+    /// Dropped with a batch still being written, the writer waits for it: its thread finishes
+    /// the jobs queued before it goes.
+    #[tokio::test]
+    async fn a_dropped_writer_finishes_the_batch_it_was_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = writer_of_t(dir.path(), "");
+        let writer = std::sync::Arc::new(writer);
+        let (started, running) = tokio::sync::oneshot::channel();
+        let caller = tokio::spawn({
+            let writer = std::sync::Arc::clone(&writer);
+            async move {
+                writer
+                    .run(move |slot| {
+                        slot.transaction(move |tx| {
+                            let _ = started.send(());
+                            std::thread::sleep(std::time::Duration::from_millis(300));
+                            ready(tx.execute(Stmt::new("INSERT INTO t (a, d) VALUES (1, 'late')")))
+                        })
+                    })
+                    .await
+            }
+        });
+        // Its caller gone once the batch runs, then the writer (the last of it).
+        running.await.unwrap();
+        caller.abort();
+        assert!(caller.await.unwrap_err().is_cancelled());
+        drop(writer);
+        let stored: i64 = rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM t WHERE d = 'late'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            stored, 1,
+            "the batch was committed before the writer was gone"
+        );
+    }
 
     fn rows(tx: &mut NativeTx<'_>) -> Result<Vec<Row>> {
         ready(tx.fetch_all::<Row>(Stmt::new("SELECT a, b, c, d FROM t ORDER BY a")))

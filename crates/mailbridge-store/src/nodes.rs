@@ -557,19 +557,24 @@ pub(crate) async fn check_fence(
     fence: &Fence,
     local_now: i64,
 ) -> Result<()> {
-    // Every batch a worker stores begins here: on PostgreSQL one round trip, not two.
-    let (now_sql, lock) = match backend {
-        Backend::Postgres => (POSTGRES_CLOCK_MS, " FOR SHARE"),
-        Backend::Sqlite => ("$4", ""),
+    // Every batch a worker stores begins here: on PostgreSQL one round trip, not two. Its
+    // text made once a process for each backend.
+    static TEXTS: [std::sync::OnceLock<String>; 2] = [const { std::sync::OnceLock::new() }; 2];
+    let (now_sql, lock, text) = match backend {
+        Backend::Postgres => (POSTGRES_CLOCK_MS, " FOR SHARE", &TEXTS[0]),
+        Backend::Sqlite => ("$4", "", &TEXTS[1]),
     };
-    let query = Stmt::made(format!(
-        "SELECT epoch FROM mailbox_leases WHERE mailbox_id = $1 AND node_id = $2 AND epoch = $3 \
-         AND {}{lock}",
-        live_lease("mailbox_leases", now_sql)
-    ))
-    .bind(mailbox)
-    .bind(&fence.node)
-    .bind(fence.epoch);
+    let sql = text.get_or_init(|| {
+        format!(
+            "SELECT epoch FROM mailbox_leases WHERE mailbox_id = $1 AND node_id = $2 \
+             AND epoch = $3 AND {}{lock}",
+            live_lease("mailbox_leases", now_sql)
+        )
+    });
+    let query = Stmt::new(sql)
+        .bind(mailbox)
+        .bind(&fence.node)
+        .bind(fence.epoch);
     let query = match backend {
         Backend::Postgres => query,
         Backend::Sqlite => query.bind(local_now),

@@ -73,6 +73,7 @@ on_both_backends!(
     a_node_back_from_a_pause_keeps_what_nobody_took,
     a_batch_larger_than_one_insert_is_stored_whole_with_its_attachments_and_events,
     replies_find_their_conversation_whatever_the_count_of_ids_a_batch_looks_up,
+    a_closed_store_refuses_a_batch_and_writes_none_of_it,
 );
 
 // Several nodes share one database only on PostgreSQL (SQLite is embedded in one process:
@@ -1093,6 +1094,33 @@ fn batch_of(
         fence,
         ..Default::default()
     }
+}
+
+/// After `close` (a node stopping) a batch is refused as unavailable — on SQLite's native
+/// writer as on the pools — and nothing of it is written: the sync tries it again later.
+async fn a_closed_store_refuses_a_batch_and_writes_none_of_it(kind: TestDatabase) {
+    let db = Db::new(kind).await;
+    let store = db.open(Keyring::generate()).await;
+    let mailbox = enabled_mailboxes(&store, 1).await[0];
+    assert_eq!(
+        store
+            .save_sync_batch(mailbox, batch_of("open", 2, None))
+            .await
+            .unwrap(),
+        2
+    );
+    store.close().await;
+    let refused = store
+        .save_sync_batch(mailbox, batch_of("closed", 3, None))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable { .. })),
+        "{refused:?}"
+    );
+    // Counting needs no secret: any keyring opens it.
+    let reopened = db.open(Keyring::generate()).await;
+    assert_eq!(reopened.count_emails(mailbox).await.unwrap(), 2);
+    reopened.close().await;
 }
 
 fn all_events() -> mailbridge_store::EventQuery {

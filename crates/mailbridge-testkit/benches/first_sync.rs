@@ -341,7 +341,7 @@ fn inserts_by_driver(
     );
     // Each table's rows in the order they were stored, and its statement by padded length.
     let mut tables = Vec::new();
-    for (into, tail) in inserts {
+    for (into, statements) in inserts {
         let (table, columns) = into.split_once(" (").unwrap();
         let columns = columns.trim_end_matches(')');
         let mut ddl = db
@@ -363,18 +363,7 @@ fn inserts_by_driver(
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        let row = format!("({})", vec!["?"; width].join(", "));
-        let statements: HashMap<usize, String> = (0..=ROWS_PER_INSERT.ilog2() + 1)
-            .map(|k| (1_usize << k).min(ROWS_PER_INSERT))
-            .map(|n| {
-                let values = vec![row.as_str(); n].join(", ");
-                let sql = format!(
-                    "INSERT INTO {into} SELECT * FROM (VALUES {values}) AS v \
-                     WHERE column1 IS NOT NULL{tail}"
-                );
-                (n, sql)
-            })
-            .collect();
+        let statements: HashMap<usize, &str> = statements.into_iter().collect();
         tables.push((width, rows, statements));
     }
     // A batch's rows of each table: its emails, their attachments (stored after their email,
@@ -424,7 +413,7 @@ fn inserts_by_driver(
                 {
                     for chunk in rows[range.clone()].chunks_mut(ROWS_PER_INSERT) {
                         let n = padded(chunk.len());
-                        let mut q = sqlx::query(sqlx::AssertSqlSafe(statements[&n].as_str()));
+                        let mut q = sqlx::query(sqlx::AssertSqlSafe(statements[&n]));
                         for k in 0..n {
                             for i in 0..*width {
                                 q = match chunk.get_mut(k).map(|row| &mut row[i]) {
@@ -461,7 +450,7 @@ fn inserts_by_driver(
             for ((width, rows, statements), range) in tables.iter().zip(ranges) {
                 for chunk in rows[range.clone()].chunks(ROWS_PER_INSERT) {
                     let n = padded(chunk.len());
-                    let mut q = tx.prepare_cached(&statements[&n]).unwrap();
+                    let mut q = tx.prepare_cached(statements[&n]).unwrap();
                     let mut at = 1;
                     for k in 0..n {
                         for i in 0..*width {
