@@ -8,7 +8,7 @@
 
 use std::future::Future;
 
-use sqlx::any::AnyRow;
+use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::postgres::PgRow;
 use sqlx::{AnyConnection, PgConnection};
 
@@ -46,39 +46,40 @@ pub(crate) enum Array {
 impl Array {
     /// A column's arguments (each a value of `kind` or its NULL) as one array.
     pub(crate) fn of(kind: Kind, column: Vec<Arg>) -> Self {
+        let args = column.into_iter();
         match kind {
-            Kind::Int => Self::Int(
-                column
-                    .into_iter()
-                    .map(|a| match a {
-                        Arg::Int(n) => Some(n),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
-            Kind::Text => Self::Text(
-                column
-                    .into_iter()
-                    .map(|a| match a {
-                        Arg::Text(t) => Some(t),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
-            Kind::Blob => Self::Blob(
-                column
-                    .into_iter()
-                    .map(|a| match a {
-                        Arg::Blob(b) => Some(b),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
+            Kind::Int => Self::Int(args.map(Arg::into_int).collect()),
+            Kind::Text => Self::Text(args.map(Arg::into_text).collect()),
+            Kind::Blob => Self::Blob(args.map(Arg::into_blob).collect()),
         }
     }
 }
 
 impl Arg {
+    fn into_int(self) -> Option<i64> {
+        if let Self::Int(n) = self {
+            Some(n)
+        } else {
+            None
+        }
+    }
+
+    fn into_text(self) -> Option<String> {
+        if let Self::Text(t) = self {
+            Some(t)
+        } else {
+            None
+        }
+    }
+
+    fn into_blob(self) -> Option<Vec<u8>> {
+        if let Self::Blob(b) = self {
+            Some(b)
+        } else {
+            None
+        }
+    }
+
     /// The type of its value (of its NULL's column); an array's, of its elements.
     pub(crate) fn kind(&self) -> Kind {
         match self {
@@ -209,51 +210,56 @@ impl Stmt {
         &self.args
     }
 
-    /// As sqlx's query on `DB`, its arguments moved into it.
-    fn into_query<DB>(self) -> sqlx::query::Query<'static, DB, <DB as sqlx::Database>::Arguments>
-    where
-        DB: sqlx::Database,
-        i64: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
-        String: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
-        Vec<u8>: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
-        Option<i64>: sqlx::Encode<'static, DB>,
-        Option<String>: sqlx::Encode<'static, DB>,
-        Option<Vec<u8>>: sqlx::Encode<'static, DB>,
-    {
-        let query = match self.text {
-            Text::Static(s) => sqlx::query(s),
-            Text::Owned(s) => sqlx::query(sqlx::AssertSqlSafe(s)),
-        };
-        self.args.into_iter().fold(query, |q, arg| match arg {
-            Arg::Null(Kind::Int) => q.bind(None::<i64>),
-            Arg::Null(Kind::Text) => q.bind(None::<String>),
-            Arg::Null(Kind::Blob) => q.bind(None::<Vec<u8>>),
-            Arg::Int(n) => q.bind(n),
-            Arg::Text(s) => q.bind(s),
-            Arg::Blob(b) => q.bind(b),
-            Arg::Array(_) => unreachable!("arrays are bound by PostgreSQL's driver alone"),
-        })
+    /// As a query of sqlx's `Any` driver, its arguments moved into it.
+    fn into_any(self) -> sqlx::query::Query<'static, sqlx::Any, AnyArguments> {
+        self.args.into_iter().fold(query(self.text), bind_value)
     }
 
     /// As a query of sqlx's PostgreSQL driver, arrays and all.
     fn into_postgres(
         self,
     ) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        let query = match self.text {
-            Text::Static(s) => sqlx::query(s),
-            Text::Owned(s) => sqlx::query(sqlx::AssertSqlSafe(s)),
-        };
-        self.args.into_iter().fold(query, |q, arg| match arg {
-            Arg::Array(Array::Int(v)) => q.bind(v),
-            Arg::Array(Array::Text(v)) => q.bind(v),
-            Arg::Array(Array::Blob(v)) => q.bind(v),
-            Arg::Null(Kind::Int) => q.bind(None::<i64>),
-            Arg::Null(Kind::Text) => q.bind(None::<String>),
-            Arg::Null(Kind::Blob) => q.bind(None::<Vec<u8>>),
-            Arg::Int(n) => q.bind(n),
-            Arg::Text(s) => q.bind(s),
-            Arg::Blob(b) => q.bind(b),
-        })
+        self.args
+            .into_iter()
+            .fold(query(self.text), |q, arg| match arg {
+                Arg::Array(Array::Int(v)) => q.bind(v),
+                Arg::Array(Array::Text(v)) => q.bind(v),
+                Arg::Array(Array::Blob(v)) => q.bind(v),
+                value => bind_value(q, value),
+            })
+    }
+}
+
+/// sqlx's query of `text`, with no argument yet.
+fn query<DB: sqlx::Database>(text: Text) -> sqlx::query::Query<'static, DB, DB::Arguments> {
+    match text {
+        Text::Static(s) => sqlx::query(s),
+        Text::Owned(s) => sqlx::query(sqlx::AssertSqlSafe(s)),
+    }
+}
+
+/// `q` with one more argument: a value or a typed NULL.
+fn bind_value<DB>(
+    q: sqlx::query::Query<'static, DB, DB::Arguments>,
+    arg: Arg,
+) -> sqlx::query::Query<'static, DB, DB::Arguments>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+    Vec<u8>: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'static, DB>,
+    Option<String>: sqlx::Encode<'static, DB>,
+    Option<Vec<u8>>: sqlx::Encode<'static, DB>,
+{
+    match arg {
+        Arg::Null(Kind::Int) => q.bind(None::<i64>),
+        Arg::Null(Kind::Text) => q.bind(None::<String>),
+        Arg::Null(Kind::Blob) => q.bind(None::<Vec<u8>>),
+        Arg::Int(n) => q.bind(n),
+        Arg::Text(s) => q.bind(s),
+        Arg::Blob(b) => q.bind(b),
+        Arg::Array(_) => unreachable!("arrays are bound by PostgreSQL's driver alone"),
     }
 }
 
@@ -371,7 +377,7 @@ macro_rules! sql_conn_of_sqlx {
     };
 }
 
-sql_conn_of_sqlx!(AnyConnection, into_query, from_any, false);
+sql_conn_of_sqlx!(AnyConnection, into_any, from_any, false);
 sql_conn_of_sqlx!(PgConnection, into_postgres, from_postgres, true);
 
 /// A connection that derefs to sqlx's `Any` connection (a transaction of it) runs statements
