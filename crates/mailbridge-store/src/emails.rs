@@ -271,7 +271,9 @@ impl Store {
                 let _context = runtime.enter();
                 let _turn = turn;
                 let stored = slot.transaction(|tx| {
-                    // Its statements run at once: the futures are ready when first polled.
+                    // Its statements run at once: the futures are ready when first polled. They
+                    // must stay so: a job that waited on the runtime could deadlock the store's
+                    // drop, which joins this thread (see `native`).
                     runtime.block_on(write_sync_batch(tx, Backend::Sqlite, mailbox, batch, now))
                 })?;
                 crate::events::signal(&events);

@@ -29,7 +29,9 @@ const LENGTHS: usize =
 
 /// The rows a multi-row INSERT of `rows` rows is written with: the next power of two, at most
 /// [`ROWS_PER_INSERT`]; those past `rows` are padding, all NULL, which the statement leaves
-/// out. So nine statements a table (1, 2, 4 … 128 and 250 rows) serve every length, each
+/// out (on `Any` and SQLite; PostgreSQL's batch writers bind arrays instead, see
+/// [`BatchInsert::returning_as_arrays`]). So nine statements a table (1, 2, 4 … 128 and 250
+/// rows) serve every length, each
 /// prepared once on a connection and kept in its statement cache (sqlx's, or the native
 /// writer's). Batches bounded by bytes
 /// come in every length (the corpus's first sync: 11 batches of 35 to 998 emails, the last
@@ -64,8 +66,9 @@ pub(crate) struct BatchInsert {
     tail: &'static str,
     /// By backend (SQLite, PostgreSQL), then by [`length_index`].
     texts: [[OnceLock<String>; LENGTHS]; 2],
-    /// PostgreSQL's driver: the statement that takes every row at once, a column an array.
-    unnest: OnceLock<String>,
+    /// PostgreSQL's driver: the statement that takes every row at once, a column an array,
+    /// with the types of its columns.
+    unnest: OnceLock<(Vec<Kind>, String)>,
 }
 
 impl BatchInsert {
@@ -115,12 +118,16 @@ impl BatchInsert {
     }
 
     /// The statement that takes any number of rows as one array a column, of these types
-    /// (`INSERT INTO t (a, b) SELECT * FROM UNNEST($1::text[], $2::int8[])`): PostgreSQL
-    /// gives each column of the result its element type, and the INSERT casts as it would a
-    /// value. Its types come from the first rows it is given: a column's values and NULLs are
-    /// bound as one type (see [`BatchInsert::run`]), so they are the same every time.
+    /// (`INSERT INTO t (a, b) SELECT * FROM UNNEST($1::text[], $2::int8[])`): PostgreSQL gives
+    /// each column of the result its element type, and the INSERT casts as it would a value.
+    /// The function scan hands the rows out in the arrays' order, so the events' `seq`
+    /// follows the batch (the store's large-batch test reads them back in order); an
+    /// `ORDER BY` over `WITH ORDINALITY` would sort the whole batch, raw messages and all, in
+    /// `work_mem`, spilling to disk past 4 MB. Made the first time, from the first rows'
+    /// types: a column's values and NULLs are bound as one type (see [`BatchInsert::run`]),
+    /// so they are the same every time — checked.
     fn unnest_sql(&'static self, kinds: &[Kind]) -> &'static str {
-        self.unnest.get_or_init(|| {
+        let (made_for, sql) = self.unnest.get_or_init(|| {
             let arrays: Vec<String> = kinds
                 .iter()
                 .enumerate()
@@ -133,13 +140,16 @@ impl BatchInsert {
                     format!("${}::{element}[]", i + 1)
                 })
                 .collect();
-            format!(
+            let sql = format!(
                 "INSERT INTO {} SELECT * FROM UNNEST({}){}",
                 self.into,
                 arrays.join(", "),
                 self.tail
-            )
-        })
+            );
+            (kinds.to_vec(), sql)
+        });
+        assert_eq!(made_for, kinds, "the column types of {}", self.into);
+        sql
     }
 
     /// Inserts `rows` in statements of [`insert_rows`]'s lengths — or, on a connection that
@@ -203,7 +213,13 @@ impl BatchInsert {
                 |q, row| bind(q, Some(row)),
             )
             .into_args();
-        debug_assert_eq!(bound.len(), rows.len() * self.columns, "{}", self.into);
+        // A row short of a value would shift every later one into the wrong column.
+        assert_eq!(
+            bound.len(),
+            rows.len() * self.columns,
+            "values a row of {}",
+            self.into
+        );
         let kinds: Vec<Kind> = bound[..self.columns].iter().map(Arg::kind).collect();
         let mut columns: Vec<Vec<Arg>> = (0..self.columns)
             .map(|_| Vec::with_capacity(rows.len()))
@@ -358,6 +374,12 @@ mod tests {
         for (n, sql) in statements {
             assert!(std::ptr::eq(sql, INSERT.sql(Backend::Sqlite, n)), "{n}");
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "a column of Int values")]
+    fn a_value_of_another_type_in_a_column_is_a_mistake_not_a_null() {
+        let _ = Array::of(Kind::Int, vec![Arg::Int(1), Arg::Text("1".into())]);
     }
 
     #[test]

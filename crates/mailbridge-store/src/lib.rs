@@ -529,12 +529,28 @@ fn postgres_pool(pool_options: AnyPoolOptions, max: u32) -> AnyPoolOptions {
     })
 }
 
+/// Whether a connection given back to its pool may serve again: not while sqlx counts it in
+/// a transaction (see [`Store::connect`]'s pool options).
+async fn reusable<C>(conn: &mut C) -> std::result::Result<bool, sqlx::Error>
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+{
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    // A rollback queued by a dropped transaction runs before this query.
+    let _ = sqlx::raw_sql("SELECT 1").execute(&mut *conn).await;
+    Ok(!conn.is_in_transaction())
+}
+
 /// PostgreSQL: the `k`th batch writer's pool of one, as [`postgres_pool`]'s connections, its
 /// connection named (`application_name`).
 fn batch_writer_pool(k: usize) -> sqlx::postgres::PgPoolOptions {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(WRITER_OPEN)
+        .after_release(|conn, _| Box::pin(reusable(conn)))
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 let name = format!("SET application_name = '{}'", batch_writer_name(k));
@@ -604,16 +620,7 @@ impl Store {
             // for good: every later write on it failed ("begin_with at non-zero transaction
             // depth"), long after space was freed. Such a connection is closed instead, and
             // the pool opens a new one.
-            .after_release(|conn, _| {
-                Box::pin(async move {
-                    if !sqlx::Connection::is_in_transaction(conn) {
-                        return Ok(true);
-                    }
-                    // A rollback queued by a dropped transaction runs before this query.
-                    let _ = sqlx::query("SELECT 1").execute(&mut *conn).await;
-                    Ok(!sqlx::Connection::is_in_transaction(conn))
-                })
-            });
+            .after_release(|conn, _| Box::pin(reusable(conn)));
         let native = match backend {
             Backend::Sqlite => sqlite_file(url)?,
             Backend::Postgres => None,
@@ -767,7 +774,7 @@ impl Store {
     /// each connection caches for them from the first run on (`force_generic_plan`, set in the
     /// same round trip as the `BEGIN`), not on one planned anew for each of the first five
     /// runs as PostgreSQL's default chooses: planning took about a sixth of the server's CPU
-    /// in `bench/first-sync` (perf; a full batch's INSERT has 7,750 values), a third of that
+    /// in `bench/first-sync` (perf; a full batch's INSERT had 7,750 values, as `Any`'s VALUES list), a third of that
     /// after. Its lookups find their index in generic plans too (`emails::tests`); other
     /// transactions keep the default, which suits queries whose filters are optional.
     ///

@@ -4,7 +4,7 @@
 //! sqlx's `Any` connection, so that a connection of another driver runs the same code: on
 //! SQLite, sync batches are written through SQLite's C API ([`crate::native`]); on
 //! PostgreSQL, through sqlx's own PostgreSQL driver, which binds arrays (see
-//! [`SqlConn::ARRAYS`]); everything else through sqlx's `Any`.
+//! [`SqlConn::arrays`]); everything else through sqlx's `Any`.
 
 use std::future::Future;
 
@@ -31,7 +31,7 @@ pub(crate) enum Arg {
     Text(String),
     Blob(Vec<u8>),
     /// A column of a multi-row INSERT as one array (PostgreSQL's driver only: see
-    /// [`SqlConn::ARRAYS`]).
+    /// [`SqlConn::arrays`]).
     Array(Array),
 }
 
@@ -44,8 +44,15 @@ pub(crate) enum Array {
 }
 
 impl Array {
-    /// A column's arguments (each a value of `kind` or its NULL) as one array.
+    /// A column's arguments (each a value of `kind` or its NULL) as one array. A value of
+    /// another type is a mistake in the statement's binding, not a NULL.
     pub(crate) fn of(kind: Kind, column: Vec<Arg>) -> Self {
+        assert!(
+            column
+                .iter()
+                .all(|a| a.kind() == kind && !matches!(a, Arg::Array(_))),
+            "a column of {kind:?} values"
+        );
         let args = column.into_iter();
         match kind {
             Kind::Int => Self::Int(args.map(Arg::into_int).collect()),

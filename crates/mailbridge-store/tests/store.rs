@@ -1544,6 +1544,20 @@ async fn batches_of_a_role_that_may_open_no_more(admin_url: String, role: String
     );
     // The next goes to the pool at once: trying the connection again would take a second.
     stored_within("limited-next", Duration::from_millis(900)).await;
+    // So does a large one, whole: on a pooled connection its INSERTs are `Any`'s padded
+    // VALUES lists (the writers' arrays are their own driver's).
+    let n = 4 * mailbridge_store::ROWS_PER_INSERT + 60;
+    let stored = store
+        .save_sync_batch(mailbox, batch_of("limited-large", n, None))
+        .await
+        .unwrap();
+    assert_eq!(stored, n);
+    assert_eq!(store.count_emails(mailbox).await.unwrap(), n as i64 + 4);
+    assert_eq!(
+        batch_writers(&mut look).await,
+        [],
+        "still no batch connection"
+    );
     store.close().await;
 }
 
