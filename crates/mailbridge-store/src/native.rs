@@ -361,6 +361,42 @@ mod tests {
 
     type Row = (i64, Option<String>, Vec<u8>, String);
 
+    fn rows(tx: &mut NativeTx<'_>) -> Result<Vec<Row>> {
+        ready(tx.fetch_all::<Row>(Stmt::new("SELECT a, b, c, d FROM t ORDER BY a")))
+    }
+
+    /// A batch that inserts `(1, 'late')` slowly (300 ms), its caller a task of its own; the
+    /// receiver says when the batch has begun.
+    fn slow_batch(
+        writer: &std::sync::Arc<NativeWriter>,
+    ) -> (
+        tokio::task::JoinHandle<Result<u64>>,
+        tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let (started, running) = tokio::sync::oneshot::channel();
+        let writer = std::sync::Arc::clone(writer);
+        let caller = tokio::spawn(async move {
+            writer
+                .run(move |slot| {
+                    slot.transaction(move |tx| {
+                        let _ = started.send(());
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        ready(tx.execute(Stmt::new("INSERT INTO t (a, d) VALUES (1, 'late')")))
+                    })
+                })
+                .await
+        });
+        (caller, running)
+    }
+
+    /// How many rows the slow batch stored, read on a connection of the test's own.
+    fn late_rows(path: &std::path::Path) -> i64 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM t WHERE d = 'late'", [], |r| r.get(0))
+            .unwrap()
+    }
+
     /// Dropped with a batch still being written, the writer waits for it: its thread finishes
     /// the jobs queued before it goes.
     #[tokio::test]
@@ -368,38 +404,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (writer, path) = writer_of_t(dir.path(), "");
         let writer = std::sync::Arc::new(writer);
-        let (started, running) = tokio::sync::oneshot::channel();
-        let caller = tokio::spawn({
-            let writer = std::sync::Arc::clone(&writer);
-            async move {
-                writer
-                    .run(move |slot| {
-                        slot.transaction(move |tx| {
-                            let _ = started.send(());
-                            std::thread::sleep(std::time::Duration::from_millis(300));
-                            ready(tx.execute(Stmt::new("INSERT INTO t (a, d) VALUES (1, 'late')")))
-                        })
-                    })
-                    .await
-            }
-        });
+        let (caller, running) = slow_batch(&writer);
         // Its caller gone once the batch runs, then the writer (the last of it).
         running.await.unwrap();
         caller.abort();
         assert!(caller.await.unwrap_err().is_cancelled());
         drop(writer);
-        let stored: i64 = rusqlite::Connection::open(&path)
-            .unwrap()
-            .query_row("SELECT COUNT(*) FROM t WHERE d = 'late'", [], |r| r.get(0))
-            .unwrap();
         assert_eq!(
-            stored, 1,
+            late_rows(&path),
+            1,
             "the batch was committed before the writer was gone"
         );
     }
 
-    fn rows(tx: &mut NativeTx<'_>) -> Result<Vec<Row>> {
-        ready(tx.fetch_all::<Row>(Stmt::new("SELECT a, b, c, d FROM t ORDER BY a")))
+    /// `close` (a node stopping) waits behind the batch being written: it is committed, then
+    /// the connection closes, and the next batch is refused.
+    #[tokio::test]
+    async fn close_waits_for_the_batch_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = writer_of_t(dir.path(), "");
+        let writer = std::sync::Arc::new(writer);
+        let (caller, running) = slow_batch(&writer);
+        running.await.unwrap();
+        writer.close().await;
+        assert_eq!(late_rows(&path), 1, "committed before the close");
+        assert_eq!(caller.await.unwrap().unwrap(), 1);
+        assert!(
+            in_transaction(&writer, rows).await.is_err(),
+            "refused after"
+        );
     }
 
     /// `$n` take the n-th argument wherever they stand (SQLite numbers parameters in the
