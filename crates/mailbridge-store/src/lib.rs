@@ -1155,6 +1155,24 @@ pub(crate) mod tests {
         store
     }
 
+    /// `raw` as the sync hands it to the store: INBOX's message of UID 1, read now.
+    pub(crate) fn inbox_email(raw: &[u8]) -> crate::emails::NewEmail {
+        crate::emails::NewEmail {
+            remote_key: "imap/INBOX/1/1".to_owned(),
+            folder: Some("INBOX".to_owned()),
+            uid: Some(1),
+            gmail_labels: Vec::new(),
+            gmail_thread_id: None,
+            tracking_token: None,
+            parsed: mailbridge_core::parse::parse(raw),
+            raw: crate::emails::RawMessage::new(raw.to_vec()),
+            truncated_from: None,
+            flags: Some(mailbridge_core::message::MessageFlags::default()),
+            sent_by_owner: false,
+            renumbered_from: None,
+        }
+    }
+
     /// A user, a profile and a mailbox as the version of migration 0021 wrote them (today's
     /// code writes columns that schema does not have yet); the mailbox's id.
     pub(crate) async fn old_mailbox(store: &Store) -> &'static str {

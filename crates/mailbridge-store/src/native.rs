@@ -417,6 +417,55 @@ mod tests {
         );
     }
 
+    /// A sync batch whose caller is gone keeps the process's turn to write until its
+    /// transaction has ended: no other write of the store begins before the batch is
+    /// committed (it would otherwise wait on SQLite's lock, or read the batch half done).
+    #[tokio::test]
+    async fn a_batch_whose_caller_is_gone_keeps_the_turn_until_it_has_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::tests::fresh_sqlite(dir.path()).await;
+        let mailbox: mailbridge_core::MailboxId =
+            crate::tests::old_mailbox(&store).await.parse().unwrap();
+        let native = std::sync::Arc::clone(store.native.as_ref().unwrap());
+        // The writer's thread kept busy, so the batch's job waits in its queue.
+        let (busy, kept_busy) = tokio::sync::oneshot::channel();
+        let blocker = tokio::spawn(async move {
+            native
+                .run(move |_| {
+                    let _ = busy.send(());
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    Ok(())
+                })
+                .await
+        });
+        kept_busy.await.unwrap();
+        let raw = b"Message-ID: <gone@example.com>\r\nSubject: gone\r\n\r\nhi\r\n";
+        let batch = crate::emails::SyncBatch {
+            emails: vec![crate::tests::inbox_email(raw)],
+            ..Default::default()
+        };
+        let saving = tokio::spawn({
+            let store = store.clone();
+            async move { store.save_sync_batch(mailbox, batch).await }
+        });
+        // It takes the turn and queues its job; then its caller is gone.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        saving.abort();
+        assert!(saving.await.unwrap_err().is_cancelled());
+        let mut tx = store.begin_write().await.unwrap();
+        let (stored,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM emails")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored, 1,
+            "the batch was committed before the next write began"
+        );
+        drop(tx);
+        blocker.await.unwrap().unwrap();
+        store.close().await;
+    }
+
     /// `close` (a node stopping) waits behind the batch being written: it is committed, then
     /// the connection closes, and the next batch is refused.
     #[tokio::test]

@@ -3,12 +3,11 @@
 //! before 0022 holds.
 #![allow(clippy::unwrap_used)]
 
-use mailbridge_core::message::MessageFlags;
-use mailbridge_core::{EmailAddress, MailboxDraft, ProfileDraft, Role, parse};
+use mailbridge_core::{EmailAddress, MailboxDraft, ProfileDraft, Role};
 use mailbridge_testdb::TestDatabase;
 
-use crate::emails::{NewEmail, RawMessage, SyncBatch};
-use crate::tests::{before_migration, old_mailbox, unmigrated};
+use crate::emails::SyncBatch;
+use crate::tests::{before_migration, inbox_email, old_mailbox, unmigrated};
 use crate::{Actor, MailboxRecord, Store};
 
 /// A quoted-printable body and three base64 attachments, two of one type: what is decoded
@@ -86,20 +85,7 @@ async fn bodies_and_attachments_are_read_from_the_compressed_raw_message_and_not
         store.migrate().await.unwrap();
         let mailbox = mailbox(&store).await;
         let batch = SyncBatch {
-            emails: vec![NewEmail {
-                remote_key: "imap/INBOX/1/1".to_owned(),
-                folder: Some("INBOX".to_owned()),
-                uid: Some(1),
-                gmail_labels: Vec::new(),
-                gmail_thread_id: None,
-                tracking_token: None,
-                parsed: parse::parse(MESSAGE),
-                raw: RawMessage::new(MESSAGE.to_vec()),
-                truncated_from: None,
-                flags: Some(MessageFlags::default()),
-                sent_by_owner: false,
-                renumbered_from: None,
-            }],
+            emails: vec![inbox_email(MESSAGE)],
             ..SyncBatch::default()
         };
         assert_eq!(store.save_sync_batch(mailbox.id, batch).await.unwrap(), 1);
