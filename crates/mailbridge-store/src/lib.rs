@@ -862,7 +862,6 @@ impl Store {
         writers: &[BatchWriter],
         mailbox: MailboxId,
     ) -> Result<BatchTx> {
-        const BEGIN: &str = BATCH_BEGIN;
         let k = batch_writer_of(mailbox);
         let writer = &writers[k];
         let me = mailbox.0.as_u64_pair().1;
@@ -873,7 +872,7 @@ impl Store {
         } else if writer.refused() {
             Ok(None)
         } else if writer.pool.size() == 0 {
-            match writer.pool.begin_with(BEGIN).await {
+            match writer.pool.begin_with(BATCH_BEGIN).await {
                 Ok(tx) => Ok(Some(tx)),
                 Err(sqlx::Error::PoolClosed) => Err(sqlx::Error::PoolClosed),
                 // Another batch opened it first and holds it: as if it had been busy.
@@ -885,13 +884,13 @@ impl Store {
             }
         } else if writer.last.load(ordering) == me {
             let pool = writer.pool.clone();
-            let pending = tokio::spawn(async move { pool.begin_with(BEGIN).await });
+            let pending = tokio::spawn(async move { pool.begin_with(BATCH_BEGIN).await });
             match tokio::time::timeout(WRITER_WAIT, pending).await {
                 Ok(Ok(begun)) => begun.map(Some),
                 Ok(Err(_)) | Err(_) => Ok(None), // the task failed, or was given up
             }
         } else {
-            writer.pool.try_begin_with(BEGIN).await
+            writer.pool.try_begin_with(BATCH_BEGIN).await
         };
         match begun {
             Ok(Some(tx)) => {

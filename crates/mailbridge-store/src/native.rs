@@ -365,28 +365,34 @@ mod tests {
         ready(tx.fetch_all::<Row>(Stmt::new("SELECT a, b, c, d FROM t ORDER BY a")))
     }
 
-    /// A batch that inserts `(1, 'late')` slowly (300 ms), its caller a task of its own; the
-    /// receiver says when the batch has begun.
-    fn slow_batch(
-        writer: &std::sync::Arc<NativeWriter>,
+    /// A writer on `dir`'s `t`, the file's path, and a batch on it that inserts `(1, 'late')`
+    /// slowly (300 ms), its caller a task of its own — returned once the batch has begun.
+    async fn writing_slowly(
+        dir: &std::path::Path,
     ) -> (
+        std::sync::Arc<NativeWriter>,
+        PathBuf,
         tokio::task::JoinHandle<Result<u64>>,
-        tokio::sync::oneshot::Receiver<()>,
     ) {
+        let (writer, path) = writer_of_t(dir, "");
+        let writer = std::sync::Arc::new(writer);
         let (started, running) = tokio::sync::oneshot::channel();
-        let writer = std::sync::Arc::clone(writer);
-        let caller = tokio::spawn(async move {
-            writer
-                .run(move |slot| {
-                    slot.transaction(move |tx| {
-                        let _ = started.send(());
-                        std::thread::sleep(std::time::Duration::from_millis(300));
-                        ready(tx.execute(Stmt::new("INSERT INTO t (a, d) VALUES (1, 'late')")))
+        let caller = tokio::spawn({
+            let writer = std::sync::Arc::clone(&writer);
+            async move {
+                writer
+                    .run(move |slot| {
+                        slot.transaction(move |tx| {
+                            let _ = started.send(());
+                            std::thread::sleep(std::time::Duration::from_millis(300));
+                            ready(tx.execute(Stmt::new("INSERT INTO t (a, d) VALUES (1, 'late')")))
+                        })
                     })
-                })
-                .await
+                    .await
+            }
         });
-        (caller, running)
+        running.await.unwrap();
+        (writer, path, caller)
     }
 
     /// How many rows the slow batch stored, read on a connection of the test's own.
@@ -402,11 +408,8 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_writer_finishes_the_batch_it_was_writing() {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, path) = writer_of_t(dir.path(), "");
-        let writer = std::sync::Arc::new(writer);
-        let (caller, running) = slow_batch(&writer);
+        let (writer, path, caller) = writing_slowly(dir.path()).await;
         // Its caller gone once the batch runs, then the writer (the last of it).
-        running.await.unwrap();
         caller.abort();
         assert!(caller.await.unwrap_err().is_cancelled());
         drop(writer);
@@ -471,10 +474,7 @@ mod tests {
     #[tokio::test]
     async fn close_waits_for_the_batch_being_written() {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, path) = writer_of_t(dir.path(), "");
-        let writer = std::sync::Arc::new(writer);
-        let (caller, running) = slow_batch(&writer);
-        running.await.unwrap();
+        let (writer, path, caller) = writing_slowly(dir.path()).await;
         writer.close().await;
         assert_eq!(late_rows(&path), 1, "committed before the close");
         assert_eq!(caller.await.unwrap().unwrap(), 1);
