@@ -398,7 +398,9 @@ impl ImapSession {
     /// folder it follows (a sync pass), which covers it. What arrives from here on, during the
     /// pass, may be news the pass does not see (see [`ImapSession::idle`]).
     pub fn forget_unsolicited(&mut self) {
-        while self.session.unsolicited_responses.try_recv().is_ok() {}
+        if self.session.unsolicited_responses.try_recv().is_ok() {
+            self.session.renew_unsolicited_responses();
+        }
     }
 
     /// Whether the server said, unasked, anything that is a change: new mail (an `EXISTS` with
@@ -408,8 +410,9 @@ impl ImapSession {
     fn take_news(&mut self) -> bool {
         use async_imap::imap_proto::Response;
         use async_imap::types::UnsolicitedResponse;
-        let mut news = false;
+        let (mut news, mut read) = (false, false);
         while let Ok(said) = self.session.unsolicited_responses.try_recv() {
+            read = true;
             news |= match said {
                 UnsolicitedResponse::Exists(n) => self.exists.replace(n) != Some(n),
                 UnsolicitedResponse::Expunge(_) | UnsolicitedResponse::Status { .. } => true,
@@ -421,6 +424,11 @@ impl ImapSession {
                     )
                 }
             };
+        }
+        // A channel that has carried a response keeps room for 31 until 31 have passed
+        // through it: the session waits in IDLE next, for hours perhaps, with a new one.
+        if read {
+            self.session.renew_unsolicited_responses();
         }
         news
     }

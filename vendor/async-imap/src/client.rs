@@ -363,6 +363,18 @@ impl<T: Read + Write + Unpin + fmt::Debug + Send> Session<T> {
         }
     }
 
+    /// Mailbridge: a new channel for unsolicited responses; the present one, and whatever it
+    /// holds unread, goes. For a caller that has read every response it wants: an unbounded
+    /// channel keeps the block its first response went into (31 slots, ~1.7 KiB) until 31
+    /// responses have passed through it, read or not, so a session that read the one
+    /// `* 3 EXISTS` of a sync and then idled for hours held the block all that time — in each
+    /// of thousands of idling sessions. The new channel allocates nothing until used.
+    pub fn renew_unsolicited_responses(&mut self) {
+        let (tx, rx) = unbounded();
+        self.unsolicited_responses = rx;
+        self.unsolicited_responses_tx = tx;
+    }
+
     /// Selects a mailbox.
     ///
     /// The `SELECT` command selects a mailbox so that messages in the mailbox can be accessed.
@@ -2564,6 +2576,31 @@ mod tests {
                 b"A0001 APPEND \"foobar\" {9}\r\n".to_vec()
             );
         }
+    }
+
+    /// Mailbridge: renewing the channel lets the old one go (its only sender was the
+    /// session's) and later responses arrive on the new one.
+    #[cfg_attr(feature = "runtime-tokio", tokio::test)]
+    #[cfg_attr(feature = "runtime-async-std", async_std::test)]
+    async fn renew_unsolicited_responses() {
+        let response = b"* 3 EXISTS\r\nA0001 OK CHECK completed\r\n\
+            * 4 EXISTS\r\nA0002 OK CHECK completed\r\n"
+            .to_vec();
+        let mut session = mock_session!(MockStream::new(response));
+        session.check().await.unwrap();
+        let old = session.unsolicited_responses.clone();
+        assert_eq!(old.len(), 1);
+
+        session.renew_unsolicited_responses();
+        assert!(old.is_closed(), "the old channel still has a sender");
+        assert!(session.unsolicited_responses.is_empty());
+
+        session.check().await.unwrap();
+        assert_eq!(
+            session.unsolicited_responses.try_recv(),
+            Ok(UnsolicitedResponse::Exists(4))
+        );
+        assert_eq!(old.len(), 1, "a response went to the old channel");
     }
 
     #[cfg_attr(feature = "runtime-tokio", tokio::test)]
