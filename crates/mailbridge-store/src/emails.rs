@@ -756,6 +756,13 @@ pub(crate) enum Origin<'a> {
     },
 }
 
+/// Adds `emails` to `mailbox`. The caller's transaction must hold the mailbox's row — on
+/// PostgreSQL no foreign key ties emails to their mailbox (migration 0029: checked row by row,
+/// it took an eighth of a first sync's INSERT) — so that a mailbox deleted meanwhile keeps no
+/// email: [`Store::queue_outgoing`] locks the row (`FOR UPDATE`) before it adds its email, and
+/// a sync batch's `record_pass` updates the row, and fails the batch (its emails with it) when
+/// the mailbox is gone. [`Store::delete_mailbox`] deletes the emails after the row, once such
+/// a transaction has committed.
 pub(crate) async fn insert_emails(
     tx: &mut impl SqlConn,
     backend: Backend,
@@ -1166,6 +1173,58 @@ mod tests {
                 None
             ]
         );
+    }
+
+    /// A database made before migration 0029 (emails keyed to their mailbox on both
+    /// backends): its mail reads the same after it, and deleting the mailbox still deletes its
+    /// emails and their attachments — on PostgreSQL now by `delete_mailbox` itself.
+    #[tokio::test]
+    async fn mail_stored_before_the_unkeyed_migration_goes_with_its_mailbox() {
+        use crate::tests::{before_migration, old_mailbox};
+        for db in [
+            mailbridge_testdb::TestDatabase::Sqlite,
+            mailbridge_testdb::TestDatabase::Postgres,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = before_migration(db, dir.path(), "0029").await;
+            let mailbox = old_mailbox(&store).await;
+            let (email, raw) = (
+                "0190f0a0-0000-7000-8000-000000000001",
+                b"Subject: kept\r\n\r\nhi\r\n",
+            );
+            sqlx::query(
+                "INSERT INTO emails (id, mailbox_id, direction, remote_key, content_sha256, raw, \
+                 size, conversation_id, created_at) \
+                 VALUES ($1, $2, 'incoming', 'imap/INBOX/1/1', 'x', $3, 22, 'c1', 0)",
+            )
+            .bind(email)
+            .bind(mailbox)
+            .bind(raw.to_vec())
+            .execute(&store.pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO attachments (id, email_id, content_type, size) \
+                 VALUES ('0190f0a0-0000-7000-8000-000000000101', $1, 'text/plain', 2)",
+            )
+            .bind(email)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+            store.migrate().await.unwrap();
+            assert_eq!(store.email_raw(email).await.unwrap(), raw, "{db:?}");
+            store
+                .delete_mailbox(&crate::Actor::cli(), mailbox.parse().unwrap())
+                .await
+                .unwrap();
+            for sql in [
+                "SELECT COUNT(*) FROM emails",
+                "SELECT COUNT(*) FROM attachments",
+            ] {
+                let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&store.pool).await.unwrap();
+                assert_eq!(n, 0, "{db:?}: {sql}, after the mailbox's deletion");
+            }
+        }
     }
 
     /// Every lookup of a synced batch on PostgreSQL must find each key through its index,

@@ -458,6 +458,15 @@ impl Store {
                 id: sid,
             });
         }
+        if self.backend == crate::Backend::Postgres {
+            // No foreign key cascades there (migration 0029). After the mailbox's row: its
+            // deletion waited for any transaction adding emails to it (they lock the row), and
+            // this statement, with a snapshot of its own, sees what they committed.
+            sqlx::query("DELETE FROM emails WHERE mailbox_id = $1")
+                .bind(&sid)
+                .execute(&mut *tx)
+                .await?;
+        }
         audit::record(
             &mut tx,
             now,

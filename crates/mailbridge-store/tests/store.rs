@@ -74,6 +74,7 @@ on_both_backends!(
     a_batch_larger_than_one_insert_is_stored_whole_with_its_attachments_and_events,
     replies_find_their_conversation_whatever_the_count_of_ids_a_batch_looks_up,
     a_closed_store_refuses_a_batch_and_writes_none_of_it,
+    a_deleted_mailbox_keeps_no_email_and_takes_none_after,
 );
 
 // Several nodes share one database only on PostgreSQL (SQLite is embedded in one process:
@@ -1123,6 +1124,68 @@ async fn a_closed_store_refuses_a_batch_and_writes_none_of_it(kind: TestDatabase
     reopened.close().await;
 }
 
+/// Rows of `table` (emails, attachments) that belong to `mailbox`'s emails, read directly.
+async fn rows_of(db: &Db, table: &str, mailbox: mailbridge_core::MailboxId) -> i64 {
+    use sqlx::Connection;
+    let mut look = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+    let sql = match table {
+        "emails" => "SELECT COUNT(*) FROM emails WHERE mailbox_id = $1",
+        _ => {
+            "SELECT COUNT(*) FROM attachments a JOIN emails e ON e.id = a.email_id \
+              WHERE e.mailbox_id = $1"
+        }
+    };
+    let (n,): (i64,) = sqlx::query_as(sql)
+        .bind(mailbox.to_string())
+        .fetch_one(&mut look)
+        .await
+        .unwrap();
+    n
+}
+
+/// Deleting a mailbox deletes its emails and their attachments, and only its own; a batch for
+/// it afterwards is refused and writes nothing. (On PostgreSQL no foreign key does this since
+/// migration 0029: the store does.)
+async fn a_deleted_mailbox_keeps_no_email_and_takes_none_after(kind: TestDatabase) {
+    let db = Db::new(kind).await;
+    let store = db.open(Keyring::generate()).await;
+    let boxes = enabled_mailboxes(&store, 2).await;
+    let with_attachment = |tag| {
+        let mut batch = batch_of(tag, 3, None);
+        for e in &mut batch.emails {
+            e.parsed.attachments = vec![mailbridge_core::message::ParsedAttachment {
+                filename: Some("a.txt".into()),
+                content_type: "text/plain".into(),
+                size: 1,
+            }];
+        }
+        batch
+    };
+    for &m in &boxes {
+        assert_eq!(
+            store
+                .save_sync_batch(m, with_attachment("kept"))
+                .await
+                .unwrap(),
+            3
+        );
+    }
+    store.delete_mailbox(&Actor::cli(), boxes[0]).await.unwrap();
+    assert_eq!(rows_of(&db, "emails", boxes[0]).await, 0);
+    assert_eq!(rows_of(&db, "attachments", boxes[0]).await, 0);
+    assert_eq!(rows_of(&db, "emails", boxes[1]).await, 3);
+    assert_eq!(rows_of(&db, "attachments", boxes[1]).await, 3);
+
+    let late = store
+        .save_sync_batch(boxes[0], with_attachment("late"))
+        .await;
+    assert!(
+        late.is_err(),
+        "a batch for a deleted mailbox was stored: {late:?}"
+    );
+    assert_eq!(rows_of(&db, "emails", boxes[0]).await, 0);
+}
+
 fn all_events() -> mailbridge_store::EventQuery {
     mailbridge_store::EventQuery {
         limit: 10_000,
@@ -1591,6 +1654,81 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
 }
 
 /// A batch of two emails for `mailbox`, stored in a task of its own.
+/// PostgreSQL, where no foreign key ties emails to their mailbox (migration 0029): a mailbox
+/// deleted while a batch of its emails is being written waits for the batch, then deletes
+/// what the batch committed — no email is left without its mailbox. The batch is held after
+/// its emails' INSERT, at the event log's lock.
+#[tokio::test]
+async fn a_mailbox_deleted_during_a_batch_keeps_none_of_its_emails() {
+    use sqlx::Connection;
+    let db = Db::new(TestDatabase::Postgres).await;
+    let store = db.open(Keyring::generate()).await;
+    let mut look = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mailbox = enabled_mailboxes(&store, 1).await[0];
+    let mut locker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut lock = locker.begin().await.unwrap();
+    // `events::EVENT_LOCK`, taken by every transaction that appends events.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(0x4D42_4556_i64)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let batch = spawn_batch(&store, mailbox, "during");
+    waiting_for_a_lock(&mut look, 1).await;
+    assert_eq!(
+        rows_of(&db, "emails", mailbox).await,
+        0,
+        "not committed yet"
+    );
+    let deleting = {
+        let store = store.clone();
+        tokio::spawn(async move { store.delete_mailbox(&Actor::cli(), mailbox).await })
+    };
+    // The deletion waits behind the batch's lock on the mailbox's row.
+    waiting_for_a_lock(&mut look, 2).await;
+    lock.commit().await.unwrap();
+    assert_eq!(batch.await.unwrap().unwrap(), 2);
+    deleting.await.unwrap().unwrap();
+    assert_eq!(rows_of(&db, "emails", mailbox).await, 0);
+}
+
+/// PostgreSQL: an email queued to send while its mailbox is being deleted — the deletion's
+/// first statement run, not yet committed — waits for it, and is refused once it commits:
+/// the queue locks the mailbox's row, which the foreign key's check did until migration 0029.
+#[tokio::test]
+async fn an_email_queued_as_its_mailbox_is_deleted_is_refused() {
+    use sqlx::Connection;
+    let db = Db::new(TestDatabase::Postgres).await;
+    let store = db.open(Keyring::generate()).await;
+    let mut look = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mailbox = enabled_mailboxes(&store, 1).await[0];
+    let mut deleter = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut deleting = deleter.begin().await.unwrap();
+    sqlx::query("DELETE FROM mailboxes WHERE id = $1")
+        .bind(mailbox.to_string())
+        .execute(&mut *deleting)
+        .await
+        .unwrap();
+    let queued = {
+        let store = store.clone();
+        tokio::spawn(async move { store.queue_outgoing(mailbox, &outgoing(1), None).await })
+    };
+    waiting_for_a_lock(&mut look, 1).await;
+    deleting.commit().await.unwrap();
+    let queued = queued.await.unwrap();
+    assert!(
+        matches!(
+            queued,
+            Err(StoreError::NotFound {
+                kind: "mailbox",
+                ..
+            })
+        ),
+        "{queued:?}"
+    );
+    assert_eq!(rows_of(&db, "emails", mailbox).await, 0);
+}
+
 fn spawn_batch(
     store: &Store,
     mailbox: mailbridge_core::MailboxId,
