@@ -1653,7 +1653,6 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
     }
 }
 
-/// A batch of two emails for `mailbox`, stored in a task of its own.
 /// PostgreSQL, where no foreign key ties emails to their mailbox (migration 0029): a mailbox
 /// deleted while a batch of its emails is being written waits for the batch, then deletes
 /// what the batch committed — no email is left without its mailbox. The batch is held after
@@ -1661,11 +1660,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
 #[tokio::test]
 async fn a_mailbox_deleted_during_a_batch_keeps_none_of_its_emails() {
     use sqlx::Connection;
-    let db = Db::new(TestDatabase::Postgres).await;
-    let store = db.open(Keyring::generate()).await;
-    let mut look = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let mailbox = enabled_mailboxes(&store, 1).await[0];
-    let mut locker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let (db, store, mailbox, mut look, mut locker) = one_mailbox_on_postgres().await;
     let mut lock = locker.begin().await.unwrap();
     // `events::EVENT_LOCK`, taken by every transaction that appends events.
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -1698,11 +1693,7 @@ async fn a_mailbox_deleted_during_a_batch_keeps_none_of_its_emails() {
 #[tokio::test]
 async fn an_email_queued_as_its_mailbox_is_deleted_is_refused() {
     use sqlx::Connection;
-    let db = Db::new(TestDatabase::Postgres).await;
-    let store = db.open(Keyring::generate()).await;
-    let mut look = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let mailbox = enabled_mailboxes(&store, 1).await[0];
-    let mut deleter = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let (db, store, mailbox, mut look, mut deleter) = one_mailbox_on_postgres().await;
     let mut deleting = deleter.begin().await.unwrap();
     sqlx::query("DELETE FROM mailboxes WHERE id = $1")
         .bind(mailbox.to_string())
@@ -1729,6 +1720,25 @@ async fn an_email_queued_as_its_mailbox_is_deleted_is_refused() {
     assert_eq!(rows_of(&db, "emails", mailbox).await, 0);
 }
 
+/// A PostgreSQL store with one enabled mailbox, a connection to watch who waits for a lock,
+/// and one to hold a transaction open beside the store's.
+async fn one_mailbox_on_postgres() -> (
+    Db,
+    Store,
+    mailbridge_core::MailboxId,
+    sqlx::PgConnection,
+    sqlx::PgConnection,
+) {
+    use sqlx::Connection;
+    let db = Db::new(TestDatabase::Postgres).await;
+    let store = db.open(Keyring::generate()).await;
+    let mailbox = enabled_mailboxes(&store, 1).await[0];
+    let look = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    (db, store, mailbox, look, other)
+}
+
+/// A batch of two emails for `mailbox`, stored in a task of its own.
 fn spawn_batch(
     store: &Store,
     mailbox: mailbridge_core::MailboxId,
