@@ -1212,6 +1212,22 @@ mod tests {
             .await
             .unwrap();
             store.migrate().await.unwrap();
+            let (keys,): (i64,) = sqlx::query_as(match db {
+                mailbridge_testdb::TestDatabase::Postgres => {
+                    "SELECT COUNT(*) FROM pg_constraint WHERE conname = 'emails_mailbox_id_fkey'"
+                }
+                mailbridge_testdb::TestDatabase::Sqlite => {
+                    "SELECT COUNT(*) FROM pragma_foreign_key_list('emails') WHERE \"table\" = 'mailboxes'"
+                }
+            })
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+            let kept = usize::from(db == mailbridge_testdb::TestDatabase::Sqlite);
+            assert_eq!(
+                keys, kept as i64,
+                "{db:?}: the key to mailboxes dropped on PostgreSQL only"
+            );
             assert_eq!(store.email_raw(email).await.unwrap(), raw, "{db:?}");
             store
                 .delete_mailbox(&crate::Actor::cli(), mailbox.parse().unwrap())

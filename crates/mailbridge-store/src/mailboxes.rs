@@ -448,6 +448,19 @@ impl Store {
         let now = self.now_ms();
         let sid = id.to_string();
         let mut tx = self.begin_write().await?;
+        if self.backend == crate::Backend::Postgres {
+            // What follows needs each statement's own snapshot, whatever the server's default.
+            // The lease's row before the mailbox's: a sync batch locks them in that order (its
+            // fence, then its pass's counters), so a deletion waits for a batch instead of
+            // deadlocking with it.
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM mailbox_leases WHERE mailbox_id = $1")
+                .bind(&sid)
+                .execute(&mut *tx)
+                .await?;
+        }
         let done = sqlx::query("DELETE FROM mailboxes WHERE id = $1")
             .bind(&sid)
             .execute(&mut *tx)

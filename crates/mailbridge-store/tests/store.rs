@@ -1124,22 +1124,18 @@ async fn a_closed_store_refuses_a_batch_and_writes_none_of_it(kind: TestDatabase
     reopened.close().await;
 }
 
-/// Rows of `table` (emails, attachments) that belong to `mailbox`'s emails, read directly.
-async fn rows_of(db: &Db, table: &str, mailbox: mailbridge_core::MailboxId) -> i64 {
+/// The emails of `mailbox` (or, without one, the attachments of every email), counted
+/// directly in the database.
+async fn rows_of(db: &Db, mailbox: Option<mailbridge_core::MailboxId>) -> i64 {
     use sqlx::Connection;
     let mut look = sqlx::AnyConnection::connect(&db.url).await.unwrap();
-    let sql = match table {
-        "emails" => "SELECT COUNT(*) FROM emails WHERE mailbox_id = $1",
-        _ => {
-            "SELECT COUNT(*) FROM attachments a JOIN emails e ON e.id = a.email_id \
-              WHERE e.mailbox_id = $1"
+    let query = match mailbox {
+        Some(m) => {
+            sqlx::query_as("SELECT COUNT(*) FROM emails WHERE mailbox_id = $1").bind(m.to_string())
         }
+        None => sqlx::query_as("SELECT COUNT(*) FROM attachments"),
     };
-    let (n,): (i64,) = sqlx::query_as(sql)
-        .bind(mailbox.to_string())
-        .fetch_one(&mut look)
-        .await
-        .unwrap();
+    let (n,): (i64,) = query.fetch_one(&mut look).await.unwrap();
     n
 }
 
@@ -1170,20 +1166,36 @@ async fn a_deleted_mailbox_keeps_no_email_and_takes_none_after(kind: TestDatabas
             3
         );
     }
+    assert_eq!(rows_of(&db, None).await, 6);
     store.delete_mailbox(&Actor::cli(), boxes[0]).await.unwrap();
-    assert_eq!(rows_of(&db, "emails", boxes[0]).await, 0);
-    assert_eq!(rows_of(&db, "attachments", boxes[0]).await, 0);
-    assert_eq!(rows_of(&db, "emails", boxes[1]).await, 3);
-    assert_eq!(rows_of(&db, "attachments", boxes[1]).await, 3);
+    assert_eq!(rows_of(&db, Some(boxes[0])).await, 0);
+    assert_eq!(rows_of(&db, Some(boxes[1])).await, 3);
+    assert_eq!(
+        rows_of(&db, None).await,
+        3,
+        "the other mailbox's attachments, and only those"
+    );
 
     let late = store
         .save_sync_batch(boxes[0], with_attachment("late"))
         .await;
-    assert!(
-        late.is_err(),
-        "a batch for a deleted mailbox was stored: {late:?}"
-    );
-    assert_eq!(rows_of(&db, "emails", boxes[0]).await, 0);
+    // On PostgreSQL the pass's update of the mailbox finds no row; on SQLite the foreign key
+    // refuses the emails.
+    let refused = match kind {
+        TestDatabase::Postgres => {
+            matches!(
+                late,
+                Err(StoreError::NotFound {
+                    kind: "mailbox",
+                    ..
+                })
+            )
+        }
+        TestDatabase::Sqlite => late.is_err(),
+    };
+    assert!(refused, "a batch for a deleted mailbox: {late:?}");
+    assert_eq!(rows_of(&db, Some(boxes[0])).await, 0);
+    assert_eq!(rows_of(&db, None).await, 3);
 }
 
 fn all_events() -> mailbridge_store::EventQuery {
@@ -1670,11 +1682,7 @@ async fn a_mailbox_deleted_during_a_batch_keeps_none_of_its_emails() {
         .unwrap();
     let batch = spawn_batch(&store, mailbox, "during");
     waiting_for_a_lock(&mut look, 1).await;
-    assert_eq!(
-        rows_of(&db, "emails", mailbox).await,
-        0,
-        "not committed yet"
-    );
+    assert_eq!(rows_of(&db, Some(mailbox)).await, 0, "not committed yet");
     let deleting = {
         let store = store.clone();
         tokio::spawn(async move { store.delete_mailbox(&Actor::cli(), mailbox).await })
@@ -1684,7 +1692,7 @@ async fn a_mailbox_deleted_during_a_batch_keeps_none_of_its_emails() {
     lock.commit().await.unwrap();
     assert_eq!(batch.await.unwrap().unwrap(), 2);
     deleting.await.unwrap().unwrap();
-    assert_eq!(rows_of(&db, "emails", mailbox).await, 0);
+    assert_eq!(rows_of(&db, Some(mailbox)).await, 0);
 }
 
 /// PostgreSQL: an email queued to send while its mailbox is being deleted — the deletion's
@@ -1717,7 +1725,59 @@ async fn an_email_queued_as_its_mailbox_is_deleted_is_refused() {
         ),
         "{queued:?}"
     );
-    assert_eq!(rows_of(&db, "emails", mailbox).await, 0);
+    assert_eq!(rows_of(&db, Some(mailbox)).await, 0);
+}
+
+/// PostgreSQL: a mailbox deleted while a batch that holds its lease (the fence's lock) has not
+/// yet reached the mailbox's row waits for the batch, and both succeed, the batch's emails
+/// deleted with the mailbox. Taking the mailbox's row first, the deletion deadlocked with such
+/// a batch (it then wanted the lease's row, the batch the mailbox's; PostgreSQL aborts one of
+/// the two). The batch is held at its INSERT, behind another transaction's uncommitted email
+/// with the same key on the server.
+#[tokio::test]
+async fn a_mailbox_deleted_while_its_leased_batch_runs_waits_for_it() {
+    use sqlx::Connection;
+    let (db, store, mailbox, mut look, mut other) = one_mailbox_on_postgres().await;
+    let ttl = std::time::Duration::from_secs(30);
+    let node = store.register_node("a", "cloud", ttl).await.unwrap();
+    let leases = store
+        .balance_leases(&node, "cloud", ttl)
+        .await
+        .unwrap()
+        .leases;
+    let fence = mailbridge_store::Fence {
+        node,
+        epoch: leases[0].epoch,
+    };
+    let mut holding = other.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO emails (id, mailbox_id, direction, remote_key, content_sha256, raw, size, \
+         conversation_id, created_at) VALUES ('held', $1, 'incoming', 'test/held/0', 'x', '', 0, 'c', 0)",
+    )
+    .bind(mailbox.to_string())
+    .execute(&mut *holding)
+    .await
+    .unwrap();
+    let batch = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .save_sync_batch(mailbox, batch_of("held", 2, Some(fence)))
+                .await
+        })
+    };
+    waiting_for_a_lock(&mut look, 1).await;
+    let deleting = {
+        let store = store.clone();
+        tokio::spawn(async move { store.delete_mailbox(&Actor::cli(), mailbox).await })
+    };
+    // The deletion waits behind the batch's lock on the lease's row.
+    waiting_for_a_lock(&mut look, 2).await;
+    holding.rollback().await.unwrap();
+    let (stored, deleted) = (batch.await.unwrap(), deleting.await.unwrap());
+    assert!(matches!(stored, Ok(2)), "{stored:?}");
+    assert!(deleted.is_ok(), "{deleted:?}");
+    assert_eq!(rows_of(&db, Some(mailbox)).await, 0);
 }
 
 /// A PostgreSQL store with one enabled mailbox, a connection to watch who waits for a lock,
