@@ -449,8 +449,8 @@ impl Store {
         let sid = id.to_string();
         let mut tx = self.begin_write().await?;
         if self.backend == crate::Backend::Postgres {
-            // What follows needs each statement's own snapshot, whatever the server's default.
-            // The lease's row before the mailbox's: a sync batch locks them in that order (its
+            // The emails go by a trigger (migration 0030) that needs a snapshot of its own,
+            // whatever the server's default. The lease's row before the mailbox's: a sync batch locks them in that order (its
             // fence, then its pass's counters), so a deletion waits for a batch instead of
             // deadlocking with it.
             sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -470,15 +470,6 @@ impl Store {
                 kind: "mailbox",
                 id: sid,
             });
-        }
-        if self.backend == crate::Backend::Postgres {
-            // No foreign key cascades there (migration 0029). After the mailbox's row: its
-            // deletion waited for any transaction adding emails to it (they lock the row), and
-            // this statement, with a snapshot of its own, sees what they committed.
-            sqlx::query("DELETE FROM emails WHERE mailbox_id = $1")
-                .bind(&sid)
-                .execute(&mut *tx)
-                .await?;
         }
         audit::record(
             &mut tx,

@@ -1141,7 +1141,7 @@ async fn rows_of(db: &Db, mailbox: Option<mailbridge_core::MailboxId>) -> i64 {
 
 /// Deleting a mailbox deletes its emails and their attachments, and only its own; a batch for
 /// it afterwards is refused and writes nothing. (On PostgreSQL no foreign key does this since
-/// migration 0029: the store does.)
+/// migration 0029: 0030's trigger does.)
 async fn a_deleted_mailbox_keeps_no_email_and_takes_none_after(kind: TestDatabase) {
     let db = Db::new(kind).await;
     let store = db.open(Keyring::generate()).await;
